@@ -1,0 +1,62 @@
+"""The job protocol, sans-IO: messages, their codec, the session state machine, errors.
+
+Nothing in this package performs I/O or imports asyncio, aiortc or aiohttp: bytes
+and text go in, typed messages and decisions come out.
+
+Public API::
+
+    from protocol import decode, encode, ProtocolError, LocalProtocolError, RemoteProtocolError
+    message = decode("SHARED_INPUT_PATH::data/train.zip")   # -> SharedInputPath(path=...)
+    frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
+"""
+
+from protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.messages import (
+    DEFAULT_LIMITS,
+    FRAME_TYPES,
+    Chunk,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobId,
+    JobLog,
+    JobMetrics,
+    JobStart,
+    Limits,
+    Message,
+    PathError,
+    PathValidated,
+    ProtocolErrorFrame,
+    SharedInputPath,
+    SharedOutputPath,
+    decode,
+    encode,
+    is_valid_job_id,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FRAME_TYPES",
+    "Chunk",
+    "ErrorCode",
+    "JobCancel",
+    "JobComplete",
+    "JobFailed",
+    "JobId",
+    "JobLog",
+    "JobMetrics",
+    "JobStart",
+    "Limits",
+    "LocalProtocolError",
+    "Message",
+    "PathError",
+    "PathValidated",
+    "ProtocolError",
+    "ProtocolErrorFrame",
+    "RemoteProtocolError",
+    "SharedInputPath",
+    "SharedOutputPath",
+    "decode",
+    "encode",
+    "is_valid_job_id",
+]

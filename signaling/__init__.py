@@ -1,0 +1,1 @@
+"""Signaling server: peer registry and offer/answer/candidate relay over WebSocket."""

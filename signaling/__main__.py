@@ -1,0 +1,125 @@
+"""Command line of the signaling server: ``rtc-signaling`` or ``python -m signaling``.
+
+Flags override the environment (see :mod:`signaling.config`); anything not given on
+the command line comes from ``RTC_SIGNALING_*`` / ``RTC_LOG_LEVEL`` or the defaults.
+Logs go to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from loguru import logger
+from pydantic import ValidationError
+
+from signaling.app import start_server
+from signaling.config import LOG_LEVELS, SignalingSettings
+
+__all__ = ["build_parser", "main", "settings_from_args"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser; every flag defaults to ``None`` (meaning: not given)."""
+    parser = argparse.ArgumentParser(
+        prog="rtc-signaling",
+        description="WebSocket signaling server for WebRTC peers (GET /health, WS /ws).",
+    )
+    parser.add_argument(
+        "--host", default=None, help="interface to bind (env RTC_SIGNALING_HOST; default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port, 0 for any free port (env RTC_SIGNALING_PORT; default 8765)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="shared token peers must send when registering "
+        "(env RTC_SIGNALING_TOKEN; default: no authentication)",
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=None,
+        help="soft limit on one text frame in bytes "
+        "(env RTC_SIGNALING_MAX_FRAME_BYTES; default 262144)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=[level.lower() for level in LOG_LEVELS] + list(LOG_LEVELS),
+        metavar="LEVEL",
+        help="log level: " + ", ".join(LOG_LEVELS) + " (env RTC_LOG_LEVEL; default INFO)",
+    )
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> SignalingSettings:
+    """Parse ``argv`` and build settings from the flags given plus the environment.
+
+    Raises:
+        SystemExit: on bad command-line syntax or ``--help`` (from argparse).
+        pydantic.ValidationError: when a flag or environment value is invalid.
+    """
+    args = build_parser().parse_args(argv)
+    given = {name: value for name, value in vars(args).items() if value is not None}
+    return SignalingSettings(**given)
+
+
+def _ws_url(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"ws://{shown}:{port}/ws"
+
+
+async def _serve(settings: SignalingSettings) -> None:
+    """Run the server until SIGINT or SIGTERM."""
+    runner, port = await start_server(settings, settings.host, settings.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    url = _ws_url(settings.host, port)
+    try:
+        if settings.token is None:
+            logger.warning("no token configured: any peer may register")
+        logger.info("signaling server listening on {}", url)
+        print(f"listening on {url}", flush=True)
+        await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``rtc-signaling``; returns the process exit status.
+
+    Returns 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the address cannot be
+    bound, 2 on invalid settings. argparse exits with 2 on bad syntax.
+    """
+    try:
+        settings = settings_from_args(argv)
+    except ValidationError as exc:
+        print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logger.remove()
+    logger.add(sys.stderr, level=settings.log_level)
+    try:
+        asyncio.run(_serve(settings))
+    except OSError as exc:
+        logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
