@@ -1,0 +1,436 @@
+"""Safe inspection and extraction of ZIP archives (training packages, result bundles).
+
+A ZIP from a client is untrusted input. Two classic attacks are refused here:
+
+* **Zip slip**: member names such as ``../../etc/cron.d/x``, ``/abs/path``, ``C:\\x`` or
+  symlink members that make extraction write outside the destination. Member names are
+  checked with the same rules as client paths (:func:`rtc_worker.storage.split_user_path`),
+  symlink and special-file members are refused, and every file is created through a
+  :class:`~rtc_worker.storage.FilesystemAdapter` rooted at the destination (symlink-free
+  walk, ``O_EXCL | O_NOFOLLOW``).
+* **ZIP bombs**: small archives that expand to enormous sizes. The declared sizes in the
+  central directory are checked against :class:`ZipLimits` (total size, compression ratio,
+  member count) before anything is written, and the bytes actually produced are counted
+  again while extracting, because declared sizes can lie.
+
+Every problem with the archive raises :class:`ArchiveError`; the worker reports all of them
+to the client as ``"File corrupted or invalid format: {path}"``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from loguru import logger
+
+from rtc_worker.storage import (
+    DISK_FULL_ERRNOS,
+    DiskFullError,
+    FilesystemAdapter,
+    StoragePathError,
+    split_user_path,
+)
+
+try:
+    import lzma
+
+    _LZMA_ERRORS: tuple[type[Exception], ...] = (lzma.LZMAError,)
+except ImportError:  # Python built without lzma: zipfile then refuses LZMA members itself
+    _LZMA_ERRORS = ()
+
+__all__ = [
+    "DEFAULT_ZIP_LIMITS",
+    "EXTRACT_CHUNK_BYTES",
+    "ArchiveError",
+    "ArchiveErrorKind",
+    "ZipLimits",
+    "ZipSummary",
+    "extract_zip",
+    "inspect_zip",
+    "looks_like_zip",
+]
+
+EXTRACT_CHUNK_BYTES = 1 << 20
+"""Bytes decompressed and written per step while extracting a member."""
+
+_SUPPORTED_METHODS = frozenset(
+    {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+)
+_FLAG_ENCRYPTED = 0x1
+_ALLOWED_TYPES = frozenset({0, stat.S_IFREG, stat.S_IFDIR})  # 0: no Unix mode recorded
+
+# What reading a damaged archive can raise from zipfile and the decompressors (bz2 reports
+# bad data as OSError; a bad offset can make zipfile seek before the start: OSError EINVAL).
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    struct.error,
+    NotImplementedError,
+    RuntimeError,
+    IndexError,
+    OverflowError,
+    *_LZMA_ERRORS,
+)
+
+
+class ArchiveErrorKind(StrEnum):
+    """Why an archive was refused (values are the plain strings used in logs)."""
+
+    CORRUPTED = "corrupted"
+    """Not a ZIP, truncated, bad CRC, unsupported compression, sizes that do not match."""
+    UNSAFE_MEMBER = "unsafe_member"
+    """A member name or type that could write outside the destination (zip slip), or
+    duplicate/conflicting names."""
+    TOO_LARGE = "too_large"
+    """Over a :class:`ZipLimits` bound (size, ratio, member count): a possible ZIP bomb."""
+    ENCRYPTED = "encrypted"
+    """An encrypted member; the worker has no password."""
+
+
+class ArchiveError(Exception):
+    """The archive is unusable or unsafe.
+
+    Attributes:
+        kind: an :class:`ArchiveErrorKind` (compares equal to ``"corrupted"``,
+            ``"unsafe_member"``, ``"too_large"`` or ``"encrypted"``).
+        message: explanation for the worker's log (may name members; never sent to the
+            client, which gets ``"File corrupted or invalid format: {path}"``).
+    """
+
+    def __init__(self, kind: ArchiveErrorKind, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """Bounds that protect against ZIP bombs.
+
+    Attributes:
+        max_total_bytes: largest total uncompressed size in bytes (declared and actual).
+        max_ratio: largest uncompressed/compressed size ratio, for the whole archive and
+            for each member.
+        max_members: largest number of entries (files and directories).
+        ratio_min_bytes: ratios are only enforced for members (and archives) larger than
+            this many uncompressed bytes; small, highly compressible files (text, sparse
+            JSON) are harmless and commonly exceed any sensible ratio.
+    """
+
+    max_total_bytes: int = 20 * 10**9
+    max_ratio: float = 200.0
+    max_members: int = 100_000
+    ratio_min_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.max_total_bytes < 0 or self.max_members < 0 or self.ratio_min_bytes < 0:
+            raise ValueError("ZipLimits bounds must not be negative")
+        if not self.max_ratio > 0:
+            raise ValueError("ZipLimits.max_ratio must be positive")
+
+
+DEFAULT_ZIP_LIMITS = ZipLimits()
+"""The limits used when none are given."""
+
+
+@dataclass(frozen=True)
+class ZipSummary:
+    """What the central directory declares (all sizes in bytes).
+
+    Attributes:
+        member_count: entries, directories included.
+        file_count: entries that are files.
+        total_uncompressed: sum of the declared uncompressed sizes.
+        total_compressed: sum of the declared compressed sizes.
+    """
+
+    member_count: int
+    file_count: int
+    total_uncompressed: int
+    total_compressed: int
+
+
+@dataclass(frozen=True)
+class _Member:
+    info: zipfile.ZipInfo
+    rel: str  # normalized relative POSIX path ("" for a directory entry naming the root)
+    is_dir: bool
+
+
+def looks_like_zip(name: str, head: bytes) -> bool:
+    """True when a file is meant to be a ZIP: its name ends with ``.zip`` (any case) or its
+    content starts with a ZIP signature (local file header ``PK\\x03\\x04`` or the
+    end-of-central-directory record ``PK\\x05\\x06`` of an empty archive)."""
+    return name.lower().endswith(".zip") or head.startswith((b"PK\x03\x04", b"PK\x05\x06"))
+
+
+def _open_zip(fileobj: BinaryIO) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(fileobj)
+    except _READ_ERRORS as exc:
+        raise ArchiveError(ArchiveErrorKind.CORRUPTED, f"not a readable ZIP: {exc!r}") from exc
+
+
+def _member_path(info: zipfile.ZipInfo) -> tuple[str, bool]:
+    """Normalized relative path of a member and whether it is a directory entry."""
+    raw = info.orig_filename
+    if "\x00" in raw or "\x00" in info.filename:
+        raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, f"NUL byte in member name {raw!r}")
+    if not raw:
+        raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, "empty member name")
+    try:
+        parts = split_user_path(raw)
+    except StoragePathError as exc:
+        raise ArchiveError(
+            ArchiveErrorKind.UNSAFE_MEMBER, f"member name {raw!r}: {exc.detail}"
+        ) from None
+    is_dir = raw.replace("\\", "/").endswith("/")
+    if not parts and not is_dir:
+        raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, f"member name {raw!r} names no file")
+    return "/".join(parts), is_dir
+
+
+def _check_members(zf: zipfile.ZipFile, limits: ZipLimits) -> tuple[ZipSummary, list[_Member]]:
+    """Check every central-directory entry against the safety rules and the limits."""
+    try:
+        infos = zf.infolist()
+    except _READ_ERRORS as exc:
+        raise ArchiveError(ArchiveErrorKind.CORRUPTED, f"unreadable directory: {exc!r}") from exc
+    if len(infos) > limits.max_members:
+        raise ArchiveError(
+            ArchiveErrorKind.TOO_LARGE,
+            f"{len(infos)} members, more than the limit of {limits.max_members}",
+        )
+    members: list[_Member] = []
+    names: set[str] = set()
+    files: set[str] = set()
+    dirs: set[str] = set()
+    total_uncompressed = 0
+    total_compressed = 0
+    for info in infos:
+        rel, is_dir = _member_path(info)
+        if rel in names:
+            raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, f"duplicate member {rel!r}")
+        if rel:
+            names.add(rel)
+        file_type = stat.S_IFMT(info.external_attr >> 16)
+        if file_type not in _ALLOWED_TYPES:
+            what = "symlink" if file_type == stat.S_IFLNK else f"special file {file_type:o}"
+            raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, f"member {rel!r} is a {what}")
+        if info.flag_bits & _FLAG_ENCRYPTED:
+            raise ArchiveError(ArchiveErrorKind.ENCRYPTED, f"member {rel!r} is encrypted")
+        if info.compress_type not in _SUPPORTED_METHODS:
+            raise ArchiveError(
+                ArchiveErrorKind.CORRUPTED,
+                f"member {rel!r} uses unsupported compression method {info.compress_type}",
+            )
+        if info.file_size < 0 or info.compress_size < 0:
+            raise ArchiveError(ArchiveErrorKind.CORRUPTED, f"member {rel!r}: negative size")
+        if info.file_size > limits.ratio_min_bytes:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > limits.max_ratio:
+                raise ArchiveError(
+                    ArchiveErrorKind.TOO_LARGE,
+                    f"member {rel!r} expands {ratio:.0f}x "
+                    f"({info.compress_size} -> {info.file_size} bytes), "
+                    f"over the limit of {limits.max_ratio:g}x",
+                )
+        total_uncompressed += info.file_size
+        total_compressed += info.compress_size
+        if total_uncompressed > limits.max_total_bytes:
+            raise ArchiveError(
+                ArchiveErrorKind.TOO_LARGE,
+                f"declared content exceeds {limits.max_total_bytes} bytes",
+            )
+        parents = rel.split("/")[:-1]
+        dirs.update("/".join(parents[: i + 1]) for i in range(len(parents)))
+        if is_dir:
+            if rel:
+                dirs.add(rel)
+        else:
+            files.add(rel)
+        members.append(_Member(info=info, rel=rel, is_dir=is_dir))
+    clash = files & dirs
+    if clash:
+        raise ArchiveError(
+            ArchiveErrorKind.UNSAFE_MEMBER,
+            f"{sorted(clash)[0]!r} is both a file and a directory",
+        )
+    if total_uncompressed > limits.ratio_min_bytes:
+        ratio = total_uncompressed / max(total_compressed, 1)
+        if ratio > limits.max_ratio:
+            raise ArchiveError(
+                ArchiveErrorKind.TOO_LARGE,
+                f"archive expands {ratio:.0f}x ({total_compressed} -> {total_uncompressed} "
+                f"bytes), over the limit of {limits.max_ratio:g}x",
+            )
+    summary = ZipSummary(
+        member_count=len(infos),
+        file_count=len(files),
+        total_uncompressed=total_uncompressed,
+        total_compressed=total_compressed,
+    )
+    return summary, members
+
+
+def inspect_zip(fileobj: BinaryIO, limits: ZipLimits = DEFAULT_ZIP_LIMITS) -> ZipSummary:
+    """Check a ZIP from its central directory only (no member is decompressed).
+
+    Args:
+        fileobj: the archive, opened for binary reading and seekable. It is not closed.
+        limits: the ZIP-bomb bounds.
+
+    Returns:
+        The declared counts and sizes.
+
+    Raises:
+        ArchiveError: ``corrupted`` (not a ZIP, truncated, unsupported compression);
+            ``unsafe_member`` (absolute, drive, ``..``, control characters, empty or
+            duplicate names, a file that is also a directory, symlink or special-file
+            members: zip slip); ``encrypted``; ``too_large`` (member count, declared
+            total size or compression ratio over ``limits``: ZIP bomb).
+    """
+    with _open_zip(fileobj) as zf:
+        summary, _members = _check_members(zf, limits)
+    return summary
+
+
+def _copy_member(
+    zf: zipfile.ZipFile,
+    member: _Member,
+    out: BinaryIO,
+    total_written: int,
+    limits: ZipLimits,
+) -> int:
+    """Stream one member into ``out``; return the new total of bytes written."""
+    info = member.info
+    written = 0
+    try:
+        src = zf.open(info)
+    except _READ_ERRORS as exc:
+        raise ArchiveError(ArchiveErrorKind.CORRUPTED, f"member {member.rel!r}: {exc!r}") from exc
+    with src:
+        while True:
+            try:
+                chunk = src.read(EXTRACT_CHUNK_BYTES)
+            except _READ_ERRORS as exc:
+                raise ArchiveError(
+                    ArchiveErrorKind.CORRUPTED, f"member {member.rel!r}: {exc!r}"
+                ) from exc
+            if not chunk:
+                break
+            written += len(chunk)
+            total_written += len(chunk)
+            if written > info.file_size:
+                raise ArchiveError(
+                    ArchiveErrorKind.TOO_LARGE,
+                    f"member {member.rel!r} produced more than its declared {info.file_size} bytes",
+                )
+            if total_written > limits.max_total_bytes:
+                raise ArchiveError(
+                    ArchiveErrorKind.TOO_LARGE,
+                    f"extracted content exceeds {limits.max_total_bytes} bytes",
+                )
+            if written > limits.ratio_min_bytes and (
+                written / max(info.compress_size, 1) > limits.max_ratio
+            ):
+                raise ArchiveError(
+                    ArchiveErrorKind.TOO_LARGE,
+                    f"member {member.rel!r} expands over {limits.max_ratio:g}x",
+                )
+            out.write(chunk)
+    if written != info.file_size:
+        raise ArchiveError(
+            ArchiveErrorKind.CORRUPTED,
+            f"member {member.rel!r}: {written} bytes, {info.file_size} declared",
+        )
+    return total_written
+
+
+def _empty_directory(fs: FilesystemAdapter, dest: Path) -> None:
+    for name in os.listdir(dest):
+        try:
+            fs.remove_tree(name)
+        except (StoragePathError, OSError) as exc:
+            logger.warning(
+                "could not remove {name!r} from {dest}: {error!r}", name=name, dest=dest, error=exc
+            )
+
+
+def extract_zip(fileobj: BinaryIO, dest: Path, limits: ZipLimits = DEFAULT_ZIP_LIMITS) -> list[str]:
+    """Check (as :func:`inspect_zip`) and extract a ZIP into the empty directory ``dest``.
+
+    Each member is streamed in chunks of :data:`EXTRACT_CHUNK_BYTES` (never whole in
+    memory). The bytes actually produced are counted against the declared member size and
+    ``limits`` (declared sizes can lie). Files are created new (``O_EXCL | O_NOFOLLOW``)
+    through a symlink-free walk from ``dest`` after checking that the target resolves
+    inside it; parents are created as needed; files get mode 0o644 and directories 0o755
+    (before umask): no permission or executable bit comes from the archive.
+
+    Args:
+        fileobj: the archive, opened for binary reading and seekable. It is not closed.
+        dest: an existing, empty directory created by the caller.
+        limits: the ZIP-bomb bounds.
+
+    Returns:
+        The extracted files' paths relative to ``dest`` (POSIX form), sorted.
+
+    Raises:
+        ArchiveError: as :func:`inspect_zip`, plus ``corrupted`` for bad CRCs, damaged
+            compressed data or sizes that do not match, and ``too_large`` when the actual
+            output exceeds the limits.
+        DiskFullError: the destination ran out of space.
+        StoragePathError, OSError: the destination itself is unusable (permissions, or
+            something swapped into it while extracting).
+        ValueError: ``dest`` is not an existing empty directory.
+
+    On any error, everything extracted so far is removed (``dest`` is left empty).
+    """
+    dest = Path(dest)
+    if not dest.is_dir():
+        raise ValueError(f"extraction destination is not a directory: {dest}")
+    if os.listdir(dest):
+        raise ValueError(f"extraction destination is not empty: {dest}")
+    fs = FilesystemAdapter(dest)
+    extracted: list[str] = []
+    with _open_zip(fileobj) as zf:
+        _summary, members = _check_members(zf, limits)
+        total_written = 0
+        try:
+            for member in members:
+                if member.is_dir:
+                    fs.makedirs(member.rel)
+                    continue
+                try:
+                    with fs.create_file(member.rel) as out:
+                        total_written = _copy_member(zf, member, out, total_written, limits)
+                except OSError as exc:
+                    if exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
+                        raise DiskFullError(exc.errno, exc.strerror, member.rel) from exc
+                    raise
+                extracted.append(member.rel)
+        except BaseException:
+            _empty_directory(fs, dest)
+            raise
+    logger.debug(
+        "extracted {files} files ({size} bytes) into {dest}",
+        files=len(extracted),
+        size=total_written,
+        dest=dest,
+    )
+    return sorted(extracted)
