@@ -1,0 +1,111 @@
+"""Thin adapter between an aiortc ``RTCDataChannel`` and the sans-IO protocol.
+
+aiortc runs an ``async`` event handler as a separate task, so frames could be
+handled out of order. :class:`FrameChannel` therefore registers a plain function
+for ``message`` that puts each frame into one bounded ``asyncio.Queue``; one task
+consumes it with :meth:`FrameChannel.recv`, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from loguru import logger
+
+from protocol import Message, encode
+
+if TYPE_CHECKING:
+    from aiortc import RTCDataChannel
+
+__all__ = ["ChannelClosed", "FrameChannel"]
+
+_CLOSED: Final = object()
+
+
+class ChannelClosed(ConnectionError):
+    """The data channel closed (or overflowed) while a frame was awaited."""
+
+
+class FrameChannel:
+    """Ordered inbox and typed send for one data channel.
+
+    Args:
+        channel: an aiortc data channel (open, or about to open).
+        max_queued_frames: bound of the inbox; a peer that floods past it is
+            disconnected (the queue never grows without limit).
+        trace: optional callback ``(direction, frame)`` for every frame, direction
+            ``"send"`` or ``"recv"`` (used by the CLI's ``--trace``).
+    """
+
+    def __init__(
+        self,
+        channel: RTCDataChannel,
+        *,
+        max_queued_frames: int = 4096,
+        trace: Callable[[str, str | bytes], None] | None = None,
+    ) -> None:
+        self.channel = channel
+        self._inbox: asyncio.Queue[str | bytes | object] = asyncio.Queue(max_queued_frames + 1)
+        self._max = max_queued_frames
+        self._trace = trace
+        self.closed = asyncio.Event()
+        self.overflowed = False
+        channel.on("message", self._on_message)
+        channel.on("close", self._on_close)
+        if channel.readyState == "closed":
+            self._on_close()
+
+    def _on_message(self, frame: str | bytes) -> None:
+        if self.closed.is_set():
+            return
+        if self._inbox.qsize() >= self._max:
+            logger.warning("data channel {}: inbox full, closing", self.channel.label)
+            self.overflowed = True
+            self._on_close()
+            self.channel.close()
+            return
+        self._inbox.put_nowait(frame)
+
+    def _on_close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self._inbox.put_nowait(_CLOSED)
+
+    async def recv(self, timeout: float | None = None) -> str | bytes:
+        """The next frame, in arrival order.
+
+        Args:
+            timeout: seconds to wait, or None to wait as long as the channel is open.
+
+        Raises:
+            ChannelClosed: the channel closed before a frame arrived.
+            TimeoutError: no frame within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            frame = await self._inbox.get()
+        if frame is _CLOSED:
+            self._inbox.put_nowait(_CLOSED)  # every later recv() sees the close too
+            raise ChannelClosed(f"data channel {self.channel.label!r} closed")
+        if self._trace is not None:
+            self._trace("recv", frame)  # type: ignore[arg-type]
+        return frame  # type: ignore[return-value]
+
+    def send_frame(self, frame: str | bytes) -> bool:
+        """Send one raw frame; False (and nothing sent) when the channel is not open."""
+        if self.channel.readyState != "open":
+            return False
+        if self._trace is not None:
+            self._trace("send", frame)
+        self.channel.send(frame)
+        return True
+
+    def send(self, message: Message) -> bool:
+        """Encode and send one message; False when the channel is not open."""
+        return self.send_frame(encode(message))
+
+    @property
+    def is_open(self) -> bool:
+        """True while the channel can send."""
+        return self.channel.readyState == "open" and not self.closed.is_set()

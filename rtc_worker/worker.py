@@ -1,0 +1,283 @@
+"""RTCWorkerClient: the GPU-container worker, answerer of client offers.
+
+It registers with the signaling server (reconnecting with exponential backoff
+when the server goes away), answers each client's offer with one
+``RTCPeerConnection``, and serves every data channel the client opens with a
+:class:`~rtc_worker.session.WorkerSession`. Several clients may be connected;
+one job runs at a time per worker (:class:`JobSlot`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from pathlib import Path
+from typing import Any
+
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from loguru import logger
+
+from protocol import Limits
+from protocol.signaling import Answer as AnswerFrame
+from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, SignalingError
+from rtc_worker import __version__
+from rtc_worker.archive import ZipLimits
+from rtc_worker.channel import FrameChannel
+from rtc_worker.config import WorkerSettings
+from rtc_worker.jobs import JobRunner
+from rtc_worker.session import WorkerSession
+from rtc_worker.signaling_client import SignalingClient, SignalingClosed
+from rtc_worker.storage import FilesystemAdapter
+
+__all__ = ["JobSlot", "RTCWorkerClient", "rtc_configuration"]
+
+
+def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
+    """An RTCConfiguration with exactly these ICE server URLs (none: host candidates only).
+
+    With an empty list aiortc gathers host candidates only and never contacts a
+    public STUN server, which is what loopback, LAN and offline runs need.
+    """
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+
+
+class JobSlot:
+    """The worker-wide permission to run one job at a time.
+
+    Attributes:
+        job_id: the running job's id, or None when the worker is idle.
+    """
+
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs."""
+        return self.job_id is not None
+
+    def acquire(self, job_id: str) -> None:
+        """Take the slot. Raises RuntimeError when it is taken (callers check ``busy``)."""
+        if self.job_id is not None:
+            raise RuntimeError(f"job slot taken by {self.job_id}")
+        self.job_id = job_id
+
+    def release(self, job_id: str) -> None:
+        """Give the slot back (only the job holding it can)."""
+        if self.job_id == job_id:
+            self.job_id = None
+
+
+class RTCWorkerClient:
+    """The worker process's WebRTC side.
+
+    Attributes:
+        shared_storage_root: the detected shared root, or None without shared storage.
+        fs_adapter: the root's :class:`FilesystemAdapter`, or None.
+        registered: set while the worker is registered with signaling.
+
+    Args:
+        settings: the worker's configuration.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.shared_storage_root: Path | None = settings.detect_shared_root()
+        self.fs_adapter: FilesystemAdapter | None = None
+        self.runner: JobRunner | None = None
+        if self.shared_storage_root is not None:
+            self.fs_adapter = FilesystemAdapter(
+                self.shared_storage_root, slow_warning_s=settings.slow_validation_warning_s
+            )
+            self.runner = JobRunner(
+                self.fs_adapter,
+                command=settings.job_command,
+                zip_limits=ZipLimits(
+                    max_total_bytes=settings.zip_max_total_bytes,
+                    max_ratio=settings.zip_max_ratio,
+                    max_members=settings.zip_max_members,
+                ),
+                work_dir_name=settings.work_dir_name,
+                keep_workdir=settings.keep_workdir,
+                cancel_grace_s=settings.cancel_grace_s,
+            )
+            logger.info("shared storage root: {}", self.shared_storage_root)
+        else:
+            logger.warning(
+                "no shared storage found (set SHARED_STORAGE_ROOT or --shared-root; probed {});"
+                " serving without it",
+                ", ".join(settings.shared_root_candidates) or "nothing",
+            )
+        self.slot = JobSlot()
+        self.limits = Limits(
+            max_text_frame_bytes=settings.max_text_frame_bytes,
+            max_path_bytes=settings.max_path_bytes,
+        )
+        self.registered = asyncio.Event()
+        self._peer_connections: dict[str, RTCPeerConnection] = {}
+        self._sessions: set[WorkerSession] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._signaling: SignalingClient | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What other peers see in ``list_peers``."""
+        return {
+            "shared_storage": self.shared_storage_root is not None,
+            "job": "command" if self.settings.job_command else "manifest",
+            "version": __version__,
+        }
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; reconnect to signaling with exponential backoff.
+
+        Raises:
+            SignalingError: the server refused the registration for good
+                (UNAUTHORIZED or an invalid peer id): retrying cannot help.
+        """
+        delay = 0.5
+        try:
+            while not self._stopping.is_set():
+                signaling = SignalingClient(
+                    self.settings.signaling_url,
+                    self.settings.peer_id,
+                    "worker",
+                    token=self.settings.token,
+                    metadata=self.metadata,
+                )
+                try:
+                    await signaling.connect()
+                except SignalingError as exc:
+                    if exc.code in ("UNAUTHORIZED", "INVALID_FRAME"):
+                        raise
+                    logger.warning("signaling refused registration: {}", exc)
+                except (OSError, TimeoutError, SignalingClosed, Exception) as exc:
+                    logger.warning(
+                        "signaling unreachable at {}: {}",
+                        self.settings.signaling_url,
+                        exc or type(exc).__name__,
+                    )
+                else:
+                    delay = 0.5
+                    self._signaling = signaling
+                    self.registered.set()
+                    await self._serve(signaling)
+                    self.registered.clear()
+                    await signaling.close()
+                    if not self._stopping.is_set():
+                        logger.warning("lost signaling connection; reconnecting")
+                if self._stopping.is_set():
+                    break
+                wait = delay * (0.8 + 0.4 * random.random())
+                logger.info("reconnecting to signaling in {:.1f} s", wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=wait)
+                delay = min(delay * 2, self.settings.reconnect_max_delay_s)
+        finally:
+            await self._shutdown()
+
+    async def _serve(self, signaling: SignalingClient) -> None:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while True:
+                recv = asyncio.ensure_future(signaling.recv())
+                await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.done():
+                    recv.cancel()
+                    return
+                try:
+                    frame = recv.result()
+                except SignalingClosed:
+                    return
+                match frame:
+                    case RelayedOffer():
+                        self._spawn(self._answer(signaling, frame))
+                    case RelayedCandidate():
+                        pass  # our SDP answers carry every candidate; no trickle needed
+                    case ErrorFrame():
+                        logger.warning("signaling error: {} {}", frame.code, frame.message)
+                    case _:
+                        logger.debug("ignoring signaling frame {}", frame.type)
+        finally:
+            stop.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, signaling: SignalingClient, offer: RelayedOffer) -> None:
+        """Answer one client's offer with a new peer connection."""
+        peer = offer.from_
+        old = self._peer_connections.pop(peer, None)
+        if old is not None:  # the client reconnected: the old connection is stale
+            await old.close()
+        pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
+        self._peer_connections[peer] = pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            session = WorkerSession(
+                FrameChannel(channel),
+                fs=self.fs_adapter,
+                runner=self.runner,
+                slot=self.slot,
+                limits=self.limits,
+                peer=peer,
+            )
+            self._sessions.add(session)
+
+            async def serve() -> None:
+                try:
+                    await session.run()
+                finally:
+                    if session.job_task is not None:
+                        with contextlib.suppress(Exception):
+                            await session.job_task
+                    self._sessions.discard(session)
+
+            self._spawn(serve())
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            logger.info("peer connection with {}: {}", peer, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
+                if self._peer_connections.get(peer) is pc:
+                    del self._peer_connections[peer]
+                await pc.close()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+            await signaling.send(AnswerFrame(to=peer, sdp=pc.localDescription.sdp))
+            logger.info("answered offer from {}", peer)
+        except Exception as exc:
+            logger.warning("could not answer offer from {}: {}", peer, exc)
+            if self._peer_connections.get(peer) is pc:
+                del self._peer_connections[peer]
+            await pc.close()
+
+    async def stop(self) -> None:
+        """Ask :meth:`run` to return (it cancels running jobs and closes connections)."""
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        for session in list(self._sessions):
+            await session.aclose()
+        for pc in list(self._peer_connections.values()):
+            await pc.close()
+        self._peer_connections.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._signaling is not None:
+            await self._signaling.close()
+        logger.info("worker stopped")

@@ -1,0 +1,174 @@
+"""Fixtures for end-to-end tests: a real signaling server on loopback, real workers
+(in this process, or as a separate process) and real aiortc clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from loguru import logger
+
+from rtc_worker.config import WorkerSettings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_logs() -> Iterator[None]:
+    logger.remove()
+    logger.add(sys.stderr, level=os.environ.get("RTC_TEST_LOG_LEVEL", "WARNING"))
+    yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Signaling:
+    """A running signaling server on loopback."""
+
+    def __init__(self, runner: Any, port: int) -> None:
+        self.runner = runner
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/ws"
+
+
+async def start_signaling(port: int = 0, token: str | None = None) -> Signaling:
+    from signaling.app import start_server
+    from signaling.config import SignalingSettings
+
+    settings = SignalingSettings(token=token) if token else SignalingSettings()
+    runner, bound = await start_server(settings, host="127.0.0.1", port=port)
+    return Signaling(runner, bound)
+
+
+@pytest_asyncio.fixture
+async def signaling() -> AsyncIterator[Signaling]:
+    server = await start_signaling()
+    yield server
+    await server.runner.cleanup()
+
+
+@pytest.fixture
+def shared_root(tmp_path: Path) -> Path:
+    root = tmp_path / "shared"
+    (root / "inputs").mkdir(parents=True)
+    (root / "outputs").mkdir()
+    return root
+
+
+def make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+PACKAGE = {
+    "data/train.csv": b"id,value\n" + b"".join(b"%d,%d\n" % (i, i * i) for i in range(2000)),
+    "config.json": b'{"epochs": 2, "lr": 0.001}',
+    "README.md": b"# package\n\nsome text\n",
+    "weights.bin": random.Random(1).randbytes(200_000),
+}
+
+
+@pytest.fixture
+def package(shared_root: Path) -> Path:
+    """A training-package ZIP at ``inputs/package.zip`` under the shared root."""
+    return make_zip(shared_root / "inputs" / "package.zip", PACKAGE)
+
+
+StartWorker = Callable[..., Awaitable[Any]]
+
+
+@pytest_asyncio.fixture
+async def start_worker(signaling: Signaling) -> AsyncIterator[StartWorker]:
+    """Start an in-process RTCWorkerClient; every started worker is stopped after the test."""
+    from rtc_worker.worker import RTCWorkerClient
+
+    started: list[tuple[Any, asyncio.Task[None]]] = []
+
+    async def start(peer_id: str = "worker-1", **overrides: Any) -> RTCWorkerClient:
+        values: dict[str, Any] = {
+            "signaling_url": signaling.url,
+            "peer_id": peer_id,
+            "shared_root_candidates": [],
+            "reconnect_max_delay_s": 0.5,
+            "cancel_grace_s": 2.0,
+            **overrides,
+        }
+        worker = RTCWorkerClient(WorkerSettings(**values))
+        task = asyncio.create_task(worker.run())
+        started.append((worker, task))
+        async with asyncio.timeout(10):
+            while not worker.registered.is_set():
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        return worker
+
+    yield start
+    for worker, task in started:
+        await worker.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=15)
+
+
+@pytest_asyncio.fixture
+async def client(signaling: Signaling) -> AsyncIterator[Any]:
+    from rtc_worker.client import RTCClient
+
+    async with RTCClient(signaling.url, reply_timeout=20, connect_timeout=20) as rtc_client:
+        yield rtc_client
+
+
+def worker_subprocess(
+    signaling_url: str,
+    peer_id: str,
+    shared_root: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    honour_permissions: bool = False,
+    log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``rtc-worker serve`` as a separate process.
+
+    With ``honour_permissions`` and when running as root, the worker runs without the
+    capabilities that let root ignore file permission bits (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH), so a mode-000 file is really unreadable to it.
+    """
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env.pop("SHARED_STORAGE_ROOT", None)
+    argv = [
+        sys.executable,
+        "-m",
+        "rtc_worker",
+        "serve",
+        "--signaling-url",
+        signaling_url,
+        "--peer-id",
+        peer_id,
+        "--shared-root",
+        str(shared_root),
+        "--log-level",
+        "INFO",
+    ]
+    if honour_permissions and os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
+        argv = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
+    out = log_path.open("wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
