@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 
 from loguru import logger
 
-from protocol import Message, encode
+from protocol import ErrorCode, Message, ProtocolErrorFrame, encode
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
@@ -33,8 +33,9 @@ class FrameChannel:
 
     Args:
         channel: an aiortc data channel (open, or about to open).
-        max_queued_frames: bound of the inbox; a peer that floods past it is
-            disconnected (the queue never grows without limit).
+        max_queued_frames: bound of the inbox; a peer that floods past it gets
+            ``PROTOCOL_ERROR::OVERLOADED`` and is disconnected (the queue never grows
+            without limit).
         trace: optional callback ``(direction, frame)`` for every frame, direction
             ``"send"`` or ``"recv"`` (used by the CLI's ``--trace``).
     """
@@ -63,6 +64,7 @@ class FrameChannel:
         if self._inbox.qsize() >= self._max:
             logger.warning("data channel {}: inbox full, closing", self.channel.label)
             self.overflowed = True
+            self.send(ProtocolErrorFrame(ErrorCode.OVERLOADED, "too many frames queued; closing"))
             self._on_close()
             self.channel.close()
             return

@@ -54,7 +54,10 @@ from rtc_worker.storage import FilesystemAdapter, PathErrorKind, StoragePathErro
 if TYPE_CHECKING:
     from rtc_worker.worker import JobSlot
 
-__all__ = ["WorkerSession"]
+__all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
+
+#: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
+LOG_BUFFER_LIMIT = 4 * 1024 * 1024
 
 
 @dataclass
@@ -96,6 +99,7 @@ class WorkerSession:
         self._timings = _Timings()
         self._cancel = asyncio.Event()
         self.job_task: asyncio.Task[None] | None = None
+        self._dropped_logs = 0
 
     async def run(self) -> None:
         """Handle frames in arrival order until the channel closes. Never raises."""
@@ -114,6 +118,20 @@ class WorkerSession:
     def _send(self, message: Message) -> None:
         if not self.channel.send(message):
             logger.debug("not sent to {} (channel closed): {}", self.peer, message)
+
+    def _send_log(self, line: str) -> None:
+        """Send a JOB_LOG line unless the client is too far behind (bounded memory).
+
+        Lines are dropped while more than :data:`LOG_BUFFER_LIMIT` bytes wait in the
+        channel's send buffer; the client is told how many once it catches up.
+        """
+        if self.channel.channel.bufferedAmount > LOG_BUFFER_LIMIT:
+            self._dropped_logs += 1
+            return
+        if self._dropped_logs:
+            self._send(JobLog(f"[{self._dropped_logs} log lines dropped: client too slow]"))
+            self._dropped_logs = 0
+        self._send(JobLog(line))
 
     def _protocol_error(self, code: ErrorCode, detail: str) -> None:
         logger.warning("protocol error from {}: {} {}", self.peer, code, detail)
@@ -244,9 +262,7 @@ class WorkerSession:
             spec.output_path,
         )
         try:
-            outcome = await self.runner.run(
-                spec, lambda line: self._send(JobLog(line)), self._cancel
-            )
+            outcome = await self.runner.run(spec, self._send_log, self._cancel)
         except JobError as exc:
             logger.warning("job {} failed: {}", spec.job_id, exc.reason)
             if exc.path_error:
