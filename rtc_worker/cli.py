@@ -49,6 +49,29 @@ def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _connection_flags(log_default: str) -> argparse.ArgumentParser:
+    """Flags shared by the worker and the client: signaling, token, ICE servers, logs."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--signaling-url",
+        dest="signaling_url",
+        help="signaling WebSocket URL [env RTC_SIGNALING_URL; default ws://127.0.0.1:8765/ws]",
+    )
+    flags.add_argument("--token", help="signaling token [env RTC_SIGNALING_TOKEN]")
+    flags.add_argument(
+        "--ice-server",
+        dest="ice_servers",
+        action="append",
+        help="STUN/TURN URL, repeatable [env RTC_ICE_SERVERS, comma-separated; default none]",
+    )
+    flags.add_argument(
+        "--log-level",
+        dest="log_level",
+        help=f"DEBUG, INFO, WARNING, ERROR [env RTC_LOG_LEVEL; default {log_default}]",
+    )
+    return flags
+
+
 # ---------------------------------------------------------------------- rtc-worker
 
 
@@ -60,18 +83,14 @@ def _worker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="register with signaling and serve jobs")
-    serve.add_argument(
-        "--signaling-url",
-        dest="signaling_url",
-        help="signaling WebSocket URL [env RTC_SIGNALING_URL; default ws://127.0.0.1:8765/ws]",
+    serve = sub.add_parser(
+        "serve", parents=[_connection_flags("INFO")], help="register with signaling and serve jobs"
     )
     serve.add_argument(
         "--peer-id",
         dest="peer_id",
         help="id to register under [env RTC_WORKER_ID; default worker-1]",
     )
-    serve.add_argument("--token", help="signaling token [env RTC_SIGNALING_TOKEN]")
     serve.add_argument(
         "--shared-root",
         dest="shared_root",
@@ -81,19 +100,8 @@ def _worker_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--job-command",
         dest="job_command",
-        help="job command template with {input} {workdir} {output}, run "
-        "without a shell [env RTC_JOB_COMMAND; default: built-in manifest job]",
-    )
-    serve.add_argument(
-        "--ice-server",
-        dest="ice_servers",
-        action="append",
-        help="STUN/TURN URL, repeatable [env RTC_ICE_SERVERS, comma-separated; default none]",
-    )
-    serve.add_argument(
-        "--log-level",
-        dest="log_level",
-        help="DEBUG, INFO, WARNING, ERROR [env RTC_LOG_LEVEL; default INFO]",
+        help="job command template with {input} {workdir} {output}, run without a shell "
+        "[env RTC_JOB_COMMAND; default: built-in manifest job]",
     )
 
     demo = sub.add_parser("demo", help="run signaling, a worker and a client on loopback")
@@ -176,22 +184,7 @@ def _client_parser() -> argparse.ArgumentParser:
         "3 signaling/connection failure, 4 worker busy or protocol error",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--signaling-url",
-        dest="signaling_url",
-        help="signaling WebSocket URL [env RTC_SIGNALING_URL; default ws://127.0.0.1:8765/ws]",
-    )
-    common.add_argument("--token", help="signaling token [env RTC_SIGNALING_TOKEN]")
-    common.add_argument(
-        "--ice-server",
-        dest="ice_servers",
-        action="append",
-        help="STUN/TURN URL, repeatable [env RTC_ICE_SERVERS]",
-    )
-    common.add_argument(
-        "--log-level", dest="log_level", help="log level [env RTC_LOG_LEVEL; default WARNING]"
-    )
+    common = _connection_flags("WARNING")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("workers", parents=[common], help="list registered workers")

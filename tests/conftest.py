@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,29 @@ async def client(signaling: Signaling) -> AsyncIterator[Any]:
 
     async with RTCClient(signaling.url, reply_timeout=20, connect_timeout=20) as rtc_client:
         yield rtc_client
+
+
+@contextmanager
+def tiny_tmpfs(mountpoint: Path, size: str = "64k") -> Iterator[Path]:
+    """Mount a size-limited tmpfs at ``mountpoint`` (skips the test if not permitted)."""
+    mountpoint.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to create a size-limited filesystem")
+    try:
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except PermissionError as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
 
 
 def worker_subprocess(

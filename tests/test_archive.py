@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
 import struct
-import subprocess
 import warnings
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,7 @@ from rtc_worker.archive import (
     looks_like_zip,
 )
 from rtc_worker.storage import DiskFullError
+from tests.conftest import tiny_tmpfs
 
 # -- building and patching archives ------------------------------------------------------
 
@@ -70,29 +67,6 @@ def patch_local(data: bytes, offset: int, fmt: str, value: int, index: int = 0) 
 
 # central directory: flags @8, method @10, compressed size @20, uncompressed size @24
 # local header: flags @6
-
-
-@contextmanager
-def tiny_tmpfs(mountpoint: Path, size: str = "64k") -> Iterator[Path]:
-    """Mount a size-limited tmpfs at ``mountpoint`` (skips the test if not permitted)."""
-    mountpoint.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command to create a size-limited filesystem")
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except PermissionError as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from rtc_worker.client import (
     WorkerBusy,
     WorkerProtocolError,
 )
-from tests.conftest import PACKAGE, Signaling, make_zip
+from tests.conftest import PACKAGE, Signaling, make_zip, tiny_tmpfs
 
 PY = sys.executable
 pytestmark = pytest.mark.asyncio
@@ -269,16 +269,7 @@ async def test_permission_denied(signaling: Signaling, shared_root: Path, tmp_pa
 async def test_disk_full_fails_the_job_and_removes_partial_results(
     start_worker: Any, client: RTCClient, tmp_path: Path
 ) -> None:
-    import subprocess
-
-    root = tmp_path / "small"
-    root.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "small", size="2m") as root:
         make_zip(root / "in.zip", {"a.txt": b"a"})
         (root / "out").mkdir()
         (root / "out" / "keep.txt").write_text("was here before")
@@ -291,8 +282,6 @@ async def test_disk_full_fails_the_job_and_removes_partial_results(
             await client.submit_shared("worker-1", "in.zip", "out", job_id="full")
         assert info.value.reason == "Disk space exhausted on shared storage"
         assert sorted(p.name for p in (root / "out").iterdir()) == ["keep.txt"]
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 async def test_job_cancel_terminates_the_job(

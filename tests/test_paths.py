@@ -7,10 +7,8 @@ import errno
 import os
 import pickle
 import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +26,7 @@ from rtc_worker.storage import (
     split_user_path,
     validate_path_in_root,
 )
+from tests.conftest import tiny_tmpfs
 
 T = TypeVar("T")
 
@@ -107,29 +106,6 @@ def as_unprivileged(fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-@contextmanager
-def tiny_tmpfs(mountpoint: Path, size: str = "64k") -> Iterator[Path]:
-    """Mount a size-limited tmpfs at ``mountpoint`` (skips the test if not permitted)."""
-    mountpoint.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command to create a size-limited filesystem")
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except PermissionError as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
 
 
 def raises_kind(kind: PathErrorKind, fn: Callable[[], object]) -> StoragePathError:
