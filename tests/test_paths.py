@@ -816,3 +816,19 @@ def test_property_result_is_always_inside_root(property_tree: FilesystemAdapter,
     else:
         assert checked == resolved
         assert fs.exists(rel)
+
+
+@pytest.mark.parametrize("target", ["secret.txt", "missing.txt"])
+def test_validate_input_race_gives_no_existence_oracle(tree: dict[str, Path], target: str) -> None:
+    """A parent swapped for a symlink between containment and the existence check:
+    the answer is OUTSIDE_ROOT whether or not the outside target exists."""
+    root, outside = tree["root"], tree["outside"]
+    (root / "box").mkdir()
+    (root / "box" / target).write_text("inside")
+
+    def swap() -> None:
+        shutil.rmtree(root / "box")
+        (root / "box").symlink_to(outside)
+
+    fs = SwapAfterValidate(root, swap)
+    raises_kind(PathErrorKind.OUTSIDE_ROOT, lambda: fs.validate_input(f"box/{target}"))

@@ -377,33 +377,47 @@ class FilesystemAdapter:
                 ``CORRUPTED`` (neither a regular file nor a directory, e.g. a FIFO).
         """
         resolved = self.validate(rel)
+        parts = self._rel_parts(resolved)
+        # Walk the symlink-free resolved path from the root without following links:
+        # a parent swapped for a symlink after validation fails here (OUTSIDE_ROOT)
+        # instead of answering whether something exists where the link points.
         try:
-            st = os.lstat(resolved)
-        except OSError as exc:
-            self._raise_mapped(exc, rel, PathErrorKind.NOT_FOUND, resolved)
-        if stat.S_ISLNK(st.st_mode):
-            # resolved paths contain no symlink: one was swapped in since validation
-            raise StoragePathError(
-                PathErrorKind.OUTSIDE_ROOT, rel, f"symlink appeared at {resolved}"
-            )
-        if stat.S_ISDIR(st.st_mode):
-            flags = _DIR_FLAGS
-        elif stat.S_ISREG(st.st_mode):
-            flags = _READ_FLAGS
-        else:
-            raise StoragePathError(
-                PathErrorKind.CORRUPTED, rel, f"{resolved} is not a regular file or directory"
-            )
+            parent = self._open_dirs(parts[:-1], rel, create=False, missing=PathErrorKind.NOT_FOUND)
+        except StoragePathError as exc:
+            if exc.kind is not PathErrorKind.NOT_A_DIRECTORY:
+                raise
+            raise StoragePathError(PathErrorKind.NOT_FOUND, rel, exc.detail) from None
+        name = parts[-1] if parts else "."
         try:
-            fd = os.open(resolved, flags)
             try:
-                if stat.S_ISDIR(st.st_mode):
-                    # Opening needs read permission; looking anything up inside needs search.
-                    os.stat(".", dir_fd=fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self._raise_mapped(exc, rel, PathErrorKind.NOT_FOUND, resolved)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except OSError as exc:
+                self._raise_mapped(exc, rel, PathErrorKind.NOT_FOUND, resolved)
+            if stat.S_ISLNK(st.st_mode):
+                # resolved paths contain no symlink: one was swapped in since validation
+                raise StoragePathError(
+                    PathErrorKind.OUTSIDE_ROOT, rel, f"symlink appeared at {resolved}"
+                )
+            if stat.S_ISDIR(st.st_mode):
+                flags = _DIR_FLAGS
+            elif stat.S_ISREG(st.st_mode):
+                flags = _READ_FLAGS
+            else:
+                raise StoragePathError(
+                    PathErrorKind.CORRUPTED, rel, f"{resolved} is not a regular file or directory"
+                )
+            try:
+                fd = os.open(name, flags, dir_fd=parent)
+                try:
+                    if stat.S_ISDIR(st.st_mode):
+                        # Opening needs read permission; looking anything up needs search.
+                        os.stat(".", dir_fd=fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                self._raise_mapped(exc, rel, PathErrorKind.NOT_FOUND, resolved)
+        finally:
+            os.close(parent)
         return resolved
 
     def exists(self, rel: str) -> bool:
