@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ class ArchiveErrorKind(StrEnum):
     """Over a :class:`ZipLimits` bound (size, ratio, member count): a possible ZIP bomb."""
     ENCRYPTED = "encrypted"
     """An encrypted member; the worker has no password."""
+    CANCELLED = "cancelled"
+    """The caller's stop event was set during extraction (nothing is wrong with the archive)."""
 
 
 class ArchiveError(Exception):
@@ -316,6 +319,7 @@ def _copy_member(
     out: BinaryIO,
     total_written: int,
     limits: ZipLimits,
+    stop: threading.Event | None = None,
 ) -> int:
     """Stream one member into ``out``; return the new total of bytes written."""
     info = member.info
@@ -334,6 +338,8 @@ def _copy_member(
                 ) from exc
             if not chunk:
                 break
+            if stop is not None and stop.is_set():
+                raise ArchiveError(ArchiveErrorKind.CANCELLED, "extraction stopped")
             written += len(chunk)
             total_written += len(chunk)
             if written > info.file_size:
@@ -372,7 +378,12 @@ def _empty_directory(fs: FilesystemAdapter, dest: Path) -> None:
             )
 
 
-def extract_zip(fileobj: BinaryIO, dest: Path, limits: ZipLimits = DEFAULT_ZIP_LIMITS) -> list[str]:
+def extract_zip(
+    fileobj: BinaryIO,
+    dest: Path,
+    limits: ZipLimits = DEFAULT_ZIP_LIMITS,
+    stop: threading.Event | None = None,
+) -> list[str]:
     """Check (as :func:`inspect_zip`) and extract a ZIP into the empty directory ``dest``.
 
     Each member is streamed in chunks of :data:`EXTRACT_CHUNK_BYTES` (never whole in
@@ -386,6 +397,8 @@ def extract_zip(fileobj: BinaryIO, dest: Path, limits: ZipLimits = DEFAULT_ZIP_L
         fileobj: the archive, opened for binary reading and seekable. It is not closed.
         dest: an existing, empty directory created by the caller.
         limits: the ZIP-bomb bounds.
+        stop: when set (from another thread), extraction stops within one chunk with
+            ``ArchiveError`` of kind ``cancelled``.
 
     Returns:
         The extracted files' paths relative to ``dest`` (POSIX form), sorted.
@@ -418,7 +431,7 @@ def extract_zip(fileobj: BinaryIO, dest: Path, limits: ZipLimits = DEFAULT_ZIP_L
                     continue
                 try:
                     with fs.create_file(member.rel) as out:
-                        total_written = _copy_member(zf, member, out, total_written, limits)
+                        total_written = _copy_member(zf, member, out, total_written, limits, stop)
                 except OSError as exc:
                     if exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
                         raise DiskFullError(exc.errno, exc.strerror, member.rel) from exc

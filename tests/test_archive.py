@@ -381,3 +381,22 @@ def test_disk_full_while_extracting(tmp_path: Path) -> None:
         with pytest.raises(DiskFullError):
             extract_bytes(data, dest)
         assert list(dest.iterdir()) == []
+
+
+def test_extraction_stops_when_asked(tmp_path: Path) -> None:
+    import threading
+
+    from rtc_worker.archive import ArchiveErrorKind
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("one.txt", b"1" * 1000)
+        zf.writestr("two.txt", b"2" * 1000)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    stop = threading.Event()
+    stop.set()
+    with archive.open("rb") as handle, pytest.raises(ArchiveError) as info:
+        extract_zip(handle, dest, stop=stop)
+    assert info.value.kind is ArchiveErrorKind.CANCELLED
+    assert list(dest.iterdir()) == []

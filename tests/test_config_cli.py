@@ -198,3 +198,12 @@ def test_client_cli_json_output(tmp_path: Path) -> None:
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
+
+
+def test_placeholders_are_substituted_once(tmp_path: Path) -> None:
+    """A path that contains a placeholder's text is passed on as it is."""
+    tricky = tmp_path / "x{output}"
+    argv = build_argv(
+        "run {input} {output}", input_path=tricky, workdir=tmp_path, output=tmp_path / "o"
+    )
+    assert argv == ["run", str(tricky), str(tmp_path / "o")]
