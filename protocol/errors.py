@@ -47,6 +47,8 @@ class ErrorCode(StrEnum):
     NO_SHARED_STORAGE = "NO_SHARED_STORAGE"
     #: The receiver could not keep up (its inbound queue is full).
     OVERLOADED = "OVERLOADED"
+    #: RESULTS_REQUEST names a job this worker has no results for.
+    UNKNOWN_JOB = "UNKNOWN_JOB"
     #: The worker failed in a way that is not the peer's fault.
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

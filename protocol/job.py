@@ -36,6 +36,7 @@ __all__ = [
     "TRANSITIONS",
     "Action",
     "CancelJob",
+    "FileAccepted",
     "InputAccepted",
     "InputRejected",
     "JobFinished",
@@ -57,9 +58,12 @@ class JobState(StrEnum):
     IDLE = "IDLE"
     #: The input path is validated; the output path is not.
     HAVE_INPUT = "HAVE_INPUT"
+    #: A file received over the channel is the input; JOB_START is allowed (the
+    #: outputs then stay in the worker's job folder).
+    HAVE_FILE = "HAVE_FILE"
     #: The output folder is validated and created; the input path is not.
     HAVE_OUTPUT = "HAVE_OUTPUT"
-    #: Both paths are validated: JOB_START is allowed.
+    #: Input (a path or a received file) and output are set: JOB_START is allowed.
     READY = "READY"
     #: A job runs; only JOB_CANCEL is allowed until it finishes.
     RUNNING = "RUNNING"
@@ -73,6 +77,18 @@ class InputAccepted:
     """The adapter validated the input path (``path`` as the client sent it)."""
 
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileAccepted:
+    """A file received over the channel (or found by its sha256) becomes the input.
+
+    ``path`` locates the stored file for the adapter (relative to the worker's
+    storage root); ``name`` is the name the sender gave.
+    """
+
+    path: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +113,55 @@ class JobFinished:
     """The running job ended (completed, failed or cancelled)."""
 
 
-Event = Message | InputAccepted | InputRejected | OutputAccepted | OutputRejected | JobFinished
+Event = (
+    Message
+    | InputAccepted
+    | FileAccepted
+    | InputRejected
+    | OutputAccepted
+    | OutputRejected
+    | JobFinished
+)
 
 _S = JobState
 
 #: (state, event type) -> next state. Anything missing is a protocol error.
+_NOT_RUNNING = (_S.IDLE, _S.HAVE_INPUT, _S.HAVE_FILE, _S.HAVE_OUTPUT, _S.READY)
+
+#: (state, event type) -> next state. Anything missing is a protocol error.
 TRANSITIONS: dict[tuple[JobState, type], JobState] = {
     # JOB_ID names the next job; allowed whenever no job runs.
-    **{(s, JobId): s for s in (_S.IDLE, _S.HAVE_INPUT, _S.HAVE_OUTPUT, _S.READY)},
+    **{(s, JobId): s for s in _NOT_RUNNING},
     # A path message asks for validation; the state moves on the adapter's report.
-    **{(s, SharedInputPath): s for s in (_S.IDLE, _S.HAVE_INPUT, _S.HAVE_OUTPUT, _S.READY)},
-    **{(s, SharedOutputPath): s for s in (_S.IDLE, _S.HAVE_INPUT, _S.HAVE_OUTPUT, _S.READY)},
+    **{(s, SharedInputPath): s for s in _NOT_RUNNING},
+    **{(s, SharedOutputPath): s for s in _NOT_RUNNING},
     (_S.IDLE, InputAccepted): _S.HAVE_INPUT,
     (_S.HAVE_INPUT, InputAccepted): _S.HAVE_INPUT,
+    (_S.HAVE_FILE, InputAccepted): _S.HAVE_INPUT,
     (_S.HAVE_OUTPUT, InputAccepted): _S.READY,
     (_S.READY, InputAccepted): _S.READY,
+    (_S.IDLE, FileAccepted): _S.HAVE_FILE,
+    (_S.HAVE_INPUT, FileAccepted): _S.HAVE_FILE,
+    (_S.HAVE_FILE, FileAccepted): _S.HAVE_FILE,
+    (_S.HAVE_OUTPUT, FileAccepted): _S.READY,
+    (_S.READY, FileAccepted): _S.READY,
     (_S.IDLE, InputRejected): _S.IDLE,
     (_S.HAVE_INPUT, InputRejected): _S.IDLE,
+    (_S.HAVE_FILE, InputRejected): _S.IDLE,
     (_S.HAVE_OUTPUT, InputRejected): _S.HAVE_OUTPUT,
     (_S.READY, InputRejected): _S.HAVE_OUTPUT,
     (_S.IDLE, OutputAccepted): _S.HAVE_OUTPUT,
     (_S.HAVE_INPUT, OutputAccepted): _S.READY,
+    (_S.HAVE_FILE, OutputAccepted): _S.READY,
     (_S.HAVE_OUTPUT, OutputAccepted): _S.HAVE_OUTPUT,
     (_S.READY, OutputAccepted): _S.READY,
     (_S.IDLE, OutputRejected): _S.IDLE,
     (_S.HAVE_INPUT, OutputRejected): _S.HAVE_INPUT,
+    (_S.HAVE_FILE, OutputRejected): _S.HAVE_FILE,
     (_S.HAVE_OUTPUT, OutputRejected): _S.IDLE,
     (_S.READY, OutputRejected): _S.HAVE_INPUT,
     (_S.READY, JobStart): _S.RUNNING,
+    (_S.HAVE_FILE, JobStart): _S.RUNNING,
     (_S.RUNNING, JobCancel): _S.RUNNING,
     (_S.RUNNING, JobFinished): _S.IDLE,
 }
@@ -140,6 +177,7 @@ CLIENT_EVENTS: tuple[type[Message], ...] = (
 #: Event types the adapter reports after performing an action.
 INTERNAL_EVENTS: tuple[type, ...] = (
     InputAccepted,
+    FileAccepted,
     InputRejected,
     OutputAccepted,
     OutputRejected,
@@ -172,11 +210,20 @@ class PrepareOutput:
 
 @dataclass(frozen=True, slots=True)
 class StartJob:
-    """Run the job; report JobFinished when it ends, whatever the outcome."""
+    """Run the job; report JobFinished when it ends, whatever the outcome.
+
+    Attributes:
+        input_path: the shared input as the client sent it, or the stored file's path
+            when ``input_received``.
+        output_path: the shared output folder, or None: outputs go to the worker's
+            job folder (RESULTS_REQUEST sends them back).
+        input_received: the input is a file received over the channel.
+    """
 
     job_id: str
     input_path: str
-    output_path: str
+    output_path: str | None
+    input_received: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +248,7 @@ class JobSession:
         state: the current :class:`JobState`.
         job_id: the id the client chose for the next job, or of the running job.
         input_path / output_path: the validated paths, as the client sent them.
+        input_received: the input is a received file (``input_path`` locates it).
     """
 
     def __init__(self, job_id_factory: Callable[[], str] = new_job_id) -> None:
@@ -208,6 +256,7 @@ class JobSession:
         self.job_id: str | None = None
         self.input_path: str | None = None
         self.output_path: str | None = None
+        self.input_received = False
         self._job_id_factory = job_id_factory
 
     def _next_state(self, event: Event) -> JobState:
@@ -243,10 +292,12 @@ class JobSession:
             case SharedOutputPath(path=path):
                 action = PrepareOutput(path)
             case JobStart():
-                assert self.input_path is not None and self.output_path is not None
+                assert self.input_path is not None
                 if self.job_id is None:
                     self.job_id = self._job_id_factory()
-                action = StartJob(self.job_id, self.input_path, self.output_path)
+                action = StartJob(
+                    self.job_id, self.input_path, self.output_path, self.input_received
+                )
             case _:  # JobCancel: the table only allows it while a job runs
                 assert self.job_id is not None
                 action = CancelJob(self.job_id)
@@ -254,7 +305,13 @@ class JobSession:
         return action
 
     def report(
-        self, event: InputAccepted | InputRejected | OutputAccepted | OutputRejected | JobFinished
+        self,
+        event: InputAccepted
+        | FileAccepted
+        | InputRejected
+        | OutputAccepted
+        | OutputRejected
+        | JobFinished,
     ) -> None:
         """Record the outcome of an action.
 
@@ -265,15 +322,18 @@ class JobSession:
         next_state = self._next_state(event)
         match event:
             case InputAccepted(path=path):
-                self.input_path = path
+                self.input_path, self.input_received = path, False
+            case FileAccepted(path=path):
+                self.input_path, self.input_received = path, True
             case InputRejected():
-                self.input_path = None
+                self.input_path, self.input_received = None, False
             case OutputAccepted(path=path):
                 self.output_path = path
             case OutputRejected():
                 self.output_path = None
             case JobFinished():
                 self.job_id = self.input_path = self.output_path = None
+                self.input_received = False
         self.state = next_state
 
 

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import ClassVar, Literal
 
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -30,6 +31,14 @@ __all__ = [
     "JOB_ID_PATTERN",
     "SEP",
     "Chunk",
+    "EndOfFile",
+    "FileCancel",
+    "FileExists",
+    "FileMeta",
+    "FileMetaLegacy",
+    "FileProgress",
+    "FileReady",
+    "FileReceived",
     "JobCancel",
     "JobComplete",
     "JobFailed",
@@ -42,8 +51,11 @@ __all__ = [
     "PathError",
     "PathValidated",
     "ProtocolErrorFrame",
+    "ResultsRequest",
     "SharedInputPath",
     "SharedOutputPath",
+    "TransferError",
+    "TransferErrorCode",
     "decode",
     "encode",
     "is_valid_job_id",
@@ -53,8 +65,11 @@ SEP = "::"
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _COUNT_PATTERN = re.compile(r"[0-9]{1,15}")
+_COUNT18_PATTERN = re.compile(r"[0-9]{1,18}")
 _MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
 _MAX_MB = 1e14
+_SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+_LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +235,17 @@ class JobMetrics(Message):
     def __post_init__(self) -> None:
         for name in self.FIELDS:
             value = getattr(self, name)
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                number = math.nan
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < 0
+                or not (0 <= number < _MAX_MB)
             ):
-                raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a finite number >= 0")
-            object.__setattr__(self, name, round(float(value), 3))
+                raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
+            object.__setattr__(self, name, round(number, 3))
 
     def as_dict(self) -> dict[str, float]:
         """The metrics as a plain dict (keys: :attr:`FIELDS`)."""
@@ -299,6 +317,171 @@ class ProtocolErrorFrame(Message):
         object.__setattr__(self, "code", str(self.code))
 
 
+# ---------------------------------------------------------------- file transfer
+
+
+class TransferErrorCode(StrEnum):
+    """Codes carried by ``TRANSFER_ERROR::{code}::{detail}``."""
+
+    #: The sha256 of the received bytes differs from the announced one.
+    HASH_MISMATCH = "HASH_MISMATCH"
+    #: More or fewer bytes than announced arrived before END_OF_FILE.
+    SIZE_MISMATCH = "SIZE_MISMATCH"
+    #: The announced size is above the receiver's maximum; no byte was sent.
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    #: The receiver ran out of disk space; the partial data is kept for a resume.
+    DISK_FULL = "DISK_FULL"
+    #: The name is not a plain base name (directory part, ``..``, NUL, control chars).
+    INVALID_NAME = "INVALID_NAME"
+    #: FILE_CANCEL stopped the transfer; the partial data is kept for a resume.
+    CANCELLED = "CANCELLED"
+    #: A binary frame arrived outside a transfer, or a chunk broke its bounds.
+    UNEXPECTED_DATA = "UNEXPECTED_DATA"
+
+
+def _check_sha256(value: str) -> str:
+    if not isinstance(value, str) or not _SHA256_PATTERN.fullmatch(value):
+        raise _invalid(ErrorCode.MALFORMED_FRAME, "sha256 must be 64 hexadecimal digits")
+    return value.lower()
+
+
+def _check_count(name: str, value: int, minimum: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 10**18:
+        raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True, slots=True)
+class FileMeta(Message):
+    """Sender->receiver ``FILE_META::{name}::{size}::{sha256}::{chunk_size}``.
+
+    Opens a transfer. ``size`` and ``chunk_size`` are bytes; the last three fields
+    are parsed from the right, so ``name`` may contain ``::``. Whether the name is an
+    acceptable base name is the receiver's decision (TRANSFER_ERROR INVALID_NAME).
+    """
+
+    TYPE: ClassVar[str] = "FILE_META"
+    name: str
+    size: int
+    sha256: str
+    chunk_size: int = 65536
+
+    def __post_init__(self) -> None:
+        _check_text("name", self.name, allow_empty=False)
+        _check_count("size", self.size)
+        _check_count("chunk_size", self.chunk_size, minimum=1)
+        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
+
+
+@dataclass(frozen=True, slots=True)
+class FileMetaLegacy(Message):
+    """The earlier form ``FILE_META::{name}:{size}:{gui}`` (single colons).
+
+    Chunks follow at once, without FILE_READY; there is no resume and no dedupe,
+    and the receiver answers FILE_RECEIVED with the sha256 it computed. ``name``
+    may not contain ``::`` and ``gui`` may not contain ``:``.
+    """
+
+    TYPE: ClassVar[str] = "FILE_META"
+    name: str
+    size: int
+    gui: str = ""
+
+    def __post_init__(self) -> None:
+        _check_text("name", self.name, allow_empty=False, one_line=True)
+        if SEP in self.name:
+            raise _invalid(ErrorCode.MALFORMED_FRAME, "a legacy FILE_META name has no '::'")
+        _check_count("size", self.size)
+        _check_text("gui", self.gui, one_line=True)
+        if ":" in self.gui:
+            raise _invalid(ErrorCode.MALFORMED_FRAME, "gui has no ':'")
+
+
+@dataclass(frozen=True, slots=True)
+class FileReady(Message):
+    """Receiver->sender ``FILE_READY::{offset}``: send from byte ``offset`` (0 = new)."""
+
+    TYPE: ClassVar[str] = "FILE_READY"
+    offset: int
+
+    def __post_init__(self) -> None:
+        _check_count("offset", self.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class FileExists(Message):
+    """Receiver->sender ``FILE_EXISTS::{sha256}``: the content is held; no bytes are sent."""
+
+    TYPE: ClassVar[str] = "FILE_EXISTS"
+    sha256: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfFile(Message):
+    """Sender->receiver ``END_OF_FILE``: every chunk was sent."""
+
+    TYPE: ClassVar[str] = "END_OF_FILE"
+
+
+@dataclass(frozen=True, slots=True)
+class FileProgress(Message):
+    """Receiver->sender ``FILE_PROGRESS::{bytes_received}::{size}`` (at most every 500 ms)."""
+
+    TYPE: ClassVar[str] = "FILE_PROGRESS"
+    received: int
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_count("bytes_received", self.received)
+        _check_count("size", self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class FileReceived(Message):
+    """Receiver->sender ``FILE_RECEIVED::{sha256}``: stored and verified."""
+
+    TYPE: ClassVar[str] = "FILE_RECEIVED"
+    sha256: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
+
+
+@dataclass(frozen=True, slots=True)
+class TransferError(Message):
+    """Either direction ``TRANSFER_ERROR::{code}::{detail}``; code from TransferErrorCode."""
+
+    TYPE: ClassVar[str] = "TRANSFER_ERROR"
+    code: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, str) or not _CODE_PATTERN.fullmatch(self.code):
+            raise _invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
+        _check_text("detail", self.detail)
+        object.__setattr__(self, "code", str(self.code))
+
+
+@dataclass(frozen=True, slots=True)
+class FileCancel(Message):
+    """Either direction ``FILE_CANCEL``: stop the transfer; the partial data is kept."""
+
+    TYPE: ClassVar[str] = "FILE_CANCEL"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsRequest(Message):
+    """C->W ``RESULTS_REQUEST::{job_id}``: send the job's output folder as one ZIP."""
+
+    TYPE: ClassVar[str] = "RESULTS_REQUEST"
+    job_id: str
+
+    def __post_init__(self) -> None:
+        _check_job_id(self.job_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk(Message):
     """A binary frame: a chunk of file bytes (only valid inside a file transfer)."""
@@ -348,6 +531,22 @@ def encode(message: Message) -> str | bytes:
             return f"JOB_FAILED{SEP}{job_id}{SEP}{reason}"
         case ProtocolErrorFrame(code=code, detail=detail):
             return f"PROTOCOL_ERROR{SEP}{code}{SEP}{detail}"
+        case FileMeta(name=name, size=size, sha256=sha, chunk_size=chunk):
+            return SEP.join(("FILE_META", name, str(size), sha, str(chunk)))
+        case FileMetaLegacy(name=name, size=size, gui=gui):
+            return f"FILE_META{SEP}{name}:{size}:{gui}"
+        case FileReady(offset=offset):
+            return f"FILE_READY{SEP}{offset}"
+        case FileExists(sha256=sha) | FileReceived(sha256=sha):
+            return f"{message.TYPE}{SEP}{sha}"
+        case EndOfFile() | FileCancel():
+            return message.TYPE
+        case FileProgress(received=received, size=size):
+            return f"FILE_PROGRESS{SEP}{received}{SEP}{size}"
+        case TransferError(code=code, detail=detail):
+            return f"TRANSFER_ERROR{SEP}{code}{SEP}{detail}"
+        case ResultsRequest(job_id=job_id):
+            return f"RESULTS_REQUEST{SEP}{job_id}"
     raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
 
 
@@ -422,6 +621,44 @@ def _parse_protocol_error(rest: str | None, limits: Limits) -> Message:
     return ProtocolErrorFrame(code, detail)
 
 
+def _count(text: str, name: str) -> int:
+    if not _COUNT18_PATTERN.fullmatch(text):
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{name} must be decimal digits")
+    return int(text)
+
+
+def _parse_file_meta(rest: str | None, limits: Limits) -> Message:
+    body = _need(rest, FileMeta.TYPE)
+    parts = body.rsplit(SEP, 3)
+    if (
+        len(parts) == 4
+        and _COUNT18_PATTERN.fullmatch(parts[1])
+        and _SHA256_PATTERN.fullmatch(parts[2])
+        and _COUNT18_PATTERN.fullmatch(parts[3])
+    ):
+        name, size, sha, chunk = parts
+        return FileMeta(name, int(size), sha, int(chunk))
+    legacy = _LEGACY_META.fullmatch(body)
+    if legacy is None:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME,
+            "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})",
+        )
+    return FileMetaLegacy(legacy["name"], int(legacy["size"]), legacy["gui"])
+
+
+def _parse_progress(rest: str | None, limits: Limits) -> Message:
+    received, sep, size = _need(rest, FileProgress.TYPE).partition(SEP)
+    if not sep:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "FILE_PROGRESS needs 2 fields")
+    return FileProgress(_count(received, "bytes_received"), _count(size, "size"))
+
+
+def _parse_transfer_error(rest: str | None, limits: Limits) -> Message:
+    code, _, detail = _need(rest, TransferError.TYPE).partition(SEP)
+    return TransferError(code, detail)
+
+
 _PARSERS: dict[str, _Parser] = {
     JobId.TYPE: lambda rest, limits: JobId(_need(rest, JobId.TYPE)),
     SharedInputPath.TYPE: _path(SharedInputPath),
@@ -436,6 +673,15 @@ _PARSERS: dict[str, _Parser] = {
     JobComplete.TYPE: _parse_complete,
     JobFailed.TYPE: _parse_failed,
     ProtocolErrorFrame.TYPE: _parse_protocol_error,
+    FileMeta.TYPE: _parse_file_meta,
+    FileReady.TYPE: lambda rest, limits: FileReady(_count(_need(rest, "FILE_READY"), "offset")),
+    FileExists.TYPE: lambda rest, limits: FileExists(_need(rest, FileExists.TYPE)),
+    EndOfFile.TYPE: _no_fields(EndOfFile),
+    FileProgress.TYPE: _parse_progress,
+    FileReceived.TYPE: lambda rest, limits: FileReceived(_need(rest, FileReceived.TYPE)),
+    TransferError.TYPE: _parse_transfer_error,
+    FileCancel.TYPE: _no_fields(FileCancel),
+    ResultsRequest.TYPE: lambda rest, limits: ResultsRequest(_need(rest, ResultsRequest.TYPE)),
 }
 
 #: Every text frame type :func:`decode` understands.

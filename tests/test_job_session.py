@@ -21,6 +21,7 @@ from protocol.job import (
     INTERNAL_EVENTS,
     TRANSITIONS,
     CancelJob,
+    FileAccepted,
     InputAccepted,
     InputRejected,
     JobFinished,
@@ -41,6 +42,7 @@ SAMPLE_EVENTS = {
     JobStart: JobStart(),
     JobCancel: JobCancel(),
     InputAccepted: InputAccepted("in.zip"),
+    FileAccepted: FileAccepted(".rtc-store/objects/ab/abc", "in.zip"),
     InputRejected: InputRejected(),
     OutputAccepted: OutputAccepted("out"),
     OutputRejected: OutputRejected(),
@@ -51,6 +53,8 @@ SAMPLE_EVENTS = {
 def session_in(state: JobState) -> JobSession:
     """A session driven into ``state`` through the public API only."""
     session = JobSession(job_id_factory=lambda: "generated")
+    if state is JobState.HAVE_FILE:
+        session.report(FileAccepted("objects/ab/abc", "in.zip"))
     if state in (JobState.HAVE_INPUT, JobState.READY, JobState.RUNNING):
         session.receive(SharedInputPath("in.zip"))
         session.report(InputAccepted("in.zip"))
@@ -111,7 +115,7 @@ def test_actions_carry_the_client_values() -> None:
     session.report(InputAccepted("a/in.zip"))
     assert session.receive(SharedOutputPath("b/out")) == PrepareOutput("b/out")
     session.report(OutputAccepted("b/out"))
-    assert session.receive(JobStart(legacy=True)) == StartJob("mine", "a/in.zip", "b/out")
+    assert session.receive(JobStart(legacy=True)) == StartJob("mine", "a/in.zip", "b/out", False)
     assert session.receive(JobCancel()) == CancelJob("mine")
     session.report(JobFinished())
     assert (session.job_id, session.input_path, session.output_path) == (None, None, None)
@@ -155,3 +159,29 @@ def test_second_job_on_the_same_session() -> None:
     session.report(OutputAccepted("out2"))
     action = session.receive(JobStart())
     assert action == StartJob("generated", "in2.zip", "out2")
+
+
+def test_a_received_file_is_an_input_that_needs_no_output_path() -> None:
+    session = JobSession(job_id_factory=lambda: "generated")
+    session.report(FileAccepted("objects/ab/abc", "package.zip"))
+    assert session.state is JobState.HAVE_FILE
+    assert session.receive(JobStart()) == StartJob("generated", "objects/ab/abc", None, True)
+
+
+def test_a_shared_input_replaces_a_received_file_and_needs_an_output_again() -> None:
+    session = JobSession(job_id_factory=lambda: "generated")
+    session.report(FileAccepted("objects/ab/abc", "package.zip"))
+    session.receive(SharedInputPath("in.zip"))
+    session.report(InputAccepted("in.zip"))
+    assert (session.state, session.input_received) == (JobState.HAVE_INPUT, False)
+    with pytest.raises(RemoteProtocolError):
+        session.receive(JobStart())
+
+
+def test_a_received_file_with_a_shared_output() -> None:
+    session = JobSession(job_id_factory=lambda: "generated")
+    session.receive(SharedOutputPath("out"))
+    session.report(OutputAccepted("out"))
+    session.report(FileAccepted("objects/ab/abc", "package.zip"))
+    assert session.state is JobState.READY
+    assert session.receive(JobStart()) == StartJob("generated", "objects/ab/abc", "out", True)

@@ -4,6 +4,14 @@ Imports only the standard library, loguru and python-magic, so the signaling ser
 the worker can both use it without loading the WebRTC stack.
 """
 
+from rtc_worker.storage.cas import (
+    SHA256_HEX,
+    ContentStore,
+    HashMismatchError,
+    PartialBusyError,
+    PartialFile,
+    resolve_store_root,
+)
 from rtc_worker.storage.metadata import (
     MIME_SNIFF_BYTES,
     FileMetadata,
@@ -31,16 +39,22 @@ __all__ = [
     "MAX_COMPONENT_BYTES",
     "MAX_PATH_BYTES",
     "MIME_SNIFF_BYTES",
+    "SHA256_HEX",
+    "ContentStore",
     "DiskFullError",
     "FileMetadata",
     "FilesystemAdapter",
+    "HashMismatchError",
     "MetadataBuilder",
+    "PartialBusyError",
+    "PartialFile",
     "PathErrorKind",
     "StoragePathError",
     "detect_mime",
     "file_metadata",
     "format_timestamp",
     "fsync_directory",
+    "resolve_store_root",
     "sha256_file",
     "split_user_path",
     "validate_path_in_root",
