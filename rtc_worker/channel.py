@@ -33,7 +33,8 @@ class FrameChannel:
 
     Args:
         channel: an aiortc data channel (open, or about to open).
-        max_queued_frames: bound of the inbox; a peer that floods past it gets
+        max_queued_frames / max_queued_bytes: bounds of the inbox (frames, and bytes
+            counted as characters or bytes); a peer that floods past either gets
             ``PROTOCOL_ERROR::OVERLOADED`` and is disconnected (the queue never grows
             without limit).
         trace: optional callback ``(direction, frame)`` for every frame, direction
@@ -45,11 +46,14 @@ class FrameChannel:
         channel: RTCDataChannel,
         *,
         max_queued_frames: int = 4096,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         trace: Callable[[str, str | bytes], None] | None = None,
     ) -> None:
         self.channel = channel
         self._inbox: asyncio.Queue[str | bytes | object] = asyncio.Queue(max_queued_frames + 1)
         self._max = max_queued_frames
+        self._max_bytes = max_queued_bytes
+        self._queued_bytes = 0
         self._trace = trace
         self.closed = asyncio.Event()
         self.overflowed = False
@@ -61,13 +65,14 @@ class FrameChannel:
     def _on_message(self, frame: str | bytes) -> None:
         if self.closed.is_set():
             return
-        if self._inbox.qsize() >= self._max:
+        if self._inbox.qsize() >= self._max or self._queued_bytes > self._max_bytes:
             logger.warning("data channel {}: inbox full, closing", self.channel.label)
             self.overflowed = True
             self.send(ProtocolErrorFrame(ErrorCode.OVERLOADED, "too many frames queued; closing"))
             self._on_close()
             self.channel.close()
             return
+        self._queued_bytes += len(frame)
         self._inbox.put_nowait(frame)
 
     def _on_close(self) -> None:
@@ -90,16 +95,17 @@ class FrameChannel:
         if frame is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later recv() sees the close too
             raise ChannelClosed(f"data channel {self.channel.label!r} closed")
-        if self._trace is not None:
-            self._trace("recv", frame)  # type: ignore[arg-type]
+        self._queued_bytes -= len(frame)  # type: ignore[arg-type]
+        if self._trace is not None and isinstance(frame, str):
+            self._trace("recv", frame)
         return frame  # type: ignore[return-value]
 
     def send_frame(self, frame: str | bytes) -> bool:
         """Send one raw frame; False (and nothing sent) when the channel is not open."""
         if self.channel.readyState != "open":
             return False
-        if self._trace is not None:
-            self._trace("send", frame)
+        if self._trace is not None and isinstance(frame, str):
+            self._trace("send", frame)  # binary chunks are not traced: far too many
         self.channel.send(frame)
         return True
 

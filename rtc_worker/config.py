@@ -77,6 +77,37 @@ class WorkerSettings(BaseSettings):
         validation_alias=AliasChoices("ice_servers", "RTC_ICE_SERVERS"),
         description="STUN/TURN URLs (comma-separated in env); none for loopback/LAN.",
     )
+    data_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".local" / "share" / "rtc-worker",
+        validation_alias=AliasChoices("data_dir", "RTC_DATA_DIR"),
+        description="Worker-local storage (received files, job folders) when there is "
+        "no shared root.",
+    )
+    max_file_size: int = Field(
+        10 * 1024**3,
+        gt=0,
+        validation_alias=AliasChoices("max_file_size", "RTC_MAX_FILE_SIZE"),
+        description="Largest file accepted over the data channel, bytes (FILE_TOO_LARGE).",
+    )
+    chunk_size: int = Field(
+        65536,
+        ge=1024,
+        le=262144,
+        validation_alias=AliasChoices("chunk_size", "RTC_CHUNK_SIZE"),
+        description="Chunk size of files the worker sends, bytes (64 KiB is safe for every peer).",
+    )
+    partial_ttl_s: float = Field(
+        7 * 24 * 3600,
+        gt=0,
+        validation_alias=AliasChoices("partial_ttl_s", "RTC_PARTIAL_TTL_S"),
+        description="Partial files untouched this long are removed, seconds.",
+    )
+    cleanup_interval_s: float = Field(
+        3600,
+        gt=0,
+        validation_alias=AliasChoices("cleanup_interval_s", "RTC_CLEANUP_INTERVAL_S"),
+        description="How often expired partial files are looked for, seconds.",
+    )
     work_dir_name: str = Field(
         ".rtc-work",
         pattern=r"^\.?[A-Za-z0-9._-]{1,64}$",
@@ -146,6 +177,17 @@ class WorkerSettings(BaseSettings):
         _split_list
     )
 
+    def storage_root(self, shared_root: Path | None) -> Path:
+        """Where received files and job folders live: the shared root, else ``data_dir``.
+
+        Creates ``data_dir`` when it is used.
+        """
+        if shared_root is not None:
+            return shared_root
+        root = self.data_dir.expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        return root.resolve()
+
     def detect_shared_root(self) -> Path | None:
         """The shared storage root: the configured one, else the first existing candidate.
 
@@ -187,5 +229,13 @@ class ClientSettings(BaseSettings):
         30.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "RTC_CONNECT_TIMEOUT_S")
     )
     log_level: str = Field("WARNING", validation_alias=AliasChoices("log_level", "RTC_LOG_LEVEL"))
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "rtc-client",
+        validation_alias=AliasChoices("cache_dir", "RTC_CLIENT_CACHE_DIR"),
+        description="Partial downloads kept for a resume, and verified results.",
+    )
+    max_file_size: int = Field(
+        10 * 1024**3, gt=0, validation_alias=AliasChoices("max_file_size", "RTC_MAX_FILE_SIZE")
+    )
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)

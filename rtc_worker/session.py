@@ -13,11 +13,11 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from protocol import (
+    Chunk,
     ErrorCode,
     JobComplete,
     JobFailed,
@@ -30,11 +30,14 @@ from protocol import (
     PathValidated,
     ProtocolErrorFrame,
     RemoteProtocolError,
+    ResultsRequest,
+    TransferError,
     decode,
 )
 from protocol.job import (
     Action,
     CancelJob,
+    FileAccepted,
     InputAccepted,
     InputRejected,
     JobFinished,
@@ -46,18 +49,79 @@ from protocol.job import (
     StartJob,
     ValidateInput,
 )
+from protocol.messages import TransferErrorCode
 from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
 from rtc_worker.channel import ChannelClosed, FrameChannel
-from rtc_worker.jobs import JobError, JobRunner, JobSpec
-from rtc_worker.storage import FilesystemAdapter, PathErrorKind, StoragePathError
+from rtc_worker.jobs import JOBS_DIR_NAME, JobError, JobRunner, JobSpec, build_results_zip
+from rtc_worker.storage import ContentStore, FilesystemAdapter, PathErrorKind, StoragePathError
+from rtc_worker.transfer import PartialRegistry, ReceivedFile, TransferEndpoint
 
-if TYPE_CHECKING:
-    from rtc_worker.worker import JobSlot
-
-__all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
+__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "WorkerResources", "WorkerSession"]
 
 #: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
 LOG_BUFFER_LIMIT = 4 * 1024 * 1024
+
+
+class JobSlot:
+    """The worker-wide permission to run one job at a time.
+
+    Attributes:
+        job_id: the running job's id, or None when the worker is idle.
+    """
+
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+        self.closed = False
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs, or for good once the worker is stopping."""
+        return self.job_id is not None or self.closed
+
+    def close(self) -> None:
+        """The worker is stopping: no new job may start."""
+        self.closed = True
+
+    def acquire(self, job_id: str) -> None:
+        """Take the slot. Raises RuntimeError when it is taken (callers check ``busy``)."""
+        if self.busy:
+            raise RuntimeError(f"job slot taken by {self.job_id or 'shutdown'}")
+        self.job_id = job_id
+
+    def release(self, job_id: str) -> None:
+        """Give the slot back (only the job holding it can)."""
+        if self.job_id == job_id:
+            self.job_id = None
+
+
+@dataclass
+class WorkerResources:
+    """What every session of one worker shares.
+
+    Attributes:
+        shared_fs: the shared root's adapter, or None without shared storage.
+        runner: runs jobs on the storage root (the shared root, else the data dir).
+        store: content-addressed store of received files.
+        partials: which session writes which partial file.
+        slot: one job at a time per worker.
+        limits: frame bounds for :func:`protocol.decode`.
+        max_file_size: largest file accepted over the channel, bytes.
+        chunk_size: chunk size of files we send, bytes.
+        job_outputs: job_id -> output folder (relative to the storage root), for
+            RESULTS_REQUEST.
+    """
+
+    shared_fs: FilesystemAdapter | None
+    runner: JobRunner
+    store: ContentStore
+    partials: PartialRegistry
+    slot: JobSlot
+    limits: Limits
+    max_file_size: int
+    chunk_size: int = 65536
+    job_outputs: dict[str, str] = field(default_factory=dict)
+    #: Top-level folders of the worker under the root (never an output folder).
+    reserved_names: tuple[str, ...] = (".rtc-work", ".rtc-store", JOBS_DIR_NAME)
 
 
 @dataclass
@@ -72,34 +136,34 @@ class WorkerSession:
 
     Args:
         channel: the data channel's frame adapter.
-        fs: the shared root's adapter, or None when the worker has no shared storage.
-        runner: runs jobs (None when there is no shared storage).
-        slot: the worker-wide job slot (one job at a time per worker).
-        limits: frame bounds for :func:`protocol.decode`.
+        resources: what the worker's sessions share.
         peer: the remote peer's id, for logs.
     """
 
-    def __init__(
-        self,
-        channel: FrameChannel,
-        *,
-        fs: FilesystemAdapter | None,
-        runner: JobRunner | None,
-        slot: JobSlot,
-        limits: Limits,
-        peer: str = "?",
-    ) -> None:
+    def __init__(self, channel: FrameChannel, resources: WorkerResources, peer: str = "?") -> None:
         self.channel = channel
-        self.fs = fs
-        self.runner = runner
-        self.slot = slot
-        self.limits = limits
+        self.resources = resources
+        self.fs = resources.shared_fs
+        self.runner = resources.runner
+        self.slot = resources.slot
+        self.limits = resources.limits
         self.peer = peer
+        self.transfers = TransferEndpoint(
+            channel,
+            resources.store,
+            max_size=resources.max_file_size,
+            chunk_size=resources.chunk_size,
+            max_chunk_size=resources.limits.max_binary_frame_bytes,
+            registry=resources.partials,
+            on_received=self._on_file,
+        )
+        self._results_task: asyncio.Task[None] | None = None
         self.session = JobSession()
         self._timings = _Timings()
         self._cancel = asyncio.Event()
         self.job_task: asyncio.Task[None] | None = None
         self._dropped_logs = 0
+        self._input_names: dict[str, str] = {}
 
     async def run(self) -> None:
         """Handle frames in arrival order until the channel closes. Never raises."""
@@ -107,11 +171,16 @@ class WorkerSession:
         try:
             while True:
                 frame = await self.channel.recv()
-                await self._handle(frame)
+                try:
+                    await self._handle(frame)
+                except Exception:  # a bug: answer, log it, keep serving this channel
+                    logger.exception("frame from {} failed", self.peer)
+                    self._protocol_error(ErrorCode.INTERNAL_ERROR, "the worker failed on it")
         except ChannelClosed:
             logger.info("session with {} closed", self.peer)
         except Exception:  # a bug: log it, keep the worker alive
             logger.exception("session with {} failed", self.peer)
+        await self.transfers.close()
         if self.job_task is not None and not self.job_task.done():
             logger.info("client {} left; job {} keeps running", self.peer, self.session.job_id)
 
@@ -143,23 +212,46 @@ class WorkerSession:
         except RemoteProtocolError as exc:
             self._protocol_error(exc.code, exc.detail)
             return
+        if TransferEndpoint.is_transfer_frame(message):
+            try:
+                await self.transfers.handle(message)
+            except RemoteProtocolError as exc:
+                if isinstance(message, Chunk):
+                    logger.warning("unexpected binary frame from {}: {}", self.peer, exc.detail)
+                    self._send(TransferError(TransferErrorCode.UNEXPECTED_DATA, exc.detail))
+                else:
+                    self._protocol_error(exc.code, exc.detail)
+            return
+        if isinstance(message, ResultsRequest):
+            self._send_results(message.job_id)
+            return
         if (
             isinstance(message, JobStart)
-            and self.session.state is JobState.READY
+            and self.session.state in (JobState.READY, JobState.HAVE_FILE)
             and self.slot.busy
         ):
-            self._protocol_error(
-                ErrorCode.WORKER_BUSY,
-                f"another job ({self.slot.job_id}) is running on this worker; try again later",
+            detail = (
+                "the worker is shutting down"
+                if self.slot.closed
+                else f"another job ({self.slot.job_id}) is running on this worker; try again later"
             )
+            self._protocol_error(ErrorCode.WORKER_BUSY, detail)
             return
         try:
             action = self.session.receive(message)
         except RemoteProtocolError as exc:
-            code = ErrorCode.UNEXPECTED_DATA if frame.__class__ is bytes else exc.code
-            self._protocol_error(code, exc.detail)
+            self._protocol_error(exc.code, exc.detail)
             return
         await self._perform(action)
+
+    def _on_file(self, received: ReceivedFile) -> None:
+        """A file arrived (or was already held): it becomes the next job's input."""
+        if self.session.state is JobState.RUNNING:
+            logger.info("{} stored while a job runs; send it again to use it", received.name)
+            return
+        rel = self.runner.fs.to_relative(received.path)
+        self._input_names[rel] = received.name
+        self.session.report(FileAccepted(rel, received.name))
 
     async def _perform(self, action: Action) -> None:
         match action:
@@ -189,23 +281,32 @@ class WorkerSession:
         if self._no_shared_storage():
             self.session.report(InputRejected())
             return
-        assert self.fs is not None
         try:
-            t0 = time.perf_counter()
-            resolved = await asyncio.to_thread(self.fs.validate_input, path)
-            t1 = time.perf_counter()
-            if not resolved.is_dir():
-                await asyncio.to_thread(self._check_format, path, resolved.name)
-            t2 = time.perf_counter()
+            validation_ms, access_ms = await asyncio.to_thread(self._inspect_input, path)
         except StoragePathError as exc:
             logger.warning("input refused for {}: {}", self.peer, exc.detail)
             self.session.report(InputRejected())
             self._send(PathError(exc.reason))
             return
-        self._timings.validation_ms += (t1 - t0) * 1000
-        self._timings.file_access_ms += (t2 - t1) * 1000
+        except OSError as exc:
+            logger.error("input {!r} of {} failed: {}", path, self.peer, exc)
+            self.session.report(InputRejected())
+            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"the worker could not read {path}")
+            return
+        self._timings.validation_ms += validation_ms
+        self._timings.file_access_ms += access_ms
         self.session.report(InputAccepted(path))
         self._send(PathValidated("input"))
+
+    def _inspect_input(self, path: str) -> tuple[float, float]:
+        """Validate the input (blocking); returns (validation ms, file access ms)."""
+        assert self.fs is not None
+        t0 = time.perf_counter()
+        resolved = self.fs.validate_input(path)
+        t1 = time.perf_counter()
+        if not resolved.is_dir():
+            self._check_format(path, resolved.name)
+        return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
     def _check_format(self, path: str, name: str) -> None:
         """Open the input (at-use checks) and, for a ZIP, read its central directory.
@@ -232,15 +333,41 @@ class WorkerSession:
         assert self.fs is not None
         t0 = time.perf_counter()
         try:
+            self._check_output_place(path)
             await asyncio.to_thread(self.fs.makedirs, path)
         except StoragePathError as exc:
             logger.warning("output refused for {}: {}", self.peer, exc.detail)
             self.session.report(OutputRejected())
             self._send(PathError(exc.reason))
             return
+        except OSError as exc:
+            logger.error("output {!r} of {} failed: {}", path, self.peer, exc)
+            self.session.report(OutputRejected())
+            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"the worker could not create {path}")
+            return
         self._timings.validation_ms += (time.perf_counter() - t0) * 1000
         self.session.report(OutputAccepted(path))
         self._send(PathValidated("output"))
+
+    def _check_output_place(self, path: str) -> None:
+        """Refuse the root itself and the worker's own folders as an output folder.
+
+        A job's cleanup removes what it added to its output folder: the whole share,
+        or the worker's store, must never be that folder.
+
+        Raises:
+            StoragePathError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the
+                like from validation).
+        """
+        assert self.fs is not None
+        resolved = self.fs.validate(path)
+        reserved = [self.fs.root / name for name in self.resources.reserved_names]
+        if resolved == self.fs.root or any(
+            resolved == place or place in resolved.parents for place in reserved
+        ):
+            raise StoragePathError(
+                PathErrorKind.PERMISSION_DENIED, path, "the root or a worker folder as output"
+            )
 
     # ------------------------------------------------------------------ jobs
 
@@ -250,8 +377,24 @@ class WorkerSession:
         self.job_task = asyncio.create_task(self._run_job(action), name=f"job-{action.job_id}")
 
     async def _run_job(self, action: StartJob) -> None:
-        assert self.runner is not None
-        spec = JobSpec(action.job_id, action.input_path, action.output_path)
+        output = action.output_path
+        try:
+            if output is None:  # a received input without a shared output: the job folder
+                output = f"{JOBS_DIR_NAME}/{action.job_id}/output"
+                await asyncio.to_thread(self.runner.fs.makedirs, output)
+        except (StoragePathError, OSError) as exc:
+            logger.error("cannot create the job folder for {}: {}", action.job_id, exc)
+            self._send(JobFailed(action.job_id, "cannot create the job folder on the worker"))
+            self.session.report(JobFinished())
+            self.slot.release(action.job_id)
+            return
+        self.resources.job_outputs[action.job_id] = output
+        spec = JobSpec(
+            action.job_id,
+            action.input_path,
+            output,
+            input_name=self._input_names.get(action.input_path) if action.input_received else None,
+        )
         timings, self._timings = self._timings, _Timings()
         started = time.perf_counter()
         logger.info(
@@ -295,8 +438,47 @@ class WorkerSession:
             self._send(metrics)
             self._send(complete)
         finally:
-            self.session.report(JobFinished())
             self.slot.release(spec.job_id)
+            self.session.report(JobFinished())
+
+    # ------------------------------------------------------------------ results
+
+    def _send_results(self, job_id: str) -> None:
+        if self.transfers.sender.active or (
+            self._results_task is not None and not self._results_task.done()
+        ):
+            self._protocol_error(ErrorCode.UNEXPECTED_MESSAGE, "a file is already being sent")
+            return
+        if self.slot.job_id == job_id:
+            self._protocol_error(ErrorCode.UNEXPECTED_MESSAGE, f"job {job_id} is still running")
+            return
+        output = self.resources.job_outputs.get(job_id, f"{JOBS_DIR_NAME}/{job_id}/output")
+        if not self.runner.fs.exists(output):
+            self._protocol_error(ErrorCode.UNKNOWN_JOB, f"no results for job {job_id}")
+            return
+        self._results_task = asyncio.create_task(self._results(job_id, output))
+
+    async def _results(self, job_id: str, output: str) -> None:
+        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
+        try:
+            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
+            result = await self.transfers.send_file(path, name=f"results-{job_id}.zip")
+        except ChannelClosed:
+            logger.info("client {} left while results of {} were sent", self.peer, job_id)
+            return
+        except Exception:
+            logger.exception("could not send the results of {}", job_id)
+            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"could not send results of {job_id}")
+            return
+        logger.info(
+            "results of {} to {}: {} ({} of {} bytes sent, {:.2f} MB/s)",
+            job_id,
+            self.peer,
+            result.outcome.status,
+            result.bytes_sent,
+            result.size,
+            result.mb_per_s,
+        )
 
     async def aclose(self) -> None:
         """Cancel a running job and wait for it (used at worker shutdown)."""
@@ -304,3 +486,7 @@ class WorkerSession:
             self._cancel.set()
             with contextlib.suppress(Exception):
                 await self.job_task
+        if self._results_task is not None:
+            self._results_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._results_task

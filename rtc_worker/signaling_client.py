@@ -86,9 +86,12 @@ class SignalingClient:
         """
         self._session = aiohttp.ClientSession()
         try:
-            self._ws = await self._session.ws_connect(
-                self.url, heartbeat=20.0, timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout)
-            )
+            async with asyncio.timeout(self.timeout):  # bounds the handshake too
+                self._ws = await self._session.ws_connect(
+                    self.url,
+                    heartbeat=20.0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout),
+                )
             self._reader = asyncio.create_task(self._read_loop(), name="signaling-reader")
             register = Register(
                 peer_id=self.peer_id, role=self.role, token=self.token, metadata=self.metadata

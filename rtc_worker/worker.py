@@ -4,7 +4,7 @@ It registers with the signaling server (reconnecting with exponential backoff
 when the server goes away), answers each client's offer with one
 ``RTCPeerConnection``, and serves every data channel the client opens with a
 :class:`~rtc_worker.session.WorkerSession`. Several clients may be connected;
-one job runs at a time per worker (:class:`JobSlot`).
+one job runs at a time per worker (:class:`~rtc_worker.session.JobSlot`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from rtc_worker.archive import ZipLimits
 from rtc_worker.channel import FrameChannel
 from rtc_worker.config import WorkerSettings
 from rtc_worker.jobs import JobRunner
-from rtc_worker.session import WorkerSession
+from rtc_worker.session import JobSlot, WorkerResources, WorkerSession
 from rtc_worker.signaling_client import SignalingClient, SignalingClosed
-from rtc_worker.storage import FilesystemAdapter
+from rtc_worker.storage import ContentStore, FilesystemAdapter, resolve_store_root
+from rtc_worker.transfer import PartialRegistry
 
 __all__ = ["JobSlot", "RTCWorkerClient", "rtc_configuration"]
 
@@ -46,33 +47,6 @@ def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
     public STUN server, which is what loopback, LAN and offline runs need.
     """
     return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
-
-
-class JobSlot:
-    """The worker-wide permission to run one job at a time.
-
-    Attributes:
-        job_id: the running job's id, or None when the worker is idle.
-    """
-
-    def __init__(self) -> None:
-        self.job_id: str | None = None
-
-    @property
-    def busy(self) -> bool:
-        """True while a job runs."""
-        return self.job_id is not None
-
-    def acquire(self, job_id: str) -> None:
-        """Take the slot. Raises RuntimeError when it is taken (callers check ``busy``)."""
-        if self.job_id is not None:
-            raise RuntimeError(f"job slot taken by {self.job_id}")
-        self.job_id = job_id
-
-    def release(self, job_id: str) -> None:
-        """Give the slot back (only the job holding it can)."""
-        if self.job_id == job_id:
-            self.job_id = None
 
 
 class RTCWorkerClient:
@@ -91,34 +65,51 @@ class RTCWorkerClient:
         self.settings = settings
         self.shared_storage_root: Path | None = settings.detect_shared_root()
         self.fs_adapter: FilesystemAdapter | None = None
-        self.runner: JobRunner | None = None
         if self.shared_storage_root is not None:
             self.fs_adapter = FilesystemAdapter(
                 self.shared_storage_root, slow_warning_s=settings.slow_validation_warning_s
-            )
-            self.runner = JobRunner(
-                self.fs_adapter,
-                command=settings.job_command,
-                zip_limits=ZipLimits(
-                    max_total_bytes=settings.zip_max_total_bytes,
-                    max_ratio=settings.zip_max_ratio,
-                    max_members=settings.zip_max_members,
-                ),
-                work_dir_name=settings.work_dir_name,
-                keep_workdir=settings.keep_workdir,
-                cancel_grace_s=settings.cancel_grace_s,
             )
             logger.info("shared storage root: {}", self.shared_storage_root)
         else:
             logger.warning(
                 "no shared storage found (set SHARED_STORAGE_ROOT or --shared-root; probed {});"
-                " serving without it",
+                " serving without it: files come over the data channel into {}",
                 ", ".join(settings.shared_root_candidates) or "nothing",
+                settings.data_dir,
             )
+        storage_root = settings.storage_root(self.shared_storage_root)
+        local_fs = self.fs_adapter or FilesystemAdapter(
+            storage_root, slow_warning_s=settings.slow_validation_warning_s
+        )
+        self.store = ContentStore(
+            resolve_store_root(self.shared_storage_root, storage_root),
+            partial_ttl_s=settings.partial_ttl_s,
+        )
+        self.runner = JobRunner(
+            local_fs,
+            command=settings.job_command,
+            zip_limits=ZipLimits(
+                max_total_bytes=settings.zip_max_total_bytes,
+                max_ratio=settings.zip_max_ratio,
+                max_members=settings.zip_max_members,
+            ),
+            work_dir_name=settings.work_dir_name,
+            keep_workdir=settings.keep_workdir,
+            cancel_grace_s=settings.cancel_grace_s,
+        )
         self.slot = JobSlot()
-        self.limits = Limits(
-            max_text_frame_bytes=settings.max_text_frame_bytes,
-            max_path_bytes=settings.max_path_bytes,
+        self.resources = WorkerResources(
+            shared_fs=self.fs_adapter,
+            runner=self.runner,
+            store=self.store,
+            partials=PartialRegistry(),
+            slot=self.slot,
+            limits=Limits(
+                max_text_frame_bytes=settings.max_text_frame_bytes,
+                max_path_bytes=settings.max_path_bytes,
+            ),
+            max_file_size=settings.max_file_size,
+            chunk_size=settings.chunk_size,
         )
         self.registered = asyncio.Event()
         self._peer_connections: dict[str, RTCPeerConnection] = {}
@@ -128,10 +119,16 @@ class RTCWorkerClient:
         self._stopping = asyncio.Event()
 
     @property
+    def active_sessions(self) -> int:
+        """Data channels being served now."""
+        return len(self._sessions)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """What other peers see in ``list_peers``."""
         return {
             "shared_storage": self.shared_storage_root is not None,
+            "max_file_size": self.settings.max_file_size,
             "job": "command" if self.settings.job_command else "manifest",
             "version": __version__,
         }
@@ -144,6 +141,7 @@ class RTCWorkerClient:
                 (UNAUTHORIZED or an invalid peer id): retrying cannot help.
         """
         delay = 0.5
+        self._spawn(self._cleanup_loop())
         try:
             while not self._stopping.is_set():
                 signaling = SignalingClient(
@@ -225,14 +223,7 @@ class RTCWorkerClient:
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            session = WorkerSession(
-                FrameChannel(channel),
-                fs=self.fs_adapter,
-                runner=self.runner,
-                slot=self.slot,
-                limits=self.limits,
-                peer=peer,
-            )
+            session = WorkerSession(FrameChannel(channel), self.resources, peer=peer)
             self._sessions.add(session)
 
             async def serve() -> None:
@@ -265,11 +256,23 @@ class RTCWorkerClient:
                 del self._peer_connections[peer]
             await pc.close()
 
+    async def _cleanup_loop(self) -> None:
+        """Remove partial files older than the TTL, now and then every interval."""
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.store.cleanup)
+                if removed:
+                    logger.info("removed {} expired partial file(s)", removed)
+            except OSError as exc:
+                logger.warning("partial-file cleanup failed: {}", exc)
+            await asyncio.sleep(self.settings.cleanup_interval_s)
+
     async def stop(self) -> None:
         """Ask :meth:`run` to return (it cancels running jobs and closes connections)."""
         self._stopping.set()
 
     async def _shutdown(self) -> None:
+        self.slot.close()
         for session in list(self._sessions):
             await session.aclose()
         for pc in list(self._peer_connections.values()):

@@ -98,7 +98,7 @@ StartWorker = Callable[..., Awaitable[Any]]
 
 
 @pytest_asyncio.fixture
-async def start_worker(signaling: Signaling) -> AsyncIterator[StartWorker]:
+async def start_worker(signaling: Signaling, tmp_path: Path) -> AsyncIterator[StartWorker]:
     """Start an in-process RTCWorkerClient; every started worker is stopped after the test."""
     from rtc_worker.worker import RTCWorkerClient
 
@@ -111,6 +111,7 @@ async def start_worker(signaling: Signaling) -> AsyncIterator[StartWorker]:
             "shared_root_candidates": [],
             "reconnect_max_delay_s": 0.5,
             "cancel_grace_s": 2.0,
+            "data_dir": tmp_path / f"data-{peer_id}",
             **overrides,
         }
         worker = RTCWorkerClient(WorkerSettings(**values))
@@ -164,7 +165,7 @@ def tiny_tmpfs(mountpoint: Path, size: str = "64k") -> Iterator[Path]:
 def worker_subprocess(
     signaling_url: str,
     peer_id: str,
-    shared_root: Path,
+    shared_root: Path | None,
     *,
     extra_env: dict[str, str] | None = None,
     honour_permissions: bool = False,
@@ -187,11 +188,11 @@ def worker_subprocess(
         signaling_url,
         "--peer-id",
         peer_id,
-        "--shared-root",
-        str(shared_root),
         "--log-level",
         "INFO",
     ]
+    if shared_root is not None:
+        argv += ["--shared-root", str(shared_root)]
     if honour_permissions and os.geteuid() == 0:
         caps = "-dac_override,-dac_read_search"
         argv = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]

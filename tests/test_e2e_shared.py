@@ -313,7 +313,6 @@ async def test_protocol_errors_keep_the_connection_usable(
         ("HELLO::world", "UNKNOWN_MESSAGE"),
         ("JOB_START", "UNEXPECTED_MESSAGE"),
         ("JOB_CANCEL", "UNEXPECTED_MESSAGE"),
-        (b"\x00binary", "UNEXPECTED_DATA"),
         ("JOB_ID::bad id", "INVALID_JOB_ID"),
         ("SHARED_INPUT_PATH::" + "a" * 5000, "PATH_TOO_LONG"),
         ("JOB_LOG::" + "x" * 70_000, "FRAME_TOO_LARGE"),
@@ -488,3 +487,97 @@ async def test_worker_reconnects_when_signaling_restarts(
         await worker.stop()
         await asyncio.wait_for(task, 15)
         await server.runner.cleanup()
+
+
+async def test_an_endless_output_line_does_not_hang_the_job(
+    start_worker: Any, client: RTCClient, shared_root: Path, package: Path
+) -> None:
+    script = (
+        "import sys; sys.stdout.write('x' * 1100000 + chr(10)); "
+        "[print('after', i) for i in range(3000)]"
+    )
+    await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}"')
+    logs: list[str] = []
+    result = await asyncio.wait_for(
+        client.submit_shared("worker-1", "inputs/package.zip", "outputs/long", on_log=logs.append),
+        60,
+    )
+    assert result.file_count == 0
+    assert logs[0].endswith("…[truncated]") and len(logs[0]) < 10_000
+    assert logs[-1] == "after 2999"
+
+
+async def test_job_processes_never_outlive_their_job(
+    start_worker: Any, client: RTCClient, shared_root: Path, package: Path
+) -> None:
+    """A background child of the job is killed when the job ends, and on cancel."""
+    script = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen(['sleep', '300']); "
+        "open(sys.argv[1] + '/pid', 'w').write(str(p.pid)); "
+        "print('started', flush=True); "
+        "time.sleep(300 if 'cancel' in sys.argv[1] else 0)"
+    )
+    await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}" {{output}}')
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie not yet reaped counts as gone
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+    await client.submit_shared("worker-1", "inputs/package.zip", "outputs/ends")
+    pid = int((shared_root / "outputs" / "ends" / "pid").read_text())
+    for _ in range(50):
+        if not alive(pid):
+            break
+        await asyncio.sleep(0.1)
+    assert not alive(pid)
+
+    conn = await client.connect("worker-1")
+    conn.send("JOB_ID::to-cancel")
+    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
+    assert await conn.recv(10) == PathValidated("input")
+    conn.send("SHARED_OUTPUT_PATH::outputs/cancel")
+    assert await conn.recv(10) == PathValidated("output")
+    conn.send("JOB_START")
+    assert await conn.recv(10) == JobLog("started")
+    conn.send("JOB_CANCEL")
+    assert await recv_until(conn, (JobFailed,)) == JobFailed("to-cancel", "cancelled")
+    pid = int((shared_root / "outputs" / "cancel" / "pid").read_text())
+    for _ in range(50):
+        if not alive(pid):
+            break
+        await asyncio.sleep(0.1)
+    assert not alive(pid)
+
+
+@pytest.mark.parametrize("path", [".", ".rtc-work", ".rtc-work/x", ".rtc-store", ".rtc-jobs/j"])
+async def test_the_root_and_worker_folders_are_no_output_folders(
+    start_worker: Any, client: RTCClient, shared_root: Path, package: Path, path: str
+) -> None:
+    await start_worker(shared_root=shared_root)
+    with pytest.raises(PathRejected) as info:
+        await client.submit_shared("worker-1", "inputs/package.zip", path)
+    assert info.value.reason == f"Permission denied: {path}"
+
+
+async def test_a_timed_out_job_does_not_poison_the_next_one(
+    start_worker: Any, client: RTCClient, shared_root: Path, package: Path
+) -> None:
+    script = "import sys, time; time.sleep(30 if sys.argv[1].endswith('slow') else 0)"
+    await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}" {{output}}')
+    with pytest.raises(TimeoutError):
+        await client.submit_shared(
+            "worker-1", "inputs/package.zip", "outputs/slow", job_timeout=0.5
+        )
+    result = None
+    for _ in range(50):  # the cancelled job frees the worker within its grace period
+        try:
+            result = await client.submit_shared("worker-1", "inputs/package.zip", "outputs/fast")
+            break
+        except WorkerBusy:
+            await asyncio.sleep(0.2)
+    assert result is not None and result.output_path == "outputs/fast"
