@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -188,11 +189,25 @@ def _client_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("workers", parents=[common], help="list registered workers")
-    submit = sub.add_parser("submit", parents=[common], help="run a shared-storage job")
+    submit = sub.add_parser(
+        "submit",
+        parents=[common],
+        help="run a job: on shared storage (--input/--output) or on a local file sent "
+        "over the data channel (--file/--download)",
+        description="Shared storage: --input REL --output REL (add --file LOCAL to send a "
+        "local copy when the worker cannot read the shared input). No shared storage: "
+        "--file LOCAL --download DIR sends the file, runs the job and saves the verified "
+        "results ZIP (extracted next to it).",
+    )
     submit.add_argument("--worker", required=True, help="the worker's peer id")
-    submit.add_argument("--input", required=True, help="input path relative to the shared root")
+    submit.add_argument("--input", help="input path relative to the shared root")
+    submit.add_argument("--output", help="output folder relative to the shared root (created)")
+    submit.add_argument("--file", type=Path, help="a local input file to send over the channel")
     submit.add_argument(
-        "--output", required=True, help="output folder relative to the shared root (created)"
+        "--download", type=Path, help="folder where the results of a --file job are saved"
+    )
+    submit.add_argument(
+        "--no-progress", action="store_true", help="no progress bar during transfers"
     )
     submit.add_argument("--job-id", dest="job_id", help="job id [A-Za-z0-9._-]{1,64}")
     submit.add_argument(
@@ -243,9 +258,19 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
         PathRejected,
         RTCClient,
         SignalingError,
+        TransferFailedError,
         WorkerProtocolError,
     )
 
+    if args.command == "submit":
+        shared, channel = args.input is not None, args.download is not None
+        if shared == channel or (shared and args.output is None) or (channel and args.file is None):
+            print(
+                "rtc-client submit: give --input and --output (shared storage), or --file "
+                "and --download (no shared storage)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     trace = _print_trace if getattr(args, "trace", False) else None
     client = RTCClient(
         settings.signaling_url,
@@ -254,6 +279,8 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
         reply_timeout=settings.reply_timeout_s,
         connect_timeout=settings.connect_timeout_s,
         trace=trace,
+        cache_dir=settings.cache_dir,
+        max_file_size=settings.max_file_size,
     )
     try:
         async with client:
@@ -268,14 +295,38 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
                 return EXIT_OK
             if args.wait > 0:
                 await client.wait_for_worker(args.worker, args.wait)
-            result = await client.submit_shared(
-                args.worker,
-                args.input,
-                args.output,
-                job_id=args.job_id,
-                on_log=None if args.json or trace else (lambda line: print(f"  | {line}")),
-                job_timeout=args.job_timeout,
-            )
+            on_log = None if args.json or trace else (lambda line: print(f"  | {line}"))
+            bars = _Progress(disabled=args.no_progress or args.json)
+            download = None
+            try:
+                if args.input is not None:
+                    result = await client.submit_shared(
+                        args.worker,
+                        args.input,
+                        args.output,
+                        job_id=args.job_id,
+                        on_log=on_log,
+                        job_timeout=args.job_timeout,
+                        local_copy=args.file,
+                        on_progress=bars.callback("upload"),
+                    )
+                else:
+                    submitted = await client.submit_file(
+                        args.worker,
+                        args.file,
+                        args.download,
+                        job_id=args.job_id,
+                        on_log=on_log,
+                        on_upload_progress=bars.callback("upload"),
+                        on_download_progress=bars.callback("results"),
+                        job_timeout=args.job_timeout,
+                    )
+                    result, download = submitted.job, submitted
+            finally:
+                bars.close()
+    except TransferFailedError as exc:
+        print(f"transfer failed: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     except PathRejected as exc:
         print(f"path refused: {exc.reason}", file=sys.stderr)
         return EXIT_JOB_FAILED
@@ -294,23 +345,84 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
     except (OSError, TimeoutError, ChannelClosed) as exc:
         print(f"connection failed: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_CONNECTION
+    summary: dict[str, Any] = {
+        "job_id": result.job_id,
+        "output_path": result.output_path,
+        "file_count": result.file_count,
+        "total_mb": result.total_mb,
+        "metrics": result.metrics,
+    }
+    if download is not None:
+        upload = download.upload
+        summary |= {
+            "upload": {
+                "status": upload.outcome.status,
+                "size": upload.size,
+                "bytes_sent": upload.bytes_sent,
+                "offset": upload.outcome.offset,
+                "mb_per_s": round(upload.mb_per_s, 2),
+                "sha256": upload.outcome.sha256,
+            },
+            "results_zip": str(download.results_zip),
+            "results_dir": str(download.results_dir),
+            "results_sha256": download.download.sha256,
+            "results_bytes_received": download.download.bytes_received,
+        }
     if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    if download is not None:
+        upload = download.upload
         print(
-            json.dumps(
-                {
-                    "job_id": result.job_id,
-                    "output_path": result.output_path,
-                    "file_count": result.file_count,
-                    "total_mb": result.total_mb,
-                    "metrics": result.metrics,
-                },
-                indent=2,
-            )
+            f"input {args.file.name}: {upload.outcome.status}, {upload.bytes_sent:,} of "
+            f"{upload.size:,} bytes sent over the channel"
+            + (f" from offset {upload.outcome.offset:,}" if upload.outcome.offset else "")
+            + f", {upload.mb_per_s:.2f} MB/s"
         )
-    else:
+    print(
+        f"JOB_COMPLETE::{result.job_id}::{result.output_path}::{result.file_count}"
+        f"::{result.total_mb:.2f}"
+    )
+    print("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
+    if download is not None:
         print(
-            f"JOB_COMPLETE::{result.job_id}::{result.output_path}::{result.file_count}"
-            f"::{result.total_mb:.2f}"
+            f"results: {download.results_zip} (sha256 verified, "
+            f"{download.download.bytes_received:,} bytes received), extracted to "
+            f"{download.results_dir}"
         )
-        print("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
     return EXIT_OK
+
+
+class _Progress:
+    """tqdm progress bars fed by FILE_PROGRESS (bytes, MB/s and ETA), one per transfer."""
+
+    def __init__(self, *, disabled: bool) -> None:
+        self.disabled = disabled
+        self._bars: dict[str, Any] = {}
+
+    def callback(self, label: str) -> Any:
+        if self.disabled:
+            return None
+
+        def update(received: int, size: int) -> None:
+            from tqdm import tqdm
+
+            bar = self._bars.get(label)
+            if bar is None:
+                bar = self._bars[label] = tqdm(
+                    total=size,
+                    initial=received,
+                    desc=label,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1000,
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
+            bar.update(received - bar.n)
+
+        return update
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()

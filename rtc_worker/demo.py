@@ -184,9 +184,8 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
             )
         )
 
-        _step("client: submitting the job (frames on the data channel below)")
-        client = subprocess.run(
-            [
+        def client(*args: str, trace: bool = True) -> subprocess.CompletedProcess[str]:
+            argv = [
                 sys.executable,
                 "-c",
                 "import sys; from rtc_worker.cli import client_main; sys.exit(client_main())",
@@ -195,26 +194,36 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
                 url,
                 "--worker",
                 WORKER_ID,
-                "--input",
-                "inputs/train_package.zip",
-                "--output",
-                "outputs/demo-run",
-                "--job-id",
-                "demo-001",
                 "--wait",
                 "20",
-                "--trace",
-            ],
-            env=env,
-            timeout=max(1.0, deadline - time.monotonic()),
-            check=False,
-        )
-        if client.returncode != 0:
-            raise RuntimeError(f"client exited with code {client.returncode}")
+                "--no-progress",
+                *args,
+                *(["--trace"] if trace else []),
+            ]
+            done = subprocess.run(
+                argv,
+                env={**env, "RTC_CLIENT_CACHE_DIR": str(tmp / "client" / "cache")},
+                timeout=max(1.0, deadline - time.monotonic()),
+                check=False,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            print(done.stdout, end="", flush=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"client exited with code {done.returncode}")
+            return done
 
+        _step("job 1: shared storage (frames on the data channel below)")
+        client(
+            "--input",
+            "inputs/train_package.zip",
+            "--output",
+            "outputs/demo-run",
+            "--job-id",
+            "demo-001",
+        )
         manifest = shared / "outputs" / "demo-run" / "manifest.json"
         data = json.loads(manifest.read_text())
-        _step("result")
         print(f"  manifest: {manifest}")
         for entry in data["files"]:
             print(f"    {entry['path']:<22} {entry['size']:>10,} bytes  {entry['mime_type']}")
@@ -222,9 +231,41 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
         got = {entry["path"] for entry in data["files"]}
         if got != expected:
             raise RuntimeError(f"manifest lists {sorted(got)}, expected {sorted(expected)}")
+
+        local = tmp / "client" / "train_package.zip"
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package, local)
+        downloads = tmp / "client" / "downloads"
+        transfers = []
+        for number, job_id, what in (
+            (2, "demo-002", "a client without shared storage sends the package"),
+            (3, "demo-003", "the same package again: the worker holds it, 0 bytes sent"),
+        ):
+            _step(f"job {number}: {what}")
+            done = client(
+                "--file",
+                str(local),
+                "--download",
+                str(downloads),
+                "--job-id",
+                job_id,
+                trace=number == 2,
+            )
+            line = next(x for x in done.stdout.splitlines() if x.startswith("input "))
+            transfers.append((number, line))
+            results = downloads / job_id / "manifest.json"
+            if {e["path"] for e in json.loads(results.read_text())["files"]} != expected:
+                raise RuntimeError(f"job {number}: downloaded manifest does not match")
+
+        _step("result")
+        print(f"  job 1: shared storage, manifest at {manifest}: 0 file bytes on the channel")
+        for number, line in transfers:
+            print(f"  job {number}: {line}")
+        print(f"  downloaded results: {downloads}")
         print(
-            f"\ndemo finished in {time.monotonic() - started:.1f} s: the job ran in place on "
-            "shared storage; only relative paths crossed the data channel."
+            f"\ndemo finished in {time.monotonic() - started:.1f} s: job 1 ran in place on "
+            "shared storage; jobs 2 and 3 went over the data channel, verified by sha256 "
+            "and deduplicated by content."
         )
         ok = True
         return 0

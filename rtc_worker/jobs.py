@@ -312,7 +312,7 @@ class JobRunner:
         def log(line: str) -> None:
             loop.call_soon_threadsafe(on_log, line)
 
-        log(f"manifest: {len(files)} file(s) from {spec.input_path}")
+        log(f"manifest: {len(files)} file(s) from {spec.input_name or spec.input_path}")
         entries = []
         total = 0
         for name, rel in files:

@@ -70,6 +70,7 @@ __all__ = [
     "HIGH_WATER_BYTES",
     "LOW_WATER_BYTES",
     "READ_BLOCK_BYTES",
+    "WRITE_BATCH_BYTES",
     "ReceivedFile",
     "SendResult",
     "TransferEndpoint",
@@ -82,6 +83,8 @@ HIGH_WATER_BYTES = 1024 * 1024
 LOW_WATER_BYTES = 256 * 1024
 #: The file is read in blocks of this many bytes, in a worker thread.
 READ_BLOCK_BYTES = 1024 * 1024
+#: Received chunks are written (and hashed) in a thread in batches of this many bytes.
+WRITE_BATCH_BYTES = 1024 * 1024
 
 #: Frames that belong to the receiving direction (we receive a file).
 RECEIVER_FRAMES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile)
@@ -161,12 +164,12 @@ class PartialRegistry:
         if self._holders.get(sha256) is endpoint:
             del self._holders[sha256]
 
-    def preempt(self, sha256: str, endpoint: TransferEndpoint) -> bool:
+    async def preempt(self, sha256: str, endpoint: TransferEndpoint) -> bool:
         """Stop another endpoint's transfer of ``sha256``; True when one was stopped."""
         holder = self._holders.get(sha256)
         if holder is None or holder is endpoint:
             return False
-        holder.abort_receive("superseded by a newer transfer of the same content")
+        await holder.abort_receive("superseded by a newer transfer of the same content")
         return True
 
 
@@ -213,6 +216,12 @@ class TransferEndpoint:
         #: Called with (bytes_received, size) as chunks of a received file arrive.
         self.on_receive_progress: Callable[[int, int], None] | None = None
         self._receive_started = 0.0
+        #: Bytes of file chunks this endpoint put on the channel, over its lifetime.
+        self.bytes_sent = 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._resumed_at = 0
 
     # ------------------------------------------------------------------ routing
 
@@ -264,6 +273,7 @@ class TransferEndpoint:
                 self._partial = await asyncio.to_thread(
                     self.store.open_anonymous, meta.name, meta.size
                 )
+                self._resumed_at = 0
                 return self.receiver.report(StoreOffset(0))
             if await asyncio.to_thread(self.store.has, meta.sha256):
                 effects = self.receiver.report(StoreHas())
@@ -274,12 +284,13 @@ class TransferEndpoint:
                     self.store.open_partial, meta.sha256, meta.size, meta.name
                 )
             except PartialBusyError:
-                if not self.registry.preempt(meta.sha256, self):
+                if not await self.registry.preempt(meta.sha256, self):
                     raise
                 partial = await asyncio.to_thread(
                     self.store.open_partial, meta.sha256, meta.size, meta.name
                 )
             self._partial = partial
+            self._resumed_at = partial.offset
             self.registry.claim(meta.sha256, self)
             if partial.offset:
                 logger.info("resuming {} at {} of {} bytes", meta.name, partial.offset, meta.size)
@@ -297,25 +308,66 @@ class TransferEndpoint:
         return effects
 
     async def _append(self, data: bytes) -> None:
-        partial = self._partial
-        assert partial is not None
-        if self.on_receive_progress is not None and partial.size is not None:
-            self.on_receive_progress(partial.offset + len(data), partial.size)
+        """Queue a chunk; every WRITE_BATCH_BYTES the batch is written and hashed in a
+        thread (hashlib and write() release the GIL), so the event loop, which also
+        runs the SCTP stack, only collects chunks. At most one batch is in flight."""
+        meta = self.receiver.meta
+        if self.on_receive_progress is not None and meta is not None:
+            self.on_receive_progress(self.receiver.received, meta.size)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= WRITE_BATCH_BYTES:
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        """Wait for the write in flight, then start writing the queued chunks."""
         try:
-            partial.write(data)  # buffered: a disk write every MiB, page cache only
+            await self._settle_write()
         except DiskFullError:
-            logger.warning("disk full while receiving {}", partial.name)
-            effects = self.receiver.report(
-                StoreFailed(TransferErrorCode.DISK_FULL, "no space left on the receiver")
-            )
-            self.results.put_nowait(TransferFailed(TransferErrorCode.DISK_FULL, "disk full"))
-            await self._run(effects)
+            await self._disk_full()
+            return
+        partial = self._partial
+        if partial is None or not self._batch:
+            return
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_bytes = 0
+        self._writing = asyncio.ensure_future(asyncio.to_thread(partial.write, data))
+
+    async def _settle_write(self) -> None:
+        """Wait for the write in flight (re-raising its DiskFullError)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def _drain_writes(self) -> bool:
+        """Write everything queued; False when the disk filled up (already reported)."""
+        await self._write_batch()
+        try:
+            await self._settle_write()
+        except DiskFullError:
+            await self._disk_full()
+            return False
+        return True
+
+    async def _disk_full(self) -> None:
+        partial = self._partial
+        logger.warning("disk full while receiving {}", partial.name if partial else "a file")
+        self._batch.clear()
+        self._batch_bytes = 0
+        self.results.put_nowait(TransferFailed(TransferErrorCode.DISK_FULL, "disk full"))
+        effects = self.receiver.report(
+            StoreFailed(TransferErrorCode.DISK_FULL, "no space left on the receiver")
+        )
+        await self._run(effects)
 
     async def _finish(self, meta: FileMeta | FileMetaLegacy) -> list[Effect]:
+        if not await self._drain_writes():
+            return []
         partial = self._partial
         assert partial is not None
         expected = meta.sha256 if isinstance(meta, FileMeta) else None
-        received = partial.offset
+        received = partial.offset - self._resumed_at
         try:
             path = await asyncio.to_thread(partial.commit, expected)
         except HashMismatchError as exc:
@@ -361,18 +413,22 @@ class TransferEndpoint:
         partial = self._partial
         if partial is None:
             return
+        if keep:
+            with contextlib.suppress(DiskFullError):  # keep what reached the disk
+                await self._write_batch()
+        self._batch.clear()
+        self._batch_bytes = 0
+        with contextlib.suppress(DiskFullError):
+            await self._settle_write()
         self._forget_partial()
         with contextlib.suppress(OSError):
             await asyncio.to_thread(partial.close if keep else partial.discard)
 
-    def abort_receive(self, detail: str) -> None:
+    async def abort_receive(self, detail: str) -> None:
         """Stop the transfer being received (its partial is kept); used on preemption."""
-        partial = self._partial
-        if partial is None:
+        if self._partial is None:
             return
-        self._forget_partial()
-        with contextlib.suppress(OSError):
-            partial.close()
+        await self._close_partial(keep=True)
         effects = self.receiver.report(StoreFailed(TransferErrorCode.CANCELLED, detail))
         for effect in effects:
             if isinstance(effect, Send):
@@ -482,6 +538,7 @@ class TransferEndpoint:
                         if not self.channel.send_frame(piece):
                             return sent
                         sent += len(piece)
+                        self.bytes_sent += len(piece)
         finally:
             channel.remove_listener("bufferedamountlow", drained.set)
         return sent
