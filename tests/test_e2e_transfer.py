@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -418,3 +419,22 @@ async def test_transfer_failed_error_carries_the_code(
     with pytest.raises(TransferFailedError) as info:
         await conn.send_file(path)
     assert info.value.code == "FILE_TOO_LARGE"
+
+
+async def test_the_worker_removes_partial_files_past_their_ttl(
+    start_worker: Any, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data-ttl"
+    store = ContentStore(data_dir / "store")
+    old, fresh = b"o" * 1000, b"f" * 1000
+    for content in (old, fresh):
+        with store.open_partial(sha(content), 2000, "x.bin") as partial:
+            partial.write(content)
+    stale = time.time() - 3 * 3600
+    for path in (store.root / "partial").glob(f"{sha(old)}*"):
+        os.utime(path, (stale, stale))
+    worker = await start_worker(data_dir=data_dir, partial_ttl_s=3600)
+    async with asyncio.timeout(10):
+        while worker.store.partial_size(sha(old), 2000):
+            await asyncio.sleep(0.05)
+    assert worker.store.partial_size(sha(fresh), 2000) == 1000
