@@ -181,7 +181,7 @@ def _client_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rtc-client",
         description="Reference client: list workers and submit shared-storage jobs.",
-        epilog="exit codes: 0 complete, 1 job failed or path refused, 2 usage, "
+        epilog="exit codes: 0 complete, 1 job failed, path refused or transfer failed, 2 usage, "
         "3 signaling/connection failure, 4 worker busy or protocol error",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
