@@ -56,7 +56,13 @@ from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, Signa
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import ContentStore, fsync_directory
-from rtc_worker.transfer import ReceivedFile, SendResult, TransferEndpoint, TransferFailed
+from rtc_worker.transfer import (
+    PartialRegistry,
+    ReceivedFile,
+    SendResult,
+    TransferEndpoint,
+    TransferFailed,
+)
 from rtc_worker.worker import rtc_configuration
 
 __all__ = [
@@ -179,6 +185,7 @@ class WorkerConnection:
         max_file_size: largest file accepted from the worker, bytes.
         raw: deliver every frame to :meth:`recv` (no transfer handling): for tests
             and fuzzing.
+        registry: the client's partial-file registry (one per store).
     """
 
     def __init__(
@@ -191,13 +198,16 @@ class WorkerConnection:
         store: ContentStore,
         max_file_size: int = 10 * 1024**3,
         raw: bool = False,
+        registry: PartialRegistry | None = None,
     ) -> None:
         self.pc = pc
         self.channel = channel
         self.worker_id = worker_id
         self.reply_timeout = reply_timeout
         self.raw = raw
-        self.transfers = TransferEndpoint(channel, store, max_size=max_file_size)
+        self.transfers = TransferEndpoint(
+            channel, store, max_size=max_file_size, registry=registry, collect_results=True
+        )
         self._replies: asyncio.Queue[Message | BaseException] = asyncio.Queue()
         self._lock = asyncio.Lock()
         self.broken = False
@@ -208,28 +218,42 @@ class WorkerConnection:
             while True:
                 frame = await self.channel.recv()
                 try:
-                    message = decode(frame)
-                except RemoteProtocolError as exc:
-                    error = WorkerProtocolError(exc.code, f"worker sent an invalid frame: {exc}")
-                    self._replies.put_nowait(error)
-                    continue
-                if self.raw or not TransferEndpoint.is_transfer_frame(message):
-                    self._replies.put_nowait(message)
-                    continue
-                try:
-                    await self.transfers.handle(message)
-                except RemoteProtocolError as exc:
-                    logger.warning("worker sent {} out of place: {}", type(message).__name__, exc)
-                    if isinstance(message, Chunk):
-                        self.channel.send(
-                            TransferError(TransferErrorCode.UNEXPECTED_DATA, str(exc))
-                        )
+                    await self._dispatch(frame)
+                except Exception:  # never let one frame end the reader
+                    logger.exception("frame from {} failed", self.worker_id)
         except ChannelClosed as exc:
             await self.transfers.close()
             self._replies.put_nowait(exc)
-        except Exception as exc:  # never leave a waiter hanging
-            logger.exception("reader of {} failed", self.worker_id)
-            self._replies.put_nowait(exc)
+        except BaseException as exc:  # cancelled: wake every waiter
+            self.broken = True
+            await self.transfers.close()
+            self._replies.put_nowait(ChannelClosed(f"reader of {self.worker_id} stopped"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            message = decode(frame)
+        except RemoteProtocolError as exc:
+            error = WorkerProtocolError(exc.code, f"worker sent an invalid frame: {exc}")
+            self._replies.put_nowait(error)
+            return
+        if self.raw:
+            self._replies.put_nowait(message)
+            return
+        if isinstance(message, ProtocolErrorFrame) and self.transfers.refuse_send(
+            message.code, message.detail
+        ):
+            return  # the answer to our FILE_META
+        if not TransferEndpoint.is_transfer_frame(message):
+            self._replies.put_nowait(message)
+            return
+        try:
+            await self.transfers.handle(message)
+        except RemoteProtocolError as exc:
+            logger.warning("worker sent {} out of place: {}", type(message).__name__, exc)
+            if isinstance(message, Chunk):
+                self.channel.send(TransferError(TransferErrorCode.UNEXPECTED_DATA, str(exc)))
 
     def send(self, frame: str | bytes | Message) -> None:
         """Send a message or a raw frame (raw frames are for tests and fuzzing).
@@ -570,6 +594,7 @@ class RTCClient:
         self.cache_dir = cache_dir or Path.home() / ".cache" / "rtc-client"
         self.max_file_size = max_file_size
         self._store: ContentStore | None = None
+        self._partials = PartialRegistry()
         self._signaling: SignalingClient | None = None
         self._connections: dict[str, WorkerConnection] = {}
         self._raw_connections: list[WorkerConnection] = []
@@ -679,6 +704,7 @@ class RTCClient:
                 store=self.store,
                 max_file_size=self.max_file_size,
                 raw=raw,
+                registry=self._partials,
             )
             if not raw:
                 if existing is not None:

@@ -120,6 +120,8 @@ class WorkerResources:
     max_file_size: int
     chunk_size: int = 65536
     job_outputs: dict[str, str] = field(default_factory=dict)
+    #: job_id -> the peer that ran it: results go to that peer only.
+    job_owners: dict[str, str] = field(default_factory=dict)
     #: Top-level folders of the worker under the root (never an output folder).
     reserved_names: tuple[str, ...] = (".rtc-work", ".rtc-store", JOBS_DIR_NAME)
 
@@ -180,7 +182,8 @@ class WorkerSession:
             logger.info("session with {} closed", self.peer)
         except Exception:  # a bug: log it, keep the worker alive
             logger.exception("session with {} failed", self.peer)
-        await self.transfers.close()
+        finally:  # also when cancelled at shutdown: keep the partial file for a resume
+            await self.transfers.close()
         if self.job_task is not None and not self.job_task.done():
             logger.info("client {} left; job {} keeps running", self.peer, self.session.job_id)
 
@@ -224,6 +227,11 @@ class WorkerSession:
             return
         if isinstance(message, ResultsRequest):
             self._send_results(message.job_id)
+            return
+        if isinstance(message, ProtocolErrorFrame):
+            # The client complains about one of our frames: log it, never answer an
+            # error with an error (two peers doing so would loop).
+            logger.warning("client {} reports {}: {}", self.peer, message.code, message.detail)
             return
         if (
             isinstance(message, JobStart)
@@ -333,8 +341,7 @@ class WorkerSession:
         assert self.fs is not None
         t0 = time.perf_counter()
         try:
-            self._check_output_place(path)
-            await asyncio.to_thread(self.fs.makedirs, path)
+            await asyncio.to_thread(self._make_output, path)
         except StoragePathError as exc:
             logger.warning("output refused for {}: {}", self.peer, exc.detail)
             self.session.report(OutputRejected())
@@ -348,6 +355,12 @@ class WorkerSession:
         self._timings.validation_ms += (time.perf_counter() - t0) * 1000
         self.session.report(OutputAccepted(path))
         self._send(PathValidated("output"))
+
+    def _make_output(self, path: str) -> None:
+        """Check the place (blocking), then create the output folder symlink-safely."""
+        assert self.fs is not None
+        self._check_output_place(path)
+        self.fs.makedirs(path)
 
     def _check_output_place(self, path: str) -> None:
         """Refuse the root itself and the worker's own folders as an output folder.
@@ -389,6 +402,13 @@ class WorkerSession:
             self.slot.release(action.job_id)
             return
         self.resources.job_outputs[action.job_id] = output
+        self.resources.job_owners[action.job_id] = self.peer
+        with contextlib.suppress(OSError, StoragePathError):  # lets a restarted worker know
+            await asyncio.to_thread(
+                self.runner.fs.atomic_write,
+                f"{JOBS_DIR_NAME}/{action.job_id}/owner",
+                self.peer.encode(),
+            )
         spec = JobSpec(
             action.job_id,
             action.input_path,
@@ -452,13 +472,27 @@ class WorkerSession:
         if self.slot.job_id == job_id:
             self._protocol_error(ErrorCode.UNEXPECTED_MESSAGE, f"job {job_id} is still running")
             return
+        self._results_task = asyncio.create_task(self._results(job_id))
+
+    def _owner_of(self, job_id: str) -> str | None:
+        """The peer that ran ``job_id`` (blocking: may read the job folder's owner file)."""
+        owner = self.resources.job_owners.get(job_id)
+        if owner is None:
+            try:
+                with self.runner.fs.open_file(f"{JOBS_DIR_NAME}/{job_id}/owner") as handle:
+                    owner = handle.read(256).decode("utf-8", "replace")
+            except (OSError, StoragePathError):
+                return None
+        return owner
+
+    async def _results(self, job_id: str) -> None:
+        """Send a job's output folder as one ZIP, to the peer that ran the job only."""
         output = self.resources.job_outputs.get(job_id, f"{JOBS_DIR_NAME}/{job_id}/output")
-        if not self.runner.fs.exists(output):
+        owner = await asyncio.to_thread(self._owner_of, job_id)
+        if owner != self.peer or not await asyncio.to_thread(self.runner.fs.exists, output):
+            # another peer's job is answered like a job that does not exist
             self._protocol_error(ErrorCode.UNKNOWN_JOB, f"no results for job {job_id}")
             return
-        self._results_task = asyncio.create_task(self._results(job_id, output))
-
-    async def _results(self, job_id: str, output: str) -> None:
         zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
         try:
             path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,13 @@ LOW_WATER_BYTES = 256 * 1024
 READ_BLOCK_BYTES = 1024 * 1024
 #: Received chunks are written (and hashed) in a thread in batches of this many bytes.
 WRITE_BATCH_BYTES = 1024 * 1024
+#: A receive with no chunk for this long may be taken over by a newer connection
+#: sending the same content (the old peer is gone without the worker noticing), seconds.
+STALE_AFTER_S = 5.0
+#: Threads that write received batches: not the default executor, which hashing,
+#: ZIP building and store look-ups share, so a busy pool never stalls a transfer.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+_WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer-writer")
 
 #: Frames that belong to the receiving direction (we receive a file).
 RECEIVER_FRAMES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile)
@@ -165,12 +173,13 @@ class PartialRegistry:
             del self._holders[sha256]
 
     async def preempt(self, sha256: str, endpoint: TransferEndpoint) -> bool:
-        """Stop another endpoint's transfer of ``sha256``; True when one was stopped."""
+        """Stop another endpoint's stale transfer of ``sha256`` (its channel closed, or
+        idle): True when one was stopped. A live transfer is never taken over."""
         holder = self._holders.get(sha256)
-        if holder is None or holder is endpoint:
+        if holder is None or holder is endpoint or not holder.stale:
             return False
         await holder.abort_receive("superseded by a newer transfer of the same content")
-        return True
+        return self._holders.get(sha256) is not holder
 
 
 class TransferEndpoint:
@@ -185,6 +194,7 @@ class TransferEndpoint:
         registry: the process-wide :class:`PartialRegistry` (one per store).
         on_received: called with each file received or already held.
         high_water / low_water: flow-control marks on ``bufferedAmount``, bytes.
+        collect_results: queue every receive outcome on :attr:`results`.
     """
 
     def __init__(
@@ -199,6 +209,7 @@ class TransferEndpoint:
         on_received: Callable[[ReceivedFile], None] | None = None,
         high_water: int = HIGH_WATER_BYTES,
         low_water: int = LOW_WATER_BYTES,
+        collect_results: bool = False,
     ) -> None:
         self.channel = channel
         self.store = store
@@ -209,7 +220,12 @@ class TransferEndpoint:
         self.on_received = on_received
         self.high_water = high_water
         self.low_water = low_water
+        #: With ``collect_results``, every received file and refused receive, in order
+        #: (for a client waiting for a download; a worker does not collect them).
+        self.collect_results = collect_results
         self.results: asyncio.Queue[ReceivedFile | TransferFailed] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._last_chunk_at = time.monotonic()
         self._partial: PartialFile | None = None
         self._sender_changed = asyncio.Event()
         self._on_progress: Callable[[int, int], None] | None = None
@@ -237,16 +253,26 @@ class TransferEndpoint:
             RemoteProtocolError: the frame is not allowed now (the caller answers it;
                 a refused chunk is answered TRANSFER_ERROR UNEXPECTED_DATA).
         """
-        if isinstance(message, FileCancel):
-            if self.receiver.state is not ReceiverState.IDLE or not self.sender.active:
-                await self._run(self.receiver.receive(message))  # raises when nothing is open
+        async with self._lock:  # one frame at a time, and never during a preemption
+            if isinstance(message, FileCancel):
+                if self.receiver.state is not ReceiverState.IDLE or not self.sender.active:
+                    await self._run(self.receiver.receive(message))  # raises if none open
+                else:
+                    self._sender_receive(message)
+                return
+            if isinstance(message, RECEIVER_FRAMES):
+                if isinstance(message, Chunk):
+                    self._last_chunk_at = time.monotonic()
+                await self._run(self.receiver.receive(message, time.monotonic()))
             else:
                 self._sender_receive(message)
-            return
-        if isinstance(message, RECEIVER_FRAMES):
-            await self._run(self.receiver.receive(message, time.monotonic()))
-        else:
-            self._sender_receive(message)
+
+    @property
+    def stale(self) -> bool:
+        """True when this endpoint's receive may be taken over by a newer connection:
+        its channel is closed, or no chunk arrived for STALE_AFTER_S seconds."""
+        idle = time.monotonic() - self._last_chunk_at
+        return self.channel.closed.is_set() or idle > STALE_AFTER_S
 
     # ------------------------------------------------------------------ receiving
 
@@ -254,6 +280,8 @@ class TransferEndpoint:
         for effect in effects:
             match effect:
                 case Send(message=message):
+                    if isinstance(message, TransferError) and self.collect_results:
+                        self.results.put_nowait(TransferFailed(message.code, message.detail))
                     self.channel.send(message)
                 case Append(data=data):
                     await self._append(data)
@@ -299,13 +327,14 @@ class TransferEndpoint:
             return self._fail_check("another transfer of this content is in progress")
         except DiskFullError:
             return self._fail_check("no space left on the receiver", TransferErrorCode.DISK_FULL)
+        except Exception as exc:  # EIO, EACCES, ESTALE...: refuse, never get stuck
+            logger.exception("store failed for {}", meta.name)
+            return self._fail_check(f"receiver storage error: {type(exc).__name__}")
 
     def _fail_check(
         self, detail: str, code: TransferErrorCode = TransferErrorCode.CANCELLED
     ) -> list[Effect]:
-        effects = self.receiver.report(StoreFailed(code, detail))
-        self.results.put_nowait(TransferFailed(code, detail))
-        return effects
+        return self.receiver.report(StoreFailed(code, detail))
 
     async def _append(self, data: bytes) -> None:
         """Queue a chunk; every WRITE_BATCH_BYTES the batch is written and hashed in a
@@ -313,7 +342,7 @@ class TransferEndpoint:
         runs the SCTP stack, only collects chunks. At most one batch is in flight."""
         meta = self.receiver.meta
         if self.on_receive_progress is not None and meta is not None:
-            self.on_receive_progress(self.receiver.received, meta.size)
+            _call_safely(self.on_receive_progress, self.receiver.received, meta.size)
         self._batch.append(data)
         self._batch_bytes += len(data)
         if self._batch_bytes >= WRITE_BATCH_BYTES:
@@ -332,7 +361,8 @@ class TransferEndpoint:
         data = b"".join(self._batch)
         self._batch.clear()
         self._batch_bytes = 0
-        self._writing = asyncio.ensure_future(asyncio.to_thread(partial.write, data))
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(_WRITER, partial.write, data)
 
     async def _settle_write(self) -> None:
         """Wait for the write in flight (re-raising its DiskFullError)."""
@@ -355,10 +385,10 @@ class TransferEndpoint:
         logger.warning("disk full while receiving {}", partial.name if partial else "a file")
         self._batch.clear()
         self._batch_bytes = 0
-        self.results.put_nowait(TransferFailed(TransferErrorCode.DISK_FULL, "disk full"))
         effects = self.receiver.report(
             StoreFailed(TransferErrorCode.DISK_FULL, "no space left on the receiver")
         )
+        await self._close_partial(keep=True)  # what reached the disk stays for a resume
         await self._run(effects)
 
     async def _finish(self, meta: FileMeta | FileMetaLegacy) -> list[Effect]:
@@ -370,18 +400,24 @@ class TransferEndpoint:
         received = partial.offset - self._resumed_at
         try:
             path = await asyncio.to_thread(partial.commit, expected)
-        except HashMismatchError as exc:
+        except HashMismatchError as exc:  # the store removed the partial
             self._forget_partial()
             detail = f"expected {expected}, received {exc.actual}"
-            self.results.put_nowait(TransferFailed(TransferErrorCode.HASH_MISMATCH, detail))
             return self.receiver.report(
                 StoreFailed(TransferErrorCode.HASH_MISMATCH, detail, keep_partial=False)
             )
         except DiskFullError:
-            self._forget_partial()
-            self.results.put_nowait(TransferFailed(TransferErrorCode.DISK_FULL, "disk full"))
+            await self._close_partial(keep=True)
             return self.receiver.report(
                 StoreFailed(TransferErrorCode.DISK_FULL, "no space left on the receiver")
+            )
+        except Exception as exc:  # EIO and the like: refuse, keep the bytes, never hang
+            logger.exception("storing {} failed", meta.name)
+            await self._close_partial(keep=True)
+            return self.receiver.report(
+                StoreFailed(
+                    TransferErrorCode.CANCELLED, f"receiver storage error: {type(exc).__name__}"
+                )
             )
         sha = path.name
         self._forget_partial()
@@ -400,9 +436,10 @@ class TransferEndpoint:
             "" if existed else f" in {seconds:.2f} s",
         )
         item = ReceivedFile(sha, name, size, self.store.object_path(sha), existed, received)
-        self.results.put_nowait(item)
+        if self.collect_results:
+            self.results.put_nowait(item)
         if self.on_received is not None:
-            self.on_received(item)
+            _call_safely(self.on_received, item)
 
     def _forget_partial(self) -> None:
         if self._partial is not None and self._partial.sha256 is not None:
@@ -425,14 +462,18 @@ class TransferEndpoint:
             await asyncio.to_thread(partial.close if keep else partial.discard)
 
     async def abort_receive(self, detail: str) -> None:
-        """Stop the transfer being received (its partial is kept); used on preemption."""
-        if self._partial is None:
-            return
-        await self._close_partial(keep=True)
-        effects = self.receiver.report(StoreFailed(TransferErrorCode.CANCELLED, detail))
-        for effect in effects:
-            if isinstance(effect, Send):
-                self.channel.send(effect.message)
+        """Stop the transfer being received (its partial is kept); used on preemption.
+
+        Waits for the frame this endpoint is handling (a commit included), so the
+        partial file is never used from two places.
+        """
+        async with self._lock:
+            if self._partial is None or self.receiver.state is not ReceiverState.RECEIVING:
+                return
+            await self._close_partial(keep=True)
+            for effect in self.receiver.report(StoreFailed(TransferErrorCode.CANCELLED, detail)):
+                if isinstance(effect, Send):
+                    self.channel.send(effect.message)
 
     async def close(self) -> None:
         """The channel closed: keep the partial file for a later resume."""
@@ -446,7 +487,7 @@ class TransferEndpoint:
         if isinstance(effect, Send):
             self.channel.send(effect.message)
         if isinstance(message, FileProgress) and self._on_progress is not None:
-            self._on_progress(*self.sender.progress)
+            _call_safely(self._on_progress, *self.sender.progress)
         self._sender_changed.set()
 
     async def _sender_wait(self, *states: SenderState) -> None:
@@ -462,6 +503,7 @@ class TransferEndpoint:
         name: str | None = None,
         sha256: str | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        ready_timeout: float | None = 60.0,
     ) -> SendResult:
         """Send one file: FILE_META, then chunks from the receiver's offset, then END_OF_FILE.
 
@@ -470,6 +512,7 @@ class TransferEndpoint:
             name: the name to announce (default: the file's base name).
             sha256: its digest if already known (else computed in a thread first).
             on_progress: called with (bytes_received, size) on each FILE_PROGRESS.
+            ready_timeout: seconds to wait for FILE_READY / FILE_EXISTS (None: no limit).
 
         Returns:
             How it ended; the channel stays usable whatever the outcome.
@@ -478,27 +521,50 @@ class TransferEndpoint:
             LocalProtocolError: another send is in progress on this channel.
             ChannelClosed: the channel closed before the receiver's verdict (a later
                 send_file on a new connection resumes).
+            TimeoutError: no FILE_READY within ``ready_timeout`` (the send is cancelled).
             OSError: the file cannot be read.
+
+        If the caller is cancelled, FILE_CANCEL is sent so the receiver keeps its
+        partial and the channel can send again.
         """
         size = (await asyncio.to_thread(path.stat)).st_size
-        digest = sha256 or await asyncio.to_thread(sha256_file, path)
+        digest = sha256 if sha256 else await asyncio.to_thread(sha256_file, path)
         meta = FileMeta(name or path.name, size, digest, self.chunk_size)
         started = time.monotonic()
         self._on_progress = on_progress
         self.channel.send(self.sender.send(meta))
         sent = 0
         try:
-            await self._sender_wait(SenderState.AWAIT_READY)
+            try:
+                async with asyncio.timeout(ready_timeout):
+                    await self._sender_wait(SenderState.AWAIT_READY)
+            except TimeoutError:
+                await self.cancel_send()
+                raise
             if self.sender.state is SenderState.SENDING:
                 sent = await self._stream(path, self.sender.offset)
                 if self.sender.state is SenderState.SENDING:
                     self.channel.send(self.sender.send(EndOfFile()))
                 await self._sender_wait(SenderState.SENDING, SenderState.AWAIT_RECEIVED)
+        except asyncio.CancelledError:
+            if self.sender.active and not self.channel.closed.is_set():
+                task = asyncio.get_running_loop().create_task(self.cancel_send())
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
+            raise
         finally:
             self._on_progress = None
         if self.sender.active or self.sender.outcome is None:
             raise ChannelClosed("data channel closed during the transfer")
         return SendResult(self.sender.outcome, size, sent, time.monotonic() - started)
+
+    def refuse_send(self, code: str, detail: str) -> bool:
+        """The peer answered our FILE_META with PROTOCOL_ERROR (it cannot take a file
+        now): end the send as failed. True when a send was waiting for that answer."""
+        if self.sender.state is not SenderState.AWAIT_READY:
+            return False
+        self._sender_receive(TransferError(code, f"refused: {detail}"))
+        return True
 
     async def _stream(self, path: Path, offset: int) -> int:
         """Send the file from ``offset`` in chunks, paced by ``bufferedAmount``.
@@ -561,3 +627,11 @@ class TransferEndpoint:
             logger.warning("no acknowledgement of FILE_CANCEL in {} s", ack_timeout)
         if self.sender.state is SenderState.CANCELLED:
             self.sender.forget_cancel()
+
+
+def _call_safely(callback: Callable[..., object], *args: object) -> None:
+    """Run a user callback; its exception is logged, never raised into the transfer."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("transfer callback {} failed", getattr(callback, "__name__", callback))

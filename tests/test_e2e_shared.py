@@ -581,3 +581,14 @@ async def test_a_timed_out_job_does_not_poison_the_next_one(
         except WorkerBusy:
             await asyncio.sleep(0.2)
     assert result is not None and result.output_path == "outputs/fast"
+
+
+async def test_an_error_from_the_client_is_not_answered(
+    start_worker: Any, client: RTCClient, shared_root: Path
+) -> None:
+    await start_worker(shared_root=shared_root)
+    conn = await client.connect("worker-1")
+    conn.send("PROTOCOL_ERROR::MALFORMED_FRAME::your frame was odd")
+    conn.send("HELLO")
+    reply = await conn.recv(10)  # the first reply is the one to HELLO
+    assert isinstance(reply, ProtocolErrorFrame) and reply.code == "UNKNOWN_MESSAGE"

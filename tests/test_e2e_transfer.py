@@ -438,3 +438,98 @@ async def test_the_worker_removes_partial_files_past_their_ttl(
         while worker.store.partial_size(sha(old), 2000):
             await asyncio.sleep(0.05)
     assert worker.store.partial_size(sha(fresh), 2000) == 1000
+
+
+async def test_a_live_transfer_is_not_taken_over_by_another_connection(
+    signaling: Signaling, start_worker: Any, tmp_path: Path
+) -> None:
+    worker = await start_worker()
+    data = big_file(tmp_path / "same.bin", 16_000_000, seed=11)
+    client_a = RTCClient(signaling.url, cache_dir=tmp_path / "ca")
+    client_b = RTCClient(signaling.url, cache_dir=tmp_path / "cb")
+    conn_a = await client_a.connect("worker-1")
+    try:
+        started = asyncio.Event()
+        sending = asyncio.ensure_future(
+            conn_a.send_file(tmp_path / "same.bin", on_progress=lambda got, size: started.set())
+        )
+        await asyncio.wait_for(started.wait(), 20)
+        conn_b = await client_b.connect("worker-1")
+        with pytest.raises(TransferFailedError) as info:
+            await conn_b.send_file(tmp_path / "same.bin")
+        assert info.value.code == "CANCELLED" and "in progress" in info.value.detail
+        first_result = await asyncio.wait_for(sending, 60)
+        assert first_result.outcome.status == "received"
+        again = await conn_b.send_file(tmp_path / "same.bin")  # now held: nothing sent
+        assert (again.outcome.status, again.bytes_sent) == ("exists", 0)
+        assert worker.store.object_path(sha(data)).read_bytes() == data
+    finally:
+        await client_a.close()
+        await client_b.close()
+
+
+async def test_a_cancelled_send_leaves_the_connection_usable(
+    start_worker: Any, client: RTCClient, tmp_path: Path
+) -> None:
+    worker = await start_worker()
+    data = big_file(tmp_path / "c.bin", 24_000_000, seed=12)
+    conn = await client.connect("worker-1")
+    started = asyncio.Event()
+    sending = asyncio.ensure_future(
+        conn.send_file(tmp_path / "c.bin", on_progress=lambda got, size: started.set())
+    )
+    await asyncio.wait_for(started.wait(), 20)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    result = None
+    for _ in range(50):  # FILE_CANCEL and its acknowledgement cross the channel first
+        try:
+            result = await conn.send_file(tmp_path / "c.bin")
+            break
+        except Exception as exc:  # the previous send is still being cancelled
+            assert "in sender state" in str(exc)
+            await asyncio.sleep(0.1)
+    assert result is not None and result.outcome.status == "received"
+    assert result.outcome.offset > 0  # resumed from what the cancelled send left
+    assert worker.store.object_path(sha(data)).read_bytes() == data
+
+
+async def test_a_failing_progress_callback_does_not_break_the_transfer(
+    start_worker: Any, client: RTCClient, local_package: Path
+) -> None:
+    await start_worker()
+    conn = await client.connect("worker-1")
+
+    def explode(received: int, size: int) -> None:
+        raise RuntimeError("callback bug")
+
+    result = await conn.send_file(local_package, on_progress=explode)
+    assert result.outcome.status == "received"
+
+
+async def test_a_refused_download_is_reported_not_awaited_forever(
+    signaling: Signaling, start_worker: Any, local_package: Path, tmp_path: Path
+) -> None:
+    await start_worker()
+    async with RTCClient(signaling.url, cache_dir=tmp_path / "c", max_file_size=10) as small:
+        conn = await small.connect("worker-1")
+        _, job = await conn.run_file(local_package, job_id="big-results")
+        with pytest.raises(TransferFailedError) as info:
+            await asyncio.wait_for(conn.download_results(job.job_id, tmp_path / "dl"), 30)
+        assert info.value.code == "FILE_TOO_LARGE"
+
+
+async def test_results_go_only_to_the_peer_that_ran_the_job(
+    signaling: Signaling, start_worker: Any, local_package: Path, tmp_path: Path
+) -> None:
+    await start_worker()
+    async with RTCClient(signaling.url, cache_dir=tmp_path / "a") as owner:
+        conn = await owner.connect("worker-1")
+        await conn.run_file(local_package, job_id="private")
+    async with RTCClient(signaling.url, cache_dir=tmp_path / "b") as stranger:
+        conn = await stranger.connect("worker-1")
+        with pytest.raises(WorkerProtocolError) as info:
+            await conn.download_results("private", tmp_path / "stolen", timeout=10)
+        assert info.value.code == "UNKNOWN_JOB"
+    assert not (tmp_path / "stolen").exists()
