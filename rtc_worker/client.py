@@ -379,6 +379,10 @@ class WorkerConnection:
 
     async def _upload(self, path: Path, on_progress: Progress | None) -> SendResult:
         result = await self.transfers.send_file(path, on_progress=on_progress)
+        if result.outcome.code == "HASH_MISMATCH" and result.outcome.offset > 0:
+            # The worker's partial was damaged (it discarded it): send it all once more.
+            logger.warning("{}: resumed bytes did not verify; sending from the start", path.name)
+            result = await self.transfers.send_file(path, on_progress=on_progress)
         if not result.ok:
             raise TransferFailedError(result.outcome.code, result.outcome.detail)
         logger.info(

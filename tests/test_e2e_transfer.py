@@ -533,3 +533,17 @@ async def test_results_go_only_to_the_peer_that_ran_the_job(
             await conn.download_results("private", tmp_path / "stolen", timeout=10)
         assert info.value.code == "UNKNOWN_JOB"
     assert not (tmp_path / "stolen").exists()
+
+
+async def test_a_damaged_partial_is_resent_from_the_start(
+    start_worker: Any, client: RTCClient, tmp_path: Path
+) -> None:
+    """Bytes held for a resume that do not belong to the file fail verification once;
+    the client then sends the whole file again and it verifies."""
+    worker = await start_worker()
+    data = big_file(tmp_path / "d.bin", 300_000, seed=13)
+    with worker.store.open_partial(sha(data), len(data), "d.bin") as partial:
+        partial.write(b"\x00" * 100_000)  # not the file's first bytes
+    result = await (await client.connect("worker-1")).send_file(tmp_path / "d.bin")
+    assert result.outcome.status == "received" and result.outcome.offset == 0
+    assert worker.store.object_path(sha(data)).read_bytes() == data
