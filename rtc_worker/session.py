@@ -310,6 +310,7 @@ class WorkerSession:
         """Validate the input (blocking); returns (validation ms, file access ms)."""
         assert self.fs is not None
         t0 = time.perf_counter()
+        self._check_place(path)
         resolved = self.fs.validate_input(path)
         t1 = time.perf_counter()
         if not resolved.is_dir():
@@ -359,14 +360,15 @@ class WorkerSession:
     def _make_output(self, path: str) -> None:
         """Check the place (blocking), then create the output folder symlink-safely."""
         assert self.fs is not None
-        self._check_output_place(path)
+        self._check_place(path)
         self.fs.makedirs(path)
 
-    def _check_output_place(self, path: str) -> None:
-        """Refuse the root itself and the worker's own folders as an output folder.
+    def _check_place(self, path: str) -> None:
+        """Refuse the root itself and the worker's own folders as an input or output.
 
         A job's cleanup removes what it added to its output folder: the whole share,
-        or the worker's store, must never be that folder.
+        or the worker's store, must never be that folder; and as an input they would
+        list other clients' stored files in a manifest.
 
         Raises:
             StoragePathError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the
@@ -379,7 +381,7 @@ class WorkerSession:
             resolved == place or place in resolved.parents for place in reserved
         ):
             raise StoragePathError(
-                PathErrorKind.PERMISSION_DENIED, path, "the root or a worker folder as output"
+                PathErrorKind.PERMISSION_DENIED, path, "the root or a worker folder"
             )
 
     # ------------------------------------------------------------------ jobs

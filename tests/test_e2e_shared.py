@@ -592,3 +592,15 @@ async def test_an_error_from_the_client_is_not_answered(
     conn.send("HELLO")
     reply = await conn.recv(10)  # the first reply is the one to HELLO
     assert isinstance(reply, ProtocolErrorFrame) and reply.code == "UNKNOWN_MESSAGE"
+
+
+@pytest.mark.parametrize("path", [".", "./", ".rtc-store", ".rtc-store/objects", ".rtc-jobs"])
+async def test_the_root_and_worker_folders_are_no_inputs(
+    start_worker: Any, client: RTCClient, shared_root: Path, path: str
+) -> None:
+    (shared_root / ".rtc-store" / "objects").mkdir(parents=True, exist_ok=True)
+    (shared_root / ".rtc-jobs").mkdir(exist_ok=True)
+    await start_worker(shared_root=shared_root)
+    with pytest.raises(PathRejected) as info:
+        await client.submit_shared("worker-1", path, "outputs/x")
+    assert info.value.reason == f"Permission denied: {path}"
