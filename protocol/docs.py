@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
+from typing import TypeVar
 
 from protocol import messages
 from protocol.errors import ErrorCode
@@ -253,8 +254,11 @@ def event_name(event: type, *, sent: bool = False) -> str:
     return f"{readable} (`{event.__name__}`)"
 
 
+_State = TypeVar("_State", bound=Enum)
+
+
 def transition_table(
-    transitions: Mapping[tuple[Enum, type], Enum],
+    transitions: Mapping[tuple[_State, type], _State],
     event_order: Sequence[type],
     *,
     sent: Iterable[type] = (),

@@ -331,7 +331,8 @@ class JobSession:
                 self.output_path = path
             case OutputRejected():
                 self.output_path = None
-            case JobFinished():
+            # The table lookup above admits only the six event types: no fall-through.
+            case JobFinished():  # pragma: no branch
                 self.job_id = self.input_path = self.output_path = None
                 self.input_received = False
         self.state = next_state

@@ -586,6 +586,15 @@ def _parse_shared_storage_job(rest: str | None, limits: Limits) -> Message:
     return JobStart(legacy=True)
 
 
+def _parse_path_validated(rest: str | None, limits: Limits) -> Message:
+    which = _need(rest, PathValidated.TYPE)
+    if which == "input":
+        return PathValidated("input")
+    if which == "output":
+        return PathValidated("output")
+    raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
+
+
 def _parse_metrics(rest: str | None, limits: Limits) -> Message:
     try:
         data = json.loads(_need(rest, JobMetrics.TYPE))
@@ -666,7 +675,7 @@ _PARSERS: dict[str, _Parser] = {
     JobStart.TYPE: _no_fields(JobStart),
     "SHARED_STORAGE_JOB": _parse_shared_storage_job,
     JobCancel.TYPE: _no_fields(JobCancel),
-    PathValidated.TYPE: lambda rest, limits: PathValidated(_need(rest, PathValidated.TYPE)),  # type: ignore[arg-type]
+    PathValidated.TYPE: _parse_path_validated,
     PathError.TYPE: lambda rest, limits: PathError(_need(rest, PathError.TYPE)),
     JobLog.TYPE: lambda rest, limits: JobLog(_need(rest, JobLog.TYPE)),
     JobMetrics.TYPE: _parse_metrics,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -416,7 +416,10 @@ def _load_object(
     return obj, frame_type
 
 
-def _validate(adapter: TypeAdapter[Any], obj: dict[str, Any], frame_type: str) -> Any:
+_FrameT = TypeVar("_FrameT")
+
+
+def _validate(adapter: TypeAdapter[_FrameT], obj: dict[str, Any], frame_type: str) -> _FrameT:
     try:
         return adapter.validate_python(obj)
     except ValidationError as exc:

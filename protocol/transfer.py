@@ -663,7 +663,8 @@ class TransferSender:
             case TransferError(code=code, detail=detail):
                 self._end("failed", code=code, detail=detail)
                 return None
-            case FileCancel():
+            # SENDER_PEER_EVENTS admits only these six types: no fall-through.
+            case FileCancel():  # pragma: no branch
                 self._end(
                     "cancelled",
                     code=TransferErrorCode.CANCELLED,

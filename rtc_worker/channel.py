@@ -9,6 +9,7 @@ consumes it with :meth:`FrameChannel.recv`, in arrival order.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -21,7 +22,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ChannelClosed", "FrameChannel"]
 
-_CLOSED: Final = object()
+
+class _Sentinel(enum.Enum):
+    CLOSED = enum.auto()
+
+
+#: Queued after the last frame when the channel closes.
+_CLOSED: Final = _Sentinel.CLOSED
 
 
 class ChannelClosed(ConnectionError):
@@ -50,7 +57,7 @@ class FrameChannel:
         trace: Callable[[str, str | bytes], None] | None = None,
     ) -> None:
         self.channel = channel
-        self._inbox: asyncio.Queue[str | bytes | object] = asyncio.Queue(max_queued_frames + 1)
+        self._inbox: asyncio.Queue[str | bytes | _Sentinel] = asyncio.Queue(max_queued_frames + 1)
         self._max = max_queued_frames
         self._max_bytes = max_queued_bytes
         self._queued_bytes = 0
@@ -95,10 +102,10 @@ class FrameChannel:
         if frame is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later recv() sees the close too
             raise ChannelClosed(f"data channel {self.channel.label!r} closed")
-        self._queued_bytes -= len(frame)  # type: ignore[arg-type]
+        self._queued_bytes -= len(frame)
         if self._trace is not None and isinstance(frame, str):
             self._trace("recv", frame)
-        return frame  # type: ignore[return-value]
+        return frame
 
     def send_frame(self, frame: str | bytes) -> bool:
         """Send one raw frame; False (and nothing sent) when the channel is not open."""

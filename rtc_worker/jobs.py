@@ -450,7 +450,7 @@ class JobRunner:
     def _snapshot(self, output_rel: str) -> set[str]:
         """Relative paths of everything already in the output folder (kept on failure)."""
         base = self.fs.validate(output_rel)
-        seen = set()
+        seen: set[str] = set()
         for dirpath, dirnames, filenames, _ in os.fwalk(base, follow_symlinks=False):
             sub = Path(dirpath).relative_to(base)
             seen.update((sub / name).as_posix() for name in (*dirnames, *filenames))
@@ -503,7 +503,12 @@ async def _process_exit(proc: asyncio.subprocess.Process) -> None:
         return
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+
+    def on_readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, on_readable)
     try:
         await exited
     finally:

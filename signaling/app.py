@@ -130,7 +130,8 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _close_sockets(app: web.Application) -> None:
     """On shutdown, close every open WebSocket with 1001 (going away), concurrently."""
-    sockets = list(app[SOCKETS_KEY])
+    open_sockets: weakref.WeakSet[PeerSocket] = app[SOCKETS_KEY]
+    sockets = list(open_sockets)
     if sockets:
         await asyncio.gather(
             *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),

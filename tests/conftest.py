@@ -198,3 +198,18 @@ def worker_subprocess(
         argv = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
     out = log_path.open("wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+#: Test modules that run real peers, servers or processes (end to end). The test
+#: command runs them in a second pass without coverage tracing, which would double
+#: their time while measuring nothing of protocol/.
+LIVE_MODULES = frozenset(
+    {"test_e2e_shared", "test_e2e_transfer", "test_channel", "test_config_cli", "test_fuzz_worker"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in LIVE_MODULES:
+            item.add_marker(pytest.mark.live)

@@ -505,3 +505,31 @@ def test_docs_module_is_sans_io() -> None:
     forbidden = {"asyncio", "aiortc", "aiohttp", "os", "pathlib", "io", "shutil", "socket",
                  "subprocess", "rtc_worker", "signaling"}  # fmt: skip
     assert not imported & forbidden, imported & forbidden
+
+
+def test_an_undescribed_error_code_is_refused() -> None:
+    from enum import StrEnum
+
+    from protocol import docs
+
+    class NewCodes(StrEnum):
+        SOMETHING_NEW = "SOMETHING_NEW"
+
+    with pytest.raises(ValueError, match="SOMETHING_NEW"):
+        docs.error_codes_table(NewCodes)
+
+
+def test_a_frame_type_without_a_class_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from protocol import docs
+
+    monkeypatch.setattr(docs, "FRAME_TYPES", frozenset({"NO_SUCH_FRAME"}))
+    with pytest.raises(ValueError, match="NO_SUCH_FRAME"):
+        docs.frame_classes()
+
+
+def test_byte_sizes_are_written_in_the_largest_exact_unit() -> None:
+    from protocol import docs
+
+    assert docs._bytes(65536) == "65536 bytes (64 KiB)"
+    assert docs._bytes(2 * 1024 * 1024) == "2097152 bytes (2 MiB)"
+    assert docs._bytes(1000) == "1000 bytes"

@@ -209,29 +209,66 @@ def _is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
+#: Most symlinks followed while resolving one path; more is taken for a loop. (Longer
+#: than the kernel's 40: the result is symlink-free, so the kernel never follows them.)
+MAX_SYMLINKS = 256
+
+
 def _resolve_in_root(path: str, root: str) -> Path:
-    """Validate ``path`` against an already resolved ``root`` string (see validate_path_in_root)."""
-    parts = split_user_path(path)
-    joined = os.path.join(root, *parts)
-    # Non-strict: resolves every existing symlink, keeps missing parts lexically, never
-    # raises for missing paths, so the outcome below cannot reveal what exists outside.
-    resolved = os.path.realpath(joined)
-    if not _is_within(resolved, root):
-        raise StoragePathError(
-            PathErrorKind.OUTSIDE_ROOT,
-            path,
-            f"{joined!r} resolves to {resolved!r}, outside {root!r}",
-        )
-    # realpath() stops quietly at a symlink loop (or a chain longer than the kernel follows)
-    # and returns a path that still contains the link; the kernel reports ELOOP for it.
-    try:
-        os.stat(resolved)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
+    """Validate ``path`` against an already resolved ``root`` string (see validate_path_in_root).
+
+    Symlinks are resolved one component at a time, and every step must stay inside
+    the root: a link whose target leaves the root is refused right there, before
+    anything at the target is looked at. So the answer never depends on what exists
+    outside the root (a chain that goes out and comes back in is refused too), and the
+    result contains no symlink. Only paths inside the root are ever examined.
+    """
+    pending = list(reversed(split_user_path(path)))
+    # resolved[i] is the real, symlink-free path of the i-th component below the root
+    # (kept as whole strings: joining the components anew each step is quadratic).
+    resolved: list[str] = []
+    followed = 0
+    last_link = ""
+    while pending:
+        name = pending.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":  # only from a link target: physical parent, never above the root
+            if not resolved:
+                raise StoragePathError(
+                    PathErrorKind.OUTSIDE_ROOT, path, f"{last_link} leads above {root!r}"
+                )
+            resolved.pop()
+            continue
+        candidate = (resolved[-1] if resolved else root.rstrip(os.sep)) + os.sep + name
+        try:
+            st = os.lstat(candidate)
+        except OSError:  # missing (or unsearchable): the rest is taken as written
+            resolved.append(candidate)
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            resolved.append(candidate)
+            continue
+        followed += 1
+        if followed > MAX_SYMLINKS:
             raise StoragePathError(
-                PathErrorKind.OUTSIDE_ROOT, path, f"symlink loop at {resolved!r}"
-            ) from None
-    return Path(resolved)
+                PathErrorKind.OUTSIDE_ROOT, path, f"symlink loop at {candidate!r}"
+            )
+        target = os.readlink(candidate)
+        where = os.path.normpath(os.path.join(os.path.dirname(candidate), target))
+        last_link = f"{candidate!r} links to {target!r} ({where!r})"
+        if os.path.isabs(target):
+            target = os.path.normpath(target)
+            if not _is_within(target, root):
+                raise StoragePathError(
+                    PathErrorKind.OUTSIDE_ROOT,
+                    path,
+                    f"{candidate!r} links to {target!r}, outside {root!r}",
+                )
+            resolved = []
+            target = os.path.relpath(target, root)
+        pending.extend(reversed(target.split(os.sep)))
+    return Path(resolved[-1]) if resolved else Path(root)
 
 
 def validate_path_in_root(path: str, root: Path) -> Path:
@@ -248,9 +285,10 @@ def validate_path_in_root(path: str, root: Path) -> Path:
 
     Raises:
         StoragePathError: kind ``OUTSIDE_ROOT`` for anything :func:`split_user_path` rejects,
-            for a path that resolves (through symlinks) outside the root, and for symlink
-            loops. Containment is decided before anything is checked for existence, so the
-            error is the same whether or not an outside target exists (no existence oracle).
+            for a symlink whose target leaves the root (even if a chain would come back),
+            and for more than :data:`MAX_SYMLINKS` links (loops). Only paths inside the
+            root are examined, so the error is the same whether or not anything exists
+            outside (no existence oracle).
 
     Symlinks inside the root pointing elsewhere inside the root are followed and allowed.
     Source: spec, shared storage path validation; aiohttp static route (``resolve()`` then
@@ -710,7 +748,7 @@ class FilesystemAdapter:
         """
         if isinstance(data, str):
             raise TypeError("atomic_write needs bytes, not str")
-        chunks: Iterable[bytes] = (
+        chunks: Iterable[bytes | bytearray | memoryview] = (
             (data,) if isinstance(data, bytes | bytearray | memoryview) else data
         )
         resolved, parent, name = self._open_parent(rel, create=True, missing=PathErrorKind.VANISHED)
@@ -720,7 +758,9 @@ class FilesystemAdapter:
             os.close(parent)
         return resolved
 
-    def _write_replace(self, parent: int, name: str, chunks: Iterable[bytes], rel: str) -> None:
+    def _write_replace(
+        self, parent: int, name: str, chunks: Iterable[bytes | bytearray | memoryview], rel: str
+    ) -> None:
         missing = PathErrorKind.VANISHED
         try:
             existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
