@@ -140,6 +140,7 @@ ERROR_CODE_DESCRIPTIONS: dict[type[Enum], dict[str, str]] = {
         "MALFORMED_FRAME": "The frame has a known type but its fields do not follow the grammar.",
         "FRAME_TOO_LARGE": "The frame is longer than the configured bound (bytes of UTF-8 text).",
         "PATH_TOO_LONG": "A path field is longer than the configured bound (bytes of UTF-8).",
+        "TOO_MANY_FIELDS": "The frame has more `::`-separated fields than the configured bound.",
         "INVALID_JOB_ID": "A job_id does not match `[A-Za-z0-9._-]{1,64}`.",
         "UNEXPECTED_MESSAGE": (
             "The message is valid but not allowed in the session's current state."
@@ -434,6 +435,12 @@ def limits_table() -> str:
             "`Limits.max_path_bytes`",
             _bytes(limits.max_path_bytes),
             "longest path field, UTF-8 bytes (`PROTOCOL_ERROR::PATH_TOO_LONG`)",
+        ),
+        (
+            "data channel",
+            "`Limits.max_fields`",
+            f"{limits.max_fields} fields",
+            "most `::`-separated fields in a text frame (`PROTOCOL_ERROR::TOO_MANY_FIELDS`)",
         ),
         (
             "data channel",

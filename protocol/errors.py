@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
     #: A path field is longer than the configured bound (bytes of UTF-8).
     PATH_TOO_LONG = "PATH_TOO_LONG"
+    #: The frame has more ``::``-separated fields than the configured bound.
+    TOO_MANY_FIELDS = "TOO_MANY_FIELDS"
     #: A job_id does not match ``[A-Za-z0-9._-]{1,64}``.
     INVALID_JOB_ID = "INVALID_JOB_ID"
     #: The message is valid but not allowed in the session's current state.

@@ -80,11 +80,14 @@ class Limits:
         max_text_frame_bytes: longest text frame, in bytes of UTF-8 (FRAME_TOO_LARGE).
         max_binary_frame_bytes: longest binary frame, in bytes (FRAME_TOO_LARGE).
         max_path_bytes: longest path field, in bytes of UTF-8 (PATH_TOO_LONG).
+        max_fields: most ``::``-separated fields in a text frame (TOO_MANY_FIELDS);
+            free-text fields may contain ``::``, so this bounds them too.
     """
 
     max_text_frame_bytes: int = 64 * 1024
     max_binary_frame_bytes: int = 256 * 1024
     max_path_bytes: int = 4096
+    max_fields: int = 1024
 
 
 DEFAULT_LIMITS = Limits()
@@ -731,6 +734,11 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
                 ErrorCode.FRAME_TOO_LARGE,
                 f"text frame of {size} bytes exceeds {limits.max_text_frame_bytes}",
             )
+    fields = frame.count(SEP) + 1
+    if fields > limits.max_fields:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_MANY_FIELDS, f"{fields} fields exceed {limits.max_fields}"
+        )
     type_, sep, rest = frame.partition(SEP)
     parser = _PARSERS.get(type_)
     if parser is None:

@@ -77,6 +77,7 @@ from protocol.signaling import (
     PEER_ID_PATTERN,
     Answer,
     Candidate,
+    ClientFrame,
     ErrorFrame,
     ListPeers,
     Offer,
@@ -87,6 +88,7 @@ from protocol.signaling import (
     RelayedAnswer,
     RelayedCandidate,
     RelayedOffer,
+    ServerFrame,
     dump_frame,
 )
 from protocol.signaling import ErrorCode as SignalingErrorCode
@@ -195,9 +197,8 @@ def _fit(text: str, max_bytes: int) -> str:
 
 
 def _fill(seed: str, n_bytes: int, pad: str = "x") -> str:
-    """``seed`` repeated to exactly ``n_bytes`` of UTF-8 (topped up with ``pad``)."""
-    if n_bytes <= 0:
-        return ""
+    """``seed`` repeated to exactly ``n_bytes`` of UTF-8 (topped up with ``pad``); empty
+    for ``n_bytes <= 0``."""
     seed = seed or pad
     text = _fit(seed * (n_bytes // max(1, _utf8_len(seed)) + 1), n_bytes)
     return text + pad * (n_bytes - _utf8_len(text))
@@ -234,9 +235,25 @@ def _repeat_bytes(seed: bytes, n: int) -> bytes:
     return (seed * (n // len(seed) + 1))[:n]
 
 
+def _thin(text: str, max_seps: int) -> str:
+    """``text`` with every ``::`` after the first ``max_seps`` turned into ``--``: at most
+    ``max_seps`` separators, and the same length."""
+    parts = text.split(SEP)
+    keep = max(0, max_seps) + 1
+    if len(parts) <= keep:
+        return text
+    return SEP.join(parts[:keep]) + "--" + "--".join(parts[keep:])
+
+
+def _seps(limits: Limits, fields: int) -> int:
+    """The ``::`` a free field may hold in a frame of ``fields`` fields of its own, so
+    that the frame stays within ``limits.max_fields``."""
+    return limits.max_fields - fields
+
+
 # ===================================================================== field values
 
-_LINE_CHARS = st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"))
+_LINE_CHARS = st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp"))
 _TEXT_PIECES = (
     ":",
     "::",
@@ -356,12 +373,18 @@ def _job_id_hex() -> SearchStrategy[str]:
     return st.binary(min_size=6, max_size=6).map(lambda b: f"job-{b.hex()}")
 
 
-def free_text(*, min_bytes: int = 1, max_bytes: int = 512) -> SearchStrategy[str]:
+def free_text(
+    *, min_bytes: int = 1, max_bytes: int = 512, max_separators: int | None = None
+) -> SearchStrategy[str]:
     """Single-line text (reasons, log lines, details) of ``min_bytes`` to ``max_bytes``
     bytes of UTF-8: ``:``, ``::``, spaces, tabs, unicode (no control characters other
     than tab, no line or paragraph separators, no surrogates); sometimes exactly
-    ``max_bytes`` long."""
-    return _sized(_FREE_BASE, min_bytes, max_bytes)
+    ``max_bytes`` long. At most ``max_separators`` ``::`` if given (the others become
+    ``--``)."""
+    texts = _sized(_FREE_BASE, min_bytes, max_bytes)
+    if max_separators is None:
+        return texts
+    return texts.map(lambda text: _thin(text, max_separators))
 
 
 def paths(
@@ -370,9 +393,17 @@ def paths(
     """Relative paths as a client sends them: components joined by ``/`` holding ``:``,
     ``::``, spaces and unicode (no ``..``, no leading ``/``, no control characters, every
     component at most a few dozen bytes); from ``min_bytes`` up to ``max_bytes``
-    (default and cap: ``limits.max_path_bytes``), sometimes exactly the maximum."""
+    (default and cap: ``limits.max_path_bytes``), sometimes exactly the maximum. At most
+    ``limits.max_fields - 5`` ``::`` (the others become ``--``), so that every frame
+    carrying a path, JOB_COMPLETE and its five fields included, stays within
+    ``limits.max_fields``."""
     cap = limits.max_path_bytes if max_bytes is None else min(max_bytes, limits.max_path_bytes)
-    return _sized(_PATH_BASE, min_bytes, cap, sep="/").filter(_plain_path)
+    max_seps = _seps(limits, 5)
+    return (
+        _sized(_PATH_BASE, min_bytes, cap, sep="/")
+        .map(lambda path: _thin(path, max_seps))
+        .filter(_plain_path)
+    )
 
 
 def _plain_path(path: str) -> bool:
@@ -409,9 +440,10 @@ def file_names(*, min_bytes: int = 1, max_bytes: int = _MAX_NAME_BYTES) -> Searc
     255) bytes of UTF-8, sometimes exactly ``max_bytes`` long."""
     max_bytes = min(max_bytes, _MAX_NAME_BYTES)
     names = _sized(_NAME_BASE, max(1, min_bytes), max_bytes)
-    if min_bytes <= 1:
-        samples = ["train.zip", "v2::g.zip", "résumé 2.pdf", "中文 文件.zip", "..."]
-        names = st.one_of(st.sampled_from([n for n in samples if _utf8_len(n) <= max_bytes]), names)
+    samples = ["train.zip", "v2::g.zip", "résumé 2.pdf", "中文 文件.zip", "..."]
+    fitting = [n for n in samples if _utf8_len(n) <= max_bytes]
+    if min_bytes <= 1 and fitting:
+        names = st.one_of(st.sampled_from(fitting), names)
     return names.filter(lambda name: check_name(name) is None)
 
 
@@ -470,13 +502,15 @@ def path_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[PathError]
         st.sampled_from(PATH_ERROR_PREFIXES),
         paths(limits=limits),
     )
-    return st.builds(PathError, st.one_of(quoted, free_text(max_bytes=budget)))
+    free = free_text(max_bytes=budget, max_separators=_seps(limits, 2))
+    return st.builds(PathError, st.one_of(quoted, free))
 
 
 def job_logs(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobLog]:
     """``JOB_LOG::{line}`` (W->C), one line, sometimes filling the frame; empty lines too."""
     budget = _budget(limits, len("JOB_LOG::"))
-    return st.builds(JobLog, st.one_of(st.just(""), free_text(max_bytes=budget)))
+    line = free_text(max_bytes=budget, max_separators=_seps(limits, 2))
+    return st.builds(JobLog, st.one_of(st.just(""), line))
 
 
 def _metric_values() -> SearchStrategy[float | int]:
@@ -517,7 +551,7 @@ def job_failed_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Jo
     budget = _budget(limits, len("JOB_FAILED::") + 64 + 2)
     reasons = st.one_of(
         st.sampled_from(["cancelled", "Job command exited with code 2"]),
-        free_text(max_bytes=budget),
+        free_text(max_bytes=budget, max_separators=_seps(limits, 3)),
     )
     return st.builds(JobFailed, job_ids(), reasons)
 
@@ -533,7 +567,7 @@ def protocol_error_frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[
     return st.builds(
         ProtocolErrorFrame,
         _codes([c.value for c in ErrorCode]),
-        st.one_of(st.just(""), free_text(max_bytes=budget)),
+        st.one_of(st.just(""), free_text(max_bytes=budget, max_separators=_seps(limits, 3))),
     )
 
 
@@ -550,7 +584,9 @@ def file_metas(
     budget = _budget(limits, len("FILE_META::") + 3 * 2 + 18 + 64 + 18)
     return st.builds(
         FileMeta,
-        file_names(max_bytes=budget) if names is None else names,
+        (file_names(max_bytes=budget) if names is None else names).map(
+            lambda name: _thin(name, _seps(limits, 5))
+        ),
         _counts(max_size),
         sha256_hex(allow_upper=True),
         st.one_of(st.integers(1, min(max_chunk_size, 1 << 18)), st.integers(1, max_chunk_size)),
@@ -561,7 +597,7 @@ def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[File
     """The earlier ``FILE_META::{name}:{size}:{gui}``: names without ``::``, guis without
     ``:`` (possibly empty)."""
     gui = st.text(
-        st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters=":"),
+        st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp"), exclude_characters=":"),
         max_size=16,
     )
     budget = _budget(limits, len("FILE_META::") + 2 + 18 + 16 * 4)
@@ -600,7 +636,7 @@ def transfer_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Transf
     return st.builds(
         TransferError,
         _codes([c.value for c in TransferErrorCode]),
-        st.one_of(st.just(""), free_text(max_bytes=budget)),
+        st.one_of(st.just(""), free_text(max_bytes=budget, max_separators=_seps(limits, 3))),
     )
 
 
@@ -671,14 +707,12 @@ _TAKES_LIMITS = {
 
 
 def _fits(message: Message, limits: Limits) -> bool:
-    """Whether the message's frame is within ``limits`` (frame and path bounds)."""
+    """Whether the message's frame is within ``limits``. Paths need no check here: every
+    strategy that draws one caps it at ``limits.max_path_bytes`` (see :func:`paths`)."""
     frame = encode(message)
     if isinstance(frame, bytes):
         return len(frame) <= limits.max_binary_frame_bytes
-    path = message.path if isinstance(message, SharedInputPath | SharedOutputPath) else ""
-    if _utf8_len(path) > limits.max_path_bytes:
-        return False
-    return _utf8_len(frame) <= limits.max_text_frame_bytes
+    return _utf8_len(frame) <= limits.max_text_frame_bytes and frame.count(SEP) < limits.max_fields
 
 
 def _of(classes: tuple[type[Message], ...], limits: Limits) -> SearchStrategy[Message]:
@@ -751,16 +785,17 @@ def frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[str | bytes]:
 # ===================================================================== malformed frames
 
 
-def _expect(frame: str | bytes, code: ErrorCode, limits: Limits) -> tuple[str | bytes, ErrorCode]:
-    """Pair a frame with the code decode must raise (oversize wins: it is checked first)."""
-    if isinstance(frame, str) and _utf8_len(frame) > limits.max_text_frame_bytes:
+def _expect(frame: str, code: ErrorCode, limits: Limits) -> tuple[str | bytes, ErrorCode]:
+    """Pair a text frame with the code decode must raise: the size is checked first, then
+    the number of fields, then the rest."""
+    if _utf8_len(frame) > limits.max_text_frame_bytes:
         return frame, ErrorCode.FRAME_TOO_LARGE
+    if frame.count(SEP) >= limits.max_fields:
+        return frame, ErrorCode.TOO_MANY_FIELDS
     return frame, code
 
 
-_NO_COLON_TEXT = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters=":"), max_size=12
-)
+_NO_COLON_TEXT = st.text(st.characters(codec="utf-8", exclude_characters=":"), max_size=12)
 _BAD_NUMBERS = (
     "",
     "-1",
@@ -862,11 +897,14 @@ def malformed_frames_with_codes(
     forms); invalid JSON, wrong values and 30000-deep nesting in JOB_METRICS; line
     breaks where a single line is required; empty required fields; bad codes; frames
     just over ``limits.max_text_frame_bytes`` (ASCII and multi-byte), paths over
-    ``limits.max_path_bytes`` and binary frames over ``limits.max_binary_frame_bytes``.
+    ``limits.max_path_bytes``, binary frames over ``limits.max_binary_frame_bytes`` and
+    text frames just over ``limits.max_fields`` fields. A frame of another group that
+    breaks a limit (small limits) is paired with the code of that limit, as decode
+    checks the frame's size first, then its number of fields.
     """
     malformed = ErrorCode.MALFORMED_FRAME
 
-    def pair(code: ErrorCode) -> Callable[[str | bytes], tuple[str | bytes, ErrorCode]]:
+    def pair(code: ErrorCode) -> Callable[[str], tuple[str | bytes, ErrorCode]]:
         return lambda frame: _expect(frame, code, limits)
 
     types = sorted(FRAME_TYPES)
@@ -1036,6 +1074,12 @@ def malformed_frames_with_codes(
         st.sampled_from(["a", "é", "中文", "a::b", "😀"]),
         st.integers(1, 8),
     )
+    too_many_fields = st.builds(
+        lambda t, field, extra: f"{t}{SEP}" + SEP.join([field] * (limits.max_fields + extra - 1)),
+        st.sampled_from([*types, "NOPE"]),
+        st.sampled_from(["", "a", "x y", "1", "é", "job-1"]),
+        st.integers(1, 8),
+    )
     oversize_binary = st.builds(
         lambda seed, extra: _repeat_bytes(seed, limits.max_binary_frame_bytes + extra),
         st.binary(min_size=1, max_size=16),
@@ -1058,6 +1102,7 @@ def malformed_frames_with_codes(
         oversize_text.map(pair(ErrorCode.FRAME_TOO_LARGE)),
         oversize_path.map(pair(ErrorCode.PATH_TOO_LONG)),
         oversize_binary.map(lambda b: (b, ErrorCode.FRAME_TOO_LARGE)),
+        too_many_fields.map(pair(ErrorCode.TOO_MANY_FIELDS)),
     )
 
 
@@ -1093,7 +1138,7 @@ def _other(direction: Direction) -> Direction:
 
 
 def _stream(
-    draw: Any,
+    draw: st.DrawFn,
     script: _Script,
     direction: Direction,
     data: bytes,
@@ -1113,7 +1158,7 @@ def _stream(
 
 
 def _file(
-    draw: Any, max_file_bytes: int, max_chunks: int, limits: Limits, min_size: int = 0
+    draw: st.DrawFn, max_file_bytes: int, max_chunks: int, limits: Limits, min_size: int = 0
 ) -> tuple[bytes, int]:
     """Drawn file bytes and a chunk size giving at most ``max_chunks`` chunks."""
     data = draw(st.binary(min_size=min_size, max_size=max(min_size, max_file_bytes)))
@@ -1124,7 +1169,7 @@ def _file(
 
 
 def _transfer(
-    draw: Any,
+    draw: st.DrawFn,
     script: _Script,
     direction: Direction,
     name: str,
@@ -1143,7 +1188,9 @@ def _transfer(
     script.send(_other(direction), FileReceived(sha))
 
 
-def _job_run(draw: Any, script: _Script, job_id: str, output: str, *, cancel: bool = False) -> None:
+def _job_run(
+    draw: st.DrawFn, script: _Script, job_id: str, output: str, *, cancel: bool = False
+) -> None:
     """JOB_START then the job's output: JOB_LOG lines, then JOB_METRICS and JOB_COMPLETE,
     or JOB_CANCEL and JOB_FAILED cancelled."""
     script.c(JobStart(legacy=draw(st.booleans())))
@@ -1163,7 +1210,7 @@ def _job_run(draw: Any, script: _Script, job_id: str, output: str, *, cancel: bo
     script.w(JobComplete(job_id, output, count, JobComplete.mb_from_bytes(total)))
 
 
-def _name_job(draw: Any, script: _Script) -> str:
+def _name_job(draw: st.DrawFn, script: _Script) -> str:
     """Maybe JOB_ID; the id the job will carry (the worker's ``job-`` + 12 hex otherwise)."""
     if draw(st.booleans()):
         job_id = draw(job_ids())
@@ -1176,7 +1223,7 @@ def _short_paths() -> SearchStrategy[str]:
     return paths(max_bytes=120)
 
 
-def _validate_paths(draw: Any, script: _Script) -> str:
+def _validate_paths(draw: st.DrawFn, script: _Script) -> str:
     """SHARED_INPUT_PATH and SHARED_OUTPUT_PATH (either order), both validated; the output."""
     input_path, output_path = draw(_short_paths()), draw(_short_paths())
     steps = [
@@ -1191,14 +1238,19 @@ def _validate_paths(draw: Any, script: _Script) -> str:
     return output_path
 
 
-def _shared_job(draw: Any, script: _Script, *, cancel: bool = False) -> None:
+def _shared_job(draw: st.DrawFn, script: _Script, *, cancel: bool = False) -> None:
     job_id = _name_job(draw, script)
     output = _validate_paths(draw, script)
     _job_run(draw, script, job_id, output, cancel=cancel)
 
 
 def _upload(
-    draw: Any, script: _Script, kind: str, max_file_bytes: int, max_chunks: int, limits: Limits
+    draw: st.DrawFn,
+    script: _Script,
+    kind: str,
+    max_file_bytes: int,
+    max_chunks: int,
+    limits: Limits,
 ) -> None:
     name = draw(file_names(max_bytes=80))
     if kind == "dedupe":
@@ -1237,7 +1289,7 @@ def _upload(
 
 
 def _results(
-    draw: Any, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
+    draw: st.DrawFn, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
 ) -> None:
     job_id = _name_job(draw, script)
     _upload(
@@ -1264,7 +1316,7 @@ def _results(
 
 
 def _cancel(
-    draw: Any, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
+    draw: st.DrawFn, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
 ) -> None:
     if draw(st.booleans()):
         _shared_job(draw, script, cancel=True)
@@ -1288,7 +1340,7 @@ _BAD_NAMES = ("../x", "a/b", "a\\b", "..", ".", "C:x", "a\x00b", "a\nb", "．．
 
 
 def _error(
-    draw: Any,
+    draw: st.DrawFn,
     script: _Script,
     max_file_bytes: int,
     max_chunks: int,
@@ -1377,7 +1429,7 @@ def _error(
 
 
 def _legacy(
-    draw: Any, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
+    draw: st.DrawFn, script: _Script, max_file_bytes: int, max_chunks: int, limits: Limits
 ) -> None:
     data, chunk_size = _file(draw, max_file_bytes, max_chunks, limits, min_size=1)
     name = draw(file_names(max_bytes=60).filter(lambda n: SEP not in n))
@@ -1433,7 +1485,7 @@ def exchanges(
         raise ValueError(f"kinds must be taken from {EXCHANGE_KINDS}, got {kinds}")
 
     @st.composite
-    def build(draw: Any) -> Exchange:
+    def build(draw: st.DrawFn) -> Exchange:
         script = _Script()
         for kind in draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=max_parts)):
             if kind == "shared_job":
@@ -1461,7 +1513,7 @@ def peer_ids() -> SearchStrategy[str]:
     return st.from_regex(PEER_ID_PATTERN.strip("^$"), fullmatch=True)
 
 
-_JSON_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+_JSON_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
 
 
 def json_values(*, max_leaves: int = 8) -> SearchStrategy[Any]:
@@ -1495,11 +1547,11 @@ def _metadata() -> SearchStrategy[dict[str, Any]]:
 def _sdp() -> SearchStrategy[str]:
     return st.one_of(
         st.just("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"),
-        st.text(st.characters(blacklist_categories=("Cs",)), max_size=200),
+        st.text(st.characters(codec="utf-8"), max_size=200),
     )
 
 
-def client_signaling_frames() -> SearchStrategy[Any]:
+def client_signaling_frames() -> SearchStrategy[ClientFrame]:
     """Frames a peer sends to the signaling server (protocol.signaling models):
     register (with token and metadata or not), list_peers, offer, answer, candidate
     (any JSON candidate, null included)."""
@@ -1518,7 +1570,7 @@ def client_signaling_frames() -> SearchStrategy[Any]:
     )
 
 
-def server_signaling_frames() -> SearchStrategy[Any]:
+def server_signaling_frames() -> SearchStrategy[ServerFrame]:
     """Frames the signaling server sends (protocol.signaling models): registered, peers,
     relayed offer/answer/candidate (with ``from``), error (known and future codes)."""
     return st.one_of(
@@ -1547,7 +1599,7 @@ def server_signaling_frames() -> SearchStrategy[Any]:
     )
 
 
-def signaling_frames() -> SearchStrategy[Any]:
+def signaling_frames() -> SearchStrategy[ClientFrame | ServerFrame]:
     """Any signaling frame model, either direction (serialize with ``dump_frame``)."""
     return st.one_of(client_signaling_frames(), server_signaling_frames())
 
@@ -1578,7 +1630,9 @@ def malformed_signaling_frames_with_codes(
     surrogates, 100000-deep nesting); JSON that is not an object; a missing or non-string
     ``type``; unknown types (server-only types included); missing required fields;
     wrongly typed fields; invalid peer ids and roles; metadata that is not an object or
-    is over its limit; frames over ``max_bytes``.
+    is over its limit; frames over ``max_bytes``. A frame of any other group that is over
+    ``max_bytes`` (a small limit) is paired with ``FRAME_TOO_LARGE``: the parser checks the
+    size first.
     """
     invalid_json = st.sampled_from(
         [
@@ -1640,7 +1694,7 @@ def malformed_signaling_frames_with_codes(
         key = "peer_id" if obj["type"] == "register" else "to"
         return json.dumps({**obj, key: peer_id})
 
-    wrong_values = st.one_of(
+    wrong_values: SearchStrategy[int | float | list[int] | dict[str, Any]] = st.one_of(
         st.integers(),
         st.booleans(),
         st.lists(st.integers(), max_size=2),
@@ -1677,8 +1731,15 @@ def malformed_signaling_frames_with_codes(
         st.integers(1, 64),
         st.sampled_from(["x", "é", "中"]),
     )
+
+    def expect(pair: tuple[str, SignalingErrorCode]) -> tuple[str, str]:
+        text, code = pair
+        if _utf8_len(text) > max_bytes:  # the parser checks the size first
+            return text, str(SignalingErrorCode.FRAME_TOO_LARGE)
+        return text, str(code)
+
     return st.one_of(invalid_json, not_object, bad_type, unknown_type, fields, too_large).map(
-        lambda pair: (pair[0], str(pair[1]))
+        expect
     )
 
 

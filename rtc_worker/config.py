@@ -149,6 +149,12 @@ class WorkerSettings(BaseSettings):
         validation_alias=AliasChoices("max_path_bytes", "RTC_MAX_PATH_BYTES"),
         description="Longest relative path accepted, bytes of UTF-8.",
     )
+    max_fields: int = Field(
+        1024,
+        ge=2,
+        validation_alias=AliasChoices("max_fields", "RTC_MAX_FIELDS"),
+        description="Most ::-separated fields in a data-channel text frame.",
+    )
     cancel_grace_s: float = Field(
         5.0,
         ge=0,

@@ -107,6 +107,7 @@ class RTCWorkerClient:
             limits=Limits(
                 max_text_frame_bytes=settings.max_text_frame_bytes,
                 max_path_bytes=settings.max_path_bytes,
+                max_fields=settings.max_fields,
             ),
             max_file_size=settings.max_file_size,
             chunk_size=settings.chunk_size,

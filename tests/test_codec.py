@@ -128,6 +128,17 @@ def test_limits_are_configurable() -> None:
     assert decode("SHARED_INPUT_PATH::abc", small) == SharedInputPath("abc")
 
 
+def test_field_count_is_bounded() -> None:
+    limits = Limits(max_fields=4)
+    assert decode("JOB_LOG::a::b::c", limits) == JobLog("a::b::c")
+    with pytest.raises(RemoteProtocolError) as info:
+        decode("JOB_LOG::a::b::c::d", limits)
+    assert info.value.code == ErrorCode.TOO_MANY_FIELDS
+    with pytest.raises(RemoteProtocolError) as info:
+        decode("SHARED_INPUT_PATH::" + "a::" * 2000)
+    assert info.value.code == ErrorCode.TOO_MANY_FIELDS
+
+
 def test_path_bound_counts_utf8_bytes() -> None:
     limits = Limits(max_path_bytes=4)
     assert decode("SHARED_INPUT_PATH::éé", limits) == SharedInputPath("éé")

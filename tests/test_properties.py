@@ -202,9 +202,10 @@ def test_frames_respect_custom_limits(frame: str | bytes) -> None:
 
 
 def exact_text(prefix: str) -> st.SearchStrategy[str]:
-    """Free text that makes ``prefix + text`` exactly TOP bytes."""
+    """Free text that makes ``prefix + text`` exactly TOP bytes (and at most max_fields
+    fields: the prefix holds at most three)."""
     n = TOP - utf8(prefix)
-    return free_text(min_bytes=n, max_bytes=n)
+    return free_text(min_bytes=n, max_bytes=n, max_separators=LIMITS.max_fields - 3)
 
 
 #: name -> (frame prefix, message built from the free field); frame == prefix + field.
