@@ -1,7 +1,8 @@
 """Command line of the signaling server: ``rtc-signaling`` or ``python -m signaling``.
 
 Flags override the environment (see :mod:`signaling.config`); anything not given on
-the command line comes from ``RTC_SIGNALING_*`` / ``RTC_LOG_LEVEL`` or the defaults.
+the command line comes from ``RTC_SIGNALING_*`` / ``RTC_LOG_LEVEL`` (and ``PORT``,
+``STORAGE_*``, ``DATABASE_PATH``, ``AUTO_DELETE`` for the result store) or the defaults.
 Logs go to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +60,39 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help="log level: " + ", ".join(LOG_LEVELS) + " (env RTC_LOG_LEVEL; default INFO)",
     )
+    storage = parser.add_argument_group(
+        "result store", "HTTP upload/download of results; enabled by a storage path"
+    )
+    storage.add_argument(
+        "--storage-path",
+        default=None,
+        help="folder of the result store; enables it (env STORAGE_PATH; default: off)",
+    )
+    storage.add_argument(
+        "--storage-api-key",
+        default=None,
+        help="key the storage routes require as X-API-Key or Authorization: Bearer; "
+        "mandatory with a storage path (env STORAGE_API_KEY)",
+    )
+    storage.add_argument(
+        "--database-path",
+        default=None,
+        help="SQLite file of the store (env DATABASE_PATH; default <storage-path>/storage.db)",
+    )
+    storage.add_argument(
+        "--auto-delete",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="delete a result after its first complete download unless ?keep=true "
+        "(env AUTO_DELETE; default true)",
+    )
+    storage.add_argument(
+        "--storage-max-file-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest upload in bytes (env STORAGE_MAX_FILE_SIZE; default 10 GiB)",
+    )
     return parser
 
 
@@ -90,6 +125,8 @@ async def _serve(settings: SignalingSettings) -> None:
     try:
         if settings.token is None:
             logger.warning("no token configured: any peer may register")
+        if settings.storage_enabled:
+            logger.info("result store enabled at {}", settings.storage_path)
         logger.info("signaling server listening on {}", url)
         print(f"listening on {url}", flush=True)
         await stop.wait()
@@ -102,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``rtc-signaling``; returns the process exit status.
 
     Returns 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the address cannot be
-    bound, 2 on invalid settings. argparse exits with 2 on bad syntax.
+    bound or the result store cannot be opened, 2 on invalid settings (including a
+    storage path without an API key). argparse exits with 2 on bad syntax.
     """
     try:
         settings = settings_from_args(argv)
@@ -115,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_serve(settings))
     except OSError as exc:
         logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc)
+        return 1
+    except sqlite3.Error as exc:
+        logger.error("cannot open the result store database {}: {}", settings.database_file, exc)
         return 1
     except KeyboardInterrupt:
         pass

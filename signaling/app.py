@@ -1,5 +1,9 @@
 """The aiohttp signaling application: ``GET /health`` and the ``/ws`` WebSocket.
 
+With a storage path in the settings, the same app also serves the fallback result
+store (``/upload``, ``/download``, ``/delete``, ``/list``; see
+:mod:`signaling.storage_api`).
+
 Every text frame is parsed by :func:`protocol.signaling.parse_client_frame`; this
 module only performs what the parsed frame asks (register, list, relay) and turns
 every :class:`~protocol.signaling.SignalingError` into an ``error`` frame. Apart
@@ -39,6 +43,7 @@ from protocol.signaling import (
 from rtc_worker import __version__
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
+from signaling.storage_api import setup_storage
 
 __all__ = [
     "REGISTRY_KEY",
@@ -71,15 +76,19 @@ def create_app(settings: SignalingSettings | None = None) -> web.Application:
         settings: server settings; ``None`` reads them from the environment.
 
     Returns:
-        An :class:`aiohttp.web.Application` serving ``GET /health`` and ``GET /ws``.
-        Its registry is ``app[REGISTRY_KEY]``.
+        An :class:`aiohttp.web.Application` serving ``GET /health`` and ``GET /ws``,
+        plus the storage routes when storage is enabled. Its registry is
+        ``app[REGISTRY_KEY]``.
 
     Raises:
         pydantic.ValidationError: when ``settings`` is ``None`` and the environment
             holds invalid values.
+        OSError: the storage folder cannot be prepared.
+        sqlite3.Error: the storage database cannot be opened or migrated.
     """
     app = web.Application()
     app[SETTINGS_KEY] = settings if settings is not None else SignalingSettings()
+    setup_storage(app, app[SETTINGS_KEY])
     app[REGISTRY_KEY] = PeerRegistry()
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.router.add_get("/health", _health)
@@ -115,17 +124,22 @@ async def start_server(
 
 
 async def _health(request: web.Request) -> web.Response:
-    """``GET /health``: ``{"status":"ok","peers":N,"workers":N,"clients":N,"version":V}``."""
+    """``GET /health``: ``{"status":"ok","peers":N,"workers":N,"clients":N,"version":V}``.
+
+    When the result store is enabled the body also carries ``"storage": true``; the
+    key is absent otherwise, so the body of a plain signaling server is unchanged.
+    """
     registry = request.app[REGISTRY_KEY]
-    return web.json_response(
-        {
-            "status": "ok",
-            "peers": registry.count(),
-            "workers": registry.count("worker"),
-            "clients": registry.count("client"),
-            "version": __version__,
-        }
-    )
+    body: dict[str, object] = {
+        "status": "ok",
+        "peers": registry.count(),
+        "workers": registry.count("worker"),
+        "clients": registry.count("client"),
+        "version": __version__,
+    }
+    if request.app[SETTINGS_KEY].storage_enabled:
+        body["storage"] = True
+    return web.json_response(body)
 
 
 async def _close_sockets(app: web.Application) -> None:

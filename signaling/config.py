@@ -9,19 +9,37 @@ Environment variables:
 ``RTC_SIGNALING_MAX_FRAME_BYTES``         soft frame limit in bytes (default 262144)
 ``RTC_SIGNALING_HEARTBEAT_SECONDS``       WebSocket ping interval in seconds (default 20)
 ``RTC_LOG_LEVEL``                         loguru level name (default ``INFO``)
+``PORT``                                  alias of ``RTC_SIGNALING_PORT`` (lower priority)
+``STORAGE_PATH``                          folder of the result store; enables it (default
+                                          none: storage off)
+``STORAGE_API_KEY``                       key the storage routes require (mandatory when
+                                          storage is enabled)
+``DATABASE_PATH``                         SQLite file (default ``<STORAGE_PATH>/storage.db``)
+``AUTO_DELETE``                           delete a result after its first complete
+                                          download (default ``true``)
+``STORAGE_MAX_FILE_SIZE``                 largest upload in bytes (default 10 GiB)
 ========================================  =========================================
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
 
-__all__ = ["LOG_LEVELS", "MIN_HARD_FRAME_BYTES", "SignalingSettings"]
+__all__ = [
+    "DEFAULT_STORAGE_MAX_FILE_SIZE",
+    "LOG_LEVELS",
+    "MIN_HARD_FRAME_BYTES",
+    "SignalingSettings",
+]
+
+DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
+"""Default largest upload accepted by the result store, in bytes (10 GiB)."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -44,9 +62,23 @@ class SignalingSettings(BaseSettings):
         heartbeat_seconds: interval of WebSocket pings; a peer that does not answer is
             dropped (``RTC_SIGNALING_HEARTBEAT_SECONDS``).
         log_level: loguru level name (``RTC_LOG_LEVEL``).
+        storage_path: folder of the fallback result store; setting it enables the
+            storage routes (``STORAGE_PATH``).
+        storage_api_key: key every storage route requires, as ``X-API-Key`` or
+            ``Authorization: Bearer`` (``STORAGE_API_KEY``). It is mandatory whenever
+            ``storage_path`` is set: a result store open to anyone who can reach the
+            port is refused outright rather than allowed on some bindings, so the
+            rule is the same everywhere.
+        database_path: SQLite file of the store; ``None`` means
+            ``<storage_path>/storage.db`` (``DATABASE_PATH``).
+        auto_delete: delete a result after its first complete download unless the
+            download asks ``?keep=true`` (``AUTO_DELETE``).
+        storage_max_file_size: largest upload in bytes; larger ones get 413
+            (``STORAGE_MAX_FILE_SIZE``).
 
     Raises:
-        pydantic.ValidationError: when a value is out of range or malformed.
+        pydantic.ValidationError: when a value is out of range or malformed, or when
+            storage is enabled without an API key.
     """
 
     model_config = SettingsConfigDict(
@@ -56,13 +88,23 @@ class SignalingSettings(BaseSettings):
     )
 
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8765
+    port: Annotated[
+        int,
+        Field(ge=0, le=65535, validation_alias=AliasChoices("RTC_SIGNALING_PORT", "PORT")),
+    ] = 8765
     token: SecretStr | None = None
     max_frame_bytes: Annotated[int, Field(ge=256, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME_BYTES
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
     log_level: str = Field(default="INFO", validation_alias="RTC_LOG_LEVEL")
+    storage_path: Path | None = Field(default=None, validation_alias="STORAGE_PATH")
+    storage_api_key: SecretStr | None = Field(default=None, validation_alias="STORAGE_API_KEY")
+    database_path: Path | None = Field(default=None, validation_alias="DATABASE_PATH")
+    auto_delete: bool = Field(default=True, validation_alias="AUTO_DELETE")
+    storage_max_file_size: Annotated[int, Field(ge=1)] = Field(
+        default=DEFAULT_STORAGE_MAX_FILE_SIZE, validation_alias="STORAGE_MAX_FILE_SIZE"
+    )
 
-    @field_validator("token", mode="before")
+    @field_validator("token", "storage_api_key", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         if value is None or value == "":
@@ -78,6 +120,37 @@ class SignalingSettings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("storage_path", "database_path", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _storage_needs_key(self) -> Self:
+        if self.storage_path is not None and self.storage_api_key is None:
+            raise ValueError(
+                "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "
+                "set STORAGE_API_KEY or --storage-api-key"
+            )
+        return self
+
+    @property
+    def storage_enabled(self) -> bool:
+        """True when the result store and its routes are on (``storage_path`` is set)."""
+        return self.storage_path is not None
+
+    @property
+    def database_file(self) -> Path | None:
+        """The SQLite file of the store: ``database_path`` or ``<storage_path>/storage.db``."""
+        if self.database_path is not None:
+            return self.database_path
+        return None if self.storage_path is None else self.storage_path / "storage.db"
+
+    @property
+    def storage_api_key_value(self) -> str | None:
+        """The storage API key as plain text, or ``None`` when none is set."""
+        return None if self.storage_api_key is None else self.storage_api_key.get_secret_value()
 
     @property
     def hard_frame_bytes(self) -> int:

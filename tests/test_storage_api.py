@@ -1,0 +1,367 @@
+"""The result store: a real server on loopback, real HTTP, a real SQLite file and disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from pydantic import ValidationError
+
+from signaling.__main__ import build_parser, main, settings_from_args
+from signaling.app import start_server
+from signaling.config import SignalingSettings
+from signaling.db import SCHEMA_VERSION
+
+KEY = "storage-key-123"
+AUTH = {"X-API-Key": KEY}
+SMALL_MAX = 4096
+
+
+def make_settings(root: Path, **extra: Any) -> SignalingSettings:
+    return SignalingSettings(
+        host="127.0.0.1",
+        port=0,
+        storage_path=root,
+        storage_api_key=KEY,
+        storage_max_file_size=SMALL_MAX,
+        **extra,
+    )
+
+
+@dataclass
+class Store:
+    root: Path
+    session: aiohttp.ClientSession
+    runner: web.AppRunner
+    port: int
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def restart(self, **extra: Any) -> None:
+        await self.runner.cleanup()
+        self.runner, self.port = await start_server(make_settings(self.root, **extra))
+
+    async def upload(
+        self, job_id: str | None, data: bytes | None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        form = aiohttp.FormData()
+        if job_id is not None:
+            form.add_field("job_id", job_id)
+        if data is not None:
+            form.add_field("file", data, filename="result.bin")
+        async with self.session.post(
+            self.url("/upload"), data=form, headers=AUTH if headers is None else headers
+        ) as response:
+            return response.status, await response.json()
+
+    async def upload_raw(self, job_id: str | None, data: bytes) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/octet-stream"}
+        if job_id is not None:
+            headers["X-Job-Id"] = job_id
+        async with self.session.post(self.url("/upload"), data=data, headers=headers) as response:
+            return response.status, await response.json()
+
+    async def download(self, job_id: str, keep: bool = False) -> tuple[int, bytes]:
+        query = "?keep=true" if keep else ""
+        async with self.session.get(
+            self.url(f"/download/{job_id}{query}"), headers=AUTH
+        ) as response:
+            return response.status, await response.read()
+
+    async def delete(self, job_id: str) -> tuple[int, dict[str, Any]]:
+        async with self.session.delete(self.url(f"/delete/{job_id}"), headers=AUTH) as response:
+            return response.status, await response.json()
+
+    async def records(self) -> dict[str, dict[str, Any]]:
+        async with self.session.get(self.url("/list"), headers=AUTH) as response:
+            assert response.status == 200
+            body = await response.json()
+        return {record["job_id"]: record for record in body["files"]}
+
+    async def wait_status(self, job_id: str, status: int) -> None:
+        """Poll until a kept download answers ``status`` (auto-delete ends after the body)."""
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while True:
+            async with self.session.get(
+                self.url(f"/download/{job_id}?keep=true"), headers=AUTH
+            ) as response:
+                await response.read()
+                if response.status == status:
+                    return
+            assert asyncio.get_running_loop().time() < deadline, f"never got {status}"
+            await asyncio.sleep(0.02)
+
+    def blobs(self) -> list[Path]:
+        return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
+
+
+@pytest_asyncio.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    root = tmp_path / "store"
+    runner, port = await start_server(make_settings(root))
+    async with aiohttp.ClientSession() as session:
+        handle = Store(root, session, runner, port)
+        try:
+            yield handle
+        finally:
+            await handle.runner.cleanup()
+
+
+def error_code(body: dict[str, Any]) -> str:
+    assert set(body["error"]) == {"code", "message", "timestamp"}
+    return str(body["error"]["code"])
+
+
+# --------------------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/upload"),
+        ("GET", "/download/job1"),
+        ("DELETE", "/delete/job1"),
+        ("GET", "/list"),
+    ],
+)
+async def test_every_route_needs_the_key(store: Store, method: str, path: str) -> None:
+    for headers in (
+        {},
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {KEY}"},
+    ):
+        async with store.session.request(method, store.url(path), headers=headers) as response:
+            assert response.status == 401
+            assert error_code(await response.json()) == "UNAUTHORIZED"
+    for headers in ({"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
+        async with store.session.request(method, store.url(path), headers=headers) as response:
+            assert response.status != 401
+
+
+async def test_health_is_open_and_shows_storage(store: Store) -> None:
+    async with store.session.get(store.url("/health")) as response:
+        assert response.status == 200
+        body = await response.json()
+    assert body["status"] == "ok"
+    assert body["storage"] is True
+
+
+# --------------------------------------------------------------------------- upload/download
+
+
+async def test_multipart_upload_and_download(store: Store) -> None:
+    data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+    status, body = await store.upload("job-1", data)
+    assert status == 201
+    assert body == {
+        "job_id": "job-1",
+        "download_url": "/download/job-1",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    blob = store.root / "blobs" / body["sha256"][:2] / body["sha256"]
+    assert blob.read_bytes() == data
+    assert list((store.root / "tmp").iterdir()) == []
+    assert await store.download("job-1", keep=True) == (200, data)
+    assert (await store.records())["job-1"]["downloaded_at"] is not None
+
+
+async def test_raw_upload_and_auto_delete(store: Store) -> None:
+    data = b"raw result bytes\n" * 100
+    status, body = await store.upload_raw("raw.job_2", data)
+    assert status == 201
+    assert (body["size"], body["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert await store.download("raw.job_2", keep=True) == (200, data)
+    assert await store.download("raw.job_2") == (200, data)
+    await store.wait_status("raw.job_2", 410)
+    assert (await store.download("raw.job_2"))[0] == 410
+    assert store.blobs() == []
+    record = (await store.records())["raw.job_2"]
+    assert record["deleted"] is True
+    assert record["downloaded_at"] is not None
+
+
+async def test_auto_delete_off_keeps_files(store: Store) -> None:
+    await store.restart(auto_delete=False)
+    await store.upload("keepme", b"abc")
+    assert await store.download("keepme") == (200, b"abc")
+    assert await store.download("keepme") == (200, b"abc")
+
+
+async def test_delete_then_gone_and_unknown(store: Store) -> None:
+    await store.upload("d1", b"to be deleted")
+    status, body = await store.delete("d1")
+    assert (status, body) == (200, {"job_id": "d1", "deleted": True})
+    assert (await store.download("d1"))[0] == 410
+    status, body = await store.delete("d1")
+    assert (status, error_code(body)) == (410, "GONE")
+    status, body = await store.delete("nope")
+    assert (status, error_code(body)) == (404, "NOT_FOUND")
+    async with store.session.get(store.url("/download/nope"), headers=AUTH) as response:
+        assert response.status == 404
+        assert error_code(await response.json()) == "NOT_FOUND"
+    assert store.blobs() == []
+
+
+async def test_upload_validation(store: Store) -> None:
+    status, body = await store.upload(None, b"data")
+    assert (status, error_code(body)) == (400, "MISSING_FIELD")
+    status, body = await store.upload("job", None)
+    assert (status, error_code(body)) == (400, "MISSING_FIELD")
+    for bad in ("a/b", "x" * 65, "sp ace", "..%2f"):
+        status, body = await store.upload(bad, b"data")
+        assert (status, error_code(body)) == (400, "INVALID_FIELD"), bad
+    status, body = await store.upload_raw(None, b"data")
+    assert (status, error_code(body)) == (400, "MISSING_FIELD")
+    status, body = await store.upload_raw("bad/id", b"data")
+    assert (status, error_code(body)) == (400, "INVALID_FIELD")
+    status, body = await store.upload_raw("empty", b"")
+    assert (status, error_code(body)) == (400, "MISSING_FIELD")
+    assert await store.records() == {}
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+async def test_too_large(store: Store) -> None:
+    status, body = await store.upload("big", b"x" * (SMALL_MAX + 1))
+    assert (status, error_code(body)) == (413, "FILE_TOO_LARGE")
+    status, body = await store.upload_raw("big", b"x" * (SMALL_MAX + 1))
+    assert (status, error_code(body)) == (413, "FILE_TOO_LARGE")
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: caught while streaming
+        for _ in range(4):
+            yield b"y" * 2000
+
+    headers = {**AUTH, "X-Job-Id": "big", "Content-Type": "application/octet-stream"}
+    async with store.session.post(store.url("/upload"), data=chunked(), headers=headers) as resp:
+        assert resp.status == 413
+    status, _ = await store.upload("fits", b"x" * SMALL_MAX)
+    assert status == 201
+    assert set(await store.records()) == {"fits"}
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+async def test_reupload_replaces(store: Store) -> None:
+    await store.upload("job", b"first version")
+    status, body = await store.upload("job", b"second version")
+    assert status == 201
+    assert body["sha256"] == hashlib.sha256(b"second version").hexdigest()
+    assert await store.download("job", keep=True) == (200, b"second version")
+    assert [blob.read_bytes() for blob in store.blobs()] == [b"second version"]
+    # re-uploading a deleted job brings it back
+    await store.delete("job")
+    await store.upload("job", b"third")
+    assert await store.download("job", keep=True) == (200, b"third")
+
+
+async def test_dedupe_shares_one_blob(store: Store) -> None:
+    data = b"same content" * 50
+    _, first = await store.upload("a", data)
+    _, second = await store.upload_raw("b", data)
+    assert first["sha256"] == second["sha256"]
+    assert len(store.blobs()) == 1
+    await store.delete("a")
+    assert len(store.blobs()) == 1
+    assert await store.download("b", keep=True) == (200, data)
+    await store.delete("b")
+    assert store.blobs() == []
+
+
+async def test_list_content(store: Store) -> None:
+    await store.upload("one", b"1")
+    await store.upload("two", b"22")
+    await store.delete("two")
+    records = await store.records()
+    assert set(records) == {"one", "two"}
+    one = records["one"]
+    assert one["size"] == 1 and one["sha256"] == hashlib.sha256(b"1").hexdigest()
+    assert one["download_url"] == "/download/one"
+    assert (one["deleted"], one["downloaded_at"], one["deleted_at"]) == (False, None, None)
+    assert one["uploaded_at"].endswith("Z")
+    assert records["two"]["deleted"] is True and records["two"]["deleted_at"] is not None
+
+
+async def test_restart_keeps_records(store: Store) -> None:
+    await store.upload("persist", b"survives a restart")
+    await store.upload("gone", b"deleted before the restart")
+    await store.delete("gone")
+    stray = store.root / "blobs" / "ff" / ("f" * 64)
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"orphan")
+    await store.restart()
+    assert await store.download("persist", keep=True) == (200, b"survives a restart")
+    assert (await store.download("gone"))[0] == 410
+    assert not stray.exists()  # unreferenced blobs are collected at start
+    with sqlite3.connect(store.root / "storage.db") as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_database_path_setting(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "records.db"
+    runner, port = await start_server(make_settings(tmp_path / "s", database_path=db))
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"http://127.0.0.1:{port}/upload", data=b"x", headers={**AUTH, "X-Job-Id": "j"}
+            ) as response,
+        ):
+            assert response.status == 201
+    finally:
+        await runner.cleanup()
+    assert db.exists()
+    assert not (tmp_path / "s" / "storage.db").exists()
+
+
+# --------------------------------------------------------------------------- settings / CLI
+
+
+def test_storage_settings_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("RTC_SIGNALING_PORT", "PORT", "STORAGE_PATH", "STORAGE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PORT", "4321")
+    assert SignalingSettings().port == 4321
+    monkeypatch.setenv("RTC_SIGNALING_PORT", "1234")
+    assert SignalingSettings().port == 1234
+    plain = SignalingSettings()
+    assert (plain.storage_enabled, plain.database_file, plain.auto_delete) == (False, None, True)
+    with pytest.raises(ValidationError, match="STORAGE_API_KEY"):
+        SignalingSettings(storage_path=tmp_path)
+    monkeypatch.setenv("STORAGE_PATH", str(tmp_path))
+    monkeypatch.setenv("STORAGE_API_KEY", "env-key")
+    monkeypatch.setenv("AUTO_DELETE", "false")
+    monkeypatch.setenv("STORAGE_MAX_FILE_SIZE", "99")
+    env = settings_from_args([])
+    assert (env.storage_path, env.storage_api_key_value) == (tmp_path, "env-key")
+    assert (env.database_file, env.auto_delete, env.storage_max_file_size) == (
+        tmp_path / "storage.db",
+        False,
+        99,
+    )
+    flags = settings_from_args(
+        ["--storage-api-key", "flag-key", "--auto-delete", "--database-path", "/x/db.sqlite"]
+    )
+    assert (flags.storage_api_key_value, flags.auto_delete) == ("flag-key", True)
+    assert flags.database_file == Path("/x/db.sqlite")
+    text = build_parser().format_help()
+    for name in ("STORAGE_PATH", "STORAGE_API_KEY", "DATABASE_PATH", "AUTO_DELETE"):
+        assert name in text
+
+
+def test_cli_refuses_storage_without_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("STORAGE_API_KEY", raising=False)
+    assert main(["--port", "0", "--storage-path", str(tmp_path)]) == 2
+    assert "STORAGE_API_KEY" in capsys.readouterr().err
