@@ -4,6 +4,10 @@ Flags override the environment (see :mod:`signaling.config`); anything not given
 the command line comes from ``RTC_SIGNALING_*`` / ``RTC_LOG_LEVEL`` (and ``PORT``,
 ``STORAGE_*``, ``DATABASE_PATH``, ``AUTO_DELETE`` for the result store) or the defaults.
 Logs go to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
+
+``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
+instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
+object on stdout and exits; no API key is needed for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import secrets
 import signal
 import sqlite3
 import sys
@@ -21,6 +27,8 @@ from pydantic import ValidationError
 
 from signaling.app import start_server
 from signaling.config import LOG_LEVELS, SignalingSettings
+from signaling.storage_api import ResultStore
+from signaling.uploads import cleanup
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 
@@ -93,6 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest upload in bytes (env STORAGE_MAX_FILE_SIZE; default 10 GiB)",
     )
+    storage.add_argument(
+        "--upload-chunk-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="chunk size of resumable uploads (env UPLOAD_CHUNK_SIZE; default 8 MiB)",
+    )
+    storage.add_argument(
+        "--upload-ttl-s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="age after which unfinished uploads and deleted records are removed "
+        "(env UPLOAD_TTL_S; default 86400)",
+    )
+    storage.add_argument(
+        "--cleanup-interval-s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between two cleanup passes (env CLEANUP_INTERVAL_S; default 3600)",
+    )
+    storage.add_argument(
+        "--cleanup-once",
+        action="store_true",
+        default=None,
+        help="run one cleanup pass of the store at --storage-path, print it and exit",
+    )
     return parser
 
 
@@ -103,9 +139,33 @@ def settings_from_args(argv: Sequence[str] | None = None) -> SignalingSettings:
         SystemExit: on bad command-line syntax or ``--help`` (from argparse).
         pydantic.ValidationError: when a flag or environment value is invalid.
     """
-    args = build_parser().parse_args(argv)
+    return _settings(build_parser().parse_args(argv))
+
+
+def _settings(args: argparse.Namespace) -> SignalingSettings:
     given = {name: value for name, value in vars(args).items() if value is not None}
+    if given.pop("cleanup_once", False) and "storage_api_key" not in given:
+        # A cleanup pass serves nothing, so it needs no key; the settings demand one
+        # whenever storage is on, so give them a throwaway value.
+        given["storage_api_key"] = secrets.token_hex(16)
     return SignalingSettings(**given)
+
+
+def _cleanup_once(settings: SignalingSettings) -> int:
+    """Run one cleanup pass and print its report; return the exit status."""
+    if settings.storage_path is None:
+        print("rtc-signaling: --cleanup-once needs --storage-path", file=sys.stderr)
+        return 2
+    try:
+        store = ResultStore(settings)
+        store.blobs.mkdir(parents=True, exist_ok=True)
+        store.db.migrate()
+        report = cleanup(store, settings.upload_ttl_s)
+    except (OSError, sqlite3.Error) as exc:
+        logger.error("cleanup of {} failed: {}", settings.storage_path, exc)
+        return 1
+    print(json.dumps({"removed": report.as_dict(), "total": report.total}), flush=True)
+    return 0
 
 
 def _ws_url(host: str, port: int) -> str:
@@ -141,14 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     Returns 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the address cannot be
     bound or the result store cannot be opened, 2 on invalid settings (including a
     storage path without an API key). argparse exits with 2 on bad syntax.
+    With ``--cleanup-once``: 0 after the pass, 1 when the store cannot be cleaned.
     """
+    args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(argv)
+        settings = _settings(args)
     except ValidationError as exc:
         print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logger.remove()
     logger.add(sys.stderr, level=settings.log_level)
+    if args.cleanup_once:
+        return _cleanup_once(settings)
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:

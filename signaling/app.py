@@ -2,7 +2,8 @@
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
-:mod:`signaling.storage_api`).
+:mod:`signaling.storage_api`), the resumable uploads under ``/api/upload/`` and the
+periodic cleanup (see :mod:`signaling.uploads`).
 
 Every text frame is parsed by :func:`protocol.signaling.parse_client_frame`; this
 module only performs what the parsed frame asks (register, list, relay) and turns
@@ -44,6 +45,7 @@ from rtc_worker import __version__
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
 from signaling.storage_api import setup_storage
+from signaling.uploads import setup_uploads
 
 __all__ = [
     "REGISTRY_KEY",
@@ -88,7 +90,8 @@ def create_app(settings: SignalingSettings | None = None) -> web.Application:
     """
     app = web.Application()
     app[SETTINGS_KEY] = settings if settings is not None else SignalingSettings()
-    setup_storage(app, app[SETTINGS_KEY])
+    if setup_storage(app, app[SETTINGS_KEY]):
+        setup_uploads(app, app[SETTINGS_KEY])
     app[REGISTRY_KEY] = PeerRegistry()
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.router.add_get("/health", _health)

@@ -18,6 +18,12 @@ Environment variables:
 ``AUTO_DELETE``                           delete a result after its first complete
                                           download (default ``true``)
 ``STORAGE_MAX_FILE_SIZE``                 largest upload in bytes (default 10 GiB)
+``UPLOAD_CHUNK_SIZE``                     chunk size of resumable uploads in bytes
+                                          (default 8 MiB)
+``UPLOAD_TTL_S``                          age in seconds after which an unfinished upload
+                                          (and a deleted record) is removed (default 86400)
+``CLEANUP_INTERVAL_S``                    seconds between two cleanup passes of the
+                                          server (default 3600)
 ========================================  =========================================
 """
 
@@ -32,7 +38,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
 
 __all__ = [
+    "DEFAULT_CLEANUP_INTERVAL_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
+    "DEFAULT_UPLOAD_CHUNK_SIZE",
+    "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
     "SignalingSettings",
@@ -40,6 +49,15 @@ __all__ = [
 
 DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
 """Default largest upload accepted by the result store, in bytes (10 GiB)."""
+
+DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
+"""Default chunk size of resumable uploads, in bytes (8 MiB)."""
+
+DEFAULT_UPLOAD_TTL_S = 24 * 3600.0
+"""Default age after which an unfinished upload is removed, in seconds (24 h)."""
+
+DEFAULT_CLEANUP_INTERVAL_S = 3600.0
+"""Default interval between two cleanup passes, in seconds (1 h)."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -75,6 +93,12 @@ class SignalingSettings(BaseSettings):
             download asks ``?keep=true`` (``AUTO_DELETE``).
         storage_max_file_size: largest upload in bytes; larger ones get 413
             (``STORAGE_MAX_FILE_SIZE``).
+        upload_chunk_size: bytes per chunk of a resumable upload; the last chunk may
+            be shorter (``UPLOAD_CHUNK_SIZE``).
+        upload_ttl_s: seconds after its last change when an unfinished or cancelled
+            upload, or a deleted record, is removed by the cleanup (``UPLOAD_TTL_S``).
+        cleanup_interval_s: seconds between two cleanup passes of a running server
+            (``CLEANUP_INTERVAL_S``).
 
     Raises:
         pydantic.ValidationError: when a value is out of range or malformed, or when
@@ -102,6 +126,15 @@ class SignalingSettings(BaseSettings):
     auto_delete: bool = Field(default=True, validation_alias="AUTO_DELETE")
     storage_max_file_size: Annotated[int, Field(ge=1)] = Field(
         default=DEFAULT_STORAGE_MAX_FILE_SIZE, validation_alias="STORAGE_MAX_FILE_SIZE"
+    )
+    upload_chunk_size: Annotated[int, Field(ge=1, le=1024**3)] = Field(
+        default=DEFAULT_UPLOAD_CHUNK_SIZE, validation_alias="UPLOAD_CHUNK_SIZE"
+    )
+    upload_ttl_s: Annotated[float, Field(ge=0)] = Field(
+        default=DEFAULT_UPLOAD_TTL_S, validation_alias="UPLOAD_TTL_S"
+    )
+    cleanup_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=DEFAULT_CLEANUP_INTERVAL_S, validation_alias="CLEANUP_INTERVAL_S"
     )
 
     @field_validator("token", "storage_api_key", mode="before")

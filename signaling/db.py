@@ -1,10 +1,11 @@
 """The SQLite records of the result store (standard library ``sqlite3``).
 
-One row per ``job_id`` in ``files``. The content itself lives in a content-addressed
+One row per ``job_id`` in ``files``; one row per resumable upload in ``uploads``
+(schema version 2, see :mod:`signaling.uploads`). The content itself lives in a content-addressed
 blob store (see :mod:`signaling.storage_api`); ``file_path`` is the blob's path relative
 to the storage folder, so several jobs with the same content share one blob. A blob's
 references are counted by query (live rows with its ``sha256``), so no counter can
-drift from the rows.
+drift from the rows. A completed, not deleted upload references its blob too.
 
 Every method of :class:`StorageDB` is blocking and opens its own connection (WAL mode,
 so readers do not wait for a writer); the async server calls them through
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "FileRecord", "StorageDB"]
+__all__ = ["SCHEMA_VERSION", "FileRecord", "StorageDB", "UploadRecord"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The schema version this module writes (``PRAGMA user_version``)."""
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -42,6 +43,30 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
         "CREATE INDEX files_sha256 ON files (sha256, deleted)",
+    ),
+    2: (
+        """
+        CREATE TABLE uploads (
+            upload_id     TEXT PRIMARY KEY,
+            file_name     TEXT NOT NULL,
+            total_size    INTEGER NOT NULL,
+            user_id       TEXT NOT NULL,
+            user_role     TEXT NOT NULL,
+            content_type  TEXT NOT NULL,
+            chunk_size    INTEGER NOT NULL,
+            status        TEXT NOT NULL,
+            created_at    TEXT NOT NULL,
+            updated_at    TEXT NOT NULL,
+            key           TEXT UNIQUE,
+            sha256        TEXT,
+            file_path     TEXT,
+            mime_type     TEXT,
+            deleted       INTEGER NOT NULL DEFAULT 0,
+            deleted_at    TEXT
+        )
+        """,
+        "CREATE INDEX uploads_sha256 ON uploads (sha256, deleted)",
+        "CREATE INDEX uploads_status ON uploads (status, updated_at)",
     ),
 }
 """Statements that bring the schema from version ``n - 1`` to ``n``."""
@@ -94,6 +119,124 @@ _COLUMNS = (
     "job_id, file_path, file_size, sha256, mime_type, uploaded_at, downloaded_at, deleted, "
     "deleted_at"
 )
+
+
+_UPLOAD_FIELDS = (
+    "upload_id",
+    "file_name",
+    "total_size",
+    "user_id",
+    "user_role",
+    "content_type",
+    "chunk_size",
+    "status",
+    "created_at",
+    "updated_at",
+    "key",
+    "sha256",
+    "file_path",
+    "mime_type",
+    "deleted",
+    "deleted_at",
+)
+_UPLOAD_COLUMNS = ", ".join(_UPLOAD_FIELDS)
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """One row of ``uploads``: a resumable chunked upload.
+
+    Attributes:
+        upload_id: 32 lowercase hex digits.
+        file_name: the base name given by the uploader.
+        total_size: announced length in bytes.
+        user_id: owner (``[A-Za-z0-9._-]{1,64}``).
+        user_role: owner's role (same grammar).
+        content_type: MIME type given by the uploader.
+        chunk_size: bytes per chunk (the last one may be shorter).
+        status: ``initiated``, ``in_progress``, ``completed`` or ``cancelled``.
+        created_at: ISO 8601 UTC, second precision.
+        updated_at: time of the last change, same format.
+        key: the storage key once completed, else ``None``.
+        sha256: SHA-256 of the content once completed, else ``None``.
+        file_path: the blob's path relative to the storage folder once completed.
+        mime_type: MIME type detected from the content once completed.
+        deleted: whether the completed upload was deleted.
+        deleted_at: when it was deleted, or ``None``.
+    """
+
+    upload_id: str
+    file_name: str
+    total_size: int
+    user_id: str
+    user_role: str
+    content_type: str
+    chunk_size: int
+    status: str
+    created_at: str
+    updated_at: str
+    key: str | None = None
+    sha256: str | None = None
+    file_path: str | None = None
+    mime_type: str | None = None
+    deleted: bool = False
+    deleted_at: str | None = None
+
+    @property
+    def total_chunks(self) -> int:
+        """How many chunks make the file (0 for an empty file)."""
+        return -(-self.total_size // self.chunk_size)
+
+    def chunk_length(self, index: int) -> int:
+        """The exact length in bytes of chunk ``index`` (``0 <= index < total_chunks``)."""
+        return min(self.chunk_size, self.total_size - index * self.chunk_size)
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in column order, for SQL."""
+        return (
+            self.upload_id,
+            self.file_name,
+            self.total_size,
+            self.user_id,
+            self.user_role,
+            self.content_type,
+            self.chunk_size,
+            self.status,
+            self.created_at,
+            self.updated_at,
+            self.key,
+            self.sha256,
+            self.file_path,
+            self.mime_type,
+            int(self.deleted),
+            self.deleted_at,
+        )
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> UploadRecord:
+        """Build a record from a row in column order."""
+        return cls(
+            upload_id=str(row[0]),
+            file_name=str(row[1]),
+            total_size=int(row[2]),
+            user_id=str(row[3]),
+            user_role=str(row[4]),
+            content_type=str(row[5]),
+            chunk_size=int(row[6]),
+            status=str(row[7]),
+            created_at=str(row[8]),
+            updated_at=str(row[9]),
+            key=_opt(row[10]),
+            sha256=_opt(row[11]),
+            file_path=_opt(row[12]),
+            mime_type=_opt(row[13]),
+            deleted=bool(row[14]),
+            deleted_at=_opt(row[15]),
+        )
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> FileRecord:
@@ -226,15 +369,148 @@ class StorageDB:
         return _record(row)
 
     def references(self, sha256: str) -> int:
-        """How many live (not deleted) records use the blob of ``sha256``."""
+        """How many live records (files and completed uploads) use the blob of ``sha256``."""
         with self._connect() as conn:
             row = conn.execute(
-                "SELECT COUNT(*) FROM files WHERE sha256 = ? AND deleted = 0", (sha256,)
+                "SELECT (SELECT COUNT(*) FROM files WHERE sha256 = ? AND deleted = 0)"
+                " + (SELECT COUNT(*) FROM uploads WHERE sha256 = ? AND deleted = 0"
+                " AND status = 'completed')",
+                (sha256, sha256),
             ).fetchone()
         return int(row[0])
 
     def live_hashes(self) -> set[str]:
-        """The ``sha256`` of every live record (the blobs that must be kept)."""
+        """The ``sha256`` of every live record and completed upload (blobs to keep)."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT DISTINCT sha256 FROM files WHERE deleted = 0").fetchall()
+            rows = conn.execute(
+                "SELECT sha256 FROM files WHERE deleted = 0 UNION SELECT sha256 FROM uploads"
+                " WHERE deleted = 0 AND status = 'completed' AND sha256 IS NOT NULL"
+            ).fetchall()
         return {str(row[0]) for row in rows}
+
+    def purge_deleted_files(self, cutoff: str) -> list[FileRecord]:
+        """Remove the rows of ``files`` deleted before ``cutoff``; return them."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE deleted = 1 AND deleted_at < ?", (cutoff,)
+            ).fetchall()
+            conn.execute("DELETE FROM files WHERE deleted = 1 AND deleted_at < ?", (cutoff,))
+        return [_record(row) for row in rows]
+
+    # ------------------------------------------------------------------ uploads
+
+    def create_upload(self, record: UploadRecord) -> None:
+        """Insert a new upload.
+
+        Raises:
+            sqlite3.IntegrityError: the ``upload_id`` exists already.
+        """
+        with self._connect() as conn:
+            conn.execute(
+                f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES "
+                f"({', '.join('?' * len(_UPLOAD_FIELDS))})",
+                record.row(),
+            )
+
+    def get_upload(self, upload_id: str) -> UploadRecord | None:
+        """The upload ``upload_id``, or ``None`` when unknown."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE upload_id = ?", (upload_id,)
+            ).fetchone()
+        return None if row is None else UploadRecord.from_row(row)
+
+    def all_uploads(self) -> list[UploadRecord]:
+        """Every upload, oldest first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads ORDER BY created_at, upload_id"
+            ).fetchall()
+        return [UploadRecord.from_row(row) for row in rows]
+
+    def set_upload_status(
+        self, upload_id: str, status: str, when: str, only_from: tuple[str, ...]
+    ) -> str | None:
+        """Set the status of ``upload_id`` to ``status`` if it is one of ``only_from``.
+
+        Returns:
+            The status before the call (unchanged when not in ``only_from``), or
+            ``None`` when the upload is unknown.
+        """
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT status FROM uploads WHERE upload_id = ?", (upload_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            before = str(row[0])
+            if before in only_from:
+                conn.execute(
+                    "UPDATE uploads SET status = ?, updated_at = ? WHERE upload_id = ?",
+                    (status, when, upload_id),
+                )
+        return before
+
+    def key_taken(self, key: str) -> bool:
+        """Whether an upload already holds ``key``."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT 1 FROM uploads WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def complete_upload(
+        self, upload_id: str, key: str, sha256: str, file_path: str, mime_type: str, when: str
+    ) -> bool:
+        """Mark an unfinished upload completed with its key and blob.
+
+        Returns:
+            ``False`` when the upload is unknown or not unfinished (nothing changed).
+
+        Raises:
+            sqlite3.IntegrityError: ``key`` is taken.
+        """
+        with self._connect() as conn:
+            cursor = conn.execute(
+                "UPDATE uploads SET status = 'completed', key = ?, sha256 = ?, file_path = ?,"
+                " mime_type = ?, updated_at = ? WHERE upload_id = ?"
+                " AND status IN ('initiated', 'in_progress')",
+                (key, sha256, file_path, mime_type, when, upload_id),
+            )
+        return cursor.rowcount == 1
+
+    def stale_uploads(self, cutoff: str) -> list[UploadRecord]:
+        """Unfinished or cancelled uploads last changed before ``cutoff``."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status IN "
+                "('initiated', 'in_progress', 'cancelled') AND updated_at < ?",
+                (cutoff,),
+            ).fetchall()
+        return [UploadRecord.from_row(row) for row in rows]
+
+    def delete_upload(self, upload_id: str, cutoff: str) -> bool:
+        """Remove the row of an unfinished or cancelled upload last changed before ``cutoff``.
+
+        Returns:
+            Whether a row was removed (an upload touched meanwhile is kept).
+        """
+        with self._connect() as conn:
+            cursor = conn.execute(
+                "DELETE FROM uploads WHERE upload_id = ? AND status IN "
+                "('initiated', 'in_progress', 'cancelled') AND updated_at < ?",
+                (upload_id, cutoff),
+            )
+        return cursor.rowcount == 1
+
+    def upload_ids(self) -> set[str]:
+        """The id of every upload."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT upload_id FROM uploads").fetchall()
+        return {str(row[0]) for row in rows}
+
+    def set_upload_times(self, upload_id: str, created_at: str, updated_at: str) -> None:
+        """Overwrite the timestamps of ``upload_id`` (maintenance and tests)."""
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE uploads SET created_at = ?, updated_at = ? WHERE upload_id = ?",
+                (created_at, updated_at, upload_id),
+            )

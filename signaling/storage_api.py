@@ -59,7 +59,10 @@ __all__ = [
     "ApiError",
     "ApiErrorCode",
     "ResultStore",
+    "StagedBlob",
+    "api_key_guard",
     "error_response",
+    "now_timestamp",
     "setup_storage",
 ]
 
@@ -84,6 +87,8 @@ class ApiErrorCode(enum.StrEnum):
     GONE = "GONE"  # 410: the record was deleted
     FILE_TOO_LARGE = "FILE_TOO_LARGE"  # 413: above storage_max_file_size
     STORAGE_ERROR = "STORAGE_ERROR"  # 500: disk or database failure
+    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled) resumable upload
+    UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
 
 
 _STATUS = {
@@ -94,6 +99,8 @@ _STATUS = {
     ApiErrorCode.GONE: 410,
     ApiErrorCode.FILE_TOO_LARGE: 413,
     ApiErrorCode.STORAGE_ERROR: 500,
+    ApiErrorCode.UPLOAD_NOT_FOUND: 404,
+    ApiErrorCode.UPLOAD_COMPLETED: 409,
 }
 
 
@@ -111,14 +118,15 @@ class ApiError(Exception):
         return _STATUS[self.code]
 
 
-def _now() -> str:
+def now_timestamp() -> str:
+    """Now as ISO 8601 UTC with second precision."""
     return format_timestamp(datetime.now(UTC))
 
 
 def error_response(code: ApiErrorCode, message: str) -> web.Response:
     """``{"error": {"code", "message", "timestamp"}}`` with the status of ``code``."""
     response = web.json_response(
-        {"error": {"code": code.value, "message": message, "timestamp": _now()}},
+        {"error": {"code": code.value, "message": message, "timestamp": now_timestamp()}},
         status=_STATUS[code],
     )
     if code is ApiErrorCode.UNAUTHORIZED:
@@ -127,8 +135,8 @@ def error_response(code: ApiErrorCode, message: str) -> web.Response:
 
 
 @dataclass(slots=True)
-class _Staged:
-    """An upload written to a temporary file, not yet in the blob store."""
+class StagedBlob:
+    """Content written to a temporary file under ``tmp/``, not yet in the blob store."""
 
     temp_path: Path
     metadata: FileMetadata
@@ -194,11 +202,16 @@ class ResultStore:
                         logger.info("removing unreferenced blob {}", blob.name)
                         blob.unlink()
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The lock held by every change touching both blobs and records."""
+        return self._lock
+
     def blob_path(self, sha256: str) -> Path:
         """Where the blob of ``sha256`` lives: ``blobs/ab/<sha256>``."""
         return self.blobs / sha256[:2] / sha256
 
-    async def stage(self, chunks: AsyncIterator[bytes]) -> _Staged:
+    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
         """Stream ``chunks`` to a new temporary file, computing its metadata.
 
         Raises:
@@ -229,10 +242,16 @@ class ResultStore:
             file.close()
             _remove_quietly(temp_path)
             raise
-        return _Staged(temp_path, metadata)
+        return StagedBlob(temp_path, metadata)
 
-    def _place_blob(self, staged: _Staged) -> str:
-        """Move the temp into the blob store (or drop it when the blob exists)."""
+    def place_blob(self, staged: StagedBlob) -> str:
+        """Move the temp into the blob store (or drop it when the blob exists).
+
+        Blocking; call it under :attr:`lock` and record a reference before releasing it.
+
+        Returns:
+            The blob's path relative to the storage folder.
+        """
         target = self.blob_path(staged.metadata.sha256)
         if target.exists():
             staged.discard()
@@ -242,7 +261,8 @@ class ResultStore:
             fsync_directory(target.parent)
         return target.relative_to(self.root).as_posix()
 
-    def _drop_blob_if_unused(self, sha256: str) -> None:
+    def drop_blob_if_unused(self, sha256: str) -> None:
+        """Remove the blob of ``sha256`` when no live record uses it (blocking, locked)."""
         if self.db.references(sha256) == 0:
             path = self.blob_path(sha256)
             with contextlib.suppress(FileNotFoundError):
@@ -250,8 +270,8 @@ class ResultStore:
                 fsync_directory(path.parent)
                 logger.debug("removed blob {}", sha256)
 
-    def _commit(self, job_id: str, staged: _Staged) -> FileRecord:
-        relative = self._place_blob(staged)
+    def _commit(self, job_id: str, staged: StagedBlob) -> FileRecord:
+        relative = self.place_blob(staged)
         meta = staged.metadata
         record = FileRecord(
             job_id=job_id,
@@ -266,21 +286,21 @@ class ResultStore:
         )
         old = self.db.put(record)
         if old is not None and old.sha256 != record.sha256:
-            self._drop_blob_if_unused(old.sha256)
+            self.drop_blob_if_unused(old.sha256)
         return record
 
-    async def commit(self, job_id: str, staged: _Staged) -> FileRecord:
+    async def commit(self, job_id: str, staged: StagedBlob) -> FileRecord:
         """Store ``staged`` as the content of ``job_id``, replacing any earlier record."""
         async with self._lock:
             return await asyncio.to_thread(self._commit, job_id, staged)
 
     def _delete(self, job_id: str) -> FileRecord:
-        before = self.db.mark_deleted(job_id, _now())
+        before = self.db.mark_deleted(job_id, now_timestamp())
         if before is None:
             if self.db.get(job_id) is None:
                 raise ApiError(ApiErrorCode.NOT_FOUND, f"no file for job {job_id!r}")
             raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted")
-        self._drop_blob_if_unused(before.sha256)
+        self.drop_blob_if_unused(before.sha256)
         return before
 
     async def delete(self, job_id: str) -> FileRecord:
@@ -330,7 +350,7 @@ def setup_storage(app: web.Application, settings: SignalingSettings) -> bool:
     key = settings.storage_api_key_value
     if key is None:  # the settings refuse this; kept as a guard
         raise ValueError("storage requires an API key")
-    guard = _guarded(key.encode("utf-8"))
+    guard = api_key_guard(key.encode("utf-8"))
     app.router.add_post("/upload", guard(_upload))
     app.router.add_get("/download/{job_id}", guard(_download))
     app.router.add_delete("/delete/{job_id}", guard(_delete))
@@ -352,7 +372,7 @@ def _presented_key(request: web.Request) -> str | None:
     return None
 
 
-def _guarded(expected: bytes) -> Callable[[Handler], Handler]:
+def api_key_guard(expected: bytes) -> Callable[[Handler], Handler]:
     """Wrap a handler: check the API key, turn :class:`ApiError` into a JSON error."""
 
     def wrap(handler: Handler) -> Handler:
@@ -401,11 +421,11 @@ async def _read_field(part: BodyPartReader) -> str:
         raise ApiError(ApiErrorCode.INVALID_FIELD, f"field {part.name!r} is not UTF-8") from None
 
 
-async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[str, _Staged]:
+async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[str, StagedBlob]:
     """Read a multipart upload: the ``job_id`` field and the ``file`` part, any order."""
     reader = await request.multipart()
     job_id: str | None = None
-    staged: _Staged | None = None
+    staged: StagedBlob | None = None
     try:
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
@@ -496,7 +516,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
     finally:
         await asyncio.to_thread(file.close)
     if sent == record.file_size:
-        await asyncio.to_thread(store.db.mark_downloaded, job_id, _now())
+        await asyncio.to_thread(store.db.mark_downloaded, job_id, now_timestamp())
         if store.auto_delete and not _is_true(request.query.get("keep")):
             with contextlib.suppress(ApiError):  # deleted meanwhile
                 await store.delete(job_id)
