@@ -152,6 +152,9 @@ ERROR_CODE_DESCRIPTIONS: dict[type[Enum], dict[str, str]] = {
         ),
         "OVERLOADED": "The receiver could not keep up (its inbound queue is full).",
         "UNKNOWN_JOB": "RESULTS_REQUEST names a job this worker has no results for.",
+        "NO_STORAGE": (
+            "RESULTS_VIA_STORAGE was sent to a worker without a storage service configured."
+        ),
         "INTERNAL_ERROR": "The worker failed in a way that is not the peer's fault.",
     },
     TransferErrorCode: {

@@ -51,6 +51,8 @@ class ErrorCode(StrEnum):
     OVERLOADED = "OVERLOADED"
     #: RESULTS_REQUEST names a job this worker has no results for.
     UNKNOWN_JOB = "UNKNOWN_JOB"
+    #: RESULTS_VIA_STORAGE was sent to a worker without a storage service configured.
+    NO_STORAGE = "NO_STORAGE"
     #: The worker failed in a way that is not the peer's fault.
     INTERNAL_ERROR = "INTERNAL_ERROR"
 

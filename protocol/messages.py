@@ -52,6 +52,8 @@ __all__ = [
     "PathValidated",
     "ProtocolErrorFrame",
     "ResultsRequest",
+    "ResultsStored",
+    "ResultsViaStorage",
     "SharedInputPath",
     "SharedOutputPath",
     "TransferError",
@@ -486,6 +488,34 @@ class ResultsRequest(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class ResultsViaStorage(Message):
+    """C->W ``RESULTS_VIA_STORAGE``: upload the job's results ZIP to the storage service.
+
+    Sent before (or while) the job runs; once it completes the worker answers
+    ``RESULTS_STORED`` after ``JOB_COMPLETE``, or uploads anyway if the client has gone.
+    """
+
+    TYPE: ClassVar[str] = "RESULTS_VIA_STORAGE"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsStored(Message):
+    """W->C ``RESULTS_STORED::{job_id}::{download_path}``: the results ZIP is uploaded.
+
+    ``download_path`` is where the storage service serves it (``/download/{job_id}``);
+    it is the rest of the frame and may contain ``::``.
+    """
+
+    TYPE: ClassVar[str] = "RESULTS_STORED"
+    job_id: str
+    download_path: str
+
+    def __post_init__(self) -> None:
+        _check_job_id(self.job_id)
+        _check_text("download_path", self.download_path, allow_empty=False, one_line=True)
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk(Message):
     """A binary frame: a chunk of file bytes (only valid inside a file transfer)."""
 
@@ -550,6 +580,10 @@ def encode(message: Message) -> str | bytes:
             return f"TRANSFER_ERROR{SEP}{code}{SEP}{detail}"
         case ResultsRequest(job_id=job_id):
             return f"RESULTS_REQUEST{SEP}{job_id}"
+        case ResultsViaStorage():
+            return ResultsViaStorage.TYPE
+        case ResultsStored(job_id=job_id, download_path=download_path):
+            return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
     raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
 
 
@@ -628,6 +662,15 @@ def _parse_failed(rest: str | None, limits: Limits) -> Message:
     return JobFailed(job_id, reason)
 
 
+def _parse_results_stored(rest: str | None, limits: Limits) -> Message:
+    job_id, sep, download_path = _need(rest, ResultsStored.TYPE).partition(SEP)
+    if not sep:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME, "RESULTS_STORED needs job_id and download_path"
+        )
+    return ResultsStored(job_id, download_path)
+
+
 def _parse_protocol_error(rest: str | None, limits: Limits) -> Message:
     code, _, detail = _need(rest, ProtocolErrorFrame.TYPE).partition(SEP)
     return ProtocolErrorFrame(code, detail)
@@ -694,6 +737,8 @@ _PARSERS: dict[str, _Parser] = {
     TransferError.TYPE: _parse_transfer_error,
     FileCancel.TYPE: _no_fields(FileCancel),
     ResultsRequest.TYPE: lambda rest, limits: ResultsRequest(_need(rest, ResultsRequest.TYPE)),
+    ResultsViaStorage.TYPE: _no_fields(ResultsViaStorage),
+    ResultsStored.TYPE: _parse_results_stored,
 }
 
 #: Every text frame type :func:`decode` understands.

@@ -65,6 +65,8 @@ from protocol.messages import (
     PathValidated,
     ProtocolErrorFrame,
     ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
     TransferError,
@@ -135,6 +137,8 @@ __all__ = [
     "peer_ids",
     "protocol_error_frames",
     "results_requests",
+    "results_stored_messages",
+    "results_via_storage_messages",
     "server_signaling_frames",
     "sha256_hex",
     "shared_input_paths",
@@ -176,7 +180,7 @@ PATH_ERROR_PREFIXES: tuple[str, ...] = (
 
 _MAX_COUNT = 10**18 - 1  # the largest value of a {1,18}-digit count field
 _MAX_NAME_BYTES = 255  # the receiver's bound on a base name (protocol.transfer.check_name)
-_FIELDLESS = ("JOB_START", "JOB_CANCEL", "END_OF_FILE", "FILE_CANCEL")
+_FIELDLESS = ("JOB_START", "JOB_CANCEL", "END_OF_FILE", "FILE_CANCEL", "RESULTS_VIA_STORAGE")
 _JOBS_DIR = ".rtc-jobs"
 _DRIVE = re.compile(r"[A-Za-z]:")
 
@@ -650,6 +654,24 @@ def results_requests() -> SearchStrategy[ResultsRequest]:
     return st.builds(ResultsRequest, st.one_of(job_ids(), _job_id_hex()))
 
 
+def results_via_storage_messages() -> SearchStrategy[ResultsViaStorage]:
+    """``RESULTS_VIA_STORAGE`` (C->W)."""
+    return st.just(ResultsViaStorage())
+
+
+def results_stored_messages() -> SearchStrategy[ResultsStored]:
+    """``RESULTS_STORED::{job_id}::{download_path}`` (W->C): the storage service's
+    ``/download/{job_id}``, or any single-line text with at most two ``::``."""
+    return st.one_of(
+        st.one_of(job_ids(), _job_id_hex()).map(lambda j: ResultsStored(j, f"/download/{j}")),
+        st.builds(
+            ResultsStored,
+            st.one_of(job_ids(), _job_id_hex()),
+            free_text(max_bytes=200, max_separators=2),
+        ),
+    )
+
+
 def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchStrategy[Chunk]:
     """Binary frames: drawn bytes up to ``max_size``, and sometimes exactly
     ``limits.max_binary_frame_bytes`` (a repeated seed)."""
@@ -688,6 +710,8 @@ MESSAGE_STRATEGIES: dict[type[Message], Callable[..., SearchStrategy[Any]]] = {
     TransferError: transfer_errors,
     FileCancel: file_cancels,
     ResultsRequest: results_requests,
+    ResultsViaStorage: results_via_storage_messages,
+    ResultsStored: results_stored_messages,
     Chunk: chunks,
 }
 
@@ -746,6 +770,7 @@ _CLIENT_CLASSES: tuple[type[Message], ...] = (
     JobStart,
     JobCancel,
     ResultsRequest,
+    ResultsViaStorage,
     *_TRANSFER_CLASSES,
 )
 _WORKER_CLASSES: tuple[type[Message], ...] = (
@@ -756,6 +781,7 @@ _WORKER_CLASSES: tuple[type[Message], ...] = (
     JobComplete,
     JobFailed,
     ProtocolErrorFrame,
+    ResultsStored,
     *_TRANSFER_CLASSES,
 )
 
@@ -939,6 +965,7 @@ def malformed_frames_with_codes(
     bad_ids = st.one_of(
         _bad_job_ids(colons=True).map(lambda j: f"JOB_ID{SEP}{j}"),
         _bad_job_ids(colons=True).map(lambda j: f"RESULTS_REQUEST{SEP}{j}"),
+        _bad_job_ids(colons=False).map(lambda j: f"RESULTS_STORED{SEP}{j}{SEP}/download/x"),
         st.builds(
             lambda j, r: f"JOB_FAILED{SEP}{j}{SEP}{r}",
             _bad_job_ids(colons=False),

@@ -105,6 +105,18 @@ def _worker_parser() -> argparse.ArgumentParser:
         "[env RTC_JOB_COMMAND; default: built-in manifest job]",
     )
 
+    serve.add_argument(
+        "--storage-url",
+        dest="storage_url",
+        help="storage service base URL, e.g. http://127.0.0.1:8765 [env RTC_STORAGE_URL; "
+        "default: none, results are never uploaded]",
+    )
+    serve.add_argument(
+        "--storage-api-key",
+        dest="storage_api_key",
+        help="key of the storage service [env STORAGE_API_KEY]",
+    )
+
     demo = sub.add_parser("demo", help="run signaling, a worker and a client on loopback")
     demo.add_argument(
         "--keep", action="store_true", help="keep the temporary shared root and logs for inspection"
@@ -142,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "job_command",
                 "ice_servers",
                 "log_level",
+                "storage_url",
+                "storage_api_key",
             )
         )
     except ValidationError as exc:
@@ -225,12 +239,48 @@ def _client_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--trace", action="store_true", help="print every data-channel frame sent and received"
     )
+    submit.add_argument(
+        "--via-storage",
+        dest="via_storage",
+        action="store_true",
+        help="have the worker upload the results ZIP to the storage service "
+        "(fetch it with rtc-client download)",
+    )
+    download = sub.add_parser(
+        "download",
+        help="fetch a results ZIP from the storage service and verify its sha256",
+    )
+    download.add_argument("--job-id", dest="job_id", required=True, help="the job's id")
+    download.add_argument(
+        "--storage-url", dest="storage_url", required=True, help="storage service base URL"
+    )
+    download.add_argument(
+        "--storage-api-key",
+        dest="storage_api_key",
+        default=None,
+        help="key of the storage service [env STORAGE_API_KEY]",
+    )
+    download.add_argument(
+        "--output", type=Path, required=True, help="folder where results-{job_id}.zip is saved"
+    )
+    download.add_argument("--sha256", default=None, help="expected sha256 (hex)")
+    download.add_argument(
+        "--keep",
+        action="store_true",
+        help="ask the service to keep the file after this download",
+    )
+    download.add_argument(
+        "--log-level", dest="log_level", default="WARNING", help="log level (default WARNING)"
+    )
     return parser
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtc-client``."""
     args = _client_parser().parse_args(argv)
+    if args.command == "download":
+        configure_logging(args.log_level)
+        return run_async(_download(args))
     from rtc_worker.config import ClientSettings
 
     try:
@@ -242,6 +292,34 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(settings.log_level)
     return run_async(_client(args, settings))
+
+
+async def _download(args: argparse.Namespace) -> int:
+    """``rtc-client download``: fetch, verify and save a results ZIP."""
+    import os
+
+    import aiohttp
+
+    from rtc_worker.results_store import StorageError, download_results
+
+    api_key = args.storage_api_key or os.environ.get("STORAGE_API_KEY") or None
+    try:
+        got = await download_results(
+            args.storage_url,
+            args.job_id,
+            args.output,
+            api_key=api_key,
+            sha256=args.sha256,
+            keep=args.keep,
+        )
+    except StorageError as exc:
+        print(f"download failed: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED if exc.status is None else EXIT_PROTOCOL
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        print(f"connection failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_CONNECTION
+    print(f"saved {got.path} ({got.size:,} bytes, sha256 {got.sha256})")
+    return EXIT_OK
 
 
 def _print_trace(direction: str, frame: str | bytes) -> None:
@@ -309,6 +387,7 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
                         job_timeout=args.job_timeout,
                         local_copy=args.file,
                         on_progress=bars.callback("upload"),
+                        via_storage=args.via_storage,
                     )
                 else:
                     submitted = await client.submit_file(
@@ -320,6 +399,7 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
                         on_upload_progress=bars.callback("upload"),
                         on_download_progress=bars.callback("results"),
                         job_timeout=args.job_timeout,
+                        via_storage=args.via_storage,
                     )
                     result, download = submitted.job, submitted
             finally:
@@ -351,6 +431,7 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
         "file_count": result.file_count,
         "total_mb": result.total_mb,
         "metrics": result.metrics,
+        "stored_path": result.stored_path,
     }
     if download is not None:
         upload = download.upload
@@ -384,6 +465,8 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
         f"::{result.total_mb:.2f}"
     )
     print("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
+    if result.stored_path is not None:
+        print(f"RESULTS_STORED::{result.job_id}::{result.stored_path}")
     if download is not None:
         print(
             f"results: {download.results_zip} (sha256 verified, "

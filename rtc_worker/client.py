@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import uuid
@@ -46,6 +47,8 @@ from protocol import (
     ProtocolErrorFrame,
     RemoteProtocolError,
     ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
     TransferError,
@@ -144,6 +147,9 @@ class JobResult:
         total_mb: their size in MB (10^6 bytes), 2 decimals.
         metrics: validation_ms, file_access_ms, run_s, total_s (empty if not sent).
         logs: the JOB_LOG lines, in order.
+        stored_path: where the storage service serves the results ZIP
+            (``/download/{job_id}``), when they were asked for with ``via_storage``
+            and RESULTS_STORED came in time; None otherwise.
     """
 
     job_id: str
@@ -152,6 +158,7 @@ class JobResult:
     total_mb: float
     metrics: dict[str, float] = field(default_factory=dict)
     logs: tuple[str, ...] = ()
+    stored_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +292,8 @@ class WorkerConnection:
             if isinstance(item, ChannelClosed):
                 self._replies.put_nowait(item)  # every later recv sees the close too
             raise item
+        if isinstance(item, ProtocolErrorFrame) and item.code == "NO_STORAGE":
+            self.broken = True  # replies to the frames after RESULTS_VIA_STORAGE may follow
         return item
 
     async def _expect_path(self, which: str) -> None:
@@ -310,6 +319,7 @@ class WorkerConnection:
         job_timeout: float | None = None,
         local_copy: Path | None = None,
         on_progress: Progress | None = None,
+        via_storage: bool = False,
     ) -> JobResult:
         """Run one shared-storage job on this connection.
 
@@ -324,6 +334,9 @@ class WorkerConnection:
                 ``Input path does not exist`` or ``File corrupted or invalid format``,
                 it is sent over the channel and the job goes on with it.
             on_progress: (bytes_received, size) during such a transfer.
+            via_storage: ask the worker to upload the results ZIP to the storage
+                service (RESULTS_VIA_STORAGE); :attr:`JobResult.stored_path` then says
+                where it is.
 
         Raises:
             PathRejected: PATH_ERROR (the reason quotes the path as sent).
@@ -337,6 +350,8 @@ class WorkerConnection:
         async with self._lock:
             if job_id is not None:
                 self.send(JobId(job_id))
+            if via_storage:
+                self._ask_via_storage()
             self.send(SharedInputPath(input_path))
             try:
                 await self._expect_path("input")
@@ -347,7 +362,7 @@ class WorkerConnection:
                 await self._upload(local_copy, on_progress)
             self.send(SharedOutputPath(output_path))
             await self._expect_path("output")
-            return await self._start(on_log, job_timeout)
+            return await self._start(on_log, job_timeout, via_storage)
 
     async def run_file(
         self,
@@ -358,11 +373,13 @@ class WorkerConnection:
         on_log: Callable[[str], None] | None = None,
         on_progress: Progress | None = None,
         job_timeout: float | None = None,
+        via_storage: bool = False,
     ) -> tuple[SendResult, JobResult]:
         """Send ``local_path`` over the channel and run the job on it.
 
         Without ``output_path`` the results stay in the worker's job folder (fetch
         them with :meth:`download_results`); with it they go to that shared folder.
+        With ``via_storage`` the worker also uploads them to the storage service.
 
         Raises:
             TransferFailedError: the worker refused or could not verify the file.
@@ -371,11 +388,13 @@ class WorkerConnection:
         async with self._lock:
             if job_id is not None:
                 self.send(JobId(job_id))
+            if via_storage:
+                self._ask_via_storage()
             sent = await self._upload(local_path, on_progress)
             if output_path is not None:
                 self.send(SharedOutputPath(output_path))
                 await self._expect_path("output")
-            return sent, await self._start(on_log, job_timeout)
+            return sent, await self._start(on_log, job_timeout, via_storage)
 
     async def _upload(self, path: Path, on_progress: Progress | None) -> SendResult:
         result = await self.transfers.send_file(path, on_progress=on_progress)
@@ -405,12 +424,18 @@ class WorkerConnection:
             return await self._upload(path, on_progress)
 
     async def _start(
-        self, on_log: Callable[[str], None] | None, job_timeout: float | None
+        self,
+        on_log: Callable[[str], None] | None,
+        job_timeout: float | None,
+        via_storage: bool = False,
     ) -> JobResult:
         self.send(JobStart())
         try:
             async with asyncio.timeout(job_timeout):
-                return await self._await_result(on_log)
+                result = await self._await_result(on_log)
+            if via_storage:
+                result = await self._await_stored(result)
+            return result
         except TimeoutError:
             await self._abandon_job()
             raise
@@ -468,6 +493,34 @@ class WorkerConnection:
                     raise _protocol_error(message)
                 case _:
                     logger.debug("ignoring {} while a job runs", message)
+
+    def _ask_via_storage(self) -> None:
+        """Send RESULTS_VIA_STORAGE. Its only possible answer, PROTOCOL_ERROR::NO_STORAGE,
+        arrives among the next replies: the connection is then not reused."""
+        self.send(ResultsViaStorage())
+
+    async def _await_stored(self, result: JobResult) -> JobResult:
+        """Wait up to the reply timeout for RESULTS_STORED of ``result``'s job.
+
+        Raises:
+            WorkerProtocolError: the worker could not store the results (or refused).
+        """
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                while True:
+                    message = await self.recv()
+                    match message:
+                        case ResultsStored(job_id=job_id, download_path=path) if (
+                            job_id == result.job_id
+                        ):
+                            return dataclasses.replace(result, stored_path=path)
+                        case ProtocolErrorFrame():
+                            raise _protocol_error(message)
+                        case _:
+                            logger.debug("ignoring {} while results are stored", message)
+        except TimeoutError:
+            logger.warning("no RESULTS_STORED for {} in time", result.job_id)
+            return result
 
     async def download_results(
         self,
@@ -728,6 +781,7 @@ class RTCClient:
         job_id: str | None = None,
         on_log: Callable[[str], None] | None = None,
         job_timeout: float | None = None,
+        via_storage: bool = False,
         local_copy: Path | None = None,
         on_progress: Progress | None = None,
     ) -> JobResult:
@@ -744,6 +798,7 @@ class RTCClient:
             job_id=job_id,
             on_log=on_log,
             job_timeout=job_timeout,
+            via_storage=via_storage,
             local_copy=local_copy,
             on_progress=on_progress,
         )
@@ -759,6 +814,7 @@ class RTCClient:
         on_upload_progress: Progress | None = None,
         on_download_progress: Progress | None = None,
         job_timeout: float | None = None,
+        via_storage: bool = False,
     ) -> SubmitResult:
         """Send a local file over the channel, run the job, download the verified results.
 
@@ -779,6 +835,7 @@ class RTCClient:
             on_log=on_log,
             on_progress=on_upload_progress,
             job_timeout=job_timeout,
+            via_storage=via_storage,
         )
         download, zip_path = await connection.download_results(
             job.job_id, download_dir, on_progress=on_download_progress

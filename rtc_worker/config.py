@@ -173,6 +173,30 @@ class WorkerSettings(BaseSettings):
         validation_alias=AliasChoices("slow_validation_warning_s", "RTC_SLOW_VALIDATION_S"),
         description="Path validations slower than this are logged as warnings, seconds.",
     )
+    storage_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("storage_url", "RTC_STORAGE_URL"),
+        description="Base URL of the storage service (e.g. http://127.0.0.1:8765); "
+        "unset: results are never uploaded (RESULTS_VIA_STORAGE is refused).",
+    )
+    storage_api_key: str | None = Field(
+        None,
+        validation_alias=AliasChoices("storage_api_key", "STORAGE_API_KEY"),
+        description="Key the storage service requires (sent as X-API-Key).",
+    )
+    storage_retries: int = Field(
+        5,
+        ge=0,
+        le=30,
+        validation_alias=AliasChoices("storage_retries", "RTC_STORAGE_RETRIES"),
+        description="Upload attempts after the first one (waits 0.5 s, doubling each time).",
+    )
+    storage_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        validation_alias=AliasChoices("storage_backoff_s", "RTC_STORAGE_BACKOFF_S"),
+        description="First wait before an upload is retried, seconds.",
+    )
     log_level: str = Field(
         "INFO",
         validation_alias=AliasChoices("log_level", "RTC_LOG_LEVEL"),

@@ -31,6 +31,8 @@ from protocol import (
     ProtocolErrorFrame,
     RemoteProtocolError,
     ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
     TransferError,
     decode,
 )
@@ -53,10 +55,11 @@ from protocol.messages import TransferErrorCode
 from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.jobs import JOBS_DIR_NAME, JobError, JobRunner, JobSpec, build_results_zip
+from rtc_worker.results_store import StorageError, upload_results
 from rtc_worker.storage import ContentStore, FilesystemAdapter, PathErrorKind, StoragePathError
 from rtc_worker.transfer import PartialRegistry, ReceivedFile, TransferEndpoint
 
-__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "WorkerResources", "WorkerSession"]
+__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "ResultsStorage", "WorkerResources", "WorkerSession"]
 
 #: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
 LOG_BUFFER_LIMIT = 4 * 1024 * 1024
@@ -94,6 +97,23 @@ class JobSlot:
             self.job_id = None
 
 
+@dataclass(frozen=True)
+class ResultsStorage:
+    """Where results ZIPs are uploaded (the storage service).
+
+    Attributes:
+        url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
+        api_key: sent as ``X-API-Key``.
+        retries: upload attempts after the first one.
+        backoff_s: the first wait before a retry, seconds (doubling each time).
+    """
+
+    url: str
+    api_key: str | None
+    retries: int = 5
+    backoff_s: float = 0.5
+
+
 @dataclass
 class WorkerResources:
     """What every session of one worker shares.
@@ -124,6 +144,8 @@ class WorkerResources:
     job_owners: dict[str, str] = field(default_factory=dict)
     #: Top-level folders of the worker under the root (never an output folder).
     reserved_names: tuple[str, ...] = (".rtc-work", ".rtc-store", JOBS_DIR_NAME)
+    #: The storage service results are uploaded to, or None when there is none.
+    storage: ResultsStorage | None = None
 
 
 @dataclass
@@ -166,6 +188,8 @@ class WorkerSession:
         self.job_task: asyncio.Task[None] | None = None
         self._dropped_logs = 0
         self._input_names: dict[str, str] = {}
+        #: RESULTS_VIA_STORAGE was received: upload the next completed job's results.
+        self.via_storage = False
 
     async def run(self) -> None:
         """Handle frames in arrival order until the channel closes. Never raises."""
@@ -227,6 +251,14 @@ class WorkerSession:
             return
         if isinstance(message, ResultsRequest):
             self._send_results(message.job_id)
+            return
+        if isinstance(message, ResultsViaStorage):
+            if self.resources.storage is None:
+                self._protocol_error(
+                    ErrorCode.NO_STORAGE, "this worker has no storage service configured"
+                )
+            else:
+                self.via_storage = True
             return
         if isinstance(message, ProtocolErrorFrame):
             # The client complains about one of our frames: log it, never answer an
@@ -426,6 +458,7 @@ class WorkerSession:
             spec.input_path,
             spec.output_path,
         )
+        completed = False
         try:
             outcome = await self.runner.run(spec, self._send_log, self._cancel)
         except JobError as exc:
@@ -459,9 +492,43 @@ class WorkerSession:
             )
             self._send(metrics)
             self._send(complete)
+            completed = True
         finally:
             self.slot.release(spec.job_id)
             self.session.report(JobFinished())
+        storage = self.resources.storage
+        if completed and storage is not None and (self.via_storage or not self.channel.is_open):
+            self.via_storage = False
+            await self._store_results(storage, spec.job_id, spec.output_path)
+
+    async def _store_results(self, storage: ResultsStorage, job_id: str, output: str) -> None:
+        """Upload a completed job's results ZIP to the storage service (with retries),
+        then tell the client with RESULTS_STORED when it is still there."""
+        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
+        try:
+            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
+            stored = await upload_results(
+                storage.url,
+                path,
+                job_id,
+                api_key=storage.api_key,
+                retries=storage.retries,
+                backoff_s=storage.backoff_s,
+            )
+        except (StorageError, StoragePathError, OSError) as exc:
+            logger.error("results of {} not stored: {}", job_id, exc)
+            self._protocol_error(
+                ErrorCode.INTERNAL_ERROR, f"could not store the results of {job_id}"
+            )
+            return
+        logger.info(
+            "results of {} stored: {} bytes, sha256 {} ({} attempt(s))",
+            job_id,
+            stored.size,
+            stored.sha256,
+            stored.attempts,
+        )
+        self._send(ResultsStored(job_id, stored.download_path))
 
     # ------------------------------------------------------------------ results
 

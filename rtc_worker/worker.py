@@ -32,7 +32,7 @@ from rtc_worker.archive import ZipLimits
 from rtc_worker.channel import FrameChannel
 from rtc_worker.config import WorkerSettings
 from rtc_worker.jobs import JobRunner
-from rtc_worker.session import JobSlot, WorkerResources, WorkerSession
+from rtc_worker.session import JobSlot, ResultsStorage, WorkerResources, WorkerSession
 from rtc_worker.signaling_client import SignalingClient, SignalingClosed
 from rtc_worker.storage import ContentStore, FilesystemAdapter, resolve_store_root
 from rtc_worker.transfer import PartialRegistry
@@ -111,6 +111,16 @@ class RTCWorkerClient:
             ),
             max_file_size=settings.max_file_size,
             chunk_size=settings.chunk_size,
+            storage=(
+                ResultsStorage(
+                    settings.storage_url,
+                    settings.storage_api_key,
+                    retries=settings.storage_retries,
+                    backoff_s=settings.storage_backoff_s,
+                )
+                if settings.storage_url
+                else None
+            ),
         )
         self.registered = asyncio.Event()
         self._peer_connections: dict[str, RTCPeerConnection] = {}

@@ -204,7 +204,14 @@ def worker_subprocess(
 #: command runs them in a second pass without coverage tracing, which would double
 #: their time while measuring nothing of protocol/.
 LIVE_MODULES = frozenset(
-    {"test_e2e_shared", "test_e2e_transfer", "test_channel", "test_config_cli", "test_fuzz_worker"}
+    {
+        "test_e2e_shared",
+        "test_e2e_transfer",
+        "test_channel",
+        "test_config_cli",
+        "test_fuzz_worker",
+        "test_results_storage",
+    }
 )
 
 

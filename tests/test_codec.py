@@ -24,6 +24,8 @@ from protocol import (
     ProtocolError,
     ProtocolErrorFrame,
     RemoteProtocolError,
+    ResultsStored,
+    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
     decode,
@@ -53,6 +55,9 @@ EXACT_FRAMES: list[tuple[str, Message]] = [
         JobFailed("j1", "Job command exited with code 2"),
     ),
     ("PROTOCOL_ERROR::WORKER_BUSY::try later", ProtocolErrorFrame("WORKER_BUSY", "try later")),
+    ("RESULTS_VIA_STORAGE", ResultsViaStorage()),
+    ("RESULTS_STORED::j1::/download/j1", ResultsStored("j1", "/download/j1")),
+    ("RESULTS_STORED::j1::/odd::path", ResultsStored("j1", "/odd::path")),
 ]
 
 
@@ -104,6 +109,12 @@ def test_total_mb_has_two_decimals() -> None:
         ("JOB_METRICS::[1,2]", ErrorCode.MALFORMED_FRAME),
         ("PROTOCOL_ERROR::lower::x", ErrorCode.MALFORMED_FRAME),
         ("JOB_LOG::two\nlines", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_VIA_STORAGE::now", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_STORED", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_STORED::j1", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_STORED::j1::", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_STORED::j1::/a\nb", ErrorCode.MALFORMED_FRAME),
+        ("RESULTS_STORED::bad id::/download/x", ErrorCode.INVALID_JOB_ID),
         ("SHARED_INPUT_PATH::" + "a" * 4097, ErrorCode.PATH_TOO_LONG),
         ("JOB_LOG::" + "x" * 70_000, ErrorCode.FRAME_TOO_LARGE),
     ],
@@ -218,3 +229,15 @@ def test_decode_of_anything_is_a_message_or_a_protocol_error(frame: str | bytes)
         assert isinstance(exc.code, ErrorCode)
     else:
         assert isinstance(result, Message)
+
+
+def test_results_stored_round_trips_and_refuses_bad_fields() -> None:
+    message = ResultsStored("job-0123456789ab", "/download/job-0123456789ab")
+    assert decode(encode(message)) == message
+    with pytest.raises(LocalProtocolError) as info:
+        ResultsStored("job-1", "")
+    assert info.value.code == ErrorCode.MALFORMED_FRAME
+    with pytest.raises(LocalProtocolError) as info:
+        ResultsStored("../x", "/download/x")
+    assert info.value.code == ErrorCode.INVALID_JOB_ID
+    assert decode(encode(ResultsViaStorage())) == ResultsViaStorage()

@@ -363,7 +363,7 @@ def test_frame_examples_decode(text: str) -> None:
         "JOB_CANCEL", "RESULTS_REQUEST", "PATH_VALIDATED", "PATH_ERROR", "JOB_LOG",
         "JOB_METRICS", "JOB_COMPLETE", "JOB_FAILED", "PROTOCOL_ERROR", "FILE_META",
         "FILE_READY", "FILE_EXISTS", "FILE_PROGRESS", "END_OF_FILE", "FILE_RECEIVED",
-        "TRANSFER_ERROR", "FILE_CANCEL",
+        "TRANSFER_ERROR", "FILE_CANCEL", "RESULTS_VIA_STORAGE", "RESULTS_STORED",
     ):  # fmt: skip
         assert frame_type in seen, f"no worked example shows {frame_type}"
 

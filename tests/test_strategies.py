@@ -48,6 +48,8 @@ from protocol import (
     ProtocolErrorFrame,
     RemoteProtocolError,
     ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
     TransferError,
@@ -354,8 +356,9 @@ def test_counts_reach_their_extremes() -> None:
 
 
 _CLIENT_ONLY = {JobId, SharedInputPath, SharedOutputPath, JobStart, JobCancel, ResultsRequest}
+_CLIENT_ONLY |= {ResultsViaStorage}
 _WORKER_ONLY = {PathValidated, PathError, JobLog, JobMetrics, JobComplete, JobFailed}
-_WORKER_ONLY |= {ProtocolErrorFrame}
+_WORKER_ONLY |= {ProtocolErrorFrame, ResultsStored}
 _BOTH = set(MESSAGE_STRATEGIES) - _CLIENT_ONLY - _WORKER_ONLY
 
 
