@@ -43,9 +43,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from aiohttp import BodyPartReader, web
+import aiohttp
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from protocol.messages import is_valid_job_id
@@ -421,13 +423,25 @@ async def _read_field(part: BodyPartReader) -> str:
         raise ApiError(ApiErrorCode.INVALID_FIELD, f"field {part.name!r} is not UTF-8") from None
 
 
+async def _next_part(reader: MultipartReader) -> Any:
+    """The next part, or a 400 for a malformed body (missing or truncated boundaries,
+    control characters in part headers) instead of a server error."""
+    try:
+        return await reader.next()
+    except (ValueError, HttpProcessingError) as exc:
+        raise ApiError(ApiErrorCode.INVALID_FIELD, f"malformed multipart body: {exc}") from None
+
+
 async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[str, StagedBlob]:
     """Read a multipart upload: the ``job_id`` field and the ``file`` part, any order."""
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except (ValueError, aiohttp.ClientError, HttpProcessingError) as exc:  # no boundary...
+        raise ApiError(ApiErrorCode.INVALID_FIELD, f"malformed multipart body: {exc}") from None
     job_id: str | None = None
     staged: StagedBlob | None = None
     try:
-        while (part := await reader.next()) is not None:
+        while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
                 raise ApiError(ApiErrorCode.INVALID_FIELD, "nested multipart is not accepted")
             if part.name == "job_id":

@@ -623,7 +623,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(ApiErrorCode.MISSING_FIELD, "a JSON object body is required")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ApiError(ApiErrorCode.INVALID_FIELD, "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(ApiErrorCode.INVALID_FIELD, "the body must be a JSON object")
@@ -654,7 +654,7 @@ async def _chunk(request: web.Request) -> web.Response:
     raw_index = request.headers.get("X-Chunk-Index", "")
     if not raw_index:
         raise ApiError(ApiErrorCode.MISSING_FIELD, "the X-Chunk-Index header is required")
-    if not raw_index.isdigit() or len(raw_index) > 12:
+    if not (raw_index.isascii() and raw_index.isdigit()) or len(raw_index) > 12:
         raise ApiError(ApiErrorCode.INVALID_FIELD, "X-Chunk-Index must be an integer >= 0")
     index = int(raw_index)
     record = await manager.record(upload_id)
