@@ -37,6 +37,14 @@ PY = sys.executable
 pytestmark = pytest.mark.asyncio
 
 
+async def validate_paths(conn: Any, input_path: str, output_path: str) -> None:
+    """Send both shared paths and require PATH_VALIDATED for each."""
+    conn.send(f"SHARED_INPUT_PATH::{input_path}")
+    assert await conn.recv(10) == PathValidated("input")
+    conn.send(f"SHARED_OUTPUT_PATH::{output_path}")
+    assert await conn.recv(10) == PathValidated("output")
+
+
 async def recv_until(conn: Any, kinds: tuple[type, ...], timeout: float = 20) -> Any:
     """Receive messages until one of ``kinds`` arrives (JOB_LOG lines are skipped)."""
     async with asyncio.timeout(timeout):
@@ -210,10 +218,7 @@ async def test_input_vanished_after_validation_is_file_not_found(
 ) -> None:
     await start_worker(shared_root=shared_root)
     conn = await client.connect("worker-1")
-    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
-    assert await conn.recv(10) == PathValidated("input")
-    conn.send("SHARED_OUTPUT_PATH::outputs/v")
-    assert await conn.recv(10) == PathValidated("output")
+    await validate_paths(conn, "inputs/package.zip", "outputs/v")
     package.unlink()
     conn.send("JOB_START")
     assert await conn.recv(10) == PathError("File not found: inputs/package.zip")
@@ -228,10 +233,7 @@ async def test_file_swapped_for_a_symlink_after_validation_is_refused(
     secret = make_zip(shared_root.parent / "secret.zip", {"secret.txt": b"do not read"})
     await start_worker(shared_root=shared_root)
     conn = await client.connect("worker-1")
-    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
-    assert await conn.recv(10) == PathValidated("input")
-    conn.send("SHARED_OUTPUT_PATH::outputs/swap")
-    assert await conn.recv(10) == PathValidated("output")
+    await validate_paths(conn, "inputs/package.zip", "outputs/swap")
     package.unlink()
     package.symlink_to(secret)
     conn.send("JOB_START")
@@ -291,10 +293,7 @@ async def test_job_cancel_terminates_the_job(
     await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}"')
     conn = await client.connect("worker-1")
     conn.send("JOB_ID::to-cancel")
-    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
-    assert await conn.recv(10) == PathValidated("input")
-    conn.send("SHARED_OUTPUT_PATH::outputs/c")
-    assert await conn.recv(10) == PathValidated("output")
+    await validate_paths(conn, "inputs/package.zip", "outputs/c")
     conn.send("JOB_START")
     assert await conn.recv(10) == JobLog("started")
     conn.send("JOB_CANCEL")
@@ -336,10 +335,7 @@ async def test_legacy_start_and_second_start_while_running(
     script = "import time; time.sleep(1.5); print('done')"
     await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}"')
     conn = await client.connect("worker-1")
-    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
-    assert await conn.recv(10) == PathValidated("input")
-    conn.send("SHARED_OUTPUT_PATH::outputs/legacy")
-    assert await conn.recv(10) == PathValidated("output")
+    await validate_paths(conn, "inputs/package.zip", "outputs/legacy")
     conn.send("SHARED_STORAGE_JOB::start")
     conn.send("JOB_START")
     reply = await conn.recv(10)
@@ -538,10 +534,7 @@ async def test_job_processes_never_outlive_their_job(
 
     conn = await client.connect("worker-1")
     conn.send("JOB_ID::to-cancel")
-    conn.send("SHARED_INPUT_PATH::inputs/package.zip")
-    assert await conn.recv(10) == PathValidated("input")
-    conn.send("SHARED_OUTPUT_PATH::outputs/cancel")
-    assert await conn.recv(10) == PathValidated("output")
+    await validate_paths(conn, "inputs/package.zip", "outputs/cancel")
     conn.send("JOB_START")
     assert await conn.recv(10) == JobLog("started")
     conn.send("JOB_CANCEL")
