@@ -10,9 +10,16 @@ Public API::
     frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
 """
 
-from protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    PathReason,
+    ProtocolError,
+    RemoteProtocolError,
+    TransferErrorCode,
+)
+from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    DEFAULT_LIMITS,
     FRAME_TYPES,
     Chunk,
     EndOfFile,
@@ -30,7 +37,6 @@ from protocol.messages import (
     JobLog,
     JobMetrics,
     JobStart,
-    Limits,
     Message,
     PathError,
     PathValidated,
@@ -41,7 +47,6 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
     TransferError,
-    TransferErrorCode,
     decode,
     encode,
     is_valid_job_id,
@@ -71,6 +76,7 @@ __all__ = [
     "LocalProtocolError",
     "Message",
     "PathError",
+    "PathReason",
     "PathValidated",
     "ProtocolError",
     "ProtocolErrorFrame",

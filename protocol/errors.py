@@ -19,8 +19,10 @@ from enum import StrEnum
 __all__ = [
     "ErrorCode",
     "LocalProtocolError",
+    "PathReason",
     "ProtocolError",
     "RemoteProtocolError",
+    "TransferErrorCode",
 ]
 
 
@@ -55,6 +57,51 @@ class ErrorCode(StrEnum):
     NO_STORAGE = "NO_STORAGE"
     #: The worker failed in a way that is not the peer's fault.
     INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class TransferErrorCode(StrEnum):
+    """Codes carried by ``TRANSFER_ERROR::{code}::{detail}``."""
+
+    #: The sha256 of the received bytes differs from the announced one.
+    HASH_MISMATCH = "HASH_MISMATCH"
+    #: More or fewer bytes than announced arrived before END_OF_FILE.
+    SIZE_MISMATCH = "SIZE_MISMATCH"
+    #: The announced size is above the receiver's maximum; no byte was sent.
+    FILE_TOO_LARGE = "FILE_TOO_LARGE"
+    #: The receiver ran out of disk space; the partial data is kept for a resume.
+    DISK_FULL = "DISK_FULL"
+    #: The name is not a plain base name (directory part, ``..``, NUL, control chars).
+    INVALID_NAME = "INVALID_NAME"
+    #: FILE_CANCEL stopped the transfer; the partial data is kept for a resume.
+    CANCELLED = "CANCELLED"
+    #: A binary frame arrived outside a transfer, or a chunk broke its bounds.
+    UNEXPECTED_DATA = "UNEXPECTED_DATA"
+
+
+class PathReason(StrEnum):
+    """Why a path was refused: ``PATH_ERROR::{reason}: {path}`` (the value is the reason).
+
+    The path is quoted exactly as the client sent it, never as the worker resolved it.
+    Source: PROTOCOL.md section 3.1.
+    """
+
+    #: Invalid, absolute, traversing, or resolving (through symlinks) outside the root.
+    OUTSIDE_ROOT = "Path outside shared storage"
+    #: An input path that does not exist when it is validated.
+    NOT_FOUND = "Input path does not exist"
+    #: The path existed at validation time but is gone when it is used.
+    VANISHED = "File not found"
+    #: The worker may not read (or create) it, or it is the root or a worker folder.
+    PERMISSION_DENIED = "Permission denied"
+    #: Unusable content or file type (a damaged or unsafe ZIP, a FIFO where a file is
+    #: needed).
+    CORRUPTED = "File corrupted or invalid format"
+    #: A directory was needed but a non-directory exists there.
+    NOT_A_DIRECTORY = "Not a directory"
+
+    def quote(self, path: str) -> str:
+        """The text of the PATH_ERROR frame: ``"{reason}: {path}"``."""
+        return f"{self.value}: {path}"
 
 
 class ProtocolError(Exception):

@@ -21,10 +21,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import ClassVar, Literal
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
+from protocol.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -72,27 +72,6 @@ _MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
 _MAX_MB = 1e14
 _SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 _LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds applied by :func:`decode`; each violation has its own error code.
-
-    Attributes:
-        max_text_frame_bytes: longest text frame, in bytes of UTF-8 (FRAME_TOO_LARGE).
-        max_binary_frame_bytes: longest binary frame, in bytes (FRAME_TOO_LARGE).
-        max_path_bytes: longest path field, in bytes of UTF-8 (PATH_TOO_LONG).
-        max_fields: most ``::``-separated fields in a text frame (TOO_MANY_FIELDS);
-            free-text fields may contain ``::``, so this bounds them too.
-    """
-
-    max_text_frame_bytes: int = 64 * 1024
-    max_binary_frame_bytes: int = 256 * 1024
-    max_path_bytes: int = 4096
-    max_fields: int = 1024
-
-
-DEFAULT_LIMITS = Limits()
 
 
 def is_valid_job_id(job_id: str) -> bool:
@@ -323,25 +302,6 @@ class ProtocolErrorFrame(Message):
 
 
 # ---------------------------------------------------------------- file transfer
-
-
-class TransferErrorCode(StrEnum):
-    """Codes carried by ``TRANSFER_ERROR::{code}::{detail}``."""
-
-    #: The sha256 of the received bytes differs from the announced one.
-    HASH_MISMATCH = "HASH_MISMATCH"
-    #: More or fewer bytes than announced arrived before END_OF_FILE.
-    SIZE_MISMATCH = "SIZE_MISMATCH"
-    #: The announced size is above the receiver's maximum; no byte was sent.
-    FILE_TOO_LARGE = "FILE_TOO_LARGE"
-    #: The receiver ran out of disk space; the partial data is kept for a resume.
-    DISK_FULL = "DISK_FULL"
-    #: The name is not a plain base name (directory part, ``..``, NUL, control chars).
-    INVALID_NAME = "INVALID_NAME"
-    #: FILE_CANCEL stopped the transfer; the partial data is kept for a resume.
-    CANCELLED = "CANCELLED"
-    #: A binary frame arrived outside a transfer, or a chunk broke its bounds.
-    UNEXPECTED_DATA = "UNEXPECTED_DATA"
 
 
 def _check_sha256(value: str) -> str:

@@ -29,7 +29,6 @@ of h11's ``_state.py``.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -48,6 +47,8 @@ from protocol.messages import (
     TransferError,
     TransferErrorCode,
 )
+from protocol.names import InvalidNameError
+from protocol.names import check_name as _check_name
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -79,30 +80,11 @@ _MAX_NAME_BYTES = 255
 
 
 def check_name(name: str) -> str | None:
-    """Why ``name`` is not an acceptable base name, or None when it is.
-
-    Refused: empty, longer than 255 bytes of UTF-8, ``.`` or ``..``, a directory
-    part (``/`` or ``\\``), NUL or any control character, a drive prefix (``C:``),
-    and look-alikes whose NFKC form contains a separator or is ``..``.
-    Source: croc's received-name normalization; magic-wormhole keeps base names only.
-    """
-    if not name:
-        return "empty name"
+    """Why ``name`` is not an acceptable base name, or None when it is."""
     try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "name is not valid UTF-8"
-    if size > _MAX_NAME_BYTES:
-        return f"name longer than {_MAX_NAME_BYTES} bytes"
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        return "name contains a control character"
-    folded = unicodedata.normalize("NFKC", name)
-    if any(sep in text for text in (name, folded) for sep in ("/", "\\")):
-        return "name has a directory part"
-    if folded.strip() in (".", "..") or name in (".", ".."):
-        return "name is . or .."
-    if any(len(text) >= 2 and text[1] == ":" and text[0].isalpha() for text in (name, folded)):
-        return "name has a drive prefix"
+        _check_name(name)
+    except InvalidNameError as exc:
+        return exc.detail
     return None
 
 
