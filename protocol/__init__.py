@@ -10,6 +10,7 @@ Public API::
     frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
 """
 
+from protocol.codec import FRAME_TYPES, decode, encode
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -20,7 +21,6 @@ from protocol.errors import (
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    FRAME_TYPES,
     Chunk,
     EndOfFile,
     FileCancel,
@@ -47,8 +47,6 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
     TransferError,
-    decode,
-    encode,
     is_valid_job_id,
 )
 

@@ -26,17 +26,16 @@ from enum import Enum
 from typing import TypeVar
 
 from protocol import messages
-from protocol.errors import ErrorCode
+from protocol.codec import FRAME_TYPES
+from protocol.errors import ErrorCode, TransferErrorCode
 from protocol.job import CLIENT_EVENTS, INTERNAL_EVENTS, TRANSITIONS, JobState
+from protocol.limits import DEFAULT_LIMITS
 from protocol.messages import (
-    DEFAULT_LIMITS,
-    FRAME_TYPES,
     JOB_ID_PATTERN,
     Chunk,
     FileMetaLegacy,
     JobStart,
     Message,
-    TransferErrorCode,
 )
 from protocol.signaling import (
     DEFAULT_MAX_FRAME_BYTES,

@@ -1,35 +1,35 @@
-"""Data-channel messages and their wire codec (sans-IO).
+"""Data-channel messages: one frozen, slotted, typed class per frame (sans-IO).
 
 Every text frame is ``TYPE`` or ``TYPE::field::field...``: the type is the text before
-the first ``::``. Binary frames carry file bytes. Each message is one frozen,
-slotted dataclass, validated when built: building an invalid message raises
-:class:`~protocol.errors.LocalProtocolError`; decoding an invalid frame raises
-:class:`~protocol.errors.RemoteProtocolError`. Nothing else escapes :func:`decode`.
+the first ``::``. Binary frames carry file bytes (:class:`Chunk`). Each message is
+validated when built: building an invalid message raises
+:class:`~protocol.errors.LocalProtocolError` with the code a peer would get for the
+same mistake. The wire form lives in :mod:`protocol.codec`.
 
 Fields that may contain ``::`` (paths, reasons, log lines) are always the last
 free-text field of their frame, or are delimited from the right by fields whose
 grammar cannot contain ``::``, so every frame has exactly one parse.
 
-Source: the job protocol of the shared-storage worker (README, "Data-channel
-protocol"); the codec follows h11's events (frozen classes, bounded input).
+Source: PROTOCOL.md section 2; the classes follow h11's events (frozen, slotted,
+validated when built).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
-from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.errors import ErrorCode, LocalProtocolError, PathReason
 
 __all__ = [
-    "DEFAULT_LIMITS",
+    "CODE_PATTERN",
     "JOB_ID_PATTERN",
+    "MAX_MB",
+    "MESSAGE_TYPES",
     "SEP",
+    "SHA256_PATTERN",
     "Chunk",
     "EndOfFile",
     "FileCancel",
@@ -46,7 +46,6 @@ __all__ = [
     "JobLog",
     "JobMetrics",
     "JobStart",
-    "Limits",
     "Message",
     "PathError",
     "PathValidated",
@@ -57,21 +56,19 @@ __all__ = [
     "SharedInputPath",
     "SharedOutputPath",
     "TransferError",
-    "TransferErrorCode",
-    "decode",
-    "encode",
     "is_valid_job_id",
 ]
 
+#: The separator of text-frame fields.
 SEP = "::"
+#: The grammar of a job_id (use ``fullmatch``).
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-_COUNT_PATTERN = re.compile(r"[0-9]{1,15}")
-_COUNT18_PATTERN = re.compile(r"[0-9]{1,18}")
-_MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
-_MAX_MB = 1e14
-_SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
-_LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
+#: The grammar of a PROTOCOL_ERROR or TRANSFER_ERROR code (use ``fullmatch``).
+CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: A sha256 on the wire: 64 hexadecimal digits, either case (use ``fullmatch``).
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+#: Upper bound (exclusive) of MB counts and timings, so every number has a short form.
+MAX_MB = 1e14
 
 
 def is_valid_job_id(job_id: str) -> bool:
@@ -178,13 +175,37 @@ class PathValidated(Message):
 
 @dataclass(frozen=True, slots=True)
 class PathError(Message):
-    """W->C ``PATH_ERROR::{reason}``; the reason quotes the path as the client sent it."""
+    """W->C ``PATH_ERROR::{reason}: {path}``, the path quoted as the client sent it.
+
+    ``reason`` holds the whole text after ``PATH_ERROR::``; a worker always sends a
+    :class:`~protocol.errors.PathReason` and the path (:meth:`of`), and other text from
+    a peer is accepted (:attr:`kind` is then None).
+    """
 
     TYPE: ClassVar[str] = "PATH_ERROR"
     reason: str
 
     def __post_init__(self) -> None:
         _check_text("reason", self.reason, allow_empty=False)
+
+    @classmethod
+    def of(cls, reason: PathReason, path: str) -> PathError:
+        """The frame for ``reason`` quoting ``path`` (as the client sent it)."""
+        return cls(reason.quote(path))
+
+    @property
+    def kind(self) -> PathReason | None:
+        """The reason's :class:`~protocol.errors.PathReason`, or None for free text."""
+        for reason in PathReason:
+            if self.reason.startswith(f"{reason.value}: ") or self.reason == reason.value:
+                return reason
+        return None
+
+    @property
+    def path(self) -> str | None:
+        """The quoted path when the reason is a known :class:`PathReason`, else None."""
+        kind = self.kind
+        return None if kind is None else self.reason[len(kind.value) + 2 :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +247,7 @@ class JobMetrics(Message):
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not (0 <= number < _MAX_MB)
+                or not (0 <= number < MAX_MB)
             ):
                 raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
             object.__setattr__(self, name, round(number, 3))
@@ -259,7 +280,7 @@ class JobComplete(Message):
         if not 0 <= self.file_count < 10**15:
             raise _invalid(ErrorCode.MALFORMED_FRAME, "file_count out of range")
         mb = self.total_mb
-        if isinstance(mb, bool) or not isinstance(mb, int | float) or not 0 <= mb < _MAX_MB:
+        if isinstance(mb, bool) or not isinstance(mb, int | float) or not 0 <= mb < MAX_MB:
             raise _invalid(ErrorCode.MALFORMED_FRAME, "total_mb must be a number >= 0")
         object.__setattr__(self, "total_mb", round(float(mb), 2))
 
@@ -295,7 +316,7 @@ class ProtocolErrorFrame(Message):
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not _CODE_PATTERN.fullmatch(self.code):
+        if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
             raise _invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
         _check_text("detail", self.detail)
         object.__setattr__(self, "code", str(self.code))
@@ -305,7 +326,7 @@ class ProtocolErrorFrame(Message):
 
 
 def _check_sha256(value: str) -> str:
-    if not isinstance(value, str) or not _SHA256_PATTERN.fullmatch(value):
+    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
         raise _invalid(ErrorCode.MALFORMED_FRAME, "sha256 must be 64 hexadecimal digits")
     return value.lower()
 
@@ -423,7 +444,7 @@ class TransferError(Message):
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not _CODE_PATTERN.fullmatch(self.code):
+        if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
             raise _invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
         _check_text("detail", self.detail)
         object.__setattr__(self, "code", str(self.code))
@@ -489,267 +510,31 @@ class Chunk(Message):
         return f"Chunk(<{len(self.data)} bytes>)"
 
 
-# ---------------------------------------------------------------- codec
-
-
-def encode(message: Message) -> str | bytes:
-    """Serialize a message to its frame: ``str`` for text frames, ``bytes`` for chunks.
-
-    Raises:
-        LocalProtocolError: ``message`` is not a protocol message.
-    """
-    match message:
-        case Chunk(data=data):
-            return data
-        case JobId(job_id=job_id):
-            return f"JOB_ID{SEP}{job_id}"
-        case SharedInputPath(path=path) | SharedOutputPath(path=path):
-            return f"{message.TYPE}{SEP}{path}"
-        case JobStart(legacy=legacy):
-            return JobStart.LEGACY_FRAME if legacy else JobStart.TYPE
-        case JobCancel():
-            return JobCancel.TYPE
-        case PathValidated(which=which):
-            return f"PATH_VALIDATED{SEP}{which}"
-        case PathError(reason=reason):
-            return f"PATH_ERROR{SEP}{reason}"
-        case JobLog(line=line):
-            return f"JOB_LOG{SEP}{line}"
-        case JobMetrics():
-            body = json.dumps(message.as_dict(), separators=(",", ":"))
-            return f"JOB_METRICS{SEP}{body}"
-        case JobComplete(job_id=job_id, output_path=out, file_count=count, total_mb=mb):
-            return SEP.join(("JOB_COMPLETE", job_id, out, str(count), f"{mb:.2f}"))
-        case JobFailed(job_id=job_id, reason=reason):
-            return f"JOB_FAILED{SEP}{job_id}{SEP}{reason}"
-        case ProtocolErrorFrame(code=code, detail=detail):
-            return f"PROTOCOL_ERROR{SEP}{code}{SEP}{detail}"
-        case FileMeta(name=name, size=size, sha256=sha, chunk_size=chunk):
-            return SEP.join(("FILE_META", name, str(size), sha, str(chunk)))
-        case FileMetaLegacy(name=name, size=size, gui=gui):
-            return f"FILE_META{SEP}{name}:{size}:{gui}"
-        case FileReady(offset=offset):
-            return f"FILE_READY{SEP}{offset}"
-        case FileExists(sha256=sha) | FileReceived(sha256=sha):
-            return f"{message.TYPE}{SEP}{sha}"
-        case EndOfFile() | FileCancel():
-            return message.TYPE
-        case FileProgress(received=received, size=size):
-            return f"FILE_PROGRESS{SEP}{received}{SEP}{size}"
-        case TransferError(code=code, detail=detail):
-            return f"TRANSFER_ERROR{SEP}{code}{SEP}{detail}"
-        case ResultsRequest(job_id=job_id):
-            return f"RESULTS_REQUEST{SEP}{job_id}"
-        case ResultsViaStorage():
-            return ResultsViaStorage.TYPE
-        case ResultsStored(job_id=job_id, download_path=download_path):
-            return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
-    raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
-
-
-_Parser = Callable[[str | None, Limits], Message]
-
-
-def _no_fields(cls: type[Message]) -> _Parser:
-    def parse(rest: str | None, limits: Limits) -> Message:
-        if rest is not None:
-            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{cls.TYPE} takes no fields")
-        return cls()
-
-    return parse
-
-
-def _need(rest: str | None, type_: str) -> str:
-    if rest is None:
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{type_} needs fields")
-    return rest
-
-
-def _path(cls: type[SharedInputPath | SharedOutputPath]) -> _Parser:
-    def parse(rest: str | None, limits: Limits) -> Message:
-        path = _need(rest, cls.TYPE)
-        if len(path.encode("utf-8", "surrogatepass")) > limits.max_path_bytes:
-            raise RemoteProtocolError(
-                ErrorCode.PATH_TOO_LONG, f"path longer than {limits.max_path_bytes} bytes"
-            )
-        return cls(path)
-
-    return parse
-
-
-def _parse_shared_storage_job(rest: str | None, limits: Limits) -> Message:
-    if rest != "start":
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "SHARED_STORAGE_JOB takes 'start'")
-    return JobStart(legacy=True)
-
-
-def _parse_path_validated(rest: str | None, limits: Limits) -> Message:
-    which = _need(rest, PathValidated.TYPE)
-    if which == "input":
-        return PathValidated("input")
-    if which == "output":
-        return PathValidated("output")
-    raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
-
-
-def _parse_metrics(rest: str | None, limits: Limits) -> Message:
-    try:
-        data = json.loads(_need(rest, JobMetrics.TYPE))
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_METRICS is not JSON") from exc
-    if not isinstance(data, dict) or any(name not in data for name in JobMetrics.FIELDS):
-        raise RemoteProtocolError(
-            ErrorCode.MALFORMED_FRAME, f"JOB_METRICS needs {', '.join(JobMetrics.FIELDS)}"
-        )
-    return JobMetrics(**{name: data[name] for name in JobMetrics.FIELDS})
-
-
-def _parse_complete(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, tail = _need(rest, JobComplete.TYPE).partition(SEP)
-    parts = tail.rsplit(SEP, 2)
-    if not sep or len(parts) != 3:
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_COMPLETE needs 4 fields")
-    out, count, mb = parts
-    if not _COUNT_PATTERN.fullmatch(count) or not _MB_PATTERN.fullmatch(mb):
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "bad file_count or total_mb")
-    return JobComplete(job_id, out, int(count), float(mb))
-
-
-def _parse_failed(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, reason = _need(rest, JobFailed.TYPE).partition(SEP)
-    if not sep:
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_FAILED needs job_id and reason")
-    return JobFailed(job_id, reason)
-
-
-def _parse_results_stored(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, download_path = _need(rest, ResultsStored.TYPE).partition(SEP)
-    if not sep:
-        raise RemoteProtocolError(
-            ErrorCode.MALFORMED_FRAME, "RESULTS_STORED needs job_id and download_path"
-        )
-    return ResultsStored(job_id, download_path)
-
-
-def _parse_protocol_error(rest: str | None, limits: Limits) -> Message:
-    code, _, detail = _need(rest, ProtocolErrorFrame.TYPE).partition(SEP)
-    return ProtocolErrorFrame(code, detail)
-
-
-def _count(text: str, name: str) -> int:
-    if not _COUNT18_PATTERN.fullmatch(text):
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{name} must be decimal digits")
-    return int(text)
-
-
-def _parse_file_meta(rest: str | None, limits: Limits) -> Message:
-    body = _need(rest, FileMeta.TYPE)
-    parts = body.rsplit(SEP, 3)
-    if (
-        len(parts) == 4
-        and _COUNT18_PATTERN.fullmatch(parts[1])
-        and _SHA256_PATTERN.fullmatch(parts[2])
-        and _COUNT18_PATTERN.fullmatch(parts[3])
-    ):
-        name, size, sha, chunk = parts
-        return FileMeta(name, int(size), sha, int(chunk))
-    legacy = _LEGACY_META.fullmatch(body)
-    if legacy is None:
-        raise RemoteProtocolError(
-            ErrorCode.MALFORMED_FRAME,
-            "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})",
-        )
-    return FileMetaLegacy(legacy["name"], int(legacy["size"]), legacy["gui"])
-
-
-def _parse_progress(rest: str | None, limits: Limits) -> Message:
-    received, sep, size = _need(rest, FileProgress.TYPE).partition(SEP)
-    if not sep:
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "FILE_PROGRESS needs 2 fields")
-    return FileProgress(_count(received, "bytes_received"), _count(size, "size"))
-
-
-def _parse_transfer_error(rest: str | None, limits: Limits) -> Message:
-    code, _, detail = _need(rest, TransferError.TYPE).partition(SEP)
-    return TransferError(code, detail)
-
-
-_PARSERS: dict[str, _Parser] = {
-    JobId.TYPE: lambda rest, limits: JobId(_need(rest, JobId.TYPE)),
-    SharedInputPath.TYPE: _path(SharedInputPath),
-    SharedOutputPath.TYPE: _path(SharedOutputPath),
-    JobStart.TYPE: _no_fields(JobStart),
-    "SHARED_STORAGE_JOB": _parse_shared_storage_job,
-    JobCancel.TYPE: _no_fields(JobCancel),
-    PathValidated.TYPE: _parse_path_validated,
-    PathError.TYPE: lambda rest, limits: PathError(_need(rest, PathError.TYPE)),
-    JobLog.TYPE: lambda rest, limits: JobLog(_need(rest, JobLog.TYPE)),
-    JobMetrics.TYPE: _parse_metrics,
-    JobComplete.TYPE: _parse_complete,
-    JobFailed.TYPE: _parse_failed,
-    ProtocolErrorFrame.TYPE: _parse_protocol_error,
-    FileMeta.TYPE: _parse_file_meta,
-    FileReady.TYPE: lambda rest, limits: FileReady(_count(_need(rest, "FILE_READY"), "offset")),
-    FileExists.TYPE: lambda rest, limits: FileExists(_need(rest, FileExists.TYPE)),
-    EndOfFile.TYPE: _no_fields(EndOfFile),
-    FileProgress.TYPE: _parse_progress,
-    FileReceived.TYPE: lambda rest, limits: FileReceived(_need(rest, FileReceived.TYPE)),
-    TransferError.TYPE: _parse_transfer_error,
-    FileCancel.TYPE: _no_fields(FileCancel),
-    ResultsRequest.TYPE: lambda rest, limits: ResultsRequest(_need(rest, ResultsRequest.TYPE)),
-    ResultsViaStorage.TYPE: _no_fields(ResultsViaStorage),
-    ResultsStored.TYPE: _parse_results_stored,
-}
-
-#: Every text frame type :func:`decode` understands.
-FRAME_TYPES: frozenset[str] = frozenset(_PARSERS)
-
-
-def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Parse one data-channel frame into a message.
-
-    Args:
-        frame: a text frame (``str``) or a binary frame (``bytes``).
-        limits: the bounds to enforce.
-
-    Returns:
-        The message; a binary frame becomes :class:`Chunk`.
-
-    Raises:
-        RemoteProtocolError: the frame is too large (FRAME_TOO_LARGE), has an unknown
-            type (UNKNOWN_MESSAGE), breaks its grammar (MALFORMED_FRAME,
-            INVALID_JOB_ID) or has an over-long path (PATH_TOO_LONG). Nothing else is
-            raised, for any input, in time linear in the input's length.
-    """
-    if isinstance(frame, bytes | bytearray | memoryview):
-        data = bytes(frame)
-        if len(data) > limits.max_binary_frame_bytes:
-            raise RemoteProtocolError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"binary frame of {len(data)} bytes exceeds {limits.max_binary_frame_bytes}",
-            )
-        return Chunk(data)
-    if not isinstance(frame, str):
-        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "a frame is text or bytes")
-    # A character is at most 4 bytes of UTF-8: only measure exactly when it may matter.
-    if len(frame) * 4 > limits.max_text_frame_bytes:
-        size = len(frame.encode("utf-8", "surrogatepass"))
-        if size > limits.max_text_frame_bytes:
-            raise RemoteProtocolError(
-                ErrorCode.FRAME_TOO_LARGE,
-                f"text frame of {size} bytes exceeds {limits.max_text_frame_bytes}",
-            )
-    fields = frame.count(SEP) + 1
-    if fields > limits.max_fields:
-        raise RemoteProtocolError(
-            ErrorCode.TOO_MANY_FIELDS, f"{fields} fields exceed {limits.max_fields}"
-        )
-    type_, sep, rest = frame.partition(SEP)
-    parser = _PARSERS.get(type_)
-    if parser is None:
-        shown = type_[:32].encode("ascii", "backslashreplace").decode("ascii")
-        raise RemoteProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {shown!r}")
-    try:
-        return parser(rest if sep else None, limits)
-    except LocalProtocolError as exc:
-        raise exc.as_remote() from None
+#: Every message class, in the order of PROTOCOL.md section 2 (25 types).
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    JobId,
+    SharedInputPath,
+    SharedOutputPath,
+    JobStart,
+    JobCancel,
+    ResultsRequest,
+    ResultsViaStorage,
+    PathValidated,
+    PathError,
+    JobLog,
+    JobMetrics,
+    JobComplete,
+    JobFailed,
+    ResultsStored,
+    ProtocolErrorFrame,
+    FileMeta,
+    FileMetaLegacy,
+    FileReady,
+    FileExists,
+    Chunk,
+    FileProgress,
+    EndOfFile,
+    FileReceived,
+    TransferError,
+    FileCancel,
+)

@@ -37,10 +37,10 @@ from typing import Any, Literal
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from protocol.errors import ErrorCode
+from protocol.codec import FRAME_TYPES, encode
+from protocol.errors import ErrorCode, TransferErrorCode
+from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    DEFAULT_LIMITS,
-    FRAME_TYPES,
     JOB_ID_PATTERN,
     SEP,
     Chunk,
@@ -59,7 +59,6 @@ from protocol.messages import (
     JobLog,
     JobMetrics,
     JobStart,
-    Limits,
     Message,
     PathError,
     PathValidated,
@@ -70,8 +69,6 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
     TransferError,
-    TransferErrorCode,
-    encode,
 )
 from protocol.signaling import (
     DEFAULT_MAX_FRAME_BYTES,

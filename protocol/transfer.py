@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
 from protocol.messages import (
     Chunk,
     EndOfFile,
@@ -45,7 +45,6 @@ from protocol.messages import (
     FileReceived,
     Message,
     TransferError,
-    TransferErrorCode,
 )
 from protocol.names import InvalidNameError
 from protocol.names import check_name as _check_name

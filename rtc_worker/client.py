@@ -52,9 +52,9 @@ from protocol import (
     SharedInputPath,
     SharedOutputPath,
     TransferError,
+    TransferErrorCode,
     decode,
 )
-from protocol.messages import TransferErrorCode
 from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.signaling_client import SignalingClient

@@ -34,6 +34,7 @@ from protocol import (
     ResultsStored,
     ResultsViaStorage,
     TransferError,
+    TransferErrorCode,
     decode,
 )
 from protocol.job import (
@@ -51,7 +52,6 @@ from protocol.job import (
     StartJob,
     ValidateInput,
 )
-from protocol.messages import TransferErrorCode
 from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.jobs import JOBS_DIR_NAME, JobError, JobRunner, JobSpec, build_results_zip

@@ -36,8 +36,8 @@ from protocol import (
     FileReceived,
     Message,
     TransferError,
+    TransferErrorCode,
 )
-from protocol.messages import TransferErrorCode
 from protocol.transfer import (
     DEFAULT_CHUNK_SIZE,
     Append,

@@ -71,7 +71,8 @@ def decode_target() -> tuple[Callable[[bytes], None], list[str]]:
 
     with atheris.instrument_imports(include=["protocol"]):
         import protocol
-        from protocol.messages import FRAME_TYPES, Limits
+        from protocol.codec import FRAME_TYPES
+        from protocol.limits import Limits
 
     tiny = Limits(max_text_frame_bytes=64, max_binary_frame_bytes=64, max_path_bytes=16)
     roomy = Limits(max_text_frame_bytes=1 << 30, max_binary_frame_bytes=1 << 30)

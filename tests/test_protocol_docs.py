@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, docs, encode
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, TransferErrorCode
 from protocol.job import CLIENT_EVENTS, INTERNAL_EVENTS, TRANSITIONS, JobState
-from protocol.messages import TransferErrorCode
 from protocol.signaling import ErrorCode as SignalingErrorCode
 from protocol.signaling import (
     ErrorFrame,

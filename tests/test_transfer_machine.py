@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from protocol import ErrorCode, LocalProtocolError, RemoteProtocolError, decode, encode
+from protocol.errors import TransferErrorCode
 from protocol.messages import (
     Chunk,
     EndOfFile,
@@ -26,7 +27,6 @@ from protocol.messages import (
     FileReceived,
     Message,
     TransferError,
-    TransferErrorCode,
 )
 from protocol.transfer import (
     PROGRESS_INTERVAL_S,

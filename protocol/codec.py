@@ -1,0 +1,319 @@
+"""The wire form of data-channel messages: :func:`encode` and :func:`decode` (sans-IO).
+
+:func:`decode` takes one frame (``str`` for text, ``bytes`` for binary) and returns one
+message, or raises :class:`~protocol.errors.RemoteProtocolError` with the code of the
+reply, in time linear in the frame's length; nothing else escapes it, for any input
+(the fuzz invariant). :func:`encode` is its inverse.
+
+Source: PROTOCOL.md sections 1.3 (grammar) and 2 (frames); h11 bounds every incomplete
+event the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.messages import (
+    SEP,
+    SHA256_PATTERN,
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobId,
+    JobLog,
+    JobMetrics,
+    JobStart,
+    Message,
+    PathError,
+    PathValidated,
+    ProtocolErrorFrame,
+    ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
+    SharedInputPath,
+    SharedOutputPath,
+    TransferError,
+)
+
+__all__ = ["FRAME_TYPES", "decode", "encode"]
+
+_COUNT_PATTERN = re.compile(r"[0-9]{1,15}")
+_COUNT18_PATTERN = re.compile(r"[0-9]{1,18}")
+_MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
+_LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
+
+
+def encode(message: Message) -> str | bytes:
+    """Serialize a message to its frame: ``str`` for text frames, ``bytes`` for chunks.
+
+    Raises:
+        LocalProtocolError: ``message`` is not a protocol message.
+    """
+    match message:
+        case Chunk(data=data):
+            return data
+        case JobId(job_id=job_id):
+            return f"JOB_ID{SEP}{job_id}"
+        case SharedInputPath(path=path) | SharedOutputPath(path=path):
+            return f"{message.TYPE}{SEP}{path}"
+        case JobStart(legacy=legacy):
+            return JobStart.LEGACY_FRAME if legacy else JobStart.TYPE
+        case JobCancel():
+            return JobCancel.TYPE
+        case PathValidated(which=which):
+            return f"PATH_VALIDATED{SEP}{which}"
+        case PathError(reason=reason):
+            return f"PATH_ERROR{SEP}{reason}"
+        case JobLog(line=line):
+            return f"JOB_LOG{SEP}{line}"
+        case JobMetrics():
+            body = json.dumps(message.as_dict(), separators=(",", ":"))
+            return f"JOB_METRICS{SEP}{body}"
+        case JobComplete(job_id=job_id, output_path=out, file_count=count, total_mb=mb):
+            return SEP.join(("JOB_COMPLETE", job_id, out, str(count), f"{mb:.2f}"))
+        case JobFailed(job_id=job_id, reason=reason):
+            return f"JOB_FAILED{SEP}{job_id}{SEP}{reason}"
+        case ProtocolErrorFrame(code=code, detail=detail):
+            return f"PROTOCOL_ERROR{SEP}{code}{SEP}{detail}"
+        case FileMeta(name=name, size=size, sha256=sha, chunk_size=chunk):
+            return SEP.join(("FILE_META", name, str(size), sha, str(chunk)))
+        case FileMetaLegacy(name=name, size=size, gui=gui):
+            return f"FILE_META{SEP}{name}:{size}:{gui}"
+        case FileReady(offset=offset):
+            return f"FILE_READY{SEP}{offset}"
+        case FileExists(sha256=sha) | FileReceived(sha256=sha):
+            return f"{message.TYPE}{SEP}{sha}"
+        case EndOfFile() | FileCancel():
+            return message.TYPE
+        case FileProgress(received=received, size=size):
+            return f"FILE_PROGRESS{SEP}{received}{SEP}{size}"
+        case TransferError(code=code, detail=detail):
+            return f"TRANSFER_ERROR{SEP}{code}{SEP}{detail}"
+        case ResultsRequest(job_id=job_id):
+            return f"RESULTS_REQUEST{SEP}{job_id}"
+        case ResultsViaStorage():
+            return ResultsViaStorage.TYPE
+        case ResultsStored(job_id=job_id, download_path=download_path):
+            return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
+    raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
+
+
+_Parser = Callable[[str | None, Limits], Message]
+
+
+def _no_fields(cls: type[Message]) -> _Parser:
+    def parse(rest: str | None, limits: Limits) -> Message:
+        if rest is not None:
+            raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{cls.TYPE} takes no fields")
+        return cls()
+
+    return parse
+
+
+def _need(rest: str | None, type_: str) -> str:
+    if rest is None:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{type_} needs fields")
+    return rest
+
+
+def _path(cls: type[SharedInputPath | SharedOutputPath]) -> _Parser:
+    def parse(rest: str | None, limits: Limits) -> Message:
+        path = _need(rest, cls.TYPE)
+        if len(path.encode("utf-8", "surrogatepass")) > limits.max_path_bytes:
+            raise RemoteProtocolError(
+                ErrorCode.PATH_TOO_LONG, f"path longer than {limits.max_path_bytes} bytes"
+            )
+        return cls(path)
+
+    return parse
+
+
+def _parse_shared_storage_job(rest: str | None, limits: Limits) -> Message:
+    if rest != "start":
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "SHARED_STORAGE_JOB takes 'start'")
+    return JobStart(legacy=True)
+
+
+def _parse_path_validated(rest: str | None, limits: Limits) -> Message:
+    which = _need(rest, PathValidated.TYPE)
+    if which == "input":
+        return PathValidated("input")
+    if which == "output":
+        return PathValidated("output")
+    raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
+
+
+def _parse_metrics(rest: str | None, limits: Limits) -> Message:
+    try:
+        data = json.loads(_need(rest, JobMetrics.TYPE))
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_METRICS is not JSON") from exc
+    if not isinstance(data, dict) or any(name not in data for name in JobMetrics.FIELDS):
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME, f"JOB_METRICS needs {', '.join(JobMetrics.FIELDS)}"
+        )
+    return JobMetrics(**{name: data[name] for name in JobMetrics.FIELDS})
+
+
+def _parse_complete(rest: str | None, limits: Limits) -> Message:
+    job_id, sep, tail = _need(rest, JobComplete.TYPE).partition(SEP)
+    parts = tail.rsplit(SEP, 2)
+    if not sep or len(parts) != 3:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_COMPLETE needs 4 fields")
+    out, count, mb = parts
+    if not _COUNT_PATTERN.fullmatch(count) or not _MB_PATTERN.fullmatch(mb):
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "bad file_count or total_mb")
+    return JobComplete(job_id, out, int(count), float(mb))
+
+
+def _parse_failed(rest: str | None, limits: Limits) -> Message:
+    job_id, sep, reason = _need(rest, JobFailed.TYPE).partition(SEP)
+    if not sep:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_FAILED needs job_id and reason")
+    return JobFailed(job_id, reason)
+
+
+def _parse_results_stored(rest: str | None, limits: Limits) -> Message:
+    job_id, sep, download_path = _need(rest, ResultsStored.TYPE).partition(SEP)
+    if not sep:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME, "RESULTS_STORED needs job_id and download_path"
+        )
+    return ResultsStored(job_id, download_path)
+
+
+def _parse_protocol_error(rest: str | None, limits: Limits) -> Message:
+    code, _, detail = _need(rest, ProtocolErrorFrame.TYPE).partition(SEP)
+    return ProtocolErrorFrame(code, detail)
+
+
+def _count(text: str, name: str) -> int:
+    if not _COUNT18_PATTERN.fullmatch(text):
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{name} must be decimal digits")
+    return int(text)
+
+
+def _parse_file_meta(rest: str | None, limits: Limits) -> Message:
+    body = _need(rest, FileMeta.TYPE)
+    parts = body.rsplit(SEP, 3)
+    if (
+        len(parts) == 4
+        and _COUNT18_PATTERN.fullmatch(parts[1])
+        and SHA256_PATTERN.fullmatch(parts[2])
+        and _COUNT18_PATTERN.fullmatch(parts[3])
+    ):
+        name, size, sha, chunk = parts
+        return FileMeta(name, int(size), sha, int(chunk))
+    legacy = _LEGACY_META.fullmatch(body)
+    if legacy is None:
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME,
+            "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})",
+        )
+    return FileMetaLegacy(legacy["name"], int(legacy["size"]), legacy["gui"])
+
+
+def _parse_progress(rest: str | None, limits: Limits) -> Message:
+    received, sep, size = _need(rest, FileProgress.TYPE).partition(SEP)
+    if not sep:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "FILE_PROGRESS needs 2 fields")
+    return FileProgress(_count(received, "bytes_received"), _count(size, "size"))
+
+
+def _parse_transfer_error(rest: str | None, limits: Limits) -> Message:
+    code, _, detail = _need(rest, TransferError.TYPE).partition(SEP)
+    return TransferError(code, detail)
+
+
+_PARSERS: dict[str, _Parser] = {
+    JobId.TYPE: lambda rest, limits: JobId(_need(rest, JobId.TYPE)),
+    SharedInputPath.TYPE: _path(SharedInputPath),
+    SharedOutputPath.TYPE: _path(SharedOutputPath),
+    JobStart.TYPE: _no_fields(JobStart),
+    "SHARED_STORAGE_JOB": _parse_shared_storage_job,
+    JobCancel.TYPE: _no_fields(JobCancel),
+    PathValidated.TYPE: _parse_path_validated,
+    PathError.TYPE: lambda rest, limits: PathError(_need(rest, PathError.TYPE)),
+    JobLog.TYPE: lambda rest, limits: JobLog(_need(rest, JobLog.TYPE)),
+    JobMetrics.TYPE: _parse_metrics,
+    JobComplete.TYPE: _parse_complete,
+    JobFailed.TYPE: _parse_failed,
+    ProtocolErrorFrame.TYPE: _parse_protocol_error,
+    FileMeta.TYPE: _parse_file_meta,
+    FileReady.TYPE: lambda rest, limits: FileReady(_count(_need(rest, "FILE_READY"), "offset")),
+    FileExists.TYPE: lambda rest, limits: FileExists(_need(rest, FileExists.TYPE)),
+    EndOfFile.TYPE: _no_fields(EndOfFile),
+    FileProgress.TYPE: _parse_progress,
+    FileReceived.TYPE: lambda rest, limits: FileReceived(_need(rest, FileReceived.TYPE)),
+    TransferError.TYPE: _parse_transfer_error,
+    FileCancel.TYPE: _no_fields(FileCancel),
+    ResultsRequest.TYPE: lambda rest, limits: ResultsRequest(_need(rest, ResultsRequest.TYPE)),
+    ResultsViaStorage.TYPE: _no_fields(ResultsViaStorage),
+    ResultsStored.TYPE: _parse_results_stored,
+}
+
+#: Every text frame type :func:`decode` understands.
+FRAME_TYPES: frozenset[str] = frozenset(_PARSERS)
+
+
+def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Parse one data-channel frame into a message.
+
+    Args:
+        frame: a text frame (``str``) or a binary frame (``bytes``).
+        limits: the bounds to enforce.
+
+    Returns:
+        The message; a binary frame becomes :class:`Chunk`.
+
+    Raises:
+        RemoteProtocolError: the frame is too large (FRAME_TOO_LARGE), has an unknown
+            type (UNKNOWN_MESSAGE), breaks its grammar (MALFORMED_FRAME,
+            INVALID_JOB_ID) or has an over-long path (PATH_TOO_LONG). Nothing else is
+            raised, for any input, in time linear in the input's length.
+    """
+    if isinstance(frame, bytes | bytearray | memoryview):
+        data = bytes(frame)
+        if len(data) > limits.max_binary_frame_bytes:
+            raise RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"binary frame of {len(data)} bytes exceeds {limits.max_binary_frame_bytes}",
+            )
+        return Chunk(data)
+    if not isinstance(frame, str):
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "a frame is text or bytes")
+    # A character is at most 4 bytes of UTF-8: only measure exactly when it may matter.
+    if len(frame) * 4 > limits.max_text_frame_bytes:
+        size = len(frame.encode("utf-8", "surrogatepass"))
+        if size > limits.max_text_frame_bytes:
+            raise RemoteProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"text frame of {size} bytes exceeds {limits.max_text_frame_bytes}",
+            )
+    fields = frame.count(SEP) + 1
+    if fields > limits.max_fields:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_MANY_FIELDS, f"{fields} fields exceed {limits.max_fields}"
+        )
+    type_, sep, rest = frame.partition(SEP)
+    parser = _PARSERS.get(type_)
+    if parser is None:
+        shown = type_[:32].encode("ascii", "backslashreplace").decode("ascii")
+        raise RemoteProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"unknown message type {shown!r}")
+    try:
+        return parser(rest if sep else None, limits)
+    except LocalProtocolError as exc:
+        raise exc.as_remote() from None
