@@ -85,18 +85,23 @@ class PathReason(StrEnum):
     Source: PROTOCOL.md section 3.1.
     """
 
-    #: Invalid, absolute, traversing, or resolving (through symlinks) outside the root.
+    #: Absolute, UNC or drive path, a ``..`` component, NUL or control characters, a
+    #: component over 255 bytes, a look-alike of ``/``, ``\\``, ``.`` or ``..`` after NFKC,
+    #: or a symlink (file or directory) leading outside the root. Containment is checked
+    #: before existence, so this is the answer whether or not the target exists.
     OUTSIDE_ROOT = "Path outside shared storage"
-    #: An input path that does not exist when it is validated.
+    #: Nothing there (inside the root), at validation.
     NOT_FOUND = "Input path does not exist"
-    #: The path existed at validation time but is gone when it is used.
+    #: It existed at validation but is gone at JOB_START (followed by JOB_FAILED).
     VANISHED = "File not found"
-    #: The worker may not read (or create) it, or it is the root or a worker folder.
+    #: The worker cannot read it or create the output folder, or the input or output is
+    #: the shared root or one of the worker's own folders.
     PERMISSION_DENIED = "Permission denied"
-    #: Unusable content or file type (a damaged or unsafe ZIP, a FIFO where a file is
-    #: needed).
+    #: A ZIP whose central directory cannot be read, with unsafe, encrypted or duplicate
+    #: members, or over the caps (size, ratio, member count); or not a regular file where
+    #: one is needed.
     CORRUPTED = "File corrupted or invalid format"
-    #: A directory was needed but a non-directory exists there.
+    #: The output path (or one of its parents) is an existing file.
     NOT_A_DIRECTORY = "Not a directory"
 
     def quote(self, path: str) -> str:

@@ -50,7 +50,6 @@ __all__ = [
     "Answer",
     "Candidate",
     "ClientFrame",
-    "ErrorCode",
     "ErrorFrame",
     "ListPeers",
     "Offer",
@@ -65,6 +64,7 @@ __all__ = [
     "Role",
     "ServerFrame",
     "SignalingError",
+    "SignalingErrorCode",
     "dump_frame",
     "parse_client_frame",
     "parse_server_frame",
@@ -88,34 +88,34 @@ Role = Literal["worker", "client"]
 """What a registered peer is: a ``worker`` serving jobs or a ``client`` sending them."""
 
 
-class ErrorCode(StrEnum):
+class SignalingErrorCode(StrEnum):
     """Codes carried by ``{"type": "error"}`` frames sent by the server."""
 
+    #: The text frame is not valid JSON.
     INVALID_JSON = "INVALID_JSON"
-    """The text frame is not valid JSON."""
+    #: Valid JSON but not an object, a missing field, a wrong type, or a binary frame.
     INVALID_FRAME = "INVALID_FRAME"
-    """Valid JSON but not an object, a missing field, a wrong type, or a binary frame."""
+    #: The ``type`` field names no known frame.
     UNKNOWN_TYPE = "UNKNOWN_TYPE"
-    """The ``type`` field names no known frame."""
+    #: The UTF-8 text of the frame exceeds the server's soft limit.
     FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
-    """The UTF-8 text of the frame exceeds the server's soft limit."""
+    #: A frame other than ``register`` arrived before the socket registered.
     NOT_REGISTERED = "NOT_REGISTERED"
-    """A frame other than ``register`` arrived before the socket registered."""
+    #: Wrong or missing token; the server closes the socket after this error.
     UNAUTHORIZED = "UNAUTHORIZED"
-    """Wrong or missing token; the server closes the socket after this error."""
+    #: Another live socket is registered under this peer id.
     PEER_ID_TAKEN = "PEER_ID_TAKEN"
-    """Another live socket is registered under this peer id."""
+    #: This socket is already registered.
     ALREADY_REGISTERED = "ALREADY_REGISTERED"
-    """This socket is already registered."""
+    #: The ``to`` of a relayed frame names no registered peer.
     PEER_NOT_FOUND = "PEER_NOT_FOUND"
-    """The ``to`` of a relayed frame names no registered peer."""
 
 
 class SignalingError(Exception):
     """A frame was refused; carries what the ``error`` reply frame needs.
 
     Attributes:
-        code: one of :class:`ErrorCode` (a plain ``str`` when received from a server
+        code: one of :class:`SignalingErrorCode` (a plain ``str`` when received from a server
             that knows codes this version does not).
         message: human-readable reason; for field errors it names the field.
         ref_type: the ``type`` of the offending frame when known, else ``None``.
@@ -272,7 +272,7 @@ class RelayedCandidate(_Frame):
 class ErrorFrame(_Frame):
     """``{"type":"error","code":CODE,"message":STR,"ref_type":STR?}``.
 
-    ``code`` is one of :class:`ErrorCode`; it is typed ``str`` so that a client can
+    ``code`` is one of :class:`SignalingErrorCode`; it is typed ``str`` so that a client can
     still parse codes added by a newer server. ``ref_type`` is the ``type`` of the
     frame that caused the error, when known.
     """
@@ -379,37 +379,37 @@ def _load_object(
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
             raise SignalingError(
-                ErrorCode.FRAME_TOO_LARGE,
+                SignalingErrorCode.FRAME_TOO_LARGE,
                 f"frame is {size} bytes; the limit is {max_bytes} bytes",
             )
     try:
         obj = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise SignalingError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+        raise SignalingError(SignalingErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
     try:
         # Refuse what cannot be written back out (I-JSON, RFC 7493): lone surrogate
         # escapes such as "\ud800" and numbers that overflow to infinity.
         _compact_json(obj).encode("utf-8")
     except (ValueError, RecursionError) as exc:
         raise SignalingError(
-            ErrorCode.INVALID_JSON, f"JSON that cannot be relayed: {exc}"
+            SignalingErrorCode.INVALID_JSON, f"JSON that cannot be relayed: {exc}"
         ) from None
     if not isinstance(obj, dict):
         raise SignalingError(
-            ErrorCode.INVALID_FRAME, f"frame must be a JSON object, not {_json_kind(obj)}"
+            SignalingErrorCode.INVALID_FRAME, f"frame must be a JSON object, not {_json_kind(obj)}"
         )
     if "type" not in obj:
-        raise SignalingError(ErrorCode.INVALID_FRAME, "missing field 'type'")
+        raise SignalingError(SignalingErrorCode.INVALID_FRAME, "missing field 'type'")
     frame_type = obj["type"]
     if not isinstance(frame_type, str):
         raise SignalingError(
-            ErrorCode.INVALID_FRAME,
+            SignalingErrorCode.INVALID_FRAME,
             f"field 'type' must be a string, not {_json_kind(frame_type)}",
         )
     if frame_type not in known_types:
         shown = frame_type[:_MAX_REF_TYPE_CHARS]
         raise SignalingError(
-            ErrorCode.UNKNOWN_TYPE,
+            SignalingErrorCode.UNKNOWN_TYPE,
             f"unknown frame type {shown!r}; expected one of {sorted(known_types)}",
             ref_type=shown,
         )
@@ -424,11 +424,11 @@ def _validate(adapter: TypeAdapter[_FrameT], obj: dict[str, Any], frame_type: st
         return adapter.validate_python(obj)
     except ValidationError as exc:
         raise SignalingError(
-            ErrorCode.INVALID_FRAME, _describe(exc, frame_type), ref_type=frame_type
+            SignalingErrorCode.INVALID_FRAME, _describe(exc, frame_type), ref_type=frame_type
         ) from None
     except RecursionError:
         raise SignalingError(
-            ErrorCode.INVALID_FRAME, "frame is nested too deeply", ref_type=frame_type
+            SignalingErrorCode.INVALID_FRAME, "frame is nested too deeply", ref_type=frame_type
         ) from None
 
 

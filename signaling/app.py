@@ -28,7 +28,6 @@ from loguru import logger
 from protocol.signaling import (
     Answer,
     Candidate,
-    ErrorCode,
     ListPeers,
     Offer,
     Peers,
@@ -38,6 +37,7 @@ from protocol.signaling import (
     RelayedCandidate,
     RelayedOffer,
     SignalingError,
+    SignalingErrorCode,
     dump_frame,
     parse_client_frame,
 )
@@ -190,7 +190,7 @@ class _Session:
                 return await self._register(frame)
             if self.peer_id is None:
                 raise SignalingError(
-                    ErrorCode.NOT_REGISTERED, "register before sending other frames", frame.type
+                    SignalingErrorCode.NOT_REGISTERED, "register before sending other frames", frame.type
                 )
             if isinstance(frame, ListPeers):
                 await _send(self.ws, dump_frame(Peers(peers=self.registry.infos())))
@@ -204,7 +204,7 @@ class _Session:
     async def _register(self, frame: Register) -> bool:
         if self.peer_id is not None:
             raise SignalingError(
-                ErrorCode.ALREADY_REGISTERED,
+                SignalingErrorCode.ALREADY_REGISTERED,
                 f"this socket is already registered as {self.peer_id!r}",
                 frame.type,
             )
@@ -215,7 +215,7 @@ class _Session:
             )
             await _send_error(
                 self.ws,
-                SignalingError(ErrorCode.UNAUTHORIZED, "missing or wrong token", frame.type),
+                SignalingError(SignalingErrorCode.UNAUTHORIZED, "missing or wrong token", frame.type),
             )
             return False
         self.registry.add(frame.peer_id, frame.role, frame.metadata, self.ws)
@@ -228,7 +228,7 @@ class _Session:
         target = self.registry.get(frame.to)
         if target is None or target.conn is None or target.conn.closed:
             raise SignalingError(
-                ErrorCode.PEER_NOT_FOUND, f"no registered peer {frame.to!r}", frame.type
+                SignalingErrorCode.PEER_NOT_FOUND, f"no registered peer {frame.to!r}", frame.type
             )
         relayed: RelayedOffer | RelayedAnswer | RelayedCandidate
         if isinstance(frame, Offer):
@@ -239,7 +239,7 @@ class _Session:
             relayed = RelayedCandidate(from_=sender, to=frame.to, candidate=frame.candidate)
         if not await _send(target.conn, dump_frame(relayed)):
             raise SignalingError(
-                ErrorCode.PEER_NOT_FOUND, f"peer {frame.to!r} has disconnected", frame.type
+                SignalingErrorCode.PEER_NOT_FOUND, f"peer {frame.to!r} has disconnected", frame.type
             )
         logger.debug("relayed {} {!r} -> {!r}", frame.type, sender, frame.to)
 
@@ -278,7 +278,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                 await _send_error(
                     ws,
                     SignalingError(
-                        ErrorCode.INVALID_FRAME, "binary frames are not accepted; send JSON text"
+                        SignalingErrorCode.INVALID_FRAME, "binary frames are not accepted; send JSON text"
                     ),
                 )
             elif msg.type is WSMsgType.ERROR:

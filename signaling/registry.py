@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from protocol.signaling import ErrorCode, PeerInfo, Role, SignalingError
+from protocol.signaling import PeerInfo, Role, SignalingError, SignalingErrorCode
 
 __all__ = ["PeerEntry", "PeerRegistry"]
 
@@ -46,7 +46,7 @@ class PeerRegistry(Generic[ConnT]):
         """
         if peer_id in self._peers:
             raise SignalingError(
-                ErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
+                SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
             )
         entry = PeerEntry(peer_id=peer_id, role=role, metadata=dict(metadata), conn=conn)
         self._peers[peer_id] = entry

@@ -26,10 +26,10 @@ import pytest
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, docs, encode
 from protocol.errors import ErrorCode, TransferErrorCode
 from protocol.job import CLIENT_EVENTS, INTERNAL_EVENTS, TRANSITIONS, JobState
-from protocol.signaling import ErrorCode as SignalingErrorCode
 from protocol.signaling import (
     ErrorFrame,
     SignalingError,
+    SignalingErrorCode,
     dump_frame,
     parse_client_frame,
     parse_server_frame,

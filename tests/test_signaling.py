@@ -21,7 +21,6 @@ from protocol.signaling import (
     MAX_METADATA_BYTES,
     Answer,
     Candidate,
-    ErrorCode,
     ErrorFrame,
     ListPeers,
     Offer,
@@ -33,6 +32,7 @@ from protocol.signaling import (
     RelayedCandidate,
     RelayedOffer,
     SignalingError,
+    SignalingErrorCode,
     dump_frame,
     parse_client_frame,
     parse_server_frame,
@@ -54,7 +54,7 @@ Connect = Callable[[], Awaitable[WS]]
 # --------------------------------------------------------------------------- codec units
 
 
-def expect_error(text: str, code: ErrorCode, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> str:
+def expect_error(text: str, code: SignalingErrorCode, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> str:
     """Parse ``text`` expecting a SignalingError with ``code``; return its message."""
     with pytest.raises(SignalingError) as info:
         parse_client_frame(text, max_bytes)
@@ -89,7 +89,7 @@ def test_client_frames_round_trip(frame: Any) -> None:
         RelayedAnswer(from_="b", to="a", sdp="v=0\r\n"),
         RelayedCandidate(from_="a", to="b", candidate=None),
         RelayedCandidate(from_="a", to="b", candidate={"sdpMid": "0", "sdpMLineIndex": 0}),
-        ErrorFrame(code=ErrorCode.PEER_NOT_FOUND, message="no such peer", ref_type="offer"),
+        ErrorFrame(code=SignalingErrorCode.PEER_NOT_FOUND, message="no such peer", ref_type="offer"),
         ErrorFrame(code="SOME_FUTURE_CODE", message="m"),
     ],
 )
@@ -115,36 +115,36 @@ def test_parse_client_frame_ignores_spoofed_from() -> None:
 
 
 def test_parse_client_frame_errors() -> None:
-    assert "invalid JSON" in expect_error("{not json", ErrorCode.INVALID_JSON)
-    expect_error('{"type":"list_peers","x":NaN}', ErrorCode.INVALID_JSON)
-    expect_error('{"type":"offer","to":"b","sdp":"\\ud800"}', ErrorCode.INVALID_JSON)
-    expect_error("[" * 100_000, ErrorCode.INVALID_JSON)
-    assert "JSON object" in expect_error("[1, 2]", ErrorCode.INVALID_FRAME)
-    assert "JSON object" in expect_error('"register"', ErrorCode.INVALID_FRAME)
-    assert "'type'" in expect_error("{}", ErrorCode.INVALID_FRAME)
-    assert "'type'" in expect_error('{"type": 3}', ErrorCode.INVALID_FRAME)
-    assert "'sdp'" in expect_error('{"type":"offer","to":"b"}', ErrorCode.INVALID_FRAME)
-    assert "'sdp'" in expect_error('{"type":"answer","to":"b","sdp":5}', ErrorCode.INVALID_FRAME)
-    assert "'candidate'" in expect_error('{"type":"candidate","to":"b"}', ErrorCode.INVALID_FRAME)
-    assert "'to'" in expect_error('{"type":"offer","to":"a b","sdp":""}', ErrorCode.INVALID_FRAME)
+    assert "invalid JSON" in expect_error("{not json", SignalingErrorCode.INVALID_JSON)
+    expect_error('{"type":"list_peers","x":NaN}', SignalingErrorCode.INVALID_JSON)
+    expect_error('{"type":"offer","to":"b","sdp":"\\ud800"}', SignalingErrorCode.INVALID_JSON)
+    expect_error("[" * 100_000, SignalingErrorCode.INVALID_JSON)
+    assert "JSON object" in expect_error("[1, 2]", SignalingErrorCode.INVALID_FRAME)
+    assert "JSON object" in expect_error('"register"', SignalingErrorCode.INVALID_FRAME)
+    assert "'type'" in expect_error("{}", SignalingErrorCode.INVALID_FRAME)
+    assert "'type'" in expect_error('{"type": 3}', SignalingErrorCode.INVALID_FRAME)
+    assert "'sdp'" in expect_error('{"type":"offer","to":"b"}', SignalingErrorCode.INVALID_FRAME)
+    assert "'sdp'" in expect_error('{"type":"answer","to":"b","sdp":5}', SignalingErrorCode.INVALID_FRAME)
+    assert "'candidate'" in expect_error('{"type":"candidate","to":"b"}', SignalingErrorCode.INVALID_FRAME)
+    assert "'to'" in expect_error('{"type":"offer","to":"a b","sdp":""}', SignalingErrorCode.INVALID_FRAME)
     assert "'role'" in expect_error(
-        '{"type":"register","peer_id":"a","role":"boss"}', ErrorCode.INVALID_FRAME
+        '{"type":"register","peer_id":"a","role":"boss"}', SignalingErrorCode.INVALID_FRAME
     )
     assert "'metadata'" in expect_error(
         '{"type":"register","peer_id":"a","role":"client","metadata":[1]}',
-        ErrorCode.INVALID_FRAME,
+        SignalingErrorCode.INVALID_FRAME,
     )
     with pytest.raises(SignalingError) as info:
         parse_client_frame('{"type":"subscribe"}')
-    assert (info.value.code, info.value.ref_type) == (ErrorCode.UNKNOWN_TYPE, "subscribe")
+    assert (info.value.code, info.value.ref_type) == (SignalingErrorCode.UNKNOWN_TYPE, "subscribe")
     # server frame types are not client frame types
-    expect_error('{"type":"registered","peer_id":"a"}', ErrorCode.UNKNOWN_TYPE)
+    expect_error('{"type":"registered","peer_id":"a"}', SignalingErrorCode.UNKNOWN_TYPE)
 
 
 @pytest.mark.parametrize("peer_id", ["", "a" * 65, "a b", "a/b", "é", "a\n", 5, None])
 def test_invalid_peer_ids(peer_id: object) -> None:
     text = json.dumps({"type": "register", "peer_id": peer_id, "role": "worker"})
-    assert "'peer_id'" in expect_error(text, ErrorCode.INVALID_FRAME)
+    assert "'peer_id'" in expect_error(text, SignalingErrorCode.INVALID_FRAME)
 
 
 def test_peer_id_edges_accepted() -> None:
@@ -161,7 +161,7 @@ def test_metadata_bounds() -> None:
     assert isinstance(parse_client_frame(json.dumps({**base, "metadata": fits})), Register)
     too_big = {"k": "x" * MAX_METADATA_BYTES}
     assert "metadata" in expect_error(
-        json.dumps({**base, "metadata": too_big}), ErrorCode.INVALID_FRAME
+        json.dumps({**base, "metadata": too_big}), SignalingErrorCode.INVALID_FRAME
     )
 
 
@@ -169,20 +169,20 @@ def test_frame_size_limit_counts_utf8_bytes() -> None:
     sdp = "é" * 600  # 600 characters, 1200 bytes
     text = json.dumps({"type": "offer", "to": "b", "sdp": sdp}, ensure_ascii=False)
     assert len(text) < 1024 < len(text.encode())
-    assert "1024" in expect_error(text, ErrorCode.FRAME_TOO_LARGE, max_bytes=1024)
+    assert "1024" in expect_error(text, SignalingErrorCode.FRAME_TOO_LARGE, max_bytes=1024)
     assert parse_client_frame(text, max_bytes=2048) == Offer(to="b", sdp=sdp)
     # size is checked before JSON, so garbage that is too big is FRAME_TOO_LARGE
-    expect_error("x" * 2000, ErrorCode.FRAME_TOO_LARGE, max_bytes=1024)
+    expect_error("x" * 2000, SignalingErrorCode.FRAME_TOO_LARGE, max_bytes=1024)
 
 
 def test_parse_server_frame_errors() -> None:
     for text, code in [
-        ("nope", ErrorCode.INVALID_JSON),
-        ("[]", ErrorCode.INVALID_FRAME),
-        ('{"type":"register","peer_id":"a","role":"worker"}', ErrorCode.UNKNOWN_TYPE),
-        ('{"type":"offer","to":"b","sdp":"x"}', ErrorCode.INVALID_FRAME),  # no "from"
-        ('{"type":"error","message":"m"}', ErrorCode.INVALID_FRAME),
-        ('{"type":"peers","peers":[{"peer_id":"a"}]}', ErrorCode.INVALID_FRAME),
+        ("nope", SignalingErrorCode.INVALID_JSON),
+        ("[]", SignalingErrorCode.INVALID_FRAME),
+        ('{"type":"register","peer_id":"a","role":"worker"}', SignalingErrorCode.UNKNOWN_TYPE),
+        ('{"type":"offer","to":"b","sdp":"x"}', SignalingErrorCode.INVALID_FRAME),  # no "from"
+        ('{"type":"error","message":"m"}', SignalingErrorCode.INVALID_FRAME),
+        ('{"type":"peers","peers":[{"peer_id":"a"}]}', SignalingErrorCode.INVALID_FRAME),
     ]:
         with pytest.raises(SignalingError) as info:
             parse_server_frame(text)
@@ -199,7 +199,7 @@ def test_registry_remove_only_own_connection() -> None:
     registry.add("a", "worker", {}, first)
     with pytest.raises(SignalingError) as info:
         registry.add("a", "client", {}, second)
-    assert info.value.code == ErrorCode.PEER_ID_TAKEN
+    assert info.value.code == SignalingErrorCode.PEER_ID_TAKEN
     assert registry.remove("a", second) is False
     assert "a" in registry
     assert registry.remove("a", first) is True
@@ -322,7 +322,7 @@ async def register(server: Server, peer_id: str, role: str = "worker", **extra: 
     return ws
 
 
-async def expect_server_error(ws: WS, code: ErrorCode, ref_type: str | None = None) -> str:
+async def expect_server_error(ws: WS, code: SignalingErrorCode, ref_type: str | None = None) -> str:
     reply = await recv(ws)
     assert reply["type"] == "error", reply
     assert reply["code"] == code, reply
@@ -388,7 +388,7 @@ async def test_bad_token_is_unauthorized_and_closed(
     if token is not None:
         frame["token"] = token
     await send(ws, frame)
-    await expect_server_error(ws, ErrorCode.UNAUTHORIZED, "register")
+    await expect_server_error(ws, SignalingErrorCode.UNAUTHORIZED, "register")
     msg = await ws.receive(timeout=RECEIVE_TIMEOUT)
     assert msg.type is WSMsgType.CLOSE
     assert ws.closed
@@ -407,7 +407,7 @@ async def test_peer_id_taken_keeps_socket_open(server: Server) -> None:
     first = await register(server, "dup")
     second = await server.connect()
     await send(second, {"type": "register", "peer_id": "dup", "role": "client"})
-    await expect_server_error(second, ErrorCode.PEER_ID_TAKEN, "register")
+    await expect_server_error(second, SignalingErrorCode.PEER_ID_TAKEN, "register")
     await send(second, {"type": "register", "peer_id": "dup-2", "role": "client"})
     assert await recv(second) == {"type": "registered", "peer_id": "dup-2"}
     await assert_usable(second, ["dup", "dup-2"])
@@ -420,7 +420,7 @@ async def test_peer_id_taken_keeps_socket_open(server: Server) -> None:
 async def test_already_registered(server: Server) -> None:
     ws = await register(server, "once")
     await send(ws, {"type": "register", "peer_id": "twice", "role": "worker"})
-    await expect_server_error(ws, ErrorCode.ALREADY_REGISTERED, "register")
+    await expect_server_error(ws, SignalingErrorCode.ALREADY_REGISTERED, "register")
     await assert_usable(ws, ["once"])
     await ws.close()
 
@@ -428,10 +428,10 @@ async def test_already_registered(server: Server) -> None:
 async def test_invalid_peer_id_and_oversized_metadata(server: Server) -> None:
     ws = await server.connect()
     await send(ws, {"type": "register", "peer_id": "no spaces", "role": "worker"})
-    assert "peer_id" in await expect_server_error(ws, ErrorCode.INVALID_FRAME, "register")
+    assert "peer_id" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME, "register")
     big = {"blob": "x" * (MAX_METADATA_BYTES + 1)}
     await send(ws, {"type": "register", "peer_id": "ok", "role": "worker", "metadata": big})
-    assert "metadata" in await expect_server_error(ws, ErrorCode.INVALID_FRAME, "register")
+    assert "metadata" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME, "register")
     assert len(server.registry) == 0
     await send(ws, {"type": "register", "peer_id": "ok", "role": "worker"})
     assert await recv(ws) == {"type": "registered", "peer_id": "ok"}
@@ -468,7 +468,7 @@ async def test_relay_null_candidate(server: Server) -> None:
 async def test_peer_not_found(server: Server) -> None:
     ws = await register(server, "alone")
     await send(ws, {"type": "offer", "to": "ghost", "sdp": "v=0"})
-    assert "ghost" in await expect_server_error(ws, ErrorCode.PEER_NOT_FOUND, "offer")
+    assert "ghost" in await expect_server_error(ws, SignalingErrorCode.PEER_NOT_FOUND, "offer")
     await assert_usable(ws, ["alone"])
     await ws.close()
 
@@ -476,31 +476,31 @@ async def test_peer_not_found(server: Server) -> None:
 async def test_malformed_frames_keep_socket_usable(server: Server) -> None:
     ws = await register(server, "p1")
     await ws.send_str("{this is not json")
-    await expect_server_error(ws, ErrorCode.INVALID_JSON)
+    await expect_server_error(ws, SignalingErrorCode.INVALID_JSON)
     await assert_usable(ws, ["p1"])
 
     await send(ws, {"type": "teleport", "to": "p1"})
-    await expect_server_error(ws, ErrorCode.UNKNOWN_TYPE, "teleport")
+    await expect_server_error(ws, SignalingErrorCode.UNKNOWN_TYPE, "teleport")
     await assert_usable(ws, ["p1"])
 
     await send(ws, {"type": "offer", "to": "p1"})
-    assert "sdp" in await expect_server_error(ws, ErrorCode.INVALID_FRAME, "offer")
+    assert "sdp" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME, "offer")
     await assert_usable(ws, ["p1"])
 
     await send(ws, ["offer"])
-    assert "object" in await expect_server_error(ws, ErrorCode.INVALID_FRAME)
+    assert "object" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME)
     await assert_usable(ws, ["p1"])
 
     await send(ws, {"sdp": "x"})
-    assert "type" in await expect_server_error(ws, ErrorCode.INVALID_FRAME)
+    assert "type" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME)
     await assert_usable(ws, ["p1"])
 
     await ws.send_bytes(b'{"type":"list_peers"}')
-    assert "binary" in await expect_server_error(ws, ErrorCode.INVALID_FRAME)
+    assert "binary" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME)
     await assert_usable(ws, ["p1"])
 
     await send(ws, {"type": "list_peers", "pad": "x" * SMALL_LIMIT})
-    assert str(SMALL_LIMIT) in await expect_server_error(ws, ErrorCode.FRAME_TOO_LARGE)
+    assert str(SMALL_LIMIT) in await expect_server_error(ws, SignalingErrorCode.FRAME_TOO_LARGE)
     await assert_usable(ws, ["p1"])
     assert server.registry.get("p1") is not None
     await ws.close()
@@ -514,7 +514,7 @@ async def test_not_registered(server: Server) -> None:
         {"type": "candidate", "to": "x", "candidate": None},
     ]:
         await send(ws, frame)
-        await expect_server_error(ws, ErrorCode.NOT_REGISTERED, frame["type"])
+        await expect_server_error(ws, SignalingErrorCode.NOT_REGISTERED, frame["type"])
     await send(ws, {"type": "register", "peer_id": "late", "role": "client"})
     assert await recv(ws) == {"type": "registered", "peer_id": "late"}
     await assert_usable(ws, ["late"])
@@ -540,7 +540,7 @@ async def test_disconnect_unregisters_and_id_can_be_reused(server: Server) -> No
     assert (health["peers"], health["workers"], health["clients"]) == (1, 0, 1)
 
     await send(observer, {"type": "offer", "to": "gpu-1", "sdp": "v=0"})
-    await expect_server_error(observer, ErrorCode.PEER_NOT_FOUND, "offer")
+    await expect_server_error(observer, SignalingErrorCode.PEER_NOT_FOUND, "offer")
 
     again = await register(server, "gpu-1", "worker")
     await assert_usable(observer, ["gpu-1", "observer"])
@@ -634,7 +634,7 @@ async def test_cli_subprocess_honours_env_token() -> None:
             url = f"http://127.0.0.1:{port}/ws"
             async with session.ws_connect(url) as ws:
                 await send(ws, {"type": "register", "peer_id": "w1", "role": "worker"})
-                await expect_server_error(ws, ErrorCode.UNAUTHORIZED, "register")
+                await expect_server_error(ws, SignalingErrorCode.UNAUTHORIZED, "register")
                 assert (await ws.receive(timeout=RECEIVE_TIMEOUT)).type is WSMsgType.CLOSE
             async with session.ws_connect(url) as ws:
                 await send(

@@ -73,11 +73,11 @@ from protocol.signaling import (
     RelayedCandidate,
     RelayedOffer,
     SignalingError,
+    SignalingErrorCode,
     dump_frame,
     parse_client_frame,
     parse_server_frame,
 )
-from protocol.signaling import ErrorCode as SignalingErrorCode
 from protocol.strategies import (
     C2W,
     EXCHANGE_KINDS,

@@ -1,0 +1,269 @@
+"""The sending side of file transfers on one data channel, as a transition table.
+
+One file at a time: we announce it (FILE_META), the receiver answers where to start
+(FILE_READY) or that it holds the content (FILE_EXISTS), our adapter streams chunks
+from that offset (:class:`~protocol.events.StreamFrom`), we end with END_OF_FILE, and
+the receiver's verdict (FILE_RECEIVED or TRANSFER_ERROR) ends the transfer with a
+:class:`~protocol.events.SendEnded`. A worker prepares the results ZIP first
+(PREPARING) when a client sends RESULTS_REQUEST.
+
+:data:`SENDER_TABLE` maps ``(state, event) -> next state``. Events are the receiver's
+messages, what we send (FILE_META, END_OF_FILE), our own cancel and the worker's
+preparation outcomes; anything missing is refused and changes nothing.
+
+Source: PROTOCOL.md sections 2.3 and 4.3; the table style of h11's ``_state.py``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
+from protocol.events import (
+    ActionFailed,
+    FileToSend,
+    Note,
+    ResultsFound,
+    SendEnded,
+    SendProgress,
+    StreamFrom,
+)
+from protocol.messages import (
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    Message,
+    ProtocolErrorFrame,
+    ResultsRequest,
+    TransferError,
+)
+
+__all__ = ["SENDER_TABLE", "Sender", "SenderOp", "SenderState"]
+
+Output = Message | StreamFrom | SendEnded | SendProgress | Note
+
+
+class SenderState(StrEnum):
+    """States of the sending side of one data channel."""
+
+    #: No transfer open.
+    IDLE = "IDLE"
+    #: (Worker) RESULTS_REQUEST taken: finding the job's outputs and packing the ZIP.
+    PREPARING = "PREPARING"
+    #: FILE_META sent; waiting for FILE_READY or FILE_EXISTS.
+    AWAIT_READY = "AWAIT_READY"
+    #: Streaming chunks from the receiver's offset.
+    SENDING = "SENDING"
+    #: END_OF_FILE sent; waiting for FILE_RECEIVED.
+    AWAIT_RECEIVED = "AWAIT_RECEIVED"
+    #: We sent FILE_CANCEL: the receiver's frames about that transfer that were already
+    #: on their way are absorbed until it acknowledges with TRANSFER_ERROR.
+    CANCELLED = "CANCELLED"
+
+
+class SenderOp(StrEnum):
+    """Our own steps that are not frames we send."""
+
+    #: We stop the open transfer (FILE_CANCEL goes out).
+    CANCEL = "cancel"
+    #: We stop waiting for the acknowledgement of our FILE_CANCEL.
+    GIVE_UP = "give up"
+
+
+_S = SenderState
+_OPEN = (_S.AWAIT_READY, _S.SENDING, _S.AWAIT_RECEIVED)
+
+#: (state, event) -> next state. FileMeta and EndOfFile are what *we* send.
+SENDER_TABLE: dict[tuple[SenderState, type | SenderOp], SenderState] = {
+    (_S.IDLE, ResultsRequest): _S.PREPARING,
+    (_S.PREPARING, ResultsFound): _S.PREPARING,
+    (_S.PREPARING, FileToSend): _S.AWAIT_READY,
+    (_S.PREPARING, ActionFailed): _S.IDLE,
+    (_S.IDLE, FileMeta): _S.AWAIT_READY,
+    (_S.AWAIT_READY, FileReady): _S.SENDING,
+    (_S.AWAIT_READY, FileExists): _S.IDLE,
+    (_S.AWAIT_READY, ProtocolErrorFrame): _S.IDLE,  # the receiver cannot take a file now
+    (_S.SENDING, FileProgress): _S.SENDING,
+    (_S.SENDING, EndOfFile): _S.AWAIT_RECEIVED,
+    (_S.AWAIT_RECEIVED, FileProgress): _S.AWAIT_RECEIVED,
+    (_S.AWAIT_RECEIVED, FileReceived): _S.IDLE,
+    **{(s, TransferError): _S.IDLE for s in _OPEN},
+    **{(s, FileCancel): _S.IDLE for s in _OPEN},
+    **{(s, SenderOp.CANCEL): _S.CANCELLED for s in _OPEN},
+    # After our FILE_CANCEL, the receiver's frames still on their way are absorbed until
+    # its TRANSFER_ERROR acknowledges the cancel; only then may a new transfer open (so
+    # a late FILE_READY is never taken for the next file's).
+    **{
+        (_S.CANCELLED, event): _S.CANCELLED
+        for event in (FileReady, FileExists, FileProgress, FileReceived)
+    },
+    (_S.CANCELLED, TransferError): _S.IDLE,
+    (_S.CANCELLED, FileCancel): _S.IDLE,
+    (_S.CANCELLED, SenderOp.GIVE_UP): _S.IDLE,
+}
+
+
+class Sender:
+    """The sending side of one transfer at a time on a data channel.
+
+    Attributes:
+        state: the current :class:`SenderState`.
+        meta: the transfer's FILE_META.
+        offset: where the receiver asked us to start (from SENDING on), bytes.
+        sent: bytes of chunks we put on the channel for this transfer.
+    """
+
+    def __init__(self) -> None:
+        self.state = SenderState.IDLE
+        self.meta: FileMeta | None = None
+        self.offset = 0
+        self.sent = 0
+
+    @property
+    def active(self) -> bool:
+        """True while a transfer is open or being prepared."""
+        return self.state not in (_S.IDLE, _S.CANCELLED)
+
+    def step(self, event: object) -> SenderState:
+        """The next state for ``event`` (a message or its type, or a :class:`SenderOp`).
+
+        Raises:
+            LocalProtocolError: UNEXPECTED_MESSAGE when the table has no such row.
+        """
+        key = event if isinstance(event, SenderOp | type) else type(event)
+        try:
+            return SENDER_TABLE[(self.state, key)]
+        except KeyError:
+            name = getattr(key, "TYPE", "") or getattr(key, "__name__", str(key))
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE, f"can't handle {name} in sender state {self.state}"
+            ) from None
+
+    def announce(self, meta: FileMeta) -> FileMeta:
+        """We open a transfer with FILE_META (from IDLE, or PREPARING for results).
+
+        Raises:
+            LocalProtocolError: another transfer is open.
+        """
+        key: type = FileToSend if self.state is _S.PREPARING else FileMeta
+        self.state = self.step(key)
+        self.meta, self.offset, self.sent = meta, 0, 0
+        return meta
+
+    def chunk(self, size: int) -> bool:
+        """We put ``size`` bytes on the channel; False (count nothing) unless SENDING."""
+        if self.state is not _S.SENDING:
+            return False
+        self.sent += size
+        return True
+
+    def end(self) -> EndOfFile:
+        """We send END_OF_FILE.
+
+        Raises:
+            LocalProtocolError: not SENDING.
+        """
+        self.state = self.step(EndOfFile)
+        return EndOfFile()
+
+    def receive(self, message: Message) -> list[Output]:
+        """Take the receiver's FILE_READY, FILE_EXISTS, FILE_PROGRESS, FILE_RECEIVED,
+        TRANSFER_ERROR or FILE_CANCEL, or a PROTOCOL_ERROR refusing our FILE_META.
+
+        Returns:
+            The outputs: StreamFrom on FILE_READY, SendProgress, SendEnded at the end,
+            a TRANSFER_ERROR to send back when the receiver asked for an impossible
+            offset or confirmed another sha256.
+
+        Raises:
+            LocalProtocolError: not allowed in this state (the caller blames the peer).
+        """
+        next_state = self.step(message)
+        if self.state is _S.CANCELLED:
+            # Only TRANSFER_ERROR CANCELLED (or FILE_CANCEL) acknowledges our cancel; an
+            # earlier error about the cancelled transfer is absorbed like the rest.
+            if isinstance(message, TransferError) and message.code != TransferErrorCode.CANCELLED:
+                return []
+            self.state = next_state
+            return []
+        meta = self.meta
+        assert meta is not None
+        match message:
+            case FileReady(offset=offset):
+                if offset > meta.size:
+                    detail = f"FILE_READY offset {offset} is beyond {meta.size} bytes"
+                    return [
+                        self._end("failed", TransferErrorCode.SIZE_MISMATCH, detail),
+                        TransferError(
+                            TransferErrorCode.SIZE_MISMATCH, "offset beyond the file's end"
+                        ),
+                    ]
+                self.offset = offset
+                self.state = next_state
+                return [SendProgress(offset, meta.size), StreamFrom(offset, meta)]
+            case FileExists(sha256=sha):
+                if sha != meta.sha256:
+                    raise LocalProtocolError(
+                        ErrorCode.MALFORMED_FRAME, "FILE_EXISTS names another sha256"
+                    )
+                return [self._end("exists")]
+            case FileProgress(received=received):
+                self.state = next_state
+                return [SendProgress(received, meta.size)]
+            case FileReceived(sha256=sha):
+                if sha != meta.sha256:
+                    detail = f"receiver stored {sha}, we sent {meta.sha256}"
+                    return [
+                        self._end("failed", TransferErrorCode.HASH_MISMATCH, detail),
+                        TransferError(
+                            TransferErrorCode.HASH_MISMATCH, "FILE_RECEIVED names another sha256"
+                        ),
+                    ]
+                return [SendProgress(meta.size, meta.size), self._end("received")]
+            case TransferError(code=code, detail=detail):
+                return [self._end("failed", code, detail)]
+            case ProtocolErrorFrame(code=code, detail=detail):
+                return [self._end("failed", code, f"refused: {detail}")]
+        return [self._end("cancelled", TransferErrorCode.CANCELLED, "cancelled by the receiver")]
+
+    def cancel(self) -> tuple[FileCancel, SendEnded]:
+        """We stop the open transfer: the FILE_CANCEL to send, and how it ended.
+
+        Raises:
+            LocalProtocolError: no transfer is open.
+        """
+        next_state = self.step(SenderOp.CANCEL)
+        ended = self._end("cancelled", TransferErrorCode.CANCELLED, "cancelled by us")
+        self.state = next_state
+        return FileCancel(), ended
+
+    def give_up(self) -> None:
+        """Stop waiting for the acknowledgement of our FILE_CANCEL (a peer that never
+        sends it): the next transfer may open.
+
+        Raises:
+            LocalProtocolError: not CANCELLED.
+        """
+        self.state = self.step(SenderOp.GIVE_UP)
+
+    def prepare(self, request: ResultsRequest) -> None:
+        """(Worker) RESULTS_REQUEST: the results are looked up and packed.
+
+        Raises:
+            LocalProtocolError: a transfer is open or being prepared.
+        """
+        self.state = self.step(request)
+
+    def unprepare(self) -> None:
+        """(Worker) The results cannot be sent (refused or failed): back to IDLE."""
+        self.state = self.step(ActionFailed)
+
+    def _end(self, status: str, code: str = "", detail: str = "") -> SendEnded:
+        meta = self.meta
+        assert meta is not None
+        self.state = _S.IDLE
+        return SendEnded(status, meta.sha256, self.offset, code, detail)

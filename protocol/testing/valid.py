@@ -1,0 +1,447 @@
+"""Hypothesis strategies: one per message type, and any message or frame of a role.
+
+Every strategy that produces frames takes ``limits`` (default
+:data:`~protocol.limits.DEFAULT_LIMITS`) and stays within it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
+
+from protocol.codec import encode
+from protocol.errors import ErrorCode, PathReason, TransferErrorCode
+from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.messages import (
+    SEP,
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobId,
+    JobLog,
+    JobMetrics,
+    JobStart,
+    Message,
+    PathError,
+    PathValidated,
+    ProtocolErrorFrame,
+    ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
+    SharedInputPath,
+    SharedOutputPath,
+    TransferError,
+)
+from protocol.testing.text import (
+    MAX_COUNT,
+    counts,
+    file_names,
+    fit,
+    free_text,
+    job_ids,
+    paths,
+    repeat_bytes,
+    separators_left,
+    sha256_hex,
+    thin,
+    utf8_len,
+    worker_job_ids,
+)
+
+__all__ = [
+    "MESSAGE_STRATEGIES",
+    "chunks",
+    "client_messages",
+    "codes",
+    "end_of_files",
+    "file_cancels",
+    "file_exists_messages",
+    "file_metas",
+    "file_progresses",
+    "file_ready_messages",
+    "file_received_messages",
+    "frame_budget",
+    "frames",
+    "job_cancels",
+    "job_completes",
+    "job_failed_messages",
+    "job_id_messages",
+    "job_logs",
+    "job_metrics",
+    "job_starts",
+    "legacy_file_metas",
+    "messages",
+    "path_errors",
+    "path_validated_messages",
+    "protocol_error_frames",
+    "results_requests",
+    "results_stored_messages",
+    "results_via_storage_messages",
+    "shared_input_paths",
+    "shared_output_paths",
+    "transfer_errors",
+    "worker_messages",
+]
+
+
+def job_id_messages() -> SearchStrategy[JobId]:
+    """``JOB_ID::{job_id}`` (C->W)."""
+    return st.builds(JobId, job_ids())
+
+
+def shared_input_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[SharedInputPath]:
+    """``SHARED_INPUT_PATH::{path}`` (C->W), paths up to ``limits.max_path_bytes``."""
+    return st.builds(SharedInputPath, paths(limits=limits))
+
+
+def shared_output_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[SharedOutputPath]:
+    """``SHARED_OUTPUT_PATH::{path}`` (C->W), paths up to ``limits.max_path_bytes``."""
+    return st.builds(SharedOutputPath, paths(limits=limits))
+
+
+def job_starts() -> SearchStrategy[JobStart]:
+    """``JOB_START`` or the earlier ``SHARED_STORAGE_JOB::start`` (C->W)."""
+    return st.builds(JobStart, legacy=st.booleans())
+
+
+def job_cancels() -> SearchStrategy[JobCancel]:
+    """``JOB_CANCEL`` (C->W)."""
+    return st.just(JobCancel())
+
+
+def path_validated_messages() -> SearchStrategy[PathValidated]:
+    """``PATH_VALIDATED::input`` or ``PATH_VALIDATED::output`` (W->C)."""
+    return st.sampled_from([PathValidated("input"), PathValidated("output")])
+
+
+def frame_budget(limits: Limits, fixed: int) -> int:
+    """Bytes left for a free field once ``fixed`` bytes of the frame are spoken for."""
+    return max(1, limits.max_text_frame_bytes - fixed)
+
+
+def path_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[PathError]:
+    """``PATH_ERROR::{reason}`` (W->C): a known prefix quoting a path, or free text;
+    sometimes filling the frame to ``limits.max_text_frame_bytes``."""
+    budget = frame_budget(limits, len("PATH_ERROR::"))
+    quoted = st.builds(
+        lambda prefix, path: fit(f"{prefix}: {path}", budget),
+        st.sampled_from([reason.value for reason in PathReason]),
+        paths(limits=limits),
+    )
+    free = free_text(max_bytes=budget, max_separators=separators_left(limits, 2))
+    return st.builds(PathError, st.one_of(quoted, free))
+
+
+def job_logs(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobLog]:
+    """``JOB_LOG::{line}`` (W->C), one line, sometimes filling the frame; empty lines too."""
+    budget = frame_budget(limits, len("JOB_LOG::"))
+    line = free_text(max_bytes=budget, max_separators=separators_left(limits, 2))
+    return st.builds(JobLog, st.one_of(st.just(""), line))
+
+
+def _metric_values() -> SearchStrategy[float | int]:
+    return st.one_of(
+        st.floats(0, 1e14, exclude_max=True, allow_nan=False, allow_infinity=False),
+        st.integers(0, 10**13),
+        st.sampled_from([0.0, 0.001, 0.0005, 99999999999999.98]),
+    )
+
+
+def job_metrics() -> SearchStrategy[JobMetrics]:
+    """``JOB_METRICS::{json}`` (W->C): four numbers in [0, 1e14) (ms and s)."""
+    return st.builds(JobMetrics, *[_metric_values() for _ in JobMetrics.FIELDS])
+
+
+def job_completes(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobComplete]:
+    """``JOB_COMPLETE::{job_id}::{output_path}::{file_count}::{total_mb}`` (W->C): output
+    paths holding ``::`` up to the path limit, counts up to 10^15 - 1, total_mb in [0, 1e14)."""
+    fixed = len("JOB_COMPLETE::") + 64 + 2 + 2 + 15 + 2 + 17
+    cap = min(limits.max_path_bytes, frame_budget(limits, fixed))
+    return st.builds(
+        JobComplete,
+        st.one_of(job_ids(), worker_job_ids()),
+        st.one_of(
+            paths(limits=limits, max_bytes=cap),
+            worker_job_ids().map(lambda j: f"jobs/{j}/output"),
+        ),
+        st.one_of(st.integers(0, 10**15 - 1), st.sampled_from([0, 1, 10**15 - 1])),
+        st.one_of(
+            st.floats(0, 1e14, exclude_max=True, allow_nan=False, allow_infinity=False),
+            st.sampled_from([0.0, 0.005, 0.01, 12.345, 99999999999999.98]),
+        ),
+    )
+
+
+def job_failed_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobFailed]:
+    """``JOB_FAILED::{job_id}::{reason}`` (W->C), reasons holding ``::``."""
+    budget = frame_budget(limits, len("JOB_FAILED::") + 64 + 2)
+    reasons = st.one_of(
+        st.sampled_from(["cancelled", "Job command exited with code 2"]),
+        free_text(max_bytes=budget, max_separators=separators_left(limits, 3)),
+    )
+    return st.builds(JobFailed, job_ids(), reasons)
+
+
+def codes(known: list[str]) -> SearchStrategy[str]:
+    """``known`` codes, and any other that follows the code grammar (a future one)."""
+    return st.one_of(st.sampled_from(known), st.from_regex(r"[A-Z][A-Z0-9_]{0,63}", fullmatch=True))
+
+
+def protocol_error_frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[ProtocolErrorFrame]:
+    """``PROTOCOL_ERROR::{code}::{detail}``: known and future upper-case codes, details
+    holding ``::`` (or empty)."""
+    budget = frame_budget(limits, len("PROTOCOL_ERROR::") + 64 + 2)
+    return st.builds(
+        ProtocolErrorFrame,
+        codes([c.value for c in ErrorCode]),
+        st.one_of(
+            st.just(""), free_text(max_bytes=budget, max_separators=separators_left(limits, 3))
+        ),
+    )
+
+
+def file_metas(
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    names: SearchStrategy[str] | None = None,
+    max_size: int = MAX_COUNT,
+    max_chunk_size: int = MAX_COUNT,
+) -> SearchStrategy[FileMeta]:
+    """``FILE_META::{name}::{size}::{sha256}::{chunk_size}``: names from
+    :func:`file_names` (or ``names``), sizes up to ``max_size``, chunk sizes 1 to
+    ``max_chunk_size``, sha256 in either case (it is kept lowercase)."""
+    budget = frame_budget(limits, len("FILE_META::") + 3 * 2 + 18 + 64 + 18)
+    return st.builds(
+        FileMeta,
+        (file_names(max_bytes=budget) if names is None else names).map(
+            lambda name: thin(name, separators_left(limits, 5))
+        ),
+        counts(max_size),
+        sha256_hex(allow_upper=True),
+        st.one_of(st.integers(1, min(max_chunk_size, 1 << 18)), st.integers(1, max_chunk_size)),
+    )
+
+
+def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[FileMetaLegacy]:
+    """The earlier ``FILE_META::{name}:{size}:{gui}``: names without ``::``, guis without
+    ``:`` (possibly empty)."""
+    gui = st.text(
+        st.characters(exclude_categories=("Cs", "Cc", "Zl", "Zp"), exclude_characters=":"),
+        max_size=16,
+    )
+    budget = frame_budget(limits, len("FILE_META::") + 2 + 18 + 16 * 4)
+    names = file_names(max_bytes=budget).filter(lambda n: SEP not in n)
+    return st.builds(FileMetaLegacy, names, counts(), gui)
+
+
+def file_ready_messages() -> SearchStrategy[FileReady]:
+    """``FILE_READY::{offset}``, offsets 0 to 10^18 - 1."""
+    return st.builds(FileReady, counts())
+
+
+def file_exists_messages() -> SearchStrategy[FileExists]:
+    """``FILE_EXISTS::{sha256}``."""
+    return st.builds(FileExists, sha256_hex(allow_upper=True))
+
+
+def end_of_files() -> SearchStrategy[EndOfFile]:
+    """``END_OF_FILE``."""
+    return st.just(EndOfFile())
+
+
+def file_progresses() -> SearchStrategy[FileProgress]:
+    """``FILE_PROGRESS::{bytes_received}::{size}``."""
+    return st.builds(FileProgress, counts(), counts())
+
+
+def file_received_messages() -> SearchStrategy[FileReceived]:
+    """``FILE_RECEIVED::{sha256}``."""
+    return st.builds(FileReceived, sha256_hex(allow_upper=True))
+
+
+def transfer_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[TransferError]:
+    """``TRANSFER_ERROR::{code}::{detail}``: known and future codes, details with ``::``."""
+    budget = frame_budget(limits, len("TRANSFER_ERROR::") + 64 + 2)
+    return st.builds(
+        TransferError,
+        codes([c.value for c in TransferErrorCode]),
+        st.one_of(
+            st.just(""), free_text(max_bytes=budget, max_separators=separators_left(limits, 3))
+        ),
+    )
+
+
+def file_cancels() -> SearchStrategy[FileCancel]:
+    """``FILE_CANCEL``."""
+    return st.just(FileCancel())
+
+
+def results_requests() -> SearchStrategy[ResultsRequest]:
+    """``RESULTS_REQUEST::{job_id}`` (C->W)."""
+    return st.builds(ResultsRequest, st.one_of(job_ids(), worker_job_ids()))
+
+
+def results_via_storage_messages() -> SearchStrategy[ResultsViaStorage]:
+    """``RESULTS_VIA_STORAGE`` (C->W)."""
+    return st.just(ResultsViaStorage())
+
+
+def results_stored_messages() -> SearchStrategy[ResultsStored]:
+    """``RESULTS_STORED::{job_id}::{download_path}`` (W->C): the storage service's
+    ``/download/{job_id}``, or any single-line text with at most two ``::``."""
+    return st.one_of(
+        st.one_of(job_ids(), worker_job_ids()).map(lambda j: ResultsStored(j, f"/download/{j}")),
+        st.builds(
+            ResultsStored,
+            st.one_of(job_ids(), worker_job_ids()),
+            free_text(max_bytes=200, max_separators=2),
+        ),
+    )
+
+
+def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchStrategy[Chunk]:
+    """Binary frames: drawn bytes up to ``max_size``, and sometimes exactly
+    ``limits.max_binary_frame_bytes`` (a repeated seed)."""
+    top = limits.max_binary_frame_bytes
+    return st.one_of(
+        st.binary(max_size=min(max_size, top)).map(Chunk),
+        st.builds(
+            lambda seed, n: Chunk(repeat_bytes(seed, n)),
+            st.binary(min_size=1, max_size=32),
+            st.sampled_from(sorted({0, 1, top // 2, top})),
+        ),
+    )
+
+
+#: Each message class and the function giving its strategy (keyword arguments as above).
+MESSAGE_STRATEGIES: dict[type[Message], Callable[..., SearchStrategy[Any]]] = {
+    JobId: job_id_messages,
+    SharedInputPath: shared_input_paths,
+    SharedOutputPath: shared_output_paths,
+    JobStart: job_starts,
+    JobCancel: job_cancels,
+    PathValidated: path_validated_messages,
+    PathError: path_errors,
+    JobLog: job_logs,
+    JobMetrics: job_metrics,
+    JobComplete: job_completes,
+    JobFailed: job_failed_messages,
+    ProtocolErrorFrame: protocol_error_frames,
+    FileMeta: file_metas,
+    FileMetaLegacy: legacy_file_metas,
+    FileReady: file_ready_messages,
+    FileExists: file_exists_messages,
+    EndOfFile: end_of_files,
+    FileProgress: file_progresses,
+    FileReceived: file_received_messages,
+    TransferError: transfer_errors,
+    FileCancel: file_cancels,
+    ResultsRequest: results_requests,
+    ResultsViaStorage: results_via_storage_messages,
+    ResultsStored: results_stored_messages,
+    Chunk: chunks,
+}
+
+_TAKES_LIMITS = {
+    SharedInputPath,
+    SharedOutputPath,
+    PathError,
+    JobLog,
+    JobComplete,
+    JobFailed,
+    ProtocolErrorFrame,
+    FileMeta,
+    FileMetaLegacy,
+    TransferError,
+    Chunk,
+}
+
+
+def _fits(message: Message, limits: Limits) -> bool:
+    """Whether the message's frame is within ``limits``. Paths need no check here: every
+    strategy that draws one caps it at ``limits.max_path_bytes`` (see :func:`paths`)."""
+    frame = encode(message)
+    if isinstance(frame, bytes):
+        return len(frame) <= limits.max_binary_frame_bytes
+    return utf8_len(frame) <= limits.max_text_frame_bytes and frame.count(SEP) < limits.max_fields
+
+
+def _of(classes: tuple[type[Message], ...], limits: Limits) -> SearchStrategy[Message]:
+    strategies = [
+        MESSAGE_STRATEGIES[cls](limits=limits)
+        if cls in _TAKES_LIMITS
+        else MESSAGE_STRATEGIES[cls]()
+        for cls in classes
+    ]
+    if limits == DEFAULT_LIMITS:  # every strategy stays within the defaults by construction
+        return st.one_of(*strategies)
+    return st.one_of(*strategies).filter(lambda m: _fits(m, limits))
+
+
+_TRANSFER_CLASSES: tuple[type[Message], ...] = (
+    FileMeta,
+    FileMetaLegacy,
+    FileReady,
+    FileExists,
+    EndOfFile,
+    FileProgress,
+    FileReceived,
+    TransferError,
+    FileCancel,
+    Chunk,
+)
+_CLIENT_CLASSES: tuple[type[Message], ...] = (
+    JobId,
+    SharedInputPath,
+    SharedOutputPath,
+    JobStart,
+    JobCancel,
+    ResultsRequest,
+    ResultsViaStorage,
+    *_TRANSFER_CLASSES,
+)
+_WORKER_CLASSES: tuple[type[Message], ...] = (
+    PathValidated,
+    PathError,
+    JobLog,
+    JobMetrics,
+    JobComplete,
+    JobFailed,
+    ProtocolErrorFrame,
+    ResultsStored,
+    *_TRANSFER_CLASSES,
+)
+
+
+def messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+    """Any valid message, text or binary, whose frame fits ``limits``."""
+    return _of(tuple(MESSAGE_STRATEGIES), limits)
+
+
+def client_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+    """Messages a client sends: the job frames, RESULTS_REQUEST, and both transfer roles
+    (sending its input, receiving the results)."""
+    return _of(_CLIENT_CLASSES, limits)
+
+
+def worker_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+    """Messages a worker sends: replies, logs, metrics, outcomes, PROTOCOL_ERROR, and both
+    transfer roles (receiving inputs, sending results)."""
+    return _of(_WORKER_CLASSES, limits)
+
+
+def frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[str | bytes]:
+    """Encoded valid frames (``str`` text frames, ``bytes`` binary frames) within ``limits``."""
+    return messages(limits=limits).map(encode)
