@@ -1,10 +1,14 @@
-"""The worker's side of one data channel: frames in, protocol decisions, actions out.
+"""The worker's side of one data channel: performs what its Connection decides.
 
-Each text frame goes ``FrameChannel.recv`` (ordered inbox) -> :func:`protocol.decode`
--> :class:`protocol.job.JobSession`, which says what to do next or raises a
-protocol error that becomes a ``PROTOCOL_ERROR`` reply. This module performs the
-actions with :mod:`rtc_worker.storage` and :mod:`rtc_worker.jobs`; it never
-decides protocol itself.
+:class:`WorkerSession` runs a ``Connection(WORKER)`` on a channel (through
+:class:`~rtc_worker.driver.ChannelDriver`) and performs its actions with the file layer
+and the job runner: validate a path (resolved once, opened by descriptor, kept for the
+job), create an output folder, run or cancel the job, look up and pack results, upload
+them to the storage service, and the transfer actions (:class:`~rtc_worker.transfer_io.TransferIO`).
+It contains no protocol decision: every reply, refusal and state change comes from the
+connection.
+
+Source: DESIGN.md, "A shared-storage job" and "Results".
 """
 
 from __future__ import annotations
@@ -12,147 +16,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
 
 from loguru import logger
 
-from protocol import (
-    Chunk,
-    ErrorCode,
-    JobComplete,
-    JobFailed,
-    JobLog,
-    JobMetrics,
-    JobStart,
-    Limits,
-    Message,
-    PathError,
-    PathValidated,
-    ProtocolErrorFrame,
-    RemoteProtocolError,
-    ResultsRequest,
-    ResultsStored,
-    ResultsViaStorage,
-    TransferError,
-    TransferErrorCode,
-    decode,
-)
-from protocol.job import (
-    Action,
+from protocol import JobComplete, JobMetrics, PathReason
+from protocol.connection import Connection
+from protocol.events import (
+    ActionFailed,
+    Append,
     CancelJob,
-    FileAccepted,
+    CheckStore,
+    Discard,
+    Finish,
     InputAccepted,
-    InputRejected,
-    JobFinished,
-    JobSession,
-    JobState,
+    JobEnded,
+    LookupResults,
+    Note,
     OutputAccepted,
-    OutputRejected,
+    PackResults,
+    PathRefused,
     PrepareOutput,
+    ResultsUploaded,
     StartJob,
+    StreamFrom,
+    UploadResults,
     ValidateInput,
+    Violation,
+    WorkerBusy,
 )
+from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
-from rtc_worker.channel import ChannelClosed, FrameChannel
-from rtc_worker.jobs import JOBS_DIR_NAME, JobError, JobRunner, JobSpec, build_results_zip
-from rtc_worker.results_store import StorageError, upload_results
-from rtc_worker.storage import ContentStore, FilesystemAdapter, PathErrorKind, StoragePathError
-from rtc_worker.transfer import PartialRegistry, ReceivedFile, TransferEndpoint
+from rtc_worker.driver import ChannelDriver
+from rtc_worker.jobs import JobRunError, JobSpec, build_results_zip
+from rtc_worker.paths import user_parts
+from rtc_worker.results_client import ResultsServiceError
+from rtc_worker.rtc import FrameChannel
+from rtc_worker.storage import InputHandle, StorageError, StorageErrorKind, layout
+from rtc_worker.transfer_io import TransferIO, file_to_send
+from rtc_worker.worker_state import WorkerResources
 
-__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "ResultsStorage", "WorkerResources", "WorkerSession"]
+__all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
 
 #: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
 LOG_BUFFER_LIMIT = 4 * 1024 * 1024
 
-
-class JobSlot:
-    """The worker-wide permission to run one job at a time.
-
-    Attributes:
-        job_id: the running job's id, or None when the worker is idle.
-    """
-
-    def __init__(self) -> None:
-        self.job_id: str | None = None
-        self.closed = False
-
-    @property
-    def busy(self) -> bool:
-        """True while a job runs, or for good once the worker is stopping."""
-        return self.job_id is not None or self.closed
-
-    def close(self) -> None:
-        """The worker is stopping: no new job may start."""
-        self.closed = True
-
-    def acquire(self, job_id: str) -> None:
-        """Take the slot. Raises RuntimeError when it is taken (callers check ``busy``)."""
-        if self.busy:
-            raise RuntimeError(f"job slot taken by {self.job_id or 'shutdown'}")
-        self.job_id = job_id
-
-    def release(self, job_id: str) -> None:
-        """Give the slot back (only the job holding it can)."""
-        if self.job_id == job_id:
-            self.job_id = None
-
-
-@dataclass(frozen=True)
-class ResultsStorage:
-    """Where results ZIPs are uploaded (the storage service).
-
-    Attributes:
-        url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
-        api_key: sent as ``X-API-Key``.
-        retries: upload attempts after the first one.
-        backoff_s: the first wait before a retry, seconds (doubling each time).
-    """
-
-    url: str
-    api_key: str | None
-    retries: int = 5
-    backoff_s: float = 0.5
-
-
-@dataclass
-class WorkerResources:
-    """What every session of one worker shares.
-
-    Attributes:
-        shared_fs: the shared root's adapter, or None without shared storage.
-        runner: runs jobs on the storage root (the shared root, else the data dir).
-        store: content-addressed store of received files.
-        partials: which session writes which partial file.
-        slot: one job at a time per worker.
-        limits: frame bounds for :func:`protocol.decode`.
-        max_file_size: largest file accepted over the channel, bytes.
-        chunk_size: chunk size of files we send, bytes.
-        job_outputs: job_id -> output folder (relative to the storage root), for
-            RESULTS_REQUEST.
-    """
-
-    shared_fs: FilesystemAdapter | None
-    runner: JobRunner
-    store: ContentStore
-    partials: PartialRegistry
-    slot: JobSlot
-    limits: Limits
-    max_file_size: int
-    chunk_size: int = 65536
-    job_outputs: dict[str, str] = field(default_factory=dict)
-    #: job_id -> the peer that ran it: results go to that peer only.
-    job_owners: dict[str, str] = field(default_factory=dict)
-    #: Top-level folders of the worker under the root (never an output folder).
-    reserved_names: tuple[str, ...] = (".rtc-work", ".rtc-store", JOBS_DIR_NAME)
-    #: The storage service results are uploaded to, or None when there is none.
-    storage: ResultsStorage | None = None
-
-
-@dataclass
-class _Timings:
-    validation_ms: float = 0.0
-    file_access_ms: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
+Parts = tuple[str, ...]
 
 
 class WorkerSession:
@@ -160,60 +68,205 @@ class WorkerSession:
 
     Args:
         channel: the data channel's frame adapter.
-        resources: what the worker's sessions share.
-        peer: the remote peer's id, for logs.
+        resources: what every session of this worker shares.
+        peer: the client's peer id (results go to that peer only).
     """
 
     def __init__(self, channel: FrameChannel, resources: WorkerResources, peer: str = "?") -> None:
-        self.channel = channel
         self.resources = resources
-        self.fs = resources.shared_fs
-        self.runner = resources.runner
-        self.slot = resources.slot
-        self.limits = resources.limits
         self.peer = peer
-        self.transfers = TransferEndpoint(
-            channel,
-            resources.store,
-            max_size=resources.max_file_size,
-            chunk_size=resources.chunk_size,
-            max_chunk_size=resources.limits.max_binary_frame_bytes,
-            registry=resources.partials,
-            on_received=self._on_file,
+        self.channel = channel
+        self.conn = Connection(
+            Role.WORKER, peer=peer, limits=resources.limits, capabilities=resources.capabilities
         )
-        self._results_task: asyncio.Task[None] | None = None
-        self.session = JobSession()
-        self._timings = _Timings()
-        self._cancel = asyncio.Event()
+        self.driver = ChannelDriver(self.conn, channel, self.perform, name=peer)
+        self.io = TransferIO(
+            self.conn, channel, resources.store, registry=resources.partials, wake=self.driver.drain
+        )
         self.job_task: asyncio.Task[None] | None = None
+        self._input: InputHandle | None = None
+        self._cancel = asyncio.Event()
         self._dropped_logs = 0
-        self._input_names: dict[str, str] = {}
-        #: RESULTS_VIA_STORAGE was received: upload the next completed job's results.
-        self.via_storage = False
+        if resources.slot.busy:
+            self.conn.report(WorkerBusy(resources.slot.why))
 
     async def run(self) -> None:
         """Handle frames in arrival order until the channel closes. Never raises."""
         logger.info("session with {} opened", self.peer)
+        self.resources.sessions.add(self)
         try:
-            while True:
-                frame = await self.channel.recv()
-                try:
-                    await self._handle(frame)
-                except Exception:  # a bug: answer, log it, keep serving this channel
-                    logger.exception("frame from {} failed", self.peer)
-                    self._protocol_error(ErrorCode.INTERNAL_ERROR, "the worker failed on it")
-        except ChannelClosed:
-            logger.info("session with {} closed", self.peer)
-        except Exception:  # a bug: log it, keep the worker alive
-            logger.exception("session with {} failed", self.peer)
-        finally:  # also when cancelled at shutdown: keep the partial file for a resume
-            await self.transfers.close()
-        if self.job_task is not None and not self.job_task.done():
-            logger.info("client {} left; job {} keeps running", self.peer, self.session.job_id)
+            await self.driver.run()
+        finally:
+            await self.io.close()
+            self.resources.sessions.discard(self)
+            if self.job_task is not None and not self.job_task.done():
+                logger.info("client {} left; its job keeps running", self.peer)
 
-    def _send(self, message: Message) -> None:
-        if not self.channel.send(message):
-            logger.debug("not sent to {} (channel closed): {}", self.peer, message)
+    async def perform(self, output: object) -> None:
+        """Perform one output of the connection (see :mod:`protocol.events`)."""
+        match output:
+            case Append() | CheckStore() | Finish() | Discard():
+                await self.io.perform(output)
+            case StreamFrom():
+                self.io.stream(output)
+            case ValidateInput(path=path):
+                await self.driver.report(await self._validate_input(output, path))
+            case PrepareOutput(path=path):
+                await self.driver.report(await self._prepare_output(output, path))
+            case StartJob():
+                self._start_job(output)
+            case CancelJob(job_id=job_id):
+                logger.info("client {} cancels job {}", self.peer, job_id)
+                self._cancel.set()
+            case LookupResults(job_id=job_id):
+                found = await asyncio.to_thread(self.resources.lookup, job_id)
+                self.conn.report(found)
+            case PackResults():
+                self.driver.spawn(self._pack(output))
+            case UploadResults():
+                self.driver.spawn(self._upload(output))
+            case Violation(code=code, detail=detail):
+                logger.warning("protocol error from {}: {} {}", self.peer, code, detail)
+            case Note(text=text):
+                logger.info("{}: {}", self.peer, text)
+            case _:  # FileHeld, ReceiveEnded, SendEnded, SendProgress: for the log
+                logger.info("{}: {}", self.peer, output)
+
+    # ------------------------------------------------------------------ paths
+
+    async def _validate_input(self, action: ValidateInput, path: str) -> object:
+        try:
+            handle, validation_ms, access_ms = await asyncio.to_thread(self._open_input, path)
+        except StorageError as exc:
+            logger.warning("input refused for {}: {}", self.peer, exc.detail)
+            return PathRefused(action, PathReason[exc.kind.name])
+        except OSError as exc:
+            logger.error("input {!r} of {} failed: {}", path, self.peer, exc)
+            return ActionFailed(action, f"the worker could not read {path}")
+        if self._input is not None:
+            self._input.close()
+        self._input = handle
+        return InputAccepted(validation_ms, access_ms)
+
+    def _open_input(self, path: str) -> tuple[InputHandle, float, float]:
+        """Resolve once, open by descriptor, and for a ZIP read its central directory
+        (blocking). Returns the handle and (validation ms, file access ms)."""
+        shared = self.resources.shared
+        assert shared is not None  # the connection refuses paths without shared storage
+        t0 = time.perf_counter()
+        parts = self._checked_place(user_parts(path, self.resources.limits))
+        handle = shared.open_input(parts)
+        t1 = time.perf_counter()
+        try:
+            if handle.kind == "file":
+                with handle.reader() as reader:
+                    if looks_like_zip(handle.name, reader.read(8)):
+                        reader.seek(0)
+                        inspect_zip(reader, self.resources.runner.zip_limits)
+        except ArchiveError as exc:
+            handle.close()
+            raise StorageError(StorageErrorKind.CORRUPTED, parts, str(exc)) from None
+        except BaseException:
+            handle.close()
+            raise
+        return handle, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+
+    async def _prepare_output(self, action: PrepareOutput, path: str) -> object:
+        shared = self.resources.shared
+        assert shared is not None
+        t0 = time.perf_counter()
+        try:
+            parts = await asyncio.to_thread(
+                lambda: self._checked_place(user_parts(path, self.resources.limits))
+            )
+            await asyncio.to_thread(shared.makedirs, parts)
+        except StorageError as exc:
+            logger.warning("output refused for {}: {}", self.peer, exc.detail)
+            return PathRefused(action, PathReason[exc.kind.name])
+        except OSError as exc:
+            logger.error("output {!r} of {} failed: {}", path, self.peer, exc)
+            return ActionFailed(action, f"the worker could not create {path}")
+        return OutputAccepted((time.perf_counter() - t0) * 1000)
+
+    def _checked_place(self, parts: Parts) -> Parts:
+        """Refuse the root itself and the worker's own folders as an input or output.
+
+        A job's cleanup removes what it added to its output folder: the whole share, or
+        the worker's store, must never be that folder; and as an input they would list
+        other clients' stored files.
+
+        Raises:
+            StorageError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the like
+                from resolving it).
+        """
+        shared = self.resources.shared
+        assert shared is not None
+        real = shared.resolve(parts)
+        if not real or real[0] in self.resources.reserved_names:
+            raise StorageError(StorageErrorKind.PERMISSION_DENIED, parts, "the root or a worker folder")
+        return parts
+
+    # ------------------------------------------------------------------ jobs
+
+    def _start_job(self, action: StartJob) -> None:
+        self.resources.slot.acquire(action.job_id)
+        self._cancel = asyncio.Event()
+        self.job_task = self.driver.spawn(self._run_job(action))
+
+    async def _run_job(self, action: StartJob) -> None:
+        job_id, resources = action.job_id, self.resources
+        started = time.perf_counter()
+        try:
+            spec = await asyncio.to_thread(self._job_spec, action)
+            logger.info("job {} started for {}: {} -> {}", job_id, self.peer, spec.input_path, spec.output_path)
+            outcome = await resources.runner.run(spec, self._send_log, self._cancel)
+        except JobRunError as exc:
+            logger.warning("job {} failed: {}", job_id, exc.reason)
+            ended = JobEnded(job_id, reason=exc.reason, path_error=exc.path_reason)
+        except (StorageError, OSError) as exc:
+            logger.error("job {} could not start: {}", job_id, exc)
+            ended = JobEnded(job_id, reason="cannot create the job folder on the worker")
+        except Exception:
+            logger.exception("job {} crashed", job_id)
+            ended = JobEnded(job_id, reason="internal worker error (see the worker's log)")
+        else:
+            total_s = time.perf_counter() - started
+            complete = JobComplete(
+                job_id, spec.output_path, outcome.file_count, JobComplete.mb_from_bytes(outcome.total_bytes)
+            )
+            metrics = JobMetrics(
+                validation_ms=action.validation_ms,
+                file_access_ms=action.file_access_ms + outcome.file_access_ms,
+                run_s=outcome.run_s,
+                total_s=total_s,
+            )
+            logger.info("job {} complete: {} files, {} MB in {:.2f} s", job_id, complete.file_count, complete.total_mb, total_s)
+            ended = JobEnded(job_id, complete, metrics)
+        finally:
+            if self._input is not None and action.input_path is not None:
+                self._input.close()
+                self._input = None
+        resources.slot.release(job_id)
+        await self.driver.report(ended)
+
+    def _job_spec(self, action: StartJob) -> JobSpec:
+        """The job's input handle and output folder; records the job's owner (blocking)."""
+        resources = self.resources
+        if action.input_sha256 is not None:
+            handle = resources.root.open_input((*resources.store_parts, *resources.store.object_parts(action.input_sha256)))
+            input_path = action.input_name or action.input_sha256
+        else:
+            assert self._input is not None and action.input_path is not None
+            handle, input_path = self._input, action.input_path
+        if action.output_path is None:
+            output = layout.job_output(action.job_id)
+            resources.root.makedirs(output)
+            output_path = "/".join(output)
+        else:
+            output = user_parts(action.output_path, resources.limits)
+            output_path = action.output_path
+        resources.record_owner(action.job_id, self.peer, output_path)
+        return JobSpec(action.job_id, handle, input_path, output, output_path, input_name=action.input_name)
 
     def _send_log(self, line: str) -> None:
         """Send a JOB_LOG line unless the client is too far behind (bounded memory).
@@ -225,371 +278,54 @@ class WorkerSession:
             self._dropped_logs += 1
             return
         if self._dropped_logs:
-            self._send(JobLog(f"[{self._dropped_logs} log lines dropped: client too slow]"))
+            self.conn.send_log(f"[{self._dropped_logs} log lines dropped: client too slow]")
             self._dropped_logs = 0
-        self._send(JobLog(line))
-
-    def _protocol_error(self, code: ErrorCode, detail: str) -> None:
-        logger.warning("protocol error from {}: {} {}", self.peer, code, detail)
-        self._send(ProtocolErrorFrame(code, detail))
-
-    async def _handle(self, frame: str | bytes) -> None:
-        try:
-            message = decode(frame, self.limits)
-        except RemoteProtocolError as exc:
-            self._protocol_error(exc.code, exc.detail)
-            return
-        if TransferEndpoint.is_transfer_frame(message):
-            try:
-                await self.transfers.handle(message)
-            except RemoteProtocolError as exc:
-                if isinstance(message, Chunk):
-                    logger.warning("unexpected binary frame from {}: {}", self.peer, exc.detail)
-                    self._send(TransferError(TransferErrorCode.UNEXPECTED_DATA, exc.detail))
-                else:
-                    self._protocol_error(exc.code, exc.detail)
-            return
-        if isinstance(message, ResultsRequest):
-            self._send_results(message.job_id)
-            return
-        if isinstance(message, ResultsViaStorage):
-            if self.resources.storage is None:
-                self._protocol_error(
-                    ErrorCode.NO_STORAGE, "this worker has no storage service configured"
-                )
-            else:
-                self.via_storage = True
-            return
-        if isinstance(message, ProtocolErrorFrame):
-            # The client complains about one of our frames: log it, never answer an
-            # error with an error (two peers doing so would loop).
-            logger.warning("client {} reports {}: {}", self.peer, message.code, message.detail)
-            return
-        if (
-            isinstance(message, JobStart)
-            and self.session.state in (JobState.READY, JobState.HAVE_FILE)
-            and self.slot.busy
-        ):
-            detail = (
-                "the worker is shutting down"
-                if self.slot.closed
-                else f"another job ({self.slot.job_id}) is running on this worker; try again later"
-            )
-            self._protocol_error(ErrorCode.WORKER_BUSY, detail)
-            return
-        try:
-            action = self.session.receive(message)
-        except RemoteProtocolError as exc:
-            self._protocol_error(exc.code, exc.detail)
-            return
-        await self._perform(action)
-
-    def _on_file(self, received: ReceivedFile) -> None:
-        """A file arrived (or was already held): it becomes the next job's input."""
-        if self.session.state is JobState.RUNNING:
-            logger.info("{} stored while a job runs; send it again to use it", received.name)
-            return
-        rel = self.runner.fs.to_relative(received.path)
-        self._input_names[rel] = received.name
-        self.session.report(FileAccepted(rel, received.name))
-
-    async def _perform(self, action: Action) -> None:
-        match action:
-            case ValidateInput(path=path):
-                await self._validate_input(path)
-            case PrepareOutput(path=path):
-                await self._prepare_output(path)
-            case StartJob():
-                self._start_job(action)
-            case CancelJob(job_id=job_id):
-                logger.info("client {} cancels job {}", self.peer, job_id)
-                self._cancel.set()
-            case _:  # SetJobId: nothing to do
-                pass
-
-    # ------------------------------------------------------------------ paths
-
-    def _no_shared_storage(self) -> bool:
-        if self.fs is None:
-            self._protocol_error(
-                ErrorCode.NO_SHARED_STORAGE, "this worker has no shared storage configured"
-            )
-            return True
-        return False
-
-    async def _validate_input(self, path: str) -> None:
-        if self._no_shared_storage():
-            self.session.report(InputRejected())
-            return
-        try:
-            validation_ms, access_ms = await asyncio.to_thread(self._inspect_input, path)
-        except StoragePathError as exc:
-            logger.warning("input refused for {}: {}", self.peer, exc.detail)
-            self.session.report(InputRejected())
-            self._send(PathError(exc.reason))
-            return
-        except OSError as exc:
-            logger.error("input {!r} of {} failed: {}", path, self.peer, exc)
-            self.session.report(InputRejected())
-            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"the worker could not read {path}")
-            return
-        self._timings.validation_ms += validation_ms
-        self._timings.file_access_ms += access_ms
-        self.session.report(InputAccepted(path))
-        self._send(PathValidated("input"))
-
-    def _inspect_input(self, path: str) -> tuple[float, float]:
-        """Validate the input (blocking); returns (validation ms, file access ms)."""
-        assert self.fs is not None
-        t0 = time.perf_counter()
-        self._check_place(path)
-        resolved = self.fs.validate_input(path)
-        t1 = time.perf_counter()
-        if not resolved.is_dir():
-            self._check_format(path, resolved.name)
-        return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
-
-    def _check_format(self, path: str, name: str) -> None:
-        """Open the input (at-use checks) and, for a ZIP, read its central directory.
-
-        Raises:
-            StoragePathError: CORRUPTED for an unreadable or unsafe ZIP, or any
-                at-use refusal of :meth:`FilesystemAdapter.open_file`.
-        """
-        assert self.fs is not None and self.runner is not None
-        with self.fs.open_file(path) as handle:
-            head = handle.read(8)
-            if not looks_like_zip(name, head):
-                return
-            handle.seek(0)
-            try:
-                inspect_zip(handle, self.runner.zip_limits)
-            except ArchiveError as exc:
-                raise StoragePathError(PathErrorKind.CORRUPTED, path, str(exc)) from None
-
-    async def _prepare_output(self, path: str) -> None:
-        if self._no_shared_storage():
-            self.session.report(OutputRejected())
-            return
-        assert self.fs is not None
-        t0 = time.perf_counter()
-        try:
-            await asyncio.to_thread(self._make_output, path)
-        except StoragePathError as exc:
-            logger.warning("output refused for {}: {}", self.peer, exc.detail)
-            self.session.report(OutputRejected())
-            self._send(PathError(exc.reason))
-            return
-        except OSError as exc:
-            logger.error("output {!r} of {} failed: {}", path, self.peer, exc)
-            self.session.report(OutputRejected())
-            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"the worker could not create {path}")
-            return
-        self._timings.validation_ms += (time.perf_counter() - t0) * 1000
-        self.session.report(OutputAccepted(path))
-        self._send(PathValidated("output"))
-
-    def _make_output(self, path: str) -> None:
-        """Check the place (blocking), then create the output folder symlink-safely."""
-        assert self.fs is not None
-        self._check_place(path)
-        self.fs.makedirs(path)
-
-    def _check_place(self, path: str) -> None:
-        """Refuse the root itself and the worker's own folders as an input or output.
-
-        A job's cleanup removes what it added to its output folder: the whole share,
-        or the worker's store, must never be that folder; and as an input they would
-        list other clients' stored files in a manifest.
-
-        Raises:
-            StoragePathError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the
-                like from validation).
-        """
-        assert self.fs is not None
-        resolved = self.fs.validate(path)
-        reserved = [self.fs.root / name for name in self.resources.reserved_names]
-        if resolved == self.fs.root or any(
-            resolved == place or place in resolved.parents for place in reserved
-        ):
-            raise StoragePathError(
-                PathErrorKind.PERMISSION_DENIED, path, "the root or a worker folder"
-            )
-
-    # ------------------------------------------------------------------ jobs
-
-    def _start_job(self, action: StartJob) -> None:
-        self.slot.acquire(action.job_id)
-        self._cancel = asyncio.Event()
-        self.job_task = asyncio.create_task(self._run_job(action), name=f"job-{action.job_id}")
-
-    async def _run_job(self, action: StartJob) -> None:
-        output = action.output_path
-        try:
-            if output is None:  # a received input without a shared output: the job folder
-                output = f"{JOBS_DIR_NAME}/{action.job_id}/output"
-                await asyncio.to_thread(self.runner.fs.makedirs, output)
-        except (StoragePathError, OSError) as exc:
-            logger.error("cannot create the job folder for {}: {}", action.job_id, exc)
-            self._send(JobFailed(action.job_id, "cannot create the job folder on the worker"))
-            self.session.report(JobFinished())
-            self.slot.release(action.job_id)
-            return
-        self.resources.job_outputs[action.job_id] = output
-        self.resources.job_owners[action.job_id] = self.peer
-        with contextlib.suppress(OSError, StoragePathError):  # lets a restarted worker know
-            await asyncio.to_thread(
-                self.runner.fs.atomic_write,
-                f"{JOBS_DIR_NAME}/{action.job_id}/owner",
-                self.peer.encode(),
-            )
-        spec = JobSpec(
-            action.job_id,
-            action.input_path,
-            output,
-            input_name=self._input_names.get(action.input_path) if action.input_received else None,
-        )
-        timings, self._timings = self._timings, _Timings()
-        started = time.perf_counter()
-        logger.info(
-            "job {} started for {}: {} -> {}",
-            spec.job_id,
-            self.peer,
-            spec.input_path,
-            spec.output_path,
-        )
-        completed = False
-        try:
-            outcome = await self.runner.run(spec, self._send_log, self._cancel)
-        except JobError as exc:
-            logger.warning("job {} failed: {}", spec.job_id, exc.reason)
-            if exc.path_error:
-                self._send(PathError(exc.reason))
-            self._send(JobFailed(spec.job_id, exc.reason))
-        except Exception:
-            logger.exception("job {} crashed", spec.job_id)
-            self._send(JobFailed(spec.job_id, "internal worker error (see the worker's log)"))
-        else:
-            total_s = time.perf_counter() - started
-            metrics = JobMetrics(
-                validation_ms=timings.validation_ms,
-                file_access_ms=timings.file_access_ms + outcome.file_access_ms,
-                run_s=outcome.run_s,
-                total_s=total_s,
-            )
-            complete = JobComplete(
-                spec.job_id,
-                spec.output_path,
-                outcome.file_count,
-                JobComplete.mb_from_bytes(outcome.total_bytes),
-            )
-            logger.info(
-                "job {} complete: {} files, {} MB in {:.2f} s",
-                spec.job_id,
-                outcome.file_count,
-                complete.total_mb,
-                total_s,
-            )
-            self._send(metrics)
-            self._send(complete)
-            completed = True
-        finally:
-            self.slot.release(spec.job_id)
-            self.session.report(JobFinished())
-        storage = self.resources.storage
-        if completed and storage is not None and (self.via_storage or not self.channel.is_open):
-            self.via_storage = False
-            await self._store_results(storage, spec.job_id, spec.output_path)
-
-    async def _store_results(self, storage: ResultsStorage, job_id: str, output: str) -> None:
-        """Upload a completed job's results ZIP to the storage service (with retries),
-        then tell the client with RESULTS_STORED when it is still there."""
-        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
-        try:
-            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
-            stored = await upload_results(
-                storage.url,
-                path,
-                job_id,
-                api_key=storage.api_key,
-                retries=storage.retries,
-                backoff_s=storage.backoff_s,
-            )
-        except (StorageError, StoragePathError, OSError) as exc:
-            logger.error("results of {} not stored: {}", job_id, exc)
-            self._protocol_error(
-                ErrorCode.INTERNAL_ERROR, f"could not store the results of {job_id}"
-            )
-            return
-        logger.info(
-            "results of {} stored: {} bytes, sha256 {} ({} attempt(s))",
-            job_id,
-            stored.size,
-            stored.sha256,
-            stored.attempts,
-        )
-        self._send(ResultsStored(job_id, stored.download_path))
+        if self.conn.send_log(line):
+            self.driver.kick()
 
     # ------------------------------------------------------------------ results
 
-    def _send_results(self, job_id: str) -> None:
-        if self.transfers.sender.active or (
-            self._results_task is not None and not self._results_task.done()
-        ):
-            self._protocol_error(ErrorCode.UNEXPECTED_MESSAGE, "a file is already being sent")
-            return
-        if self.slot.job_id == job_id:
-            self._protocol_error(ErrorCode.UNEXPECTED_MESSAGE, f"job {job_id} is still running")
-            return
-        self._results_task = asyncio.create_task(self._results(job_id))
-
-    def _owner_of(self, job_id: str) -> str | None:
-        """The peer that ran ``job_id`` (blocking: may read the job folder's owner file)."""
-        owner = self.resources.job_owners.get(job_id)
-        if owner is None:
-            try:
-                with self.runner.fs.open_file(f"{JOBS_DIR_NAME}/{job_id}/owner") as handle:
-                    owner = handle.read(256).decode("utf-8", "replace")
-            except (OSError, StoragePathError):
-                return None
-        return owner
-
-    async def _results(self, job_id: str) -> None:
-        """Send a job's output folder as one ZIP, to the peer that ran the job only."""
-        output = self.resources.job_outputs.get(job_id, f"{JOBS_DIR_NAME}/{job_id}/output")
-        owner = await asyncio.to_thread(self._owner_of, job_id)
-        if owner != self.peer or not await asyncio.to_thread(self.runner.fs.exists, output):
-            # another peer's job is answered like a job that does not exist
-            self._protocol_error(ErrorCode.UNKNOWN_JOB, f"no results for job {job_id}")
-            return
-        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
+    async def _pack(self, action: PackResults) -> None:
+        """Pack the output folder into one ZIP and announce it (FileToSend)."""
         try:
-            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
-            result = await self.transfers.send_file(path, name=f"results-{job_id}.zip")
-        except ChannelClosed:
-            logger.info("client {} left while results of {} were sent", self.peer, job_id)
+            path = await asyncio.to_thread(
+                build_results_zip,
+                self.resources.root,
+                user_parts(action.output_path, self.resources.limits),
+                layout.job_results_zip(action.job_id),
+            )
+            self.io.offer(path)
+            outcome: object = await file_to_send(path, layout.results_zip_name(action.job_id))
+        except (StorageError, OSError) as exc:
+            logger.error("could not pack the results of {}: {}", action.job_id, exc)
+            outcome = ActionFailed(action, f"could not send results of {action.job_id}")
+        await self.driver.report(outcome)
+
+    async def _upload(self, action: UploadResults) -> None:
+        """Upload a completed job's results ZIP to the storage service (with retries)."""
+        job_id, client = action.job_id, self.resources.results_client
+        assert client is not None  # the connection asks only with a storage service
+        output = action.output_path or "/".join(layout.job_output(job_id))
+        try:
+            path = await asyncio.to_thread(
+                build_results_zip,
+                self.resources.root,
+                user_parts(output, self.resources.limits),
+                layout.job_results_zip(job_id),
+            )
+            stored = await client.upload(path, job_id)
+        except (ResultsServiceError, StorageError, OSError) as exc:
+            logger.error("results of {} not stored: {}", job_id, exc)
+            await self.driver.report(ActionFailed(action, f"could not store the results of {job_id}"))
             return
-        except Exception:
-            logger.exception("could not send the results of {}", job_id)
-            self._protocol_error(ErrorCode.INTERNAL_ERROR, f"could not send results of {job_id}")
-            return
-        logger.info(
-            "results of {} to {}: {} ({} of {} bytes sent, {:.2f} MB/s)",
-            job_id,
-            self.peer,
-            result.outcome.status,
-            result.bytes_sent,
-            result.size,
-            result.mb_per_s,
-        )
+        logger.info("results of {} stored: {} bytes, sha256 {}", job_id, stored.size, stored.sha256)
+        await self.driver.report(ResultsUploaded(job_id, stored.download_path))
 
     async def aclose(self) -> None:
-        """Cancel a running job and wait for it (used at worker shutdown)."""
+        """Cancel a running job and wait for it (worker shutdown)."""
         if self.job_task is not None and not self.job_task.done():
             self._cancel.set()
             with contextlib.suppress(Exception):
                 await self.job_task
-        if self._results_task is not None:
-            self._results_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._results_task
+        await self.driver.cancel_tasks()
+

@@ -1,74 +1,74 @@
 """RTCWorkerClient: the GPU-container worker, answerer of client offers.
 
-It registers with the signaling server (reconnecting with exponential backoff
-when the server goes away), answers each client's offer with one
+It registers with the signaling server (reconnecting with jittered exponential backoff,
+through tenacity, when the server goes away), answers each client's offer with one
 ``RTCPeerConnection``, and serves every data channel the client opens with a
-:class:`~rtc_worker.session.WorkerSession`. Several clients may be connected;
-one job runs at a time per worker (:class:`~rtc_worker.session.JobSlot`).
+:class:`~rtc_worker.session.WorkerSession`. Several clients may be connected; one job
+runs at a time per worker (:class:`~rtc_worker.worker_state.JobSlot`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from loguru import logger
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from protocol import Limits
+from protocol import DEFAULT_LIMITS
+from protocol.connection import Capabilities
 from protocol.signaling import Answer as AnswerFrame
 from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, SignalingError
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
-from rtc_worker.channel import FrameChannel
-from rtc_worker.config import WorkerSettings
 from rtc_worker.jobs import JobRunner
-from rtc_worker.session import JobSlot, ResultsStorage, WorkerResources, WorkerSession
-from rtc_worker.signaling_client import SignalingClient, SignalingClosed
-from rtc_worker.storage import ContentStore, FilesystemAdapter, resolve_store_root
-from rtc_worker.transfer import PartialRegistry
+from rtc_worker.results_client import ResultsServiceClient
+from rtc_worker.rtc import FrameChannel, rtc_configuration
+from rtc_worker.session import WorkerSession
+from rtc_worker.settings import WorkerSettings
+from rtc_worker.signaling_client import SignalingClient
+from rtc_worker.storage import BlobStore, SafeRoot, layout
+from rtc_worker.worker_state import WorkerResources
 
-__all__ = ["JobSlot", "RTCWorkerClient", "rtc_configuration"]
+__all__ = ["RTCWorkerClient"]
+
+#: Registration refusals that retrying cannot fix.
+_FINAL_CODES = ("UNAUTHORIZED", "INVALID_FRAME")
 
 
-def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
-    """An RTCConfiguration with exactly these ICE server URLs (none: host candidates only).
-
-    With an empty list aiortc gathers host candidates only and never contacts a
-    public STUN server, which is what loopback, LAN and offline runs need.
-    """
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+def _retryable(exc: BaseException) -> bool:
+    """Retry when signaling is unreachable or refused for now, never on a cancel or a
+    final refusal."""
+    if not isinstance(exc, Exception):
+        return False
+    return not (isinstance(exc, SignalingError) and exc.code in _FINAL_CODES)
 
 
 class RTCWorkerClient:
     """The worker process's WebRTC side.
 
-    Attributes:
-        shared_storage_root: the detected shared root, or None without shared storage.
-        fs_adapter: the root's :class:`FilesystemAdapter`, or None.
-        registered: set while the worker is registered with signaling.
-
     Args:
         settings: the worker's configuration.
+
+    Attributes:
+        shared_storage_root: the detected shared root, or None without shared storage.
+        resources: what every session shares (roots, store, slot, runner).
+        registered: set while the worker is registered with signaling.
+
+    Raises:
+        ValueError: a configured shared root is not a directory.
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.shared_storage_root: Path | None = settings.detect_shared_root()
-        self.fs_adapter: FilesystemAdapter | None = None
-        if self.shared_storage_root is not None:
-            self.fs_adapter = FilesystemAdapter(
-                self.shared_storage_root, slow_warning_s=settings.slow_validation_warning_s
-            )
+        slow = settings.slow_validation_warning_s
+        shared = None if self.shared_storage_root is None else SafeRoot(self.shared_storage_root, slow_warning_s=slow)
+        if shared is not None:
             logger.info("shared storage root: {}", self.shared_storage_root)
         else:
             logger.warning(
@@ -77,54 +77,48 @@ class RTCWorkerClient:
                 ", ".join(settings.shared_root_candidates) or "nothing",
                 settings.data_dir,
             )
-        storage_root = settings.storage_root(self.shared_storage_root)
-        local_fs = self.fs_adapter or FilesystemAdapter(
-            storage_root, slow_warning_s=settings.slow_validation_warning_s
+        root = shared or SafeRoot(settings.storage_root(None), slow_warning_s=slow)
+        store_parts = layout.store_parts(shared is not None)
+        limits = dataclasses.replace(
+            DEFAULT_LIMITS,
+            max_text_frame_bytes=settings.max_text_frame_bytes,
+            max_path_bytes=settings.max_path_bytes,
+            max_fields=settings.max_fields,
+            max_file_bytes=settings.max_file_size,
+            chunk_bytes=settings.chunk_size,
         )
-        self.store = ContentStore(
-            resolve_store_root(self.shared_storage_root, storage_root),
-            partial_ttl_s=settings.partial_ttl_s,
-        )
-        self.runner = JobRunner(
-            local_fs,
-            command=settings.job_command,
-            zip_limits=ZipLimits(
-                max_total_bytes=settings.zip_max_total_bytes,
-                max_ratio=settings.zip_max_ratio,
-                max_members=settings.zip_max_members,
-            ),
-            work_dir_name=settings.work_dir_name,
-            keep_workdir=settings.keep_workdir,
-            cancel_grace_s=settings.cancel_grace_s,
-        )
-        self.slot = JobSlot()
+        results_client = None
+        if settings.storage_url:
+            results_client = ResultsServiceClient(
+                settings.storage_url,
+                settings.storage_api_key,
+                retries=settings.storage_retries,
+                backoff_s=settings.storage_backoff_s,
+            )
         self.resources = WorkerResources(
-            shared_fs=self.fs_adapter,
-            runner=self.runner,
-            store=self.store,
-            partials=PartialRegistry(),
-            slot=self.slot,
-            limits=Limits(
-                max_text_frame_bytes=settings.max_text_frame_bytes,
-                max_path_bytes=settings.max_path_bytes,
-                max_fields=settings.max_fields,
+            shared=shared,
+            root=root,
+            store=BlobStore(root.root.joinpath(*store_parts), partial_ttl_s=settings.partial_ttl_s),
+            store_parts=store_parts,
+            runner=JobRunner(
+                root,
+                command=settings.job_command,
+                zip_limits=ZipLimits(
+                    max_total_bytes=settings.zip_max_total_bytes,
+                    max_ratio=settings.zip_max_ratio,
+                    max_members=settings.zip_max_members,
+                ),
+                work_dir_name=settings.work_dir_name,
+                keep_workdir=settings.keep_workdir,
+                cancel_grace_s=settings.cancel_grace_s,
             ),
-            max_file_size=settings.max_file_size,
-            chunk_size=settings.chunk_size,
-            storage=(
-                ResultsStorage(
-                    settings.storage_url,
-                    settings.storage_api_key,
-                    retries=settings.storage_retries,
-                    backoff_s=settings.storage_backoff_s,
-                )
-                if settings.storage_url
-                else None
-            ),
+            limits=limits,
+            capabilities=Capabilities(shared_storage=shared is not None, results_service=results_client is not None),
+            reserved_names=layout.reserved_names(settings.work_dir_name),
+            results_client=results_client,
         )
         self.registered = asyncio.Event()
         self._peer_connections: dict[str, RTCPeerConnection] = {}
-        self._sessions: set[WorkerSession] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._signaling: SignalingClient | None = None
         self._stopping = asyncio.Event()
@@ -132,7 +126,7 @@ class RTCWorkerClient:
     @property
     def active_sessions(self) -> int:
         """Data channels being served now."""
-        return len(self._sessions)
+        return len(self.resources.sessions)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -145,16 +139,45 @@ class RTCWorkerClient:
         }
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; reconnect to signaling with exponential backoff.
+        """Serve until :meth:`stop`; reconnect to signaling with backoff.
 
         Raises:
             SignalingError: the server refused the registration for good
                 (UNAUTHORIZED or an invalid peer id): retrying cannot help.
         """
-        delay = 0.5
         self._spawn(self._cleanup_loop())
         try:
             while not self._stopping.is_set():
+                signaling = await self._register()
+                if signaling is None:
+                    break
+                self._signaling = signaling
+                self.registered.set()
+                await self._serve(signaling)
+                self.registered.clear()
+                await signaling.close()
+                if not self._stopping.is_set():
+                    logger.warning("lost signaling connection; reconnecting")
+        finally:
+            await self._shutdown()
+
+    async def _register(self) -> SignalingClient | None:
+        """Connect and register, retrying with backoff; None once stopping."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.5, max=self.settings.reconnect_max_delay_s, jitter=0.5),
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            before_sleep=lambda state: logger.warning(
+                "signaling unreachable at {}: {}; retrying",
+                self.settings.signaling_url,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopping.is_set():
+                    return None
                 signaling = SignalingClient(
                     self.settings.signaling_url,
                     self.settings.peer_id,
@@ -162,36 +185,14 @@ class RTCWorkerClient:
                     token=self.settings.token,
                     metadata=self.metadata,
                 )
-                try:
-                    await signaling.connect()
-                except SignalingError as exc:
-                    if exc.code in ("UNAUTHORIZED", "INVALID_FRAME"):
-                        raise
-                    logger.warning("signaling refused registration: {}", exc)
-                except (OSError, TimeoutError, SignalingClosed, Exception) as exc:
-                    logger.warning(
-                        "signaling unreachable at {}: {}",
-                        self.settings.signaling_url,
-                        exc or type(exc).__name__,
-                    )
-                else:
-                    delay = 0.5
-                    self._signaling = signaling
-                    self.registered.set()
-                    await self._serve(signaling)
-                    self.registered.clear()
-                    await signaling.close()
-                    if not self._stopping.is_set():
-                        logger.warning("lost signaling connection; reconnecting")
-                if self._stopping.is_set():
-                    break
-                wait = delay * (0.8 + 0.4 * random.random())
-                logger.info("reconnecting to signaling in {:.1f} s", wait)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=wait)
-                delay = min(delay * 2, self.settings.reconnect_max_delay_s)
-        finally:
-            await self._shutdown()
+                await signaling.connect()
+                return signaling
+        return None  # pragma: no cover - AsyncRetrying either returns or raises
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait between attempts, cut short by :meth:`stop`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _serve(self, signaling: SignalingClient) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())
@@ -204,7 +205,7 @@ class RTCWorkerClient:
                     return
                 try:
                     frame = recv.result()
-                except SignalingClosed:
+                except ConnectionError:
                     return
                 match frame:
                     case RelayedOffer():
@@ -235,18 +236,7 @@ class RTCWorkerClient:
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
             session = WorkerSession(FrameChannel(channel), self.resources, peer=peer)
-            self._sessions.add(session)
-
-            async def serve() -> None:
-                try:
-                    await session.run()
-                finally:
-                    if session.job_task is not None:
-                        with contextlib.suppress(Exception):
-                            await session.job_task
-                    self._sessions.discard(session)
-
-            self._spawn(serve())
+            self._spawn(self._serve_session(session))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -267,11 +257,19 @@ class RTCWorkerClient:
                 del self._peer_connections[peer]
             await pc.close()
 
+    async def _serve_session(self, session: WorkerSession) -> None:
+        try:
+            await session.run()
+        finally:
+            if session.job_task is not None:
+                with contextlib.suppress(Exception):
+                    await session.job_task
+
     async def _cleanup_loop(self) -> None:
         """Remove partial files older than the TTL, now and then every interval."""
         while True:
             try:
-                removed = await asyncio.to_thread(self.store.cleanup)
+                removed = await asyncio.to_thread(self.resources.store.cleanup)
                 if removed:
                     logger.info("removed {} expired partial file(s)", removed)
             except OSError as exc:
@@ -283,8 +281,8 @@ class RTCWorkerClient:
         self._stopping.set()
 
     async def _shutdown(self) -> None:
-        self.slot.close()
-        for session in list(self._sessions):
+        self.resources.slot.close()
+        for session in list(self.resources.sessions):
             await session.aclose()
         for pc in list(self._peer_connections.values()):
             await pc.close()

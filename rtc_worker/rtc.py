@@ -1,9 +1,10 @@
-"""Thin adapter between an aiortc ``RTCDataChannel`` and the sans-IO protocol.
+"""The WebRTC side of a peer: its configuration, and the data channel's frame adapter.
 
 aiortc runs an ``async`` event handler as a separate task, so frames could be
 handled out of order. :class:`FrameChannel` therefore registers a plain function
 for ``message`` that puts each frame into one bounded ``asyncio.Queue``; one task
-consumes it with :meth:`FrameChannel.recv`, in arrival order.
+consumes it with :meth:`FrameChannel.recv`, in arrival order. Sending is paced on the
+channel's ``bufferedAmount`` (W3C names, as aiortc uses them) by :meth:`FrameChannel.drained`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,35 @@ import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from aiortc import RTCConfiguration, RTCIceServer
 from loguru import logger
 
-from protocol import ErrorCode, Message, ProtocolErrorFrame, encode
+from protocol import ErrorCode, ProtocolErrorFrame, encode
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel
 
-__all__ = ["ChannelClosed", "FrameChannel"]
+__all__ = [
+    "HIGH_WATER_BYTES",
+    "LOW_WATER_BYTES",
+    "ChannelClosed",
+    "FrameChannel",
+    "rtc_configuration",
+]
+
+#: Stop queueing frames while this many bytes wait in the channel's send buffer.
+HIGH_WATER_BYTES = 1024 * 1024
+#: ``bufferedAmountLowThreshold``: sending resumes when the buffer drains below it.
+LOW_WATER_BYTES = 256 * 1024
+
+
+def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
+    """An RTCConfiguration with exactly these ICE server URLs (none: host candidates only).
+
+    With an empty list aiortc gathers host candidates only and never contacts a
+    public STUN server, which is what loopback, LAN and offline runs need.
+    """
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
 
 
 class _Sentinel(enum.Enum):
@@ -75,7 +97,9 @@ class FrameChannel:
         if self._inbox.qsize() >= self._max or self._queued_bytes > self._max_bytes:
             logger.warning("data channel {}: inbox full, closing", self.channel.label)
             self.overflowed = True
-            self.send(ProtocolErrorFrame(ErrorCode.OVERLOADED, "too many frames queued; closing"))
+            self.send_frame(
+                encode(ProtocolErrorFrame(ErrorCode.OVERLOADED, "too many frames queued; closing"))
+            )
             self._on_close()
             self.channel.close()
             return
@@ -116,9 +140,34 @@ class FrameChannel:
         self.channel.send(frame)
         return True
 
-    def send(self, message: Message) -> bool:
-        """Encode and send one message; False when the channel is not open."""
-        return self.send_frame(encode(message))
+    async def drained(
+        self, high_water: int = HIGH_WATER_BYTES, low_water: int = LOW_WATER_BYTES
+    ) -> bool:
+        """Wait while more than ``high_water`` bytes wait to be sent, until the buffer
+        falls below ``low_water`` (the ``bufferedamountlow`` event, no polling).
+
+        Returns:
+            False when the channel closed meanwhile (stop sending), else True.
+        """
+        channel = self.channel
+        if channel.bufferedAmount <= high_water:
+            return not self.closed.is_set()
+        channel.bufferedAmountLowThreshold = low_water
+        low = asyncio.Event()
+        channel.on("bufferedamountlow", low.set)
+        try:
+            while channel.bufferedAmount > high_water and not self.closed.is_set():
+                low.clear()
+                waiters = {
+                    asyncio.ensure_future(low.wait()),
+                    asyncio.ensure_future(self.closed.wait()),
+                }
+                _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
+        finally:
+            channel.remove_listener("bufferedamountlow", low.set)
+        return not self.closed.is_set()
 
     @property
     def is_open(self) -> bool:

@@ -1,0 +1,554 @@
+"""The client's side of one data channel to a worker: a ``Connection(CLIENT)`` driven
+over the channel, and the steps of a job as awaitable calls.
+
+:class:`WorkerConnection` sends only what its connection's tables allow (so never what
+the worker would refuse), performs the transfer actions with
+:class:`~rtc_worker.transfer_io.TransferIO` (downloads into the client's blob store,
+uploads streamed and paced), and turns each reply into a result or the exception of
+its wire code (:mod:`rtc_worker.errors`). :class:`RawWorkerConnection` bypasses the
+connection: every frame goes out as given and every frame received is returned, for
+tests and fuzzing.
+
+Source: PROTOCOL.md sections 2 and 6 (the worked exchanges are these calls' traces).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiortc import RTCPeerConnection
+from loguru import logger
+
+from protocol import (
+    FileProgress,
+    JobCancel,
+    JobComplete,
+    JobFailed,
+    JobId,
+    JobLog,
+    JobMetrics,
+    JobStart,
+    Limits,
+    Message,
+    PathError,
+    PathValidated,
+    RemoteProtocolError,
+    ResultsRequest,
+    ResultsStored,
+    ResultsViaStorage,
+    SharedInputPath,
+    SharedOutputPath,
+    TransferErrorCode,
+    decode,
+    encode,
+)
+from protocol.connection import Connection
+from protocol.events import (
+    Append,
+    CheckStore,
+    Delivered,
+    Discard,
+    FileHeld,
+    Finish,
+    Note,
+    ReceiveEnded,
+    Refused,
+    Send,
+    SendEnded,
+    SendProgress,
+    StreamFrom,
+    Violation,
+)
+from protocol.routes import Role
+from rtc_worker.driver import ChannelDriver
+from rtc_worker.errors import (
+    CANCELLED_REASON,
+    InputCorrupted,
+    InputNotFound,
+    JobCancelled,
+    JobFailedError,
+    MalformedReply,
+    WorkerProtocolError,
+    path_refused,
+    transfer_failed,
+    worker_protocol_error,
+)
+from rtc_worker.rtc import ChannelClosed, FrameChannel
+from rtc_worker.storage import BlobStore
+from rtc_worker.transfer_io import PartialRegistry, TransferIO, file_to_send
+
+__all__ = ["JobResult", "RawWorkerConnection", "ReceivedFile", "SendResult", "WorkerConnection"]
+
+Progress = Callable[[int, int], None]
+_CLOSED = object()
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A completed job.
+
+    Attributes:
+        job_id: the job's id; ``output_path`` its output folder relative to the root.
+        file_count: files in the output folder; ``total_mb`` their size, MB (10^6 bytes).
+        metrics: validation_ms, file_access_ms, run_s, total_s (empty if not sent).
+        logs: the JOB_LOG lines, in order.
+        stored_path: where the storage service serves the results ZIP, when asked for
+            with ``via_storage`` and RESULTS_STORED came in time.
+    """
+
+    job_id: str
+    output_path: str
+    file_count: int
+    total_mb: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    logs: tuple[str, ...] = ()
+    stored_path: str | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How sending one file ended.
+
+    Attributes:
+        outcome: the sender's end (status received, exists, failed, cancelled).
+        size: the file's size, bytes; ``bytes_sent``: bytes put on the channel this time
+            (0 for a dedupe hit; size - offset for a resumed transfer).
+        seconds: from FILE_META to the receiver's verdict.
+    """
+
+    outcome: SendEnded
+    size: int
+    bytes_sent: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the receiver holds the file (verified now, or already)."""
+        return self.outcome.status in ("received", "exists")
+
+    @property
+    def mb_per_s(self) -> float:
+        """Throughput of this transfer, MB (10^6 bytes) per second."""
+        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A file received from the worker (or already held): ``path`` is the verified
+    object in the client's store; ``bytes_received`` crossed the channel this time."""
+
+    sha256: str
+    name: str
+    size: int
+    path: Path
+    existed: bool
+    bytes_received: int
+
+
+class WorkerConnection:
+    """One peer connection and data channel to a worker; runs jobs one after another.
+
+    Args:
+        pc: the open peer connection; ``channel`` its open data channel's adapter.
+        worker_id: the worker's peer id.
+        reply_timeout: seconds to wait for each reply (PATH_VALIDATED...).
+        store: where downloads go (partials kept for a resume); ``registry`` its
+            partial-file registry.
+        limits: the bounds of what we accept (``max_file_bytes`` for downloads).
+    """
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        channel: FrameChannel,
+        worker_id: str,
+        reply_timeout: float,
+        *,
+        store: BlobStore,
+        registry: PartialRegistry,
+        limits: Limits,
+    ) -> None:
+        self.pc, self.channel, self.worker_id = pc, channel, worker_id
+        self.reply_timeout = reply_timeout
+        self.store = store
+        self.conn = Connection(Role.CLIENT, limits=limits)
+        self.driver = ChannelDriver(
+            self.conn, channel, self._perform, name=worker_id, observe=self._observe
+        )
+        self.io = TransferIO(self.conn, channel, store, registry=registry, wake=self.driver.drain)
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._on_progress: Progress | None = None
+        self._on_download: Progress | None = None
+        self.broken = False
+        self._reader = asyncio.create_task(self._read(), name=f"reader-{worker_id}")
+
+    async def _read(self) -> None:
+        try:
+            await self.driver.run()
+        finally:
+            await self.io.close()
+            self._events.put_nowait(_CLOSED)
+
+    async def _perform(self, output: object) -> None:
+        match output:
+            case Append() | CheckStore() | Finish() | Discard():
+                await self.io.perform(output)
+            case StreamFrom():
+                self.io.stream(output)
+            case SendProgress(received=received, size=size):
+                if self._on_progress is not None:
+                    _call_safely(self._on_progress, received, size)
+            case Note(text=text):
+                logger.debug("{}: {}", self.worker_id, text)
+            case _:  # Delivered, Refused, Violation, FileHeld, ReceiveEnded, SendEnded
+                self._events.put_nowait(output)
+
+    def _observe(self, sent: Send) -> None:
+        if isinstance(sent.message, FileProgress) and self._on_download is not None:
+            _call_safely(self._on_download, sent.message.received, sent.message.size)
+
+    async def _send(self, message: Message) -> None:
+        """Send through the connection's tables (LocalProtocolError when not allowed)."""
+        if not self.channel.is_open:
+            raise ChannelClosed("data channel is not open")
+        self.conn.send(message)
+        await self.driver.drain()
+
+    async def _event(self, timeout: float | None) -> object:
+        """The next event for the caller, in order.
+
+        Raises:
+            ChannelClosed: the channel closed. TimeoutError: nothing within ``timeout``.
+            MalformedReply: the worker sent a frame this client refuses.
+        """
+        async with asyncio.timeout(timeout):
+            event = await self._events.get()
+        if event is _CLOSED:
+            self._events.put_nowait(_CLOSED)  # every later wait sees the close too
+            raise ChannelClosed(f"data channel to {self.worker_id} closed")
+        if isinstance(event, Violation):
+            raise MalformedReply(event.code, f"the worker sent {event.detail}")
+        return event
+
+    async def _reply(self, timeout: float | None) -> Message:
+        """The next job reply (Delivered message); a PROTOCOL_ERROR raises its class."""
+        while True:
+            event = await self._event(timeout)
+            match event:
+                case Delivered(message=message):
+                    return message
+                case Refused(code=code, detail=detail):
+                    if code == "NO_STORAGE":
+                        self.broken = True  # the frames after RESULTS_VIA_STORAGE went on
+                    raise worker_protocol_error(code, detail)
+            logger.debug("ignoring {} while waiting for a reply", event)
+
+    async def _expect_path(self, which: str) -> None:
+        message = await self._reply(self.reply_timeout)
+        if isinstance(message, PathError):
+            raise path_refused(message)
+        if message != PathValidated(which):  # pragma: no cover - the tables allow no other
+            raise MalformedReply("UNEXPECTED_REPLY", f"expected PATH_VALIDATED::{which}, got {message}")
+
+    async def run_shared(
+        self,
+        input_path: str,
+        output_path: str,
+        *,
+        job_id: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        job_timeout: float | None = None,
+        local_copy: Path | None = None,
+        on_progress: Progress | None = None,
+        via_storage: bool = False,
+    ) -> JobResult:
+        """Run one shared-storage job on this connection.
+
+        Args:
+            input_path / output_path: relative to the shared root.
+            job_id: optional id (``[A-Za-z0-9._-]{1,64}``); the worker makes one otherwise.
+            on_log: called with each JOB_LOG line.
+            job_timeout: seconds to wait for the job's end (then it is cancelled).
+            local_copy: sent over the channel when the worker answers InputNotFound or
+                InputCorrupted, and the job goes on with it.
+            on_progress: (bytes_received, size) during such a transfer.
+            via_storage: ask for the results ZIP on the storage service.
+
+        Raises:
+            PathRefusedError (a subclass per reason), JobFailedError (JobCancelled),
+            TransferFailedError, WorkerProtocolError (WorkerBusy...), ChannelClosed,
+            TimeoutError, LocalProtocolError (a job_id outside the grammar).
+        """
+        async with self._lock:
+            await self._open_job(job_id, via_storage)
+            await self._send(SharedInputPath(input_path))
+            try:
+                await self._expect_path("input")
+            except (InputNotFound, InputCorrupted) as exc:
+                if local_copy is None:
+                    raise
+                logger.warning("{}; sending the local copy over the data channel", exc.reason)
+                await self._upload(local_copy, on_progress)
+            await self._send(SharedOutputPath(output_path))
+            await self._expect_path("output")
+            return await self._start(on_log, job_timeout, via_storage)
+
+    async def run_file(
+        self,
+        local_path: Path,
+        *,
+        job_id: str | None = None,
+        output_path: str | None = None,
+        on_log: Callable[[str], None] | None = None,
+        on_progress: Progress | None = None,
+        job_timeout: float | None = None,
+        via_storage: bool = False,
+    ) -> tuple[SendResult, JobResult]:
+        """Send ``local_path`` over the channel and run the job on it (outputs to the
+        shared ``output_path``, else the worker's job folder: see
+        :meth:`download_results`).
+
+        Raises:
+            TransferFailedError and everything :meth:`run_shared` raises.
+        """
+        async with self._lock:
+            await self._open_job(job_id, via_storage)
+            sent = await self._upload(local_path, on_progress)
+            if output_path is not None:
+                await self._send(SharedOutputPath(output_path))
+                await self._expect_path("output")
+            return sent, await self._start(on_log, job_timeout, via_storage)
+
+    async def _open_job(self, job_id: str | None, via_storage: bool) -> None:
+        if job_id is not None:
+            await self._send(JobId(job_id))
+        if via_storage:
+            await self._send(ResultsViaStorage())
+
+    async def send_file(self, path: Path, on_progress: Progress | None = None) -> SendResult:
+        """Send one file (resumes and dedupes against what the worker holds).
+
+        Raises:
+            TransferFailedError (a subclass per code), ChannelClosed, OSError.
+        """
+        async with self._lock:
+            return await self._upload(path, on_progress)
+
+    async def _upload(self, path: Path, on_progress: Progress | None) -> SendResult:
+        result = await self._send_once(path, on_progress)
+        if result.outcome.code == TransferErrorCode.HASH_MISMATCH and result.outcome.offset > 0:
+            # The worker's partial was damaged (it discarded it): send it all once more.
+            logger.warning("{}: resumed bytes did not verify; sending from the start", path.name)
+            result = await self._send_once(path, on_progress)
+        if not result.ok:
+            raise transfer_failed(result.outcome.code, result.outcome.detail)
+        logger.info(
+            "sent {} ({}): {} of {} bytes, {:.2f} MB/s",
+            path.name, result.outcome.status, result.bytes_sent, result.size, result.mb_per_s,
+        )  # fmt: skip
+        return result
+
+    async def _send_once(self, path: Path, on_progress: Progress | None) -> SendResult:
+        file = await file_to_send(path)
+        started, sent_before = time.monotonic(), self.io.bytes_sent
+        self.io.offer(path)
+        self._on_progress = on_progress
+        try:
+            self.conn.send_file(file)
+            await self.driver.drain()
+            ended = await self._wait_sent()
+        except asyncio.CancelledError:
+            self.conn.cancel_send()  # the worker keeps its partial; the channel stays usable
+            self.driver.kick()
+            raise
+        finally:
+            self._on_progress = None
+        return SendResult(ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started)
+
+    async def _wait_sent(self) -> SendEnded:
+        while True:
+            event = await self._event(None)
+            if isinstance(event, SendEnded):
+                return event
+            if isinstance(event, Refused):  # the answer to our FILE_META (its SendEnded follows)
+                continue
+            logger.debug("ignoring {} while sending", event)
+
+    async def _start(self, on_log: Callable[[str], None] | None, job_timeout: float | None, via_storage: bool) -> JobResult:
+        await self._send(JobStart())
+        try:
+            async with asyncio.timeout(job_timeout):
+                result = await self._await_result(on_log)
+            return await self._await_stored(result) if via_storage else result
+        except TimeoutError:
+            await self._abandon_job()
+            raise
+        except asyncio.CancelledError:
+            # Our caller gave up: cancel the job; the connection is settled (or closed)
+            # in the background, never reused while late frames may still come.
+            self.broken = True
+            self.driver.spawn(self._abandon_job())
+            raise
+
+    async def _abandon_job(self, grace: float = 15.0) -> None:
+        """Cancel the running job and wait for its end, so its late frames are not taken
+        for the next job's replies; close the connection when they do not come."""
+        self.broken = True
+        try:
+            await self._send(JobCancel())
+            async with asyncio.timeout(grace):
+                while not isinstance(await self._reply(None), JobFailed | JobComplete):
+                    pass
+            self.broken = False
+        except (ChannelClosed, TimeoutError, WorkerProtocolError, RemoteProtocolError):
+            await self.close()
+
+    async def _await_result(self, on_log: Callable[[str], None] | None) -> JobResult:
+        logs: list[str] = []
+        metrics: dict[str, float] = {}
+        path_error: PathError | None = None
+        while True:
+            match await self._reply(None):
+                case JobLog(line=line):
+                    logs.append(line)
+                    if on_log is not None:
+                        _call_safely(on_log, line)
+                case JobMetrics() as message:
+                    metrics = message.as_dict()
+                case JobComplete() as done:
+                    return JobResult(done.job_id, done.output_path, done.file_count, done.total_mb, metrics, tuple(logs))
+                case JobFailed(job_id=job_id, reason=reason):
+                    if path_error is not None:
+                        raise path_refused(path_error)
+                    cls = JobCancelled if reason == CANCELLED_REASON else JobFailedError
+                    raise cls(job_id, reason)
+                case PathError() as message:
+                    path_error = message
+                case other:
+                    logger.debug("ignoring {} while a job runs", other)
+
+    async def _await_stored(self, result: JobResult) -> JobResult:
+        """Wait up to the reply timeout for RESULTS_STORED of ``result``'s job.
+
+        Raises:
+            WorkerProtocolError: the worker could not store the results (or refused).
+        """
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                while True:
+                    message = await self._reply(None)
+                    if isinstance(message, ResultsStored) and message.job_id == result.job_id:
+                        return dataclasses.replace(result, stored_path=message.download_path)
+        except TimeoutError:
+            logger.warning("no RESULTS_STORED for {} in time", result.job_id)
+            return result
+
+    async def download_results(
+        self, job_id: str, dest_dir: Path, *, on_progress: Progress | None = None, timeout: float | None = None
+    ) -> tuple[ReceivedFile, Path]:
+        """Ask for the job's results (one ZIP), received into the client's store
+        (resumable, sha256-verified), then saved atomically as ``dest_dir/results-{job_id}.zip``.
+
+        Raises:
+            TransferFailedError, WorkerProtocolError (UnknownJob...), ChannelClosed,
+            TimeoutError.
+        """
+        async with self._lock:
+            self._on_download = on_progress
+            try:
+                await self._send(ResultsRequest(job_id))
+                async with asyncio.timeout(timeout):
+                    held = await self._await_download()
+            finally:
+                self._on_download = None
+        received = ReceivedFile(
+            held.sha256, held.name, held.size, self.store.object_path(held.sha256), held.existed, held.bytes_received
+        )
+        target = dest_dir / held.name
+        await asyncio.to_thread(_save_copy, self.store, held.sha256, target)
+        return received, target
+
+    async def _await_download(self) -> FileHeld:
+        while True:
+            match await self._event(None):
+                case FileHeld() as held:
+                    return held
+                case ReceiveEnded(code=code, detail=detail):
+                    raise transfer_failed(code, detail)
+                case Refused(code=code, detail=detail):
+                    raise worker_protocol_error(code, detail)
+                case other:
+                    logger.debug("ignoring {} while results download", other)
+
+    def cancel(self) -> None:
+        """Send JOB_CANCEL: the running job ends with JOB_FAILED (reason cancelled)."""
+        self.conn.send(JobCancel())
+        self.driver.kick()
+
+    async def close(self) -> None:
+        """Close the data channel and the peer connection."""
+        await self.pc.close()
+        if self._reader is not asyncio.current_task():
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+        await self.driver.cancel_tasks()
+
+
+def _save_copy(store: BlobStore, sha256: str, target: Path) -> None:
+    """Copy a stored object to ``target`` atomically (temporary file, fsync, rename)."""
+    from rtc_worker.storage import write_atomic
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with store.open_object(sha256) as source:
+        write_atomic(target, iter(lambda: source.read(1 << 20), b""))
+
+
+def _call_safely(callback: Callable[..., object], *args: object) -> None:
+    """Run a caller's callback; its exception is logged, never raised into the transfer."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("callback {} failed", getattr(callback, "__name__", callback))
+
+
+class RawWorkerConnection:
+    """A data channel to a worker without a Connection: frames go out as given and every
+    frame received is returned decoded (transfer frames included). For tests and fuzzing.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, channel: FrameChannel, worker_id: str) -> None:
+        self.pc, self.channel, self.worker_id = pc, channel, worker_id
+
+    def send(self, frame: str | bytes | Message) -> None:
+        """Send a raw frame or a message.
+
+        Raises:
+            ChannelClosed: the data channel is not open.
+        """
+        raw = frame if isinstance(frame, str | bytes) else encode(frame)
+        if not self.channel.send_frame(raw):
+            raise ChannelClosed("data channel is not open")
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The worker's next frame, decoded.
+
+        Raises:
+            ChannelClosed, TimeoutError, MalformedReply (a frame that does not decode).
+        """
+        frame = await self.channel.recv(timeout)
+        try:
+            return decode(frame)
+        except RemoteProtocolError as exc:
+            raise MalformedReply(exc.code, f"worker sent an invalid frame: {exc}") from None
+
+    async def close(self) -> None:
+        """Close the data channel and the peer connection."""
+        await self.pc.close()

@@ -1,0 +1,356 @@
+"""File transfers' I/O on one data channel: the receiver's store, the sender's stream.
+
+:class:`TransferIO` performs the transfer actions a
+:class:`~protocol.connection.Connection` queues, and reports their outcomes back to it;
+it never decides anything about the protocol.
+
+Receiving (CheckStore, Append, Finish, Discard): one :class:`~rtc_worker.storage.PartialFile`
+per transfer holds the one buffer; each chunk is appended on the event loop (a copy, no
+system call) and every :data:`~rtc_worker.storage.WRITE_BATCH_BYTES` a writer thread
+hashes and writes the batch while the loop keeps receiving. At most one batch is in
+flight; its outcome is reported as ``Written`` (bytes on disk) or ``StoreFailed`` (a
+full disk is an ordinary outcome, not a side door).
+
+Sending (StreamFrom): the file is read in 1 MiB blocks in a thread and cut into chunks
+the connection lets through (:meth:`Connection.send_chunk`), paced on the channel's
+``bufferedAmount`` (:meth:`FrameChannel.drained`); never whole in memory.
+
+Source: DESIGN.md, "A channel transfer"; aiortc's datachannel-filexfer example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from loguru import logger
+
+from protocol import FileMeta, FileMetaLegacy, TransferErrorCode
+from protocol.connection import Connection
+from protocol.events import (
+    Append,
+    CheckStore,
+    Discard,
+    FileToSend,
+    Finish,
+    StoreFailed,
+    StoreHas,
+    StoreOffset,
+    Stored,
+    StreamFrom,
+    Written,
+)
+from rtc_worker.rtc import HIGH_WATER_BYTES, LOW_WATER_BYTES, FrameChannel
+from rtc_worker.storage import (
+    BlobStore,
+    DiskFullError,
+    HashMismatchError,
+    PartialBusyError,
+    PartialFile,
+    hash_file,
+)
+
+__all__ = ["READ_BLOCK_BYTES", "STALE_AFTER_S", "PartialRegistry", "TransferIO", "file_to_send"]
+
+#: Files are read in blocks of this many bytes, in a thread.
+READ_BLOCK_BYTES = 1024 * 1024
+#: A receive with no chunk for this long may be taken over by a newer connection
+#: sending the same content (the old peer is gone without us noticing), seconds.
+STALE_AFTER_S = 5.0
+#: Threads that write received batches: not the default executor, which hashing, ZIP
+#: building and store look-ups share, so a busy pool never stalls a transfer.
+_WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer-writer")
+
+
+async def file_to_send(path: Path, name: str | None = None) -> FileToSend:
+    """What FILE_META announces for ``path``: its name, size and sha256 (hashed in a
+    thread, 1 MiB reads).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    size = (await asyncio.to_thread(path.stat)).st_size
+    sha = (await asyncio.to_thread(hash_file, path)).hexdigest()
+    return FileToSend(name or path.name, size, sha)
+
+
+class PartialRegistry:
+    """Which :class:`TransferIO` of this process is writing each partial file.
+
+    When a client reconnects before the worker noticed the old connection died, the new
+    FILE_META finds its partial still open: the old transfer is stopped (its partial
+    kept) so the new one resumes from what is on disk. A live transfer is never taken
+    over.
+    """
+
+    def __init__(self) -> None:
+        self._holders: dict[str, TransferIO] = {}
+
+    def claim(self, key: str, holder: TransferIO) -> None:
+        """Record that ``holder`` writes the partial ``key``."""
+        self._holders[key] = holder
+
+    def release(self, key: str, holder: TransferIO) -> None:
+        """Forget the claim if ``holder`` still holds it."""
+        if self._holders.get(key) is holder:
+            del self._holders[key]
+
+    async def preempt(self, key: str, holder: TransferIO) -> bool:
+        """Stop another holder's stale transfer of ``key``: True when one was stopped."""
+        current = self._holders.get(key)
+        if current is None or current is holder or not current.stale:
+            return False
+        await current.abort("superseded by a newer transfer of the same content")
+        return self._holders.get(key) is not current
+
+
+class TransferIO:
+    """Performs one connection's transfer actions against a blob store and a channel.
+
+    Args:
+        conn: the connection whose actions these are (outcomes are reported to it).
+        channel: the data channel.
+        store: where received files go (partials and verified objects).
+        registry: the process-wide :class:`PartialRegistry` of ``store``.
+        wake: called after a background step queued outputs (the adapter then drains
+            the connection).
+        high_water / low_water: flow-control marks on ``bufferedAmount``, bytes.
+
+    Attributes:
+        bytes_sent: bytes of chunks put on the channel, over this object's life.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        channel: FrameChannel,
+        store: BlobStore,
+        *,
+        registry: PartialRegistry,
+        wake: Callable[[], Awaitable[None]],
+        high_water: int = HIGH_WATER_BYTES,
+        low_water: int = LOW_WATER_BYTES,
+    ) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.store = store
+        self.registry = registry
+        self.wake = wake
+        self.high_water = high_water
+        self.low_water = low_water
+        self.bytes_sent = 0
+        self._partial: PartialFile | None = None
+        self._serial = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._last_chunk_at = time.monotonic()
+        self._source: Path | None = None
+        self._stream: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ receiving
+
+    @property
+    def stale(self) -> bool:
+        """True when this receive may be taken over: the channel closed, or no chunk
+        arrived for :data:`STALE_AFTER_S` seconds."""
+        idle = time.monotonic() - self._last_chunk_at
+        return self.channel.closed.is_set() or idle > STALE_AFTER_S
+
+    def _report(self, outcome: object) -> None:
+        self.conn.report(outcome, time.monotonic())
+
+    async def perform(self, action: CheckStore | Append | Finish | Discard) -> None:
+        """Perform one receiver action and report its outcome (in the caller's drain)."""
+        async with self._lock:  # never while a preemption closes our partial
+            match action:
+                case Append():
+                    await self._append(action)
+                case CheckStore():
+                    await self._check(action)
+                case Finish():
+                    await self._finish(action)
+                case Discard(transfer=serial, keep=keep):
+                    if serial == self._serial:
+                        await self._close(keep=keep)
+
+    async def _check(self, action: CheckStore) -> None:
+        meta, serial = action.meta, action.transfer
+        self._serial, self._last_chunk_at = serial, time.monotonic()
+        try:
+            if isinstance(meta, FileMetaLegacy):
+                self._partial = await asyncio.to_thread(self.store.open_anonymous, meta.name, meta.size)
+                self._report(StoreOffset(serial, 0))
+                return
+            if await asyncio.to_thread(self.store.has, meta.sha256):
+                self._report(StoreHas(serial))
+                return
+            partial = await self._open(meta)
+        except PartialBusyError:
+            self._fail(serial, "another transfer of this content is in progress")
+            return
+        except DiskFullError:
+            self._fail(serial, "no space left on the receiver", TransferErrorCode.DISK_FULL)
+            return
+        except Exception as exc:  # EIO, EACCES, ESTALE...: refuse, never get stuck
+            logger.exception("store failed for {}", meta.name)
+            self._fail(serial, f"receiver storage error: {type(exc).__name__}")
+            return
+        self._partial = partial
+        self.registry.claim(meta.sha256, self)
+        if partial.offset:
+            logger.info("resuming {} at {} of {} bytes", meta.name, partial.offset, meta.size)
+        self._report(StoreOffset(serial, partial.offset))
+
+    async def _open(self, meta: FileMeta) -> PartialFile:
+        def open_partial() -> PartialFile:
+            return self.store.open_partial(meta.sha256, meta.size, meta.name)
+
+        try:
+            return await asyncio.to_thread(open_partial)
+        except PartialBusyError:
+            if not await self.registry.preempt(meta.sha256, self):
+                raise
+            return await asyncio.to_thread(open_partial)
+
+    def _fail(self, serial: int, detail: str, code: TransferErrorCode = TransferErrorCode.CANCELLED) -> None:
+        self._report(StoreFailed(serial, code, detail))
+
+    async def _append(self, action: Append) -> None:
+        partial = self._partial
+        if partial is None or action.transfer != self._serial:
+            return  # the transfer already ended (the connection drops what follows)
+        self._last_chunk_at = time.monotonic()
+        if partial.append(action.data):
+            await self._settle()
+            if self._partial is partial:
+                self._start_write(partial)
+
+    def _start_write(self, partial: PartialFile) -> None:
+        batch = partial.take_batch()
+        if batch is not None:
+            loop = asyncio.get_running_loop()
+            self._writing = loop.run_in_executor(_WRITER, partial.write_batch, batch)
+
+    async def _settle(self) -> bool:
+        """Wait for the write in flight and report it: Written, or StoreFailed (the
+        connection then discards the partial, keeping what reached the disk)."""
+        writing, self._writing = self._writing, None
+        partial = self._partial
+        if writing is None or partial is None:
+            return True
+        try:
+            await writing
+        except DiskFullError:
+            self._fail(self._serial, "no space left on the receiver", TransferErrorCode.DISK_FULL)
+            return False
+        except Exception as exc:
+            logger.exception("writing {} failed", partial.name)
+            self._fail(self._serial, f"receiver storage error: {type(exc).__name__}")
+            return False
+        self._report(Written(self._serial, partial.on_disk))
+        return True
+
+    async def _finish(self, action: Finish) -> None:
+        partial, serial, meta = self._partial, action.transfer, action.meta
+        if partial is None or serial != self._serial or not await self._settle():
+            return
+        expected = meta.sha256 if isinstance(meta, FileMeta) else None
+        try:
+            stored = await asyncio.to_thread(partial.commit, expected)
+        except HashMismatchError as exc:  # the store removed the partial
+            self._forget()
+            detail = f"expected {expected}, received {exc.actual}"
+            self._report(StoreFailed(serial, TransferErrorCode.HASH_MISMATCH, detail, keep_partial=False))
+            return
+        except DiskFullError:
+            self._fail(serial, "no space left on the receiver", TransferErrorCode.DISK_FULL)
+            return
+        except Exception as exc:  # EIO and the like: refuse, keep the bytes, never hang
+            logger.exception("storing {} failed", meta.name)
+            self._fail(serial, f"receiver storage error: {type(exc).__name__}")
+            return
+        self._forget()
+        self._report(Stored(serial, stored.sha256))
+
+    def _forget(self) -> None:
+        partial, self._partial = self._partial, None
+        if partial is not None and partial.sha256 is not None:
+            self.registry.release(partial.sha256, self)
+
+    async def _close(self, *, keep: bool) -> None:
+        """Close the partial: keep what reached the disk (and the buffer) or delete it."""
+        partial = self._partial
+        if partial is None:
+            return
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            with contextlib.suppress(Exception):  # already reported, or irrelevant now
+                await writing
+        self._forget()
+        try:
+            await asyncio.to_thread(partial.close if keep else partial.discard)
+        except OSError as exc:  # disk full on the last write: the good prefix stays
+            logger.warning("closing the partial of {} failed: {}", partial.name, exc)
+
+    async def abort(self, detail: str) -> None:
+        """Stop the transfer being received (its partial is kept): a newer connection
+        takes it over. Waits for the action in progress, so a partial is never used
+        from two places."""
+        async with self._lock:
+            if self._partial is None:
+                return
+            await self._close(keep=True)
+            self._fail(self._serial, detail)
+        await self.wake()
+
+    async def close(self) -> None:
+        """The channel closed: keep the partial for a later resume, stop streaming."""
+        async with self._lock:
+            await self._close(keep=True)
+        if self._stream is not None:
+            self._stream.cancel()
+            with contextlib.suppress(BaseException):
+                await self._stream
+
+    # ------------------------------------------------------------------ sending
+
+    def offer(self, path: Path) -> None:
+        """The file the next StreamFrom streams (its FILE_META is being announced)."""
+        self._source = path
+
+    def stream(self, action: StreamFrom) -> None:
+        """Start streaming the offered file from ``action.offset`` in the background."""
+        source = self._source
+        if source is None:
+            raise RuntimeError("StreamFrom without an offered file")
+        self._stream = asyncio.get_running_loop().create_task(self._send(source, action.offset))
+
+    async def _send(self, path: Path, offset: int) -> None:
+        try:
+            await self._send_blocks(path, offset)
+            self.conn.end_of_file()
+        except OSError as exc:
+            logger.error("reading {} failed: {}", path.name, exc)
+            self.conn.cancel_send()
+        await self.wake()
+
+    async def _send_blocks(self, path: Path, offset: int) -> None:
+        size = self.conn.limits.chunk_bytes
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            handle.seek(offset)
+            while block := await asyncio.to_thread(handle.read, READ_BLOCK_BYTES):
+                view = memoryview(block)
+                for start in range(0, len(block), size):
+                    if not await self.channel.drained(self.high_water, self.low_water):
+                        return
+                    frame = self.conn.send_chunk(bytes(view[start : start + size]))
+                    if frame is None or not self.channel.send_frame(frame):
+                        return
+                    self.bytes_sent += len(frame)
+        finally:
+            await asyncio.to_thread(handle.close)

@@ -1,0 +1,134 @@
+"""What every session of one worker shares: roots, store, the job slot, job records.
+
+Source: DESIGN.md, "The parts" (the worker holds one job at a time; results go only
+to the peer that ran the job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from protocol.connection import Capabilities
+from protocol.events import ResultsFound, WorkerBusy, WorkerIdle
+from protocol.limits import Limits
+from rtc_worker.jobs import JobRunner
+from rtc_worker.results_client import ResultsServiceClient
+from rtc_worker.storage import BlobStore, SafeRoot, StorageError, layout
+from rtc_worker.transfer_io import PartialRegistry
+
+if TYPE_CHECKING:
+    from rtc_worker.session import WorkerSession
+
+__all__ = ["JobSlot", "WorkerResources"]
+
+_MAX_OWNER_BYTES = 256
+
+
+class JobSlot:
+    """The worker-wide permission to run one job at a time; every session's connection
+    is told when it is taken and freed (so each can answer WORKER_BUSY itself).
+
+    Attributes:
+        job_id: the running job's id, or None when the worker is idle.
+    """
+
+    def __init__(self, sessions: set[WorkerSession]) -> None:
+        self.job_id: str | None = None
+        self.closed = False
+        self._sessions = sessions
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs, or for good once the worker is stopping."""
+        return self.job_id is not None or self.closed
+
+    @property
+    def why(self) -> str:
+        """Why JOB_START is refused now (the detail of WORKER_BUSY)."""
+        if self.closed:
+            return "the worker is shutting down"
+        return f"another job ({self.job_id}) is running on this worker; try again later"
+
+    def _tell(self, outcome: WorkerBusy | WorkerIdle) -> None:
+        for session in list(self._sessions):
+            session.conn.report(outcome)
+            session.driver.kick()
+
+    def acquire(self, job_id: str) -> None:
+        """Take the slot (the connection only starts a job when told the worker is idle).
+
+        Raises:
+            RuntimeError: the slot is taken (a bug: connections are told synchronously).
+        """
+        if self.busy:
+            raise RuntimeError(f"job slot taken by {self.job_id or 'shutdown'}")
+        self.job_id = job_id
+        self._tell(WorkerBusy(self.why))
+
+    def release(self, job_id: str) -> None:
+        """Give the slot back (only the job holding it can)."""
+        if self.job_id == job_id:
+            self.job_id = None
+            if not self.closed:
+                self._tell(WorkerIdle())
+
+    def close(self) -> None:
+        """The worker is stopping: no new job may start."""
+        self.closed = True
+        self._tell(WorkerBusy(self.why))
+
+
+@dataclass
+class WorkerResources:
+    """What every session of one worker shares.
+
+    Attributes:
+        shared: the shared root, or None without shared storage.
+        root: the root jobs run on (the shared root, else the data dir); job folders
+            and results ZIPs live under it.
+        store: received files (objects by sha256, partials).
+        store_parts: where ``store`` lies under ``root``.
+        runner: runs jobs on ``root``.
+        limits / capabilities: of every connection.
+        reserved_names: the worker's own top-level folders (never an input or output).
+        results_client: the storage service client, or None.
+    """
+
+    shared: SafeRoot | None
+    root: SafeRoot
+    store: BlobStore
+    store_parts: tuple[str, ...]
+    runner: JobRunner
+    limits: Limits
+    capabilities: Capabilities
+    reserved_names: tuple[str, ...] = layout.reserved_names()
+    results_client: ResultsServiceClient | None = None
+    partials: PartialRegistry = field(default_factory=PartialRegistry)
+    sessions: set[WorkerSession] = field(default_factory=set)
+    #: job_id -> (owner peer, output folder as sent), for RESULTS_REQUEST.
+    jobs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    slot: JobSlot = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slot = JobSlot(self.sessions)
+
+    def record_owner(self, job_id: str, peer: str, output_path: str) -> None:
+        """Remember who ran ``job_id`` (also on disk, so a restarted worker knows)."""
+        self.jobs[job_id] = (peer, output_path)
+        with contextlib.suppress(StorageError, OSError):
+            self.root.write_atomic(layout.job_owner_file(job_id), peer.encode())
+
+    def lookup(self, job_id: str) -> ResultsFound:
+        """Who ran ``job_id``, whether it runs, and its output folder (blocking)."""
+        running = self.slot.job_id == job_id
+        owner, output = self.jobs.get(job_id, (None, "/".join(layout.job_output(job_id))))
+        if owner is None:
+            with contextlib.suppress(StorageError, OSError), self.root.open_file(layout.job_owner_file(job_id)) as handle:
+                owner = handle.read(_MAX_OWNER_BYTES).decode("utf-8", "replace")
+        try:
+            exists = owner is not None and self.root.exists(tuple(output.split("/")))
+        except (StorageError, ValueError):
+            exists = False
+        return ResultsFound(job_id, owner, running, output if exists else None)
