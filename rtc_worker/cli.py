@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(keep=args.keep, size_mb=args.size_mb, timeout=args.timeout)
 
-    from rtc_worker.config import WorkerSettings
+    from rtc_worker.settings import WorkerSettings
 
     try:
         settings = WorkerSettings(
@@ -281,7 +281,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "download":
         configure_logging(args.log_level)
         return run_async(_download(args))
-    from rtc_worker.config import ClientSettings
+    from rtc_worker.settings import ClientSettings
 
     try:
         settings = ClientSettings(

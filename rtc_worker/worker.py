@@ -30,9 +30,9 @@ from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, Signa
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
 from rtc_worker.channel import FrameChannel
-from rtc_worker.config import WorkerSettings
 from rtc_worker.jobs import JobRunner
 from rtc_worker.session import JobSlot, ResultsStorage, WorkerResources, WorkerSession
+from rtc_worker.settings import WorkerSettings
 from rtc_worker.signaling_client import SignalingClient, SignalingClosed
 from rtc_worker.storage import ContentStore, FilesystemAdapter, resolve_store_root
 from rtc_worker.transfer import PartialRegistry

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from loguru import logger
 
-from rtc_worker.config import WorkerSettings
+from rtc_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 

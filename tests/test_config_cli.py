@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rtc_worker.config import DEFAULT_SHARED_ROOT_CANDIDATES, ClientSettings, WorkerSettings
 from rtc_worker.jobs import build_argv
+from rtc_worker.settings import DEFAULT_SHARED_ROOT_CANDIDATES, ClientSettings, WorkerSettings
 from tests.conftest import REPO
 
 
