@@ -1,8 +1,11 @@
-"""Worker and client configuration, from flags and the environment (pydantic-settings).
+"""Settings of ``rtc-worker`` and ``rtc-client``: one model per program and subcommand.
 
-Every setting has an environment variable (listed in the README); a command-line
-flag, when given, wins over the environment. Settings are validated once at
-start-up: a bad value is a clear error before anything connects.
+The command lines are generated from these models (see :mod:`rtc_worker.cli`) and so
+is the README's configuration tables (``scripts/gen_config_docs.py``). Every field
+has a description with its unit. Environment variables carry the ``RTC_`` prefix;
+the few older names without it are still accepted (see
+:mod:`rtc_worker.settings_sources`). Settings are validated once at start-up: a bad
+value is a clear error before anything connects.
 """
 
 from __future__ import annotations
@@ -10,10 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
-__all__ = ["DEFAULT_SHARED_ROOT_CANDIDATES", "ClientSettings", "WorkerSettings"]
+from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings
+
+__all__ = [
+    "DEFAULT_SHARED_ROOT_CANDIDATES",
+    "ClientCli",
+    "ClientCommand",
+    "ClientSettings",
+    "DemoCommand",
+    "DownloadCommand",
+    "SubmitCommand",
+    "WorkerCli",
+    "WorkerSettings",
+    "WorkersCommand",
+]
 
 #: Mount points probed, in order, when no shared root is configured. The first is
 #: where RunAI / Vast.ai containers of our labs mount the shared volume.
@@ -23,189 +39,154 @@ DEFAULT_SHARED_ROOT_CANDIDATES: tuple[str, ...] = (
     "/shared",
 )
 
+_SIGNALING_URL = "ws://127.0.0.1:8765/ws"
+_TOKEN_ENV = Env("RTC_SIGNALING_TOKEN")
+_STORAGE_KEY_ENV = Env("RTC_STORAGE_API_KEY", "STORAGE_API_KEY")
+
 
 def _split_list(value: Any) -> Any:
-    """Accept a comma- or whitespace-separated string for list settings from env."""
+    """Accept a comma- or whitespace-separated string for list settings (env, flags)."""
     if isinstance(value, str):
         return [item for item in value.replace(",", " ").split() if item]
     return value
 
 
-class WorkerSettings(BaseSettings):
-    """Configuration of ``rtc-worker serve``.
+def _expand_home(value: Path) -> Path:
+    """``~`` at the start of a folder setting means the user's home."""
+    return value.expanduser()
 
-    Environment variables are named in each field's ``validation_alias``; the
-    first alias is the flag-derived keyword used by the CLI.
+
+class WorkerSettings(EnvSettings):
+    """Register with the signaling server and run the jobs clients submit.
+
+    Paths from clients are relative to the shared storage root; without shared
+    storage, files come over the data channel into the worker's data folder.
     """
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
 
-    signaling_url: str = Field(
-        "ws://127.0.0.1:8765/ws",
-        validation_alias=AliasChoices("signaling_url", "RTC_SIGNALING_URL"),
-        description="WebSocket URL of the signaling server.",
-    )
-    peer_id: str = Field(
+    signaling_url: str = Field(_SIGNALING_URL, description="WebSocket URL of the signaling server.")
+    peer_id: Annotated[str, Env("RTC_WORKER_ID")] = Field(
         "worker-1",
         pattern=r"^[A-Za-z0-9._-]{1,64}$",
-        validation_alias=AliasChoices("peer_id", "RTC_WORKER_ID"),
-        description="The id this worker registers under.",
+        description="The id this worker registers under ([A-Za-z0-9._-], 1 to 64 characters).",
     )
-    token: str | None = Field(
-        None,
-        validation_alias=AliasChoices("token", "RTC_SIGNALING_TOKEN"),
-        description="Token the signaling server requires, if any.",
+    token: Annotated[str | None, _TOKEN_ENV] = Field(
+        None, description="Token the signaling server requires, if any."
     )
-    shared_root: Path | None = Field(
+    shared_root: Annotated[Path | None, Env("RTC_SHARED_ROOT", "SHARED_STORAGE_ROOT")] = Field(
         None,
-        validation_alias=AliasChoices("shared_root", "SHARED_STORAGE_ROOT"),
-        description="Shared storage root; when unset, the first existing candidate.",
+        description="Shared storage root; unset: the first existing shared root candidate.",
     )
     shared_root_candidates: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_SHARED_ROOT_CANDIDATES),
-        validation_alias=AliasChoices("shared_root_candidates", "RTC_SHARED_ROOT_CANDIDATES"),
-        description="Mount points probed when no root is set (comma-separated in env).",
+        list(DEFAULT_SHARED_ROOT_CANDIDATES),
+        description="Mount points probed, in order, when no shared root is set "
+        "(comma-separated).",
     )
     job_command: str | None = Field(
         None,
-        validation_alias=AliasChoices("job_command", "RTC_JOB_COMMAND"),
-        description="Job command template with {input}, {workdir} and {output}; "
-        "run without a shell. Unset: the built-in manifest job.",
+        description="Job command template with {input}, {workdir} and {output}, split like "
+        "a shell would and run without one; unset: the built-in manifest job.",
     )
     ice_servers: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        validation_alias=AliasChoices("ice_servers", "RTC_ICE_SERVERS"),
-        description="STUN/TURN URLs (comma-separated in env); none for loopback/LAN.",
+        [],
+        description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
+        "host candidates only (loopback, LAN).",
     )
     data_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".local" / "share" / "rtc-worker",
-        validation_alias=AliasChoices("data_dir", "RTC_DATA_DIR"),
-        description="Worker-local storage (received files, job folders) when there is "
-        "no shared root.",
+        Path("~/.local/share/rtc-worker"),
+        validate_default=True,
+        description="Worker-local storage (received files, job folders) when there is no "
+        "shared root.",
     )
     max_file_size: int = Field(
         10 * 1024**3,
         gt=0,
-        validation_alias=AliasChoices("max_file_size", "RTC_MAX_FILE_SIZE"),
-        description="Largest file accepted over the data channel, bytes (FILE_TOO_LARGE).",
+        description="Largest file accepted over the data channel, bytes (FILE_TOO_LARGE "
+        "before any byte).",
     )
     chunk_size: int = Field(
         65536,
         ge=1024,
         le=262144,
-        validation_alias=AliasChoices("chunk_size", "RTC_CHUNK_SIZE"),
-        description="Chunk size of files the worker sends, bytes (64 KiB is safe for every peer).",
+        description="Chunk size of the files the worker sends (results), bytes; 64 KiB is "
+        "safe for every peer.",
     )
     partial_ttl_s: float = Field(
-        7 * 24 * 3600,
-        gt=0,
-        validation_alias=AliasChoices("partial_ttl_s", "RTC_PARTIAL_TTL_S"),
-        description="Partial files untouched this long are removed, seconds.",
+        7 * 24 * 3600, gt=0, description="Partial files untouched this long are removed, seconds."
     )
     cleanup_interval_s: float = Field(
-        3600,
-        gt=0,
-        validation_alias=AliasChoices("cleanup_interval_s", "RTC_CLEANUP_INTERVAL_S"),
-        description="How often expired partial files are looked for, seconds.",
+        3600, gt=0, description="How often expired partial files are looked for, seconds."
     )
     work_dir_name: str = Field(
         ".rtc-work",
         pattern=r"^\.?[A-Za-z0-9._-]{1,64}$",
-        validation_alias=AliasChoices("work_dir_name", "RTC_WORK_DIR_NAME"),
-        description="Folder under the shared root where ZIP inputs are extracted.",
+        description="Folder under the root where a job's ZIP input is extracted.",
     )
     keep_workdir: bool = Field(
-        False,
-        validation_alias=AliasChoices("keep_workdir", "RTC_KEEP_WORKDIR"),
-        description="Keep a job's extracted working directory after it ends.",
+        False, description="Keep a job's extracted working directory after it ends."
     )
     zip_max_total_bytes: int = Field(
-        20 * 10**9,
-        gt=0,
-        validation_alias=AliasChoices("zip_max_total_bytes", "RTC_ZIP_MAX_TOTAL_BYTES"),
-        description="Cap on a ZIP's total uncompressed size, bytes.",
+        20 * 10**9, gt=0, description="Cap on a ZIP's total uncompressed size, bytes."
     )
     zip_max_ratio: float = Field(
         200.0,
         gt=1,
-        validation_alias=AliasChoices("zip_max_ratio", "RTC_ZIP_MAX_RATIO"),
-        description="Cap on a ZIP's compression ratio (uncompressed / compressed).",
+        description="Cap on a ZIP's compression ratio, uncompressed / compressed (members "
+        "and archives above 1 MiB).",
     )
     zip_max_members: int = Field(
-        100_000,
-        gt=0,
-        validation_alias=AliasChoices("zip_max_members", "RTC_ZIP_MAX_MEMBERS"),
-        description="Cap on the number of members in a ZIP.",
+        100_000, gt=0, description="Cap on the number of members in a ZIP."
     )
     max_text_frame_bytes: int = Field(
-        64 * 1024,
-        ge=1024,
-        validation_alias=AliasChoices("max_text_frame_bytes", "RTC_MAX_TEXT_FRAME_BYTES"),
-        description="Longest data-channel text frame accepted, bytes.",
+        64 * 1024, ge=1024, description="Longest data-channel text frame accepted, bytes."
     )
     max_path_bytes: int = Field(
-        4096,
-        ge=1,
-        validation_alias=AliasChoices("max_path_bytes", "RTC_MAX_PATH_BYTES"),
-        description="Longest relative path accepted, bytes of UTF-8.",
+        4096, ge=1, description="Longest relative path accepted, bytes of UTF-8."
     )
     max_fields: int = Field(
-        1024,
-        ge=2,
-        validation_alias=AliasChoices("max_fields", "RTC_MAX_FIELDS"),
-        description="Most ::-separated fields in a data-channel text frame.",
+        1024, ge=2, description="Most ::-separated fields in a data-channel text frame."
     )
     cancel_grace_s: float = Field(
         5.0,
         ge=0,
-        validation_alias=AliasChoices("cancel_grace_s", "RTC_CANCEL_GRACE_S"),
-        description="Seconds between SIGTERM and SIGKILL when a job is cancelled.",
+        description="Wait between SIGTERM and SIGKILL when a job is cancelled, seconds.",
     )
     reconnect_max_delay_s: float = Field(
         30.0,
         gt=0,
-        validation_alias=AliasChoices("reconnect_max_delay_s", "RTC_RECONNECT_MAX_DELAY_S"),
-        description="Longest wait between two reconnection attempts to signaling, seconds.",
+        description="Longest wait between two reconnections to signaling, seconds.",
     )
-    slow_validation_warning_s: float = Field(
+    slow_validation_warning_s: Annotated[float, Env("RTC_SLOW_VALIDATION_S")] = Field(
         1.0,
         gt=0,
-        validation_alias=AliasChoices("slow_validation_warning_s", "RTC_SLOW_VALIDATION_S"),
         description="Path validations slower than this are logged as warnings, seconds.",
     )
     storage_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("storage_url", "RTC_STORAGE_URL"),
-        description="Base URL of the storage service (e.g. http://127.0.0.1:8765); "
-        "unset: results are never uploaded (RESULTS_VIA_STORAGE is refused).",
+        description="Base URL of the storage service (e.g. http://127.0.0.1:8765): results "
+        "ZIPs go there on RESULTS_VIA_STORAGE or when the client has gone; unset: never "
+        "uploaded (RESULTS_VIA_STORAGE is refused).",
     )
-    storage_api_key: str | None = Field(
-        None,
-        validation_alias=AliasChoices("storage_api_key", "STORAGE_API_KEY"),
-        description="Key the storage service requires (sent as X-API-Key).",
+    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
+        None, description="Key of the storage service (sent as X-API-Key)."
     )
     storage_retries: int = Field(
         5,
         ge=0,
         le=30,
-        validation_alias=AliasChoices("storage_retries", "RTC_STORAGE_RETRIES"),
-        description="Upload attempts after the first one (waits 0.5 s, doubling each time).",
+        description="Upload attempts after the first one; the wait starts at the storage "
+        "backoff and doubles each time.",
     )
     storage_backoff_s: float = Field(
-        0.5,
-        gt=0,
-        validation_alias=AliasChoices("storage_backoff_s", "RTC_STORAGE_BACKOFF_S"),
-        description="First wait before an upload is retried, seconds.",
+        0.5, gt=0, description="First wait before an upload is retried, seconds."
     )
-    log_level: str = Field(
-        "INFO",
-        validation_alias=AliasChoices("log_level", "RTC_LOG_LEVEL"),
-        description="Log level: DEBUG, INFO, WARNING or ERROR.",
-    )
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
-    _split_candidates = field_validator("shared_root_candidates", "ice_servers", mode="before")(
+    _split_lists = field_validator("shared_root_candidates", "ice_servers", mode="before")(
         _split_list
     )
+    _expand_data_dir = field_validator("data_dir")(_expand_home)
 
     def storage_root(self, shared_root: Path | None) -> Path:
         """Where received files and job folders live: the shared root, else ``data_dir``.
@@ -239,33 +220,174 @@ class WorkerSettings(BaseSettings):
         return None
 
 
-class ClientSettings(BaseSettings):
+class DemoCommand(EnvSettings):
+    """Run the signaling server, a worker and a client as three processes on loopback.
+
+    Builds a training package on a temporary shared root, submits it, and sends it
+    again from a client without shared storage.
+    """
+
+    keep: Annotated[bool, FLAG_ONLY] = Field(
+        False, description="Keep the temporary shared root and logs for inspection."
+    )
+    size_mb: Annotated[float, FLAG_ONLY] = Field(
+        8.0, description="Approximate size of the training package, MB (10^6 bytes)."
+    )
+    timeout: Annotated[float, FLAG_ONLY] = Field(
+        60.0, description="Give up after this long, seconds."
+    )
+
+
+class WorkerCli(Commands):
+    """WebRTC peer worker for shared-storage jobs."""
+
+    model_config = SettingsConfigDict(cli_shortcuts={"ice-servers": "ice-server"})
+
+    serve: CliSubCommand[WorkerSettings] = Field(
+        description="Register with signaling and serve jobs."
+    )
+    demo: CliSubCommand[DemoCommand] = Field(
+        description="Run signaling, a worker and a client on loopback."
+    )
+    version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
+        False, description="Print the version and exit."
+    )
+
+
+class ClientSettings(EnvSettings):
     """Configuration of ``rtc-client`` and :class:`rtc_worker.client.RTCClient`."""
 
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
 
-    signaling_url: str = Field(
-        "ws://127.0.0.1:8765/ws",
-        validation_alias=AliasChoices("signaling_url", "RTC_SIGNALING_URL"),
+    signaling_url: str = Field(_SIGNALING_URL, description="WebSocket URL of the signaling server.")
+    token: Annotated[str | None, _TOKEN_ENV] = Field(
+        None, description="Token the signaling server requires, if any."
     )
-    token: str | None = Field(None, validation_alias=AliasChoices("token", "RTC_SIGNALING_TOKEN"))
     ice_servers: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, validation_alias=AliasChoices("ice_servers", "RTC_ICE_SERVERS")
+        [],
+        description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
+        "host candidates only (loopback, LAN).",
     )
     reply_timeout_s: float = Field(
-        60.0, gt=0, validation_alias=AliasChoices("reply_timeout_s", "RTC_REPLY_TIMEOUT_S")
+        60.0, gt=0, description="Longest wait for each reply of a worker, seconds."
     )
     connect_timeout_s: float = Field(
-        30.0, gt=0, validation_alias=AliasChoices("connect_timeout_s", "RTC_CONNECT_TIMEOUT_S")
+        30.0,
+        gt=0,
+        description="Longest wait for signaling, the worker's answer and the data channel, "
+        "seconds.",
     )
-    log_level: str = Field("WARNING", validation_alias=AliasChoices("log_level", "RTC_LOG_LEVEL"))
-    cache_dir: Path = Field(
-        default_factory=lambda: Path.home() / ".cache" / "rtc-client",
-        validation_alias=AliasChoices("cache_dir", "RTC_CLIENT_CACHE_DIR"),
+    log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    cache_dir: Annotated[Path, Env("RTC_CLIENT_CACHE_DIR")] = Field(
+        Path("~/.cache/rtc-client"),
+        validate_default=True,
         description="Partial downloads kept for a resume, and verified results.",
     )
     max_file_size: int = Field(
-        10 * 1024**3, gt=0, validation_alias=AliasChoices("max_file_size", "RTC_MAX_FILE_SIZE")
+        10 * 1024**3, gt=0, description="Largest file accepted from a worker, bytes."
     )
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)
+    _expand_cache_dir = field_validator("cache_dir")(_expand_home)
+
+
+class ClientCommand(ClientSettings):
+    """What ``rtc-client workers`` and ``rtc-client submit`` share."""
+
+    json_output: Annotated[bool, FLAG_ONLY] = Field(
+        False, validation_alias="json", description="Print JSON instead of text."
+    )
+
+
+class WorkersCommand(ClientCommand):
+    """List the workers registered with the signaling server."""
+
+
+class SubmitCommand(ClientCommand):
+    """Run a job on a worker.
+
+    Shared storage: --input REL --output REL (add --file LOCAL to send a local copy when
+    the worker cannot read the shared input). No shared storage: --file LOCAL
+    --download DIR sends the file, runs the job and saves the verified results ZIP
+    (extracted next to it).
+    """
+
+    worker: Annotated[str, FLAG_ONLY] = Field(description="The worker's peer id.")
+    input: Annotated[str | None, FLAG_ONLY] = Field(
+        None, description="Input path relative to the shared root."
+    )
+    output: Annotated[str | None, FLAG_ONLY] = Field(
+        None, description="Output folder relative to the shared root (created)."
+    )
+    file: Annotated[Path | None, FLAG_ONLY] = Field(
+        None, description="A local input file to send over the data channel."
+    )
+    download: Annotated[Path | None, FLAG_ONLY] = Field(
+        None, description="Folder where the results of a --file job are saved."
+    )
+    progress: Annotated[bool, FLAG_ONLY] = Field(
+        True, description="Progress bars (bytes, MB/s, ETA) during transfers."
+    )
+    job_id: Annotated[str | None, FLAG_ONLY] = Field(
+        None, description="Job id ([A-Za-z0-9._-], 1 to 64 characters); unset: the worker's."
+    )
+    wait: Annotated[float, FLAG_ONLY] = Field(
+        0.0, description="Wait up to this long for the worker to register, seconds."
+    )
+    job_timeout: Annotated[float | None, FLAG_ONLY] = Field(
+        None, description="Cancel the job after this long, seconds; unset: no limit."
+    )
+    trace: Annotated[bool, FLAG_ONLY] = Field(
+        False, description="Print every data-channel frame sent and received."
+    )
+    via_storage: Annotated[bool, FLAG_ONLY] = Field(
+        False,
+        description="Have the worker upload the results ZIP to the storage service (fetch "
+        "it with rtc-client download).",
+    )
+
+
+class DownloadCommand(EnvSettings):
+    """Fetch a results ZIP from the storage service and verify its sha256."""
+
+    model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
+
+    job_id: Annotated[str, FLAG_ONLY] = Field(description="The job's id.")
+    storage_url: Annotated[str, FLAG_ONLY] = Field(
+        description="Base URL of the storage service (e.g. http://127.0.0.1:8765)."
+    )
+    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
+        None, description="Key of the storage service (sent as X-API-Key)."
+    )
+    output: Annotated[Path, FLAG_ONLY] = Field(
+        description="Folder where results-{job_id}.zip is saved."
+    )
+    sha256: Annotated[str | None, FLAG_ONLY] = Field(
+        None, description="Expected sha256 of the ZIP, hex."
+    )
+    keep: Annotated[bool, FLAG_ONLY] = Field(
+        False, description="Ask the service to keep the file after this download."
+    )
+    log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+
+
+class ClientCli(Commands):
+    """Reference client: list workers, submit jobs, download stored results.
+
+    Exit codes: 0 complete, 1 job failed, path refused or transfer failed, 2 usage,
+    3 signaling or connection failure, 4 worker busy or protocol error.
+    """
+
+    model_config = SettingsConfigDict(cli_shortcuts={"ice-servers": "ice-server"})
+
+    workers: CliSubCommand[WorkersCommand] = Field(description="List registered workers.")
+    submit: CliSubCommand[SubmitCommand] = Field(
+        description="Run a job: on shared storage (--input/--output) or on a local file "
+        "sent over the data channel (--file/--download)."
+    )
+    download: CliSubCommand[DownloadCommand] = Field(
+        description="Fetch a results ZIP from the storage service and verify its sha256."
+    )
+    version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
+        False, description="Print the version and exit."
+    )
