@@ -61,7 +61,7 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
 def _parse(line: CommandLine[P], argv: Sequence[str] | None) -> P | int:
     """The parsed command line, or the exit status after an invalid value (2) or ``--version``.
 
-    Usage errors and ``--help`` exit from argparse (2 and 0).
+    Usage errors and ``--help`` exit from the parser (2 and 0).
     """
     try:
         parsed = line.parse(argv)

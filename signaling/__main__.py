@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the address cannot be
     bound or the result store cannot be opened, 2 on invalid settings (including a
-    storage path without an API key). argparse exits with 2 on bad syntax.
+    storage path without an API key). The parser exits with 2 on bad syntax.
     With ``--cleanup-once``: 0 after the pass, 1 when the store cannot be cleaned.
     """
     try:

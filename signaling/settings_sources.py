@@ -4,8 +4,8 @@ Every setting is one field of a pydantic-settings model. Its description is both
 ``--help`` text and its line in the README, with its unit (bytes, seconds). Its
 environment variables are ``env_prefix`` + the field name in capitals, or the names
 an :class:`Env` marker lists: the canonical one first, then older names still
-accepted. :class:`CommandLine` has pydantic-settings generate the argparse parser of
-a program from its root model (kebab-case flags, ``--x/--no-x`` for booleans, one
+accepted. :class:`CommandLine` has pydantic-settings generate the parser of a
+program from its root model (kebab-case flags, ``--x/--no-x`` for booleans, one
 parser per subcommand) and adds each flag's variables to its help.
 
 A flag beats the environment, which beats the default.
@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from argparse import Action, ArgumentParser, RawDescriptionHelpFormatter
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar, get_args
+from typing import Any, Generic, NoReturn, Protocol, TypeVar, get_args
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -147,11 +146,22 @@ class Commands(BaseSettings):
 M = TypeVar("M", bound=BaseSettings)
 
 
-class _HelpFormatter(RawDescriptionHelpFormatter):
-    """Keeps the line breaks of a model's docstring in ``--help``, not its indentation."""
+class Parser(Protocol):
+    """What this module uses of the parser pydantic-settings builds."""
 
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return super()._fill_text(inspect.cleandoc(text), width, indent)
+    prog: str
+    description: str | None
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage and ``message`` to stderr and exit with status 2."""
+
+    def format_help(self) -> str:
+        """The text ``--help`` prints."""
+
+
+def _cleandoc(text: str | None) -> str | None:
+    """A docstring as ``--help`` shows it: its line breaks kept, its indentation not."""
+    return None if text is None else inspect.cleandoc(text)
 
 
 def _model_of(field: FieldInfo) -> type[BaseModel] | None:
@@ -178,7 +188,7 @@ class CommandLine(Generic[M]):
     def __init__(self, model: type[M], prog: str) -> None:
         self.model = model
         self.flags: dict[str, tuple[str, ...]] = {}
-        self.source: CliSettingsSource[ArgumentParser] = CliSettingsSource(
+        self.source: CliSettingsSource[Parser] = CliSettingsSource(
             model,
             cli_prog_name=prog,
             cli_kebab_case=True,
@@ -187,12 +197,13 @@ class CommandLine(Generic[M]):
             cli_avoid_json=True,
             cli_enforce_required=True,
             add_argument_method=self._add_argument,
-            formatter_class=_HelpFormatter,
+            add_parser_method=self._add_parser,
         )
+        self.parser.description = _cleandoc(self.parser.description)
 
     @property
-    def parser(self) -> ArgumentParser:
-        """The root argparse parser."""
+    def parser(self) -> Parser:
+        """The root parser."""
         return self.source.root_parser
 
     def parse(self, argv: Sequence[str] | None = None) -> M:
@@ -230,14 +241,20 @@ class CommandLine(Generic[M]):
                 return model, field_name
         return None
 
-    def _add_argument(self, container: Any, *names: str, **kwargs: Any) -> Action:
+    def _add_argument(self, container: Any, *names: str, **kwargs: Any) -> Any:
         """Add an argument as pydantic-settings asks, naming its variables in its help."""
         dest = kwargs.get("dest")
         found = self.field_at(dest) if isinstance(dest, str) else None
         variables = env_names(*found) if found is not None else ()
         if variables and isinstance(kwargs.get("help"), str):
             kwargs["help"] += f" [env: {', '.join(variables)}]"
-        action: Action = ArgumentParser.add_argument(container, *names, **kwargs)
+        action = container.add_argument(*names, **kwargs)
         if isinstance(dest, str):
             self.flags[dest] = tuple(action.option_strings)
         return action
+
+    @staticmethod
+    def _add_parser(subparsers: Any, *names: str, **kwargs: Any) -> Any:
+        """Add a subcommand's parser, its description being its model's docstring."""
+        kwargs["description"] = _cleandoc(kwargs.get("description"))
+        return subparsers.add_parser(*names, **kwargs)
