@@ -3,7 +3,7 @@
 Every setting is one field of a pydantic-settings model. Its description is both its
 ``--help`` text and its line in the README, with its unit (bytes, seconds). Its
 environment variables are ``env_prefix`` + the field name in capitals, or the names
-an :class:`Env` marker lists: the canonical one first, then older names still
+an :func:`Env` marker lists: the canonical one first, then older names still
 accepted. :class:`CommandLine` has pydantic-settings generate the parser of a
 program from its root model (kebab-case flags, ``--x/--no-x`` for booleans, one
 parser per subcommand) and adds each flag's variables to its help.
@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -43,21 +43,16 @@ __all__ = [
 ]
 
 
-class Env:
+def Env(*names: str) -> FieldInfo:
     """The environment variables of one setting, as field metadata.
 
     ``Annotated[str, Env("RTC_WORKER_ID")]``: the first name is the canonical one,
     the others are older names still accepted (the first one set wins). ``Env()``
-    (see :data:`FLAG_ONLY`): the value comes from the command line only.
+    (see :data:`FLAG_ONLY`): the value comes from the command line only. The names
+    are kept as plain data in the field's JSON schema extra (``"env"``).
     """
-
-    __slots__ = ("names",)
-
-    def __init__(self, *names: str) -> None:
-        self.names: tuple[str, ...] = names
-
-    def __repr__(self) -> str:
-        return f"Env{self.names!r}"
+    marker: FieldInfo = Field(json_schema_extra={"env": list(names)})
+    return marker
 
 
 FLAG_ONLY = Env()
@@ -68,12 +63,13 @@ def env_names(model: type[BaseModel], field_name: str) -> tuple[str, ...]:
     """The environment variables of ``model.field_name``, the canonical one first.
 
     Returns:
-        The names of its :class:`Env` marker, else ``env_prefix`` + the field name in
+        The names its :func:`Env` marker gives, else ``env_prefix`` + the field name in
         capitals; empty for a flag-only field.
     """
-    for item in model.model_fields[field_name].metadata:
-        if isinstance(item, Env):
-            return item.names
+    extra = model.model_fields[field_name].json_schema_extra
+    names = extra.get("env") if isinstance(extra, dict) else None
+    if isinstance(names, list):
+        return tuple(str(name) for name in names)
     prefix = str(model.model_config.get("env_prefix") or "")
     return (f"{prefix}{field_name}".upper(),)
 
@@ -183,11 +179,14 @@ class CommandLine(Generic[M]):
     Attributes:
         flags: every option string of every argument, by its destination
             (``"serve.peer_id"`` for a subcommand's field, ``"host"`` at the root).
+        variables: the environment variables of every argument, by its destination,
+            the canonical one first (empty for a flag-only argument).
     """
 
     def __init__(self, model: type[M], prog: str) -> None:
         self.model = model
         self.flags: dict[str, tuple[str, ...]] = {}
+        self.variables: dict[str, tuple[str, ...]] = {}
         self.source: CliSettingsSource[Parser] = CliSettingsSource(
             model,
             cli_prog_name=prog,
@@ -251,6 +250,7 @@ class CommandLine(Generic[M]):
         action = container.add_argument(*names, **kwargs)
         if isinstance(dest, str):
             self.flags[dest] = tuple(action.option_strings)
+            self.variables[dest] = variables
         return action
 
     @staticmethod
