@@ -179,6 +179,7 @@ def worker_subprocess(
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("SHARED_STORAGE_ROOT", None)
+    env.pop("RTC_SHARED_ROOT", None)
     argv = [
         sys.executable,
         "-m",
