@@ -1,7 +1,7 @@
 """Settings of ``rtc-worker`` and ``rtc-client``: one model per program and subcommand.
 
-The command lines are generated from these models (see :mod:`rtc_worker.cli`) and so
-is the README's configuration tables (``scripts/gen_config_docs.py``). Every field
+The command lines are generated from these models (see :mod:`rtc_worker.cli`), and so
+are the README's configuration tables (``scripts/gen_config_docs.py``). Every field
 has a description with its unit. Environment variables carry the ``RTC_`` prefix;
 the few older names without it are still accepted (see
 :mod:`rtc_worker.settings_sources`). Settings are validated once at start-up: a bad
