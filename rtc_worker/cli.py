@@ -1,28 +1,41 @@
-"""Command lines: ``rtc-worker`` (serve, demo) and ``rtc-client`` (workers, submit).
+"""Command lines: ``rtc-worker`` (serve, demo) and ``rtc-client`` (workers, submit, download).
 
-Flags override environment variables; every flag's help names its variable.
-Exit codes of ``rtc-client submit``: 0 job complete, 1 job failed or path refused,
-2 usage error, 3 signaling or connection failure, 4 worker busy or protocol error.
+The parsers are generated from the models of :mod:`rtc_worker.settings`; this module
+only parses and calls into the program. Flags override environment variables; every
+flag's help names its variables. Exit codes of ``rtc-client submit``: 0 job complete,
+1 job failed or path refused, 2 usage error, 3 signaling or connection failure, 4
+worker busy or protocol error.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from rtc_worker import __version__
+from rtc_worker.settings import (
+    ClientCli,
+    DemoCommand,
+    DownloadCommand,
+    SubmitCommand,
+    WorkerCli,
+    WorkersCommand,
+    WorkerSettings,
+)
+from rtc_worker.settings_sources import CommandLine
 
 __all__ = ["client_main", "configure_logging", "main", "run_async"]
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL = 0, 1, 2, 3, 4
+
+P = TypeVar("P", WorkerCli, ClientCli)
 
 
 def configure_logging(level: str) -> None:
@@ -45,127 +58,43 @@ def run_async(coro: Coroutine[Any, Any, int]) -> int:
         return runner.run(coro)
 
 
-def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    """The flags the user actually passed (so the environment fills the rest)."""
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+def _parse(line: CommandLine[P], argv: Sequence[str] | None) -> P | int:
+    """The parsed command line, or the exit status after an invalid value (2) or ``--version``.
 
-
-def _connection_flags(log_default: str) -> argparse.ArgumentParser:
-    """Flags shared by the worker and the client: signaling, token, ICE servers, logs."""
-    flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument(
-        "--signaling-url",
-        dest="signaling_url",
-        help="signaling WebSocket URL [env RTC_SIGNALING_URL; default ws://127.0.0.1:8765/ws]",
-    )
-    flags.add_argument("--token", help="signaling token [env RTC_SIGNALING_TOKEN]")
-    flags.add_argument(
-        "--ice-server",
-        dest="ice_servers",
-        action="append",
-        help="STUN/TURN URL, repeatable [env RTC_ICE_SERVERS, comma-separated; default none]",
-    )
-    flags.add_argument(
-        "--log-level",
-        dest="log_level",
-        help=f"DEBUG, INFO, WARNING, ERROR [env RTC_LOG_LEVEL; default {log_default}]",
-    )
-    return flags
+    Usage errors and ``--help`` exit from the parser (2 and 0).
+    """
+    try:
+        parsed = line.parse(argv)
+    except (ValidationError, SettingsError) as exc:
+        print(f"{line.parser.prog}: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if parsed.version:
+        print(f"{line.parser.prog} {__version__}")
+        return EXIT_OK
+    return parsed
 
 
 # ---------------------------------------------------------------------- rtc-worker
 
 
-def _worker_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rtc-worker",
-        description="WebRTC peer worker for shared-storage jobs.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser(
-        "serve", parents=[_connection_flags("INFO")], help="register with signaling and serve jobs"
-    )
-    serve.add_argument(
-        "--peer-id",
-        dest="peer_id",
-        help="id to register under [env RTC_WORKER_ID; default worker-1]",
-    )
-    serve.add_argument(
-        "--shared-root",
-        dest="shared_root",
-        help="shared storage root [env SHARED_STORAGE_ROOT; default: first "
-        "existing of RTC_SHARED_ROOT_CANDIDATES]",
-    )
-    serve.add_argument(
-        "--job-command",
-        dest="job_command",
-        help="job command template with {input} {workdir} {output}, run without a shell "
-        "[env RTC_JOB_COMMAND; default: built-in manifest job]",
-    )
-
-    serve.add_argument(
-        "--storage-url",
-        dest="storage_url",
-        help="storage service base URL, e.g. http://127.0.0.1:8765 [env RTC_STORAGE_URL; "
-        "default: none, results are never uploaded]",
-    )
-    serve.add_argument(
-        "--storage-api-key",
-        dest="storage_api_key",
-        help="key of the storage service [env STORAGE_API_KEY]",
-    )
-
-    demo = sub.add_parser("demo", help="run signaling, a worker and a client on loopback")
-    demo.add_argument(
-        "--keep", action="store_true", help="keep the temporary shared root and logs for inspection"
-    )
-    demo.add_argument(
-        "--size-mb",
-        type=float,
-        default=8.0,
-        help="approximate size of the training package, MB (default 8)",
-    )
-    demo.add_argument(
-        "--timeout", type=float, default=60.0, help="give up after this many seconds (default 60)"
-    )
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtc-worker``."""
-    args = _worker_parser().parse_args(argv)
-    if args.command == "demo":
+    """Entry point of ``rtc-worker``: ``serve`` or ``demo`` (see :class:`WorkerCli`)."""
+    line = CommandLine(WorkerCli, "rtc-worker")
+    parsed = _parse(line, argv)
+    if isinstance(parsed, int):
+        return parsed
+    command = line.command(parsed)
+    if isinstance(command, DemoCommand):
         from rtc_worker.demo import run_demo
 
-        return run_demo(keep=args.keep, size_mb=args.size_mb, timeout=args.timeout)
-
-    from rtc_worker.config import WorkerSettings
-
-    try:
-        settings = WorkerSettings(
-            **_given(
-                args,
-                "signaling_url",
-                "peer_id",
-                "token",
-                "shared_root",
-                "job_command",
-                "ice_servers",
-                "log_level",
-                "storage_url",
-                "storage_api_key",
-            )
-        )
-    except ValidationError as exc:
-        print(f"rtc-worker: invalid configuration:\n{exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(settings.log_level)
-    return run_async(_serve(settings))
+        return run_demo(keep=command.keep, size_mb=command.size_mb, timeout=command.timeout)
+    if not isinstance(command, WorkerSettings):
+        raise TypeError(f"rtc-worker has no command {command!r}")
+    configure_logging(command.log_level)
+    return run_async(_serve(command))
 
 
-async def _serve(settings: Any) -> int:
+async def _serve(settings: WorkerSettings) -> int:
     import signal
 
     from protocol.signaling import SignalingError
@@ -191,126 +120,52 @@ async def _serve(settings: Any) -> int:
 # ---------------------------------------------------------------------- rtc-client
 
 
-def _client_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rtc-client",
-        description="Reference client: list workers and submit shared-storage jobs.",
-        epilog="exit codes: 0 complete, 1 job failed, path refused or transfer failed, 2 usage, "
-        "3 signaling/connection failure, 4 worker busy or protocol error",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    common = _connection_flags("WARNING")
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("workers", parents=[common], help="list registered workers")
-    submit = sub.add_parser(
-        "submit",
-        parents=[common],
-        help="run a job: on shared storage (--input/--output) or on a local file sent "
-        "over the data channel (--file/--download)",
-        description="Shared storage: --input REL --output REL (add --file LOCAL to send a "
-        "local copy when the worker cannot read the shared input). No shared storage: "
-        "--file LOCAL --download DIR sends the file, runs the job and saves the verified "
-        "results ZIP (extracted next to it).",
-    )
-    submit.add_argument("--worker", required=True, help="the worker's peer id")
-    submit.add_argument("--input", help="input path relative to the shared root")
-    submit.add_argument("--output", help="output folder relative to the shared root (created)")
-    submit.add_argument("--file", type=Path, help="a local input file to send over the channel")
-    submit.add_argument(
-        "--download", type=Path, help="folder where the results of a --file job are saved"
-    )
-    submit.add_argument(
-        "--no-progress", action="store_true", help="no progress bar during transfers"
-    )
-    submit.add_argument("--job-id", dest="job_id", help="job id [A-Za-z0-9._-]{1,64}")
-    submit.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="wait up to this many seconds for the worker to register",
-    )
-    submit.add_argument(
-        "--job-timeout",
-        type=float,
-        default=None,
-        help="cancel the job after this many seconds (default: no limit)",
-    )
-    submit.add_argument(
-        "--trace", action="store_true", help="print every data-channel frame sent and received"
-    )
-    submit.add_argument(
-        "--via-storage",
-        dest="via_storage",
-        action="store_true",
-        help="have the worker upload the results ZIP to the storage service "
-        "(fetch it with rtc-client download)",
-    )
-    download = sub.add_parser(
-        "download",
-        help="fetch a results ZIP from the storage service and verify its sha256",
-    )
-    download.add_argument("--job-id", dest="job_id", required=True, help="the job's id")
-    download.add_argument(
-        "--storage-url", dest="storage_url", required=True, help="storage service base URL"
-    )
-    download.add_argument(
-        "--storage-api-key",
-        dest="storage_api_key",
-        default=None,
-        help="key of the storage service [env STORAGE_API_KEY]",
-    )
-    download.add_argument(
-        "--output", type=Path, required=True, help="folder where results-{job_id}.zip is saved"
-    )
-    download.add_argument("--sha256", default=None, help="expected sha256 (hex)")
-    download.add_argument(
-        "--keep",
-        action="store_true",
-        help="ask the service to keep the file after this download",
-    )
-    download.add_argument(
-        "--log-level", dest="log_level", default="WARNING", help="log level (default WARNING)"
-    )
-    return parser
-
-
 def client_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtc-client``."""
-    args = _client_parser().parse_args(argv)
-    if args.command == "download":
-        configure_logging(args.log_level)
-        return run_async(_download(args))
-    from rtc_worker.config import ClientSettings
+    """Entry point of ``rtc-client``: ``workers``, ``submit`` or ``download``.
 
-    try:
-        settings = ClientSettings(
-            **_given(args, "signaling_url", "token", "ice_servers", "log_level")
-        )
-    except ValidationError as exc:
-        print(f"rtc-client: invalid configuration:\n{exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging(settings.log_level)
-    return run_async(_client(args, settings))
+    See :class:`ClientCli` for the exit codes.
+    """
+    line = CommandLine(ClientCli, "rtc-client")
+    parsed = _parse(line, argv)
+    if isinstance(parsed, int):
+        return parsed
+    command = line.command(parsed)
+    if isinstance(command, DownloadCommand):
+        configure_logging(command.log_level)
+        return run_async(_download(command))
+    if not isinstance(command, WorkersCommand | SubmitCommand):
+        raise TypeError(f"rtc-client has no command {command!r}")
+    if isinstance(command, SubmitCommand):
+        shared, channel = command.input is not None, command.download is not None
+        if (
+            shared == channel
+            or (shared and command.output is None)
+            or (channel and command.file is None)
+        ):
+            print(
+                "rtc-client submit: give --input and --output (shared storage), or --file "
+                "and --download (no shared storage)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    configure_logging(command.log_level)
+    return run_async(_client(command))
 
 
-async def _download(args: argparse.Namespace) -> int:
+async def _download(command: DownloadCommand) -> int:
     """``rtc-client download``: fetch, verify and save a results ZIP."""
-    import os
-
     import aiohttp
 
     from rtc_worker.results_store import StorageError, download_results
 
-    api_key = args.storage_api_key or os.environ.get("STORAGE_API_KEY") or None
     try:
         got = await download_results(
-            args.storage_url,
-            args.job_id,
-            args.output,
-            api_key=api_key,
-            sha256=args.sha256,
-            keep=args.keep,
+            command.storage_url,
+            command.job_id,
+            command.output,
+            api_key=command.storage_api_key or None,
+            sha256=command.sha256,
+            keep=command.keep,
         )
     except StorageError as exc:
         print(f"download failed: {exc}", file=sys.stderr)
@@ -328,7 +183,8 @@ def _print_trace(direction: str, frame: str | bytes) -> None:
     print(f"  {arrow} {shown}", flush=True)
 
 
-async def _client(args: argparse.Namespace, settings: Any) -> int:
+async def _client(command: WorkersCommand | SubmitCommand) -> int:
+    """``rtc-client workers`` and ``rtc-client submit``: talk to signaling and a worker."""
     from protocol import LocalProtocolError
     from rtc_worker.channel import ChannelClosed
     from rtc_worker.client import (
@@ -340,68 +196,62 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
         WorkerProtocolError,
     )
 
-    if args.command == "submit":
-        shared, channel = args.input is not None, args.download is not None
-        if shared == channel or (shared and args.output is None) or (channel and args.file is None):
-            print(
-                "rtc-client submit: give --input and --output (shared storage), or --file "
-                "and --download (no shared storage)",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-    trace = _print_trace if getattr(args, "trace", False) else None
+    trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
     client = RTCClient(
-        settings.signaling_url,
-        settings.token,
-        ice_servers=settings.ice_servers,
-        reply_timeout=settings.reply_timeout_s,
-        connect_timeout=settings.connect_timeout_s,
+        command.signaling_url,
+        command.token,
+        ice_servers=command.ice_servers,
+        reply_timeout=command.reply_timeout_s,
+        connect_timeout=command.connect_timeout_s,
         trace=trace,
-        cache_dir=settings.cache_dir,
-        max_file_size=settings.max_file_size,
+        cache_dir=command.cache_dir,
+        max_file_size=command.max_file_size,
     )
     try:
         async with client:
-            if args.command == "workers":
+            if isinstance(command, WorkersCommand):
                 workers = await client.workers()
-                if args.json:
+                if command.json_output:
                     print(json.dumps([w.model_dump() for w in workers], indent=2))
                 elif not workers:
                     print("no workers registered")
-                for w in [] if args.json else workers:
+                for w in [] if command.json_output else workers:
                     print(f"{w.peer_id}\t{json.dumps(w.metadata, sort_keys=True)}")
                 return EXIT_OK
-            if args.wait > 0:
-                await client.wait_for_worker(args.worker, args.wait)
-            on_log = None if args.json or trace else (lambda line: print(f"  | {line}"))
-            bars = _Progress(disabled=args.no_progress or args.json)
+            if command.wait > 0:
+                await client.wait_for_worker(command.worker, command.wait)
+            on_log = None if command.json_output or trace else (lambda line: print(f"  | {line}"))
+            bars = _Progress(disabled=not command.progress or command.json_output)
             download = None
             try:
-                if args.input is not None:
+                if command.input is not None and command.output is not None:
                     result = await client.submit_shared(
-                        args.worker,
-                        args.input,
-                        args.output,
-                        job_id=args.job_id,
+                        command.worker,
+                        command.input,
+                        command.output,
+                        job_id=command.job_id,
                         on_log=on_log,
-                        job_timeout=args.job_timeout,
-                        local_copy=args.file,
+                        job_timeout=command.job_timeout,
+                        local_copy=command.file,
                         on_progress=bars.callback("upload"),
-                        via_storage=args.via_storage,
+                        via_storage=command.via_storage,
                     )
-                else:
+                elif command.file is not None and command.download is not None:
                     submitted = await client.submit_file(
-                        args.worker,
-                        args.file,
-                        args.download,
-                        job_id=args.job_id,
+                        command.worker,
+                        command.file,
+                        command.download,
+                        job_id=command.job_id,
                         on_log=on_log,
                         on_upload_progress=bars.callback("upload"),
                         on_download_progress=bars.callback("results"),
-                        job_timeout=args.job_timeout,
-                        via_storage=args.via_storage,
+                        job_timeout=command.job_timeout,
+                        via_storage=command.via_storage,
                     )
                     result, download = submitted.job, submitted
+                    sent_name = command.file.name
+                else:  # client_main checked that one of the two is complete
+                    return EXIT_USAGE
             finally:
                 bars.close()
     except TransferFailedError as exc:
@@ -449,13 +299,13 @@ async def _client(args: argparse.Namespace, settings: Any) -> int:
             "results_sha256": download.download.sha256,
             "results_bytes_received": download.download.bytes_received,
         }
-    if args.json:
+    if command.json_output:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
     if download is not None:
         upload = download.upload
         print(
-            f"input {args.file.name}: {upload.outcome.status}, {upload.bytes_sent:,} of "
+            f"input {sent_name}: {upload.outcome.status}, {upload.bytes_sent:,} of "
             f"{upload.size:,} bytes sent over the channel"
             + (f" from offset {upload.outcome.offset:,}" if upload.outcome.offset else "")
             + f", {upload.mb_per_s:.2f} MB/s"

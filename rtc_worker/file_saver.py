@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 from loguru import logger
 
 from protocol.transfer import check_name
-from rtc_worker.config import WorkerSettings
+from rtc_worker.settings import WorkerSettings
 from rtc_worker.storage import (
     DiskFullError,
     FileMetadata,

@@ -1,9 +1,8 @@
 """Command line of the signaling server: ``rtc-signaling`` or ``python -m signaling``.
 
-Flags override the environment (see :mod:`signaling.config`); anything not given on
-the command line comes from ``RTC_SIGNALING_*`` / ``RTC_LOG_LEVEL`` (and ``PORT``,
-``STORAGE_*``, ``DATABASE_PATH``, ``AUTO_DELETE`` for the result store) or the defaults.
-Logs go to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
+The parser is generated from :class:`signaling.config.SignalingCli`; flags override
+the environment, which overrides the defaults (see :mod:`signaling.config`). Logs go
+to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 
 ``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
 instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
@@ -12,11 +11,9 @@ object on stdout and exits; no API key is needed for it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
-import secrets
 import signal
 import sqlite3
 import sys
@@ -24,131 +21,37 @@ from collections.abc import Sequence
 
 from loguru import logger
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from rtc_worker import __version__
 from signaling.app import start_server
-from signaling.config import LOG_LEVELS, SignalingSettings
+from signaling.config import SignalingCli, SignalingSettings
+from signaling.settings_sources import CommandLine
 from signaling.storage_api import ResultStore
 from signaling.uploads import cleanup
 
-__all__ = ["build_parser", "main", "settings_from_args"]
+__all__ = ["command_line", "help_text", "main", "settings_from_args"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser; every flag defaults to ``None`` (meaning: not given)."""
-    parser = argparse.ArgumentParser(
-        prog="rtc-signaling",
-        description="WebSocket signaling server for WebRTC peers (GET /health, WS /ws).",
-    )
-    parser.add_argument(
-        "--host", default=None, help="interface to bind (env RTC_SIGNALING_HOST; default 127.0.0.1)"
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help="TCP port, 0 for any free port (env RTC_SIGNALING_PORT; default 8765)",
-    )
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="shared token peers must send when registering "
-        "(env RTC_SIGNALING_TOKEN; default: no authentication)",
-    )
-    parser.add_argument(
-        "--max-frame-bytes",
-        type=int,
-        default=None,
-        help="soft limit on one text frame in bytes "
-        "(env RTC_SIGNALING_MAX_FRAME_BYTES; default 262144)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=None,
-        choices=[level.lower() for level in LOG_LEVELS] + list(LOG_LEVELS),
-        metavar="LEVEL",
-        help="log level: " + ", ".join(LOG_LEVELS) + " (env RTC_LOG_LEVEL; default INFO)",
-    )
-    storage = parser.add_argument_group(
-        "result store", "HTTP upload/download of results; enabled by a storage path"
-    )
-    storage.add_argument(
-        "--storage-path",
-        default=None,
-        help="folder of the result store; enables it (env STORAGE_PATH; default: off)",
-    )
-    storage.add_argument(
-        "--storage-api-key",
-        default=None,
-        help="key the storage routes require as X-API-Key or Authorization: Bearer; "
-        "mandatory with a storage path (env STORAGE_API_KEY)",
-    )
-    storage.add_argument(
-        "--database-path",
-        default=None,
-        help="SQLite file of the store (env DATABASE_PATH; default <storage-path>/storage.db)",
-    )
-    storage.add_argument(
-        "--auto-delete",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="delete a result after its first complete download unless ?keep=true "
-        "(env AUTO_DELETE; default true)",
-    )
-    storage.add_argument(
-        "--storage-max-file-size",
-        type=int,
-        default=None,
-        metavar="BYTES",
-        help="largest upload in bytes (env STORAGE_MAX_FILE_SIZE; default 10 GiB)",
-    )
-    storage.add_argument(
-        "--upload-chunk-size",
-        type=int,
-        default=None,
-        metavar="BYTES",
-        help="chunk size of resumable uploads (env UPLOAD_CHUNK_SIZE; default 8 MiB)",
-    )
-    storage.add_argument(
-        "--upload-ttl-s",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="age after which unfinished uploads and deleted records are removed "
-        "(env UPLOAD_TTL_S; default 86400)",
-    )
-    storage.add_argument(
-        "--cleanup-interval-s",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds between two cleanup passes (env CLEANUP_INTERVAL_S; default 3600)",
-    )
-    storage.add_argument(
-        "--cleanup-once",
-        action="store_true",
-        default=None,
-        help="run one cleanup pass of the store at --storage-path, print it and exit",
-    )
-    return parser
+def command_line() -> CommandLine[SignalingCli]:
+    """The command line of ``rtc-signaling``, generated from :class:`SignalingCli`."""
+    return CommandLine(SignalingCli, "rtc-signaling")
 
 
-def settings_from_args(argv: Sequence[str] | None = None) -> SignalingSettings:
+def help_text() -> str:
+    """What ``rtc-signaling --help`` prints."""
+    return command_line().parser.format_help()
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> SignalingCli:
     """Parse ``argv`` and build settings from the flags given plus the environment.
 
     Raises:
-        SystemExit: on bad command-line syntax or ``--help`` (from argparse).
+        SystemExit: on bad command-line syntax (2) or ``--help`` (0).
         pydantic.ValidationError: when a flag or environment value is invalid.
+        pydantic_settings.SettingsError: when a flag value cannot be parsed.
     """
-    return _settings(build_parser().parse_args(argv))
-
-
-def _settings(args: argparse.Namespace) -> SignalingSettings:
-    given = {name: value for name, value in vars(args).items() if value is not None}
-    if given.pop("cleanup_once", False) and "storage_api_key" not in given:
-        # A cleanup pass serves nothing, so it needs no key; the settings demand one
-        # whenever storage is on, so give them a throwaway value.
-        given["storage_api_key"] = secrets.token_hex(16)
-    return SignalingSettings(**given)
+    return command_line().parse(argv)
 
 
 def _cleanup_once(settings: SignalingSettings) -> int:
@@ -195,23 +98,25 @@ async def _serve(settings: SignalingSettings) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rtc-signaling``; returns the process exit status.
 
     Returns 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the address cannot be
     bound or the result store cannot be opened, 2 on invalid settings (including a
-    storage path without an API key). argparse exits with 2 on bad syntax.
+    storage path without an API key). The parser exits with 2 on bad syntax.
     With ``--cleanup-once``: 0 after the pass, 1 when the store cannot be cleaned.
     """
-    args = build_parser().parse_args(argv)
     try:
-        settings = _settings(args)
-    except ValidationError as exc:
+        settings = settings_from_args(argv)
+    except (ValidationError, SettingsError) as exc:
         print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    if settings.version:
+        print(f"rtc-signaling {__version__}")
+        return 0
     logger.remove()
     logger.add(sys.stderr, level=settings.log_level)
-    if args.cleanup_once:
+    if settings.cleanup_once:
         return _cleanup_once(settings)
     try:
         asyncio.run(_serve(settings))

@@ -1,30 +1,11 @@
-"""Settings of the signaling server, read from init kwargs, then the environment.
+"""Settings of ``rtc-signaling``: one model, from which its command line is generated.
 
-Environment variables:
-
-========================================  =========================================
-``RTC_SIGNALING_HOST``                    interface to bind (default ``127.0.0.1``)
-``RTC_SIGNALING_PORT``                    TCP port (default ``8765``; ``0`` = any free)
-``RTC_SIGNALING_TOKEN``                   shared token peers must present (default none)
-``RTC_SIGNALING_MAX_FRAME_BYTES``         soft frame limit in bytes (default 262144)
-``RTC_SIGNALING_HEARTBEAT_SECONDS``       WebSocket ping interval in seconds (default 20)
-``RTC_LOG_LEVEL``                         loguru level name (default ``INFO``)
-``PORT``                                  alias of ``RTC_SIGNALING_PORT`` (lower priority)
-``STORAGE_PATH``                          folder of the result store; enables it (default
-                                          none: storage off)
-``STORAGE_API_KEY``                       key the storage routes require (mandatory when
-                                          storage is enabled)
-``DATABASE_PATH``                         SQLite file (default ``<STORAGE_PATH>/storage.db``)
-``AUTO_DELETE``                           delete a result after its first complete
-                                          download (default ``true``)
-``STORAGE_MAX_FILE_SIZE``                 largest upload in bytes (default 10 GiB)
-``UPLOAD_CHUNK_SIZE``                     chunk size of resumable uploads in bytes
-                                          (default 8 MiB)
-``UPLOAD_TTL_S``                          age in seconds after which an unfinished upload
-                                          (and a deleted record) is removed (default 86400)
-``CLEANUP_INTERVAL_S``                    seconds between two cleanup passes of the
-                                          server (default 3600)
-========================================  =========================================
+Values come from flags, then the environment, then the defaults. Every field has a
+description with its unit; the README's tables are generated from them
+(``scripts/gen_config_docs.py``). Variables are ``RTC_SIGNALING_`` + the field name
+(``RTC_LOG_LEVEL`` for the log level); the result store's older names
+(``STORAGE_PATH``, ``STORAGE_API_KEY``, ``DATABASE_PATH``, ``AUTO_DELETE``, ...) and
+``PORT`` are still accepted, after the canonical ones.
 """
 
 from __future__ import annotations
@@ -32,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import CliToggleFlag, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
+from signaling.settings_sources import FLAG_ONLY, Env, EnvSettings
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
@@ -44,6 +26,7 @@ __all__ = [
     "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
+    "SignalingCli",
     "SignalingSettings",
 ]
 
@@ -66,39 +49,12 @@ MIN_HARD_FRAME_BYTES = 1024 * 1024
 """Lower bound of the hard per-message limit handed to aiohttp, in bytes (1 MiB)."""
 
 
-class SignalingSettings(BaseSettings):
-    """Configuration of the signaling server.
+class SignalingSettings(EnvSettings):
+    """Configuration of the signaling server and of its result store.
 
-    Fields (env var in parentheses):
-        host: interface to bind (``RTC_SIGNALING_HOST``).
-        port: TCP port, 0..65535, 0 meaning any free port (``RTC_SIGNALING_PORT``).
-        token: shared secret peers send in ``register``; ``None`` or empty disables
-            authentication (``RTC_SIGNALING_TOKEN``).
-        max_frame_bytes: soft limit on one text frame, in bytes of UTF-8; larger frames
-            get a ``FRAME_TOO_LARGE`` error and the socket stays open
-            (``RTC_SIGNALING_MAX_FRAME_BYTES``).
-        heartbeat_seconds: interval of WebSocket pings; a peer that does not answer is
-            dropped (``RTC_SIGNALING_HEARTBEAT_SECONDS``).
-        log_level: loguru level name (``RTC_LOG_LEVEL``).
-        storage_path: folder of the fallback result store; setting it enables the
-            storage routes (``STORAGE_PATH``).
-        storage_api_key: key every storage route requires, as ``X-API-Key`` or
-            ``Authorization: Bearer`` (``STORAGE_API_KEY``). It is mandatory whenever
-            ``storage_path`` is set: a result store open to anyone who can reach the
-            port is refused outright rather than allowed on some bindings, so the
-            rule is the same everywhere.
-        database_path: SQLite file of the store; ``None`` means
-            ``<storage_path>/storage.db`` (``DATABASE_PATH``).
-        auto_delete: delete a result after its first complete download unless the
-            download asks ``?keep=true`` (``AUTO_DELETE``).
-        storage_max_file_size: largest upload in bytes; larger ones get 413
-            (``STORAGE_MAX_FILE_SIZE``).
-        upload_chunk_size: bytes per chunk of a resumable upload; the last chunk may
-            be shorter (``UPLOAD_CHUNK_SIZE``).
-        upload_ttl_s: seconds after its last change when an unfinished or cancelled
-            upload, or a deleted record, is removed by the cleanup (``UPLOAD_TTL_S``).
-        cleanup_interval_s: seconds between two cleanup passes of a running server
-            (``CLEANUP_INTERVAL_S``).
+    The store is on when ``storage_path`` is set, and then it needs an API key: a
+    result store open to anyone who can reach the port is refused outright rather
+    than allowed on some bindings, so the rule is the same everywhere.
 
     Raises:
         pydantic.ValidationError: when a value is out of range or malformed, or when
@@ -106,35 +62,85 @@ class SignalingSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="RTC_SIGNALING_",
-        populate_by_name=True,
-        extra="ignore",
+        env_prefix="RTC_SIGNALING_", populate_by_name=True, extra="ignore"
     )
 
-    host: str = "127.0.0.1"
-    port: Annotated[
-        int,
-        Field(ge=0, le=65535, validation_alias=AliasChoices("RTC_SIGNALING_PORT", "PORT")),
-    ] = 8765
-    token: SecretStr | None = None
-    max_frame_bytes: Annotated[int, Field(ge=256, le=64 * 1024 * 1024)] = DEFAULT_MAX_FRAME_BYTES
-    heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
-    log_level: str = Field(default="INFO", validation_alias="RTC_LOG_LEVEL")
-    storage_path: Path | None = Field(default=None, validation_alias="STORAGE_PATH")
-    storage_api_key: SecretStr | None = Field(default=None, validation_alias="STORAGE_API_KEY")
-    database_path: Path | None = Field(default=None, validation_alias="DATABASE_PATH")
-    auto_delete: bool = Field(default=True, validation_alias="AUTO_DELETE")
-    storage_max_file_size: Annotated[int, Field(ge=1)] = Field(
-        default=DEFAULT_STORAGE_MAX_FILE_SIZE, validation_alias="STORAGE_MAX_FILE_SIZE"
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: Annotated[int, Env("RTC_SIGNALING_PORT", "PORT")] = Field(
+        8765, ge=0, le=65535, description="TCP port to bind; 0 picks any free port."
     )
-    upload_chunk_size: Annotated[int, Field(ge=1, le=1024**3)] = Field(
-        default=DEFAULT_UPLOAD_CHUNK_SIZE, validation_alias="UPLOAD_CHUNK_SIZE"
+    token: SecretStr | None = Field(
+        None,
+        description="Token every peer must send in register (compared in constant time); "
+        "unset or empty: no authentication.",
     )
-    upload_ttl_s: Annotated[float, Field(ge=0)] = Field(
-        default=DEFAULT_UPLOAD_TTL_S, validation_alias="UPLOAD_TTL_S"
+    max_frame_bytes: int = Field(
+        DEFAULT_MAX_FRAME_BYTES,
+        ge=256,
+        le=64 * 1024 * 1024,
+        description="Soft limit on one text frame, bytes of UTF-8: a larger frame gets "
+        "FRAME_TOO_LARGE and the socket stays open; beyond max(4x, 1 MiB) the socket is "
+        "closed with 1009.",
     )
-    cleanup_interval_s: Annotated[float, Field(gt=0)] = Field(
-        default=DEFAULT_CLEANUP_INTERVAL_S, validation_alias="CLEANUP_INTERVAL_S"
+    heartbeat_seconds: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        description="Interval of WebSocket pings, seconds; a peer that does not answer is "
+        "dropped.",
+    )
+    log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
+        "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
+    )
+    storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = (
+        Field(
+            None,
+            description="Folder of the result store; setting it enables the storage routes. "
+            "Unset: no result store.",
+        )
+    )
+    storage_api_key: Annotated[
+        SecretStr | None, Env("RTC_SIGNALING_STORAGE_API_KEY", "STORAGE_API_KEY")
+    ] = Field(
+        None,
+        description="Key every storage route requires (X-API-Key or Authorization: Bearer, "
+        "compared in constant time); mandatory with a storage path.",
+    )
+    database_path: Annotated[
+        Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")
+    ] = Field(
+        None,
+        description="SQLite file of the store, migrated on start; unset: storage.db in the "
+        "storage path.",
+    )
+    auto_delete: Annotated[bool, Env("RTC_SIGNALING_AUTO_DELETE", "AUTO_DELETE")] = Field(
+        True,
+        description="Delete a result after its first complete download, unless the "
+        "download asks ?keep=true.",
+    )
+    storage_max_file_size: Annotated[
+        int, Env("RTC_SIGNALING_STORAGE_MAX_FILE_SIZE", "STORAGE_MAX_FILE_SIZE")
+    ] = Field(DEFAULT_STORAGE_MAX_FILE_SIZE, ge=1, description="Largest upload, bytes (413 above).")
+    upload_chunk_size: Annotated[
+        int, Env("RTC_SIGNALING_UPLOAD_CHUNK_SIZE", "UPLOAD_CHUNK_SIZE")
+    ] = Field(
+        DEFAULT_UPLOAD_CHUNK_SIZE,
+        ge=1,
+        le=1024**3,
+        description="Chunk size of resumable uploads, bytes; the last chunk may be shorter.",
+    )
+    upload_ttl_s: Annotated[float, Env("RTC_SIGNALING_UPLOAD_TTL_S", "UPLOAD_TTL_S")] = Field(
+        DEFAULT_UPLOAD_TTL_S,
+        ge=0,
+        description="Age after its last change when an unfinished or cancelled upload, or a "
+        "deleted record, is removed by the cleanup, seconds.",
+    )
+    cleanup_interval_s: Annotated[
+        float, Env("RTC_SIGNALING_CLEANUP_INTERVAL_S", "CLEANUP_INTERVAL_S")
+    ] = Field(
+        DEFAULT_CLEANUP_INTERVAL_S,
+        gt=0,
+        description="Interval between two cleanup passes of a running server, seconds.",
     )
 
     @field_validator("token", "storage_api_key", mode="before")
@@ -161,12 +167,16 @@ class SignalingSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _storage_needs_key(self) -> Self:
-        if self.storage_path is not None and self.storage_api_key is None:
+        if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "
                 "set STORAGE_API_KEY or --storage-api-key"
             )
         return self
+
+    def _serves(self) -> bool:
+        """True when these settings run the server (whose store must not be open)."""
+        return True
 
     @property
     def storage_enabled(self) -> bool:
@@ -198,3 +208,25 @@ class SignalingSettings(BaseSettings):
     def token_value(self) -> str | None:
         """The token as plain text, or ``None`` when authentication is off."""
         return None if self.token is None else self.token.get_secret_value()
+
+
+class SignalingCli(SignalingSettings):
+    """WebSocket signaling server for WebRTC peers (GET /health, WS /ws).
+
+    With --storage-path it also keeps results for clients that could not receive
+    them over a data channel: uploads, downloads and resumable uploads, behind an
+    API key. Logs go to stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
+    """
+
+    cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
+        False,
+        description="Run one cleanup pass of the store at the storage path, print what it "
+        "removed as JSON and exit (no API key needed).",
+    )
+    version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
+        False, description="Print the version and exit."
+    )
+
+    def _serves(self) -> bool:
+        """A cleanup pass serves nothing, so it needs no key."""
+        return not self.cleanup_once

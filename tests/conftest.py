@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from loguru import logger
 
-from rtc_worker.config import WorkerSettings
+from rtc_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -179,6 +179,7 @@ def worker_subprocess(
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("SHARED_STORAGE_ROOT", None)
+    env.pop("RTC_SHARED_ROOT", None)
     argv = [
         sys.executable,
         "-m",

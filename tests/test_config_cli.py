@@ -1,17 +1,37 @@
 """Configuration from flags and environment, shared-root detection, job argv, the CLIs
-and the demo as a person runs it."""
+and the demo as a person runs it.
+
+The command lines are generated from the settings models. Here: usage errors exit
+with 2, ``--version``, and ``--help`` of every program and subcommand showing every
+flag with its description and variables (the programs run as processes where they
+must start). What each flag and variable means: ``test_config_flags.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rtc_worker.config import DEFAULT_SHARED_ROOT_CANDIDATES, ClientSettings, WorkerSettings
+from rtc_worker.cli import client_main, main
 from rtc_worker.jobs import build_argv
+from rtc_worker.settings import (
+    DEFAULT_SHARED_ROOT_CANDIDATES,
+    ClientCli,
+    ClientSettings,
+    WorkerCli,
+    WorkerSettings,
+)
+from rtc_worker.settings_sources import CommandLine
+from signaling.__main__ import main as signaling_main
+from signaling.config import SignalingCli
+from signaling.settings_sources import CommandLine as SignalingCommandLine
 from tests.conftest import REPO
 
 
@@ -105,6 +125,10 @@ def test_help_texts_name_the_environment_variables() -> None:
         assert name in serve.stdout
     client = run("-c", "from rtc_worker.cli import client_main; client_main()", "submit", "--help")
     assert client.returncode == 0 and "--input" in client.stdout
+    server = run("-m", "signaling", "--help")
+    assert server.returncode == 0
+    for name in ("--storage-path", "STORAGE_PATH", "--no-auto-delete", "AUTO_DELETE", "PORT"):
+        assert name in server.stdout
 
 
 def test_client_cli_reports_an_unreachable_server() -> None:
@@ -211,3 +235,107 @@ def test_placeholders_are_substituted_once(tmp_path: Path) -> None:
         "run {input} {output}", input_path=tricky, workdir=tmp_path, output=tmp_path / "o"
     )
     assert argv == ["run", str(tricky), str(tmp_path / "o")]
+
+# ------------------------------------------------------------- generated command lines
+
+
+def test_usage_errors_exit_with_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for program, argv in [
+        (main, []),
+        (main, ["serve", "--no-such-flag"]),
+        (client_main, ["submit"]),
+        (client_main, []),
+        (client_main, ["download", "--job-id", "j"]),
+        (signaling_main, ["--no-such-flag"]),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            program(argv)
+        assert exited.value.code == 2, argv
+        assert "usage:" in capsys.readouterr().err
+    for program, argv, message in [
+        (main, ["serve", "--peer-id", "has space"], "rtc-worker: invalid configuration"),
+        (main, ["serve", "--max-file-size", "big"], "rtc-worker: invalid configuration"),
+        (client_main, ["workers", "--reply-timeout-s", "0"], "rtc-client: invalid configuration"),
+        (client_main, ["submit", "--worker", "w"], "rtc-client submit: give --input and"),
+        (client_main, ["submit", "--worker", "w", "--input", "i"], "give --input and --output"),
+        (signaling_main, ["--port", "http"], "rtc-signaling: invalid settings"),
+        (signaling_main, ["--log-level", "loud"], "rtc-signaling: invalid settings"),
+    ]:
+        assert program(argv) == 2, argv
+        assert message in capsys.readouterr().err
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    from rtc_worker import __version__
+
+    for program, name in [(main, "rtc-worker"), (client_main, "rtc-client")]:
+        assert program(["--version"]) == 0
+        assert capsys.readouterr().out == f"{name} {__version__}\n"
+    assert signaling_main(["--version"]) == 0
+    assert capsys.readouterr().out == f"rtc-signaling {__version__}\n"
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@pytest.mark.parametrize(
+    ("program", "argv", "line", "command"),
+    [
+        (main, ["serve"], CommandLine(WorkerCli, "rtc-worker"), "serve"),
+        (main, ["demo"], CommandLine(WorkerCli, "rtc-worker"), "demo"),
+        (client_main, ["workers"], CommandLine(ClientCli, "rtc-client"), "workers"),
+        (client_main, ["submit"], CommandLine(ClientCli, "rtc-client"), "submit"),
+        (client_main, ["download"], CommandLine(ClientCli, "rtc-client"), "download"),
+        (signaling_main, [], SignalingCommandLine(SignalingCli, "rtc-signaling"), ""),
+    ],
+)
+def test_help_lists_every_flag_with_its_description(
+    capsys: pytest.CaptureFixture[str],
+    program: Callable[[list[str]], int],
+    argv: list[str],
+    line: CommandLine[Any],
+    command: str,
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        program([*argv, "--help"])
+    assert exited.value.code == 0
+    shown = _squeezed(capsys.readouterr().out)
+    checked = 0
+    for dest, flags in line.flags.items():
+        if dest.count(".") != bool(command) or not dest.startswith(command):
+            continue
+        found = line.field_at(dest)
+        assert found is not None, dest
+        description = found[0].model_fields[found[1]].description
+        assert description, f"{dest} has no description"
+        assert _squeezed(description) in shown, dest
+        for flag in flags:
+            assert flag in shown, flag
+        for variable in line.variables[dest]:
+            assert variable in shown, variable
+        checked += 1
+    assert checked >= 3, "too few flags found"
+
+
+def test_root_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    programs = [(main, ("serve", "demo")), (client_main, ("workers", "submit", "download"))]
+    for program, commands in programs:
+        with pytest.raises(SystemExit) as exited:
+            program(["--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert "--version" in out
+        for name in commands:
+            assert name in out
+
+
+def test_no_hand_written_parser_is_left() -> None:
+    for package in ("rtc_worker", "signaling", "protocol"):
+        for path in (REPO / package).rglob("*.py"):
+            assert "argparse" not in path.read_text("utf-8"), path
+
+
+def test_both_copies_of_the_settings_sources_are_equal() -> None:
+    worker = (REPO / "rtc_worker" / "settings_sources.py").read_text("utf-8")
+    assert (REPO / "signaling" / "settings_sources.py").read_text("utf-8") == worker

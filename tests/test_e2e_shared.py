@@ -389,7 +389,7 @@ async def test_worker_without_shared_storage_says_so_and_keeps_serving(
 
 
 async def test_wrong_signaling_token(shared_root: Path) -> None:
-    from rtc_worker.config import WorkerSettings
+    from rtc_worker.settings import WorkerSettings
     from rtc_worker.worker import RTCWorkerClient
     from tests.conftest import start_signaling
 
@@ -455,7 +455,7 @@ async def test_worker_reconnects_when_signaling_restarts(
 
     port = free_port()
     server = await start_signaling(port=port)
-    from rtc_worker.config import WorkerSettings
+    from rtc_worker.settings import WorkerSettings
     from rtc_worker.worker import RTCWorkerClient
 
     worker = RTCWorkerClient(

@@ -236,6 +236,7 @@ def test_malformed_event_is_refused(root: Path, event: Any, fragment: str) -> No
 
 def test_no_shared_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SHARED_STORAGE_ROOT", raising=False)
+    monkeypatch.delenv("RTC_SHARED_ROOT", raising=False)
     monkeypatch.setenv("RTC_SHARED_ROOT_CANDIDATES", str(tmp_path / "missing"))
     _assert_failed(handler(_event(b"data")), "No shared storage root")
     _assert_failed(handler(_event(b"data"), root=tmp_path / "missing"), "not an existing")
@@ -243,6 +244,7 @@ def test_no_shared_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 def test_shared_root_from_environment(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     monkeypatch.delenv("SHARED_STORAGE_ROOT", raising=False)
+    monkeypatch.delenv("RTC_SHARED_ROOT", raising=False)
     monkeypatch.setenv("RTC_SHARED_ROOT_CANDIDATES", f"/nonexistent-rtc-root,{root}")
     result = handler(_event(b"from env"))
     assert result["success"] is True, result

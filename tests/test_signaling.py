@@ -37,7 +37,7 @@ from protocol.signaling import (
     parse_client_frame,
     parse_server_frame,
 )
-from signaling.__main__ import build_parser, settings_from_args
+from signaling.__main__ import help_text, settings_from_args
 from signaling.app import REGISTRY_KEY, start_server
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
@@ -210,7 +210,7 @@ def test_registry_remove_only_own_connection() -> None:
 
 
 def test_cli_help_names_env_vars() -> None:
-    text = build_parser().format_help()
+    text = help_text()
     for name in [
         "RTC_SIGNALING_HOST",
         "RTC_SIGNALING_PORT",

@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 from pydantic import ValidationError
 
-from signaling.__main__ import build_parser, main, settings_from_args
+from signaling.__main__ import help_text, main, settings_from_args
 from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import SCHEMA_VERSION
@@ -354,7 +354,7 @@ def test_storage_settings_and_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     )
     assert (flags.storage_api_key_value, flags.auto_delete) == ("flag-key", True)
     assert flags.database_file == Path("/x/db.sqlite")
-    text = build_parser().format_help()
+    text = help_text()
     for name in ("STORAGE_PATH", "STORAGE_API_KEY", "DATABASE_PATH", "AUTO_DELETE"):
         assert name in text
 
