@@ -10,10 +10,8 @@ parser per subcommand) and adds each flag's variables to its help.
 
 A flag beats the environment, which beats the default.
 
-This file exists twice, as ``rtc_worker/settings_sources.py`` and
-``signaling/settings_sources.py``: of the project, the signaling server may import
-only ``protocol/`` and ``rtc_worker/storage/`` (DESIGN.md), so it keeps a copy, and a
-test holds the two equal.
+It imports nothing of the project, so ``rtc-signaling`` uses it too without loading
+the worker, the client or the WebRTC stack.
 """
 
 from __future__ import annotations

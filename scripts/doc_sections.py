@@ -8,13 +8,20 @@ and refuses a document whose markers do not match what is rendered.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["UnknownSectionError", "generated_section_names", "splice_generated", "update_file"]
+__all__ = [
+    "UnknownSectionError",
+    "generated_section_names",
+    "main",
+    "splice_generated",
+    "update_file",
+]
 
 # Markers count only on a line of their own, so the text may quote them.
 _SECTION = re.compile(
@@ -94,3 +101,29 @@ def update_file(path: Path, sections: Mapping[str, str], *, check: bool, command
     path.write_text(updated, encoding="utf-8")
     print(f"rewrote the generated sections of {path.name}")
     return 0
+
+
+def main(
+    argv: list[str] | None,
+    *,
+    description: str,
+    default_path: Path,
+    render: Callable[[], Mapping[str, str]],
+    command: str,
+) -> int:
+    """The command line of a generator: ``[--check] [--path FILE]``; the exit code of
+    :func:`update_file`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 and print a diff when the file is out of date",
+    )
+    parser.add_argument(
+        "--path",
+        type=Path,
+        default=default_path,
+        help=f"the document (default: {default_path.name})",
+    )
+    args = parser.parse_args(argv)
+    return update_file(args.path, render(), check=args.check, command=command)

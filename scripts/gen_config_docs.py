@@ -19,8 +19,6 @@ of the file do not match the generated sections.
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,7 +30,7 @@ if str(REPO) not in sys.path:
 
 from pydantic import BaseModel  # noqa: E402
 
-from protocol.docs import UnknownSectionError, splice_generated  # noqa: E402
+from rtc_worker import settings_sources as signaling_sources  # noqa: E402
 from rtc_worker import settings_sources as worker_sources  # noqa: E402
 from rtc_worker.settings import (  # noqa: E402
     ClientCli,
@@ -42,7 +40,7 @@ from rtc_worker.settings import (  # noqa: E402
     WorkerCli,
     WorkerSettings,
 )
-from signaling import settings_sources as signaling_sources  # noqa: E402
+from scripts.doc_sections import main as run  # noqa: E402
 from signaling.config import SignalingCli  # noqa: E402
 
 DEFAULT_PATH = REPO / "README.md"
@@ -159,45 +157,13 @@ def render_sections() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the generator; returns the exit code."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="do not write; exit 1 and print a diff when the file is out of date",
+    return run(
+        argv,
+        description="Rewrite the configuration tables of README.md from the settings models.",
+        default_path=DEFAULT_PATH,
+        render=render_sections,
+        command=".venv/bin/python scripts/gen_config_docs.py",
     )
-    parser.add_argument(
-        "--path",
-        type=Path,
-        default=DEFAULT_PATH,
-        help=f"the document to update (default: {DEFAULT_PATH.relative_to(REPO)})",
-    )
-    args = parser.parse_args(argv)
-    path: Path = args.path
-    current = path.read_text(encoding="utf-8")
-    try:
-        updated = splice_generated(current, render_sections())
-    except UnknownSectionError as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
-        return 2
-    if updated == current:
-        print(f"{path.name} is up to date")
-        return 0
-    if args.check:
-        diff = difflib.unified_diff(
-            current.splitlines(keepends=True),
-            updated.splitlines(keepends=True),
-            fromfile=f"{path.name} (on disk)",
-            tofile=f"{path.name} (from the settings)",
-        )
-        sys.stdout.writelines(diff)
-        print(
-            f"\n{path.name} is out of date: run .venv/bin/python scripts/gen_config_docs.py",
-            file=sys.stderr,
-        )
-        return 1
-    path.write_text(updated, encoding="utf-8")
-    print(f"rewrote the generated sections of {path.name}")
-    return 0
 
 
 if __name__ == "__main__":

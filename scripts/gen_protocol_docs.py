@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from scripts.doc_sections import update_file  # noqa: E402
+from scripts.doc_sections import main as run  # noqa: E402
 from scripts.protocol_tables import render_sections  # noqa: E402
 
 DEFAULT_PATH = REPO / "PROTOCOL.md"
@@ -32,16 +32,13 @@ DEFAULT_PATH = REPO / "PROTOCOL.md"
 
 def main(argv: list[str] | None = None) -> int:
     """Run the generator; returns the exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    unknown = [arg for arg in args if arg != "--check"]
-    if unknown:
-        print(
-            f"usage: gen_protocol_docs.py [--check]  (unknown: {' '.join(unknown)})",
-            file=sys.stderr,
-        )
-        return 2
-    command = ".venv/bin/python scripts/gen_protocol_docs.py"
-    return update_file(DEFAULT_PATH, render_sections(), check="--check" in args, command=command)
+    return run(
+        argv,
+        description="Rewrite the generated sections of PROTOCOL.md from the protocol's tables.",
+        default_path=DEFAULT_PATH,
+        render=render_sections,
+        command=".venv/bin/python scripts/gen_protocol_docs.py",
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from rtc_worker import __version__
+from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
 from signaling.config import SignalingCli, SignalingSettings
-from signaling.settings_sources import CommandLine
 from signaling.storage_api import ResultStore
 from signaling.uploads import cleanup
 

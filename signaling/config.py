@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
-from signaling.settings_sources import FLAG_ONLY, Env, EnvSettings
+from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",

@@ -29,9 +29,9 @@ from rtc_worker.settings import (
     WorkerSettings,
 )
 from rtc_worker.settings_sources import CommandLine
+from rtc_worker.settings_sources import CommandLine as SignalingCommandLine
 from signaling.__main__ import main as signaling_main
 from signaling.config import SignalingCli
-from signaling.settings_sources import CommandLine as SignalingCommandLine
 from tests.conftest import REPO
 
 
@@ -334,8 +334,3 @@ def test_no_hand_written_parser_is_left() -> None:
     for package in ("rtc_worker", "signaling", "protocol"):
         for path in (REPO / package).rglob("*.py"):
             assert "argparse" not in path.read_text("utf-8"), path
-
-
-def test_both_copies_of_the_settings_sources_are_equal() -> None:
-    worker = (REPO / "rtc_worker" / "settings_sources.py").read_text("utf-8")
-    assert (REPO / "signaling" / "settings_sources.py").read_text("utf-8") == worker

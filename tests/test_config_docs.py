@@ -19,7 +19,6 @@ from types import ModuleType
 import pytest
 from pydantic import BaseModel
 
-from protocol.docs import generated_section_names, splice_generated
 from rtc_worker.settings import (
     ClientCommand,
     DemoCommand,
@@ -27,6 +26,7 @@ from rtc_worker.settings import (
     SubmitCommand,
     WorkerSettings,
 )
+from scripts.doc_sections import generated_section_names, splice_generated
 from signaling.config import SignalingCli
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,10 +27,10 @@ from rtc_worker.settings import (
     WorkerSettings,
 )
 from rtc_worker.settings_sources import CommandLine
+from rtc_worker.settings_sources import env_names as signaling_env_names
 from rtc_worker.settings_sources import env_names as worker_env_names
 from signaling.__main__ import settings_from_args
 from signaling.config import SignalingCli
-from signaling.settings_sources import env_names as signaling_env_names
 
 ALL_MODELS = (WorkerSettings, ClientSettings, DemoCommand, DownloadCommand, SubmitCommand)
 

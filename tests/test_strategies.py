@@ -20,6 +20,31 @@ import pytest
 from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
+from protocol.strategies import (
+    C2W,
+    EXCHANGE_KINDS,
+    MESSAGE_STRATEGIES,
+    W2C,
+    Exchange,
+    _plain_path,
+    client_messages,
+    exchanges,
+    file_names,
+    frames,
+    free_text,
+    job_ids,
+    json_values,
+    malformed_frames,
+    malformed_frames_with_codes,
+    malformed_signaling_frames,
+    malformed_signaling_frames_with_codes,
+    messages,
+    paths,
+    peer_ids,
+    sha256_hex,
+    signaling_frames,
+    worker_messages,
+)
 
 from protocol import (
     DEFAULT_LIMITS,
@@ -77,31 +102,6 @@ from protocol.signaling import (
     dump_frame,
     parse_client_frame,
     parse_server_frame,
-)
-from protocol.strategies import (
-    C2W,
-    EXCHANGE_KINDS,
-    MESSAGE_STRATEGIES,
-    W2C,
-    Exchange,
-    _plain_path,
-    client_messages,
-    exchanges,
-    file_names,
-    frames,
-    free_text,
-    job_ids,
-    json_values,
-    malformed_frames,
-    malformed_frames_with_codes,
-    malformed_signaling_frames,
-    malformed_signaling_frames_with_codes,
-    messages,
-    paths,
-    peer_ids,
-    sha256_hex,
-    signaling_frames,
-    worker_messages,
 )
 from protocol.transfer import check_name
 from tests.test_properties import EXCHANGE_SHAPES, ExchangePlayer
