@@ -198,7 +198,9 @@ class RTCClient:
     @overload
     async def connect(self, worker_id: str, *, raw: Literal[True]) -> RawWorkerConnection: ...
 
-    async def connect(self, worker_id: str, *, raw: bool = False) -> WorkerConnection | RawWorkerConnection:
+    async def connect(
+        self, worker_id: str, *, raw: bool = False
+    ) -> WorkerConnection | RawWorkerConnection:
         """Open (or reuse) a peer connection and data channel to ``worker_id``.
 
         Args:

@@ -255,7 +255,9 @@ class WorkerConnection:
         if isinstance(message, PathError):
             raise path_refused(message)
         if message != PathValidated(which):  # pragma: no cover - the tables allow no other
-            raise MalformedReply("UNEXPECTED_REPLY", f"expected PATH_VALIDATED::{which}, got {message}")
+            raise MalformedReply(
+                "UNEXPECTED_REPLY", f"expected PATH_VALIDATED::{which}, got {message}"
+            )
 
     async def run_shared(
         self,
@@ -370,7 +372,9 @@ class WorkerConnection:
             raise
         finally:
             self._on_progress = None
-        return SendResult(ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started)
+        return SendResult(
+            ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started
+        )
 
     async def _wait_sent(self) -> SendEnded:
         while True:
@@ -381,7 +385,9 @@ class WorkerConnection:
                 continue
             logger.debug("ignoring {} while sending", event)
 
-    async def _start(self, on_log: Callable[[str], None] | None, job_timeout: float | None, via_storage: bool) -> JobResult:
+    async def _start(
+        self, on_log: Callable[[str], None] | None, job_timeout: float | None, via_storage: bool
+    ) -> JobResult:
         await self._send(JobStart())
         try:
             async with asyncio.timeout(job_timeout):
@@ -423,7 +429,14 @@ class WorkerConnection:
                 case JobMetrics() as message:
                     metrics = message.as_dict()
                 case JobComplete() as done:
-                    return JobResult(done.job_id, done.output_path, done.file_count, done.total_mb, metrics, tuple(logs))
+                    return JobResult(
+                        done.job_id,
+                        done.output_path,
+                        done.file_count,
+                        done.total_mb,
+                        metrics,
+                        tuple(logs),
+                    )
                 case JobFailed(job_id=job_id, reason=reason):
                     if path_error is not None:
                         raise path_refused(path_error)
@@ -451,7 +464,12 @@ class WorkerConnection:
             return result
 
     async def download_results(
-        self, job_id: str, dest_dir: Path, *, on_progress: Progress | None = None, timeout: float | None = None
+        self,
+        job_id: str,
+        dest_dir: Path,
+        *,
+        on_progress: Progress | None = None,
+        timeout: float | None = None,
     ) -> tuple[ReceivedFile, Path]:
         """Ask for the job's results (one ZIP), received into the client's store
         (resumable, sha256-verified), then saved atomically as ``dest_dir/results-{job_id}.zip``.
@@ -469,7 +487,12 @@ class WorkerConnection:
             finally:
                 self._on_download = None
         received = ReceivedFile(
-            held.sha256, held.name, held.size, self.store.object_path(held.sha256), held.existed, held.bytes_received
+            held.sha256,
+            held.name,
+            held.size,
+            self.store.object_path(held.sha256),
+            held.existed,
+            held.bytes_received,
         )
         target = dest_dir / held.name
         await asyncio.to_thread(_save_copy, self.store, held.sha256, target)

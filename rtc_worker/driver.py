@@ -93,7 +93,9 @@ class ChannelDriver:
                     try:
                         await self.perform(output)
                     except Exception:
-                        logger.exception("performing {} for {} failed", type(output).__name__, self.name)
+                        logger.exception(
+                            "performing {} for {} failed", type(output).__name__, self.name
+                        )
 
     def kick(self) -> None:
         """Drain soon, from a synchronous callback (a job's log line, a slot change)."""

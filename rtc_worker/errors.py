@@ -124,7 +124,14 @@ class NotADirectory(PathRefusedError):
 
 _PATH_CLASSES: dict[PathReason, type[PathRefusedError]] = {
     cls.KIND: cls
-    for cls in (PathOutsideRoot, InputNotFound, InputVanished, PathPermissionDenied, InputCorrupted, NotADirectory)
+    for cls in (
+        PathOutsideRoot,
+        InputNotFound,
+        InputVanished,
+        PathPermissionDenied,
+        InputCorrupted,
+        NotADirectory,
+    )
     if cls.KIND is not None
 }
 
@@ -296,7 +303,15 @@ class UnexpectedData(TransferFailedError):
 
 _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
     cls.CODE: cls
-    for cls in (HashMismatch, SizeMismatch, FileTooLarge, DiskFull, InvalidName, TransferCancelled, UnexpectedData)
+    for cls in (
+        HashMismatch,
+        SizeMismatch,
+        FileTooLarge,
+        DiskFull,
+        InvalidName,
+        TransferCancelled,
+        UnexpectedData,
+    )
 }
 
 

@@ -203,7 +203,9 @@ class WorkerSession:
         assert shared is not None
         real = shared.resolve(parts)
         if not real or real[0] in self.resources.reserved_names:
-            raise StorageError(StorageErrorKind.PERMISSION_DENIED, parts, "the root or a worker folder")
+            raise StorageError(
+                StorageErrorKind.PERMISSION_DENIED, parts, "the root or a worker folder"
+            )
         return parts
 
     # ------------------------------------------------------------------ jobs
@@ -218,7 +220,13 @@ class WorkerSession:
         started = time.perf_counter()
         try:
             spec = await asyncio.to_thread(self._job_spec, action)
-            logger.info("job {} started for {}: {} -> {}", job_id, self.peer, spec.input_path, spec.output_path)
+            logger.info(
+                "job {} started for {}: {} -> {}",
+                job_id,
+                self.peer,
+                spec.input_path,
+                spec.output_path,
+            )
             outcome = await resources.runner.run(spec, self._send_log, self._cancel)
         except JobRunError as exc:
             logger.warning("job {} failed: {}", job_id, exc.reason)
@@ -232,7 +240,10 @@ class WorkerSession:
         else:
             total_s = time.perf_counter() - started
             complete = JobComplete(
-                job_id, spec.output_path, outcome.file_count, JobComplete.mb_from_bytes(outcome.total_bytes)
+                job_id,
+                spec.output_path,
+                outcome.file_count,
+                JobComplete.mb_from_bytes(outcome.total_bytes),
             )
             metrics = JobMetrics(
                 validation_ms=action.validation_ms,
@@ -240,7 +251,13 @@ class WorkerSession:
                 run_s=outcome.run_s,
                 total_s=total_s,
             )
-            logger.info("job {} complete: {} files, {} MB in {:.2f} s", job_id, complete.file_count, complete.total_mb, total_s)
+            logger.info(
+                "job {} complete: {} files, {} MB in {:.2f} s",
+                job_id,
+                complete.file_count,
+                complete.total_mb,
+                total_s,
+            )
             ended = JobEnded(job_id, complete, metrics)
         finally:
             if self._input is not None and action.input_path is not None:
@@ -253,7 +270,9 @@ class WorkerSession:
         """The job's input handle and output folder; records the job's owner (blocking)."""
         resources = self.resources
         if action.input_sha256 is not None:
-            handle = resources.root.open_input((*resources.store_parts, *resources.store.object_parts(action.input_sha256)))
+            handle = resources.root.open_input(
+                (*resources.store_parts, *resources.store.object_parts(action.input_sha256))
+            )
             input_path = action.input_name or action.input_sha256
         else:
             assert self._input is not None and action.input_path is not None
@@ -266,7 +285,9 @@ class WorkerSession:
             output = user_parts(action.output_path, resources.limits)
             output_path = action.output_path
         resources.record_owner(action.job_id, self.peer, output_path)
-        return JobSpec(action.job_id, handle, input_path, output, output_path, input_name=action.input_name)
+        return JobSpec(
+            action.job_id, handle, input_path, output, output_path, input_name=action.input_name
+        )
 
     def _send_log(self, line: str) -> None:
         """Send a JOB_LOG line unless the client is too far behind (bounded memory).
@@ -316,7 +337,9 @@ class WorkerSession:
             stored = await client.upload(path, job_id)
         except (ResultsServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
-            await self.driver.report(ActionFailed(action, f"could not store the results of {job_id}"))
+            await self.driver.report(
+                ActionFailed(action, f"could not store the results of {job_id}")
+            )
             return
         logger.info("results of {} stored: {} bytes, sha256 {}", job_id, stored.size, stored.sha256)
         await self.driver.report(ResultsUploaded(job_id, stored.download_path))
@@ -328,4 +351,3 @@ class WorkerSession:
             with contextlib.suppress(Exception):
                 await self.job_task
         await self.driver.cancel_tasks()
-

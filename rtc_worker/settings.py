@@ -80,8 +80,7 @@ class WorkerSettings(EnvSettings):
     )
     shared_root_candidates: Annotated[list[str], NoDecode] = Field(
         list(DEFAULT_SHARED_ROOT_CANDIDATES),
-        description="Mount points probed, in order, when no shared root is set "
-        "(comma-separated).",
+        description="Mount points probed, in order, when no shared root is set (comma-separated).",
     )
     job_command: str | None = Field(
         None,

@@ -182,7 +182,9 @@ class TransferIO:
         self._serial, self._last_chunk_at = serial, time.monotonic()
         try:
             if isinstance(meta, FileMetaLegacy):
-                self._partial = await asyncio.to_thread(self.store.open_anonymous, meta.name, meta.size)
+                self._partial = await asyncio.to_thread(
+                    self.store.open_anonymous, meta.name, meta.size
+                )
                 self._report(StoreOffset(serial, 0))
                 return
             if await asyncio.to_thread(self.store.has, meta.sha256):
@@ -216,7 +218,9 @@ class TransferIO:
                 raise
             return await asyncio.to_thread(open_partial)
 
-    def _fail(self, serial: int, detail: str, code: TransferErrorCode = TransferErrorCode.CANCELLED) -> None:
+    def _fail(
+        self, serial: int, detail: str, code: TransferErrorCode = TransferErrorCode.CANCELLED
+    ) -> None:
         self._report(StoreFailed(serial, code, detail))
 
     async def _append(self, action: Append) -> None:
@@ -264,7 +268,9 @@ class TransferIO:
         except HashMismatchError as exc:  # the store removed the partial
             self._forget()
             detail = f"expected {expected}, received {exc.actual}"
-            self._report(StoreFailed(serial, TransferErrorCode.HASH_MISMATCH, detail, keep_partial=False))
+            self._report(
+                StoreFailed(serial, TransferErrorCode.HASH_MISMATCH, detail, keep_partial=False)
+            )
             return
         except DiskFullError:
             self._fail(serial, "no space left on the receiver", TransferErrorCode.DISK_FULL)

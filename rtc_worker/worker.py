@@ -67,7 +67,11 @@ class RTCWorkerClient:
         self.settings = settings
         self.shared_storage_root: Path | None = settings.detect_shared_root()
         slow = settings.slow_validation_warning_s
-        shared = None if self.shared_storage_root is None else SafeRoot(self.shared_storage_root, slow_warning_s=slow)
+        shared = (
+            None
+            if self.shared_storage_root is None
+            else SafeRoot(self.shared_storage_root, slow_warning_s=slow)
+        )
         if shared is not None:
             logger.info("shared storage root: {}", self.shared_storage_root)
         else:
@@ -113,7 +117,9 @@ class RTCWorkerClient:
                 cancel_grace_s=settings.cancel_grace_s,
             ),
             limits=limits,
-            capabilities=Capabilities(shared_storage=shared is not None, results_service=results_client is not None),
+            capabilities=Capabilities(
+                shared_storage=shared is not None, results_service=results_client is not None
+            ),
             reserved_names=layout.reserved_names(settings.work_dir_name),
             results_client=results_client,
         )
@@ -164,7 +170,9 @@ class RTCWorkerClient:
     async def _register(self) -> SignalingClient | None:
         """Connect and register, retrying with backoff; None once stopping."""
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.5, max=self.settings.reconnect_max_delay_s, jitter=0.5),
+            wait=wait_exponential_jitter(
+                initial=0.5, max=self.settings.reconnect_max_delay_s, jitter=0.5
+            ),
             retry=retry_if_exception(_retryable),
             sleep=self._sleep,
             before_sleep=lambda state: logger.warning(

@@ -125,7 +125,10 @@ class WorkerResources:
         running = self.slot.job_id == job_id
         owner, output = self.jobs.get(job_id, (None, "/".join(layout.job_output(job_id))))
         if owner is None:
-            with contextlib.suppress(StorageError, OSError), self.root.open_file(layout.job_owner_file(job_id)) as handle:
+            with (
+                contextlib.suppress(StorageError, OSError),
+                self.root.open_file(layout.job_owner_file(job_id)) as handle,
+            ):
                 owner = handle.read(_MAX_OWNER_BYTES).decode("utf-8", "replace")
         try:
             exists = owner is not None and self.root.exists(tuple(output.split("/")))

@@ -190,7 +190,9 @@ class _Session:
                 return await self._register(frame)
             if self.peer_id is None:
                 raise SignalingError(
-                    SignalingErrorCode.NOT_REGISTERED, "register before sending other frames", frame.type
+                    SignalingErrorCode.NOT_REGISTERED,
+                    "register before sending other frames",
+                    frame.type,
                 )
             if isinstance(frame, ListPeers):
                 await _send(self.ws, dump_frame(Peers(peers=self.registry.infos())))
@@ -215,7 +217,9 @@ class _Session:
             )
             await _send_error(
                 self.ws,
-                SignalingError(SignalingErrorCode.UNAUTHORIZED, "missing or wrong token", frame.type),
+                SignalingError(
+                    SignalingErrorCode.UNAUTHORIZED, "missing or wrong token", frame.type
+                ),
             )
             return False
         self.registry.add(frame.peer_id, frame.role, frame.metadata, self.ws)
@@ -278,7 +282,8 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                 await _send_error(
                     ws,
                     SignalingError(
-                        SignalingErrorCode.INVALID_FRAME, "binary frames are not accepted; send JSON text"
+                        SignalingErrorCode.INVALID_FRAME,
+                        "binary frames are not accepted; send JSON text",
                     ),
                 )
             elif msg.type is WSMsgType.ERROR:

@@ -86,18 +86,15 @@ class SignalingSettings(EnvSettings):
         20.0,
         gt=0,
         le=3600,
-        description="Interval of WebSocket pings, seconds; a peer that does not answer is "
-        "dropped.",
+        description="Interval of WebSocket pings, seconds; a peer that does not answer is dropped.",
     )
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
     )
-    storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = (
-        Field(
-            None,
-            description="Folder of the result store; setting it enables the storage routes. "
-            "Unset: no result store.",
-        )
+    storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = Field(
+        None,
+        description="Folder of the result store; setting it enables the storage routes. "
+        "Unset: no result store.",
     )
     storage_api_key: Annotated[
         SecretStr | None, Env("RTC_SIGNALING_STORAGE_API_KEY", "STORAGE_API_KEY")
@@ -106,12 +103,12 @@ class SignalingSettings(EnvSettings):
         description="Key every storage route requires (X-API-Key or Authorization: Bearer, "
         "compared in constant time); mandatory with a storage path.",
     )
-    database_path: Annotated[
-        Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")
-    ] = Field(
-        None,
-        description="SQLite file of the store, migrated on start; unset: storage.db in the "
-        "storage path.",
+    database_path: Annotated[Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")] = (
+        Field(
+            None,
+            description="SQLite file of the store, migrated on start; unset: storage.db in the "
+            "storage path.",
+        )
     )
     auto_delete: Annotated[bool, Env("RTC_SIGNALING_AUTO_DELETE", "AUTO_DELETE")] = Field(
         True,

@@ -46,7 +46,9 @@ class PeerRegistry(Generic[ConnT]):
         """
         if peer_id in self._peers:
             raise SignalingError(
-                SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
+                SignalingErrorCode.PEER_ID_TAKEN,
+                f"peer id {peer_id!r} is already in use",
+                "register",
             )
         entry = PeerEntry(peer_id=peer_id, role=role, metadata=dict(metadata), conn=conn)
         self._peers[peer_id] = entry

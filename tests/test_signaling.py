@@ -54,7 +54,9 @@ Connect = Callable[[], Awaitable[WS]]
 # --------------------------------------------------------------------------- codec units
 
 
-def expect_error(text: str, code: SignalingErrorCode, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> str:
+def expect_error(
+    text: str, code: SignalingErrorCode, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> str:
     """Parse ``text`` expecting a SignalingError with ``code``; return its message."""
     with pytest.raises(SignalingError) as info:
         parse_client_frame(text, max_bytes)
@@ -89,7 +91,9 @@ def test_client_frames_round_trip(frame: Any) -> None:
         RelayedAnswer(from_="b", to="a", sdp="v=0\r\n"),
         RelayedCandidate(from_="a", to="b", candidate=None),
         RelayedCandidate(from_="a", to="b", candidate={"sdpMid": "0", "sdpMLineIndex": 0}),
-        ErrorFrame(code=SignalingErrorCode.PEER_NOT_FOUND, message="no such peer", ref_type="offer"),
+        ErrorFrame(
+            code=SignalingErrorCode.PEER_NOT_FOUND, message="no such peer", ref_type="offer"
+        ),
         ErrorFrame(code="SOME_FUTURE_CODE", message="m"),
     ],
 )
@@ -124,9 +128,15 @@ def test_parse_client_frame_errors() -> None:
     assert "'type'" in expect_error("{}", SignalingErrorCode.INVALID_FRAME)
     assert "'type'" in expect_error('{"type": 3}', SignalingErrorCode.INVALID_FRAME)
     assert "'sdp'" in expect_error('{"type":"offer","to":"b"}', SignalingErrorCode.INVALID_FRAME)
-    assert "'sdp'" in expect_error('{"type":"answer","to":"b","sdp":5}', SignalingErrorCode.INVALID_FRAME)
-    assert "'candidate'" in expect_error('{"type":"candidate","to":"b"}', SignalingErrorCode.INVALID_FRAME)
-    assert "'to'" in expect_error('{"type":"offer","to":"a b","sdp":""}', SignalingErrorCode.INVALID_FRAME)
+    assert "'sdp'" in expect_error(
+        '{"type":"answer","to":"b","sdp":5}', SignalingErrorCode.INVALID_FRAME
+    )
+    assert "'candidate'" in expect_error(
+        '{"type":"candidate","to":"b"}', SignalingErrorCode.INVALID_FRAME
+    )
+    assert "'to'" in expect_error(
+        '{"type":"offer","to":"a b","sdp":""}', SignalingErrorCode.INVALID_FRAME
+    )
     assert "'role'" in expect_error(
         '{"type":"register","peer_id":"a","role":"boss"}', SignalingErrorCode.INVALID_FRAME
     )
