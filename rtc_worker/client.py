@@ -31,7 +31,7 @@ from typing import Literal, overload
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from loguru import logger
 
-from protocol import DEFAULT_LIMITS, Limits
+from protocol import DEFAULT_LIMITS
 from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
 from rtc_worker.client_channel import (
     JobResult,

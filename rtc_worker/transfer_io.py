@@ -37,10 +37,10 @@ from protocol.events import (
     Discard,
     FileToSend,
     Finish,
+    Stored,
     StoreFailed,
     StoreHas,
     StoreOffset,
-    Stored,
     StreamFrom,
     Written,
 )
