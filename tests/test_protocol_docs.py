@@ -25,6 +25,7 @@ import pytest
 
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, docs, encode
 from protocol.errors import ErrorCode
+from protocol.errors import PathReason as PathErrorKind
 from protocol.job import CLIENT_EVENTS, INTERNAL_EVENTS, TRANSITIONS, JobState
 from protocol.messages import TransferErrorCode
 from protocol.signaling import ErrorCode as SignalingErrorCode
@@ -45,7 +46,6 @@ from protocol.transfer import (
     ReceiverState,
     SenderState,
 )
-from rtc_worker.storage.paths import PathErrorKind
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_MD = REPO / "PROTOCOL.md"

@@ -3,10 +3,12 @@ looping, dangling, to files and to directories, inside and outside the root) and
 adversarial client paths (``..``, absolute, NUL, ``//``, look-alikes such as ``．．``
 ``∕`` ``⁄``, very long, backslashes, trailing slashes).
 
-For every (tree, path): ``validate`` raises StoragePathError or returns a path whose real
-path is inside the root, ``validate_input`` likewise (and checks containment first),
-``exists`` is never True for anything outside; and two trees that differ only outside the
-root give the same outcome for every path (no existence oracle).
+Paths go the worker's way: client text checked and split (``split_path``), then
+resolved and opened by :class:`~rtc_worker.storage.SafeRoot`. For every (tree, path):
+resolving raises StorageError or gives a path whose real path is inside the root,
+opening it as an input likewise (and checks containment first), ``exists`` is never
+True for anything outside; and two trees that differ only outside the root give the
+same outcome for every path (no existence oracle).
 
 Each example builds its trees in a fresh ``tempfile.mkdtemp`` directory, removed at the end.
 """
@@ -23,13 +25,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtc_worker.storage.paths import (
-    MAX_COMPONENT_BYTES,
-    MAX_PATH_BYTES,
-    FilesystemAdapter,
-    PathErrorKind,
-    StoragePathError,
-)
+from protocol.limits import DEFAULT_LIMITS
+from rtc_worker.storage import StorageError
+from rtc_worker.storage import StorageErrorKind as PathErrorKind
+from tests.saferoot_helpers import Fs
+
+MAX_COMPONENT_BYTES = DEFAULT_LIMITS.max_name_bytes
+MAX_PATH_BYTES = DEFAULT_LIMITS.max_path_bytes
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -124,12 +126,12 @@ def build(base: Path, spec: list[Entry]) -> Path:
 
 
 @contextmanager
-def trees(*specs: list[Entry]) -> Iterator[list[FilesystemAdapter]]:
+def trees(*specs: list[Entry]) -> Iterator[list[Fs]]:
     """Build each spec in a fresh temporary directory; remove them all afterwards."""
     bases = [Path(tempfile.mkdtemp(prefix="rtc-paths-")) for _ in specs]
     try:
         yield [
-            FilesystemAdapter(build(base, spec)) for base, spec in zip(bases, specs, strict=True)
+            Fs(build(base, spec)) for base, spec in zip(bases, specs, strict=True)
         ]
     finally:
         for base in bases:
@@ -201,14 +203,14 @@ def inside(path: str | Path, root: Path) -> bool:
     return real == str(root) or real.startswith(str(root) + os.sep)
 
 
-def outcome(fs: FilesystemAdapter, rel: str) -> tuple:
+def outcome(fs: Fs, rel: str) -> tuple:
     """What a client can observe for ``rel``: each answer's kind, and accepted paths
     relative to the root."""
     answers: list[object] = []
     for method in (fs.validate, fs.validate_input):
         try:
             answers.append(("ok", os.path.relpath(method(rel), fs.root)))
-        except StoragePathError as err:
+        except StorageError as err:
             answers.append(err.kind)
     answers.append(fs.exists(rel))
     return tuple(answers)
@@ -224,21 +226,19 @@ def symlink_in(path: Path, root: Path) -> bool:
     return False
 
 
-def check_path(fs: FilesystemAdapter, rel: str) -> None:
+def check_path(fs: Fs, rel: str) -> None:
     root = fs.root
     try:
         resolved = fs.validate(rel)
-    except StoragePathError as err:
+    except StorageError as err:
         assert err.kind is PathErrorKind.OUTSIDE_ROOT
-        assert err.user_path == rel
         resolved = None
     else:
         assert resolved.is_absolute()
         assert inside(resolved, root), (rel, resolved)
     try:
         checked = fs.validate_input(rel)
-    except StoragePathError as err:
-        assert err.user_path == rel
+    except StorageError as err:
         if resolved is None:  # containment is decided before existence
             assert err.kind is PathErrorKind.OUTSIDE_ROOT
         else:  # every link was resolved: only missing, unreadable or special files remain
@@ -305,7 +305,7 @@ def test_validate_leaves_no_symlink_in_what_it_returns() -> None:
     with trees([("root", ("a",), "link", "b/../a")]) as (fs,):
         try:
             resolved = fs.validate("a")
-        except StoragePathError as err:  # refusing it is fine too
+        except StorageError as err:  # refusing it is fine too
             assert err.kind is PathErrorKind.OUTSIDE_ROOT
             return
         assert not symlink_in(resolved, fs.root)
