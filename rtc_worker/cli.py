@@ -300,7 +300,8 @@ async def _download(args: argparse.Namespace) -> int:
 
     import aiohttp
 
-    from rtc_worker.results_store import StorageError, download_results
+    from rtc_worker.results_client import StorageServiceError as StorageError
+    from rtc_worker.results_client import download_results
 
     api_key = args.storage_api_key or os.environ.get("STORAGE_API_KEY") or None
     try:

@@ -58,7 +58,7 @@ from protocol.messages import TransferErrorCode
 from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.signaling_client import SignalingClient
-from rtc_worker.storage import ContentStore, fsync_directory
+from rtc_worker.storage import BlobStore, SafeRoot, atomic_file, layout
 from rtc_worker.transfer import (
     PartialRegistry,
     ReceivedFile,
@@ -202,7 +202,7 @@ class WorkerConnection:
         worker_id: str,
         reply_timeout: float,
         *,
-        store: ContentStore,
+        store: BlobStore,
         max_file_size: int = 10 * 1024**3,
         raw: bool = False,
         registry: PartialRegistry | None = None,
@@ -554,7 +554,7 @@ class WorkerConnection:
             finally:
                 self.transfers.on_receive_progress = None
         target = dest_dir / received.name
-        await asyncio.to_thread(_copy_atomic, received.path, target)
+        await asyncio.to_thread(_copy_atomic, self.transfers.store, received.sha256, target)
         return received, target
 
     async def _await_download(self) -> ReceivedFile:
@@ -590,20 +590,18 @@ class WorkerConnection:
         await self.transfers.close()
 
 
-def _copy_atomic(source: Path, target: Path) -> None:
-    """Copy ``source`` to ``target`` via a temporary file, fsync and rename."""
+def _copy_atomic(store: BlobStore, sha256: str, target: Path) -> None:
+    """Copy the stored object ``sha256`` to ``target`` with the atomic writer."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with source.open("rb") as src, tmp.open("wb") as dst:
+        with (
+            store.open_object(sha256) as src,
+            atomic_file(dir_fd, target.name, label=target.name) as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    finally:
+        os.close(dir_fd)
 
 
 def _protocol_error(message: ProtocolErrorFrame) -> WorkerProtocolError:
@@ -650,7 +648,7 @@ class RTCClient:
         self.trace = trace
         self.cache_dir = cache_dir or Path.home() / ".cache" / "rtc-client"
         self.max_file_size = max_file_size
-        self._store: ContentStore | None = None
+        self._store: BlobStore | None = None
         self._partials = PartialRegistry()
         self._signaling: SignalingClient | None = None
         self._connections: dict[str, WorkerConnection] = {}
@@ -670,10 +668,10 @@ class RTCClient:
         await self.close()
 
     @property
-    def store(self) -> ContentStore:
+    def store(self) -> BlobStore:
         """The client's store of received files (created on first use)."""
         if self._store is None:
-            self._store = ContentStore(self.cache_dir / "store")
+            self._store = BlobStore(self.cache_dir / layout.DATA_STORE_DIR)
         return self._store
 
     async def _signaling_client(self) -> SignalingClient:
@@ -846,8 +844,8 @@ class RTCClient:
             if results_dir.exists():
                 shutil.rmtree(results_dir)
             results_dir.mkdir(parents=True)
-            with zip_path.open("rb") as handle:
-                extract_zip(handle, results_dir)
+            with SafeRoot(results_dir) as dest, zip_path.open("rb") as handle:
+                extract_zip(handle, dest)
 
         await asyncio.to_thread(extract)
         return SubmitResult(job, upload, zip_path, results_dir, download)

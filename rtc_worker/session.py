@@ -4,13 +4,16 @@ Each text frame goes ``FrameChannel.recv`` (ordered inbox) -> :func:`protocol.de
 -> :class:`protocol.job.JobSession`, which says what to do next or raises a
 protocol error that becomes a ``PROTOCOL_ERROR`` reply. This module performs the
 actions with :mod:`rtc_worker.storage` and :mod:`rtc_worker.jobs`; it never
-decides protocol itself.
+decides protocol itself. A shared input is resolved and opened once, at validation;
+the job reads that open descriptor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -52,14 +55,22 @@ from protocol.job import (
     ValidateInput,
 )
 from protocol.messages import TransferErrorCode
-from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
+from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.channel import ChannelClosed, FrameChannel
-from rtc_worker.jobs import JOBS_DIR_NAME, JobError, JobRunner, JobSpec, build_results_zip
-from rtc_worker.results_store import StorageError, upload_results
-from rtc_worker.storage import ContentStore, FilesystemAdapter, PathErrorKind, StoragePathError
+from rtc_worker.errors import path_reason, user_parts
+from rtc_worker.jobs import JobRunError, JobRunner, JobSpec
+from rtc_worker.results_client import ResultsServiceClient, StorageServiceError
+from rtc_worker.storage import (
+    BlobStore,
+    InputHandle,
+    SafeRoot,
+    StorageError,
+    StorageErrorKind,
+    layout,
+)
 from rtc_worker.transfer import PartialRegistry, ReceivedFile, TransferEndpoint
 
-__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "ResultsStorage", "WorkerResources", "WorkerSession"]
+__all__ = ["LOG_BUFFER_LIMIT", "JobSlot", "WorkerResources", "WorkerSession"]
 
 #: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
 LOG_BUFFER_LIMIT = 4 * 1024 * 1024
@@ -97,55 +108,40 @@ class JobSlot:
             self.job_id = None
 
 
-@dataclass(frozen=True)
-class ResultsStorage:
-    """Where results ZIPs are uploaded (the storage service).
-
-    Attributes:
-        url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
-        api_key: sent as ``X-API-Key``.
-        retries: upload attempts after the first one.
-        backoff_s: the first wait before a retry, seconds (doubling each time).
-    """
-
-    url: str
-    api_key: str | None
-    retries: int = 5
-    backoff_s: float = 0.5
-
-
 @dataclass
 class WorkerResources:
     """What every session of one worker shares.
 
     Attributes:
-        shared_fs: the shared root's adapter, or None without shared storage.
+        shared_fs: the shared root, or None without shared storage.
         runner: runs jobs on the storage root (the shared root, else the data dir).
-        store: content-addressed store of received files.
+        store: the blob store of received files.
+        store_parts: where ``store`` lives under the runner's root.
         partials: which session writes which partial file.
         slot: one job at a time per worker.
         limits: frame bounds for :func:`protocol.decode`.
         max_file_size: largest file accepted over the channel, bytes.
         chunk_size: chunk size of files we send, bytes.
-        job_outputs: job_id -> output folder (relative to the storage root), for
+        job_outputs: job_id -> output folder (components under the storage root), for
             RESULTS_REQUEST.
     """
 
-    shared_fs: FilesystemAdapter | None
+    shared_fs: SafeRoot | None
     runner: JobRunner
-    store: ContentStore
+    store: BlobStore
+    store_parts: tuple[str, ...]
     partials: PartialRegistry
     slot: JobSlot
     limits: Limits
     max_file_size: int
     chunk_size: int = 65536
-    job_outputs: dict[str, str] = field(default_factory=dict)
+    job_outputs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: job_id -> the peer that ran it: results go to that peer only.
     job_owners: dict[str, str] = field(default_factory=dict)
     #: Top-level folders of the worker under the root (never an output folder).
-    reserved_names: tuple[str, ...] = (".rtc-work", ".rtc-store", JOBS_DIR_NAME)
+    reserved_names: tuple[str, ...] = layout.RESERVED_NAMES
     #: The storage service results are uploaded to, or None when there is none.
-    storage: ResultsStorage | None = None
+    storage: ResultsServiceClient | None = None
 
 
 @dataclass
@@ -188,6 +184,8 @@ class WorkerSession:
         self.job_task: asyncio.Task[None] | None = None
         self._dropped_logs = 0
         self._input_names: dict[str, str] = {}
+        #: The validated shared input (as the client sent it) and its open handle.
+        self._input: tuple[str, InputHandle] | None = None
         #: RESULTS_VIA_STORAGE was received: upload the next completed job's results.
         self.via_storage = False
 
@@ -208,6 +206,8 @@ class WorkerSession:
             logger.exception("session with {} failed", self.peer)
         finally:  # also when cancelled at shutdown: keep the partial file for a resume
             await self.transfers.close()
+            if self.job_task is None or self.job_task.done():
+                self._forget_input()
         if self.job_task is not None and not self.job_task.done():
             logger.info("client {} left; job {} keeps running", self.peer, self.session.job_id)
 
@@ -289,7 +289,9 @@ class WorkerSession:
         if self.session.state is JobState.RUNNING:
             logger.info("{} stored while a job runs; send it again to use it", received.name)
             return
-        rel = self.runner.fs.to_relative(received.path)
+        rel = "/".join(
+            (*self.resources.store_parts, self.resources.store.object_rel(received.sha256))
+        )
         self._input_names[rel] = received.name
         self.session.report(FileAccepted(rel, received.name))
 
@@ -322,11 +324,11 @@ class WorkerSession:
             self.session.report(InputRejected())
             return
         try:
-            validation_ms, access_ms = await asyncio.to_thread(self._inspect_input, path)
-        except StoragePathError as exc:
+            handle, validation_ms, access_ms = await asyncio.to_thread(self._inspect_input, path)
+        except StorageError as exc:
             logger.warning("input refused for {}: {}", self.peer, exc.detail)
             self.session.report(InputRejected())
-            self._send(PathError(exc.reason))
+            self._send(PathError(path_reason(exc, path)))
             return
         except OSError as exc:
             logger.error("input {!r} of {} failed: {}", path, self.peer, exc)
@@ -335,37 +337,54 @@ class WorkerSession:
             return
         self._timings.validation_ms += validation_ms
         self._timings.file_access_ms += access_ms
+        self._forget_input()
+        self._input = (path, handle)
         self.session.report(InputAccepted(path))
         self._send(PathValidated("input"))
 
-    def _inspect_input(self, path: str) -> tuple[float, float]:
-        """Validate the input (blocking); returns (validation ms, file access ms)."""
-        assert self.fs is not None
-        t0 = time.perf_counter()
-        self._check_place(path)
-        resolved = self.fs.validate_input(path)
-        t1 = time.perf_counter()
-        if not resolved.is_dir():
-            self._check_format(path, resolved.name)
-        return (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+    def _inspect_input(self, path: str) -> tuple[InputHandle, float, float]:
+        """Resolve and open the input once (blocking); a ZIP's central directory is read.
 
-    def _check_format(self, path: str, name: str) -> None:
-        """Open the input (at-use checks) and, for a ZIP, read its central directory.
+        Returns:
+            The open input, the validation time and the file access time, ms.
 
         Raises:
-            StoragePathError: CORRUPTED for an unreadable or unsafe ZIP, or any
-                at-use refusal of :meth:`FilesystemAdapter.open_file`.
+            StorageError: the path is refused (CORRUPTED for an unreadable or unsafe ZIP).
+            OSError: reading failed otherwise.
         """
-        assert self.fs is not None and self.runner is not None
-        with self.fs.open_file(path) as handle:
-            head = handle.read(8)
-            if not looks_like_zip(name, head):
-                return
-            handle.seek(0)
+        assert self.fs is not None
+        t0 = time.perf_counter()
+        parts = self._check_place(path)
+        handle = self.fs.open_input(parts)
+        t1 = time.perf_counter()
+        try:
+            if handle.kind == "file":
+                self._check_format(handle)
+        except BaseException:
+            handle.close()
+            raise
+        return handle, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
+
+    def _check_format(self, handle: InputHandle) -> None:
+        """Read a ZIP's central directory from the open input.
+
+        Raises:
+            StorageError: CORRUPTED for an unreadable or unsafe ZIP.
+        """
+        head = os.pread(handle.fd, 8, 0)
+        if not looks_like_zip(handle.name, head):
+            return
+        with handle.reader() as reader:
             try:
-                inspect_zip(handle, self.runner.zip_limits)
+                inspect_zip(reader, self.runner.zip_limits)
             except ArchiveError as exc:
-                raise StoragePathError(PathErrorKind.CORRUPTED, path, str(exc)) from None
+                raise StorageError(StorageErrorKind.CORRUPTED, handle.parts, str(exc)) from None
+
+    def _forget_input(self) -> None:
+        """Close the validated input's handle (a new one replaces it, or it was used)."""
+        if self._input is not None:
+            self._input[1].close()
+            self._input = None
 
     async def _prepare_output(self, path: str) -> None:
         if self._no_shared_storage():
@@ -375,10 +394,10 @@ class WorkerSession:
         t0 = time.perf_counter()
         try:
             await asyncio.to_thread(self._make_output, path)
-        except StoragePathError as exc:
+        except StorageError as exc:
             logger.warning("output refused for {}: {}", self.peer, exc.detail)
             self.session.report(OutputRejected())
-            self._send(PathError(exc.reason))
+            self._send(PathError(path_reason(exc, path)))
             return
         except OSError as exc:
             logger.error("output {!r} of {} failed: {}", path, self.peer, exc)
@@ -390,31 +409,33 @@ class WorkerSession:
         self._send(PathValidated("output"))
 
     def _make_output(self, path: str) -> None:
-        """Check the place (blocking), then create the output folder symlink-safely."""
+        """Check the place (blocking), then create the output folder by descriptor."""
         assert self.fs is not None
-        self._check_place(path)
-        self.fs.makedirs(path)
+        self.fs.makedirs(self._check_place(path))
 
-    def _check_place(self, path: str) -> None:
-        """Refuse the root itself and the worker's own folders as an input or output.
+    def _check_place(self, path: str) -> tuple[str, ...]:
+        """Split the client's path; refuse the root itself and the worker's own folders
+        as an input or output.
 
         A job's cleanup removes what it added to its output folder: the whole share,
         or the worker's store, must never be that folder; and as an input they would
         list other clients' stored files in a manifest.
 
+        Returns:
+            The path's components (as sent; the file layer resolves them).
+
         Raises:
-            StoragePathError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the
-                like from validation).
+            StorageError: PERMISSION_DENIED for such a place (OUTSIDE_ROOT and the like
+                from the path's check and resolution).
         """
         assert self.fs is not None
-        resolved = self.fs.validate(path)
-        reserved = [self.fs.root / name for name in self.resources.reserved_names]
-        if resolved == self.fs.root or any(
-            resolved == place or place in resolved.parents for place in reserved
-        ):
-            raise StoragePathError(
-                PathErrorKind.PERMISSION_DENIED, path, "the root or a worker folder"
+        parts = user_parts(path, self.limits)
+        resolved = self.fs.resolve(parts)
+        if not resolved or resolved[0] in self.resources.reserved_names:
+            raise StorageError(
+                StorageErrorKind.PERMISSION_DENIED, parts, "the root or a worker folder"
             )
+        return parts
 
     # ------------------------------------------------------------------ jobs
 
@@ -424,29 +445,40 @@ class WorkerSession:
         self.job_task = asyncio.create_task(self._run_job(action), name=f"job-{action.job_id}")
 
     async def _run_job(self, action: StartJob) -> None:
-        output = action.output_path
+        root = self.runner.root
+        output: tuple[str, ...]
         try:
-            if output is None:  # a received input without a shared output: the job folder
-                output = f"{JOBS_DIR_NAME}/{action.job_id}/output"
-                await asyncio.to_thread(self.runner.fs.makedirs, output)
-        except (StoragePathError, OSError) as exc:
+            if action.output_path is None:  # a received input: outputs in the job folder
+                output = layout.job_output(action.job_id)
+                await asyncio.to_thread(root.makedirs, output)
+            else:
+                output = user_parts(action.output_path, self.limits)
+        except (StorageError, OSError, ValueError) as exc:
             logger.error("cannot create the job folder for {}: {}", action.job_id, exc)
             self._send(JobFailed(action.job_id, "cannot create the job folder on the worker"))
-            self.session.report(JobFinished())
-            self.slot.release(action.job_id)
+            self._end_job(action.job_id)
+            return
+        try:
+            handle = await asyncio.to_thread(self._job_input, action)
+        except StorageError as exc:
+            logger.warning("job {}: input refused at start: {}", action.job_id, exc.detail)
+            reason = path_reason(exc, action.input_path)
+            self._send(PathError(reason))
+            self._send(JobFailed(action.job_id, reason))
+            self._end_job(action.job_id)
             return
         self.resources.job_outputs[action.job_id] = output
         self.resources.job_owners[action.job_id] = self.peer
-        with contextlib.suppress(OSError, StoragePathError):  # lets a restarted worker know
+        with contextlib.suppress(OSError, StorageError, ValueError):  # for a restarted worker
             await asyncio.to_thread(
-                self.runner.fs.atomic_write,
-                f"{JOBS_DIR_NAME}/{action.job_id}/owner",
-                self.peer.encode(),
+                root.write_atomic, layout.job_owner_file(action.job_id), self.peer.encode()
             )
         spec = JobSpec(
             action.job_id,
+            handle,
             action.input_path,
             output,
+            action.output_path or "/".join(output),
             input_name=self._input_names.get(action.input_path) if action.input_received else None,
         )
         timings, self._timings = self._timings, _Timings()
@@ -461,7 +493,7 @@ class WorkerSession:
         completed = False
         try:
             outcome = await self.runner.run(spec, self._send_log, self._cancel)
-        except JobError as exc:
+        except JobRunError as exc:
             logger.warning("job {} failed: {}", spec.job_id, exc.reason)
             if exc.path_error:
                 self._send(PathError(exc.reason))
@@ -494,28 +526,47 @@ class WorkerSession:
             self._send(complete)
             completed = True
         finally:
-            self.slot.release(spec.job_id)
-            self.session.report(JobFinished())
+            if self._input is not None and self._input[1] is handle:
+                self._input = None
+            handle.close()
+            self._end_job(spec.job_id)
         storage = self.resources.storage
         if completed and storage is not None and (self.via_storage or not self.channel.is_open):
             self.via_storage = False
-            await self._store_results(storage, spec.job_id, spec.output_path)
+            await self._store_results(storage, spec.job_id, spec.output)
 
-    async def _store_results(self, storage: ResultsStorage, job_id: str, output: str) -> None:
+    def _end_job(self, job_id: str) -> None:
+        self.slot.release(job_id)
+        self.session.report(JobFinished())
+
+    def _job_input(self, action: StartJob) -> InputHandle:
+        """The job's input: the handle opened at validation, else (a received file)
+        the stored object opened now (blocking).
+
+        Raises:
+            StorageError: the stored file cannot be opened (VANISHED when missing).
+        """
+        if self._input is not None and self._input[0] == action.input_path:
+            return self._input[1]
+        parts = tuple(action.input_path.split("/"))
+        try:
+            return self.runner.root.open_input(parts)
+        except StorageError as exc:
+            if exc.kind is not StorageErrorKind.NOT_FOUND:
+                raise
+            raise StorageError(StorageErrorKind.VANISHED, parts, exc.detail) from None
+
+    async def _store_results(
+        self, storage: ResultsServiceClient, job_id: str, output: tuple[str, ...]
+    ) -> None:
         """Upload a completed job's results ZIP to the storage service (with retries),
         then tell the client with RESULTS_STORED when it is still there."""
-        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
+        root = self.runner.root
+        zip_parts = layout.job_results_zip(job_id)
         try:
-            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
-            stored = await upload_results(
-                storage.url,
-                path,
-                job_id,
-                api_key=storage.api_key,
-                retries=storage.retries,
-                backoff_s=storage.backoff_s,
-            )
-        except (StorageError, StoragePathError, OSError) as exc:
+            await asyncio.to_thread(build_zip, root, output, zip_parts)
+            stored = await storage.upload(functools.partial(root.open_file, zip_parts), job_id)
+        except (StorageServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
             self._protocol_error(
                 ErrorCode.INTERNAL_ERROR, f"could not store the results of {job_id}"
@@ -548,24 +599,36 @@ class WorkerSession:
         owner = self.resources.job_owners.get(job_id)
         if owner is None:
             try:
-                with self.runner.fs.open_file(f"{JOBS_DIR_NAME}/{job_id}/owner") as handle:
+                with self.runner.root.open_file(layout.job_owner_file(job_id)) as handle:
                     owner = handle.read(256).decode("utf-8", "replace")
-            except (OSError, StoragePathError):
+            except (OSError, StorageError, ValueError):
                 return None
         return owner
 
+    def _output_exists(self, job_id: str) -> tuple[str, ...] | None:
+        """The output folder of ``job_id`` when it exists (blocking)."""
+        try:
+            output = self.resources.job_outputs.get(job_id) or layout.job_output(job_id)
+        except ValueError:
+            return None
+        return output if self.runner.root.exists(output) else None
+
     async def _results(self, job_id: str) -> None:
         """Send a job's output folder as one ZIP, to the peer that ran the job only."""
-        output = self.resources.job_outputs.get(job_id, f"{JOBS_DIR_NAME}/{job_id}/output")
         owner = await asyncio.to_thread(self._owner_of, job_id)
-        if owner != self.peer or not await asyncio.to_thread(self.runner.fs.exists, output):
+        output = await asyncio.to_thread(self._output_exists, job_id)
+        if owner != self.peer or output is None:
             # another peer's job is answered like a job that does not exist
             self._protocol_error(ErrorCode.UNKNOWN_JOB, f"no results for job {job_id}")
             return
-        zip_rel = f"{JOBS_DIR_NAME}/{job_id}/results-{job_id}.zip"
+        root = self.runner.root
+        zip_parts = layout.job_results_zip(job_id)
         try:
-            path = await asyncio.to_thread(build_results_zip, self.runner.fs, output, zip_rel)
-            result = await self.transfers.send_file(path, name=f"results-{job_id}.zip")
+            await asyncio.to_thread(build_zip, root, output, zip_parts)
+            with await asyncio.to_thread(root.open_file, zip_parts) as packed:
+                result = await self.transfers.send_file(
+                    packed, name=layout.results_zip_name(job_id)
+                )
         except ChannelClosed:
             logger.info("client {} left while results of {} were sent", self.peer, job_id)
             return

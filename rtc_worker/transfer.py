@@ -2,9 +2,10 @@
 
 :class:`TransferEndpoint` owns both directions on one data channel. The frame
 reader hands it every transfer frame in arrival order (:meth:`handle`); it runs
-the receiver machine's effects against a :class:`~rtc_worker.storage.ContentStore`
+the receiver machine's effects against a :class:`~rtc_worker.storage.BlobStore`
 (partial files for resume, sha256 verification, content-addressed objects for
-dedupe) and drives the sender machine for :meth:`send_file`.
+dedupe) and drives the sender machine for :meth:`send_file`. Received chunks go
+into the partial file's one buffer; full batches are written and hashed in a thread.
 
 Sending is flow-controlled on the data channel's ``bufferedAmount``: above the
 high-water mark the sender waits for the ``bufferedamountlow`` event (no polling,
@@ -16,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from loguru import logger
 
@@ -59,19 +62,18 @@ from protocol.transfer import (
 )
 from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.storage import (
-    ContentStore,
+    BlobStore,
     DiskFullError,
     HashMismatchError,
     PartialBusyError,
     PartialFile,
-    sha256_file,
+    hash_file,
 )
 
 __all__ = [
     "HIGH_WATER_BYTES",
     "LOW_WATER_BYTES",
     "READ_BLOCK_BYTES",
-    "WRITE_BATCH_BYTES",
     "ReceivedFile",
     "SendResult",
     "TransferEndpoint",
@@ -84,8 +86,6 @@ HIGH_WATER_BYTES = 1024 * 1024
 LOW_WATER_BYTES = 256 * 1024
 #: The file is read in blocks of this many bytes, in a worker thread.
 READ_BLOCK_BYTES = 1024 * 1024
-#: Received chunks are written (and hashed) in a thread in batches of this many bytes.
-WRITE_BATCH_BYTES = 1024 * 1024
 #: A receive with no chunk for this long may be taken over by a newer connection
 #: sending the same content (the old peer is gone without the worker noticing), seconds.
 STALE_AFTER_S = 5.0
@@ -200,7 +200,7 @@ class TransferEndpoint:
     def __init__(
         self,
         channel: FrameChannel,
-        store: ContentStore,
+        store: BlobStore,
         *,
         max_size: int,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -234,8 +234,6 @@ class TransferEndpoint:
         self._receive_started = 0.0
         #: Bytes of file chunks this endpoint put on the channel, over its lifetime.
         self.bytes_sent = 0
-        self._batch: list[bytes] = []
-        self._batch_bytes = 0
         self._writing: asyncio.Future[None] | None = None
         self._resumed_at = 0
 
@@ -337,32 +335,30 @@ class TransferEndpoint:
         return self.receiver.report(StoreFailed(code, detail))
 
     async def _append(self, data: bytes) -> None:
-        """Queue a chunk; every WRITE_BATCH_BYTES the batch is written and hashed in a
-        thread (hashlib and write() release the GIL), so the event loop, which also
-        runs the SCTP stack, only collects chunks. At most one batch is in flight."""
+        """Add a chunk to the partial file's buffer (no system call); when a batch is
+        full it is written and hashed in a thread (hashlib and pwrite release the GIL),
+        so the event loop, which also runs the SCTP stack, only collects chunks. At
+        most one batch is in flight."""
         meta = self.receiver.meta
         if self.on_receive_progress is not None and meta is not None:
             _call_safely(self.on_receive_progress, self.receiver.received, meta.size)
-        self._batch.append(data)
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= WRITE_BATCH_BYTES:
+        partial = self._partial
+        if partial is not None and partial.append(data):
             await self._write_batch()
 
     async def _write_batch(self) -> None:
-        """Wait for the write in flight, then start writing the queued chunks."""
+        """Wait for the write in flight, then start writing the buffered batch."""
         try:
             await self._settle_write()
         except DiskFullError:
             await self._disk_full()
             return
         partial = self._partial
-        if partial is None or not self._batch:
+        batch = partial.take_batch() if partial is not None else None
+        if partial is None or batch is None:
             return
-        data = b"".join(self._batch)
-        self._batch.clear()
-        self._batch_bytes = 0
         loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(_WRITER, partial.write, data)
+        self._writing = loop.run_in_executor(_WRITER, partial.write_batch, batch)
 
     async def _settle_write(self) -> None:
         """Wait for the write in flight (re-raising its DiskFullError)."""
@@ -383,8 +379,6 @@ class TransferEndpoint:
     async def _disk_full(self) -> None:
         partial = self._partial
         logger.warning("disk full while receiving {}", partial.name if partial else "a file")
-        self._batch.clear()
-        self._batch_bytes = 0
         effects = self.receiver.report(
             StoreFailed(TransferErrorCode.DISK_FULL, "no space left on the receiver")
         )
@@ -399,7 +393,7 @@ class TransferEndpoint:
         expected = meta.sha256 if isinstance(meta, FileMeta) else None
         received = partial.offset - self._resumed_at
         try:
-            path = await asyncio.to_thread(partial.commit, expected)
+            stored = await asyncio.to_thread(partial.commit, expected)
         except HashMismatchError as exc:  # the store removed the partial
             self._forget_partial()
             detail = f"expected {expected}, received {exc.actual}"
@@ -419,7 +413,7 @@ class TransferEndpoint:
                     TransferErrorCode.CANCELLED, f"receiver storage error: {type(exc).__name__}"
                 )
             )
-        sha = path.name
+        sha = stored.sha256
         self._forget_partial()
         effects = self.receiver.report(Stored(sha))
         self._received(sha, meta.name, meta.size, existed=False, received=received)
@@ -453,8 +447,6 @@ class TransferEndpoint:
         if keep:
             with contextlib.suppress(DiskFullError):  # keep what reached the disk
                 await self._write_batch()
-        self._batch.clear()
-        self._batch_bytes = 0
         with contextlib.suppress(DiskFullError):
             await self._settle_write()
         self._forget_partial()
@@ -498,7 +490,7 @@ class TransferEndpoint:
 
     async def send_file(
         self,
-        path: Path,
+        source: Path | BinaryIO,
         *,
         name: str | None = None,
         sha256: str | None = None,
@@ -508,7 +500,8 @@ class TransferEndpoint:
         """Send one file: FILE_META, then chunks from the receiver's offset, then END_OF_FILE.
 
         Args:
-            path: the local file.
+            source: the local file, or a file already open for reading (read by
+                descriptor with ``pread``; not closed).
             name: the name to announce (default: the file's base name).
             sha256: its digest if already known (else computed in a thread first).
             on_progress: called with (bytes_received, size) on each FILE_PROGRESS.
@@ -527,9 +520,29 @@ class TransferEndpoint:
         If the caller is cancelled, FILE_CANCEL is sent so the receiver keeps its
         partial and the channel can send again.
         """
-        size = (await asyncio.to_thread(path.stat)).st_size
-        digest = sha256 if sha256 else await asyncio.to_thread(sha256_file, path)
-        meta = FileMeta(name or path.name, size, digest, self.chunk_size)
+        if isinstance(source, Path):
+            with await asyncio.to_thread(source.open, "rb") as opened:
+                return await self._send_open(
+                    opened, name or source.name, sha256, on_progress, ready_timeout
+                )
+        shown = source.name if isinstance(source.name, str) else "file"
+        return await self._send_open(
+            source, name or shown.rsplit("/", 1)[-1], sha256, on_progress, ready_timeout
+        )
+
+    async def _send_open(
+        self,
+        file: BinaryIO,
+        name: str,
+        sha256: str | None,
+        on_progress: Callable[[int, int], None] | None,
+        ready_timeout: float | None,
+    ) -> SendResult:
+        """:meth:`send_file` of an open file (read by descriptor)."""
+        fd = file.fileno()
+        size = (await asyncio.to_thread(os.fstat, fd)).st_size
+        digest = sha256 or (await asyncio.to_thread(hash_file, fd)).hexdigest()
+        meta = FileMeta(name, size, digest, self.chunk_size)
         started = time.monotonic()
         self._on_progress = on_progress
         self.channel.send(self.sender.send(meta))
@@ -542,7 +555,7 @@ class TransferEndpoint:
                 await self.cancel_send()
                 raise
             if self.sender.state is SenderState.SENDING:
-                sent = await self._stream(path, self.sender.offset)
+                sent = await self._stream(fd, self.sender.offset)
                 if self.sender.state is SenderState.SENDING:
                     self.channel.send(self.sender.send(EndOfFile()))
                 await self._sender_wait(SenderState.SENDING, SenderState.AWAIT_RECEIVED)
@@ -566,8 +579,8 @@ class TransferEndpoint:
         self._sender_receive(TransferError(code, f"refused: {detail}"))
         return True
 
-    async def _stream(self, path: Path, offset: int) -> int:
-        """Send the file from ``offset`` in chunks, paced by ``bufferedAmount``.
+    async def _stream(self, fd: int, offset: int) -> int:
+        """Send the open file ``fd`` from ``offset`` in chunks, paced by ``bufferedAmount``.
 
         Returns:
             Bytes put on the channel.
@@ -578,33 +591,33 @@ class TransferEndpoint:
         channel.on("bufferedamountlow", drained.set)
         closed = self.channel.closed
         sent = 0
+        position = offset
         try:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                while self.sender.state is SenderState.SENDING:
-                    block = await asyncio.to_thread(handle.read, READ_BLOCK_BYTES)
-                    if not block:
-                        break
-                    view = memoryview(block)
-                    for start in range(0, len(block), self.chunk_size):
-                        while channel.bufferedAmount > self.high_water and not closed.is_set():
-                            drained.clear()
-                            waiters = {
-                                asyncio.ensure_future(drained.wait()),
-                                asyncio.ensure_future(closed.wait()),
-                            }
-                            _, pending = await asyncio.wait(
-                                waiters, return_when=asyncio.FIRST_COMPLETED
-                            )
-                            for waiter in pending:
-                                waiter.cancel()
-                        if self.sender.state is not SenderState.SENDING or closed.is_set():
-                            return sent
-                        piece = bytes(view[start : start + self.chunk_size])
-                        if not self.channel.send_frame(piece):
-                            return sent
-                        sent += len(piece)
-                        self.bytes_sent += len(piece)
+            while self.sender.state is SenderState.SENDING:
+                block = await asyncio.to_thread(os.pread, fd, READ_BLOCK_BYTES, position)
+                if not block:
+                    break
+                position += len(block)
+                view = memoryview(block)
+                for start in range(0, len(block), self.chunk_size):
+                    while channel.bufferedAmount > self.high_water and not closed.is_set():
+                        drained.clear()
+                        waiters = {
+                            asyncio.ensure_future(drained.wait()),
+                            asyncio.ensure_future(closed.wait()),
+                        }
+                        _, pending = await asyncio.wait(
+                            waiters, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for waiter in pending:
+                            waiter.cancel()
+                    if self.sender.state is not SenderState.SENDING or closed.is_set():
+                        return sent
+                    piece = bytes(view[start : start + self.chunk_size])
+                    if not self.channel.send_frame(piece):
+                        return sent
+                    sent += len(piece)
+                    self.bytes_sent += len(piece)
         finally:
             channel.remove_listener("bufferedamountlow", drained.set)
         return sent

@@ -32,9 +32,10 @@ from rtc_worker.archive import ZipLimits
 from rtc_worker.channel import FrameChannel
 from rtc_worker.config import WorkerSettings
 from rtc_worker.jobs import JobRunner
-from rtc_worker.session import JobSlot, ResultsStorage, WorkerResources, WorkerSession
+from rtc_worker.results_client import ResultsServiceClient
+from rtc_worker.session import JobSlot, WorkerResources, WorkerSession
 from rtc_worker.signaling_client import SignalingClient, SignalingClosed
-from rtc_worker.storage import ContentStore, FilesystemAdapter, resolve_store_root
+from rtc_worker.storage import BlobStore, SafeRoot, layout
 from rtc_worker.transfer import PartialRegistry
 
 __all__ = ["JobSlot", "RTCWorkerClient", "rtc_configuration"]
@@ -54,7 +55,7 @@ class RTCWorkerClient:
 
     Attributes:
         shared_storage_root: the detected shared root, or None without shared storage.
-        fs_adapter: the root's :class:`FilesystemAdapter`, or None.
+        fs_adapter: the shared root's :class:`SafeRoot`, or None.
         registered: set while the worker is registered with signaling.
 
     Args:
@@ -64,9 +65,9 @@ class RTCWorkerClient:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.shared_storage_root: Path | None = settings.detect_shared_root()
-        self.fs_adapter: FilesystemAdapter | None = None
+        self.fs_adapter: SafeRoot | None = None
         if self.shared_storage_root is not None:
-            self.fs_adapter = FilesystemAdapter(
+            self.fs_adapter = SafeRoot(
                 self.shared_storage_root, slow_warning_s=settings.slow_validation_warning_s
             )
             logger.info("shared storage root: {}", self.shared_storage_root)
@@ -78,11 +79,11 @@ class RTCWorkerClient:
                 settings.data_dir,
             )
         storage_root = settings.storage_root(self.shared_storage_root)
-        local_fs = self.fs_adapter or FilesystemAdapter(
+        local_fs = self.fs_adapter or SafeRoot(
             storage_root, slow_warning_s=settings.slow_validation_warning_s
         )
-        self.store = ContentStore(
-            resolve_store_root(self.shared_storage_root, storage_root),
+        self.store = BlobStore(
+            layout.store_root(self.shared_storage_root, storage_root),
             partial_ttl_s=settings.partial_ttl_s,
         )
         self.runner = JobRunner(
@@ -102,6 +103,7 @@ class RTCWorkerClient:
             shared_fs=self.fs_adapter,
             runner=self.runner,
             store=self.store,
+            store_parts=layout.store_parts(self.shared_storage_root is not None),
             partials=PartialRegistry(),
             slot=self.slot,
             limits=Limits(
@@ -111,8 +113,9 @@ class RTCWorkerClient:
             ),
             max_file_size=settings.max_file_size,
             chunk_size=settings.chunk_size,
+            reserved_names=layout.reserved_names(settings.work_dir_name),
             storage=(
-                ResultsStorage(
+                ResultsServiceClient(
                     settings.storage_url,
                     settings.storage_api_key,
                     retries=settings.storage_retries,
