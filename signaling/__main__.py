@@ -27,8 +27,8 @@ from pydantic import ValidationError
 
 from signaling.app import start_server
 from signaling.config import LOG_LEVELS, SignalingSettings
-from signaling.storage_api import ResultStore
-from signaling.uploads import cleanup
+from signaling.results_api import ResultsService as ResultStore
+from signaling.uploads_api import cleanup
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 
