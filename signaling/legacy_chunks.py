@@ -53,9 +53,11 @@ def migrate_chunk_folders(storage_root: Path, store: BlobStore, records: list[Up
     Returns:
         How many folders were migrated.
 
+    A folder that cannot be migrated (a chunk unreadable, the disk full...) is logged
+    and kept, to be tried again at the next start.
+
     Raises:
-        OSError, StorageError: a chunk cannot be read or the partial written (the
-            folder is then kept, to try again at the next start).
+        OSError, StorageError: the folder of old chunk folders cannot be listed.
     """
     legacy = _legacy_root(storage_root)
     if legacy is None:
@@ -67,8 +69,12 @@ def migrate_chunk_folders(storage_root: Path, store: BlobStore, records: list[Up
             record = by_id.get(upload_id)
             if record is None or record.status not in _UNFINISHED:
                 continue
-            chunks = _copy_chunks(legacy, store, record)
-            legacy.remove_tree((upload_id,))
+            try:
+                chunks = _copy_chunks(legacy, store, record)
+                legacy.remove_tree((upload_id,))
+            except (OSError, StorageError) as exc:  # kept: tried again at the next start
+                logger.error("upload {}: chunk folder not migrated: {}", upload_id, exc)
+                continue
             migrated += 1
             logger.info("upload {}: {} chunk(s) moved into its partial file", upload_id, chunks)
         if not legacy.snapshot(()):

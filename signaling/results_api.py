@@ -123,7 +123,9 @@ class ResultsService:
                 self.root,
                 objects_dir=layout.SERVICE_BLOBS_DIR,
                 partial_dir=layout.PARTIAL_DIR,
-                partial_ttl_s=self.partial_ttl_s,
+                # partials outlive their upload's record (removed at upload_ttl_s) only
+                # when something went wrong: the store's own expiry sweeps them later
+                partial_ttl_s=2 * self.partial_ttl_s,
                 object_mode=BLOB_MODE,
             )
         return self._store

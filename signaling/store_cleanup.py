@@ -84,6 +84,7 @@ def cleanup(store: ResultsService, ttl_s: float, now: datetime | None = None) ->
     report.orphan_chunk_dirs.extend(remove_orphan_chunk_folders(store.root, known))
     for old in store.db.purge_deleted_files(cutoff):
         report.records.append(old.job_id)
+    blobs.cleanup(moment.timestamp())  # partials nobody claims, stray temporary files
     live = store.db.live_hashes()
     for sha256 in list(blobs.objects()):
         if sha256 not in live and blobs.remove(sha256):

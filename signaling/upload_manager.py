@@ -68,6 +68,11 @@ def _stamp(moment: datetime) -> str:
 
 
 def text_field(body: dict[str, Any], name: str) -> str:
+    """The non-empty string field ``name`` of a JSON body.
+
+    Raises:
+        ApiError: MISSING_FIELD when absent or empty, INVALID_FIELD when not a string.
+    """
     value = body.get(name)
     if value is None or value == "":
         raise ApiError(ApiErrorCode.MISSING_FIELD, f"{name} is required")
@@ -77,6 +82,11 @@ def text_field(body: dict[str, Any], name: str) -> str:
 
 
 def ident_field(body: dict[str, Any], name: str) -> str:
+    """The identifier field ``name`` (``[A-Za-z0-9._-]{1,64}``, no ``..``) of a JSON body.
+
+    Raises:
+        ApiError: MISSING_FIELD or INVALID_FIELD.
+    """
     value = text_field(body, name)
     if not _IDENT.fullmatch(value) or ".." in value or value == ".":
         raise ApiError(
