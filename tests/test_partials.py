@@ -522,3 +522,19 @@ def test_disk_full_in_write_at_records_nothing_and_keeps_the_partial(tmp_path: P
         for index in (2, 1, 3):
             _write_chunk(part, content, index)
         assert committed(store, part) == content
+
+
+def test_a_batch_taken_before_close_is_never_written_through_a_closed_file(
+    store: BlobStore,
+) -> None:
+    content = blob(WRITE_BATCH_BYTES + 10, seed=45)
+    part = store.open_partial(sha(content), len(content), "late.bin")
+    for piece in chunks(content):
+        part.append(piece)
+    batch = part.take_batch()
+    assert batch is not None
+    part.close()  # the connection went away while the writer thread was scheduled
+    with pytest.raises(ValueError):
+        part.write_batch(batch)  # refused: the descriptor may belong to another file now
+    assert part_path(store, part).stat().st_size == 0
+    assert store.partial_size(sha(content), len(content)) == 0

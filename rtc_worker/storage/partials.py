@@ -458,15 +458,15 @@ class PartialFile:
         if not self._persistent:
             self.discard()
             return
-        try:
-            with self._lock:
+        with self._lock:  # a batch being written finishes first; a later one is refused
+            try:
                 if self._state == "open" and not self._in_flight and self._ranges is None:
                     self._write_buffer()
                     self._sync()
-        finally:
-            if self._state in ("open", "failed", "verified"):
-                self._state = "closed"
-            self._release()
+            finally:
+                if self._state in ("open", "failed", "verified"):
+                    self._state = "closed"
+                self._release()
 
     def discard(self) -> None:
         """Remove the partial and its sidecar and release the lock (abandoned).
@@ -483,9 +483,10 @@ class PartialFile:
             self._state = "discarded"
             self._home.remove_partial_if_idle(self.key)
             return
-        self._state = "discarded"
-        self._buffer = bytearray()
-        try:
-            self._home.remove_part(self.key)
-        finally:
-            self._release()
+        with self._lock:
+            self._state = "discarded"
+            self._buffer = bytearray()
+            try:
+                self._home.remove_part(self.key)
+            finally:
+                self._release()

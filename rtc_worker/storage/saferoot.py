@@ -65,8 +65,9 @@ class SafeRoot(TreeOps):
     Raises:
         ValueError: ``root`` is not an existing directory.
 
-    Holds a descriptor of the root until :meth:`close` (or garbage collection); usable
-    as a context manager.
+    A root made from a path opens it for each operation and holds nothing open; one
+    made by :meth:`subroot` (or ``InputHandle.subroot``) holds its directory's
+    descriptor until :meth:`close` (or garbage collection). Usable as a context manager.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, slow_warning_s: float = 1.0) -> None:
