@@ -44,9 +44,6 @@ def store(tmp_path: Path) -> BlobStore:
     return BlobStore(tmp_path / "store")
 
 
-
-
-
 # -- resume ------------------------------------------------------------------------------
 
 
@@ -401,7 +398,7 @@ def test_after_a_failed_batch_append_asks_to_settle_and_buffers_nothing(tmp_path
         store = BlobStore(mnt / "store")
         part = stack.enter_context(store.open_partial(sha(content), len(content), "f.bin"))
         _fill(mnt, leave=200 * KIB)
-        for piece in chunks(content[: WRITE_BATCH_BYTES]):
+        for piece in chunks(content[:WRITE_BATCH_BYTES]):
             part.append(piece)
         batch = part.take_batch()
         assert batch is not None

@@ -22,13 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.errors import PathReason
 from protocol.limits import DEFAULT_LIMITS
 from rtc_worker.storage import StorageError
 from rtc_worker.storage import StorageErrorKind as PathErrorKind
-from tests.saferoot_helpers import Fs
+from tests.saferoot_helpers import Fs, reason
 
 MAX_COMPONENT_BYTES = DEFAULT_LIMITS.max_name_bytes
 MAX_PATH_BYTES = DEFAULT_LIMITS.max_path_bytes
@@ -130,9 +132,7 @@ def trees(*specs: list[Entry]) -> Iterator[list[Fs]]:
     """Build each spec in a fresh temporary directory; remove them all afterwards."""
     bases = [Path(tempfile.mkdtemp(prefix="rtc-paths-")) for _ in specs]
     try:
-        yield [
-            Fs(build(base, spec)) for base, spec in zip(bases, specs, strict=True)
-        ]
+        yield [Fs(build(base, spec)) for base, spec in zip(bases, specs, strict=True)]
     finally:
         for base in bases:
             shutil.rmtree(base, ignore_errors=True)
@@ -334,3 +334,85 @@ def test_the_trees_are_built_as_specified() -> None:
         )
         assert outcome(fs, "loop")[0] is PathErrorKind.OUTSIDE_ROOT
         assert outcome(fs, "nothing")[1] is PathErrorKind.NOT_FOUND
+
+
+# -- property: whatever the client sends, the result is inside the root ------------------
+
+
+@pytest.fixture(scope="module")
+def property_tree(tmp_path_factory: pytest.TempPathFactory) -> Fs:
+    base = tmp_path_factory.mktemp("property")
+    root = base / "root"
+    outside = base / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    (root / "a" / "file").write_bytes(b"f")
+    (root / "out").symlink_to(outside)
+    (root / "a" / "up").symlink_to("../..")
+    (root / "in").symlink_to("a/b")
+    (root / "loop").symlink_to("loop")
+    return Fs(root)
+
+
+_PIECES = st.sampled_from(
+    [
+        "..",
+        ".",
+        "",
+        "a",
+        "b",
+        "file",
+        "out",
+        "up",
+        "in",
+        "loop",
+        "secret",
+        "．．",
+        "∕",
+        "／",
+        "\\",
+        "/",
+        "\x00",
+        "C:",
+        "~",
+        "ａ",
+        "..\u200b",
+        " ",
+        "\u202e",
+        "..\\..",
+        "\t",
+    ]
+)
+_USER_PATHS = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda parts, sep: sep.join(parts),
+        st.lists(st.one_of(_PIECES, st.text(max_size=4)), max_size=8),
+        st.sampled_from(["/", "\\"]),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rel=_USER_PATHS)
+def test_property_result_is_always_inside_root(property_tree: Fs, rel: str) -> None:
+    fs = property_tree
+    root = str(fs.root)
+    has_parent_ref = ".." in rel.replace("\\", "/").split("/")
+    try:
+        resolved = fs.validate(rel)
+    except StorageError as err:
+        assert reason(err, rel) == f"{PathReason[err.kind.name].value}: {rel}"
+        assert fs.exists(rel) is False
+        return
+    assert not has_parent_ref
+    real = os.path.realpath(resolved)
+    assert real == root or real.startswith(root + os.sep)
+    try:
+        checked = fs.validate_input(rel)
+    except StorageError as err:
+        assert err.kind in (PathErrorKind.NOT_FOUND, PathErrorKind.CORRUPTED)
+    else:
+        assert checked == resolved
+        assert fs.exists(rel)
