@@ -4,10 +4,10 @@ A ZIP from a client is untrusted input. Two classic attacks are refused here:
 
 * **Zip slip**: member names such as ``../../etc/cron.d/x``, ``/abs/path``, ``C:\\x`` or
   symlink members that make extraction write outside the destination. Member names are
-  checked with the same rules as client paths (:func:`rtc_worker.storage.split_user_path`),
-  symlink and special-file members are refused, and every file is created through a
-  :class:`~rtc_worker.storage.FilesystemAdapter` rooted at the destination (symlink-free
-  walk, ``O_EXCL | O_NOFOLLOW``).
+  checked with the same rules as client paths (:func:`protocol.names.split_path`),
+  symlink and special-file members are refused, and every file is created through the
+  destination's :class:`~rtc_worker.storage.SafeRoot` (by descriptor, ``O_EXCL |
+  O_NOFOLLOW``).
 * **ZIP bombs**: small archives that expand to enormous sizes. The declared sizes in the
   central directory are checked against :class:`ZipLimits` (total size, compression ratio,
   member count) before anything is written, and the bytes actually produced are counted
@@ -20,25 +20,21 @@ to the client as ``"File corrupted or invalid format: {path}"``.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import threading
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import BinaryIO
 
 from loguru import logger
 
-from rtc_worker.storage import (
-    DISK_FULL_ERRNOS,
-    DiskFullError,
-    FilesystemAdapter,
-    StoragePathError,
-    split_user_path,
-)
+from protocol.names import InvalidNameError, split_path
+from rtc_worker.storage import SafeRoot, StorageError, as_disk_full
 
 try:
     import lzma
@@ -54,6 +50,7 @@ __all__ = [
     "ArchiveErrorKind",
     "ZipLimits",
     "ZipSummary",
+    "build_zip",
     "extract_zip",
     "inspect_zip",
     "looks_like_zip",
@@ -197,8 +194,8 @@ def _member_path(info: zipfile.ZipInfo) -> tuple[str, bool]:
     if not raw:
         raise ArchiveError(ArchiveErrorKind.UNSAFE_MEMBER, "empty member name")
     try:
-        parts = split_user_path(raw)
-    except StoragePathError as exc:
+        parts = split_path(raw)
+    except InvalidNameError as exc:
         raise ArchiveError(
             ArchiveErrorKind.UNSAFE_MEMBER, f"member name {raw!r}: {exc.detail}"
         ) from None
@@ -368,19 +365,23 @@ def _copy_member(
     return total_written
 
 
-def _empty_directory(fs: FilesystemAdapter, dest: Path) -> None:
-    for name in os.listdir(dest):
+def _empty_directory(dest: SafeRoot) -> None:
+    """Remove everything from ``dest`` (after a failed extraction)."""
+    try:
+        top = sorted(parts for parts in dest.snapshot(()) if len(parts) == 1)
+    except (StorageError, OSError) as exc:
+        logger.warning("could not list {}: {!r}", dest.root, exc)
+        return
+    for parts in top:
         try:
-            fs.remove_tree(name)
-        except (StoragePathError, OSError) as exc:
-            logger.warning(
-                "could not remove {name!r} from {dest}: {error!r}", name=name, dest=dest, error=exc
-            )
+            dest.remove_tree(parts)
+        except (StorageError, OSError) as exc:
+            logger.warning("could not remove {!r} from {}: {!r}", parts[0], dest.root, exc)
 
 
 def extract_zip(
     fileobj: BinaryIO,
-    dest: Path,
+    dest: SafeRoot,
     limits: ZipLimits = DEFAULT_ZIP_LIMITS,
     stop: threading.Event | None = None,
 ) -> list[str]:
@@ -389,13 +390,13 @@ def extract_zip(
     Each member is streamed in chunks of :data:`EXTRACT_CHUNK_BYTES` (never whole in
     memory). The bytes actually produced are counted against the declared member size and
     ``limits`` (declared sizes can lie). Files are created new (``O_EXCL | O_NOFOLLOW``)
-    through a symlink-free walk from ``dest`` after checking that the target resolves
-    inside it; parents are created as needed; files get mode 0o644 and directories 0o755
-    (before umask): no permission or executable bit comes from the archive.
+    through ``dest`` (by descriptor, never leaving it); parents are created as needed;
+    files get mode 0o644 and directories 0o755 (before umask): no permission or
+    executable bit comes from the archive.
 
     Args:
         fileobj: the archive, opened for binary reading and seekable. It is not closed.
-        dest: an existing, empty directory created by the caller.
+        dest: the empty destination directory, opened by the caller.
         limits: the ZIP-bomb bounds.
         stop: when set (from another thread), extraction stops within one chunk with
             ``ArchiveError`` of kind ``cancelled``.
@@ -408,42 +409,83 @@ def extract_zip(
             compressed data or sizes that do not match, and ``too_large`` when the actual
             output exceeds the limits.
         DiskFullError: the destination ran out of space.
-        StoragePathError, OSError: the destination itself is unusable (permissions, or
+        StorageError, OSError: the destination itself is unusable (permissions, or
             something swapped into it while extracting).
-        ValueError: ``dest`` is not an existing empty directory.
+        ValueError: ``dest`` is not empty.
 
     On any error, everything extracted so far is removed (``dest`` is left empty).
     """
-    dest = Path(dest)
-    if not dest.is_dir():
-        raise ValueError(f"extraction destination is not a directory: {dest}")
-    if os.listdir(dest):
-        raise ValueError(f"extraction destination is not empty: {dest}")
-    fs = FilesystemAdapter(dest)
+    if dest.snapshot(()):
+        raise ValueError(f"extraction destination is not empty: {dest.root}")
     extracted: list[str] = []
     with _open_zip(fileobj) as zf:
         _summary, members = _check_members(zf, limits)
         total_written = 0
         try:
             for member in members:
+                parts = tuple(member.rel.split("/")) if member.rel else ()
                 if member.is_dir:
-                    fs.makedirs(member.rel)
+                    dest.makedirs(parts)
                     continue
                 try:
-                    with fs.create_file(member.rel) as out:
+                    with dest.create_file(parts) as out:
                         total_written = _copy_member(zf, member, out, total_written, limits, stop)
                 except OSError as exc:
-                    if exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
-                        raise DiskFullError(exc.errno, exc.strerror, member.rel) from exc
-                    raise
+                    full = as_disk_full(exc, member.rel)
+                    if full is exc:
+                        raise
+                    raise full from exc
                 extracted.append(member.rel)
         except BaseException:
-            _empty_directory(fs, dest)
+            _empty_directory(dest)
             raise
     logger.debug(
         "extracted {files} files ({size} bytes) into {dest}",
         files=len(extracted),
         size=total_written,
-        dest=dest,
+        dest=dest.root,
     )
     return sorted(extracted)
+
+
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    """A file's mtime as a ZIP timestamp (local time, clamped to 1980..2107)."""
+    stamp = time.localtime(mtime)[:6]
+    if stamp[0] < 1980:
+        return (1980, 1, 1, 0, 0, 0)
+    if stamp[0] > 2107:
+        return (2107, 12, 31, 23, 59, 58)
+    return (stamp[0], stamp[1], stamp[2], stamp[3], stamp[4], stamp[5])
+
+
+def build_zip(root: SafeRoot, source: tuple[str, ...], target: tuple[str, ...]) -> int:
+    """Pack the regular files under the directory ``source`` into one ZIP at ``target``
+    (both under ``root``). Blocking: run it in a thread.
+
+    Symlinks are skipped (nothing outside the folder is packed); names are relative to
+    the folder, sorted; DEFLATE. Each file is opened by descriptor through ``root``.
+    The ZIP is written with the atomic writer: a reader never sees half a ZIP.
+
+    Returns:
+        How many files were packed.
+
+    Raises:
+        StorageError: ``source`` is missing, outside the root, or unreadable.
+        DiskFullError, OSError: writing failed (the temporary file is removed).
+    """
+    files = root.walk_files(source)
+    with (
+        root.subroot(source) as tree,
+        root.atomic_file(target) as out,
+        zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+    ):
+        for parts in files:
+            with tree.open_file(parts) as src:
+                st = os.fstat(src.fileno())
+                info = zipfile.ZipInfo("/".join(parts), date_time=_zip_time(st.st_mtime))
+                info.external_attr = (st.st_mode & 0xFFFF) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.file_size = st.st_size
+                with archive.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, EXTRACT_CHUNK_BYTES)
+    return len(files)

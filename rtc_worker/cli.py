@@ -156,7 +156,8 @@ async def _download(command: DownloadCommand) -> int:
     """``rtc-client download``: fetch, verify and save a results ZIP."""
     import aiohttp
 
-    from rtc_worker.results_store import StorageError, download_results
+    from rtc_worker.results_client import ResultsServiceError as StorageError
+    from rtc_worker.results_client import download_results
 
     try:
         got = await download_results(
@@ -186,15 +187,15 @@ def _print_trace(direction: str, frame: str | bytes) -> None:
 async def _client(command: WorkersCommand | SubmitCommand) -> int:
     """``rtc-client workers`` and ``rtc-client submit``: talk to signaling and a worker."""
     from protocol import LocalProtocolError
-    from rtc_worker.channel import ChannelClosed
     from rtc_worker.client import (
         JobFailedError,
-        PathRejected,
+        PathRefusedError,
         RTCClient,
         SignalingError,
         TransferFailedError,
         WorkerProtocolError,
     )
+    from rtc_worker.rtc import ChannelClosed
 
     trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
     client = RTCClient(
@@ -257,7 +258,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
     except TransferFailedError as exc:
         print(f"transfer failed: {exc.code}: {exc.detail}", file=sys.stderr)
         return EXIT_JOB_FAILED
-    except PathRejected as exc:
+    except PathRefusedError as exc:
         print(f"path refused: {exc.reason}", file=sys.stderr)
         return EXIT_JOB_FAILED
     except JobFailedError as exc:

@@ -50,7 +50,7 @@ from rtc_worker.errors import (
 )
 from rtc_worker.rtc import FrameChannel, rtc_configuration
 from rtc_worker.signaling_client import SignalingClient
-from rtc_worker.storage import BlobStore
+from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry
 
 __all__ = [
@@ -344,16 +344,18 @@ class RTCClient:
             if results_dir.exists():
                 shutil.rmtree(results_dir)
             results_dir.mkdir(parents=True)
-            with zip_path.open("rb") as handle:
-                extract_zip(handle, results_dir)
+            with SafeRoot(results_dir) as dest, zip_path.open("rb") as handle:
+                extract_zip(handle, dest)
 
         await asyncio.to_thread(extract)
         return SubmitResult(job, upload, zip_path, results_dir, download)
 
     async def close(self) -> None:
         """Close every peer connection and the signaling connection."""
-        for connection in [*self._connections.values(), *self._raw_connections]:
+        for connection in self._connections.values():
             await connection.close()
+        for raw in self._raw_connections:
+            await raw.close()
         self._connections.clear()
         self._raw_connections.clear()
         if self._signaling is not None:

@@ -37,7 +37,6 @@ from protocol import (
     Limits,
     Message,
     PathError,
-    PathValidated,
     RemoteProtocolError,
     ResultsRequest,
     ResultsStored,
@@ -80,8 +79,8 @@ from rtc_worker.errors import (
     worker_protocol_error,
 )
 from rtc_worker.rtc import ChannelClosed, FrameChannel
-from rtc_worker.storage import BlobStore
-from rtc_worker.transfer_io import PartialRegistry, TransferIO, file_to_send
+from rtc_worker.storage import BlobStore, SafeRoot
+from rtc_worker.transfer_io import PartialRegistry, TransferIO, file_to_send, path_opener
 
 __all__ = ["JobResult", "RawWorkerConnection", "ReceivedFile", "SendResult", "WorkerConnection"]
 
@@ -250,14 +249,12 @@ class WorkerConnection:
                     raise worker_protocol_error(code, detail)
             logger.debug("ignoring {} while waiting for a reply", event)
 
-    async def _expect_path(self, which: str) -> None:
+    async def _expect_path(self) -> None:
+        """The answer to the path just sent: PATH_VALIDATED (the connection's tables
+        let no other reply through), or the exception of its PATH_ERROR."""
         message = await self._reply(self.reply_timeout)
         if isinstance(message, PathError):
             raise path_refused(message)
-        if message != PathValidated(which):  # pragma: no cover - the tables allow no other
-            raise MalformedReply(
-                "UNEXPECTED_REPLY", f"expected PATH_VALIDATED::{which}, got {message}"
-            )
 
     async def run_shared(
         self,
@@ -292,14 +289,14 @@ class WorkerConnection:
             await self._open_job(job_id, via_storage)
             await self._send(SharedInputPath(input_path))
             try:
-                await self._expect_path("input")
+                await self._expect_path()
             except (InputNotFound, InputCorrupted) as exc:
                 if local_copy is None:
                     raise
                 logger.warning("{}; sending the local copy over the data channel", exc.reason)
                 await self._upload(local_copy, on_progress)
             await self._send(SharedOutputPath(output_path))
-            await self._expect_path("output")
+            await self._expect_path()
             return await self._start(on_log, job_timeout, via_storage)
 
     async def run_file(
@@ -325,7 +322,7 @@ class WorkerConnection:
             sent = await self._upload(local_path, on_progress)
             if output_path is not None:
                 await self._send(SharedOutputPath(output_path))
-                await self._expect_path("output")
+                await self._expect_path()
             return sent, await self._start(on_log, job_timeout, via_storage)
 
     async def _open_job(self, job_id: str | None, via_storage: bool) -> None:
@@ -358,9 +355,10 @@ class WorkerConnection:
         return result
 
     async def _send_once(self, path: Path, on_progress: Progress | None) -> SendResult:
-        file = await file_to_send(path)
+        opener = path_opener(path)
+        file = await file_to_send(opener, path.name)
         started, sent_before = time.monotonic(), self.io.bytes_sent
-        self.io.offer(path)
+        self.io.offer(opener)
         self._on_progress = on_progress
         try:
             self.conn.send_file(file)
@@ -527,11 +525,9 @@ class WorkerConnection:
 
 def _save_copy(store: BlobStore, sha256: str, target: Path) -> None:
     """Copy a stored object to ``target`` atomically (temporary file, fsync, rename)."""
-    from rtc_worker.storage import write_atomic
-
     target.parent.mkdir(parents=True, exist_ok=True)
-    with store.open_object(sha256) as source:
-        write_atomic(target, iter(lambda: source.read(1 << 20), b""))
+    with store.open_object(sha256) as source, SafeRoot(target.parent) as folder:
+        folder.write_atomic((target.name,), iter(lambda: source.read(1 << 20), b""))
 
 
 def _call_safely(callback: Callable[..., object], *args: object) -> None:

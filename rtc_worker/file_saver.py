@@ -3,45 +3,37 @@
 Follows the serverless handler convention: :func:`handler` takes an event dict whose
 ``"input"`` holds the request and returns a JSON-ready result dict; it never raises.
 
-The destination is checked with the same :class:`~rtc_worker.storage.FilesystemAdapter`
-that guards every other shared-storage path, the name with
-:func:`protocol.transfer.check_name`, and the metadata comes from the same
-:class:`~rtc_worker.storage.MetadataBuilder` the channel receiver and the storage service
-use, so a file saved here is described exactly like one received any other way.
+The destination is checked like every other client path (``protocol.names.split_path``,
+then :class:`~rtc_worker.storage.SafeRoot`), the name with
+:func:`protocol.names.check_name`, the file is written with the file layer's atomic
+writer (a link that never replaces an existing file unless ``overwrite``), and the
+metadata comes from the same :class:`~rtc_worker.storage.ContentHasher` the channel
+receiver and the storage service use, so a file saved here is described exactly like
+one received any other way.
 
-The base64 text is decoded in slices (:data:`DECODE_SLICE_CHARS` characters at a time),
-so memory stays bounded by a few MiB whatever the file size; only the input string itself
-is held whole (the convention delivers it that way).
+The base64 text is decoded by the standard library in slices
+(:data:`DECODE_SLICE_CHARS` characters at a time), so memory stays bounded by a few MiB
+whatever the file size; only the input string itself is held whole (the convention
+delivers it that way).
 """
 
 from __future__ import annotations
 
 import base64
-import errno
+import binascii
 import gzip
-import os
 import re
-import secrets
-import stat
 from collections.abc import Iterator, Mapping
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from loguru import logger
 
-from protocol.transfer import check_name
+from protocol.names import InvalidNameError, check_name
+from rtc_worker.paths import path_reason, user_parts
 from rtc_worker.settings import WorkerSettings
-from rtc_worker.storage import (
-    DiskFullError,
-    FileMetadata,
-    FilesystemAdapter,
-    MetadataBuilder,
-    PathErrorKind,
-    StoragePathError,
-    fsync_directory,
-)
+from rtc_worker.storage import ContentHasher, DiskFullError, FileMetadata, SafeRoot, StorageError
 
 __all__ = ["DECODE_SLICE_CHARS", "GZIP_LEVEL", "handler"]
 
@@ -54,9 +46,6 @@ GZIP_LEVEL = 6
 without level 9's cost on large files)."""
 
 _WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_PROC_FD_DIR = "/proc/self/fd"
 
 
 class _RefusedError(Exception):
@@ -118,9 +107,9 @@ def handler(event: Mapping[str, Any], *, root: Path | None = None) -> dict[str, 
     except _RefusedError as exc:
         logger.warning("file-saver refused the request: {error}", error=exc)
         return _failure(str(exc))
-    except StoragePathError as exc:
-        logger.warning("file-saver path refused: {error!r}", error=exc)
-        return _failure(exc.reason)
+    except _PathRefusedError as exc:
+        logger.warning("file-saver path refused: {error!r}", error=exc.error)
+        return _failure(str(exc))
     except DiskFullError as exc:
         logger.error("file-saver: storage full: {error}", error=exc)
         return _failure(f"No space left on shared storage: {exc.strerror}")
@@ -136,20 +125,34 @@ def _failure(error: str) -> dict[str, Any]:
     return {"success": False, "file_path": None, "metadata": None, "error": error}
 
 
-def _save(event: Mapping[str, Any], root: Path | None) -> dict[str, Any]:
+class _PathRefusedError(Exception):
+    """A path refused by the file layer; ``str()`` is the client-facing reason."""
+
+    def __init__(self, error: StorageError, shown: str) -> None:
+        super().__init__(path_reason(error, shown))
+        self.error = error
+
+
+def _save(event: Mapping[str, Any], root_path: Path | None) -> dict[str, Any]:
     request = _parse(event)
-    adapter = _adapter(root)
     rel_file = _join(request.folder, request.stored_name)
-    adapter.validate(request.folder)
-    target = adapter.validate(rel_file)
-    if not request.overwrite and adapter.exists(rel_file):
-        raise _RefusedError(f"File already exists: {rel_file} (set overwrite to replace it)")
-    if target.is_dir():
-        raise _RefusedError(f"A directory exists where the file would go: {rel_file}")
-    for _ in _iter_decoded(request.data):  # validate all the base64 before writing anything
-        pass
-    path, meta = _write(adapter, request, rel_file)
-    file_path = adapter.to_relative(path)
+    with _root(root_path) as root:
+        try:
+            folder = user_parts(request.folder)
+            root.resolve(folder)
+        except StorageError as exc:
+            raise _PathRefusedError(exc, request.folder) from None
+        target = (*folder, request.stored_name)
+        if not request.overwrite and root.exists(target):
+            raise _RefusedError(f"File already exists: {rel_file} (set overwrite to replace it)")
+        for _ in _iter_decoded(request.data):  # validate all the base64 before writing
+            pass
+        try:
+            meta = _write(root, request, folder, rel_file)
+            file_path = "/".join((*root.resolve(folder), request.stored_name))
+        except StorageError as exc:
+            shown = rel_file if exc.parts == target else request.folder
+            raise _PathRefusedError(exc, shown) from None
     logger.info(
         "file-saver stored {path!r}: {size} bytes, {mime}, compressed={compressed}",
         path=file_path,
@@ -187,11 +190,12 @@ def _parse(event: Mapping[str, Any]) -> _Request:
     compress = _flag(body, "compress")
     overwrite = _flag(body, "overwrite") or _flag(event, "overwrite")
     filename: str = body["filename"]
-    reason = check_name(filename)
-    if reason is None and compress:
-        reason = check_name(f"{filename}.gz")
-    if reason is not None:
-        raise _RefusedError(f"Invalid filename {filename!r}: {reason}")
+    try:
+        check_name(filename)
+        if compress:
+            check_name(f"{filename}.gz")
+    except InvalidNameError as exc:
+        raise _RefusedError(f"Invalid filename {filename!r}: {exc.detail}") from None
     return _Request(
         folder=body["destination_folder"],
         filename=filename,
@@ -210,7 +214,7 @@ def _flag(fields: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _adapter(root: Path | None) -> FilesystemAdapter:
+def _root(root: Path | None) -> SafeRoot:
     if root is None:
         try:
             root = WorkerSettings().detect_shared_root()
@@ -222,7 +226,7 @@ def _adapter(root: Path | None) -> FilesystemAdapter:
                 "RTC_SHARED_ROOT_CANDIDATES"
             )
     try:
-        return FilesystemAdapter(root)
+        return SafeRoot(root)
     except ValueError:
         raise _RefusedError("Shared storage root is not an existing directory") from None
 
@@ -235,9 +239,10 @@ def _join(folder: str, name: str) -> str:
 def _iter_decoded(text: str) -> Iterator[bytes]:
     """Yield the bytes encoded by ``text``, one block per :data:`DECODE_SLICE_CHARS` slice.
 
-    ASCII whitespace is skipped; each slice's characters are checked against the base64
-    alphabet (``validate=True``), ``=`` padding may only end the data, and the total
-    length without whitespace must be a multiple of 4.
+    ASCII whitespace is skipped; the rest is decoded by ``base64.b64decode`` with
+    ``validate=True`` in 4-character-aligned blocks (alphabet checked, ``=`` padding
+    only at a block's end), padding may only end the data, and the total length
+    without whitespace must be a multiple of 4.
 
     Raises:
         _RefusedError: the text is not valid base64 (nothing is yielded past the fault).
@@ -245,9 +250,7 @@ def _iter_decoded(text: str) -> Iterator[bytes]:
     carry = ""
     padded = False
     for start in range(0, len(text), DECODE_SLICE_CHARS):
-        piece = _WHITESPACE.sub("", text[start : start + DECODE_SLICE_CHARS])
-        if carry:
-            piece = carry + piece
+        piece = carry + _WHITESPACE.sub("", text[start : start + DECODE_SLICE_CHARS])
         usable = len(piece) - len(piece) % 4
         block, carry = piece[:usable], piece[usable:]
         if not block:
@@ -256,20 +259,13 @@ def _iter_decoded(text: str) -> Iterator[bytes]:
             raise _RefusedError(
                 f"file_data is not valid base64: data after '=' padding near character {start}"
             )
-        pad_at = block.find("=")
-        if pad_at != -1:
-            if pad_at < len(block) - 2 or block[pad_at:].strip("="):
-                raise _RefusedError(
-                    "file_data is not valid base64: '=' padding in the middle "
-                    f"near character {start + pad_at}"
-                )
-            padded = True
         try:
             decoded = base64.b64decode(block, validate=True)
-        except ValueError as exc:  # binascii.Error, or non-ASCII characters
+        except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters
             raise _RefusedError(
                 f"file_data is not valid base64 (near character {start}): {exc}"
             ) from None
+        padded = block.endswith("=")
         yield decoded
     if carry:
         raise _RefusedError(
@@ -278,131 +274,49 @@ def _iter_decoded(text: str) -> Iterator[bytes]:
 
 
 def _write(
-    adapter: FilesystemAdapter, request: _Request, rel_file: str
-) -> tuple[Path, FileMetadata]:
-    """Create the folder, stream the decoded content into a temporary file, rename it.
+    root: SafeRoot, request: _Request, folder: tuple[str, ...], rel_file: str
+) -> FileMetadata:
+    """Create the folder and stream the decoded content into the file atomically (never
+    replacing an existing one without ``overwrite``).
 
-    Returns the resolved path of the saved file and the content's metadata. On failure
-    the temporary file and any folders created here are removed again.
+    Returns the content's metadata. On failure the temporary file and any folders
+    created here are removed again.
     """
-    folder_path = adapter.validate(request.folder)
-    created = _missing_dirs(folder_path, adapter.root)
+    created = root.makedirs(folder)
+    hasher = ContentHasher()
     try:
-        folder_path = adapter.makedirs(request.folder)
-        dir_fd = _open_dir(folder_path, request.folder)
-        try:
-            meta = _write_in(dir_fd, request, rel_file)
-        finally:
-            os.close(dir_fd)
-        fsync_directory(folder_path)
-    except BaseException:
-        for path in created:  # deepest first; only empty folders go
-            with suppress(OSError):
-                os.rmdir(path)
-        raise
-    return folder_path / request.stored_name, meta
-
-
-def _missing_dirs(folder: Path, root: Path) -> list[Path]:
-    """The folders between ``root`` and ``folder`` that do not exist yet, deepest first."""
-    missing: list[Path] = []
-    current = folder
-    while current != root and not os.path.lexists(current):
-        missing.append(current)
-        current = current.parent
-    return missing
-
-
-def _open_dir(path: Path, rel: str) -> int:
-    """Open the directory ``path`` (returned by makedirs) and check the opened one is it.
-
-    Everything afterwards is done relative to this descriptor, so a folder swapped for a
-    symlink after validation cannot redirect the write outside the root.
-    """
-    fd = os.open(path, _DIR_FLAGS)
-    try:
-        try:
-            real: str | None = os.readlink(f"{_PROC_FD_DIR}/{fd}")
-        except OSError:
-            real = None
-        if real is not None:
-            same = real == str(path)
-        else:
-            opened, entry = os.fstat(fd), os.stat(path, follow_symlinks=False)
-            same = (opened.st_dev, opened.st_ino) == (entry.st_dev, entry.st_ino)
-        if not same:
-            raise StoragePathError(
-                PathErrorKind.OUTSIDE_ROOT, rel, f"{path} changed while it was opened"
-            )
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _write_in(dir_fd: int, request: _Request, rel_file: str) -> FileMetadata:
-    """Write the content to a temporary file in ``dir_fd`` and move it to its name."""
-    name = request.stored_name
-    tmp_name = f".rtcw-{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp_name, _TMP_FLAGS, 0o644, dir_fd=dir_fd)
-    builder = MetadataBuilder()
-    try:
-        with os.fdopen(fd, "wb") as raw:
+        with root.atomic_file((*folder, request.stored_name), replace=request.overwrite) as out:
             if request.compress:
                 with gzip.GzipFile(
-                    filename=name, mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL
+                    filename=request.stored_name,
+                    mode="wb",
+                    fileobj=out,
+                    compresslevel=GZIP_LEVEL,
                 ) as packed:
-                    _copy(request.data, builder, packed)
+                    _copy(request.data, hasher, packed)
             else:
-                _copy(request.data, builder, raw)
-            raw.flush()
-            os.fsync(raw.fileno())
-        _commit(dir_fd, tmp_name, name, rel_file, overwrite=request.overwrite)
-    except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(tmp_name, dir_fd=dir_fd)
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(exc.errno, os.strerror(exc.errno), rel_file) from exc
-        raise
-    return builder.finish()
-
-
-def _copy(data: str, builder: MetadataBuilder, sink: BinaryIO | gzip.GzipFile) -> None:
-    for block in _iter_decoded(data):
-        builder.update(block)
-        sink.write(block)
-
-
-def _commit(dir_fd: int, tmp_name: str, name: str, rel_file: str, *, overwrite: bool) -> None:
-    """Move ``tmp_name`` to ``name`` atomically; without ``overwrite``, never replace.
-
-    The no-replace move is a hard link (fails if ``name`` exists) then an unlink of the
-    temporary name; filesystems without hard links fall back to check-then-rename.
-    """
-    try:
-        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        existing = None
-    if existing is not None:
-        if stat.S_ISDIR(existing.st_mode):
-            raise _RefusedError(f"A directory exists where the file would go: {rel_file}")
-        if not overwrite:
-            raise _RefusedError(f"File already exists: {rel_file} (set overwrite to replace it)")
-    if overwrite:
-        os.replace(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return
-    try:
-        os.link(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                _copy(request.data, hasher, out)
+    except IsADirectoryError:
+        _remove_dirs(root, created)
+        raise _RefusedError(f"A directory exists where the file would go: {rel_file}") from None
     except FileExistsError:
+        _remove_dirs(root, created)
         raise _RefusedError(
             f"File already exists: {rel_file} (set overwrite to replace it)"
         ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        os.replace(tmp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        return
-    try:
-        os.unlink(tmp_name, dir_fd=dir_fd)
-    except OSError as exc:  # the file is saved; only a stray link to it remains
-        logger.warning("file-saver could not remove {tmp!r}: {error}", tmp=tmp_name, error=exc)
+    except BaseException:
+        _remove_dirs(root, created)
+        raise
+    return hasher.finish()
+
+
+def _remove_dirs(root: SafeRoot, created: tuple[tuple[str, ...], ...]) -> None:
+    """Remove the folders created for this request, deepest first (only empty ones)."""
+    for parts in reversed(created):
+        root.remove_empty_dir(parts)
+
+
+def _copy(data: str, hasher: ContentHasher, sink: BinaryIO | gzip.GzipFile) -> None:
+    for block in _iter_decoded(data):
+        hasher.update(block)
+        sink.write(block)

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import shlex
 import signal
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from loguru import logger
 
+from protocol import PathReason
 from rtc_worker.archive import (
     ArchiveError,
     ArchiveErrorKind,
@@ -36,54 +38,62 @@ from rtc_worker.archive import (
     extract_zip,
     looks_like_zip,
 )
+from rtc_worker.job_process import process_exit, pump_lines
+from rtc_worker.paths import path_reason
 from rtc_worker.storage import (
     DiskFullError,
     FileMetadata,
-    FilesystemAdapter,
-    MetadataBuilder,
-    PathErrorKind,
-    StoragePathError,
+    InputHandle,
+    SafeRoot,
+    StorageError,
+    StorageErrorKind,
+    hash_file,
+    layout,
 )
 
 __all__ = [
     "DISK_FULL_REASON",
-    "JOBS_DIR_NAME",
     "MANIFEST_NAME",
-    "JobError",
     "JobOutcome",
+    "JobRunError",
     "JobRunner",
     "JobSpec",
     "build_argv",
-    "build_results_zip",
 ]
 
 DISK_FULL_REASON = "Disk space exhausted on shared storage"
-#: Folder under the storage root holding job folders (outputs of jobs without a
-#: shared output path, and result ZIPs).
-JOBS_DIR_NAME = ".rtc-jobs"
 CANCELLED_REASON = "cancelled"
 MANIFEST_NAME = "manifest.json"
-#: Longest JOB_LOG line sent, in characters; longer lines are cut with a marker.
-MAX_LOG_LINE_CHARS = 8192
 _PLACEHOLDER_RE = re.compile(r"\{(?:input|workdir|output)\}")
 #: A failed command leaves less free space than this on the output's filesystem:
 #: the failure is reported as disk exhaustion. Bytes.
 _DISK_FULL_THRESHOLD = 1 << 20
 
+Parts = tuple[str, ...]
+#: A file the job works on: (name shown in the manifest, opener of the file).
+_Source = tuple[str, Callable[[], BinaryIO]]
+
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """One job: ids and paths relative to the storage root.
+    """One job.
 
     Attributes:
-        input_path: the shared input as the client sent it, or a received file's
-            stored path.
-        output_path: the output folder (shared, or the worker's job folder).
+        job_id: the job's id.
+        input: the input, opened at validation (a shared path, or a received file in
+            the blob store); the job reads this descriptor.
+        input_path: the input as the client sent it (or the stored file's relative
+            path), for messages.
+        output: the output folder's components under the runner's root (shared, or
+            the worker's job folder).
+        output_path: the output folder as the client sent it, for messages.
         input_name: the sender's name of a received input (for the manifest).
     """
 
     job_id: str
+    input: InputHandle
     input_path: str
+    output: Parts
     output_path: str
     input_name: str | None = None
 
@@ -105,19 +115,19 @@ class JobOutcome:
     run_s: float
 
 
-class JobError(Exception):
+class JobRunError(Exception):
     """A job failed; ``reason`` is safe to send to the client (no worker paths).
 
     Attributes:
         reason: the text of ``JOB_FAILED::{job_id}::{reason}``.
-        path_error: True when the reason is also a ``PATH_ERROR`` (the input vanished
-            or was swapped between validation and use).
+        path_reason: the input vanished or was swapped between validation and use: the
+            reason is also sent as a ``PATH_ERROR`` of this kind.
     """
 
-    def __init__(self, reason: str, *, path_error: bool = False) -> None:
+    def __init__(self, reason: str, *, path_reason: PathReason | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.path_error = path_error
+        self.path_reason = path_reason
 
 
 def build_argv(template: str, *, input_path: Path, workdir: Path, output: Path) -> list[str]:
@@ -142,7 +152,7 @@ class JobRunner:
     """Runs jobs for one worker on its storage root (the shared root, else the data dir).
 
     Args:
-        fs: the storage root's adapter; every file the runner touches goes through it.
+        root: the storage root; every file the runner touches goes through it.
         command: the operator's command template, or None for the built-in
             manifest job.
         zip_limits: caps applied when extracting a ZIP input.
@@ -153,17 +163,17 @@ class JobRunner:
 
     def __init__(
         self,
-        fs: FilesystemAdapter,
+        root: SafeRoot,
         *,
         command: str | None = None,
         zip_limits: ZipLimits | None = None,
-        work_dir_name: str = ".rtc-work",
+        work_dir_name: str = layout.WORK_DIR,
         keep_workdir: bool = False,
         cancel_grace_s: float = 5.0,
     ) -> None:
         if command is not None:
             build_argv(command, input_path=Path(), workdir=Path(), output=Path())
-        self.fs = fs
+        self.root = root
         self.command = command
         self.zip_limits = zip_limits or ZipLimits()
         self.work_dir_name = work_dir_name
@@ -188,126 +198,116 @@ class JobRunner:
             The counts of the output folder and the timings.
 
         Raises:
-            JobError: the input vanished or was swapped (``path_error``), the input is
-                corrupted, the command failed or the job was cancelled (reason
+            JobRunError: the input vanished or was swapped (``path_error``), the input
+                is corrupted, the command failed or the job was cancelled (reason
                 ``cancelled``), or the disk filled up (what the job added to the output
                 folder is removed).
         """
-        before = await asyncio.to_thread(self._snapshot, spec.output_path)
-        workdir_rel = f"{self.work_dir_name}/{spec.job_id}-{os.urandom(3).hex()}"
+        before = await asyncio.to_thread(self._snapshot, spec.output)
+        work = layout.work_dir(spec.job_id, os.urandom(3).hex(), self.work_dir_name)
         stop = threading.Event()
         watcher = asyncio.create_task(cancel.wait())
         watcher.add_done_callback(lambda _: stop.set())
         try:
-            return await self._run(spec, workdir_rel, on_log, cancel, stop)
+            return await self._run(spec, work, on_log, cancel, stop)
         except DiskFullError as exc:
             logger.error("job {}: disk full: {}", spec.job_id, exc)
-            await asyncio.to_thread(self._remove_new_results, spec.output_path, before)
-            raise JobError(DISK_FULL_REASON) from None
-        except JobError as exc:
+            await asyncio.to_thread(self._remove_new_results, spec.output, before)
+            raise JobRunError(DISK_FULL_REASON) from None
+        except JobRunError as exc:
             if exc.reason == DISK_FULL_REASON:
-                await asyncio.to_thread(self._remove_new_results, spec.output_path, before)
+                await asyncio.to_thread(self._remove_new_results, spec.output, before)
             raise
         finally:
             watcher.cancel()
             if not self.keep_workdir:
-                await asyncio.to_thread(self._remove_workdir, workdir_rel)
+                await asyncio.to_thread(self._remove_workdir, work)
 
     async def _run(
         self,
         spec: JobSpec,
-        workdir_rel: str,
+        work: Parts,
         on_log: Callable[[str], None],
         cancel: asyncio.Event,
         stop: threading.Event,
     ) -> JobOutcome:
         t0 = time.perf_counter()
-        workdir = await asyncio.to_thread(self.fs.makedirs, workdir_rel)
-        files, access_ms = await asyncio.to_thread(self._prepare_input, spec, workdir_rel, stop)
-        if cancel.is_set():
-            raise JobError(CANCELLED_REASON)
-        if self.command is None:
-            await asyncio.to_thread(
-                self._manifest_job, spec, files, on_log, stop, asyncio.get_running_loop()
+        workdir = await asyncio.to_thread(self.root.subroot, work, create=True)
+        with contextlib.ExitStack() as held:
+            held.callback(workdir.close)
+            files, access_ms = await asyncio.to_thread(
+                self._prepare_input, spec, workdir, stop, held
             )
-            if stop.is_set():
-                raise JobError(CANCELLED_REASON)
-        else:
-            argv = build_argv(
-                self.command,
-                input_path=self.fs.to_absolute(spec.input_path),
-                workdir=workdir,
-                output=self.fs.to_absolute(spec.output_path),
-            )
-            await self._command_job(spec, argv, workdir, on_log, cancel)
+            if cancel.is_set():
+                raise JobRunError(CANCELLED_REASON)
+            if self.command is None:
+                await asyncio.to_thread(
+                    self._manifest_job, spec, files, on_log, stop, asyncio.get_running_loop()
+                )
+                if stop.is_set():
+                    raise JobRunError(CANCELLED_REASON)
+            else:
+                argv = build_argv(
+                    self.command,
+                    input_path=spec.input.path,
+                    workdir=workdir.root,
+                    output=self.root.absolute(spec.output),
+                )
+                await self._command_job(spec, argv, workdir.root, on_log, cancel)
         run_s = time.perf_counter() - t0 - access_ms / 1000
-        count, total = await asyncio.to_thread(self.fs.fsync_tree, spec.output_path)
+        count, total = await asyncio.to_thread(self.root.fsync_tree, spec.output)
         return JobOutcome(count, total, access_ms, run_s)
 
     # ------------------------------------------------------------------ input
 
     def _prepare_input(
-        self, spec: JobSpec, workdir_rel: str, stop: threading.Event
-    ) -> tuple[list[tuple[str, str]], float]:
-        """Open the input again (at-use check) and extract it when it is a ZIP.
+        self, spec: JobSpec, workdir: SafeRoot, stop: threading.Event, held: contextlib.ExitStack
+    ) -> tuple[list[_Source], float]:
+        """Check the opened input again (at use) and extract it when it is a ZIP.
 
-        Returns the files the job works on as (name shown in the manifest, path
-        relative to the storage root), and the file access time in milliseconds.
+        Returns the files the job works on (a directory input's root is closed by
+        ``held``) and the file access time in milliseconds.
         """
         t0 = time.perf_counter()
+        handle = spec.input
         try:
-            resolved = self.fs.validate_input(spec.input_path)
-            if resolved.is_dir():
-                files = self._list_files(spec.input_path)
-                return files, (time.perf_counter() - t0) * 1000
-            with self.fs.open_file(spec.input_path) as handle:
-                head = handle.read(8)
-                handle.seek(0)
-                access_ms = (time.perf_counter() - t0) * 1000
-                name = spec.input_name or resolved.name
-                if not looks_like_zip(name, head):
-                    return [(name, spec.input_path)], access_ms
-                workdir = self.fs.to_absolute(workdir_rel)
-                names = extract_zip(handle, workdir, self.zip_limits, stop)
-        except StoragePathError as exc:
+            handle.verify()
+            if handle.kind == "dir":
+                tree = held.enter_context(handle.subroot())
+                return _tree_sources(tree), (time.perf_counter() - t0) * 1000
+            head = os.pread(handle.fd, 8, 0)
+            access_ms = (time.perf_counter() - t0) * 1000
+            name = spec.input_name or handle.name
+            if not looks_like_zip(name, head):
+                return [(name, handle.reader)], access_ms
+            with handle.reader() as archive:
+                extract_zip(archive, workdir, self.zip_limits, stop)
+        except StorageError as exc:
             logger.warning("job {}: input refused at use: {}", spec.job_id, exc.detail)
-            kind = PathErrorKind.VANISHED if exc.kind is PathErrorKind.NOT_FOUND else exc.kind
-            reason = StoragePathError(kind, spec.input_path, exc.detail).reason
-            raise JobError(reason, path_error=True) from None
+            if exc.kind is StorageErrorKind.NOT_FOUND:
+                exc = StorageError(StorageErrorKind.VANISHED, exc.parts, exc.detail)
+            raise JobRunError(
+                path_reason(exc, spec.input_path), path_reason=PathReason[exc.kind.name]
+            ) from None
         except ArchiveError as exc:
             if exc.kind is ArchiveErrorKind.CANCELLED:
-                raise JobError(CANCELLED_REASON) from None
+                raise JobRunError(CANCELLED_REASON) from None
             logger.warning("job {}: archive refused: {}", spec.job_id, exc)
-            reason = StoragePathError(PathErrorKind.CORRUPTED, spec.input_path, str(exc)).reason
-            raise JobError(reason) from None
-        return [(name, f"{workdir_rel}/{name}") for name in names], access_ms
-
-    def _list_files(self, folder_rel: str) -> list[tuple[str, str]]:
-        """Regular files under ``folder_rel``, walked without following symlinks."""
-        base = self.fs.validate(folder_rel)
-        prefix = folder_rel.rstrip("/")
-        files = []
-        for dirpath, dirnames, filenames, dirfd in os.fwalk(base, follow_symlinks=False):
-            dirnames.sort()
-            sub = Path(dirpath).relative_to(base)
-            for filename in sorted(filenames):
-                st = os.stat(filename, dir_fd=dirfd, follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode):
-                    name = (sub / filename).as_posix()
-                    files.append((name, f"{prefix}/{name}"))
-        return files
+            corrupted = StorageError(StorageErrorKind.CORRUPTED, (), str(exc))
+            raise JobRunError(path_reason(corrupted, spec.input_path)) from None
+        return _tree_sources(workdir), access_ms
 
     # ------------------------------------------------------------------ built-in job
 
     def _manifest_job(
         self,
         spec: JobSpec,
-        files: list[tuple[str, str]],
+        files: list[_Source],
         on_log: Callable[[str], None],
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """Write manifest.json (runs in a thread; every file opened through the adapter)."""
+        """Write manifest.json (runs in a thread; every file opened by descriptor)."""
 
         def log(line: str) -> None:
             loop.call_soon_threadsafe(on_log, line)
@@ -315,8 +315,8 @@ class JobRunner:
         log(f"manifest: {len(files)} file(s) from {spec.input_name or spec.input_path}")
         entries = []
         total = 0
-        for name, rel in files:
-            meta = self._metadata(rel, stop)
+        for name, opener in files:
+            meta = _metadata(name, opener, stop)
             if meta is None:
                 return
             total += meta.size
@@ -338,26 +338,8 @@ class JobRunner:
             "files": entries,
         }
         body = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
-        self.fs.atomic_write(f"{spec.output_path.rstrip('/')}/{MANIFEST_NAME}", body)
+        self.root.write_atomic((*spec.output, MANIFEST_NAME), body)
         log(f"wrote {MANIFEST_NAME}: {len(entries)} entries, {total} bytes described")
-
-    def _metadata(self, rel: str, stop: threading.Event) -> FileMetadata | None:
-        """Size, sha256 and MIME type of one file, or None when ``stop`` was set.
-
-        Raises:
-            JobError: the file was swapped or vanished since it was listed.
-        """
-        builder = MetadataBuilder()
-        try:
-            with self.fs.open_file(rel) as handle:
-                while block := handle.read(1 << 20):
-                    if stop.is_set():
-                        return None
-                    builder.update(block)
-        except StoragePathError as exc:
-            logger.warning("file refused while building the manifest: {}", exc.detail)
-            raise JobError(f"{exc.kind.value}: {rel.rsplit('/', 1)[-1]}") from None
-        return builder.finish()
 
     # ------------------------------------------------------------------ command job
 
@@ -381,7 +363,7 @@ class JobRunner:
             )
         except OSError as exc:
             logger.error("job {}: cannot start {}: {}", spec.job_id, argv[0], exc)
-            raise JobError(f"Job command could not start: {Path(argv[0]).name}") from None
+            raise JobRunError(f"Job command could not start: {Path(argv[0]).name}") from None
         try:
             code, cancelled = await self._supervise(proc, on_log, cancel)
         finally:
@@ -390,13 +372,12 @@ class JobRunner:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         if cancelled:
-            raise JobError(CANCELLED_REASON)
+            raise JobRunError(CANCELLED_REASON)
         if code != 0:
-            output = self.fs.to_absolute(spec.output_path)
-            free = await asyncio.to_thread(_free_bytes, output)
+            free = await asyncio.to_thread(self._free_bytes, spec.output)
             if free is not None and free < _DISK_FULL_THRESHOLD:
-                raise JobError(DISK_FULL_REASON)
-            raise JobError(f"Job command exited with code {code}")
+                raise JobRunError(DISK_FULL_REASON)
+            raise JobRunError(f"Job command exited with code {code}")
 
     async def _supervise(
         self,
@@ -411,9 +392,9 @@ class JobRunner:
         otherwise keep the job, and the worker's one job slot, forever).
         """
         assert proc.stdout is not None
-        reader = asyncio.create_task(_pump_lines(proc.stdout, on_log))
+        reader = asyncio.create_task(pump_lines(proc.stdout, on_log))
         canceller = asyncio.create_task(cancel.wait())
-        leader = asyncio.create_task(_process_exit(proc))
+        leader = asyncio.create_task(process_exit(proc))
         try:
             await asyncio.wait({leader, canceller}, return_when=asyncio.FIRST_COMPLETED)
             cancelled = not leader.done()
@@ -447,148 +428,64 @@ class JobRunner:
 
     # ------------------------------------------------------------------ housekeeping
 
-    def _snapshot(self, output_rel: str) -> set[str]:
-        """Relative paths of everything already in the output folder (kept on failure)."""
-        base = self.fs.validate(output_rel)
-        seen: set[str] = set()
-        for dirpath, dirnames, filenames, _ in os.fwalk(base, follow_symlinks=False):
-            sub = Path(dirpath).relative_to(base)
-            seen.update((sub / name).as_posix() for name in (*dirnames, *filenames))
-        return seen
-
-    def _remove_new_results(self, output_rel: str, before: set[str]) -> None:
-        """Remove what the failed job added to the output folder; keep what was there.
-
-        Walks with directory descriptors and never follows a symlink, so nothing
-        outside the folder can be removed.
-        """
-        base = self.fs.validate(output_rel)
-        for dirpath, dirnames, filenames, dirfd in os.fwalk(
-            base, topdown=False, follow_symlinks=False
-        ):
-            sub = Path(dirpath).relative_to(base)
-            for name in filenames:
-                if (sub / name).as_posix() not in before:
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dirfd)
-            for name in dirnames:
-                if (sub / name).as_posix() not in before:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(name, dir_fd=dirfd)
-        logger.info("removed partial results from {}", output_rel)
-
-    def _remove_workdir(self, workdir_rel: str) -> None:
+    def _snapshot(self, output: Parts) -> set[Parts]:
+        """Everything already in the output folder (kept if the job fails)."""
         try:
-            self.fs.remove_tree(workdir_rel)
-        except (OSError, StoragePathError) as exc:
-            logger.warning("could not remove working directory {}: {}", workdir_rel, exc)
+            return self.root.snapshot(output)
+        except StorageError as exc:
+            logger.warning("cannot list the output folder {}: {}", output, exc.detail)
+            return set()
+
+    def _remove_new_results(self, output: Parts, before: set[Parts]) -> None:
+        """Remove what the failed job added to the output folder; keep what was there
+        (by descriptor, never following a symlink: nothing outside can be removed)."""
+        try:
+            self.root.prune(output, before)
+        except StorageError as exc:
+            logger.warning("cannot clean the output folder {}: {}", output, exc.detail)
+            return
+        logger.info("removed partial results from {}", "/".join(output))
+
+    def _remove_workdir(self, work: Parts) -> None:
+        try:
+            self.root.remove_tree(work)
+        except (OSError, StorageError) as exc:
+            logger.warning("could not remove working directory {}: {}", "/".join(work), exc)
+
+    def _free_bytes(self, output: Parts) -> int | None:
+        """Free bytes on the output folder's filesystem, or None when unknown."""
+        try:
+            fd = self.root.open_dir(output)
+        except (OSError, StorageError):
+            return None
+        try:
+            stats = os.fstatvfs(fd)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return stats.f_bavail * stats.f_frsize
 
 
-async def _process_exit(proc: asyncio.subprocess.Process) -> None:
-    """Return when the process itself has exited, whether or not its pipes are closed.
-
-    asyncio's ``Process.wait()`` also waits for every pipe to close, which a
-    grandchild that inherited stdout can delay forever. A pidfd (Linux 5.3+) becomes
-    readable at exit; elsewhere the exit status is polled every 0.1 s.
-    """
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        while proc.returncode is None:
-            with contextlib.suppress(ChildProcessError, OSError):
-                # WNOHANG: never blocks
-                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):  # noqa: ASYNC222
-                    return
-            await asyncio.sleep(0.1)
-        return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+def _tree_sources(tree: SafeRoot) -> list[_Source]:
+    """The regular files under ``tree``, each with an opener through ``tree``."""
+    return [
+        ("/".join(parts), functools.partial(tree.open_file, parts)) for parts in tree.walk_files(())
+    ]
 
 
-async def _pump_lines(stream: asyncio.StreamReader, on_log: Callable[[str], None]) -> None:
-    """Turn a process's output into log lines, whatever its line lengths.
-
-    Reads blocks (not lines, so an endless line cannot overrun a buffer), splits on
-    line breaks, cuts lines above :data:`MAX_LOG_LINE_CHARS`, and never dies on a
-    callback error (a dead reader would block the process on a full pipe).
-    """
-    pending = b""
-    while True:
-        block = await stream.read(1 << 16)
-        if not block:
-            break
-        pending += block
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > MAX_LOG_LINE_CHARS * 4:  # an endless line: emit what we have
-            lines.append(pending)
-            pending = b""
-        for raw in lines:
-            _emit(raw, on_log)
-    if pending:
-        _emit(pending, on_log)
-
-
-def _emit(raw: bytes, on_log: Callable[[str], None]) -> None:
-    line = raw.decode("utf-8", "replace").rstrip("\r").replace("\r", " ")
-    if len(line) > MAX_LOG_LINE_CHARS:
-        line = line[:MAX_LOG_LINE_CHARS] + " …[truncated]"
-    try:
-        on_log(line)
-    except Exception:
-        logger.exception("log callback failed")
-
-
-def _free_bytes(path: Path) -> int | None:
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
-
-
-def build_results_zip(fs: FilesystemAdapter, output_rel: str, zip_rel: str) -> Path:
-    """Pack the output folder into one ZIP at ``zip_rel`` (both relative to ``fs.root``).
-
-    Regular files only (symlinks are skipped, so nothing outside the folder is
-    packed), names relative to the folder, DEFLATE. Written to a temporary file,
-    fsynced and renamed: a reader never sees half a ZIP. Blocking: run it in a thread.
-
-    Returns:
-        The ZIP's absolute path.
+def _metadata(
+    name: str, opener: Callable[[], BinaryIO], stop: threading.Event
+) -> FileMetadata | None:
+    """Size, sha256 and MIME type of one file, or None when ``stop`` was set.
 
     Raises:
-        StoragePathError: a path is outside the root.
-        DiskFullError / OSError: writing failed (the temporary file is removed).
+        JobRunError: the file was swapped or vanished since it was listed.
     """
-    import zipfile
-
-    from rtc_worker.storage import fsync_directory
-
-    source = fs.validate(output_rel)
-    target = fs.to_absolute(zip_rel)
-    fs.makedirs(str(Path(zip_rel).parent))
-    tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for path in sorted(source.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    archive.write(path, path.relative_to(source).as_posix())
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+        with opener() as handle:
+            hasher = hash_file(handle.fileno(), stop=stop)
+    except StorageError as exc:
+        logger.warning("file refused while building the manifest: {}", exc.detail)
+        raise JobRunError(path_reason(exc, name.rsplit("/", 1)[-1])) from None
+    return None if stop.is_set() else hasher.finish()

@@ -45,14 +45,14 @@ from protocol.events import (
     WorkerBusy,
 )
 from protocol.routes import Role
-from rtc_worker.archive import ArchiveError, inspect_zip, looks_like_zip
+from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
-from rtc_worker.jobs import JobRunError, JobSpec, build_results_zip
+from rtc_worker.jobs import JobRunError, JobSpec
 from rtc_worker.paths import user_parts
 from rtc_worker.results_client import ResultsServiceError
 from rtc_worker.rtc import FrameChannel
 from rtc_worker.storage import InputHandle, StorageError, StorageErrorKind, layout
-from rtc_worker.transfer_io import TransferIO, file_to_send
+from rtc_worker.transfer_io import Opener, TransferIO, file_to_send
 from rtc_worker.worker_state import WorkerResources
 
 __all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
@@ -277,6 +277,7 @@ class WorkerSession:
         else:
             assert self._input is not None and action.input_path is not None
             handle, input_path = self._input, action.input_path
+        output: Parts
         if action.output_path is None:
             output = layout.job_output(action.job_id)
             resources.root.makedirs(output)
@@ -309,14 +310,9 @@ class WorkerSession:
     async def _pack(self, action: PackResults) -> None:
         """Pack the output folder into one ZIP and announce it (FileToSend)."""
         try:
-            path = await asyncio.to_thread(
-                build_results_zip,
-                self.resources.root,
-                user_parts(action.output_path, self.resources.limits),
-                layout.job_results_zip(action.job_id),
-            )
-            self.io.offer(path)
-            outcome: object = await file_to_send(path, layout.results_zip_name(action.job_id))
+            opener = await asyncio.to_thread(self._zip_results, action.job_id, action.output_path)
+            self.io.offer(opener)
+            outcome: object = await file_to_send(opener, layout.results_zip_name(action.job_id))
         except (StorageError, OSError) as exc:
             logger.error("could not pack the results of {}: {}", action.job_id, exc)
             outcome = ActionFailed(action, f"could not send results of {action.job_id}")
@@ -328,13 +324,8 @@ class WorkerSession:
         assert client is not None  # the connection asks only with a storage service
         output = action.output_path or "/".join(layout.job_output(job_id))
         try:
-            path = await asyncio.to_thread(
-                build_results_zip,
-                self.resources.root,
-                user_parts(output, self.resources.limits),
-                layout.job_results_zip(job_id),
-            )
-            stored = await client.upload(path, job_id)
+            opener = await asyncio.to_thread(self._zip_results, job_id, output)
+            stored = await client.upload(opener, job_id)
         except (ResultsServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
             await self.driver.report(
@@ -343,6 +334,12 @@ class WorkerSession:
             return
         logger.info("results of {} stored: {} bytes, sha256 {}", job_id, stored.size, stored.sha256)
         await self.driver.report(ResultsUploaded(job_id, stored.download_path))
+
+    def _zip_results(self, job_id: str, output: str) -> Opener:
+        """Pack the output folder into the job's results ZIP (blocking); its opener."""
+        root, target = self.resources.root, layout.job_results_zip(job_id)
+        build_zip(root, user_parts(output, self.resources.limits), target)
+        return lambda: root.open_file(target)
 
     async def aclose(self) -> None:
         """Cancel a running job and wait for it (worker shutdown)."""

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from loguru import logger
 
@@ -51,10 +53,19 @@ from rtc_worker.storage import (
     HashMismatchError,
     PartialBusyError,
     PartialFile,
+    StorageError,
     hash_file,
 )
 
-__all__ = ["READ_BLOCK_BYTES", "STALE_AFTER_S", "PartialRegistry", "TransferIO", "file_to_send"]
+__all__ = [
+    "READ_BLOCK_BYTES",
+    "STALE_AFTER_S",
+    "Opener",
+    "PartialRegistry",
+    "TransferIO",
+    "file_to_send",
+    "path_opener",
+]
 
 #: Files are read in blocks of this many bytes, in a thread.
 READ_BLOCK_BYTES = 1024 * 1024
@@ -66,16 +77,29 @@ STALE_AFTER_S = 5.0
 _WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer-writer")
 
 
-async def file_to_send(path: Path, name: str | None = None) -> FileToSend:
-    """What FILE_META announces for ``path``: its name, size and sha256 (hashed in a
-    thread, 1 MiB reads).
+#: Opens the file to send (a new file object each call; the caller closes it).
+Opener = Callable[[], BinaryIO]
+
+
+def path_opener(path: Path) -> Opener:
+    """An :data:`Opener` of a local file (the client's own files)."""
+    return lambda: path.open("rb")
+
+
+async def file_to_send(opener: Opener, name: str) -> FileToSend:
+    """What FILE_META announces for the file ``opener`` opens: ``name``, its size and
+    sha256 (hashed by descriptor in a thread, 1 MiB reads).
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read (StorageError through a SafeRoot opener).
     """
-    size = (await asyncio.to_thread(path.stat)).st_size
-    sha = (await asyncio.to_thread(hash_file, path)).hexdigest()
-    return FileToSend(name or path.name, size, sha)
+
+    def measure() -> FileToSend:
+        with opener() as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return FileToSend(name, size, hash_file(handle.fileno()).hexdigest())
+
+    return await asyncio.to_thread(measure)
 
 
 class PartialRegistry:
@@ -147,7 +171,7 @@ class TransferIO:
         self._serial = 0
         self._writing: asyncio.Future[None] | None = None
         self._last_chunk_at = time.monotonic()
-        self._source: Path | None = None
+        self._source: Opener | None = None
         self._stream: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -324,9 +348,9 @@ class TransferIO:
 
     # ------------------------------------------------------------------ sending
 
-    def offer(self, path: Path) -> None:
+    def offer(self, opener: Opener) -> None:
         """The file the next StreamFrom streams (its FILE_META is being announced)."""
-        self._source = path
+        self._source = opener
 
     def stream(self, action: StreamFrom) -> None:
         """Start streaming the offered file from ``action.offset`` in the background."""
@@ -335,21 +359,23 @@ class TransferIO:
             raise RuntimeError("StreamFrom without an offered file")
         self._stream = asyncio.get_running_loop().create_task(self._send(source, action.offset))
 
-    async def _send(self, path: Path, offset: int) -> None:
+    async def _send(self, opener: Opener, offset: int) -> None:
         try:
-            await self._send_blocks(path, offset)
+            await self._send_blocks(opener, offset)
             self.conn.end_of_file()
-        except OSError as exc:
-            logger.error("reading {} failed: {}", path.name, exc)
+        except (OSError, StorageError) as exc:
+            logger.error("reading the file to send failed: {}", exc)
             self.conn.cancel_send()
         await self.wake()
 
-    async def _send_blocks(self, path: Path, offset: int) -> None:
+    async def _send_blocks(self, opener: Opener, offset: int) -> None:
         size = self.conn.limits.chunk_bytes
-        handle = await asyncio.to_thread(path.open, "rb")
+        handle = await asyncio.to_thread(opener)
         try:
-            handle.seek(offset)
-            while block := await asyncio.to_thread(handle.read, READ_BLOCK_BYTES):
+            fd = handle.fileno()
+            position = offset
+            while block := await asyncio.to_thread(os.pread, fd, READ_BLOCK_BYTES, position):
+                position += len(block)
                 view = memoryview(block)
                 for start in range(0, len(block), size):
                     if not await self.channel.drained(self.high_water, self.low_water):

@@ -14,6 +14,7 @@ from protocol.connection import Capabilities
 from protocol.events import ResultsFound, WorkerBusy, WorkerIdle
 from protocol.limits import Limits
 from rtc_worker.jobs import JobRunner
+from rtc_worker.paths import user_parts
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.storage import BlobStore, SafeRoot, StorageError, layout
 from rtc_worker.transfer_io import PartialRegistry
@@ -131,7 +132,7 @@ class WorkerResources:
             ):
                 owner = handle.read(_MAX_OWNER_BYTES).decode("utf-8", "replace")
         try:
-            exists = owner is not None and self.root.exists(tuple(output.split("/")))
-        except (StorageError, ValueError):
+            exists = owner is not None and self.root.exists(user_parts(output))
+        except StorageError:
             exists = False
         return ResultsFound(job_id, owner, running, output if exists else None)

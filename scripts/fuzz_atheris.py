@@ -25,12 +25,13 @@ saves the input as ``crash-<sha1>`` in the current folder, exit status non-zero)
 
 ``paths``
     The input (UTF-8 with ``surrogateescape``), after a prefix chosen by its first byte
-    among the entries of a small real tree, goes to
-    :func:`rtc_worker.storage.validate_path_in_root`. The root holds files, folders, a
-    symlink to a folder outside the root, an absolute symlink to a file outside it, a
-    symlink that stays inside, and a symlink loop. Each call returns an absolute path
-    that is the root or inside it (also after resolving it again) and whose input had
-    no ``..`` component, or raises :class:`rtc_worker.storage.StoragePathError`.
+    among the entries of a small real tree, is split the worker's way
+    (:func:`rtc_worker.errors.user_parts`) and resolved by
+    :class:`rtc_worker.storage.SafeRoot`. The root holds files, folders, a symlink to a
+    folder outside the root, an absolute symlink to a file outside it, a symlink that
+    stays inside, and a symlink loop. Each call gives an absolute path that is the root
+    or inside it (also after resolving it again) and whose input had no ``..``
+    component, or raises :class:`rtc_worker.storage.StorageError`.
 
 Without atheris the script says so and exits 0, so it can sit in any pipeline.
 """
@@ -152,9 +153,11 @@ def paths_target(root: Path) -> tuple[Callable[[bytes], None], list[str]]:
     import loguru  # noqa: F401  (imported first so only our modules are instrumented)
     import magic  # noqa: F401
 
-    with atheris.instrument_imports(include=["rtc_worker.storage"]):
-        from rtc_worker.storage import StoragePathError, validate_path_in_root
+    with atheris.instrument_imports(include=["rtc_worker.storage", "protocol.names"]):
+        from rtc_worker.paths import user_parts
+        from rtc_worker.storage import SafeRoot, StorageError
 
+    safe = SafeRoot(root)
     root_text = str(root)
 
     def inside(path: str) -> bool:
@@ -165,8 +168,8 @@ def paths_target(root: Path) -> tuple[Callable[[bytes], None], list[str]]:
             return
         user_path = PATH_PREFIXES[data[0] % len(PATH_PREFIXES)] + _text(data[1:])
         try:
-            result = validate_path_in_root(user_path, root)
-        except StoragePathError:
+            result = safe.absolute(user_parts(user_path))
+        except StorageError:
             return
         if not isinstance(result, Path) or not result.is_absolute():
             raise AssertionError(f"{user_path!r} gave {result!r}, not an absolute Path")

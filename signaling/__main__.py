@@ -27,8 +27,8 @@ from rtc_worker import __version__
 from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
 from signaling.config import SignalingCli, SignalingSettings
-from signaling.storage_api import ResultStore
-from signaling.uploads import cleanup
+from signaling.results_api import ResultsService
+from signaling.uploads_api import cleanup
 
 __all__ = ["command_line", "help_text", "main", "settings_from_args"]
 
@@ -60,7 +60,7 @@ def _cleanup_once(settings: SignalingSettings) -> int:
         print("rtc-signaling: --cleanup-once needs --storage-path", file=sys.stderr)
         return 2
     try:
-        store = ResultStore(settings)
+        store = ResultsService(settings)
         store.blobs.mkdir(parents=True, exist_ok=True)
         store.db.migrate()
         report = cleanup(store, settings.upload_ttl_s)

@@ -2,8 +2,8 @@
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
-:mod:`signaling.storage_api`), the resumable uploads under ``/api/upload/`` and the
-periodic cleanup (see :mod:`signaling.uploads`).
+:mod:`signaling.results_api`), the resumable uploads under ``/api/upload/`` and the
+periodic cleanup (see :mod:`signaling.uploads_api`).
 
 Every text frame is parsed by :func:`protocol.signaling.parse_client_frame`; this
 module only performs what the parsed frame asks (register, list, relay) and turns
@@ -44,8 +44,8 @@ from protocol.signaling import (
 from rtc_worker import __version__
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
-from signaling.storage_api import setup_storage
-from signaling.uploads import setup_uploads
+from signaling.results_api import setup_storage
+from signaling.uploads_api import setup_uploads
 
 __all__ = [
     "REGISTRY_KEY",

@@ -1,11 +1,11 @@
 """The SQLite records of the result store (standard library ``sqlite3``).
 
-One row per ``job_id`` in ``files``; one row per resumable upload in ``uploads``
-(schema version 2, see :mod:`signaling.uploads`). The content itself lives in a content-addressed
-blob store (see :mod:`signaling.storage_api`); ``file_path`` is the blob's path relative
-to the storage folder, so several jobs with the same content share one blob. A blob's
-references are counted by query (live rows with its ``sha256``), so no counter can
-drift from the rows. A completed, not deleted upload references its blob too.
+One row per ``job_id`` in ``files``, one per resumable upload in ``uploads`` (schema
+version 2, :mod:`signaling.uploads_api`; an upload's chunks are recorded with its
+partial file). The content lives in a content-addressed blob store
+(:mod:`signaling.results_api`); ``file_path`` is the blob's path relative to the storage
+folder, so jobs with the same content share one blob. References are counted by query
+(live rows with the blob's ``sha256``; a completed, not deleted upload counts too).
 
 Every method of :class:`StorageDB` is blocking and opens its own connection (WAL mode,
 so readers do not wait for a writer); the async server calls them through
@@ -15,6 +15,7 @@ migrations run in :meth:`StorageDB.migrate`.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,25 +197,8 @@ class UploadRecord:
         return min(self.chunk_size, self.total_size - index * self.chunk_size)
 
     def row(self) -> tuple[Any, ...]:
-        """The values in column order, for SQL."""
-        return (
-            self.upload_id,
-            self.file_name,
-            self.total_size,
-            self.user_id,
-            self.user_role,
-            self.content_type,
-            self.chunk_size,
-            self.status,
-            self.created_at,
-            self.updated_at,
-            self.key,
-            self.sha256,
-            self.file_path,
-            self.mime_type,
-            int(self.deleted),
-            self.deleted_at,
-        )
+        """The values in column order, for SQL (``deleted`` as 0 or 1)."""
+        return tuple(int(v) if isinstance(v, bool) else v for v in dataclasses.astuple(self))
 
     @classmethod
     def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> UploadRecord:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rtc_worker.archive import (
+    DEFAULT_ZIP_LIMITS,
     ArchiveError,
     ZipLimits,
     ZipSummary,
@@ -20,7 +21,7 @@ from rtc_worker.archive import (
     inspect_zip,
     looks_like_zip,
 )
-from rtc_worker.storage import DiskFullError
+from rtc_worker.storage import DiskFullError, SafeRoot
 from tests.conftest import tiny_tmpfs
 
 # -- building and patching archives ------------------------------------------------------
@@ -78,7 +79,7 @@ def work(tmp_path: Path) -> Path:
 
 def extract_bytes(data: bytes, dest: Path, limits: ZipLimits | None = None) -> list[str]:
     with io.BytesIO(data) as f:
-        return extract_zip(f, dest) if limits is None else extract_zip(f, dest, limits)
+        return extract_zip(f, SafeRoot(dest), limits or DEFAULT_ZIP_LIMITS)
 
 
 def inspect_bytes(data: bytes, limits: ZipLimits | None = None) -> ZipSummary:
@@ -132,7 +133,7 @@ def test_good_zip_extracts_exact_bytes(work: Path, tmp_path: Path) -> None:
     )
     dest = work / "dest"
     with archive.open("rb") as f:
-        files = extract_zip(f, dest)
+        files = extract_zip(f, SafeRoot(dest))
     assert files == ["a.txt", "bin/run.sh", "dir/b.bin", "dir/win.txt", "empty.txt"]
     assert (dest / "a.txt").read_bytes() == b"alpha\n"
     assert (dest / "dir" / "b.bin").read_bytes() == payload
@@ -397,6 +398,26 @@ def test_extraction_stops_when_asked(tmp_path: Path) -> None:
     stop = threading.Event()
     stop.set()
     with archive.open("rb") as handle, pytest.raises(ArchiveError) as info:
-        extract_zip(handle, dest, stop=stop)
+        extract_zip(handle, SafeRoot(dest), stop=stop)
     assert info.value.kind is ArchiveErrorKind.CANCELLED
     assert list(dest.iterdir()) == []
+
+
+def test_build_zip_packs_regular_files_by_descriptor(tmp_path: Path) -> None:
+    from rtc_worker.archive import build_zip as pack
+
+    root = tmp_path / "root"
+    (root / "out" / "sub").mkdir(parents=True)
+    (root / "out" / "a.txt").write_bytes(b"alpha")
+    (root / "out" / "sub" / "b.bin").write_bytes(os.urandom(70_000))
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    (root / "out" / "leak").symlink_to(tmp_path / "secret.txt")
+    (root / "out" / "leakdir").symlink_to(tmp_path, target_is_directory=True)
+    safe = SafeRoot(root)
+    assert pack(safe, ("out",), ("jobs", "j", "results.zip")) == 2
+    with zipfile.ZipFile(root / "jobs" / "j" / "results.zip") as zf:
+        assert sorted(zf.namelist()) == ["a.txt", "sub/b.bin"]
+        assert zf.read("a.txt") == b"alpha"
+        assert zf.read("sub/b.bin") == (root / "out" / "sub" / "b.bin").read_bytes()
+        assert zf.testzip() is None
+    assert sorted(p.name for p in (root / "jobs" / "j").iterdir()) == ["results.zip"]

@@ -34,7 +34,7 @@ from rtc_worker.client import (
     TransferFailedError,
     WorkerProtocolError,
 )
-from rtc_worker.storage import ContentStore
+from rtc_worker.storage import BlobStore, layout
 from tests.conftest import PACKAGE, Signaling, make_zip, worker_subprocess
 
 pytestmark = pytest.mark.asyncio
@@ -169,7 +169,7 @@ async def test_resume_after_a_worker_restart(signaling: Signaling, tmp_path: Pat
             half = 4_000_000 // 65536 * 65536
             for start_at in range(0, half, 65536):
                 raw.send(data[start_at : start_at + 65536])
-            store = ContentStore(data_dir / "store")
+            store = BlobStore(layout.store_root(None, data_dir))
             async with asyncio.timeout(20):  # buffered writes reach the disk per MiB
                 while store.partial_size(sha(data), len(data)) < 2 * 1024 * 1024:
                     await asyncio.sleep(0.05)
@@ -188,7 +188,7 @@ async def test_resume_after_a_worker_restart(signaling: Signaling, tmp_path: Pat
     finally:
         proc.terminate()
         proc.wait(10)
-    assert ContentStore(data_dir / "store").object_path(sha(data)).read_bytes() == data
+    assert BlobStore(layout.store_root(None, data_dir)).object_path(sha(data)).read_bytes() == data
 
 
 async def test_hash_mismatch_is_refused_and_nothing_is_stored(
@@ -425,7 +425,7 @@ async def test_the_worker_removes_partial_files_past_their_ttl(
     start_worker: Any, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data-ttl"
-    store = ContentStore(data_dir / "store")
+    store = BlobStore(layout.store_root(None, data_dir))
     old, fresh = b"o" * 1000, b"f" * 1000
     for content in (old, fresh):
         with store.open_partial(sha(content), 2000, "x.bin") as partial:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import struct
+import threading
 import zipfile
 import zlib
 from datetime import UTC, datetime, timedelta, timezone
@@ -19,12 +20,11 @@ import pytest
 
 from rtc_worker.storage import (
     MIME_SNIFF_BYTES,
+    ContentHasher,
     FileMetadata,
-    MetadataBuilder,
     detect_mime,
-    file_metadata,
     format_timestamp,
-    sha256_file,
+    hash_file,
 )
 
 FIXED = datetime(2026, 11, 21, 1, 2, 3, 456789, tzinfo=UTC)
@@ -78,14 +78,14 @@ def test_detect_mime(tmp_path: Path, content: bytes, mime: str) -> None:
     assert detect_mime(content) == mime
     path = tmp_path / "file"
     path.write_bytes(content)
-    assert file_metadata(path).mime_type == mime
+    assert hash_file(path).finish().mime_type == mime
 
 
 def test_mime_uses_only_the_head(tmp_path: Path) -> None:
     content = minimal_png() + b"text after the image " * 10_000
     path = tmp_path / "big.png"
     path.write_bytes(content)
-    meta = file_metadata(path, chunk_size=1000)
+    meta = hash_file(path, block_bytes=1000).finish()
     assert meta.mime_type == "image/png"
     assert meta.size == len(content)
     assert MIME_SNIFF_BYTES >= 2048
@@ -97,20 +97,20 @@ def test_sha256_matches_hashlib(tmp_path: Path, size: int) -> None:
     path = tmp_path / "data.bin"
     path.write_bytes(data)
     expected = hashlib.sha256(data).hexdigest()
-    assert sha256_file(path) == expected
-    assert sha256_file(path, chunk_size=4096) == expected
-    meta = file_metadata(path, chunk_size=65536)
+    assert hash_file(path).hexdigest() == expected
+    assert hash_file(path, block_bytes=4096).hexdigest() == expected
+    meta = hash_file(path, block_bytes=65536).finish()
     assert (meta.size, meta.sha256) == (size, expected)
 
 
-def test_builder_equals_file_metadata(tmp_path: Path) -> None:
+def test_hasher_equals_hash_file(tmp_path: Path) -> None:
     data = minimal_png() + os.urandom(50_000)
     path = tmp_path / "x.png"
     path.write_bytes(data)
-    expected = file_metadata(path, created_at=FIXED)
+    expected = hash_file(path).finish(FIXED)
     # uneven chunks, one crossing the sniff boundary, empty chunks, several buffer types
     cuts = [0, 7, 7, 100, MIME_SNIFF_BYTES - 3, MIME_SNIFF_BYTES + 5, 30_000, len(data)]
-    builder = MetadataBuilder()
+    builder = ContentHasher()
     for i, (start, end) in enumerate(itertools.pairwise(cuts)):
         piece = data[start:end]
         builder.update([bytes, bytearray, memoryview][i % 3](piece))
@@ -135,7 +135,7 @@ def test_created_at_format() -> None:
     )
     assert format_timestamp(datetime(2026, 11, 21, 1, 2, 3)) == "2026-11-21T01:02:03Z"
     before = datetime.now(UTC).replace(microsecond=0)
-    stamp = MetadataBuilder().finish().created_at
+    stamp = ContentHasher().finish().created_at
     after = datetime.now(UTC)
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", stamp)
     parsed = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
@@ -145,7 +145,7 @@ def test_created_at_format() -> None:
 def test_metadata_object(tmp_path: Path) -> None:
     path = tmp_path / "t.txt"
     path.write_bytes(b"some text\n")
-    meta = file_metadata(path, created_at=FIXED)
+    meta = hash_file(path).finish(FIXED)
     assert meta.as_dict() == {
         "size": 10,
         "sha256": hashlib.sha256(b"some text\n").hexdigest(),
@@ -160,9 +160,33 @@ def test_metadata_object(tmp_path: Path) -> None:
 
 def test_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
-        file_metadata(tmp_path / "missing")
+        hash_file(tmp_path / "missing").finish()
     with pytest.raises(FileNotFoundError):
-        sha256_file(tmp_path / "missing")
+        hash_file(tmp_path / "missing").hexdigest()
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(ValueError):
-        sha256_file(tmp_path / "f", chunk_size=0)
+        hash_file(tmp_path / "f", block_bytes=0).hexdigest()
+
+
+def test_hash_file_by_descriptor_reads_a_range_and_stops(tmp_path: Path) -> None:
+    data = os.urandom(3 * (1 << 20) + 5)
+    path = tmp_path / "r.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 123, os.SEEK_SET)
+        head = hash_file(fd, end=1000, block_bytes=300)
+        assert (head.size, head.hexdigest()) == (1000, hashlib.sha256(data[:1000]).hexdigest())
+        rest = hash_file(fd, hasher=head.copy(), start=1000)  # continues where it stopped
+        assert rest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert head.size == 1000  # the copy left the original alone
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 123  # pread: the offset never moved
+        short = hash_file(fd, start=len(data) - 10, end=len(data) + 50)
+        assert short.size == 10  # the file is shorter than asked: the caller compares
+        stop = threading.Event()
+        stop.set()
+        assert hash_file(fd, stop=stop).size == 0
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError):
+        hash_file(path, start=-1)

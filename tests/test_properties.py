@@ -56,6 +56,7 @@ from protocol import (
     decode,
     encode,
 )
+from protocol.errors import PathReason as PathErrorKind
 from protocol.job import (
     CLIENT_EVENTS,
     INTERNAL_EVENTS,
@@ -121,7 +122,6 @@ from protocol.transfer import (
     TransferSender,
     check_name,
 )
-from rtc_worker.storage.paths import PathErrorKind
 
 LIMITS = DEFAULT_LIMITS
 TOP = LIMITS.max_text_frame_bytes

@@ -1,4 +1,4 @@
-"""The transfer receiver against a real ContentStore in a real temporary directory,
+"""The transfer receiver against a real BlobStore in a real temporary directory,
 driven by a hypothesis rule-based state machine: transfers opened, fed, cut, corrupted,
 cancelled, disconnected, resumed and restarted in any order.
 
@@ -70,7 +70,7 @@ from protocol.transfer import (
     StoreOffset,
     TransferReceiver,
 )
-from rtc_worker.storage.cas import ContentStore, HashMismatchError, PartialFile
+from rtc_worker.storage import BlobStore, HashMismatchError, PartialFile
 
 R = ReceiverState
 MAX_CHUNK = 512
@@ -81,9 +81,9 @@ def sha256(data: bytes) -> str:
 
 
 class StoreAdapter:
-    """Performs a receiver's effects on a ContentStore, synchronously."""
+    """Performs a receiver's effects on a BlobStore, synchronously."""
 
-    def __init__(self, store: ContentStore, receiver: TransferReceiver) -> None:
+    def __init__(self, store: BlobStore, receiver: TransferReceiver) -> None:
         self.store = store
         self.receiver = receiver
         self.partial: PartialFile | None = None
@@ -113,14 +113,14 @@ class StoreAdapter:
                     assert isinstance(meta, FileMeta) and self.partial is not None
                     partial, self.partial = self.partial, None
                     try:
-                        path = partial.commit(meta.sha256)
+                        stored = partial.commit(meta.sha256)
                     except HashMismatchError as exc:
                         self.finished = "mismatch"
                         failed = StoreFailed(TransferErrorCode.HASH_MISMATCH, str(exc), False)
                         self.run(self.receiver.report(failed))
                     else:
                         self.finished = "stored"
-                        self.run(self.receiver.report(Stored(path.name)))
+                        self.run(self.receiver.report(Stored(stored.sha256)))
                 case Discard(keep=keep):
                     self.discarded = keep
                     if self.partial is not None:
@@ -186,9 +186,9 @@ class ReceiverWithStore(RuleBasedStateMachine):
         self.sha = sha256(self.model)
         self.wrong_sha = sha256(self.model + b"!")
         self.chunk_size = chunk_size
-        self.new_connection(ContentStore(self.store_root))
+        self.new_connection(BlobStore(self.store_root))
 
-    def new_connection(self, store: ContentStore) -> None:
+    def new_connection(self, store: BlobStore) -> None:
         self.receiver = TransferReceiver(max_size=1 << 20, max_chunk_size=MAX_CHUNK)
         self.adapter = StoreAdapter(store, self.receiver)
         self.sending = None
@@ -469,7 +469,7 @@ class ReceiverWithStore(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         """The worker process dies (nothing buffered is flushed) and starts again with a
-        new ContentStore on the same directory."""
+        new BlobStore on the same directory."""
         self.adapter.crash()
         for sha in list(self.appended):
             disk = self.on_disk(sha)
@@ -482,7 +482,7 @@ class ReceiverWithStore(RuleBasedStateMachine):
             self.appended[sha] = self.durable[sha] = disk
             if len(disk) <= self.fault_at.get(sha, len(disk)):
                 self.fault_at.pop(sha, None)  # the misplaced bytes were never written
-        self.new_connection(ContentStore(self.store_root))
+        self.new_connection(BlobStore(self.store_root))
 
     @precondition(lambda self: not self.receiver.active and self.sending is None)
     @rule()

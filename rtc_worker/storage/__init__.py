@@ -1,61 +1,66 @@
-"""The file layer: shared-storage path safety, atomic writes and file metadata.
+"""The file layer: one safe root, one atomic writer, one blob store, one hasher.
 
-Imports only the standard library, loguru and python-magic, so the signaling server and
-the worker can both use it without loading the WebRTC stack.
+A leaf package: it imports only the standard library, loguru and python-magic, so the
+signaling server and the worker both use it without loading the WebRTC stack.
+
+* :class:`SafeRoot` (:mod:`~rtc_worker.storage.saferoot`): every open, create, list and
+  remove under a root, by descriptor, never leaving the root through a symlink.
+* :mod:`~rtc_worker.storage.atomic`: the one temporary-file-fsync-rename writer.
+* :class:`BlobStore` and :class:`PartialFile`: content by SHA-256, filled by partial
+  files in order or by ranges.
+* :class:`ContentHasher` and :func:`hash_file`: the one SHA-256 of file content.
+* :mod:`~rtc_worker.storage.layout`: the worker's folder names.
 """
 
-from rtc_worker.storage.cas import (
-    SHA256_HEX,
-    ContentStore,
+from rtc_worker.storage import layout
+from rtc_worker.storage.atomic import AtomicFile, atomic_file, fsync_dir, publish, write_atomic
+from rtc_worker.storage.blobs import DEFAULT_PARTIAL_TTL_S, SHA256_HEX, BlobStore
+from rtc_worker.storage.errors import (
+    DISK_FULL_ERRNOS,
+    DiskFullError,
     HashMismatchError,
     PartialBusyError,
-    PartialFile,
-    resolve_store_root,
+    StorageError,
+    StorageErrorKind,
+    as_disk_full,
 )
 from rtc_worker.storage.metadata import (
     MIME_SNIFF_BYTES,
+    ContentHasher,
     FileMetadata,
-    MetadataBuilder,
     detect_mime,
-    file_metadata,
     format_timestamp,
-    sha256_file,
+    hash_file,
 )
-from rtc_worker.storage.paths import (
-    DISK_FULL_ERRNOS,
-    MAX_COMPONENT_BYTES,
-    MAX_PATH_BYTES,
-    DiskFullError,
-    FilesystemAdapter,
-    PathErrorKind,
-    StoragePathError,
-    fsync_directory,
-    split_user_path,
-    validate_path_in_root,
-)
+from rtc_worker.storage.partials import WRITE_BATCH_BYTES, Batch, PartialFile
+from rtc_worker.storage.saferoot import InputHandle, SafeRoot
 
 __all__ = [
+    "DEFAULT_PARTIAL_TTL_S",
     "DISK_FULL_ERRNOS",
-    "MAX_COMPONENT_BYTES",
-    "MAX_PATH_BYTES",
     "MIME_SNIFF_BYTES",
     "SHA256_HEX",
-    "ContentStore",
+    "WRITE_BATCH_BYTES",
+    "AtomicFile",
+    "Batch",
+    "BlobStore",
+    "ContentHasher",
     "DiskFullError",
     "FileMetadata",
-    "FilesystemAdapter",
     "HashMismatchError",
-    "MetadataBuilder",
+    "InputHandle",
     "PartialBusyError",
     "PartialFile",
-    "PathErrorKind",
-    "StoragePathError",
+    "SafeRoot",
+    "StorageError",
+    "StorageErrorKind",
+    "as_disk_full",
+    "atomic_file",
     "detect_mime",
-    "file_metadata",
     "format_timestamp",
-    "fsync_directory",
-    "resolve_store_root",
-    "sha256_file",
-    "split_user_path",
-    "validate_path_in_root",
+    "fsync_dir",
+    "hash_file",
+    "layout",
+    "publish",
+    "write_atomic",
 ]

@@ -1,36 +1,41 @@
-"""File metadata: size, SHA-256, MIME type and creation time, computed in one streaming pass.
+"""File metadata and the one hasher: size, SHA-256 and MIME type in one streaming pass.
 
-The same numbers are computed by whoever holds the bytes: a receiver as chunks arrive
-(:class:`MetadataBuilder`), a sender or the storage service from a file on disk
-(:func:`file_metadata`). The receiver answers with the SHA-256 it computed and the sender
-compares (source: magic-wormhole ``cli/cmd_receive.py``).
+:class:`ContentHasher` is the only place in the project that hashes file content: the
+channel receiver and the storage service feed it bytes as they arrive (through a
+partial file), the worker's manifest job, a sender and the storage client hash files
+with :func:`hash_file`. Whoever holds the bytes computes the same numbers; the receiver
+answers with the SHA-256 it computed and the sender compares (source: magic-wormhole
+``cli/cmd_receive.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import os
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import magic
 from loguru import logger
 
 __all__ = [
     "MIME_SNIFF_BYTES",
+    "READ_BLOCK_BYTES",
+    "ContentHasher",
     "FileMetadata",
-    "MetadataBuilder",
     "detect_mime",
-    "file_metadata",
     "format_timestamp",
-    "sha256_file",
+    "hash_file",
 ]
 
 MIME_SNIFF_BYTES = 8192
 """How many leading bytes are kept for MIME detection. libmagic needs at least the first
 2 KiB of a file to recognise most formats; 8 KiB also covers formats whose signature sits
 further in (e.g. tar at offset 257, ISO images, some container formats)."""
+
+READ_BLOCK_BYTES = 1 << 20
+"""Read size of :func:`hash_file`, bytes (1 MiB)."""
 
 _FALLBACK_MIME = "application/octet-stream"
 
@@ -76,7 +81,7 @@ def detect_mime(head: bytes) -> str:
     """MIME type of content whose first bytes are ``head``, using libmagic.
 
     Pass at least the first 2 KiB of the file (:data:`MIME_SNIFF_BYTES` is what the
-    builders keep); with fewer bytes some formats are misdetected. Empty content gives
+    hasher keeps); with fewer bytes some formats are misdetected. Empty content gives
     whatever libmagic says for it, ``"application/x-empty"``. If libmagic fails, the
     result is ``"application/octet-stream"`` (never raises).
     """
@@ -88,18 +93,18 @@ def detect_mime(head: bytes) -> str:
     return mime or _FALLBACK_MIME
 
 
-class MetadataBuilder:
-    """Compute :class:`FileMetadata` incrementally as the bytes of a file arrive in order.
+class ContentHasher:
+    """SHA-256, size and the first :data:`MIME_SNIFF_BYTES` of content fed in order.
 
-    Hashes everything, counts the size and keeps only the first :data:`MIME_SNIFF_BYTES`
-    for MIME detection, so memory stays bounded whatever the file size.
+    Memory stays bounded whatever the size. Not safe for concurrent use; one writer
+    (a thread) at a time.
 
     Example::
 
-        builder = MetadataBuilder()
+        hasher = ContentHasher()
         for chunk in chunks:
-            builder.update(chunk)
-        meta = builder.finish()
+            hasher.update(chunk)
+        meta = hasher.finish()
     """
 
     __slots__ = ("_finished", "_hash", "_head", "_size")
@@ -115,6 +120,11 @@ class MetadataBuilder:
         """Bytes seen so far."""
         return self._size
 
+    @property
+    def head(self) -> bytes:
+        """The first (up to :data:`MIME_SNIFF_BYTES`) bytes seen."""
+        return bytes(self._head)
+
     def update(self, chunk: bytes | bytearray | memoryview) -> None:
         """Add the next chunk of the content.
 
@@ -122,7 +132,7 @@ class MetadataBuilder:
             RuntimeError: :meth:`finish` was already called.
         """
         if self._finished:
-            raise RuntimeError("MetadataBuilder.update() after finish()")
+            raise RuntimeError("ContentHasher.update() after finish()")
         view = memoryview(chunk).cast("B")
         self._hash.update(view)
         self._size += len(view)
@@ -134,8 +144,17 @@ class MetadataBuilder:
         """SHA-256 (lowercase hex) of the bytes seen so far."""
         return self._hash.hexdigest()
 
+    def copy(self) -> ContentHasher:
+        """An independent hasher in the same state."""
+        twin = ContentHasher.__new__(ContentHasher)
+        twin._hash = self._hash.copy()
+        twin._head = bytearray(self._head)
+        twin._size = self._size
+        twin._finished = self._finished
+        return twin
+
     def finish(self, created_at: datetime | None = None) -> FileMetadata:
-        """Return the metadata of everything passed to :meth:`update`.
+        """The metadata of everything passed to :meth:`update`; no update afterwards.
 
         Args:
             created_at: the time to record; now when omitted. Naive datetimes are UTC.
@@ -149,45 +168,65 @@ class MetadataBuilder:
         )
 
 
-def _iter_file(path: Path, chunk_size: int) -> Iterator[memoryview]:
-    """Yield views of successive chunks; each view is only valid until the next one."""
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    buffer = bytearray(chunk_size)
-    view = memoryview(buffer)
-    with open(path, "rb") as file:
-        while n := file.readinto(buffer):
-            yield view[:n]
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 (lowercase hex) of the file at ``path``, read in chunks of ``chunk_size`` bytes.
-
-    Raises:
-        OSError: the file cannot be read.
-        ValueError: ``chunk_size`` is not positive.
-    """
-    digest = hashlib.sha256()
-    for chunk in _iter_file(path, chunk_size):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_metadata(
-    path: Path, chunk_size: int = 1 << 20, *, created_at: datetime | None = None
-) -> FileMetadata:
-    """Metadata of the file at ``path`` in one streaming pass (never whole in memory).
+def hash_file(
+    source: int | str | os.PathLike[str],
+    *,
+    hasher: ContentHasher | None = None,
+    start: int = 0,
+    end: int | None = None,
+    stop: threading.Event | None = None,
+    block_bytes: int = READ_BLOCK_BYTES,
+) -> ContentHasher:
+    """Feed bytes ``[start, end)`` of a file to a hasher, ``block_bytes`` at a time.
 
     Args:
-        path: an absolute path the caller has already validated.
-        chunk_size: read size in bytes.
-        created_at: the time to record; now when omitted.
+        source: an open descriptor (read with ``pread``: its offset does not move and
+            it is not closed) or a path (opened for reading and closed again).
+        hasher: the hasher to continue (a fresh one when omitted).
+        start: first byte to read.
+        end: byte to stop before; the end of the file when omitted.
+        stop: when set (from another thread), reading stops within one block.
+        block_bytes: read size, bytes.
+
+    Returns:
+        The hasher. It covers less than asked when the file is shorter or ``stop`` was
+        set: compare ``hasher.size`` with what you expected.
 
     Raises:
-        OSError: the file cannot be read.
-        ValueError: ``chunk_size`` is not positive.
+        OSError: the file cannot be opened or read.
+        ValueError: ``block_bytes`` is not positive, or ``start`` is negative.
     """
-    builder = MetadataBuilder()
-    for chunk in _iter_file(path, chunk_size):
-        builder.update(chunk)
-    return builder.finish(created_at)
+    if block_bytes <= 0 or start < 0:
+        raise ValueError("block_bytes must be positive and start >= 0")
+    hasher = hasher if hasher is not None else ContentHasher()
+    if isinstance(source, int):
+        _hash_fd(source, hasher, start, end, stop, block_bytes)
+        return hasher
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _hash_fd(fd, hasher, start, end, stop, block_bytes)
+    finally:
+        os.close(fd)
+    return hasher
+
+
+def _hash_fd(
+    fd: int,
+    hasher: ContentHasher,
+    start: int,
+    end: int | None,
+    stop: threading.Event | None,
+    block_bytes: int,
+) -> None:
+    buffer = bytearray(block_bytes if end is None else max(1, min(block_bytes, end - start)))
+    with memoryview(buffer) as view:
+        position = start
+        while end is None or position < end:
+            if stop is not None and stop.is_set():
+                return
+            want = len(view) if end is None else min(len(view), end - position)
+            n = os.preadv(fd, [view[:want]], position)
+            if n == 0:
+                return
+            hasher.update(view[:n])
+            position += n

@@ -20,6 +20,7 @@ from signaling.__main__ import help_text, main, settings_from_args
 from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import SCHEMA_VERSION
+from signaling.results_api import DownloadQuery
 
 KEY = "storage-key-123"
 AUTH = {"X-API-Key": KEY}
@@ -172,7 +173,7 @@ async def test_multipart_upload_and_download(store: Store) -> None:
     }
     blob = store.root / "blobs" / body["sha256"][:2] / body["sha256"]
     assert blob.read_bytes() == data
-    assert list((store.root / "tmp").iterdir()) == []
+    assert list((store.root / "partial").iterdir()) == []
     assert await store.download("job-1", keep=True) == (200, data)
     assert (await store.records())["job-1"]["downloaded_at"] is not None
 
@@ -190,6 +191,36 @@ async def test_raw_upload_and_auto_delete(store: Store) -> None:
     record = (await store.records())["raw.job_2"]
     assert record["deleted"] is True
     assert record["downloaded_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        ("keep=true", True),
+        ("keep=TRUE", True),
+        ("keep=%20yes%20", True),
+        ("keep=1", True),
+        ("keep=On", True),
+        ("keep=false", False),
+        ("keep=0", False),
+        ("keep=maybe", False),  # documented: any other value does not keep
+        ("keep=", False),
+        ("other=1", False),
+    ],
+)
+async def test_the_keep_query_parameter(store: Store, query: str, kept: bool) -> None:
+    """Parsed by pydantic (DownloadQuery); junk never fails the download."""
+    await store.upload("k", b"bytes")
+    async with store.session.get(store.url(f"/download/k?{query}"), headers=AUTH) as response:
+        assert (response.status, await response.read()) == (200, b"bytes")
+    await store.wait_status("k", 200 if kept else 410)
+
+
+def test_download_query_model() -> None:
+    assert DownloadQuery.model_validate({}).keep is False
+    assert DownloadQuery.model_validate({"keep": " YES "}).keep is True
+    assert DownloadQuery.model_validate({"keep": "t"}).keep is False  # not a documented word
+    assert DownloadQuery.model_validate({"keep": "off", "x": "y"}).keep is False
 
 
 async def test_auto_delete_off_keeps_files(store: Store) -> None:
@@ -229,7 +260,7 @@ async def test_upload_validation(store: Store) -> None:
     status, body = await store.upload_raw("empty", b"")
     assert (status, error_code(body)) == (400, "MISSING_FIELD")
     assert await store.records() == {}
-    assert list((store.root / "tmp").iterdir()) == []
+    assert list((store.root / "partial").iterdir()) == []
 
 
 async def test_too_large(store: Store) -> None:
@@ -248,7 +279,7 @@ async def test_too_large(store: Store) -> None:
     status, _ = await store.upload("fits", b"x" * SMALL_MAX)
     assert status == 201
     assert set(await store.records()) == {"fits"}
-    assert list((store.root / "tmp").iterdir()) == []
+    assert list((store.root / "partial").iterdir()) == []
 
 
 async def test_reupload_replaces(store: Store) -> None:

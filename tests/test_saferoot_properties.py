@@ -3,10 +3,12 @@ looping, dangling, to files and to directories, inside and outside the root) and
 adversarial client paths (``..``, absolute, NUL, ``//``, look-alikes such as ``．．``
 ``∕`` ``⁄``, very long, backslashes, trailing slashes).
 
-For every (tree, path): ``validate`` raises StoragePathError or returns a path whose real
-path is inside the root, ``validate_input`` likewise (and checks containment first),
-``exists`` is never True for anything outside; and two trees that differ only outside the
-root give the same outcome for every path (no existence oracle).
+Paths go the worker's way: client text checked and split (``split_path``), then
+resolved and opened by :class:`~rtc_worker.storage.SafeRoot`. For every (tree, path):
+resolving raises StorageError or gives a path whose real path is inside the root,
+opening it as an input likewise (and checks containment first), ``exists`` is never
+True for anything outside; and two trees that differ only outside the root give the
+same outcome for every path (no existence oracle).
 
 Each example builds its trees in a fresh ``tempfile.mkdtemp`` directory, removed at the end.
 """
@@ -20,16 +22,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtc_worker.storage.paths import (
-    MAX_COMPONENT_BYTES,
-    MAX_PATH_BYTES,
-    FilesystemAdapter,
-    PathErrorKind,
-    StoragePathError,
-)
+from protocol.errors import PathReason
+from protocol.limits import DEFAULT_LIMITS
+from rtc_worker.storage import StorageError
+from rtc_worker.storage import StorageErrorKind as PathErrorKind
+from tests.saferoot_helpers import Fs, reason
+
+MAX_COMPONENT_BYTES = DEFAULT_LIMITS.max_name_bytes
+MAX_PATH_BYTES = DEFAULT_LIMITS.max_path_bytes
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -124,13 +128,11 @@ def build(base: Path, spec: list[Entry]) -> Path:
 
 
 @contextmanager
-def trees(*specs: list[Entry]) -> Iterator[list[FilesystemAdapter]]:
+def trees(*specs: list[Entry]) -> Iterator[list[Fs]]:
     """Build each spec in a fresh temporary directory; remove them all afterwards."""
     bases = [Path(tempfile.mkdtemp(prefix="rtc-paths-")) for _ in specs]
     try:
-        yield [
-            FilesystemAdapter(build(base, spec)) for base, spec in zip(bases, specs, strict=True)
-        ]
+        yield [Fs(build(base, spec)) for base, spec in zip(bases, specs, strict=True)]
     finally:
         for base in bases:
             shutil.rmtree(base, ignore_errors=True)
@@ -201,14 +203,14 @@ def inside(path: str | Path, root: Path) -> bool:
     return real == str(root) or real.startswith(str(root) + os.sep)
 
 
-def outcome(fs: FilesystemAdapter, rel: str) -> tuple:
+def outcome(fs: Fs, rel: str) -> tuple:
     """What a client can observe for ``rel``: each answer's kind, and accepted paths
     relative to the root."""
     answers: list[object] = []
     for method in (fs.validate, fs.validate_input):
         try:
             answers.append(("ok", os.path.relpath(method(rel), fs.root)))
-        except StoragePathError as err:
+        except StorageError as err:
             answers.append(err.kind)
     answers.append(fs.exists(rel))
     return tuple(answers)
@@ -224,21 +226,19 @@ def symlink_in(path: Path, root: Path) -> bool:
     return False
 
 
-def check_path(fs: FilesystemAdapter, rel: str) -> None:
+def check_path(fs: Fs, rel: str) -> None:
     root = fs.root
     try:
         resolved = fs.validate(rel)
-    except StoragePathError as err:
+    except StorageError as err:
         assert err.kind is PathErrorKind.OUTSIDE_ROOT
-        assert err.user_path == rel
         resolved = None
     else:
         assert resolved.is_absolute()
         assert inside(resolved, root), (rel, resolved)
     try:
         checked = fs.validate_input(rel)
-    except StoragePathError as err:
-        assert err.user_path == rel
+    except StorageError as err:
         if resolved is None:  # containment is decided before existence
             assert err.kind is PathErrorKind.OUTSIDE_ROOT
         else:  # every link was resolved: only missing, unreadable or special files remain
@@ -305,7 +305,7 @@ def test_validate_leaves_no_symlink_in_what_it_returns() -> None:
     with trees([("root", ("a",), "link", "b/../a")]) as (fs,):
         try:
             resolved = fs.validate("a")
-        except StoragePathError as err:  # refusing it is fine too
+        except StorageError as err:  # refusing it is fine too
             assert err.kind is PathErrorKind.OUTSIDE_ROOT
             return
         assert not symlink_in(resolved, fs.root)
@@ -334,3 +334,85 @@ def test_the_trees_are_built_as_specified() -> None:
         )
         assert outcome(fs, "loop")[0] is PathErrorKind.OUTSIDE_ROOT
         assert outcome(fs, "nothing")[1] is PathErrorKind.NOT_FOUND
+
+
+# -- property: whatever the client sends, the result is inside the root ------------------
+
+
+@pytest.fixture(scope="module")
+def property_tree(tmp_path_factory: pytest.TempPathFactory) -> Fs:
+    base = tmp_path_factory.mktemp("property")
+    root = base / "root"
+    outside = base / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"s")
+    (root / "a" / "file").write_bytes(b"f")
+    (root / "out").symlink_to(outside)
+    (root / "a" / "up").symlink_to("../..")
+    (root / "in").symlink_to("a/b")
+    (root / "loop").symlink_to("loop")
+    return Fs(root)
+
+
+_PIECES = st.sampled_from(
+    [
+        "..",
+        ".",
+        "",
+        "a",
+        "b",
+        "file",
+        "out",
+        "up",
+        "in",
+        "loop",
+        "secret",
+        "．．",
+        "∕",
+        "／",
+        "\\",
+        "/",
+        "\x00",
+        "C:",
+        "~",
+        "ａ",
+        "..\u200b",
+        " ",
+        "\u202e",
+        "..\\..",
+        "\t",
+    ]
+)
+_USER_PATHS = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda parts, sep: sep.join(parts),
+        st.lists(st.one_of(_PIECES, st.text(max_size=4)), max_size=8),
+        st.sampled_from(["/", "\\"]),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rel=_USER_PATHS)
+def test_property_result_is_always_inside_root(property_tree: Fs, rel: str) -> None:
+    fs = property_tree
+    root = str(fs.root)
+    has_parent_ref = ".." in rel.replace("\\", "/").split("/")
+    try:
+        resolved = fs.validate(rel)
+    except StorageError as err:
+        assert reason(err, rel) == f"{PathReason[err.kind.name].value}: {rel}"
+        assert fs.exists(rel) is False
+        return
+    assert not has_parent_ref
+    real = os.path.realpath(resolved)
+    assert real == root or real.startswith(root + os.sep)
+    try:
+        checked = fs.validate_input(rel)
+    except StorageError as err:
+        assert err.kind in (PathErrorKind.NOT_FOUND, PathErrorKind.CORRUPTED)
+    else:
+        assert checked == resolved
+        assert fs.exists(rel)

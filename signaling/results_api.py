@@ -23,35 +23,38 @@ binding. ``GET /health`` stays open.
 Errors are JSON ``{"error": {"code", "message", "timestamp"}}`` with the codes of
 :class:`ApiErrorCode`.
 
-Layout under the storage folder: ``blobs/ab/<sha256>`` holds each distinct content once
-(uploads of identical bytes share a blob; a blob is removed when no live record uses
-it), ``tmp/`` holds uploads in progress. An upload is streamed to a temporary file
-(never whole in memory) while its size, SHA-256 and MIME type are computed, then
-fsynced and renamed atomically into the blob store. Leftover temporary files and blobs
-no live record uses are removed at start.
+Layout under the storage folder: a :class:`~rtc_worker.storage.BlobStore` whose
+``blobs/ab/<sha256>`` holds each distinct content once (uploads of identical bytes share
+a blob; a blob is removed when no live record uses it) and whose ``partial/`` holds
+uploads in progress. An upload streams into an anonymous partial file (never whole in
+memory) while its size, SHA-256 and MIME type are computed, then is committed into the
+blob store (fsync, atomic link). Leftover partials, the ``tmp/`` folder of earlier
+versions and blobs no live record uses are removed at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hmac
-import os
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from protocol.messages import is_valid_job_id
-from rtc_worker.storage import FileMetadata, MetadataBuilder, format_timestamp, fsync_directory
+from rtc_worker.storage import BlobStore, PartialFile, layout
+from signaling.api_common import (
+    ApiError,
+    ApiErrorCode,
+    api_key_guard,
+    error_response,
+    now_timestamp,
+)
 from signaling.config import SignalingSettings
 from signaling.db import FileRecord, StorageDB
 
@@ -60,8 +63,8 @@ __all__ = [
     "STORE_KEY",
     "ApiError",
     "ApiErrorCode",
-    "ResultStore",
-    "StagedBlob",
+    "DownloadQuery",
+    "ResultsService",
     "api_key_guard",
     "error_response",
     "now_timestamp",
@@ -78,206 +81,121 @@ MULTIPART_OVERHEAD_BYTES = 1 << 20
 """Slack allowed over ``storage_max_file_size`` for a multipart body's framing, in bytes;
 the file part itself is held to the exact limit while it streams."""
 
-
-class ApiErrorCode(enum.StrEnum):
-    """Codes of the storage routes' JSON errors, each with its HTTP status."""
-
-    UNAUTHORIZED = "UNAUTHORIZED"  # 401: missing or wrong API key
-    MISSING_FIELD = "MISSING_FIELD"  # 400: job_id or file missing
-    INVALID_FIELD = "INVALID_FIELD"  # 400: malformed job_id, duplicate file part
-    NOT_FOUND = "NOT_FOUND"  # 404: unknown job_id
-    GONE = "GONE"  # 410: the record was deleted
-    FILE_TOO_LARGE = "FILE_TOO_LARGE"  # 413: above storage_max_file_size
-    STORAGE_ERROR = "STORAGE_ERROR"  # 500: disk or database failure
-    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled) resumable upload
-    UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
+BLOB_MODE = 0o600
+"""Permission bits of the service's blobs (private to the server's user)."""
 
 
-_STATUS = {
-    ApiErrorCode.UNAUTHORIZED: 401,
-    ApiErrorCode.MISSING_FIELD: 400,
-    ApiErrorCode.INVALID_FIELD: 400,
-    ApiErrorCode.NOT_FOUND: 404,
-    ApiErrorCode.GONE: 410,
-    ApiErrorCode.FILE_TOO_LARGE: 413,
-    ApiErrorCode.STORAGE_ERROR: 500,
-    ApiErrorCode.UPLOAD_NOT_FOUND: 404,
-    ApiErrorCode.UPLOAD_COMPLETED: 409,
-}
+class ResultsService:
+    """The blob store plus the SQLite records; one per app.
 
+    Changes that touch both the blobs and the records (committing a blob and recording
+    it, deleting a record and dropping its blob) run under one lock, so a blob is never
+    removed between another upload's commit and its record.
 
-class ApiError(Exception):
-    """A request the store refuses; becomes a JSON error response."""
+    Attributes:
+        root: the storage folder.
+        blobs: its objects folder (``blobs/``).
+        db: the records.
+        max_file_size: largest upload, bytes.
+        auto_delete: delete a record after its first complete download.
 
-    def __init__(self, code: ApiErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-    @property
-    def status(self) -> int:
-        """The HTTP status of :attr:`code`."""
-        return _STATUS[self.code]
-
-
-def now_timestamp() -> str:
-    """Now as ISO 8601 UTC with second precision."""
-    return format_timestamp(datetime.now(UTC))
-
-
-def error_response(code: ApiErrorCode, message: str) -> web.Response:
-    """``{"error": {"code", "message", "timestamp"}}`` with the status of ``code``."""
-    response = web.json_response(
-        {"error": {"code": code.value, "message": message, "timestamp": now_timestamp()}},
-        status=_STATUS[code],
-    )
-    if code is ApiErrorCode.UNAUTHORIZED:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="storage"'
-    return response
-
-
-@dataclass(slots=True)
-class StagedBlob:
-    """Content written to a temporary file under ``tmp/``, not yet in the blob store."""
-
-    temp_path: Path
-    metadata: FileMetadata
-
-    def discard(self) -> None:
-        _remove_quietly(self.temp_path)
-
-
-def _remove_quietly(path: Path) -> None:
-    """Remove ``path``; a file already gone is fine."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _write_and_hash(file: IO[bytes], builder: MetadataBuilder, data: bytes) -> None:
-    builder.update(data)
-    file.write(data)
-
-
-def _finish_temp(file: IO[bytes]) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
-
-
-class ResultStore:
-    """The blob folder plus the SQLite records; one per app.
-
-    Changes that touch both the blobs and the records (placing a blob and recording it,
-    deleting a record and dropping its blob) run under one lock, so a blob is never
-    removed between another upload's dedupe check and its record.
+    Raises:
+        ValueError: storage is not enabled in ``settings``.
     """
 
     def __init__(self, settings: SignalingSettings) -> None:
         if settings.storage_path is None or settings.database_file is None:
             raise ValueError("storage is not enabled in these settings")
         self.root = settings.storage_path
-        self.blobs = self.root / "blobs"
-        self.tmp = self.root / "tmp"
+        self.blobs = self.root / layout.SERVICE_BLOBS_DIR
         self.db = StorageDB(settings.database_file)
         self.max_file_size = settings.storage_max_file_size
         self.auto_delete = settings.auto_delete
+        self.partial_ttl_s = settings.upload_ttl_s
+        self._store: BlobStore | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def store(self) -> BlobStore:
+        """The blob store (opened, creating its folders, on first use; blocking)."""
+        if self._store is None:
+            self._store = BlobStore(
+                self.root,
+                objects_dir=layout.SERVICE_BLOBS_DIR,
+                partial_dir=layout.PARTIAL_DIR,
+                # partials outlive their upload's record (removed at upload_ttl_s) only
+                # when something went wrong: the store's own expiry sweeps them later
+                partial_ttl_s=2 * self.partial_ttl_s,
+                object_mode=BLOB_MODE,
+            )
+        return self._store
 
     def open(self) -> None:
         """Create the folders, migrate the database, remove leftovers (blocking).
+
+        Leftovers: the ``tmp/`` folder of earlier versions, anonymous partials of
+        uploads cut by a crash, and blobs no live record uses.
 
         Raises:
             OSError: a folder cannot be created or cleaned.
             sqlite3.Error: the database cannot be opened or migrated.
         """
-        self.blobs.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        store = self.store
+        legacy_tmp = self.root / layout.SERVICE_LEGACY_TMP_DIR
+        if legacy_tmp.is_dir():
+            logger.info("removing the storage service's old temporary folder {}", legacy_tmp)
+            shutil.rmtree(legacy_tmp)
+        for key in store.partial_keys():
+            if key.startswith("anon-"):
+                store.remove_partial_if_idle(key)
         self.db.migrate()
         live = self.db.live_hashes()
-        for shard in self.blobs.iterdir():
-            if shard.is_dir():
-                for blob in shard.iterdir():
-                    if blob.name not in live:
-                        logger.info("removing unreferenced blob {}", blob.name)
-                        blob.unlink()
+        for sha256 in list(store.objects()):
+            if sha256 not in live:
+                logger.info("removing unreferenced blob {}", sha256)
+                store.remove(sha256)
 
     @property
     def lock(self) -> asyncio.Lock:
         """The lock held by every change touching both blobs and records."""
         return self._lock
 
-    def blob_path(self, sha256: str) -> Path:
-        """Where the blob of ``sha256`` lives: ``blobs/ab/<sha256>``."""
-        return self.blobs / sha256[:2] / sha256
+    async def receive(self, chunks: AsyncIterator[bytes]) -> PartialFile:
+        """Stream ``chunks`` into a new anonymous partial, hashing them on the way.
 
-    async def stage(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
-        """Stream ``chunks`` to a new temporary file, computing its metadata.
+        Returns:
+            The open partial; :meth:`commit` it or discard it.
 
         Raises:
-            ApiError: FILE_TOO_LARGE above :attr:`max_file_size` (the temp is removed).
-            OSError: the disk failed (the temp is removed).
+            ApiError: FILE_TOO_LARGE above :attr:`max_file_size` (the partial is removed).
+            OSError: the disk failed (the partial is removed).
         """
-        fd, name = await asyncio.to_thread(tempfile.mkstemp, dir=self.tmp, prefix="upload-")
-        temp_path = Path(name)
-        file = os.fdopen(fd, "wb")
-        builder = MetadataBuilder()
-        buffer = bytearray()
+        partial = await asyncio.to_thread(self.store.open_anonymous, "upload", None)
         try:
             async for chunk in chunks:
-                if builder.size + len(buffer) + len(chunk) > self.max_file_size:
+                if partial.offset + len(chunk) > self.max_file_size:
                     raise ApiError(
                         ApiErrorCode.FILE_TOO_LARGE,
                         f"the file is larger than {self.max_file_size} bytes",
                     )
-                buffer += chunk
-                if len(buffer) >= CHUNK_BYTES:
-                    data, buffer = bytes(buffer), bytearray()
-                    await asyncio.to_thread(_write_and_hash, file, builder, data)
-            if buffer:
-                await asyncio.to_thread(_write_and_hash, file, builder, bytes(buffer))
-            await asyncio.to_thread(_finish_temp, file)
-            metadata = await asyncio.to_thread(builder.finish)
+                if partial.append(chunk):
+                    await asyncio.to_thread(_write_next_batch, partial)
+            await asyncio.to_thread(partial.flush)
         except BaseException:
-            file.close()
-            _remove_quietly(temp_path)
+            await asyncio.to_thread(partial.discard)
             raise
-        return StagedBlob(temp_path, metadata)
-
-    def place_blob(self, staged: StagedBlob) -> str:
-        """Move the temp into the blob store (or drop it when the blob exists).
-
-        Blocking; call it under :attr:`lock` and record a reference before releasing it.
-
-        Returns:
-            The blob's path relative to the storage folder.
-        """
-        target = self.blob_path(staged.metadata.sha256)
-        if target.exists():
-            staged.discard()
-        else:
-            target.parent.mkdir(exist_ok=True)
-            os.replace(staged.temp_path, target)
-            fsync_directory(target.parent)
-        return target.relative_to(self.root).as_posix()
+        return partial
 
     def drop_blob_if_unused(self, sha256: str) -> None:
         """Remove the blob of ``sha256`` when no live record uses it (blocking, locked)."""
-        if self.db.references(sha256) == 0:
-            path = self.blob_path(sha256)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                fsync_directory(path.parent)
-                logger.debug("removed blob {}", sha256)
+        if self.db.references(sha256) == 0 and self.store.remove(sha256):
+            logger.debug("removed blob {}", sha256)
 
-    def _commit(self, job_id: str, staged: StagedBlob) -> FileRecord:
-        relative = self.place_blob(staged)
-        meta = staged.metadata
+    def _commit(self, job_id: str, partial: PartialFile) -> FileRecord:
+        meta = partial.commit()
         record = FileRecord(
             job_id=job_id,
-            file_path=relative,
+            file_path=self.store.object_rel(meta.sha256),
             file_size=meta.size,
             sha256=meta.sha256,
             mime_type=meta.mime_type,
@@ -291,10 +209,10 @@ class ResultStore:
             self.drop_blob_if_unused(old.sha256)
         return record
 
-    async def commit(self, job_id: str, staged: StagedBlob) -> FileRecord:
-        """Store ``staged`` as the content of ``job_id``, replacing any earlier record."""
+    async def commit(self, job_id: str, partial: PartialFile) -> FileRecord:
+        """Store ``partial`` as the content of ``job_id``, replacing any earlier record."""
         async with self._lock:
-            return await asyncio.to_thread(self._commit, job_id, staged)
+            return await asyncio.to_thread(self._commit, job_id, partial)
 
     def _delete(self, job_id: str) -> FileRecord:
         before = self.db.mark_deleted(job_id, now_timestamp())
@@ -328,8 +246,14 @@ class ResultStore:
         return record
 
 
-STORE_KEY: web.AppKey[ResultStore] = web.AppKey("result_store", ResultStore)
-"""The app's :class:`ResultStore` (present only when storage is enabled)."""
+def _write_next_batch(partial: PartialFile) -> None:
+    batch = partial.take_batch()
+    if batch is not None:
+        partial.write_batch(batch)
+
+
+STORE_KEY: web.AppKey[ResultsService] = web.AppKey("result_store", ResultsService)
+"""The app's :class:`ResultsService` (present only when storage is enabled)."""
 
 
 def setup_storage(app: web.Application, settings: SignalingSettings) -> bool:
@@ -346,7 +270,7 @@ def setup_storage(app: web.Application, settings: SignalingSettings) -> bool:
     """
     if not settings.storage_enabled:
         return False
-    store = ResultStore(settings)
+    store = ResultsService(settings)
     store.open()
     app[STORE_KEY] = store
     key = settings.storage_api_key_value
@@ -359,43 +283,6 @@ def setup_storage(app: web.Application, settings: SignalingSettings) -> bool:
     app.router.add_get("/list", guard(_list))
     logger.info("result store at {} (database {})", store.root, store.db.path)
     return True
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _presented_key(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key")
-    if key is not None:
-        return key
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
-
-
-def api_key_guard(expected: bytes) -> Callable[[Handler], Handler]:
-    """Wrap a handler: check the API key, turn :class:`ApiError` into a JSON error."""
-
-    def wrap(handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            given = _presented_key(request)
-            if given is None or not hmac.compare_digest(given.encode("utf-8"), expected):
-                return error_response(ApiErrorCode.UNAUTHORIZED, "missing or wrong API key")
-            try:
-                return await handler(request)
-            except ApiError as error:
-                response = error_response(error.code, error.message)
-                if error.code is ApiErrorCode.FILE_TOO_LARGE:
-                    response.force_close()
-                return response
-            except OSError as exc:
-                logger.error("storage failure on {} {}: {}", request.method, request.path, exc)
-                return error_response(ApiErrorCode.STORAGE_ERROR, "storage failure")
-
-        return guarded
-
-    return wrap
 
 
 def _check_job_id(job_id: str | None) -> str:
@@ -432,14 +319,16 @@ async def _next_part(reader: MultipartReader) -> Any:
         raise ApiError(ApiErrorCode.INVALID_FIELD, f"malformed multipart body: {exc}") from None
 
 
-async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[str, StagedBlob]:
+async def _receive_multipart(
+    request: web.Request, store: ResultsService
+) -> tuple[str, PartialFile]:
     """Read a multipart upload: the ``job_id`` field and the ``file`` part, any order."""
     try:
         reader = await request.multipart()
     except (ValueError, aiohttp.ClientError, HttpProcessingError) as exc:  # no boundary...
         raise ApiError(ApiErrorCode.INVALID_FIELD, f"malformed multipart body: {exc}") from None
     job_id: str | None = None
-    staged: StagedBlob | None = None
+    staged: PartialFile | None = None
     try:
         while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
@@ -449,7 +338,7 @@ async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[st
             elif part.name == "file":
                 if staged is not None:
                     raise ApiError(ApiErrorCode.INVALID_FIELD, "more than one file part")
-                staged = await store.stage(_part_chunks(part))
+                staged = await store.receive(_part_chunks(part))
             else:
                 await part.release()
         if staged is None:
@@ -457,7 +346,7 @@ async def _stage_multipart(request: web.Request, store: ResultStore) -> tuple[st
         return _check_job_id(job_id), staged
     except BaseException:
         if staged is not None:
-            staged.discard()
+            await asyncio.to_thread(staged.discard)
         raise
 
 
@@ -470,7 +359,7 @@ async def _upload(request: web.Request) -> web.Response:
             raise ApiError(
                 ApiErrorCode.FILE_TOO_LARGE, f"the file is larger than {store.max_file_size} bytes"
             )
-        job_id, staged = await _stage_multipart(request, store)
+        job_id, staged = await _receive_multipart(request, store)
     else:
         job_id = _check_job_id(request.headers.get("X-Job-Id"))
         if not request.body_exists:
@@ -479,11 +368,11 @@ async def _upload(request: web.Request) -> web.Response:
             raise ApiError(
                 ApiErrorCode.FILE_TOO_LARGE, f"the file is larger than {store.max_file_size} bytes"
             )
-        staged = await store.stage(request.content.iter_chunked(CHUNK_BYTES))
+        staged = await store.receive(request.content.iter_chunked(CHUNK_BYTES))
     try:
         record = await store.commit(job_id, staged)
     finally:
-        staged.discard()  # no-op once moved into the blob store
+        await asyncio.to_thread(staged.discard)  # no-op once committed
     logger.info("stored job {!r}: {} bytes, sha256 {}", job_id, record.file_size, record.sha256)
     return web.json_response(
         {
@@ -496,8 +385,30 @@ async def _upload(request: web.Request) -> web.Response:
     )
 
 
-def _is_true(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in {"1", "true", "yes", "on"}
+_QUERY_BOOLS = frozenset({"true", "false", "1", "0", "yes", "no", "on", "off"})
+
+
+class DownloadQuery(BaseModel):
+    """The query of ``GET /download/{job_id}``; other parameters are ignored.
+
+    Attributes:
+        keep: ``1``, ``true``, ``yes`` or ``on`` (any case, surrounding spaces ignored)
+            keep the record after the download; any other value (or none) does not.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    keep: bool = False
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _documented_words(cls, value: object) -> object:
+        """Pass the documented words on to pydantic's bool parsing; any other text is
+        "not keep" (documented: it never makes the download fail)."""
+        if isinstance(value, str):
+            word = value.strip().lower()
+            return word if word in _QUERY_BOOLS else False
+        return value
 
 
 async def _download(request: web.Request) -> web.StreamResponse:
@@ -511,8 +422,9 @@ async def _download(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE_KEY]
     job_id = request.match_info["job_id"]
     record = await store.get_live(job_id)
+    query = DownloadQuery.model_validate(dict(request.query))
     try:
-        file = await asyncio.to_thread(open, store.root / record.file_path, "rb")
+        file = await asyncio.to_thread(store.store.open_object, record.sha256)
     except FileNotFoundError:  # removed by a concurrent delete
         raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted") from None
     sent = 0
@@ -531,7 +443,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(file.close)
     if sent == record.file_size:
         await asyncio.to_thread(store.db.mark_downloaded, job_id, now_timestamp())
-        if store.auto_delete and not _is_true(request.query.get("keep")):
+        if store.auto_delete and not query.keep:
             with contextlib.suppress(ApiError):  # deleted meanwhile
                 await store.delete(job_id)
                 logger.info("job {!r} downloaded and deleted", job_id)

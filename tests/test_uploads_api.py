@@ -22,7 +22,7 @@ from rtc_worker.storage import format_timestamp
 from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import StorageDB
-from signaling.uploads import UPLOADS_KEY
+from signaling.uploads_api import UPLOADS_KEY
 
 KEY = "upload-key-456"
 AUTH = {"X-API-Key": KEY}
@@ -129,6 +129,16 @@ class Server:
     def blob_bytes(self, sha256: str) -> bytes:
         return (self.root / "blobs" / sha256[:2] / sha256).read_bytes()
 
+    def partial(self, upload_id: str) -> list[str]:
+        """The upload's partial file and sidecar, as far as they exist."""
+        folder = self.root / "partial"
+        return sorted(p.name for p in folder.iterdir() if p.name.startswith(upload_id))
+
+    def held(self, upload_id: str) -> list[list[int]]:
+        """The byte ranges the upload's partial records as durable."""
+        sidecar = self.root / "partial" / f"{upload_id}.json"
+        return list(json.loads(sidecar.read_text()).get("ranges", [])) if sidecar.exists() else []
+
 
 @pytest_asyncio.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
@@ -165,7 +175,7 @@ async def test_round_trip_png_is_an_image(server: Server) -> None:
     assert body["chunks_uploaded"] == 4
     assert body["missing_chunks"] == []
     assert body["key"] == answer["key"]
-    assert not (server.root / "uploads" / answer["upload_id"]).exists()
+    assert server.partial(answer["upload_id"]) == []  # committed: nothing left behind
 
 
 async def test_category_falls_back_to_content_type(server: Server) -> None:
@@ -215,6 +225,43 @@ async def test_resume_after_restart(server: Server) -> None:
     status, answer = await server.complete(upload_id)
     assert status == 200
     assert answer["sha256"] == hashlib.sha256(content).hexdigest()
+    assert server.blob_bytes(answer["sha256"]) == content
+
+
+async def test_chunks_of_one_upload_sent_at_once(server: Server) -> None:
+    content = payload(6 * CHUNK + 99, seed=4)
+    upload_id = await server.init(len(content))
+    order = [6, 2, 0, 5, 1, 3, 4]
+    results = await asyncio.gather(
+        *(server.chunk(upload_id, i, content[i * CHUNK : (i + 1) * CHUNK]) for i in order)
+    )
+    assert [status for status, _ in results] == [200] * len(order)
+    assert server.held(upload_id) == [[0, len(content)]]
+    status, answer = await server.complete(upload_id)
+    assert status == 200 and answer["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+async def test_chunk_folders_of_an_earlier_version_are_migrated(server: Server) -> None:
+    """Before the one file layer each chunk was a file ``uploads/<id>/<index>``: a
+    restarted server moves them into the upload's partial at their offsets."""
+    content = payload(4 * CHUNK + 7, seed=6)
+    upload_id = await server.init(len(content))
+    await server.runner.cleanup()
+    folder = server.root / "uploads" / upload_id
+    folder.mkdir(parents=True)
+    for index in (0, 3, 4):
+        (folder / str(index)).write_bytes(content[index * CHUNK : (index + 1) * CHUNK])
+    (folder / "2").write_bytes(b"short")  # a chunk of the wrong length: not held
+    (folder / ".1.abc123.part").write_bytes(b"an unfinished temporary file")
+    (server.root / "tmp").mkdir()
+    (server.root / "tmp" / "upload-x").write_bytes(b"left by a crash")
+    await server.restart()
+    assert not (server.root / "uploads").exists() and not (server.root / "tmp").exists()
+    status, body = await server.status(upload_id)
+    assert (status, body["missing_chunks"], body["chunks_uploaded"]) == (200, [1, 2], 3)
+    await server.send(upload_id, content, only=[1, 2])
+    status, answer = await server.complete(upload_id)
+    assert status == 200
     assert server.blob_bytes(answer["sha256"]) == content
 
 
@@ -307,7 +354,7 @@ async def test_chunk_and_complete_errors(server: Server) -> None:
             "PUT", "/api/upload/chunk", headers={**AUTH, **headers}, data=data
         )
         assert (got, code(answer)) == (status, error), headers
-    assert not [p for p in (server.root / "uploads" / upload_id).iterdir()]
+    assert server.held(upload_id) == []  # refused chunks are never recorded
     status, answer = await server.call("POST", "/api/upload/complete", {})
     assert (status, code(answer)) == (400, "MISSING_FIELD")
     status, answer = await server.complete(unknown)
@@ -353,12 +400,11 @@ async def test_cancel_removes_chunks(server: Server) -> None:
     content = payload(3 * CHUNK)
     upload_id = await server.init(len(content))
     await server.send(upload_id, content, only=[0, 1])
-    folder = server.root / "uploads" / upload_id
-    assert len(list(folder.iterdir())) == 2
+    assert server.held(upload_id) == [[0, 2 * CHUNK]]
     status, answer = await server.call("POST", "/api/upload/cancel", {"upload_id": upload_id})
     assert status == 200
     assert answer == {"upload_id": upload_id, "status": "cancelled"}
-    assert not folder.exists()
+    assert server.partial(upload_id) == []
     status, body = await server.status(upload_id)
     assert body["status"] == "cancelled"
     assert body["chunks_uploaded"] == 0
@@ -388,13 +434,17 @@ async def test_cleanup_removes_expired_uploads_and_unreferenced_blobs(server: Se
     stray = "ab" + "0" * 62
     (server.root / "blobs" / "ab").mkdir(exist_ok=True)
     (server.root / "blobs" / "ab" / stray).write_bytes(b"nobody")
-    orphan = server.root / "uploads" / ("f" * 32)
-    orphan.mkdir()
+    orphan = server.root / "uploads" / ("f" * 32)  # a chunk folder of an earlier version
+    orphan.mkdir(parents=True)
+    (orphan / "0").write_bytes(b"lost")
+    (server.root / "partial" / f"{'e' * 32}.part").write_bytes(b"no record")
+    assert server.partial(stale) != []
     report = await server.runner.app[UPLOADS_KEY].cleanup()
     assert report.uploads == [stale]
     assert report.blobs == [stray]
-    assert report.orphan_chunk_dirs == ["f" * 32]
-    assert not (server.root / "uploads" / stale).exists()
+    assert report.orphan_chunk_dirs == ["e" * 32, "f" * 32]
+    assert server.partial(stale) == [] and server.partial("e" * 32) == []
+    assert not orphan.exists()
     status, error = await server.status(stale)
     assert (status, code(error)) == (404, "UPLOAD_NOT_FOUND")
     status, body = await server.status(fresh)
@@ -420,7 +470,7 @@ async def test_cleanup_once_command(server: Server) -> None:
     report = json.loads(result.stdout)
     assert report["removed"]["uploads"] == [stale]
     assert report["total"] == 1
-    assert not (server.root / "uploads" / stale).exists()
+    assert server.partial(stale) == []
 
 
 async def test_server_cleans_up_periodically(tmp_path: Path) -> None:
@@ -434,6 +484,6 @@ async def test_server_cleans_up_periodically(tmp_path: Path) -> None:
             while (await server.status(upload_id))[0] != 404:
                 assert asyncio.get_running_loop().time() < deadline, "never cleaned up"
                 await asyncio.sleep(0.1)
-            assert not (root / "uploads" / upload_id).exists()
+            assert server.partial(upload_id) == []
     finally:
         await runner.cleanup()

@@ -1,0 +1,435 @@
+"""Resumable uploads over the result store: records in SQLite, bytes in one partial
+file per upload (see :mod:`signaling.uploads_api` for the routes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from loguru import logger
+
+from protocol.names import InvalidNameError, check_name
+from rtc_worker.storage import FileMetadata, HashMismatchError, PartialFile, format_timestamp
+from rtc_worker.storage.record import covered
+from signaling.api_common import ApiError, ApiErrorCode
+from signaling.config import SignalingSettings
+from signaling.db import UploadRecord
+from signaling.legacy_chunks import migrate_chunk_folders
+from signaling.results_api import ResultsService
+from signaling.store_cleanup import CleanupReport, cleanup
+
+__all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
+
+_IDENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}")
+_UNFINISHED = ("initiated", "in_progress")
+_DOCUMENT_TYPES = frozenset(
+    {
+        "application/pdf",
+        "application/msword",
+        "application/rtf",
+        "application/json",
+        "application/xml",
+        "application/epub+zip",
+        "application/vnd.ms-excel",
+        "application/vnd.ms-powerpoint",
+    }
+)
+_DOCUMENT_PREFIXES = (
+    "text/",
+    "application/vnd.openxmlformats-officedocument.",
+    "application/vnd.oasis.opendocument.",
+)
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
+
+
+def category_of(mime_type: str) -> str:
+    """The key category of ``mime_type``: image, video, audio, document or other."""
+    mime = mime_type.split(";", 1)[0].strip().lower()
+    for family in ("image", "video", "audio"):
+        if mime.startswith(family + "/"):
+            return family
+    if mime in _DOCUMENT_TYPES or mime.startswith(_DOCUMENT_PREFIXES):
+        return "document"
+    return "other"
+
+
+def _stamp(moment: datetime) -> str:
+    return format_timestamp(moment)
+
+
+def text_field(body: dict[str, Any], name: str) -> str:
+    """The non-empty string field ``name`` of a JSON body.
+
+    Raises:
+        ApiError: MISSING_FIELD when absent or empty, INVALID_FIELD when not a string.
+    """
+    value = body.get(name)
+    if value is None or value == "":
+        raise ApiError(ApiErrorCode.MISSING_FIELD, f"{name} is required")
+    if not isinstance(value, str):
+        raise ApiError(ApiErrorCode.INVALID_FIELD, f"{name} must be a string")
+    return value
+
+
+def ident_field(body: dict[str, Any], name: str) -> str:
+    """The identifier field ``name`` (``[A-Za-z0-9._-]{1,64}``, no ``..``) of a JSON body.
+
+    Raises:
+        ApiError: MISSING_FIELD or INVALID_FIELD.
+    """
+    value = text_field(body, name)
+    if not _IDENT.fullmatch(value) or ".." in value or value == ".":
+        raise ApiError(
+            ApiErrorCode.INVALID_FIELD, f"{name} must match [A-Za-z0-9._-]{{1,64}}, without .."
+        )
+    return value
+
+
+class UploadManager:
+    """The resumable uploads of one app, over its :class:`ResultsService`.
+
+    Each upload is one partial file of the blob store, keyed by its ``upload_id`` and
+    written by ranges. It is open while chunk requests use it (concurrent chunks of one
+    upload share it) and closed when the last one ends.
+    """
+
+    def __init__(self, store: ResultsService, settings: SignalingSettings) -> None:
+        self.store = store
+        self.chunk_size = settings.upload_chunk_size
+        self.ttl_s = settings.upload_ttl_s
+        self.interval_s = settings.cleanup_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._open: dict[str, tuple[PartialFile, int]] = {}
+        self._open_lock = asyncio.Lock()
+
+    def open(self) -> None:
+        """Move chunk folders of earlier versions into their uploads' partials
+        (blocking; the database is migrated by the store)."""
+        migrate_chunk_folders(self.store.root, self.store.store, self.store.db.all_uploads())
+
+    # ------------------------------------------------------------------ records
+
+    async def record(self, upload_id: str) -> UploadRecord:
+        """The upload ``upload_id``.
+
+        Raises:
+            ApiError: INVALID_FIELD for a malformed id, UPLOAD_NOT_FOUND when unknown.
+        """
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise ApiError(ApiErrorCode.INVALID_FIELD, "upload_id must be 32 hex digits")
+        record = await asyncio.to_thread(self.store.db.get_upload, upload_id)
+        if record is None:
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
+        return record
+
+    @staticmethod
+    def require_open(record: UploadRecord) -> None:
+        """Raise ApiError UPLOAD_COMPLETED / UPLOAD_NOT_FOUND unless it is unfinished."""
+        if record.status == "completed":
+            raise ApiError(
+                ApiErrorCode.UPLOAD_COMPLETED, f"upload {record.upload_id!r} is already completed"
+            )
+        if record.status == "cancelled":
+            raise ApiError(
+                ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} was cancelled"
+            )
+
+    def present_chunks(self, record: UploadRecord) -> set[int]:
+        """Indexes of the chunks held, from the partial's durable record (blocking)."""
+        ranges = self.store.store.partial_ranges(record.upload_id)
+        return {
+            index
+            for index in range(record.total_chunks)
+            if covered(
+                ranges,
+                index * record.chunk_size,
+                index * record.chunk_size + record.chunk_length(index),
+            )
+        }
+
+    def status_of(self, record: UploadRecord) -> dict[str, Any]:
+        """The JSON status of ``record`` (blocking: reads its partial's record)."""
+        if record.status == "completed":
+            present = set(range(record.total_chunks))
+        else:
+            present = self.present_chunks(record)
+        return {
+            "upload_id": record.upload_id,
+            "file_name": record.file_name,
+            "total_size": record.total_size,
+            "user_id": record.user_id,
+            "user_role": record.user_role,
+            "content_type": record.content_type,
+            "chunk_size": record.chunk_size,
+            "total_chunks": record.total_chunks,
+            "status": record.status,
+            "chunks_uploaded": len(present),
+            "missing_chunks": sorted(set(range(record.total_chunks)) - present),
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "key": record.key,
+            "sha256": record.sha256,
+            "mime_type": record.mime_type,
+        }
+
+    # ------------------------------------------------------------------ the partial
+
+    async def _acquire(self, record: UploadRecord) -> PartialFile:
+        """Open (or share) the upload's partial file for one request."""
+        async with self._open_lock:
+            partial, users = self._open.get(record.upload_id, (None, 0))
+            if partial is None:
+                partial = await asyncio.to_thread(
+                    self.store.store.open_partial,
+                    record.upload_id,
+                    record.total_size,
+                    record.file_name,
+                    by_ranges=True,
+                )
+            self._open[record.upload_id] = (partial, users + 1)
+            return partial
+
+    async def _release(self, upload_id: str, *, discard: bool = False) -> None:
+        """End one request's use of the partial; the last one closes (or discards) it."""
+        async with self._open_lock:
+            partial, users = self._open.pop(upload_id, (None, 0))
+            if partial is not None and users > 1 and not discard:
+                self._open[upload_id] = (partial, users - 1)
+                return
+            if partial is not None:
+                await asyncio.to_thread(partial.discard if discard else partial.close)
+            elif discard:
+                await asyncio.to_thread(self.store.store.remove_partial_if_idle, upload_id)
+
+    # ------------------------------------------------------------------ operations
+
+    async def init(self, body: dict[str, Any]) -> UploadRecord:
+        """Validate an init request and create the upload."""
+        file_name = text_field(body, "file_name")
+        try:
+            check_name(file_name)
+        except InvalidNameError as exc:
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD, f"file_name is not acceptable: {exc.detail}"
+            ) from None
+        user_id = ident_field(body, "user_id")
+        user_role = ident_field(body, "user_role")
+        total_size = body.get("total_size")
+        if total_size is None:
+            raise ApiError(ApiErrorCode.MISSING_FIELD, "total_size is required")
+        if not isinstance(total_size, int) or isinstance(total_size, bool) or total_size < 0:
+            raise ApiError(ApiErrorCode.INVALID_FIELD, "total_size must be an integer >= 0")
+        if total_size > self.store.max_file_size:
+            raise ApiError(
+                ApiErrorCode.FILE_TOO_LARGE,
+                f"the file is larger than {self.store.max_file_size} bytes",
+            )
+        content_type = body.get("content_type")
+        if content_type is None or content_type == "":
+            content_type = "application/octet-stream"
+        if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(
+            content_type.split(";", 1)[0].strip()
+        ):
+            raise ApiError(ApiErrorCode.INVALID_FIELD, "content_type must be a MIME type")
+        now = _stamp(datetime.now(UTC))
+        record = UploadRecord(
+            upload_id=uuid.uuid4().hex,
+            file_name=file_name,
+            total_size=total_size,
+            user_id=user_id,
+            user_role=user_role,
+            content_type=content_type,
+            chunk_size=self.chunk_size,
+            status="initiated",
+            created_at=now,
+            updated_at=now,
+        )
+        await asyncio.to_thread(self.store.db.create_upload, record)
+        logger.info(
+            "upload {} initiated: {!r}, {} bytes in {} chunks",
+            record.upload_id,
+            file_name,
+            total_size,
+            record.total_chunks,
+        )
+        return record
+
+    async def put_chunk(self, upload_id: str, index: int, body: AsyncIterator[bytes]) -> None:
+        """Stream one chunk into the upload's partial at its offset, then record it.
+
+        Raises:
+            ApiError: INVALID_FIELD for an index out of range or a chunk of the wrong
+                size (nothing is recorded); UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as for
+                :meth:`record`.
+        """
+        record = await self.record(upload_id)
+        self.require_open(record)
+        if not 0 <= index < record.total_chunks:
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD,
+                f"chunk index must be in 0..{record.total_chunks - 1}",
+            )
+        expected = record.chunk_length(index)
+        start = index * record.chunk_size
+        partial = await self._acquire(record)
+        try:
+            size = 0
+            async for data in body:
+                if size + len(data) > expected:
+                    raise ApiError(
+                        ApiErrorCode.INVALID_FIELD,
+                        f"chunk {index} must be {expected} bytes; more were sent",
+                    )
+                await asyncio.to_thread(partial.write_at, start + size, data)
+                size += len(data)
+            if size != expected:
+                raise ApiError(
+                    ApiErrorCode.INVALID_FIELD,
+                    f"chunk {index} must be {expected} bytes, not {size}",
+                )
+            await asyncio.to_thread(partial.mark_present, start, start + expected)
+        except ValueError as exc:  # the partial was discarded by a cancel meanwhile
+            self.require_open(await self.record(upload_id))
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
+        finally:
+            await self._release(upload_id)
+        when = _stamp(datetime.now(UTC))
+        before = await asyncio.to_thread(
+            self.store.db.set_upload_status, upload_id, "in_progress", when, _UNFINISHED
+        )
+        if before is None or before not in _UNFINISHED:
+            # Completed or cancelled while the chunk streamed: the chunk is not wanted.
+            self.require_open(await self.record(upload_id))
+
+    async def complete(self, upload_id: str) -> UploadRecord:
+        """Verify the upload's partial and commit it into the blob store with its key.
+
+        Raises:
+            ApiError: INVALID_FIELD listing missing chunks; UPLOAD_NOT_FOUND /
+                UPLOAD_COMPLETED as for :meth:`record`.
+        """
+        record = await self.record(upload_id)
+        self.require_open(record)
+        present = await asyncio.to_thread(self.present_chunks, record)
+        missing = sorted(set(range(record.total_chunks)) - present)
+        if missing:
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD,
+                f"missing chunks: {', '.join(str(index) for index in missing)}",
+            )
+        partial = await self._acquire(record)
+        committed = False
+        try:
+            meta = await asyncio.to_thread(partial.verify)  # the long part, unlocked
+            mime = meta.mime_type
+            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+                mime = record.content_type
+            async with self.store.lock:
+                done = await asyncio.to_thread(self._commit, record, partial, meta, mime)
+            committed = True
+        except (ValueError, HashMismatchError) as exc:
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD, f"the chunks could not be verified: {exc}; resend them"
+            ) from None
+        finally:
+            await self._release(upload_id, discard=committed)
+        logger.info("upload {} completed as {!r} (sha256 {})", upload_id, done.key, done.sha256)
+        return done
+
+    def _commit(
+        self, record: UploadRecord, partial: PartialFile, meta: FileMetadata, mime: str
+    ) -> UploadRecord:
+        """Commit the blob and complete the record (blocking, under the store lock)."""
+        current = self.store.db.get_upload(record.upload_id)
+        if current is None:
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {record.upload_id!r}")
+        self.require_open(current)
+        now = datetime.now(UTC)
+        base = "/".join(
+            (record.user_role, record.user_id, now.strftime("%Y%m%d"), category_of(mime))
+        )
+        partial.commit()
+        relative = self.store.store.object_rel(meta.sha256)
+        sha256 = meta.sha256
+        stem, dot, ext = record.file_name.rpartition(".")
+        if not stem:  # no extension, or a leading dot only (".env")
+            stem, dot, ext = record.file_name, "", ""
+        candidate = f"{base}/{record.file_name}"
+        counter = 0
+        while True:
+            if not self.store.db.key_taken(candidate):
+                try:
+                    changed = self.store.db.complete_upload(
+                        record.upload_id, candidate, sha256, relative, mime, _stamp(now)
+                    )
+                except sqlite3.IntegrityError:  # taken by a writer outside this process
+                    changed = None
+                if changed is not None:
+                    break
+            counter += 1
+            candidate = f"{base}/{stem}-{counter}{dot}{ext}"
+        if not changed:
+            self.store.drop_blob_if_unused(sha256)
+            self.require_open(self.store.db.get_upload(record.upload_id) or current)
+        done = self.store.db.get_upload(record.upload_id)
+        assert done is not None
+        return done
+
+    async def cancel(self, upload_id: str) -> UploadRecord:
+        """Cancel an unfinished upload and remove its chunks (cancelling twice is fine).
+
+        Raises:
+            ApiError: UPLOAD_NOT_FOUND when unknown, UPLOAD_COMPLETED when completed.
+        """
+        record = await self.record(upload_id)
+        when = _stamp(datetime.now(UTC))
+        before = await asyncio.to_thread(
+            self.store.db.set_upload_status, upload_id, "cancelled", when, _UNFINISHED
+        )
+        if before == "completed":
+            raise ApiError(
+                ApiErrorCode.UPLOAD_COMPLETED, f"upload {record.upload_id!r} is already completed"
+            )
+        await self._release(upload_id, discard=True)
+        logger.info("upload {} cancelled", upload_id)
+        return await self.record(upload_id)
+
+    # ------------------------------------------------------------------ cleanup
+
+    async def cleanup(self, now: datetime | None = None) -> CleanupReport:
+        """Run :func:`cleanup` off the event loop, under the store lock."""
+        async with self.store.lock:
+            return await asyncio.to_thread(cleanup, self.store, self.ttl_s, now)
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                report = await self.cleanup()
+            except (OSError, sqlite3.Error) as exc:
+                logger.error("cleanup failed: {}", exc)
+            else:
+                if report.total:
+                    logger.info("cleanup removed {} item(s)", report.total)
+
+    async def start(self, app: web.Application) -> None:
+        """``on_startup``: start the periodic cleanup."""
+        self._task = asyncio.create_task(self._periodic(), name="storage-cleanup")
+
+    async def stop(self, app: web.Application) -> None:
+        """``on_cleanup``: stop the periodic cleanup."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

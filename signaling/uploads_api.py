@@ -1,0 +1,202 @@
+"""Resumable chunked uploads on the result store, and the store's periodic cleanup.
+
+Enabled with the result store (see :mod:`signaling.results_api`), behind the same API
+key, with the same JSON errors ``{"error": {"code", "message", "timestamp"}}``:
+
+===================================  ===================================================
+``POST /api/upload/init``            JSON ``{file_name, total_size, user_id, user_role,
+                                     content_type}`` -> 201 ``{upload_id, chunk_size,
+                                     total_chunks, status: "initiated"}``
+``PUT /api/upload/chunk``            headers ``X-Upload-Id``, ``X-Chunk-Index``
+                                     (0-based), body = the chunk -> ``{upload_id,
+                                     chunk_index, status: "uploaded"}``
+``POST /api/upload/complete``        JSON ``{upload_id}`` -> ``{upload_id, key, sha256,
+                                     size, mime_type, status: "completed"}``
+``GET /api/upload/{id}/status``      the upload's fields, ``status``,
+                                     ``chunks_uploaded``, ``missing_chunks``
+``POST /api/upload/cancel``          JSON ``{upload_id}`` -> ``{upload_id, status:
+                                     "cancelled"}``
+===================================  ===================================================
+
+Every chunk but the last is exactly ``chunk_size`` bytes; the last one holds the rest.
+A chunk of another size is refused (INVALID_FIELD). Each upload is ONE partial file of
+the blob store (:class:`~rtc_worker.storage.PartialFile`, key = ``upload_id``): chunk
+*i* is written at offset *i* x ``chunk_size`` and, once durable, recorded as present in
+the partial's sidecar, so sending a chunk again replaces it and a restarted server
+still knows which chunks it holds. Completing checks that every chunk is there
+(INVALID_FIELD lists the missing indexes), verifies the content (hashing on disk only
+what did not arrive in order, no concatenation) and commits it into the
+content-addressed ``blobs/`` store shared with ``/upload`` (identical content is stored
+once). The upload gets the key
+``{user_role}/{user_id}/{YYYYMMDD}/{category}/{file_name}`` (UTC date of completion;
+category from the MIME type detected in the content, else from ``content_type``); a key
+already held by another upload gets a ``-N`` suffix before the extension.
+
+Errors: MISSING_FIELD / INVALID_FIELD (400), FILE_TOO_LARGE (413, ``total_size`` above
+``storage_max_file_size``), UPLOAD_NOT_FOUND (404: unknown or cancelled upload),
+UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload).
+
+State: the records live in SQLite (table ``uploads``), the bytes and the record of the
+chunks held in ``partial/<upload_id>.part`` / ``.json``; both survive a restart. Chunk
+folders ``uploads/<upload_id>/<index>`` of earlier versions are moved into their
+upload's partial at start-up (:meth:`UploadManager.open`).
+
+Cleanup (:func:`cleanup`): removes unfinished and cancelled uploads not changed for
+``upload_ttl_s`` seconds with their partials, partials and old chunk folders with no
+record, rows of ``files`` deleted more than ``upload_ttl_s`` ago, and blobs no live
+record references.
+The server runs it every ``cleanup_interval_s`` seconds; ``rtc-signaling --storage-path
+P --cleanup-once`` runs it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from signaling.api_common import ApiError, ApiErrorCode, api_key_guard
+from signaling.config import SignalingSettings
+from signaling.results_api import CHUNK_BYTES, STORE_KEY
+from signaling.store_cleanup import CleanupReport, cleanup
+from signaling.upload_manager import UploadManager, category_of, text_field
+
+__all__ = [
+    "UPLOADS_KEY",
+    "CleanupReport",
+    "UploadManager",
+    "category_of",
+    "cleanup",
+    "setup_uploads",
+]
+
+_MAX_JSON_BYTES = 64 * 1024
+
+
+UPLOADS_KEY: web.AppKey[UploadManager] = web.AppKey("uploads", UploadManager)
+"""The app's :class:`UploadManager` (present only when storage is enabled)."""
+
+
+def setup_uploads(app: web.Application, settings: SignalingSettings) -> bool:
+    """Add the resumable upload routes and the periodic cleanup to ``app``.
+
+    Call after :func:`signaling.results_api.setup_storage`; does nothing when storage
+    is disabled. Blocking (migrates chunk folders of earlier versions).
+
+    Returns:
+        Whether the routes were added.
+    """
+    if STORE_KEY not in app:
+        return False
+    key = settings.storage_api_key_value
+    if key is None:  # the settings refuse this; kept as a guard
+        raise ValueError("storage requires an API key")
+    manager = UploadManager(app[STORE_KEY], settings)
+    manager.open()
+    app[UPLOADS_KEY] = manager
+    guard = api_key_guard(key.encode("utf-8"))
+    app.router.add_post("/api/upload/init", guard(_init))
+    app.router.add_put("/api/upload/chunk", guard(_chunk))
+    app.router.add_post("/api/upload/complete", guard(_complete))
+    app.router.add_get("/api/upload/{upload_id}/status", guard(_status))
+    app.router.add_post("/api/upload/cancel", guard(_cancel))
+    app.on_startup.append(manager.start)
+    app.on_cleanup.append(manager.stop)
+    return True
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > _MAX_JSON_BYTES:
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "the JSON body is too large")
+    raw = await request.content.read(_MAX_JSON_BYTES + 1)
+    if len(raw) > _MAX_JSON_BYTES:
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "the JSON body is too large")
+    if not raw.strip():
+        raise ApiError(ApiErrorCode.MISSING_FIELD, "a JSON object body is required")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "the body must be a JSON object")
+    return body
+
+
+async def _init(request: web.Request) -> web.Response:
+    """``POST /api/upload/init``: see the module docstring."""
+    manager = request.app[UPLOADS_KEY]
+    record = await manager.init(await _json_body(request))
+    return web.json_response(
+        {
+            "upload_id": record.upload_id,
+            "chunk_size": record.chunk_size,
+            "total_chunks": record.total_chunks,
+            "status": record.status,
+        },
+        status=201,
+    )
+
+
+async def _chunk(request: web.Request) -> web.Response:
+    """``PUT /api/upload/chunk``: see the module docstring."""
+    manager = request.app[UPLOADS_KEY]
+    upload_id = request.headers.get("X-Upload-Id", "")
+    if not upload_id:
+        raise ApiError(ApiErrorCode.MISSING_FIELD, "the X-Upload-Id header is required")
+    raw_index = request.headers.get("X-Chunk-Index", "")
+    if not raw_index:
+        raise ApiError(ApiErrorCode.MISSING_FIELD, "the X-Chunk-Index header is required")
+    if not (raw_index.isascii() and raw_index.isdigit()) or len(raw_index) > 12:
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "X-Chunk-Index must be an integer >= 0")
+    index = int(raw_index)
+    record = await manager.record(upload_id)
+    if (
+        request.content_length is not None
+        and 0 <= index < record.total_chunks
+        and request.content_length != record.chunk_length(index)
+    ):
+        manager.require_open(record)
+        raise ApiError(
+            ApiErrorCode.INVALID_FIELD,
+            f"chunk {index} must be {record.chunk_length(index)} bytes, "
+            f"not {request.content_length}",
+        )
+    await manager.put_chunk(upload_id, index, request.content.iter_chunked(CHUNK_BYTES))
+    return web.json_response({"upload_id": upload_id, "chunk_index": index, "status": "uploaded"})
+
+
+async def _upload_id_of(request: web.Request) -> str:
+    body = await _json_body(request)
+    return text_field(body, "upload_id")
+
+
+async def _complete(request: web.Request) -> web.Response:
+    """``POST /api/upload/complete``: see the module docstring."""
+    manager = request.app[UPLOADS_KEY]
+    record = await manager.complete(await _upload_id_of(request))
+    return web.json_response(
+        {
+            "upload_id": record.upload_id,
+            "key": record.key,
+            "sha256": record.sha256,
+            "size": record.total_size,
+            "mime_type": record.mime_type,
+            "status": record.status,
+        }
+    )
+
+
+async def _status(request: web.Request) -> web.Response:
+    """``GET /api/upload/{upload_id}/status``: see the module docstring."""
+    manager = request.app[UPLOADS_KEY]
+    record = await manager.record(request.match_info["upload_id"])
+    return web.json_response(await asyncio.to_thread(manager.status_of, record))
+
+
+async def _cancel(request: web.Request) -> web.Response:
+    """``POST /api/upload/cancel``: see the module docstring."""
+    manager = request.app[UPLOADS_KEY]
+    record = await manager.cancel(await _upload_id_of(request))
+    return web.json_response({"upload_id": record.upload_id, "status": record.status})
