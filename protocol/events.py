@@ -287,6 +287,8 @@ class SendEnded:
             ``failed`` (TRANSFER_ERROR or a refusal) or ``cancelled``.
         offset: where sending started, bytes (0, or the resume offset).
         code / detail: the receiver's TRANSFER_ERROR (or refusal) code and detail.
+        transfer: the sender's serial number of the transfer (a caller waiting for its
+            own send tells it from an earlier, cancelled one of the same file).
     """
 
     status: str
@@ -294,6 +296,7 @@ class SendEnded:
     offset: int = 0
     code: str = ""
     detail: str = ""
+    transfer: int = 0
 
 
 # ===================================================================== reports

@@ -115,6 +115,7 @@ class Sender:
         meta: the transfer's FILE_META.
         offset: where the receiver asked us to start (from SENDING on), bytes.
         sent: bytes of chunks we put on the channel for this transfer.
+        serial: the serial number of the open (or last) transfer.
     """
 
     def __init__(self) -> None:
@@ -122,6 +123,7 @@ class Sender:
         self.meta: FileMeta | None = None
         self.offset = 0
         self.sent = 0
+        self.serial = 0
 
     @property
     def active(self) -> bool:
@@ -152,6 +154,7 @@ class Sender:
         key: type = FileToSend if self.state is _S.PREPARING else FileMeta
         self.state = self.step(key)
         self.meta, self.offset, self.sent = meta, 0, 0
+        self.serial += 1
         return meta
 
     def chunk(self, size: int) -> bool:
@@ -204,7 +207,7 @@ class Sender:
                     ]
                 self.offset = offset
                 self.state = next_state
-                return [SendProgress(offset, meta.size), StreamFrom(offset, meta)]
+                return [StreamFrom(offset, meta)]
             case FileExists(sha256=sha):
                 if sha != meta.sha256:
                     raise LocalProtocolError(
@@ -266,4 +269,4 @@ class Sender:
         meta = self.meta
         assert meta is not None
         self.state = _S.IDLE
-        return SendEnded(status, meta.sha256, self.offset, code, detail)
+        return SendEnded(status, meta.sha256, self.offset, code, detail, self.serial)

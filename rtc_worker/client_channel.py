@@ -362,8 +362,9 @@ class WorkerConnection:
         self._on_progress = on_progress
         try:
             self.conn.send_file(file)
+            serial = self.conn.sender.serial
             await self.driver.drain()
-            ended = await self._wait_sent()
+            ended = await self._wait_sent(serial)
         except asyncio.CancelledError:
             self.conn.cancel_send()  # the worker keeps its partial; the channel stays usable
             self.driver.kick()
@@ -374,10 +375,10 @@ class WorkerConnection:
             ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started
         )
 
-    async def _wait_sent(self) -> SendEnded:
+    async def _wait_sent(self, serial: int) -> SendEnded:
         while True:
             event = await self._event(None)
-            if isinstance(event, SendEnded):
+            if isinstance(event, SendEnded) and event.transfer == serial:
                 return event
             if isinstance(event, Refused):  # the answer to our FILE_META (its SendEnded follows)
                 continue

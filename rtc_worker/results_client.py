@@ -185,8 +185,8 @@ class ResultsServiceClient:
                 async for attempt in retrying:
                     with attempt:
                         stored = await self._upload_once(session, open_file, job_id)
-                    number = attempt.retry_state.attempt_number
-                    return dataclasses.replace(stored, attempts=number)
+                        number = attempt.retry_state.attempt_number
+                        return dataclasses.replace(stored, attempts=number)
             except RetryError as exc:
                 last = exc.last_attempt.exception()
                 raise ResultsServiceError(

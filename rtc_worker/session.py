@@ -109,10 +109,10 @@ class WorkerSession:
                 await self.io.perform(output)
             case StreamFrom():
                 self.io.stream(output)
-            case ValidateInput(path=path):
-                await self.driver.report(await self._validate_input(output, path))
+            case ValidateInput(path=path):  # inside the drain: report, it goes on
+                self.conn.report(await self._validate_input(output, path))
             case PrepareOutput(path=path):
-                await self.driver.report(await self._prepare_output(output, path))
+                self.conn.report(await self._prepare_output(output, path))
             case StartJob():
                 self._start_job(output)
             case CancelJob(job_id=job_id):
@@ -270,9 +270,8 @@ class WorkerSession:
         """The job's input handle and output folder; records the job's owner (blocking)."""
         resources = self.resources
         if action.input_sha256 is not None:
-            handle = resources.root.open_input(
-                (*resources.store_parts, *resources.store.object_parts(action.input_sha256))
-            )
+            blob = resources.store.object_rel(action.input_sha256).split("/")
+            handle = resources.root.open_input((*resources.store_parts, *blob))
             input_path = action.input_name or action.input_sha256
         else:
             assert self._input is not None and action.input_path is not None

@@ -130,6 +130,11 @@ class RTCWorkerClient:
         self._stopping = asyncio.Event()
 
     @property
+    def store(self) -> BlobStore:
+        """The worker's store of received files (objects by sha256, partials)."""
+        return self.resources.store
+
+    @property
     def active_sessions(self) -> int:
         """Data channels being served now."""
         return len(self.resources.sessions)
@@ -171,7 +176,7 @@ class RTCWorkerClient:
         """Connect and register, retrying with backoff; None once stopping."""
         retrying = AsyncRetrying(
             wait=wait_exponential_jitter(
-                initial=0.5, max=self.settings.reconnect_max_delay_s, jitter=0.5
+                multiplier=0.5, max=self.settings.reconnect_max_delay_s, jitter=0.5
             ),
             retry=retry_if_exception(_retryable),
             sleep=self._sleep,

@@ -66,8 +66,8 @@ async def raw_receiver(url: str, size: int, name: str) -> dict[str, Any]:
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from protocol.signaling import Answer, RelayedOffer
+    from rtc_worker.rtc import rtc_configuration
     from rtc_worker.signaling_client import SignalingClient
-    from rtc_worker.worker import rtc_configuration
 
     signaling = SignalingClient(url, name, "worker")
     await signaling.connect()
@@ -129,8 +129,8 @@ async def raw_sender(url: str, path: Path, chunk_size: int, name: str) -> dict[s
 async def project_sender(url: str, path: Path, worker: str, cut_at: float) -> dict[str, Any]:
     """Send ``path`` with RTCClient; with ``cut_at`` the connection is closed once the
     receiver reports that fraction, and the file is sent again over a new one."""
-    from rtc_worker.channel import ChannelClosed
     from rtc_worker.client import RTCClient
+    from rtc_worker.rtc import ChannelClosed
 
     cache = Path(tempfile.mkdtemp(prefix="bench-client-"))
     try:

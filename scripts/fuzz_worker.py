@@ -844,8 +844,8 @@ class Fuzzer:
             ProtocolErrorFrame,
             TransferError,
         )
-        from rtc_worker.channel import ChannelClosed
         from rtc_worker.client import WorkerProtocolError
+        from rtc_worker.rtc import ChannelClosed
 
         while True:
             try:
@@ -896,7 +896,7 @@ class Fuzzer:
 
     async def send(self, frame: Frame) -> None:
         """Send one frame, paced on the channel's buffer; reopen a dropped connection."""
-        from rtc_worker.channel import ChannelClosed
+        from rtc_worker.rtc import ChannelClosed
 
         assert self.fixtures is not None
         wire = materialize(frame, self.fixtures.outside, self.tmp)
@@ -960,8 +960,8 @@ class Fuzzer:
 
     async def check_job(self) -> None:
         """A valid shared-storage job completes on a fresh connection, with the right manifest."""
-        from rtc_worker.channel import ChannelClosed
         from rtc_worker.client import ClientError, WorkerBusy
+        from rtc_worker.rtc import ChannelClosed
 
         output = f"outputs/check-{self.batch}"
         deadline = time.monotonic() + BUSY_RETRY_S

@@ -13,9 +13,8 @@ import pytest
 import pytest_asyncio
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from rtc_worker.channel import ChannelClosed, FrameChannel
 from rtc_worker.client import RTCClient
-from rtc_worker.worker import rtc_configuration
+from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
 
 
 @pytest_asyncio.fixture

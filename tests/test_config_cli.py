@@ -236,6 +236,7 @@ def test_placeholders_are_substituted_once(tmp_path: Path) -> None:
     )
     assert argv == ["run", str(tricky), str(tmp_path / "o")]
 
+
 # ------------------------------------------------------------- generated command lines
 
 

@@ -26,7 +26,7 @@ from protocol import (
 from protocol.signaling import SignalingError
 from rtc_worker.client import (
     JobFailedError,
-    PathRejected,
+    PathRefusedError,
     RTCClient,
     WorkerBusy,
     WorkerProtocolError,
@@ -168,7 +168,7 @@ async def test_input_path_errors(
         archive.writestr("ok.txt", b"fine")
         archive.writestr("../../evil.txt", b"evil")
     await start_worker(shared_root=shared_root)
-    with pytest.raises(PathRejected) as info:
+    with pytest.raises(PathRefusedError) as info:
         await client.submit_shared("worker-1", path, "outputs/o")
     assert info.value.reason == reason
     assert str(shared_root) not in info.value.reason
@@ -189,7 +189,7 @@ async def test_output_path_errors(
         ("outputs/link/new", "Path outside shared storage: outputs/link/new"),
         ("outputs/file", "Not a directory: outputs/file"),
     ]:
-        with pytest.raises(PathRejected) as info:
+        with pytest.raises(PathRefusedError) as info:
             await client.submit_shared("worker-1", "inputs/package.zip", path)
         assert info.value.reason == reason
     assert not (shared_root.parent / "escape").exists()
@@ -203,7 +203,7 @@ async def test_no_existence_oracle_outside_the_root(
     (shared_root / "inputs" / "to-existing").symlink_to(shared_root.parent / "exists.txt")
     (shared_root / "inputs" / "to-missing").symlink_to(shared_root.parent / "missing.txt")
     await start_worker(shared_root=shared_root)
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     replies = {}
     for path in ["../exists.txt", "../missing.txt", "inputs/to-existing", "inputs/to-missing"]:
         conn.send(f"SHARED_INPUT_PATH::{path}")
@@ -217,7 +217,7 @@ async def test_input_vanished_after_validation_is_file_not_found(
     start_worker: Any, client: RTCClient, shared_root: Path, package: Path
 ) -> None:
     await start_worker(shared_root=shared_root)
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     await validate_paths(conn, "inputs/package.zip", "outputs/v")
     package.unlink()
     conn.send("JOB_START")
@@ -232,7 +232,7 @@ async def test_file_swapped_for_a_symlink_after_validation_is_refused(
 ) -> None:
     secret = make_zip(shared_root.parent / "secret.zip", {"secret.txt": b"do not read"})
     await start_worker(shared_root=shared_root)
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     await validate_paths(conn, "inputs/package.zip", "outputs/swap")
     package.unlink()
     package.symlink_to(secret)
@@ -259,7 +259,7 @@ async def test_permission_denied(signaling: Signaling, shared_root: Path, tmp_pa
     try:
         async with RTCClient(signaling.url) as rtc_client:
             await rtc_client.wait_for_worker("perm-worker", 20)
-            with pytest.raises(PathRejected) as info:
+            with pytest.raises(PathRefusedError) as info:
                 await rtc_client.submit_shared("perm-worker", "inputs/locked.zip", "outputs/p")
         assert info.value.reason == "Permission denied: inputs/locked.zip"
     finally:
@@ -291,7 +291,7 @@ async def test_job_cancel_terminates_the_job(
 ) -> None:
     script = "import time; print('started', flush=True); time.sleep(60)"
     await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}"')
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     conn.send("JOB_ID::to-cancel")
     await validate_paths(conn, "inputs/package.zip", "outputs/c")
     conn.send("JOB_START")
@@ -307,7 +307,7 @@ async def test_protocol_errors_keep_the_connection_usable(
     start_worker: Any, client: RTCClient, shared_root: Path, package: Path
 ) -> None:
     await start_worker(shared_root=shared_root)
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     cases = [
         ("HELLO::world", "UNKNOWN_MESSAGE"),
         ("JOB_START", "UNEXPECTED_MESSAGE"),
@@ -322,8 +322,14 @@ async def test_protocol_errors_keep_the_connection_usable(
         reply = await conn.recv(10)
         assert isinstance(reply, ProtocolErrorFrame), frame
         assert reply.code == code
-    first = await conn.run_shared("inputs/package.zip", "outputs/first")
-    second = await conn.run_shared("inputs/package.zip", "outputs/second", job_id="second")
+    # The same channel still runs jobs: unnamed (the worker names it), then named.
+    await validate_paths(conn, "inputs/package.zip", "outputs/first")
+    conn.send("JOB_START")
+    first = await recv_until(conn, (JobComplete,))
+    conn.send("JOB_ID::second")
+    await validate_paths(conn, "inputs/package.zip", "outputs/second")
+    conn.send("JOB_START")
+    second = await recv_until(conn, (JobComplete,))
     assert (first.file_count, second.file_count) == (1, 1)
     assert second.job_id == "second" != first.job_id
     assert (shared_root / "outputs" / "second" / "manifest.json").is_file()
@@ -334,7 +340,7 @@ async def test_legacy_start_and_second_start_while_running(
 ) -> None:
     script = "import time; time.sleep(1.5); print('done')"
     await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}"')
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     await validate_paths(conn, "inputs/package.zip", "outputs/legacy")
     conn.send("SHARED_STORAGE_JOB::start")
     conn.send("JOB_START")
@@ -354,7 +360,7 @@ async def test_busy_worker_refuses_a_second_client(
     )
     await start_worker(shared_root=shared_root, job_command=f'{PY} -c "{script}" {{output}}')
     async with RTCClient(signaling.url) as first, RTCClient(signaling.url) as second:
-        conn = await first.connect("worker-1")
+        conn = await first.connect("worker-1", raw=True)
         conn.send("JOB_ID::long-one")
         conn.send("SHARED_INPUT_PATH::inputs/package.zip")
         await conn.recv(10)
@@ -376,13 +382,13 @@ async def test_worker_without_shared_storage_says_so_and_keeps_serving(
     start_worker: Any, client: RTCClient
 ) -> None:
     worker = await start_worker()
-    assert worker.shared_storage_root is None and worker.fs_adapter is None
+    assert worker.shared_storage_root is None and worker.resources.shared is None
     (info,) = await client.workers()
     assert info.metadata["shared_storage"] is False
     with pytest.raises(WorkerProtocolError) as err:
         await client.submit_shared("worker-1", "inputs/a.zip", "outputs/a")
     assert err.value.code == "NO_SHARED_STORAGE"
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     conn.send("JOB_START")
     reply = await conn.recv(10)
     assert isinstance(reply, ProtocolErrorFrame) and reply.code == "UNEXPECTED_MESSAGE"
@@ -425,7 +431,7 @@ async def test_spoofed_from_is_replaced_by_the_server(
     await victim.connect()
     from aiortc import RTCPeerConnection
 
-    from rtc_worker.worker import rtc_configuration
+    from rtc_worker.rtc import rtc_configuration
 
     pc = RTCPeerConnection(rtc_configuration([]))
     pc.createDataChannel("jobs")
@@ -532,7 +538,7 @@ async def test_job_processes_never_outlive_their_job(
         await asyncio.sleep(0.1)
     assert not alive(pid)
 
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     conn.send("JOB_ID::to-cancel")
     await validate_paths(conn, "inputs/package.zip", "outputs/cancel")
     conn.send("JOB_START")
@@ -552,7 +558,7 @@ async def test_the_root_and_worker_folders_are_no_output_folders(
     start_worker: Any, client: RTCClient, shared_root: Path, package: Path, path: str
 ) -> None:
     await start_worker(shared_root=shared_root)
-    with pytest.raises(PathRejected) as info:
+    with pytest.raises(PathRefusedError) as info:
         await client.submit_shared("worker-1", "inputs/package.zip", path)
     assert info.value.reason == f"Permission denied: {path}"
 
@@ -580,7 +586,7 @@ async def test_an_error_from_the_client_is_not_answered(
     start_worker: Any, client: RTCClient, shared_root: Path
 ) -> None:
     await start_worker(shared_root=shared_root)
-    conn = await client.connect("worker-1")
+    conn = await client.connect("worker-1", raw=True)
     conn.send("PROTOCOL_ERROR::MALFORMED_FRAME::your frame was odd")
     conn.send("HELLO")
     reply = await conn.recv(10)  # the first reply is the one to HELLO
@@ -594,6 +600,6 @@ async def test_the_root_and_worker_folders_are_no_inputs(
     (shared_root / ".rtc-store" / "objects").mkdir(parents=True, exist_ok=True)
     (shared_root / ".rtc-jobs").mkdir(exist_ok=True)
     await start_worker(shared_root=shared_root)
-    with pytest.raises(PathRejected) as info:
+    with pytest.raises(PathRefusedError) as info:
         await client.submit_shared("worker-1", path, "outputs/x")
     assert info.value.reason == f"Permission denied: {path}"

@@ -27,13 +27,13 @@ from protocol import (
     ProtocolErrorFrame,
     TransferError,
 )
-from rtc_worker.channel import ChannelClosed
 from rtc_worker.client import (
-    PathRejected,
+    PathRefusedError,
     RTCClient,
     TransferFailedError,
     WorkerProtocolError,
 )
+from rtc_worker.rtc import ChannelClosed
 from rtc_worker.storage import BlobStore, layout
 from tests.conftest import PACKAGE, Signaling, make_zip, worker_subprocess
 
@@ -358,7 +358,7 @@ async def test_client_retries_when_the_shared_input_is_missing(
     )
     assert result.file_count == 1
     # Without a local copy the PATH_ERROR is the answer.
-    with pytest.raises(PathRejected) as info:
+    with pytest.raises(PathRefusedError) as info:
         await client.submit_shared("worker-1", "inputs/not-there.zip", "outputs/r3")
     assert info.value.reason == "Input path does not exist: inputs/not-there.zip"
 
@@ -392,7 +392,7 @@ async def test_a_shared_output_path_is_validated_for_channel_jobs(
 ) -> None:
     await start_worker(shared_root=shared_root)
     conn = await client.connect("worker-1")
-    with pytest.raises(PathRejected) as info:
+    with pytest.raises(PathRefusedError) as info:
         await conn.run_file(local_package, output_path="../x")
     assert info.value.reason == "Path outside shared storage: ../x"
     assert not (shared_root.parent / "x").exists()

@@ -18,6 +18,28 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from protocol.strategies import (
+    C2W,
+    EXCHANGE_KINDS,
+    MESSAGE_STRATEGIES,
+    PATH_ERROR_PREFIXES,
+    W2C,
+    client_messages,
+    client_signaling_frames,
+    exchanges,
+    file_names,
+    frames,
+    free_text,
+    job_ids,
+    malformed_frames,
+    malformed_frames_with_codes,
+    malformed_signaling_frames_with_codes,
+    messages,
+    paths,
+    server_signaling_frames,
+    sha256_hex,
+    worker_messages,
+)
 
 import protocol.messages as messages_module
 from protocol import (
@@ -80,28 +102,6 @@ from protocol.signaling import (
     dump_frame,
     parse_client_frame,
     parse_server_frame,
-)
-from protocol.strategies import (
-    C2W,
-    EXCHANGE_KINDS,
-    MESSAGE_STRATEGIES,
-    PATH_ERROR_PREFIXES,
-    W2C,
-    client_messages,
-    client_signaling_frames,
-    exchanges,
-    file_names,
-    frames,
-    free_text,
-    job_ids,
-    malformed_frames,
-    malformed_frames_with_codes,
-    malformed_signaling_frames_with_codes,
-    messages,
-    paths,
-    server_signaling_frames,
-    sha256_hex,
-    worker_messages,
 )
 from protocol.transfer import (
     RECEIVER_TRANSITIONS,

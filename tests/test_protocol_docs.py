@@ -22,6 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 import pytest
+from rtc_worker.storage.paths import PathErrorKind
 
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, docs, encode
 from protocol.errors import ErrorCode, TransferErrorCode
@@ -44,7 +45,6 @@ from protocol.transfer import (
     ReceiverState,
     SenderState,
 )
-from rtc_worker.storage.paths import PathErrorKind
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_MD = REPO / "PROTOCOL.md"
