@@ -145,7 +145,7 @@ async def project_sender(url: str, path: Path, worker: str, cut_at: float) -> di
                 first = conn
 
                 async def cut() -> None:
-                    while first.transfers.bytes_sent < size * cut_at:
+                    while first.io.bytes_sent < size * cut_at:
                         await asyncio.sleep(0.005)
                     await first.close()
 
@@ -154,12 +154,12 @@ async def project_sender(url: str, path: Path, worker: str, cut_at: float) -> di
                 with contextlib.suppress(ChannelClosed):
                     await conn.send_file(path)
                 await cutter
-                total_sent += conn.transfers.bytes_sent
+                total_sent += conn.io.bytes_sent
                 await asyncio.sleep(1.0)  # the worker notices the drop and keeps the partial
                 conn = await client.connect(worker)
             attempts += 1
             result = await conn.send_file(path)
-            total_sent += conn.transfers.bytes_sent
+            total_sent += conn.io.bytes_sent
             return {
                 "status": result.outcome.status,
                 "seconds": result.seconds,

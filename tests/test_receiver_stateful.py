@@ -1,4 +1,5 @@
-"""The transfer receiver against a real BlobStore in a real temporary directory,
+"""The transfer receiver (:class:`protocol.transfer.Receiver`) against a real BlobStore in
+a real temporary directory,
 driven by a hypothesis rule-based state machine: transfers opened, fed, cut, corrupted,
 cancelled, disconnected, resumed and restarted in any order.
 
@@ -56,20 +57,22 @@ from protocol import (
     TransferError,
     TransferErrorCode,
 )
-from protocol.transfer import (
+from protocol.events import (
     Append,
     CheckStore,
     Discard,
+    FileHeld,
     Finish,
     Note,
-    ReceiverState,
-    Send,
+    ReceiveEnded,
     Stored,
     StoreFailed,
     StoreHas,
     StoreOffset,
-    TransferReceiver,
+    Written,
 )
+from protocol.limits import Limits
+from protocol.transfer import Receiver, ReceiverState
 from rtc_worker.storage import BlobStore, HashMismatchError, PartialFile
 
 R = ReceiverState
@@ -83,7 +86,7 @@ def sha256(data: bytes) -> str:
 class StoreAdapter:
     """Performs a receiver's effects on a BlobStore, synchronously."""
 
-    def __init__(self, store: BlobStore, receiver: TransferReceiver) -> None:
+    def __init__(self, store: BlobStore, receiver: Receiver) -> None:
         self.store = store
         self.receiver = receiver
         self.partial: PartialFile | None = None
@@ -91,36 +94,41 @@ class StoreAdapter:
         self.appended: list[bytes] = []  # Append effects of the last run
         self.finished: str | None = None  # "stored" or "mismatch" after a Finish
         self.discarded: bool | None = None  # Discard(keep) of the last run
+        self.now = 0.0
 
     def run(self, effects: list) -> None:
         for effect in effects:
             match effect:
-                case Send(message=message):
-                    self.sent.append(message)
-                case CheckStore(meta=meta):
+                case Message():
+                    self.sent.append(effect)
+                case CheckStore(transfer=serial, meta=meta):
                     assert isinstance(meta, FileMeta)
                     if self.store.has(meta.sha256):
-                        self.run(self.receiver.report(StoreHas()))
+                        self.run(self.receiver.report(StoreHas(serial), self.now))
                     else:
                         assert self.partial is None
                         self.partial = self.store.open_partial(meta.sha256, meta.size, meta.name)
-                        self.run(self.receiver.report(StoreOffset(self.partial.offset)))
-                case Append(data=data):
+                        offset = StoreOffset(serial, self.partial.offset)
+                        self.run(self.receiver.report(offset, self.now))
+                case Append(transfer=serial, data=data):
                     assert self.partial is not None
                     self.partial.write(data)
                     self.appended.append(data)
-                case Finish(meta=meta):
+                    written = Written(serial, self.partial.on_disk)
+                    self.run(self.receiver.report(written, self.now))
+                case Finish(transfer=serial, meta=meta):
                     assert isinstance(meta, FileMeta) and self.partial is not None
                     partial, self.partial = self.partial, None
                     try:
                         stored = partial.commit(meta.sha256)
                     except HashMismatchError as exc:
                         self.finished = "mismatch"
-                        failed = StoreFailed(TransferErrorCode.HASH_MISMATCH, str(exc), False)
-                        self.run(self.receiver.report(failed))
+                        code = TransferErrorCode.HASH_MISMATCH
+                        failed = StoreFailed(serial, code, str(exc), False)
+                        self.run(self.receiver.report(failed, self.now))
                     else:
                         self.finished = "stored"
-                        self.run(self.receiver.report(Stored(stored.sha256)))
+                        self.run(self.receiver.report(Stored(serial, stored.sha256), self.now))
                 case Discard(keep=keep):
                     self.discarded = keep
                     if self.partial is not None:
@@ -129,13 +137,14 @@ class StoreAdapter:
                             partial.close()
                         else:
                             partial.discard()
-                case Note():
+                case Note() | FileHeld() | ReceiveEnded():
                     pass
                 case _:
                     raise AssertionError(effect)
 
     def receive(self, message: Message, now: float) -> None:
         self.appended, self.finished, self.discarded = [], None, None
+        self.now = now
         self.run(self.receiver.receive(message, now))
 
     def crash(self) -> None:
@@ -189,7 +198,7 @@ class ReceiverWithStore(RuleBasedStateMachine):
         self.new_connection(BlobStore(self.store_root))
 
     def new_connection(self, store: BlobStore) -> None:
-        self.receiver = TransferReceiver(max_size=1 << 20, max_chunk_size=MAX_CHUNK)
+        self.receiver = Receiver(Limits(max_file_bytes=1 << 20, max_binary_frame_bytes=MAX_CHUNK))
         self.adapter = StoreAdapter(store, self.receiver)
         self.sending = None
 
@@ -231,12 +240,11 @@ class ReceiverWithStore(RuleBasedStateMachine):
                 self.durable[meta.sha256] = self.appended.get(meta.sha256, b"")
         replies = self.replies()
         for reply in replies:
-            if isinstance(reply, FileProgress):
+            if isinstance(reply, FileProgress):  # bytes on disk, never more than received
                 assert meta is not None and reply.size == meta.size
-                assert (
-                    reply.received == self.receiver.received
-                    or self.receiver.state is not R.RECEIVING
-                )
+                partial = self.adapter.partial
+                assert partial is not None and reply.received == partial.on_disk
+                assert reply.received <= self.receiver.received
             if isinstance(reply, TransferError | FileReceived | FileExists):
                 self.sending = None
         return replies
