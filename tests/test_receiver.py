@@ -527,3 +527,18 @@ def test_a_short_or_long_legacy_transfer_is_a_size_mismatch() -> None:
     r.report(StoreOffset(2, 0), 0.0)
     assert the_error(r.receive(Chunk(b"hello!"), 0.0)).code == Code.SIZE_MISMATCH
     assert r.state is R.DRAINING
+
+
+def test_a_new_transfer_forgets_the_legacy_end_of_file_allowance() -> None:
+    # Only the END_OF_FILE right after a completed legacy transfer is taken silently
+    # (PROTOCOL.md 4.4); once another transfer has opened, one is refused again.
+    r = receiver_in(R.IDLE, legacy_done=True)
+    r.receive(META, 0.0)
+    r.report(StoreHas(2), 0.0)
+    with pytest.raises(RemoteProtocolError) as info:
+        r.receive(EndOfFile(), 0.0)
+    assert info.value.detail == "END_OF_FILE without an open transfer"
+    r = receiver_in(R.IDLE, legacy_done=True)
+    r.receive(FileMeta("../bad", 5, SHA, 4), 0.0)  # even a refused one
+    with pytest.raises(RemoteProtocolError):
+        r.receive(EndOfFile(), 0.0)
