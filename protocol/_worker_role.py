@@ -235,12 +235,13 @@ class WorkerSide:
                 )
 
     def _checked(self, outcome: InputAccepted | OutputAccepted | PathRefused) -> None:
-        checking, self._checking = self._checking, None
+        checking = self._checking
         is_input = isinstance(checking, ValidateInput)
         if checking is None or (
             not isinstance(outcome, PathRefused) and is_input != isinstance(outcome, InputAccepted)
         ):
             raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, f"no check awaits {outcome}")
+        self._checking = None
         match outcome:
             case InputAccepted(validation_ms=v, file_access_ms=a):
                 self._apply(Outcome.INPUT_ACCEPTED)

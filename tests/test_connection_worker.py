@@ -208,6 +208,31 @@ def test_a_new_path_replaces_the_earlier_one_and_the_timings_add_up() -> None:
     assert (start.validation_ms, start.file_access_ms) == (4.5, 2.25)
 
 
+@pytest.mark.parametrize(
+    ("pending", "wrong"),
+    [
+        (SharedInputPath(INPUT), ev.OutputAccepted()),
+        (SharedOutputPath(OUTPUT), ev.InputAccepted()),
+    ],
+)
+def test_a_report_that_answers_no_pending_check_is_an_adapter_bug(
+    pending: object, wrong: object
+) -> None:
+    conn = worker()
+    with pytest.raises(LocalProtocolError) as info:
+        conn.report(ev.InputAccepted())  # nothing was asked
+    assert info.value.code == ErrorCode.INTERNAL_ERROR
+    action = feed(conn, pending)[0]  # type: ignore[arg-type]
+    before = snapshot(conn)
+    with pytest.raises(LocalProtocolError):
+        conn.report(wrong)
+    assert snapshot(conn) == before
+    if isinstance(action, ev.ValidateInput):
+        assert sends(tell(conn, ev.InputAccepted())) == [PathValidated("input")]
+    else:
+        assert sends(tell(conn, ev.OutputAccepted())) == [PathValidated("output")]
+
+
 def test_an_outcome_a_worker_does_not_have_is_an_adapter_bug() -> None:
     conn = worker()
     with pytest.raises(LocalProtocolError) as info:
