@@ -31,6 +31,7 @@ from tests.protocol_helpers import (
     sender_in,
     sends,
     sha256,
+    snapshot,
     tell,
     violations,
     worker,
@@ -390,3 +391,14 @@ def test_results_pumped_from_the_worker_to_the_client() -> None:
     assert [h.name for h in held] == [f"results-{JOB}.zip"]
     assert pair.client_store.objects[held[0].sha256] == pair.world.results[JOB]
     assert pair.worker.sender.state is SenderState.IDLE
+
+
+def test_our_own_file_never_takes_the_place_of_results_being_prepared() -> None:
+    conn = sender_in(Role.WORKER, SenderState.PREPARING)
+    before = snapshot(conn)
+    with pytest.raises(LocalProtocolError) as info:
+        conn.send_file(ev.FileToSend("mine.bin", 3, SHA))
+    assert info.value.code == ErrorCode.UNEXPECTED_MESSAGE
+    assert conn.drain() == [] and snapshot(conn) == before
+    packed = one(tell(conn, ev.ResultsFound(JOB, "client-1", False, "out")), ev.PackResults)
+    assert sends(tell(conn, ev.FileToSend(f"results-{packed.job_id}.zip", 3, SHA)))
