@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 
+from protocol.codec import decode, encode
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.errors import TransferErrorCode as Code
 from protocol.events import (
@@ -288,6 +289,15 @@ def test_an_invalid_name_is_refused_before_anything_is_written(name: str, legacy
     # A legacy sender streams at once: its chunks are drained; a FILE_META waits.
     assert r.state is (R.DRAINING if legacy else R.IDLE)
     assert r.receive(META, 0.0) == [CheckStore(1, META)]  # the channel stays usable
+
+
+@pytest.mark.parametrize(
+    "name", ["données.zip", "name::with::colons.zip", ".hidden", "...", "x" * 255, "１：x"]
+)
+def test_a_good_name_opens_the_transfer_as_it_came_through_the_codec(name: str) -> None:
+    meta = decode(encode(FileMeta(name, 5, SHA, 4)))
+    assert isinstance(meta, FileMeta) and meta.name == name  # never normalized
+    assert new().receive(meta, 0.0) == [CheckStore(1, meta)]
 
 
 def test_a_file_above_the_maximum_is_refused_before_any_byte() -> None:
