@@ -260,6 +260,8 @@ class WorkerSide:
 
     def _failed(self, action: object, detail: str) -> None:
         if isinstance(action, ValidateInput | PrepareOutput):
+            if action != self._checking:
+                raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, f"no check awaits {action}")
             self._checking = None
             is_input = isinstance(action, ValidateInput)
             self._rejected(Outcome.INPUT_REJECTED if is_input else Outcome.OUTPUT_REJECTED)

@@ -233,6 +233,28 @@ def test_a_report_that_answers_no_pending_check_is_an_adapter_bug(
         assert sends(tell(conn, ev.OutputAccepted())) == [PathValidated("output")]
 
 
+@pytest.mark.parametrize(
+    "action", [ev.ValidateInput(INPUT), ev.PrepareOutput(OUTPUT)], ids=["input", "output"]
+)
+def test_a_failed_check_that_is_not_pending_is_an_adapter_bug(action: object) -> None:
+    conn = worker_in(JobState.READY)
+    before = snapshot(conn)
+    with pytest.raises(LocalProtocolError) as info:
+        conn.report(ev.ActionFailed(action, "could not read it"))  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.INTERNAL_ERROR
+    assert conn.drain() == [] and snapshot(conn) == before
+    other = (
+        SharedOutputPath(OUTPUT)
+        if isinstance(action, ev.ValidateInput)
+        else (SharedInputPath(INPUT))
+    )
+    pending = feed(conn, other)[0]  # another check is pending: still not this one
+    with pytest.raises(LocalProtocolError):
+        conn.report(ev.ActionFailed(action, "could not read it"))  # type: ignore[arg-type]
+    outputs = tell(conn, ev.ActionFailed(pending, "could not read it"))  # type: ignore[arg-type]
+    assert sends(outputs) == [ProtocolErrorFrame("INTERNAL_ERROR", "could not read it")]
+
+
 def test_an_outcome_a_worker_does_not_have_is_an_adapter_bug() -> None:
     conn = worker()
     with pytest.raises(LocalProtocolError) as info:
