@@ -254,9 +254,9 @@ class WorkerSide:
                 self.output_path = checking.path
                 self.validation_ms += v
                 self.conn.emit(PathValidated("output"))
-            case PathRefused(reason=reason):
+            case _:  # PathRefused, the only other outcome of a check
                 self._rejected(Outcome.INPUT_REJECTED if is_input else Outcome.OUTPUT_REJECTED)
-                self.conn.emit(PathError.of(reason, checking.path))
+                self.conn.emit(PathError.of(outcome.reason, checking.path))
 
     def _failed(self, action: object, detail: str) -> None:
         if isinstance(action, ValidateInput | PrepareOutput):
