@@ -139,6 +139,12 @@ def test_a_second_job_start_while_one_runs_is_refused() -> None:  # PROTOCOL.md 
     assert conn.job is JobState.IDLE
 
 
+def test_a_completed_job_without_metrics_is_only_its_completion() -> None:
+    conn = worker_in(JobState.RUNNING)
+    done = JobComplete(JOB, OUTPUT, 0, 0.0)
+    assert sends(tell(conn, ev.JobEnded(JOB, done))) == [done]
+
+
 def test_a_failed_job_without_a_reason_says_failed() -> None:
     conn = worker_in(JobState.RUNNING)
     assert sends(tell(conn, ev.JobEnded(JOB))) == [JobFailed(JOB, "failed")]
@@ -253,6 +259,20 @@ def test_a_failed_check_that_is_not_pending_is_an_adapter_bug(action: object) ->
         conn.report(ev.ActionFailed(action, "could not read it"))  # type: ignore[arg-type]
     outputs = tell(conn, ev.ActionFailed(pending, "could not read it"))  # type: ignore[arg-type]
     assert sends(outputs) == [ProtocolErrorFrame("INTERNAL_ERROR", "could not read it")]
+
+
+def test_a_check_reported_after_the_job_started_is_refused() -> None:
+    """An adapter reports a path check before it takes the next frame. A worker that
+    took JOB_START meanwhile (from a client that did not wait for PATH_VALIDATED) ran the
+    job with the paths checked before, and the late report is refused."""
+    conn = worker_in(JobState.READY)
+    feed(conn, SharedInputPath("inputs/new.zip"))
+    start = one(feed(conn, JobStart()), ev.StartJob)
+    assert start.input_path == INPUT  # the input checked earlier
+    with pytest.raises(LocalProtocolError) as info:
+        conn.report(ev.InputAccepted())
+    assert info.value.detail == "can't handle input accepted in state RUNNING"
+    assert conn.job is JobState.RUNNING and conn.drain() == []
 
 
 def test_an_outcome_a_worker_does_not_have_is_an_adapter_bug() -> None:

@@ -411,10 +411,24 @@ def test_the_worlds_decisions_and_their_defaults() -> None:
     assert pair.world.running is None and pair.worker.job == "IDLE"
 
 
+def test_results_via_storage_are_stored_by_the_world() -> None:
+    pair = ConnectionPair(job_id_factory=lambda: "run-10")
+    pair.send(ResultsViaStorage())
+    pair.send(SharedInputPath("in"))
+    pair.send(SharedOutputPath("out"))
+    pair.send(JobStart())
+    assert pair.frames[-2:] == [
+        (W2C, "JOB_COMPLETE::run-10::out::1::0.01"),
+        (W2C, "RESULTS_STORED::run-10::/download/run-10"),
+    ]
+    replay(pair.frames, job_id_factory=lambda: "run-10")
+
+
 def test_the_store_ignores_actions_about_other_transfers() -> None:
     store = SimulatedStore()
     pair = ConnectionPair()
     conn = pair.worker
     store.perform(conn, ev.Append(7, b"x"), 0.0)  # nothing open: nothing written
     store.perform(conn, ev.Discard(7, keep=True), 0.0)
+    store.perform(conn, ev.Note("not the store's"), 0.0)  # an adapter may hand it anything
     assert (store.partials, store.objects, conn.drain()) == ({}, {}, [])
