@@ -47,7 +47,6 @@ from protocol.messages import (
     ProtocolErrorFrame,
     ResultsRequest,
     ResultsStored,
-    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
 )
@@ -149,7 +148,7 @@ class WorkerSide:
             case JobCancel():
                 assert self.running is not None
                 self.conn.emit(CancelJob(self.running.job_id))
-            case ResultsViaStorage():  # pragma: no branch (the table admits no other)
+            case _:  # RESULTS_VIA_STORAGE: the worker's table admits no other message
                 self.via_storage = True
 
     def _blocked(self, guard: Guard) -> bool:

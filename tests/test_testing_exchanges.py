@@ -394,6 +394,19 @@ def test_an_upload_can_stop_short_or_be_cut() -> None:
     assert (W2C, "FILE_READY::192") in pair.frames
 
 
+def test_a_full_disk_stops_the_upload_mid_stream() -> None:
+    data = bytes(range(200))
+    pair = ConnectionPair(limits=dataclasses.replace(DEFAULT_LIMITS, chunk_bytes=64))
+    pair.world.store.full_after = 100
+    pair.upload(data, "a.bin")
+    sent = [frame for direction, frame in pair.frames if isinstance(frame, bytes)]
+    assert len(sent) == 2  # the third chunk is not sent: the transfer ended
+    assert pair.frames[-1] == (W2C, "TRANSFER_ERROR::DISK_FULL::no space left")
+    assert (C2W, "END_OF_FILE") not in pair.frames
+    assert pair.world.store.partials == {sha256(data): data[:64]}  # kept for a resume
+    replay(pair.frames)
+
+
 def test_the_worlds_decisions_and_their_defaults() -> None:
     world = SimulatedWorld()
     assert world.check_path("../x", "input") is PathReason.OUTSIDE_ROOT
