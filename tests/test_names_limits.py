@@ -121,6 +121,7 @@ def test_the_name_bound_is_configurable() -> None:
         ("x/a::b/c d/中文.zip", ("x", "a::b", "c d", "中文.zip")),
         ("a::b", None),  # "a:" reads as a drive
         ("1:x", ("1:x",)),
+        ("x/C:y", ("x", "C:y")),  # only a path's start is a drive
         ("...", ("...",)),
         (".hidden/a..b", (".hidden", "a..b")),
     ],
@@ -183,8 +184,11 @@ def test_names_and_paths_are_accepted_or_refused_with_invalid_name_error(text: s
         else:
             if check is split_path:
                 assert isinstance(result, tuple)
-                for part in result:  # every component is itself a good name
-                    check_name(part)
+                for part in result:  # every component is a good name, or looks like a drive
+                    try:
+                        check_name(part)
+                    except InvalidNameError as exc:
+                        assert exc.detail == "name has a drive prefix", (text, part)
 
 
 # ===================================================================== limits
