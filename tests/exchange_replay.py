@@ -224,10 +224,11 @@ class Replay:
             case ev.CheckStore(transfer=serial, meta=meta):
                 self.checked_store(serial, meta, reply)
             case ev.Append(transfer=serial, data=data):
-                self.data[serial] += data
                 if isinstance(reply, TransferError) and reply.code == TransferErrorCode.DISK_FULL:
+                    # the write failed: nothing of this chunk is on disk
                     self.tell(ev.StoreFailed(serial, TransferErrorCode.DISK_FULL, reply.detail))
                 else:
+                    self.data[serial] += data
                     self.tell(ev.Written(serial, self.offsets[serial] + len(self.data[serial])))
             case ev.Finish(transfer=serial, meta=meta):
                 self.finished(serial, meta, reply)
@@ -270,10 +271,12 @@ class Replay:
         if isinstance(reply, FileExists):
             self.tell(ev.StoreHas(serial))
         elif isinstance(reply, FileReady):
+            # The store decides the offset: what this replay saw kept, or what was there
+            # before (a partial the world held already); only the first is known here.
             held = self.partials.get(getattr(meta, "sha256", ""))
-            if held is not None:
-                assert reply.offset == len(held), "the resume offset is what was kept"
-            self.prefix[serial] = held if held is not None else (b"" if reply.offset == 0 else None)
+            if held is None or len(held) != reply.offset:
+                held = b"" if reply.offset == 0 else None
+            self.prefix[serial] = held
             self.offsets[serial] = reply.offset
             self.tell(ev.StoreOffset(serial, reply.offset))
         elif isinstance(reply, TransferError) and isinstance(meta, FileMeta):

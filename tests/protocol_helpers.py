@@ -9,8 +9,13 @@ would, so a state reached here is a state a real peer can reach.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+import pytest
+from hypothesis import Phase, find, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
 from protocol import events as ev
 from protocol.codec import decode, encode
@@ -50,6 +55,48 @@ JOB = "job-0123456789ab"
 NOW = 100.0
 INPUT = "inputs/train.zip"
 OUTPUT = "outputs/run-1"
+
+
+# ===================================================================== drawing
+
+
+class Drawn(Generic[T]):
+    """One example, with a short repr (hypothesis shows the example that ends a search)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Drawn(...)"
+
+
+def draw_until(
+    strategy: st.SearchStrategy[T],
+    want: Iterable[Hashable] = (),
+    labels: Callable[[T], Iterable[Hashable]] = lambda _: (),
+    *,
+    at_least: int = 1,
+    cap: int = 2000,
+) -> list[T]:
+    """Examples of ``strategy``, drawn until the labels of those drawn include every one
+    of ``want`` and there are ``at_least`` of them (or all there are); fails when ``cap``
+    examples do not show all of ``want``."""
+    wanted, seen, found = set(want), set[Hashable](), list[T]()
+
+    def enough(drawn: Drawn[T]) -> bool:
+        found.append(drawn.value)
+        seen.update(labels(drawn.value))
+        return len(found) >= at_least and wanted <= seen
+
+    quick = settings(max_examples=cap, phases=[Phase.generate], database=None, deadline=None)
+    try:
+        find(strategy.map(Drawn), enough, settings=quick)
+    except NoSuchExample:  # cap reached, or no other example exists
+        if not wanted <= seen:
+            pytest.fail(f"{len(found)} examples without {wanted - seen}")
+    return found
 
 
 # ===================================================================== connections

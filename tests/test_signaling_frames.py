@@ -9,9 +9,8 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, find, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 from pydantic import ValidationError
 
 import protocol.signaling as sig
@@ -44,28 +43,10 @@ from protocol.testing import (
     server_signaling_frames,
     signaling_frames,
 )
+from tests.protocol_helpers import draw_until
 
 QUICK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CODE = SignalingErrorCode
-
-
-def draw_until(strategy: Any, want: set[Any], labels: Any, *, at_least: int = 1) -> list[Any]:
-    """Examples drawn until their labels include ``want`` (fails after 2000)."""
-    seen: set[Any] = set()
-    found: list[Any] = []
-
-    def enough(value: list[Any]) -> bool:
-        found.append(value[0])
-        seen.update(labels(value[0]))
-        return len(found) >= at_least and want <= seen
-
-    quick = settings(max_examples=2000, phases=[Phase.generate], database=None, deadline=None)
-    try:
-        find(strategy.map(lambda v: [v]), enough, settings=quick)
-    except NoSuchExample:
-        if not want <= seen:
-            pytest.fail(f"{len(found)} examples without {want - seen}")
-    return found
 
 
 # ===================================================================== refusals
@@ -284,10 +265,7 @@ def test_parse_of_anything_is_a_frame_or_a_signaling_error(text: str) -> None:
 
 
 def test_peer_ids_match_the_pattern() -> None:
-    assert all(
-        re.fullmatch(PEER_ID_PATTERN, p)
-        for p in draw_until(peer_ids(), set(), lambda _: (), at_least=50)
-    )
+    assert all(re.fullmatch(PEER_ID_PATTERN, p) for p in draw_until(peer_ids(), at_least=50))
 
 
 def test_json_values_survive_a_round_trip() -> None:

@@ -6,13 +6,10 @@ with the outcomes the exchange shows (``tests/exchange_replay.py``)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
 import pytest
-from hypothesis import HealthCheck, Phase, find, given, settings
-from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
+from hypothesis import HealthCheck, given, settings
 
 from protocol import events as ev
 from protocol.codec import decode, encode
@@ -56,35 +53,10 @@ from protocol.testing import (
     exchanges,
 )
 from tests.exchange_replay import ReplayError, replay
-from tests.protocol_helpers import sha256
+from tests.protocol_helpers import draw_until, sha256
 
 T = TypeVar("T")
 QUICK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def draw_until(
-    strategy: st.SearchStrategy[T],
-    want: Iterable[Hashable],
-    labels: Callable[[T], Iterable[Hashable]],
-    *,
-    at_least: int = 1,
-    cap: int = 1500,
-) -> list[T]:
-    """Examples drawn until their labels include all of ``want`` (fails after ``cap``)."""
-    wanted, seen, found = set(want), set[Hashable](), list[T]()
-
-    def enough(value: list[T]) -> bool:
-        found.append(value[0])
-        seen.update(labels(value[0]))
-        return len(found) >= at_least and wanted <= seen
-
-    quick = settings(max_examples=cap, phases=[Phase.generate], database=None, deadline=None)
-    try:
-        find(strategy.map(lambda v: [v]), enough, settings=quick)
-    except NoSuchExample:
-        if not wanted <= seen:
-            pytest.fail(f"{len(found)} examples without {wanted - seen}")
-    return found
 
 
 # ===================================================================== invariants

@@ -11,13 +11,11 @@ from __future__ import annotations
 import inspect
 import re
 import unicodedata
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
-from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
-from hypothesis.errors import NoSuchExample
 
 from protocol import (
     DEFAULT_LIMITS,
@@ -83,6 +81,7 @@ from protocol.testing.text import (
     worker_job_ids,
 )
 from protocol.testing.valid import codes, frame_budget
+from tests.protocol_helpers import draw_until
 
 T = TypeVar("T")
 
@@ -98,45 +97,6 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 def utf8(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-class Drawn(Generic[T]):
-    """One example, with a short repr (hypothesis shows the example that ends a search)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "Drawn(...)"
-
-
-def draw_until(
-    strategy: st.SearchStrategy[T],
-    want: Iterable[Hashable] = (),
-    labels: Callable[[T], Iterable[Hashable]] = lambda _: (),
-    *,
-    at_least: int = 1,
-    cap: int = 2000,
-) -> list[T]:
-    """Examples of ``strategy``, drawn until the labels of those drawn include every one
-    of ``want`` and there are ``at_least`` of them (or all there are); fails when ``cap``
-    examples do not show all of ``want``."""
-    wanted, seen, found = set(want), set[Hashable](), list[T]()
-
-    def enough(drawn: Drawn[T]) -> bool:
-        found.append(drawn.value)
-        seen.update(labels(drawn.value))
-        return len(found) >= at_least and wanted <= seen
-
-    quick = settings(max_examples=cap, phases=[Phase.generate], database=None, deadline=None)
-    try:
-        find(strategy.map(Drawn), enough, settings=quick)
-    except NoSuchExample:  # cap reached, or no other example exists
-        if not wanted <= seen:
-            pytest.fail(f"{len(found)} examples without {wanted - seen}")
-    return found
 
 
 def refused_with(frame: str | bytes, limits: Limits = LIMITS) -> ErrorCode:
