@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -21,10 +22,19 @@ import pytest
 
 import protocol.testing
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, encode
+from protocol import events as ev
+from protocol.connection import Capabilities
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, JobState, Outcome, Pending
 from protocol.limits import Limits
-from protocol.messages import MESSAGE_TYPES, Chunk, FileMeta, FileMetaLegacy, JobStart
+from protocol.messages import (
+    MESSAGE_TYPES,
+    Chunk,
+    FileMeta,
+    FileMetaLegacy,
+    JobStart,
+    ResultsRequest,
+)
 from protocol.routes import Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderOp, SenderState
 from protocol.signaling import (
@@ -38,6 +48,7 @@ from protocol.signaling import (
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
 from scripts import doc_sections, gen_protocol_docs, protocol_tables
 from scripts.protocol_tables import render_sections
+from tests.exchange_replay import C2W, W2C, Replay
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_MD = REPO / "PROTOCOL.md"
@@ -363,6 +374,73 @@ def test_binary_example_ranges_add_up(text: str) -> None:
             if found:
                 size, first, last = map(int, found.groups())
                 assert last - first + 1 == size, line
+
+
+_BINARY_SIZE = re.compile(r"\(binary: ([0-9]+) bytes")
+
+
+def worked_exchanges(text: str) -> list[tuple[int, list[list[tuple[str, str | bytes]]]]]:
+    """Section 6's frame blocks as exchanges (a block that a "# second connection"
+    comment splits is two), binary lines as zero bytes of their size."""
+    head, _, rest = text.partition("## 6. Worked exchanges")
+    section, first_line = rest.split("## 7.", 1)[0], head.count("\n")
+    found = []
+    for start, lines in fenced_blocks(section, "frames"):
+        start += first_line
+        parts: list[list[tuple[str, str | bytes]]] = [[]]
+        for line in lines:
+            if line.startswith("# second connection"):
+                parts.append([])
+            match = _FRAME_LINE.fullmatch(line)
+            if match is None:
+                continue
+            size = _BINARY_SIZE.match(match["frame"])
+            frame = bytes(int(size[1])) if size else match["frame"]
+            parts[-1].append((C2W if match["dir"] in ("->", "!>") else W2C, frame))
+        found.append((start, parts))
+    return found
+
+
+def worked_replay(exchange: list[tuple[str, str | bytes]]) -> Replay:
+    """A replay of one worked exchange, with the world it assumes: the worker's
+    capabilities and a busy worker as its frames say, and the jobs whose results it
+    sends as run earlier by this client."""
+    frames = [frame for _, frame in exchange if isinstance(frame, str)]
+    caps = Capabilities(
+        shared_storage=not any("NO_SHARED_STORAGE" in f for f in frames),
+        results_service=not any("NO_STORAGE" in f for f in frames),
+    )
+    run = Replay(exchange, capabilities=caps, known_binary=False, step=0.01)  # loopback
+    for (_, frame), (_, answer) in itertools.pairwise(exchange):
+        if str(frame).startswith("RESULTS_REQUEST::") and str(answer).startswith("FILE_META::"):
+            request = decode(frame)
+            assert isinstance(request, ResultsRequest)
+            run.jobs[request.job_id] = f".rtc-jobs/{request.job_id}/output"
+    for direction, frame in exchange:
+        busy = decode(frame) if direction == W2C else None
+        if isinstance(busy, ProtocolErrorFrame) and busy.code == ErrorCode.WORKER_BUSY:
+            run.conn.report(ev.WorkerBusy(busy.detail))
+    return run
+
+
+def test_the_worked_exchanges_are_what_a_worker_connection_says(text: str) -> None:
+    """Every worked exchange of section 6, the client's frames fed to a worker
+    Connection whose actions have the outcomes the worker's frames show: the worker
+    sends exactly the frames shown (the details of its refusals included)."""
+    blocks = worked_exchanges(text)
+    assert len(blocks) >= 12
+    for start, parts in blocks:
+        kept: dict[str, bytes] = {}
+        for exchange in parts:
+            run = worked_replay(exchange)
+            run.partials = kept  # the same worker's store, on a new connection
+            try:
+                run.run()
+            except AssertionError as exc:
+                raise AssertionError(f"PROTOCOL.md, block at line {start}: {exc}") from None
+            run.conn.close()  # the connection drops: its partial stays for a resume
+            run.settle()
+    assert sum(len(parts) for _, parts in blocks) == len(blocks) + 1  # 6.3's two connections
 
 
 _SIGNALING_LINE = re.compile(r"(?P<peer>[A-Za-z0-9._-]{1,64}) (?P<dir>->|<-|!>) (?P<frame>.*)")
