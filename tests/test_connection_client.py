@@ -8,7 +8,7 @@ import pytest
 
 from protocol import events as ev
 from protocol.connection import Capabilities
-from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError, PathReason
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.messages import (
     Chunk,
@@ -40,13 +40,16 @@ from tests.protocol_helpers import (
     SHA,
     client,
     client_in,
+    deliver,
     feed,
     frames,
     one,
     say,
     sends,
     snapshot,
+    tell,
     violations,
+    worker,
     worker_in,
 )
 
@@ -153,6 +156,36 @@ def test_a_pending_path_is_refused_before_a_pending_download() -> None:
     assert one(feed(conn, "PROTOCOL_ERROR::INTERNAL_ERROR::x"), ev.Refused).request == "input"
     assert conn.receiver.state is ReceiverState.REQUESTED
     assert one(feed(conn, "PROTOCOL_ERROR::INTERNAL_ERROR::y"), ev.Refused).request == "results"
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+@pytest.mark.parametrize("check_first", [False, True], ids=["file first", "check first"])
+@pytest.mark.parametrize("accepted", [True, False], ids=["accepted", "refused"])
+def test_a_file_held_while_a_path_is_checked_is_followed_as_the_worker_takes_it(
+    which: str, check_first: bool, accepted: bool
+) -> None:
+    """The client sends its file, then a path before either is answered; the worker
+    answers both in the order its store and its check finish. The client ends in the
+    state the worker is in."""
+    conn, twin = client(), worker()
+    conn.send_file(ev.FileToSend(META.name, META.size, META.sha256))
+    check = one(deliver(conn.drain(), twin), ev.CheckStore)
+    conn.send(SharedInputPath(INPUT) if which == "input" else SharedOutputPath(OUTPUT))
+    action = deliver(conn.drain(), twin)[0]
+    assert isinstance(action, ev.ValidateInput | ev.PrepareOutput)
+    verdict: object = (
+        (ev.InputAccepted() if which == "input" else ev.OutputAccepted())
+        if accepted
+        else ev.PathRefused(action, PathReason.PERMISSION_DENIED)
+    )
+    held = ev.StoreHas(check.transfer)
+    replies = [
+        tell(twin, outcome) for outcome in ((verdict, held) if check_first else (held, verdict))
+    ]
+    for outputs in replies:
+        outcome = deliver(outputs, conn)
+        assert not violations(outcome)
+    assert conn.job == ClientJobState(twin.job, P.NONE)  # type: ignore[arg-type]
 
 
 # ===================================================================== what a client answers

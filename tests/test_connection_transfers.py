@@ -23,6 +23,7 @@ from tests.protocol_helpers import (
     META,
     SHA,
     client,
+    client_in,
     feed,
     frames,
     new,
@@ -317,16 +318,19 @@ def test_a_client_sends_its_file_and_the_worker_holds_it() -> None:
     assert conn.job == ClientJobState(JobState.HAVE_FILE, Pending.NONE)
 
 
-def test_a_held_file_while_a_path_is_pending_is_not_the_next_input_yet() -> None:
+def test_a_file_held_while_a_path_is_checked_or_a_job_starts() -> None:
     conn = client()
-    say(conn, ResultsRequest(JOB))  # the receiver waits; the sender is free
     conn.send_file(ev.FileToSend(META.name, META.size, META.sha256))
     conn.drain()
     say(conn, SharedOutputPath("out"))
-    outputs = feed(conn, f"FILE_EXISTS::{SHA}")
-    assert one(outputs, ev.SendEnded).status == "exists"
+    assert one(feed(conn, f"FILE_EXISTS::{SHA}"), ev.SendEnded).status == "exists"
+    assert conn.job == ClientJobState(JobState.HAVE_FILE, Pending.OUTPUT)  # as the worker
+    conn = client_in(ClientJobState(JobState.READY, Pending.START))
+    conn.send_file(ev.FileToSend(META.name, META.size, META.sha256))
+    conn.drain()
+    outputs = feed(conn, f"FILE_EXISTS::{SHA}")  # the job may have started: not its input
     assert "not as the next job's input" in one(outputs, ev.Note).text
-    assert conn.job == ClientJobState(JobState.IDLE, Pending.OUTPUT)
+    assert conn.job == ClientJobState(JobState.READY, Pending.START)
 
 
 @pytest.mark.parametrize("role", list(Role))

@@ -224,8 +224,9 @@ def test_each_reply_moves_the_client_as_its_outcome_moves_the_worker() -> None:
         if key in waits:
             assert state.pending is waits[key]
             assert nxt == ClientJobState(WORKER_TABLE[(state.worker, key)], Pending.NONE)
-        elif key is Outcome.FILE_ACCEPTED:
-            assert nxt == ClientJobState(WORKER_TABLE[(state.worker, key)], Pending.NONE)
+        elif key is Outcome.FILE_ACCEPTED:  # also while a path is checked: it stays pending
+            assert state.pending in (Pending.NONE, Pending.INPUT, Pending.OUTPUT)
+            assert nxt == ClientJobState(WORKER_TABLE[(state.worker, key)], state.pending)
         elif key is Outcome.START_REFUSED:
             assert nxt == ClientJobState(state.worker, Pending.NONE)
         elif key is Outcome.JOB_RUNNING:
