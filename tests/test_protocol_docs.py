@@ -282,6 +282,8 @@ def test_every_frame_type_is_documented(text: str, sections: dict[str, str]) -> 
         assert f"| `{frame_type}` |" in sections["frames"]
         assert f"#### `{frame_type}" in text or frame_type == "SHARED_STORAGE_JOB", frame_type
     assert "| binary frame | `Chunk` |" in sections["frames"]
+    for cls in MESSAGE_TYPES:  # every message type, by its class
+        assert f"| `{cls.__name__}` |" in text, cls.__name__
     assert "SHARED_STORAGE_JOB::start" in text
     assert "FILE_META::{name}:{size}:{gui}" in text
 
