@@ -442,7 +442,11 @@ def test_random_runs_never_raise_and_every_refusal_changes_nothing(
 @given(role=st.sampled_from(list(Role)), frame=st.one_of(frames(), malformed_frames()))
 def test_one_frame_to_a_fresh_connection(role: Role, frame: str | bytes) -> None:
     conn = worker() if role is Role.WORKER else client()
+    before = snapshot(conn)
     conn.receive(frame, 0.0)
-    for out in conn.drain():
+    outputs = conn.drain()
+    for out in outputs:
         if isinstance(out, ev.Send):
             assert decode(out.frame) == out.message
+    if any(isinstance(out, ev.Violation) for out in outputs):
+        assert snapshot(conn) == before
