@@ -47,7 +47,6 @@ from protocol.messages import (
     ProtocolErrorFrame,
     ResultsRequest,
     ResultsStored,
-    ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
 )
@@ -149,7 +148,7 @@ class WorkerSide:
             case JobCancel():
                 assert self.running is not None
                 self.conn.emit(CancelJob(self.running.job_id))
-            case ResultsViaStorage():  # pragma: no branch (the table admits no other)
+            case _:  # RESULTS_VIA_STORAGE: the worker's table admits no other message
                 self.via_storage = True
 
     def _blocked(self, guard: Guard) -> bool:
@@ -235,12 +234,13 @@ class WorkerSide:
                 )
 
     def _checked(self, outcome: InputAccepted | OutputAccepted | PathRefused) -> None:
-        checking, self._checking = self._checking, None
+        checking = self._checking
         is_input = isinstance(checking, ValidateInput)
         if checking is None or (
             not isinstance(outcome, PathRefused) and is_input != isinstance(outcome, InputAccepted)
         ):
             raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, f"no check awaits {outcome}")
+        self._checking = None
         match outcome:
             case InputAccepted(validation_ms=v, file_access_ms=a):
                 self._apply(Outcome.INPUT_ACCEPTED)
@@ -253,12 +253,14 @@ class WorkerSide:
                 self.output_path = checking.path
                 self.validation_ms += v
                 self.conn.emit(PathValidated("output"))
-            case PathRefused(reason=reason):
+            case _:  # PathRefused, the only other outcome of a check
                 self._rejected(Outcome.INPUT_REJECTED if is_input else Outcome.OUTPUT_REJECTED)
-                self.conn.emit(PathError.of(reason, checking.path))
+                self.conn.emit(PathError.of(outcome.reason, checking.path))
 
     def _failed(self, action: object, detail: str) -> None:
         if isinstance(action, ValidateInput | PrepareOutput):
+            if action != self._checking:
+                raise LocalProtocolError(ErrorCode.INTERNAL_ERROR, f"no check awaits {action}")
             self._checking = None
             is_input = isinstance(action, ValidateInput)
             self._rejected(Outcome.INPUT_REJECTED if is_input else Outcome.OUTPUT_REJECTED)

@@ -244,8 +244,14 @@ class Connection:
         """(Client) Announce our file with FILE_META (chunks follow on StreamFrom).
 
         Raises:
-            LocalProtocolError: another transfer is open.
+            LocalProtocolError: another transfer is open (or a worker's results are
+                being prepared).
         """
+        if self.sender.state != "IDLE":
+            raise LocalProtocolError(
+                ErrorCode.UNEXPECTED_MESSAGE,
+                f"can't send a file in sender state {self.sender.state}",
+            )
         meta = FileMeta(file.name, file.size, file.sha256, self.limits.chunk_bytes)
         self.emit(self.sender.announce(meta))
 

@@ -198,7 +198,10 @@ def _client_table() -> dict[tuple[ClientJobState, JobKey], ClientJobState]:
             if reply in worker:
                 add(state, wait, reply, worker[reply], idle)
         if Outcome.FILE_ACCEPTED in worker:
-            add(state, idle, Outcome.FILE_ACCEPTED, worker[Outcome.FILE_ACCEPTED], idle)
+            # A file may be held while a path is checked: the worker applies both in the
+            # order they finish and answers in that order, and so does the client.
+            for wait in (idle, Pending.INPUT, Pending.OUTPUT):
+                add(state, wait, Outcome.FILE_ACCEPTED, worker[Outcome.FILE_ACCEPTED], wait)
         if JobStart in worker:
             running = worker[JobStart]
             add(state, idle, JobStart, state, Pending.START)

@@ -220,6 +220,7 @@ class Receiver:
         ]
 
     def _open(self, meta: FileMeta | FileMetaLegacy, next_state: ReceiverState) -> list[Output]:
+        self._legacy_done = False  # an END_OF_FILE is no longer "right after" a legacy one
         try:
             check_name(meta.name, self.limits)
         except InvalidNameError as exc:

@@ -1,32 +1,42 @@
 """PROTOCOL.md stays true to the code.
 
-* Its generated sections equal what :mod:`protocol.docs` renders now (change a table,
-  an enum or a limit without running ``scripts/gen_protocol_docs.py`` and this fails).
-* Every frame type, error code and PATH_ERROR reason is documented.
+* Its generated sections are what ``scripts/protocol_tables.py`` renders now
+  (``scripts/gen_protocol_docs.py --check``), and the tables render what the code says.
+* Every frame type, error code, PATH_ERROR reason and state is documented.
 * Every worked example decodes: data-channel frames with :func:`protocol.decode` (and
   re-encode to the same text), signaling frames with :mod:`protocol.signaling`.
-* The descriptions kept in :mod:`protocol.docs` cover every state, code and event,
-  and say what the comments in the source say.
+* The descriptions are the ``#:`` comments of the source; a member without one is refused.
 """
 
 from __future__ import annotations
 
-import ast
-import difflib
-import inspect
+import itertools
 import json
 import re
 import subprocess
 import sys
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 
 import pytest
-from rtc_worker.storage.paths import PathErrorKind
 
-from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, docs, encode
-from protocol.errors import ErrorCode, TransferErrorCode
-from protocol.job import CLIENT_EVENTS, INTERNAL_EVENTS, TRANSITIONS, JobState
+import protocol.testing
+from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, encode
+from protocol import events as ev
+from protocol.connection import Capabilities
+from protocol.errors import ErrorCode, PathReason, TransferErrorCode
+from protocol.job import CLIENT_TABLE, WORKER_TABLE, JobState, Outcome, Pending
+from protocol.limits import Limits
+from protocol.messages import (
+    MESSAGE_TYPES,
+    Chunk,
+    FileMeta,
+    FileMetaLegacy,
+    JobStart,
+    ResultsRequest,
+)
+from protocol.routes import Part, Role, decision, states_of
+from protocol.sender import SENDER_TABLE, SenderOp, SenderState
 from protocol.signaling import (
     ErrorFrame,
     SignalingError,
@@ -35,28 +45,27 @@ from protocol.signaling import (
     parse_client_frame,
     parse_server_frame,
 )
-from protocol.transfer import (
-    RECEIVER_INTERNAL_EVENTS,
-    RECEIVER_PEER_EVENTS,
-    RECEIVER_TRANSITIONS,
-    SENDER_LOCAL_EVENTS,
-    SENDER_PEER_EVENTS,
-    SENDER_TRANSITIONS,
-    ReceiverState,
-    SenderState,
-)
+from protocol.transfer import RECEIVER_TABLE, ReceiverState
+from scripts import doc_sections, gen_protocol_docs, protocol_tables
+from scripts.protocol_tables import render_sections
+from tests.exchange_replay import C2W, W2C, Replay
 
 REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_MD = REPO / "PROTOCOL.md"
 SCRIPT = REPO / "scripts" / "gen_protocol_docs.py"
 
 ERROR_ENUMS: tuple[type[Enum], ...] = (ErrorCode, TransferErrorCode, SignalingErrorCode)
-STATE_ENUMS: tuple[type[Enum], ...] = (JobState, ReceiverState, SenderState)
+STATE_ENUMS: tuple[type[Enum], ...] = (JobState, ReceiverState, SenderState, Pending, Outcome)
 
 
 @pytest.fixture(scope="module")
 def text() -> str:
     return PROTOCOL_MD.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def sections() -> dict[str, str]:
+    return render_sections()
 
 
 def fenced_blocks(text: str, info: str) -> list[tuple[int, list[str]]]:
@@ -77,249 +86,249 @@ def fenced_blocks(text: str, info: str) -> list[tuple[int, list[str]]]:
     return blocks
 
 
-# ------------------------------------------------------------------ generated sections
+def rows(table: str) -> list[tuple[str, ...]]:
+    """The cells of a rendered markdown table, header and rule left out."""
+    return [
+        tuple(cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1])
+        for line in table.splitlines()[2:]
+    ]
 
 
-def test_generated_sections_are_up_to_date(text: str) -> None:
-    expected = docs.splice_generated(text, docs.render_generated_sections())
-    if expected != text:
-        diff = "".join(
-            difflib.unified_diff(
-                text.splitlines(keepends=True),
-                expected.splitlines(keepends=True),
-                "PROTOCOL.md",
-                "rendered from the code",
-            )
-        )
-        pytest.fail(
-            "PROTOCOL.md is out of date; run .venv/bin/python scripts/gen_protocol_docs.py\n" + diff
-        )
+# ===================================================================== generated sections
 
 
-def test_every_generated_section_is_in_the_document(text: str) -> None:
-    assert sorted(docs.generated_section_names(text)) == sorted(docs.render_generated_sections())
+def test_the_generator_finds_protocol_md_up_to_date() -> None:
+    checked = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, (
+        "PROTOCOL.md is out of date; run .venv/bin/python scripts/gen_protocol_docs.py\n"
+        + checked.stdout
+        + checked.stderr
+    )
+    assert "PROTOCOL.md is up to date" in checked.stdout
 
 
-def test_rendering_is_deterministic() -> None:
-    assert docs.render_generated_sections() == docs.render_generated_sections()
+def test_check_mode_fails_on_a_stale_document_and_the_rewrite_fixes_it(
+    tmp_path: Path, text: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "PROTOCOL.md"
+    stale.write_text(text.replace("| RUNNING | *job finished* | IDLE |", "| RUNNING | x | IDLE |"))
+    monkeypatch.setattr(gen_protocol_docs, "DEFAULT_PATH", stale)
+    assert gen_protocol_docs.main(["--check"]) == 1
+    out = capsys.readouterr()
+    assert "+| RUNNING | *job finished* | IDLE |" in out.out
+    assert "out of date: run .venv/bin/python scripts/gen_protocol_docs.py" in out.err
+    assert stale.read_text("utf-8") != text, "--check does not write"
+    assert gen_protocol_docs.main([]) == 0
+    assert stale.read_text("utf-8") == text
+    assert gen_protocol_docs.main(["--check"]) == 0
+    assert gen_protocol_docs.main(["--check", "--nope"]) == 2
+    assert "unknown: --nope" in capsys.readouterr().err
+    stale.write_text("no sections at all\n")
+    assert gen_protocol_docs.main(["--check"]) == 2
+
+
+def test_every_generated_section_is_in_the_document_once(
+    text: str, sections: dict[str, str]
+) -> None:
+    assert sorted(doc_sections.generated_section_names(text)) == sorted(sections)
+
+
+def test_rendering_is_deterministic(sections: dict[str, str]) -> None:
+    assert render_sections() == sections
 
 
 @pytest.mark.parametrize(
-    ("render", "table", "sent"),
+    ("name", "table", "states"),
     [
-        (docs.job_session_table, TRANSITIONS, ()),
-        (docs.receiver_table, RECEIVER_TRANSITIONS, ()),
-        (docs.sender_table, SENDER_TRANSITIONS, SENDER_LOCAL_EVENTS),
+        ("job-worker", WORKER_TABLE, list(JobState)),
+        ("receiver", RECEIVER_TABLE, list(ReceiverState)),
+        ("sender", SENDER_TABLE, list(SenderState)),
     ],
-    ids=["job-session", "receiver", "sender"],
 )
-def test_transition_tables_have_one_row_per_entry(render, table, sent) -> None:
-    rows = render().splitlines()[2:]
-    cells = [tuple(cell.strip() for cell in row.strip("|").split(" | ")) for row in rows]
+def test_transition_tables_have_one_row_per_entry(
+    sections: dict[str, str], name: str, table: dict[object, object], states: list[object]
+) -> None:
+    cells = rows(sections[name])
     expected = {
-        (state.name, docs._cell(docs.event_name(event, sent=event in sent)), next_state.name)
-        for (state, event), next_state in table.items()
+        (str(state), protocol_tables._cell(protocol_tables.event_name(event)), str(nxt))
+        for (state, event), nxt in table.items()  # type: ignore[misc]
     }
-    assert len(cells) == len(table)
-    assert set(cells) == expected
-    enum = type(next(iter(table))[0])
-    order = [member.name for member in enum]
-    states = [state for state, _, _ in cells]
-    assert states == sorted(states, key=order.index), "rows are grouped by state, in enum order"
+    assert len(cells) == len(table) and set(cells) == expected
+    order = [str(state) for state in states]
+    seen = [state for state, _, _ in cells]
+    assert seen == sorted(seen, key=order.index), "rows are grouped by state, in order"
 
 
-def test_sender_marks_the_frames_it_sends() -> None:
-    table = docs.sender_table()
-    assert "| IDLE | `FILE_META` (sent) | AWAIT_READY |" in table
-    assert "| SENDING | `END_OF_FILE` (sent) | AWAIT_RECEIVED |" in table
+def test_the_client_table_shows_the_reachable_states(sections: dict[str, str]) -> None:
+    cells = rows(sections["job-client"])
+    assert len(cells) == len(CLIENT_TABLE)
+    assert "IDLE (awaiting start)" not in sections["job-client"]
+    assert "| READY (awaiting start) | *start refused* | READY |" in sections["job-client"]
 
 
-def test_wire_events_are_named_as_on_the_wire() -> None:
-    from protocol.messages import Chunk, FileMeta, JobStart
+def test_events_are_named_as_on_the_wire_or_in_words() -> None:
+    name = protocol_tables.event_name
+    assert name(FileMeta) == "`FILE_META`"
+    assert name(Chunk) == "binary chunk"
+    assert name(JobStart) == "`JOB_START` or `SHARED_STORAGE_JOB::start`"
+    assert name(FileMetaLegacy) == "`FILE_META` (legacy form `{name}:{size}:{gui}`)"
+    assert name(Outcome.JOB_FINISHED) == "*job finished*"
+    assert name(SenderOp.GIVE_UP) == "*give up*"
+    from protocol.events import StoreHas
 
-    assert docs.event_name(FileMeta) == "`FILE_META`"
-    assert docs.event_name(Chunk) == "binary chunk"
-    assert "`SHARED_STORAGE_JOB::start`" in docs.event_name(JobStart)
-    assert docs.event_name(INTERNAL_EVENTS[0]).endswith(f"(`{INTERNAL_EVENTS[0].__name__}`)")
-
-
-def test_every_table_event_has_a_name() -> None:
-    events = {
-        event
-        for table in (TRANSITIONS, RECEIVER_TRANSITIONS, SENDER_TRANSITIONS)
-        for _, event in table
-    }
-    events |= {
-        *CLIENT_EVENTS,
-        *INTERNAL_EVENTS,
-        *RECEIVER_PEER_EVENTS,
-        *RECEIVER_INTERNAL_EVENTS,
-        *SENDER_PEER_EVENTS,
-        *SENDER_LOCAL_EVENTS,
-    }
-    for event in events:
-        assert docs.event_name(event)
-    internal = {event.__name__ for event in (*INTERNAL_EVENTS, *RECEIVER_INTERNAL_EVENTS)}
-    assert set(docs.INTERNAL_EVENT_NAMES) == internal, "stale or missing INTERNAL_EVENT_NAMES"
+    assert name(StoreHas) == "*StoreHas*"
 
 
-def test_unknown_internal_event_is_an_error() -> None:
-    class Mystery:
-        pass
-
-    with pytest.raises(ValueError, match="INTERNAL_EVENT_NAMES"):
-        docs.event_name(Mystery)
-
-
-# ------------------------------------------------------------------ descriptions
-
-
-@pytest.mark.parametrize("enum", STATE_ENUMS, ids=lambda e: e.__name__)
-def test_every_state_is_described(enum: type[Enum]) -> None:
-    assert set(docs.STATE_DESCRIPTIONS[enum]) == {member.name for member in enum}
-    table = docs.states_table(enum)
-    for member in enum:
-        assert f"| `{member.name}` |" in table
-
-
-@pytest.mark.parametrize("enum", ERROR_ENUMS, ids=lambda e: f"{e.__module__}.{e.__name__}")
-def test_every_error_code_is_described(enum: type[Enum]) -> None:
-    assert set(docs.ERROR_CODE_DESCRIPTIONS[enum]) == {member.name for member in enum}
-    table = docs.error_codes_table(enum)
-    for member in enum:
-        assert f"| `{member.value}` |" in table
+@pytest.mark.parametrize(
+    ("name", "role", "part"),
+    [
+        ("decisions-worker-job", Role.WORKER, Part.JOB),
+        ("decisions-client-job", Role.CLIENT, Part.JOB),
+        ("decisions-receiver", Role.WORKER, Part.RECEIVER),
+        ("decisions-sender", Role.WORKER, Part.SENDER),
+    ],
+)
+def test_the_decision_tables_say_what_decision_says(
+    sections: dict[str, str], name: str, role: Role, part: Part
+) -> None:
+    cells = rows(sections[name])
+    messages = [m for m in MESSAGE_TYPES if protocol_tables.ROUTES[role][m] is part]
+    states = {f"`{state}`": state for state in states_of(role, part)}
+    for row in cells:
+        state = states[row[0]]
+        for message, cell in zip(messages, row[1:], strict=True):
+            allowed, result = decision(role, message, state)
+            assert cell == (result if allowed else f"✗ `{result}`")
+    assert len(cells) == (18 if (role, part) == (Role.CLIENT, Part.JOB) else len(states))
 
 
-def test_combined_error_table_names_the_frame() -> None:
-    table = docs.error_codes_table()
-    assert len(table.splitlines()) == 2 + sum(len(enum) for enum in ERROR_ENUMS)
-    assert "| `PROTOCOL_ERROR` | `WORKER_BUSY` |" in table
-    assert "| `TRANSFER_ERROR` | `HASH_MISMATCH` |" in table
+def test_the_routes_table_has_every_message_for_both_roles(sections: dict[str, str]) -> None:
+    cells = rows(sections["routes"])
+    assert len(cells) == len(MESSAGE_TYPES) == 25
+    assert ("`JOB_LOG`", "refused `UNEXPECTED_MESSAGE`", "job session") in cells
+    assert ("`SHARED_INPUT_PATH`", "job session; `NO_SHARED_STORAGE` if no shared storage",
+            "refused `UNEXPECTED_MESSAGE`") in cells  # fmt: skip
 
 
-def test_missing_description_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    states = dict(docs.STATE_DESCRIPTIONS[JobState])
-    del states["RUNNING"]
-    monkeypatch.setitem(docs.STATE_DESCRIPTIONS, JobState, states)
-    with pytest.raises(ValueError, match="RUNNING"):
-        docs.states_table(JobState)
+def test_the_diagrams_draw_every_state_and_every_move(sections: dict[str, str]) -> None:
+    diagram = sections["job-worker-diagram"]
+    assert diagram.startswith("```mermaid\nstateDiagram-v2\n    [*] --> IDLE")
+    for state in JobState:
+        assert f'state "{state}" as {state}' in diagram
+    moves = {(s, n) for (s, _), n in WORKER_TABLE.items() if s != n}
+    edges = re.findall(r"^    (\w+) --> (\w+): ", diagram, re.M)
+    assert {(JobState(a), JobState(b)) for a, b in edges if a != "[*]"} == moves
+    assert "READY__awaiting_start" in sections["job-client-diagram"]
 
 
-def _normalize(text: str) -> str:
-    return " ".join(text.replace("``", "`").split())
+def test_the_limits_table_documents_every_bound(sections: dict[str, str]) -> None:
+    table = sections["limits"]
+    for field in Limits.__dataclass_fields__:
+        assert f"`Limits.{field}`" in table
+    assert "| data channel | `Limits.max_text_frame_bytes` | 65536 bytes (64 KiB) |" in table
+    assert "| `Limits.progress_interval_s` | 0.5 s |" in table
+    assert "| `Limits.max_fields` | 1024 fields |" in table
 
 
-def member_docs(enum: type[Enum]) -> dict[str, str]:
-    """Each member's ``#:`` comment (the lines above it) or docstring (the string after
-    it), read from the source."""
-    source_file = inspect.getsourcefile(enum)
-    assert source_file is not None
-    source = Path(source_file).read_text(encoding="utf-8")
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    (cls,) = [
-        node
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ClassDef) and node.name == enum.__name__
-    ]
-    found: dict[str, str] = {}
-    body = cls.body
-    for index, node in enumerate(body):
-        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
-            continue
-        name = node.targets[0].id
-        following = body[index + 1] if index + 1 < len(body) else None
-        if (
-            isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            found[name] = _normalize(following.value.value)
-            continue
-        comment: list[str] = []
-        line = node.lineno - 2
-        while line >= 0 and lines[line].strip().startswith("#:"):
-            comment.insert(0, lines[line].strip()[2:])
-            line -= 1
-        if comment:
-            found[name] = _normalize(" ".join(comment))
-    return found
+def test_byte_sizes_are_written_in_the_largest_exact_unit() -> None:
+    size = protocol_tables._bytes
+    assert size(65536) == "65536 bytes (64 KiB)"
+    assert size(2 * 1024 * 1024) == "2097152 bytes (2 MiB)"
+    assert size(10 * 1024**3) == "10737418240 bytes (10 GiB)"
+    assert size(1000) == "1000 bytes"
 
 
-@pytest.mark.parametrize("enum", STATE_ENUMS + ERROR_ENUMS, ids=lambda e: e.__name__)
-def test_descriptions_match_the_source(enum: type[Enum]) -> None:
-    described = {
-        **docs.STATE_DESCRIPTIONS.get(enum, {}),
-        **docs.ERROR_CODE_DESCRIPTIONS.get(enum, {}),
-    }
-    in_source = member_docs(enum)
-    assert set(in_source) == {member.name for member in enum}, "a member has no comment"
-    for name, comment in in_source.items():
-        assert _normalize(described[name]) == comment, (
-            f"{enum.__name__}.{name}: update protocol/docs.py to say what the source says "
-            "(then run scripts/gen_protocol_docs.py)"
-        )
+def test_cells_are_one_line_with_pipes_escaped() -> None:
+    assert protocol_tables._cell("a |\n b") == "a \\| b"
+    assert protocol_tables._md(":class:`~protocol.x.Y` and ``z``") == "`protocol.x.Y` and `z`"
 
 
-# ------------------------------------------------------------------ coverage of the document
+# ===================================================================== descriptions
 
 
-def test_every_frame_type_is_documented(text: str) -> None:
-    assert set(docs.frame_classes()) == set(FRAME_TYPES)
+def test_descriptions_are_the_comments_of_the_source() -> None:
+    comments = protocol_tables.member_comments(ErrorCode)
+    assert (
+        comments["WORKER_BUSY"]
+        == "Another job is running on this worker (possibly for another client)."
+    )
+    assert protocol_tables.member_comments(PathReason)["OUTSIDE_ROOT"].endswith(
+        "so this is the answer whether or not the target exists."
+    )  # a comment of several lines is one
+    for enum in STATE_ENUMS + ERROR_ENUMS + (PathReason,):
+        assert set(protocol_tables.member_comments(enum)) == {m.name for m in enum}
+
+
+class Undocumented(StrEnum):
+    #: This one says what it means.
+    SAID = "SAID"
+    UNSAID = "UNSAID"
+    # a plain comment is no description
+    PLAIN = "PLAIN"
+
+
+def test_a_member_without_a_comment_is_refused() -> None:
+    with pytest.raises(ValueError, match="add a #: comment to Undocumented UNSAID, PLAIN"):
+        protocol_tables.member_comments(Undocumented)
+
+
+# ===================================================================== what the document covers
+
+
+def test_every_frame_type_is_documented(text: str, sections: dict[str, str]) -> None:
     for frame_type in FRAME_TYPES:
-        assert f"`{frame_type}" in text, f"{frame_type} is not in PROTOCOL.md"
-        assert f"#### `{frame_type}" in text or frame_type == "SHARED_STORAGE_JOB", (
-            f"{frame_type} has no section in PROTOCOL.md"
-        )
+        assert f"| `{frame_type}` |" in sections["frames"]
+        assert f"#### `{frame_type}" in text or frame_type == "SHARED_STORAGE_JOB", frame_type
+    assert "| binary frame | `Chunk` |" in sections["frames"]
+    for cls in MESSAGE_TYPES:  # every message type, by its class
+        assert f"| `{cls.__name__}` |" in text, cls.__name__
     assert "SHARED_STORAGE_JOB::start" in text
     assert "FILE_META::{name}:{size}:{gui}" in text
 
 
-@pytest.mark.parametrize("enum", ERROR_ENUMS, ids=lambda e: f"{e.__module__}.{e.__name__}")
+@pytest.mark.parametrize("enum", ERROR_ENUMS, ids=lambda e: e.__name__)
 def test_every_error_code_is_documented(text: str, enum: type[Enum]) -> None:
     for member in enum:
-        assert f"`{member.value}`" in text, f"{enum.__name__}.{member.name} is not in PROTOCOL.md"
+        assert f"| `{member.value}` |" in text, (
+            f"{enum.__name__}.{member.name} is not in PROTOCOL.md"
+        )
 
 
 def test_every_path_error_reason_is_documented(text: str) -> None:
-    for kind in PathErrorKind:
-        assert f"| `{kind.value}` |" in text, f"PATH_ERROR reason {kind.value!r} is not documented"
+    for reason in PathReason:
+        assert f"| `{reason.value}` |" in text, f"PATH_ERROR reason {reason.value!r}"
 
 
-def test_the_fuzzing_section_names_the_tools(text: str) -> None:
+@pytest.mark.parametrize("enum", STATE_ENUMS, ids=lambda e: e.__name__)
+def test_every_state_and_outcome_is_documented(text: str, enum: type[Enum]) -> None:
+    for member in enum:
+        assert f"| `{member.name}` |" in text, (
+            f"{enum.__name__}.{member.name} is not in PROTOCOL.md"
+        )
+
+
+def test_the_fuzzing_section_names_the_tools_that_exist(text: str) -> None:
     section = text.split("## 7. Fuzzing your client", 1)[1]
     for name in (
-        "protocol.strategies",
-        "messages()",
-        "frames()",
-        "malformed_frames()",
-        "exchanges()",
-        "signaling_frames()",
-        "malformed_signaling_frames()",
-        "job_ids()",
-        "paths()",
-        "file_names()",
-        "sha256_hex()",
+        "protocol.testing",
         "@given",
+        "ConnectionPair",
+        ".[fuzz]",
         "scripts/fuzz_worker.py --frames N --seed S",
         "scripts/fuzz_atheris.py",
-        ".[fuzz]",
     ):
         assert name in section, name
-
-
-def test_the_documented_strategies_exist(text: str) -> None:
-    strategies = pytest.importorskip("protocol.strategies")
-    section = text.split("## 7. Fuzzing your client", 1)[1]
     named = set(re.findall(r"`([a-z_0-9]+)\(\)`", section))
     assert len(named) >= 10
     for name in sorted(named):
-        assert callable(getattr(strategies, name, None)), f"protocol.strategies.{name} is missing"
+        assert callable(getattr(protocol.testing, name, None)), f"protocol.testing.{name}"
     for script in ("fuzz_worker.py", "fuzz_atheris.py"):
         assert (REPO / "scripts" / script).is_file(), f"scripts/{script} is documented"
 
 
-# ------------------------------------------------------------------ worked examples
+# ===================================================================== worked examples
 
 _FRAME_LINE = re.compile(r"(?P<dir>->|<-|!>) (?P<frame>.*)")
 _BINARY = re.compile(r"\(binary(?:: [0-9]+ bytes(?:, [0-9]+-[0-9]+)?)?\)")
@@ -357,14 +366,7 @@ def test_frame_examples_decode(text: str) -> None:
             assert encode(message) == frame, f"{where}: not the canonical form of {message!r}"
             seen.add(frame.partition("::")[0])
         assert pending_code is None, f"block at line {start}: a refused frame has no answer"
-    for frame_type in (
-        "JOB_ID", "SHARED_INPUT_PATH", "SHARED_OUTPUT_PATH", "JOB_START", "SHARED_STORAGE_JOB",
-        "JOB_CANCEL", "RESULTS_REQUEST", "PATH_VALIDATED", "PATH_ERROR", "JOB_LOG",
-        "JOB_METRICS", "JOB_COMPLETE", "JOB_FAILED", "PROTOCOL_ERROR", "FILE_META",
-        "FILE_READY", "FILE_EXISTS", "FILE_PROGRESS", "END_OF_FILE", "FILE_RECEIVED",
-        "TRANSFER_ERROR", "FILE_CANCEL", "RESULTS_VIA_STORAGE", "RESULTS_STORED",
-    ):  # fmt: skip
-        assert frame_type in seen, f"no worked example shows {frame_type}"
+    assert seen == FRAME_TYPES, f"no worked example shows {sorted(FRAME_TYPES - seen)}"
 
 
 def test_binary_example_ranges_add_up(text: str) -> None:
@@ -374,6 +376,73 @@ def test_binary_example_ranges_add_up(text: str) -> None:
             if found:
                 size, first, last = map(int, found.groups())
                 assert last - first + 1 == size, line
+
+
+_BINARY_SIZE = re.compile(r"\(binary: ([0-9]+) bytes")
+
+
+def worked_exchanges(text: str) -> list[tuple[int, list[list[tuple[str, str | bytes]]]]]:
+    """Section 6's frame blocks as exchanges (a block that a "# second connection"
+    comment splits is two), binary lines as zero bytes of their size."""
+    head, _, rest = text.partition("## 6. Worked exchanges")
+    section, first_line = rest.split("## 7.", 1)[0], head.count("\n")
+    found = []
+    for start, lines in fenced_blocks(section, "frames"):
+        start += first_line
+        parts: list[list[tuple[str, str | bytes]]] = [[]]
+        for line in lines:
+            if line.startswith("# second connection"):
+                parts.append([])
+            match = _FRAME_LINE.fullmatch(line)
+            if match is None:
+                continue
+            size = _BINARY_SIZE.match(match["frame"])
+            frame = bytes(int(size[1])) if size else match["frame"]
+            parts[-1].append((C2W if match["dir"] in ("->", "!>") else W2C, frame))
+        found.append((start, parts))
+    return found
+
+
+def worked_replay(exchange: list[tuple[str, str | bytes]]) -> Replay:
+    """A replay of one worked exchange, with the world it assumes: the worker's
+    capabilities and a busy worker as its frames say, and the jobs whose results it
+    sends as run earlier by this client."""
+    frames = [frame for _, frame in exchange if isinstance(frame, str)]
+    caps = Capabilities(
+        shared_storage=not any("NO_SHARED_STORAGE" in f for f in frames),
+        results_service=not any("NO_STORAGE" in f for f in frames),
+    )
+    run = Replay(exchange, capabilities=caps, known_binary=False, step=0.01)  # loopback
+    for (_, frame), (_, answer) in itertools.pairwise(exchange):
+        if str(frame).startswith("RESULTS_REQUEST::") and str(answer).startswith("FILE_META::"):
+            request = decode(frame)
+            assert isinstance(request, ResultsRequest)
+            run.jobs[request.job_id] = f".rtc-jobs/{request.job_id}/output"
+    for direction, frame in exchange:
+        busy = decode(frame) if direction == W2C else None
+        if isinstance(busy, ProtocolErrorFrame) and busy.code == ErrorCode.WORKER_BUSY:
+            run.conn.report(ev.WorkerBusy(busy.detail))
+    return run
+
+
+def test_the_worked_exchanges_are_what_a_worker_connection_says(text: str) -> None:
+    """Every worked exchange of section 6, the client's frames fed to a worker
+    Connection whose actions have the outcomes the worker's frames show: the worker
+    sends exactly the frames shown (the details of its refusals included)."""
+    blocks = worked_exchanges(text)
+    assert len(blocks) >= 12
+    for start, parts in blocks:
+        kept: dict[str, bytes] = {}
+        for exchange in parts:
+            run = worked_replay(exchange)
+            run.partials = kept  # the same worker's store, on a new connection
+            try:
+                run.run()
+            except AssertionError as exc:
+                raise AssertionError(f"PROTOCOL.md, block at line {start}: {exc}") from None
+            run.conn.close()  # the connection drops: its partial stays for a resume
+            run.settle()
+    assert sum(len(parts) for _, parts in blocks) == len(blocks) + 1  # 6.3's two connections
 
 
 _SIGNALING_LINE = re.compile(r"(?P<peer>[A-Za-z0-9._-]{1,64}) (?P<dir>->|<-|!>) (?P<frame>.*)")
@@ -401,8 +470,7 @@ def test_signaling_examples_parse(text: str) -> None:
                 pending[peer] = str(refused.value.code)
                 continue
             if direction == "->":
-                parsed = parse_client_frame(frame)
-                seen.add(parsed.type)
+                seen.add(parse_client_frame(frame).type)
                 continue
             parsed = parse_server_frame(frame)
             seen.add(parsed.type)
@@ -428,7 +496,7 @@ def test_relayed_frames_carry_the_senders_id(text: str) -> None:
         assert frame["from"] == sent_by[frame["type"]]
 
 
-# ------------------------------------------------------------------ splicing and the script
+# ===================================================================== splicing
 
 
 def test_splice_replaces_bodies_and_keeps_the_rest() -> None:
@@ -438,97 +506,47 @@ def test_splice_replaces_bodies_and_keeps_the_rest() -> None:
         "middle\n"
         "<!-- BEGIN GENERATED: b -->\n<!-- END GENERATED: b -->\nend\n"
     )
-    out = docs.splice_generated(doc, {"a": "new A", "b": "| x |\n"})
+    out = doc_sections.splice_generated(doc, {"a": "new A", "b": "| x |\n"})
     assert out == (
         "intro `<!-- BEGIN GENERATED: quoted -->` stays\n"
         "<!-- BEGIN GENERATED: a -->\nnew A\n<!-- END GENERATED: a -->\n"
         "middle\n"
         "<!-- BEGIN GENERATED: b -->\n| x |\n<!-- END GENERATED: b -->\nend\n"
     )
-    assert docs.splice_generated(out, {"a": "new A", "b": "| x |"}) == out
+    assert doc_sections.splice_generated(out, {"a": "new A", "b": "| x |"}) == out
+    assert doc_sections.generated_section_names(doc) == ["a", "b"]
+
+
+_A = "<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n"
+_B = "<!-- BEGIN GENERATED: b -->\n<!-- END GENERATED: b -->\n"
 
 
 @pytest.mark.parametrize(
     ("doc", "problem"),
     [
-        ("<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n", "missing sections: b"),
+        (_A, "missing sections: b"),
         (
-            "<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n"
-            "<!-- BEGIN GENERATED: b -->\n<!-- END GENERATED: b -->\n"
-            "<!-- BEGIN GENERATED: c -->\n<!-- END GENERATED: c -->\n",
+            _A + _B + "<!-- BEGIN GENERATED: c -->\n<!-- END GENERATED: c -->\n",
             "unknown sections: c",
         ),
-        (
-            "<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n"
-            "<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n"
-            "<!-- BEGIN GENERATED: b -->\n<!-- END GENERATED: b -->\n",
-            "held twice: a",
-        ),
-        (
-            "<!-- BEGIN GENERATED: a -->\n<!-- END GENERATED: a -->\n"
-            "<!-- BEGIN GENERATED: b -->\nno end\n",
-            "unpaired",
-        ),
+        (_A + _A + _B, "held twice: a"),
+        (_A + "<!-- BEGIN GENERATED: b -->\nno end\n", "unpaired"),
     ],
 )
 def test_splice_refuses_mismatched_markers(doc: str, problem: str) -> None:
-    with pytest.raises(docs.UnknownSectionError, match=problem):
-        docs.splice_generated(doc, {"a": "A", "b": "B"})
+    with pytest.raises(doc_sections.UnknownSectionError, match=problem):
+        doc_sections.splice_generated(doc, {"a": "A", "b": "B"})
 
 
-def test_script_check_reports_a_stale_document(tmp_path: Path, text: str) -> None:
-    stale = tmp_path / "PROTOCOL.md"
-    stale.write_text(text.replace("| RUNNING | job finished", "| RUNNING | job ended"), "utf-8")
-    run = [sys.executable, str(SCRIPT), "--path", str(stale)]
-    checked = subprocess.run([*run, "--check"], capture_output=True, text=True, check=False)
-    assert checked.returncode == 1, checked.stderr
-    assert "+| RUNNING | job finished" in checked.stdout
-    assert stale.read_text("utf-8") != text, "--check does not write"
-    rewritten = subprocess.run(run, capture_output=True, text=True, check=False)
-    assert rewritten.returncode == 0, rewritten.stderr
-    assert stale.read_text("utf-8") == text
-    again = subprocess.run([*run, "--check"], capture_output=True, text=True, check=False)
-    assert again.returncode == 0, again.stdout
-
-
-def test_docs_module_is_sans_io() -> None:
-    tree = ast.parse(Path(inspect.getsourcefile(docs) or "").read_text("utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
-            pytest.fail("protocol/docs.py opens a file")
-    forbidden = {"asyncio", "aiortc", "aiohttp", "os", "pathlib", "io", "shutil", "socket",
-                 "subprocess", "rtc_worker", "signaling"}  # fmt: skip
-    assert not imported & forbidden, imported & forbidden
-
-
-def test_an_undescribed_error_code_is_refused() -> None:
-    from enum import StrEnum
-
-    from protocol import docs
-
-    class NewCodes(StrEnum):
-        SOMETHING_NEW = "SOMETHING_NEW"
-
-    with pytest.raises(ValueError, match="SOMETHING_NEW"):
-        docs.error_codes_table(NewCodes)
-
-
-def test_a_frame_type_without_a_class_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from protocol import docs
-
-    monkeypatch.setattr(docs, "FRAME_TYPES", frozenset({"NO_SUCH_FRAME"}))
-    with pytest.raises(ValueError, match="NO_SUCH_FRAME"):
-        docs.frame_classes()
-
-
-def test_byte_sizes_are_written_in_the_largest_exact_unit() -> None:
-    from protocol import docs
-
-    assert docs._bytes(65536) == "65536 bytes (64 KiB)"
-    assert docs._bytes(2 * 1024 * 1024) == "2097152 bytes (2 MiB)"
-    assert docs._bytes(1000) == "1000 bytes"
+def test_update_file_rewrites_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "doc.md"
+    path.write_text("x\n" + _A + "y\n")
+    assert doc_sections.update_file(path, {"a": "new"}, check=True, command="regen") == 1
+    assert "regen" in capsys.readouterr().err and "new" not in path.read_text()
+    assert doc_sections.update_file(path, {"a": "new"}, check=False, command="regen") == 0
+    assert "rewrote" in capsys.readouterr().out
+    assert path.read_text() == "x\n<!-- BEGIN GENERATED: a -->\nnew\n<!-- END GENERATED: a -->\ny\n"
+    assert doc_sections.update_file(path, {"a": "new"}, check=True, command="regen") == 0
+    assert doc_sections.update_file(path, {"b": "B"}, check=True, command="regen") == 2
