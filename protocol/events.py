@@ -288,7 +288,8 @@ class SendEnded:
         offset: where sending started, bytes (0, or the resume offset).
         code / detail: the receiver's TRANSFER_ERROR (or refusal) code and detail.
         transfer: the sender's serial number of the transfer (a caller waiting for its
-            own send tells it from an earlier, cancelled one of the same file).
+            own send tells it from an earlier, cancelled one of the same file); not part
+            of the event's equality.
     """
 
     status: str
@@ -296,7 +297,7 @@ class SendEnded:
     offset: int = 0
     code: str = ""
     detail: str = ""
-    transfer: int = 0
+    transfer: int = field(default=0, compare=False)
 
 
 # ===================================================================== reports

@@ -101,7 +101,7 @@ ROWS: dict[tuple[SenderState, object], tuple[object, object]] = {
     (S.AWAIT_READY, SenderOp.CANCEL): (SenderOp.CANCEL, (FileCancel(), CANCELLED_BY_US)),
     (S.AWAIT_READY, FileCancel): (FileCancel(), BY_RECEIVER),
     (S.AWAIT_READY, FileExists): (FileExists(SHA.upper()), [SendEnded("exists", SHA)]),
-    (S.AWAIT_READY, FileReady): (FileReady(3), [SendProgress(3, 5), StreamFrom(3, META)]),
+    (S.AWAIT_READY, FileReady): (FileReady(3), [StreamFrom(3, META)]),
     (S.AWAIT_READY, ProtocolErrorFrame): (
         ProtocolErrorFrame("UNEXPECTED_MESSAGE", "busy"),
         [SendEnded("failed", SHA, 0, "UNEXPECTED_MESSAGE", "refused: busy")],
@@ -314,7 +314,7 @@ def test_a_ready_for_a_cancelled_transfer_is_not_taken_for_the_next_one() -> Non
     assert (s.state, s.offset) == (S.CANCELLED, 0)
     s.receive(ACK)
     s.announce(OTHER)
-    assert s.receive(FileReady(0)) == [SendProgress(0, 9), StreamFrom(0, OTHER)]
+    assert s.receive(FileReady(0)) == [StreamFrom(0, OTHER)]
 
 
 def test_give_up_stops_waiting_for_an_acknowledgement_that_never_comes() -> None:
