@@ -36,7 +36,6 @@ from protocol.events import (
 )
 from protocol.job import WORKER_TABLE, JobKey, JobState, Outcome
 from protocol.messages import (
-    FileMeta,
     JobCancel,
     JobFailed,
     JobId,
@@ -51,6 +50,7 @@ from protocol.messages import (
     SharedOutputPath,
 )
 from protocol.routes import GUARDS, Guard, Part
+from protocol.transfer_messages import FileMeta
 
 if TYPE_CHECKING:
     from protocol.connection import Connection

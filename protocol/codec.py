@@ -20,15 +20,6 @@ from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
     SEP,
     SHA256_PATTERN,
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
     JobCancel,
     JobComplete,
     JobFailed,
@@ -45,10 +36,21 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
+)
+from protocol.transfer_messages import (
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
     TransferError,
 )
 
-__all__ = ["FRAME_TYPES", "decode", "encode"]
+__all__ = ["FRAME_TYPES", "MESSAGE_TYPES", "decode", "encode"]
 
 _COUNT_PATTERN = re.compile(r"[0-9]{1,15}")
 _COUNT18_PATTERN = re.compile(r"[0-9]{1,18}")
@@ -317,3 +319,33 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         return parser(rest if sep else None, limits)
     except LocalProtocolError as exc:
         raise exc.as_remote() from None
+
+
+#: Every message class, in the order of PROTOCOL.md section 2 (25 types).
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    JobId,
+    SharedInputPath,
+    SharedOutputPath,
+    JobStart,
+    JobCancel,
+    ResultsRequest,
+    ResultsViaStorage,
+    PathValidated,
+    PathError,
+    JobLog,
+    JobMetrics,
+    JobComplete,
+    JobFailed,
+    ResultsStored,
+    ProtocolErrorFrame,
+    FileMeta,
+    FileMetaLegacy,
+    FileReady,
+    FileExists,
+    Chunk,
+    FileProgress,
+    EndOfFile,
+    FileReceived,
+    TransferError,
+    FileCancel,
+)

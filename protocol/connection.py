@@ -44,16 +44,11 @@ from protocol.events import (
 )
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import (
-    FileMeta,
-    JobLog,
-    Message,
-    ProtocolErrorFrame,
-    TransferError,
-)
+from protocol.messages import JobLog, Message, ProtocolErrorFrame
 from protocol.routes import ROUTES, Part, Role
 from protocol.sender import Sender
 from protocol.transfer import Receiver
+from protocol.transfer_messages import FileMeta, TransferError
 
 __all__ = ["Capabilities", "Connection", "Output", "new_job_id"]
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol.errors import PathReason, TransferErrorCode
-from protocol.messages import FileMeta, FileMetaLegacy, JobComplete, JobMetrics, Message
+from protocol.messages import JobComplete, JobMetrics, Message
+from protocol.transfer_messages import FileMeta, FileMetaLegacy
 
 __all__ = [
     "ActionFailed",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from protocol.errors import ErrorCode, LocalProtocolError, PathReason
@@ -27,18 +27,8 @@ __all__ = [
     "CODE_PATTERN",
     "JOB_ID_PATTERN",
     "MAX_MB",
-    "MESSAGE_TYPES",
     "SEP",
     "SHA256_PATTERN",
-    "Chunk",
-    "EndOfFile",
-    "FileCancel",
-    "FileExists",
-    "FileMeta",
-    "FileMetaLegacy",
-    "FileProgress",
-    "FileReady",
-    "FileReceived",
     "JobCancel",
     "JobComplete",
     "JobFailed",
@@ -55,7 +45,11 @@ __all__ = [
     "ResultsViaStorage",
     "SharedInputPath",
     "SharedOutputPath",
-    "TransferError",
+    "check_count",
+    "check_job_id",
+    "check_sha256",
+    "check_text",
+    "invalid",
     "is_valid_job_id",
 ]
 
@@ -76,22 +70,39 @@ def is_valid_job_id(job_id: str) -> bool:
     return JOB_ID_PATTERN.fullmatch(job_id) is not None
 
 
-def _invalid(code: ErrorCode, detail: str) -> LocalProtocolError:
+def invalid(code: ErrorCode, detail: str) -> LocalProtocolError:
+    """The error a message class raises for a field outside its grammar."""
     return LocalProtocolError(code, detail)
 
 
-def _check_job_id(job_id: str) -> None:
+def check_job_id(job_id: str) -> None:
+    """Refuse (INVALID_JOB_ID) a job_id outside ``[A-Za-z0-9._-]{1,64}``."""
     if not isinstance(job_id, str) or not is_valid_job_id(job_id):
-        raise _invalid(ErrorCode.INVALID_JOB_ID, "job_id must match [A-Za-z0-9._-]{1,64}")
+        raise invalid(ErrorCode.INVALID_JOB_ID, "job_id must match [A-Za-z0-9._-]{1,64}")
 
 
-def _check_text(name: str, value: str, *, allow_empty: bool = True, one_line: bool = False) -> None:
+def check_text(name: str, value: str, *, allow_empty: bool = True, one_line: bool = False) -> None:
+    """Refuse (MALFORMED_FRAME) a field that is not text, empty when not allowed, or
+    more than one line when one is required."""
     if not isinstance(value, str):
-        raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be text")
+        raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be text")
     if not allow_empty and not value:
-        raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must not be empty")
+        raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must not be empty")
     if one_line and ("\n" in value or "\r" in value):
-        raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a single line")
+        raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a single line")
+
+
+def check_sha256(value: str) -> str:
+    """``value`` as a sha256 in lowercase, or LocalProtocolError MALFORMED_FRAME."""
+    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
+        raise invalid(ErrorCode.MALFORMED_FRAME, "sha256 must be 64 hexadecimal digits")
+    return value.lower()
+
+
+def check_count(name: str, value: int, minimum: int = 0) -> None:
+    """Refuse (MALFORMED_FRAME) a count that is not an integer in ``[minimum, 10^18)``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 10**18:
+        raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be an integer >= {minimum}")
 
 
 class Message:
@@ -113,7 +124,7 @@ class JobId(Message):
     job_id: str
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
+        check_job_id(self.job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +139,7 @@ class SharedInputPath(Message):
     path: str
 
     def __post_init__(self) -> None:
-        _check_text("path", self.path, allow_empty=False)
+        check_text("path", self.path, allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +150,7 @@ class SharedOutputPath(Message):
     path: str
 
     def __post_init__(self) -> None:
-        _check_text("path", self.path, allow_empty=False)
+        check_text("path", self.path, allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +181,7 @@ class PathValidated(Message):
 
     def __post_init__(self) -> None:
         if self.which not in ("input", "output"):
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
+            raise invalid(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +197,7 @@ class PathError(Message):
     reason: str
 
     def __post_init__(self) -> None:
-        _check_text("reason", self.reason, allow_empty=False)
+        check_text("reason", self.reason, allow_empty=False)
 
     @classmethod
     def of(cls, reason: PathReason, path: str) -> PathError:
@@ -216,7 +227,7 @@ class JobLog(Message):
     line: str
 
     def __post_init__(self) -> None:
-        _check_text("line", self.line, one_line=True)
+        check_text("line", self.line, one_line=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +260,7 @@ class JobMetrics(Message):
                 or not isinstance(value, int | float)
                 or not (0 <= number < MAX_MB)
             ):
-                raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
+                raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
             object.__setattr__(self, name, round(number, 3))
 
     def as_dict(self) -> dict[str, float]:
@@ -273,15 +284,15 @@ class JobComplete(Message):
     total_mb: float
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
-        _check_text("output_path", self.output_path)
+        check_job_id(self.job_id)
+        check_text("output_path", self.output_path)
         if isinstance(self.file_count, bool) or not isinstance(self.file_count, int):
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "file_count must be an integer")
+            raise invalid(ErrorCode.MALFORMED_FRAME, "file_count must be an integer")
         if not 0 <= self.file_count < 10**15:
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "file_count out of range")
+            raise invalid(ErrorCode.MALFORMED_FRAME, "file_count out of range")
         mb = self.total_mb
         if isinstance(mb, bool) or not isinstance(mb, int | float) or not 0 <= mb < MAX_MB:
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "total_mb must be a number >= 0")
+            raise invalid(ErrorCode.MALFORMED_FRAME, "total_mb must be a number >= 0")
         object.__setattr__(self, "total_mb", round(float(mb), 2))
 
     @staticmethod
@@ -299,8 +310,8 @@ class JobFailed(Message):
     reason: str
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
-        _check_text("reason", self.reason, allow_empty=False)
+        check_job_id(self.job_id)
+        check_text("reason", self.reason, allow_empty=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,144 +328,9 @@ class ProtocolErrorFrame(Message):
 
     def __post_init__(self) -> None:
         if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
-        _check_text("detail", self.detail)
+            raise invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
+        check_text("detail", self.detail)
         object.__setattr__(self, "code", str(self.code))
-
-
-# ---------------------------------------------------------------- file transfer
-
-
-def _check_sha256(value: str) -> str:
-    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
-        raise _invalid(ErrorCode.MALFORMED_FRAME, "sha256 must be 64 hexadecimal digits")
-    return value.lower()
-
-
-def _check_count(name: str, value: int, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < 10**18:
-        raise _invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be an integer >= {minimum}")
-
-
-@dataclass(frozen=True, slots=True)
-class FileMeta(Message):
-    """Sender->receiver ``FILE_META::{name}::{size}::{sha256}::{chunk_size}``.
-
-    Opens a transfer. ``size`` and ``chunk_size`` are bytes; the last three fields
-    are parsed from the right, so ``name`` may contain ``::``. Whether the name is an
-    acceptable base name is the receiver's decision (TRANSFER_ERROR INVALID_NAME).
-    """
-
-    TYPE: ClassVar[str] = "FILE_META"
-    name: str
-    size: int
-    sha256: str
-    chunk_size: int = 65536
-
-    def __post_init__(self) -> None:
-        _check_text("name", self.name, allow_empty=False)
-        _check_count("size", self.size)
-        _check_count("chunk_size", self.chunk_size, minimum=1)
-        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
-
-
-@dataclass(frozen=True, slots=True)
-class FileMetaLegacy(Message):
-    """The earlier form ``FILE_META::{name}:{size}:{gui}`` (single colons).
-
-    Chunks follow at once, without FILE_READY; there is no resume and no dedupe,
-    and the receiver answers FILE_RECEIVED with the sha256 it computed. ``name``
-    may not contain ``::`` and ``gui`` may not contain ``:``.
-    """
-
-    TYPE: ClassVar[str] = "FILE_META"
-    name: str
-    size: int
-    gui: str = ""
-
-    def __post_init__(self) -> None:
-        _check_text("name", self.name, allow_empty=False, one_line=True)
-        if SEP in self.name:
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "a legacy FILE_META name has no '::'")
-        _check_count("size", self.size)
-        _check_text("gui", self.gui, one_line=True)
-        if ":" in self.gui:
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "gui has no ':'")
-
-
-@dataclass(frozen=True, slots=True)
-class FileReady(Message):
-    """Receiver->sender ``FILE_READY::{offset}``: send from byte ``offset`` (0 = new)."""
-
-    TYPE: ClassVar[str] = "FILE_READY"
-    offset: int
-
-    def __post_init__(self) -> None:
-        _check_count("offset", self.offset)
-
-
-@dataclass(frozen=True, slots=True)
-class FileExists(Message):
-    """Receiver->sender ``FILE_EXISTS::{sha256}``: the content is held; no bytes are sent."""
-
-    TYPE: ClassVar[str] = "FILE_EXISTS"
-    sha256: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfFile(Message):
-    """Sender->receiver ``END_OF_FILE``: every chunk was sent."""
-
-    TYPE: ClassVar[str] = "END_OF_FILE"
-
-
-@dataclass(frozen=True, slots=True)
-class FileProgress(Message):
-    """Receiver->sender ``FILE_PROGRESS::{bytes_received}::{size}`` (at most every 500 ms)."""
-
-    TYPE: ClassVar[str] = "FILE_PROGRESS"
-    received: int
-    size: int
-
-    def __post_init__(self) -> None:
-        _check_count("bytes_received", self.received)
-        _check_count("size", self.size)
-
-
-@dataclass(frozen=True, slots=True)
-class FileReceived(Message):
-    """Receiver->sender ``FILE_RECEIVED::{sha256}``: stored and verified."""
-
-    TYPE: ClassVar[str] = "FILE_RECEIVED"
-    sha256: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha256", _check_sha256(self.sha256))
-
-
-@dataclass(frozen=True, slots=True)
-class TransferError(Message):
-    """Either direction ``TRANSFER_ERROR::{code}::{detail}``; code from TransferErrorCode."""
-
-    TYPE: ClassVar[str] = "TRANSFER_ERROR"
-    code: str
-    detail: str = ""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
-        _check_text("detail", self.detail)
-        object.__setattr__(self, "code", str(self.code))
-
-
-@dataclass(frozen=True, slots=True)
-class FileCancel(Message):
-    """Either direction ``FILE_CANCEL``: stop the transfer; the partial data is kept."""
-
-    TYPE: ClassVar[str] = "FILE_CANCEL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,7 +341,7 @@ class ResultsRequest(Message):
     job_id: str
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
+        check_job_id(self.job_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,49 +368,5 @@ class ResultsStored(Message):
     download_path: str
 
     def __post_init__(self) -> None:
-        _check_job_id(self.job_id)
-        _check_text("download_path", self.download_path, allow_empty=False, one_line=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk(Message):
-    """A binary frame: a chunk of file bytes (only valid inside a file transfer)."""
-
-    data: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.data, bytes):
-            raise _invalid(ErrorCode.MALFORMED_FRAME, "chunk data must be bytes")
-
-    def __repr__(self) -> str:
-        return f"Chunk(<{len(self.data)} bytes>)"
-
-
-#: Every message class, in the order of PROTOCOL.md section 2 (25 types).
-MESSAGE_TYPES: tuple[type[Message], ...] = (
-    JobId,
-    SharedInputPath,
-    SharedOutputPath,
-    JobStart,
-    JobCancel,
-    ResultsRequest,
-    ResultsViaStorage,
-    PathValidated,
-    PathError,
-    JobLog,
-    JobMetrics,
-    JobComplete,
-    JobFailed,
-    ResultsStored,
-    ProtocolErrorFrame,
-    FileMeta,
-    FileMetaLegacy,
-    FileReady,
-    FileExists,
-    Chunk,
-    FileProgress,
-    EndOfFile,
-    FileReceived,
-    TransferError,
-    FileCancel,
-)
+        check_job_id(self.job_id)
+        check_text("download_path", self.download_path, allow_empty=False, one_line=True)

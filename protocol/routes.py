@@ -21,15 +21,6 @@ from typing import NamedTuple
 from protocol.errors import ErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
     JobCancel,
     JobComplete,
     JobFailed,
@@ -46,10 +37,21 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
+from protocol.transfer_messages import (
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    TransferError,
+)
 
 __all__ = [
     "GUARDS",

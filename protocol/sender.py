@@ -28,7 +28,8 @@ from protocol.events import (
     SendProgress,
     StreamFrom,
 )
-from protocol.messages import (
+from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
+from protocol.transfer_messages import (
     EndOfFile,
     FileCancel,
     FileExists,
@@ -36,9 +37,6 @@ from protocol.messages import (
     FileProgress,
     FileReady,
     FileReceived,
-    Message,
-    ProtocolErrorFrame,
-    ResultsRequest,
     TransferError,
 )
 

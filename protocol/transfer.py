@@ -47,7 +47,9 @@ from protocol.events import (
     Written,
 )
 from protocol.limits import Limits
-from protocol.messages import (
+from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
+from protocol.names import InvalidNameError, check_name
+from protocol.transfer_messages import (
     Chunk,
     EndOfFile,
     FileCancel,
@@ -57,12 +59,8 @@ from protocol.messages import (
     FileProgress,
     FileReady,
     FileReceived,
-    Message,
-    ProtocolErrorFrame,
-    ResultsRequest,
     TransferError,
 )
-from protocol.names import InvalidNameError, check_name
 
 __all__ = ["RECEIVER_TABLE", "Receiver", "ReceiverState"]
 

@@ -22,19 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from protocol.codec import FRAME_TYPES
+from protocol.codec import FRAME_TYPES, MESSAGE_TYPES
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import (
-    JOB_ID_PATTERN,
-    MESSAGE_TYPES,
-    SEP,
-    Chunk,
-    FileMetaLegacy,
-    JobStart,
-    Message,
-)
+from protocol.messages import JOB_ID_PATTERN, SEP, JobStart, Message
 from protocol.routes import GUARDS, ROUTES, Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderOp, SenderState
 from protocol.signaling import (
@@ -44,6 +36,7 @@ from protocol.signaling import (
     SignalingErrorCode,
 )
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
+from protocol.transfer_messages import Chunk, FileMetaLegacy
 
 __all__ = ["member_comments", "render_sections"]
 

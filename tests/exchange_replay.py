@@ -21,11 +21,6 @@ from protocol.connection import Capabilities, Connection, new_job_id
 from protocol.errors import TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    EndOfFile,
-    FileExists,
-    FileMeta,
-    FileReady,
-    FileReceived,
     JobComplete,
     JobFailed,
     JobLog,
@@ -35,9 +30,16 @@ from protocol.messages import (
     PathValidated,
     ProtocolErrorFrame,
     ResultsStored,
-    TransferError,
 )
 from protocol.routes import Role
+from protocol.transfer_messages import (
+    EndOfFile,
+    FileExists,
+    FileMeta,
+    FileReady,
+    FileReceived,
+    TransferError,
+)
 from tests.protocol_helpers import sha256
 
 C2W, W2C = "C->W", "W->C"

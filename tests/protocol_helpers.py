@@ -23,7 +23,6 @@ from protocol.connection import Capabilities, Connection
 from protocol.errors import TransferErrorCode
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.messages import (
-    FileMeta,
     JobLog,
     JobStart,
     Message,
@@ -35,6 +34,7 @@ from protocol.messages import (
 from protocol.routes import Role
 from protocol.sender import SenderState
 from protocol.transfer import ReceiverState
+from protocol.transfer_messages import FileMeta
 
 T = TypeVar("T")
 

@@ -50,7 +50,7 @@ from protocol import (
     decode,
     encode,
 )
-from protocol.messages import MESSAGE_TYPES
+from protocol.codec import MESSAGE_TYPES
 from protocol.names import check_name
 from protocol.testing import (
     file_names,

@@ -11,8 +11,6 @@ from protocol.connection import Capabilities
 from protocol.errors import ErrorCode, LocalProtocolError, PathReason
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.messages import (
-    Chunk,
-    FileMeta,
     JobCancel,
     JobId,
     JobLog,
@@ -25,12 +23,12 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.routes import REQUEST_OF_CODE
 from protocol.sender import SenderState
 from protocol.testing import ConnectionPair, SimulatedWorld
 from protocol.transfer import ReceiverState
+from protocol.transfer_messages import Chunk, FileMeta, TransferError
 from tests.protocol_helpers import (
     CLIENT_REACHABLE,
     INPUT,

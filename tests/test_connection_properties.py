@@ -19,7 +19,6 @@ from protocol.connection import Connection
 from protocol.errors import ErrorCode, LocalProtocolError, PathReason, TransferErrorCode
 from protocol.job import JobState
 from protocol.messages import (
-    FileMeta,
     JobCancel,
     JobComplete,
     JobId,
@@ -31,7 +30,6 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.routes import Role
 from protocol.sender import SenderState
@@ -43,6 +41,7 @@ from protocol.testing import (
     worker_messages,
 )
 from protocol.transfer import ReceiverState
+from protocol.transfer_messages import FileMeta, TransferError
 from tests.protocol_helpers import (
     CLIENT_REACHABLE,
     JOB,

@@ -34,7 +34,8 @@ from protocol import (
     TransferError,
     is_valid_job_id,
 )
-from protocol.messages import MESSAGE_TYPES, Message
+from protocol.codec import MESSAGE_TYPES
+from protocol.messages import Message
 
 SHA = "ab" * 32
 

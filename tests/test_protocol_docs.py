@@ -23,18 +23,12 @@ import pytest
 import protocol.testing
 from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decode, encode
 from protocol import events as ev
+from protocol.codec import MESSAGE_TYPES
 from protocol.connection import Capabilities
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, JobState, Outcome, Pending
 from protocol.limits import Limits
-from protocol.messages import (
-    MESSAGE_TYPES,
-    Chunk,
-    FileMeta,
-    FileMetaLegacy,
-    JobStart,
-    ResultsRequest,
-)
+from protocol.messages import JobStart, ResultsRequest
 from protocol.routes import Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderOp, SenderState
 from protocol.signaling import (
@@ -46,6 +40,7 @@ from protocol.signaling import (
     parse_server_frame,
 )
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
+from protocol.transfer_messages import Chunk, FileMeta, FileMetaLegacy
 from scripts import doc_sections, gen_protocol_docs, protocol_tables
 from scripts.protocol_tables import render_sections
 from tests.exchange_replay import C2W, W2C, Replay

@@ -27,7 +27,9 @@ from protocol.events import (
     Written,
 )
 from protocol.limits import Limits
-from protocol.messages import (
+from protocol.messages import ProtocolErrorFrame, ResultsRequest
+from protocol.transfer import RECEIVER_TABLE, Receiver, ReceiverState
+from protocol.transfer_messages import (
     Chunk,
     EndOfFile,
     FileCancel,
@@ -37,11 +39,8 @@ from protocol.messages import (
     FileProgress,
     FileReady,
     FileReceived,
-    ProtocolErrorFrame,
-    ResultsRequest,
     TransferError,
 )
-from protocol.transfer import RECEIVER_TABLE, Receiver, ReceiverState
 from tests.protocol_helpers import sha256
 
 R = ReceiverState

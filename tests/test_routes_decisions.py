@@ -16,20 +16,10 @@ from __future__ import annotations
 import pytest
 
 from protocol import events as ev
-from protocol.codec import decode
+from protocol.codec import MESSAGE_TYPES, decode
 from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.messages import (
-    MESSAGE_TYPES,
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
     JobCancel,
     JobComplete,
     JobFailed,
@@ -46,11 +36,22 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.routes import GUARDS, ROUTES, Guard, Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
+from protocol.transfer_messages import (
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    TransferError,
+)
 from tests.protocol_helpers import (
     CLIENT_REACHABLE,
     INPUT,

@@ -19,7 +19,9 @@ from protocol.events import (
     SendProgress,
     StreamFrom,
 )
-from protocol.messages import (
+from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
+from protocol.sender import SENDER_TABLE, Sender, SenderOp, SenderState
+from protocol.transfer_messages import (
     EndOfFile,
     FileCancel,
     FileExists,
@@ -27,12 +29,8 @@ from protocol.messages import (
     FileProgress,
     FileReady,
     FileReceived,
-    Message,
-    ProtocolErrorFrame,
-    ResultsRequest,
     TransferError,
 )
-from protocol.sender import SENDER_TABLE, Sender, SenderOp, SenderState
 from tests.protocol_helpers import sha256
 
 S = SenderState

@@ -16,15 +16,6 @@ from protocol.codec import decode, encode
 from protocol.errors import PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
     JobCancel,
     JobComplete,
     JobFailed,
@@ -40,7 +31,6 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.testing import (
     C2W,
@@ -51,6 +41,18 @@ from protocol.testing import (
     SimulatedStore,
     SimulatedWorld,
     exchanges,
+)
+from protocol.transfer_messages import (
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    TransferError,
 )
 from tests.exchange_replay import ReplayError, replay
 from tests.protocol_helpers import draw_until, sha256

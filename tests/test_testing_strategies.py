@@ -52,7 +52,8 @@ from protocol import (
     decode,
     encode,
 )
-from protocol.messages import JOB_ID_PATTERN, MESSAGE_TYPES
+from protocol.codec import MESSAGE_TYPES
+from protocol.messages import JOB_ID_PATTERN
 from protocol.names import InvalidNameError, check_name
 from protocol.testing import (
     MESSAGE_STRATEGIES,

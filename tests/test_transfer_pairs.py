@@ -17,17 +17,17 @@ from protocol import events as ev
 from protocol.codec import decode
 from protocol.errors import LocalProtocolError, TransferErrorCode
 from protocol.limits import Limits
-from protocol.messages import (
+from protocol.messages import Message
+from protocol.sender import SenderState
+from protocol.transfer import ReceiverState
+from protocol.transfer_messages import (
     FileExists,
     FileMeta,
     FileProgress,
     FileReady,
     FileReceived,
-    Message,
     TransferError,
 )
-from protocol.sender import SenderState
-from protocol.transfer import ReceiverState
 from tests.protocol_helpers import client, sha256, worker
 
 QUICK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,9 +23,6 @@ from protocol.codec import encode
 from protocol.events import FileToSend
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
-    Chunk,
-    EndOfFile,
-    FileMetaLegacy,
     JobCancel,
     JobId,
     JobStart,
@@ -35,6 +32,7 @@ from protocol.messages import (
 )
 from protocol.testing.pair import C2W, W2C, ConnectionPair, Direction, Exchange, SimulatedWorld
 from protocol.testing.text import MAX_COUNT, file_names, job_ids, paths, sha256_hex, worker_job_ids
+from protocol.transfer_messages import Chunk, EndOfFile, FileMetaLegacy
 
 __all__ = ["C2W", "EXCHANGE_KINDS", "W2C", "Direction", "Exchange", "exchanges"]
 

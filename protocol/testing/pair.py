@@ -23,9 +23,10 @@ from protocol import events as ev
 from protocol.connection import Capabilities, Connection
 from protocol.errors import PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import FileMeta, JobComplete, JobMetrics, Message
+from protocol.messages import JobComplete, JobMetrics, Message
 from protocol.names import InvalidNameError, split_path
 from protocol.routes import Role
+from protocol.transfer_messages import FileMeta
 
 __all__ = [
     "C2W",

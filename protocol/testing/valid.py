@@ -17,15 +17,6 @@ from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
     SEP,
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
     JobCancel,
     JobComplete,
     JobFailed,
@@ -42,7 +33,6 @@ from protocol.messages import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferError,
 )
 from protocol.testing.text import (
     MAX_COUNT,
@@ -58,6 +48,18 @@ from protocol.testing.text import (
     thin,
     utf8_len,
     worker_job_ids,
+)
+from protocol.transfer_messages import (
+    Chunk,
+    EndOfFile,
+    FileCancel,
+    FileExists,
+    FileMeta,
+    FileMetaLegacy,
+    FileProgress,
+    FileReady,
+    FileReceived,
+    TransferError,
 )
 
 __all__ = [
