@@ -5,4 +5,7 @@ signaling server can use :mod:`rtc_worker.storage` without loading the WebRTC
 stack.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("rtc-worker")
+"""The installed version (one source: pyproject.toml)."""

@@ -31,24 +31,20 @@ from typing import Literal, overload
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from loguru import logger
 
-from protocol import DEFAULT_LIMITS
+from protocol import DEFAULT_LIMITS, Message, RemoteProtocolError, decode, encode
 from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
-from rtc_worker.client_channel import (
-    JobResult,
-    RawWorkerConnection,
-    ReceivedFile,
-    SendResult,
-    WorkerConnection,
-)
+from rtc_worker.client_channel import WorkerConnection
+from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
 from rtc_worker.errors import (
     ClientError,
     JobFailedError,
+    MalformedReply,
     PathRefusedError,
     TransferFailedError,
     WorkerBusy,
     WorkerProtocolError,
 )
-from rtc_worker.rtc import FrameChannel, rtc_configuration
+from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry
@@ -361,3 +357,38 @@ class RTCClient:
         if self._signaling is not None:
             await self._signaling.close()
             self._signaling = None
+
+
+class RawWorkerConnection:
+    """A data channel to a worker without a Connection: frames go out as given and every
+    frame received is returned decoded (transfer frames included). For tests and fuzzing.
+    """
+
+    def __init__(self, pc: RTCPeerConnection, channel: FrameChannel, worker_id: str) -> None:
+        self.pc, self.channel, self.worker_id = pc, channel, worker_id
+
+    def send(self, frame: str | bytes | Message) -> None:
+        """Send a raw frame or a message.
+
+        Raises:
+            ChannelClosed: the data channel is not open.
+        """
+        raw = frame if isinstance(frame, str | bytes) else encode(frame)
+        if not self.channel.send_frame(raw):
+            raise ChannelClosed("data channel is not open")
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The worker's next frame, decoded.
+
+        Raises:
+            ChannelClosed, TimeoutError, MalformedReply (a frame that does not decode).
+        """
+        frame = await self.channel.recv(timeout)
+        try:
+            return decode(frame)
+        except RemoteProtocolError as exc:
+            raise MalformedReply(exc.code, f"worker sent an invalid frame: {exc}") from None
+
+    async def close(self) -> None:
+        """Close the data channel and the peer connection."""
+        await self.pc.close()

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiortc import RTCPeerConnection
@@ -44,8 +43,6 @@ from protocol import (
     SharedInputPath,
     SharedOutputPath,
     TransferErrorCode,
-    decode,
-    encode,
 )
 from protocol.connection import Connection
 from protocol.events import (
@@ -65,6 +62,7 @@ from protocol.events import (
     Violation,
 )
 from protocol.routes import Role
+from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
 from rtc_worker.driver import ChannelDriver
 from rtc_worker.errors import (
     CANCELLED_REASON,
@@ -82,72 +80,10 @@ from rtc_worker.rtc import ChannelClosed, FrameChannel
 from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry, TransferIO, file_to_send, path_opener
 
-__all__ = ["JobResult", "RawWorkerConnection", "ReceivedFile", "SendResult", "WorkerConnection"]
+__all__ = ["WorkerConnection"]
 
 Progress = Callable[[int, int], None]
 _CLOSED = object()
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """A completed job.
-
-    Attributes:
-        job_id: the job's id; ``output_path`` its output folder relative to the root.
-        file_count: files in the output folder; ``total_mb`` their size, MB (10^6 bytes).
-        metrics: validation_ms, file_access_ms, run_s, total_s (empty if not sent).
-        logs: the JOB_LOG lines, in order.
-        stored_path: where the storage service serves the results ZIP, when asked for
-            with ``via_storage`` and RESULTS_STORED came in time.
-    """
-
-    job_id: str
-    output_path: str
-    file_count: int
-    total_mb: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    logs: tuple[str, ...] = ()
-    stored_path: str | None = None
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """How sending one file ended.
-
-    Attributes:
-        outcome: the sender's end (status received, exists, failed, cancelled).
-        size: the file's size, bytes; ``bytes_sent``: bytes put on the channel this time
-            (0 for a dedupe hit; size - offset for a resumed transfer).
-        seconds: from FILE_META to the receiver's verdict.
-    """
-
-    outcome: SendEnded
-    size: int
-    bytes_sent: int
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        """True when the receiver holds the file (verified now, or already)."""
-        return self.outcome.status in ("received", "exists")
-
-    @property
-    def mb_per_s(self) -> float:
-        """Throughput of this transfer, MB (10^6 bytes) per second."""
-        return self.bytes_sent / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class ReceivedFile:
-    """A file received from the worker (or already held): ``path`` is the verified
-    object in the client's store; ``bytes_received`` crossed the channel this time."""
-
-    sha256: str
-    name: str
-    size: int
-    path: Path
-    existed: bool
-    bytes_received: int
 
 
 class WorkerConnection:
@@ -537,38 +473,3 @@ def _call_safely(callback: Callable[..., object], *args: object) -> None:
         callback(*args)
     except Exception:
         logger.exception("callback {} failed", getattr(callback, "__name__", callback))
-
-
-class RawWorkerConnection:
-    """A data channel to a worker without a Connection: frames go out as given and every
-    frame received is returned decoded (transfer frames included). For tests and fuzzing.
-    """
-
-    def __init__(self, pc: RTCPeerConnection, channel: FrameChannel, worker_id: str) -> None:
-        self.pc, self.channel, self.worker_id = pc, channel, worker_id
-
-    def send(self, frame: str | bytes | Message) -> None:
-        """Send a raw frame or a message.
-
-        Raises:
-            ChannelClosed: the data channel is not open.
-        """
-        raw = frame if isinstance(frame, str | bytes) else encode(frame)
-        if not self.channel.send_frame(raw):
-            raise ChannelClosed("data channel is not open")
-
-    async def recv(self, timeout: float | None = None) -> Message:
-        """The worker's next frame, decoded.
-
-        Raises:
-            ChannelClosed, TimeoutError, MalformedReply (a frame that does not decode).
-        """
-        frame = await self.channel.recv(timeout)
-        try:
-            return decode(frame)
-        except RemoteProtocolError as exc:
-            raise MalformedReply(exc.code, f"worker sent an invalid frame: {exc}") from None
-
-    async def close(self) -> None:
-        """Close the data channel and the peer connection."""
-        await self.pc.close()

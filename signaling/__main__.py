@@ -18,12 +18,12 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 
 from loguru import logger
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from rtc_worker import __version__
 from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
 from signaling.config import SignalingCli, SignalingSettings
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     if settings.version:
-        print(f"rtc-signaling {__version__}")
+        print(f"rtc-signaling {version('rtc-worker')}")
         return 0
     logger.remove()
     logger.add(sys.stderr, level=settings.log_level)

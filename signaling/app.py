@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import weakref
+from importlib.metadata import version
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
@@ -41,7 +42,6 @@ from protocol.signaling import (
     dump_frame,
     parse_client_frame,
 )
-from rtc_worker import __version__
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
 from signaling.results_api import setup_storage
@@ -138,7 +138,7 @@ async def _health(request: web.Request) -> web.Response:
         "peers": registry.count(),
         "workers": registry.count("worker"),
         "clients": registry.count("client"),
-        "version": __version__,
+        "version": version("rtc-worker"),
     }
     if request.app[SETTINGS_KEY].storage_enabled:
         body["storage"] = True
