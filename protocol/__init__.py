@@ -1,4 +1,4 @@
-"""The job protocol, sans-IO: messages, their codec, the session state machine, errors.
+"""The job protocol, sans-IO: messages, their codec, one Connection per channel, errors.
 
 Nothing in this package performs I/O or imports asyncio, aiortc or aiohttp: bytes
 and text go in, typed messages and decisions come out.
@@ -8,9 +8,13 @@ Public API::
     from protocol import decode, encode, ProtocolError, LocalProtocolError, RemoteProtocolError
     message = decode("SHARED_INPUT_PATH::data/train.zip")   # -> SharedInputPath(path=...)
     frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
+
+Every message class of :mod:`protocol.messages` and :mod:`protocol.transfer_messages`
+is importable from here.
 """
 
-from protocol.codec import FRAME_TYPES, decode, encode
+from protocol import messages, transfer_messages
+from protocol.codec import FRAME_TYPES, MESSAGE_TYPES, decode, encode
 from protocol.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -20,75 +24,22 @@ from protocol.errors import (
     TransferErrorCode,
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import (
-    JobCancel,
-    JobComplete,
-    JobFailed,
-    JobId,
-    JobLog,
-    JobMetrics,
-    JobStart,
-    Message,
-    PathError,
-    PathValidated,
-    ProtocolErrorFrame,
-    ResultsRequest,
-    ResultsStored,
-    ResultsViaStorage,
-    SharedInputPath,
-    SharedOutputPath,
-    is_valid_job_id,
-)
-from protocol.transfer_messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
-    TransferError,
-)
+from protocol.messages import *  # noqa: F403 (the job frames)
+from protocol.transfer_messages import *  # noqa: F403 (the transfer frames)
 
 __all__ = [
     "DEFAULT_LIMITS",
     "FRAME_TYPES",
-    "Chunk",
-    "EndOfFile",
+    "MESSAGE_TYPES",
     "ErrorCode",
-    "FileCancel",
-    "FileExists",
-    "FileMeta",
-    "FileMetaLegacy",
-    "FileProgress",
-    "FileReady",
-    "FileReceived",
-    "JobCancel",
-    "JobComplete",
-    "JobFailed",
-    "JobId",
-    "JobLog",
-    "JobMetrics",
-    "JobStart",
     "Limits",
     "LocalProtocolError",
-    "Message",
-    "PathError",
     "PathReason",
-    "PathValidated",
     "ProtocolError",
-    "ProtocolErrorFrame",
     "RemoteProtocolError",
-    "ResultsRequest",
-    "ResultsStored",
-    "ResultsViaStorage",
-    "SharedInputPath",
-    "SharedOutputPath",
-    "TransferError",
     "TransferErrorCode",
     "decode",
     "encode",
-    "is_valid_job_id",
 ]
+__all__ += messages.__all__
+__all__ += transfer_messages.__all__

@@ -15,40 +15,11 @@ import json
 import re
 from collections.abc import Callable
 
+from protocol import messages as m
+from protocol import transfer_messages as t
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.limits import DEFAULT_LIMITS, Limits
-from protocol.messages import (
-    SEP,
-    SHA256_PATTERN,
-    JobCancel,
-    JobComplete,
-    JobFailed,
-    JobId,
-    JobLog,
-    JobMetrics,
-    JobStart,
-    Message,
-    PathError,
-    PathValidated,
-    ProtocolErrorFrame,
-    ResultsRequest,
-    ResultsStored,
-    ResultsViaStorage,
-    SharedInputPath,
-    SharedOutputPath,
-)
-from protocol.transfer_messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
-    TransferError,
-)
+from protocol.messages import SEP, SHA256_PATTERN
 
 __all__ = ["FRAME_TYPES", "MESSAGE_TYPES", "decode", "encode"]
 
@@ -58,66 +29,66 @@ _MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
 _LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
 
 
-def encode(message: Message) -> str | bytes:
+def encode(message: m.Message) -> str | bytes:
     """Serialize a message to its frame: ``str`` for text frames, ``bytes`` for chunks.
 
     Raises:
         LocalProtocolError: ``message`` is not a protocol message.
     """
     match message:
-        case Chunk(data=data):
+        case t.Chunk(data=data):
             return data
-        case JobId(job_id=job_id):
+        case m.JobId(job_id=job_id):
             return f"JOB_ID{SEP}{job_id}"
-        case SharedInputPath(path=path) | SharedOutputPath(path=path):
+        case m.SharedInputPath(path=path) | m.SharedOutputPath(path=path):
             return f"{message.TYPE}{SEP}{path}"
-        case JobStart(legacy=legacy):
-            return JobStart.LEGACY_FRAME if legacy else JobStart.TYPE
-        case JobCancel():
-            return JobCancel.TYPE
-        case PathValidated(which=which):
+        case m.JobStart(legacy=legacy):
+            return m.JobStart.LEGACY_FRAME if legacy else m.JobStart.TYPE
+        case m.JobCancel():
+            return m.JobCancel.TYPE
+        case m.PathValidated(which=which):
             return f"PATH_VALIDATED{SEP}{which}"
-        case PathError(reason=reason):
+        case m.PathError(reason=reason):
             return f"PATH_ERROR{SEP}{reason}"
-        case JobLog(line=line):
+        case m.JobLog(line=line):
             return f"JOB_LOG{SEP}{line}"
-        case JobMetrics():
+        case m.JobMetrics():
             body = json.dumps(message.as_dict(), separators=(",", ":"))
             return f"JOB_METRICS{SEP}{body}"
-        case JobComplete(job_id=job_id, output_path=out, file_count=count, total_mb=mb):
+        case m.JobComplete(job_id=job_id, output_path=out, file_count=count, total_mb=mb):
             return SEP.join(("JOB_COMPLETE", job_id, out, str(count), f"{mb:.2f}"))
-        case JobFailed(job_id=job_id, reason=reason):
+        case m.JobFailed(job_id=job_id, reason=reason):
             return f"JOB_FAILED{SEP}{job_id}{SEP}{reason}"
-        case ProtocolErrorFrame(code=code, detail=detail):
+        case m.ProtocolErrorFrame(code=code, detail=detail):
             return f"PROTOCOL_ERROR{SEP}{code}{SEP}{detail}"
-        case FileMeta(name=name, size=size, sha256=sha, chunk_size=chunk):
+        case t.FileMeta(name=name, size=size, sha256=sha, chunk_size=chunk):
             return SEP.join(("FILE_META", name, str(size), sha, str(chunk)))
-        case FileMetaLegacy(name=name, size=size, gui=gui):
+        case t.FileMetaLegacy(name=name, size=size, gui=gui):
             return f"FILE_META{SEP}{name}:{size}:{gui}"
-        case FileReady(offset=offset):
+        case t.FileReady(offset=offset):
             return f"FILE_READY{SEP}{offset}"
-        case FileExists(sha256=sha) | FileReceived(sha256=sha):
+        case t.FileExists(sha256=sha) | t.FileReceived(sha256=sha):
             return f"{message.TYPE}{SEP}{sha}"
-        case EndOfFile() | FileCancel():
+        case t.EndOfFile() | t.FileCancel():
             return message.TYPE
-        case FileProgress(received=received, size=size):
+        case t.FileProgress(received=received, size=size):
             return f"FILE_PROGRESS{SEP}{received}{SEP}{size}"
-        case TransferError(code=code, detail=detail):
+        case t.TransferError(code=code, detail=detail):
             return f"TRANSFER_ERROR{SEP}{code}{SEP}{detail}"
-        case ResultsRequest(job_id=job_id):
+        case m.ResultsRequest(job_id=job_id):
             return f"RESULTS_REQUEST{SEP}{job_id}"
-        case ResultsViaStorage():
-            return ResultsViaStorage.TYPE
-        case ResultsStored(job_id=job_id, download_path=download_path):
+        case m.ResultsViaStorage():
+            return m.ResultsViaStorage.TYPE
+        case m.ResultsStored(job_id=job_id, download_path=download_path):
             return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
     raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
 
 
-_Parser = Callable[[str | None, Limits], Message]
+_Parser = Callable[[str | None, Limits], m.Message]
 
 
-def _no_fields(cls: type[Message]) -> _Parser:
-    def parse(rest: str | None, limits: Limits) -> Message:
+def _no_fields(cls: type[m.Message]) -> _Parser:
+    def parse(rest: str | None, limits: Limits) -> m.Message:
         if rest is not None:
             raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{cls.TYPE} takes no fields")
         return cls()
@@ -131,8 +102,8 @@ def _need(rest: str | None, type_: str) -> str:
     return rest
 
 
-def _path(cls: type[SharedInputPath | SharedOutputPath]) -> _Parser:
-    def parse(rest: str | None, limits: Limits) -> Message:
+def _path(cls: type[m.SharedInputPath | m.SharedOutputPath]) -> _Parser:
+    def parse(rest: str | None, limits: Limits) -> m.Message:
         path = _need(rest, cls.TYPE)
         if len(path.encode("utf-8", "surrogatepass")) > limits.max_path_bytes:
             raise RemoteProtocolError(
@@ -143,63 +114,63 @@ def _path(cls: type[SharedInputPath | SharedOutputPath]) -> _Parser:
     return parse
 
 
-def _parse_shared_storage_job(rest: str | None, limits: Limits) -> Message:
+def _parse_shared_storage_job(rest: str | None, limits: Limits) -> m.Message:
     if rest != "start":
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "SHARED_STORAGE_JOB takes 'start'")
-    return JobStart(legacy=True)
+    return m.JobStart(legacy=True)
 
 
-def _parse_path_validated(rest: str | None, limits: Limits) -> Message:
-    which = _need(rest, PathValidated.TYPE)
+def _parse_path_validated(rest: str | None, limits: Limits) -> m.Message:
+    which = _need(rest, m.PathValidated.TYPE)
     if which == "input":
-        return PathValidated("input")
+        return m.PathValidated("input")
     if which == "output":
-        return PathValidated("output")
+        return m.PathValidated("output")
     raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "PATH_VALIDATED takes input or output")
 
 
-def _parse_metrics(rest: str | None, limits: Limits) -> Message:
+def _parse_metrics(rest: str | None, limits: Limits) -> m.Message:
     try:
-        data = json.loads(_need(rest, JobMetrics.TYPE))
+        data = json.loads(_need(rest, m.JobMetrics.TYPE))
     except (ValueError, RecursionError) as exc:
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_METRICS is not JSON") from exc
-    if not isinstance(data, dict) or any(name not in data for name in JobMetrics.FIELDS):
+    if not isinstance(data, dict) or any(name not in data for name in m.JobMetrics.FIELDS):
         raise RemoteProtocolError(
-            ErrorCode.MALFORMED_FRAME, f"JOB_METRICS needs {', '.join(JobMetrics.FIELDS)}"
+            ErrorCode.MALFORMED_FRAME, f"JOB_METRICS needs {', '.join(m.JobMetrics.FIELDS)}"
         )
-    return JobMetrics(**{name: data[name] for name in JobMetrics.FIELDS})
+    return m.JobMetrics(**{name: data[name] for name in m.JobMetrics.FIELDS})
 
 
-def _parse_complete(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, tail = _need(rest, JobComplete.TYPE).partition(SEP)
+def _parse_complete(rest: str | None, limits: Limits) -> m.Message:
+    job_id, sep, tail = _need(rest, m.JobComplete.TYPE).partition(SEP)
     parts = tail.rsplit(SEP, 2)
     if not sep or len(parts) != 3:
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_COMPLETE needs 4 fields")
     out, count, mb = parts
     if not _COUNT_PATTERN.fullmatch(count) or not _MB_PATTERN.fullmatch(mb):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "bad file_count or total_mb")
-    return JobComplete(job_id, out, int(count), float(mb))
+    return m.JobComplete(job_id, out, int(count), float(mb))
 
 
-def _parse_failed(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, reason = _need(rest, JobFailed.TYPE).partition(SEP)
+def _parse_failed(rest: str | None, limits: Limits) -> m.Message:
+    job_id, sep, reason = _need(rest, m.JobFailed.TYPE).partition(SEP)
     if not sep:
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "JOB_FAILED needs job_id and reason")
-    return JobFailed(job_id, reason)
+    return m.JobFailed(job_id, reason)
 
 
-def _parse_results_stored(rest: str | None, limits: Limits) -> Message:
-    job_id, sep, download_path = _need(rest, ResultsStored.TYPE).partition(SEP)
+def _parse_results_stored(rest: str | None, limits: Limits) -> m.Message:
+    job_id, sep, download_path = _need(rest, m.ResultsStored.TYPE).partition(SEP)
     if not sep:
         raise RemoteProtocolError(
             ErrorCode.MALFORMED_FRAME, "RESULTS_STORED needs job_id and download_path"
         )
-    return ResultsStored(job_id, download_path)
+    return m.ResultsStored(job_id, download_path)
 
 
-def _parse_protocol_error(rest: str | None, limits: Limits) -> Message:
-    code, _, detail = _need(rest, ProtocolErrorFrame.TYPE).partition(SEP)
-    return ProtocolErrorFrame(code, detail)
+def _parse_protocol_error(rest: str | None, limits: Limits) -> m.Message:
+    code, _, detail = _need(rest, m.ProtocolErrorFrame.TYPE).partition(SEP)
+    return m.ProtocolErrorFrame(code, detail)
 
 
 def _count(text: str, name: str) -> int:
@@ -208,8 +179,8 @@ def _count(text: str, name: str) -> int:
     return int(text)
 
 
-def _parse_file_meta(rest: str | None, limits: Limits) -> Message:
-    body = _need(rest, FileMeta.TYPE)
+def _parse_file_meta(rest: str | None, limits: Limits) -> m.Message:
+    body = _need(rest, t.FileMeta.TYPE)
     parts = body.rsplit(SEP, 3)
     if (
         len(parts) == 4
@@ -218,60 +189,62 @@ def _parse_file_meta(rest: str | None, limits: Limits) -> Message:
         and _COUNT18_PATTERN.fullmatch(parts[3])
     ):
         name, size, sha, chunk = parts
-        return FileMeta(name, int(size), sha, int(chunk))
+        return t.FileMeta(name, int(size), sha, int(chunk))
     legacy = _LEGACY_META.fullmatch(body)
     if legacy is None:
         raise RemoteProtocolError(
             ErrorCode.MALFORMED_FRAME,
             "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})",
         )
-    return FileMetaLegacy(legacy["name"], int(legacy["size"]), legacy["gui"])
+    return t.FileMetaLegacy(legacy["name"], int(legacy["size"]), legacy["gui"])
 
 
-def _parse_progress(rest: str | None, limits: Limits) -> Message:
-    received, sep, size = _need(rest, FileProgress.TYPE).partition(SEP)
+def _parse_progress(rest: str | None, limits: Limits) -> m.Message:
+    received, sep, size = _need(rest, t.FileProgress.TYPE).partition(SEP)
     if not sep:
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "FILE_PROGRESS needs 2 fields")
-    return FileProgress(_count(received, "bytes_received"), _count(size, "size"))
+    return t.FileProgress(_count(received, "bytes_received"), _count(size, "size"))
 
 
-def _parse_transfer_error(rest: str | None, limits: Limits) -> Message:
-    code, _, detail = _need(rest, TransferError.TYPE).partition(SEP)
-    return TransferError(code, detail)
+def _parse_transfer_error(rest: str | None, limits: Limits) -> m.Message:
+    code, _, detail = _need(rest, t.TransferError.TYPE).partition(SEP)
+    return t.TransferError(code, detail)
 
 
 _PARSERS: dict[str, _Parser] = {
-    JobId.TYPE: lambda rest, limits: JobId(_need(rest, JobId.TYPE)),
-    SharedInputPath.TYPE: _path(SharedInputPath),
-    SharedOutputPath.TYPE: _path(SharedOutputPath),
-    JobStart.TYPE: _no_fields(JobStart),
+    m.JobId.TYPE: lambda rest, limits: m.JobId(_need(rest, m.JobId.TYPE)),
+    m.SharedInputPath.TYPE: _path(m.SharedInputPath),
+    m.SharedOutputPath.TYPE: _path(m.SharedOutputPath),
+    m.JobStart.TYPE: _no_fields(m.JobStart),
     "SHARED_STORAGE_JOB": _parse_shared_storage_job,
-    JobCancel.TYPE: _no_fields(JobCancel),
-    PathValidated.TYPE: _parse_path_validated,
-    PathError.TYPE: lambda rest, limits: PathError(_need(rest, PathError.TYPE)),
-    JobLog.TYPE: lambda rest, limits: JobLog(_need(rest, JobLog.TYPE)),
-    JobMetrics.TYPE: _parse_metrics,
-    JobComplete.TYPE: _parse_complete,
-    JobFailed.TYPE: _parse_failed,
-    ProtocolErrorFrame.TYPE: _parse_protocol_error,
-    FileMeta.TYPE: _parse_file_meta,
-    FileReady.TYPE: lambda rest, limits: FileReady(_count(_need(rest, "FILE_READY"), "offset")),
-    FileExists.TYPE: lambda rest, limits: FileExists(_need(rest, FileExists.TYPE)),
-    EndOfFile.TYPE: _no_fields(EndOfFile),
-    FileProgress.TYPE: _parse_progress,
-    FileReceived.TYPE: lambda rest, limits: FileReceived(_need(rest, FileReceived.TYPE)),
-    TransferError.TYPE: _parse_transfer_error,
-    FileCancel.TYPE: _no_fields(FileCancel),
-    ResultsRequest.TYPE: lambda rest, limits: ResultsRequest(_need(rest, ResultsRequest.TYPE)),
-    ResultsViaStorage.TYPE: _no_fields(ResultsViaStorage),
-    ResultsStored.TYPE: _parse_results_stored,
+    m.JobCancel.TYPE: _no_fields(m.JobCancel),
+    m.PathValidated.TYPE: _parse_path_validated,
+    m.PathError.TYPE: lambda rest, limits: m.PathError(_need(rest, m.PathError.TYPE)),
+    m.JobLog.TYPE: lambda rest, limits: m.JobLog(_need(rest, m.JobLog.TYPE)),
+    m.JobMetrics.TYPE: _parse_metrics,
+    m.JobComplete.TYPE: _parse_complete,
+    m.JobFailed.TYPE: _parse_failed,
+    m.ProtocolErrorFrame.TYPE: _parse_protocol_error,
+    t.FileMeta.TYPE: _parse_file_meta,
+    t.FileReady.TYPE: lambda rest, limits: t.FileReady(_count(_need(rest, "FILE_READY"), "offset")),
+    t.FileExists.TYPE: lambda rest, limits: t.FileExists(_need(rest, t.FileExists.TYPE)),
+    t.EndOfFile.TYPE: _no_fields(t.EndOfFile),
+    t.FileProgress.TYPE: _parse_progress,
+    t.FileReceived.TYPE: lambda rest, limits: t.FileReceived(_need(rest, t.FileReceived.TYPE)),
+    t.TransferError.TYPE: _parse_transfer_error,
+    t.FileCancel.TYPE: _no_fields(t.FileCancel),
+    m.ResultsRequest.TYPE: lambda rest, limits: m.ResultsRequest(
+        _need(rest, m.ResultsRequest.TYPE)
+    ),
+    m.ResultsViaStorage.TYPE: _no_fields(m.ResultsViaStorage),
+    m.ResultsStored.TYPE: _parse_results_stored,
 }
 
 #: Every text frame type :func:`decode` understands.
 FRAME_TYPES: frozenset[str] = frozenset(_PARSERS)
 
 
-def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
     """Parse one data-channel frame into a message.
 
     Args:
@@ -279,7 +252,7 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
         limits: the bounds to enforce.
 
     Returns:
-        The message; a binary frame becomes :class:`Chunk`.
+        The message; a binary frame becomes :class:`t.Chunk`.
 
     Raises:
         RemoteProtocolError: the frame is too large (FRAME_TOO_LARGE), has an unknown
@@ -294,7 +267,7 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
                 ErrorCode.FRAME_TOO_LARGE,
                 f"binary frame of {len(data)} bytes exceeds {limits.max_binary_frame_bytes}",
             )
-        return Chunk(data)
+        return t.Chunk(data)
     if not isinstance(frame, str):
         raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "a frame is text or bytes")
     # A character is at most 4 bytes of UTF-8: only measure exactly when it may matter.
@@ -322,30 +295,30 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
 
 
 #: Every message class, in the order of PROTOCOL.md section 2 (25 types).
-MESSAGE_TYPES: tuple[type[Message], ...] = (
-    JobId,
-    SharedInputPath,
-    SharedOutputPath,
-    JobStart,
-    JobCancel,
-    ResultsRequest,
-    ResultsViaStorage,
-    PathValidated,
-    PathError,
-    JobLog,
-    JobMetrics,
-    JobComplete,
-    JobFailed,
-    ResultsStored,
-    ProtocolErrorFrame,
-    FileMeta,
-    FileMetaLegacy,
-    FileReady,
-    FileExists,
-    Chunk,
-    FileProgress,
-    EndOfFile,
-    FileReceived,
-    TransferError,
-    FileCancel,
+MESSAGE_TYPES: tuple[type[m.Message], ...] = (
+    m.JobId,
+    m.SharedInputPath,
+    m.SharedOutputPath,
+    m.JobStart,
+    m.JobCancel,
+    m.ResultsRequest,
+    m.ResultsViaStorage,
+    m.PathValidated,
+    m.PathError,
+    m.JobLog,
+    m.JobMetrics,
+    m.JobComplete,
+    m.JobFailed,
+    m.ResultsStored,
+    m.ProtocolErrorFrame,
+    t.FileMeta,
+    t.FileMetaLegacy,
+    t.FileReady,
+    t.FileExists,
+    t.Chunk,
+    t.FileProgress,
+    t.EndOfFile,
+    t.FileReceived,
+    t.TransferError,
+    t.FileCancel,
 )

@@ -24,11 +24,6 @@ from typing import ClassVar, Literal
 from protocol.errors import ErrorCode, LocalProtocolError, PathReason
 
 __all__ = [
-    "CODE_PATTERN",
-    "JOB_ID_PATTERN",
-    "MAX_MB",
-    "SEP",
-    "SHA256_PATTERN",
     "JobCancel",
     "JobComplete",
     "JobFailed",
@@ -45,11 +40,6 @@ __all__ = [
     "ResultsViaStorage",
     "SharedInputPath",
     "SharedOutputPath",
-    "check_count",
-    "check_job_id",
-    "check_sha256",
-    "check_text",
-    "invalid",
     "is_valid_job_id",
 ]
 

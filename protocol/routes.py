@@ -18,40 +18,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
+from protocol import messages as m
+from protocol import transfer_messages as t
 from protocol.errors import ErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
-from protocol.messages import (
-    JobCancel,
-    JobComplete,
-    JobFailed,
-    JobId,
-    JobLog,
-    JobMetrics,
-    JobStart,
-    Message,
-    PathError,
-    PathValidated,
-    ProtocolErrorFrame,
-    ResultsRequest,
-    ResultsStored,
-    ResultsViaStorage,
-    SharedInputPath,
-    SharedOutputPath,
-)
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
-from protocol.transfer_messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
-    TransferError,
-)
 
 __all__ = [
     "GUARDS",
@@ -97,54 +69,54 @@ class Part(StrEnum):
     REFUSED = "refused"
 
 
-_TRANSFER: dict[type[Message], Part] = {
-    FileMeta: Part.RECEIVER,
-    FileMetaLegacy: Part.RECEIVER,
-    Chunk: Part.RECEIVER,
-    EndOfFile: Part.RECEIVER,
-    FileReady: Part.SENDER,
-    FileExists: Part.SENDER,
-    FileProgress: Part.SENDER,
-    FileReceived: Part.SENDER,
-    TransferError: Part.SENDER,
-    FileCancel: Part.CANCEL,
-    ProtocolErrorFrame: Part.PEER_ERROR,
+_TRANSFER: dict[type[m.Message], Part] = {
+    t.FileMeta: Part.RECEIVER,
+    t.FileMetaLegacy: Part.RECEIVER,
+    t.Chunk: Part.RECEIVER,
+    t.EndOfFile: Part.RECEIVER,
+    t.FileReady: Part.SENDER,
+    t.FileExists: Part.SENDER,
+    t.FileProgress: Part.SENDER,
+    t.FileReceived: Part.SENDER,
+    t.TransferError: Part.SENDER,
+    t.FileCancel: Part.CANCEL,
+    m.ProtocolErrorFrame: Part.PEER_ERROR,
 }
 
 #: role -> message type -> the part that handles it when received.
-ROUTES: dict[Role, dict[type[Message], Part]] = {
+ROUTES: dict[Role, dict[type[m.Message], Part]] = {
     Role.WORKER: {
-        JobId: Part.JOB,
-        SharedInputPath: Part.JOB,
-        SharedOutputPath: Part.JOB,
-        JobStart: Part.JOB,
-        JobCancel: Part.JOB,
-        ResultsViaStorage: Part.JOB,
-        ResultsRequest: Part.RESULTS,
-        PathValidated: Part.REFUSED,
-        PathError: Part.REFUSED,
-        JobLog: Part.REFUSED,
-        JobMetrics: Part.REFUSED,
-        JobComplete: Part.REFUSED,
-        JobFailed: Part.REFUSED,
-        ResultsStored: Part.REFUSED,
+        m.JobId: Part.JOB,
+        m.SharedInputPath: Part.JOB,
+        m.SharedOutputPath: Part.JOB,
+        m.JobStart: Part.JOB,
+        m.JobCancel: Part.JOB,
+        m.ResultsViaStorage: Part.JOB,
+        m.ResultsRequest: Part.RESULTS,
+        m.PathValidated: Part.REFUSED,
+        m.PathError: Part.REFUSED,
+        m.JobLog: Part.REFUSED,
+        m.JobMetrics: Part.REFUSED,
+        m.JobComplete: Part.REFUSED,
+        m.JobFailed: Part.REFUSED,
+        m.ResultsStored: Part.REFUSED,
         **_TRANSFER,
     },
     Role.CLIENT: {
-        JobId: Part.REFUSED,
-        SharedInputPath: Part.REFUSED,
-        SharedOutputPath: Part.REFUSED,
-        JobStart: Part.REFUSED,
-        JobCancel: Part.REFUSED,
-        ResultsViaStorage: Part.REFUSED,
-        ResultsRequest: Part.REFUSED,
-        PathValidated: Part.JOB,
-        PathError: Part.JOB,
-        JobLog: Part.JOB,
-        JobMetrics: Part.JOB,
-        JobComplete: Part.JOB,
-        JobFailed: Part.JOB,
-        ResultsStored: Part.JOB,
+        m.JobId: Part.REFUSED,
+        m.SharedInputPath: Part.REFUSED,
+        m.SharedOutputPath: Part.REFUSED,
+        m.JobStart: Part.REFUSED,
+        m.JobCancel: Part.REFUSED,
+        m.ResultsViaStorage: Part.REFUSED,
+        m.ResultsRequest: Part.REFUSED,
+        m.PathValidated: Part.JOB,
+        m.PathError: Part.JOB,
+        m.JobLog: Part.JOB,
+        m.JobMetrics: Part.JOB,
+        m.JobComplete: Part.JOB,
+        m.JobFailed: Part.JOB,
+        m.ResultsStored: Part.JOB,
         **_TRANSFER,
     },
 }
@@ -163,11 +135,11 @@ class Guard(StrEnum):
 
 #: message type -> (guard, code of the refusal). A refused path also forgets the
 #: earlier input or output, as a refused check would.
-GUARDS: dict[type[Message], tuple[Guard, ErrorCode]] = {
-    SharedInputPath: (Guard.NO_SHARED_STORAGE, ErrorCode.NO_SHARED_STORAGE),
-    SharedOutputPath: (Guard.NO_SHARED_STORAGE, ErrorCode.NO_SHARED_STORAGE),
-    ResultsViaStorage: (Guard.NO_RESULTS_SERVICE, ErrorCode.NO_STORAGE),
-    JobStart: (Guard.BUSY, ErrorCode.WORKER_BUSY),
+GUARDS: dict[type[m.Message], tuple[Guard, ErrorCode]] = {
+    m.SharedInputPath: (Guard.NO_SHARED_STORAGE, ErrorCode.NO_SHARED_STORAGE),
+    m.SharedOutputPath: (Guard.NO_SHARED_STORAGE, ErrorCode.NO_SHARED_STORAGE),
+    m.ResultsViaStorage: (Guard.NO_RESULTS_SERVICE, ErrorCode.NO_STORAGE),
+    m.JobStart: (Guard.BUSY, ErrorCode.WORKER_BUSY),
 }
 
 #: (Client) a PROTOCOL_ERROR code -> the request it can only be the answer to. Other
@@ -196,7 +168,7 @@ class Decision(NamedTuple):
     result: str
 
 
-def _job_decision(role: Role, message: type[Message], state: object) -> Decision:
+def _job_decision(role: Role, message: type[m.Message], state: object) -> Decision:
     if role is Role.WORKER:
         assert isinstance(state, JobState)
         nxt = WORKER_TABLE.get((state, message))
@@ -206,10 +178,10 @@ def _job_decision(role: Role, message: type[Message], state: object) -> Decision
         shown = nxt.value if nxt is not state else "unchanged"
         return Decision(True, shown if guard is None else f"{shown}; {guard[1]} if {guard[0]}")
     assert isinstance(state, ClientJobState)
-    if message is ResultsStored:
+    if message is m.ResultsStored:
         return Decision(True, "unchanged")
     outcomes: tuple[Outcome, ...] = (reply_key(message, state.pending),)
-    if message is PathValidated:
+    if message is m.PathValidated:
         outcomes = (Outcome.INPUT_ACCEPTED, Outcome.OUTPUT_ACCEPTED)
     for outcome in outcomes:
         moved = CLIENT_TABLE.get((state, outcome))
@@ -218,18 +190,18 @@ def _job_decision(role: Role, message: type[Message], state: object) -> Decision
     return Decision(False, ErrorCode.UNEXPECTED_MESSAGE)
 
 
-def reply_key(message: type[Message], pending: Pending) -> Outcome:
+def reply_key(message: type[m.Message], pending: Pending) -> Outcome:
     """(Client) The outcome a worker's job reply of type ``message`` stands for, given the
     request pending (PATH_VALIDATED: the input's; the connection tells input and output
     apart by the frame's field)."""
-    if message is PathValidated:
+    if message is m.PathValidated:
         return Outcome.INPUT_ACCEPTED
-    if message is PathError:
+    if message is m.PathError:
         return {
             Pending.INPUT: Outcome.INPUT_REJECTED,
             Pending.OUTPUT: Outcome.OUTPUT_REJECTED,
         }.get(pending, Outcome.JOB_RUNNING)
-    if message in (JobLog, JobMetrics):
+    if message in (m.JobLog, m.JobMetrics):
         return Outcome.JOB_RUNNING
     return Outcome.JOB_FINISHED
 
@@ -248,7 +220,7 @@ def states_of(role: Role, part: Part) -> tuple[object, ...]:
     return ("any",)
 
 
-def decision(role: Role, message: type[Message], state: object) -> Decision:
+def decision(role: Role, message: type[m.Message], state: object) -> Decision:
     """What ``role`` does with a received ``message`` when the part that handles it is in
     ``state`` (one of :func:`states_of`). For FILE_CANCEL the state is the receiver's,
     with no send open (a cancel then goes to the sender when the receiver is idle and a
@@ -264,7 +236,7 @@ def decision(role: Role, message: type[Message], state: object) -> Decision:
         assert isinstance(state, ReceiverState)
         nxt = RECEIVER_TABLE.get((state, message))
         if nxt is None:
-            code = ErrorCode.UNEXPECTED_DATA if message is Chunk else ErrorCode.UNEXPECTED_MESSAGE
+            code = ErrorCode.UNEXPECTED_DATA if message is t.Chunk else ErrorCode.UNEXPECTED_MESSAGE
             return Decision(False, code)
         return Decision(True, nxt.value)
     assert isinstance(state, SenderState)

@@ -44,23 +44,8 @@ from protocol import (
     SharedOutputPath,
     TransferErrorCode,
 )
+from protocol import events as ev
 from protocol.connection import Connection
-from protocol.events import (
-    Append,
-    CheckStore,
-    Delivered,
-    Discard,
-    FileHeld,
-    Finish,
-    Note,
-    ReceiveEnded,
-    Refused,
-    Send,
-    SendEnded,
-    SendProgress,
-    StreamFrom,
-    Violation,
-)
 from protocol.routes import Role
 from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
 from rtc_worker.driver import ChannelDriver
@@ -133,24 +118,26 @@ class WorkerConnection:
 
     async def _perform(self, output: object) -> None:
         match output:
-            case Append() | CheckStore() | Finish() | Discard():
+            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
                 await self.io.perform(output)
-            case StreamFrom():
+            case ev.StreamFrom():
                 self.io.stream(output)
-            case SendProgress(received=received, size=size):
+            case ev.SendProgress(received=received, size=size):
                 if self._on_progress is not None:
                     _call_safely(self._on_progress, received, size)
-            case Note(text=text):
+            case ev.Note(text=text):
                 logger.debug("{}: {}", self.worker_id, text)
-            case _:  # Delivered, Refused, Violation, FileHeld, ReceiveEnded, SendEnded
+            case (
+                _
+            ):  # ev.Delivered, ev.Refused, ev.Violation, ev.FileHeld, ev.ReceiveEnded, ev.SendEnded
                 self._events.put_nowait(output)
 
-    def _observe(self, sent: Send) -> None:
+    def _observe(self, sent: ev.Send) -> None:
         if isinstance(sent.message, FileProgress) and self._on_download is not None:
             _call_safely(self._on_download, sent.message.received, sent.message.size)
 
     async def _send(self, message: Message) -> None:
-        """Send through the connection's tables (LocalProtocolError when not allowed)."""
+        """ev.Send through the connection's tables (LocalProtocolError when not allowed)."""
         if not self.channel.is_open:
             raise ChannelClosed("data channel is not open")
         self.conn.send(message)
@@ -168,18 +155,18 @@ class WorkerConnection:
         if event is _CLOSED:
             self._events.put_nowait(_CLOSED)  # every later wait sees the close too
             raise ChannelClosed(f"data channel to {self.worker_id} closed")
-        if isinstance(event, Violation):
+        if isinstance(event, ev.Violation):
             raise MalformedReply(event.code, f"the worker sent {event.detail}")
         return event
 
     async def _reply(self, timeout: float | None) -> Message:
-        """The next job reply (Delivered message); a PROTOCOL_ERROR raises its class."""
+        """The next job reply (ev.Delivered message); a PROTOCOL_ERROR raises its class."""
         while True:
             event = await self._event(timeout)
             match event:
-                case Delivered(message=message):
+                case ev.Delivered(message=message):
                     return message
-                case Refused(code=code, detail=detail):
+                case ev.Refused(code=code, detail=detail):
                     if code == "NO_STORAGE":
                         self.broken = True  # the frames after RESULTS_VIA_STORAGE went on
                     raise worker_protocol_error(code, detail)
@@ -246,7 +233,7 @@ class WorkerConnection:
         job_timeout: float | None = None,
         via_storage: bool = False,
     ) -> tuple[SendResult, JobResult]:
-        """Send ``local_path`` over the channel and run the job on it (outputs to the
+        """ev.Send ``local_path`` over the channel and run the job on it (outputs to the
         shared ``output_path``, else the worker's job folder: see
         :meth:`download_results`).
 
@@ -268,7 +255,7 @@ class WorkerConnection:
             await self._send(ResultsViaStorage())
 
     async def send_file(self, path: Path, on_progress: Progress | None = None) -> SendResult:
-        """Send one file (resumes and dedupes against what the worker holds).
+        """ev.Send one file (resumes and dedupes against what the worker holds).
 
         Raises:
             TransferFailedError (a subclass per code), ChannelClosed, OSError.
@@ -311,12 +298,14 @@ class WorkerConnection:
             ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started
         )
 
-    async def _wait_sent(self, serial: int) -> SendEnded:
+    async def _wait_sent(self, serial: int) -> ev.SendEnded:
         while True:
             event = await self._event(None)
-            if isinstance(event, SendEnded) and event.transfer == serial:
+            if isinstance(event, ev.SendEnded) and event.transfer == serial:
                 return event
-            if isinstance(event, Refused):  # the answer to our FILE_META (its SendEnded follows)
+            if isinstance(
+                event, ev.Refused
+            ):  # the answer to our FILE_META (its ev.SendEnded follows)
                 continue
             logger.debug("ignoring {} while sending", event)
 
@@ -433,20 +422,20 @@ class WorkerConnection:
         await asyncio.to_thread(_save_copy, self.store, held.sha256, target)
         return received, target
 
-    async def _await_download(self) -> FileHeld:
+    async def _await_download(self) -> ev.FileHeld:
         while True:
             match await self._event(None):
-                case FileHeld() as held:
+                case ev.FileHeld() as held:
                     return held
-                case ReceiveEnded(code=code, detail=detail):
+                case ev.ReceiveEnded(code=code, detail=detail):
                     raise transfer_failed(code, detail)
-                case Refused(code=code, detail=detail):
+                case ev.Refused(code=code, detail=detail):
                     raise worker_protocol_error(code, detail)
                 case other:
                     logger.debug("ignoring {} while results download", other)
 
     def cancel(self) -> None:
-        """Send JOB_CANCEL: the running job ends with JOB_FAILED (reason cancelled)."""
+        """ev.Send JOB_CANCEL: the running job ends with JOB_FAILED (reason cancelled)."""
         self.conn.send(JobCancel())
         self.driver.kick()
 

@@ -20,30 +20,8 @@ import time
 from loguru import logger
 
 from protocol import JobComplete, JobMetrics, PathReason
+from protocol import events as ev
 from protocol.connection import Connection
-from protocol.events import (
-    ActionFailed,
-    Append,
-    CancelJob,
-    CheckStore,
-    Discard,
-    Finish,
-    InputAccepted,
-    JobEnded,
-    LookupResults,
-    Note,
-    OutputAccepted,
-    PackResults,
-    PathRefused,
-    PrepareOutput,
-    ResultsUploaded,
-    StartJob,
-    StreamFrom,
-    UploadResults,
-    ValidateInput,
-    Violation,
-    WorkerBusy,
-)
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
@@ -88,7 +66,7 @@ class WorkerSession:
         self._cancel = asyncio.Event()
         self._dropped_logs = 0
         if resources.slot.busy:
-            self.conn.report(WorkerBusy(resources.slot.why))
+            self.conn.report(ev.WorkerBusy(resources.slot.why))
 
     async def run(self) -> None:
         """Handle frames in arrival order until the channel closes. Never raises."""
@@ -105,48 +83,48 @@ class WorkerSession:
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
         match output:
-            case Append() | CheckStore() | Finish() | Discard():
+            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
                 await self.io.perform(output)
-            case StreamFrom():
+            case ev.StreamFrom():
                 self.io.stream(output)
-            case ValidateInput(path=path):  # inside the drain: report, it goes on
+            case ev.ValidateInput(path=path):  # inside the drain: report, it goes on
                 self.conn.report(await self._validate_input(output, path))
-            case PrepareOutput(path=path):
+            case ev.PrepareOutput(path=path):
                 self.conn.report(await self._prepare_output(output, path))
-            case StartJob():
+            case ev.StartJob():
                 self._start_job(output)
-            case CancelJob(job_id=job_id):
+            case ev.CancelJob(job_id=job_id):
                 logger.info("client {} cancels job {}", self.peer, job_id)
                 self._cancel.set()
-            case LookupResults(job_id=job_id):
+            case ev.LookupResults(job_id=job_id):
                 found = await asyncio.to_thread(self.resources.lookup, job_id)
                 self.conn.report(found)
-            case PackResults():
+            case ev.PackResults():
                 self.driver.spawn(self._pack(output))
-            case UploadResults():
+            case ev.UploadResults():
                 self.driver.spawn(self._upload(output))
-            case Violation(code=code, detail=detail):
+            case ev.Violation(code=code, detail=detail):
                 logger.warning("protocol error from {}: {} {}", self.peer, code, detail)
-            case Note(text=text):
+            case ev.Note(text=text):
                 logger.info("{}: {}", self.peer, text)
             case _:  # FileHeld, ReceiveEnded, SendEnded, SendProgress: for the log
                 logger.info("{}: {}", self.peer, output)
 
     # ------------------------------------------------------------------ paths
 
-    async def _validate_input(self, action: ValidateInput, path: str) -> object:
+    async def _validate_input(self, action: ev.ValidateInput, path: str) -> object:
         try:
             handle, validation_ms, access_ms = await asyncio.to_thread(self._open_input, path)
         except StorageError as exc:
             logger.warning("input refused for {}: {}", self.peer, exc.detail)
-            return PathRefused(action, PathReason[exc.kind.name])
+            return ev.PathRefused(action, PathReason[exc.kind.name])
         except OSError as exc:
             logger.error("input {!r} of {} failed: {}", path, self.peer, exc)
-            return ActionFailed(action, f"the worker could not read {path}")
+            return ev.ActionFailed(action, f"the worker could not read {path}")
         if self._input is not None:
             self._input.close()
         self._input = handle
-        return InputAccepted(validation_ms, access_ms)
+        return ev.InputAccepted(validation_ms, access_ms)
 
     def _open_input(self, path: str) -> tuple[InputHandle, float, float]:
         """Resolve once, open by descriptor, and for a ZIP read its central directory
@@ -171,7 +149,7 @@ class WorkerSession:
             raise
         return handle, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
 
-    async def _prepare_output(self, action: PrepareOutput, path: str) -> object:
+    async def _prepare_output(self, action: ev.PrepareOutput, path: str) -> object:
         shared = self.resources.shared
         assert shared is not None
         t0 = time.perf_counter()
@@ -182,11 +160,11 @@ class WorkerSession:
             await asyncio.to_thread(shared.makedirs, parts)
         except StorageError as exc:
             logger.warning("output refused for {}: {}", self.peer, exc.detail)
-            return PathRefused(action, PathReason[exc.kind.name])
+            return ev.PathRefused(action, PathReason[exc.kind.name])
         except OSError as exc:
             logger.error("output {!r} of {} failed: {}", path, self.peer, exc)
-            return ActionFailed(action, f"the worker could not create {path}")
-        return OutputAccepted((time.perf_counter() - t0) * 1000)
+            return ev.ActionFailed(action, f"the worker could not create {path}")
+        return ev.OutputAccepted((time.perf_counter() - t0) * 1000)
 
     def _checked_place(self, parts: Parts) -> Parts:
         """Refuse the root itself and the worker's own folders as an input or output.
@@ -210,12 +188,12 @@ class WorkerSession:
 
     # ------------------------------------------------------------------ jobs
 
-    def _start_job(self, action: StartJob) -> None:
+    def _start_job(self, action: ev.StartJob) -> None:
         self.resources.slot.acquire(action.job_id)
         self._cancel = asyncio.Event()
         self.job_task = self.driver.spawn(self._run_job(action))
 
-    async def _run_job(self, action: StartJob) -> None:
+    async def _run_job(self, action: ev.StartJob) -> None:
         job_id, resources = action.job_id, self.resources
         started = time.perf_counter()
         try:
@@ -230,13 +208,13 @@ class WorkerSession:
             outcome = await resources.runner.run(spec, self._send_log, self._cancel)
         except JobRunError as exc:
             logger.warning("job {} failed: {}", job_id, exc.reason)
-            ended = JobEnded(job_id, reason=exc.reason, path_error=exc.path_reason)
+            ended = ev.JobEnded(job_id, reason=exc.reason, path_error=exc.path_reason)
         except (StorageError, OSError) as exc:
             logger.error("job {} could not start: {}", job_id, exc)
-            ended = JobEnded(job_id, reason="cannot create the job folder on the worker")
+            ended = ev.JobEnded(job_id, reason="cannot create the job folder on the worker")
         except Exception:
             logger.exception("job {} crashed", job_id)
-            ended = JobEnded(job_id, reason="internal worker error (see the worker's log)")
+            ended = ev.JobEnded(job_id, reason="internal worker error (see the worker's log)")
         else:
             total_s = time.perf_counter() - started
             complete = JobComplete(
@@ -258,7 +236,7 @@ class WorkerSession:
                 complete.total_mb,
                 total_s,
             )
-            ended = JobEnded(job_id, complete, metrics)
+            ended = ev.JobEnded(job_id, complete, metrics)
         finally:
             if self._input is not None and action.input_path is not None:
                 self._input.close()
@@ -266,7 +244,7 @@ class WorkerSession:
         resources.slot.release(job_id)
         await self.driver.report(ended)
 
-    def _job_spec(self, action: StartJob) -> JobSpec:
+    def _job_spec(self, action: ev.StartJob) -> JobSpec:
         """The job's input handle and output folder; records the job's owner (blocking)."""
         resources = self.resources
         if action.input_sha256 is not None:
@@ -306,7 +284,7 @@ class WorkerSession:
 
     # ------------------------------------------------------------------ results
 
-    async def _pack(self, action: PackResults) -> None:
+    async def _pack(self, action: ev.PackResults) -> None:
         """Pack the output folder into one ZIP and announce it (FileToSend)."""
         try:
             opener = await asyncio.to_thread(self._zip_results, action.job_id, action.output_path)
@@ -314,10 +292,10 @@ class WorkerSession:
             outcome: object = await file_to_send(opener, layout.results_zip_name(action.job_id))
         except (StorageError, OSError) as exc:
             logger.error("could not pack the results of {}: {}", action.job_id, exc)
-            outcome = ActionFailed(action, f"could not send results of {action.job_id}")
+            outcome = ev.ActionFailed(action, f"could not send results of {action.job_id}")
         await self.driver.report(outcome)
 
-    async def _upload(self, action: UploadResults) -> None:
+    async def _upload(self, action: ev.UploadResults) -> None:
         """Upload a completed job's results ZIP to the storage service (with retries)."""
         job_id, client = action.job_id, self.resources.results_client
         assert client is not None  # the connection asks only with a storage service
@@ -328,11 +306,11 @@ class WorkerSession:
         except (ResultsServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
             await self.driver.report(
-                ActionFailed(action, f"could not store the results of {job_id}")
+                ev.ActionFailed(action, f"could not store the results of {job_id}")
             )
             return
         logger.info("results of {} stored: {} bytes, sha256 {}", job_id, stored.size, stored.sha256)
-        await self.driver.report(ResultsUploaded(job_id, stored.download_path))
+        await self.driver.report(ev.ResultsUploaded(job_id, stored.download_path))
 
     def _zip_results(self, job_id: str, output: str) -> Opener:
         """Pack the output folder into the job's results ZIP (blocking); its opener."""

@@ -12,27 +12,13 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from protocol import messages as m
+from protocol import transfer_messages as t
 from protocol.codec import encode
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
     SEP,
-    JobCancel,
-    JobComplete,
-    JobFailed,
-    JobId,
-    JobLog,
-    JobMetrics,
-    JobStart,
-    Message,
-    PathError,
-    PathValidated,
-    ProtocolErrorFrame,
-    ResultsRequest,
-    ResultsStored,
-    ResultsViaStorage,
-    SharedInputPath,
-    SharedOutputPath,
 )
 from protocol.testing.text import (
     MAX_COUNT,
@@ -48,18 +34,6 @@ from protocol.testing.text import (
     thin,
     utf8_len,
     worker_job_ids,
-)
-from protocol.transfer_messages import (
-    Chunk,
-    EndOfFile,
-    FileCancel,
-    FileExists,
-    FileMeta,
-    FileMetaLegacy,
-    FileProgress,
-    FileReady,
-    FileReceived,
-    TransferError,
 )
 
 __all__ = [
@@ -98,34 +72,34 @@ __all__ = [
 ]
 
 
-def job_id_messages() -> SearchStrategy[JobId]:
+def job_id_messages() -> SearchStrategy[m.JobId]:
     """``JOB_ID::{job_id}`` (C->W)."""
-    return st.builds(JobId, job_ids())
+    return st.builds(m.JobId, job_ids())
 
 
-def shared_input_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[SharedInputPath]:
+def shared_input_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.SharedInputPath]:
     """``SHARED_INPUT_PATH::{path}`` (C->W), paths up to ``limits.max_path_bytes``."""
-    return st.builds(SharedInputPath, paths(limits=limits))
+    return st.builds(m.SharedInputPath, paths(limits=limits))
 
 
-def shared_output_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[SharedOutputPath]:
+def shared_output_paths(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.SharedOutputPath]:
     """``SHARED_OUTPUT_PATH::{path}`` (C->W), paths up to ``limits.max_path_bytes``."""
-    return st.builds(SharedOutputPath, paths(limits=limits))
+    return st.builds(m.SharedOutputPath, paths(limits=limits))
 
 
-def job_starts() -> SearchStrategy[JobStart]:
+def job_starts() -> SearchStrategy[m.JobStart]:
     """``JOB_START`` or the earlier ``SHARED_STORAGE_JOB::start`` (C->W)."""
-    return st.builds(JobStart, legacy=st.booleans())
+    return st.builds(m.JobStart, legacy=st.booleans())
 
 
-def job_cancels() -> SearchStrategy[JobCancel]:
+def job_cancels() -> SearchStrategy[m.JobCancel]:
     """``JOB_CANCEL`` (C->W)."""
-    return st.just(JobCancel())
+    return st.just(m.JobCancel())
 
 
-def path_validated_messages() -> SearchStrategy[PathValidated]:
+def path_validated_messages() -> SearchStrategy[m.PathValidated]:
     """``PATH_VALIDATED::input`` or ``PATH_VALIDATED::output`` (W->C)."""
-    return st.sampled_from([PathValidated("input"), PathValidated("output")])
+    return st.sampled_from([m.PathValidated("input"), m.PathValidated("output")])
 
 
 def frame_budget(limits: Limits, fixed: int) -> int:
@@ -133,7 +107,7 @@ def frame_budget(limits: Limits, fixed: int) -> int:
     return max(1, limits.max_text_frame_bytes - fixed)
 
 
-def path_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[PathError]:
+def path_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.PathError]:
     """``PATH_ERROR::{reason}`` (W->C): a known prefix quoting a path, or free text;
     sometimes filling the frame to ``limits.max_text_frame_bytes``."""
     budget = frame_budget(limits, len("PATH_ERROR::"))
@@ -143,14 +117,14 @@ def path_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[PathError]
         paths(limits=limits),
     )
     free = free_text(max_bytes=budget, max_separators=separators_left(limits, 2))
-    return st.builds(PathError, st.one_of(quoted, free))
+    return st.builds(m.PathError, st.one_of(quoted, free))
 
 
-def job_logs(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobLog]:
+def job_logs(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.JobLog]:
     """``JOB_LOG::{line}`` (W->C), one line, sometimes filling the frame; empty lines too."""
     budget = frame_budget(limits, len("JOB_LOG::"))
     line = free_text(max_bytes=budget, max_separators=separators_left(limits, 2))
-    return st.builds(JobLog, st.one_of(st.just(""), line))
+    return st.builds(m.JobLog, st.one_of(st.just(""), line))
 
 
 def _metric_values() -> SearchStrategy[float | int]:
@@ -161,18 +135,18 @@ def _metric_values() -> SearchStrategy[float | int]:
     )
 
 
-def job_metrics() -> SearchStrategy[JobMetrics]:
+def job_metrics() -> SearchStrategy[m.JobMetrics]:
     """``JOB_METRICS::{json}`` (W->C): four numbers in [0, 1e14) (ms and s)."""
-    return st.builds(JobMetrics, *[_metric_values() for _ in JobMetrics.FIELDS])
+    return st.builds(m.JobMetrics, *[_metric_values() for _ in m.JobMetrics.FIELDS])
 
 
-def job_completes(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobComplete]:
+def job_completes(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.JobComplete]:
     """``JOB_COMPLETE::{job_id}::{output_path}::{file_count}::{total_mb}`` (W->C): output
     paths holding ``::`` up to the path limit, counts up to 10^15 - 1, total_mb in [0, 1e14)."""
     fixed = len("JOB_COMPLETE::") + 64 + 2 + 2 + 15 + 2 + 17
     cap = min(limits.max_path_bytes, frame_budget(limits, fixed))
     return st.builds(
-        JobComplete,
+        m.JobComplete,
         st.one_of(job_ids(), worker_job_ids()),
         st.one_of(
             paths(limits=limits, max_bytes=cap),
@@ -186,14 +160,14 @@ def job_completes(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobCompl
     )
 
 
-def job_failed_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[JobFailed]:
+def job_failed_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.JobFailed]:
     """``JOB_FAILED::{job_id}::{reason}`` (W->C), reasons holding ``::``."""
     budget = frame_budget(limits, len("JOB_FAILED::") + 64 + 2)
     reasons = st.one_of(
         st.sampled_from(["cancelled", "Job command exited with code 2"]),
         free_text(max_bytes=budget, max_separators=separators_left(limits, 3)),
     )
-    return st.builds(JobFailed, job_ids(), reasons)
+    return st.builds(m.JobFailed, job_ids(), reasons)
 
 
 def codes(known: list[str]) -> SearchStrategy[str]:
@@ -201,12 +175,14 @@ def codes(known: list[str]) -> SearchStrategy[str]:
     return st.one_of(st.sampled_from(known), st.from_regex(r"[A-Z][A-Z0-9_]{0,63}", fullmatch=True))
 
 
-def protocol_error_frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[ProtocolErrorFrame]:
+def protocol_error_frames(
+    *, limits: Limits = DEFAULT_LIMITS
+) -> SearchStrategy[m.ProtocolErrorFrame]:
     """``PROTOCOL_ERROR::{code}::{detail}``: known and future upper-case codes, details
     holding ``::`` (or empty)."""
     budget = frame_budget(limits, len("PROTOCOL_ERROR::") + 64 + 2)
     return st.builds(
-        ProtocolErrorFrame,
+        m.ProtocolErrorFrame,
         codes([c.value for c in ErrorCode]),
         st.one_of(
             st.just(""), free_text(max_bytes=budget, max_separators=separators_left(limits, 3))
@@ -220,13 +196,13 @@ def file_metas(
     names: SearchStrategy[str] | None = None,
     max_size: int = MAX_COUNT,
     max_chunk_size: int = MAX_COUNT,
-) -> SearchStrategy[FileMeta]:
+) -> SearchStrategy[t.FileMeta]:
     """``FILE_META::{name}::{size}::{sha256}::{chunk_size}``: names from
     :func:`file_names` (or ``names``), sizes up to ``max_size``, chunk sizes 1 to
     ``max_chunk_size``, sha256 in either case (it is kept lowercase)."""
     budget = frame_budget(limits, len("FILE_META::") + 3 * 2 + 18 + 64 + 18)
     return st.builds(
-        FileMeta,
+        t.FileMeta,
         (file_names(max_bytes=budget) if names is None else names).map(
             lambda name: thin(name, separators_left(limits, 5))
         ),
@@ -236,7 +212,7 @@ def file_metas(
     )
 
 
-def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[FileMetaLegacy]:
+def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[t.FileMetaLegacy]:
     """The earlier ``FILE_META::{name}:{size}:{gui}``: names without ``::``, guis without
     ``:`` (possibly empty)."""
     gui = st.text(
@@ -245,39 +221,39 @@ def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[File
     )
     budget = frame_budget(limits, len("FILE_META::") + 2 + 18 + 16 * 4)
     names = file_names(max_bytes=budget).filter(lambda n: SEP not in n)
-    return st.builds(FileMetaLegacy, names, counts(), gui)
+    return st.builds(t.FileMetaLegacy, names, counts(), gui)
 
 
-def file_ready_messages() -> SearchStrategy[FileReady]:
+def file_ready_messages() -> SearchStrategy[t.FileReady]:
     """``FILE_READY::{offset}``, offsets 0 to 10^18 - 1."""
-    return st.builds(FileReady, counts())
+    return st.builds(t.FileReady, counts())
 
 
-def file_exists_messages() -> SearchStrategy[FileExists]:
+def file_exists_messages() -> SearchStrategy[t.FileExists]:
     """``FILE_EXISTS::{sha256}``."""
-    return st.builds(FileExists, sha256_hex(allow_upper=True))
+    return st.builds(t.FileExists, sha256_hex(allow_upper=True))
 
 
-def end_of_files() -> SearchStrategy[EndOfFile]:
+def end_of_files() -> SearchStrategy[t.EndOfFile]:
     """``END_OF_FILE``."""
-    return st.just(EndOfFile())
+    return st.just(t.EndOfFile())
 
 
-def file_progresses() -> SearchStrategy[FileProgress]:
+def file_progresses() -> SearchStrategy[t.FileProgress]:
     """``FILE_PROGRESS::{bytes_received}::{size}``."""
-    return st.builds(FileProgress, counts(), counts())
+    return st.builds(t.FileProgress, counts(), counts())
 
 
-def file_received_messages() -> SearchStrategy[FileReceived]:
+def file_received_messages() -> SearchStrategy[t.FileReceived]:
     """``FILE_RECEIVED::{sha256}``."""
-    return st.builds(FileReceived, sha256_hex(allow_upper=True))
+    return st.builds(t.FileReceived, sha256_hex(allow_upper=True))
 
 
-def transfer_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[TransferError]:
+def transfer_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[t.TransferError]:
     """``TRANSFER_ERROR::{code}::{detail}``: known and future codes, details with ``::``."""
     budget = frame_budget(limits, len("TRANSFER_ERROR::") + 64 + 2)
     return st.builds(
-        TransferError,
+        t.TransferError,
         codes([c.value for c in TransferErrorCode]),
         st.one_of(
             st.just(""), free_text(max_bytes=budget, max_separators=separators_left(limits, 3))
@@ -285,42 +261,42 @@ def transfer_errors(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Transf
     )
 
 
-def file_cancels() -> SearchStrategy[FileCancel]:
+def file_cancels() -> SearchStrategy[t.FileCancel]:
     """``FILE_CANCEL``."""
-    return st.just(FileCancel())
+    return st.just(t.FileCancel())
 
 
-def results_requests() -> SearchStrategy[ResultsRequest]:
+def results_requests() -> SearchStrategy[m.ResultsRequest]:
     """``RESULTS_REQUEST::{job_id}`` (C->W)."""
-    return st.builds(ResultsRequest, st.one_of(job_ids(), worker_job_ids()))
+    return st.builds(m.ResultsRequest, st.one_of(job_ids(), worker_job_ids()))
 
 
-def results_via_storage_messages() -> SearchStrategy[ResultsViaStorage]:
+def results_via_storage_messages() -> SearchStrategy[m.ResultsViaStorage]:
     """``RESULTS_VIA_STORAGE`` (C->W)."""
-    return st.just(ResultsViaStorage())
+    return st.just(m.ResultsViaStorage())
 
 
-def results_stored_messages() -> SearchStrategy[ResultsStored]:
+def results_stored_messages() -> SearchStrategy[m.ResultsStored]:
     """``RESULTS_STORED::{job_id}::{download_path}`` (W->C): the storage service's
     ``/download/{job_id}``, or any single-line text with at most two ``::``."""
     return st.one_of(
-        st.one_of(job_ids(), worker_job_ids()).map(lambda j: ResultsStored(j, f"/download/{j}")),
+        st.one_of(job_ids(), worker_job_ids()).map(lambda j: m.ResultsStored(j, f"/download/{j}")),
         st.builds(
-            ResultsStored,
+            m.ResultsStored,
             st.one_of(job_ids(), worker_job_ids()),
             free_text(max_bytes=200, max_separators=2),
         ),
     )
 
 
-def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchStrategy[Chunk]:
+def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchStrategy[t.Chunk]:
     """Binary frames: drawn bytes up to ``max_size``, and sometimes exactly
     ``limits.max_binary_frame_bytes`` (a repeated seed)."""
     top = limits.max_binary_frame_bytes
     return st.one_of(
-        st.binary(max_size=min(max_size, top)).map(Chunk),
+        st.binary(max_size=min(max_size, top)).map(t.Chunk),
         st.builds(
-            lambda seed, n: Chunk(repeat_bytes(seed, n)),
+            lambda seed, n: t.Chunk(repeat_bytes(seed, n)),
             st.binary(min_size=1, max_size=32),
             st.sampled_from(sorted({0, 1, top // 2, top})),
         ),
@@ -328,50 +304,50 @@ def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchSt
 
 
 #: Each message class and the function giving its strategy (keyword arguments as above).
-MESSAGE_STRATEGIES: dict[type[Message], Callable[..., SearchStrategy[Any]]] = {
-    JobId: job_id_messages,
-    SharedInputPath: shared_input_paths,
-    SharedOutputPath: shared_output_paths,
-    JobStart: job_starts,
-    JobCancel: job_cancels,
-    PathValidated: path_validated_messages,
-    PathError: path_errors,
-    JobLog: job_logs,
-    JobMetrics: job_metrics,
-    JobComplete: job_completes,
-    JobFailed: job_failed_messages,
-    ProtocolErrorFrame: protocol_error_frames,
-    FileMeta: file_metas,
-    FileMetaLegacy: legacy_file_metas,
-    FileReady: file_ready_messages,
-    FileExists: file_exists_messages,
-    EndOfFile: end_of_files,
-    FileProgress: file_progresses,
-    FileReceived: file_received_messages,
-    TransferError: transfer_errors,
-    FileCancel: file_cancels,
-    ResultsRequest: results_requests,
-    ResultsViaStorage: results_via_storage_messages,
-    ResultsStored: results_stored_messages,
-    Chunk: chunks,
+MESSAGE_STRATEGIES: dict[type[m.Message], Callable[..., SearchStrategy[Any]]] = {
+    m.JobId: job_id_messages,
+    m.SharedInputPath: shared_input_paths,
+    m.SharedOutputPath: shared_output_paths,
+    m.JobStart: job_starts,
+    m.JobCancel: job_cancels,
+    m.PathValidated: path_validated_messages,
+    m.PathError: path_errors,
+    m.JobLog: job_logs,
+    m.JobMetrics: job_metrics,
+    m.JobComplete: job_completes,
+    m.JobFailed: job_failed_messages,
+    m.ProtocolErrorFrame: protocol_error_frames,
+    t.FileMeta: file_metas,
+    t.FileMetaLegacy: legacy_file_metas,
+    t.FileReady: file_ready_messages,
+    t.FileExists: file_exists_messages,
+    t.EndOfFile: end_of_files,
+    t.FileProgress: file_progresses,
+    t.FileReceived: file_received_messages,
+    t.TransferError: transfer_errors,
+    t.FileCancel: file_cancels,
+    m.ResultsRequest: results_requests,
+    m.ResultsViaStorage: results_via_storage_messages,
+    m.ResultsStored: results_stored_messages,
+    t.Chunk: chunks,
 }
 
 _TAKES_LIMITS = {
-    SharedInputPath,
-    SharedOutputPath,
-    PathError,
-    JobLog,
-    JobComplete,
-    JobFailed,
-    ProtocolErrorFrame,
-    FileMeta,
-    FileMetaLegacy,
-    TransferError,
-    Chunk,
+    m.SharedInputPath,
+    m.SharedOutputPath,
+    m.PathError,
+    m.JobLog,
+    m.JobComplete,
+    m.JobFailed,
+    m.ProtocolErrorFrame,
+    t.FileMeta,
+    t.FileMetaLegacy,
+    t.TransferError,
+    t.Chunk,
 }
 
 
-def _fits(message: Message, limits: Limits) -> bool:
+def _fits(message: m.Message, limits: Limits) -> bool:
     """Whether the message's frame is within ``limits``. Paths need no check here: every
     strategy that draws one caps it at ``limits.max_path_bytes`` (see :func:`paths`)."""
     frame = encode(message)
@@ -380,7 +356,7 @@ def _fits(message: Message, limits: Limits) -> bool:
     return utf8_len(frame) <= limits.max_text_frame_bytes and frame.count(SEP) < limits.max_fields
 
 
-def _of(classes: tuple[type[Message], ...], limits: Limits) -> SearchStrategy[Message]:
+def _of(classes: tuple[type[m.Message], ...], limits: Limits) -> SearchStrategy[m.Message]:
     strategies = [
         MESSAGE_STRATEGIES[cls](limits=limits)
         if cls in _TAKES_LIMITS
@@ -392,53 +368,53 @@ def _of(classes: tuple[type[Message], ...], limits: Limits) -> SearchStrategy[Me
     return st.one_of(*strategies).filter(lambda m: _fits(m, limits))
 
 
-_TRANSFER_CLASSES: tuple[type[Message], ...] = (
-    FileMeta,
-    FileMetaLegacy,
-    FileReady,
-    FileExists,
-    EndOfFile,
-    FileProgress,
-    FileReceived,
-    TransferError,
-    FileCancel,
-    Chunk,
+_TRANSFER_CLASSES: tuple[type[m.Message], ...] = (
+    t.FileMeta,
+    t.FileMetaLegacy,
+    t.FileReady,
+    t.FileExists,
+    t.EndOfFile,
+    t.FileProgress,
+    t.FileReceived,
+    t.TransferError,
+    t.FileCancel,
+    t.Chunk,
 )
-_CLIENT_CLASSES: tuple[type[Message], ...] = (
-    JobId,
-    SharedInputPath,
-    SharedOutputPath,
-    JobStart,
-    JobCancel,
-    ResultsRequest,
-    ResultsViaStorage,
+_CLIENT_CLASSES: tuple[type[m.Message], ...] = (
+    m.JobId,
+    m.SharedInputPath,
+    m.SharedOutputPath,
+    m.JobStart,
+    m.JobCancel,
+    m.ResultsRequest,
+    m.ResultsViaStorage,
     *_TRANSFER_CLASSES,
 )
-_WORKER_CLASSES: tuple[type[Message], ...] = (
-    PathValidated,
-    PathError,
-    JobLog,
-    JobMetrics,
-    JobComplete,
-    JobFailed,
-    ProtocolErrorFrame,
-    ResultsStored,
+_WORKER_CLASSES: tuple[type[m.Message], ...] = (
+    m.PathValidated,
+    m.PathError,
+    m.JobLog,
+    m.JobMetrics,
+    m.JobComplete,
+    m.JobFailed,
+    m.ProtocolErrorFrame,
+    m.ResultsStored,
     *_TRANSFER_CLASSES,
 )
 
 
-def messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+def messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
     """Any valid message, text or binary, whose frame fits ``limits``."""
     return _of(tuple(MESSAGE_STRATEGIES), limits)
 
 
-def client_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+def client_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
     """Messages a client sends: the job frames, RESULTS_REQUEST, and both transfer roles
     (sending its input, receiving the results)."""
     return _of(_CLIENT_CLASSES, limits)
 
 
-def worker_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[Message]:
+def worker_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
     """Messages a worker sends: replies, logs, metrics, outcomes, PROTOCOL_ERROR, and both
     transfer roles (receiving inputs, sending results)."""
     return _of(_WORKER_CLASSES, limits)
