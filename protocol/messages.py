@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from protocol.errors import ErrorCode, LocalProtocolError, PathReason
+
+if TYPE_CHECKING:
+    from protocol.transfer_messages import TransferError
 
 __all__ = [
     "JobCancel",
@@ -80,6 +83,15 @@ def check_text(name: str, value: str, *, allow_empty: bool = True, one_line: boo
         raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must not be empty")
     if one_line and ("\n" in value or "\r" in value):
         raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a single line")
+
+
+def check_code(frame: ProtocolErrorFrame | TransferError) -> None:
+    """Refuse (MALFORMED_FRAME) an error frame whose code breaks the code grammar or
+    whose detail is not text; keep the code as a plain ``str``."""
+    if not isinstance(frame.code, str) or not CODE_PATTERN.fullmatch(frame.code):
+        raise invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
+    check_text("detail", frame.detail)
+    object.__setattr__(frame, "code", str(frame.code))
 
 
 def check_sha256(value: str) -> str:
@@ -317,10 +329,7 @@ class ProtocolErrorFrame(Message):
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
-            raise invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
-        check_text("detail", self.detail)
-        object.__setattr__(self, "code", str(self.code))
+        check_code(self)
 
 
 @dataclass(frozen=True, slots=True)

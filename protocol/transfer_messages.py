@@ -13,9 +13,9 @@ from typing import ClassVar
 
 from protocol.errors import ErrorCode
 from protocol.messages import (
-    CODE_PATTERN,
     SEP,
     Message,
+    check_code,
     check_count,
     check_sha256,
     check_text,
@@ -144,10 +144,7 @@ class TransferError(Message):
     detail: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, str) or not CODE_PATTERN.fullmatch(self.code):
-            raise invalid(ErrorCode.MALFORMED_FRAME, "code must match [A-Z][A-Z0-9_]{0,63}")
-        check_text("detail", self.detail)
-        object.__setattr__(self, "code", str(self.code))
+        check_code(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,11 +30,11 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
-from protocol.testing.pair import C2W, W2C, ConnectionPair, Direction, Exchange, SimulatedWorld
+from protocol.testing.pair import ConnectionPair, Exchange, SimulatedWorld
 from protocol.testing.text import MAX_COUNT, file_names, job_ids, paths, sha256_hex, worker_job_ids
 from protocol.transfer_messages import Chunk, EndOfFile, FileMetaLegacy
 
-__all__ = ["C2W", "EXCHANGE_KINDS", "W2C", "Direction", "Exchange", "exchanges"]
+__all__ = ["EXCHANGE_KINDS", "exchanges"]
 
 #: The kinds :func:`exchanges` can generate.
 EXCHANGE_KINDS: tuple[str, ...] = (

@@ -8,27 +8,7 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from protocol.signaling import (
-    DEFAULT_MAX_FRAME_BYTES,
-    MAX_METADATA_BYTES,
-    PEER_ID_PATTERN,
-    Answer,
-    Candidate,
-    ClientFrame,
-    ErrorFrame,
-    ListPeers,
-    Offer,
-    PeerInfo,
-    Peers,
-    Register,
-    Registered,
-    RelayedAnswer,
-    RelayedCandidate,
-    RelayedOffer,
-    ServerFrame,
-    SignalingErrorCode,
-    dump_frame,
-)
+from protocol import signaling as sig
 from protocol.testing.text import fill, utf8_len
 from protocol.testing.valid import codes
 
@@ -45,7 +25,7 @@ __all__ = [
 
 def peer_ids() -> SearchStrategy[str]:
     """Valid signaling peer ids: ``[A-Za-z0-9._-]{1,64}``."""
-    return st.from_regex(PEER_ID_PATTERN.strip("^$"), fullmatch=True)
+    return st.from_regex(sig.PEER_ID_PATTERN.strip("^$"), fullmatch=True)
 
 
 _JSON_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
@@ -74,7 +54,7 @@ def _metadata() -> SearchStrategy[dict[str, Any]]:
     return st.dictionaries(_JSON_TEXT, json_values(max_leaves=4), max_size=4).filter(
         lambda m: (
             len(json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode())
-            <= MAX_METADATA_BYTES
+            <= sig.MAX_METADATA_BYTES
         )
     )
 
@@ -86,35 +66,35 @@ def _sdp() -> SearchStrategy[str]:
     )
 
 
-def client_signaling_frames() -> SearchStrategy[ClientFrame]:
+def client_signaling_frames() -> SearchStrategy[sig.ClientFrame]:
     """Frames a peer sends to the signaling server (protocol.signaling models):
     register (with token and metadata or not), list_peers, offer, answer, candidate
     (any JSON candidate, null included)."""
     return st.one_of(
         st.builds(
-            Register,
+            sig.Register,
             peer_id=peer_ids(),
             role=st.sampled_from(["worker", "client"]),
             token=st.none() | _JSON_TEXT,
             metadata=_metadata(),
         ),
-        st.just(ListPeers()),
-        st.builds(Offer, to=peer_ids(), sdp=_sdp()),
-        st.builds(Answer, to=peer_ids(), sdp=_sdp()),
-        st.builds(Candidate, to=peer_ids(), candidate=json_values()),
+        st.just(sig.ListPeers()),
+        st.builds(sig.Offer, to=peer_ids(), sdp=_sdp()),
+        st.builds(sig.Answer, to=peer_ids(), sdp=_sdp()),
+        st.builds(sig.Candidate, to=peer_ids(), candidate=json_values()),
     )
 
 
-def server_signaling_frames() -> SearchStrategy[ServerFrame]:
+def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
     """Frames the signaling server sends (protocol.signaling models): registered, peers,
     relayed offer/answer/candidate (with ``from``), error (known and future codes)."""
     return st.one_of(
-        st.builds(Registered, peer_id=peer_ids()),
+        st.builds(sig.Registered, peer_id=peer_ids()),
         st.builds(
-            Peers,
+            sig.Peers,
             peers=st.lists(
                 st.builds(
-                    PeerInfo,
+                    sig.PeerInfo,
                     peer_id=peer_ids(),
                     role=st.sampled_from(["worker", "client"]),
                     metadata=_metadata(),
@@ -122,20 +102,20 @@ def server_signaling_frames() -> SearchStrategy[ServerFrame]:
                 max_size=4,
             ).map(tuple),
         ),
-        st.builds(RelayedOffer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
-        st.builds(RelayedAnswer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
-        st.builds(RelayedCandidate, from_=peer_ids(), to=peer_ids(), candidate=json_values()),
+        st.builds(sig.RelayedOffer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
+        st.builds(sig.RelayedAnswer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
+        st.builds(sig.RelayedCandidate, from_=peer_ids(), to=peer_ids(), candidate=json_values()),
         st.builds(
-            ErrorFrame,
-            code=codes([c.value for c in SignalingErrorCode]),
+            sig.ErrorFrame,
+            code=codes([c.value for c in sig.SignalingErrorCode]),
             message=_JSON_TEXT,
             ref_type=st.none() | st.text(max_size=64),
         ),
     )
 
 
-def signaling_frames() -> SearchStrategy[ClientFrame | ServerFrame]:
-    """Any signaling frame model, either direction (serialize with ``dump_frame``)."""
+def signaling_frames() -> SearchStrategy[sig.ClientFrame | sig.ServerFrame]:
+    """Any signaling frame model, either direction (serialize with ``sig.dump_frame``)."""
     return st.one_of(client_signaling_frames(), server_signaling_frames())
 
 
@@ -155,7 +135,7 @@ _STRING_FIELDS = {
 
 
 def malformed_signaling_frames_with_codes(
-    *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    *, max_bytes: int = sig.DEFAULT_MAX_FRAME_BYTES
 ) -> SearchStrategy[tuple[str, str]]:
     """Text frames :func:`protocol.signaling.parse_client_frame` must refuse, each with
     the :class:`protocol.signaling.SignalingErrorCode` value of the ``SignalingError`` it raises
@@ -186,13 +166,13 @@ def malformed_signaling_frames_with_codes(
             "[" * 100000,
             '{"type":"candidate","to":"a","candidate":' + "[" * 100000,
         ]
-    ).map(lambda text: (text, SignalingErrorCode.INVALID_JSON))
+    ).map(lambda text: (text, sig.SignalingErrorCode.INVALID_JSON))
     not_object = st.one_of(
         st.sampled_from(["[]", "1", "null", '"register"', "true", "[{}]"]),
         json_values()
         .filter(lambda v: not isinstance(v, dict))
         .map(lambda v: json.dumps(v, ensure_ascii=False)),
-    ).map(lambda text: (text, SignalingErrorCode.INVALID_FRAME))
+    ).map(lambda text: (text, sig.SignalingErrorCode.INVALID_FRAME))
     bad_type = st.sampled_from(
         [
             "{}",
@@ -203,16 +183,16 @@ def malformed_signaling_frames_with_codes(
             '{"type":{"t":"offer"}}',
             '{"type":true}',
         ]
-    ).map(lambda text: (text, SignalingErrorCode.INVALID_FRAME))
+    ).map(lambda text: (text, sig.SignalingErrorCode.INVALID_FRAME))
     unknown_type = st.one_of(
         st.sampled_from(["registered", "peers", "error", "Register", "OFFER", "", " offer"]),
         st.text(max_size=20).filter(lambda t: t not in _REQUIRED and t != "list_peers"),
-    ).map(lambda t: (json.dumps({"type": t}), SignalingErrorCode.UNKNOWN_TYPE))
+    ).map(lambda t: (json.dumps({"type": t}), sig.SignalingErrorCode.UNKNOWN_TYPE))
 
     valid = (
         client_signaling_frames()
         .filter(lambda f: f.type in _REQUIRED)
-        .map(lambda frame: json.loads(dump_frame(frame)))
+        .map(lambda frame: json.loads(sig.dump_frame(frame)))
     )
 
     def drop(obj: dict[str, Any], index: int) -> str:
@@ -252,25 +232,25 @@ def malformed_signaling_frames_with_codes(
             peer_ids(),
             st.one_of(
                 st.sampled_from([[], "x", 1, True, [{"a": 1}]]),
-                st.integers(MAX_METADATA_BYTES, 2 * MAX_METADATA_BYTES).map(
+                st.integers(sig.MAX_METADATA_BYTES, 2 * sig.MAX_METADATA_BYTES).map(
                     lambda n: {"blob": "x" * n}
                 ),
             ),
         ),
-    ).map(lambda text: (text, SignalingErrorCode.INVALID_FRAME))
+    ).map(lambda text: (text, sig.SignalingErrorCode.INVALID_FRAME))
     too_large = st.builds(
         lambda extra, seed: (
             json.dumps({"type": "offer", "to": "w", "sdp": fill(seed, max_bytes + extra)}),
-            SignalingErrorCode.FRAME_TOO_LARGE,
+            sig.SignalingErrorCode.FRAME_TOO_LARGE,
         ),
         st.integers(1, 64),
         st.sampled_from(["x", "é", "中"]),
     )
 
-    def expect(pair: tuple[str, SignalingErrorCode]) -> tuple[str, str]:
+    def expect(pair: tuple[str, sig.SignalingErrorCode]) -> tuple[str, str]:
         text, code = pair
         if utf8_len(text) > max_bytes:  # the parser checks the size first
-            return text, str(SignalingErrorCode.FRAME_TOO_LARGE)
+            return text, str(sig.SignalingErrorCode.FRAME_TOO_LARGE)
         return text, str(code)
 
     return st.one_of(invalid_json, not_object, bad_type, unknown_type, fields, too_large).map(
@@ -278,7 +258,9 @@ def malformed_signaling_frames_with_codes(
     )
 
 
-def malformed_signaling_frames(*, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> SearchStrategy[str]:
+def malformed_signaling_frames(
+    *, max_bytes: int = sig.DEFAULT_MAX_FRAME_BYTES
+) -> SearchStrategy[str]:
     """Text frames the signaling server must refuse with a ``SignalingError`` (see
     :func:`malformed_signaling_frames_with_codes`)."""
     return malformed_signaling_frames_with_codes(max_bytes=max_bytes).map(lambda p: p[0])

@@ -14,12 +14,13 @@ from hypothesis.strategies import SearchStrategy
 
 from protocol import messages as m
 from protocol import transfer_messages as t
-from protocol.codec import encode
+from protocol.codec import MESSAGE_TYPES, encode
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import (
     SEP,
 )
+from protocol.routes import ROUTES, Part, Role
 from protocol.testing.text import (
     MAX_COUNT,
     counts,
@@ -368,39 +369,16 @@ def _of(classes: tuple[type[m.Message], ...], limits: Limits) -> SearchStrategy[
     return st.one_of(*strategies).filter(lambda m: _fits(m, limits))
 
 
-_TRANSFER_CLASSES: tuple[type[m.Message], ...] = (
-    t.FileMeta,
-    t.FileMetaLegacy,
-    t.FileReady,
-    t.FileExists,
-    t.EndOfFile,
-    t.FileProgress,
-    t.FileReceived,
-    t.TransferError,
-    t.FileCancel,
-    t.Chunk,
-)
-_CLIENT_CLASSES: tuple[type[m.Message], ...] = (
-    m.JobId,
-    m.SharedInputPath,
-    m.SharedOutputPath,
-    m.JobStart,
-    m.JobCancel,
-    m.ResultsRequest,
-    m.ResultsViaStorage,
-    *_TRANSFER_CLASSES,
-)
-_WORKER_CLASSES: tuple[type[m.Message], ...] = (
-    m.PathValidated,
-    m.PathError,
-    m.JobLog,
-    m.JobMetrics,
-    m.JobComplete,
-    m.JobFailed,
-    m.ProtocolErrorFrame,
-    m.ResultsStored,
-    *_TRANSFER_CLASSES,
-)
+def _sent_by(role: Role) -> tuple[type[m.Message], ...]:
+    """What ``role`` sends: the message types its peer's routes take (a client sends no
+    PROTOCOL_ERROR: it reports a refusal to its caller)."""
+    peer = Role.CLIENT if role is Role.WORKER else Role.WORKER
+    return tuple(
+        cls
+        for cls in MESSAGE_TYPES
+        if ROUTES[peer][cls] is not Part.REFUSED
+        and not (role is Role.CLIENT and cls is m.ProtocolErrorFrame)
+    )
 
 
 def messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
@@ -411,13 +389,13 @@ def messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
 def client_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
     """Messages a client sends: the job frames, RESULTS_REQUEST, and both transfer roles
     (sending its input, receiving the results)."""
-    return _of(_CLIENT_CLASSES, limits)
+    return _of(_sent_by(Role.CLIENT), limits)
 
 
 def worker_messages(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.Message]:
     """Messages a worker sends: replies, logs, metrics, outcomes, PROTOCOL_ERROR, and both
     transfer roles (receiving inputs, sending results)."""
-    return _of(_WORKER_CLASSES, limits)
+    return _of(_sent_by(Role.WORKER), limits)
 
 
 def frames(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[str | bytes]:

@@ -37,7 +37,7 @@ from rtc_worker.storage.atomic import fsync_dir, publish, write_atomic
 from rtc_worker.storage.errors import as_disk_full
 from rtc_worker.storage.expiry import PART_SUFFIX as _PART
 from rtc_worker.storage.expiry import SIDECAR_SUFFIX as _SIDECAR
-from rtc_worker.storage.expiry import STRAY_TEMP_AGE_S, expire, remove_stray_temps
+from rtc_worker.storage.expiry import STRAY_TEMP_AGE_S, each_bucket, expire, remove_stray_temps
 from rtc_worker.storage.metadata import ContentHasher
 from rtc_worker.storage.partials import PartialFile
 from rtc_worker.storage.record import Range, consistent, prefix_ranges, ranges_of, resume
@@ -211,18 +211,9 @@ class BlobStore:
     def objects(self) -> Iterator[str]:
         """The digest of every stored object (other files in the folder are skipped)."""
         with self._dir(self._objects_name) as objects:
-            with os.scandir(objects) as buckets:
-                names = sorted(b.name for b in buckets if b.is_dir(follow_symlinks=False))
-            for bucket in names:
-                try:
-                    fd = os.open(bucket, DIR_FLAGS, dir_fd=objects)
-                except OSError:
-                    continue
-                try:
-                    with os.scandir(fd) as entries:
-                        found = sorted(e.name for e in entries if SHA256_HEX.fullmatch(e.name))
-                finally:
-                    os.close(fd)
+            for fd in each_bucket(objects):
+                with os.scandir(fd) as entries:
+                    found = sorted(e.name for e in entries if SHA256_HEX.fullmatch(e.name))
                 yield from found
 
     def publish_object(self, fd: int, key: str, sha256: str, label: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 
 from loguru import logger
@@ -86,28 +86,36 @@ def expire(
     return removed
 
 
-def remove_stray_temps(objects_fd: int, now: float) -> int:
-    """Remove temporary files older than :data:`STRAY_TEMP_AGE_S` from the objects'
-    bucket folders (a crash while publishing); returns how many."""
+def each_bucket(objects_fd: int) -> Iterator[int]:
+    """Open each bucket folder (``ab/``) of an objects folder in name order, without
+    following links; yields its descriptor, closed after the step. Buckets that cannot
+    be opened are skipped."""
     with os.scandir(objects_fd) as buckets:
-        names = [b.name for b in buckets if b.is_dir(follow_symlinks=False)]
-    removed = 0
+        names = sorted(b.name for b in buckets if b.is_dir(follow_symlinks=False))
     for bucket in names:
         try:
             fd = os.open(bucket, DIR_FLAGS, dir_fd=objects_fd)
         except OSError:
             continue
         try:
-            with os.scandir(fd) as entries:
-                stale = [
-                    e.name
-                    for e in entries
-                    if is_temp_name(e.name) and (_mtime(e) or now) <= now - STRAY_TEMP_AGE_S
-                ]
-            for name in stale:
-                with suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=fd)
-                    removed += 1
+            yield fd
         finally:
             os.close(fd)
+
+
+def remove_stray_temps(objects_fd: int, now: float) -> int:
+    """Remove temporary files older than :data:`STRAY_TEMP_AGE_S` from the objects'
+    bucket folders (a crash while publishing); returns how many."""
+    removed = 0
+    for fd in each_bucket(objects_fd):
+        with os.scandir(fd) as entries:
+            stale = [
+                e.name
+                for e in entries
+                if is_temp_name(e.name) and (_mtime(e) or now) <= now - STRAY_TEMP_AGE_S
+            ]
+        for name in stale:
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
+                removed += 1
     return removed

@@ -13,9 +13,9 @@ import stat
 import weakref
 from contextlib import AbstractContextManager
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
+from rtc_worker.storage.closing import Closing
 from rtc_worker.storage.errors import StorageError, StorageErrorKind, shown
 from rtc_worker.storage.resolver import fail, raise_mapped, walk
 
@@ -39,7 +39,7 @@ class SafeRootLike(Protocol):
         ...
 
 
-class InputHandle:
+class InputHandle(Closing):
     """A job's input, opened once at validation; the job keeps reading this descriptor.
 
     Made by :meth:`SafeRoot.open_input`.
@@ -83,17 +83,6 @@ class InputHandle:
     def close(self) -> None:
         """Close the descriptor (idempotent)."""
         self._closer()
-
-    def __enter__(self) -> InputHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def reader(self) -> BinaryIO:
         """A new binary file object over this file, positioned at 0 (close it after use).

@@ -24,13 +24,13 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from loguru import logger
 
 from rtc_worker.storage import locks
 from rtc_worker.storage.atomic import write_all
+from rtc_worker.storage.closing import Closing
 from rtc_worker.storage.errors import HashMismatchError, as_disk_full
 from rtc_worker.storage.metadata import ContentHasher, FileMetadata, hash_file
 from rtc_worker.storage.record import PartialHome, Range, covered, merge_range, now_text
@@ -49,7 +49,7 @@ class Batch:
     data: bytearray
 
 
-class PartialFile:
+class PartialFile(Closing):
     """An open partial file (see the module docstring); one writer, locked.
 
     Made by :meth:`BlobStore.open_partial` / :meth:`BlobStore.open_anonymous`.
@@ -107,19 +107,12 @@ class PartialFile:
     def __repr__(self) -> str:
         return f"PartialFile(key={self.key!r}, size={self.size}, on_disk={self.on_disk})"
 
-    def __enter__(self) -> PartialFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        """Close (keep the partial); an error of the close never hides the block's."""
         try:
             self.close()
         except OSError as close_exc:
-            if exc is None:
+            if exc_info[1] is None:
                 raise
             logger.warning("closing partial {!r} failed: {}", self.name, close_exc)
 

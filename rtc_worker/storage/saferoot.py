@@ -24,12 +24,12 @@ import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, Literal
 
 from loguru import logger
 
 from rtc_worker.storage.atomic import AtomicFile, Bytes, write_into
+from rtc_worker.storage.closing import Closing
 from rtc_worker.storage.errors import StorageError, StorageErrorKind, shown
 from rtc_worker.storage.handles import InputHandle
 from rtc_worker.storage.resolver import (
@@ -52,7 +52,7 @@ Parts = tuple[str, ...]
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class SafeRoot(TreeOps):
+class SafeRoot(TreeOps, Closing):
     """A root directory, opened once; the only way to touch files below it.
 
     Args:
@@ -97,17 +97,6 @@ class SafeRoot(TreeOps):
         """Close a held descriptor (idempotent); a root over a descriptor is unusable
         afterwards."""
         self._closer()
-
-    def __enter__(self) -> SafeRoot:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ resolution
 
