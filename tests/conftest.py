@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -24,6 +24,9 @@ from loguru import logger
 from rtc_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parent.parent
+
+if TYPE_CHECKING:
+    from tests.storage_service import StorageService
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -62,6 +65,14 @@ async def signaling() -> AsyncIterator[Signaling]:
     server = await start_signaling()
     yield server
     await server.runner.cleanup()
+
+
+@pytest.fixture
+def blob_store(tmp_path: Path) -> Any:
+    """A BlobStore in the test's temporary folder."""
+    from rtc_worker.storage import BlobStore
+
+    return BlobStore(tmp_path / "store")
 
 
 @pytest.fixture
@@ -129,6 +140,35 @@ async def start_worker(signaling: Signaling, tmp_path: Path) -> AsyncIterator[St
         await worker.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=15)
+
+
+StartService = Callable[..., Awaitable["StorageService"]]
+
+
+@pytest_asyncio.fixture
+async def start_storage_service(tmp_path: Path) -> AsyncIterator[StartService]:
+    """Start the test's storage service with these settings (as ``cls``, a
+    :class:`~tests.storage_service.StorageService` helper); stopped at the end."""
+    import aiohttp
+
+    from signaling.app import start_server
+    from tests.storage_service import StorageService, service_settings
+
+    started: list[StorageService] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def start(cls: type[StorageService] = StorageService, **overrides: Any) -> Any:
+            root = tmp_path / "store"
+            runner, port = await start_server(service_settings(root, **overrides))
+            service = cls(root, session, runner, port, overrides)
+            started.append(service)
+            return service
+
+        try:
+            yield start
+        finally:
+            for service in started:
+                await service.stop()
 
 
 @pytest_asyncio.fixture
@@ -221,3 +261,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in LIVE_MODULES:
             item.add_marker(pytest.mark.live)
+
+
+async def recv_until(conn: Any, kinds: tuple[type, ...], timeout: float = 20) -> Any:
+    """A raw channel's next message of one of ``kinds`` (the others are skipped:
+    JOB_LOG, FILE_PROGRESS...)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await conn.recv(timeout)
+            if isinstance(message, kinds):
+                return message

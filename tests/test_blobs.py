@@ -38,22 +38,16 @@ from tests.storage_helpers import (
     sha,
 )
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    return BlobStore(tmp_path / "store")
-
-
 # -- storing -----------------------------------------------------------------------------
 
 
-def test_store_in_several_writes_and_commit(store: BlobStore) -> None:
+def test_store_in_several_writes_and_commit(blob_store: BlobStore) -> None:
     content = blob(300 * KIB + 17)
     digest = sha(content)
-    assert not store.has(digest)
-    with store.open_partial(digest, len(content), "weights.bin") as part:
+    assert not blob_store.has(digest)
+    with blob_store.open_partial(digest, len(content), "weights.bin") as part:
         assert part.offset == 0
-        sidecar = json.loads((store.root / "partial" / f"{digest}.json").read_text())
+        sidecar = json.loads((blob_store.root / "partial" / f"{digest}.json").read_text())
         assert sidecar["sha256"] == digest
         assert sidecar["size"] == len(content)
         assert sidecar["name"] == "weights.bin"
@@ -66,13 +60,13 @@ def test_store_in_several_writes_and_commit(store: BlobStore) -> None:
         meta = part.commit()
 
     assert (meta.sha256, meta.size) == (digest, len(content))
-    path = store.object_path(digest)
-    assert path == store.root / "objects" / digest[:2] / digest
+    path = blob_store.object_path(digest)
+    assert path == blob_store.root / "objects" / digest[:2] / digest
     assert path.read_bytes() == content
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
-    assert store.has(digest)
-    assert partial_files(store) == []
-    assert store.total_partial_bytes() == 0
+    assert blob_store.has(digest)
+    assert partial_files(blob_store) == []
+    assert blob_store.total_partial_bytes() == 0
     # committing again returns the same object; the closed file refuses writes
     assert part.commit() == meta
     with pytest.raises(ValueError):
@@ -87,200 +81,200 @@ def test_store_creates_its_directories(tmp_path: Path) -> None:
         assert stat.S_IMODE((store.root / sub).stat().st_mode) == 0o755
 
 
-def test_object_path_layout_and_bad_digests(store: BlobStore) -> None:
+def test_object_path_layout_and_bad_digests(blob_store: BlobStore) -> None:
     digest = "ab" + "0" * 62
-    assert store.object_path(digest) == store.root / "objects" / "ab" / digest
+    assert blob_store.object_path(digest) == blob_store.root / "objects" / "ab" / digest
     assert SHA256_HEX.fullmatch(digest)
     bad = ["", "ab", digest.upper(), digest + "0", digest[:-1] + "g", " " + digest[1:], "../" * 21]
     for value in bad:
         with pytest.raises(ValueError):
-            store.object_path(value)
+            blob_store.object_path(value)
         with pytest.raises(ValueError):
-            store.has(value)
+            blob_store.has(value)
         with pytest.raises(ValueError):
-            store.partial_size("key", 10, sha256=value)
+            blob_store.partial_size("key", 10, sha256=value)
         with pytest.raises(ValueError):
-            store.open_partial("key", 10, "x", sha256=value)
+            blob_store.open_partial("key", 10, "x", sha256=value)
     for key in ["", ".", "..", "a/b", "-x", ".json", "x" * 129, "a\x00"]:
         with pytest.raises(ValueError):
-            store.open_partial(key, 10, "x")
+            blob_store.open_partial(key, 10, "x")
     with pytest.raises(ValueError):
-        store.open_partial(digest, -1, "x")
+        blob_store.open_partial(digest, -1, "x")
     with pytest.raises(ValueError):
-        store.partial_size(digest, -1)
+        blob_store.partial_size(digest, -1)
     with pytest.raises(ValueError):
-        store.open_anonymous("x", -5)
-    assert partial_files(store) == []
+        blob_store.open_anonymous("x", -5)
+    assert partial_files(blob_store) == []
 
 
-def test_empty_content(store: BlobStore) -> None:
+def test_empty_content(blob_store: BlobStore) -> None:
     digest = sha(b"")
-    with store.open_partial(digest, 0, "empty") as part:
+    with blob_store.open_partial(digest, 0, "empty") as part:
         part.commit()
-    assert store.object_path(digest).read_bytes() == b""
-    assert store.has(digest)
+    assert blob_store.object_path(digest).read_bytes() == b""
+    assert blob_store.has(digest)
 
 
-def test_dedupe_keeps_one_object(store: BlobStore) -> None:
+def test_dedupe_keeps_one_object(blob_store: BlobStore) -> None:
     content = blob(10_000, seed=3)
     digest = sha(content)
-    with store.open_partial(digest, len(content), "a.bin") as part:
+    with blob_store.open_partial(digest, len(content), "a.bin") as part:
         part.write(content)
-        first = store.object_path(part.commit().sha256)
+        first = blob_store.object_path(part.commit().sha256)
     inode = first.stat().st_ino
     # the receiver asks first: nothing needs sending
-    assert store.has(digest)
+    assert blob_store.has(digest)
     # a second transfer of the same content (e.g. an anonymous one) keeps the stored object
-    with store.open_anonymous("b.bin", len(content)) as again:
+    with blob_store.open_anonymous("b.bin", len(content)) as again:
         again.write(content)
-        second = store.object_path(again.commit().sha256)
+        second = blob_store.object_path(again.commit().sha256)
     assert second == first
     assert first.stat().st_ino == inode
-    assert object_files(store) == [first]
-    assert partial_files(store) == []
+    assert object_files(blob_store) == [first]
+    assert partial_files(blob_store) == []
 
 
-def test_commit_requires_the_announced_size(store: BlobStore) -> None:
+def test_commit_requires_the_announced_size(blob_store: BlobStore) -> None:
     content = blob(5000, seed=4)
     digest = sha(content)
-    part = store.open_partial(digest, len(content), "c.bin")
+    part = blob_store.open_partial(digest, len(content), "c.bin")
     part.write(content[:4000])
     with pytest.raises(ValueError, match="4000 of 5000"):
         part.commit()
     # still open and usable: nothing was lost
     part.write(content[4000:])
-    assert store.object_path(part.commit().sha256).read_bytes() == content
+    assert blob_store.object_path(part.commit().sha256).read_bytes() == content
 
 
-def test_writing_past_the_size_is_refused(store: BlobStore) -> None:
+def test_writing_past_the_size_is_refused(blob_store: BlobStore) -> None:
     content = blob(1000, seed=5)
     digest = sha(content)
-    with store.open_partial(digest, len(content), "d.bin") as part:
+    with blob_store.open_partial(digest, len(content), "d.bin") as part:
         part.write(content[:900])
         with pytest.raises(ValueError, match="exceed"):
             part.write(content[900:] + b"!")
         assert part.offset == 900
         assert part.hexdigest() == sha(content[:900])
         part.write(content[900:])
-        assert store.object_path(part.commit().sha256).read_bytes() == content
+        assert blob_store.object_path(part.commit().sha256).read_bytes() == content
 
 
-def test_hash_mismatch_stores_nothing(store: BlobStore) -> None:
+def test_hash_mismatch_stores_nothing(blob_store: BlobStore) -> None:
     content = blob(4000, seed=6)
     announced = sha(content)
     corrupted = bytearray(content)
     corrupted[1234] ^= 0xFF
-    part = store.open_partial(announced, len(content), "e.bin")
+    part = blob_store.open_partial(announced, len(content), "e.bin")
     part.write(bytes(corrupted))
     with pytest.raises(HashMismatchError) as info:
         part.commit()
     assert isinstance(info.value, ValueError)
     assert info.value.expected == announced
     assert info.value.actual == sha(bytes(corrupted))
-    assert not store.has(announced)
-    assert not store.has(sha(bytes(corrupted)))
-    assert object_files(store) == []
-    assert partial_files(store) == []
+    assert not blob_store.has(announced)
+    assert not blob_store.has(sha(bytes(corrupted)))
+    assert object_files(blob_store) == []
+    assert partial_files(blob_store) == []
     assert part.closed
 
 
-def test_hash_mismatch_against_expected_digest(store: BlobStore) -> None:
+def test_hash_mismatch_against_expected_digest(blob_store: BlobStore) -> None:
     content = blob(2000, seed=7)
-    with store.open_anonymous("f.bin", None) as part:
+    with blob_store.open_anonymous("f.bin", None) as part:
         part.write(content)
         wrong = sha(b"something else")
         with pytest.raises(HashMismatchError) as info:
             part.commit(wrong)
     assert (info.value.expected, info.value.actual) == (wrong, sha(content))
-    assert object_files(store) == []
-    assert partial_files(store) == []
+    assert object_files(blob_store) == []
+    assert partial_files(blob_store) == []
 
 
-def test_anonymous_transfer_is_stored_under_its_digest(store: BlobStore) -> None:
+def test_anonymous_transfer_is_stored_under_its_digest(blob_store: BlobStore) -> None:
     content = blob(200 * KIB, seed=8)
-    with store.open_anonymous("legacy.bin", None) as part:
+    with blob_store.open_anonymous("legacy.bin", None) as part:
         assert part.sha256 is None
         assert part.key.startswith("anon-")
-        assert partial_files(store) == [f"{part.key}.part"]  # no sidecar: no resume
+        assert partial_files(blob_store) == [f"{part.key}.part"]  # no sidecar: no resume
         for chunk in chunks(content, 7000):
             part.write(chunk)
         meta = part.commit(None)
     assert meta.sha256 == sha(content)
-    assert store.object_path(meta.sha256).read_bytes() == content
-    assert partial_files(store) == []
+    assert blob_store.object_path(meta.sha256).read_bytes() == content
+    assert partial_files(blob_store) == []
 
 
-def test_closing_an_anonymous_partial_discards_it(store: BlobStore) -> None:
-    with store.open_anonymous("gone.bin", 100) as part:
+def test_closing_an_anonymous_partial_discards_it(blob_store: BlobStore) -> None:
+    with blob_store.open_anonymous("gone.bin", 100) as part:
         part.write(b"x" * 50)
-        assert partial_files(store) == [f"{part.key}.part"]
+        assert partial_files(blob_store) == [f"{part.key}.part"]
     assert part.closed
-    assert partial_files(store) == []
+    assert partial_files(blob_store) == []
     with pytest.raises(ValueError):
         part.commit()
 
 
-def test_anonymous_with_size_refuses_overrun(store: BlobStore) -> None:
-    with store.open_anonymous("g.bin", 3) as part:
+def test_anonymous_with_size_refuses_overrun(blob_store: BlobStore) -> None:
+    with blob_store.open_anonymous("g.bin", 3) as part:
         part.write(b"abc")
         with pytest.raises(ValueError):
             part.write(b"d")
-        assert store.object_path(part.commit().sha256).read_bytes() == b"abc"
+        assert blob_store.object_path(part.commit().sha256).read_bytes() == b"abc"
 
 
-def test_discard_removes_partial_and_sidecar(store: BlobStore) -> None:
+def test_discard_removes_partial_and_sidecar(blob_store: BlobStore) -> None:
     content = blob(3000, seed=9)
     digest = sha(content)
-    part = store.open_partial(digest, len(content), "h.bin")
+    part = blob_store.open_partial(digest, len(content), "h.bin")
     part.write(content[:1000])
     part.discard()
     part.discard()  # idempotent
-    assert partial_files(store) == []
-    assert store.partial_size(digest, len(content)) == 0
+    assert partial_files(blob_store) == []
+    assert blob_store.partial_size(digest, len(content)) == 0
     # discarding after close removes what the close kept
-    again = store.open_partial(digest, len(content), "h.bin")
+    again = blob_store.open_partial(digest, len(content), "h.bin")
     again.write(content[:1000])
     again.close()
-    assert store.partial_size(digest, len(content)) == 1000
+    assert blob_store.partial_size(digest, len(content)) == 1000
     again.discard()
-    assert partial_files(store) == []
+    assert partial_files(blob_store) == []
 
 
 # -- locking -----------------------------------------------------------------------------
 
 
-def test_second_open_in_this_process_is_busy(store: BlobStore, tmp_path: Path) -> None:
+def test_second_open_in_this_process_is_busy(blob_store: BlobStore, tmp_path: Path) -> None:
     content = blob(1000, seed=17)
     digest = sha(content)
-    first = store.open_partial(digest, len(content), "w.bin")
+    first = blob_store.open_partial(digest, len(content), "w.bin")
     first.write(content[:500])
     with pytest.raises(PartialBusyError):
-        store.open_partial(digest, len(content), "w.bin")
+        blob_store.open_partial(digest, len(content), "w.bin")
     # another store instance on the same root is refused too
     with pytest.raises(PartialBusyError):
         BlobStore(tmp_path / "store").open_partial(digest, len(content), "w.bin")
     # the refused opens disturbed nothing: the first writer carries on
     first.write(content[500:])
-    assert committed(store, first) == content
+    assert committed(blob_store, first) == content
 
 
-def test_partial_is_free_again_after_close(store: BlobStore) -> None:
+def test_partial_is_free_again_after_close(blob_store: BlobStore) -> None:
     digest = sha(b"xyz")
-    store.open_partial(digest, 3, "x.bin").close()
-    with store.open_partial(digest, 3, "x.bin") as part:
+    blob_store.open_partial(digest, 3, "x.bin").close()
+    with blob_store.open_partial(digest, 3, "x.bin") as part:
         part.write(b"xyz")
         part.commit()
 
 
-def test_a_foreign_flock_makes_the_partial_busy(store: BlobStore) -> None:
+def test_a_foreign_flock_makes_the_partial_busy(blob_store: BlobStore) -> None:
     digest = sha(b"lock")
-    store.open_partial(digest, 4, "y.bin").close()
-    path = store.root / "partial" / f"{digest}.part"
+    blob_store.open_partial(digest, 4, "y.bin").close()
+    path = blob_store.root / "partial" / f"{digest}.part"
     with path.open("rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(PartialBusyError):
-            store.open_partial(digest, 4, "y.bin")
-    with store.open_partial(digest, 4, "y.bin") as part:
+            blob_store.open_partial(digest, 4, "y.bin")
+    with blob_store.open_partial(digest, 4, "y.bin") as part:
         part.write(b"lock")
         part.commit()
 
@@ -299,11 +293,11 @@ part.close()
 """
 
 
-def test_another_process_holding_the_partial_makes_it_busy(store: BlobStore) -> None:
+def test_another_process_holding_the_partial_makes_it_busy(blob_store: BlobStore) -> None:
     content = b"held by someone else"
     digest = sha(content)
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(store.root), digest, str(len(content))],
+        [sys.executable, "-c", _HOLDER, str(blob_store.root), digest, str(len(content))],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -312,21 +306,21 @@ def test_another_process_holding_the_partial_makes_it_busy(store: BlobStore) -> 
     try:
         assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline().strip() == "ready"
-        assert store.partial_size(digest, len(content)) == 4
+        assert blob_store.partial_size(digest, len(content)) == 4
         with pytest.raises(PartialBusyError):
-            store.open_partial(digest, len(content), "z.bin")
+            blob_store.open_partial(digest, len(content), "z.bin")
         # a locked partial is not expired, whatever its age
-        assert store.cleanup(now=time.time() + 10 * store.partial_ttl_s) == 0
+        assert blob_store.cleanup(now=time.time() + 10 * blob_store.partial_ttl_s) == 0
         holder.stdin.close()
         assert holder.wait(timeout=10) == 0
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-    with store.open_partial(digest, len(content), "z.bin") as part:
+    with blob_store.open_partial(digest, len(content), "z.bin") as part:
         assert part.offset == 4
         part.write(content[4:])
-        assert committed(store, part) == content
+        assert committed(blob_store, part) == content
 
 
 # -- expiry ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from rtc_worker.client import (
     WorkerBusy,
     WorkerProtocolError,
 )
-from tests.conftest import PACKAGE, Signaling, make_zip, tiny_tmpfs
+from tests.conftest import PACKAGE, Signaling, make_zip, recv_until, tiny_tmpfs
 
 PY = sys.executable
 pytestmark = pytest.mark.asyncio
@@ -43,15 +43,6 @@ async def validate_paths(conn: Any, input_path: str, output_path: str) -> None:
     assert await conn.recv(10) == PathValidated("input")
     conn.send(f"SHARED_OUTPUT_PATH::{output_path}")
     assert await conn.recv(10) == PathValidated("output")
-
-
-async def recv_until(conn: Any, kinds: tuple[type, ...], timeout: float = 20) -> Any:
-    """Receive messages until one of ``kinds`` arrives (JOB_LOG lines are skipped)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await conn.recv(timeout)
-            if isinstance(message, kinds):
-                return message
 
 
 async def test_job_succeeds_with_manifest_and_no_file_bytes_on_the_channel(

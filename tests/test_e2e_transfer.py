@@ -35,7 +35,7 @@ from rtc_worker.client import (
 )
 from rtc_worker.rtc import ChannelClosed
 from rtc_worker.storage import BlobStore, layout
-from tests.conftest import PACKAGE, Signaling, make_zip, worker_subprocess
+from tests.conftest import PACKAGE, Signaling, make_zip, recv_until, worker_subprocess
 
 pytestmark = pytest.mark.asyncio
 
@@ -55,15 +55,6 @@ def big_file(path: Path, size: int, seed: int = 3) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return data
-
-
-async def next_of(conn: Any, kinds: tuple[type, ...], timeout: float = 15) -> Any:
-    """The next message of one of ``kinds`` (FILE_PROGRESS and JOB_LOG are skipped)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await conn.recv(timeout)
-            if isinstance(message, kinds):
-                return message
 
 
 def meta_frame(name: str, data: bytes, chunk: int = 65536) -> str:
@@ -202,7 +193,7 @@ async def test_hash_mismatch_is_refused_and_nothing_is_stored(
     assert await conn.recv(10) == FileReady(0)
     conn.send(data)
     conn.send("END_OF_FILE")
-    error = await next_of(conn, (TransferError, FileReceived))
+    error = await recv_until(conn, (TransferError, FileReceived))
     assert isinstance(error, TransferError) and error.code == "HASH_MISMATCH"
     assert not worker.store.has(claimed) and not worker.store.has(sha(data))
     assert worker.store.total_partial_bytes() == 0
@@ -216,7 +207,7 @@ async def test_size_mismatch_and_too_large(start_worker: Any, client: RTCClient)
     assert await conn.recv(10) == FileReady(0)
     conn.send(small[:100])
     conn.send("END_OF_FILE")
-    error = await next_of(conn, (TransferError,))
+    error = await recv_until(conn, (TransferError,))
     assert error.code == "SIZE_MISMATCH"
     conn.send(meta_frame("big.bin", b"b" * 1001))
     error = await conn.recv(10)
@@ -268,12 +259,12 @@ async def test_file_cancel_keeps_the_partial_for_a_resume(
         conn.send(data[start : start + 65536])
     conn.send("FILE_CANCEL")
     conn.send(meta_frame("c.bin", data))  # the same content again: resume
-    ready = await next_of(conn, (FileReady,))
+    ready = await recv_until(conn, (FileReady,))
     assert ready == FileReady(196_608)
     for start in range(196_608, len(data), 65536):
         conn.send(data[start : start + 65536])
     conn.send("END_OF_FILE")
-    assert await next_of(conn, (FileReceived, TransferError)) == FileReceived(sha(data))
+    assert await recv_until(conn, (FileReceived, TransferError)) == FileReceived(sha(data))
     assert worker.store.object_path(sha(data)).read_bytes() == data
 
 
@@ -286,11 +277,11 @@ async def test_legacy_file_meta_form(start_worker: Any, client: RTCClient) -> No
     conn.send(f"FILE_META::legacy.zip:{len(data)}:gui")
     for start in range(0, len(data), 1000):  # chunks at once, no FILE_READY awaited
         conn.send(data[start : start + 1000])
-    received = await next_of(conn, (FileReceived, TransferError))
+    received = await recv_until(conn, (FileReceived, TransferError))
     assert received == FileReceived(sha(data))
     assert worker.store.object_path(sha(data)).read_bytes() == data
     conn.send("JOB_START")
-    complete = await next_of(conn, (JobComplete, ProtocolErrorFrame))
+    complete = await recv_until(conn, (JobComplete, ProtocolErrorFrame))
     assert isinstance(complete, JobComplete) and complete.file_count == 1
 
 
@@ -405,7 +396,7 @@ async def test_a_shared_output_path_is_validated_for_channel_jobs(
     conn2.send("SHARED_OUTPUT_PATH::outputs/after")
     assert await conn2.recv(10) == PathValidated("output")
     conn2.send("JOB_START")
-    assert isinstance(await next_of(conn2, (JobComplete,)), JobComplete)
+    assert isinstance(await recv_until(conn2, (JobComplete,)), JobComplete)
     assert os.path.isfile(shared_root / "outputs" / "after" / "manifest.json")
 
 

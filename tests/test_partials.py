@@ -38,36 +38,30 @@ from tests.storage_helpers import (
     sha,
 )
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> BlobStore:
-    return BlobStore(tmp_path / "store")
-
-
 # -- resume ------------------------------------------------------------------------------
 
 
-def test_resume_after_disconnect(store: BlobStore) -> None:
+def test_resume_after_disconnect(blob_store: BlobStore) -> None:
     content = blob(2 * MIB + 333, seed=10)
     digest = sha(content)
     cut = int(len(content) * 0.4)
-    assert store.partial_size(digest, len(content)) == 0
-    part = store.open_partial(digest, len(content), "big.bin")
+    assert blob_store.partial_size(digest, len(content)) == 0
+    part = blob_store.open_partial(digest, len(content), "big.bin")
     for chunk in chunks(content[:cut]):
         part.write(chunk)
     part.close()  # the connection dropped
     part.close()  # idempotent
-    assert store.partial_size(digest, len(content)) == cut
-    assert store.total_partial_bytes() == cut
-    assert part_path(store, part).read_bytes() == content[:cut]
+    assert blob_store.partial_size(digest, len(content)) == cut
+    assert blob_store.total_partial_bytes() == cut
+    assert part_path(blob_store, part).read_bytes() == content[:cut]
 
-    with store.open_partial(digest, len(content), "big.bin") as resumed:
+    with blob_store.open_partial(digest, len(content), "big.bin") as resumed:
         assert resumed.offset == cut
         assert resumed.hexdigest() == sha(content[:cut])
         for chunk in chunks(content[cut:]):
             resumed.write(chunk)
         assert resumed.hexdigest() == digest
-        assert committed(store, resumed) == content
+        assert committed(blob_store, resumed) == content
 
 
 def test_resume_after_restart_with_a_new_store(tmp_path: Path) -> None:
@@ -90,93 +84,93 @@ def test_resume_after_restart_with_a_new_store(tmp_path: Path) -> None:
     assert sha(path.read_bytes()) == digest
 
 
-def test_disk_holds_a_prefix_while_writing(store: BlobStore) -> None:
+def test_disk_holds_a_prefix_while_writing(blob_store: BlobStore) -> None:
     content = blob(3 * MIB + 5, seed=12)
     digest = sha(content)
-    with store.open_partial(digest, len(content), "p.bin") as part:
+    with blob_store.open_partial(digest, len(content), "p.bin") as part:
         for chunk in chunks(content, 100_000):
             part.write(chunk)
-            on_disk = part_path(store, part).read_bytes()
+            on_disk = part_path(blob_store, part).read_bytes()
             assert on_disk == content[: len(on_disk)]
             assert part.offset - len(on_disk) < WRITE_BATCH_BYTES
         part.flush()
-        assert part_path(store, part).read_bytes() == content
+        assert part_path(blob_store, part).read_bytes() == content
         part.commit()
 
 
-def test_abandoned_file_leaves_a_prefix(store: BlobStore) -> None:
+def test_abandoned_file_leaves_a_prefix(blob_store: BlobStore) -> None:
     """A file dropped without close (a crash) releases its lock and leaves a prefix."""
     content = blob(WRITE_BATCH_BYTES + 300 * KIB, seed=13)
     digest = sha(content)
-    part: PartialFile | None = store.open_partial(digest, len(content), "q.bin")
+    part: PartialFile | None = blob_store.open_partial(digest, len(content), "q.bin")
     assert part is not None
     for chunk in chunks(content):
         part.write(chunk)
     del part
     gc.collect()
-    held = store.partial_size(digest, len(content))
+    held = blob_store.partial_size(digest, len(content))
     assert 0 < held < len(content)  # the buffered tail was lost, the rest is kept
-    with store.open_partial(digest, len(content), "q.bin") as resumed:
+    with blob_store.open_partial(digest, len(content), "q.bin") as resumed:
         assert resumed.offset == held
         resumed.write(content[held:])
-        assert committed(store, resumed) == content
+        assert committed(blob_store, resumed) == content
 
 
-def test_partial_longer_than_size_is_discarded(store: BlobStore) -> None:
+def test_partial_longer_than_size_is_discarded(blob_store: BlobStore) -> None:
     content = blob(1000, seed=14)
     digest = sha(content)
-    with store.open_partial(digest, len(content), "s.bin") as part:
+    with blob_store.open_partial(digest, len(content), "s.bin") as part:
         part.write(content)
-    assert store.partial_size(digest, len(content)) == 1000
-    assert store.partial_size(digest, 999) == 0
-    assert partial_files(store) == []
+    assert blob_store.partial_size(digest, len(content)) == 1000
+    assert blob_store.partial_size(digest, 999) == 0
+    assert partial_files(blob_store) == []
 
 
-def test_partial_with_a_different_recorded_size_is_discarded(store: BlobStore) -> None:
+def test_partial_with_a_different_recorded_size_is_discarded(blob_store: BlobStore) -> None:
     content = blob(1000, seed=15)
     digest = sha(content)
-    with store.open_partial(digest, 5000, "t.bin") as part:
+    with blob_store.open_partial(digest, 5000, "t.bin") as part:
         part.write(content)
-    assert store.partial_size(digest, 5000) == 1000
-    assert store.partial_size(digest, 4000) == 0
-    assert partial_files(store) == []
+    assert blob_store.partial_size(digest, 5000) == 1000
+    assert blob_store.partial_size(digest, 4000) == 0
+    assert partial_files(blob_store) == []
 
 
-def test_open_restarts_an_inconsistent_partial(store: BlobStore) -> None:
+def test_open_restarts_an_inconsistent_partial(blob_store: BlobStore) -> None:
     content = blob(1000, seed=16)
     digest = sha(content)
-    with store.open_partial(digest, 2000, "u.bin") as part:
+    with blob_store.open_partial(digest, 2000, "u.bin") as part:
         part.write(blob(1500, seed=99))
-    with store.open_partial(digest, len(content), "u.bin") as part:
+    with blob_store.open_partial(digest, len(content), "u.bin") as part:
         assert part.offset == 0
-        sidecar = json.loads((store.root / "partial" / f"{digest}.json").read_text())
+        sidecar = json.loads((blob_store.root / "partial" / f"{digest}.json").read_text())
         assert sidecar["size"] == len(content)
         part.write(content)
-        assert committed(store, part) == content
+        assert committed(blob_store, part) == content
 
 
-def test_sidecar_keeps_any_name(store: BlobStore) -> None:
+def test_sidecar_keeps_any_name(blob_store: BlobStore) -> None:
     digest = sha(b"n")
     name = "résumé \ud800 \u202e.txt"
-    with store.open_partial(digest, 1, name) as part:
+    with blob_store.open_partial(digest, 1, name) as part:
         part.write(b"n")
-        sidecar = json.loads((store.root / "partial" / f"{digest}.json").read_text())
+        sidecar = json.loads((blob_store.root / "partial" / f"{digest}.json").read_text())
         assert sidecar["name"] == name
-        assert committed(store, part) == b"n"
+        assert committed(blob_store, part) == b"n"
 
 
-def test_unreadable_sidecar_is_inconsistent(store: BlobStore) -> None:
+def test_unreadable_sidecar_is_inconsistent(blob_store: BlobStore) -> None:
     digest = sha(b"abc")
-    with store.open_partial(digest, 3, "v.bin") as part:
+    with blob_store.open_partial(digest, 3, "v.bin") as part:
         part.write(b"ab")
-    (store.root / "partial" / f"{digest}.json").write_text("{not json")
-    assert store.partial_size(digest, 3) == 0
-    assert partial_files(store) == []
+    (blob_store.root / "partial" / f"{digest}.json").write_text("{not json")
+    assert blob_store.partial_size(digest, 3) == 0
+    assert partial_files(blob_store) == []
 
 
-def test_partial_size_without_a_partial(store: BlobStore) -> None:
-    assert store.partial_size("cd" * 32, 100) == 0
-    assert partial_files(store) == []
+def test_partial_size_without_a_partial(blob_store: BlobStore) -> None:
+    assert blob_store.partial_size("cd" * 32, 100) == 0
+    assert partial_files(blob_store) == []
 
 
 # -- full disk ---------------------------------------------------------------------------
@@ -252,17 +246,17 @@ def test_disk_full_on_close_keeps_a_prefix(tmp_path: Path) -> None:
             assert committed(store, resumed) == content
 
 
-def test_context_manager_keeps_the_partial_on_error(store: BlobStore) -> None:
+def test_context_manager_keeps_the_partial_on_error(blob_store: BlobStore) -> None:
     content = blob(5000, seed=22)
     digest = sha(content)
     with (
         pytest.raises(RuntimeError, match="channel closed"),
-        store.open_partial(digest, len(content), "k.bin") as part,
+        blob_store.open_partial(digest, len(content), "k.bin") as part,
     ):
         part.write(content[:2500])
         raise RuntimeError("channel closed")
     assert part.closed
-    assert store.partial_size(digest, len(content)) == 2500
+    assert blob_store.partial_size(digest, len(content)) == 2500
 
 
 # -- property ----------------------------------------------------------------------------
@@ -332,11 +326,11 @@ def test_random_chunks_and_disconnects(
 # -- the single-buffer batch path (the channel receiver's hot path) ----------------------
 
 
-def test_append_buffers_without_writing_until_a_batch_is_full(store: BlobStore) -> None:
+def test_append_buffers_without_writing_until_a_batch_is_full(blob_store: BlobStore) -> None:
     content = blob(3 * WRITE_BATCH_BYTES + 5000, seed=30)
     digest = sha(content)
-    part = store.open_partial(digest, len(content), "hot.bin")
-    path = part_path(store, part)
+    part = blob_store.open_partial(digest, len(content), "hot.bin")
+    path = part_path(blob_store, part)
     pieces = list(chunks(content))
     full_at = [i for i, piece in enumerate(pieces) if part.append(piece)]
     # every append before the first "full" left the file untouched (no system call)
@@ -350,15 +344,15 @@ def test_append_buffers_without_writing_until_a_batch_is_full(store: BlobStore) 
     part.write_batch(batch)
     assert part.take_batch() is None  # the buffer was detached whole
     assert part.on_disk == len(content) == path.stat().st_size
-    assert committed(store, part) == content
+    assert committed(blob_store, part) == content
 
 
-def test_the_loop_keeps_appending_while_one_batch_is_written(store: BlobStore) -> None:
+def test_the_loop_keeps_appending_while_one_batch_is_written(blob_store: BlobStore) -> None:
     """The receiver's pattern: the loop appends into the one buffer while a writer
     thread writes the detached batch; never two batches in flight."""
     content = blob(8 * WRITE_BATCH_BYTES + 777, seed=31)
     digest = sha(content)
-    part = store.open_partial(digest, len(content), "pipe.bin")
+    part = blob_store.open_partial(digest, len(content), "pipe.bin")
     writer = ThreadPoolExecutor(max_workers=1)
     in_flight: Future[None] | None = None
     progress = []
@@ -378,18 +372,18 @@ def test_the_loop_keeps_appending_while_one_batch_is_written(store: BlobStore) -
     assert progress == sorted(progress) and progress[-1] < len(content)
     assert part.on_disk + (part.offset - part.on_disk) == len(content)
     meta = part.commit()
-    assert meta.sha256 == digest and store.object_path(digest).read_bytes() == content
+    assert meta.sha256 == digest and blob_store.object_path(digest).read_bytes() == content
 
 
-def test_a_batch_out_of_order_is_refused(store: BlobStore) -> None:
-    part = store.open_partial(sha(b"x" * 10), 10, "o.bin")
+def test_a_batch_out_of_order_is_refused(blob_store: BlobStore) -> None:
+    part = blob_store.open_partial(sha(b"x" * 10), 10, "o.bin")
     part.append(b"x" * 10)
     batch = part.take_batch()
     assert batch is not None
     with pytest.raises(ValueError, match="expected 0"):
         part.write_batch(type(batch)(5, batch.data))
     part.write_batch(batch)
-    assert committed(store, part) == b"x" * 10
+    assert committed(blob_store, part) == b"x" * 10
 
 
 def test_after_a_failed_batch_append_asks_to_settle_and_buffers_nothing(tmp_path: Path) -> None:
@@ -450,9 +444,9 @@ def test_write_at_out_of_order_survives_a_restart_and_commits(tmp_path: Path) ->
     assert partial_files(restarted) == []
 
 
-def test_a_chunk_sent_again_replaces_the_bytes_hashed_in_order(store: BlobStore) -> None:
+def test_a_chunk_sent_again_replaces_the_bytes_hashed_in_order(blob_store: BlobStore) -> None:
     content = blob(3 * CHUNK, seed=41)
-    part = store.open_partial("r" * 32, len(content), "again.bin", by_ranges=True)
+    part = blob_store.open_partial("r" * 32, len(content), "again.bin", by_ranges=True)
     garbage = blob(CHUNK, seed=99)
     part.write_at(0, garbage)  # in order: hashed on the way...
     part.mark_present(0, CHUNK)
@@ -462,32 +456,32 @@ def test_a_chunk_sent_again_replaces_the_bytes_hashed_in_order(store: BlobStore)
     assert part.commit().sha256 == sha(content)
 
 
-def test_a_wrong_digest_by_ranges_removes_the_partial(store: BlobStore) -> None:
+def test_a_wrong_digest_by_ranges_removes_the_partial(blob_store: BlobStore) -> None:
     content = blob(2 * CHUNK, seed=42)
-    part = store.open_partial("w" * 32, len(content), "bad.bin", by_ranges=True)
+    part = blob_store.open_partial("w" * 32, len(content), "bad.bin", by_ranges=True)
     for index in (1, 0):
         _write_chunk(part, content, index)
     with pytest.raises(HashMismatchError) as info:
         part.commit(sha(b"something else"))
     assert info.value.actual == sha(content)
-    assert partial_files(store) == [] and store.partial_ranges("w" * 32) == []
+    assert partial_files(blob_store) == [] and blob_store.partial_ranges("w" * 32) == []
 
 
-def test_write_at_checks_its_bounds(store: BlobStore) -> None:
-    part = store.open_partial("b" * 32, 100, "b.bin", by_ranges=True)
+def test_write_at_checks_its_bounds(blob_store: BlobStore) -> None:
+    part = blob_store.open_partial("b" * 32, 100, "b.bin", by_ranges=True)
     for offset, data in ((-1, b"x"), (95, b"123456"), (100, b"x")):
         with pytest.raises(ValueError):
             part.write_at(offset, data)
     part.close()
-    assert store.partial_ranges("b" * 32) == []
+    assert blob_store.partial_ranges("b" * 32) == []
 
 
-def test_commit_by_ranges_reads_the_disk_once_without_a_copy(store: BlobStore) -> None:
+def test_commit_by_ranges_reads_the_disk_once_without_a_copy(blob_store: BlobStore) -> None:
     """Chunks that did not arrive in order are hashed at commit by reading them from
     disk in 1 MiB blocks: memory stays far below the file's size."""
     size = 24 * MIB
     content = blob(size, seed=43)
-    part = store.open_partial("m" * 32, size, "big.bin", by_ranges=True)
+    part = blob_store.open_partial("m" * 32, size, "big.bin", by_ranges=True)
     step = 4 * MIB
     for start in reversed(range(0, size, step)):  # last chunk first: nothing in order
         part.write_at(start, content[start : start + step])
@@ -522,10 +516,10 @@ def test_disk_full_in_write_at_records_nothing_and_keeps_the_partial(tmp_path: P
 
 
 def test_a_batch_taken_before_close_is_never_written_through_a_closed_file(
-    store: BlobStore,
+    blob_store: BlobStore,
 ) -> None:
     content = blob(WRITE_BATCH_BYTES + 10, seed=45)
-    part = store.open_partial(sha(content), len(content), "late.bin")
+    part = blob_store.open_partial(sha(content), len(content), "late.bin")
     for piece in chunks(content):
         part.append(piece)
     batch = part.take_batch()
@@ -533,5 +527,5 @@ def test_a_batch_taken_before_close_is_never_written_through_a_closed_file(
     part.close()  # the connection went away while the writer thread was scheduled
     with pytest.raises(ValueError):
         part.write_batch(batch)  # refused: the descriptor may belong to another file now
-    assert part_path(store, part).stat().st_size == 0
-    assert store.partial_size(sha(content), len(content)) == 0
+    assert part_path(blob_store, part).stat().st_size == 0
+    assert blob_store.partial_size(sha(content), len(content)) == 0

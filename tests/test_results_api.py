@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from pydantic import ValidationError
 
 from signaling.__main__ import help_text, main, settings_from_args
@@ -21,101 +18,19 @@ from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import SCHEMA_VERSION
 from signaling.results_api import DownloadQuery
+from tests.conftest import StartService
+from tests.storage_service import AUTH, KEY, StorageService, service_settings
 
-KEY = "storage-key-123"
-AUTH = {"X-API-Key": KEY}
 SMALL_MAX = 4096
 
 
 def make_settings(root: Path, **extra: Any) -> SignalingSettings:
-    return SignalingSettings(
-        host="127.0.0.1",
-        port=0,
-        storage_path=root,
-        storage_api_key=KEY,
-        storage_max_file_size=SMALL_MAX,
-        **extra,
-    )
-
-
-@dataclass
-class Store:
-    root: Path
-    session: aiohttp.ClientSession
-    runner: web.AppRunner
-    port: int
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def restart(self, **extra: Any) -> None:
-        await self.runner.cleanup()
-        self.runner, self.port = await start_server(make_settings(self.root, **extra))
-
-    async def upload(
-        self, job_id: str | None, data: bytes | None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, Any]]:
-        form = aiohttp.FormData()
-        if job_id is not None:
-            form.add_field("job_id", job_id)
-        if data is not None:
-            form.add_field("file", data, filename="result.bin")
-        async with self.session.post(
-            self.url("/upload"), data=form, headers=AUTH if headers is None else headers
-        ) as response:
-            return response.status, await response.json()
-
-    async def upload_raw(self, job_id: str | None, data: bytes) -> tuple[int, dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/octet-stream"}
-        if job_id is not None:
-            headers["X-Job-Id"] = job_id
-        async with self.session.post(self.url("/upload"), data=data, headers=headers) as response:
-            return response.status, await response.json()
-
-    async def download(self, job_id: str, keep: bool = False) -> tuple[int, bytes]:
-        query = "?keep=true" if keep else ""
-        async with self.session.get(
-            self.url(f"/download/{job_id}{query}"), headers=AUTH
-        ) as response:
-            return response.status, await response.read()
-
-    async def delete(self, job_id: str) -> tuple[int, dict[str, Any]]:
-        async with self.session.delete(self.url(f"/delete/{job_id}"), headers=AUTH) as response:
-            return response.status, await response.json()
-
-    async def records(self) -> dict[str, dict[str, Any]]:
-        async with self.session.get(self.url("/list"), headers=AUTH) as response:
-            assert response.status == 200
-            body = await response.json()
-        return {record["job_id"]: record for record in body["files"]}
-
-    async def wait_status(self, job_id: str, status: int) -> None:
-        """Poll until a kept download answers ``status`` (auto-delete ends after the body)."""
-        deadline = asyncio.get_running_loop().time() + 5.0
-        while True:
-            async with self.session.get(
-                self.url(f"/download/{job_id}?keep=true"), headers=AUTH
-            ) as response:
-                await response.read()
-                if response.status == status:
-                    return
-            assert asyncio.get_running_loop().time() < deadline, f"never got {status}"
-            await asyncio.sleep(0.02)
-
-    def blobs(self) -> list[Path]:
-        return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
+    return service_settings(root, storage_max_file_size=SMALL_MAX, **extra)
 
 
 @pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    root = tmp_path / "store"
-    runner, port = await start_server(make_settings(root))
-    async with aiohttp.ClientSession() as session:
-        handle = Store(root, session, runner, port)
-        try:
-            yield handle
-        finally:
-            await handle.runner.cleanup()
+async def store(start_storage_service: StartService) -> StorageService:
+    return await start_storage_service(storage_max_file_size=SMALL_MAX)
 
 
 def error_code(body: dict[str, Any]) -> str:
@@ -135,7 +50,7 @@ def error_code(body: dict[str, Any]) -> str:
         ("GET", "/list"),
     ],
 )
-async def test_every_route_needs_the_key(store: Store, method: str, path: str) -> None:
+async def test_every_route_needs_the_key(store: StorageService, method: str, path: str) -> None:
     for headers in (
         {},
         {"X-API-Key": "wrong"},
@@ -150,7 +65,7 @@ async def test_every_route_needs_the_key(store: Store, method: str, path: str) -
             assert response.status != 401
 
 
-async def test_health_is_open_and_shows_storage(store: Store) -> None:
+async def test_health_is_open_and_shows_storage(store: StorageService) -> None:
     async with store.session.get(store.url("/health")) as response:
         assert response.status == 200
         body = await response.json()
@@ -161,7 +76,7 @@ async def test_health_is_open_and_shows_storage(store: Store) -> None:
 # --------------------------------------------------------------------------- upload/download
 
 
-async def test_multipart_upload_and_download(store: Store) -> None:
+async def test_multipart_upload_and_download(store: StorageService) -> None:
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     status, body = await store.upload("job-1", data)
     assert status == 201
@@ -178,7 +93,7 @@ async def test_multipart_upload_and_download(store: Store) -> None:
     assert (await store.records())["job-1"]["downloaded_at"] is not None
 
 
-async def test_raw_upload_and_auto_delete(store: Store) -> None:
+async def test_raw_upload_and_auto_delete(store: StorageService) -> None:
     data = b"raw result bytes\n" * 100
     status, body = await store.upload_raw("raw.job_2", data)
     assert status == 201
@@ -208,7 +123,7 @@ async def test_raw_upload_and_auto_delete(store: Store) -> None:
         ("other=1", False),
     ],
 )
-async def test_the_keep_query_parameter(store: Store, query: str, kept: bool) -> None:
+async def test_the_keep_query_parameter(store: StorageService, query: str, kept: bool) -> None:
     """Parsed by pydantic (DownloadQuery); junk never fails the download."""
     await store.upload("k", b"bytes")
     async with store.session.get(store.url(f"/download/k?{query}"), headers=AUTH) as response:
@@ -223,14 +138,14 @@ def test_download_query_model() -> None:
     assert DownloadQuery.model_validate({"keep": "off", "x": "y"}).keep is False
 
 
-async def test_auto_delete_off_keeps_files(store: Store) -> None:
+async def test_auto_delete_off_keeps_files(store: StorageService) -> None:
     await store.restart(auto_delete=False)
     await store.upload("keepme", b"abc")
     assert await store.download("keepme") == (200, b"abc")
     assert await store.download("keepme") == (200, b"abc")
 
 
-async def test_delete_then_gone_and_unknown(store: Store) -> None:
+async def test_delete_then_gone_and_unknown(store: StorageService) -> None:
     await store.upload("d1", b"to be deleted")
     status, body = await store.delete("d1")
     assert (status, body) == (200, {"job_id": "d1", "deleted": True})
@@ -245,7 +160,7 @@ async def test_delete_then_gone_and_unknown(store: Store) -> None:
     assert store.blobs() == []
 
 
-async def test_upload_validation(store: Store) -> None:
+async def test_upload_validation(store: StorageService) -> None:
     status, body = await store.upload(None, b"data")
     assert (status, error_code(body)) == (400, "MISSING_FIELD")
     status, body = await store.upload("job", None)
@@ -263,7 +178,7 @@ async def test_upload_validation(store: Store) -> None:
     assert list((store.root / "partial").iterdir()) == []
 
 
-async def test_too_large(store: Store) -> None:
+async def test_too_large(store: StorageService) -> None:
     status, body = await store.upload("big", b"x" * (SMALL_MAX + 1))
     assert (status, error_code(body)) == (413, "FILE_TOO_LARGE")
     status, body = await store.upload_raw("big", b"x" * (SMALL_MAX + 1))
@@ -282,7 +197,7 @@ async def test_too_large(store: Store) -> None:
     assert list((store.root / "partial").iterdir()) == []
 
 
-async def test_reupload_replaces(store: Store) -> None:
+async def test_reupload_replaces(store: StorageService) -> None:
     await store.upload("job", b"first version")
     status, body = await store.upload("job", b"second version")
     assert status == 201
@@ -295,7 +210,7 @@ async def test_reupload_replaces(store: Store) -> None:
     assert await store.download("job", keep=True) == (200, b"third")
 
 
-async def test_dedupe_shares_one_blob(store: Store) -> None:
+async def test_dedupe_shares_one_blob(store: StorageService) -> None:
     data = b"same content" * 50
     _, first = await store.upload("a", data)
     _, second = await store.upload_raw("b", data)
@@ -308,7 +223,7 @@ async def test_dedupe_shares_one_blob(store: Store) -> None:
     assert store.blobs() == []
 
 
-async def test_list_content(store: Store) -> None:
+async def test_list_content(store: StorageService) -> None:
     await store.upload("one", b"1")
     await store.upload("two", b"22")
     await store.delete("two")
@@ -322,7 +237,7 @@ async def test_list_content(store: Store) -> None:
     assert records["two"]["deleted"] is True and records["two"]["deleted_at"] is not None
 
 
-async def test_restart_keeps_records(store: Store) -> None:
+async def test_restart_keeps_records(store: StorageService) -> None:
     await store.upload("persist", b"survives a restart")
     await store.upload("gone", b"deleted before the restart")
     await store.delete("gone")

@@ -7,8 +7,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,16 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from rtc_worker.storage import format_timestamp
 from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import StorageDB
 from signaling.uploads_api import UPLOADS_KEY
+from tests.conftest import StartService
+from tests.storage_service import AUTH, KEY, StorageService, service_settings
 
-KEY = "upload-key-456"
-AUTH = {"X-API-Key": KEY}
 CHUNK = 1024
 MAX_SIZE = 64 * 1024
 PNG = (
@@ -36,51 +33,15 @@ PNG = (
 
 
 def make_settings(root: Path, **extra: Any) -> SignalingSettings:
-    return SignalingSettings(
-        host="127.0.0.1",
-        port=0,
-        storage_path=root,
-        storage_api_key=KEY,
-        storage_max_file_size=MAX_SIZE,
-        upload_chunk_size=CHUNK,
-        **extra,
-    )
+    return service_settings(root, storage_max_file_size=MAX_SIZE, upload_chunk_size=CHUNK, **extra)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
     return bytes((i * 7 + seed) % 251 for i in range(size))
 
 
-@dataclass
-class Server:
-    root: Path
-    session: aiohttp.ClientSession
-    runner: web.AppRunner
-    port: int
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def restart(self) -> None:
-        await self.runner.cleanup()
-        self.runner, self.port = await start_server(make_settings(self.root))
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        data: bytes | None = None,
-    ) -> tuple[int, dict[str, Any]]:
-        async with self.session.request(
-            method,
-            self.url(path),
-            json=body,
-            data=data,
-            headers=AUTH if headers is None else headers,
-        ) as response:
-            return response.status, await response.json()
+class Server(StorageService):
+    """The storage service, with the resumable-upload steps of these tests."""
 
     async def init(self, size: int, name: str = "file.bin", **extra: Any) -> str:
         body = {
@@ -116,18 +77,14 @@ class Server:
     async def status(self, upload_id: str) -> tuple[int, dict[str, Any]]:
         return await self.call("GET", f"/api/upload/{upload_id}/status")
 
-    async def upload(self, content: bytes, name: str = "file.bin", **extra: Any) -> dict[str, Any]:
+    async def resumable_upload(
+        self, content: bytes, name: str = "file.bin", **extra: Any
+    ) -> dict[str, Any]:
         upload_id = await self.init(len(content), name, **extra)
         await self.send(upload_id, content)
         status, answer = await self.complete(upload_id)
         assert status == 200, answer
         return answer
-
-    def blobs(self) -> list[Path]:
-        return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
-
-    def blob_bytes(self, sha256: str) -> bytes:
-        return (self.root / "blobs" / sha256[:2] / sha256).read_bytes()
 
     def partial(self, upload_id: str) -> list[str]:
         """The upload's partial file and sidecar, as far as they exist."""
@@ -141,15 +98,11 @@ class Server:
 
 
 @pytest_asyncio.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    root = tmp_path / "store"
-    runner, port = await start_server(make_settings(root))
-    async with aiohttp.ClientSession() as session:
-        handle = Server(root, session, runner, port)
-        try:
-            yield handle
-        finally:
-            await handle.runner.cleanup()
+async def server(start_storage_service: StartService) -> Server:
+    service: Server = await start_storage_service(
+        Server, storage_max_file_size=MAX_SIZE, upload_chunk_size=CHUNK
+    )
+    return service
 
 
 def code(body: dict[str, Any]) -> str:
@@ -163,7 +116,7 @@ def today() -> str:
 
 async def test_round_trip_png_is_an_image(server: Server) -> None:
     content = PNG + payload(3 * CHUNK - len(PNG) + 100)  # 4 chunks, the last short
-    answer = await server.upload(content, "photo.png")
+    answer = await server.resumable_upload(content, "photo.png")
     digest = hashlib.sha256(content).hexdigest()
     assert answer["status"] == "completed"
     assert answer["sha256"] == digest
@@ -179,11 +132,11 @@ async def test_round_trip_png_is_an_image(server: Server) -> None:
 
 
 async def test_category_falls_back_to_content_type(server: Server) -> None:
-    answer = await server.upload(
+    answer = await server.resumable_upload(
         payload(100), "clip.mp4", content_type="video/mp4"
     )  # bytes magic cannot name
     assert answer["key"] == f"client/u1/{today()}/video/clip.mp4"
-    text = await server.upload(b"hello, plain text\n" * 10, "notes.txt")
+    text = await server.resumable_upload(b"hello, plain text\n" * 10, "notes.txt")
     assert text["key"] == f"client/u1/{today()}/document/notes.txt"
 
 
@@ -267,7 +220,9 @@ async def test_chunk_folders_of_an_earlier_version_are_migrated(server: Server) 
 
 async def test_concurrent_uploads(server: Server) -> None:
     first, second = payload(6 * CHUNK, seed=1), payload(7 * CHUNK + 3, seed=2)
-    a, b = await asyncio.gather(server.upload(first, "a.bin"), server.upload(second, "b.bin"))
+    a, b = await asyncio.gather(
+        server.resumable_upload(first, "a.bin"), server.resumable_upload(second, "b.bin")
+    )
     assert server.blob_bytes(a["sha256"]) == first
     assert server.blob_bytes(b["sha256"]) == second
     assert len(server.blobs()) == 2
@@ -275,9 +230,9 @@ async def test_concurrent_uploads(server: Server) -> None:
 
 async def test_dedupe_and_key_collision(server: Server) -> None:
     content = payload(2 * CHUNK + 5, seed=9)
-    first = await server.upload(content, "report.tar.gz")
-    second = await server.upload(content, "report.tar.gz")
-    third = await server.upload(content, "report.tar.gz")
+    first = await server.resumable_upload(content, "report.tar.gz")
+    second = await server.resumable_upload(content, "report.tar.gz")
+    third = await server.resumable_upload(content, "report.tar.gz")
     assert first["sha256"] == second["sha256"]
     assert len(server.blobs()) == 1
     base = f"client/u1/{today()}/other"
@@ -290,7 +245,7 @@ async def test_dedupe_and_key_collision(server: Server) -> None:
 
 
 async def test_empty_file(server: Server) -> None:
-    answer = await server.upload(b"", "empty.dat")
+    answer = await server.resumable_upload(b"", "empty.dat")
     assert answer["sha256"] == hashlib.sha256(b"").hexdigest()
 
 
@@ -366,7 +321,7 @@ async def test_chunk_and_complete_errors(server: Server) -> None:
 
 
 async def test_completed_upload_refuses_changes(server: Server) -> None:
-    answer = await server.upload(payload(CHUNK + 1), "x.bin")
+    answer = await server.resumable_upload(payload(CHUNK + 1), "x.bin")
     upload_id = answer["upload_id"]
     status, error = await server.chunk(upload_id, 0, payload(CHUNK))
     assert (status, code(error)) == (409, "UPLOAD_COMPLETED")
@@ -423,7 +378,7 @@ async def test_cleanup_removes_expired_uploads_and_unreferenced_blobs(server: Se
     await server.send(stale, content, only=[0])
     fresh = await server.init(len(content))
     age(server.root, stale, hours=25)
-    kept = await server.upload(payload(100, seed=5), "kept.bin")
+    kept = await server.resumable_upload(payload(100, seed=5), "kept.bin")
     status, _ = await server.call(
         "POST",
         "/upload",

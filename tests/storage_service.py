@@ -1,0 +1,127 @@
+"""One live storage service for the tests: a real server on loopback, real HTTP, a real
+SQLite file and disk, and one API client helper for every route.
+
+``start_storage_service(root, **settings)`` starts it; the fixture in
+``tests/conftest.py`` wraps it so that each test gets a server of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from signaling.app import start_server
+from signaling.config import SignalingSettings
+
+__all__ = ["AUTH", "KEY", "StorageService", "service_settings"]
+
+KEY = "storage-key-123"
+AUTH = {"X-API-Key": KEY}
+
+
+def service_settings(root: Path, **overrides: Any) -> SignalingSettings:
+    """Settings of a storage service at ``root`` on a free loopback port, with ``KEY``."""
+    return SignalingSettings(
+        host="127.0.0.1", port=0, storage_path=root, storage_api_key=KEY, **overrides
+    )
+
+
+@dataclass
+class StorageService:
+    """A running storage service and an HTTP client for its routes."""
+
+    root: Path
+    session: aiohttp.ClientSession
+    runner: web.AppRunner
+    port: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        """The absolute URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def restart(self, **extra: Any) -> None:
+        """Stop and start the server on the same folder (settings plus ``extra``)."""
+        await self.runner.cleanup()
+        settings = service_settings(self.root, **{**self.overrides, **extra})
+        self.runner, self.port = await start_server(settings)
+
+    async def stop(self) -> None:
+        """Stop the server."""
+        await self.runner.cleanup()
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | aiohttp.FormData | None = None,
+    ) -> tuple[int, Any]:
+        """One request (JSON ``body`` or raw ``data``); the status and the JSON answer."""
+        async with self.session.request(
+            method,
+            self.url(path),
+            json=body,
+            data=data,
+            headers=AUTH if headers is None else headers,
+        ) as response:
+            return response.status, await response.json()
+
+    # ------------------------------------------------------------------ results API
+
+    async def upload(
+        self, job_id: str | None, data: bytes | None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /upload`` as a multipart form (``job_id`` and ``file`` when given)."""
+        form = aiohttp.FormData()
+        if job_id is not None:
+            form.add_field("job_id", job_id)
+        if data is not None:
+            form.add_field("file", data, filename="result.bin")
+        return await self.call("POST", "/upload", headers=headers, data=form)
+
+    async def upload_raw(self, job_id: str | None, data: bytes) -> tuple[int, dict[str, Any]]:
+        """``POST /upload`` with a raw body, ``X-Job-Id`` and a Bearer key."""
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/octet-stream"}
+        if job_id is not None:
+            headers["X-Job-Id"] = job_id
+        return await self.call("POST", "/upload", headers=headers, data=data)
+
+    async def download(self, job_id: str, keep: bool = False) -> tuple[int, bytes]:
+        """``GET /download/{job_id}`` (``?keep=true`` with ``keep``): status and bytes."""
+        query = "?keep=true" if keep else ""
+        async with self.session.get(self.url(f"/download/{job_id}{query}"), headers=AUTH) as got:
+            return got.status, await got.read()
+
+    async def delete(self, job_id: str) -> tuple[int, dict[str, Any]]:
+        """``DELETE /delete/{job_id}``."""
+        return await self.call("DELETE", f"/delete/{job_id}")
+
+    async def records(self) -> dict[str, dict[str, Any]]:
+        """``GET /list`` by job id."""
+        status, body = await self.call("GET", "/list")
+        assert status == 200
+        return {record["job_id"]: record for record in body["files"]}
+
+    async def wait_status(self, job_id: str, status: int) -> None:
+        """Poll until a kept download answers ``status`` (auto-delete ends after the body)."""
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while (await self.download(job_id, keep=True))[0] != status:
+            assert asyncio.get_running_loop().time() < deadline, f"never got {status}"
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ the store on disk
+
+    def blobs(self) -> list[Path]:
+        """Every stored blob file."""
+        return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
+
+    def blob_bytes(self, sha256: str) -> bytes:
+        """The stored bytes of ``sha256``."""
+        return (self.root / "blobs" / sha256[:2] / sha256).read_bytes()
