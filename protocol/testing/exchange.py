@@ -12,7 +12,6 @@ earlier FILE_META form), to show the worker's refusals.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -31,7 +30,15 @@ from protocol.messages import (
     SharedOutputPath,
 )
 from protocol.testing.pair import ConnectionPair, Exchange, SimulatedWorld
-from protocol.testing.text import MAX_COUNT, file_names, job_ids, paths, sha256_hex, worker_job_ids
+from protocol.testing.text import (
+    MAX_COUNT,
+    file_names,
+    job_ids,
+    paths,
+    sha256_hex,
+    sha256_of,
+    worker_job_ids,
+)
 from protocol.transfer_messages import Chunk, EndOfFile, FileMetaLegacy
 
 __all__ = ["EXCHANGE_KINDS", "exchanges"]
@@ -104,7 +111,7 @@ class _Program:
     def upload(self, kind: str) -> None:
         data = self.file(min_size=1 if kind == "resume" else 0)
         name = self.draw(file_names(max_bytes=80))
-        sha = hashlib.sha256(data).hexdigest()
+        sha = sha256_of(data)
         store = self.pair.world.store
         if kind == "dedupe":
             store.objects[sha] = data
@@ -190,7 +197,7 @@ class _Program:
             pair.upload(
                 data,
                 self.draw(file_names(max_bytes=40)),
-                sha256=hashlib.sha256(data + b"!").hexdigest(),
+                sha256=sha256_of(data + b"!"),
             )
         elif which == "size_mismatch":
             data = self.file(min_size=1)

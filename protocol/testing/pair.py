@@ -14,7 +14,6 @@ Sans-IO: no sockets, no files; time is a counter that advances per frame.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -26,6 +25,7 @@ from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobComplete, JobMetrics, Message
 from protocol.names import InvalidNameError, split_path
 from protocol.routes import Role
+from protocol.testing.text import sha256_of
 from protocol.transfer_messages import FileMeta
 
 __all__ = [
@@ -52,10 +52,6 @@ Decide = Callable[[str, Sequence[T]], T]
 def first(name: str, options: Sequence[T]) -> T:
     """The default decision: the first (happy) option."""
     return options[0]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -95,7 +91,7 @@ class SimulatedStore:
             case ev.Finish(transfer=serial, meta=meta):
                 assert self._open is not None and serial == self._serial
                 data, self._open = bytes(self._open), None
-                sha = _sha(data)
+                sha = sha256_of(data)
                 if isinstance(meta, FileMeta) and sha != meta.sha256:
                     detail = f"expected {meta.sha256}, received {sha}"
                     failed = ev.StoreFailed(serial, TransferErrorCode.HASH_MISMATCH, detail, False)
@@ -206,7 +202,7 @@ class SimulatedWorld:
             case ev.PackResults(job_id=job_id):
                 data = self.results[job_id]
                 pair.outgoing[Role.WORKER] = data
-                conn.report(ev.FileToSend(f"results-{job_id}.zip", len(data), _sha(data)), now)
+                conn.report(ev.FileToSend(f"results-{job_id}.zip", len(data), sha256_of(data)), now)
             case _:
                 self.store.perform(conn, action, now)
 
@@ -265,14 +261,14 @@ class ConnectionPair:
         ``stop_at`` it streams only up to that byte and then ends (END_OF_FILE)."""
         self.outgoing[Role.CLIENT] = data
         self._cut[Role.CLIENT] = stop_at
-        self.client.send_file(ev.FileToSend(name, len(data), sha256 or _sha(data)))
+        self.client.send_file(ev.FileToSend(name, len(data), sha256 or sha256_of(data)))
         self.pump()
 
     def cut_upload(self, data: bytes, name: str, at: int) -> None:
         """The client streams ``data`` up to byte ``at``, then cancels with FILE_CANCEL."""
         self.outgoing[Role.CLIENT] = data[:at]
         self._cut[Role.CLIENT] = -1
-        self.client.send_file(ev.FileToSend(name, len(data), _sha(data)))
+        self.client.send_file(ev.FileToSend(name, len(data), sha256_of(data)))
         self.pump()
 
     def finish_job(self, outcome: str = "complete") -> None:
