@@ -288,7 +288,7 @@ class TransferIO:
             return
         expected = meta.sha256 if isinstance(meta, FileMeta) else None
         try:
-            stored = await asyncio.to_thread(partial.commit, expected)
+            stored = await asyncio.to_thread(lambda: partial.commit(expected, mime=False))
         except HashMismatchError as exc:  # the store removed the partial
             self._forget()
             detail = f"expected {expected}, received {exc.actual}"

@@ -529,3 +529,14 @@ def test_a_batch_taken_before_close_is_never_written_through_a_closed_file(
         part.write_batch(batch)  # refused: the descriptor may belong to another file now
     assert part_path(blob_store, part).stat().st_size == 0
     assert blob_store.partial_size(sha(content), len(content)) == 0
+
+
+def test_a_commit_without_mime_detection_stores_the_same_object(blob_store: BlobStore) -> None:
+    """A channel receiver only needs the sha256: it skips libmagic, the object is the same."""
+    content = b"\x89PNG\r\n\x1a\n" + blob(5000, seed=46)
+    with blob_store.open_partial(sha(content), len(content), "img.png") as part:
+        part.write(content)
+        meta = part.commit(sha(content), mime=False)
+    assert (meta.sha256, meta.size, meta.mime_type) == (sha(content), len(content), "")
+    with blob_store.open_object(sha(content)) as stored:
+        assert stored.read() == content

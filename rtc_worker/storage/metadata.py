@@ -153,17 +153,18 @@ class ContentHasher:
         twin._finished = self._finished
         return twin
 
-    def finish(self, created_at: datetime | None = None) -> FileMetadata:
+    def finish(self, created_at: datetime | None = None, *, mime: bool = True) -> FileMetadata:
         """The metadata of everything passed to :meth:`update`; no update afterwards.
 
         Args:
             created_at: the time to record; now when omitted. Naive datetimes are UTC.
+            mime: detect the MIME type (loads libmagic); without it ``mime_type`` is "".
         """
         self._finished = True
         return FileMetadata(
             size=self._size,
             sha256=self._hash.hexdigest(),
-            mime_type=detect_mime(bytes(self._head)),
+            mime_type=detect_mime(bytes(self._head)) if mime else "",
             created_at=format_timestamp(created_at or datetime.now(UTC)),
         )
 

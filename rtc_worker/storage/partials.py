@@ -349,7 +349,7 @@ class PartialFile(Closing):
 
     # ------------------------------------------------------------------ finishing
 
-    def verify(self, expected_sha256: str | None = None) -> FileMetadata:
+    def verify(self, expected_sha256: str | None = None, *, mime: bool = True) -> FileMetadata:
         """Check that the content is complete and has the expected SHA-256.
 
         Writes the buffer and fsyncs; requires every byte of ``size``; hashes what was
@@ -357,6 +357,10 @@ class PartialFile(Closing):
         ``expected_sha256`` and the announced ``sha256`` (64 lowercase hex; each one
         given must match). Nothing more can be written afterwards: commit, close or
         discard it.
+
+        Args:
+            expected_sha256: the digest the content must have, or None.
+            mime: detect the MIME type (loads libmagic); without it ``mime_type`` is "".
 
         Returns:
             The content's size, SHA-256 and MIME type (the same on every call).
@@ -384,7 +388,7 @@ class PartialFile(Closing):
                     os.fsync(self._fd)
                 if self._hashed < end:
                     hash_file(self._fd, hasher=self._hasher, start=self._hashed, end=end)
-                meta = self._hasher.finish()
+                meta = self._hasher.finish(mime=mime)
                 if meta.size != end:  # the file shrank under us
                     self.discard()
                     raise HashMismatchError(expected_sha256 or self.sha256 or "?", meta.sha256)
@@ -396,13 +400,19 @@ class PartialFile(Closing):
                     raise HashMismatchError(expected, meta.sha256)
             return meta
 
-    def commit(self, expected_sha256: str | None = None) -> FileMetadata:
+    def commit(self, expected_sha256: str | None = None, *, mime: bool = True) -> FileMetadata:
         """:meth:`verify` the content, then publish it into the blob store (fsync, move
         to its object or drop it when the same content is stored, fsync both folders),
         remove the sidecar and release the lock.
 
+        Args:
+            expected_sha256: the digest the content must have, or None.
+            mime: detect the MIME type (the storage service records it; a channel
+                receiver does not need it and skips loading libmagic).
+
         Returns:
-            The content's size, SHA-256 and MIME type. Committing again returns it again.
+            The content's size, SHA-256 and MIME type ("" without ``mime``). Committing
+            again returns it again.
 
         Raises:
             As :meth:`verify`; DiskFullError, OSError: publishing failed, the verified
@@ -411,7 +421,7 @@ class PartialFile(Closing):
         if self._state == "committed" and self._result is not None:
             return self._result
         with self._lock:
-            meta = self.verify(expected_sha256)
+            meta = self.verify(expected_sha256, mime=mime)
             try:
                 self._home.publish_object(self._fd, self.key, meta.sha256, self.name)
             except OSError:
