@@ -114,7 +114,7 @@ class RTCClient:
         connect_timeout: float = 30.0,
         trace: Trace | None = None,
         cache_dir: Path | None = None,
-        max_file_size: int = 10 * 1024**3,
+        max_file_size: int = DEFAULT_LIMITS.max_file_bytes,
     ) -> None:
         self.signaling_url = signaling_url
         self.token = token

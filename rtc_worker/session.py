@@ -79,6 +79,9 @@ class WorkerSession:
             self.resources.sessions.discard(self)
             if self.job_task is not None and not self.job_task.done():
                 logger.info("client {} left; its job keeps running", self.peer)
+            elif self._input is not None:  # a validated input no job will read
+                self._input.close()
+                self._input = None
 
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
@@ -196,6 +199,7 @@ class WorkerSession:
     async def _run_job(self, action: ev.StartJob) -> None:
         job_id, resources = action.job_id, self.resources
         started = time.perf_counter()
+        spec: JobSpec | None = None
         try:
             spec = await asyncio.to_thread(self._job_spec, action)
             logger.info(
@@ -237,8 +241,10 @@ class WorkerSession:
                 total_s,
             )
             ended = ev.JobEnded(job_id, complete, metrics)
-        finally:
-            if self._input is not None and action.input_path is not None:
+        finally:  # the job's input (a validated path or a stored file) is done with
+            if spec is not None:
+                spec.input.close()
+            if action.input_path is not None and self._input is not None:
                 self._input.close()
                 self._input = None
         resources.slot.release(job_id)

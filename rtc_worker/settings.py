@@ -16,7 +16,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
+from protocol.limits import DEFAULT_LIMITS
 from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings
+from rtc_worker.storage import DEFAULT_PARTIAL_TTL_S, layout
 
 __all__ = [
     "DEFAULT_SHARED_ROOT_CANDIDATES",
@@ -99,26 +101,28 @@ class WorkerSettings(EnvSettings):
         "shared root.",
     )
     max_file_size: int = Field(
-        10 * 1024**3,
+        DEFAULT_LIMITS.max_file_bytes,
         gt=0,
         description="Largest file accepted over the data channel, bytes (FILE_TOO_LARGE "
         "before any byte).",
     )
     chunk_size: int = Field(
-        65536,
+        DEFAULT_LIMITS.chunk_bytes,
         ge=1024,
-        le=262144,
+        le=DEFAULT_LIMITS.max_binary_frame_bytes,
         description="Chunk size of the files the worker sends (results), bytes; 64 KiB is "
         "safe for every peer.",
     )
     partial_ttl_s: float = Field(
-        7 * 24 * 3600, gt=0, description="Partial files untouched this long are removed, seconds."
+        DEFAULT_PARTIAL_TTL_S,
+        gt=0,
+        description="Partial files untouched this long are removed, seconds.",
     )
     cleanup_interval_s: float = Field(
         3600, gt=0, description="How often expired partial files are looked for, seconds."
     )
     work_dir_name: str = Field(
-        ".rtc-work",
+        layout.WORK_DIR,
         pattern=r"^\.?[A-Za-z0-9._-]{1,64}$",
         description="Folder under the root where a job's ZIP input is extracted.",
     )
@@ -138,13 +142,19 @@ class WorkerSettings(EnvSettings):
         100_000, gt=0, description="Cap on the number of members in a ZIP."
     )
     max_text_frame_bytes: int = Field(
-        64 * 1024, ge=1024, description="Longest data-channel text frame accepted, bytes."
+        DEFAULT_LIMITS.max_text_frame_bytes,
+        ge=1024,
+        description="Longest data-channel text frame accepted, bytes.",
     )
     max_path_bytes: int = Field(
-        4096, ge=1, description="Longest relative path accepted, bytes of UTF-8."
+        DEFAULT_LIMITS.max_path_bytes,
+        ge=1,
+        description="Longest relative path accepted, bytes of UTF-8.",
     )
     max_fields: int = Field(
-        1024, ge=2, description="Most ::-separated fields in a data-channel text frame."
+        DEFAULT_LIMITS.max_fields,
+        ge=2,
+        description="Most ::-separated fields in a data-channel text frame.",
     )
     cancel_grace_s: float = Field(
         5.0,
@@ -283,7 +293,9 @@ class ClientSettings(EnvSettings):
         description="Partial downloads kept for a resume, and verified results.",
     )
     max_file_size: int = Field(
-        10 * 1024**3, gt=0, description="Largest file accepted from a worker, bytes."
+        DEFAULT_LIMITS.max_file_bytes,
+        gt=0,
+        description="Largest file accepted from a worker, bytes.",
     )
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)

@@ -162,6 +162,9 @@ async def test_input_path_errors(
     with pytest.raises(PathRefusedError) as info:
         await client.submit_shared("worker-1", path, "outputs/o")
     assert info.value.reason == reason
+    # the exception's class is the reason's (chosen by the protocol, not by text)
+    assert info.value.kind is not None and type(info.value).KIND is info.value.kind
+    assert reason.startswith(info.value.kind.value)
     assert str(shared_root) not in info.value.reason
     assert not (shared_root.parent / "evil.txt").exists()
     assert not (shared_root / "outputs" / "o").exists()
