@@ -302,7 +302,7 @@ class WorkerSide:
         if found.running:
             self.conn.sender.unprepare()
             self.conn.refuse(ErrorCode.UNEXPECTED_MESSAGE, f"job {job_id} is still running")
-        elif found.owner != self.conn.peer or found.output_path is None:
+        elif found.owner != self.conn.principal or found.output_path is None:
             # another peer's job is answered like a job that does not exist
             self.conn.sender.unprepare()
             self.conn.refuse(ErrorCode.UNKNOWN_JOB, f"no results for job {job_id}")

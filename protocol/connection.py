@@ -79,8 +79,10 @@ class Connection:
 
     Args:
         role: :attr:`Role.WORKER` or :attr:`Role.CLIENT`.
-        peer: the remote peer's id (a worker sends results only to the peer that ran
-            the job).
+        peer: the remote peer's id, for logs.
+        principal: who the remote peer is (its key's fingerprint, or an anonymous
+            connection's own principal; see :mod:`protocol.identity`); jobs, results
+            and stored content belong to it. ``None`` falls back to ``peer``.
         limits: the bounds applied to what we receive.
         capabilities: (worker) what this worker serves.
         job_id_factory: (worker) makes a job_id when the client named none.
@@ -97,12 +99,14 @@ class Connection:
         role: Role,
         *,
         peer: str = "",
+        principal: str | None = None,
         limits: Limits = DEFAULT_LIMITS,
         capabilities: Capabilities | None = None,
         job_id_factory: Callable[[], str] = new_job_id,
     ) -> None:
         self.role = role
         self.peer = peer
+        self.principal: str = principal if principal is not None else peer
         self.limits = limits
         self.capabilities = capabilities or Capabilities()
         self.job: JobState | ClientJobState = (

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from protocol import events as ev
-from protocol.connection import Capabilities, Connection
+from protocol.connection import Capabilities, Connection, new_job_id
 from protocol.errors import PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobComplete, JobMetrics, Message
@@ -180,7 +180,7 @@ class SimulatedWorld:
                     conn.report(outcome, now)
             case ev.StartJob(job_id=job_id, output_path=output):
                 shown = output if output is not None else f"jobs/{job_id}/output"
-                self.running = self.jobs[job_id] = _Job(action, shown, conn.peer)
+                self.running = self.jobs[job_id] = _Job(action, shown, conn.principal)
                 for peer in pair.workers:
                     peer.report(ev.WorkerBusy(f"another job ({job_id}) is running"), now)
                 lines = self.decide("logs", [["epoch 1 done"], [], ["a", "b::c"]])
@@ -232,8 +232,13 @@ class ConnectionPair:
     ) -> None:
         self.world = world or SimulatedWorld()
         caps = capabilities or Capabilities(shared_storage=True, results_service=True)
-        extra = {} if job_id_factory is None else {"job_id_factory": job_id_factory}
-        self.worker = Connection(Role.WORKER, peer=peer, limits=limits, capabilities=caps, **extra)
+        self.worker = Connection(
+            Role.WORKER,
+            peer=peer,
+            limits=limits,
+            capabilities=caps,
+            job_id_factory=job_id_factory or new_job_id,
+        )
         self.client = Connection(Role.CLIENT, limits=limits, capabilities=caps)
         self.workers = [self.worker]
         self.client_store = SimulatedStore()
