@@ -48,8 +48,9 @@ __all__ = [
 
 #: The separator of text-frame fields.
 SEP = "::"
-#: The grammar of a job_id (use ``fullmatch``).
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: The grammar of a job_id (use ``fullmatch``): 1-64 of ``[A-Za-z0-9._-]``, not only
+#: dots (``.`` and ``..`` do not survive URL or path normalisation).
+JOB_ID_PATTERN = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")
 #: The grammar of a PROTOCOL_ERROR or TRANSFER_ERROR code (use ``fullmatch``).
 CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 #: A sha256 on the wire: 64 hexadecimal digits, either case (use ``fullmatch``).
@@ -59,7 +60,7 @@ MAX_MB = 1e14
 
 
 def is_valid_job_id(job_id: str) -> bool:
-    """True when ``job_id`` matches ``[A-Za-z0-9._-]{1,64}``."""
+    """True when ``job_id`` matches ``[A-Za-z0-9._-]{1,64}`` and is not only dots."""
     return JOB_ID_PATTERN.fullmatch(job_id) is not None
 
 
@@ -71,7 +72,9 @@ def invalid(code: ErrorCode, detail: str) -> LocalProtocolError:
 def check_job_id(job_id: str) -> None:
     """Refuse (INVALID_JOB_ID) a job_id outside ``[A-Za-z0-9._-]{1,64}``."""
     if not isinstance(job_id, str) or not is_valid_job_id(job_id):
-        raise invalid(ErrorCode.INVALID_JOB_ID, "job_id must match [A-Za-z0-9._-]{1,64}")
+        raise invalid(
+            ErrorCode.INVALID_JOB_ID, "job_id must match [A-Za-z0-9._-]{1,64}, not only dots"
+        )
 
 
 def check_text(name: str, value: str, *, allow_empty: bool = True, one_line: bool = False) -> None:

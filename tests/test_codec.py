@@ -170,7 +170,7 @@ def test_encoding_something_that_is_not_a_frame_is_a_local_error() -> None:
 
 MAL, BAD_ID, BIG = ErrorCode.MALFORMED_FRAME, ErrorCode.INVALID_JOB_ID, ErrorCode.FRAME_TOO_LARGE
 _META_FORMS = "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})"
-_ID_RULE = "job_id must match [A-Za-z0-9._-]{1,64}"
+_ID_RULE = "job_id must match [A-Za-z0-9._-]{1,64}, not only dots"
 _CODE_RULE = "code must match [A-Z][A-Z0-9_]{0,63}"
 _METRICS = 'JOB_METRICS::{"validation_ms":%s,"file_access_ms":%s,"run_s":%s,"total_s":0}'
 _METRICS_NEED = "JOB_METRICS needs validation_ms, file_access_ms, run_s, total_s"

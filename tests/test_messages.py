@@ -109,11 +109,11 @@ def test_a_bad_job_id_is_an_invalid_job_id_error(build: Any) -> None:
     with pytest.raises(LocalProtocolError) as info:
         build()
     assert info.value.code is ErrorCode.INVALID_JOB_ID
-    assert info.value.detail == "job_id must match [A-Za-z0-9._-]{1,64}"
+    assert info.value.detail == "job_id must match [A-Za-z0-9._-]{1,64}, not only dots"
 
 
-VALID_JOB_IDS = ["a", "A" * 64, "job-0123456789ab", ".", ".."]
-INVALID_JOB_IDS = ["", "a" * 65, "a b", "a:b", "é"]
+VALID_JOB_IDS = ["a", "A" * 64, "job-0123456789ab", ".a", "a..", "-"]
+INVALID_JOB_IDS = ["", "a" * 65, "a b", "a:b", "é", ".", "..", "." * 64]
 
 
 @pytest.mark.parametrize(

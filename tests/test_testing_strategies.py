@@ -180,7 +180,9 @@ def test_an_empty_size_range_is_refused(make: Callable[[], object]) -> None:
 
 
 def test_job_ids_match_the_pattern_including_the_edge_cases() -> None:
-    ids = draw_until(job_ids(), {".", "..", "A" * 64, "other"}, lambda j: {j, "other"}, at_least=50)
+    ids = draw_until(
+        job_ids(), {".a", "a..", "A" * 64, "other"}, lambda j: {j, "other"}, at_least=50
+    )
     assert all(JOB_ID_PATTERN.fullmatch(job_id) for job_id in ids)
     for job_id in draw_until(worker_job_ids(), at_least=20):
         assert re.fullmatch(r"job-[0-9a-f]{12}", job_id)

@@ -59,7 +59,19 @@ _BAD_MB = ("", "-1", "1e5", ".5", "1.", "1.1234567", "inf", "nan", "1" * 16, "1,
 _BAD_COUNT = ("", "-1", "1.0", "1" * 16, "x", " 1", "1e3")
 _BAD_SHA = ("", "0" * 63, "0" * 65, "g" * 64, "0" * 32 + " " * 32, "0x" + "0" * 62, "é" * 64)
 _BAD_CODES = ("", "lower", "1ABC", "A-B", "A" * 65, "A B", "É", "_A", "Abc")
-_BAD_JOB_IDS_NO_COLON = ("", "a" * 65, "has space", "a/b", "é", "a\n", "a\x00", "*", "a,b")
+_BAD_JOB_IDS_NO_COLON = (
+    "",
+    "a" * 65,
+    "has space",
+    "a/b",
+    "é",
+    "a\n",
+    "a\x00",
+    "*",
+    "a,b",
+    ".",
+    "..",
+)
 
 
 def _bad_job_ids(*, colons: bool) -> SearchStrategy[str]:
