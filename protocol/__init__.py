@@ -9,11 +9,12 @@ Public API::
     message = decode("SHARED_INPUT_PATH::data/train.zip")   # -> SharedInputPath(path=...)
     frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
 
-Every message class of :mod:`protocol.messages` and :mod:`protocol.transfer_messages`
-is importable from here.
+Every message class of :mod:`protocol.messages`, :mod:`protocol.transfer_messages`
+and :mod:`protocol.auth_messages` is importable from here.
 """
 
-from protocol import messages, transfer_messages
+from protocol import auth_messages, messages, transfer_messages
+from protocol.auth_messages import *  # noqa: F403 (the handshake frames)
 from protocol.codec import FRAME_TYPES, MESSAGE_TYPES, decode, encode
 from protocol.errors import (
     ErrorCode,
@@ -43,3 +44,4 @@ __all__ = [
 ]
 __all__ += messages.__all__
 __all__ += transfer_messages.__all__
+__all__ += auth_messages.__all__

@@ -15,9 +15,17 @@ import json
 import re
 from collections.abc import Callable
 
+from protocol import auth_messages as a
 from protocol import messages as m
 from protocol import transfer_messages as t
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.identity import (
+    NONCE_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    b64decode,
+    b64encode,
+)
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import SEP, SHA256_PATTERN
 
@@ -81,6 +89,14 @@ def encode(message: m.Message) -> str | bytes:
             return m.ResultsViaStorage.TYPE
         case m.ResultsStored(job_id=job_id, download_path=download_path):
             return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
+        case a.AuthHello(public_key=key, nonce=nonce):
+            return SEP.join(("AUTH_HELLO", b64encode(key), b64encode(nonce)))
+        case a.AuthChallenge(public_key=key, nonce=nonce, signature=sig):
+            return SEP.join(("AUTH_CHALLENGE", b64encode(key), b64encode(nonce), b64encode(sig)))
+        case a.AuthResponse(signature=sig):
+            return f"AUTH_RESPONSE{SEP}{b64encode(sig)}"
+        case a.AuthOk(fingerprint=fp):
+            return f"AUTH_OK{SEP}{fp}"
     raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
 
 
@@ -211,6 +227,32 @@ def _parse_transfer_error(rest: str | None, limits: Limits) -> m.Message:
     return t.TransferError(code, detail)
 
 
+def _b64_fields(rest: str | None, type_: str, sizes: tuple[int, ...]) -> list[bytes]:
+    fields = _need(rest, type_).split(SEP)
+    if len(fields) != len(sizes):
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{type_} needs {len(sizes)} fields")
+    try:
+        return [b64decode(text, size) for text, size in zip(fields, sizes, strict=True)]
+    except ValueError as exc:
+        raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, f"{type_}: {exc}") from None
+
+
+def _parse_hello(rest: str | None, limits: Limits) -> m.Message:
+    key, nonce = _b64_fields(rest, a.AuthHello.TYPE, (PUBLIC_KEY_BYTES, NONCE_BYTES))
+    return a.AuthHello(key, nonce)
+
+
+def _parse_challenge(rest: str | None, limits: Limits) -> m.Message:
+    sizes = (PUBLIC_KEY_BYTES, NONCE_BYTES, SIGNATURE_BYTES)
+    key, nonce, signature = _b64_fields(rest, a.AuthChallenge.TYPE, sizes)
+    return a.AuthChallenge(key, nonce, signature)
+
+
+def _parse_response(rest: str | None, limits: Limits) -> m.Message:
+    (signature,) = _b64_fields(rest, a.AuthResponse.TYPE, (SIGNATURE_BYTES,))
+    return a.AuthResponse(signature)
+
+
 _PARSERS: dict[str, _Parser] = {
     m.JobId.TYPE: lambda rest, limits: m.JobId(_need(rest, m.JobId.TYPE)),
     m.SharedInputPath.TYPE: _path(m.SharedInputPath),
@@ -238,6 +280,10 @@ _PARSERS: dict[str, _Parser] = {
     ),
     m.ResultsViaStorage.TYPE: _no_fields(m.ResultsViaStorage),
     m.ResultsStored.TYPE: _parse_results_stored,
+    a.AuthHello.TYPE: _parse_hello,
+    a.AuthChallenge.TYPE: _parse_challenge,
+    a.AuthResponse.TYPE: _parse_response,
+    a.AuthOk.TYPE: lambda rest, limits: a.AuthOk(_need(rest, a.AuthOk.TYPE)),
 }
 
 #: Every text frame type :func:`decode` understands.
@@ -294,7 +340,7 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
         raise exc.as_remote() from None
 
 
-#: Every message class, in the order of PROTOCOL.md section 2 (25 types).
+#: Every message class, in the order of PROTOCOL.md sections 2 and 5 (29 types).
 MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     m.JobId,
     m.SharedInputPath,
@@ -321,4 +367,5 @@ MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     t.FileReceived,
     t.TransferError,
     t.FileCancel,
+    *a.AUTH_TYPES,
 )

@@ -42,6 +42,7 @@ from protocol.events import (
     SendEnded,
     Violation,
 )
+from protocol.handshake import AuthConfig, Authenticated, AuthState, Handshake
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobLog, Message, ProtocolErrorFrame
@@ -82,7 +83,11 @@ class Connection:
         peer: the remote peer's id, for logs.
         principal: who the remote peer is (its key's fingerprint, or an anonymous
             connection's own principal; see :mod:`protocol.identity`); jobs, results
-            and stored content belong to it. ``None`` falls back to ``peer``.
+            and stored content belong to it. ``None`` falls back to ``peer``. With
+            ``auth`` the handshake sets it.
+        auth: run the channel handshake (:mod:`protocol.handshake`) before any job or
+            transfer frame. ``None`` (tests of the job and transfer machines only)
+            trusts ``principal``; the worker and the client always give one.
         limits: the bounds applied to what we receive.
         capabilities: (worker) what this worker serves.
         job_id_factory: (worker) makes a job_id when the client named none.
@@ -100,6 +105,7 @@ class Connection:
         *,
         peer: str = "",
         principal: str | None = None,
+        auth: AuthConfig | None = None,
         limits: Limits = DEFAULT_LIMITS,
         capabilities: Capabilities | None = None,
         job_id_factory: Callable[[], str] = new_job_id,
@@ -107,6 +113,9 @@ class Connection:
         self.role = role
         self.peer = peer
         self.principal: str = principal if principal is not None else peer
+        self.handshake = (
+            None if auth is None else Handshake(worker=role is Role.WORKER, config=auth)
+        )
         self.limits = limits
         self.capabilities = capabilities or Capabilities()
         self.job: JobState | ClientJobState = (
@@ -165,6 +174,8 @@ class Connection:
             raise RemoteProtocolError(
                 ErrorCode.UNEXPECTED_MESSAGE, f"a {self.role} does not receive {message.TYPE}"
             )
+        if self._handshake_takes(part, message):
+            return
         if part is Part.CANCEL:
             part = (
                 Part.RECEIVER
@@ -180,6 +191,48 @@ class Connection:
         else:
             assert self.client is not None
             self.client.receive(part, message)
+
+    def _handshake_takes(self, part: Part, message: Message) -> bool:
+        """Give the handshake its messages and let other frames through only once it
+        ended; True when the message was the handshake's.
+
+        Raises:
+            RemoteProtocolError: a handshake message without a handshake or out of turn,
+                or a job or transfer frame before the handshake ended.
+        """
+        handshake = self.handshake
+        if handshake is None:
+            if part is Part.HANDSHAKE:
+                raise RemoteProtocolError(
+                    ErrorCode.UNEXPECTED_MESSAGE, "this connection runs no handshake"
+                )
+            return False
+        waiting = handshake.state in (AuthState.HELLO_SENT, AuthState.RESPONDED)
+        if part is Part.HANDSHAKE or (
+            part is Part.PEER_ERROR and self.client is not None and waiting
+        ):
+            self._handshake_outputs(handshake.receive(message))
+            return True
+        if part is not Part.PEER_ERROR:  # a peer's error is logged whatever the state
+            self._handshake_outputs(handshake.gate(message) or [])
+        return False
+
+    def _handshake_outputs(self, outputs: list[object]) -> None:
+        for output in outputs:
+            if isinstance(output, Authenticated):
+                self.principal = output.principal
+        self.emit(*outputs)
+
+    def start_handshake(self) -> None:
+        """(Client) Send AUTH_HELLO; job and transfer frames wait for the handshake.
+
+        Raises:
+            LocalProtocolError: no handshake configured, an anonymous client, or it
+                started already.
+        """
+        if self.handshake is None:
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "no handshake configured")
+        self.emit(*self.handshake.start())
 
     def _sender_receive(self, message: Message) -> None:
         try:
@@ -224,6 +277,8 @@ class Connection:
                 in this state (nothing is queued).
         """
         if self.client is not None:
+            if self.handshake is not None:
+                self.handshake.check_send(message)
             self.client.send(message)
         elif isinstance(message, JobLog) and self.job is JobState.RUNNING:
             self.emit(message)
@@ -252,6 +307,8 @@ class Connection:
                 f"can't send a file in sender state {self.sender.state}",
             )
         meta = FileMeta(file.name, file.size, file.sha256, self.limits.chunk_bytes)
+        if self.handshake is not None:
+            self.handshake.check_send(meta)
         self.emit(self.sender.announce(meta))
 
     def send_chunk(self, data: bytes) -> bytes | None:

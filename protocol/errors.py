@@ -57,6 +57,13 @@ class ErrorCode(StrEnum):
     NO_STORAGE = "NO_STORAGE"
     #: The worker failed in a way that is not the peer's fault.
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    #: A job or transfer frame came before the channel handshake, and this worker does
+    #: not accept anonymous clients (PROTOCOL.md section 5).
+    AUTH_REQUIRED = "AUTH_REQUIRED"
+    #: A handshake signature does not verify (or the handshake failed earlier).
+    AUTH_FAILED = "AUTH_FAILED"
+    #: The client proved its key, but the worker accepts only its authorized clients.
+    NOT_AUTHORIZED = "NOT_AUTHORIZED"
 
 
 class TransferErrorCode(StrEnum):

@@ -46,6 +46,7 @@ __all__ = [
     "fingerprint",
     "is_anonymous",
     "is_fingerprint",
+    "is_weak_public_key",
     "new_nonce",
     "normalise_dtls",
     "registration_payload",
@@ -65,6 +66,18 @@ FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 #: The prefix of an anonymous connection's principal.
 ANONYMOUS_PREFIX = "anon-"
 
+_FIELD_PRIME = 2**255 - 19
+#: The y-coordinates of the Ed25519 points of small order (1, 2, 4 and 8): 0, 1, p-1 and
+#: the two of order 8 (the same list as libsodium's ``ge25519_has_small_order``).
+_SMALL_ORDER_Y = frozenset(
+    {
+        0,
+        1,
+        _FIELD_PRIME - 1,
+        0x05FC536D880238B13933C6D305ACDFD5F098EFF289F4C345B027B2C28F95E826,
+        0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7,
+    }
+)
 _REGISTER_CONTEXT = b"rtc-worker/signaling-register/v1"
 _TRANSCRIPT_CONTEXT = b"rtc-worker/channel-handshake/v1"
 
@@ -211,11 +224,27 @@ def sdp_dtls_fingerprint(sdp: str) -> str:
     return found.pop()
 
 
+def is_weak_public_key(public_key: bytes) -> bool:
+    """True for a key nobody holds alone: a non-canonical encoding (y >= p) or a point of
+    small order, for which signatures can be forged without any private key (an all-zero
+    key and an all-zero signature verify for some payloads).
+
+    Source: RFC 8032 section 5.1.3 (decoding); libsodium's small-order blocklist.
+    """
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        return True
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)
+    return y >= _FIELD_PRIME or y in _SMALL_ORDER_Y
+
+
 def verify(public_key: bytes, signature: bytes, payload: bytes) -> bool:
-    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``payload``.
+    """True when ``signature`` is ``public_key``'s Ed25519 signature of ``payload`` and
+    the key is not weak (:func:`is_weak_public_key`).
 
     Never raises for a bad key or signature: those are just not valid.
     """
+    if is_weak_public_key(public_key):
+        return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, payload)
     except (InvalidSignature, ValueError):

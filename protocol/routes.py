@@ -1,4 +1,4 @@
-"""Which part of a connection handles each of the 25 message types, per role.
+"""Which part of a connection handles each of the 29 message types, per role.
 
 A message a role never receives is refused by its route (``UNEXPECTED_MESSAGE``: a
 worker does not receive PATH_VALIDATED, a client does not receive JOB_START). The
@@ -18,9 +18,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
+from protocol import auth_messages as a
 from protocol import messages as m
 from protocol import transfer_messages as t
 from protocol.errors import ErrorCode
+from protocol.handshake import CLIENT_AUTH_TABLE, WORKER_AUTH_TABLE, AuthState
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
@@ -65,6 +67,9 @@ class Part(StrEnum):
     #: A peer's PROTOCOL_ERROR: the worker logs it (never answering an error with an
     #: error); the client hands it to the request it answers.
     PEER_ERROR = "peer error"
+    #: The channel handshake (:mod:`protocol.handshake`); every other part is reached
+    #: only once it ended (or the connection is anonymous).
+    HANDSHAKE = "handshake"
     #: A message this role never receives: refused with UNEXPECTED_MESSAGE.
     REFUSED = "refused"
 
@@ -100,6 +105,10 @@ ROUTES: dict[Role, dict[type[m.Message], Part]] = {
         m.JobComplete: Part.REFUSED,
         m.JobFailed: Part.REFUSED,
         m.ResultsStored: Part.REFUSED,
+        a.AuthHello: Part.HANDSHAKE,
+        a.AuthChallenge: Part.REFUSED,
+        a.AuthResponse: Part.HANDSHAKE,
+        a.AuthOk: Part.REFUSED,
         **_TRANSFER,
     },
     Role.CLIENT: {
@@ -117,6 +126,10 @@ ROUTES: dict[Role, dict[type[m.Message], Part]] = {
         m.JobComplete: Part.JOB,
         m.JobFailed: Part.JOB,
         m.ResultsStored: Part.JOB,
+        a.AuthHello: Part.REFUSED,
+        a.AuthChallenge: Part.HANDSHAKE,
+        a.AuthResponse: Part.REFUSED,
+        a.AuthOk: Part.HANDSHAKE,
         **_TRANSFER,
     },
 }
@@ -213,6 +226,8 @@ def states_of(role: Role, part: Part) -> tuple[object, ...]:
         if role is Role.WORKER:
             return tuple(JobState)
         return tuple(ClientJobState(s, p) for s in JobState for p in Pending)
+    if part is Part.HANDSHAKE:
+        return tuple(AuthState)
     if part in (Part.RECEIVER, Part.CANCEL):
         return tuple(ReceiverState)
     if part in (Part.SENDER, Part.RESULTS):
@@ -232,6 +247,13 @@ def decision(role: Role, message: type[m.Message], state: object) -> Decision:
         return Decision(True, "logged" if role is Role.WORKER else "refusal of the pending request")
     if part is Part.JOB:
         return _job_decision(role, message, state)
+    if part is Part.HANDSHAKE:
+        assert isinstance(state, AuthState)
+        table = WORKER_AUTH_TABLE if role is Role.WORKER else CLIENT_AUTH_TABLE
+        nxt_auth = table.get((state, message))
+        if nxt_auth is None:
+            return Decision(False, ErrorCode.UNEXPECTED_MESSAGE)
+        return Decision(True, "checked" if nxt_auth is state else nxt_auth.value)
     if part in (Part.RECEIVER, Part.CANCEL):
         assert isinstance(state, ReceiverState)
         nxt = RECEIVER_TABLE.get((state, message))

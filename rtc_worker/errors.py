@@ -25,9 +25,12 @@ from protocol import ErrorCode, PathError, PathReason, TransferErrorCode
 
 __all__ = [
     "CANCELLED_REASON",
+    "AuthFailed",
+    "AuthRequired",
     "ClientError",
     "DiskFull",
     "FileTooLarge",
+    "HandshakeError",
     "HashMismatch",
     "InputCorrupted",
     "InputNotFound",
@@ -40,6 +43,7 @@ __all__ = [
     "NoResultsService",
     "NoSharedStorage",
     "NotADirectory",
+    "NotAuthorized",
     "PathOutsideRoot",
     "PathPermissionDenied",
     "PathRefusedError",
@@ -50,6 +54,7 @@ __all__ = [
     "UnexpectedMessage",
     "UnknownJob",
     "WorkerBusy",
+    "WorkerKeyChanged",
     "WorkerOverloaded",
     "WorkerProtocolError",
     "path_refused",
@@ -203,6 +208,37 @@ class InternalWorkerError(WorkerProtocolError):
     CODE = ErrorCode.INTERNAL_ERROR
 
 
+class HandshakeError(WorkerProtocolError):
+    """The channel handshake failed (PROTOCOL.md section 5); the channel is closed."""
+
+
+class AuthRequired(HandshakeError):
+    """``AUTH_REQUIRED``: this worker accepts no anonymous clients; authenticate."""
+
+    CODE = ErrorCode.AUTH_REQUIRED
+
+
+class AuthFailed(HandshakeError):
+    """``AUTH_FAILED``: a handshake signature did not verify (ours at the worker, or the
+    worker's here: someone may sit between us)."""
+
+    CODE = ErrorCode.AUTH_FAILED
+
+
+class NotAuthorized(HandshakeError):
+    """``NOT_AUTHORIZED``: the worker accepts only its authorized clients' keys."""
+
+    CODE = ErrorCode.NOT_AUTHORIZED
+
+
+class WorkerKeyChanged(HandshakeError):
+    """``WORKER_KEY_CHANGED``: the worker proved another key than the one pinned for it
+    (``--worker-key`` or the known-workers file). Someone may be impersonating it; if the
+    operator really replaced its key, remove the old line from the known-workers file."""
+
+    CODE = "WORKER_KEY_CHANGED"
+
+
 class MalformedReply(WorkerProtocolError):
     """A frame breaking the grammar, in either direction (``MALFORMED_FRAME``,
     ``UNKNOWN_MESSAGE``, ``FRAME_TOO_LARGE``, ``PATH_TOO_LONG``, ``TOO_MANY_FIELDS``,
@@ -219,6 +255,10 @@ _PROTOCOL_CLASSES: dict[str, type[WorkerProtocolError]] = {
         UnexpectedMessage,
         WorkerOverloaded,
         InternalWorkerError,
+        AuthRequired,
+        AuthFailed,
+        NotAuthorized,
+        WorkerKeyChanged,
     )
 }
 _GRAMMAR_CODES = frozenset(

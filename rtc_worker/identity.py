@@ -86,7 +86,12 @@ class Identity:
             return cls._load(path)
         except FileNotFoundError:
             pass
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IdentityError(
+                "KEY_UNREADABLE", f"cannot create {path.parent}: {exc.strerror}"
+            ) from None
         private = Ed25519PrivateKey.generate()
         pem = private.private_bytes(
             serialization.Encoding.PEM,

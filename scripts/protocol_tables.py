@@ -22,8 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
-from protocol.codec import FRAME_TYPES, MESSAGE_TYPES
+from protocol.auth_messages import AuthChallenge, AuthHello, AuthOk, AuthResponse
+from protocol.codec import FRAME_TYPES, MESSAGE_TYPES, encode
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
+from protocol.handshake import CLIENT_AUTH_TABLE, WORKER_AUTH_TABLE, AuthState, AuthStep
+from protocol.identity import b64encode, fingerprint, transcript
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JOB_ID_PATTERN, SEP, JobStart, Message
@@ -35,6 +38,7 @@ from protocol.signaling import (
     PEER_ID_PATTERN,
     SignalingErrorCode,
 )
+from protocol.testing.keys import CLIENT_DTLS, WORKER_DTLS, SeedSigner
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
 from protocol.transfer_messages import Chunk, FileMetaLegacy
 
@@ -160,7 +164,7 @@ def diagram(table: Mapping[tuple[Any, Any], Any], states: Sequence[object]) -> s
 
 
 def routes_table() -> str:
-    """``message | a worker receiving it | a client receiving it`` for all 25 types."""
+    """``message | a worker receiving it | a client receiving it`` for all 29 types."""
     rows = []
     for message in MESSAGE_TYPES:
         name = event_name(message)
@@ -263,6 +267,46 @@ def limits_table() -> str:
     return _table(("layer", "name", "default", "meaning"), rows)
 
 
+def handshake_vector() -> str:
+    """A worked handshake with fixed keys and nonces: every input, the transcript, both
+    signatures and the four frames (Ed25519 signatures are deterministic)."""
+    client, worker = SeedSigner.numbered(1), SeedSigner.numbered(2)
+    client_nonce, worker_nonce = bytes(range(32)), bytes(range(32, 64))
+    signed = transcript(
+        offer_dtls=CLIENT_DTLS,
+        answer_dtls=WORKER_DTLS,
+        client_key=client.public_key,
+        worker_key=worker.public_key,
+        client_nonce=client_nonce,
+        worker_nonce=worker_nonce,
+    )
+    worker_sig = worker.sign(b"worker" + signed)
+    client_sig = client.sign(b"client" + signed)
+    frames = [
+        AuthHello(client.public_key, client_nonce),
+        AuthChallenge(worker.public_key, worker_nonce, worker_sig),
+        AuthResponse(client_sig),
+        AuthOk(fingerprint(client.public_key)),
+    ]
+    lines = [
+        f"client_seed     = {bytes([1] * 32).hex()}",
+        f"client_key      = {client.public_key.hex()}",
+        f"client_fp       = {fingerprint(client.public_key)}",
+        f"worker_seed     = {bytes([2] * 32).hex()}",
+        f"worker_key      = {worker.public_key.hex()}",
+        f"worker_fp       = {fingerprint(worker.public_key)}",
+        f"offer_dtls      = {CLIENT_DTLS}",
+        f"answer_dtls     = {WORKER_DTLS}",
+        f"client_nonce    = {client_nonce.hex()}",
+        f"worker_nonce    = {worker_nonce.hex()}",
+        f"transcript      = {signed.hex()}",
+        f"worker_sig_b64  = {b64encode(worker_sig)}",
+        f"client_sig_b64  = {b64encode(client_sig)}",
+    ]
+    shown = [f"{'->' if i % 2 == 0 else '<-'} {encode(frame)!s}" for i, frame in enumerate(frames)]
+    return "```text\n" + "\n".join(lines) + "\n```\n\n```frames\n" + "\n".join(shown) + "\n```"
+
+
 def render_sections() -> dict[str, str]:
     """Every generated section of PROTOCOL.md: section name -> markdown."""
     worker_states = list(JobState)
@@ -273,6 +317,10 @@ def render_sections() -> dict[str, str]:
     sender_ops: dict[tuple[Any, Any], Any] = {
         key: nxt for key, nxt in SENDER_TABLE.items() if isinstance(key[1], SenderOp)
     }
+    worker_auth_states = [
+        s for s in AuthState if s not in (AuthState.HELLO_SENT, AuthState.RESPONDED)
+    ]
+    client_auth_states = [s for s in AuthState if s is not AuthState.CHALLENGED]
     return {
         "limits": limits_table(),
         "frames": frames_table(),
@@ -298,4 +346,11 @@ def render_sections() -> dict[str, str]:
         "decisions-client-job": decisions_table(Role.CLIENT, Part.JOB),
         "decisions-receiver": decisions_table(Role.WORKER, Part.RECEIVER),
         "decisions-sender": decisions_table(Role.WORKER, Part.SENDER),
+        "auth-states": states_table(AuthState),
+        "auth-steps": states_table(AuthStep),
+        "auth-worker-diagram": diagram(dict(WORKER_AUTH_TABLE), worker_auth_states),
+        "auth-worker": transitions(dict(WORKER_AUTH_TABLE), worker_auth_states),
+        "auth-client-diagram": diagram(dict(CLIENT_AUTH_TABLE), client_auth_states),
+        "auth-client": transitions(dict(CLIENT_AUTH_TABLE), client_auth_states),
+        "handshake-vector": handshake_vector(),
     }

@@ -8,6 +8,7 @@ would, so a state reached here is a state a real peer can reach.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
@@ -18,9 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 from protocol import events as ev
+from protocol.auth_messages import AuthResponse
 from protocol.codec import decode, encode
 from protocol.connection import Capabilities, Connection
 from protocol.errors import TransferErrorCode
+from protocol.handshake import AuthState
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.messages import (
     JobLog,
@@ -33,6 +36,7 @@ from protocol.messages import (
 )
 from protocol.routes import Role
 from protocol.sender import SenderState
+from protocol.testing.keys import client_auth, worker_auth
 from protocol.transfer import ReceiverState
 from protocol.transfer_messages import FileMeta
 
@@ -191,7 +195,10 @@ def snapshot(conn: Connection) -> tuple[object, ...]:
             side.busy,
         )
     )
+    hs = conn.handshake
     return (
+        None if hs is None else (hs.state, hs.principal),
+        conn.principal,
         conn.job,
         conn.closed,
         (r.state, r.meta, r.serial, r.received, r.on_disk),
@@ -334,3 +341,59 @@ def sender_in(role: Role, state: SenderState) -> Connection:
             conn.drain()
     assert conn.sender.state is state
     return conn
+
+
+# ===================================================================== drivers: handshake
+
+
+def authenticated_pair(**worker_kw: Any) -> tuple[Connection, Connection]:
+    """A client and a worker connection (keys 1 and 2) after a whole handshake."""
+    w = Connection(Role.WORKER, peer=PEER, auth=worker_auth(**worker_kw))
+    c = Connection(Role.CLIENT, auth=client_auth())
+    c.start_handshake()
+    pending = c.drain()
+    while frames(pending):
+        back = deliver(pending, w)
+        pending = deliver(back, c)
+    return c, w
+
+
+def auth_in(role: Role, state: AuthState) -> Connection:
+    """A connection with a handshake in ``state`` (HELLO_SENT and RESPONDED are a
+    client's; CHALLENGED a worker's)."""
+    worker_states = {AuthState.NEW, AuthState.CHALLENGED, AuthState.AUTHENTICATED,
+                     AuthState.ANONYMOUS, AuthState.FAILED}  # fmt: skip
+    if role is Role.WORKER:
+        assert state in worker_states
+        if state is AuthState.AUTHENTICATED:
+            return authenticated_pair()[1]
+        w = Connection(
+            Role.WORKER, peer=PEER, auth=worker_auth(allow_anonymous=state is AuthState.ANONYMOUS)
+        )
+        c = Connection(Role.CLIENT, auth=client_auth())
+        if state is AuthState.ANONYMOUS:
+            feed(w, "JOB_ID::anon-1")
+        elif state in (AuthState.CHALLENGED, AuthState.FAILED):
+            c.start_handshake()
+            deliver(c.drain(), w)
+            if state is AuthState.FAILED:
+                feed(w, AuthResponse(bytes(64)))
+        assert w.handshake is not None and w.handshake.state is state
+        return w
+    assert state is not AuthState.CHALLENGED
+    if state is AuthState.AUTHENTICATED:
+        return authenticated_pair()[0]
+    if state is AuthState.ANONYMOUS:
+        c = Connection(Role.CLIENT, auth=dataclasses.replace(client_auth(), identity=None))
+    else:
+        c = Connection(Role.CLIENT, auth=client_auth())
+    if state in (AuthState.HELLO_SENT, AuthState.RESPONDED, AuthState.FAILED):
+        w = Connection(Role.WORKER, peer=PEER, auth=worker_auth())
+        c.start_handshake()
+        challenge = deliver(c.drain(), w)
+        if state is AuthState.RESPONDED:
+            deliver(challenge, c)
+        elif state is AuthState.FAILED:
+            feed(c, "PROTOCOL_ERROR::AUTH_FAILED::refused")
+    assert c.handshake is not None and c.handshake.state is state
+    return c

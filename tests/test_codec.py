@@ -50,6 +50,7 @@ from protocol import (
     decode,
     encode,
 )
+from protocol.auth_messages import AuthChallenge, AuthHello, AuthOk, AuthResponse
 from protocol.codec import MESSAGE_TYPES
 from protocol.names import check_name
 from protocol.testing import (
@@ -132,6 +133,19 @@ EXACT_FRAMES: list[tuple[str | bytes, Message]] = [
     ),
     ("TRANSFER_ERROR::CANCELLED::", TransferError("CANCELLED")),
     ("FILE_CANCEL", FileCancel()),
+    (
+        "AUTH_HELLO::AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=::"
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        AuthHello(bytes(32), bytes(range(32))),
+    ),
+    (
+        "AUTH_CHALLENGE::" + "/" * 42 + "8=::"
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=::AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBka"
+        "GxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==",
+        AuthChallenge(b"\xff" * 32, bytes(range(32)), bytes(range(64))),
+    ),
+    (f"AUTH_RESPONSE::{'A' * 86}==", AuthResponse(bytes(64))),
+    (f"AUTH_OK::{'ab' * 32}", AuthOk("ab" * 32)),
     (b"\x00\x01", Chunk(b"\x00\x01")),
     (b"", Chunk(b"")),
 ]

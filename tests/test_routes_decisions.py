@@ -1,6 +1,6 @@
 """Every (role, state, message type) triple of a Connection, against the decision table.
 
-For both roles and all 25 message types, every state of the part the message routes to
+For both roles and all 29 message types, every state of the part the message routes to
 (:func:`protocol.routes.states_of`) is reached with a real :class:`Connection` through
 its public API only (``tests/protocol_helpers.py``); one valid frame of the type is fed,
 and what happens is compared with :func:`protocol.routes.decision`: an allowed message
@@ -16,8 +16,10 @@ from __future__ import annotations
 import pytest
 
 from protocol import events as ev
-from protocol.codec import MESSAGE_TYPES, decode
+from protocol.auth_messages import AuthChallenge, AuthHello, AuthOk, AuthResponse
+from protocol.codec import MESSAGE_TYPES, decode, encode
 from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
+from protocol.handshake import AuthFailed, AuthState
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
 from protocol.messages import (
     JobCancel,
@@ -59,6 +61,7 @@ from tests.protocol_helpers import (
     OUTPUT,
     PEER,
     SHA,
+    auth_in,
     client,
     client_in,
     feed,
@@ -102,6 +105,11 @@ SAMPLES: dict[type[Message], str | bytes] = {
     FileReceived: f"FILE_RECEIVED::{SHA}",
     TransferError: "TRANSFER_ERROR::CANCELLED::no transfer open",
     FileCancel: "FILE_CANCEL",
+    # Valid frames whose keys and signatures prove nothing: a check fails (see below).
+    AuthHello: encode(AuthHello(bytes(32), bytes(range(32)))),
+    AuthChallenge: encode(AuthChallenge(bytes(32), bytes(32), bytes(64))),
+    AuthResponse: encode(AuthResponse(bytes(64))),
+    AuthOk: encode(AuthOk("0" * 64)),
 }
 
 
@@ -135,6 +143,11 @@ UNREACHABLE: dict[tuple[Role, Part, object], str] = {
     (Role.CLIENT, Part.SENDER, SenderState.PREPARING): (
         "only a worker prepares results: a client refuses RESULTS_REQUEST"
     ),
+    **{
+        (Role.WORKER, Part.HANDSHAKE, state): "only a client sends AUTH_HELLO and AUTH_RESPONSE"
+        for state in (AuthState.HELLO_SENT, AuthState.RESPONDED)
+    },
+    (Role.CLIENT, Part.HANDSHAKE, AuthState.CHALLENGED): "only a worker sends AUTH_CHALLENGE",
 }
 
 TRIPLES = [
@@ -155,6 +168,9 @@ def drive(role: Role, message: type[Message], state: object) -> object:
     if part is Part.JOB:
         assert isinstance(state, JobState | ClientJobState)
         return worker_in(state) if isinstance(state, JobState) else client_in(state)
+    if part is Part.HANDSHAKE:
+        assert isinstance(state, AuthState)
+        return auth_in(role, state)
     if part in (Part.RECEIVER, Part.CANCEL):
         assert isinstance(state, ReceiverState)
         # END_OF_FILE is taken in IDLE right after a legacy transfer, and in RECEIVING
@@ -168,6 +184,8 @@ def drive(role: Role, message: type[Message], state: object) -> object:
 def observed(conn: object, part: Part) -> str:
     if part is Part.JOB:
         return str(conn.job)  # type: ignore[attr-defined]
+    if part is Part.HANDSHAKE:
+        return conn.handshake.state.value  # type: ignore[attr-defined]
     if part in (Part.RECEIVER, Part.CANCEL):
         return conn.receiver.state.value  # type: ignore[attr-defined]
     return conn.sender.state.value  # type: ignore[attr-defined]
@@ -179,7 +197,7 @@ def ident(triple: tuple[Role, type[Message], object]) -> str:
 
 
 def test_the_triples_are_every_role_message_and_state() -> None:
-    assert len(MESSAGE_TYPES) == 25
+    assert len(MESSAGE_TYPES) == 29
     for role in Role:
         assert set(ROUTES[role]) == set(MESSAGE_TYPES)
     expected = sum(
@@ -214,6 +232,10 @@ def test_every_triple_behaves_as_decided(triple: tuple[Role, type[Message], obje
             assert snapshot(conn) == before  # type: ignore[arg-type]
             return
         shown = result.split(";")[0]
+        if shown == "checked":  # the sample's key or signature proves nothing
+            assert observed(conn, part) == AuthState.FAILED.value
+            assert one(outputs, AuthFailed).code
+            return
         assert observed(conn, part) == (was if shown == "unchanged" else shown)
         return
     (violation,) = violations(outputs)

@@ -52,6 +52,7 @@ from protocol import (
     decode,
     encode,
 )
+from protocol.auth_messages import AuthChallenge, AuthHello, AuthOk, AuthResponse
 from protocol.codec import MESSAGE_TYPES
 from protocol.messages import JOB_ID_PATTERN
 from protocol.names import InvalidNameError, check_name
@@ -344,9 +345,9 @@ def test_fields_reach_their_extremes() -> None:
 
 
 _CLIENT_ONLY = {JobId, SharedInputPath, SharedOutputPath, JobStart, JobCancel, ResultsRequest}
-_CLIENT_ONLY |= {ResultsViaStorage}
+_CLIENT_ONLY |= {ResultsViaStorage, AuthHello, AuthResponse}
 _WORKER_ONLY = {PathValidated, PathError, JobLog, JobMetrics, JobComplete}
-_WORKER_ONLY |= {JobFailed, ProtocolErrorFrame, ResultsStored}
+_WORKER_ONLY |= {JobFailed, ProtocolErrorFrame, ResultsStored, AuthChallenge, AuthOk}
 _BOTH = set(MESSAGE_STRATEGIES) - _CLIENT_ONLY - _WORKER_ONLY
 
 
@@ -387,7 +388,14 @@ def test_messages_fit_limits_tighter_than_some_strategies() -> None:
     tiny = Limits(
         max_text_frame_bytes=90, max_binary_frame_bytes=16, max_path_bytes=20, max_fields=4
     )
-    fitting = _CLIENT_ONLY | {PathValidated, JobLog, FileReady, FileExists, FileReceived, Chunk}
+    fitting = (_CLIENT_ONLY - {AuthHello, AuthResponse}) | {
+        PathValidated,
+        JobLog,
+        FileReady,
+        FileExists,
+        FileReceived,
+        Chunk,
+    }
     found = draw_until(messages(limits=tiny), fitting, lambda m: {type(m)})
     for message in found:
         assert decode(encode(message), tiny) == message

@@ -9,7 +9,9 @@ runtime packages never import it. Everything here is sans-IO.
   :func:`malformed_frames_with_codes`);
 * whole valid exchanges, from a client and a worker connection pumped against each
   other (:func:`exchanges`, :class:`ConnectionPair`);
-* the JSON signaling frames (:func:`signaling_frames` and friends).
+* the JSON signaling frames (:func:`signaling_frames` and friends);
+* Ed25519 keys from seeds and handshake configurations (:class:`SeedSigner`,
+  :func:`worker_auth`, :func:`client_auth`).
 
 Example::
 
@@ -22,8 +24,9 @@ Example::
         assert decode(encode(message)) == message
 """
 
-from protocol.testing import exchange, malformed, pair, signaling, valid
+from protocol.testing import exchange, keys, malformed, pair, signaling, valid
 from protocol.testing.exchange import *  # noqa: F403
+from protocol.testing.keys import *  # noqa: F403
 from protocol.testing.malformed import *  # noqa: F403
 from protocol.testing.pair import *  # noqa: F403
 from protocol.testing.signaling import *  # noqa: F403
@@ -32,6 +35,7 @@ from protocol.testing.valid import *  # noqa: F403
 
 __all__ = ["file_names", "free_text", "job_ids", "paths", "sha256_hex"]
 __all__ += exchange.__all__
+__all__ += keys.__all__
 __all__ += malformed.__all__
 __all__ += pair.__all__
 __all__ += signaling.__all__

@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
+from protocol import auth_messages as a
 from protocol import messages as m
 from protocol import transfer_messages as t
 from protocol.codec import MESSAGE_TYPES, encode
@@ -39,6 +40,10 @@ from protocol.testing.text import (
 
 __all__ = [
     "MESSAGE_STRATEGIES",
+    "auth_challenges",
+    "auth_hellos",
+    "auth_oks",
+    "auth_responses",
     "chunks",
     "client_messages",
     "codes",
@@ -305,6 +310,36 @@ def chunks(*, limits: Limits = DEFAULT_LIMITS, max_size: int = 1024) -> SearchSt
 
 
 #: Each message class and the function giving its strategy (keyword arguments as above).
+def auth_hellos() -> SearchStrategy[a.AuthHello]:
+    """``AUTH_HELLO::{public_key}::{nonce}`` (C->W); any 32-byte key and nonce."""
+    return st.builds(a.AuthHello, st.binary(min_size=32, max_size=32), _nonces())
+
+
+def auth_challenges() -> SearchStrategy[a.AuthChallenge]:
+    """``AUTH_CHALLENGE::{public_key}::{nonce}::{signature}`` (W->C); the signature is
+    random bytes (valid signatures come from :mod:`protocol.testing.pair`)."""
+    return st.builds(
+        a.AuthChallenge,
+        st.binary(min_size=32, max_size=32),
+        _nonces(),
+        st.binary(min_size=64, max_size=64),
+    )
+
+
+def auth_responses() -> SearchStrategy[a.AuthResponse]:
+    """``AUTH_RESPONSE::{signature}`` (C->W); random signature bytes."""
+    return st.builds(a.AuthResponse, st.binary(min_size=64, max_size=64))
+
+
+def auth_oks() -> SearchStrategy[a.AuthOk]:
+    """``AUTH_OK::{fingerprint}`` (W->C)."""
+    return st.builds(a.AuthOk, sha256_hex())
+
+
+def _nonces() -> SearchStrategy[bytes]:
+    return st.one_of(st.binary(min_size=32, max_size=32), st.just(bytes(32)))
+
+
 MESSAGE_STRATEGIES: dict[type[m.Message], Callable[..., SearchStrategy[Any]]] = {
     m.JobId: job_id_messages,
     m.SharedInputPath: shared_input_paths,
@@ -331,6 +366,10 @@ MESSAGE_STRATEGIES: dict[type[m.Message], Callable[..., SearchStrategy[Any]]] = 
     m.ResultsViaStorage: results_via_storage_messages,
     m.ResultsStored: results_stored_messages,
     t.Chunk: chunks,
+    a.AuthHello: auth_hellos,
+    a.AuthChallenge: auth_challenges,
+    a.AuthResponse: auth_responses,
+    a.AuthOk: auth_oks,
 }
 
 _TAKES_LIMITS = {
