@@ -218,7 +218,8 @@ class WorkerSide:
             case JobEnded():
                 self._ended(outcome)
             case ResultsUploaded(job_id=job_id, download_path=path):
-                self.conn.emit(ResultsStored(job_id, path))
+                stored = ResultsStored(job_id, path, outcome.sha256, outcome.size, outcome.token)
+                self.conn.emit(stored)
             case ResultsFound():
                 self._found(outcome)
             case FileToSend(name=name, size=size, sha256=sha):

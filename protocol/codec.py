@@ -87,8 +87,10 @@ def encode(message: m.Message) -> str | bytes:
             return f"RESULTS_REQUEST{SEP}{job_id}"
         case m.ResultsViaStorage():
             return m.ResultsViaStorage.TYPE
-        case m.ResultsStored(job_id=job_id, download_path=download_path):
-            return f"RESULTS_STORED{SEP}{job_id}{SEP}{download_path}"
+        case m.ResultsStored(job_id=job_id, download_path=path, sha256=None):
+            return f"RESULTS_STORED{SEP}{job_id}{SEP}{path}"
+        case m.ResultsStored(job_id=job_id, download_path=path, sha256=sha, size=size, token=tok):
+            return SEP.join(("RESULTS_STORED", job_id, path, str(sha), str(size), str(tok)))
         case a.AuthHello(public_key=key, nonce=nonce):
             return SEP.join(("AUTH_HELLO", b64encode(key), b64encode(nonce)))
         case a.AuthChallenge(public_key=key, nonce=nonce, signature=sig):
@@ -176,12 +178,22 @@ def _parse_failed(rest: str | None, limits: Limits) -> m.Message:
 
 
 def _parse_results_stored(rest: str | None, limits: Limits) -> m.Message:
-    job_id, sep, download_path = _need(rest, m.ResultsStored.TYPE).partition(SEP)
+    job_id, sep, tail = _need(rest, m.ResultsStored.TYPE).partition(SEP)
     if not sep:
         raise RemoteProtocolError(
             ErrorCode.MALFORMED_FRAME, "RESULTS_STORED needs job_id and download_path"
         )
-    return m.ResultsStored(job_id, download_path)
+    parts = tail.rsplit(SEP, 3)
+    if (
+        len(parts) == 4
+        and parts[0]
+        and SHA256_PATTERN.fullmatch(parts[1])
+        and _COUNT18_PATTERN.fullmatch(parts[2])
+        and m.TOKEN_PATTERN.fullmatch(parts[3])
+    ):
+        path, sha, size, token = parts
+        return m.ResultsStored(job_id, path, sha, int(size), token)
+    return m.ResultsStored(job_id, tail)
 
 
 def _parse_protocol_error(rest: str | None, limits: Limits) -> m.Message:

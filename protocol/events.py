@@ -359,10 +359,14 @@ class JobEnded:
 
 @dataclass(frozen=True, slots=True)
 class ResultsUploaded:
-    """UploadResults succeeded: the ZIP is served at ``download_path``."""
+    """UploadResults succeeded: the ZIP is served at ``download_path``; ``sha256`` and
+    ``size`` (bytes) are the stored ZIP's, ``token`` the owner's download capability."""
 
     job_id: str
     download_path: str
+    sha256: str
+    size: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)

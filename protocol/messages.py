@@ -55,6 +55,8 @@ JOB_ID_PATTERN = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")
 CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 #: A sha256 on the wire: 64 hexadecimal digits, either case (use ``fullmatch``).
 SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+#: A storage-service download capability (use ``fullmatch``): never contains ``::``.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]{1,1024}")
 #: Upper bound (exclusive) of MB counts and timings, so every number has a short form.
 MAX_MB = 1e14
 
@@ -359,16 +361,34 @@ class ResultsViaStorage(Message):
 
 @dataclass(frozen=True, slots=True)
 class ResultsStored(Message):
-    """W->C ``RESULTS_STORED::{job_id}::{download_path}``: the results ZIP is uploaded.
+    """W->C ``RESULTS_STORED::{job_id}::{download_path}::{sha256}::{size}::{token}``: the
+    results ZIP is uploaded to the storage service.
 
-    ``download_path`` is where the storage service serves it (``/download/{job_id}``);
-    it is the rest of the frame and may contain ``::``.
+    ``download_path`` is where the service serves it (``/download/{job_id}``); it may
+    contain ``::`` (the last three fields are parsed from the right). ``sha256`` and
+    ``size`` (bytes) are the stored ZIP's; ``token`` is the download capability the
+    service signed for the job's owner (:data:`TOKEN_PATTERN`). The earlier form
+    ``RESULTS_STORED::{job_id}::{download_path}`` (no sha256, size or token) is still
+    understood; all three are then None.
     """
 
     TYPE: ClassVar[str] = "RESULTS_STORED"
     job_id: str
     download_path: str
+    sha256: str | None = None
+    size: int | None = None
+    token: str | None = None
 
     def __post_init__(self) -> None:
         check_job_id(self.job_id)
         check_text("download_path", self.download_path, allow_empty=False, one_line=True)
+        given = (self.sha256 is not None, self.size is not None, self.token is not None)
+        if any(given) and not all(given):
+            raise invalid(ErrorCode.MALFORMED_FRAME, "sha256, size and token go together")
+        if self.sha256 is not None:
+            object.__setattr__(self, "sha256", check_sha256(self.sha256))
+            check_count("size", self.size)  # type: ignore[arg-type]
+            if not isinstance(self.token, str) or not TOKEN_PATTERN.fullmatch(self.token):
+                raise invalid(
+                    ErrorCode.MALFORMED_FRAME, "token must match [A-Za-z0-9._~+/=-]{1,1024}"
+                )

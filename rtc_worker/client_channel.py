@@ -382,7 +382,13 @@ class WorkerConnection:
                 while True:
                     message = await self._reply(None)
                     if isinstance(message, ResultsStored) and message.job_id == result.job_id:
-                        return dataclasses.replace(result, stored_path=message.download_path)
+                        return dataclasses.replace(
+                            result,
+                            stored_path=message.download_path,
+                            stored_sha256=message.sha256,
+                            stored_size=message.size,
+                            download_token=message.token,
+                        )
         except TimeoutError:
             logger.warning("no RESULTS_STORED for {} in time", result.job_id)
             return result

@@ -21,6 +21,9 @@ class JobResult:
         logs: the JOB_LOG lines, in order.
         stored_path: where the storage service serves the results ZIP, when asked for
             with ``via_storage`` and RESULTS_STORED came in time.
+        stored_sha256 / stored_size: the stored ZIP's sha256 and size (bytes), to verify
+            the download against.
+        download_token: the download capability for it (the owner's; it expires).
     """
 
     job_id: str
@@ -30,6 +33,9 @@ class JobResult:
     metrics: dict[str, float] = field(default_factory=dict)
     logs: tuple[str, ...] = ()
     stored_path: str | None = None
+    stored_sha256: str | None = None
+    stored_size: int | None = None
+    download_token: str | None = None
 
 
 @dataclass(frozen=True)

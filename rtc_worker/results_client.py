@@ -68,6 +68,7 @@ class StoredResults:
         size: bytes stored.
         sha256: the stored content's sha256 (hex).
         attempts: how many uploads it took.
+        download_token: the download capability the service signed for the owner.
     """
 
     job_id: str
@@ -75,6 +76,7 @@ class StoredResults:
     size: int
     sha256: str
     attempts: int
+    download_token: str = "none"
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class ResultsServiceClient:
             size=int(body["size"]),
             sha256=str(body["sha256"]),
             attempts=0,
+            download_token=str(body.get("download_token", "none")),
         )
 
     async def upload(self, open_file: Opener, job_id: str) -> StoredResults:

@@ -100,7 +100,7 @@ class WorkerSession:
                 logger.info("client {} cancels job {}", self.peer, job_id)
                 self._cancel.set()
             case ev.LookupResults(job_id=job_id):
-                found = await asyncio.to_thread(self.resources.lookup, job_id)
+                found = await asyncio.to_thread(self.resources.lookup, self.conn.principal, job_id)
                 self.conn.report(found)
             case ev.PackResults():
                 self.driver.spawn(self._pack(output))
@@ -192,7 +192,7 @@ class WorkerSession:
     # ------------------------------------------------------------------ jobs
 
     def _start_job(self, action: ev.StartJob) -> None:
-        self.resources.slot.acquire(action.job_id)
+        self.resources.slot.acquire((self.conn.principal, action.job_id))
         self._cancel = asyncio.Event()
         self.job_task = self.driver.spawn(self._run_job(action))
 
@@ -247,11 +247,12 @@ class WorkerSession:
             if action.input_path is not None and self._input is not None:
                 self._input.close()
                 self._input = None
-        resources.slot.release(job_id)
+        resources.slot.release((self.conn.principal, job_id))
         await self.driver.report(ended)
 
     def _job_spec(self, action: ev.StartJob) -> JobSpec:
-        """The job's input handle and output folder; records the job's owner (blocking)."""
+        """The job's input handle and output folder; records the job under its owner's
+        identity (blocking)."""
         resources = self.resources
         if action.input_sha256 is not None:
             blob = resources.store.object_rel(action.input_sha256).split("/")
@@ -262,13 +263,13 @@ class WorkerSession:
             handle, input_path = self._input, action.input_path
         output: Parts
         if action.output_path is None:
-            output = layout.job_output(action.job_id)
+            output = layout.job_output(self.conn.principal, action.job_id)
             resources.root.makedirs(output)
             output_path = "/".join(output)
         else:
             output = user_parts(action.output_path, resources.limits)
             output_path = action.output_path
-        resources.record_owner(action.job_id, self.peer, output_path)
+        resources.record_job(self.conn.principal, action.job_id, output_path)
         return JobSpec(
             action.job_id, handle, input_path, output, output_path, input_name=action.input_name
         )
@@ -305,7 +306,8 @@ class WorkerSession:
         """Upload a completed job's results ZIP to the storage service (with retries)."""
         job_id, client = action.job_id, self.resources.results_client
         assert client is not None  # the connection asks only with a storage service
-        output = action.output_path or "/".join(layout.job_output(job_id))
+        owner = self.conn.principal
+        output = action.output_path or "/".join(layout.job_output(owner, job_id))
         try:
             opener = await asyncio.to_thread(self._zip_results, job_id, output)
             stored = await client.upload(opener, job_id)
@@ -316,11 +318,15 @@ class WorkerSession:
             )
             return
         logger.info("results of {} stored: {} bytes, sha256 {}", job_id, stored.size, stored.sha256)
-        await self.driver.report(ev.ResultsUploaded(job_id, stored.download_path))
+        uploaded = ev.ResultsUploaded(
+            job_id, stored.download_path, stored.sha256, stored.size, stored.download_token
+        )
+        await self.driver.report(uploaded)
 
     def _zip_results(self, job_id: str, output: str) -> Opener:
         """Pack the output folder into the job's results ZIP (blocking); its opener."""
-        root, target = self.resources.root, layout.job_results_zip(job_id)
+        root = self.resources.root
+        target = layout.job_results_zip(self.conn.principal, job_id)
         build_zip(root, user_parts(output, self.resources.limits), target)
         return lambda: root.open_file(target)
 

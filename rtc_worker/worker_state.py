@@ -1,7 +1,10 @@
 """What every session of one worker shares: roots, store, the job slot, job records.
 
-Source: DESIGN.md, "The parts" (the worker holds one job at a time; results go only
-to the peer that ran the job).
+Jobs belong to identities (principals): the same job id from two clients is two jobs,
+recorded under ``.rtc-jobs/<principal>/<job_id>/``, and a client finds only its own.
+
+Source: DESIGN.md, "The parts" and "Identity first" (the worker holds one job at a time;
+results go only to the identity that ran the job).
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ from rtc_worker.transfer_io import PartialRegistry
 if TYPE_CHECKING:
     from rtc_worker.session import WorkerSession
 
-__all__ = ["JobSlot", "WorkerResources"]
+__all__ = ["JobKey", "JobSlot", "WorkerResources"]
 
-_MAX_OWNER_BYTES = 256
+_MAX_RECORD_BYTES = 8192
+
+
+JobKey = tuple[str, str]
+"""A job: ``(owner principal, job_id)``."""
 
 
 class JobSlot:
@@ -32,46 +39,48 @@ class JobSlot:
     is told when it is taken and freed (so each can answer WORKER_BUSY itself).
 
     Attributes:
-        job_id: the running job's id, or None when the worker is idle.
+        running: the running job's ``(owner, job_id)``, or None when the worker is idle.
     """
 
     def __init__(self, sessions: set[WorkerSession]) -> None:
-        self.job_id: str | None = None
+        self.running: JobKey | None = None
         self.closed = False
         self._sessions = sessions
 
     @property
     def busy(self) -> bool:
         """True while a job runs, or for good once the worker is stopping."""
-        return self.job_id is not None or self.closed
+        return self.running is not None or self.closed
 
     @property
     def why(self) -> str:
-        """Why JOB_START is refused now (the detail of WORKER_BUSY)."""
+        """Why JOB_START is refused now (the detail of WORKER_BUSY): never another
+        client's job id."""
         if self.closed:
             return "the worker is shutting down"
-        return f"another job ({self.job_id}) is running on this worker; try again later"
+        return "another job is running on this worker; try again later"
 
     def _tell(self, outcome: WorkerBusy | WorkerIdle) -> None:
         for session in list(self._sessions):
             session.conn.report(outcome)
             session.driver.kick()
 
-    def acquire(self, job_id: str) -> None:
-        """Take the slot (the connection only starts a job when told the worker is idle).
+    def acquire(self, job: JobKey) -> None:
+        """Take the slot for ``(owner, job_id)`` (the connection only starts a job when
+        told the worker is idle).
 
         Raises:
             RuntimeError: the slot is taken (a bug: connections are told synchronously).
         """
         if self.busy:
-            raise RuntimeError(f"job slot taken by {self.job_id or 'shutdown'}")
-        self.job_id = job_id
+            raise RuntimeError(f"job slot taken by {self.running or 'shutdown'}")
+        self.running = job
         self._tell(WorkerBusy(self.why))
 
-    def release(self, job_id: str) -> None:
+    def release(self, job: JobKey) -> None:
         """Give the slot back (only the job holding it can)."""
-        if self.job_id == job_id:
-            self.job_id = None
+        if self.running == job:
+            self.running = None
             if not self.closed:
                 self._tell(WorkerIdle())
 
@@ -108,31 +117,41 @@ class WorkerResources:
     results_client: ResultsServiceClient | None = None
     partials: PartialRegistry = field(default_factory=PartialRegistry)
     sessions: set[WorkerSession] = field(default_factory=set)
-    #: job_id -> (owner peer, output folder as sent), for RESULTS_REQUEST.
-    jobs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: (owner, job_id) -> the output folder as sent, for RESULTS_REQUEST.
+    jobs: dict[JobKey, str] = field(default_factory=dict)
     slot: JobSlot = field(init=False)
 
     def __post_init__(self) -> None:
         self.slot = JobSlot(self.sessions)
 
-    def record_owner(self, job_id: str, peer: str, output_path: str) -> None:
-        """Remember who ran ``job_id`` (also on disk, so a restarted worker knows)."""
-        self.jobs[job_id] = (peer, output_path)
-        with contextlib.suppress(StorageError, OSError):
-            self.root.write_atomic(layout.job_owner_file(job_id), peer.encode())
+    def record_job(self, owner: str, job_id: str, output_path: str) -> None:
+        """Remember that ``owner`` ran ``job_id`` into ``output_path`` (also on disk, so
+        a restarted worker knows; blocking).
 
-    def lookup(self, job_id: str) -> ResultsFound:
-        """Who ran ``job_id``, whether it runs, and its output folder (blocking)."""
-        running = self.slot.job_id == job_id
-        owner, output = self.jobs.get(job_id, (None, "/".join(layout.job_output(job_id))))
-        if owner is None:
+        Raises:
+            ValueError: ``owner`` or ``job_id`` is not a plain folder name.
+        """
+        self.jobs[(owner, job_id)] = output_path
+        with contextlib.suppress(StorageError, OSError):
+            self.root.makedirs(layout.job_dir(owner, job_id))
+            self.root.write_atomic(layout.job_record_file(owner, job_id), output_path.encode())
+
+    def lookup(self, owner: str, job_id: str) -> ResultsFound:
+        """``owner``'s job ``job_id``: whether it runs and its output folder, if it has
+        results (blocking). Another identity's job with that id is never found: the
+        answer names ``owner`` only when ``owner`` ran it."""
+        running = self.slot.running == (owner, job_id)
+        output = self.jobs.get((owner, job_id))
+        if output is None:
             with (
-                contextlib.suppress(StorageError, OSError),
-                self.root.open_file(layout.job_owner_file(job_id)) as handle,
+                contextlib.suppress(StorageError, OSError, ValueError),
+                self.root.open_file(layout.job_record_file(owner, job_id)) as handle,
             ):
-                owner = handle.read(_MAX_OWNER_BYTES).decode("utf-8", "replace")
+                output = handle.read(_MAX_RECORD_BYTES).decode("utf-8", "replace")
         try:
-            exists = owner is not None and self.root.exists(user_parts(output))
+            exists = output is not None and self.root.exists(user_parts(output))
         except StorageError:
             exists = False
-        return ResultsFound(job_id, owner, running, output if exists else None)
+        return ResultsFound(
+            job_id, owner if output is not None else None, running, output if exists else None
+        )

@@ -207,8 +207,12 @@ class Replay:
                 for line in self.logs():  # the job prints while it starts
                     assert self.conn.send_log(line)
             case ev.UploadResults(job_id=job_id):
-                assert isinstance(reply, ResultsStored), reply
-                self.tell(ev.ResultsUploaded(job_id, reply.download_path))
+                assert isinstance(reply, ResultsStored) and reply.sha256 is not None, reply
+                assert reply.size is not None and reply.token is not None
+                stored = ev.ResultsUploaded(
+                    job_id, reply.download_path, reply.sha256, reply.size, reply.token
+                )
+                self.tell(stored)
             case ev.LookupResults(job_id=job_id):
                 running = self.running is not None and self.running.job_id == job_id
                 known = job_id in self.jobs

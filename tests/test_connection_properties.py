@@ -46,6 +46,7 @@ from tests.protocol_helpers import (
     CLIENT_REACHABLE,
     JOB,
     PEER,
+    SHA,
     client,
     client_in,
     receiver_in,
@@ -258,7 +259,7 @@ class HonestAdapter:
                     pick(
                         st.sampled_from(
                             [
-                                ev.ResultsUploaded(job_id, f"/download/{job_id}"),
+                                ev.ResultsUploaded(job_id, f"/download/{job_id}", SHA, 5, "t"),
                                 ev.ActionFailed(out, "x"),
                             ]
                         )

@@ -420,8 +420,9 @@ def test_results_via_storage_are_uploaded_after_the_job_completes() -> None:  # 
     assert [type(o) for o in outputs] == [ev.Send, ev.Send, ev.UploadResults]
     assert frames(outputs)[1] == f"JOB_COMPLETE::run-10::{OUTPUT}::1::0.00"
     assert outputs[-1] == ev.UploadResults("run-10", OUTPUT)
-    outputs = tell(conn, ev.ResultsUploaded("run-10", "/download/run-10"))
-    assert sends(outputs) == [ResultsStored("run-10", "/download/run-10")]
+    outputs = tell(conn, ev.ResultsUploaded("run-10", "/download/run-10", SHA, 7, "cap-1"))
+    assert sends(outputs) == [ResultsStored("run-10", "/download/run-10", SHA, 7, "cap-1")]
+    assert frames(outputs) == [f"RESULTS_STORED::run-10::/download/run-10::{SHA}::7::cap-1"]
     # It held for that job only.
     worker_in(JobState.READY, conn)
     one(feed(conn, "JOB_START"), ev.StartJob)

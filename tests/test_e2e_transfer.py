@@ -80,7 +80,8 @@ async def test_fallback_job_with_results_downloaded_and_verified(
     assert outcome.upload.bytes_sent == size
     assert outcome.upload.outcome.sha256 == sha(local_package.read_bytes())
     assert outcome.job.job_id == "chan-1"
-    assert outcome.job.output_path == ".rtc-jobs/chan-1/output"
+    # job folders are per identity: the client's own
+    assert outcome.job.output_path == f".rtc-jobs/{client.peer_id}/chan-1/output"
     assert outcome.results_zip == downloads / "results-chan-1.zip"
     assert sha(outcome.results_zip.read_bytes()) == outcome.download.sha256
     manifest = json.loads((outcome.results_dir / "manifest.json").read_text())
@@ -311,8 +312,8 @@ async def test_mixed_modes_in_one_session(
     _, to_shared = await conn.run_file(local_package, job_id="m4", output_path="outputs/four")
     assert [r.job_id for r in (shared, channel_job, again, to_shared)] == ["m1", "m2", "m3", "m4"]
     assert upload.outcome.status == "received"
-    assert channel_job.output_path == ".rtc-jobs/m2/output"
-    assert (shared_root / ".rtc-jobs" / "m2" / "output" / "manifest.json").is_file()
+    assert channel_job.output_path == f".rtc-jobs/{client.peer_id}/m2/output"
+    assert (shared_root / channel_job.output_path / "manifest.json").is_file()
     assert (shared_root / "outputs" / "four" / "manifest.json").is_file()
     with zipfile.ZipFile(results) as archive:
         assert archive.namelist() == ["manifest.json"]

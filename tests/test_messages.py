@@ -210,3 +210,27 @@ def test_the_29_types_have_one_class_each_and_a_type_but_the_chunk() -> None:
     assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 29
     assert all(issubclass(cls, Message) for cls in MESSAGE_TYPES)
     assert [cls for cls in MESSAGE_TYPES if not cls.TYPE] == [Chunk]
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"sha256": "0" * 64}, "go together"),
+        ({"sha256": "0" * 64, "size": 3}, "go together"),
+        ({"size": 3, "token": "t"}, "go together"),
+        ({"sha256": "0" * 64, "size": 3, "token": "a::b"}, "token must match"),
+        ({"sha256": "0" * 64, "size": 3, "token": ""}, "token must match"),
+        ({"sha256": "0" * 64, "size": -1, "token": "t"}, "size"),
+    ],
+)
+def test_results_stored_verification_fields_are_all_or_none(
+    fields: dict[str, object], detail: str
+) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        ResultsStored("run-1", "/download/run-1", **fields)  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.MALFORMED_FRAME and detail in info.value.detail
+
+
+def test_results_stored_keeps_the_sha256_in_lower_case() -> None:
+    stored = ResultsStored("run-1", "/download/run-1", "AB" * 32, 3, "t")
+    assert stored.sha256 == "ab" * 32

@@ -169,7 +169,8 @@ async def test_upload_is_retried_until_the_storage_service_is_up(
             storage = await start_storage(tmp_path / "late-store", port=port)
             while not isinstance(message := await conn.recv(), ResultsStored):
                 pass
-        assert message == ResultsStored("late-1", "/download/late-1")
+        assert (message.job_id, message.download_path) == ("late-1", "/download/late-1")
+        assert message.sha256 is not None and message.size is not None
         status, body = await fetch(storage, "/download/late-1?keep=true")
         assert status == 200
         assert "manifest.json" in zipfile.ZipFile(io.BytesIO(body)).namelist()

@@ -6,6 +6,7 @@ with the outcomes the exchange shows (``tests/exchange_replay.py``)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import TypeVar
 
 import pytest
@@ -406,7 +407,12 @@ def test_results_via_storage_are_stored_by_the_world() -> None:
     pair.send(JobStart())
     assert pair.frames[-2:] == [
         (W2C, "JOB_COMPLETE::run-10::out::1::0.01"),
-        (W2C, "RESULTS_STORED::run-10::/download/run-10"),
+        (
+            W2C,
+            "RESULTS_STORED::run-10::/download/run-10::"
+            + hashlib.sha256(b"run-10").hexdigest()
+            + "::22::cap.abc_-",
+        ),
     ]
     replay(pair.frames, job_id_factory=lambda: "run-10")
 

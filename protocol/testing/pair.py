@@ -192,7 +192,10 @@ class SimulatedWorld:
             case ev.CancelJob():
                 pair.finish_job("cancelled")
             case ev.UploadResults(job_id=job_id):
-                conn.report(ev.ResultsUploaded(job_id, f"/download/{job_id}"), now)
+                stored = ev.ResultsUploaded(
+                    job_id, f"/download/{job_id}", sha256_of(job_id.encode()), 22, "cap.abc_-"
+                )
+                conn.report(stored, now)
             case ev.LookupResults(job_id=job_id):
                 job = self.jobs.get(job_id)
                 running = self.running is not None and self.running.start.job_id == job_id

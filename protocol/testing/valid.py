@@ -283,9 +283,18 @@ def results_via_storage_messages() -> SearchStrategy[m.ResultsViaStorage]:
 
 
 def results_stored_messages() -> SearchStrategy[m.ResultsStored]:
-    """``RESULTS_STORED::{job_id}::{download_path}`` (W->C): the storage service's
-    ``/download/{job_id}``, or any single-line text with at most two ``::``."""
+    """``RESULTS_STORED::{job_id}::{download_path}::{sha256}::{size}::{token}`` (W->C):
+    the storage service's ``/download/{job_id}`` with a sha256, a size and a token; or the
+    earlier two-field form with any single-line text with at most two ``::``."""
+    tokens = st.text(st.sampled_from("abcXYZ019._~+/=-"), min_size=1, max_size=40)
     return st.one_of(
+        st.builds(
+            lambda j, sha, size, token: m.ResultsStored(j, f"/download/{j}", sha, size, token),
+            st.one_of(job_ids(), worker_job_ids()),
+            sha256_hex(),
+            counts(),
+            tokens,
+        ),
         st.one_of(job_ids(), worker_job_ids()).map(lambda j: m.ResultsStored(j, f"/download/{j}")),
         st.builds(
             m.ResultsStored,

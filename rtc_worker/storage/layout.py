@@ -3,9 +3,10 @@
 Under the worker's storage root (the shared root, else its data dir)::
 
     .rtc-work/<job_id>-<random>/      a ZIP input extracted for one job (removed after it)
-    .rtc-jobs/<job_id>/output/        outputs of a job without a shared output folder
-    .rtc-jobs/<job_id>/owner          the peer that ran the job (results go to it only)
-    .rtc-jobs/<job_id>/results-<job_id>.zip   the job's results, packed
+    .rtc-jobs/<principal>/<job_id>/   one job of one identity (job ids are per identity)
+        output/                       outputs of a job without a shared output folder
+        output-path                   the output folder the job wrote (for its results)
+        results-<job_id>.zip          the job's results, packed
     .rtc-store/ (or store/ in the data dir)   the blob store of received files:
         objects/ab/<sha256>           verified content, named by its SHA-256
         partial/<key>.part|.json      partial files and their sidecars
@@ -15,8 +16,9 @@ The storage service keeps its content in ``blobs/ab/<sha256>`` and its partials 
 before the one file layer (migrated or cleaned at start-up).
 
 Paths are tuples of plain components, the form :class:`~rtc_worker.storage.SafeRoot`
-takes. A job id is the protocol's ``[A-Za-z0-9._-]{1,64}``; ``.`` and ``..`` are not
-plain components and are refused here (ValueError).
+takes. A job id is the protocol's ``[A-Za-z0-9._-]{1,64}``; a principal is a key's
+fingerprint (64 hex digits) or an anonymous connection's ``anon-…``; ``.`` and ``..``
+are not plain components and are refused here (ValueError).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ __all__ = [
     "WORK_DIR",
     "job_dir",
     "job_output",
-    "job_owner_file",
+    "job_record_file",
     "job_results_zip",
     "reserved_names",
     "results_zip_name",
@@ -48,7 +50,8 @@ __all__ = [
 WORK_DIR = ".rtc-work"
 """Per-job extraction folders (the default of ``RTC_WORK_DIR_NAME``)."""
 JOBS_DIR = ".rtc-jobs"
-"""Job folders: outputs of jobs without a shared output path, owners, results ZIPs."""
+"""Job folders, one folder per identity: outputs of jobs without a shared output path,
+the output folder each job wrote, results ZIPs."""
 STORE_DIR = ".rtc-store"
 """The blob store under a shared root (shared by every worker on that storage)."""
 DATA_STORE_DIR = "store"
@@ -68,7 +71,7 @@ SERVICE_LEGACY_TMP_DIR = "tmp"
 """The storage service's temporary files, before the file layer."""
 
 _JOB_OUTPUT = "output"
-_JOB_OWNER = "owner"
+_JOB_RECORD = "output-path"
 
 
 def _component(value: str) -> str:
@@ -82,19 +85,23 @@ def reserved_names(work_dir_name: str = WORK_DIR) -> tuple[str, ...]:
     return tuple(dict.fromkeys((_component(work_dir_name), *RESERVED_NAMES)))
 
 
-def job_dir(job_id: str) -> tuple[str, str]:
-    """``(".rtc-jobs", job_id)``: a job's folder. Raises ValueError for ``.``/``..``."""
-    return (JOBS_DIR, _component(job_id))
+def job_dir(owner: str, job_id: str) -> tuple[str, str, str]:
+    """``(".rtc-jobs", owner, job_id)``: the folder of ``owner``'s job ``job_id``.
+
+    Raises:
+        ValueError: either is ``.``, ``..``, empty or holds a ``/``.
+    """
+    return (JOBS_DIR, _component(owner), _component(job_id))
 
 
-def job_output(job_id: str) -> tuple[str, str, str]:
+def job_output(owner: str, job_id: str) -> tuple[str, str, str, str]:
     """The output folder of a job without a shared output path."""
-    return (*job_dir(job_id), _JOB_OUTPUT)
+    return (*job_dir(owner, job_id), _JOB_OUTPUT)
 
 
-def job_owner_file(job_id: str) -> tuple[str, str, str]:
-    """The file naming the peer that ran the job."""
-    return (*job_dir(job_id), _JOB_OWNER)
+def job_record_file(owner: str, job_id: str) -> tuple[str, str, str, str]:
+    """The file holding the output folder the job wrote (where its results are)."""
+    return (*job_dir(owner, job_id), _JOB_RECORD)
 
 
 def results_zip_name(job_id: str) -> str:
@@ -102,9 +109,9 @@ def results_zip_name(job_id: str) -> str:
     return _component(f"results-{job_id}.zip")
 
 
-def job_results_zip(job_id: str) -> tuple[str, str, str]:
+def job_results_zip(owner: str, job_id: str) -> tuple[str, str, str, str]:
     """Where a job's results ZIP is built."""
-    return (*job_dir(job_id), results_zip_name(job_id))
+    return (*job_dir(owner, job_id), results_zip_name(job_id))
 
 
 def work_dir(job_id: str, suffix: str, work_dir_name: str = WORK_DIR) -> tuple[str, str]:
