@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
 from protocol import JobComplete, JobMetrics, PathReason
 from protocol import events as ev
 from protocol.connection import Connection
+from protocol.handshake import AuthConfig, Authenticated, AuthFailed
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
@@ -37,6 +39,8 @@ __all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
 
 #: JOB_LOG lines are dropped while more than this many bytes wait to be sent.
 LOG_BUFFER_LIMIT = 4 * 1024 * 1024
+#: After a refused handshake, the refusal frame gets this long to leave, seconds.
+REFUSAL_FLUSH_S = 0.5
 
 Parts = tuple[str, ...]
 
@@ -47,15 +51,37 @@ class WorkerSession:
     Args:
         channel: the data channel's frame adapter.
         resources: what every session of this worker shares.
-        peer: the client's peer id (results go to that peer only).
+        peer: the client's peer id (for logs).
+        auth: the channel handshake's configuration (the worker's key, both DTLS
+            fingerprints, who is accepted); None only in tests of the job flows, where
+            the peer id is the principal.
+        handshake_timeout_s: the channel is closed when its handshake has not ended
+            this long after it opened, seconds.
+        on_refused: called (after the refusal frame left) when the handshake failed or
+            timed out: the worker closes the peer connection.
     """
 
-    def __init__(self, channel: FrameChannel, resources: WorkerResources, peer: str = "?") -> None:
+    def __init__(
+        self,
+        channel: FrameChannel,
+        resources: WorkerResources,
+        peer: str = "?",
+        *,
+        auth: AuthConfig | None = None,
+        handshake_timeout_s: float = 10.0,
+        on_refused: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.resources = resources
         self.peer = peer
         self.channel = channel
+        self.handshake_timeout_s = handshake_timeout_s
+        self._on_refused = on_refused
         self.conn = Connection(
-            Role.WORKER, peer=peer, limits=resources.limits, capabilities=resources.capabilities
+            Role.WORKER,
+            peer=peer,
+            auth=auth,
+            limits=resources.limits,
+            capabilities=resources.capabilities,
         )
         self.driver = ChannelDriver(self.conn, channel, self.perform, name=peer)
         self.io = TransferIO(
@@ -72,6 +98,8 @@ class WorkerSession:
         """Handle frames in arrival order until the channel closes. Never raises."""
         logger.info("session with {} opened", self.peer)
         self.resources.sessions.add(self)
+        if self.conn.handshake is not None:
+            self.driver.spawn(self._handshake_deadline())
         try:
             await self.driver.run()
         finally:
@@ -106,12 +134,36 @@ class WorkerSession:
                 self.driver.spawn(self._pack(output))
             case ev.UploadResults():
                 self.driver.spawn(self._upload(output))
+            case Authenticated(principal=principal):
+                logger.info("client {} is {}", self.peer, principal)
+            case AuthFailed(code=code, detail=detail):
+                logger.warning("handshake with {} failed: {} {}", self.peer, code, detail)
+                self.driver.spawn(self._refuse())
             case ev.Violation(code=code, detail=detail):
                 logger.warning("protocol error from {}: {} {}", self.peer, code, detail)
             case ev.Note(text=text):
                 logger.info("{}: {}", self.peer, text)
             case _:  # FileHeld, ReceiveEnded, SendEnded, SendProgress: for the log
                 logger.info("{}: {}", self.peer, output)
+
+    # ------------------------------------------------------------------ handshake
+
+    async def _handshake_deadline(self) -> None:
+        """Close the channel when its handshake has not ended in time."""
+        await asyncio.sleep(self.handshake_timeout_s)
+        handshake = self.conn.handshake
+        if handshake is not None and not handshake.open and not self.channel.closed.is_set():
+            logger.warning(
+                "no handshake from {} within {:.0f} s; closing", self.peer, self.handshake_timeout_s
+            )
+            await self._refuse(flush_s=0.0)
+
+    async def _refuse(self, flush_s: float = REFUSAL_FLUSH_S) -> None:
+        """Close the channel (and the peer connection) after a failed handshake."""
+        await asyncio.sleep(flush_s)
+        self.channel.channel.close()
+        if self._on_refused is not None:
+            await self._on_refused()
 
     # ------------------------------------------------------------------ paths
 

@@ -166,6 +166,34 @@ class WorkerSettings(EnvSettings):
         gt=0,
         description="Longest wait between two reconnections to signaling, seconds.",
     )
+    authorized_clients_file: Path | None = Field(
+        None,
+        description="File of the client fingerprints this worker accepts, one per line "
+        "(# comments; see rtc-client id); unset: any client that proves its key.",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A data channel whose handshake has not ended this long after it "
+        "opened is closed, seconds.",
+    )
+    peer_connect_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A peer connection not connected this long after its offer is closed, seconds.",
+    )
+    max_peer_connections: int = Field(
+        32,
+        ge=1,
+        description="Peer connections held at once, all clients together; further offers "
+        "are dropped until one closes.",
+    )
+    max_peer_connections_per_client: int = Field(
+        4,
+        ge=1,
+        description="Peer connections held at once for one client identity (one "
+        "fingerprint, or one peer id for anonymous clients).",
+    )
     slow_validation_warning_s: Annotated[float, Env("RTC_SLOW_VALIDATION_S")] = Field(
         1.0,
         gt=0,
@@ -297,9 +325,15 @@ class ClientSettings(EnvSettings):
         gt=0,
         description="Largest file accepted from a worker, bytes.",
     )
+    known_workers_file: Path = Field(
+        Path("~/.config/rtc-client/known_workers"),
+        validate_default=True,
+        description="Pinned worker keys, '<peer_id> <fingerprint>' per line: the first "
+        "handshake with a worker records its key, another key later is refused.",
+    )
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)
-    _expand_cache_dir = field_validator("cache_dir")(_expand_home)
+    _expand_cache_dir = field_validator("cache_dir", "known_workers_file")(_expand_home)
 
 
 class ClientCommand(ClientSettings):
@@ -324,6 +358,12 @@ class SubmitCommand(ClientCommand):
     """
 
     worker: Annotated[str, FLAG_ONLY] = Field(description="The worker's peer id.")
+    worker_key: Annotated[str | None, FLAG_ONLY] = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The worker's fingerprint (rtc-worker id): its handshake must prove "
+        "this key; unset: the known-workers file's pin, or trust on first use.",
+    )
     input: Annotated[str | None, FLAG_ONLY] = Field(
         None, description="Input path relative to the shared root."
     )

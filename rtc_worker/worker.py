@@ -124,7 +124,8 @@ class RTCWorkerClient:
             results_client=results_client,
         )
         self.registered = asyncio.Event()
-        self._peer_connections: dict[str, RTCPeerConnection] = {}
+        #: peer id -> (peer connection, the client identity it counts against)
+        self._peer_connections: dict[str, tuple[RTCPeerConnection, str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._signaling: SignalingClient | None = None
         self._stopping = asyncio.Event()
@@ -138,6 +139,11 @@ class RTCWorkerClient:
     def active_sessions(self) -> int:
         """Data channels being served now."""
         return len(self.resources.sessions)
+
+    @property
+    def peer_connections(self) -> int:
+        """Peer connections held now (answered and not yet closed)."""
+        return len(self._peer_connections)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -237,14 +243,53 @@ class RTCWorkerClient:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _admit(self, peer: str, claim: str) -> str | None:
+        """Why an offer from ``peer`` (counted against ``claim``) is dropped, or None.
+
+        Every peer connection holds UDP sockets and an ICE agent, so a client could
+        make us hold many: they are capped in total and per client identity.
+        """
+        held = len(self._peer_connections)
+        if held >= self.settings.max_peer_connections:
+            return f"{held} peer connections are held (the maximum)"
+        same = sum(1 for _, who in self._peer_connections.values() if who == claim)
+        if same >= self.settings.max_peer_connections_per_client:
+            return f"{same} peer connections are held for this client (the maximum)"
+        return None
+
+    def _forget(self, peer: str, pc: RTCPeerConnection) -> None:
+        link = self._peer_connections.get(peer)
+        if link is not None and link[0] is pc:
+            del self._peer_connections[peer]
+
+    async def _connect_deadline(self, peer: str, pc: RTCPeerConnection) -> None:
+        """Close ``pc`` when it is not connected within the connect timeout: an offer
+        abandoned before ICE must not hold sockets."""
+        await asyncio.sleep(self.settings.peer_connect_timeout_s)
+        link = self._peer_connections.get(peer)
+        if link is not None and link[0] is pc and pc.connectionState != "connected":
+            logger.warning(
+                "peer connection with {} not connected after {:.0f} s; closing it",
+                peer,
+                self.settings.peer_connect_timeout_s,
+            )
+            self._forget(peer, pc)
+            await pc.close()
+
     async def _answer(self, signaling: SignalingClient, offer: RelayedOffer) -> None:
-        """Answer one client's offer with a new peer connection."""
+        """Answer one client's offer with a new peer connection (within the caps)."""
         peer = offer.from_
+        claim = f"peer:{peer}"
         old = self._peer_connections.pop(peer, None)
         if old is not None:  # the client reconnected: the old connection is stale
-            await old.close()
+            await old[0].close()
+        refused = self._admit(peer, claim)
+        if refused is not None:
+            logger.warning("dropping the offer of {}: {}", peer, refused)
+            return
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
-        self._peer_connections[peer] = pc
+        self._peer_connections[peer] = (pc, claim)
+        self._spawn(self._connect_deadline(peer, pc))
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -255,8 +300,7 @@ class RTCWorkerClient:
         async def on_state() -> None:
             logger.info("peer connection with {}: {}", peer, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
-                if self._peer_connections.get(peer) is pc:
-                    del self._peer_connections[peer]
+                self._forget(peer, pc)
                 await pc.close()
 
         try:
@@ -266,8 +310,7 @@ class RTCWorkerClient:
             logger.info("answered offer from {}", peer)
         except Exception as exc:
             logger.warning("could not answer offer from {}: {}", peer, exc)
-            if self._peer_connections.get(peer) is pc:
-                del self._peer_connections[peer]
+            self._forget(peer, pc)
             await pc.close()
 
     async def _serve_session(self, session: WorkerSession) -> None:
@@ -297,7 +340,7 @@ class RTCWorkerClient:
         self.resources.slot.close()
         for session in list(self.resources.sessions):
             await session.aclose()
-        for pc in list(self._peer_connections.values()):
+        for pc, _ in list(self._peer_connections.values()):
             await pc.close()
         self._peer_connections.clear()
         for task in list(self._tasks):
