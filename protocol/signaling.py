@@ -8,7 +8,8 @@ the reply carries. It performs no I/O.
 Client -> server frames (:data:`ClientFrame`)::
 
     {"type": "register", "peer_id": ID, "role": "worker"|"client",
-     "token": STR (optional), "metadata": {...} (optional)}
+     "token": STR (optional), "metadata": {...} (optional),
+     "public_key": B64 (optional), "signature": B64 (optional, with public_key)}
     {"type": "list_peers"}
     {"type": "offer",     "to": ID, "sdp": STR}
     {"type": "answer",    "to": ID, "sdp": STR}
@@ -16,32 +17,40 @@ Client -> server frames (:data:`ClientFrame`)::
 
 Server -> client frames (:data:`ServerFrame`)::
 
-    {"type": "registered", "peer_id": ID}
-    {"type": "peers", "peers": [{"peer_id": ID, "role": ROLE, "metadata": {...}}, ...]}
-    {"type": "offer",     "from": ID, "to": ID, "sdp": STR}
-    {"type": "answer",    "from": ID, "to": ID, "sdp": STR}
-    {"type": "candidate", "from": ID, "to": ID, "candidate": ANY_JSON_OR_NULL}
+    {"type": "challenge", "nonce": B64}                (first frame on every socket)
+    {"type": "registered", "peer_id": ID, "fingerprint": FP|null}
+    {"type": "peers", "peers": [{"peer_id": ID, "role": ROLE, "fingerprint": FP|null,
+                                 "metadata": {...}}, ...]}
+    {"type": "offer",     "from": ID, "fingerprint": FP|null, "to": ID, "sdp": STR}
+    {"type": "answer",    "from": ID, "fingerprint": FP|null, "to": ID, "sdp": STR}
+    {"type": "candidate", "from": ID, "fingerprint": FP|null, "to": ID, "candidate": ANY}
     {"type": "error", "code": CODE, "message": STR, "ref_type": STR (optional)}
 
-``ID`` matches :data:`PEER_ID_PATTERN`. Unknown object keys are ignored, so a
-``"from"`` sent by a peer never survives parsing: the server sets it.
+``ID`` matches :data:`PEER_ID_PATTERN`; ``FP`` is a fingerprint (64 lowercase hex
+digits, :func:`protocol.identity.fingerprint`), ``null`` for an anonymous client;
+``B64`` is standard base64 with padding. Unknown object keys are ignored, so a
+``"from"`` or a ``"fingerprint"`` sent by a peer never survives parsing: the server
+sets them. What a peer signs to register is in :mod:`protocol.signaling_proof`.
 """
 
 from __future__ import annotations
 
-import json
-from enum import StrEnum
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     TypeAdapter,
-    ValidationError,
+    ValidationInfo,
     field_validator,
 )
+
+from protocol.identity import NONCE_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, b64decode
+from protocol.signaling_errors import SignalingError, SignalingErrorCode
+from protocol.signaling_json import compact_json, load_object, validate
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -49,8 +58,10 @@ __all__ = [
     "PEER_ID_PATTERN",
     "Answer",
     "Candidate",
+    "Challenge",
     "ClientFrame",
     "ErrorFrame",
+    "Fingerprint",
     "ListPeers",
     "Offer",
     "PeerId",
@@ -79,57 +90,32 @@ DEFAULT_MAX_FRAME_BYTES = 262144
 MAX_METADATA_BYTES = 8192
 """Limit on a register frame's ``metadata``, in bytes of its compact JSON encoding."""
 
-_MAX_REF_TYPE_CHARS = 64
-
 PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
 """A peer id string matching :data:`PEER_ID_PATTERN`."""
 
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A key's fingerprint: sha256 of the raw Ed25519 public key, 64 lowercase hex digits."""
+
+
+def _base64_of(size: int) -> AfterValidator:
+    def check(value: str) -> str:
+        b64decode(value, size)  # raises ValueError: not base64, or the wrong length
+        return value
+
+    return AfterValidator(check)
+
+
+PublicKeyB64 = Annotated[str, _base64_of(PUBLIC_KEY_BYTES)]
+"""A raw 32-byte Ed25519 public key in standard base64 (RFC 4648 section 4)."""
+
+SignatureB64 = Annotated[str, _base64_of(SIGNATURE_BYTES)]
+"""A 64-byte Ed25519 signature in standard base64."""
+
+NonceB64 = Annotated[str, _base64_of(NONCE_BYTES)]
+"""A 32-byte challenge nonce in standard base64."""
+
 Role = Literal["worker", "client"]
 """What a registered peer is: a ``worker`` serving jobs or a ``client`` sending them."""
-
-
-class SignalingErrorCode(StrEnum):
-    """Codes carried by ``{"type": "error"}`` frames sent by the server."""
-
-    #: The text frame is not valid JSON.
-    INVALID_JSON = "INVALID_JSON"
-    #: Valid JSON but not an object, a missing field, a wrong type, or a binary frame.
-    INVALID_FRAME = "INVALID_FRAME"
-    #: The ``type`` field names no known frame.
-    UNKNOWN_TYPE = "UNKNOWN_TYPE"
-    #: The UTF-8 text of the frame exceeds the server's soft limit.
-    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
-    #: A frame other than ``register`` arrived before the socket registered.
-    NOT_REGISTERED = "NOT_REGISTERED"
-    #: Wrong or missing token; the server closes the socket after this error.
-    UNAUTHORIZED = "UNAUTHORIZED"
-    #: Another live socket is registered under this peer id.
-    PEER_ID_TAKEN = "PEER_ID_TAKEN"
-    #: This socket is already registered.
-    ALREADY_REGISTERED = "ALREADY_REGISTERED"
-    #: The ``to`` of a relayed frame names no registered peer.
-    PEER_NOT_FOUND = "PEER_NOT_FOUND"
-
-
-class SignalingError(Exception):
-    """A frame was refused; carries what the ``error`` reply frame needs.
-
-    Attributes:
-        code: one of :class:`SignalingErrorCode` (a plain ``str`` when received from a server
-            that knows codes this version does not).
-        message: human-readable reason; for field errors it names the field.
-        ref_type: the ``type`` of the offending frame when known, else ``None``.
-    """
-
-    def __init__(self, code: str, message: str, ref_type: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.ref_type = ref_type
-
-    def to_frame(self) -> ErrorFrame:
-        """Return the :class:`ErrorFrame` that reports this error to the peer."""
-        return ErrorFrame(code=str(self.code), message=self.message, ref_type=self.ref_type)
 
 
 class _Frame(BaseModel):
@@ -142,11 +128,16 @@ class _Frame(BaseModel):
 
 
 class Register(_Frame):
-    """``{"type":"register","peer_id":ID,"role":ROLE,"token":STR?,"metadata":{...}?}``.
+    """``{"type":"register","peer_id":ID,"role":ROLE,"token":STR?,"metadata":{...}?,
+    "public_key":B64?,"signature":B64?}``.
 
     ``metadata`` is a JSON object of at most :data:`MAX_METADATA_BYTES` bytes once
     serialized compactly; ``null`` or absent means ``{}``. ``token`` is compared by
-    the server with its own when it has one.
+    the server with its own when it has one. ``public_key`` (32 bytes) and
+    ``signature`` (64 bytes) come together or not at all: the signature is the key's
+    Ed25519 signature of :func:`protocol.identity.registration_payload` over this
+    socket's challenge nonce (see :mod:`protocol.signaling_proof`); without them the
+    peer is an anonymous client.
     """
 
     type: Literal["register"] = "register"
@@ -154,6 +145,15 @@ class Register(_Frame):
     role: Role
     token: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    public_key: PublicKeyB64 | None = None
+    signature: SignatureB64 | None = Field(None, validate_default=True)
+
+    @field_validator("signature")
+    @classmethod
+    def _key_and_signature_together(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "public_key" in info.data and (value is None) != (info.data["public_key"] is None):
+            raise ValueError("public_key and signature come together or not at all")
+        return value
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -164,7 +164,7 @@ class Register(_Frame):
     @classmethod
     def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         try:
-            size = len(_compact_json(value).encode("utf-8", "surrogatepass"))
+            size = len(compact_json(value).encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata is not serializable as JSON ({exc})") from None
         if size > MAX_METADATA_BYTES:
@@ -217,18 +217,37 @@ ClientFrame = Annotated[
 # --------------------------------------------------------------------------- server -> client
 
 
+class Challenge(_Frame):
+    """``{"type":"challenge","nonce":B64}``: the first frame the server sends on a socket.
+
+    ``nonce`` is :data:`protocol.identity.NONCE_BYTES` fresh random bytes; a ``register``
+    on this socket signs them (:mod:`protocol.signaling_proof`).
+    """
+
+    type: Literal["challenge"] = "challenge"
+    nonce: NonceB64
+
+
 class Registered(_Frame):
-    """``{"type":"registered","peer_id":ID}``: the socket is now registered as ``peer_id``."""
+    """``{"type":"registered","peer_id":ID,"fingerprint":FP|null}``: the socket is now
+    registered as ``peer_id``, proven by the key of ``fingerprint`` (``null``: anonymous)."""
 
     type: Literal["registered"] = "registered"
     peer_id: PeerId
+    fingerprint: Fingerprint | None
 
 
 class PeerInfo(_Frame):
-    """One entry of :class:`Peers`: ``{"peer_id":ID,"role":ROLE,"metadata":{...}}``."""
+    """One entry of :class:`Peers`:
+    ``{"peer_id":ID,"role":ROLE,"fingerprint":FP|null,"metadata":{...}}``.
+
+    ``fingerprint`` is the key the peer proved at registration, set by the server
+    (``null`` for an anonymous client).
+    """
 
     peer_id: PeerId
     role: Role
+    fingerprint: Fingerprint | None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -240,31 +259,38 @@ class Peers(_Frame):
 
 
 class RelayedOffer(_Frame):
-    """``{"type":"offer","from":ID,"to":ID,"sdp":STR}``: an offer relayed by the server.
+    """``{"type":"offer","from":ID,"fingerprint":FP|null,"to":ID,"sdp":STR}``: an offer
+    relayed by the server.
 
-    ``from_`` (JSON key ``"from"``) is the sender's registered id, set by the server.
+    ``from_`` (JSON key ``"from"``) is the sender's registered id and ``fingerprint`` the
+    key it proved at registration (``null``: an anonymous client), both set by the server.
     """
 
     type: Literal["offer"] = "offer"
     from_: PeerId = Field(alias="from")
+    fingerprint: Fingerprint | None
     to: PeerId
     sdp: str
 
 
 class RelayedAnswer(_Frame):
-    """``{"type":"answer","from":ID,"to":ID,"sdp":STR}``: an answer relayed by the server."""
+    """``{"type":"answer","from":ID,"fingerprint":FP|null,"to":ID,"sdp":STR}``: an answer
+    relayed by the server (``from`` and ``fingerprint`` set by it)."""
 
     type: Literal["answer"] = "answer"
     from_: PeerId = Field(alias="from")
+    fingerprint: Fingerprint | None
     to: PeerId
     sdp: str
 
 
 class RelayedCandidate(_Frame):
-    """``{"type":"candidate","from":ID,"to":ID,"candidate":ANY}``: a relayed ICE candidate."""
+    """``{"type":"candidate","from":ID,"fingerprint":FP|null,"to":ID,"candidate":ANY}``: a
+    relayed ICE candidate (``from`` and ``fingerprint`` set by the server)."""
 
     type: Literal["candidate"] = "candidate"
     from_: PeerId = Field(alias="from")
+    fingerprint: Fingerprint | None
     to: PeerId
     candidate: Any
 
@@ -288,7 +314,7 @@ class ErrorFrame(_Frame):
 
 
 ServerFrame = Annotated[
-    Registered | Peers | RelayedOffer | RelayedAnswer | RelayedCandidate | ErrorFrame,
+    Challenge | Registered | Peers | RelayedOffer | RelayedAnswer | RelayedCandidate | ErrorFrame,
     Field(discriminator="type"),
 ]
 """Any frame the server sends to a peer, discriminated on ``type``."""
@@ -297,7 +323,9 @@ ServerFrame = Annotated[
 _CLIENT_ADAPTER: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 _SERVER_ADAPTER: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
 _CLIENT_TYPES = frozenset({"register", "list_peers", "offer", "answer", "candidate"})
-_SERVER_TYPES = frozenset({"registered", "peers", "offer", "answer", "candidate", "error"})
+_SERVER_TYPES = frozenset(
+    {"challenge", "registered", "peers", "offer", "answer", "candidate", "error"}
+)
 
 
 # --------------------------------------------------------------------------- codec
@@ -319,8 +347,8 @@ def parse_client_frame(text: str, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> C
             ``INVALID_FRAME`` (not an object, missing field, wrong type; the message
             names the field), or ``UNKNOWN_TYPE``. Nothing else is raised.
     """
-    obj, frame_type = _load_object(text, max_bytes, _CLIENT_TYPES)
-    return _validate(_CLIENT_ADAPTER, obj, frame_type)
+    obj, frame_type = load_object(text, max_bytes, _CLIENT_TYPES)
+    return validate(_CLIENT_ADAPTER, obj, frame_type)
 
 
 def parse_server_frame(text: str, max_bytes: int | None = None) -> ServerFrame:
@@ -332,23 +360,24 @@ def parse_server_frame(text: str, max_bytes: int | None = None) -> ServerFrame:
             means no limit.
 
     Returns:
-        One of :class:`Registered`, :class:`Peers`, :class:`RelayedOffer`,
+        One of :class:`Challenge`, :class:`Registered`, :class:`Peers`, :class:`RelayedOffer`,
         :class:`RelayedAnswer`, :class:`RelayedCandidate`, :class:`ErrorFrame`.
 
     Raises:
         SignalingError: with code ``FRAME_TOO_LARGE``, ``INVALID_JSON``,
             ``INVALID_FRAME`` or ``UNKNOWN_TYPE``. Nothing else is raised.
     """
-    obj, frame_type = _load_object(text, max_bytes, _SERVER_TYPES)
-    return _validate(_SERVER_ADAPTER, obj, frame_type)
+    obj, frame_type = load_object(text, max_bytes, _SERVER_TYPES)
+    return validate(_SERVER_ADAPTER, obj, frame_type)
 
 
 def dump_frame(frame: BaseModel) -> str:
     """Serialize a frame to compact JSON text.
 
     Keys use their aliases (``from_`` becomes ``"from"``). Optional fields that are
-    ``None`` (``token``, ``ref_type``) are left out; required fields are always
-    written, so ``{"candidate": null}`` survives.
+    ``None`` (``token``, ``ref_type``, ``public_key``, ``signature``) are left out;
+    required fields are always written, so ``{"candidate": null}`` and
+    ``{"fingerprint": null}`` survive.
 
     Raises:
         pydantic_core.PydanticSerializationError: if a field holds a value that
@@ -361,104 +390,3 @@ def dump_frame(frame: BaseModel) -> str:
         if not info.is_required() and getattr(frame, name) is None
     }
     return frame.model_dump_json(by_alias=True, exclude=omit or None)
-
-
-def _compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _load_object(
-    text: str, max_bytes: int | None, known_types: frozenset[str]
-) -> tuple[dict[str, Any], str]:
-    """Check size, decode JSON, check it is an object with a known string ``type``."""
-    if max_bytes is not None and len(text) * 4 > max_bytes:
-        size = len(text.encode("utf-8", "surrogatepass"))
-        if size > max_bytes:
-            raise SignalingError(
-                SignalingErrorCode.FRAME_TOO_LARGE,
-                f"frame is {size} bytes; the limit is {max_bytes} bytes",
-            )
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise SignalingError(SignalingErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
-    try:
-        # Refuse what cannot be written back out (I-JSON, RFC 7493): lone surrogate
-        # escapes such as "\ud800" and numbers that overflow to infinity.
-        _compact_json(obj).encode("utf-8")
-    except (ValueError, RecursionError) as exc:
-        raise SignalingError(
-            SignalingErrorCode.INVALID_JSON, f"JSON that cannot be relayed: {exc}"
-        ) from None
-    if not isinstance(obj, dict):
-        raise SignalingError(
-            SignalingErrorCode.INVALID_FRAME, f"frame must be a JSON object, not {_json_kind(obj)}"
-        )
-    if "type" not in obj:
-        raise SignalingError(SignalingErrorCode.INVALID_FRAME, "missing field 'type'")
-    frame_type = obj["type"]
-    if not isinstance(frame_type, str):
-        raise SignalingError(
-            SignalingErrorCode.INVALID_FRAME,
-            f"field 'type' must be a string, not {_json_kind(frame_type)}",
-        )
-    if frame_type not in known_types:
-        shown = frame_type[:_MAX_REF_TYPE_CHARS]
-        raise SignalingError(
-            SignalingErrorCode.UNKNOWN_TYPE,
-            f"unknown frame type {shown!r}; expected one of {sorted(known_types)}",
-            ref_type=shown,
-        )
-    return obj, frame_type
-
-
-_FrameT = TypeVar("_FrameT")
-
-
-def _validate(adapter: TypeAdapter[_FrameT], obj: dict[str, Any], frame_type: str) -> _FrameT:
-    try:
-        return adapter.validate_python(obj)
-    except ValidationError as exc:
-        raise SignalingError(
-            SignalingErrorCode.INVALID_FRAME, _describe(exc, frame_type), ref_type=frame_type
-        ) from None
-    except RecursionError:
-        raise SignalingError(
-            SignalingErrorCode.INVALID_FRAME, "frame is nested too deeply", ref_type=frame_type
-        ) from None
-
-
-def _describe(exc: ValidationError, frame_type: str) -> str:
-    """Name the first invalid field of a validation error, e.g. ``field 'sdp': ...``."""
-    errors = exc.errors(include_url=False, include_input=False)
-    if not errors:
-        return f"invalid {frame_type!r} frame"
-    first = errors[0]
-    loc = list(first.get("loc", ()))
-    if loc and loc[0] == frame_type:
-        loc = loc[1:]  # the discriminated union prefixes the tag
-    where = ".".join(str(part) for part in loc) or "type"
-    kind = first.get("type")
-    reason = "missing" if kind == "missing" else first.get("msg", "invalid")
-    text = f"field '{where}' in {frame_type!r} frame: {reason}"
-    if len(errors) > 1:
-        text += f" (and {len(errors) - 1} more error(s))"
-    return text
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"

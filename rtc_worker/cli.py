@@ -1,4 +1,5 @@
-"""Command lines: ``rtc-worker`` (serve, demo) and ``rtc-client`` (workers, submit, download).
+"""Command lines: ``rtc-worker`` (serve, id, demo) and ``rtc-client`` (workers, submit,
+download, id).
 
 The parsers are generated from the models of :mod:`rtc_worker.settings`; this module
 only parses and calls into the program. Flags override environment variables; every
@@ -22,10 +23,12 @@ from pydantic_settings import SettingsError
 from rtc_worker import __version__
 from rtc_worker.settings import (
     ClientCli,
+    ClientIdCommand,
     DemoCommand,
     DownloadCommand,
     SubmitCommand,
     WorkerCli,
+    WorkerIdCommand,
     WorkersCommand,
     WorkerSettings,
 )
@@ -77,13 +80,29 @@ def _parse(line: CommandLine[P], argv: Sequence[str] | None) -> P | int:
 # ---------------------------------------------------------------------- rtc-worker
 
 
+def _print_identity(command: WorkerIdCommand | ClientIdCommand) -> int:
+    """``rtc-worker id`` / ``rtc-client id``: the fingerprint, then the key file (created)."""
+    from rtc_worker.identity import Identity, IdentityError
+
+    try:
+        identity = Identity.load_or_create(command.identity_file)
+    except IdentityError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(identity.fingerprint)
+    print(f"key file: {identity.path}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtc-worker``: ``serve`` or ``demo`` (see :class:`WorkerCli`)."""
+    """Entry point of ``rtc-worker``: ``serve``, ``id`` or ``demo`` (see :class:`WorkerCli`)."""
     line = CommandLine(WorkerCli, "rtc-worker")
     parsed = _parse(line, argv)
     if isinstance(parsed, int):
         return parsed
     command = line.command(parsed)
+    if isinstance(command, WorkerIdCommand):
+        return _print_identity(command)
     if isinstance(command, DemoCommand):
         from rtc_worker.demo import run_demo
 
@@ -98,13 +117,15 @@ async def _serve(settings: WorkerSettings) -> int:
     import signal
 
     from protocol.signaling import SignalingError
+    from rtc_worker.identity import IdentityError
     from rtc_worker.worker import RTCWorkerClient
 
     try:
         worker = RTCWorkerClient(settings)
-    except ValueError as exc:
+    except (ValueError, IdentityError) as exc:
         logger.error("{}", exc)
         return EXIT_USAGE
+    logger.info("worker key {} ({})", worker.identity.fingerprint, settings.identity_file)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.stop()))
@@ -121,7 +142,7 @@ async def _serve(settings: WorkerSettings) -> int:
 
 
 def client_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtc-client``: ``workers``, ``submit`` or ``download``.
+    """Entry point of ``rtc-client``: ``workers``, ``submit``, ``download`` or ``id``.
 
     See :class:`ClientCli` for the exit codes.
     """
@@ -130,6 +151,8 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     if isinstance(parsed, int):
         return parsed
     command = line.command(parsed)
+    if isinstance(command, ClientIdCommand):
+        return _print_identity(command)
     if isinstance(command, DownloadCommand):
         configure_logging(command.log_level)
         return run_async(_download(command))
@@ -195,19 +218,26 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         TransferFailedError,
         WorkerProtocolError,
     )
+    from rtc_worker.identity import IdentityError
     from rtc_worker.rtc import ChannelClosed
 
     trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
-    client = RTCClient(
-        command.signaling_url,
-        command.token,
-        ice_servers=command.ice_servers,
-        reply_timeout=command.reply_timeout_s,
-        connect_timeout=command.connect_timeout_s,
-        trace=trace,
-        cache_dir=command.cache_dir,
-        max_file_size=command.max_file_size,
-    )
+    try:
+        client = RTCClient(
+            command.signaling_url,
+            command.token,
+            ice_servers=command.ice_servers,
+            reply_timeout=command.reply_timeout_s,
+            connect_timeout=command.connect_timeout_s,
+            trace=trace,
+            cache_dir=command.cache_dir,
+            max_file_size=command.max_file_size,
+            anonymous=command.anonymous,
+            key_file=command.identity_file,
+        )
+    except IdentityError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         async with client:
             if isinstance(command, WorkersCommand):
@@ -217,7 +247,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                 elif not workers:
                     print("no workers registered")
                 for w in [] if command.json_output else workers:
-                    print(f"{w.peer_id}\t{json.dumps(w.metadata, sort_keys=True)}")
+                    fingerprint = w.fingerprint or "anonymous"
+                    print(f"{w.peer_id}\t{fingerprint}\t{json.dumps(w.metadata, sort_keys=True)}")
                 return EXIT_OK
             if command.wait > 0:
                 await client.wait_for_worker(command.worker, command.wait)

@@ -44,6 +44,7 @@ from rtc_worker.errors import (
     WorkerBusy,
     WorkerProtocolError,
 )
+from rtc_worker.identity import Identity, default_client_key_file
 from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot
@@ -101,6 +102,17 @@ class RTCClient:
         cache_dir: where downloads are received (partials kept for a resume);
             default ``~/.cache/rtc-client``.
         max_file_size: largest file accepted from a worker, bytes.
+        identity: the client's key; None loads it from ``key_file`` (created on first use).
+        anonymous: no key at all: registers and connects as an anonymous client (only
+            where the operator allows anonymous clients).
+        key_file: where the key is kept; default ``$XDG_CONFIG_HOME/rtc-client/identity.key``.
+
+    Attributes:
+        identity: the client's key, or None when anonymous.
+
+    Raises:
+        ValueError: both ``identity`` and ``anonymous`` given.
+        IdentityError: the key file cannot be used (rtc_worker.identity).
     """
 
     def __init__(
@@ -115,7 +127,15 @@ class RTCClient:
         trace: Trace | None = None,
         cache_dir: Path | None = None,
         max_file_size: int = DEFAULT_LIMITS.max_file_bytes,
+        identity: Identity | None = None,
+        anonymous: bool = False,
+        key_file: Path | None = None,
     ) -> None:
+        if identity is not None and anonymous:
+            raise ValueError("an anonymous client has no identity")
+        if identity is None and not anonymous:
+            identity = Identity.load_or_create(key_file or default_client_key_file())
+        self.identity = identity
         self.signaling_url = signaling_url
         self.token = token
         self.peer_id = peer_id or f"client-{uuid.uuid4().hex[:12]}"
@@ -161,6 +181,7 @@ class RTCClient:
                     "client",
                     token=self.token,
                     timeout=self.connect_timeout,
+                    identity=self.identity,
                 )
                 await signaling.connect()
                 self._signaling = signaling

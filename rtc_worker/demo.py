@@ -134,7 +134,14 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
     shared, logs = tmp / "shared", tmp / "logs"
     logs.mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        # the demo's keys and bindings live and die with its temporary folder
+        "RTC_SIGNALING_DATA_DIR": str(tmp / "signaling"),
+        "RTC_WORKER_KEY_FILE": str(tmp / "worker" / "identity.key"),
+        "RTC_CLIENT_KEY_FILE": str(tmp / "client" / "identity.key"),
+    }
     env.pop("SHARED_STORAGE_ROOT", None)
     ok = False
     try:

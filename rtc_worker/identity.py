@@ -26,10 +26,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.identity import fingerprint
 
-__all__ = ["KEY_FILE_NAME", "Identity", "IdentityError"]
+__all__ = ["KEY_FILE_NAME", "Identity", "IdentityError", "default_client_key_file"]
 
 #: The key file's name inside a peer's data folder.
 KEY_FILE_NAME = "identity.key"
+
+
+def default_client_key_file() -> Path:
+    """Where a client keeps its key by default: ``$XDG_CONFIG_HOME/rtc-client/identity.key``
+    (``~/.config/rtc-client/identity.key`` when ``XDG_CONFIG_HOME`` is unset or not an
+    absolute path, as the XDG Base Directory specification says)."""
+    config = os.environ.get("XDG_CONFIG_HOME", "")
+    base = Path(config) if os.path.isabs(config) else Path.home() / ".config"
+    return base / "rtc-client" / KEY_FILE_NAME
+
+
 _MAX_KEY_FILE_BYTES = 4096
 
 

@@ -17,6 +17,18 @@ from pydantic import Field, field_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from protocol.limits import DEFAULT_LIMITS
+from rtc_worker.key_settings import (
+    CLIENT_KEY_ENV,
+    CLIENT_KEY_HELP,
+    WORKER_KEY_ENV,
+    WORKER_KEY_HELP,
+    ClientIdCommand,
+    WorkerIdCommand,
+    client_key_file,
+    empty_is_none,
+    expand_home,
+    worker_key_file,
+)
 from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings
 from rtc_worker.storage import DEFAULT_PARTIAL_TTL_S, layout
 
@@ -24,11 +36,13 @@ __all__ = [
     "DEFAULT_SHARED_ROOT_CANDIDATES",
     "ClientCli",
     "ClientCommand",
+    "ClientIdCommand",
     "ClientSettings",
     "DemoCommand",
     "DownloadCommand",
     "SubmitCommand",
     "WorkerCli",
+    "WorkerIdCommand",
     "WorkerSettings",
     "WorkersCommand",
 ]
@@ -43,6 +57,7 @@ DEFAULT_SHARED_ROOT_CANDIDATES: tuple[str, ...] = (
 
 _SIGNALING_URL = "ws://127.0.0.1:8765/ws"
 _TOKEN_ENV = Env("RTC_SIGNALING_TOKEN")
+_ANONYMOUS_ENV = Env("RTC_ALLOW_ANONYMOUS_CLIENTS")
 _STORAGE_KEY_ENV = Env("RTC_STORAGE_API_KEY", "STORAGE_API_KEY")
 
 
@@ -99,6 +114,12 @@ class WorkerSettings(EnvSettings):
         validate_default=True,
         description="Worker-local storage (received files, job folders) when there is no "
         "shared root.",
+    )
+    key_file: Annotated[Path | None, WORKER_KEY_ENV] = Field(None, description=WORKER_KEY_HELP)
+    allow_anonymous_clients: Annotated[bool, _ANONYMOUS_ENV] = Field(
+        False,
+        description="Serve clients that did not authenticate with a key (spec-only "
+        "clients), each connection its own principal with the smallest quotas.",
     )
     max_file_size: int = Field(
         DEFAULT_LIMITS.max_file_bytes,
@@ -224,6 +245,13 @@ class WorkerSettings(EnvSettings):
         _split_list
     )
     _expand_data_dir = field_validator("data_dir")(_expand_home)
+    _expand_key_file = field_validator("key_file")(expand_home)
+    _unset_key_file = field_validator("key_file", mode="before")(empty_is_none)
+
+    @property
+    def identity_file(self) -> Path:
+        """The worker's key file: ``key_file``, or ``identity.key`` in ``data_dir``."""
+        return worker_key_file(self.key_file, self.data_dir)
 
     def storage_root(self, shared_root: Path | None) -> Path:
         """Where received files and job folders live: the shared root, else ``data_dir``.
@@ -283,6 +311,9 @@ class WorkerCli(Commands):
     serve: CliSubCommand[WorkerSettings] = Field(
         description="Register with signaling and serve jobs."
     )
+    id: CliSubCommand[WorkerIdCommand] = Field(
+        description="Print the worker's fingerprint and key file (creating the key)."
+    )
     demo: CliSubCommand[DemoCommand] = Field(
         description="Run signaling, a worker and a client on loopback."
     )
@@ -325,15 +356,37 @@ class ClientSettings(EnvSettings):
         gt=0,
         description="Largest file accepted from a worker, bytes.",
     )
-    known_workers_file: Path = Field(
-        Path("~/.config/rtc-client/known_workers"),
-        validate_default=True,
+    key_file: Annotated[Path | None, CLIENT_KEY_ENV] = Field(None, description=CLIENT_KEY_HELP)
+    anonymous: Annotated[bool, FLAG_ONLY] = Field(
+        False,
+        description="Register and connect without a key (only where the operator allows "
+        "anonymous clients).",
+    )
+    known_workers_file: Path | None = Field(
+        None,
         description="Pinned worker keys, '<peer_id> <fingerprint>' per line: the first "
-        "handshake with a worker records its key, another key later is refused.",
+        "handshake with a worker records its key, another key later is refused; unset: "
+        "known_workers beside the key file.",
     )
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)
-    _expand_cache_dir = field_validator("cache_dir", "known_workers_file")(_expand_home)
+    _expand_cache_dir = field_validator("cache_dir")(_expand_home)
+    _expand_key_file = field_validator("key_file", "known_workers_file")(expand_home)
+    _unset_key_file = field_validator("key_file", "known_workers_file", mode="before")(
+        empty_is_none
+    )
+
+    @property
+    def identity_file(self) -> Path:
+        """The client's key file: ``key_file``, or the default under the XDG config folder."""
+        return client_key_file(self.key_file)
+
+    @property
+    def known_workers_path(self) -> Path:
+        """The client's known-workers file: ``known_workers_file``, or beside the key."""
+        if self.known_workers_file is not None:
+            return self.known_workers_file
+        return self.identity_file.parent / "known_workers"
 
 
 class ClientCommand(ClientSettings):
@@ -438,6 +491,9 @@ class ClientCli(Commands):
     )
     download: CliSubCommand[DownloadCommand] = Field(
         description="Fetch a results ZIP from the storage service and verify its sha256."
+    )
+    id: CliSubCommand[ClientIdCommand] = Field(
+        description="Print the client's fingerprint and key file (creating the key)."
     )
     version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
         False, description="Print the version and exit."

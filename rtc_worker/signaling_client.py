@@ -1,10 +1,15 @@
 """WebSocket client of the signaling server, shared by the worker and the client.
 
 One :class:`SignalingClient` is one registered WebSocket. Frames are parsed with
-:mod:`protocol.signaling`; a reader task routes them: replies to a pending
-request (``registered``, ``peers``, an ``error``) resolve that request, every
-other frame (offers, answers, candidates, unsolicited errors) goes to
+:mod:`protocol.signaling`; a reader task routes them: the server's challenge to the
+registration, replies to a pending request (``registered``, ``peers``, an ``error``) to
+that request, every other frame (offers, answers, candidates, unsolicited errors) to
 :meth:`SignalingClient.recv` in arrival order.
+
+Registration answers the challenge: with an :class:`~rtc_worker.identity.Identity` the
+``register`` frame carries its public key and its signature over the challenge nonce
+(:func:`protocol.signaling_proof.signed_register`); without one the peer registers as
+an anonymous client (only where the server allows it).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from loguru import logger
 from pydantic import BaseModel
 
 from protocol.signaling import (
+    Challenge,
     ErrorFrame,
     ListPeers,
     PeerInfo,
@@ -30,6 +36,8 @@ from protocol.signaling import (
     dump_frame,
     parse_server_frame,
 )
+from protocol.signaling_proof import signed_register
+from rtc_worker.identity import Identity
 
 __all__ = ["SignalingClient", "SignalingClosed"]
 
@@ -50,6 +58,12 @@ class SignalingClient:
         token: the server's token, if it has one.
         metadata: a JSON object shown to other peers by ``list_peers``.
         timeout: seconds to wait for the connection and for each reply.
+        identity: the key that proves this peer at registration; None registers an
+            anonymous client (refused for a worker, and where the server admits none).
+
+    Attributes:
+        fingerprint: the fingerprint the server registered us with (None before
+            registration, or anonymous).
     """
 
     def __init__(
@@ -61,6 +75,7 @@ class SignalingClient:
         token: str | None = None,
         metadata: dict[str, Any] | None = None,
         timeout: float = 10.0,
+        identity: Identity | None = None,
     ) -> None:
         self.url = url
         self.peer_id = peer_id
@@ -68,6 +83,9 @@ class SignalingClient:
         self.token = token
         self.metadata = metadata or {}
         self.timeout = timeout
+        self.identity = identity
+        self.fingerprint: str | None = None
+        self._challenge: asyncio.Future[Challenge] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -81,7 +99,8 @@ class SignalingClient:
 
         Raises:
             SignalingError: the server refused the registration (UNAUTHORIZED,
-                PEER_ID_TAKEN, INVALID_FRAME...).
+                KEY_REQUIRED, BAD_SIGNATURE, PEER_ID_BOUND, PEER_ID_TAKEN,
+                INVALID_FRAME...).
             OSError / aiohttp.ClientError / TimeoutError: the server is unreachable.
         """
         self._session = aiohttp.ClientSession()
@@ -92,15 +111,41 @@ class SignalingClient:
                     heartbeat=20.0,
                     timeout=aiohttp.ClientWSTimeout(ws_close=self.timeout),
                 )
+            self._challenge = asyncio.get_running_loop().create_future()
             self._reader = asyncio.create_task(self._read_loop(), name="signaling-reader")
-            register = Register(
-                peer_id=self.peer_id, role=self.role, token=self.token, metadata=self.metadata
+            async with asyncio.timeout(self.timeout):
+                challenge = await self._challenge
+            reply = await self._request(self._register_frame(challenge), Registered)
+            expected = None if self.identity is None else self.identity.fingerprint
+            if reply.fingerprint != expected:
+                raise SignalingError(
+                    "UNEXPECTED_REPLY", f"registered as {reply.fingerprint}, not {expected}"
+                )
+            self.fingerprint = reply.fingerprint
+            logger.info(
+                "registered with signaling as {} ({}, {})",
+                reply.peer_id,
+                self.role,
+                "anonymous" if expected is None else f"key {expected[:16]}",
             )
-            reply = await self._request(register, Registered)
-            logger.info("registered with signaling as {} ({})", reply.peer_id, self.role)
         except BaseException:
             await self.close()
             raise
+
+    def _register_frame(self, challenge: Challenge) -> Register:
+        if self.identity is None:
+            return Register(
+                peer_id=self.peer_id, role=self.role, token=self.token, metadata=self.metadata
+            )
+        return signed_register(
+            challenge,
+            peer_id=self.peer_id,
+            role=self.role,
+            public_key=self.identity.public_key,
+            sign=self.identity.sign,
+            token=self.token,
+            metadata=self.metadata,
+        )
 
     async def _read_loop(self) -> None:
         assert self._ws is not None
@@ -113,6 +158,10 @@ class SignalingClient:
                 except SignalingError as exc:
                     logger.warning("ignoring invalid frame from signaling: {}", exc)
                     continue
+                if isinstance(frame, Challenge):
+                    if self._challenge is not None and not self._challenge.done():
+                        self._challenge.set_result(frame)
+                    continue
                 pending = self._pending
                 if pending is not None and not pending.done() and _is_reply(frame):
                     pending.set_result(frame)
@@ -120,6 +169,8 @@ class SignalingClient:
                     self._inbox.put_nowait(frame)
         finally:
             self.closed.set()
+            if self._challenge is not None and not self._challenge.done():
+                self._challenge.set_exception(SignalingClosed("signaling connection closed"))
             if self._pending is not None and not self._pending.done():
                 self._pending.set_exception(SignalingClosed("signaling connection closed"))
             self._inbox.put_nowait(None)
@@ -148,7 +199,8 @@ class SignalingClient:
         await self._ws.send_str(dump_frame(frame))
 
     async def list_peers(self) -> tuple[PeerInfo, ...]:
-        """Every registered peer (``peer_id``, ``role``, ``metadata``), sorted by id.
+        """Every registered peer (``peer_id``, ``role``, ``fingerprint``, ``metadata``),
+        sorted by id.
 
         Raises:
             SignalingError, SignalingClosed, TimeoutError.

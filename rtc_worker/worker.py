@@ -25,6 +25,7 @@ from protocol.signaling import Answer as AnswerFrame
 from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, SignalingError
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
+from rtc_worker.identity import Identity
 from rtc_worker.jobs import JobRunner
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.rtc import FrameChannel, rtc_configuration
@@ -37,7 +38,7 @@ from rtc_worker.worker_state import WorkerResources
 __all__ = ["RTCWorkerClient"]
 
 #: Registration refusals that retrying cannot fix.
-_FINAL_CODES = ("UNAUTHORIZED", "INVALID_FRAME")
+_FINAL_CODES = ("UNAUTHORIZED", "INVALID_FRAME", "KEY_REQUIRED", "BAD_SIGNATURE", "PEER_ID_BOUND")
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -55,16 +56,19 @@ class RTCWorkerClient:
         settings: the worker's configuration.
 
     Attributes:
+        identity: the worker's key (``settings.identity_file``, created on first start).
         shared_storage_root: the detected shared root, or None without shared storage.
         resources: what every session shares (roots, store, slot, runner).
         registered: set while the worker is registered with signaling.
 
     Raises:
         ValueError: a configured shared root is not a directory.
+        IdentityError: the key file cannot be used (rtc_worker.identity).
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        self.identity = Identity.load_or_create(settings.identity_file)
         self.shared_storage_root: Path | None = settings.detect_shared_root()
         slow = settings.slow_validation_warning_s
         shared = (
@@ -160,7 +164,8 @@ class RTCWorkerClient:
 
         Raises:
             SignalingError: the server refused the registration for good
-                (UNAUTHORIZED or an invalid peer id): retrying cannot help.
+                (UNAUTHORIZED, an invalid peer id, or the id bound to another key):
+                retrying cannot help.
         """
         self._spawn(self._cleanup_loop())
         try:
@@ -203,6 +208,7 @@ class RTCWorkerClient:
                     "worker",
                     token=self.settings.token,
                     metadata=self.metadata,
+                    identity=self.identity,
                 )
                 await signaling.connect()
                 return signaling

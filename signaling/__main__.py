@@ -7,6 +7,12 @@ to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 ``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
 instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
 object on stdout and exits; no API key is needed for it.
+
+``rtc-signaling bindings list|release PEER_ID`` shows and releases the peer-id bindings
+(:mod:`signaling.bindings_cli`).
+
+At start the server raises its soft descriptor limit to the hard limit and rate-limits
+asyncio's accept errors in the log (:mod:`signaling.bounds`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pydantic_settings import SettingsError
 
 from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
+from signaling.bounds import install_accept_error_filter, raise_descriptor_limit
 from signaling.config import SignalingCli, SignalingSettings
 from signaling.results_api import ResultsService
 from signaling.uploads_api import cleanup
@@ -78,6 +85,10 @@ def _ws_url(host: str, port: int) -> str:
 
 async def _serve(settings: SignalingSettings) -> None:
     """Run the server until SIGINT or SIGTERM."""
+    install_accept_error_filter()
+    before, after = raise_descriptor_limit()
+    if after != before:
+        logger.info("descriptor limit raised from {} to {}", before, after)
     runner, port = await start_server(settings, settings.host, settings.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,8 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage path without an API key). The parser exits with 2 on bad syntax.
     With ``--cleanup-once``: 0 after the pass, 1 when the store cannot be cleaned.
     """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["bindings"]:
+        from signaling.bindings_cli import bindings_main
+
+        return bindings_main(args[1:])
     try:
-        settings = settings_from_args(argv)
+        settings = settings_from_args(args)
     except (ValidationError, SettingsError) as exc:
         print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
         return 2

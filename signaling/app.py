@@ -5,10 +5,16 @@ store (``/upload``, ``/download``, ``/delete``, ``/list``; see
 :mod:`signaling.results_api`), the resumable uploads under ``/api/upload/`` and the
 periodic cleanup (see :mod:`signaling.uploads_api`).
 
-Every text frame is parsed by :func:`protocol.signaling.parse_client_frame`; this
-module only performs what the parsed frame asks (register, list, relay) and turns
-every :class:`~protocol.signaling.SignalingError` into an ``error`` frame. Apart
-from authentication failures, an error never closes the socket.
+On each WebSocket the server first sends a challenge (a fresh nonce); what the peer
+sends is handled by a :class:`~signaling.peer_session.PeerSession` (registration with
+proof of possession, peer-id bindings, relays). Apart from authentication failures, an
+error never closes the socket.
+
+Bounds (:mod:`signaling.bounds`): an upgrade over ``max_connections_per_address`` or
+``max_connections`` (never above what the descriptor limit allows) is refused before it
+happens (HTTP 429 or 503, ``TOO_MANY_CONNECTIONS``); a socket that has not registered
+``register_timeout_s`` seconds after it opened gets ``REGISTRATION_TIMEOUT`` and is closed
+with 1008; repeated refusals are logged once per interval.
 
 Limits: a text frame larger than ``settings.max_frame_bytes`` (UTF-8 bytes) gets a
 ``FRAME_TOO_LARGE`` error. aiohttp itself refuses any message larger than
@@ -19,35 +25,25 @@ the socket with code 1009 (message too big).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import weakref
 from importlib.metadata import version
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
-from protocol.signaling import (
-    Answer,
-    Candidate,
-    ListPeers,
-    Offer,
-    Peers,
-    Register,
-    Registered,
-    RelayedAnswer,
-    RelayedCandidate,
-    RelayedOffer,
-    SignalingError,
-    SignalingErrorCode,
-    dump_frame,
-    parse_client_frame,
-)
+from protocol.signaling import SignalingError, SignalingErrorCode, dump_frame
+from protocol.signaling_proof import new_challenge
+from signaling.bindings import BindingStore, SqliteBindings
+from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
+from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import PeerRegistry
 from signaling.results_api import setup_storage
 from signaling.uploads_api import setup_uploads
 
 __all__ = [
+    "BINDINGS_KEY",
+    "CAPS_KEY",
     "REGISTRY_KEY",
     "SETTINGS_KEY",
     "SOCKETS_KEY",
@@ -59,8 +55,6 @@ __all__ = [
 WS_CLOSE_TIMEOUT_SECONDS = 5.0
 """How long closing a WebSocket waits for the peer's close reply, in seconds."""
 
-PeerSocket = web.WebSocketResponse
-
 REGISTRY_KEY: web.AppKey[PeerRegistry[PeerSocket]] = web.AppKey("registry", PeerRegistry)
 """The app's :class:`~signaling.registry.PeerRegistry`, keyed by peer id."""
 
@@ -70,12 +64,24 @@ SETTINGS_KEY: web.AppKey[SignalingSettings] = web.AppKey("settings", SignalingSe
 SOCKETS_KEY: web.AppKey[weakref.WeakSet[PeerSocket]] = web.AppKey("sockets", weakref.WeakSet)
 """Every open WebSocket, registered or not; closed on shutdown."""
 
+BINDINGS_KEY: web.AppKey[BindingStore] = web.AppKey("bindings")
+"""The app's :class:`~signaling.bindings.BindingStore` (peer id -> key)."""
 
-def create_app(settings: SignalingSettings | None = None) -> web.Application:
+CAPS_KEY: web.AppKey[ConnectionCaps] = web.AppKey("caps", ConnectionCaps)
+"""The app's :class:`~signaling.bounds.ConnectionCaps` (open sockets per address, total)."""
+
+_WARNINGS_KEY: web.AppKey[LogLimiter] = web.AppKey("warnings", LogLimiter)
+
+
+def create_app(
+    settings: SignalingSettings | None = None, *, bindings: BindingStore | None = None
+) -> web.Application:
     """Build the signaling application.
 
     Args:
         settings: server settings; ``None`` reads them from the environment.
+        bindings: where peer-id bindings are kept; ``None`` opens the SQLite file of
+            ``settings.bindings_file``.
 
     Returns:
         An :class:`aiohttp.web.Application` serving ``GET /health`` and ``GET /ws``,
@@ -85,13 +91,27 @@ def create_app(settings: SignalingSettings | None = None) -> web.Application:
     Raises:
         pydantic.ValidationError: when ``settings`` is ``None`` and the environment
             holds invalid values.
-        OSError: the storage folder cannot be prepared.
-        sqlite3.Error: the storage database cannot be opened or migrated.
+        OSError: the storage or the data folder cannot be prepared.
+        sqlite3.Error: the storage or the bindings database cannot be opened or migrated.
     """
     app = web.Application()
-    app[SETTINGS_KEY] = settings if settings is not None else SignalingSettings()
-    if setup_storage(app, app[SETTINGS_KEY]):
-        setup_uploads(app, app[SETTINGS_KEY])
+    app[SETTINGS_KEY] = settings = settings if settings is not None else SignalingSettings()
+    if setup_storage(app, settings):
+        setup_uploads(app, settings)
+    app[BINDINGS_KEY] = bindings or SqliteBindings(
+        settings.bindings_file,
+        max_per_key=settings.max_bindings_per_key,
+        client_ttl_s=settings.client_binding_ttl_s,
+    )
+    total = min(settings.max_connections, usable_descriptors())
+    if total < settings.max_connections:
+        logger.warning(
+            "at most {} WebSockets (not {}): the descriptor limit allows no more",
+            total,
+            settings.max_connections,
+        )
+    app[CAPS_KEY] = ConnectionCaps(per_address=settings.max_connections_per_address, total=total)
+    app[_WARNINGS_KEY] = LogLimiter()
     app[REGISTRY_KEY] = PeerRegistry()
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.router.add_get("/health", _health)
@@ -106,12 +126,18 @@ async def start_server(
     """Serve :func:`create_app` on ``host:port`` and return the runner and bound port.
 
     ``port=0`` binds any free port; the returned port is the real one. Stop the
-    server with ``await runner.cleanup()``.
+    server with ``await runner.cleanup()``. An HTTP connection idle for
+    ``register_timeout_s`` seconds (before its first request, or between two) is closed.
 
     Raises:
         OSError: when the address cannot be bound (the runner is cleaned up first).
     """
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    app = create_app(settings)
+    # A connection idle before its first request (or between requests) is closed after
+    # the registration deadline: a TCP connection that never asks for anything is not
+    # held for aiohttp's default hour.
+    deadline = app[SETTINGS_KEY].register_timeout_s
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=deadline)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -156,113 +182,35 @@ async def _close_sockets(app: web.Application) -> None:
         )
 
 
-async def _send(ws: PeerSocket, text: str) -> bool:
-    """Send one text frame; return ``False`` when the socket is gone instead of raising."""
-    if ws.closed:
-        return False
-    try:
-        await ws.send_str(text)
-    except (ConnectionError, RuntimeError) as exc:
-        logger.debug("send failed: {}", exc)
-        return False
-    return True
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws``: one peer's signaling session (see :mod:`protocol.signaling`).
 
-
-async def _send_error(ws: PeerSocket, error: SignalingError) -> bool:
-    return await _send(ws, dump_frame(error.to_frame()))
-
-
-class _Session:
-    """The state of one WebSocket: which peer id, if any, it registered."""
-
-    def __init__(self, app: web.Application, ws: PeerSocket, remote: str | None) -> None:
-        self.settings = app[SETTINGS_KEY]
-        self.registry = app[REGISTRY_KEY]
-        self.ws = ws
-        self.remote = remote or "?"
-        self.peer_id: str | None = None
-
-    async def on_text(self, text: str) -> bool:
-        """Handle one text frame; return ``False`` when the socket must close."""
-        try:
-            frame = parse_client_frame(text, self.settings.max_frame_bytes)
-            if isinstance(frame, Register):
-                return await self._register(frame)
-            if self.peer_id is None:
-                raise SignalingError(
-                    SignalingErrorCode.NOT_REGISTERED,
-                    "register before sending other frames",
-                    frame.type,
-                )
-            if isinstance(frame, ListPeers):
-                await _send(self.ws, dump_frame(Peers(peers=self.registry.infos())))
-            else:
-                await self._relay(self.peer_id, frame)
-        except SignalingError as error:
-            logger.debug("{} ({}): {} {}", self.peer_id, self.remote, error.code, error.message)
-            await _send_error(self.ws, error)
-        return True
-
-    async def _register(self, frame: Register) -> bool:
-        if self.peer_id is not None:
-            raise SignalingError(
-                SignalingErrorCode.ALREADY_REGISTERED,
-                f"this socket is already registered as {self.peer_id!r}",
-                frame.type,
-            )
-        expected = self.settings.token_value
-        if expected is not None and not _token_matches(frame.token, expected):
+    Refused before the upgrade when a connection cap is reached (HTTP 429 or 503).
+    """
+    app = request.app
+    settings, caps = app[SETTINGS_KEY], app[CAPS_KEY]
+    remote = request.remote or "?"
+    refused = caps.acquire(remote)
+    if refused is not None:
+        held = app[_WARNINGS_KEY].allow("cap")
+        if held is not None:
             logger.warning(
-                "refused registration of {!r} from {}: bad token", frame.peer_id, self.remote
+                "refused a WebSocket from {} with {} ({} open){}",
+                remote,
+                refused.status,
+                caps.open,
+                f"; {held} more refusals held back" if held else "",
             )
-            await _send_error(
-                self.ws,
-                SignalingError(
-                    SignalingErrorCode.UNAUTHORIZED, "missing or wrong token", frame.type
-                ),
-            )
-            return False
-        self.registry.add(frame.peer_id, frame.role, frame.metadata, self.ws)
-        self.peer_id = frame.peer_id
-        logger.info("registered {} {!r} from {}", frame.role, frame.peer_id, self.remote)
-        await _send(self.ws, dump_frame(Registered(peer_id=frame.peer_id)))
-        return True
-
-    async def _relay(self, sender: str, frame: Offer | Answer | Candidate) -> None:
-        target = self.registry.get(frame.to)
-        if target is None or target.conn is None or target.conn.closed:
-            raise SignalingError(
-                SignalingErrorCode.PEER_NOT_FOUND, f"no registered peer {frame.to!r}", frame.type
-            )
-        relayed: RelayedOffer | RelayedAnswer | RelayedCandidate
-        if isinstance(frame, Offer):
-            relayed = RelayedOffer(from_=sender, to=frame.to, sdp=frame.sdp)
-        elif isinstance(frame, Answer):
-            relayed = RelayedAnswer(from_=sender, to=frame.to, sdp=frame.sdp)
-        else:
-            relayed = RelayedCandidate(from_=sender, to=frame.to, candidate=frame.candidate)
-        if not await _send(target.conn, dump_frame(relayed)):
-            raise SignalingError(
-                SignalingErrorCode.PEER_NOT_FOUND, f"peer {frame.to!r} has disconnected", frame.type
-            )
-        logger.debug("relayed {} {!r} -> {!r}", frame.type, sender, frame.to)
-
-    def close(self) -> None:
-        """Forget this socket's registration, if the registry entry is still ours."""
-        if self.peer_id is not None and self.registry.remove(self.peer_id, self.ws):
-            logger.info("unregistered {!r}", self.peer_id)
+        return refused
+    try:
+        return await _serve_socket(request, settings, remote)
+    finally:
+        caps.release(remote)
 
 
-def _token_matches(given: str | None, expected: str) -> bool:
-    """Compare tokens in constant time (on UTF-8 bytes, so any text is allowed)."""
-    if given is None:
-        return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
-
-
-async def _websocket(request: web.Request) -> web.WebSocketResponse:
-    """``GET /ws``: one peer's signaling session (see :mod:`protocol.signaling`)."""
-    settings = request.app[SETTINGS_KEY]
+async def _serve_socket(
+    request: web.Request, settings: SignalingSettings, remote: str
+) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_seconds,
         max_msg_size=settings.hard_frame_bytes,
@@ -271,15 +219,41 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     sockets = request.app[SOCKETS_KEY]
     sockets.add(ws)
-    session = _Session(request.app, ws, request.remote)
+    challenge, nonce = new_challenge()
+    session = PeerSession(
+        settings=settings,
+        registry=request.app[REGISTRY_KEY],
+        bindings=request.app[BINDINGS_KEY],
+        ws=ws,
+        remote=remote,
+        nonce=nonce,
+        warnings=request.app[_WARNINGS_KEY],
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.register_timeout_s
     try:
-        async for msg in ws:
+        await send_text(ws, dump_frame(challenge))
+        while True:
+            timeout = None if session.peer_id else max(deadline - loop.time(), 0.001)
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                logger.debug("closing an unregistered socket from {}", remote)
+                await send_error(
+                    ws,
+                    SignalingError(
+                        SignalingErrorCode.REGISTRATION_TIMEOUT,
+                        f"not registered within {settings.register_timeout_s:g} s",
+                    ),
+                )
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"registration timeout")
+                break
             if msg.type is WSMsgType.TEXT:
                 if not await session.on_text(msg.data):
                     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthorized")
                     break
             elif msg.type is WSMsgType.BINARY:
-                await _send_error(
+                await send_error(
                     ws,
                     SignalingError(
                         SignalingErrorCode.INVALID_FRAME,
@@ -288,6 +262,8 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
                 )
             elif msg.type is WSMsgType.ERROR:
                 logger.info("websocket of {!r} failed: {}", session.peer_id, ws.exception())
+                break
+            elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
     finally:
         session.close()

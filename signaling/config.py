@@ -21,6 +21,11 @@ from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
+    "DEFAULT_CLIENT_BINDING_TTL_S",
+    "DEFAULT_MAX_BINDINGS_PER_KEY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_UPLOAD_CHUNK_SIZE",
     "DEFAULT_UPLOAD_TTL_S",
@@ -41,6 +46,22 @@ DEFAULT_UPLOAD_TTL_S = 24 * 3600.0
 
 DEFAULT_CLEANUP_INTERVAL_S = 3600.0
 """Default interval between two cleanup passes, in seconds (1 h)."""
+
+DEFAULT_REGISTER_TIMEOUT_S = 10.0
+"""Default time a socket has to register after it opened, in seconds."""
+
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""Default cap on open WebSockets in total."""
+
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128
+"""Default cap on open WebSockets from one remote address."""
+
+DEFAULT_MAX_BINDINGS_PER_KEY = 1000
+"""Default cap on peer ids bound to one key."""
+
+DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
+"""Default age after its last registration when a client's binding is released, in
+seconds (90 days)."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -87,6 +108,53 @@ class SignalingSettings(EnvSettings):
         gt=0,
         le=3600,
         description="Interval of WebSocket pings, seconds; a peer that does not answer is dropped.",
+    )
+    allow_anonymous_clients: Annotated[bool, Env("RTC_ALLOW_ANONYMOUS_CLIENTS")] = Field(
+        False,
+        description="Admit clients that register without a key (spec-only clients); their "
+        "peer ids are never bound. Workers always prove a key.",
+    )
+    register_timeout_s: float = Field(
+        DEFAULT_REGISTER_TIMEOUT_S,
+        gt=0,
+        le=3600,
+        description="A socket not registered this long after it opened is closed "
+        "(REGISTRATION_TIMEOUT), seconds.",
+    )
+    max_connections: int = Field(
+        DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        description="Most open WebSockets in total (never more than the descriptor limit "
+        "allows); one more is refused with HTTP 503 TOO_MANY_CONNECTIONS.",
+    )
+    max_connections_per_address: int = Field(
+        DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        ge=1,
+        description="Most open WebSockets from one remote address; one more is refused "
+        "with HTTP 429 TOO_MANY_CONNECTIONS.",
+    )
+    data_dir: Path = Field(
+        Path("~/.local/share/rtc-signaling"),
+        validate_default=True,
+        description="Folder of the server's own state (the bindings database), created "
+        "with mode 0700.",
+    )
+    bindings_db: Path | None = Field(
+        None,
+        description="SQLite file binding each peer id to the first key that registered "
+        "it, kept across restarts; unset: bindings.db in the data folder.",
+    )
+    max_bindings_per_key: int = Field(
+        DEFAULT_MAX_BINDINGS_PER_KEY,
+        ge=1,
+        description="Most peer ids bound to one key; binding one more releases that key's "
+        "least recently registered id.",
+    )
+    client_binding_ttl_s: float = Field(
+        DEFAULT_CLIENT_BINDING_TTL_S,
+        ge=0,
+        description="A client's binding not registered for this long is released, "
+        "seconds; 0: never. A worker's binding never expires.",
     )
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
@@ -157,10 +225,15 @@ class SignalingSettings(EnvSettings):
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
 
-    @field_validator("storage_path", "database_path", mode="before")
+    @field_validator("storage_path", "database_path", "bindings_db", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("data_dir", "bindings_db")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
 
     @model_validator(mode="after")
     def _storage_needs_key(self) -> Self:
@@ -188,6 +261,11 @@ class SignalingSettings(EnvSettings):
         return None if self.storage_path is None else self.storage_path / "storage.db"
 
     @property
+    def bindings_file(self) -> Path:
+        """The SQLite file of the bindings: ``bindings_db`` or ``<data_dir>/bindings.db``."""
+        return self.bindings_db if self.bindings_db is not None else self.data_dir / "bindings.db"
+
+    @property
     def storage_api_key_value(self) -> str | None:
         """The storage API key as plain text, or ``None`` when none is set."""
         return None if self.storage_api_key is None else self.storage_api_key.get_secret_value()
@@ -213,6 +291,9 @@ class SignalingCli(SignalingSettings):
     With --storage-path it also keeps results for clients that could not receive
     them over a data channel: uploads, downloads and resumable uploads, behind an
     API key. Logs go to stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
+
+    Peer ids are bound to the first key that registers them; the operator lists and
+    releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(

@@ -14,16 +14,23 @@ ConnT = TypeVar("ConnT")
 
 @dataclass(frozen=True, slots=True, eq=False)
 class PeerEntry(Generic[ConnT]):
-    """One registered peer: its id, role, metadata and the connection it lives on."""
+    """One registered peer: its id, role, metadata, the connection it lives on, and the
+    fingerprint of the key it proved (None for an anonymous client)."""
 
     peer_id: str
     role: Role
     metadata: dict[str, Any] = field(default_factory=dict)
     conn: ConnT | None = None
+    fingerprint: str | None = None
 
     def info(self) -> PeerInfo:
         """Return the public view of this peer, as listed in a ``peers`` frame."""
-        return PeerInfo(peer_id=self.peer_id, role=self.role, metadata=self.metadata)
+        return PeerInfo(
+            peer_id=self.peer_id,
+            role=self.role,
+            fingerprint=self.fingerprint,
+            metadata=self.metadata,
+        )
 
 
 class PeerRegistry(Generic[ConnT]):
@@ -37,9 +44,15 @@ class PeerRegistry(Generic[ConnT]):
         self._peers: dict[str, PeerEntry[ConnT]] = {}
 
     def add(
-        self, peer_id: str, role: Role, metadata: dict[str, Any], conn: ConnT
+        self,
+        peer_id: str,
+        role: Role,
+        metadata: dict[str, Any],
+        conn: ConnT,
+        fingerprint: str | None = None,
     ) -> PeerEntry[ConnT]:
-        """Register ``peer_id`` on ``conn`` and return the new entry.
+        """Register ``peer_id`` on ``conn`` (proven by the key of ``fingerprint``, or
+        anonymous) and return the new entry.
 
         Raises:
             SignalingError: ``PEER_ID_TAKEN`` when the id is registered already.
@@ -50,7 +63,13 @@ class PeerRegistry(Generic[ConnT]):
                 f"peer id {peer_id!r} is already in use",
                 "register",
             )
-        entry = PeerEntry(peer_id=peer_id, role=role, metadata=dict(metadata), conn=conn)
+        entry = PeerEntry(
+            peer_id=peer_id,
+            role=role,
+            metadata=dict(metadata),
+            conn=conn,
+            fingerprint=fingerprint,
+        )
         self._peers[peer_id] = entry
         return entry
 

@@ -36,6 +36,27 @@ def _quiet_logs() -> Iterator[None]:
     yield
 
 
+@pytest.fixture(autouse=True)
+def _private_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own home: the keys, bindings databases and caches that peers
+    and servers create by default (and subprocesses started by the test) land there,
+    never in the real home."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in (
+        "RTC_WORKER_KEY_FILE",
+        "RTC_CLIENT_KEY_FILE",
+        "RTC_DATA_DIR",
+        "RTC_SIGNALING_DATA_DIR",
+        "RTC_SIGNALING_BINDINGS_DB",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -246,6 +267,7 @@ def worker_subprocess(
 #: their time while measuring nothing of protocol/.
 LIVE_MODULES = frozenset(
     {
+        "test_attacks_signaling",
         "test_e2e_shared",
         "test_e2e_transfer",
         "test_channel",

@@ -420,10 +420,12 @@ async def test_spoofed_from_is_replaced_by_the_server(
 ) -> None:
     """Mallory sends an offer claiming to be 'victim': the worker's answer goes to Mallory."""
     from protocol.signaling import RelayedAnswer
+    from rtc_worker.identity import Identity
     from rtc_worker.signaling_client import SignalingClient
+    from tests.signaling_helpers import register_with_key
 
-    await start_worker(shared_root=shared_root)
-    victim = SignalingClient(signaling.url, "victim", "client")
+    worker = await start_worker(shared_root=shared_root)
+    victim = SignalingClient(signaling.url, "victim", "client", identity=Identity.generate())
     await victim.connect()
     from aiortc import RTCPeerConnection
 
@@ -434,15 +436,24 @@ async def test_spoofed_from_is_replaced_by_the_server(
     await pc.setLocalDescription(await pc.createOffer())
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.ws_connect(signaling.url) as ws:
-        await ws.send_json({"type": "register", "peer_id": "mallory", "role": "client"})
-        assert (await ws.receive_json())["type"] == "registered"
+    async with aiohttp.ClientSession() as session:
+        mallory = Identity.generate()
+        ws, reply = await register_with_key(session, signaling.url, "mallory", "client", mallory)
+        assert reply["type"] == "registered"
         await ws.send_json(
-            {"type": "offer", "to": "worker-1", "from": "victim", "sdp": pc.localDescription.sdp}
+            {
+                "type": "offer",
+                "to": "worker-1",
+                "from": "victim",
+                "fingerprint": victim.fingerprint,
+                "sdp": pc.localDescription.sdp,
+            }
         )
         answer = await asyncio.wait_for(ws.receive_json(), 10)
         assert answer["type"] == "answer"
         assert answer["from"] == "worker-1" and answer["to"] == "mallory"
+        assert answer["fingerprint"] == worker.identity.fingerprint
+        await ws.close()
     with pytest.raises(TimeoutError):
         frame = await victim.recv(timeout=1.0)
         assert not isinstance(frame, RelayedAnswer)

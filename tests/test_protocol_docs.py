@@ -476,8 +476,8 @@ def test_signaling_examples_parse(text: str) -> None:
                 assert isinstance(parsed, ErrorFrame), f"{where}: the refusal is answered"
                 assert parsed.code == pending.pop(peer), where
         assert not pending, f"block at line {start}: a refused frame has no answer"
-    assert {"register", "registered", "list_peers", "peers", "offer", "answer", "candidate",
-            "error"} <= seen  # fmt: skip
+    assert {"challenge", "register", "registered", "list_peers", "peers", "offer", "answer",
+            "candidate", "error"} <= seen  # fmt: skip
 
 
 def test_relayed_frames_carry_the_senders_id(text: str) -> None:

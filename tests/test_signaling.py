@@ -37,12 +37,15 @@ from protocol.signaling import (
     parse_client_frame,
     parse_server_frame,
 )
+from rtc_worker.identity import Identity
 from signaling.__main__ import help_text, settings_from_args
 from signaling.app import REGISTRY_KEY, start_server
 from signaling.config import SignalingSettings
 from signaling.registry import PeerRegistry
+from tests.signaling_helpers import read_challenge, signed_register
 
 TOKEN = "s3cret-token"
+FP = "ab" * 32
 SMALL_LIMIT = 16384
 RECEIVE_TIMEOUT = 5.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +72,7 @@ def expect_error(
     [
         Register(peer_id="w-1", role="worker", token="t", metadata={"gpu": "a100", "n": [1, None]}),
         Register(peer_id="c.2_X", role="client"),
+        Register(peer_id="k", role="worker", public_key="A" * 43 + "=", signature="B" * 86 + "=="),
         ListPeers(),
         Offer(to="w-1", sdp="v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\n"),
         Answer(to="c.2_X", sdp="v=0\r\n"),
@@ -85,12 +89,20 @@ def test_client_frames_round_trip(frame: Any) -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        Registered(peer_id="w-1"),
-        Peers(peers=(PeerInfo(peer_id="a", role="client"), PeerInfo(peer_id="b", role="worker"))),
-        RelayedOffer(from_="a", to="b", sdp="v=0\r\n"),
-        RelayedAnswer(from_="b", to="a", sdp="v=0\r\n"),
-        RelayedCandidate(from_="a", to="b", candidate=None),
-        RelayedCandidate(from_="a", to="b", candidate={"sdpMid": "0", "sdpMLineIndex": 0}),
+        Registered(peer_id="w-1", fingerprint=FP),
+        Registered(peer_id="c-1", fingerprint=None),
+        Peers(
+            peers=(
+                PeerInfo(peer_id="a", role="client", fingerprint=None),
+                PeerInfo(peer_id="b", role="worker", fingerprint=FP),
+            )
+        ),
+        RelayedOffer(from_="a", fingerprint=FP, to="b", sdp="v=0\r\n"),
+        RelayedAnswer(from_="b", fingerprint=None, to="a", sdp="v=0\r\n"),
+        RelayedCandidate(from_="a", fingerprint=FP, to="b", candidate=None),
+        RelayedCandidate(
+            from_="a", fingerprint=FP, to="b", candidate={"sdpMid": "0", "sdpMLineIndex": 0}
+        ),
         ErrorFrame(
             code=SignalingErrorCode.PEER_NOT_FOUND, message="no such peer", ref_type="offer"
         ),
@@ -103,12 +115,21 @@ def test_server_frames_round_trip(frame: Any) -> None:
 
 
 def test_dump_frame_uses_from_alias_and_keeps_null_candidate() -> None:
-    obj = json.loads(dump_frame(RelayedCandidate(from_="a", to="b", candidate=None)))
-    assert obj == {"type": "candidate", "from": "a", "to": "b", "candidate": None}
+    obj = json.loads(
+        dump_frame(RelayedCandidate(from_="a", fingerprint=None, to="b", candidate=None))
+    )
+    assert obj == {
+        "type": "candidate",
+        "from": "a",
+        "fingerprint": None,
+        "to": "b",
+        "candidate": None,
+    }
     error = json.loads(dump_frame(ErrorFrame(code="X", message="m")))
     assert error == {"type": "error", "code": "X", "message": "m"}  # ref_type left out
     register = json.loads(dump_frame(Register(peer_id="a", role="client")))
-    assert "token" not in register
+    assert "token" not in register and "public_key" not in register
+    assert "signature" not in register
     assert register["metadata"] == {}
 
 
@@ -262,7 +283,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_settings(token: str | None = None) -> SignalingSettings:
-    """Settings that do not depend on the environment."""
+    """Settings that do not depend on the environment (the bindings go to the test's home)."""
     return SignalingSettings(
         host="127.0.0.1",
         port=0,
@@ -274,19 +295,38 @@ def make_settings(token: str | None = None) -> SignalingSettings:
 
 
 class Server:
-    """A running server plus a client session to talk to it."""
+    """A running server plus a client session to talk to it.
+
+    Each peer id gets its own key (the same one every time it registers); each socket's
+    challenge nonce is read when it connects.
+    """
 
     def __init__(self, runner: web.AppRunner, port: int, session: aiohttp.ClientSession) -> None:
         self.runner = runner
         self.port = port
         self.session = session
+        self.keys: dict[str, Identity] = {}
+        self.nonces: dict[WS, bytes] = {}
 
     @property
     def registry(self) -> PeerRegistry[Any]:
         return self.runner.app[REGISTRY_KEY]
 
     async def connect(self) -> WS:
-        return await self.session.ws_connect(f"http://127.0.0.1:{self.port}/ws")
+        """A socket whose challenge was read (its nonce is in ``nonces``)."""
+        ws = await self.session.ws_connect(f"http://127.0.0.1:{self.port}/ws")
+        self.nonces[ws] = await read_challenge(ws)
+        return ws
+
+    def key(self, peer_id: str) -> Identity:
+        return self.keys.setdefault(peer_id, Identity.generate())
+
+    def fingerprint(self, peer_id: str) -> str:
+        return self.key(peer_id).fingerprint
+
+    def register_frame(self, ws: WS, peer_id: str, role: str, **extra: Any) -> dict[str, Any]:
+        """A register frame for ``ws``, signed with the key of ``peer_id``."""
+        return signed_register(self.nonces[ws], peer_id, role, self.key(peer_id), **extra)
 
     async def health(self) -> dict[str, Any]:
         async with self.session.get(f"http://127.0.0.1:{self.port}/health") as response:
@@ -325,10 +365,14 @@ async def send(ws: WS, obj: Any) -> None:
     await ws.send_str(json.dumps(obj))
 
 
+def registered(server: Server, peer_id: str) -> dict[str, Any]:
+    return {"type": "registered", "peer_id": peer_id, "fingerprint": server.fingerprint(peer_id)}
+
+
 async def register(server: Server, peer_id: str, role: str = "worker", **extra: Any) -> WS:
     ws = await server.connect()
-    await send(ws, {"type": "register", "peer_id": peer_id, "role": role, **extra})
-    assert await recv(ws) == {"type": "registered", "peer_id": peer_id}
+    await send(ws, server.register_frame(ws, peer_id, role, **extra))
+    assert await recv(ws) == registered(server, peer_id)
     return ws
 
 
@@ -381,8 +425,18 @@ async def test_register_and_list_peers(server: Server) -> None:
     assert await recv(c) == {
         "type": "peers",
         "peers": [
-            {"peer_id": "client-a", "role": "client", "metadata": {}},
-            {"peer_id": "worker-b", "role": "worker", "metadata": {"gpu": "a100", "slots": 2}},
+            {
+                "peer_id": "client-a",
+                "role": "client",
+                "fingerprint": server.fingerprint("client-a"),
+                "metadata": {},
+            },
+            {
+                "peer_id": "worker-b",
+                "role": "worker",
+                "fingerprint": server.fingerprint("worker-b"),
+                "metadata": {"gpu": "a100", "slots": 2},
+            },
         ],
     }
     await w.close()
@@ -394,7 +448,7 @@ async def test_bad_token_is_unauthorized_and_closed(
     token_server: Server, token: str | None
 ) -> None:
     ws = await token_server.connect()
-    frame: dict[str, Any] = {"type": "register", "peer_id": "w1", "role": "worker"}
+    frame: dict[str, Any] = token_server.register_frame(ws, "w1", "worker")
     if token is not None:
         frame["token"] = token
     await send(ws, frame)
@@ -416,10 +470,10 @@ async def test_correct_token_registers(token_server: Server) -> None:
 async def test_peer_id_taken_keeps_socket_open(server: Server) -> None:
     first = await register(server, "dup")
     second = await server.connect()
-    await send(second, {"type": "register", "peer_id": "dup", "role": "client"})
+    await send(second, server.register_frame(second, "dup", "client"))  # the same key, live
     await expect_server_error(second, SignalingErrorCode.PEER_ID_TAKEN, "register")
-    await send(second, {"type": "register", "peer_id": "dup-2", "role": "client"})
-    assert await recv(second) == {"type": "registered", "peer_id": "dup-2"}
+    await send(second, server.register_frame(second, "dup-2", "client"))
+    assert await recv(second) == registered(server, "dup-2")
     await assert_usable(second, ["dup", "dup-2"])
     # the first registration is untouched
     assert server.registry.get("dup").role == "worker"  # type: ignore[union-attr]
@@ -429,7 +483,7 @@ async def test_peer_id_taken_keeps_socket_open(server: Server) -> None:
 
 async def test_already_registered(server: Server) -> None:
     ws = await register(server, "once")
-    await send(ws, {"type": "register", "peer_id": "twice", "role": "worker"})
+    await send(ws, server.register_frame(ws, "twice", "worker"))
     await expect_server_error(ws, SignalingErrorCode.ALREADY_REGISTERED, "register")
     await assert_usable(ws, ["once"])
     await ws.close()
@@ -437,14 +491,14 @@ async def test_already_registered(server: Server) -> None:
 
 async def test_invalid_peer_id_and_oversized_metadata(server: Server) -> None:
     ws = await server.connect()
-    await send(ws, {"type": "register", "peer_id": "no spaces", "role": "worker"})
+    await send(ws, {**server.register_frame(ws, "ok", "worker"), "peer_id": "no spaces"})
     assert "peer_id" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME, "register")
     big = {"blob": "x" * (MAX_METADATA_BYTES + 1)}
-    await send(ws, {"type": "register", "peer_id": "ok", "role": "worker", "metadata": big})
+    await send(ws, server.register_frame(ws, "ok", "worker", metadata=big))
     assert "metadata" in await expect_server_error(ws, SignalingErrorCode.INVALID_FRAME, "register")
     assert len(server.registry) == 0
-    await send(ws, {"type": "register", "peer_id": "ok", "role": "worker"})
-    assert await recv(ws) == {"type": "registered", "peer_id": "ok"}
+    await send(ws, server.register_frame(ws, "ok", "worker"))
+    assert await recv(ws) == registered(server, "ok")
     await ws.close()
 
 
@@ -457,11 +511,26 @@ async def test_relay_sets_from(server: Server, kind: str) -> None:
         if kind == "candidate"
         else {"sdp": f"v=0\r\n{kind}\r\n"}
     )
-    await send(alice, {"type": kind, "to": "bob", "from": "mallory", **payload})
-    assert await recv(bob) == {"type": kind, "from": "alice", "to": "bob", **payload}
+    spoofed = {"from": "mallory", "fingerprint": server.fingerprint("mallory")}
+    await send(alice, {"type": kind, "to": "bob", **spoofed, **payload})
+    alices = server.fingerprint("alice")
+    assert await recv(bob) == {
+        "type": kind,
+        "from": "alice",
+        "fingerprint": alices,
+        "to": "bob",
+        **payload,
+    }
     # and the way back, without any "from" from the sender
     await send(bob, {"type": kind, "to": "alice", **payload})
-    assert await recv(alice) == {"type": kind, "from": "bob", "to": "alice", **payload}
+    bobs = server.fingerprint("bob")
+    assert await recv(alice) == {
+        "type": kind,
+        "from": "bob",
+        "fingerprint": bobs,
+        "to": "alice",
+        **payload,
+    }
     await alice.close()
     await bob.close()
 
@@ -470,7 +539,13 @@ async def test_relay_null_candidate(server: Server) -> None:
     alice = await register(server, "alice", "client")
     bob = await register(server, "bob", "worker")
     await send(alice, {"type": "candidate", "to": "bob", "candidate": None})
-    assert await recv(bob) == {"type": "candidate", "from": "alice", "to": "bob", "candidate": None}
+    assert await recv(bob) == {
+        "type": "candidate",
+        "from": "alice",
+        "fingerprint": server.fingerprint("alice"),
+        "to": "bob",
+        "candidate": None,
+    }
     await alice.close()
     await bob.close()
 
@@ -525,8 +600,8 @@ async def test_not_registered(server: Server) -> None:
     ]:
         await send(ws, frame)
         await expect_server_error(ws, SignalingErrorCode.NOT_REGISTERED, frame["type"])
-    await send(ws, {"type": "register", "peer_id": "late", "role": "client"})
-    assert await recv(ws) == {"type": "registered", "peer_id": "late"}
+    await send(ws, server.register_frame(ws, "late", "client"))
+    assert await recv(ws) == registered(server, "late")
     await assert_usable(ws, ["late"])
     await ws.close()
 
@@ -562,8 +637,9 @@ async def test_abrupt_disconnect_unregisters(server: Server) -> None:
     # the peer goes away with its whole session, without calling ws.close()
     other = aiohttp.ClientSession()
     ws = await other.ws_connect(f"http://127.0.0.1:{server.port}/ws")
-    await send(ws, {"type": "register", "peer_id": "vanishing", "role": "worker"})
-    assert await recv(ws) == {"type": "registered", "peer_id": "vanishing"}
+    server.nonces[ws] = await read_challenge(ws)
+    await send(ws, server.register_frame(ws, "vanishing", "worker"))
+    assert await recv(ws) == registered(server, "vanishing")
     await other.close()
     await wait_until(lambda: "vanishing" not in server.registry)
     assert (await server.health())["peers"] == 0
@@ -576,8 +652,9 @@ async def test_heartbeat_drops_silent_peer() -> None:
         async with aiohttp.ClientSession() as session:
             # autoping=False: this client never answers the server's pings
             ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws", autoping=False)
-            await send(ws, {"type": "register", "peer_id": "silent", "role": "worker"})
-            assert await recv(ws) == {"type": "registered", "peer_id": "silent"}
+            key = Identity.generate()
+            await send(ws, signed_register(await read_challenge(ws), "silent", "worker", key))
+            assert (await recv(ws))["type"] == "registered"
             registry = runner.app[REGISTRY_KEY]
             await wait_until(lambda: "silent" not in registry, timeout=3)
             await ws.close()
@@ -589,7 +666,8 @@ async def test_shutdown_closes_open_sockets() -> None:
     runner, port = await start_server(make_settings())
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
-        await send(ws, {"type": "register", "peer_id": "p", "role": "worker"})
+        key = Identity.generate()
+        await send(ws, signed_register(await read_challenge(ws), "p", "worker", key))
         assert (await recv(ws))["type"] == "registered"
         reader = asyncio.ensure_future(ws.receive())
         await asyncio.wait_for(runner.cleanup(), timeout=5)
@@ -642,15 +720,19 @@ async def test_cli_subprocess_honours_env_token() -> None:
             assert health["status"] == "ok"
 
             url = f"http://127.0.0.1:{port}/ws"
+            key = Identity.generate()
             async with session.ws_connect(url) as ws:
-                await send(ws, {"type": "register", "peer_id": "w1", "role": "worker"})
+                await send(ws, signed_register(await read_challenge(ws), "w1", "worker", key))
                 await expect_server_error(ws, SignalingErrorCode.UNAUTHORIZED, "register")
                 assert (await ws.receive(timeout=RECEIVE_TIMEOUT)).type is WSMsgType.CLOSE
             async with session.ws_connect(url) as ws:
-                await send(
-                    ws, {"type": "register", "peer_id": "w1", "role": "worker", "token": TOKEN}
-                )
-                assert await recv(ws) == {"type": "registered", "peer_id": "w1"}
+                frame = signed_register(await read_challenge(ws), "w1", "worker", key, token=TOKEN)
+                await send(ws, frame)
+                assert await recv(ws) == {
+                    "type": "registered",
+                    "peer_id": "w1",
+                    "fingerprint": key.fingerprint,
+                }
         proc.terminate()
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=10)
         assert proc.returncode == 0

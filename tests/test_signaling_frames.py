@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import protocol.signaling as sig
+from protocol import signaling_json
+from protocol.identity import b64decode
 from protocol.signaling import (
     MAX_METADATA_BYTES,
     PEER_ID_PATTERN,
     Answer,
     Candidate,
+    Challenge,
     ErrorFrame,
     ListPeers,
     Offer,
@@ -139,7 +142,7 @@ def test_the_size_is_checked_first_in_bytes() -> None:
     assert info.value.code == CODE.FRAME_TOO_LARGE
     assert info.value.message == f"frame is {len(frame.encode())} bytes; the limit is 100 bytes"
     assert parse_client_frame(frame, max_bytes=len(frame.encode())) == Offer(to="w", sdp="é" * 60)
-    assert parse_server_frame('{"type":"registered","peer_id":"a"}', max_bytes=None)
+    assert parse_server_frame('{"type":"registered","peer_id":"a","fingerprint":null}', None)
 
 
 @pytest.mark.parametrize("metadata", [{"gpu": {1, 2}}, {"ratio": float("nan")}, {"b": b"x"}])
@@ -183,15 +186,15 @@ def test_validation_that_recurses_too_deeply_is_an_invalid_frame(
 
 def test_describe_without_errors_or_without_the_tag_prefix() -> None:
     empty = ValidationError.from_exception_data("Offer", [])
-    assert sig._describe(empty, "offer") == "invalid 'offer' frame"
+    assert signaling_json.describe(empty, "offer") == "invalid 'offer' frame"
     untagged = ValidationError.from_exception_data(
         "Offer", [{"type": "missing", "loc": ("sdp",), "input": {}}]
     )
-    assert sig._describe(untagged, "offer") == "field 'sdp' in 'offer' frame: missing"
+    assert signaling_json.describe(untagged, "offer") == "field 'sdp' in 'offer' frame: missing"
     no_loc = ValidationError.from_exception_data(
         "Offer", [{"type": "missing", "loc": (), "input": {}}]
     )
-    assert sig._describe(no_loc, "offer") == "field 'type' in 'offer' frame: missing"
+    assert signaling_json.describe(no_loc, "offer") == "field 'type' in 'offer' frame: missing"
 
 
 def test_error_frame_and_exception_convert_both_ways() -> None:
@@ -209,8 +212,10 @@ def test_error_frame_and_exception_convert_both_ways() -> None:
 def test_a_peers_from_is_ignored_and_a_candidate_may_be_null() -> None:
     offer = parse_client_frame('{"type":"offer","to":"w","sdp":"v=0","from":"spoofed"}')
     assert offer == Offer(to="w", sdp="v=0")
-    relayed = RelayedCandidate(from_="a", to="b", candidate=None)
-    assert dump_frame(relayed) == '{"type":"candidate","from":"a","to":"b","candidate":null}'
+    relayed = RelayedCandidate(from_="a", fingerprint=None, to="b", candidate=None)
+    assert dump_frame(relayed) == (
+        '{"type":"candidate","from":"a","fingerprint":null,"to":"b","candidate":null}'
+    )
     assert parse_server_frame(dump_frame(relayed)) == relayed
 
 
@@ -277,7 +282,15 @@ def test_json_values_survive_a_round_trip() -> None:
 
 
 CLIENT_FRAMES = {Register, ListPeers, Offer, Answer, Candidate}
-SERVER_FRAMES = {Registered, Peers, RelayedOffer, RelayedAnswer, RelayedCandidate, ErrorFrame}
+SERVER_FRAMES = {
+    Challenge,
+    Registered,
+    Peers,
+    RelayedOffer,
+    RelayedAnswer,
+    RelayedCandidate,
+    ErrorFrame,
+}
 
 
 def test_signaling_frames_round_trip_in_their_direction() -> None:
@@ -293,6 +306,18 @@ _REQUIRED = {
     "answer": ("to", "sdp"),
     "candidate": ("to", "candidate"),
 }
+
+
+def proof_shape_ok(public_key: Any, signature: Any) -> bool:
+    """Both absent, or both base64 of 32 and 64 bytes."""
+    if public_key is None and signature is None:
+        return True
+    try:
+        b64decode(public_key, 32)
+        b64decode(signature, 64)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
 
 
 def invalid_frame_kind(text: str) -> str:
@@ -314,6 +339,8 @@ def invalid_frame_kind(text: str) -> str:
         return "wrongly typed field"
     if obj.get("role", "client") not in ("worker", "client"):
         return "bad role"
+    if not proof_shape_ok(obj.get("public_key"), obj.get("signature")):
+        return "bad key or signature"
     assert not re.fullmatch(PEER_ID_PATTERN, obj.get("peer_id", obj.get("to"))), text
     return "bad peer id"
 
@@ -328,7 +355,7 @@ def test_malformed_signaling_frames_cover_every_code_and_kind(max_bytes: int) ->
     }
     if max_bytes > 100_000:
         want |= {"not an object", "no string type", "missing field", "wrongly typed field"}
-        want |= {"bad peer id", "bad role", "bad metadata"}
+        want |= {"bad peer id", "bad role", "bad metadata", "bad key or signature"}
 
     def labels(pair: tuple[str, str]) -> set[str]:
         text, code = pair

@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
 from protocol import signaling as sig
+from protocol.identity import NONCE_BYTES, PUBLIC_KEY_BYTES, SIGNATURE_BYTES, b64encode
 from protocol.testing.text import fill, utf8_len
 from protocol.testing.valid import codes
 
 __all__ = [
+    "base64_of",
     "client_signaling_frames",
+    "fingerprints",
     "json_values",
     "malformed_signaling_frames",
     "malformed_signaling_frames_with_codes",
@@ -26,6 +29,30 @@ __all__ = [
 def peer_ids() -> SearchStrategy[str]:
     """Valid signaling peer ids: ``[A-Za-z0-9._-]{1,64}``."""
     return st.from_regex(sig.PEER_ID_PATTERN.strip("^$"), fullmatch=True)
+
+
+def fingerprints() -> SearchStrategy[str]:
+    """Key fingerprints: 64 lowercase hex digits."""
+    return st.binary(min_size=32, max_size=32).map(bytes.hex)
+
+
+def base64_of(size: int) -> SearchStrategy[str]:
+    """Standard base64 (with padding) of ``size`` random bytes."""
+    return st.binary(min_size=size, max_size=size).map(b64encode)
+
+
+def _keyed_register() -> SearchStrategy[sig.Register]:
+    """A register frame with a public key and a signature (which need not verify: the
+    codec checks their shape, the server their meaning)."""
+    return st.builds(
+        sig.Register,
+        peer_id=peer_ids(),
+        role=st.sampled_from(["worker", "client"]),
+        token=st.none() | _JSON_TEXT,
+        metadata=st.just({}),
+        public_key=base64_of(PUBLIC_KEY_BYTES),
+        signature=base64_of(SIGNATURE_BYTES),
+    )
 
 
 _JSON_TEXT = st.text(st.characters(codec="utf-8"), max_size=20)
@@ -68,8 +95,8 @@ def _sdp() -> SearchStrategy[str]:
 
 def client_signaling_frames() -> SearchStrategy[sig.ClientFrame]:
     """Frames a peer sends to the signaling server (protocol.signaling models):
-    register (with token and metadata or not), list_peers, offer, answer, candidate
-    (any JSON candidate, null included)."""
+    register (with token and metadata or not, with a key and a signature or not),
+    list_peers, offer, answer, candidate (any JSON candidate, null included)."""
     return st.one_of(
         st.builds(
             sig.Register,
@@ -78,6 +105,7 @@ def client_signaling_frames() -> SearchStrategy[sig.ClientFrame]:
             token=st.none() | _JSON_TEXT,
             metadata=_metadata(),
         ),
+        _keyed_register(),
         st.just(sig.ListPeers()),
         st.builds(sig.Offer, to=peer_ids(), sdp=_sdp()),
         st.builds(sig.Answer, to=peer_ids(), sdp=_sdp()),
@@ -86,10 +114,13 @@ def client_signaling_frames() -> SearchStrategy[sig.ClientFrame]:
 
 
 def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
-    """Frames the signaling server sends (protocol.signaling models): registered, peers,
-    relayed offer/answer/candidate (with ``from``), error (known and future codes)."""
+    """Frames the signaling server sends (protocol.signaling models): challenge, registered,
+    peers, relayed offer/answer/candidate (with ``from`` and ``fingerprint``, ``null`` for
+    an anonymous sender), error (known and future codes)."""
+    maybe_fp = st.none() | fingerprints()
     return st.one_of(
-        st.builds(sig.Registered, peer_id=peer_ids()),
+        st.builds(sig.Challenge, nonce=base64_of(NONCE_BYTES)),
+        st.builds(sig.Registered, peer_id=peer_ids(), fingerprint=maybe_fp),
         st.builds(
             sig.Peers,
             peers=st.lists(
@@ -97,14 +128,25 @@ def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
                     sig.PeerInfo,
                     peer_id=peer_ids(),
                     role=st.sampled_from(["worker", "client"]),
+                    fingerprint=maybe_fp,
                     metadata=_metadata(),
                 ),
                 max_size=4,
             ).map(tuple),
         ),
-        st.builds(sig.RelayedOffer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
-        st.builds(sig.RelayedAnswer, from_=peer_ids(), to=peer_ids(), sdp=_sdp()),
-        st.builds(sig.RelayedCandidate, from_=peer_ids(), to=peer_ids(), candidate=json_values()),
+        st.builds(
+            sig.RelayedOffer, from_=peer_ids(), fingerprint=maybe_fp, to=peer_ids(), sdp=_sdp()
+        ),
+        st.builds(
+            sig.RelayedAnswer, from_=peer_ids(), fingerprint=maybe_fp, to=peer_ids(), sdp=_sdp()
+        ),
+        st.builds(
+            sig.RelayedCandidate,
+            from_=peer_ids(),
+            fingerprint=maybe_fp,
+            to=peer_ids(),
+            candidate=json_values(),
+        ),
         st.builds(
             sig.ErrorFrame,
             code=codes([c.value for c in sig.SignalingErrorCode]),
@@ -127,7 +169,7 @@ _REQUIRED = {
     "candidate": ("to", "candidate"),
 }
 _STRING_FIELDS = {
-    "register": ("peer_id", "role", "token"),
+    "register": ("peer_id", "role", "token", "public_key", "signature"),
     "offer": ("to", "sdp"),
     "answer": ("to", "sdp"),
     "candidate": ("to",),
@@ -145,7 +187,8 @@ def malformed_signaling_frames_with_codes(
     surrogates, 100000-deep nesting); JSON that is not an object; a missing or non-string
     ``type``; unknown types (server-only types included); missing required fields;
     wrongly typed fields; invalid peer ids and roles; metadata that is not an object or
-    is over its limit; frames over ``max_bytes``. A frame of any other group that is over
+    is over its limit; a public key or a signature that is not base64 of the right length,
+    or one without the other; frames over ``max_bytes``. A frame of any other group that is over
     ``max_bytes`` (a small limit) is paired with ``FRAME_TOO_LARGE``: the parser checks the
     size first.
     """
@@ -205,6 +248,17 @@ def malformed_signaling_frames_with_codes(
         fields = _STRING_FIELDS[obj["type"]]
         return json.dumps({**obj, fields[index % len(fields)]: value})
 
+    def bad_proof(frame: sig.Register, how: int) -> str:
+        obj = json.loads(sig.dump_frame(frame))
+        field = ("public_key", "signature")[how % 2]
+        if how < 2:
+            del obj[field]  # one without the other
+        elif how < 4:
+            obj[field] = obj[field][:-4]  # base64 of too few bytes
+        else:
+            obj[field] = "*" + obj[field][1:]  # not base64
+        return json.dumps(obj)
+
     def bad_id(obj: dict[str, Any], peer_id: str) -> str:
         key = "peer_id" if obj["type"] == "register" else "to"
         return json.dumps({**obj, key: peer_id})
@@ -218,7 +272,7 @@ def malformed_signaling_frames_with_codes(
     )
     fields = st.one_of(
         st.builds(drop, valid, st.integers(0, 1)),
-        st.builds(retype, valid, st.integers(0, 2), wrong_values),
+        st.builds(retype, valid, st.integers(0, 4), wrong_values),
         st.builds(bad_id, valid, st.sampled_from(_BAD_PEER_IDS)),
         st.builds(
             lambda pid, role: json.dumps({"type": "register", "peer_id": pid, "role": role}),
@@ -237,6 +291,7 @@ def malformed_signaling_frames_with_codes(
                 ),
             ),
         ),
+        st.builds(bad_proof, _keyed_register(), st.integers(0, 5)),
     ).map(lambda text: (text, sig.SignalingErrorCode.INVALID_FRAME))
     too_large = st.builds(
         lambda extra, seed: (

@@ -1,0 +1,145 @@
+"""``rtc-signaling bindings``: the operator's view of which key owns which peer id.
+
+::
+
+    rtc-signaling bindings list [--json]            # every binding, sorted by peer id
+    rtc-signaling bindings release PEER_ID          # the next key to register it owns it
+
+The commands read the bindings file the server uses (``--data-dir`` / ``--bindings-db``,
+the same flags and variables as ``rtc-signaling``); they work while the server runs
+(SQLite, WAL mode). A released id stays registered by whoever holds it now until that
+socket closes; the next registration binds it again.
+
+Exit codes: 0 done, 1 the peer id was not bound or the file cannot be read, 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDict
+from pydantic_settings import SettingsError as CliSettingsError
+
+from protocol.signaling import PEER_ID_PATTERN
+from rtc_worker.settings_sources import FLAG_ONLY, CommandLine, Commands, EnvSettings
+from signaling.bindings import Binding, SqliteBindings
+from signaling.config import SignalingSettings
+
+__all__ = ["BindingsCli", "BindingsList", "BindingsRelease", "bindings_main"]
+
+_SERVER_FIELDS = SignalingSettings.model_fields
+
+
+class _BindingsFile(EnvSettings):
+    """Where the bindings are: the server's data folder or its bindings file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTC_SIGNALING_", populate_by_name=True, extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        Path("~/.local/share/rtc-signaling"),
+        validate_default=True,
+        description=_SERVER_FIELDS["data_dir"].description,
+    )
+    bindings_db: Path | None = Field(None, description=_SERVER_FIELDS["bindings_db"].description)
+
+    @field_validator("bindings_db", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("data_dir", "bindings_db")
+    @classmethod
+    def _expand_home(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @property
+    def bindings_file(self) -> Path:
+        """``bindings_db``, or ``bindings.db`` in the data folder."""
+        return self.bindings_db if self.bindings_db is not None else self.data_dir / "bindings.db"
+
+
+class BindingsList(_BindingsFile):
+    """List every peer id bound to a key: peer id, role, fingerprint, bound since, last seen."""
+
+    json_output: Annotated[bool, FLAG_ONLY] = Field(
+        False, validation_alias="json", description="Print JSON instead of text."
+    )
+
+
+class BindingsRelease(_BindingsFile):
+    """Release a peer id: the next key that registers it is bound to it."""
+
+    peer_id: CliPositionalArg[str] = Field(
+        pattern=PEER_ID_PATTERN, description="The peer id to release."
+    )
+
+
+class BindingsCli(Commands):
+    """Peer-id bindings of the signaling server (peer id -> the key that registered it first)."""
+
+    list: CliSubCommand[BindingsList] = Field(description="List the bindings.")
+    release: CliSubCommand[BindingsRelease] = Field(description="Release one peer id.")
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def _as_dict(binding: Binding) -> dict[str, str]:
+    return {
+        "peer_id": binding.peer_id,
+        "role": binding.role,
+        "fingerprint": binding.fingerprint,
+        "created_at": _when(binding.created_at),
+        "last_seen": _when(binding.last_seen),
+    }
+
+
+def _open(path: Path) -> SqliteBindings | None:
+    if not path.exists():
+        return None
+    return SqliteBindings(path)
+
+
+def bindings_main(argv: Sequence[str] | None) -> int:
+    """Run ``rtc-signaling bindings ARGV``; returns the exit status (see the module)."""
+    line = CommandLine(BindingsCli, "rtc-signaling bindings")
+    try:
+        command = line.command(line.parse(argv))
+    except (ValidationError, CliSettingsError) as exc:
+        print(f"rtc-signaling bindings: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    if not isinstance(command, BindingsList | BindingsRelease):
+        raise TypeError(f"rtc-signaling bindings has no command {command!r}")
+    path = command.bindings_file
+    try:
+        store = _open(path)
+        if isinstance(command, BindingsList):
+            found = [] if store is None else store.entries_now()
+            if command.json_output:
+                print(json.dumps([_as_dict(binding) for binding in found], indent=2))
+            elif not found:
+                print(f"no bindings in {path}")
+            for binding in [] if command.json_output else found:
+                row = _as_dict(binding)
+                print("\t".join(row[key] for key in ("peer_id", "role", "fingerprint")), end="")
+                print(f"\tbound {row['created_at']}\tlast seen {row['last_seen']}")
+            return 0
+        released = None if store is None else store.release_now(command.peer_id)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"rtc-signaling bindings: cannot use {path}: {exc}", file=sys.stderr)
+        return 1
+    if released is None:
+        print(f"{command.peer_id} is not bound (in {path})", file=sys.stderr)
+        return 1
+    print(f"released {released.peer_id} (was bound to {released.fingerprint})")
+    return 0
