@@ -4,6 +4,9 @@ The parser is generated from :class:`signaling.config.SignalingCli`; flags overr
 the environment, which overrides the defaults (see :mod:`signaling.config`). Logs go
 to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 
+``rtc-signaling keys ...`` manages the storage service's API keys (see
+:mod:`signaling.keys_cli`).
+
 ``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
 instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
 object on stdout and exits; no API key is needed for it.
@@ -64,6 +67,7 @@ def _cleanup_once(settings: SignalingSettings) -> int:
         store.blobs.mkdir(parents=True, exist_ok=True)
         store.db.migrate()
         report = cleanup(store, settings.upload_ttl_s)
+        store.close()
     except (OSError, sqlite3.Error) as exc:
         logger.error("cleanup of {} failed: {}", settings.storage_path, exc)
         return 1
@@ -106,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage path without an API key). The parser exits with 2 on bad syntax.
     With ``--cleanup-once``: 0 after the pass, 1 when the store cannot be cleaned.
     """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["keys"]:
+        from signaling.keys_cli import keys_main
+
+        return keys_main(args[1:])
     try:
-        settings = settings_from_args(argv)
+        settings = settings_from_args(args)
     except (ValidationError, SettingsError) as exc:
         print(f"rtc-signaling: invalid settings:\n{exc}", file=sys.stderr)
         return 2
