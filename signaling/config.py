@@ -264,8 +264,10 @@ class SignalingCli(SignalingSettings):
     """WebSocket signaling server for WebRTC peers (GET /health, WS /ws).
 
     With --storage-path it also keeps results for clients that could not receive
-    them over a data channel: uploads, downloads and resumable uploads, behind an
-    API key. Logs go to stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
+    them over a data channel: uploads, downloads and resumable uploads, behind
+    per-principal keys (the admin key below; worker and client keys from
+    "rtc-signaling keys add|list|revoke", see "rtc-signaling keys --help"). Logs go to
+    stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
     """
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(

@@ -218,11 +218,9 @@ class KeyQueries(SQLiteFile):
         return None if row is None else _key(row)
 
     def list_keys(self) -> list[ApiKey]:
-        """Every key, revoked ones included, oldest first."""
+        """Every key, revoked ones included, in the order they were made."""
         with self.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, key_id"
-            ).fetchall()
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY rowid").fetchall()
         return [_key(row) for row in rows]
 
     def revoke_key(self, key_id_or_name: str, when: str) -> list[ApiKey]:

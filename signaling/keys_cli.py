@@ -24,12 +24,12 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDict, SettingsError
 
-from rtc_worker.settings_sources import CommandLine, Commands, Env, EnvSettings
+from rtc_worker.settings_sources import FLAG_ONLY, CommandLine, Commands, Env, EnvSettings
 from signaling.api_common import now_timestamp
 from signaling.db import StorageDB
 from signaling.keys import Role
@@ -71,9 +71,13 @@ class KeyStore(EnvSettings):
 class KeysAdd(KeyStore):
     """Make a key and print it once (stdout); only its hash is stored."""
 
-    role: Role = Field(description="What the key may do: worker, client or admin.")
-    name: str = Field(description="A label for the key: [A-Za-z0-9][A-Za-z0-9._-]{0,63}.")
-    principal: str | None = Field(
+    role: Annotated[Literal["worker", "client", "admin"], FLAG_ONLY] = Field(
+        description="What the key may do: worker, client or admin."
+    )
+    name: Annotated[str, FLAG_ONLY] = Field(
+        description="A label for the key: [A-Za-z0-9][A-Za-z0-9._-]{0,63}."
+    )
+    principal: Annotated[str | None, FLAG_ONLY] = Field(
         None,
         description="The fingerprint the key acts as: required for a client key, optional "
         "for a worker key, not for an admin key.",
@@ -87,7 +91,7 @@ class KeysList(KeyStore):
 class KeysRevoke(KeyStore):
     """Revoke the key with this id, or every valid key with this name."""
 
-    key: CliPositionalArg[str] = Field(description="A key id or a key name.")
+    key: Annotated[CliPositionalArg[str], FLAG_ONLY] = Field(description="A key id or a key name.")
 
 
 class KeysCli(Commands):
@@ -101,7 +105,7 @@ class KeysCli(Commands):
 def _run(command: KeyStore, db: StorageDB) -> int:
     if isinstance(command, KeysAdd):
         try:
-            row, key = db.add_key(command.role, command.name, command.principal)
+            row, key = db.add_key(Role(command.role), command.name, command.principal)
         except ValueError as exc:
             print(f"rtc-signaling keys add: {exc}", file=sys.stderr)
             return 2

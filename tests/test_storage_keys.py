@@ -96,7 +96,7 @@ def test_keys_usage_errors(
     assert main(["keys", "list"]) == 2  # no storage path
     assert "--storage-path" in capsys.readouterr().err
     assert main(["keys", "add", "--role", "emperor", "--name", "x"]) == 2
-    assert "'admin', 'worker' or 'client'" in capsys.readouterr().err
+    assert "'worker', 'client' or 'admin'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["keys", "promote"])
     assert exit_info.value.code == 2
