@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -42,6 +43,7 @@ RESERVE_SUFFIX = ".reserve"
 """Suffix of the database's reserve file (beside the database)."""
 
 
+@dataclass(frozen=True, slots=True)
 class Stored:
     """The answer to an upload: the record, a download token, whether it is new.
 
@@ -53,11 +55,10 @@ class Stored:
             and job (nothing changed).
     """
 
-    def __init__(self, record: FileRecord, token: str, expires_at: str, created: bool) -> None:
-        self.record = record
-        self.token = token
-        self.expires_at = expires_at
-        self.created = created
+    record: FileRecord
+    token: str
+    expires_at: str
+    created: bool
 
     def as_dict(self) -> dict[str, object]:
         """The JSON answer of ``POST /upload``."""
