@@ -1,17 +1,26 @@
 """HTTP client of the storage service (the signaling server's ``/upload`` and
-``/download`` routes): the worker uploads a results ZIP, the client downloads it.
+``/download`` routes): the worker uploads a results ZIP for its owner, the owner
+downloads it.
 
 Both directions stream from or to a file (never the whole body in memory). An upload
-is retried with exponential backoff while the service is unreachable or answers 5xx;
-a 4xx answer is final. A download goes to a temporary file next to the target (the
-file layer's atomic writer), is hashed while it streams (its one hasher), and is
-published only when its sha256 matches.
+declares its sha256 (``X-Content-SHA256``, hashed from the file first) and its owner
+(``X-Owner``); the service answers with a download token (a capability for that one
+result) that the worker hands to the owner. An upload is retried with exponential
+backoff while the service is unreachable or answers 5xx; a 4xx answer is final (a
+retry after a lost answer is safe: the same content under the same owner and job is
+answered as stored). A download presents the token (``X-Download-Token``) or a key,
+goes to a temporary file next to the target (the file layer's atomic writer), is
+hashed while it streams (its one hasher), and is published only when its sha256
+matches.
+
+The service's API: :mod:`signaling.results_api`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +37,8 @@ from tenacity import (
     wait_exponential,
 )
 
-from rtc_worker.storage import AtomicFile, ContentHasher, layout
+from protocol.messages import is_valid_job_id
+from rtc_worker.storage import AtomicFile, ContentHasher, hash_file, layout
 
 __all__ = [
     "CHUNK_BYTES",
@@ -51,11 +61,26 @@ class ResultsServiceError(Exception):
 
     Attributes:
         status: the HTTP status of the last answer, or None when none came.
+        code: the error code of the service's JSON answer (``JOB_EXISTS``,
+            ``TOKEN_EXPIRED``, ``DISK_FULL``...), or None.
     """
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+
+
+async def _refusal(response: aiohttp.ClientResponse, what: str) -> ResultsServiceError:
+    """The error for a non-success answer, with the code of its JSON body if any."""
+    text = (await response.text())[:500]
+    code = None
+    try:
+        error = json.loads(text).get("error", {})
+        code = str(error["code"]) if isinstance(error, dict) and "code" in error else None
+    except (ValueError, AttributeError):
+        pass
+    return ResultsServiceError(f"{what} answered {response.status}: {text}", response.status, code)
 
 
 @dataclass(frozen=True)
@@ -63,12 +88,15 @@ class StoredResults:
     """The storage service's answer to an upload.
 
     Attributes:
-        job_id: the id the file is stored under.
+        job_id: the id the file is stored under (scoped by its owner).
         download_path: where it is served, relative to the service (``/download/{job_id}``).
         size: bytes stored.
         sha256: the stored content's sha256 (hex).
         attempts: how many uploads it took.
-        download_token: the download capability the service signed for the owner.
+        owner: the principal the result belongs to.
+        download_token: a capability to download (or delete) this one result: base64url,
+            never containing ``::``; give it to the owner.
+        expires_at: when the token expires, ISO 8601 UTC (``YYYY-MM-DDTHH:MM:SSZ``).
     """
 
     job_id: str
@@ -76,7 +104,9 @@ class StoredResults:
     size: int
     sha256: str
     attempts: int
-    download_token: str = "none"
+    owner: str = ""
+    download_token: str = ""
+    expires_at: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,50 +156,69 @@ class ResultsServiceClient:
     timeout_s: float = 300.0
 
     async def _upload_once(
-        self, session: aiohttp.ClientSession, open_file: Opener, job_id: str
+        self,
+        session: aiohttp.ClientSession,
+        open_file: Opener,
+        job_id: str,
+        owner: str,
+        replace: bool,
     ) -> StoredResults:
         file = await asyncio.to_thread(open_file)
         try:
             size = (await asyncio.to_thread(os.fstat, file.fileno())).st_size
+            digest = (await asyncio.to_thread(hash_file, file.fileno())).hexdigest()
             headers = {
                 **_headers(self.api_key),
                 "X-Job-Id": job_id,
+                "X-Owner": owner,
+                "X-Content-SHA256": digest,
                 "Content-Type": "application/zip",
                 "Content-Length": str(size),
             }
+            if replace:
+                headers["X-Replace"] = "true"
             url = self.url.rstrip("/") + "/upload"
             async with session.post(url, data=_file_chunks(file), headers=headers) as response:
-                if response.status != 201:
-                    text = (await response.text())[:500]
-                    raise ResultsServiceError(
-                        f"upload of {job_id} answered {response.status}: {text}", response.status
-                    )
+                if response.status not in (200, 201):
+                    raise await _refusal(response, f"upload of {job_id}")
                 body = await response.json()
         finally:
             await asyncio.to_thread(file.close)
+        if body.get("sha256") != digest:
+            raise ResultsServiceError(f"upload of {job_id}: the service stored other content")
         return StoredResults(
             job_id=str(body["job_id"]),
             download_path=str(body["download_url"]),
             size=int(body["size"]),
             sha256=str(body["sha256"]),
             attempts=0,
-            download_token=str(body.get("download_token", "none")),
+            owner=str(body["owner"]),
+            download_token=str(body["download_token"]),
+            expires_at=str(body["expires_at"]),
         )
 
-    async def upload(self, open_file: Opener, job_id: str) -> StoredResults:
-        """Upload a file to ``{url}/upload`` under ``job_id`` (raw body, ``X-Job-Id``).
+    async def upload(
+        self, open_file: Opener, job_id: str, *, owner: str, replace: bool = False
+    ) -> StoredResults:
+        """Upload a file to ``{url}/upload`` as the result ``job_id`` of ``owner`` (raw
+        body; headers ``X-Job-Id``, ``X-Owner``, ``X-Content-SHA256``, ``X-Replace``).
 
         Args:
-            open_file: opens the file (streamed from its descriptor); called once per
-                attempt, the file is closed after it.
-            job_id: the id to store it under.
+            open_file: opens the file (hashed, then streamed from its descriptor); called
+                once per attempt, the file is closed after it.
+            job_id: the id to store it under (scoped by ``owner``).
+            owner: the principal the result belongs to (the client's fingerprint, or an
+                anonymous connection's principal).
+            replace: replace a result of ``owner`` already stored under ``job_id``;
+                without it the service refuses one with other content (409
+                ``JOB_EXISTS``).
 
         Returns:
-            What the service stored.
+            What the service stored, with the download token for the owner.
 
         Raises:
-            ResultsServiceError: a 4xx answer (not retried), or every attempt failed
-                (the service unreachable, 5xx, or the file unreadable).
+            ResultsServiceError: a 4xx answer (not retried; ``code`` says why), or every
+                attempt failed (the service unreachable, 5xx, or the file unreadable).
         """
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         retrying = AsyncRetrying(
@@ -187,7 +236,7 @@ class ResultsServiceClient:
             try:
                 async for attempt in retrying:
                     with attempt:
-                        stored = await self._upload_once(session, open_file, job_id)
+                        stored = await self._upload_once(session, open_file, job_id, owner, replace)
                         number = attempt.retry_state.attempt_number
                         return dataclasses.replace(stored, attempts=number)
             except RetryError as exc:
@@ -198,34 +247,56 @@ class ResultsServiceClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def download(
-        self, job_id: str, output_dir: Path, *, sha256: str | None = None, keep: bool = False
+        self,
+        job_id: str,
+        output_dir: Path,
+        *,
+        sha256: str | None = None,
+        keep: bool = False,
+        token: str | None = None,
+        owner: str | None = None,
     ) -> DownloadedResults:
         """Fetch ``{url}/download/{job_id}`` into ``output_dir/results-{job_id}.zip``.
 
+        Presents ``token`` (``X-Download-Token``) when given, and the key (when set).
         The body streams into the atomic writer's temporary file while it is hashed;
         it is published only when its sha256 equals ``sha256`` (when given), else the
-        service's ``X-Content-SHA256`` header (when sent). With ``keep`` the service
-        keeps the file after the download (``?keep=true``; it is otherwise deleted when
-        ``AUTO_DELETE`` is on).
+        service's ``X-Content-SHA256`` header (when sent). The owner's download (its
+        token or its own key) deletes the file afterwards when ``AUTO_DELETE`` is on,
+        unless ``keep`` (``?keep=true``).
+
+        Args:
+            job_id: the job.
+            output_dir: where the ZIP goes (created).
+            sha256: the expected digest (lowercase hex), or None.
+            keep: keep the file on the service.
+            token: the download token of the upload's answer, or None.
+            owner: with an admin key, whose result (``?owner=``), or None.
 
         Raises:
-            ResultsServiceError: the service answered an error, or the sha256 does not
+            ResultsServiceError: the service answered an error (``code``: e.g.
+                ``TOKEN_EXPIRED``, ``NOT_FOUND``, ``GONE``), or the sha256 does not
                 match (nothing is left behind).
             aiohttp.ClientError, OSError: the connection or the disk failed.
-            ValueError: ``job_id`` makes no file name.
+            ValueError: ``job_id`` is not a job id.
         """
-        url = f"{self.url.rstrip('/')}/download/{job_id}" + ("?keep=true" if keep else "")
+        if not is_valid_job_id(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        query = {"keep": "true"} if keep else {}
+        if owner is not None:
+            query["owner"] = owner
+        url = f"{self.url.rstrip('/')}/download/{job_id}"
+        headers = _headers(self.api_key)
+        if token:
+            headers["X-Download-Token"] = token
         name = layout.results_zip_name(job_id)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, headers=_headers(self.api_key)) as response,
+            session.get(url, params=query, headers=headers) as response,
         ):
             if response.status != 200:
-                text = (await response.text())[:500]
-                raise ResultsServiceError(
-                    f"download of {job_id} answered {response.status}: {text}", response.status
-                )
+                raise await _refusal(response, f"download of {job_id}")
             expected = (sha256 or response.headers.get("X-Content-SHA256") or "").lower() or None
             target = await asyncio.to_thread(_open_target, output_dir, name)
             hasher = ContentHasher()
@@ -267,6 +338,7 @@ async def download_results(
     sha256: str | None = None,
     keep: bool = False,
     timeout_s: float = 300.0,
+    token: str | None = None,
 ) -> DownloadedResults:
     """:meth:`ResultsServiceClient.download` in one call (the ``rtc-client download``
     command).
@@ -275,4 +347,4 @@ async def download_results(
         As :meth:`ResultsServiceClient.download`.
     """
     client = ResultsServiceClient(storage_url, api_key, timeout_s=timeout_s)
-    return await client.download(job_id, output_dir, sha256=sha256, keep=keep)
+    return await client.download(job_id, output_dir, sha256=sha256, keep=keep, token=token)

@@ -362,7 +362,7 @@ class WorkerSession:
         output = action.output_path or "/".join(layout.job_output(owner, job_id))
         try:
             opener = await asyncio.to_thread(self._zip_results, job_id, output)
-            stored = await client.upload(opener, job_id)
+            stored = await client.upload(opener, job_id, owner=self.conn.principal)
         except (ResultsServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
             await self.driver.report(

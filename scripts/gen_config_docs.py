@@ -56,6 +56,11 @@ STORAGE_FIELDS = frozenset(
         "upload_chunk_size",
         "upload_ttl_s",
         "cleanup_interval_s",
+        "download_token_ttl_s",
+        "upload_quota_bytes",
+        "upload_quota_count",
+        "disk_reserve_bytes",
+        "database_reserve_bytes",
         "cleanup_once",
     }
 )

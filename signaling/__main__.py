@@ -4,6 +4,9 @@ The parser is generated from :class:`signaling.config.SignalingCli`; flags overr
 the environment, which overrides the defaults (see :mod:`signaling.config`). Logs go
 to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 
+``rtc-signaling keys ...`` manages the storage service's API keys (see
+:mod:`signaling.keys_cli`).
+
 ``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
 instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
 object on stdout and exits; no API key is needed for it.
@@ -71,6 +74,7 @@ def _cleanup_once(settings: SignalingSettings) -> int:
         store.blobs.mkdir(parents=True, exist_ok=True)
         store.db.migrate()
         report = cleanup(store, settings.upload_ttl_s)
+        store.close()
     except (OSError, sqlite3.Error) as exc:
         logger.error("cleanup of {} failed: {}", settings.storage_path, exc)
         return 1
@@ -122,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from signaling.bindings_cli import bindings_main
 
         return bindings_main(args[1:])
+    if args[:1] == ["keys"]:
+        from signaling.keys_cli import keys_main
+
+        return keys_main(args[1:])
     try:
         settings = settings_from_args(args)
     except (ValidationError, SettingsError) as exc:

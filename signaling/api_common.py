@@ -1,57 +1,96 @@
-"""The storage routes' shared HTTP plumbing: the API-key guard and the JSON errors.
+"""The storage routes' shared HTTP plumbing: the JSON errors and the middleware that
+makes every answer of a storage route JSON.
 
-Every storage route (results and resumable uploads) requires the configured key as
-``X-API-Key: KEY`` or ``Authorization: Bearer KEY`` (compared in constant time), else
-401. Errors are JSON ``{"error": {"code", "message", "timestamp"}}`` with the codes of
-:class:`ApiErrorCode`; a disk or database failure is a 500 STORAGE_ERROR.
+Errors are JSON ``{"error": {"code", "message", "timestamp"}}`` with the codes of
+:class:`ApiErrorCode`, each with one HTTP status. :func:`json_errors` (an aiohttp
+middleware, added by :func:`signaling.results_api.setup_storage`) turns everything a
+storage route can raise into one: :class:`ApiError`; aiohttp's own refusals (404 no
+such route, 405, 413); a full disk, from the file layer or SQLite (507 DISK_FULL); any
+other disk or database failure (500 STORAGE_ERROR); anything else (500 INTERNAL_ERROR,
+logged without the request's secrets). Routes outside the storage service (``/health``,
+``/ws``) are left alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
-import hmac
-from collections.abc import Awaitable, Callable
+import sqlite3
+import traceback
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from loguru import logger
 
 from rtc_worker.storage import format_timestamp
+from signaling.sqlite_file import is_disk_full
 
 __all__ = [
+    "STORAGE_ROUTE_ROOTS",
     "ApiError",
     "ApiErrorCode",
-    "Handler",
-    "api_key_guard",
     "error_response",
+    "json_errors",
     "now_timestamp",
 ]
+
+STORAGE_ROUTE_ROOTS = frozenset({"upload", "download", "delete", "list", "api"})
+"""First path segments of the storage routes (their answers are always JSON)."""
 
 
 class ApiErrorCode(enum.StrEnum):
     """Codes of the storage routes' JSON errors, each with its HTTP status."""
 
-    UNAUTHORIZED = "UNAUTHORIZED"  # 401: missing or wrong API key
-    MISSING_FIELD = "MISSING_FIELD"  # 400: job_id or file missing
-    INVALID_FIELD = "INVALID_FIELD"  # 400: malformed job_id, duplicate file part
-    NOT_FOUND = "NOT_FOUND"  # 404: unknown job_id
-    GONE = "GONE"  # 410: the record was deleted
+    UNAUTHORIZED = "UNAUTHORIZED"  # 401: missing, unknown or malformed key
+    KEY_REVOKED = "KEY_REVOKED"  # 401: the key was revoked by the operator
+    TOKEN_INVALID = "TOKEN_INVALID"  # 401: a malformed or forged download token
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"  # 401: a download token past its expiry
+    FORBIDDEN = "FORBIDDEN"  # 403: the key's role may not do this; a token of another job
+    MISSING_FIELD = "MISSING_FIELD"  # 400: job_id, file or owner missing
+    INVALID_FIELD = "INVALID_FIELD"  # 400: malformed job_id or owner, duplicate file part
+    SHA256_MISMATCH = "SHA256_MISMATCH"  # 400: the content has another sha256 than declared
+    NOT_FOUND = "NOT_FOUND"  # 404: unknown job_id (for this owner), or no such route
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"  # 405: the route has no such method
+    JOB_EXISTS = "JOB_EXISTS"  # 409: a live result of this owner and job_id exists
+    GONE = "GONE"  # 410: the record was deleted, or replaced since the token was issued
     FILE_TOO_LARGE = "FILE_TOO_LARGE"  # 413: above storage_max_file_size
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"  # 413: the principal's open uploads are at the quota
+    DISK_FULL = "DISK_FULL"  # 507: the upload would eat into the disk reserve, or no space
     STORAGE_ERROR = "STORAGE_ERROR"  # 500: disk or database failure
-    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled) resumable upload
+    INTERNAL_ERROR = "INTERNAL_ERROR"  # 500: a bug; logged
+    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled, or not yours) upload
     UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
 
 
 _STATUS = {
     ApiErrorCode.UNAUTHORIZED: 401,
+    ApiErrorCode.KEY_REVOKED: 401,
+    ApiErrorCode.TOKEN_INVALID: 401,
+    ApiErrorCode.TOKEN_EXPIRED: 401,
+    ApiErrorCode.FORBIDDEN: 403,
     ApiErrorCode.MISSING_FIELD: 400,
     ApiErrorCode.INVALID_FIELD: 400,
+    ApiErrorCode.SHA256_MISMATCH: 400,
     ApiErrorCode.NOT_FOUND: 404,
+    ApiErrorCode.METHOD_NOT_ALLOWED: 405,
+    ApiErrorCode.JOB_EXISTS: 409,
     ApiErrorCode.GONE: 410,
     ApiErrorCode.FILE_TOO_LARGE: 413,
+    ApiErrorCode.QUOTA_EXCEEDED: 413,
+    ApiErrorCode.DISK_FULL: 507,
     ApiErrorCode.STORAGE_ERROR: 500,
+    ApiErrorCode.INTERNAL_ERROR: 500,
     ApiErrorCode.UPLOAD_NOT_FOUND: 404,
     ApiErrorCode.UPLOAD_COMPLETED: 409,
+}
+
+_HTTP_CODES = {
+    401: ApiErrorCode.UNAUTHORIZED,
+    403: ApiErrorCode.FORBIDDEN,
+    404: ApiErrorCode.NOT_FOUND,
+    405: ApiErrorCode.METHOD_NOT_ALLOWED,
+    413: ApiErrorCode.FILE_TOO_LARGE,
 }
 
 
@@ -80,43 +119,55 @@ def error_response(code: ApiErrorCode, message: str) -> web.Response:
         {"error": {"code": code.value, "message": message, "timestamp": now_timestamp()}},
         status=_STATUS[code],
     )
-    if code is ApiErrorCode.UNAUTHORIZED:
+    if _STATUS[code] == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="storage"'
     return response
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+def _is_storage_route(request: web.Request) -> bool:
+    return request.path.lstrip("/").split("/", 1)[0] in STORAGE_ROUTE_ROOTS
 
 
-def _presented_key(request: web.Request) -> str | None:
-    key = request.headers.get("X-API-Key")
-    if key is not None:
-        return key
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+def _refusal(exc: BaseException, request: web.Request) -> web.Response:
+    """The JSON answer for what a storage handler raised (re-raises what is not ours)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.code, exc.message)
+    if isinstance(exc, web.HTTPException):
+        code = _HTTP_CODES.get(exc.status)
+        if code is None:
+            code = ApiErrorCode.INVALID_FIELD if exc.status < 500 else ApiErrorCode.INTERNAL_ERROR
+        return error_response(code, exc.reason or code.value)
+    if is_disk_full(exc):
+        logger.warning("disk full on {} {}", request.method, request.path)
+        return error_response(ApiErrorCode.DISK_FULL, "the storage disk is full")
+    if isinstance(exc, OSError | sqlite3.Error):
+        logger.error("storage failure on {} {}: {}", request.method, request.path, exc)
+        return error_response(ApiErrorCode.STORAGE_ERROR, "storage failure")
+    # the traceback's lines only: no variable values (they may hold a key)
+    trace = "".join(traceback.format_exception(exc))
+    logger.error("unexpected failure on {} {}:\n{}", request.method, request.path, trace)
+    return error_response(ApiErrorCode.INTERNAL_ERROR, "internal error")
 
 
-def api_key_guard(expected: bytes) -> Callable[[Handler], Handler]:
-    """Wrap a handler: check the API key, turn :class:`ApiError` into a JSON error."""
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure of a storage route as a JSON error (see the module docstring).
 
-    def wrap(handler: Handler) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            given = _presented_key(request)
-            if given is None or not hmac.compare_digest(given.encode("utf-8"), expected):
-                return error_response(ApiErrorCode.UNAUTHORIZED, "missing or wrong API key")
-            try:
-                return await handler(request)
-            except ApiError as error:
-                response = error_response(error.code, error.message)
-                if error.code is ApiErrorCode.FILE_TOO_LARGE:
-                    response.force_close()
-                return response
-            except OSError as exc:
-                logger.error("storage failure on {} {}: {}", request.method, request.path, exc)
-                return error_response(ApiErrorCode.STORAGE_ERROR, "storage failure")
-
-        return guarded
-
-    return wrap
+    A refused request whose body was not read closes its connection afterwards, so a
+    large body is not read only to be thrown away.
+    """
+    if not _is_storage_route(request):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _refusal(exc, request)
+    except Exception as exc:
+        response = _refusal(exc, request)
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response

@@ -22,12 +22,17 @@ from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
     "DEFAULT_CLIENT_BINDING_TTL_S",
+    "DEFAULT_DATABASE_RESERVE_BYTES",
+    "DEFAULT_DISK_RESERVE_BYTES",
+    "DEFAULT_DOWNLOAD_TOKEN_TTL_S",
     "DEFAULT_MAX_BINDINGS_PER_KEY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_UPLOAD_CHUNK_SIZE",
+    "DEFAULT_UPLOAD_QUOTA_BYTES",
+    "DEFAULT_UPLOAD_QUOTA_COUNT",
     "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
@@ -62,6 +67,21 @@ DEFAULT_MAX_BINDINGS_PER_KEY = 1000
 DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
 """Default age after its last registration when a client's binding is released, in
 seconds (90 days)."""
+
+DEFAULT_DOWNLOAD_TOKEN_TTL_S = 7 * 24 * 3600.0
+"""Default lifetime of a download token, in seconds (7 days)."""
+
+DEFAULT_DISK_RESERVE_BYTES = 1024**3
+"""Default free space uploads must leave on the storage disk, in bytes (1 GiB)."""
+
+DEFAULT_DATABASE_RESERVE_BYTES = 8 * 1024**2
+"""Default size of the database's reserve file, in bytes (8 MiB)."""
+
+DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
+"""Default announced bytes of open resumable uploads per principal, in bytes (20 GiB)."""
+
+DEFAULT_UPLOAD_QUOTA_COUNT = 16
+"""Default number of open resumable uploads per principal."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -168,8 +188,9 @@ class SignalingSettings(EnvSettings):
         SecretStr | None, Env("RTC_SIGNALING_STORAGE_API_KEY", "STORAGE_API_KEY")
     ] = Field(
         None,
-        description="Key every storage route requires (X-API-Key or Authorization: Bearer, "
-        "compared in constant time); mandatory with a storage path.",
+        description="The operator's admin key of the storage routes (X-API-Key or "
+        "Authorization: Bearer, compared in constant time): every route, every owner; "
+        "mandatory with a storage path. Worker and client keys: rtc-signaling keys add.",
     )
     database_path: Annotated[Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")] = (
         Field(
@@ -180,8 +201,9 @@ class SignalingSettings(EnvSettings):
     )
     auto_delete: Annotated[bool, Env("RTC_SIGNALING_AUTO_DELETE", "AUTO_DELETE")] = Field(
         True,
-        description="Delete a result after its first complete download, unless the "
-        "download asks ?keep=true.",
+        description="Delete a result after its owner's first complete download (its "
+        "download token or its own key; not an admin's), unless the download asks "
+        "?keep=true.",
     )
     storage_max_file_size: Annotated[
         int, Env("RTC_SIGNALING_STORAGE_MAX_FILE_SIZE", "STORAGE_MAX_FILE_SIZE")
@@ -197,8 +219,9 @@ class SignalingSettings(EnvSettings):
     upload_ttl_s: Annotated[float, Env("RTC_SIGNALING_UPLOAD_TTL_S", "UPLOAD_TTL_S")] = Field(
         DEFAULT_UPLOAD_TTL_S,
         ge=0,
-        description="Age after its last change when an unfinished or cancelled upload, or a "
-        "deleted record, is removed by the cleanup, seconds.",
+        description="Age after its last change when an unfinished upload expires (it no "
+        "longer counts against the quota) and, like a cancelled upload or a deleted record, "
+        "is removed by the cleanup, seconds.",
     )
     cleanup_interval_s: Annotated[
         float, Env("RTC_SIGNALING_CLEANUP_INTERVAL_S", "CLEANUP_INTERVAL_S")
@@ -206,6 +229,36 @@ class SignalingSettings(EnvSettings):
         DEFAULT_CLEANUP_INTERVAL_S,
         gt=0,
         description="Interval between two cleanup passes of a running server, seconds.",
+    )
+    download_token_ttl_s: float = Field(
+        DEFAULT_DOWNLOAD_TOKEN_TTL_S,
+        gt=0,
+        description="Lifetime of the download token an upload answers with, seconds.",
+    )
+    upload_quota_bytes: int = Field(
+        DEFAULT_UPLOAD_QUOTA_BYTES,
+        ge=0,
+        description="Most announced bytes of open (unfinished, unexpired) resumable uploads "
+        "per principal; an init beyond it gets 413 QUOTA_EXCEEDED.",
+    )
+    upload_quota_count: int = Field(
+        DEFAULT_UPLOAD_QUOTA_COUNT,
+        ge=0,
+        description="Most open resumable uploads per principal; an init beyond it gets 413 "
+        "QUOTA_EXCEEDED.",
+    )
+    disk_reserve_bytes: int = Field(
+        DEFAULT_DISK_RESERVE_BYTES,
+        ge=0,
+        description="Free space uploads must leave on the storage disk, bytes: an upload or "
+        "chunk that would eat into it gets 507 DISK_FULL; 0 turns the check off.",
+    )
+    database_reserve_bytes: int = Field(
+        DEFAULT_DATABASE_RESERVE_BYTES,
+        ge=0,
+        description="Size of the reserve file kept beside the database, bytes: removed when "
+        "the disk is full so that deletes can still be recorded, recreated when there is "
+        "room; 0: none.",
     )
 
     @field_validator("token", "storage_api_key", mode="before")
@@ -289,8 +342,10 @@ class SignalingCli(SignalingSettings):
     """WebSocket signaling server for WebRTC peers (GET /health, WS /ws).
 
     With --storage-path it also keeps results for clients that could not receive
-    them over a data channel: uploads, downloads and resumable uploads, behind an
-    API key. Logs go to stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
+    them over a data channel: uploads, downloads and resumable uploads, behind
+    per-principal keys (the admin key below; worker and client keys from
+    "rtc-signaling keys add|list|revoke", see "rtc-signaling keys --help"). Logs go to
+    stderr; stdout carries one line, listening on ws://HOST:PORT/ws.
 
     Peer ids are bound to the first key that registers them; the operator lists and
     releases bindings with: rtc-signaling bindings list | release PEER_ID.

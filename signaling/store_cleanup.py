@@ -14,7 +14,7 @@ from loguru import logger
 
 from rtc_worker.storage import format_timestamp
 from signaling.legacy_chunks import remove_chunk_folder, remove_orphan_chunk_folders
-from signaling.results_api import ResultsService
+from signaling.results_store import ResultsService
 
 __all__ = ["CleanupReport", "cleanup"]
 
@@ -54,7 +54,8 @@ class CleanupReport:
 
 
 def cleanup(store: ResultsService, ttl_s: float, now: datetime | None = None) -> CleanupReport:
-    """Remove expired uploads, old deleted records and unreferenced blobs (blocking).
+    """Remove expired uploads, old deleted records and unreferenced blobs, and put the
+    database's reserve file back when it was given up and there is room (blocking).
 
     Args:
         store: the result store (its blob store is opened when needed).
@@ -89,6 +90,7 @@ def cleanup(store: ResultsService, ttl_s: float, now: datetime | None = None) ->
     for sha256 in list(blobs.objects()):
         if sha256 not in live and blobs.remove(sha256):
             report.blobs.append(sha256)
+    store.reserve_file.ensure()  # given up on a full disk: back once there is room
     for name, items in report.as_dict().items():
         for item in items:
             logger.info("cleanup removed {} {}", name.rstrip("s"), item)

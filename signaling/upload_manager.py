@@ -8,91 +8,38 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
 
-from protocol.names import InvalidNameError, check_name
 from rtc_worker.storage import FileMetadata, HashMismatchError, PartialFile, format_timestamp
 from rtc_worker.storage.record import covered
 from signaling.api_common import ApiError, ApiErrorCode
+from signaling.auth import Caller, Role
 from signaling.config import SignalingSettings
-from signaling.db import UploadRecord
+from signaling.db import QuotaRefusal, UploadRecord
 from signaling.legacy_chunks import migrate_chunk_folders
-from signaling.results_api import ResultsService
+from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
+from signaling.upload_fields import category_of, ident_field, init_record, text_field
 
 __all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
 
-_IDENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}")
 _UNFINISHED = ("initiated", "in_progress")
-_DOCUMENT_TYPES = frozenset(
-    {
-        "application/pdf",
-        "application/msword",
-        "application/rtf",
-        "application/json",
-        "application/xml",
-        "application/epub+zip",
-        "application/vnd.ms-excel",
-        "application/vnd.ms-powerpoint",
-    }
-)
-_DOCUMENT_PREFIXES = (
-    "text/",
-    "application/vnd.openxmlformats-officedocument.",
-    "application/vnd.oasis.opendocument.",
-)
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
-
-
-def category_of(mime_type: str) -> str:
-    """The key category of ``mime_type``: image, video, audio, document or other."""
-    mime = mime_type.split(";", 1)[0].strip().lower()
-    for family in ("image", "video", "audio"):
-        if mime.startswith(family + "/"):
-            return family
-    if mime in _DOCUMENT_TYPES or mime.startswith(_DOCUMENT_PREFIXES):
-        return "document"
-    return "other"
 
 
 def _stamp(moment: datetime) -> str:
     return format_timestamp(moment)
 
 
-def text_field(body: dict[str, Any], name: str) -> str:
-    """The non-empty string field ``name`` of a JSON body.
-
-    Raises:
-        ApiError: MISSING_FIELD when absent or empty, INVALID_FIELD when not a string.
-    """
-    value = body.get(name)
-    if value is None or value == "":
-        raise ApiError(ApiErrorCode.MISSING_FIELD, f"{name} is required")
-    if not isinstance(value, str):
-        raise ApiError(ApiErrorCode.INVALID_FIELD, f"{name} must be a string")
-    return value
-
-
-def ident_field(body: dict[str, Any], name: str) -> str:
-    """The identifier field ``name`` (``[A-Za-z0-9._-]{1,64}``, no ``..``) of a JSON body.
-
-    Raises:
-        ApiError: MISSING_FIELD or INVALID_FIELD.
-    """
-    value = text_field(body, name)
-    if not _IDENT.fullmatch(value) or ".." in value or value == ".":
-        raise ApiError(
-            ApiErrorCode.INVALID_FIELD, f"{name} must match [A-Za-z0-9._-]{{1,64}}, without .."
-        )
-    return value
+def _may_use(caller: Caller | None, record: UploadRecord) -> bool:
+    """Whether ``caller`` may see and change ``record`` (no caller: the server itself)."""
+    return caller is None or caller.role is Role.ADMIN or record.owner == caller.principal
 
 
 class UploadManager:
@@ -101,6 +48,11 @@ class UploadManager:
     Each upload is one partial file of the blob store, keyed by its ``upload_id`` and
     written by ranges. It is open while chunk requests use it (concurrent chunks of one
     upload share it) and closed when the last one ends.
+
+    Each upload belongs to the principal of the key that created it: any other key
+    (but an admin's) is told UPLOAD_NOT_FOUND. A principal's open uploads (unfinished,
+    changed within ``upload_ttl_s``) are bounded in number and announced bytes
+    (QUOTA_EXCEEDED), and every upload leaves the disk reserve free (DISK_FULL).
     """
 
     def __init__(self, store: ResultsService, settings: SignalingSettings) -> None:
@@ -108,6 +60,8 @@ class UploadManager:
         self.chunk_size = settings.upload_chunk_size
         self.ttl_s = settings.upload_ttl_s
         self.interval_s = settings.cleanup_interval_s
+        self.quota_bytes = settings.upload_quota_bytes
+        self.quota_count = settings.upload_quota_count
         self._task: asyncio.Task[None] | None = None
         self._open: dict[str, tuple[PartialFile, int]] = {}
         self._open_lock = asyncio.Lock()
@@ -119,18 +73,23 @@ class UploadManager:
 
     # ------------------------------------------------------------------ records
 
-    async def record(self, upload_id: str) -> UploadRecord:
-        """The upload ``upload_id``.
+    async def record(self, upload_id: str, caller: Caller | None = None) -> UploadRecord:
+        """The upload ``upload_id``, when ``caller`` (if given) may see it.
 
         Raises:
-            ApiError: INVALID_FIELD for a malformed id, UPLOAD_NOT_FOUND when unknown.
+            ApiError: INVALID_FIELD for a malformed id, UPLOAD_NOT_FOUND when unknown or
+                another principal's (an admin sees every upload).
         """
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise ApiError(ApiErrorCode.INVALID_FIELD, "upload_id must be 32 hex digits")
         record = await asyncio.to_thread(self.store.db.get_upload, upload_id)
-        if record is None:
+        if record is None or not _may_use(caller, record):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
         return record
+
+    def _cutoff(self) -> str:
+        """Unfinished uploads changed before this time have expired."""
+        return _stamp(datetime.now(UTC) - timedelta(seconds=self.ttl_s))
 
     @staticmethod
     def require_open(record: UploadRecord) -> None:
@@ -180,7 +139,16 @@ class UploadManager:
             "key": record.key,
             "sha256": record.sha256,
             "mime_type": record.mime_type,
+            "owner": record.owner,
+            "expires_at": self._expires_at(record),
         }
+
+    def _expires_at(self, record: UploadRecord) -> str | None:
+        """When an unfinished upload expires unless changed again (ISO 8601 UTC)."""
+        if record.status not in _UNFINISHED:
+            return None
+        changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return _stamp(changed + timedelta(seconds=self.ttl_s))
 
     # ------------------------------------------------------------------ the partial
 
@@ -213,66 +181,70 @@ class UploadManager:
 
     # ------------------------------------------------------------------ operations
 
-    async def init(self, body: dict[str, Any]) -> UploadRecord:
-        """Validate an init request and create the upload."""
-        file_name = text_field(body, "file_name")
-        try:
-            check_name(file_name)
-        except InvalidNameError as exc:
-            raise ApiError(
-                ApiErrorCode.INVALID_FIELD, f"file_name is not acceptable: {exc.detail}"
-            ) from None
-        user_id = ident_field(body, "user_id")
-        user_role = ident_field(body, "user_role")
-        total_size = body.get("total_size")
-        if total_size is None:
-            raise ApiError(ApiErrorCode.MISSING_FIELD, "total_size is required")
-        if not isinstance(total_size, int) or isinstance(total_size, bool) or total_size < 0:
-            raise ApiError(ApiErrorCode.INVALID_FIELD, "total_size must be an integer >= 0")
-        if total_size > self.store.max_file_size:
-            raise ApiError(
-                ApiErrorCode.FILE_TOO_LARGE,
-                f"the file is larger than {self.store.max_file_size} bytes",
-            )
-        content_type = body.get("content_type")
-        if content_type is None or content_type == "":
-            content_type = "application/octet-stream"
-        if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(
-            content_type.split(";", 1)[0].strip()
-        ):
-            raise ApiError(ApiErrorCode.INVALID_FIELD, "content_type must be a MIME type")
-        now = _stamp(datetime.now(UTC))
-        record = UploadRecord(
-            upload_id=uuid.uuid4().hex,
-            file_name=file_name,
-            total_size=total_size,
-            user_id=user_id,
-            user_role=user_role,
-            content_type=content_type,
+    async def init(self, body: dict[str, Any], caller: Caller) -> UploadRecord:
+        """Validate an init request and create the upload, owned by ``caller``.
+
+        Raises:
+            ApiError: MISSING_FIELD, INVALID_FIELD, FILE_TOO_LARGE (see
+                :func:`~signaling.upload_fields.init_record`); QUOTA_EXCEEDED when the
+                caller's open uploads are at the quota; DISK_FULL when the upload, with
+                what the open uploads still announce, would eat into the disk reserve.
+        """
+        record = init_record(
+            body,
+            owner=caller.principal,
+            max_size=self.store.max_file_size,
             chunk_size=self.chunk_size,
-            status="initiated",
-            created_at=now,
-            updated_at=now,
         )
-        await asyncio.to_thread(self.store.db.create_upload, record)
+        cutoff = self._cutoff()
+        await asyncio.to_thread(self._require_room_for, record.total_size, cutoff)
+        refusal = await asyncio.to_thread(
+            self.store.db.create_upload_within, record, cutoff, self.quota_count, self.quota_bytes
+        )
+        if refusal is QuotaRefusal.COUNT:
+            raise ApiError(
+                ApiErrorCode.QUOTA_EXCEEDED,
+                f"{self.quota_count} open uploads is the most allowed; complete or cancel one",
+            )
+        if refusal is QuotaRefusal.BYTES:
+            raise ApiError(
+                ApiErrorCode.QUOTA_EXCEEDED,
+                f"open uploads may announce at most {self.quota_bytes} bytes in all",
+            )
         logger.info(
-            "upload {} initiated: {!r}, {} bytes in {} chunks",
+            "upload {} of {} initiated: {!r}, {} bytes in {} chunks",
             record.upload_id,
-            file_name,
-            total_size,
+            record.owner,
+            record.file_name,
+            record.total_size,
             record.total_chunks,
         )
         return record
 
-    async def put_chunk(self, upload_id: str, index: int, body: AsyncIterator[bytes]) -> None:
+    def _require_room_for(self, total_size: int, cutoff: str) -> None:
+        """DISK_FULL unless ``total_size`` plus the bytes open uploads still announce
+        leave the disk reserve free (blocking)."""
+        announced = self.store.db.open_upload_bytes(cutoff)
+        pending = max(0, announced - self.store.store.total_partial_bytes())
+        self.store.require_room(total_size + pending)
+
+    def _write_piece(self, partial: PartialFile, offset: int, data: bytes) -> None:
+        """Write one piece of a chunk, if it leaves the disk reserve free (blocking)."""
+        self.store.require_room(len(data))
+        partial.write_at(offset, data)
+
+    async def put_chunk(
+        self, upload_id: str, index: int, body: AsyncIterator[bytes], caller: Caller
+    ) -> None:
         """Stream one chunk into the upload's partial at its offset, then record it.
 
         Raises:
             ApiError: INVALID_FIELD for an index out of range or a chunk of the wrong
                 size (nothing is recorded); UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as for
-                :meth:`record`.
+                :meth:`record`; DISK_FULL when a piece would eat into the disk reserve
+                (the chunk is not recorded; send it again later).
         """
-        record = await self.record(upload_id)
+        record = await self.record(upload_id, caller)
         self.require_open(record)
         if not 0 <= index < record.total_chunks:
             raise ApiError(
@@ -290,7 +262,7 @@ class UploadManager:
                         ApiErrorCode.INVALID_FIELD,
                         f"chunk {index} must be {expected} bytes; more were sent",
                     )
-                await asyncio.to_thread(partial.write_at, start + size, data)
+                await asyncio.to_thread(self._write_piece, partial, start + size, data)
                 size += len(data)
             if size != expected:
                 raise ApiError(
@@ -311,14 +283,23 @@ class UploadManager:
             # Completed or cancelled while the chunk streamed: the chunk is not wanted.
             self.require_open(await self.record(upload_id))
 
-    async def complete(self, upload_id: str) -> UploadRecord:
+    async def complete(
+        self, upload_id: str, caller: Caller, sha256: str | None = None
+    ) -> UploadRecord:
         """Verify the upload's partial and commit it into the blob store with its key.
 
+        Args:
+            upload_id: the upload.
+            caller: who asks (its owner or an admin).
+            sha256: the digest the content must have (lowercase hex), or ``None``.
+
         Raises:
-            ApiError: INVALID_FIELD listing missing chunks; UPLOAD_NOT_FOUND /
+            ApiError: INVALID_FIELD listing missing chunks; SHA256_MISMATCH when the
+                content has another digest than ``sha256`` (nothing is published, the
+                chunks are dropped: send them again); UPLOAD_NOT_FOUND /
                 UPLOAD_COMPLETED as for :meth:`record`.
         """
-        record = await self.record(upload_id)
+        record = await self.record(upload_id, caller)
         self.require_open(record)
         present = await asyncio.to_thread(self.present_chunks, record)
         missing = sorted(set(range(record.total_chunks)) - present)
@@ -330,14 +311,23 @@ class UploadManager:
         partial = await self._acquire(record)
         committed = False
         try:
-            meta = await asyncio.to_thread(partial.verify)  # the long part, unlocked
+            meta = await asyncio.to_thread(partial.verify, sha256)  # the long part, unlocked
             mime = meta.mime_type
             if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
                 mime = record.content_type
             async with self.store.lock:
                 done = await asyncio.to_thread(self._commit, record, partial, meta, mime)
             committed = True
-        except (ValueError, HashMismatchError) as exc:
+        except HashMismatchError as exc:
+            if sha256 is None:  # the file changed under us
+                raise ApiError(
+                    ApiErrorCode.INVALID_FIELD, f"the chunks could not be verified: {exc}"
+                ) from None
+            raise ApiError(
+                ApiErrorCode.SHA256_MISMATCH,
+                f"the content's sha256 is {exc.actual}, not {sha256}; send the chunks again",
+            ) from None
+        except ValueError as exc:
             raise ApiError(
                 ApiErrorCode.INVALID_FIELD, f"the chunks could not be verified: {exc}; resend them"
             ) from None
@@ -385,16 +375,18 @@ class UploadManager:
         assert done is not None
         return done
 
-    async def cancel(self, upload_id: str) -> UploadRecord:
+    async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord:
         """Cancel an unfinished upload and remove its chunks (cancelling twice is fine).
 
         Raises:
-            ApiError: UPLOAD_NOT_FOUND when unknown, UPLOAD_COMPLETED when completed.
+            ApiError: UPLOAD_NOT_FOUND when unknown (or another principal's),
+                UPLOAD_COMPLETED when completed.
         """
-        record = await self.record(upload_id)
+        record = await self.record(upload_id, caller)
         when = _stamp(datetime.now(UTC))
         before = await asyncio.to_thread(
-            self.store.db.set_upload_status, upload_id, "cancelled", when, _UNFINISHED
+            self.store.freeing,
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED),
         )
         if before == "completed":
             raise ApiError(

@@ -1,7 +1,9 @@
 """Resumable chunked uploads on the result store, and the store's periodic cleanup.
 
-Enabled with the result store (see :mod:`signaling.results_api`), behind the same API
-key, with the same JSON errors ``{"error": {"code", "message", "timestamp"}}``:
+Enabled with the result store (see :mod:`signaling.results_api`), with the same keys
+(any role: :mod:`signaling.auth`) and the same JSON errors ``{"error": {"code",
+"message", "timestamp"}}``. An upload belongs to the principal of the key that created
+it; every other key but an admin's is told UPLOAD_NOT_FOUND.
 
 ===================================  ===================================================
 ``POST /api/upload/init``            JSON ``{file_name, total_size, user_id, user_role,
@@ -10,10 +12,11 @@ key, with the same JSON errors ``{"error": {"code", "message", "timestamp"}}``:
 ``PUT /api/upload/chunk``            headers ``X-Upload-Id``, ``X-Chunk-Index``
                                      (0-based), body = the chunk -> ``{upload_id,
                                      chunk_index, status: "uploaded"}``
-``POST /api/upload/complete``        JSON ``{upload_id}`` -> ``{upload_id, key, sha256,
-                                     size, mime_type, status: "completed"}``
+``POST /api/upload/complete``        JSON ``{upload_id[, sha256]}`` -> ``{upload_id, key,
+                                     sha256, size, mime_type, status: "completed"}``
 ``GET /api/upload/{id}/status``      the upload's fields, ``status``,
-                                     ``chunks_uploaded``, ``missing_chunks``
+                                     ``chunks_uploaded``, ``missing_chunks``, ``owner``,
+                                     ``expires_at``
 ``POST /api/upload/cancel``          JSON ``{upload_id}`` -> ``{upload_id, status:
                                      "cancelled"}``
 ===================================  ===================================================
@@ -32,9 +35,19 @@ once). The upload gets the key
 category from the MIME type detected in the content, else from ``content_type``); a key
 already held by another upload gets a ``-N`` suffix before the extension.
 
-Errors: MISSING_FIELD / INVALID_FIELD (400), FILE_TOO_LARGE (413, ``total_size`` above
-``storage_max_file_size``), UPLOAD_NOT_FOUND (404: unknown or cancelled upload),
-UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload).
+A ``sha256`` given to complete is checked: another digest answers SHA256_MISMATCH
+(400), nothing is published and the chunks are dropped.
+
+Limits (:mod:`signaling.config`): a principal's *open* uploads (unfinished, changed
+within ``upload_ttl_s``) number at most ``upload_quota_count`` and announce at most
+``upload_quota_bytes`` in all (413 QUOTA_EXCEEDED at init); an upload must leave
+``disk_reserve_bytes`` free on the storage disk, counting what open uploads still
+announce (507 DISK_FULL at init, and before every piece of a chunk is written).
+
+Errors: MISSING_FIELD / INVALID_FIELD / SHA256_MISMATCH (400), FILE_TOO_LARGE and
+QUOTA_EXCEEDED (413), UPLOAD_NOT_FOUND (404: unknown, cancelled or another principal's
+upload), UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload),
+DISK_FULL (507).
 
 State: the records live in SQLite (table ``uploads``), the bytes and the record of the
 chunks held in ``partial/<upload_id>.part`` / ``.json``; both survive a restart. Chunk
@@ -42,7 +55,7 @@ folders ``uploads/<upload_id>/<index>`` of earlier versions are moved into their
 upload's partial at start-up (:meth:`UploadManager.open`).
 
 Cleanup (:func:`cleanup`): removes unfinished and cancelled uploads not changed for
-``upload_ttl_s`` seconds with their partials, partials and old chunk folders with no
+``upload_ttl_s`` seconds (default 24 h) with their partials, partials and old chunk folders with no
 record, rows of ``files`` deleted more than ``upload_ttl_s`` ago, and blobs no live
 record references.
 The server runs it every ``cleanup_interval_s`` seconds; ``rtc-signaling --storage-path
@@ -57,11 +70,13 @@ from typing import Any
 
 from aiohttp import web
 
-from signaling.api_common import ApiError, ApiErrorCode, api_key_guard
+from signaling.api_common import ApiError, ApiErrorCode
+from signaling.auth import Caller, Role
 from signaling.config import SignalingSettings
 from signaling.results_api import CHUNK_BYTES, STORE_KEY
 from signaling.store_cleanup import CleanupReport, cleanup
-from signaling.upload_manager import UploadManager, category_of, text_field
+from signaling.upload_fields import category_of, sha256_field, text_field
+from signaling.upload_manager import UploadManager
 
 __all__ = [
     "UPLOADS_KEY",
@@ -90,21 +105,22 @@ def setup_uploads(app: web.Application, settings: SignalingSettings) -> bool:
     """
     if STORE_KEY not in app:
         return False
-    key = settings.storage_api_key_value
-    if key is None:  # the settings refuse this; kept as a guard
-        raise ValueError("storage requires an API key")
     manager = UploadManager(app[STORE_KEY], settings)
     manager.open()
     app[UPLOADS_KEY] = manager
-    guard = api_key_guard(key.encode("utf-8"))
-    app.router.add_post("/api/upload/init", guard(_init))
-    app.router.add_put("/api/upload/chunk", guard(_chunk))
-    app.router.add_post("/api/upload/complete", guard(_complete))
-    app.router.add_get("/api/upload/{upload_id}/status", guard(_status))
-    app.router.add_post("/api/upload/cancel", guard(_cancel))
+    app.router.add_post("/api/upload/init", _init)
+    app.router.add_put("/api/upload/chunk", _chunk)
+    app.router.add_post("/api/upload/complete", _complete)
+    app.router.add_get("/api/upload/{upload_id}/status", _status)
+    app.router.add_post("/api/upload/cancel", _cancel)
     app.on_startup.append(manager.start)
     app.on_cleanup.append(manager.stop)
     return True
+
+
+async def _caller(request: web.Request) -> Caller:
+    """The caller of a resumable-upload route: any valid key."""
+    return await request.app[STORE_KEY].auth.require(request, Role.ADMIN, Role.WORKER, Role.CLIENT)
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -127,7 +143,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 async def _init(request: web.Request) -> web.Response:
     """``POST /api/upload/init``: see the module docstring."""
     manager = request.app[UPLOADS_KEY]
-    record = await manager.init(await _json_body(request))
+    caller = await _caller(request)
+    record = await manager.init(await _json_body(request), caller)
     return web.json_response(
         {
             "upload_id": record.upload_id,
@@ -142,6 +159,7 @@ async def _init(request: web.Request) -> web.Response:
 async def _chunk(request: web.Request) -> web.Response:
     """``PUT /api/upload/chunk``: see the module docstring."""
     manager = request.app[UPLOADS_KEY]
+    caller = await _caller(request)
     upload_id = request.headers.get("X-Upload-Id", "")
     if not upload_id:
         raise ApiError(ApiErrorCode.MISSING_FIELD, "the X-Upload-Id header is required")
@@ -151,7 +169,7 @@ async def _chunk(request: web.Request) -> web.Response:
     if not (raw_index.isascii() and raw_index.isdigit()) or len(raw_index) > 12:
         raise ApiError(ApiErrorCode.INVALID_FIELD, "X-Chunk-Index must be an integer >= 0")
     index = int(raw_index)
-    record = await manager.record(upload_id)
+    record = await manager.record(upload_id, caller)
     if (
         request.content_length is not None
         and 0 <= index < record.total_chunks
@@ -163,19 +181,17 @@ async def _chunk(request: web.Request) -> web.Response:
             f"chunk {index} must be {record.chunk_length(index)} bytes, "
             f"not {request.content_length}",
         )
-    await manager.put_chunk(upload_id, index, request.content.iter_chunked(CHUNK_BYTES))
+    await manager.put_chunk(upload_id, index, request.content.iter_chunked(CHUNK_BYTES), caller)
     return web.json_response({"upload_id": upload_id, "chunk_index": index, "status": "uploaded"})
-
-
-async def _upload_id_of(request: web.Request) -> str:
-    body = await _json_body(request)
-    return text_field(body, "upload_id")
 
 
 async def _complete(request: web.Request) -> web.Response:
     """``POST /api/upload/complete``: see the module docstring."""
     manager = request.app[UPLOADS_KEY]
-    record = await manager.complete(await _upload_id_of(request))
+    caller = await _caller(request)
+    body = await _json_body(request)
+    upload_id = text_field(body, "upload_id")
+    record = await manager.complete(upload_id, caller, sha256_field(body))
     return web.json_response(
         {
             "upload_id": record.upload_id,
@@ -191,12 +207,14 @@ async def _complete(request: web.Request) -> web.Response:
 async def _status(request: web.Request) -> web.Response:
     """``GET /api/upload/{upload_id}/status``: see the module docstring."""
     manager = request.app[UPLOADS_KEY]
-    record = await manager.record(request.match_info["upload_id"])
+    caller = await _caller(request)
+    record = await manager.record(request.match_info["upload_id"], caller)
     return web.json_response(await asyncio.to_thread(manager.status_of, record))
 
 
 async def _cancel(request: web.Request) -> web.Response:
     """``POST /api/upload/cancel``: see the module docstring."""
     manager = request.app[UPLOADS_KEY]
-    record = await manager.cancel(await _upload_id_of(request))
+    caller = await _caller(request)
+    record = await manager.cancel(text_field(await _json_body(request), "upload_id"), caller)
     return web.json_response({"upload_id": record.upload_id, "status": record.status})

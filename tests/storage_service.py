@@ -2,12 +2,16 @@
 SQLite file and disk, and one API client helper for every route.
 
 ``start_storage_service(root, **settings)`` starts it; the fixture in
-``tests/conftest.py`` wraps it so that each test gets a server of its own.
+``tests/conftest.py`` wraps it so that each test gets a server of its own. ``KEY`` is
+the admin key of the settings; :meth:`StorageService.make_key` makes worker and client
+keys the way ``rtc-signaling keys add`` does (in the service's real database).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +21,10 @@ from aiohttp import web
 
 from signaling.app import start_server
 from signaling.config import SignalingSettings
+from signaling.db import StorageDB
+from signaling.keys import Role
 
-__all__ = ["AUTH", "KEY", "StorageService", "service_settings"]
+__all__ = ["AUTH", "KEY", "Answer", "StorageService", "fingerprint_of", "service_settings"]
 
 KEY = "storage-key-123"
 AUTH = {"X-API-Key": KEY}
@@ -29,6 +35,27 @@ def service_settings(root: Path, **overrides: Any) -> SignalingSettings:
     return SignalingSettings(
         host="127.0.0.1", port=0, storage_path=root, storage_api_key=KEY, **overrides
     )
+
+
+def fingerprint_of(name: str) -> str:
+    """A made-up fingerprint (64 lowercase hex) for a test principal called ``name``."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer: status, body (JSON-decoded when JSON, else bytes), headers."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+    @property
+    def code(self) -> str | None:
+        """The error code of a JSON error answer, else ``None``."""
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return str(self.body["error"]["code"])
+        return None
 
 
 @dataclass
@@ -54,6 +81,51 @@ class StorageService:
     async def stop(self) -> None:
         """Stop the server."""
         await self.runner.cleanup()
+
+    @property
+    def db(self) -> StorageDB:
+        """The service's database (blocking calls)."""
+        return StorageDB(self.root / "storage.db")
+
+    async def make_key(self, role: Role, name: str, principal: str | None = None) -> str:
+        """A new key of ``role`` (as ``rtc-signaling keys add`` makes it)."""
+        _, key = await asyncio.to_thread(self.db.add_key, role, name, principal)
+        return key
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        body: Any = None,
+    ) -> Answer:
+        """One request with ``key`` (``X-API-Key``) and/or ``token``
+        (``X-Download-Token``); the answer, JSON decoded when it is JSON."""
+        sent = dict(headers or {})
+        if key is not None:
+            sent["X-API-Key"] = key
+        if token is not None:
+            sent["X-Download-Token"] = token
+        async with self.session.request(
+            method, self.url(path), headers=sent, data=data, json=body
+        ) as response:
+            raw = await response.read()
+            payload: Any = raw
+            if raw and response.content_type == "application/json":
+                payload = json.loads(raw)
+            return Answer(response.status, payload, dict(response.headers))
+
+    async def store_result(
+        self, key: str, owner: str, job_id: str, data: bytes, **headers: str
+    ) -> Answer:
+        """``POST /upload`` of ``data`` as the raw body, for ``owner``."""
+        sent = {"X-Job-Id": job_id, "X-Owner": owner, "Content-Type": "application/zip"}
+        sent.update({name.replace("_", "-"): value for name, value in headers.items()})
+        return await self.request("POST", "/upload", key=key, headers=sent, data=data)
 
     async def call(
         self,

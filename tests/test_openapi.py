@@ -83,6 +83,9 @@ def test_only_health_is_open() -> None:
             if path == "/health":
                 assert operation["security"] == []
                 assert "401" not in responses
+            elif path in ("/download/{job_id}", "/delete/{job_id}"):  # a key or a token
+                assert operation["security"] == [*spec["security"], {"DownloadToken": []}]
+                assert "401" in responses, (method, path)
             else:
                 assert "security" not in operation, (method, path)
                 assert "401" in responses, (method, path)

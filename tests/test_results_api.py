@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from signaling.__main__ import help_text, main, settings_from_args
 from signaling.app import start_server
 from signaling.config import SignalingSettings
 from signaling.db import SCHEMA_VERSION
-from signaling.results_api import DownloadQuery
+from signaling.results_routes import DownloadQuery
 from tests.conftest import StartService
 from tests.storage_service import AUTH, KEY, StorageService, service_settings
 
@@ -80,12 +81,16 @@ async def test_multipart_upload_and_download(store: StorageService) -> None:
     data = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
     status, body = await store.upload("job-1", data)
     assert status == 201
+    token, expires_at = body.pop("download_token"), body.pop("expires_at")
     assert body == {
         "job_id": "job-1",
+        "owner": "key:admin",  # an admin's upload without X-Owner is its own
         "download_url": "/download/job-1",
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", token) and "::" not in token
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expires_at)
     blob = store.root / "blobs" / body["sha256"][:2] / body["sha256"]
     assert blob.read_bytes() == data
     assert list((store.root / "partial").iterdir()) == []
@@ -197,9 +202,16 @@ async def test_too_large(store: StorageService) -> None:
     assert list((store.root / "partial").iterdir()) == []
 
 
-async def test_reupload_replaces(store: StorageService) -> None:
+async def test_reupload_replaces_only_on_purpose(store: StorageService) -> None:
     await store.upload("job", b"first version")
     status, body = await store.upload("job", b"second version")
+    assert (status, error_code(body)) == (409, "JOB_EXISTS")
+    assert await store.download("job", keep=True) == (200, b"first version")
+    # the same content again, declared (a retried upload whose answer was lost): no change
+    first = {**AUTH, "X-Content-SHA256": hashlib.sha256(b"first version").hexdigest()}
+    status, body = await store.upload("job", b"first version", first)
+    assert status == 200 and body["sha256"] == hashlib.sha256(b"first version").hexdigest()
+    status, body = await store.upload("job", b"second version", {**AUTH, "X-Replace": "true"})
     assert status == 201
     assert body["sha256"] == hashlib.sha256(b"second version").hexdigest()
     assert await store.download("job", keep=True) == (200, b"second version")

@@ -1,0 +1,373 @@
+"""The result store behind the storage routes: blobs, records, owners and their tokens.
+
+One :class:`ResultsService` per app (``app[STORE_KEY]``). Layout under the storage
+folder: a :class:`~rtc_worker.storage.BlobStore` whose ``blobs/ab/<sha256>`` holds each
+distinct content once (uploads of identical bytes share a blob; a blob is removed when
+no live record uses it) and whose ``partial/`` holds uploads in progress;
+``capability.key``, the secret signing download tokens (0600); the SQLite database
+(default ``storage.db``) and, beside it, its reserve file (``<database>.reserve``, see
+:mod:`signaling.disk_space`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from aiohttp import web
+from loguru import logger
+
+from rtc_worker.storage import BlobStore, HashMismatchError, PartialFile, layout
+from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
+from signaling.auth import Authenticator
+from signaling.capability import Capability, issue, load_or_create_secret
+from signaling.config import SignalingSettings
+from signaling.db import FileRecord, JobExistsError, StorageDB
+from signaling.disk_space import DiskReserve, ReserveFile
+from signaling.sqlite_file import is_disk_full
+
+__all__ = ["BLOB_MODE", "STORE_KEY", "ResultsService", "Stored"]
+
+BLOB_MODE = 0o600
+"""Permission bits of the service's blobs (private to the server's user)."""
+
+T = TypeVar("T")
+
+RESERVE_SUFFIX = ".reserve"
+"""Suffix of the database's reserve file (beside the database)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The answer to an upload: the record, a download token, whether it is new.
+
+    Attributes:
+        record: the stored record.
+        token: a download capability for it (see :mod:`signaling.capability`).
+        expires_at: the token's expiry, ISO 8601 UTC.
+        created: ``False`` when the same content was already stored under this owner
+            and job (nothing changed).
+    """
+
+    record: FileRecord
+    token: str
+    expires_at: str
+    created: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON answer of ``POST /upload``."""
+        return {
+            "job_id": self.record.job_id,
+            "owner": self.record.owner,
+            "download_url": f"/download/{self.record.job_id}",
+            "size": self.record.file_size,
+            "sha256": self.record.sha256,
+            "download_token": self.token,
+            "expires_at": self.expires_at,
+        }
+
+
+class ResultsService:
+    """The blob store plus the SQLite records; one per app.
+
+    Changes that touch both the blobs and the records (committing a blob and recording
+    it, deleting a record and dropping its blob) run under one lock, so a blob is never
+    removed between another upload's commit and its record.
+
+    Attributes:
+        root: the storage folder.
+        blobs: its objects folder (``blobs/``).
+        db: the records.
+        max_file_size: largest upload, bytes.
+        auto_delete: delete a record after the owner's first complete download.
+        token_ttl_s: lifetime of a download token, seconds.
+        disk: the free space uploads must leave.
+        reserve_file: the database's reserve file.
+        auth: the key and token checks (after :meth:`open`).
+
+    Raises:
+        ValueError: storage is not enabled in ``settings``.
+    """
+
+    def __init__(self, settings: SignalingSettings) -> None:
+        if settings.storage_path is None or settings.database_file is None:
+            raise ValueError("storage is not enabled in these settings")
+        self.root = settings.storage_path
+        self.blobs = self.root / layout.SERVICE_BLOBS_DIR
+        self.db = StorageDB(settings.database_file)
+        self.max_file_size = settings.storage_max_file_size
+        self.auto_delete = settings.auto_delete
+        self.partial_ttl_s = settings.upload_ttl_s
+        self.token_ttl_s = settings.download_token_ttl_s
+        self.disk = DiskReserve(self.root, settings.disk_reserve_bytes)
+        self.reserve_file = ReserveFile(
+            settings.database_file.with_name(settings.database_file.name + RESERVE_SUFFIX),
+            settings.database_reserve_bytes,
+        )
+        self._admin_key = settings.storage_api_key_value
+        self._secret = b""
+        self._store: BlobStore | None = None
+        self._auth: Authenticator | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def store(self) -> BlobStore:
+        """The blob store (opened, creating its folders, on first use; blocking)."""
+        if self._store is None:
+            self._store = BlobStore(
+                self.root,
+                objects_dir=layout.SERVICE_BLOBS_DIR,
+                partial_dir=layout.PARTIAL_DIR,
+                # partials outlive their upload's record (removed at upload_ttl_s) only
+                # when something went wrong: the store's own expiry sweeps them later
+                partial_ttl_s=2 * self.partial_ttl_s,
+                object_mode=BLOB_MODE,
+            )
+        return self._store
+
+    @property
+    def auth(self) -> Authenticator:
+        """The key and token checks (available after :meth:`open`)."""
+        if self._auth is None:
+            raise RuntimeError("the result store is not open")
+        return self._auth
+
+    def open(self) -> None:
+        """Create the folders, migrate the database, load (or create) the token secret
+        and the reserve file, remove leftovers (blocking).
+
+        Leftovers: the ``tmp/`` folder of earlier versions, anonymous partials of
+        uploads cut by a crash, and blobs no live record uses.
+
+        Raises:
+            OSError: a folder cannot be created or cleaned, or the secret read.
+            ValueError: the secret file is not a 32-byte file.
+            sqlite3.Error: the database cannot be opened or migrated.
+        """
+        store = self.store
+        legacy_tmp = self.root / layout.SERVICE_LEGACY_TMP_DIR
+        if legacy_tmp.is_dir():
+            logger.info("removing the storage service's old temporary folder {}", legacy_tmp)
+            shutil.rmtree(legacy_tmp)
+        for key in store.partial_keys():
+            if key.startswith("anon-"):
+                store.remove_partial_if_idle(key)
+        self.db.migrate()
+        self._secret = load_or_create_secret(self.root)
+        self._auth = Authenticator(self._admin_key, self.db, self._secret)
+        self.reserve_file.ensure()
+        live = self.db.live_hashes()
+        for sha256 in list(store.objects()):
+            if sha256 not in live:
+                logger.info("removing unreferenced blob {}", sha256)
+                store.remove(sha256)
+
+    def close(self) -> None:
+        """Close the database's idle connection (server shutdown)."""
+        self.db.release()
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The lock held by every change touching both blobs and records."""
+        return self._lock
+
+    def require_room(self, incoming: int) -> None:
+        """Raise ApiError DISK_FULL when ``incoming`` bytes would eat into the disk
+        reserve (blocking: examines the disk)."""
+        if not self.disk.room_for(incoming):
+            raise ApiError(
+                ApiErrorCode.DISK_FULL,
+                "the storage disk is too full for this upload; try again later",
+            )
+
+    async def receive(self, chunks: AsyncIterator[bytes]) -> PartialFile:
+        """Stream ``chunks`` into a new anonymous partial, hashing them on the way.
+
+        Returns:
+            The open partial; :meth:`commit` it or discard it.
+
+        Raises:
+            ApiError: FILE_TOO_LARGE above :attr:`max_file_size`, DISK_FULL when the
+                next batch would eat into the disk reserve (the partial is removed).
+            OSError: the disk failed (the partial is removed).
+        """
+        partial = await asyncio.to_thread(self.store.open_anonymous, "upload", None)
+        try:
+            async for chunk in chunks:
+                if partial.offset + len(chunk) > self.max_file_size:
+                    raise ApiError(
+                        ApiErrorCode.FILE_TOO_LARGE,
+                        f"the file is larger than {self.max_file_size} bytes",
+                    )
+                if partial.append(chunk):
+                    await asyncio.to_thread(self._write_next_batch, partial)
+            await asyncio.to_thread(self._write_next_batch, partial)
+            await asyncio.to_thread(partial.flush)
+        except BaseException:
+            await asyncio.to_thread(partial.discard)
+            raise
+        return partial
+
+    def _write_next_batch(self, partial: PartialFile) -> None:
+        batch = partial.take_batch()
+        if batch is not None:
+            self.require_room(len(batch.data))
+            partial.write_batch(batch)
+
+    def drop_blob_if_unused(self, sha256: str) -> None:
+        """Remove the blob of ``sha256`` when no live record uses it (blocking, locked)."""
+        if self.db.references(sha256) == 0 and self.store.remove(sha256):
+            logger.debug("removed blob {}", sha256)
+
+    def token_for(self, record: FileRecord) -> tuple[str, str]:
+        """A download token for ``record`` and its expiry (ISO 8601 UTC)."""
+        expires_at = int(time.time() + self.token_ttl_s)
+        grant = Capability(record.owner, record.job_id, record.sha256, expires_at)
+        when = datetime.fromtimestamp(expires_at, UTC)
+        return issue(self._secret, grant), when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def _commit(
+        self,
+        owner: str,
+        job_id: str,
+        partial: PartialFile,
+        replace: bool,
+        sha256: str | None,
+    ) -> tuple[FileRecord, bool]:
+        try:
+            meta = partial.commit(sha256)
+        except HashMismatchError as exc:
+            raise ApiError(
+                ApiErrorCode.SHA256_MISMATCH,
+                f"the content's sha256 is {exc.actual}, not the declared {exc.expected}",
+            ) from None
+        existing = self.db.get(owner, job_id)
+        if existing is not None and not existing.deleted and not replace:
+            if existing.sha256 == meta.sha256:
+                return existing, False  # the same content again (a retried upload)
+            self.drop_blob_if_unused(meta.sha256)
+            raise _job_exists(job_id)
+        record = FileRecord(
+            owner=owner,
+            job_id=job_id,
+            file_path=self.store.object_rel(meta.sha256),
+            file_size=meta.size,
+            sha256=meta.sha256,
+            mime_type=meta.mime_type,
+            uploaded_at=meta.created_at,
+            downloaded_at=None,
+            deleted=False,
+            deleted_at=None,
+        )
+        try:
+            old = self.db.put(record, replace=replace)
+        except JobExistsError:  # another process stored it meanwhile
+            self.drop_blob_if_unused(meta.sha256)
+            raise _job_exists(job_id) from None
+        if old is not None and old.sha256 != record.sha256:
+            self.drop_blob_if_unused(old.sha256)
+        return record, True
+
+    async def commit(
+        self,
+        owner: str,
+        job_id: str,
+        partial: PartialFile,
+        *,
+        replace: bool = False,
+        sha256: str | None = None,
+    ) -> Stored:
+        """Store ``partial`` as the result ``job_id`` of ``owner``.
+
+        Args:
+            owner: the principal the result belongs to.
+            job_id: the job (scoped by ``owner``).
+            partial: the received content.
+            replace: replace a live result of this owner and job; without it that is
+                refused, unless its content is the same (then nothing changes).
+            sha256: the declared digest of the content, checked (lowercase hex).
+
+        Raises:
+            ApiError: SHA256_MISMATCH (nothing stored), JOB_EXISTS.
+            OSError, sqlite3.Error: the disk or the database failed.
+        """
+        async with self._lock:
+            record, created = await asyncio.to_thread(
+                self._commit, owner, job_id, partial, replace, sha256
+            )
+        token, expires_at = self.token_for(record)
+        return Stored(record, token, expires_at, created)
+
+    def existing_live(self, owner: str, job_id: str) -> FileRecord | None:
+        """The live record of ``job_id`` of ``owner``, or ``None`` (blocking)."""
+        record = self.db.get(owner, job_id)
+        return None if record is None or record.deleted else record
+
+    def freeing(self, write: Callable[[], T]) -> T:
+        """Run ``write``, a database write that frees space (a delete, a cancel); when
+        SQLite has no room for it, give up the reserve file and run it again (blocking).
+
+        Raises:
+            sqlite3.Error: as ``write`` (also when the disk is still too full).
+        """
+        try:
+            return write()
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc) or not self.reserve_file.release():
+                raise
+        return write()
+
+    def _delete(self, owner: str, job_id: str) -> FileRecord:
+        released = not self.reserve_file.present
+        when = now_timestamp()
+        before = self.freeing(lambda: self.db.mark_deleted(owner, job_id, when))
+        if before is None:
+            if self.db.get(owner, job_id) is None:
+                raise ApiError(ApiErrorCode.NOT_FOUND, f"no file for job {job_id!r}")
+            raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted")
+        self.drop_blob_if_unused(before.sha256)
+        if released or not self.reserve_file.present:
+            self.reserve_file.ensure()
+        return before
+
+    async def delete(self, owner: str, job_id: str) -> FileRecord:
+        """Mark ``job_id`` of ``owner`` deleted and drop its blob when nothing else uses it.
+
+        Works on a full disk: the database's reserve file is given up when SQLite has
+        no room to record the delete.
+
+        Raises:
+            ApiError: NOT_FOUND for an unknown job, GONE when already deleted.
+        """
+        async with self._lock:
+            return await asyncio.to_thread(self._delete, owner, job_id)
+
+    async def get_live(self, owner: str, job_id: str) -> FileRecord:
+        """The live record of ``job_id`` of ``owner``.
+
+        Raises:
+            ApiError: NOT_FOUND for an unknown job, GONE when deleted.
+        """
+        record = await asyncio.to_thread(self.db.get, owner, job_id)
+        if record is None:
+            raise ApiError(ApiErrorCode.NOT_FOUND, f"no file for job {job_id!r}")
+        if record.deleted:
+            raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted")
+        return record
+
+
+def _job_exists(job_id: str) -> ApiError:
+    return ApiError(
+        ApiErrorCode.JOB_EXISTS,
+        f"a result for job {job_id!r} is stored already; send X-Replace: true to replace it",
+    )
+
+
+STORE_KEY: web.AppKey[ResultsService] = web.AppKey("result_store", ResultsService)
+"""The app's :class:`ResultsService` (present only when storage is enabled)."""
