@@ -22,7 +22,7 @@ import asyncio
 import dataclasses
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +32,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from loguru import logger
 
 from protocol import DEFAULT_LIMITS, Message, RemoteProtocolError, decode, encode
+from protocol.handshake import AuthConfig, Authenticated
 from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
+from rtc_worker.channel_auth import authenticate_channel, channel_auth_config
 from rtc_worker.client_channel import WorkerConnection
 from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
 from rtc_worker.errors import (
@@ -49,6 +51,7 @@ from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry
+from rtc_worker.trust import KnownWorkers
 
 __all__ = [
     "ClientError",
@@ -106,6 +109,10 @@ class RTCClient:
         anonymous: no key at all: registers and connects as an anonymous client (only
             where the operator allows anonymous clients).
         key_file: where the key is kept; default ``$XDG_CONFIG_HOME/rtc-client/identity.key``.
+        worker_keys: worker peer id -> the fingerprint its handshake must prove (the
+            ``--worker-key`` of the CLI); these override the known-workers file.
+        known_workers: the known-workers file (trust on first use, refused loudly when
+            a worker's key changes); default ``known_workers`` beside the key file.
 
     Attributes:
         identity: the client's key, or None when anonymous.
@@ -130,12 +137,18 @@ class RTCClient:
         identity: Identity | None = None,
         anonymous: bool = False,
         key_file: Path | None = None,
+        worker_keys: Mapping[str, str] | None = None,
+        known_workers: Path | None = None,
     ) -> None:
         if identity is not None and anonymous:
             raise ValueError("an anonymous client has no identity")
         if identity is None and not anonymous:
             identity = Identity.load_or_create(key_file or default_client_key_file())
         self.identity = identity
+        self.worker_keys = dict(worker_keys or {})
+        self.known_workers = KnownWorkers(
+            known_workers or (key_file or default_client_key_file()).parent / "known_workers"
+        )
         self.signaling_url = signaling_url
         self.token = token
         self.peer_id = peer_id or f"client-{uuid.uuid4().hex[:12]}"
@@ -218,7 +231,9 @@ class RTCClient:
     async def connect(
         self, worker_id: str, *, raw: bool = False
     ) -> WorkerConnection | RawWorkerConnection:
-        """Open (or reuse) a peer connection and data channel to ``worker_id``.
+        """Open (or reuse) a peer connection and data channel to ``worker_id``, and run
+        the channel handshake on it (PROTOCOL.md 2.5): the worker must prove the key
+        pinned for it, or, on first use, its key is recorded in the known-workers file.
 
         Args:
             raw: a new channel without a protocol connection (:meth:`connect_raw`).
@@ -226,6 +241,9 @@ class RTCClient:
         Raises:
             SignalingError: PEER_NOT_FOUND when no such worker is registered.
             TimeoutError: no answer or no open channel within ``connect_timeout``.
+            HandshakeError: WorkerKeyChanged (another key than the pinned one),
+                NotAuthorized, AuthFailed, AuthRequired...
+            TrustFileError: the known-workers file is damaged.
         """
         if raw:
             return await self.connect_raw(worker_id)
@@ -242,25 +260,58 @@ class RTCClient:
                 store=self.store,
                 registry=self._partials,
                 limits=self.limits,
+                auth=self._auth_config(pc, worker_id),
             )
+            try:
+                proven = await connection.authenticate(self.connect_timeout)
+            except BaseException:
+                await connection.close()
+                raise
+            self._pin(worker_id, proven)
             if existing is not None:
                 await existing.close()
             self._connections[worker_id] = connection
             logger.info("data channel to {} open", worker_id)
             return connection
 
-    async def connect_raw(self, worker_id: str) -> RawWorkerConnection:
+    async def connect_raw(
+        self, worker_id: str, *, authenticate: bool = True
+    ) -> RawWorkerConnection:
         """A new data channel to ``worker_id`` without a protocol connection: frames go
         out as given and come back decoded (for tests and fuzzing).
 
+        Args:
+            authenticate: run the channel handshake first (as :meth:`connect` does);
+                False leaves the channel as it opened.
+
         Raises:
-            SignalingError, TimeoutError: as :meth:`connect`.
+            SignalingError, TimeoutError, HandshakeError: as :meth:`connect`.
         """
         async with self._connect_lock:
             pc, frames = await self._open_channel(worker_id)
+        if authenticate and self.identity is not None:
+            try:
+                config = self._auth_config(pc, worker_id)
+                self._pin(
+                    worker_id, await authenticate_channel(frames, config, self.connect_timeout)
+                )
+            except BaseException:
+                await pc.close()
+                raise
         connection = RawWorkerConnection(pc, frames, worker_id)
         self._raw_connections.append(connection)
         return connection
+
+    def _auth_config(self, pc: RTCPeerConnection, worker_id: str) -> AuthConfig:
+        """Our side of the handshake with ``worker_id``: our key, the DTLS fingerprints
+        of our SDP, the pinned key (``worker_keys``, else the known-workers file)."""
+        pinned = self.worker_keys.get(worker_id) or self.known_workers.pinned(worker_id)
+        return channel_auth_config(pc, self.identity, offerer=True, pinned=pinned)
+
+    def _pin(self, worker_id: str, proven: Authenticated | None) -> None:
+        """Record a worker's key on first use (known-workers file)."""
+        if proven is not None and worker_id not in self.worker_keys:
+            self.known_workers.record(worker_id, proven.principal)
 
     async def _open_channel(self, worker_id: str) -> tuple[RTCPeerConnection, FrameChannel]:
         """Offer, wait for the worker's answer and for the data channel to open."""

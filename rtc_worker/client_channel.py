@@ -46,7 +46,9 @@ from protocol import (
 )
 from protocol import events as ev
 from protocol.connection import Connection
+from protocol.handshake import AuthConfig, Authenticated, AuthFailed
 from protocol.routes import Role
+from rtc_worker.channel_auth import handshake_error
 from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
 from rtc_worker.driver import ChannelDriver
 from rtc_worker.errors import (
@@ -81,6 +83,8 @@ class WorkerConnection:
         store: where downloads go (partials kept for a resume); ``registry`` its
             partial-file registry.
         limits: the bounds of what we accept (``max_file_bytes`` for downloads).
+        auth: the channel handshake's configuration (our key, both DTLS fingerprints,
+            the pinned worker key); :meth:`authenticate` runs it.
     """
 
     def __init__(
@@ -93,11 +97,12 @@ class WorkerConnection:
         store: BlobStore,
         registry: PartialRegistry,
         limits: Limits,
+        auth: AuthConfig | None = None,
     ) -> None:
         self.pc, self.channel, self.worker_id = pc, channel, worker_id
         self.reply_timeout = reply_timeout
         self.store = store
-        self.conn = Connection(Role.CLIENT, limits=limits)
+        self.conn = Connection(Role.CLIENT, auth=auth, limits=limits)
         self.driver = ChannelDriver(
             self.conn, channel, self._perform, name=worker_id, observe=self._observe
         )
@@ -127,10 +132,29 @@ class WorkerConnection:
                     _call_safely(self._on_progress, received, size)
             case ev.Note(text=text):
                 logger.debug("{}: {}", self.worker_id, text)
-            case (
-                _
-            ):  # ev.Delivered, ev.Refused, ev.Violation, ev.FileHeld, ev.ReceiveEnded, ev.SendEnded
+            case _:  # Delivered, Refused, Violation, FileHeld, Received/SendEnded, handshake
                 self._events.put_nowait(output)
+
+    async def authenticate(self, timeout: float) -> Authenticated | None:
+        """Run the channel handshake (PROTOCOL.md 2.5): the worker's proven identity, or
+        None for an anonymous client.
+
+        Raises:
+            HandshakeError: a subclass per failure (WorkerKeyChanged, NotAuthorized...);
+                the channel is then useless. ChannelClosed, TimeoutError.
+        """
+        handshake = self.conn.handshake
+        if handshake is None or handshake.config.identity is None:
+            return None
+        self.conn.start_handshake()
+        await self.driver.drain()
+        while True:
+            event = await self._event(timeout)
+            if isinstance(event, Authenticated):
+                return event
+            if isinstance(event, AuthFailed | ev.Refused):  # Refused: no handshake there
+                self.broken = True
+                raise handshake_error(AuthFailed(event.code, event.detail))
 
     def _observe(self, sent: ev.Send) -> None:
         if isinstance(sent.message, FileProgress) and self._on_download is not None:

@@ -25,6 +25,7 @@ from protocol.signaling import Answer as AnswerFrame
 from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, SignalingError
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
+from rtc_worker.channel_auth import channel_auth_config
 from rtc_worker.identity import Identity
 from rtc_worker.jobs import JobRunner
 from rtc_worker.results_client import ResultsServiceClient
@@ -33,6 +34,7 @@ from rtc_worker.session import WorkerSession
 from rtc_worker.settings import WorkerSettings
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot, layout
+from rtc_worker.trust import read_authorized_clients
 from rtc_worker.worker_state import WorkerResources
 
 __all__ = ["RTCWorkerClient"]
@@ -64,11 +66,17 @@ class RTCWorkerClient:
     Raises:
         ValueError: a configured shared root is not a directory.
         IdentityError: the key file cannot be used (rtc_worker.identity).
+        TrustFileError: the authorized-clients file is missing or has a bad line.
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.identity = Identity.load_or_create(settings.identity_file)
+        self.authorized_clients: frozenset[str] | None = (
+            None
+            if settings.authorized_clients_file is None
+            else read_authorized_clients(settings.authorized_clients_file.expanduser())
+        )
         self.shared_storage_root: Path | None = settings.detect_shared_root()
         slow = settings.slow_validation_warning_s
         shared = (
@@ -285,7 +293,8 @@ class RTCWorkerClient:
     async def _answer(self, signaling: SignalingClient, offer: RelayedOffer) -> None:
         """Answer one client's offer with a new peer connection (within the caps)."""
         peer = offer.from_
-        claim = f"peer:{peer}"
+        # the identity signaling vouches for; an anonymous client only has its peer id
+        claim = offer.fingerprint or f"peer:{peer}"
         old = self._peer_connections.pop(peer, None)
         if old is not None:  # the client reconnected: the old connection is stale
             await old[0].close()
@@ -299,7 +308,26 @@ class RTCWorkerClient:
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            session = WorkerSession(FrameChannel(channel), self.resources, peer=peer)
+            try:
+                auth = channel_auth_config(
+                    pc,
+                    self.identity,
+                    offerer=False,
+                    allow_anonymous=self.settings.allow_anonymous_clients,
+                    authorized=self.authorized_clients,
+                )
+            except ValueError as exc:  # an SDP without one DTLS fingerprint
+                logger.warning("refusing the data channel of {}: {}", peer, exc)
+                channel.close()
+                return
+            session = WorkerSession(
+                FrameChannel(channel),
+                self.resources,
+                peer=peer,
+                auth=auth,
+                handshake_timeout_s=self.settings.handshake_timeout_s,
+                on_refused=pc.close,
+            )
             self._spawn(self._serve_session(session))
 
         @pc.on("connectionstatechange")

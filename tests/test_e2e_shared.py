@@ -77,7 +77,9 @@ async def test_job_succeeds_with_manifest_and_no_file_bytes_on_the_channel(
     # Only text frames, and only a few hundred bytes each way: no file bytes crossed.
     assert all(isinstance(frame, str) for _, frame in frames)
     sent = [f for d, f in frames if d == "send"]
-    assert sent == [
+    # the channel handshake first (PROTOCOL.md 2.5), then the job's frames
+    assert [f.partition("::")[0] for f in sent[:2]] == ["AUTH_HELLO", "AUTH_RESPONSE"]
+    assert sent[2:] == [
         "JOB_ID::job-42",
         "SHARED_INPUT_PATH::inputs/package.zip",
         "SHARED_OUTPUT_PATH::outputs/run1",

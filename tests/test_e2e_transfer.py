@@ -33,6 +33,7 @@ from rtc_worker.client import (
     TransferFailedError,
     WorkerProtocolError,
 )
+from rtc_worker.identity import Identity
 from rtc_worker.rtc import ChannelClosed
 from rtc_worker.storage import BlobStore, layout
 from tests.conftest import PACKAGE, Signaling, make_zip, recv_until, worker_subprocess
@@ -81,7 +82,8 @@ async def test_fallback_job_with_results_downloaded_and_verified(
     assert outcome.upload.outcome.sha256 == sha(local_package.read_bytes())
     assert outcome.job.job_id == "chan-1"
     # job folders are per identity: the client's own
-    assert outcome.job.output_path == f".rtc-jobs/{client.peer_id}/chan-1/output"
+    assert client.identity is not None
+    assert outcome.job.output_path == f".rtc-jobs/{client.identity.fingerprint}/chan-1/output"
     assert outcome.results_zip == downloads / "results-chan-1.zip"
     assert sha(outcome.results_zip.read_bytes()) == outcome.download.sha256
     manifest = json.loads((outcome.results_dir / "manifest.json").read_text())
@@ -312,7 +314,8 @@ async def test_mixed_modes_in_one_session(
     _, to_shared = await conn.run_file(local_package, job_id="m4", output_path="outputs/four")
     assert [r.job_id for r in (shared, channel_job, again, to_shared)] == ["m1", "m2", "m3", "m4"]
     assert upload.outcome.status == "received"
-    assert channel_job.output_path == f".rtc-jobs/{client.peer_id}/m2/output"
+    assert client.identity is not None
+    assert channel_job.output_path == f".rtc-jobs/{client.identity.fingerprint}/m2/output"
     assert (shared_root / channel_job.output_path / "manifest.json").is_file()
     assert (shared_root / "outputs" / "four" / "manifest.json").is_file()
     with zipfile.ZipFile(results) as archive:
@@ -512,19 +515,30 @@ async def test_a_refused_download_is_reported_not_awaited_forever(
         assert info.value.code == "FILE_TOO_LARGE"
 
 
-async def test_results_go_only_to_the_peer_that_ran_the_job(
+async def test_results_go_only_to_the_identity_that_ran_the_job(
     signaling: Signaling, start_worker: Any, local_package: Path, tmp_path: Path
 ) -> None:
     await start_worker()
-    async with RTCClient(signaling.url, cache_dir=tmp_path / "a") as owner:
+    key = Identity.generate()
+    async with RTCClient(signaling.url, cache_dir=tmp_path / "a", identity=key) as owner:
         conn = await owner.connect("worker-1")
         await conn.run_file(local_package, job_id="private")
-    async with RTCClient(signaling.url, cache_dir=tmp_path / "b") as stranger:
+    # Another identity, even with the same peer id, gets nothing.
+    async with RTCClient(
+        signaling.url, cache_dir=tmp_path / "b", identity=Identity.generate(), peer_id="other"
+    ) as stranger:
         conn = await stranger.connect("worker-1")
         with pytest.raises(WorkerProtocolError) as info:
             await conn.download_results("private", tmp_path / "stolen", timeout=10)
         assert info.value.code == "UNKNOWN_JOB"
     assert not (tmp_path / "stolen").exists()
+    # The owner, back on a new peer connection (and a new peer id), still gets them.
+    async with RTCClient(
+        signaling.url, cache_dir=tmp_path / "c", identity=key, peer_id="owner-again"
+    ) as again:
+        conn = await again.connect("worker-1")
+        received, zip_path = await conn.download_results("private", tmp_path / "mine")
+        assert zip_path.is_file() and received.size == zip_path.stat().st_size
 
 
 async def test_a_damaged_partial_is_resent_from_the_start(
