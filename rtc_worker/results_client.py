@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -111,14 +111,14 @@ class ResultsServiceClient:
 
     Attributes:
         url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
-        api_key: sent as ``X-API-Key``.
+        api_key: sent as ``X-API-Key`` (never in the ``repr``, so never in a log).
         retries: upload attempts after the first one.
         backoff_s: the first wait before a retry, seconds (doubling each time).
         timeout_s: the limit of one request, seconds.
     """
 
     url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     retries: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 300.0

@@ -10,14 +10,22 @@ value is a clear error before anything connects.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from protocol.limits import DEFAULT_LIMITS
-from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings
+from rtc_worker.settings_sources import (
+    FLAG_ONLY,
+    Commands,
+    Env,
+    EnvSettings,
+    env_names,
+    load_secret_files,
+)
 from rtc_worker.storage import DEFAULT_PARTIAL_TTL_S, layout
 
 __all__ = [
@@ -43,7 +51,14 @@ DEFAULT_SHARED_ROOT_CANDIDATES: tuple[str, ...] = (
 
 _SIGNALING_URL = "ws://127.0.0.1:8765/ws"
 _TOKEN_ENV = Env("RTC_SIGNALING_TOKEN")
+_TOKEN_FILE_ENV = Env("RTC_SIGNALING_TOKEN_FILE")
 _STORAGE_KEY_ENV = Env("RTC_STORAGE_API_KEY", "STORAGE_API_KEY")
+_STORAGE_KEY_FILE_ENV = Env("RTC_STORAGE_API_KEY_FILE")
+_FLAG_SEEN = "; prefer the environment or a file: a flag shows in the process list."
+_TOKEN_HELP = "Token the signaling server requires, if any" + _FLAG_SEEN
+_TOKEN_FILE_HELP = "File holding the signaling token (read once at start; chmod 600 it)."
+_KEY_HELP = "Key of the storage service (sent as X-API-Key)" + _FLAG_SEEN
+_KEY_FILE_HELP = "File holding the storage service's key (read once at start; chmod 600 it)."
 
 
 def _split_list(value: Any) -> Any:
@@ -51,6 +66,11 @@ def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [item for item in value.replace(",", " ").split() if item]
     return value
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    """A secret's text, for the one call that sends it (never for a log)."""
+    return None if secret is None else secret.get_secret_value()
 
 
 def _expand_home(value: Path) -> Path:
@@ -73,9 +93,8 @@ class WorkerSettings(EnvSettings):
         pattern=r"^[A-Za-z0-9._-]{1,64}$",
         description="The id this worker registers under ([A-Za-z0-9._-], 1 to 64 characters).",
     )
-    token: Annotated[str | None, _TOKEN_ENV] = Field(
-        None, description="Token the signaling server requires, if any."
-    )
+    token: Annotated[SecretStr | None, _TOKEN_ENV] = Field(None, description=_TOKEN_HELP)
+    token_file: Annotated[Path | None, _TOKEN_FILE_ENV] = Field(None, description=_TOKEN_FILE_HELP)
     shared_root: Annotated[Path | None, Env("RTC_SHARED_ROOT", "SHARED_STORAGE_ROOT")] = Field(
         None,
         description="Shared storage root; unset: the first existing shared root candidate.",
@@ -86,8 +105,9 @@ class WorkerSettings(EnvSettings):
     )
     job_command: str | None = Field(
         None,
-        description="Job command template with {input}, {workdir} and {output}, split like "
-        "a shell would and run without one; unset: the built-in manifest job.",
+        description="Job command template with {input} (the input's open file as /dev/fd/N, "
+        "or a folder input's private copy), {workdir} and {output}, split like a shell would "
+        "and run without one; unset: the built-in manifest job.",
     )
     ice_servers: Annotated[list[str], NoDecode] = Field(
         [],
@@ -177,8 +197,11 @@ class WorkerSettings(EnvSettings):
         "ZIPs go there on RESULTS_VIA_STORAGE or when the client has gone; unset: never "
         "uploaded (RESULTS_VIA_STORAGE is refused).",
     )
-    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
-        None, description="Key of the storage service (sent as X-API-Key)."
+    storage_api_key: Annotated[SecretStr | None, _STORAGE_KEY_ENV] = Field(
+        None, description=_KEY_HELP
+    )
+    api_key_file: Annotated[Path | None, _STORAGE_KEY_FILE_ENV] = Field(
+        None, description=_KEY_FILE_HELP
     )
     storage_retries: int = Field(
         5,
@@ -190,12 +213,57 @@ class WorkerSettings(EnvSettings):
     storage_backoff_s: float = Field(
         0.5, gt=0, description="First wait before an upload is retried, seconds."
     )
+    allow_hardlinks: bool = Field(
+        False,
+        description="Accept an input file that has other hard links, and pack hard-linked "
+        "files into results; off: the input is refused (Hard-linked file refused) and such "
+        "files are skipped, as another name of the same content may lie outside the root.",
+    )
+    job_env: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Variables a job command inherits besides PATH, HOME, LANG, LC_* and TZ: "
+        "names or patterns such as CUDA_* (comma-separated); a secret's variable is refused.",
+    )
+    file_umask: str = Field(
+        "027",
+        pattern=r"^0?[0-7]{3}$",
+        description="Umask of the files and folders the worker and its jobs create on "
+        "storage, octal; 027: readable by the group at most, never by other users.",
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
-    _split_lists = field_validator("shared_root_candidates", "ice_servers", mode="before")(
-        _split_list
-    )
+    _split_lists = field_validator(
+        "shared_root_candidates", "ice_servers", "job_env", mode="before"
+    )(_split_list)
     _expand_data_dir = field_validator("data_dir")(_expand_home)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        secrets = [("token", "token_file", "token"), ("storage_api_key", "api_key_file", "key")]
+        load_secret_files(self, secrets)
+        variables = {
+            name for fields in secrets for f in fields[:2] for name in env_names(type(self), f)
+        }
+        for pattern in self.job_env:
+            leaked = sorted(name for name in variables if fnmatchcase(name, pattern))
+            if leaked:
+                raise ValueError(f"job_env {pattern!r} would give jobs the secret {leaked[0]}")
+        return self
+
+    @property
+    def token_value(self) -> str | None:
+        """The signaling token as plain text, or None."""
+        return _plain(self.token)
+
+    @property
+    def storage_api_key_value(self) -> str | None:
+        """The storage service's key as plain text, or None."""
+        return _plain(self.storage_api_key)
+
+    @property
+    def umask(self) -> int:
+        """:attr:`file_umask` as permission bits."""
+        return int(self.file_umask, 8)
 
     def storage_root(self, shared_root: Path | None) -> Path:
         """Where received files and job folders live: the shared root, else ``data_dir``.
@@ -269,9 +337,8 @@ class ClientSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
 
     signaling_url: str = Field(_SIGNALING_URL, description="WebSocket URL of the signaling server.")
-    token: Annotated[str | None, _TOKEN_ENV] = Field(
-        None, description="Token the signaling server requires, if any."
-    )
+    token: Annotated[SecretStr | None, _TOKEN_ENV] = Field(None, description=_TOKEN_HELP)
+    token_file: Annotated[Path | None, _TOKEN_FILE_ENV] = Field(None, description=_TOKEN_FILE_HELP)
     ice_servers: Annotated[list[str], NoDecode] = Field(
         [],
         description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
@@ -300,6 +367,16 @@ class ClientSettings(EnvSettings):
 
     _split_servers = field_validator("ice_servers", mode="before")(_split_list)
     _expand_cache_dir = field_validator("cache_dir")(_expand_home)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        load_secret_files(self, [("token", "token_file", "token")])
+        return self
+
+    @property
+    def token_value(self) -> str | None:
+        """The signaling token as plain text, or None."""
+        return _plain(self.token)
 
 
 class ClientCommand(ClientSettings):
@@ -367,8 +444,11 @@ class DownloadCommand(EnvSettings):
     storage_url: Annotated[str, FLAG_ONLY] = Field(
         description="Base URL of the storage service (e.g. http://127.0.0.1:8765)."
     )
-    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
-        None, description="Key of the storage service (sent as X-API-Key)."
+    storage_api_key: Annotated[SecretStr | None, _STORAGE_KEY_ENV] = Field(
+        None, description=_KEY_HELP
+    )
+    api_key_file: Annotated[Path | None, _STORAGE_KEY_FILE_ENV] = Field(
+        None, description=_KEY_FILE_HELP
     )
     output: Annotated[Path, FLAG_ONLY] = Field(
         description="Folder where results-{job_id}.zip is saved."
@@ -380,6 +460,16 @@ class DownloadCommand(EnvSettings):
         False, description="Ask the service to keep the file after this download."
     )
     log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        load_secret_files(self, [("storage_api_key", "api_key_file", "storage API key")])
+        return self
+
+    @property
+    def storage_api_key_value(self) -> str | None:
+        """The storage service's key as plain text, or None."""
+        return _plain(self.storage_api_key)
 
 
 class ClientCli(Commands):

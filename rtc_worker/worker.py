@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,11 @@ class RTCWorkerClient:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.shared_storage_root: Path | None = settings.detect_shared_root()
-        slow = settings.slow_validation_warning_s
+        slow, links = settings.slow_validation_warning_s, settings.allow_hardlinks
         shared = (
             None
             if self.shared_storage_root is None
-            else SafeRoot(self.shared_storage_root, slow_warning_s=slow)
+            else SafeRoot(self.shared_storage_root, slow_warning_s=slow, allow_hardlinks=links)
         )
         if shared is not None:
             logger.info("shared storage root: {}", self.shared_storage_root)
@@ -81,7 +82,9 @@ class RTCWorkerClient:
                 ", ".join(settings.shared_root_candidates) or "nothing",
                 settings.data_dir,
             )
-        root = shared or SafeRoot(settings.storage_root(None), slow_warning_s=slow)
+        root = shared or SafeRoot(
+            settings.storage_root(None), slow_warning_s=slow, allow_hardlinks=links
+        )
         store_parts = layout.store_parts(shared is not None)
         limits = dataclasses.replace(
             DEFAULT_LIMITS,
@@ -95,14 +98,18 @@ class RTCWorkerClient:
         if settings.storage_url:
             results_client = ResultsServiceClient(
                 settings.storage_url,
-                settings.storage_api_key,
+                settings.storage_api_key_value,
                 retries=settings.storage_retries,
                 backoff_s=settings.storage_backoff_s,
             )
         self.resources = WorkerResources(
             shared=shared,
             root=root,
-            store=BlobStore(root.root.joinpath(*store_parts), partial_ttl_s=settings.partial_ttl_s),
+            store=BlobStore(
+                root.root.joinpath(*store_parts),
+                partial_ttl_s=settings.partial_ttl_s,
+                object_mode=0o444 & ~settings.umask,
+            ),
             store_parts=store_parts,
             runner=JobRunner(
                 root,
@@ -115,6 +122,8 @@ class RTCWorkerClient:
                 work_dir_name=settings.work_dir_name,
                 keep_workdir=settings.keep_workdir,
                 cancel_grace_s=settings.cancel_grace_s,
+                env_allow=settings.job_env,
+                umask=settings.umask,
             ),
             limits=limits,
             capabilities=Capabilities(
@@ -152,10 +161,15 @@ class RTCWorkerClient:
     async def run(self) -> None:
         """Serve until :meth:`stop`; reconnect to signaling with backoff.
 
+        While it runs, the process's umask is the configured one (what the worker writes
+        on shared storage, received files, records, results ZIPs, is readable by the
+        group at most by default); the previous umask is restored at the end.
+
         Raises:
             SignalingError: the server refused the registration for good
                 (UNAUTHORIZED or an invalid peer id): retrying cannot help.
         """
+        previous_umask = os.umask(self.settings.umask)
         self._spawn(self._cleanup_loop())
         try:
             while not self._stopping.is_set():
@@ -171,6 +185,7 @@ class RTCWorkerClient:
                     logger.warning("lost signaling connection; reconnecting")
         finally:
             await self._shutdown()
+            os.umask(previous_umask)
 
     async def _register(self) -> SignalingClient | None:
         """Connect and register, retrying with backoff; None once stopping."""
@@ -195,7 +210,7 @@ class RTCWorkerClient:
                     self.settings.signaling_url,
                     self.settings.peer_id,
                     "worker",
-                    token=self.settings.token,
+                    token=self.settings.token_value,
                     metadata=self.metadata,
                 )
                 await signaling.connect()

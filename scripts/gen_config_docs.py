@@ -50,6 +50,7 @@ STORAGE_FIELDS = frozenset(
     {
         "storage_path",
         "storage_api_key",
+        "api_key_file",
         "database_path",
         "auto_delete",
         "storage_max_file_size",

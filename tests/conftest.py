@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> Iterator[None]:
     logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("RTC_TEST_LOG_LEVEL", "WARNING"))
+    logger.add(sys.stderr, level=os.environ.get("RTC_TEST_LOG_LEVEL", "WARNING"), diagnose=False)
     yield
 
 
