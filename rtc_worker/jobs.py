@@ -5,7 +5,7 @@ its path again). A ZIP input (a training package) is first extracted safely, fro
 descriptor, into a working directory under the shared root; then either the operator's
 command runs (``--job-command``, a template with ``{input}``, ``{workdir}`` and
 ``{output}``, run as an argument list without a shell, with the workdir as cwd, a
-minimal environment and the configured umask), or the built-in job writes
+minimal environment and the worker's umask), or the built-in job writes
 ``manifest.json``. ``{input}`` is ``/dev/fd/N``, the input's open file inherited by the
 command, or for a directory input a private read-only copy of it in the workdir (see
 :mod:`rtc_worker.job_input`). Finally every result is fsynced and counted for
@@ -180,7 +180,8 @@ class JobRunner:
         cancel_grace_s: seconds between SIGTERM and SIGKILL on cancel.
         env_allow: variables a command inherits besides PATH, HOME, LANG, LC_* and TZ
             (names or shell-style patterns; see :func:`~rtc_worker.job_input.job_environment`).
-        umask: the command's umask (None: the worker's own).
+
+    A command inherits the worker's umask (which the worker sets from its settings).
 
     A directory input of a command is copied into the workdir under the caps of
     ``zip_limits`` (total bytes, member count).
@@ -196,7 +197,6 @@ class JobRunner:
         keep_workdir: bool = False,
         cancel_grace_s: float = 5.0,
         env_allow: Sequence[str] = (),
-        umask: int | None = None,
     ) -> None:
         if command is not None:
             build_argv(command, input_path=Path(), workdir=Path(), output=Path())
@@ -207,7 +207,6 @@ class JobRunner:
         self.keep_workdir = keep_workdir
         self.cancel_grace_s = cancel_grace_s
         self.env_allow = tuple(env_allow)
-        self.umask = umask
 
     async def run(
         self,
@@ -406,7 +405,7 @@ class JobRunner:
         cancel: asyncio.Event,
     ) -> None:
         """Run the operator's command: ``{input}`` is ``argument``, else the input's
-        open file as an inherited ``/dev/fd/N``; minimal environment; the umask."""
+        open file as an inherited ``/dev/fd/N``; minimal environment."""
         assert self.command is not None
         inherited: tuple[int, ...] = ()
         if argument is None:
@@ -429,7 +428,6 @@ class JobRunner:
                 start_new_session=True,
                 env=job_environment(self.env_allow),
                 pass_fds=inherited,
-                umask=-1 if self.umask is None else self.umask,
             )
         except OSError as exc:
             logger.error("job {}: cannot start {}: {}", spec.job_id, argv[0], exc)

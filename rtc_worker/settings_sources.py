@@ -133,11 +133,13 @@ def load_secret_files(settings: BaseModel, pairs: Iterable[tuple[str, str, str]]
         path = getattr(settings, file_field)
         if path is None:
             continue
-        if getattr(settings, secret_field) is not None:
+        read = read_secret_file(Path(path), what)
+        given = getattr(settings, secret_field)
+        if given is not None and given != read:  # (equal: validated a second time)
             raise ValueError(
                 f"the {what} is given twice, directly and by {file_field}: give one of them"
             )
-        setattr(settings, secret_field, read_secret_file(Path(path), what))
+        setattr(settings, secret_field, read)
 
 
 def _input_name(field_name: str, field: FieldInfo) -> str:

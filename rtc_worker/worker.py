@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from loguru import logger
@@ -37,8 +38,19 @@ from rtc_worker.worker_state import WorkerResources
 
 __all__ = ["RTCWorkerClient"]
 
+T = TypeVar("T")
+
 #: Registration refusals that retrying cannot fix.
 _FINAL_CODES = ("UNAUTHORIZED", "INVALID_FRAME")
+
+
+def _under_umask(umask: int, make: Callable[[], T]) -> T:
+    """``make()`` with the process's umask set to ``umask`` (the store's folders)."""
+    previous = os.umask(umask)
+    try:
+        return make()
+    finally:
+        os.umask(previous)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -105,10 +117,13 @@ class RTCWorkerClient:
         self.resources = WorkerResources(
             shared=shared,
             root=root,
-            store=BlobStore(
-                root.root.joinpath(*store_parts),
-                partial_ttl_s=settings.partial_ttl_s,
-                object_mode=0o444 & ~settings.umask,
+            store=_under_umask(
+                settings.umask,
+                lambda: BlobStore(
+                    root.root.joinpath(*store_parts),
+                    partial_ttl_s=settings.partial_ttl_s,
+                    object_mode=0o444 & ~settings.umask,
+                ),
             ),
             store_parts=store_parts,
             runner=JobRunner(
@@ -123,7 +138,6 @@ class RTCWorkerClient:
                 keep_workdir=settings.keep_workdir,
                 cancel_grace_s=settings.cancel_grace_s,
                 env_allow=settings.job_env,
-                umask=settings.umask,
             ),
             limits=limits,
             capabilities=Capabilities(
@@ -161,9 +175,10 @@ class RTCWorkerClient:
     async def run(self) -> None:
         """Serve until :meth:`stop`; reconnect to signaling with backoff.
 
-        While it runs, the process's umask is the configured one (what the worker writes
-        on shared storage, received files, records, results ZIPs, is readable by the
-        group at most by default); the previous umask is restored at the end.
+        While it runs, the process's umask is the configured one (what the worker and
+        its jobs write on shared storage, received files, records, outputs, results
+        ZIPs, is readable by the group at most by default); the previous umask is
+        restored at the end.
 
         Raises:
             SignalingError: the server refused the registration for good
