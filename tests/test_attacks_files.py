@@ -268,7 +268,10 @@ async def test_the_lying_zip_is_refused_at_the_real_cap_with_nothing_left(
     def sample() -> None:  # the disk used under the work folder, while extracting
         nonlocal peak
         while sampling:
-            used = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+            try:
+                used = sum(p.stat().st_size for p in work.rglob("*") if p.is_file())
+            except OSError:  # a folder or file removed while listing
+                continue
             peak = max(peak, used)
 
     sampler = threading.Thread(target=sample)
