@@ -178,7 +178,7 @@ class RTCWorkerClient:
         While it runs, the process's umask is the configured one (what the worker and
         its jobs write on shared storage, received files, records, outputs, results
         ZIPs, is readable by the group at most by default); the previous umask is
-        restored at the end.
+        restored at the end. The umask is the process's: run one worker per process.
 
         Raises:
             SignalingError: the server refused the registration for good

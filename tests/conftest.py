@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,16 +210,12 @@ def worker_subprocess(
     extra_env: dict[str, str] | None = None,
     honour_permissions: bool = False,
     log_path: Path | None = None,
-    extra_args: Sequence[str] = (),
-    drop_caps: str = "",
 ) -> subprocess.Popen[bytes]:
     """``rtc-worker serve`` as a separate process.
 
     With ``honour_permissions`` and when running as root, the worker runs without the
     capabilities that let root ignore file permission bits (CAP_DAC_OVERRIDE,
-    CAP_DAC_READ_SEARCH), so a mode-000 file is really unreadable to it. ``drop_caps``
-    (e.g. ``"-sys_ptrace"``) drops others the same way (root only). ``extra_args`` are
-    appended to the command line.
+    CAP_DAC_READ_SEARCH), so a mode-000 file is really unreadable to it.
     """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("SHARED_STORAGE_ROOT", None)
@@ -238,10 +234,8 @@ def worker_subprocess(
     ]
     if shared_root is not None:
         argv += ["--shared-root", str(shared_root)]
-    argv += list(extra_args)
-    dac = "-dac_override,-dac_read_search" if honour_permissions else ""
-    caps = ",".join(part for part in (dac, drop_caps) if part)
-    if caps and os.geteuid() == 0:
+    if honour_permissions and os.geteuid() == 0:
+        caps = "-dac_override,-dac_read_search"
         argv = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
     out = log_path.open("wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
