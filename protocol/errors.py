@@ -110,6 +110,9 @@ class PathReason(StrEnum):
     CORRUPTED = "File corrupted or invalid format"
     #: The output path (or one of its parents) is an existing file.
     NOT_A_DIRECTORY = "Not a directory"
+    #: The input file has more than one hard link: another name, possibly outside the
+    #: root, leads to the same content (refused unless the worker's operator allows it).
+    HARD_LINKED = "Hard-linked file refused"
 
     def quote(self, path: str) -> str:
         """The text of the PATH_ERROR frame: ``"{reason}: {path}"``."""

@@ -10,8 +10,9 @@ A ZIP from a client is untrusted input. Two classic attacks are refused here:
   O_NOFOLLOW``).
 * **ZIP bombs**: small archives that expand to enormous sizes. The declared sizes in the
   central directory are checked against :class:`ZipLimits` (total size, compression ratio,
-  member count) before anything is written, and the bytes actually produced are counted
-  again while extracting, because declared sizes can lie.
+  member count) for an early refusal, but declared sizes can lie: the limits are
+  enforced on the bytes really read and written while extracting
+  (:mod:`rtc_worker.zip_budget`), and extraction stops at the first byte over a cap.
 
 Every problem with the archive raises :class:`ArchiveError`; the worker reports all of them
 to the client as ``"File corrupted or invalid format: {path}"``.
@@ -20,7 +21,6 @@ to the client as ``"File corrupted or invalid format: {path}"``.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import struct
 import threading
@@ -28,13 +28,20 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from loguru import logger
 
 from protocol.names import InvalidNameError, split_path
 from rtc_worker.storage import SafeRoot, StorageError, as_disk_full
+from rtc_worker.zip_budget import (
+    DEFAULT_ZIP_LIMITS,
+    ArchiveError,
+    ArchiveErrorKind,
+    CountingReader,
+    ExtractionBudget,
+    ZipLimits,
+)
 
 try:
     import lzma
@@ -81,71 +88,6 @@ _READ_ERRORS: tuple[type[Exception], ...] = (
     OverflowError,
     *_LZMA_ERRORS,
 )
-
-
-class ArchiveErrorKind(StrEnum):
-    """Why an archive was refused (values are the plain strings used in logs)."""
-
-    CORRUPTED = "corrupted"
-    """Not a ZIP, truncated, bad CRC, unsupported compression, sizes that do not match."""
-    UNSAFE_MEMBER = "unsafe_member"
-    """A member name or type that could write outside the destination (zip slip), or
-    duplicate/conflicting names."""
-    TOO_LARGE = "too_large"
-    """Over a :class:`ZipLimits` bound (size, ratio, member count): a possible ZIP bomb."""
-    ENCRYPTED = "encrypted"
-    """An encrypted member; the worker has no password."""
-    CANCELLED = "cancelled"
-    """The caller's stop event was set during extraction (nothing is wrong with the archive)."""
-
-
-class ArchiveError(Exception):
-    """The archive is unusable or unsafe.
-
-    Attributes:
-        kind: an :class:`ArchiveErrorKind` (compares equal to ``"corrupted"``,
-            ``"unsafe_member"``, ``"too_large"`` or ``"encrypted"``).
-        message: explanation for the worker's log (may name members; never sent to the
-            client, which gets ``"File corrupted or invalid format: {path}"``).
-    """
-
-    def __init__(self, kind: ArchiveErrorKind, message: str) -> None:
-        super().__init__(kind, message)
-        self.kind = kind
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}: {self.message}"
-
-
-@dataclass(frozen=True)
-class ZipLimits:
-    """Bounds that protect against ZIP bombs.
-
-    Attributes:
-        max_total_bytes: largest total uncompressed size in bytes (declared and actual).
-        max_ratio: largest uncompressed/compressed size ratio, for the whole archive and
-            for each member.
-        max_members: largest number of entries (files and directories).
-        ratio_min_bytes: ratios are only enforced for members (and archives) larger than
-            this many uncompressed bytes; small, highly compressible files (text, sparse
-            JSON) are harmless and commonly exceed any sensible ratio.
-    """
-
-    max_total_bytes: int = 20 * 10**9
-    max_ratio: float = 200.0
-    max_members: int = 100_000
-    ratio_min_bytes: int = 1 << 20
-
-    def __post_init__(self) -> None:
-        if self.max_total_bytes < 0 or self.max_members < 0 or self.ratio_min_bytes < 0:
-            raise ValueError("ZipLimits bounds must not be negative")
-        if not self.max_ratio > 0:
-            raise ValueError("ZipLimits.max_ratio must be positive")
-
-
-DEFAULT_ZIP_LIMITS = ZipLimits()
-"""The limits used when none are given."""
 
 
 @dataclass(frozen=True)
@@ -314,11 +256,11 @@ def _copy_member(
     zf: zipfile.ZipFile,
     member: _Member,
     out: BinaryIO,
-    total_written: int,
-    limits: ZipLimits,
+    budget: ExtractionBudget,
     stop: threading.Event | None = None,
-) -> int:
-    """Stream one member into ``out``; return the new total of bytes written."""
+) -> None:
+    """Stream one member into ``out``, each chunk accounted in ``budget`` before it is
+    written."""
     info = member.info
     written = 0
     try:
@@ -337,32 +279,14 @@ def _copy_member(
                 break
             if stop is not None and stop.is_set():
                 raise ArchiveError(ArchiveErrorKind.CANCELLED, "extraction stopped")
+            budget.spend(len(chunk))
             written += len(chunk)
-            total_written += len(chunk)
-            if written > info.file_size:
-                raise ArchiveError(
-                    ArchiveErrorKind.TOO_LARGE,
-                    f"member {member.rel!r} produced more than its declared {info.file_size} bytes",
-                )
-            if total_written > limits.max_total_bytes:
-                raise ArchiveError(
-                    ArchiveErrorKind.TOO_LARGE,
-                    f"extracted content exceeds {limits.max_total_bytes} bytes",
-                )
-            if written > limits.ratio_min_bytes and (
-                written / max(info.compress_size, 1) > limits.max_ratio
-            ):
-                raise ArchiveError(
-                    ArchiveErrorKind.TOO_LARGE,
-                    f"member {member.rel!r} expands over {limits.max_ratio:g}x",
-                )
             out.write(chunk)
     if written != info.file_size:
         raise ArchiveError(
             ArchiveErrorKind.CORRUPTED,
             f"member {member.rel!r}: {written} bytes, {info.file_size} declared",
         )
-    return total_written
 
 
 def _empty_directory(dest: SafeRoot) -> None:
@@ -388,8 +312,10 @@ def extract_zip(
     """Check (as :func:`inspect_zip`) and extract a ZIP into the empty directory ``dest``.
 
     Each member is streamed in chunks of :data:`EXTRACT_CHUNK_BYTES` (never whole in
-    memory). The bytes actually produced are counted against the declared member size and
-    ``limits`` (declared sizes can lie). Files are created new (``O_EXCL | O_NOFOLLOW``)
+    memory). ``limits`` are enforced on the bytes really produced and on the archive
+    bytes really read (:class:`~rtc_worker.zip_budget.ExtractionBudget`), whatever the
+    headers declare: at most ``max_total_bytes``, and at most ``max_ratio`` times the
+    archive's size, are ever written. Files are created new (``O_EXCL | O_NOFOLLOW``)
     through ``dest`` (by descriptor, never leaving it); parents are created as needed;
     files get mode 0o644 and directories 0o755 (before umask): no permission or
     executable bit comes from the archive.
@@ -406,8 +332,8 @@ def extract_zip(
 
     Raises:
         ArchiveError: as :func:`inspect_zip`, plus ``corrupted`` for bad CRCs, damaged
-            compressed data or sizes that do not match, and ``too_large`` when the actual
-            output exceeds the limits.
+            compressed data or sizes that do not match, and ``too_large`` when the bytes
+            really produced pass a limit (total, ratio or member count).
         DiskFullError: the destination ran out of space.
         StorageError, OSError: the destination itself is unusable (permissions, or
             something swapped into it while extracting).
@@ -418,18 +344,20 @@ def extract_zip(
     if dest.snapshot(()):
         raise ValueError(f"extraction destination is not empty: {dest.root}")
     extracted: list[str] = []
-    with _open_zip(fileobj) as zf:
+    reader = CountingReader(fileobj)
+    budget = ExtractionBudget(limits, reader)
+    with _open_zip(cast(BinaryIO, reader)) as zf:
         _summary, members = _check_members(zf, limits)
-        total_written = 0
         try:
             for member in members:
+                budget.start_member(member.rel)
                 parts = tuple(member.rel.split("/")) if member.rel else ()
                 if member.is_dir:
                     dest.makedirs(parts)
                     continue
                 try:
                     with dest.create_file(parts) as out:
-                        total_written = _copy_member(zf, member, out, total_written, limits, stop)
+                        _copy_member(zf, member, out, budget, stop)
                 except OSError as exc:
                     full = as_disk_full(exc, member.rel)
                     if full is exc:
@@ -442,7 +370,7 @@ def extract_zip(
     logger.debug(
         "extracted {files} files ({size} bytes) into {dest}",
         files=len(extracted),
-        size=total_written,
+        size=budget.written,
         dest=dest.root,
     )
     return sorted(extracted)
@@ -462,9 +390,12 @@ def build_zip(root: SafeRoot, source: tuple[str, ...], target: tuple[str, ...]) 
     """Pack the regular files under the directory ``source`` into one ZIP at ``target``
     (both under ``root``). Blocking: run it in a thread.
 
-    Symlinks are skipped (nothing outside the folder is packed); names are relative to
-    the folder, sorted; DEFLATE. Each file is opened by descriptor through ``root``.
-    The ZIP is written with the atomic writer: a reader never sees half a ZIP.
+    The folder is walked by directory descriptors (:meth:`SafeRoot.open_files`): each
+    file is opened relative to its directory without following a symlink and checked
+    on its descriptor, so a symlink, a special file or a hard link to a file elsewhere
+    (unless ``root`` allows hard links) is never packed, even when swapped in while
+    packing. Names are relative to the folder, sorted; DEFLATE. The ZIP is written with
+    the atomic writer: a reader never sees half a ZIP.
 
     Returns:
         How many files were packed.
@@ -473,19 +404,21 @@ def build_zip(root: SafeRoot, source: tuple[str, ...], target: tuple[str, ...]) 
         StorageError: ``source`` is missing, outside the root, or unreadable.
         DiskFullError, OSError: writing failed (the temporary file is removed).
     """
-    files = root.walk_files(source)
+    os.close(root.open_dir(source))  # missing or refused: nothing is created
+    count = 0
     with (
-        root.subroot(source) as tree,
         root.atomic_file(target) as out,
         zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive,
     ):
-        for parts in files:
-            with tree.open_file(parts) as src:
-                st = os.fstat(src.fileno())
-                info = zipfile.ZipInfo("/".join(parts), date_time=_zip_time(st.st_mtime))
-                info.external_attr = (st.st_mode & 0xFFFF) << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.file_size = st.st_size
-                with archive.open(info, "w") as dst:
-                    shutil.copyfileobj(src, dst, EXTRACT_CHUNK_BYTES)
-    return len(files)
+        for parts, fd, st in root.open_files(source):
+            info = zipfile.ZipInfo("/".join(parts), date_time=_zip_time(st.st_mtime))
+            info.external_attr = (st.st_mode & 0xFFFF) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.file_size = st.st_size
+            with archive.open(info, "w") as dst:
+                offset = 0
+                while chunk := os.pread(fd, EXTRACT_CHUNK_BYTES, offset):
+                    dst.write(chunk)
+                    offset += len(chunk)
+            count += 1
+    return count

@@ -21,20 +21,22 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from rtc_worker import __version__
-from rtc_worker.settings import (
+from rtc_worker.client_settings import (
     ClientCli,
     ClientIdCommand,
-    DemoCommand,
     DownloadCommand,
     SubmitCommand,
+    WorkersCommand,
+)
+from rtc_worker.settings import (
+    DemoCommand,
     WorkerCli,
     WorkerIdCommand,
-    WorkersCommand,
     WorkerSettings,
 )
 from rtc_worker.settings_sources import CommandLine
 
-__all__ = ["client_main", "configure_logging", "main", "run_async"]
+__all__ = ["client_main", "configure_logging", "main", "protect_process", "run_async"]
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL = 0, 1, 2, 3, 4
 
@@ -42,12 +44,18 @@ P = TypeVar("P", WorkerCli, ClientCli)
 
 
 def configure_logging(level: str) -> None:
-    """Send loguru's records to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR)."""
+    """Send loguru's records to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR).
+
+    Tracebacks are plain (``diagnose=False``, ``backtrace=False``): loguru's default
+    would print the value of every variable of every frame, secrets included.
+    """
     logger.remove()
     logger.add(
         sys.stderr,
         level=level.upper(),
         format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}",
+        diagnose=False,
+        backtrace=False,
     )
 
 
@@ -110,7 +118,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(command, WorkerSettings):
         raise TypeError(f"rtc-worker has no command {command!r}")
     configure_logging(command.log_level)
+    if not protect_process():
+        logger.warning("could not make the worker process non-dumpable")
     return run_async(_serve(command))
+
+
+def protect_process() -> bool:
+    """Make this process non-dumpable (Linux ``prctl(PR_SET_DUMPABLE, 0)``).
+
+    Other processes of the same user, the worker's own jobs included, then cannot read
+    its environment, memory or open files through ``/proc/PID`` or ptrace (only a process
+    with ``CAP_SYS_PTRACE`` can), and no core dump holds its secrets. A job's ``exec``
+    makes the job dumpable again; it is not affected otherwise. ``/proc/PID/cmdline``
+    stays readable by everyone: a secret given as a flag is not protected.
+
+    Returns:
+        Whether it took effect (False off Linux).
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(4, 0, 0, 0, 0) == 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):
+        return False
 
 
 async def _serve(settings: WorkerSettings) -> int:
@@ -187,7 +218,7 @@ async def _download(command: DownloadCommand) -> int:
             command.storage_url,
             command.job_id,
             command.output,
-            api_key=command.storage_api_key or None,
+            api_key=command.storage_api_key_value,
             sha256=command.sha256,
             keep=command.keep,
         )
@@ -225,7 +256,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
     try:
         client = RTCClient(
             command.signaling_url,
-            command.token,
+            command.token_value,
             ice_servers=command.ice_servers,
             reply_timeout=command.reply_timeout_s,
             connect_timeout=command.connect_timeout_s,

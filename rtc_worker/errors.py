@@ -33,6 +33,7 @@ __all__ = [
     "HandshakeError",
     "HashMismatch",
     "InputCorrupted",
+    "InputHardLinked",
     "InputNotFound",
     "InputVanished",
     "InternalWorkerError",
@@ -127,6 +128,13 @@ class NotADirectory(PathRefusedError):
     KIND = PathReason.NOT_A_DIRECTORY
 
 
+class InputHardLinked(PathRefusedError):
+    """``Hard-linked file refused``: the input has other names (hard links), which may
+    lie outside the shared root; the worker refuses it unless its operator allows it."""
+
+    KIND = PathReason.HARD_LINKED
+
+
 _PATH_CLASSES: dict[PathReason, type[PathRefusedError]] = {
     cls.KIND: cls
     for cls in (
@@ -136,6 +144,7 @@ _PATH_CLASSES: dict[PathReason, type[PathRefusedError]] = {
         PathPermissionDenied,
         InputCorrupted,
         NotADirectory,
+        InputHardLinked,
     )
     if cls.KIND is not None
 }

@@ -1,4 +1,4 @@
-"""The job command's process: when it has exited, and its output as log lines.
+"""The job command's process: when it has exited, its output as log lines, its end.
 
 Used by :class:`~rtc_worker.jobs.JobRunner` to supervise an operator's command.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import Callable
 
 from loguru import logger
 
-__all__ = ["MAX_LOG_LINE_CHARS", "process_exit", "pump_lines"]
+__all__ = ["MAX_LOG_LINE_CHARS", "process_exit", "pump_lines", "supervise"]
 
 #: Longest JOB_LOG line sent, in characters; longer lines are cut with a marker.
 MAX_LOG_LINE_CHARS = 8192
@@ -81,3 +82,56 @@ def _emit(raw: bytes, on_log: Callable[[str], None]) -> None:
         on_log(line)
     except Exception:
         logger.exception("log callback failed")
+
+
+async def supervise(
+    proc: asyncio.subprocess.Process,
+    on_log: Callable[[str], None],
+    cancel: asyncio.Event,
+    grace_s: float,
+) -> tuple[int, bool]:
+    """Stream the job's output as log lines until it exits or is cancelled.
+
+    The job ends when its main process exits: what it left running in its process
+    group is killed then (a leftover daemon holding stdout open would otherwise keep
+    the job, and the worker's one job slot, forever). On cancel the group gets SIGTERM,
+    then SIGKILL after ``grace_s`` seconds.
+
+    Returns:
+        ``(exit code, cancelled)``; the code is -1 when it is unknown.
+    """
+    assert proc.stdout is not None
+    reader = asyncio.create_task(pump_lines(proc.stdout, on_log))
+    canceller = asyncio.create_task(cancel.wait())
+    leader = asyncio.create_task(process_exit(proc))
+    try:
+        await asyncio.wait({leader, canceller}, return_when=asyncio.FIRST_COMPLETED)
+        cancelled = not leader.done()
+        if cancelled:
+            logger.info("cancelling job process {}", proc.pid)
+            await _terminate(proc, leader, grace_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the job's group
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(reader), timeout=5.0)
+        with contextlib.suppress(TimeoutError):  # reap; pipes are closed by now
+            await asyncio.wait_for(proc.wait(), timeout=5.0)
+        code = proc.returncode
+        return (code if code is not None else -1), cancelled
+    finally:
+        for task in (reader, canceller, leader):
+            task.cancel()
+
+
+async def _terminate(
+    proc: asyncio.subprocess.Process, leader: asyncio.Task[None], grace_s: float
+) -> None:
+    """SIGTERM the job's process group, then SIGKILL after the grace period."""
+    for sig, grace in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(leader), timeout=grace)
+            return
+        except TimeoutError:
+            continue

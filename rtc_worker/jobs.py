@@ -1,11 +1,15 @@
 """Job runners: turn a validated input on shared storage into results in the output folder.
 
-A job runs in place on shared storage. A ZIP input (a training package) is first
-extracted safely into a working directory under the shared root; then either the
-operator's command runs (``--job-command``, a template with ``{input}``,
-``{workdir}`` and ``{output}``, run as an argument list without a shell, with the
-workdir as cwd), or the built-in job writes ``manifest.json``. Finally every
-result is fsynced and counted for ``JOB_COMPLETE``.
+A job runs in place on shared storage, on the input opened at validation (never on
+its path again). A ZIP input (a training package) is first extracted safely, from that
+descriptor, into a working directory under the shared root; then either the operator's
+command runs (``--job-command``, a template with ``{input}``, ``{workdir}`` and
+``{output}``, run as an argument list without a shell, with the workdir as cwd, a
+minimal environment and the worker's umask), or the built-in job writes
+``manifest.json``. ``{input}`` is ``/dev/fd/N``, the input's open file inherited by the
+command, or for a directory input a private read-only copy of it in the workdir (see
+:mod:`rtc_worker.job_input`). Finally every result is fsynced and counted for
+``JOB_COMPLETE``, walking the output folder by descriptor.
 
 The client never chooses what runs: only the operator's template does.
 """
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import re
@@ -22,11 +25,10 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 from loguru import logger
 
@@ -38,18 +40,27 @@ from rtc_worker.archive import (
     extract_zip,
     looks_like_zip,
 )
-from rtc_worker.job_process import process_exit, pump_lines
+from rtc_worker.job_input import (
+    JobFiles,
+    child_descriptor,
+    count_files,
+    describe_files,
+    descriptor_path,
+    job_environment,
+    single_file,
+    tree_files,
+)
+from rtc_worker.job_process import supervise
 from rtc_worker.paths import path_reason
 from rtc_worker.storage import (
     DiskFullError,
-    FileMetadata,
     InputHandle,
     SafeRoot,
     StorageError,
     StorageErrorKind,
-    hash_file,
     layout,
 )
+from rtc_worker.storage.copies import CopyLimitError, copy_tree
 
 __all__ = [
     "DISK_FULL_REASON",
@@ -70,8 +81,16 @@ _PLACEHOLDER_RE = re.compile(r"\{(?:input|workdir|output)\}")
 _DISK_FULL_THRESHOLD = 1 << 20
 
 Parts = tuple[str, ...]
-#: A file the job works on: (name shown in the manifest, opener of the file).
-_Source = tuple[str, Callable[[], BinaryIO]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """The input, ready for the job: the files it works on, the time spent opening it
+    (milliseconds), and ``{input}`` for a command (None: the input's descriptor)."""
+
+    files: JobFiles
+    access_ms: float
+    argument: Path | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +178,13 @@ class JobRunner:
         work_dir_name: folder under the root holding per-job working directories.
         keep_workdir: keep a job's working directory after it ends.
         cancel_grace_s: seconds between SIGTERM and SIGKILL on cancel.
+        env_allow: variables a command inherits besides PATH, HOME, LANG, LC_* and TZ
+            (names or shell-style patterns; see :func:`~rtc_worker.job_input.job_environment`).
+
+    A command inherits the worker's umask (which the worker sets from its settings).
+
+    A directory input of a command is copied into the workdir under the caps of
+    ``zip_limits`` (total bytes, member count).
     """
 
     def __init__(
@@ -170,6 +196,7 @@ class JobRunner:
         work_dir_name: str = layout.WORK_DIR,
         keep_workdir: bool = False,
         cancel_grace_s: float = 5.0,
+        env_allow: Sequence[str] = (),
     ) -> None:
         if command is not None:
             build_argv(command, input_path=Path(), workdir=Path(), output=Path())
@@ -179,6 +206,7 @@ class JobRunner:
         self.work_dir_name = work_dir_name
         self.keep_workdir = keep_workdir
         self.cancel_grace_s = cancel_grace_s
+        self.env_allow = tuple(env_allow)
 
     async def run(
         self,
@@ -235,38 +263,35 @@ class JobRunner:
         workdir = await asyncio.to_thread(self.root.subroot, work, create=True)
         with contextlib.ExitStack() as held:
             held.callback(workdir.close)
-            files, access_ms = await asyncio.to_thread(
-                self._prepare_input, spec, workdir, stop, held
-            )
+            prepared = await asyncio.to_thread(self._prepare_input, spec, workdir, stop, held)
             if cancel.is_set():
                 raise JobRunError(CANCELLED_REASON)
             if self.command is None:
                 await asyncio.to_thread(
-                    self._manifest_job, spec, files, on_log, stop, asyncio.get_running_loop()
+                    self._manifest_job,
+                    spec,
+                    prepared.files,
+                    on_log,
+                    stop,
+                    asyncio.get_running_loop(),
                 )
                 if stop.is_set():
                     raise JobRunError(CANCELLED_REASON)
             else:
-                argv = build_argv(
-                    self.command,
-                    input_path=spec.input.path,
-                    workdir=workdir.root,
-                    output=self.root.absolute(spec.output),
-                )
-                await self._command_job(spec, argv, workdir.root, on_log, cancel)
-        run_s = time.perf_counter() - t0 - access_ms / 1000
+                await self._command_job(spec, prepared.argument, workdir.root, on_log, cancel)
+        run_s = time.perf_counter() - t0 - prepared.access_ms / 1000
         count, total = await asyncio.to_thread(self.root.fsync_tree, spec.output)
-        return JobOutcome(count, total, access_ms, run_s)
+        return JobOutcome(count, total, prepared.access_ms, run_s)
 
     # ------------------------------------------------------------------ input
 
     def _prepare_input(
         self, spec: JobSpec, workdir: SafeRoot, stop: threading.Event, held: contextlib.ExitStack
-    ) -> tuple[list[_Source], float]:
-        """Check the opened input again (at use) and extract it when it is a ZIP.
+    ) -> _Prepared:
+        """Check the opened input again (at use); extract it when it is a ZIP (from its
+        descriptor), copy it into the workdir when it is a directory a command reads.
 
-        Returns the files the job works on (a directory input's root is closed by
-        ``held``) and the file access time in milliseconds.
+        A directory input's root is closed by ``held``.
         """
         t0 = time.perf_counter()
         handle = spec.input
@@ -274,12 +299,16 @@ class JobRunner:
             handle.verify()
             if handle.kind == "dir":
                 tree = held.enter_context(handle.subroot())
-                return _tree_sources(tree), (time.perf_counter() - t0) * 1000
+                access_ms = (time.perf_counter() - t0) * 1000
+                if self.command is None:
+                    return _Prepared(tree_files(tree), access_ms, None)
+                self._copy_input(spec, tree, workdir, stop)
+                return _Prepared(tree_files(workdir), access_ms, workdir.root)
             head = os.pread(handle.fd, 8, 0)
             access_ms = (time.perf_counter() - t0) * 1000
             name = spec.input_name or handle.name
             if not looks_like_zip(name, head):
-                return [(name, handle.reader)], access_ms
+                return _Prepared(single_file(name, handle), access_ms, None)
             with handle.reader() as archive:
                 extract_zip(archive, workdir, self.zip_limits, stop)
         except StorageError as exc:
@@ -295,40 +324,64 @@ class JobRunner:
             logger.warning("job {}: archive refused: {}", spec.job_id, exc)
             corrupted = StorageError(StorageErrorKind.CORRUPTED, (), str(exc))
             raise JobRunError(path_reason(corrupted, spec.input_path)) from None
-        return _tree_sources(workdir), access_ms
+        return _Prepared(tree_files(workdir), access_ms, None)
+
+    def _copy_input(
+        self, spec: JobSpec, tree: SafeRoot, workdir: SafeRoot, stop: threading.Event
+    ) -> None:
+        """Copy a directory input into the workdir: the command's private snapshot.
+
+        Raises:
+            JobRunError: over the caps of ``zip_limits``, or cancelled.
+            StorageError, DiskFullError: as :func:`~rtc_worker.storage.copies.copy_tree`.
+        """
+        limits = self.zip_limits
+        try:
+            files, size = copy_tree(
+                tree,
+                workdir,
+                max_bytes=limits.max_total_bytes,
+                max_files=limits.max_members,
+                stop=stop,
+            )
+        except CopyLimitError as exc:
+            logger.warning("job {}: input folder refused: {}", spec.job_id, exc)
+            raise JobRunError(
+                f"Input folder over the copy limits ({limits.max_members} files, "
+                f"{limits.max_total_bytes} bytes): {spec.input_path}"
+            ) from None
+        if stop.is_set():
+            raise JobRunError(CANCELLED_REASON)
+        logger.info("job {}: input folder copied ({} files, {} bytes)", spec.job_id, files, size)
 
     # ------------------------------------------------------------------ built-in job
 
     def _manifest_job(
         self,
         spec: JobSpec,
-        files: list[_Source],
+        files: JobFiles,
         on_log: Callable[[str], None],
         stop: threading.Event,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """Write manifest.json (runs in a thread; every file opened by descriptor)."""
+        """Write manifest.json (runs in a thread; every file opened by descriptor).
+
+        Raises:
+            JobRunError: a folder of the input vanished or became unreadable meanwhile.
+        """
 
         def log(line: str) -> None:
             loop.call_soon_threadsafe(on_log, line)
 
-        log(f"manifest: {len(files)} file(s) from {spec.input_name or spec.input_path}")
-        entries = []
-        total = 0
-        for name, opener in files:
-            meta = _metadata(name, opener, stop)
-            if meta is None:
-                return
-            total += meta.size
-            entries.append(
-                {
-                    "path": name,
-                    "size": meta.size,
-                    "sha256": meta.sha256,
-                    "mime_type": meta.mime_type,
-                }
-            )
-            log(f"{name}  {meta.size} bytes  {meta.mime_type}  sha256={meta.sha256[:16]}…")
+        log(f"manifest: {count_files(files)} file(s) from {spec.input_name or spec.input_path}")
+        try:
+            described = describe_files(files, stop, log)
+        except StorageError as exc:
+            logger.warning("file refused while building the manifest: {}", exc.detail)
+            raise JobRunError(path_reason(exc, "/".join(exc.parts) or ".")) from None
+        if described is None:
+            return
+        entries, total = described
         manifest = {
             "job_id": spec.job_id,
             "input": spec.input_name or spec.input_path,
@@ -346,11 +399,24 @@ class JobRunner:
     async def _command_job(
         self,
         spec: JobSpec,
-        argv: list[str],
+        argument: Path | None,
         workdir: Path,
         on_log: Callable[[str], None],
         cancel: asyncio.Event,
     ) -> None:
+        """Run the operator's command: ``{input}`` is ``argument``, else the input's
+        open file as an inherited ``/dev/fd/N``; minimal environment."""
+        assert self.command is not None
+        inherited: tuple[int, ...] = ()
+        if argument is None:
+            inherited = (await asyncio.to_thread(child_descriptor, spec.input),)
+            argument = descriptor_path(inherited[0])
+        argv = build_argv(
+            self.command,
+            input_path=argument,
+            workdir=workdir,
+            output=self.root.absolute(spec.output),
+        )
         logger.info("job {}: running {}", spec.job_id, argv)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -360,12 +426,17 @@ class JobRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
+                env=job_environment(self.env_allow),
+                pass_fds=inherited,
             )
         except OSError as exc:
             logger.error("job {}: cannot start {}: {}", spec.job_id, argv[0], exc)
             raise JobRunError(f"Job command could not start: {Path(argv[0]).name}") from None
+        finally:
+            for fd in inherited:  # the job holds its own copy now
+                os.close(fd)
         try:
-            code, cancelled = await self._supervise(proc, on_log, cancel)
+            code, cancelled = await supervise(proc, on_log, cancel, self.cancel_grace_s)
         finally:
             # Whatever happened (normal exit, cancel, our own task cancelled), no
             # process of the job's group outlives it.
@@ -378,53 +449,6 @@ class JobRunner:
             if free is not None and free < _DISK_FULL_THRESHOLD:
                 raise JobRunError(DISK_FULL_REASON)
             raise JobRunError(f"Job command exited with code {code}")
-
-    async def _supervise(
-        self,
-        proc: asyncio.subprocess.Process,
-        on_log: Callable[[str], None],
-        cancel: asyncio.Event,
-    ) -> tuple[int, bool]:
-        """Stream the job's output as log lines until it exits or is cancelled.
-
-        The job ends when its main process exits: what it left running in its
-        process group is killed then (a leftover daemon holding stdout open would
-        otherwise keep the job, and the worker's one job slot, forever).
-        """
-        assert proc.stdout is not None
-        reader = asyncio.create_task(pump_lines(proc.stdout, on_log))
-        canceller = asyncio.create_task(cancel.wait())
-        leader = asyncio.create_task(process_exit(proc))
-        try:
-            await asyncio.wait({leader, canceller}, return_when=asyncio.FIRST_COMPLETED)
-            cancelled = not leader.done()
-            if cancelled:
-                logger.info("cancelling job process {}", proc.pid)
-                await self._terminate(proc, leader)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the job's group
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), timeout=5.0)
-            with contextlib.suppress(TimeoutError):  # reap; pipes are closed by now
-                await asyncio.wait_for(proc.wait(), timeout=5.0)
-            code = proc.returncode
-            return (code if code is not None else -1), cancelled
-        finally:
-            for task in (reader, canceller, leader):
-                task.cancel()
-
-    async def _terminate(
-        self, proc: asyncio.subprocess.Process, leader: asyncio.Task[None]
-    ) -> None:
-        """SIGTERM the job's process group, then SIGKILL after the grace period."""
-        for sig, grace in ((signal.SIGTERM, self.cancel_grace_s), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                await asyncio.wait_for(asyncio.shield(leader), timeout=grace)
-                return
-            except TimeoutError:
-                continue
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -465,27 +489,3 @@ class JobRunner:
         finally:
             os.close(fd)
         return stats.f_bavail * stats.f_frsize
-
-
-def _tree_sources(tree: SafeRoot) -> list[_Source]:
-    """The regular files under ``tree``, each with an opener through ``tree``."""
-    return [
-        ("/".join(parts), functools.partial(tree.open_file, parts)) for parts in tree.walk_files(())
-    ]
-
-
-def _metadata(
-    name: str, opener: Callable[[], BinaryIO], stop: threading.Event
-) -> FileMetadata | None:
-    """Size, sha256 and MIME type of one file, or None when ``stop`` was set.
-
-    Raises:
-        JobRunError: the file was swapped or vanished since it was listed.
-    """
-    try:
-        with opener() as handle:
-            hasher = hash_file(handle.fileno(), stop=stop)
-    except StorageError as exc:
-        logger.warning("file refused while building the manifest: {}", exc.detail)
-        raise JobRunError(path_reason(exc, name.rsplit("/", 1)[-1])) from None
-    return None if stop.is_set() else hasher.finish()

@@ -23,12 +23,13 @@ import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 from loguru import logger
+from pydantic import BaseModel, Field, ValidationError
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -37,7 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from protocol.messages import is_valid_job_id
+from protocol.messages import TOKEN_PATTERN, is_valid_job_id
 from rtc_worker.storage import AtomicFile, ContentHasher, hash_file, layout
 
 __all__ = [
@@ -81,6 +82,18 @@ async def _refusal(response: aiohttp.ClientResponse, what: str) -> ResultsServic
     except (ValueError, AttributeError):
         pass
     return ResultsServiceError(f"{what} answered {response.status}: {text}", response.status, code)
+
+
+class _Receipt(BaseModel):
+    """The storage service's answer to an upload (docs/openapi.yaml, ``UploadReceipt``)."""
+
+    job_id: str
+    download_url: str = Field(min_length=1, pattern=r"^[^\r\n]+$")
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    owner: str
+    download_token: str = Field(pattern=TOKEN_PATTERN.pattern)
+    expires_at: str
 
 
 @dataclass(frozen=True)
@@ -143,14 +156,14 @@ class ResultsServiceClient:
 
     Attributes:
         url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
-        api_key: sent as ``X-API-Key``.
+        api_key: sent as ``X-API-Key`` (never in the ``repr``, so never in a log).
         retries: upload attempts after the first one.
         backoff_s: the first wait before a retry, seconds (doubling each time).
         timeout_s: the limit of one request, seconds.
     """
 
     url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     retries: int = 5
     backoff_s: float = 0.5
     timeout_s: float = 300.0
@@ -184,17 +197,23 @@ class ResultsServiceClient:
                 body = await response.json()
         finally:
             await asyncio.to_thread(file.close)
-        if body.get("sha256") != digest:
+        try:
+            receipt = _Receipt.model_validate(body)
+        except ValidationError:
+            raise ResultsServiceError(
+                f"upload of {job_id}: the service's answer is not an upload receipt"
+            ) from None
+        if receipt.sha256 != digest:
             raise ResultsServiceError(f"upload of {job_id}: the service stored other content")
         return StoredResults(
-            job_id=str(body["job_id"]),
-            download_path=str(body["download_url"]),
-            size=int(body["size"]),
-            sha256=str(body["sha256"]),
+            job_id=receipt.job_id,
+            download_path=receipt.download_url,
+            size=receipt.size,
+            sha256=receipt.sha256,
             attempts=0,
-            owner=str(body["owner"]),
-            download_token=str(body["download_token"]),
-            expires_at=str(body["expires_at"]),
+            owner=receipt.owner,
+            download_token=receipt.download_token,
+            expires_at=receipt.expires_at,
         )
 
     async def upload(

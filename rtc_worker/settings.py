@@ -1,50 +1,62 @@
-"""Settings of ``rtc-worker`` and ``rtc-client``: one model per program and subcommand.
+"""Settings of ``rtc-worker``: one model per subcommand.
 
 The command lines are generated from these models (see :mod:`rtc_worker.cli`), and so
 are the README's configuration tables (``scripts/gen_config_docs.py``). Every field
 has a description with its unit. Environment variables carry the ``RTC_`` prefix;
 the few older names without it are still accepted (see
 :mod:`rtc_worker.settings_sources`). Settings are validated once at start-up: a bad
-value is a clear error before anything connects.
+value is a clear error before anything connects. The client's settings are in
+:mod:`rtc_worker.client_settings`.
 """
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from protocol.limits import DEFAULT_LIMITS
 from rtc_worker.key_settings import (
-    CLIENT_KEY_ENV,
-    CLIENT_KEY_HELP,
     WORKER_KEY_ENV,
     WORKER_KEY_HELP,
-    ClientIdCommand,
     WorkerIdCommand,
-    client_key_file,
     empty_is_none,
     expand_home,
     worker_key_file,
 )
-from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings
+from rtc_worker.settings_fields import (
+    ANONYMOUS_ENV,
+    KEY_FILE_HELP,
+    KEY_HELP,
+    SIGNALING_URL,
+    STORAGE_KEY_ENV,
+    STORAGE_KEY_FILE_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    TOKEN_FILE_HELP,
+    TOKEN_HELP,
+    plain,
+    split_list,
+)
+from rtc_worker.settings_sources import (
+    FLAG_ONLY,
+    Commands,
+    Env,
+    EnvSettings,
+    env_names,
+    load_secret_files,
+)
 from rtc_worker.storage import DEFAULT_PARTIAL_TTL_S, layout
 
 __all__ = [
     "DEFAULT_SHARED_ROOT_CANDIDATES",
-    "ClientCli",
-    "ClientCommand",
-    "ClientIdCommand",
-    "ClientSettings",
     "DemoCommand",
-    "DownloadCommand",
-    "SubmitCommand",
     "WorkerCli",
     "WorkerIdCommand",
     "WorkerSettings",
-    "WorkersCommand",
 ]
 
 #: Mount points probed, in order, when no shared root is configured. The first is
@@ -54,23 +66,6 @@ DEFAULT_SHARED_ROOT_CANDIDATES: tuple[str, ...] = (
     "/mnt/shared",
     "/shared",
 )
-
-_SIGNALING_URL = "ws://127.0.0.1:8765/ws"
-_TOKEN_ENV = Env("RTC_SIGNALING_TOKEN")
-_ANONYMOUS_ENV = Env("RTC_ALLOW_ANONYMOUS_CLIENTS")
-_STORAGE_KEY_ENV = Env("RTC_STORAGE_API_KEY", "STORAGE_API_KEY")
-
-
-def _split_list(value: Any) -> Any:
-    """Accept a comma- or whitespace-separated string for list settings (env, flags)."""
-    if isinstance(value, str):
-        return [item for item in value.replace(",", " ").split() if item]
-    return value
-
-
-def _expand_home(value: Path) -> Path:
-    """``~`` at the start of a folder setting means the user's home."""
-    return value.expanduser()
 
 
 class WorkerSettings(EnvSettings):
@@ -82,15 +77,14 @@ class WorkerSettings(EnvSettings):
 
     model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
 
-    signaling_url: str = Field(_SIGNALING_URL, description="WebSocket URL of the signaling server.")
+    signaling_url: str = Field(SIGNALING_URL, description="WebSocket URL of the signaling server.")
     peer_id: Annotated[str, Env("RTC_WORKER_ID")] = Field(
         "worker-1",
         pattern=r"^[A-Za-z0-9._-]{1,64}$",
         description="The id this worker registers under ([A-Za-z0-9._-], 1 to 64 characters).",
     )
-    token: Annotated[str | None, _TOKEN_ENV] = Field(
-        None, description="Token the signaling server requires, if any."
-    )
+    token: Annotated[SecretStr | None, TOKEN_ENV] = Field(None, description=TOKEN_HELP)
+    token_file: Annotated[Path | None, TOKEN_FILE_ENV] = Field(None, description=TOKEN_FILE_HELP)
     shared_root: Annotated[Path | None, Env("RTC_SHARED_ROOT", "SHARED_STORAGE_ROOT")] = Field(
         None,
         description="Shared storage root; unset: the first existing shared root candidate.",
@@ -101,8 +95,9 @@ class WorkerSettings(EnvSettings):
     )
     job_command: str | None = Field(
         None,
-        description="Job command template with {input}, {workdir} and {output}, split like "
-        "a shell would and run without one; unset: the built-in manifest job.",
+        description="Job command template with {input} (the input's open file as /dev/fd/N, "
+        "or a folder input's private copy), {workdir} and {output}, split like a shell would "
+        "and run without one; unset: the built-in manifest job.",
     )
     ice_servers: Annotated[list[str], NoDecode] = Field(
         [],
@@ -116,7 +111,7 @@ class WorkerSettings(EnvSettings):
         "shared root.",
     )
     key_file: Annotated[Path | None, WORKER_KEY_ENV] = Field(None, description=WORKER_KEY_HELP)
-    allow_anonymous_clients: Annotated[bool, _ANONYMOUS_ENV] = Field(
+    allow_anonymous_clients: Annotated[bool, ANONYMOUS_ENV] = Field(
         False,
         description="Serve clients that did not authenticate with a key (spec-only "
         "clients), each connection its own principal with the smallest quotas.",
@@ -226,8 +221,11 @@ class WorkerSettings(EnvSettings):
         "ZIPs go there on RESULTS_VIA_STORAGE or when the client has gone; unset: never "
         "uploaded (RESULTS_VIA_STORAGE is refused).",
     )
-    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
-        None, description="Key of the storage service (sent as X-API-Key)."
+    storage_api_key: Annotated[SecretStr | None, STORAGE_KEY_ENV] = Field(
+        None, description=KEY_HELP
+    )
+    api_key_file: Annotated[Path | None, STORAGE_KEY_FILE_ENV] = Field(
+        None, description=KEY_FILE_HELP
     )
     storage_retries: int = Field(
         5,
@@ -239,12 +237,29 @@ class WorkerSettings(EnvSettings):
     storage_backoff_s: float = Field(
         0.5, gt=0, description="First wait before an upload is retried, seconds."
     )
+    allow_hardlinks: bool = Field(
+        False,
+        description="Accept an input file that has other hard links, and pack hard-linked "
+        "files into results; off: the input is refused (Hard-linked file refused) and such "
+        "files are skipped, as another name of the same content may lie outside the root.",
+    )
+    job_env: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Variables a job command inherits besides PATH, HOME, LANG, LC_* and TZ: "
+        "names or patterns such as CUDA_* (comma-separated); a secret's variable is refused.",
+    )
+    file_umask: str = Field(
+        "027",
+        pattern=r"^0?[0-7]{3}$",
+        description="Umask of the files and folders the worker and its jobs create on "
+        "storage, octal; 027: readable by the group at most, never by other users.",
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
-    _split_lists = field_validator("shared_root_candidates", "ice_servers", mode="before")(
-        _split_list
-    )
-    _expand_data_dir = field_validator("data_dir")(_expand_home)
+    _split_lists = field_validator(
+        "shared_root_candidates", "ice_servers", "job_env", mode="before"
+    )(split_list)
+    _expand_data_dir = field_validator("data_dir")(expand_home)
     _expand_key_file = field_validator("key_file")(expand_home)
     _unset_key_file = field_validator("key_file", mode="before")(empty_is_none)
 
@@ -252,6 +267,34 @@ class WorkerSettings(EnvSettings):
     def identity_file(self) -> Path:
         """The worker's key file: ``key_file``, or ``identity.key`` in ``data_dir``."""
         return worker_key_file(self.key_file, self.data_dir)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Self:
+        secrets = [("token", "token_file", "token"), ("storage_api_key", "api_key_file", "key")]
+        load_secret_files(self, secrets)
+        variables = {
+            name for fields in secrets for f in fields[:2] for name in env_names(type(self), f)
+        }
+        for pattern in self.job_env:
+            leaked = sorted(name for name in variables if fnmatchcase(name, pattern))
+            if leaked:
+                raise ValueError(f"job_env {pattern!r} would give jobs the secret {leaked[0]}")
+        return self
+
+    @property
+    def token_value(self) -> str | None:
+        """The signaling token as plain text, or None."""
+        return plain(self.token)
+
+    @property
+    def storage_api_key_value(self) -> str | None:
+        """The storage service's key as plain text, or None."""
+        return plain(self.storage_api_key)
+
+    @property
+    def umask(self) -> int:
+        """:attr:`file_umask` as permission bits."""
+        return int(self.file_umask, 8)
 
     def storage_root(self, shared_root: Path | None) -> Path:
         """Where received files and job folders live: the shared root, else ``data_dir``.
@@ -316,184 +359,6 @@ class WorkerCli(Commands):
     )
     demo: CliSubCommand[DemoCommand] = Field(
         description="Run signaling, a worker and a client on loopback."
-    )
-    version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
-        False, description="Print the version and exit."
-    )
-
-
-class ClientSettings(EnvSettings):
-    """Configuration of ``rtc-client`` and :class:`rtc_worker.client.RTCClient`."""
-
-    model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
-
-    signaling_url: str = Field(_SIGNALING_URL, description="WebSocket URL of the signaling server.")
-    token: Annotated[str | None, _TOKEN_ENV] = Field(
-        None, description="Token the signaling server requires, if any."
-    )
-    ice_servers: Annotated[list[str], NoDecode] = Field(
-        [],
-        description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
-        "host candidates only (loopback, LAN).",
-    )
-    reply_timeout_s: float = Field(
-        60.0, gt=0, description="Longest wait for each reply of a worker, seconds."
-    )
-    connect_timeout_s: float = Field(
-        30.0,
-        gt=0,
-        description="Longest wait for signaling, the worker's answer and the data channel, "
-        "seconds.",
-    )
-    log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
-    cache_dir: Annotated[Path, Env("RTC_CLIENT_CACHE_DIR")] = Field(
-        Path("~/.cache/rtc-client"),
-        validate_default=True,
-        description="Partial downloads kept for a resume, and verified results.",
-    )
-    max_file_size: int = Field(
-        DEFAULT_LIMITS.max_file_bytes,
-        gt=0,
-        description="Largest file accepted from a worker, bytes.",
-    )
-    key_file: Annotated[Path | None, CLIENT_KEY_ENV] = Field(None, description=CLIENT_KEY_HELP)
-    anonymous: Annotated[bool, FLAG_ONLY] = Field(
-        False,
-        description="Register and connect without a key (only where the operator allows "
-        "anonymous clients).",
-    )
-    known_workers_file: Path | None = Field(
-        None,
-        description="Pinned worker keys, '<peer_id> <fingerprint>' per line: the first "
-        "handshake with a worker records its key, another key later is refused; unset: "
-        "known_workers beside the key file.",
-    )
-
-    _split_servers = field_validator("ice_servers", mode="before")(_split_list)
-    _expand_cache_dir = field_validator("cache_dir")(_expand_home)
-    _expand_key_file = field_validator("key_file", "known_workers_file")(expand_home)
-    _unset_key_file = field_validator("key_file", "known_workers_file", mode="before")(
-        empty_is_none
-    )
-
-    @property
-    def identity_file(self) -> Path:
-        """The client's key file: ``key_file``, or the default under the XDG config folder."""
-        return client_key_file(self.key_file)
-
-    @property
-    def known_workers_path(self) -> Path:
-        """The client's known-workers file: ``known_workers_file``, or beside the key."""
-        if self.known_workers_file is not None:
-            return self.known_workers_file
-        return self.identity_file.parent / "known_workers"
-
-
-class ClientCommand(ClientSettings):
-    """What ``rtc-client workers`` and ``rtc-client submit`` share."""
-
-    json_output: Annotated[bool, FLAG_ONLY] = Field(
-        False, validation_alias="json", description="Print JSON instead of text."
-    )
-
-
-class WorkersCommand(ClientCommand):
-    """List the workers registered with the signaling server."""
-
-
-class SubmitCommand(ClientCommand):
-    """Run a job on a worker.
-
-    Shared storage: --input REL --output REL (add --file LOCAL to send a local copy when
-    the worker cannot read the shared input). No shared storage: --file LOCAL
-    --download DIR sends the file, runs the job and saves the verified results ZIP
-    (extracted next to it).
-    """
-
-    worker: Annotated[str, FLAG_ONLY] = Field(description="The worker's peer id.")
-    worker_key: Annotated[str | None, FLAG_ONLY] = Field(
-        None,
-        pattern=r"^[0-9a-f]{64}$",
-        description="The worker's fingerprint (rtc-worker id): its handshake must prove "
-        "this key; unset: the known-workers file's pin, or trust on first use.",
-    )
-    input: Annotated[str | None, FLAG_ONLY] = Field(
-        None, description="Input path relative to the shared root."
-    )
-    output: Annotated[str | None, FLAG_ONLY] = Field(
-        None, description="Output folder relative to the shared root (created)."
-    )
-    file: Annotated[Path | None, FLAG_ONLY] = Field(
-        None, description="A local input file to send over the data channel."
-    )
-    download: Annotated[Path | None, FLAG_ONLY] = Field(
-        None, description="Folder where the results of a --file job are saved."
-    )
-    progress: Annotated[bool, FLAG_ONLY] = Field(
-        True, description="Progress bars (bytes, MB/s, ETA) during transfers."
-    )
-    job_id: Annotated[str | None, FLAG_ONLY] = Field(
-        None, description="Job id ([A-Za-z0-9._-], 1 to 64 characters); unset: the worker's."
-    )
-    wait: Annotated[float, FLAG_ONLY] = Field(
-        0.0, description="Wait up to this long for the worker to register, seconds."
-    )
-    job_timeout: Annotated[float | None, FLAG_ONLY] = Field(
-        None, description="Cancel the job after this long, seconds; unset: no limit."
-    )
-    trace: Annotated[bool, FLAG_ONLY] = Field(
-        False, description="Print every data-channel frame sent and received."
-    )
-    via_storage: Annotated[bool, FLAG_ONLY] = Field(
-        False,
-        description="Have the worker upload the results ZIP to the storage service (fetch "
-        "it with rtc-client download).",
-    )
-
-
-class DownloadCommand(EnvSettings):
-    """Fetch a results ZIP from the storage service and verify its sha256."""
-
-    model_config = SettingsConfigDict(env_prefix="RTC_", populate_by_name=True, extra="ignore")
-
-    job_id: Annotated[str, FLAG_ONLY] = Field(description="The job's id.")
-    storage_url: Annotated[str, FLAG_ONLY] = Field(
-        description="Base URL of the storage service (e.g. http://127.0.0.1:8765)."
-    )
-    storage_api_key: Annotated[str | None, _STORAGE_KEY_ENV] = Field(
-        None, description="Key of the storage service (sent as X-API-Key)."
-    )
-    output: Annotated[Path, FLAG_ONLY] = Field(
-        description="Folder where results-{job_id}.zip is saved."
-    )
-    sha256: Annotated[str | None, FLAG_ONLY] = Field(
-        None, description="Expected sha256 of the ZIP, hex."
-    )
-    keep: Annotated[bool, FLAG_ONLY] = Field(
-        False, description="Ask the service to keep the file after this download."
-    )
-    log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
-
-
-class ClientCli(Commands):
-    """Reference client: list workers, submit jobs, download stored results.
-
-    Exit codes: 0 complete, 1 job failed, path refused or transfer failed, 2 usage,
-    3 signaling or connection failure, 4 worker busy or protocol error.
-    """
-
-    model_config = SettingsConfigDict(cli_shortcuts={"ice-servers": "ice-server"})
-
-    workers: CliSubCommand[WorkersCommand] = Field(description="List registered workers.")
-    submit: CliSubCommand[SubmitCommand] = Field(
-        description="Run a job: on shared storage (--input/--output) or on a local file "
-        "sent over the data channel (--file/--download)."
-    )
-    download: CliSubCommand[DownloadCommand] = Field(
-        description="Fetch a results ZIP from the storage service and verify its sha256."
-    )
-    id: CliSubCommand[ClientIdCommand] = Field(
-        description="Print the client's fingerprint and key file (creating the key)."
     )
     version: Annotated[CliToggleFlag[bool], FLAG_ONLY] = Field(
         False, description="Print the version and exit."

@@ -10,6 +10,12 @@ parser per subcommand) and adds each flag's variables to its help.
 
 A flag beats the environment, which beats the default.
 
+Secrets (tokens, keys) are ``SecretStr`` fields: their values never appear in a
+``repr``, a log line, a validation error (every model sets ``hide_input_in_errors``) or
+``--help``. Each can also be read from a file (:func:`load_secret_files`); one given as
+a flag still works but :class:`CommandLine` warns, since the process list shows it to
+every user.
+
 It imports nothing of the project, so ``rtc-signaling`` uses it too without loading
 the worker, the client or the WebRTC stack.
 """
@@ -18,16 +24,21 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+import stat
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, Generic, NoReturn, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel, Field
+from loguru import logger
+from pydantic import BaseModel, Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     CliApp,
     CliSettingsSource,
     PydanticBaseSettingsSource,
+    SettingsConfigDict,
     get_subcommand,
 )
 
@@ -39,6 +50,9 @@ __all__ = [
     "EnvSettings",
     "EnvironmentSource",
     "env_names",
+    "is_secret",
+    "load_secret_files",
+    "read_secret_file",
 ]
 
 
@@ -73,6 +87,61 @@ def env_names(model: type[BaseModel], field_name: str) -> tuple[str, ...]:
     return (f"{prefix}{field_name}".upper(),)
 
 
+def is_secret(field: FieldInfo) -> bool:
+    """Whether the field holds a secret (its type is ``SecretStr``, optional or not)."""
+    return field.annotation is SecretStr or SecretStr in get_args(field.annotation)
+
+
+def read_secret_file(path: Path, what: str) -> SecretStr:
+    """The secret held in the file ``path``: its text without surrounding whitespace
+    (a trailing line break is usual).
+
+    A file any user may read is accepted with a warning (``chmod 600`` it).
+
+    Raises:
+        ValueError: the file cannot be read, is not UTF-8 text, or is empty (the
+            message names the file, never its content).
+    """
+    try:
+        text = path.read_text("utf-8")
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the {what} file {path} is not UTF-8 text") from None
+    value = text.strip()
+    if not value:
+        raise ValueError(f"the {what} file {path} is empty")
+    if mode & stat.S_IROTH:
+        logger.warning("the {} file {} is readable by every user: chmod 600 it", what, path)
+    return SecretStr(value)
+
+
+def load_secret_files(settings: BaseModel, pairs: Iterable[tuple[str, str, str]]) -> None:
+    """Fill secret fields from their file fields (call it from an "after" validator).
+
+    Args:
+        settings: the validated model, changed in place.
+        pairs: ``(secret field, file field, what it is)``, e.g.
+            ``("token", "token_file", "token")``.
+
+    Raises:
+        ValueError: a secret is given both directly (flag or environment) and by a
+            file, or its file cannot be used (:func:`read_secret_file`).
+    """
+    for secret_field, file_field, what in pairs:
+        path = getattr(settings, file_field)
+        if path is None:
+            continue
+        read = read_secret_file(Path(path), what)
+        given = getattr(settings, secret_field)
+        if given is not None and given != read:  # (equal: validated a second time)
+            raise ValueError(
+                f"the {what} is given twice, directly and by {file_field}: give one of them"
+            )
+        setattr(settings, secret_field, read)
+
+
 def _input_name(field_name: str, field: FieldInfo) -> str:
     """The key a value of the field is given under: its alias when it has one."""
     alias = field.validation_alias
@@ -104,7 +173,13 @@ class EnvironmentSource(PydanticBaseSettingsSource):
 
 
 class EnvSettings(BaseSettings):
-    """Base of the settings models: given values (flags), then the environment, then defaults."""
+    """Base of the settings models: given values (flags), then the environment, then defaults.
+
+    Validation errors never quote the values given (``hide_input_in_errors``): a
+    secret in a refused configuration is not printed.
+    """
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     @classmethod
     def settings_customise_sources(
@@ -124,6 +199,8 @@ class Commands(BaseSettings):
 
     Each subcommand's model reads its own variables when it is built.
     """
+
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
 
     @classmethod
     def settings_customise_sources(
@@ -213,8 +290,43 @@ class CommandLine(Generic[M]):
             pydantic.ValidationError: a flag or environment value is invalid.
             pydantic_settings.SettingsError: a flag value cannot be parsed.
         """
-        args = None if argv is None else list(argv)
-        return CliApp.run(self.model, cli_args=args, cli_settings_source=self.source)
+        args = sys.argv[1:] if argv is None else list(argv)
+        parsed = CliApp.run(self.model, cli_args=args, cli_settings_source=self.source)
+        self.warn_secret_flags(args)
+        return parsed
+
+    def secret_flags(self, argv: Sequence[str]) -> dict[str, str]:
+        """The flags of secret fields (``SecretStr``) that ``argv`` uses, each with what
+        to use instead (its environment variables and its file flag)."""
+        used: dict[str, str] = {}
+        for dest, flags in self.flags.items():
+            found = self.field_at(dest)
+            if found is None or not is_secret(found[0].model_fields[found[1]]):
+                continue
+            for flag in flags:
+                if flag in used or not any(a == flag or a.startswith(flag + "=") for a in argv):
+                    continue
+                command = dest.rpartition(".")[0]
+                files = [
+                    other
+                    for key, others in self.flags.items()
+                    if key.rpartition(".")[0] == command
+                    for other in others
+                    if other.endswith("-file") and flag.endswith(other[1:-5])
+                ]
+                used[flag] = " or ".join([*self.variables.get(dest, ()), *files])
+        return used
+
+    def warn_secret_flags(self, argv: Sequence[str]) -> None:
+        """Warn on stderr for each secret given as a flag: it works, but every user of
+        the machine (and every job) can read it in the process list."""
+        for flag, instead in self.secret_flags(argv).items():
+            print(
+                f"{self.parser.prog}: warning: {flag} puts a secret on the command line, "
+                "where every user and process of this machine can read it (ps, "
+                f"/proc/PID/cmdline); use {instead or 'the environment'} instead",
+                file=sys.stderr,
+            )
 
     def command(self, parsed: BaseModel) -> object:
         """The chosen subcommand's model; a usage error (exit 2) when none was given."""

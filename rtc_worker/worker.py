@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from loguru import logger
@@ -39,8 +41,19 @@ from rtc_worker.worker_state import WorkerResources
 
 __all__ = ["RTCWorkerClient"]
 
+T = TypeVar("T")
+
 #: Registration refusals that retrying cannot fix.
 _FINAL_CODES = ("UNAUTHORIZED", "INVALID_FRAME", "KEY_REQUIRED", "BAD_SIGNATURE", "PEER_ID_BOUND")
+
+
+def _under_umask(umask: int, make: Callable[[], T]) -> T:
+    """``make()`` with the process's umask set to ``umask`` (the store's folders)."""
+    previous = os.umask(umask)
+    try:
+        return make()
+    finally:
+        os.umask(previous)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -78,11 +91,11 @@ class RTCWorkerClient:
             else read_authorized_clients(settings.authorized_clients_file.expanduser())
         )
         self.shared_storage_root: Path | None = settings.detect_shared_root()
-        slow = settings.slow_validation_warning_s
+        slow, links = settings.slow_validation_warning_s, settings.allow_hardlinks
         shared = (
             None
             if self.shared_storage_root is None
-            else SafeRoot(self.shared_storage_root, slow_warning_s=slow)
+            else SafeRoot(self.shared_storage_root, slow_warning_s=slow, allow_hardlinks=links)
         )
         if shared is not None:
             logger.info("shared storage root: {}", self.shared_storage_root)
@@ -93,7 +106,9 @@ class RTCWorkerClient:
                 ", ".join(settings.shared_root_candidates) or "nothing",
                 settings.data_dir,
             )
-        root = shared or SafeRoot(settings.storage_root(None), slow_warning_s=slow)
+        root = shared or SafeRoot(
+            settings.storage_root(None), slow_warning_s=slow, allow_hardlinks=links
+        )
         store_parts = layout.store_parts(shared is not None)
         limits = dataclasses.replace(
             DEFAULT_LIMITS,
@@ -107,14 +122,21 @@ class RTCWorkerClient:
         if settings.storage_url:
             results_client = ResultsServiceClient(
                 settings.storage_url,
-                settings.storage_api_key,
+                settings.storage_api_key_value,
                 retries=settings.storage_retries,
                 backoff_s=settings.storage_backoff_s,
             )
         self.resources = WorkerResources(
             shared=shared,
             root=root,
-            store=BlobStore(root.root.joinpath(*store_parts), partial_ttl_s=settings.partial_ttl_s),
+            store=_under_umask(
+                settings.umask,
+                lambda: BlobStore(
+                    root.root.joinpath(*store_parts),
+                    partial_ttl_s=settings.partial_ttl_s,
+                    object_mode=0o444 & ~settings.umask,
+                ),
+            ),
             store_parts=store_parts,
             runner=JobRunner(
                 root,
@@ -127,6 +149,7 @@ class RTCWorkerClient:
                 work_dir_name=settings.work_dir_name,
                 keep_workdir=settings.keep_workdir,
                 cancel_grace_s=settings.cancel_grace_s,
+                env_allow=settings.job_env,
             ),
             limits=limits,
             capabilities=Capabilities(
@@ -170,11 +193,17 @@ class RTCWorkerClient:
     async def run(self) -> None:
         """Serve until :meth:`stop`; reconnect to signaling with backoff.
 
+        While it runs, the process's umask is the configured one (what the worker and
+        its jobs write on shared storage, received files, records, outputs, results
+        ZIPs, is readable by the group at most by default); the previous umask is
+        restored at the end. The umask is the process's: run one worker per process.
+
         Raises:
             SignalingError: the server refused the registration for good
                 (UNAUTHORIZED, an invalid peer id, or the id bound to another key):
                 retrying cannot help.
         """
+        previous_umask = os.umask(self.settings.umask)
         self._spawn(self._cleanup_loop())
         try:
             while not self._stopping.is_set():
@@ -190,6 +219,7 @@ class RTCWorkerClient:
                     logger.warning("lost signaling connection; reconnecting")
         finally:
             await self._shutdown()
+            os.umask(previous_umask)
 
     async def _register(self) -> SignalingClient | None:
         """Connect and register, retrying with backoff; None once stopping."""
@@ -214,7 +244,7 @@ class RTCWorkerClient:
                     self.settings.signaling_url,
                     self.settings.peer_id,
                     "worker",
-                    token=self.settings.token,
+                    token=self.settings.token_value,
                     metadata=self.metadata,
                     identity=self.identity,
                 )

@@ -1153,7 +1153,7 @@ async def amain(args: argparse.Namespace) -> int:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level=args.log_level)
+    logger.add(sys.stderr, level=args.log_level, diagnose=False)
     stats = Stats(seed=args.seed)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="fuzz-worker-"))

@@ -32,11 +32,13 @@ from pydantic import BaseModel  # noqa: E402
 
 from rtc_worker import settings_sources as signaling_sources  # noqa: E402
 from rtc_worker import settings_sources as worker_sources  # noqa: E402
-from rtc_worker.settings import (  # noqa: E402
+from rtc_worker.client_settings import (  # noqa: E402
     ClientCli,
     ClientCommand,
     DownloadCommand,
     SubmitCommand,
+)
+from rtc_worker.settings import (  # noqa: E402
     WorkerCli,
     WorkerSettings,
 )
@@ -50,6 +52,7 @@ STORAGE_FIELDS = frozenset(
     {
         "storage_path",
         "storage_api_key",
+        "api_key_file",
         "database_path",
         "auto_delete",
         "storage_max_file_size",

@@ -138,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.version:
         print(f"rtc-signaling {version('rtc-worker')}")
         return 0
-    logger.remove()
-    logger.add(sys.stderr, level=settings.log_level)
+    logger.remove()  # plain tracebacks: loguru's diagnose would print every variable
+    logger.add(sys.stderr, level=settings.log_level, diagnose=False, backtrace=False)
     if settings.cleanup_once:
         return _cleanup_once(settings)
     try:

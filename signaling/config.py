@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
-from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings
+from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings, load_secret_files
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
@@ -113,7 +113,11 @@ class SignalingSettings(EnvSettings):
     token: SecretStr | None = Field(
         None,
         description="Token every peer must send in register (compared in constant time); "
-        "unset or empty: no authentication.",
+        "unset or empty: no authentication. Prefer the environment or --token-file: a flag "
+        "shows in the process list.",
+    )
+    token_file: Path | None = Field(
+        None, description="File holding the token (read once at start; chmod 600 it)."
     )
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
@@ -190,7 +194,11 @@ class SignalingSettings(EnvSettings):
         None,
         description="The operator's admin key of the storage routes (X-API-Key or "
         "Authorization: Bearer, compared in constant time): every route, every owner; "
-        "mandatory with a storage path. Worker and client keys: rtc-signaling keys add.",
+        "mandatory with a storage path. Worker and client keys: rtc-signaling keys add. "
+        "Prefer the environment or --api-key-file: a flag shows in the process list.",
+    )
+    api_key_file: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_API_KEY_FILE")] = Field(
+        None, description="File holding the admin key (read once at start; chmod 600 it)."
     )
     database_path: Annotated[Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")] = (
         Field(
@@ -290,6 +298,10 @@ class SignalingSettings(EnvSettings):
 
     @model_validator(mode="after")
     def _storage_needs_key(self) -> Self:
+        load_secret_files(
+            self,
+            [("token", "token_file", "token"), ("storage_api_key", "api_key_file", "API key")],
+        )
         if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "

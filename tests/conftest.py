@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_logs() -> Iterator[None]:
     logger.remove()
-    logger.add(sys.stderr, level=os.environ.get("RTC_TEST_LOG_LEVEL", "WARNING"))
+    logger.add(sys.stderr, level=os.environ.get("RTC_TEST_LOG_LEVEL", "WARNING"), diagnose=False)
     yield
 
 
@@ -274,6 +274,8 @@ LIVE_MODULES = frozenset(
         "test_config_cli",
         "test_fuzz_worker",
         "test_results_storage",
+        "test_attacks_files",
+        "test_attacks_secrets",
     }
 )
 

@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 
 from rtc_worker.cli import client_main, main
+from rtc_worker.client_settings import (
+    ClientCli,
+    ClientSettings,
+)
 from rtc_worker.jobs import build_argv
 from rtc_worker.settings import (
     DEFAULT_SHARED_ROOT_CANDIDATES,
-    ClientCli,
-    ClientSettings,
     WorkerCli,
     WorkerSettings,
 )
@@ -47,7 +49,7 @@ def test_environment_variables_configure_the_worker(
     settings = WorkerSettings()
     assert settings.shared_root == tmp_path
     assert settings.signaling_url == "ws://example.invalid:1/ws"
-    assert (settings.peer_id, settings.token) == ("gpu-7", "t0k")
+    assert (settings.peer_id, settings.token_value) == ("gpu-7", "t0k")
     assert settings.job_command == "train {input} {output}"
     assert settings.ice_servers == ["stun:stun.example:3478", "turn:turn.example:3478"]
     assert settings.detect_shared_root() == tmp_path.resolve()

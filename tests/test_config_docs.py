@@ -19,11 +19,13 @@ from types import ModuleType
 import pytest
 from pydantic import BaseModel
 
-from rtc_worker.settings import (
+from rtc_worker.client_settings import (
     ClientCommand,
-    DemoCommand,
     DownloadCommand,
     SubmitCommand,
+)
+from rtc_worker.settings import (
+    DemoCommand,
     WorkerSettings,
 )
 from scripts.doc_sections import generated_section_names, splice_generated

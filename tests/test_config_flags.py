@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from rtc_worker.settings import (
+from rtc_worker.client_settings import (
     ClientCli,
     ClientCommand,
     ClientSettings,
-    DemoCommand,
     DownloadCommand,
     SubmitCommand,
-    WorkerCli,
     WorkersCommand,
+)
+from rtc_worker.settings import (
+    DemoCommand,
+    WorkerCli,
     WorkerSettings,
 )
 from rtc_worker.settings_sources import CommandLine
@@ -74,11 +76,11 @@ def test_serve_accepts_every_old_flag(clean_env: pytest.MonkeyPatch, tmp_path: P
     )  # fmt: skip
     assert isinstance(serve, WorkerSettings)
     assert serve.signaling_url == "ws://signal.example:8765/ws"
-    assert (serve.peer_id, serve.token, serve.shared_root) == ("gpu-1", "t0k", tmp_path)
+    assert (serve.peer_id, serve.token_value, serve.shared_root) == ("gpu-1", "t0k", tmp_path)
     assert serve.job_command == "python train.py {input} {output}"
     assert serve.ice_servers == ["stun:stun.example:3478", "turn:turn.example:3478"]
     assert (serve.log_level, serve.storage_url) == ("DEBUG", "http://127.0.0.1:8765")
-    assert serve.storage_api_key == "k3y"
+    assert serve.storage_api_key_value == "k3y"
 
 
 def test_every_worker_setting_has_a_generated_flag(clean_env: pytest.MonkeyPatch) -> None:
@@ -118,7 +120,7 @@ def test_client_connection_flags(clean_env: pytest.MonkeyPatch, command: str) ->
         "--json",
     )  # fmt: skip
     assert isinstance(parsed, ClientCommand)
-    assert (parsed.signaling_url, parsed.token) == ("ws://signal.example:1/ws", "t0k")
+    assert (parsed.signaling_url, parsed.token_value) == ("ws://signal.example:1/ws", "t0k")
     assert (parsed.ice_servers, parsed.log_level, parsed.json_output) == (["stun:a"], "DEBUG", True)
 
 
@@ -171,14 +173,18 @@ def test_download_accepts_every_old_argument(clean_env: pytest.MonkeyPatch, tmp_
     assert isinstance(from_env, DownloadCommand)
     assert (from_env.job_id, from_env.storage_url) == ("dl-1", "http://s:1")
     assert from_env.output == tmp_path
-    assert (from_env.storage_api_key, from_env.sha256, from_env.keep) == ("env-key", None, False)
+    assert (from_env.storage_api_key_value, from_env.sha256, from_env.keep) == (
+        "env-key",
+        None,
+        False,
+    )
     assert from_env.log_level == "WARNING"
     given = client_command(
         *argv, "--storage-api-key", "flag-key", "--sha256", "ab" * 32, "--keep",
         "--log-level", "DEBUG",
     )  # fmt: skip
     assert isinstance(given, DownloadCommand)
-    assert (given.storage_api_key, given.sha256, given.keep) == ("flag-key", "ab" * 32, True)
+    assert (given.storage_api_key_value, given.sha256, given.keep) == ("flag-key", "ab" * 32, True)
     assert given.log_level == "DEBUG"
 
 
@@ -276,7 +282,7 @@ DOCUMENTED_VARIABLES: list[tuple[str, str, str, object]] = [
     ("CLEANUP_INTERVAL_S", "signaling", "cleanup_interval_s", 30.0),
     ("RTC_SIGNALING_URL", "serve", "signaling_url", "ws://e:1/ws"),
     ("RTC_WORKER_ID", "serve", "peer_id", "gpu-9"),
-    ("RTC_SIGNALING_TOKEN", "serve", "token", "s3cret"),
+    ("RTC_SIGNALING_TOKEN", "serve", "token_value", "s3cret"),
     ("SHARED_STORAGE_ROOT", "serve", "shared_root", Path("/srv/shared")),
     ("RTC_SHARED_ROOT_CANDIDATES", "serve", "shared_root_candidates", ["/a", "/b"]),
     ("RTC_JOB_COMMAND", "serve", "job_command", "run {input}"),
@@ -292,7 +298,7 @@ DOCUMENTED_VARIABLES: list[tuple[str, str, str, object]] = [
     ("RTC_MAX_FIELDS", "serve", "max_fields", 10),
     ("RTC_CANCEL_GRACE_S", "serve", "cancel_grace_s", 1.0),
     ("RTC_STORAGE_URL", "serve", "storage_url", "http://s:1"),
-    ("STORAGE_API_KEY", "serve", "storage_api_key", "key"),
+    ("STORAGE_API_KEY", "serve", "storage_api_key_value", "key"),
     ("RTC_STORAGE_RETRIES", "serve", "storage_retries", 2),
     ("RTC_STORAGE_BACKOFF_S", "serve", "storage_backoff_s", 0.1),
     ("RTC_RECONNECT_MAX_DELAY_S", "serve", "reconnect_max_delay_s", 2.0),
@@ -303,13 +309,13 @@ DOCUMENTED_VARIABLES: list[tuple[str, str, str, object]] = [
     ("RTC_PARTIAL_TTL_S", "serve", "partial_ttl_s", 60.0),
     ("RTC_CLEANUP_INTERVAL_S", "serve", "cleanup_interval_s", 60.0),
     ("RTC_SIGNALING_URL", "submit", "signaling_url", "ws://e:1/ws"),
-    ("RTC_SIGNALING_TOKEN", "submit", "token", "s3cret"),
+    ("RTC_SIGNALING_TOKEN", "submit", "token_value", "s3cret"),
     ("RTC_ICE_SERVERS", "submit", "ice_servers", ["stun:a"]),
     ("RTC_REPLY_TIMEOUT_S", "submit", "reply_timeout_s", 5.0),
     ("RTC_CONNECT_TIMEOUT_S", "submit", "connect_timeout_s", 5.0),
     ("RTC_CLIENT_CACHE_DIR", "submit", "cache_dir", Path("/srv/cache")),
     ("RTC_MAX_FILE_SIZE", "submit", "max_file_size", 1000),
-    ("STORAGE_API_KEY", "download", "storage_api_key", "key"),
+    ("STORAGE_API_KEY", "download", "storage_api_key_value", "key"),
 ]
 
 
@@ -364,6 +370,7 @@ def test_the_canonical_variable_wins_over_the_older_name(
 
     def read() -> str:
         value = getattr(model(**required), field)
+        value = value.get_secret_value() if isinstance(value, SecretStr) else value
         return str(int(value) if isinstance(value, float) else value).lower()
 
     required = {"job_id": "j", "storage_url": "u", "output": "o"}

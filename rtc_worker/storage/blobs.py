@@ -88,7 +88,8 @@ class BlobStore:
         partial_dir: name of the partials folder.
         partial_ttl_s: seconds a partial may stay untouched before :meth:`cleanup`
             removes it (tus "expiration").
-        object_mode: permission bits of published objects (0o444: read-only).
+        object_mode: permission bits of published objects (0o444: read-only; the
+            worker passes them through its umask, 0o440 by default).
 
     Attributes:
         root: the folder's real absolute path (display only).
@@ -241,8 +242,8 @@ class BlobStore:
                 os.unlink(key + _PART, dir_fd=partial)
                 fsync_dir(partial)
             except BaseException:
-                with suppress(OSError):
-                    os.fchmod(fd, 0o644)
+                with suppress(OSError):  # writable again, readable as an object would be
+                    os.fchmod(fd, 0o600 | (self.object_mode & 0o044))
                 raise
             finally:
                 os.close(bucket_fd)

@@ -46,6 +46,9 @@ class StorageErrorKind(StrEnum):
     """Unusable file type or content (a FIFO or a directory where a file is needed)."""
     NOT_A_DIRECTORY = "not a directory"
     """A directory is needed and something else exists there."""
+    HARD_LINKED = "hard-linked"
+    """A regular file with more than one hard link: another name (possibly outside the
+    root) leads to the same content."""
 
 
 def shown(parts: tuple[str, ...]) -> str:

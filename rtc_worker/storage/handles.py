@@ -33,6 +33,7 @@ class SafeRootLike(Protocol):
 
     root: Path
     slow_warning_s: float
+    allow_hardlinks: bool
 
     def _root_fd(self) -> AbstractContextManager[int]:
         """The root directory's descriptor for one operation."""
@@ -108,7 +109,9 @@ class InputHandle(Closing):
             raise ValueError(f"{shown(self.parts)!r} is not a directory")
         from rtc_worker.storage.saferoot import SafeRoot
 
-        return SafeRoot._at(os.dup(self.fd), self.path, self._root.slow_warning_s)
+        return SafeRoot._at(
+            os.dup(self.fd), self.path, self._root.slow_warning_s, self._root.allow_hardlinks
+        )
 
     def verify(self, given: Parts | None = None) -> None:
         """At use: check that the path still leads, by descriptor, to what was opened.

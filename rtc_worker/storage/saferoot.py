@@ -58,9 +58,13 @@ class SafeRoot(TreeOps, Closing):
     Args:
         root: an existing directory (resolved to its real path once, here).
         slow_warning_s: resolutions slower than this are logged as warnings, seconds.
+        allow_hardlinks: accept regular files with more than one hard link as inputs
+            (:meth:`open_input`) and in walked trees (:meth:`open_files`); off by
+            default, because another name of the same content may lie outside the root.
 
     Attributes:
         root: the root's real absolute path (for display and command templates only).
+        allow_hardlinks: as given (subroots inherit it).
 
     Raises:
         ValueError: ``root`` is not an existing directory.
@@ -70,24 +74,35 @@ class SafeRoot(TreeOps, Closing):
     descriptor until :meth:`close` (or garbage collection). Usable as a context manager.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, slow_warning_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        slow_warning_s: float = 1.0,
+        allow_hardlinks: bool = False,
+    ) -> None:
         real = os.path.realpath(root)
         if not os.path.isdir(real):
             raise ValueError(f"storage root is not an existing directory: {root}")
-        self._setup(None, Path(real), slow_warning_s)
+        self._setup(None, Path(real), slow_warning_s, allow_hardlinks)
 
-    def _setup(self, fd: int | None, root: Path, slow_warning_s: float) -> None:
+    def _setup(
+        self, fd: int | None, root: Path, slow_warning_s: float, allow_hardlinks: bool
+    ) -> None:
         self.root = root
         self.slow_warning_s = slow_warning_s
+        self.allow_hardlinks = allow_hardlinks
         self._held = fd
         self._root_str = str(root)
         self._closer = weakref.finalize(self, _close, fd)
 
     @classmethod
-    def _at(cls, fd: int, root: Path, slow_warning_s: float) -> SafeRoot:
+    def _at(
+        cls, fd: int, root: Path, slow_warning_s: float, allow_hardlinks: bool = False
+    ) -> SafeRoot:
         """A root over the directory descriptor ``fd`` (owned, closed by :meth:`close`)."""
         made = cls.__new__(cls)
-        made._setup(fd, root, slow_warning_s)
+        made._setup(fd, root, slow_warning_s, allow_hardlinks)
         return made
 
     def __repr__(self) -> str:
@@ -195,8 +210,10 @@ class SafeRoot(TreeOps, Closing):
     def open_input(self, parts: Parts) -> InputHandle:
         """Open a job's input (a regular file or a directory) once, for the job to keep.
 
-        A directory must be listable and searchable, a file readable (checked by
-        opening it: ``os.access`` answers yes for root).
+        Each component is opened relative to its parent's descriptor without following
+        a symlink (after the containment check of :meth:`resolve`). A directory must be
+        listable and searchable, a file readable (checked by opening it: ``os.access``
+        answers yes for root) and, unless :attr:`allow_hardlinks`, have one hard link.
 
         Returns:
             An open :class:`InputHandle`; the caller closes it.
@@ -205,10 +222,18 @@ class SafeRoot(TreeOps, Closing):
             ValueError: ``parts`` is not a tuple of plain names.
             StorageError: ``OUTSIDE_ROOT`` (containment, checked first; or a symlink
                 swapped in); ``NOT_FOUND``; ``PERMISSION_DENIED``; ``CORRUPTED`` (neither
-                a regular file nor a directory, e.g. a FIFO).
+                a regular file nor a directory, e.g. a FIFO); ``HARD_LINKED`` (a file
+                with other names, which may lie outside the root).
         """
         with self._op(parts) as (rfd, resolved):
             fd, kind, st = self._open_entry(rfd, resolved, parts, K.NOT_FOUND)
+            if kind == "file" and st.st_nlink > 1 and not self.allow_hardlinks:
+                os.close(fd)
+                fail(
+                    K.HARD_LINKED,
+                    parts,
+                    f"{shown(resolved.parts)!r} has {st.st_nlink} hard links",
+                )
             name = parts[-1] if parts else self.root.name
             return InputHandle(self, fd, kind, st, name, resolved.parts)
 
@@ -352,7 +377,12 @@ class SafeRoot(TreeOps, Closing):
         with self._op(parts) as (rfd, resolved):
             missing = K.VANISHED if create or resolved.exists else K.NOT_FOUND
             fd = walk(rfd, resolved.parts, parts, create=create, missing=missing)
-            return SafeRoot._at(fd, self.root.joinpath(*resolved.parts), self.slow_warning_s)
+            return SafeRoot._at(
+                fd,
+                self.root.joinpath(*resolved.parts),
+                self.slow_warning_s,
+                self.allow_hardlinks,
+            )
 
     # ------------------------------------------------------------------ creating
 

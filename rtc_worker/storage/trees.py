@@ -2,10 +2,14 @@
 
 Each directory is opened relative to its parent's descriptor with ``O_NOFOLLOW``; a
 symlink is seen as an entry (and never entered), so nothing outside the tree is ever
-listed, read, flushed or removed. The walk is iterative: a deep tree cannot exhaust the
-interpreter's recursion limit. Used by :class:`~rtc_worker.storage.saferoot.SafeRoot`
-(listing files for the manifest job and the results ZIP, counting and flushing results,
-snapshots and pruning of an output folder).
+listed, read, flushed or removed. Files are opened the same way (:func:`iter_files`):
+relative to their directory's descriptor, ``O_NOFOLLOW``, and checked on the opened
+descriptor (a regular file, one hard link unless allowed), so an entry swapped for a
+symlink, a FIFO or a hard link to an outside file at any moment is skipped, never read.
+The walk is iterative: a deep tree cannot exhaust the interpreter's recursion limit.
+Used by :class:`~rtc_worker.storage.saferoot.SafeRoot` (the files of a directory input,
+the results ZIP, counting and flushing results, snapshots and pruning of an output
+folder).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+
+from loguru import logger
 
 from rtc_worker.storage.atomic import fsync_dir
 from rtc_worker.storage.errors import StorageError, StorageErrorKind
@@ -28,7 +34,16 @@ from rtc_worker.storage.resolver import (
     walk,
 )
 
-__all__ = ["Entry", "TreeOps", "fsync_files", "list_files", "prune", "snapshot", "walk_tree"]
+__all__ = [
+    "Entry",
+    "TreeOps",
+    "fsync_files",
+    "iter_files",
+    "list_files",
+    "prune",
+    "snapshot",
+    "walk_tree",
+]
 
 K = StorageErrorKind
 Parts = tuple[str, ...]
@@ -38,6 +53,9 @@ Entry = tuple[str, int]
 
 # A subdirectory gone or swapped for something else while walking: skipped.
 _SKIP_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+# A file gone, or swapped for a symlink or a socket, between listing and opening: skipped.
+_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO})
+_FILE_FLAGS = READ_FLAGS | os.O_NOCTTY
 
 
 def _entries(dir_fd: int) -> list[Entry]:
@@ -121,6 +139,48 @@ def list_files(top_fd: int) -> list[tuple[str, ...]]:
     return sorted(files)
 
 
+def iter_files(
+    top_fd: int, *, allow_hardlinks: bool = False
+) -> Iterator[tuple[tuple[str, ...], int, os.stat_result]]:
+    """Open every regular file of the tree by descriptor, one at a time, in name order.
+
+    Yields ``(parts, fd, stat)``: the file's components below the top, a descriptor
+    opened for reading (blocking, offset 0) that is closed when the caller asks for
+    the next item, and its ``fstat``. Each file is opened relative to its directory's
+    descriptor with ``O_NOFOLLOW | O_NONBLOCK`` and checked on the descriptor; an entry
+    that is (or became) a symlink, a directory, a FIFO, a socket or a device, or that
+    vanished, is skipped; so is a file with more than one hard link unless
+    ``allow_hardlinks`` (another name of the same content may lie outside the tree;
+    logged as a warning).
+
+    Raises:
+        OSError: as :func:`walk_tree`, or a file cannot be opened (``EACCES``...).
+    """
+    for prefix, dir_fd, entries in walk_tree(top_fd):
+        for name, mode in entries:
+            if not stat.S_ISREG(mode):
+                continue
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in _GONE_ERRNOS:
+                    continue
+                raise
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if st.st_nlink > 1 and not allow_hardlinks:
+                    logger.warning(
+                        "skipped {!r}: {} hard links", "/".join((*prefix, name)), st.st_nlink
+                    )
+                    continue
+                os.set_blocking(fd, True)
+                yield (*prefix, name), fd, st
+            finally:
+                os.close(fd)
+
+
 def snapshot(top_fd: int) -> set[tuple[str, ...]]:
     """Components of every entry in the tree (files, directories, links, others).
 
@@ -157,35 +217,31 @@ def prune(top_fd: int, keep: set[tuple[str, ...]]) -> int:
     return removed
 
 
-def fsync_files(top_fd: int) -> tuple[int, int]:
-    """Flush every regular file and directory of the tree; count the files.
+def fsync_files(top_fd: int, *, allow_hardlinks: bool = False) -> tuple[int, int]:
+    """Flush every directory of the tree and the files :func:`iter_files` yields; count
+    those files (what the results ZIP would hold).
 
     Returns:
-        ``(file_count, total_bytes)`` of the regular files.
+        ``(file_count, total_bytes)`` of those files.
 
     Raises:
         OSError: a file or directory cannot be opened or flushed.
     """
     count = 0
     total = 0
-    for _prefix, dir_fd, entries in walk_tree(top_fd):
-        for name, mode in entries:
-            if not stat.S_ISREG(mode):
-                continue
-            fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-            try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            count += 1
-            total += size
+    for _parts, fd, st in iter_files(top_fd, allow_hardlinks=allow_hardlinks):
+        os.fsync(fd)
+        count += 1
+        total += st.st_size
+    for _prefix, dir_fd, _entries in walk_tree(top_fd):
         fsync_dir(dir_fd)
     return count, total
 
 
 class TreeOps:
     """SafeRoot's operations on whole trees (mixed into :class:`SafeRoot`)."""
+
+    allow_hardlinks: bool
 
     def _op(self, parts: Parts) -> AbstractContextManager[tuple[int, Resolved]]:
         """See :meth:`SafeRoot._op`."""
@@ -206,6 +262,26 @@ class TreeOps:
         top = self.open_dir(parts)
         try:
             return list_files(top)
+        except OSError as exc:
+            raise_mapped(exc, parts, K.VANISHED)
+        finally:
+            os.close(top)
+
+    def open_files(self, parts: Parts) -> Iterator[tuple[Parts, int, os.stat_result]]:
+        """Open the regular files under the directory ``parts`` by descriptor, one at a
+        time (see :func:`iter_files`; hard-linked files only with
+        :attr:`allow_hardlinks`).
+
+        Yields:
+            ``(components below parts, fd, stat)``; ``fd`` is closed when the next item
+            is asked for (or the iteration is closed).
+
+        Raises:
+            StorageError: as :meth:`walk_files`.
+        """
+        top = self.open_dir(parts)
+        try:
+            yield from iter_files(top, allow_hardlinks=self.allow_hardlinks)
         except OSError as exc:
             raise_mapped(exc, parts, K.VANISHED)
         finally:
@@ -246,10 +322,11 @@ class TreeOps:
     def fsync_tree(self, parts: Parts) -> tuple[int, int]:
         """Flush every regular file and directory under ``parts``, and its own entry.
 
-        Symlinks are neither followed nor counted.
+        Symlinks are neither followed nor counted, nor are files :meth:`open_files`
+        skips (hard-linked ones): the counts are those of the results ZIP.
 
         Returns:
-            ``(file_count, total_bytes)`` of the regular files.
+            ``(file_count, total_bytes)`` of those files.
 
         Raises:
             StorageError: as :meth:`open_dir`; ``PERMISSION_DENIED`` for an unreadable
@@ -259,7 +336,7 @@ class TreeOps:
         with self._op(parts) as (rfd, resolved):
             top = self.open_dir(resolved.parts)
             try:
-                counts = fsync_files(top)
+                counts = fsync_files(top, allow_hardlinks=self.allow_hardlinks)
                 if resolved.parts:
                     parent = walk(
                         rfd, resolved.parts[:-1], parts, missing=K.VANISHED, flags=DIR_FLAGS
