@@ -65,6 +65,7 @@ NONCE_BYTES = 32
 FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{64}")
 #: The prefix of an anonymous connection's principal.
 ANONYMOUS_PREFIX = "anon-"
+_ANONYMOUS_PATTERN = re.compile(r"anon-[0-9a-f]{32}")
 
 _FIELD_PRIME = 2**255 - 19
 #: The y-coordinates of the Ed25519 points of small order (1, 2, 4 and 8): 0, 1, p-1 and
@@ -124,8 +125,8 @@ def anonymous_principal() -> str:
 
 
 def is_anonymous(principal: str) -> bool:
-    """True for an anonymous connection's principal."""
-    return principal.startswith(ANONYMOUS_PREFIX)
+    """True for an anonymous connection's principal: ``anon-`` and 32 hex digits."""
+    return _ANONYMOUS_PATTERN.fullmatch(principal) is not None
 
 
 def new_nonce() -> bytes:

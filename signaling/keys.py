@@ -71,10 +71,9 @@ class Role(enum.StrEnum):
 
 
 def is_valid_owner(owner: str) -> bool:
-    """Whether ``owner`` can own results: a fingerprint (64 lowercase hex), an anonymous
-    principal (``anon-`` + 32 hex), or a peer id (``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``,
-    what a connection's principal is before its peer authenticates)."""
-    return is_fingerprint(owner) or is_anonymous(owner) or _PEER_ID.fullmatch(owner) is not None
+    """Whether ``owner`` can own results: a fingerprint (64 lowercase hex) or an
+    anonymous principal (``anon-`` + 32 hex): the identities of the channel handshake."""
+    return is_fingerprint(owner) or is_anonymous(owner)
 
 
 def is_valid_key_name(name: str) -> bool:
