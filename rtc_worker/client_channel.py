@@ -118,7 +118,16 @@ class WorkerConnection:
 
     async def _perform(self, output: object) -> None:
         match output:
-            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
+            case (
+                ev.Append()
+                | ev.CheckStore()
+                | ev.Finish()
+                | ev.Discard()
+                | ev.ReadStoredRanges()
+                | ev.RecordOwnership()
+                | ev.AwaitProof()
+                | ev.ReadFileRanges()
+            ):
                 await self.io.perform(output)
             case ev.StreamFrom():
                 self.io.stream(output)

@@ -43,6 +43,7 @@ __all__ = [
     "PathOutsideRoot",
     "PathPermissionDenied",
     "PathRefusedError",
+    "QuotaExceeded",
     "SizeMismatch",
     "TransferCancelled",
     "TransferFailedError",
@@ -283,6 +284,13 @@ class DiskFull(TransferFailedError):
     CODE = TransferErrorCode.DISK_FULL
 
 
+class QuotaExceeded(TransferFailedError):
+    """``QUOTA_EXCEEDED``: our principal holds too many or too large unfinished transfers
+    on the receiver; nothing was written (they count until they complete or expire)."""
+
+    CODE = TransferErrorCode.QUOTA_EXCEEDED
+
+
 class InvalidName(TransferFailedError):
     """``INVALID_NAME``: not a plain base name."""
 
@@ -311,6 +319,7 @@ _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
         InvalidName,
         TransferCancelled,
         UnexpectedData,
+        QuotaExceeded,
     )
 }
 

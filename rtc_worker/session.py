@@ -59,7 +59,12 @@ class WorkerSession:
         )
         self.driver = ChannelDriver(self.conn, channel, self.perform, name=peer)
         self.io = TransferIO(
-            self.conn, channel, resources.store, registry=resources.partials, wake=self.driver.drain
+            self.conn,
+            channel,
+            resources.store,
+            registry=resources.partials,
+            wake=self.driver.drain,
+            holdings=resources.holdings,
         )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
@@ -86,7 +91,16 @@ class WorkerSession:
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
         match output:
-            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
+            case (
+                ev.Append()
+                | ev.CheckStore()
+                | ev.Finish()
+                | ev.Discard()
+                | ev.ReadStoredRanges()
+                | ev.RecordOwnership()
+                | ev.AwaitProof()
+                | ev.ReadFileRanges()
+            ):
                 await self.io.perform(output)
             case ev.StreamFrom():
                 self.io.stream(output)

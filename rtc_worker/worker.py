@@ -25,6 +25,7 @@ from protocol.signaling import Answer as AnswerFrame
 from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, SignalingError
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
+from rtc_worker.holdings import Holdings, Quota
 from rtc_worker.jobs import JobRunner
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.rtc import FrameChannel, rtc_configuration
@@ -99,10 +100,19 @@ class RTCWorkerClient:
                 retries=settings.storage_retries,
                 backoff_s=settings.storage_backoff_s,
             )
+        store = BlobStore(root.root.joinpath(*store_parts), partial_ttl_s=settings.partial_ttl_s)
         self.resources = WorkerResources(
             shared=shared,
             root=root,
-            store=BlobStore(root.root.joinpath(*store_parts), partial_ttl_s=settings.partial_ttl_s),
+            store=store,
+            holdings=Holdings.for_worker(
+                store,
+                quota=Quota(settings.partial_quota_bytes, settings.partial_quota_files),
+                anonymous_quota=Quota(
+                    settings.anonymous_partial_quota_bytes, settings.anonymous_partial_quota_files
+                ),
+                reserve_bytes=settings.free_space_reserve_bytes,
+            ),
             store_parts=store_parts,
             runner=JobRunner(
                 root,

@@ -271,3 +271,29 @@ async def recv_until(conn: Any, kinds: tuple[type, ...], timeout: float = 20) ->
             message = await conn.recv(timeout)
             if isinstance(message, kinds):
                 return message
+
+
+async def offer(conn: Any, frame: str, data: bytes, timeout: float = 10) -> Any:
+    """Send ``frame`` (a FILE_META) on a raw channel and, when the worker asks its proof
+    of possession, answer it from ``data`` as a conforming sender does; returns the
+    worker's reply after that (FILE_READY, FILE_EXISTS or TRANSFER_ERROR)."""
+    from protocol import FileProof, FileProofRequest
+    from protocol.proof import proof_digest
+
+    conn.send(frame)
+    reply = await conn.recv(timeout)
+    if isinstance(reply, FileProofRequest):
+        parts = [data[offset : offset + length] for offset, length in reply.ranges]
+        conn.send(FileProof(proof_digest(reply.nonce, parts)))
+        reply = await conn.recv(timeout)
+    return reply
+
+
+def held_partial(store: Any, principal: str, data: bytes) -> int:
+    """Bytes of ``data`` a worker's store holds in ``principal``'s own partial file."""
+    import hashlib
+
+    from rtc_worker.holdings import partial_key
+
+    digest = hashlib.sha256(data).hexdigest()
+    return int(store.partial_size(partial_key(principal, digest), len(data), sha256=digest))
