@@ -150,6 +150,13 @@ class WorkerSettings(EnvSettings):
         gt=0,
         description="As partial_quota_files, for an anonymous connection.",
     )
+    proof_timeout_s: float = Field(
+        DEFAULT_LIMITS.proof_timeout_s,
+        gt=0,
+        le=300,
+        description="How long the worker waits for a FILE_PROOF (proof of possession "
+        "before dedupe), seconds; then it asks for the bytes.",
+    )
     free_space_reserve_bytes: int = Field(
         DEFAULT_RESERVE_BYTES,
         ge=0,

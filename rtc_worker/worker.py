@@ -91,6 +91,7 @@ class RTCWorkerClient:
             max_fields=settings.max_fields,
             max_file_bytes=settings.max_file_size,
             chunk_bytes=settings.chunk_size,
+            proof_timeout_s=settings.proof_timeout_s,
         )
         results_client = None
         if settings.storage_url:

@@ -246,6 +246,7 @@ def worker_subprocess(
 #: their time while measuring nothing of protocol/.
 LIVE_MODULES = frozenset(
     {
+        "test_attacks_dedupe",
         "test_e2e_shared",
         "test_e2e_transfer",
         "test_channel",

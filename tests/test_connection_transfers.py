@@ -411,3 +411,22 @@ def test_our_own_file_never_takes_the_place_of_results_being_prepared() -> None:
     assert conn.drain() == [] and snapshot(conn) == before
     packed = one(tell(conn, ev.ResultsFound(JOB, "client-1", False, "out")), ev.PackResults)
     assert sends(tell(conn, ev.FileToSend(f"results-{packed.job_id}.zip", 3, SHA)))
+
+
+@pytest.mark.parametrize("late", ["DISK_FULL", "CANCELLED"])
+def test_a_store_failure_after_the_senders_cancel_is_dropped(late: str) -> None:
+    """FILE_CANCEL while the disk is full: the cancel is acknowledged as usual, and the
+    write that fails after it (reported late, about the cancelled transfer) is dropped,
+    never answered INTERNAL_ERROR ("can't handle StoreFailed in receiver state IDLE")."""
+    conn = worker()
+    check = one(feed(conn, META), ev.CheckStore)
+    ready_at_zero(conn, check.transfer)
+    feed(conn, b"hell")
+    outputs = feed(conn, "FILE_CANCEL")
+    assert frames(outputs) == [
+        "TRANSFER_ERROR::CANCELLED::cancelled by the sender; 4 bytes kept for a resume"
+    ]
+    failed = ev.StoreFailed(check.transfer, TransferErrorCode(late), "no space left on device")
+    assert tell(conn, failed) == [ev.Note(f"dropped StoreFailed of transfer {check.transfer}")]
+    assert frames(feed(conn, "FILE_CANCEL")) == ["TRANSFER_ERROR::CANCELLED::no transfer open"]
+    assert conn.receiver.state is ReceiverState.IDLE and not violations(conn.drain())
