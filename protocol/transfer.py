@@ -247,13 +247,13 @@ class Receiver:
         # FileCancel: always acknowledged, so the sender knows that every frame about
         # the cancelled transfer is behind it.
         was_receiving, kept = self.state in (_R.RECEIVING, _R.PROVING), self.received
-        serial = self.serial
+        serial, empty = self.serial, self.state is _R.PROVING  # no byte came while proving
         self._reset(next_state)
         if not was_receiving:
             return [TransferError(TransferErrorCode.CANCELLED, "no transfer open")]
         detail = f"cancelled by the sender; {kept} bytes kept for a resume"
         return [
-            Discard(serial, keep=True),
+            Discard(serial, keep=not empty),
             Note(detail),
             ReceiveEnded(TransferErrorCode.CANCELLED, detail),
             TransferError(TransferErrorCode.CANCELLED, detail),
@@ -473,10 +473,13 @@ class Receiver:
         return [FileProgress(self.on_disk, meta.size)]
 
     def close(self) -> list[Output]:
-        """The channel closed: keep the open partial file for a later resume."""
-        serial, was_open = self.serial, self.state in (_R.PROVING, _R.RECEIVING, _R.VERIFYING)
+        """The channel closed: keep the open partial file for a later resume (the empty
+        one of a transfer still proving goes)."""
+        serial, state = self.serial, self.state
         self._reset(_R.IDLE)
-        return [Discard(serial, keep=True)] if was_open else []
+        if state not in (_R.PROVING, _R.RECEIVING, _R.VERIFYING):
+            return []
+        return [Discard(serial, keep=state is not _R.PROVING)]
 
     def _reset(self, state: ReceiverState) -> None:
         self.state = state

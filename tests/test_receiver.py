@@ -178,7 +178,7 @@ ROWS: dict[
     (R.PROVING, FileCancel): (
         {},
         FileCancel(),
-        [Discard(1, True), Note(NOTHING_KEPT), *ended("CANCELLED", NOTHING_KEPT)],
+        [Discard(1, False), Note(NOTHING_KEPT), *ended("CANCELLED", NOTHING_KEPT)],
     ),
     (R.CHECKING, ProofStep.MATCH): (
         {"proved": True},
@@ -546,8 +546,9 @@ def test_stored_under_another_sha256_than_announced_is_an_adapter_bug() -> None:
 @pytest.mark.parametrize("state", list(R))
 def test_close_keeps_an_open_partial_for_a_resume(state: ReceiverState) -> None:
     r = receiver_in(state)
-    open_states = (R.PROVING, R.RECEIVING, R.VERIFYING)
-    expected = [Discard(1, keep=True)] if state in open_states else []
+    expected = [Discard(1, keep=True)] if state in (R.RECEIVING, R.VERIFYING) else []
+    if state is R.PROVING:  # nothing came yet: its empty partial goes
+        expected = [Discard(1, keep=False)]
     assert r.close() == expected
     assert (r.state, r.meta, r.active) == (R.IDLE, None, False)
 

@@ -68,6 +68,7 @@ from tests.protocol_helpers import (
     hold_file,
     new,
     one,
+    ready_at_zero,
     receiver_in,
     sender_in,
     sends,
@@ -362,7 +363,7 @@ def test_file_cancel_after_our_cancel_is_acknowledged_by_the_receiver(role: Role
 def test_file_cancel_goes_to_an_open_receive_even_with_a_send_open() -> None:
     conn = sender_in(Role.WORKER, SenderState.SENDING)
     serial = one(feed(conn, f"FILE_META::in.bin::11::{SHA}::4"), ev.CheckStore).transfer
-    tell(conn, ev.StoreOffset(serial, 0))
+    ready_at_zero(conn, serial)
     outputs = feed(conn, "FILE_CANCEL")
     assert one(outputs, ev.Discard) == ev.Discard(serial, keep=True)
     assert conn.receiver.state is ReceiverState.IDLE

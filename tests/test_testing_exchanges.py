@@ -251,8 +251,10 @@ def test_each_kind_produces_all_its_variants_and_each_replays(kind: str) -> None
 
 
 def forgets_the_file(exchange: Exchange) -> bool:
-    """A held file, then a refused input path (which forgets it), then a refused JOB_START."""
+    """A held file (found at once, or after a proof), then a refused input path (which
+    forgets it), then a refused JOB_START."""
     ms = [decode(frame) for _, frame in exchange]
+    ms = [m for m in ms if not isinstance(m, FileProofRequest | FileProof)]
     types = [type(m) for m in ms]
     held = types[:4] == [FileMeta, FileExists, SharedInputPath, PathError]
     return held and JobStart in types and isinstance(ms[-1], ProtocolErrorFrame)
