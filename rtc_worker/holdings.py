@@ -155,7 +155,8 @@ class Holdings:
         self.anonymous_quota = anonymous_quota
         self.reserve_bytes = reserve_bytes
         self.shared = shared
-        self._lock = threading.Lock()  # a quota check and the open it allows, together
+        self._lock = threading.Lock()  # quota checks see the opens they allowed
+        self._opening: dict[str, int] = {}  # key -> size, allowed and still opening
 
     @classmethod
     def single_owner(cls, store: BlobStore) -> Holdings:
@@ -258,12 +259,17 @@ class Holdings:
             PartialBusyError, OSError, ValueError: as :meth:`BlobStore.open_partial`.
         """
         key = self.partial_key(principal, sha256)
-        with self._lock:
-            if self.shared:
+        if self.shared:
+            with self._lock:  # the check and its reservation together; not the open
                 self._check_quota(principal, key, size)
                 held = self.store.partial_size(key, size, sha256=sha256)
                 self._check_room(size - held + pending, name)
+                self._opening[key] = size
+        try:  # a resumed partial is re-hashed here: other principals' opens go on meanwhile
             partial = self.store.open_partial(key, size, name, sha256=sha256)
+        finally:
+            with self._lock:
+                self._opening.pop(key, None)
         partial.reserve_bytes = self.reserve_bytes
         return partial
 
@@ -282,8 +288,9 @@ class Holdings:
     def _check_quota(self, principal: str, key: str, size: int) -> None:
         quota = self.quota_of(principal)
         prefix = key.split("-", 1)[0] + "-"
-        others = [k for k in self.store.partial_keys() if k.startswith(prefix) and k != key]
-        announced = sum(self._announced(k) for k in others)
+        keys = {*self.store.partial_keys(), *self._opening}
+        others = [k for k in keys if k.startswith(prefix) and k != key]
+        announced = sum(self._opening.get(k) or self._announced(k) for k in others)
         if len(others) + 1 > quota.max_files:
             raise QuotaExceededError(
                 f"{len(others)} unfinished transfers already; at most {quota.max_files}"

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import errno
 import os
-from contextlib import ExitStack
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,6 +174,35 @@ def test_the_quota_counts_a_principals_other_partial_files(blob_store: BlobStore
         held.open_partial(anonymous, first, 1, "1")  # and one file
     blob_store.remove_partial_if_idle(partial_key(ALICE, first))  # expired, or completed
     held.open_partial(ALICE, third, 1, "3").close()
+
+
+class SlowOpens(BlobStore):
+    """A store whose opens wait for a second one (up to 0.5 s): two opens the quota let
+    through would both be inside ``open_partial`` at once."""
+
+    barrier = threading.Barrier(2)
+
+    def open_partial(self, *args: Any, **kwargs: Any) -> Any:
+        with suppress(threading.BrokenBarrierError):
+            self.barrier.wait(timeout=0.5)
+        return super().open_partial(*args, **kwargs)
+
+
+def test_concurrent_opens_of_one_principal_cannot_both_pass_its_quota(tmp_path: Path) -> None:
+    store = SlowOpens(tmp_path / "store")
+    held = holdings(store, files=1, size=10 * KIB)
+
+    def open_one(i: int) -> str:
+        try:
+            held.open_partial(ALICE, sha(bytes([i])), KIB, f"{i}").close()
+        except QuotaExceededError:
+            return "refused"
+        return "opened"
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the re-hash of a resume is slow
+        outcomes = sorted(pool.map(open_one, range(2)))
+    assert outcomes == ["opened", "refused"]
+    assert len(store.partial_keys()) == 1
 
 
 def test_a_transfer_that_would_eat_into_the_reserve_is_refused_when_it_opens(
