@@ -35,6 +35,7 @@ _COUNT_PATTERN = re.compile(r"[0-9]{1,15}")
 _COUNT18_PATTERN = re.compile(r"[0-9]{1,18}")
 _MB_PATTERN = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,6})?")
 _LEGACY_META = re.compile(r"(?P<name>.+):(?P<size>[0-9]{1,18}):(?P<gui>[^:]*)", re.DOTALL)
+_PROOF_RANGES = re.compile(r"[0-9]{1,18}\+[0-9]{1,6}(?:,[0-9]{1,18}\+[0-9]{1,6}){0,15}")
 
 
 def encode(message: m.Message) -> str | bytes:
@@ -75,8 +76,11 @@ def encode(message: m.Message) -> str | bytes:
             return f"FILE_META{SEP}{name}:{size}:{gui}"
         case t.FileReady(offset=offset):
             return f"FILE_READY{SEP}{offset}"
-        case t.FileExists(sha256=sha) | t.FileReceived(sha256=sha):
+        case t.FileExists(sha256=sha) | t.FileReceived(sha256=sha) | t.FileProof(sha256=sha):
             return f"{message.TYPE}{SEP}{sha}"
+        case t.FileProofRequest(nonce=nonce, ranges=ranges):
+            shown = ",".join(f"{offset}+{length}" for offset, length in ranges)
+            return f"FILE_PROOF_REQUEST{SEP}{nonce}{SEP}{shown}"
         case t.EndOfFile() | t.FileCancel():
             return message.TYPE
         case t.FileProgress(received=received, size=size):
@@ -234,6 +238,17 @@ def _parse_progress(rest: str | None, limits: Limits) -> m.Message:
     return t.FileProgress(_count(received, "bytes_received"), _count(size, "size"))
 
 
+def _parse_proof_request(rest: str | None, limits: Limits) -> m.Message:
+    nonce, sep, ranges = _need(rest, t.FileProofRequest.TYPE).partition(SEP)
+    if not sep or not _PROOF_RANGES.fullmatch(ranges):
+        raise RemoteProtocolError(
+            ErrorCode.MALFORMED_FRAME,
+            "FILE_PROOF_REQUEST is {nonce}::{offset}+{length}[,{offset}+{length}...]",
+        )
+    pairs = tuple(tuple(int(n) for n in item.split("+")) for item in ranges.split(","))
+    return t.FileProofRequest(nonce, pairs)  # type: ignore[arg-type]
+
+
 def _parse_transfer_error(rest: str | None, limits: Limits) -> m.Message:
     code, _, detail = _need(rest, t.TransferError.TYPE).partition(SEP)
     return t.TransferError(code, detail)
@@ -282,6 +297,8 @@ _PARSERS: dict[str, _Parser] = {
     t.FileMeta.TYPE: _parse_file_meta,
     t.FileReady.TYPE: lambda rest, limits: t.FileReady(_count(_need(rest, "FILE_READY"), "offset")),
     t.FileExists.TYPE: lambda rest, limits: t.FileExists(_need(rest, t.FileExists.TYPE)),
+    t.FileProofRequest.TYPE: _parse_proof_request,
+    t.FileProof.TYPE: lambda rest, limits: t.FileProof(_need(rest, t.FileProof.TYPE)),
     t.EndOfFile.TYPE: _no_fields(t.EndOfFile),
     t.FileProgress.TYPE: _parse_progress,
     t.FileReceived.TYPE: lambda rest, limits: t.FileReceived(_need(rest, t.FileReceived.TYPE)),
@@ -352,7 +369,7 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
         raise exc.as_remote() from None
 
 
-#: Every message class, in the order of PROTOCOL.md sections 2 and 5 (29 types).
+#: Every message class, in the order of PROTOCOL.md section 2 (31 types).
 MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     m.JobId,
     m.SharedInputPath,
@@ -371,6 +388,8 @@ MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     m.ProtocolErrorFrame,
     t.FileMeta,
     t.FileMetaLegacy,
+    t.FileProofRequest,
+    t.FileProof,
     t.FileReady,
     t.FileExists,
     t.Chunk,

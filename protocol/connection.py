@@ -121,7 +121,8 @@ class Connection:
         self.job: JobState | ClientJobState = (
             JobState.IDLE if role is Role.WORKER else ClientJobState(JobState.IDLE, Pending.NONE)
         )
-        self.receiver = Receiver(limits)
+        # A worker's store is shared by every principal: it asks a proof before dedupe.
+        self.receiver = Receiver(limits, prove_possession=role is Role.WORKER)
         self.sender = Sender()
         self.closed = False
         self._outputs: deque[Output] = deque()
@@ -239,6 +240,10 @@ class Connection:
             outputs = self.sender.receive(message)
         except LocalProtocolError as exc:
             raise exc.as_remote() from None
+        self._sender_outputs(outputs)
+
+    def _sender_outputs(self, outputs: Sequence[Output]) -> None:
+        """Queue the sender's outputs; a client's job session learns how a send ended."""
         self.emit(*outputs)
         for output in outputs:
             if isinstance(output, SendEnded) and self.client is not None:
@@ -352,9 +357,13 @@ class Connection:
             | events.StoreOffset
             | events.Stored
             | events.StoreFailed
-            | events.Written,
+            | events.Written
+            | events.StoredRanges
+            | events.ProofTimedOut,
         ):
             self._receiver_outputs(self.receiver.report(outcome, now))
+        elif isinstance(outcome, events.FileRanges):
+            self._sender_outputs(self.sender.report(outcome))
         elif self.worker is not None:
             self.worker.report(outcome)
         else:

@@ -75,7 +75,9 @@ class TransferErrorCode(StrEnum):
     SIZE_MISMATCH = "SIZE_MISMATCH"
     #: The announced size is above the receiver's maximum; no byte was sent.
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
-    #: The receiver ran out of disk space; the partial data is kept for a resume.
+    #: The receiver's disk is full, or would fall below the receiver's free-space reserve
+    #: (refused at FILE_META or while writing, before the disk fills); the partial data
+    #: is kept for a resume.
     DISK_FULL = "DISK_FULL"
     #: The name is not a plain base name (directory part, ``..``, NUL, control chars).
     INVALID_NAME = "INVALID_NAME"
@@ -83,6 +85,9 @@ class TransferErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     #: A binary frame arrived outside a transfer, or a chunk broke its bounds.
     UNEXPECTED_DATA = "UNEXPECTED_DATA"
+    #: The sender's principal holds too many or too large unfinished transfers (partial
+    #: files) on the receiver; nothing was written. They count until they complete or expire.
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
 
 
 class PathReason(StrEnum):

@@ -12,6 +12,10 @@ Three kinds, all frozen dataclasses (aioquic's events style):
   after its transfer ended (a write finishing after a cancel) is recognised and
   dropped instead of being taken for the next transfer's.
 
+The actions and reports of proof of possession (AwaitProof, ReadStoredRanges,
+ReadFileRanges, RecordOwnership, StoredRanges, FileRanges, ProofTimedOut) live in
+:mod:`protocol.proof` and are importable from here.
+
 Nothing here performs I/O. Sizes are bytes, times seconds unless a name says ``_ms``.
 Source: DESIGN.md, "How data flows" (one path for every frame).
 """
@@ -22,16 +26,27 @@ from dataclasses import dataclass, field
 
 from protocol.errors import PathReason, TransferErrorCode
 from protocol.messages import JobComplete, JobMetrics, Message
+from protocol.proof import (
+    AwaitProof,
+    FileRanges,
+    ProofTimedOut,
+    ReadFileRanges,
+    ReadStoredRanges,
+    RecordOwnership,
+    StoredRanges,
+)
 from protocol.transfer_messages import FileMeta, FileMetaLegacy
 
 __all__ = [
     "ActionFailed",
     "Append",
+    "AwaitProof",
     "CancelJob",
     "CheckStore",
     "Delivered",
     "Discard",
     "FileHeld",
+    "FileRanges",
     "FileToSend",
     "Finish",
     "InputAccepted",
@@ -42,7 +57,11 @@ __all__ = [
     "PackResults",
     "PathRefused",
     "PrepareOutput",
+    "ProofTimedOut",
+    "ReadFileRanges",
+    "ReadStoredRanges",
     "ReceiveEnded",
+    "RecordOwnership",
     "Refused",
     "ResultsFound",
     "ResultsUploaded",
@@ -54,6 +73,7 @@ __all__ = [
     "StoreHas",
     "StoreOffset",
     "Stored",
+    "StoredRanges",
     "StreamFrom",
     "UploadResults",
     "ValidateInput",
@@ -165,9 +185,10 @@ class PackResults:
 class CheckStore:
     """Receiver: ask the store what it holds of ``meta``'s content.
 
-    Report :class:`StoreHas`, :class:`StoreOffset` or :class:`StoreFailed`. For a
-    :class:`FileMetaLegacy` (no sha256) open an anonymous partial and report
-    ``StoreOffset(0)``.
+    Report :class:`StoreHas`, :class:`StoreOffset` or :class:`StoreFailed` (DISK_FULL,
+    QUOTA_EXCEEDED: checked here, before any byte). For a :class:`FileMetaLegacy` (no
+    sha256) open an anonymous partial and report ``StoreOffset(0)``. A receiver that
+    proves possession looks up and opens only the peer's principal's own partial.
     """
 
     transfer: int
@@ -400,7 +421,9 @@ class FileToSend:
 
 @dataclass(frozen=True, slots=True)
 class StoreHas:
-    """CheckStore: the whole content is held already (dedupe)."""
+    """CheckStore: the whole content is held already (dedupe). A receiver that proves
+    possession (a worker) reports it only when the peer's principal stored that content
+    itself; otherwise it opens the principal's own partial (StoreOffset)."""
 
     transfer: int
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_LIMITS", "KIB", "MIB", "Limits"]
+__all__ = ["DEFAULT_LIMITS", "KIB", "MAX_PROOF_RANGES", "MAX_PROOF_RANGE_BYTES", "MIB", "Limits"]
 
 KIB = 1024
 MIB = 1024 * KIB
+#: Most byte ranges a FILE_PROOF_REQUEST may name (the grammar's bound).
+MAX_PROOF_RANGES = 16
+#: Longest byte range a FILE_PROOF_REQUEST may name, bytes (the grammar's bound).
+MAX_PROOF_RANGE_BYTES = 64 * KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,11 @@ class Limits:
             included).
         progress_interval_s: a receiver sends FILE_PROGRESS at most this often,
             seconds.
+        proof_ranges: byte ranges a receiver asks in FILE_PROOF_REQUEST (at most
+            ``MAX_PROOF_RANGES``; a file shorter than all of them is asked whole).
+        proof_range_bytes: length of each range, bytes (at most ``MAX_PROOF_RANGE_BYTES``).
+        proof_timeout_s: a receiver waits this long for FILE_PROOF, seconds; then it
+            answers FILE_READY::0 as for a wrong proof.
     """
 
     max_text_frame_bytes: int = 64 * KIB
@@ -50,6 +59,9 @@ class Limits:
     max_file_bytes: int = 10 * 1024 * MIB
     chunk_bytes: int = 64 * KIB
     progress_interval_s: float = 0.5
+    proof_ranges: int = 8
+    proof_range_bytes: int = 4 * KIB
+    proof_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -60,12 +72,21 @@ class Limits:
             "max_fields",
             "max_file_bytes",
             "chunk_bytes",
+            "proof_ranges",
+            "proof_range_bytes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive integer: {value!r}")
         if not self.progress_interval_s >= 0:
             raise ValueError("Limits.progress_interval_s must be >= 0 seconds")
+        if self.proof_ranges > MAX_PROOF_RANGES or self.proof_range_bytes > MAX_PROOF_RANGE_BYTES:
+            raise ValueError(
+                f"Limits.proof_ranges <= {MAX_PROOF_RANGES} and "
+                f"Limits.proof_range_bytes <= {MAX_PROOF_RANGE_BYTES}"
+            )
+        if not self.proof_timeout_s > 0:
+            raise ValueError("Limits.proof_timeout_s must be > 0 seconds")
 
 
 DEFAULT_LIMITS = Limits()

@@ -1,4 +1,4 @@
-"""Which part of a connection handles each of the 29 message types, per role.
+"""Which part of a connection handles each of the 31 message types, per role.
 
 A message a role never receives is refused by its route (``UNEXPECTED_MESSAGE``: a
 worker does not receive PATH_VALIDATED, a client does not receive JOB_START). The
@@ -79,6 +79,8 @@ _TRANSFER: dict[type[m.Message], Part] = {
     t.FileMetaLegacy: Part.RECEIVER,
     t.Chunk: Part.RECEIVER,
     t.EndOfFile: Part.RECEIVER,
+    t.FileProof: Part.RECEIVER,
+    t.FileProofRequest: Part.SENDER,
     t.FileReady: Part.SENDER,
     t.FileExists: Part.SENDER,
     t.FileProgress: Part.SENDER,

@@ -1,6 +1,8 @@
 """The sending side of file transfers on one data channel, as a transition table.
 
-One file at a time: we announce it (FILE_META), the receiver answers where to start
+One file at a time: we announce it (FILE_META), the receiver may ask us to prove that we
+hold the file (FILE_PROOF_REQUEST: our adapter reads the asked ranges and we answer
+FILE_PROOF, see :mod:`protocol.proof`), then answers where to start
 (FILE_READY) or that it holds the content (FILE_EXISTS), our adapter streams chunks
 from that offset (:class:`~protocol.events.StreamFrom`), we end with END_OF_FILE, and
 the receiver's verdict (FILE_RECEIVED or TRANSFER_ERROR) ends the transfer with a
@@ -29,12 +31,15 @@ from protocol.events import (
     StreamFrom,
 )
 from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
+from protocol.proof import FileRanges, ReadFileRanges
 from protocol.transfer_messages import (
     EndOfFile,
     FileCancel,
     FileExists,
     FileMeta,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -42,7 +47,7 @@ from protocol.transfer_messages import (
 
 __all__ = ["SENDER_TABLE", "Sender", "SenderOp", "SenderState"]
 
-Output = Message | StreamFrom | SendEnded | SendProgress | Note
+Output = Message | StreamFrom | SendEnded | SendProgress | Note | ReadFileRanges
 
 
 class SenderState(StrEnum):
@@ -52,8 +57,12 @@ class SenderState(StrEnum):
     IDLE = "IDLE"
     #: (Worker) RESULTS_REQUEST taken: finding the job's outputs and packing the ZIP.
     PREPARING = "PREPARING"
-    #: FILE_META sent; waiting for FILE_READY or FILE_EXISTS.
+    #: FILE_META sent; waiting for FILE_READY or FILE_EXISTS (or FILE_PROOF_REQUEST).
     AWAIT_READY = "AWAIT_READY"
+    #: FILE_PROOF_REQUEST taken: the asked ranges of our file are being read.
+    PROVING = "PROVING"
+    #: FILE_PROOF sent; waiting for FILE_READY or FILE_EXISTS.
+    PROVED = "PROVED"
     #: Streaming chunks from the receiver's offset.
     SENDING = "SENDING"
     #: END_OF_FILE sent; waiting for FILE_RECEIVED.
@@ -73,7 +82,7 @@ class SenderOp(StrEnum):
 
 
 _S = SenderState
-_OPEN = (_S.AWAIT_READY, _S.SENDING, _S.AWAIT_RECEIVED)
+_OPEN = (_S.AWAIT_READY, _S.PROVING, _S.PROVED, _S.SENDING, _S.AWAIT_RECEIVED)
 
 #: (state, event) -> next state. FileMeta and EndOfFile are what *we* send.
 SENDER_TABLE: dict[tuple[SenderState, type | SenderOp], SenderState] = {
@@ -85,6 +94,11 @@ SENDER_TABLE: dict[tuple[SenderState, type | SenderOp], SenderState] = {
     (_S.AWAIT_READY, FileReady): _S.SENDING,
     (_S.AWAIT_READY, FileExists): _S.IDLE,
     (_S.AWAIT_READY, ProtocolErrorFrame): _S.IDLE,  # the receiver cannot take a file now
+    (_S.AWAIT_READY, FileProofRequest): _S.PROVING,  # one proof per transfer
+    (_S.PROVING, FileRanges): _S.PROVED,  # our adapter read the ranges: FILE_PROOF goes out
+    (_S.PROVING, FileReady): _S.SENDING,  # the receiver's deadline passed first
+    (_S.PROVED, FileReady): _S.SENDING,
+    (_S.PROVED, FileExists): _S.IDLE,
     (_S.SENDING, FileProgress): _S.SENDING,
     (_S.SENDING, EndOfFile): _S.AWAIT_RECEIVED,
     (_S.AWAIT_RECEIVED, FileProgress): _S.AWAIT_RECEIVED,
@@ -97,7 +111,7 @@ SENDER_TABLE: dict[tuple[SenderState, type | SenderOp], SenderState] = {
     # a late FILE_READY is never taken for the next file's).
     **{
         (_S.CANCELLED, event): _S.CANCELLED
-        for event in (FileReady, FileExists, FileProgress, FileReceived)
+        for event in (FileProofRequest, FileReady, FileExists, FileProgress, FileReceived)
     },
     (_S.CANCELLED, TransferError): _S.IDLE,
     (_S.CANCELLED, FileCancel): _S.IDLE,
@@ -172,11 +186,14 @@ class Sender:
         return EndOfFile()
 
     def receive(self, message: Message) -> list[Output]:
-        """Take the receiver's FILE_READY, FILE_EXISTS, FILE_PROGRESS, FILE_RECEIVED,
-        TRANSFER_ERROR or FILE_CANCEL, or a PROTOCOL_ERROR refusing our FILE_META.
+        """Take the receiver's FILE_PROOF_REQUEST, FILE_READY, FILE_EXISTS, FILE_PROGRESS,
+        FILE_RECEIVED, TRANSFER_ERROR or FILE_CANCEL, or a PROTOCOL_ERROR refusing our
+        FILE_META.
 
         Returns:
-            The outputs: StreamFrom on FILE_READY, SendProgress, SendEnded at the end,
+            The outputs: ReadFileRanges on FILE_PROOF_REQUEST (its ranges must lie within
+            our file: MALFORMED_FRAME otherwise), StreamFrom on FILE_READY, SendProgress,
+            SendEnded at the end,
             a TRANSFER_ERROR to send back when the receiver asked for an impossible
             offset or confirmed another sha256.
 
@@ -194,6 +211,13 @@ class Sender:
         meta = self.meta
         assert meta is not None
         match message:
+            case FileProofRequest():
+                if message.end > meta.size:
+                    raise LocalProtocolError(
+                        ErrorCode.MALFORMED_FRAME, "FILE_PROOF_REQUEST names bytes beyond the file"
+                    )
+                self.state = next_state
+                return [ReadFileRanges(self.serial, message)]
             case FileReady(offset=offset):
                 if offset > meta.size:
                     detail = f"FILE_READY offset {offset} is beyond {meta.size} bytes"
@@ -230,6 +254,22 @@ class Sender:
             case ProtocolErrorFrame(code=code, detail=detail):
                 return [self._end("failed", code, f"refused: {detail}")]
         return [self._end("cancelled", TransferErrorCode.CANCELLED, "cancelled by the receiver")]
+
+    def report(self, event: FileRanges) -> list[Output]:
+        """Our adapter read the ranges a FILE_PROOF_REQUEST asked (ReadFileRanges).
+
+        Returns:
+            FILE_PROOF with the digest; or, when our file could not be read, FILE_CANCEL
+            and how the transfer ended; nothing (a Note) for a report about an earlier
+            transfer, or one that comes after the receiver's deadline moved us on.
+        """
+        if event.transfer != self.serial or (self.state, FileRanges) not in SENDER_TABLE:
+            return [Note(f"dropped {type(event).__name__} of transfer {event.transfer}")]
+        if event.digest is None:
+            cancel, ended = self.cancel()
+            return [cancel, ended]
+        self.state = self.step(event)
+        return [FileProof(event.digest)]
 
     def cancel(self) -> tuple[FileCancel, SendEnded]:
         """We stop the open transfer: the FILE_CANCEL to send, and how it ended.

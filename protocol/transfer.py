@@ -4,6 +4,8 @@ A transfer moves one file over the data channel in chunks::
 
     sender                                   receiver
     FILE_META::{name}::{size}::{sha256}::{chunk_size}  ->
+                                             <- FILE_PROOF_REQUEST::{nonce}::{ranges}  (maybe)
+    FILE_PROOF::{digest}                                 ->
                                              <- FILE_READY::{offset}   (or FILE_EXISTS::{sha256})
     binary chunks from offset, each <= chunk_size       ->
                                              <- FILE_PROGRESS::{on_disk}::{size}  (<= every 0.5 s)
@@ -22,6 +24,15 @@ anything missing is refused (UNEXPECTED_DATA for a chunk, UNEXPECTED_MESSAGE
 otherwise) and changes nothing. A handler may instead *abort* the transfer with
 TRANSFER_ERROR (bad name, too large, size overflow): the receiver then drops the rest
 of that transfer's chunks silently (DRAINING) instead of answering each one.
+
+Proof of possession (a receiver made with ``prove_possession``, the worker's): its store
+is shared by every principal, so FILE_EXISTS is the answer only when the store reports
+that the peer's principal stored that content itself (StoreHas). When the principal has
+no partial of it either (StoreOffset 0) and the file is not empty, the receiver asks a
+proof (:mod:`protocol.proof`) whether or not anyone holds the content, so the question
+tells nothing: a matching FILE_PROOF gets FILE_EXISTS, a wrong one, or none within
+``Limits.proof_timeout_s``, gets FILE_READY::0. One proof per transfer: a FILE_PROOF
+after the deadline is refused like any other misplaced frame.
 
 Source: PROTOCOL.md sections 2.3 and 4.2; resume and checksum ideas from tus (offset
 on HEAD, checksum per upload); the table style of h11's ``_state.py``.
@@ -49,6 +60,15 @@ from protocol.events import (
 from protocol.limits import Limits
 from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
 from protocol.names import InvalidNameError, check_name
+from protocol.proof import (
+    AwaitProof,
+    ProofCheck,
+    ProofStep,
+    ProofTimedOut,
+    ReadStoredRanges,
+    RecordOwnership,
+    StoredRanges,
+)
 from protocol.transfer_messages import (
     Chunk,
     EndOfFile,
@@ -57,15 +77,17 @@ from protocol.transfer_messages import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
     FileReady,
     FileReceived,
     TransferError,
 )
 
-__all__ = ["RECEIVER_TABLE", "Receiver", "ReceiverState"]
+__all__ = ["RECEIVER_TABLE", "ProofStep", "Receiver", "ReceiverState"]
 
-Report = StoreHas | StoreOffset | Stored | StoreFailed | Written
-Output = Message | Append | CheckStore | Discard | Finish | Note | FileHeld | ReceiveEnded
+Report = StoreHas | StoreOffset | Stored | StoreFailed | Written | StoredRanges | ProofTimedOut
+_Proof = AwaitProof | ReadStoredRanges | RecordOwnership
+Output = Message | Append | CheckStore | Discard | Finish | Note | FileHeld | ReceiveEnded | _Proof
 
 
 class ReceiverState(StrEnum):
@@ -75,8 +97,12 @@ class ReceiverState(StrEnum):
     IDLE = "IDLE"
     #: (Client) RESULTS_REQUEST sent: the worker's FILE_META or its refusal comes next.
     REQUESTED = "REQUESTED"
-    #: FILE_META accepted; the store is asked what it holds.
+    #: FILE_META accepted; the store is asked what it holds (or, after FILE_PROOF, the
+    #: digest of the same ranges of the held copy).
     CHECKING = "CHECKING"
+    #: (Proving possession) FILE_PROOF_REQUEST sent: the sender's FILE_PROOF, or the
+    #: deadline, comes next; the principal's own partial is open at offset 0.
+    PROVING = "PROVING"
     #: FILE_READY sent (or a legacy transfer opened): chunks are appended.
     RECEIVING = "RECEIVING"
     #: Every byte arrived: the sha256 is being verified.
@@ -90,7 +116,7 @@ _R = ReceiverState
 
 #: (state, event) -> next state on the normal path. Handlers may abort to DRAINING
 #: (during RECEIVING) or IDLE (before any chunk) with TRANSFER_ERROR.
-RECEIVER_TABLE: dict[tuple[ReceiverState, type], ReceiverState] = {
+RECEIVER_TABLE: dict[tuple[ReceiverState, type | ProofStep], ReceiverState] = {
     (_R.IDLE, FileMeta): _R.CHECKING,
     (_R.IDLE, FileMetaLegacy): _R.CHECKING,
     (_R.IDLE, EndOfFile): _R.IDLE,  # only the END_OF_FILE of a completed legacy transfer
@@ -106,6 +132,12 @@ RECEIVER_TABLE: dict[tuple[ReceiverState, type], ReceiverState] = {
     (_R.CHECKING, StoreHas): _R.IDLE,
     (_R.CHECKING, StoreOffset): _R.RECEIVING,
     (_R.CHECKING, StoreFailed): _R.IDLE,
+    (_R.CHECKING, ProofStep.ASK): _R.PROVING,
+    (_R.PROVING, FileProof): _R.CHECKING,  # the same ranges of the held copy are read
+    (_R.PROVING, ProofTimedOut): _R.RECEIVING,  # FILE_READY::0
+    (_R.PROVING, FileCancel): _R.IDLE,
+    (_R.CHECKING, ProofStep.MATCH): _R.IDLE,  # FILE_EXISTS
+    (_R.CHECKING, ProofStep.MISMATCH): _R.RECEIVING,  # FILE_READY::0
     (_R.RECEIVING, Chunk): _R.RECEIVING,
     (_R.RECEIVING, Written): _R.RECEIVING,
     (_R.RECEIVING, EndOfFile): _R.VERIFYING,
@@ -122,10 +154,16 @@ class Receiver:
 
     Args:
         limits: ``max_file_bytes`` (FILE_TOO_LARGE above it), ``max_binary_frame_bytes``
-            (the largest chunk_size accepted), ``max_name_bytes`` and
-            ``progress_interval_s``.
+            (the largest chunk_size accepted), ``max_name_bytes``,
+            ``progress_interval_s`` and the ``proof_*`` bounds.
+        prove_possession: ask a proof before FILE_EXISTS unless the store says the
+            peer's principal stored the content itself, and record what each stored
+            (a worker: its store is shared). False: FILE_EXISTS whenever held.
 
     Attributes:
+        proof: the open proof of possession (:class:`~protocol.proof.ProofCheck`; its
+            ``challenge`` makes each FILE_PROOF_REQUEST, from :mod:`secrets` unless a
+            test or a replay sets its own).
         state: the current :class:`ReceiverState`.
         meta: the open transfer's FILE_META (None when none is open).
         serial: the open (or last) transfer's serial number.
@@ -133,8 +171,10 @@ class Receiver:
         on_disk: bytes of it known to be written.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, *, prove_possession: bool = False) -> None:
         self.limits = limits
+        self.prove_possession = prove_possession
+        self.proof = ProofCheck()
         self.state = ReceiverState.IDLE
         self.meta: FileMeta | FileMetaLegacy | None = None
         self.serial = 0
@@ -146,8 +186,8 @@ class Receiver:
 
     @property
     def active(self) -> bool:
-        """True while a transfer is open (checking, receiving or verifying)."""
-        return self.state in (_R.CHECKING, _R.RECEIVING, _R.VERIFYING)
+        """True while a transfer is open (checking, proving, receiving or verifying)."""
+        return self.state in (_R.CHECKING, _R.PROVING, _R.RECEIVING, _R.VERIFYING)
 
     def _next(self, event: object) -> ReceiverState:
         try:
@@ -179,7 +219,7 @@ class Receiver:
         return True
 
     def receive(self, message: Message, now: float) -> list[Output]:
-        """Take FILE_META (either form), a chunk, END_OF_FILE or FILE_CANCEL.
+        """Take FILE_META (either form), FILE_PROOF, a chunk, END_OF_FILE or FILE_CANCEL.
 
         Args:
             now: a monotonic clock reading, seconds.
@@ -202,16 +242,18 @@ class Receiver:
                 return self._chunk(data, next_state)
             case EndOfFile():
                 return self._end(next_state)
+            case FileProof(sha256=digest):
+                return self._proof(digest, next_state)
         # FileCancel: always acknowledged, so the sender knows that every frame about
         # the cancelled transfer is behind it.
-        was_receiving, kept = self.state is _R.RECEIVING, self.received
-        serial = self.serial
+        was_receiving, kept = self.state in (_R.RECEIVING, _R.PROVING), self.received
+        serial, empty = self.serial, self.state is _R.PROVING  # no byte came while proving
         self._reset(next_state)
         if not was_receiving:
             return [TransferError(TransferErrorCode.CANCELLED, "no transfer open")]
         detail = f"cancelled by the sender; {kept} bytes kept for a resume"
         return [
-            Discard(serial, keep=True),
+            Discard(serial, keep=not empty),
             Note(detail),
             ReceiveEnded(TransferErrorCode.CANCELLED, detail),
             TransferError(TransferErrorCode.CANCELLED, detail),
@@ -236,6 +278,12 @@ class Receiver:
         self.serial += 1
         self.meta = meta
         return [CheckStore(self.serial, meta)]
+
+    def _proof(self, digest: str, next_state: ReceiverState) -> list[Output]:
+        meta, request = self.meta, self.proof.answered(digest)
+        assert isinstance(meta, FileMeta)
+        self.state = next_state
+        return [ReadStoredRanges(self.serial, meta.sha256, meta.size, request)]
 
     def _refuse(
         self, code: TransferErrorCode, detail: str, meta: FileMeta | FileMetaLegacy
@@ -306,7 +354,8 @@ class Receiver:
         return [Finish(self.serial, meta)]
 
     def report(self, event: Report, now: float) -> list[Output]:
-        """Record the adapter's outcome of CheckStore, Append or Finish.
+        """Record the adapter's outcome of CheckStore, Append, Finish, ReadStoredRanges or
+        AwaitProof.
 
         A report about another transfer than the open one, or one that its state no
         longer expects (a write finishing after a cancel), is dropped with a Note.
@@ -318,11 +367,14 @@ class Receiver:
             LocalProtocolError: INTERNAL_ERROR for an impossible report about the open
                 transfer (an offset beyond the size, a sha256 other than announced).
         """
-        if event.transfer != self.serial or (self.state, type(event)) not in RECEIVER_TABLE:
+        key = self._key(event) if event.transfer == self.serial else None
+        if key is None or (self.state, key) not in RECEIVER_TABLE:
             return [Note(f"dropped {type(event).__name__} of transfer {event.transfer}")]
-        next_state = RECEIVER_TABLE[(self.state, type(event))]
+        next_state = RECEIVER_TABLE[(self.state, key)]
         meta = self.meta
         assert meta is not None
+        if isinstance(key, ProofStep):
+            return self._proof_step(key, meta, next_state)
         match event:
             case Written(on_disk=on_disk):
                 self.on_disk = max(self.on_disk, on_disk)
@@ -352,9 +404,13 @@ class Receiver:
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "stored under another sha256 than announced"
                     )
-                crossed = meta.size - self._resumed_at
+                crossed, serial = meta.size - self._resumed_at, self.serial
                 self._reset(next_state)
-                return [FileHeld(sha, meta.name, meta.size, False, crossed), FileReceived(sha)]
+                held = FileHeld(sha, meta.name, meta.size, False, crossed)
+                return [*self._owned(serial, sha), held, FileReceived(sha)]
+            case ProofTimedOut():
+                self.state = next_state
+                return [Note("no FILE_PROOF before the deadline"), FileReady(0)]
         assert isinstance(event, StoreFailed)
         had_partial = self.state in (_R.RECEIVING, _R.VERIFYING)
         serial = self.serial
@@ -365,6 +421,45 @@ class Receiver:
             ReceiveEnded(event.code, event.detail),
             TransferError(event.code, event.detail),
         ]
+
+    def _key(self, event: Report) -> type | ProofStep | None:
+        """The table event a report stands for: a proof step, or its type."""
+        if isinstance(event, StoredRanges):
+            return self.proof.verdict(event.digest)
+        if (
+            isinstance(event, StoreOffset)
+            and self.prove_possession
+            and isinstance(self.meta, FileMeta)
+            and event.offset == 0
+            and self.meta.size > 0
+        ):
+            return ProofStep.ASK
+        return type(event)
+
+    def _proof_step(
+        self, step: ProofStep, meta: FileMeta | FileMetaLegacy, next_state: ReceiverState
+    ) -> list[Output]:
+        assert isinstance(meta, FileMeta)
+        serial = self.serial
+        if step is ProofStep.ASK:
+            self.received = self.on_disk = self._resumed_at = 0
+            request = self.proof.ask(meta.size, self.limits)
+            self.state = next_state
+            return [AwaitProof(serial, self.limits.proof_timeout_s), request]
+        if step is ProofStep.MISMATCH:
+            self.state = next_state
+            return [FileReady(0)]
+        self._reset(next_state)  # MATCH: the empty partial opened for this transfer goes
+        held = FileHeld(meta.sha256, meta.name, meta.size, existed=True, bytes_received=0)
+        return [
+            Discard(serial, keep=False),
+            *self._owned(serial, meta.sha256),
+            held,
+            FileExists(meta.sha256),
+        ]
+
+    def _owned(self, serial: int, sha256: str) -> list[Output]:
+        return [RecordOwnership(serial, sha256)] if self.prove_possession else []
 
     def _progress(self, now: float) -> list[Output]:
         meta = self.meta
@@ -378,13 +473,17 @@ class Receiver:
         return [FileProgress(self.on_disk, meta.size)]
 
     def close(self) -> list[Output]:
-        """The channel closed: keep the open partial file for a later resume."""
-        serial, was_open = self.serial, self.state in (_R.RECEIVING, _R.VERIFYING)
+        """The channel closed: keep the open partial file for a later resume (the empty
+        one of a transfer still proving goes)."""
+        serial, state = self.serial, self.state
         self._reset(_R.IDLE)
-        return [Discard(serial, keep=True)] if was_open else []
+        if state not in (_R.PROVING, _R.RECEIVING, _R.VERIFYING):
+            return []
+        return [Discard(serial, keep=state is not _R.PROVING)]
 
     def _reset(self, state: ReceiverState) -> None:
         self.state = state
         self.meta = None
         self.received = self.on_disk = self._resumed_at = 0
         self._last_progress = None
+        self.proof.reset()

@@ -1,17 +1,20 @@
 """File-transfer messages: one frozen, slotted, typed class per frame (sans-IO).
 
 The frames of a channel transfer, in either direction (PROTOCOL.md section 2.3):
-FILE_META (and its earlier single-colon form), FILE_READY, FILE_EXISTS, binary chunks,
-FILE_PROGRESS, END_OF_FILE, FILE_RECEIVED, TRANSFER_ERROR and FILE_CANCEL. Each is
-validated when built, with the field checks of :mod:`protocol.messages`.
+FILE_META (and its earlier single-colon form), FILE_PROOF_REQUEST and FILE_PROOF (proof
+of possession before dedupe), FILE_READY, FILE_EXISTS, binary chunks, FILE_PROGRESS,
+END_OF_FILE, FILE_RECEIVED, TRANSFER_ERROR and FILE_CANCEL. Each is validated when
+built, with the field checks of :mod:`protocol.messages`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from protocol.errors import ErrorCode
+from protocol.limits import MAX_PROOF_RANGE_BYTES, MAX_PROOF_RANGES
 from protocol.messages import (
     SEP,
     Message,
@@ -30,8 +33,11 @@ __all__ = [
     "FileMeta",
     "FileMetaLegacy",
     "FileProgress",
+    "FileProof",
+    "FileProofRequest",
     "FileReady",
     "FileReceived",
+    "ProofRange",
     "TransferError",
 ]
 
@@ -80,6 +86,65 @@ class FileMetaLegacy(Message):
         check_text("gui", self.gui, one_line=True)
         if ":" in self.gui:
             raise invalid(ErrorCode.MALFORMED_FRAME, "gui has no ':'")
+
+
+#: A byte range of a proof of possession: ``(offset, length)``, bytes.
+ProofRange = tuple[int, int]
+#: A proof nonce on the wire: 32 hexadecimal digits (16 bytes), either case (``fullmatch``).
+NONCE_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class FileProofRequest(Message):
+    """Receiver->sender ``FILE_PROOF_REQUEST::{nonce}::{ranges}``: prove you hold the file.
+
+    ``nonce`` is 32 hexadecimal digits (kept lowercase), fresh for each request;
+    ``ranges`` are 1 to ``MAX_PROOF_RANGES`` byte ranges ``(offset, length)`` of the
+    announced file, each 1 to ``MAX_PROOF_RANGE_BYTES`` long, written
+    ``{offset}+{length}`` and joined by ``,``. The sender answers FILE_PROOF with
+    :func:`protocol.proof.proof_digest` of them (PROTOCOL.md section 2.3).
+    """
+
+    TYPE: ClassVar[str] = "FILE_PROOF_REQUEST"
+    nonce: str
+    ranges: tuple[ProofRange, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nonce, str) or not NONCE_PATTERN.fullmatch(self.nonce):
+            raise invalid(ErrorCode.MALFORMED_FRAME, "nonce must be 32 hexadecimal digits")
+        object.__setattr__(self, "nonce", self.nonce.lower())
+        ranges = self.ranges
+        if not isinstance(ranges, tuple) or not 1 <= len(ranges) <= MAX_PROOF_RANGES:
+            raise invalid(
+                ErrorCode.MALFORMED_FRAME, f"a proof names 1 to {MAX_PROOF_RANGES} byte ranges"
+            )
+        for pair in ranges:
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise invalid(ErrorCode.MALFORMED_FRAME, "a range is (offset, length)")
+            offset, length = pair
+            check_count("offset", offset)
+            check_count("length", length, minimum=1)
+            if length > MAX_PROOF_RANGE_BYTES or offset + length >= 10**18:
+                raise invalid(
+                    ErrorCode.MALFORMED_FRAME,
+                    f"a range is 1 to {MAX_PROOF_RANGE_BYTES} bytes, below 10^18",
+                )
+
+    @property
+    def end(self) -> int:
+        """The end of the furthest range, bytes (it must lie within the file)."""
+        return max(offset + length for offset, length in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class FileProof(Message):
+    """Sender->receiver ``FILE_PROOF::{sha256}``: the proof digest of the asked ranges."""
+
+    TYPE: ClassVar[str] = "FILE_PROOF"
+    sha256: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", check_sha256(self.sha256))
 
 
 @dataclass(frozen=True, slots=True)

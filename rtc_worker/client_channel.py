@@ -5,9 +5,8 @@ over the channel, and the steps of a job as awaitable calls.
 the worker would refuse), performs the transfer actions with
 :class:`~rtc_worker.transfer_io.TransferIO` (downloads into the client's blob store,
 uploads streamed and paced), and turns each reply into a result or the exception of
-its wire code (:mod:`rtc_worker.errors`). :class:`RawWorkerConnection` bypasses the
-connection: every frame goes out as given and every frame received is returned, for
-tests and fuzzing.
+its wire code (:mod:`rtc_worker.errors`). It starts with the channel handshake
+(:meth:`WorkerConnection.authenticate`).
 
 Source: PROTOCOL.md sections 2 and 6 (the worked exchanges are these calls' traces).
 """
@@ -65,7 +64,13 @@ from rtc_worker.errors import (
 )
 from rtc_worker.rtc import ChannelClosed, FrameChannel
 from rtc_worker.storage import BlobStore, SafeRoot
-from rtc_worker.transfer_io import PartialRegistry, TransferIO, file_to_send, path_opener
+from rtc_worker.transfer_io import (
+    TRANSFER_ACTIONS,
+    PartialRegistry,
+    TransferIO,
+    file_to_send,
+    path_opener,
+)
 
 __all__ = ["WorkerConnection"]
 
@@ -122,9 +127,10 @@ class WorkerConnection:
             self._events.put_nowait(_CLOSED)
 
     async def _perform(self, output: object) -> None:
+        if isinstance(output, TRANSFER_ACTIONS):
+            await self.io.perform(output)
+            return
         match output:
-            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
-                await self.io.perform(output)
             case ev.StreamFrom():
                 self.io.stream(output)
             case ev.SendProgress(received=received, size=size):

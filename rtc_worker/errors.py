@@ -48,6 +48,7 @@ __all__ = [
     "PathOutsideRoot",
     "PathPermissionDenied",
     "PathRefusedError",
+    "QuotaExceeded",
     "SizeMismatch",
     "TransferCancelled",
     "TransferFailedError",
@@ -332,6 +333,13 @@ class DiskFull(TransferFailedError):
     CODE = TransferErrorCode.DISK_FULL
 
 
+class QuotaExceeded(TransferFailedError):
+    """``QUOTA_EXCEEDED``: our principal holds too many or too large unfinished transfers
+    on the receiver; nothing was written (they count until they complete or expire)."""
+
+    CODE = TransferErrorCode.QUOTA_EXCEEDED
+
+
 class InvalidName(TransferFailedError):
     """``INVALID_NAME``: not a plain base name."""
 
@@ -360,6 +368,7 @@ _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
         InvalidName,
         TransferCancelled,
         UnexpectedData,
+        QuotaExceeded,
     )
 }
 

@@ -32,7 +32,7 @@ from rtc_worker.paths import user_parts
 from rtc_worker.results_client import ResultsServiceError
 from rtc_worker.rtc import FrameChannel
 from rtc_worker.storage import InputHandle, StorageError, StorageErrorKind, layout
-from rtc_worker.transfer_io import Opener, TransferIO, file_to_send
+from rtc_worker.transfer_io import TRANSFER_ACTIONS, Opener, TransferIO, file_to_send
 from rtc_worker.worker_state import WorkerResources
 
 __all__ = ["LOG_BUFFER_LIMIT", "WorkerSession"]
@@ -85,7 +85,12 @@ class WorkerSession:
         )
         self.driver = ChannelDriver(self.conn, channel, self.perform, name=peer)
         self.io = TransferIO(
-            self.conn, channel, resources.store, registry=resources.partials, wake=self.driver.drain
+            self.conn,
+            channel,
+            resources.store,
+            registry=resources.partials,
+            wake=self.driver.drain,
+            holdings=resources.holdings,
         )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
@@ -113,9 +118,10 @@ class WorkerSession:
 
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
+        if isinstance(output, TRANSFER_ACTIONS):
+            await self.io.perform(output)
+            return
         match output:
-            case ev.Append() | ev.CheckStore() | ev.Finish() | ev.Discard():
-                await self.io.perform(output)
             case ev.StreamFrom():
                 self.io.stream(output)
             case ev.ValidateInput(path=path):  # inside the drain: report, it goes on

@@ -19,6 +19,12 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
 from protocol.limits import DEFAULT_LIMITS
+from rtc_worker.holdings import (
+    DEFAULT_ANONYMOUS_QUOTA,
+    DEFAULT_QUOTA,
+    DEFAULT_RESERVE_BYTES,
+    PARTIAL_TTL_S,
+)
 from rtc_worker.key_settings import (
     WORKER_KEY_ENV,
     WORKER_KEY_HELP,
@@ -49,7 +55,7 @@ from rtc_worker.settings_sources import (
     env_names,
     load_secret_files,
 )
-from rtc_worker.storage import DEFAULT_PARTIAL_TTL_S, layout
+from rtc_worker.storage import layout
 
 __all__ = [
     "DEFAULT_SHARED_ROOT_CANDIDATES",
@@ -129,13 +135,50 @@ class WorkerSettings(EnvSettings):
         description="Chunk size of the files the worker sends (results), bytes; 64 KiB is "
         "safe for every peer.",
     )
+    # Partial files of channel transfers: expiry, per-identity quotas, the disk's reserve.
     partial_ttl_s: float = Field(
-        DEFAULT_PARTIAL_TTL_S,
+        PARTIAL_TTL_S,
         gt=0,
-        description="Partial files untouched this long are removed, seconds.",
+        description="Partial files untouched this long are removed, seconds (24 h).",
     )
     cleanup_interval_s: float = Field(
         3600, gt=0, description="How often expired partial files are looked for, seconds."
+    )
+    partial_quota_bytes: int = Field(
+        DEFAULT_QUOTA.max_bytes,
+        gt=0,
+        description="Most bytes one client identity may have in unfinished transfers (the "
+        "announced sizes of its partial files); above: QUOTA_EXCEEDED before any byte.",
+    )
+    partial_quota_files: int = Field(
+        DEFAULT_QUOTA.max_files,
+        gt=0,
+        description="Most partial files (unfinished transfers) of one client identity.",
+    )
+    anonymous_partial_quota_bytes: int = Field(
+        DEFAULT_ANONYMOUS_QUOTA.max_bytes,
+        gt=0,
+        description="As partial_quota_bytes, for an anonymous connection (each is its own "
+        "identity; its partial files go when it closes).",
+    )
+    anonymous_partial_quota_files: int = Field(
+        DEFAULT_ANONYMOUS_QUOTA.max_files,
+        gt=0,
+        description="As partial_quota_files, for an anonymous connection.",
+    )
+    proof_timeout_s: float = Field(
+        DEFAULT_LIMITS.proof_timeout_s,
+        gt=0,
+        le=300,
+        description="How long the worker waits for a FILE_PROOF (proof of possession "
+        "before dedupe), seconds; then it asks for the bytes.",
+    )
+    free_space_reserve_bytes: int = Field(
+        DEFAULT_RESERVE_BYTES,
+        ge=0,
+        description="Free space a transfer leaves on the store's disk, bytes: one that "
+        "would go below it is refused DISK_FULL (at FILE_META and before each 1 MiB "
+        "write), so the disk never fills; 0: no reserve.",
     )
     work_dir_name: str = Field(
         layout.WORK_DIR,

@@ -4,14 +4,20 @@
 :class:`~protocol.connection.Connection` queues, and reports their outcomes back to it;
 it never decides anything about the protocol.
 
-Receiving (CheckStore, Append, Finish, Discard): one :class:`~rtc_worker.storage.PartialFile`
-per transfer holds the one buffer; each chunk is appended on the event loop (a copy, no
-system call) and every :data:`~rtc_worker.storage.WRITE_BATCH_BYTES` a writer thread
-hashes and writes the batch while the loop keeps receiving. At most one batch is in
-flight; its outcome is reported as ``Written`` (bytes on disk) or ``StoreFailed`` (a
-full disk is an ordinary outcome, not a side door).
+Receiving (CheckStore, Append, Finish, Discard): the store is looked up and partials
+opened through :class:`~rtc_worker.holdings.Holdings` for the connection's principal
+(its own content and partial, its quota, the disk's reserve); one
+:class:`~rtc_worker.storage.PartialFile` per transfer holds the one buffer; each chunk
+is appended on the event loop (a copy, no system call) and every
+:data:`~rtc_worker.storage.WRITE_BATCH_BYTES` a writer thread hashes and writes the
+batch while the loop keeps receiving. At most one batch is in flight; its outcome is
+reported as ``Written`` (bytes on disk) or ``StoreFailed`` (a full disk is an ordinary
+outcome, not a side door). Proof of possession (ReadStoredRanges, AwaitProof,
+RecordOwnership): the asked ranges of the held copy are read in a thread, the deadline
+is a task, and what the principal now owns is recorded (:class:`~rtc_worker.holdings.Mine`).
 
-Sending (StreamFrom): the file is read in 1 MiB blocks in a thread and cut into chunks
+Sending (StreamFrom, ReadFileRanges): the asked ranges of a proof are read from the
+file being sent; the file is read in 1 MiB blocks in a thread and cut into chunks
 the connection lets through (:meth:`Connection.send_chunk`), paced on the channel's
 ``bufferedAmount`` (:meth:`FrameChannel.drained`); never whole in memory.
 
@@ -35,17 +41,25 @@ from protocol import FileMeta, FileMetaLegacy, TransferErrorCode
 from protocol.connection import Connection
 from protocol.events import (
     Append,
+    AwaitProof,
     CheckStore,
     Discard,
+    FileRanges,
     FileToSend,
     Finish,
+    ProofTimedOut,
+    ReadFileRanges,
+    ReadStoredRanges,
+    RecordOwnership,
     Stored,
+    StoredRanges,
     StoreFailed,
     StoreHas,
     StoreOffset,
     StreamFrom,
     Written,
 )
+from rtc_worker.holdings import Holdings, QuotaExceededError, ranges_digest
 from rtc_worker.rtc import HIGH_WATER_BYTES, LOW_WATER_BYTES, FrameChannel
 from rtc_worker.storage import (
     BlobStore,
@@ -60,6 +74,7 @@ from rtc_worker.storage import (
 __all__ = [
     "READ_BLOCK_BYTES",
     "STALE_AFTER_S",
+    "TRANSFER_ACTIONS",
     "Opener",
     "PartialRegistry",
     "TransferIO",
@@ -79,6 +94,15 @@ _WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer-writer"
 
 #: Opens the file to send (a new file object each call; the caller closes it).
 Opener = Callable[[], BinaryIO]
+TransferAction = (
+    CheckStore | Append | Finish | Discard | ReadStoredRanges | RecordOwnership | AwaitProof
+    | ReadFileRanges
+)  # fmt: skip
+#: The actions :meth:`TransferIO.perform` takes (use with ``isinstance``).
+TRANSFER_ACTIONS = (
+    CheckStore, Append, Finish, Discard, ReadStoredRanges, RecordOwnership, AwaitProof,
+    ReadFileRanges,
+)  # fmt: skip
 
 
 def path_opener(path: Path) -> Opener:
@@ -102,6 +126,11 @@ async def file_to_send(opener: Opener, name: str) -> FileToSend:
     return await asyncio.to_thread(measure)
 
 
+def _file_digest(opener: Opener, action: ReadFileRanges) -> str | None:
+    with opener() as handle:
+        return ranges_digest(handle.fileno(), action.request)
+
+
 class PartialRegistry:
     """Which :class:`TransferIO` of this process is writing each partial file.
 
@@ -123,8 +152,13 @@ class PartialRegistry:
         if self._holders.get(key) is holder:
             del self._holders[key]
 
+    def pending_bytes(self) -> int:
+        """Bytes the open receives still expect (announced size minus what is held)."""
+        return sum(holder.remaining for holder in set(self._holders.values()))
+
     async def preempt(self, key: str, holder: TransferIO) -> bool:
-        """Stop another holder's stale transfer of ``key``: True when one was stopped."""
+        """Stop another holder's stale transfer of ``key`` (the same principal's partial,
+        keys are per principal): True when one was stopped."""
         current = self._holders.get(key)
         if current is None or current is holder or not current.stale:
             return False
@@ -140,6 +174,8 @@ class TransferIO:
         channel: the data channel.
         store: where received files go (partials and verified objects).
         registry: the process-wide :class:`PartialRegistry` of ``store``.
+        holdings: what each principal holds in ``store`` and its bounds (a worker's);
+            None: ``store`` is ours alone (a client's).
         wake: called after a background step queued outputs (the adapter then drains
             the connection).
         high_water / low_water: flow-control marks on ``bufferedAmount``, bytes.
@@ -156,6 +192,7 @@ class TransferIO:
         *,
         registry: PartialRegistry,
         wake: Callable[[], Awaitable[None]],
+        holdings: Holdings | None = None,
         high_water: int = HIGH_WATER_BYTES,
         low_water: int = LOW_WATER_BYTES,
     ) -> None:
@@ -163,6 +200,10 @@ class TransferIO:
         self.channel = channel
         self.store = store
         self.registry = registry
+        self.holdings = holdings or Holdings.single_owner(store)
+        self.mine = self.holdings.mine(lambda: conn.principal)
+        self._opened: set[str] = set()  # partial keys opened on this connection
+        self._deadline: asyncio.Task[None] | None = None
         self.wake = wake
         self.high_water = high_water
         self.low_water = low_water
@@ -184,11 +225,22 @@ class TransferIO:
         idle = time.monotonic() - self._last_chunk_at
         return self.channel.closed.is_set() or idle > STALE_AFTER_S
 
+    @property
+    def remaining(self) -> int:
+        """Bytes the open receive still expects (0 when none is open)."""
+        partial = self._partial
+        if partial is None or partial.size is None:
+            return 0
+        return max(0, partial.size - partial.offset)
+
     def _report(self, outcome: object) -> None:
         self.conn.report(outcome, time.monotonic())
 
-    async def perform(self, action: CheckStore | Append | Finish | Discard) -> None:
-        """Perform one receiver action and report its outcome (in the caller's drain)."""
+    async def perform(self, action: TransferAction) -> None:
+        """Perform one transfer action and report its outcome (in the caller's drain)."""
+        if isinstance(action, ReadFileRanges):  # the sender's side: no partial involved
+            await self._prove_file(action)
+            return
         async with self._lock:  # never while a preemption closes our partial
             match action:
                 case Append():
@@ -200,23 +252,37 @@ class TransferIO:
                 case Discard(transfer=serial, keep=keep):
                     if serial == self._serial:
                         await self._close(keep=keep)
+                case ReadStoredRanges(transfer=serial, sha256=sha, size=size, request=req):
+                    digest = await asyncio.to_thread(self.holdings.stored_digest, sha, size, req)
+                    self._report(StoredRanges(serial, digest))
+                case RecordOwnership(sha256=sha):
+                    await asyncio.to_thread(self.mine.record, sha)
+                case AwaitProof(transfer=serial, timeout_s=timeout_s):
+                    self._stop_deadline()
+                    self._deadline = asyncio.get_running_loop().create_task(
+                        self._expire(serial, timeout_s)
+                    )
 
     async def _check(self, action: CheckStore) -> None:
         meta, serial = action.meta, action.transfer
         self._serial, self._last_chunk_at = serial, time.monotonic()
+        principal, pending = self.conn.principal, self.registry.pending_bytes()
         try:
             if isinstance(meta, FileMetaLegacy):
                 self._partial = await asyncio.to_thread(
-                    self.store.open_anonymous, meta.name, meta.size
+                    lambda: self.holdings.open_anonymous(meta.name, meta.size, pending=pending)
                 )
                 self._report(StoreOffset(serial, 0))
                 return
-            if await asyncio.to_thread(self.store.has, meta.sha256):
+            if await asyncio.to_thread(self.mine.owns, meta.sha256, meta.size):
                 self._report(StoreHas(serial))
                 return
-            partial = await self._open(meta)
+            partial = await self._open(meta, principal, pending)
         except PartialBusyError:
             self._fail(serial, "another transfer of this content is in progress")
+            return
+        except QuotaExceededError as exc:
+            self._fail(serial, exc.detail, TransferErrorCode.QUOTA_EXCEEDED)
             return
         except DiskFullError:
             self._fail(serial, "no space left on the receiver", TransferErrorCode.DISK_FULL)
@@ -226,19 +292,36 @@ class TransferIO:
             self._fail(serial, f"receiver storage error: {type(exc).__name__}")
             return
         self._partial = partial
-        self.registry.claim(meta.sha256, self)
+        self._opened.add(partial.key)
+        self.registry.claim(partial.key, self)
         if partial.offset:
             logger.info("resuming {} at {} of {} bytes", meta.name, partial.offset, meta.size)
         self._report(StoreOffset(serial, partial.offset))
 
-    async def _open(self, meta: FileMeta) -> PartialFile:
+    async def _expire(self, serial: int, timeout_s: float) -> None:
+        """The proof deadline of transfer ``serial`` (dropped when the proof came first)."""
+        await asyncio.sleep(timeout_s)
+        self._report(ProofTimedOut(serial))
+        await self.wake()
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and not self._deadline.done():
+            self._deadline.cancel()
+        self._deadline = None
+
+    async def _open(self, meta: FileMeta, principal: str, pending: int) -> PartialFile:
+        holdings = self.holdings
+
         def open_partial() -> PartialFile:
-            return self.store.open_partial(meta.sha256, meta.size, meta.name)
+            return holdings.open_partial(
+                principal, meta.sha256, meta.size, meta.name, pending=pending
+            )
 
         try:
             return await asyncio.to_thread(open_partial)
         except PartialBusyError:
-            if not await self.registry.preempt(meta.sha256, self):
+            key = holdings.partial_key(principal, meta.sha256)
+            if not await self.registry.preempt(key, self):
                 raise
             return await asyncio.to_thread(open_partial)
 
@@ -308,8 +391,8 @@ class TransferIO:
 
     def _forget(self) -> None:
         partial, self._partial = self._partial, None
-        if partial is not None and partial.sha256 is not None:
-            self.registry.release(partial.sha256, self)
+        if partial is not None:
+            self.registry.release(partial.key, self)
 
     async def _close(self, *, keep: bool) -> None:
         """Close the partial: keep what reached the disk (and the buffer) or delete it."""
@@ -338,9 +421,16 @@ class TransferIO:
         await self.wake()
 
     async def close(self) -> None:
-        """The channel closed: keep the partial for a later resume, stop streaming."""
+        """The channel closed: keep the partial for a later resume (an anonymous
+        principal's partials go: nobody can resume them), stop streaming."""
+        self._stop_deadline()
         async with self._lock:
             await self._close(keep=True)
+            if self._opened and not self.holdings.resumable(self.conn.principal):
+                for key in sorted(self._opened):
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(self.store.remove_partial_if_idle, key)
+                self._opened.clear()
         if self._stream is not None:
             self._stream.cancel()
             with contextlib.suppress(BaseException):
@@ -351,6 +441,16 @@ class TransferIO:
     def offer(self, opener: Opener) -> None:
         """The file the next StreamFrom streams (its FILE_META is being announced)."""
         self._source = opener
+
+    async def _prove_file(self, action: ReadFileRanges) -> None:
+        """Read the ranges a FILE_PROOF_REQUEST asked from the file being sent."""
+        source, found = self._source, None
+        try:
+            if source is not None:
+                found = await asyncio.to_thread(_file_digest, source, action)
+        except (OSError, StorageError) as exc:
+            logger.error("reading the file to send failed: {}", exc)
+        self._report(FileRanges(action.transfer, found))
 
     def stream(self, action: StreamFrom) -> None:
         """Start streaming the offered file from ``action.offset`` in the background."""

@@ -28,6 +28,7 @@ from protocol.signaling import ErrorFrame, RelayedCandidate, RelayedOffer, Signa
 from rtc_worker import __version__
 from rtc_worker.archive import ZipLimits
 from rtc_worker.channel_auth import channel_auth_config
+from rtc_worker.holdings import Holdings, Quota
 from rtc_worker.identity import Identity
 from rtc_worker.jobs import JobRunner
 from rtc_worker.results_client import ResultsServiceClient
@@ -117,6 +118,7 @@ class RTCWorkerClient:
             max_fields=settings.max_fields,
             max_file_bytes=settings.max_file_size,
             chunk_bytes=settings.chunk_size,
+            proof_timeout_s=settings.proof_timeout_s,
         )
         results_client = None
         if settings.storage_url:
@@ -126,16 +128,25 @@ class RTCWorkerClient:
                 retries=settings.storage_retries,
                 backoff_s=settings.storage_backoff_s,
             )
+        store = _under_umask(
+            settings.umask,
+            lambda: BlobStore(
+                root.root.joinpath(*store_parts),
+                partial_ttl_s=settings.partial_ttl_s,
+                object_mode=0o444 & ~settings.umask,
+            ),
+        )
         self.resources = WorkerResources(
             shared=shared,
             root=root,
-            store=_under_umask(
-                settings.umask,
-                lambda: BlobStore(
-                    root.root.joinpath(*store_parts),
-                    partial_ttl_s=settings.partial_ttl_s,
-                    object_mode=0o444 & ~settings.umask,
+            store=store,
+            holdings=Holdings.for_worker(
+                store,
+                quota=Quota(settings.partial_quota_bytes, settings.partial_quota_files),
+                anonymous_quota=Quota(
+                    settings.anonymous_partial_quota_bytes, settings.anonymous_partial_quota_files
                 ),
+                reserve_bytes=settings.free_space_reserve_bytes,
             ),
             store_parts=store_parts,
             runner=JobRunner(

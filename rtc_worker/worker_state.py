@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING
 from protocol.connection import Capabilities
 from protocol.events import ResultsFound, WorkerBusy, WorkerIdle
 from protocol.limits import Limits
+from rtc_worker.holdings import (
+    DEFAULT_ANONYMOUS_QUOTA,
+    DEFAULT_QUOTA,
+    DEFAULT_RESERVE_BYTES,
+    Holdings,
+)
 from rtc_worker.jobs import JobRunner
 from rtc_worker.paths import user_parts
 from rtc_worker.results_client import ResultsServiceClient
@@ -104,6 +110,8 @@ class WorkerResources:
         limits / capabilities: of every connection.
         reserved_names: the worker's own top-level folders (never an input or output).
         results_client: the storage service client, or None.
+        holdings: what each principal holds in ``store`` and its bounds (default: the
+            default quotas and reserve).
     """
 
     shared: SafeRoot | None
@@ -115,6 +123,7 @@ class WorkerResources:
     capabilities: Capabilities
     reserved_names: tuple[str, ...] = layout.reserved_names()
     results_client: ResultsServiceClient | None = None
+    holdings: Holdings | None = None
     partials: PartialRegistry = field(default_factory=PartialRegistry)
     sessions: set[WorkerSession] = field(default_factory=set)
     #: (owner, job_id) -> the output folder as sent, for RESULTS_REQUEST.
@@ -123,6 +132,13 @@ class WorkerResources:
 
     def __post_init__(self) -> None:
         self.slot = JobSlot(self.sessions)
+        if self.holdings is None:
+            self.holdings = Holdings.for_worker(
+                self.store,
+                quota=DEFAULT_QUOTA,
+                anonymous_quota=DEFAULT_ANONYMOUS_QUOTA,
+                reserve_bytes=DEFAULT_RESERVE_BYTES,
+            )
 
     def record_job(self, owner: str, job_id: str, output_path: str) -> None:
         """Remember that ``owner`` ran ``job_id`` into ``output_path`` (also on disk, so

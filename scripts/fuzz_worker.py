@@ -295,6 +295,7 @@ _VALID = [
     "PROTOCOL_ERROR::UNKNOWN_MESSAGE::x", "RESULTS_REQUEST::fz-{k}",
     "SHARED_INPUT_PATH::inputs/package.zip", "SHARED_OUTPUT_PATH::outputs/fz-{k}",
     "FILE_META::fz.bin::{n}::{sha}::65536", "FILE_META::fz.bin:{n}:gui",
+    "FILE_PROOF::{sha}", "FILE_PROOF_REQUEST::{nonce}::0+1", "FILE_PROOF_REQUEST::{nonce}::5+4096",
 ]  # fmt: skip
 _BROKEN = [
     "JOB_ID", "JOB_ID::", "JOB_ID::" + "a" * 65, "JOB_ID::a b", "JOB_ID::\u00fc", "JOB_ID::a::b",
@@ -312,6 +313,11 @@ _BROKEN = [
     "JOB_FAILED::x", "PATH_VALIDATED::sideways", "PATH_VALIDATED", "PATH_ERROR",
     "JOB_LOG", "PROTOCOL_ERROR", "FILE_META", "FILE_META::", "FILE_META::x",
     "FILE_META::x::1::2::3", "FILE_META::::1::" + "0" * 64 + "::1", "FILE_META:x:1:g",
+    "FILE_PROOF", "FILE_PROOF::xyz", "FILE_PROOF::" + "a" * 63, "FILE_PROOF_REQUEST",
+    "FILE_PROOF_REQUEST::" + "0" * 32, "FILE_PROOF_REQUEST::" + "0" * 32 + "::0+0",
+    "FILE_PROOF_REQUEST::" + "0" * 32 + "::0+65537", "FILE_PROOF_REQUEST::zz::0+1",
+    "FILE_PROOF_REQUEST::" + "0" * 32 + "::" + ",".join(["0+1"] * 17),
+    "FILE_PROOF_REQUEST::" + "0" * 32 + "::-1+1", "FILE_PROOF_REQUEST::" + "0" * 32 + "::0+1,",
 ]  # fmt: skip
 _UNKNOWN = [
     "", "::", ":::::", "PING", "ping", "job_start", "Job_Start", "JOB_START ", " JOB_START",
@@ -380,6 +386,7 @@ class FrameGenerator:
         return (
             template.replace("{k}", self._job_id().removeprefix("fz-"))
             .replace("{sha}", self._sha())
+            .replace("{nonce}", self._sha()[:32])
             .replace("{n}", str(self.rng.choice([0, 1, 100, self.rng.randrange(10**9)])))
         )
 
@@ -528,6 +535,8 @@ class FrameGenerator:
         elif roll < 0.4:
             frames.append(f"RESULTS_REQUEST::{job}")
             if rng.random() < 0.5:
+                if rng.random() < 0.5:  # as a receiver, ask the worker to prove its ZIP
+                    frames.append(self._fill("FILE_PROOF_REQUEST::{nonce}::0+1"))
                 frames.append("FILE_READY::0")
         return frames
 
@@ -553,6 +562,8 @@ class FrameGenerator:
         frames: list[Frame] = [f"JOB_ID::{job}"]
         name = rng.choice(["pkg.zip", "input.bin", "a::b.zip"])
         frames.append(f"FILE_META::{name}::{size}::{sha}::{chunk_size}")
+        if size and rng.random() < 0.9:  # the worker asks a proof of possession: a wrong
+            frames.append(f"FILE_PROOF::{self._sha()}")  # one gets FILE_READY::0
         step = chunk_size * 2 if fault == "big-chunk" else chunk_size
         chunks = [data[i : i + step] for i in range(0, len(data), step)]
         if fault == "cancel" and chunks:

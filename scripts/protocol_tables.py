@@ -164,7 +164,7 @@ def diagram(table: Mapping[tuple[Any, Any], Any], states: Sequence[object]) -> s
 
 
 def routes_table() -> str:
-    """``message | a worker receiving it | a client receiving it`` for all 29 types."""
+    """``message | a worker receiving it | a client receiving it`` for all 31 types."""
     rows = []
     for message in MESSAGE_TYPES:
         name = event_name(message)
@@ -230,6 +230,10 @@ def _bytes(value: int) -> str:
     return f"{value} bytes"
 
 
+#: Fields of Limits that count something other than bytes, and what.
+_COUNTS = {"max_fields": "fields", "proof_ranges": "ranges"}
+
+
 def limits_table() -> str:
     """Every field of :class:`Limits` with its default, and the signaling bounds."""
     doc = inspect.getdoc(Limits) or ""
@@ -238,8 +242,8 @@ def limits_table() -> str:
     for field in dataclasses.fields(Limits):
         value = getattr(DEFAULT_LIMITS, field.name)
         shown = f"{value:g} s" if isinstance(value, float) else _bytes(value)
-        if field.name == "max_fields":
-            shown = f"{value} fields"
+        if field.name in _COUNTS:
+            shown = f"{value} {_COUNTS[field.name]}"
         rows.append(
             ("data channel", f"`Limits.{field.name}`", shown, _md(meanings.get(field.name, "")))
         )

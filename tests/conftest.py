@@ -72,11 +72,13 @@ class Signaling:
         self.url = f"ws://127.0.0.1:{port}/ws"
 
 
-async def start_signaling(port: int = 0, token: str | None = None) -> Signaling:
+async def start_signaling(port: int = 0, token: str | None = None, **values: Any) -> Signaling:
+    """A signaling server on loopback with these settings (``values``: more fields of
+    :class:`~signaling.config.SignalingSettings`, e.g. ``allow_anonymous_clients``)."""
     from signaling.app import start_server
     from signaling.config import SignalingSettings
 
-    settings = SignalingSettings(token=token) if token else SignalingSettings()
+    settings = SignalingSettings(token=token, **values) if token else SignalingSettings(**values)
     runner, bound = await start_server(settings, host="127.0.0.1", port=port)
     return Signaling(runner, bound)
 
@@ -268,6 +270,7 @@ def worker_subprocess(
 LIVE_MODULES = frozenset(
     {
         "test_attacks_signaling",
+        "test_attacks_dedupe",
         "test_e2e_shared",
         "test_e2e_transfer",
         "test_channel",
@@ -295,3 +298,29 @@ async def recv_until(conn: Any, kinds: tuple[type, ...], timeout: float = 20) ->
             message = await conn.recv(timeout)
             if isinstance(message, kinds):
                 return message
+
+
+async def offer(conn: Any, frame: str, data: bytes, timeout: float = 10) -> Any:
+    """Send ``frame`` (a FILE_META) on a raw channel and, when the worker asks its proof
+    of possession, answer it from ``data`` as a conforming sender does; returns the
+    worker's reply after that (FILE_READY, FILE_EXISTS or TRANSFER_ERROR)."""
+    from protocol import FileProof, FileProofRequest
+    from protocol.proof import proof_digest
+
+    conn.send(frame)
+    reply = await conn.recv(timeout)
+    if isinstance(reply, FileProofRequest):
+        parts = [data[offset : offset + length] for offset, length in reply.ranges]
+        conn.send(FileProof(proof_digest(reply.nonce, parts)))
+        reply = await conn.recv(timeout)
+    return reply
+
+
+def held_partial(store: Any, principal: str, data: bytes) -> int:
+    """Bytes of ``data`` a worker's store holds in ``principal``'s own partial file."""
+    import hashlib
+
+    from rtc_worker.holdings import partial_key
+
+    digest = hashlib.sha256(data).hexdigest()
+    return int(store.partial_size(partial_key(principal, digest), len(data), sha256=digest))

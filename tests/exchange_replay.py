@@ -2,10 +2,13 @@
 
 The client's frames (``C->W``) are fed to the worker in their recorded order; the
 worker's actions are performed with the outcomes its recorded frames (``W->C``) show
-(a PATH_VALIDATED or PATH_ERROR answers a path check, a FILE_READY or FILE_EXISTS a
-store look-up, a FILE_RECEIVED or TRANSFER_ERROR a verification, a JOB_COMPLETE or
-JOB_FAILED the end of a job, the worker's chunks its results), and the worker must
-then send exactly the recorded ``W->C`` frames, in the recorded order. Used for the
+(a PATH_VALIDATED or PATH_ERROR answers a path check, a FILE_READY, FILE_EXISTS or
+FILE_PROOF_REQUEST a store look-up, the FILE_EXISTS or FILE_READY after a FILE_PROOF
+the proof's check (a FILE_READY with no FILE_PROOF before it, the proof's deadline),
+a FILE_RECEIVED or TRANSFER_ERROR a verification, a JOB_COMPLETE or
+JOB_FAILED the end of a job, the worker's chunks its results; its challenges are the
+recorded FILE_PROOF_REQUESTs), and the worker must then send exactly the recorded
+``W->C`` frames, in the recorded order. Used for the
 exchanges of :func:`protocol.testing.exchanges` and the worked examples of PROTOCOL.md.
 """
 
@@ -20,6 +23,7 @@ from protocol.codec import decode
 from protocol.connection import Capabilities, Connection, new_job_id
 from protocol.errors import TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.limits import Limits as _Limits
 from protocol.messages import (
     JobComplete,
     JobFailed,
@@ -32,10 +36,12 @@ from protocol.messages import (
     ResultsStored,
 )
 from protocol.routes import Role
+from protocol.transfer import ReceiverState
 from protocol.transfer_messages import (
     EndOfFile,
     FileExists,
     FileMeta,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -79,6 +85,7 @@ class Replay:
         self.conn = Connection(
             Role.WORKER, peer=peer, limits=limits, capabilities=caps, job_id_factory=factory
         )
+        self.conn.receiver.proof.challenge = self.recorded_challenge
         self.pos = 0
         self.now = 0.0
         self.pending: deque[object] = deque()
@@ -99,6 +106,14 @@ class Replay:
             if isinstance(message, JobComplete | JobFailed):
                 return message.job_id
         return new_job_id()
+
+    def recorded_challenge(self, size: int, limits: _Limits) -> FileProofRequest:
+        """The proof the worker asks now: the recorded FILE_PROOF_REQUEST coming next."""
+        for direction, frame in self.exchange[self.pos :]:
+            message = decode(frame, self.conn.limits) if direction == W2C else None
+            if isinstance(message, FileProofRequest):
+                return message
+        raise ReplayError(f"frame {self.pos}: the worker asks a proof not recorded")
 
     # ------------------------------------------------------------------ driving
 
@@ -169,6 +184,9 @@ class Replay:
             self.now += self.step
         elif isinstance(message, EndOfFile) and self.streaming:
             self.conn.end_of_file()
+        elif isinstance(message, FileReady) and self.conn.receiver.state is ReceiverState.PROVING:
+            self.tell(ev.ProofTimedOut(self.conn.receiver.serial))  # no FILE_PROOF in time
+            self.checked.append("proof deadline")
 
     def end_job(self, running: ev.StartJob, message: Message) -> None:
         job_id = running.job_id
@@ -238,6 +256,12 @@ class Replay:
                     self.tell(ev.Written(serial, self.offsets[serial] + len(self.data[serial])))
             case ev.Finish(transfer=serial, meta=meta):
                 self.finished(serial, meta, reply)
+            case ev.ReadStoredRanges(transfer=serial):
+                # the held copy's digest: the sender's own when FILE_EXISTS follows
+                matched = isinstance(reply, FileExists)
+                answer = self.conn.receiver.proof.answer
+                self.tell(ev.StoredRanges(serial, answer if matched else None))
+                self.checked.append("proof")
             case ev.Discard(transfer=serial, keep=keep):
                 meta = self.metas.get(serial)
                 held = self.prefix.get(serial)
@@ -276,6 +300,10 @@ class Replay:
         self.data[serial] = bytearray()
         if isinstance(reply, FileExists):
             self.tell(ev.StoreHas(serial))
+        elif isinstance(reply, FileProofRequest):  # new content of this peer's
+            self.prefix[serial] = b""
+            self.offsets[serial] = 0
+            self.tell(ev.StoreOffset(serial, 0))
         elif isinstance(reply, FileReady):
             # The store decides the offset: what this replay saw kept, or what was there
             # before (a partial the world held already); only the first is known here.

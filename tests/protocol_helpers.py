@@ -34,11 +34,12 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
+from protocol.proof import proof_digest
 from protocol.routes import Role
 from protocol.sender import SenderState
 from protocol.testing.keys import client_auth, worker_auth
 from protocol.transfer import ReceiverState
-from protocol.transfer_messages import FileMeta
+from protocol.transfer_messages import FileMeta, FileProofRequest
 
 T = TypeVar("T")
 
@@ -59,6 +60,9 @@ JOB = "job-0123456789ab"
 NOW = 100.0
 INPUT = "inputs/train.zip"
 OUTPUT = "outputs/run-1"
+#: The proof a worker asks for META (set as its challenge), and the right answer.
+CHALLENGE = FileProofRequest("5a" * 16, ((0, 4), (7, 4)))
+PROOF = proof_digest(CHALLENGE.nonce, [DATA[0:4], DATA[7:11]])
 
 
 # ===================================================================== drawing
@@ -110,7 +114,9 @@ def worker(*, shared_storage: bool = True, results_service: bool = True, **kw: A
     """A worker connection serving ``PEER`` that names unnamed jobs ``JOB``."""
     caps = Capabilities(shared_storage=shared_storage, results_service=results_service)
     kw.setdefault("job_id_factory", lambda: JOB)
-    return Connection(Role.WORKER, peer=PEER, capabilities=caps, **kw)
+    conn = Connection(Role.WORKER, peer=PEER, capabilities=caps, **kw)
+    conn.receiver.proof.challenge = lambda size, limits: CHALLENGE
+    return conn
 
 
 def client(**kw: Any) -> Connection:
@@ -215,6 +221,19 @@ def open_receive(conn: Connection, meta: Message = META) -> int:
     return one(feed(conn, meta), ev.CheckStore).transfer
 
 
+def ready_at_zero(conn: Connection, serial: int, now: float = NOW) -> list[object]:
+    """The store holds nothing of this content for ``conn``'s peer (StoreOffset 0): a
+    client answers FILE_READY::0 at once; a worker first asks its proof of possession
+    (CHALLENGE), takes the peer's FILE_PROOF, finds no held copy, then answers
+    FILE_READY::0. Returns every output, the proof's included."""
+    outputs = tell(conn, ev.StoreOffset(serial, 0), now)
+    if conn.receiver.state is ReceiverState.PROVING:
+        read = one(feed(conn, f"FILE_PROOF::{PROOF}", now), ev.ReadStoredRanges)
+        outputs += tell(conn, ev.StoredRanges(read.transfer, None), now)
+    assert conn.receiver.state is ReceiverState.RECEIVING
+    return outputs
+
+
 def hold_file(conn: Connection) -> list[object]:
     """``conn`` receives FILE_META of content its store holds: FILE_EXISTS."""
     serial = open_receive(conn)
@@ -288,6 +307,7 @@ def receiver_in(role: Role, state: ReceiverState, *, full: bool = False) -> Conn
     RECEIVING holds 3 of META's 11 bytes, or all of them with ``full`` (a resume of a
     complete partial, so that END_OF_FILE verifies). IDLE comes right after a
     completed legacy transfer with ``full`` (its trailing END_OF_FILE is then taken).
+    PROVING (a worker only) asked CHALLENGE for a new file of the peer's.
     """
     conn = new(role)
     if state is ReceiverState.IDLE and full:
@@ -304,8 +324,10 @@ def receiver_in(role: Role, state: ReceiverState, *, full: bool = False) -> Conn
         elif state is ReceiverState.VERIFYING:
             tell(conn, ev.StoreOffset(serial, len(DATA)))
             one(feed(conn, "END_OF_FILE"), ev.Finish)
+        elif state is ReceiverState.PROVING:
+            assert sends(tell(conn, ev.StoreOffset(serial, 0))) == [CHALLENGE]
         elif state is ReceiverState.DRAINING:
-            tell(conn, ev.StoreOffset(serial, 0))
+            tell(conn, ev.StoreOffset(serial, 1))
             tell(conn, ev.StoreFailed(serial, TransferErrorCode.DISK_FULL, "no space left"))
     assert conn.receiver.state is state
     return conn
@@ -323,12 +345,18 @@ def announce(conn: Connection) -> list[object]:
 
 def sender_in(role: Role, state: SenderState) -> Connection:
     """A connection whose sender is in ``state`` (sending META; nothing being received).
-    PREPARING is a worker's (RESULTS_REQUEST taken)."""
+    PREPARING is a worker's (RESULTS_REQUEST taken); PROVING and PROVED answer CHALLENGE."""
     conn = new(role)
     if state is SenderState.PREPARING:
         one(feed(conn, ResultsRequest(JOB)), ev.LookupResults)
     elif state is not SenderState.IDLE:
         announce(conn)
+        if state in (SenderState.PROVING, SenderState.PROVED):
+            read = one(feed(conn, encode(CHALLENGE)), ev.ReadFileRanges)
+            if state is SenderState.PROVED:
+                assert sends(tell(conn, ev.FileRanges(read.transfer, PROOF))) == [
+                    decode(f"FILE_PROOF::{PROOF}")
+                ]
         if state in (SenderState.SENDING, SenderState.AWAIT_RECEIVED):
             one(feed(conn, "FILE_READY::0"), ev.StreamFrom)
         if state is SenderState.AWAIT_RECEIVED:

@@ -24,6 +24,8 @@ from protocol import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     JobCancel,
@@ -124,6 +126,12 @@ EXACT_FRAMES: list[tuple[str | bytes, Message]] = [
     ("FILE_READY::0", FileReady(0)),
     ("FILE_READY::123456789012345678", FileReady(123456789012345678)),
     (f"FILE_EXISTS::{SHA}", FileExists(SHA)),
+    (
+        "FILE_PROOF_REQUEST::" + "ab" * 16 + "::0+4096,99+1,1000000+65536",
+        FileProofRequest("ab" * 16, ((0, 4096), (99, 1), (1000000, 65536))),
+    ),
+    ("FILE_PROOF_REQUEST::" + "ab" * 16 + "::7+3", FileProofRequest("AB" * 16, ((7, 3),))),
+    (f"FILE_PROOF::{SHA}", FileProof(SHA)),
     ("END_OF_FILE", EndOfFile()),
     ("FILE_PROGRESS::5::10", FileProgress(5, 10)),
     (f"FILE_RECEIVED::{SHA}", FileReceived(SHA)),
@@ -169,6 +177,12 @@ def test_a_digest_in_upper_case_is_decoded_and_sent_back_in_lower_case() -> None
     assert encode(message) == f"FILE_RECEIVED::{SHA}"
 
 
+def test_a_proof_nonce_in_upper_case_is_decoded_and_sent_back_in_lower_case() -> None:
+    message = decode("FILE_PROOF_REQUEST::" + "AB" * 16 + "::7+3")
+    assert message == FileProofRequest("ab" * 16, ((7, 3),))
+    assert encode(message) == "FILE_PROOF_REQUEST::" + "ab" * 16 + "::7+3"
+
+
 def test_encoding_something_that_is_not_a_frame_is_a_local_error() -> None:
     class Unframed(Message):
         __slots__ = ()
@@ -185,6 +199,8 @@ def test_encoding_something_that_is_not_a_frame_is_a_local_error() -> None:
 MAL, BAD_ID, BIG = ErrorCode.MALFORMED_FRAME, ErrorCode.INVALID_JOB_ID, ErrorCode.FRAME_TOO_LARGE
 _META_FORMS = "FILE_META is {name}::{size}::{sha256}::{chunk_size} (or {name}:{size}:{gui})"
 _ID_RULE = "job_id must match [A-Za-z0-9._-]{1,64}, not only dots"
+_PROOF_RULE = "FILE_PROOF_REQUEST is {nonce}::{offset}+{length}[,{offset}+{length}...]"
+_RANGE_RULE = "a range is 1 to 65536 bytes, below 10^18"
 _CODE_RULE = "code must match [A-Z][A-Z0-9_]{0,63}"
 _METRICS = 'JOB_METRICS::{"validation_ms":%s,"file_access_ms":%s,"run_s":%s,"total_s":0}'
 _METRICS_NEED = "JOB_METRICS needs validation_ms, file_access_ms, run_s, total_s"
@@ -239,6 +255,13 @@ def _range(name: str) -> str:
         ("RESULTS_STORED::j1::/a\nb", MAL, "download_path must be a single line"),
         ("RESULTS_STORED::bad id::/download/x", BAD_ID, _ID_RULE),
         ("FILE_READY::12a", MAL, "offset must be decimal digits"),
+        ("FILE_PROOF_REQUEST::" + "0" * 32, MAL, _PROOF_RULE),
+        ("FILE_PROOF_REQUEST::" + "0" * 32 + "::0+1,", MAL, _PROOF_RULE),
+        ("FILE_PROOF_REQUEST::" + "0" * 31 + "::0+1", MAL, "nonce must be 32 hexadecimal digits"),
+        ("FILE_PROOF_REQUEST::" + "0" * 32 + "::0+0", MAL, "length must be an integer >= 1"),
+        ("FILE_PROOF_REQUEST::" + "0" * 32 + "::0+65537", MAL, _RANGE_RULE),
+        ("FILE_PROOF_REQUEST::" + "0" * 32 + "::" + ",".join(["0+1"] * 17), MAL, _PROOF_RULE),
+        ("FILE_PROOF::" + "0" * 63, MAL, "sha256 must be 64 hexadecimal digits"),
         ("FILE_READY::-1", MAL, "offset must be decimal digits"),
         ("FILE_READY::" + "9" * 19, MAL, "offset must be decimal digits"),
         ("FILE_PROGRESS::5", MAL, "FILE_PROGRESS needs 2 fields"),

@@ -112,7 +112,7 @@ def test_every_setting_says_what_it_is_with_its_unit(model: type[BaseModel]) -> 
 
 def test_defaults_show_units_and_no_local_paths(generator: ModuleType) -> None:
     assert generator.default_cell(WorkerSettings, "max_file_size") == "`10737418240` (10 GiB)"
-    assert generator.default_cell(WorkerSettings, "partial_ttl_s") == "`604800` (7 days)"
+    assert generator.default_cell(WorkerSettings, "partial_ttl_s") == "`86400` (1 day)"
     assert generator.default_cell(WorkerSettings, "zip_max_total_bytes") == "`20000000000`"
     assert generator.default_cell(WorkerSettings, "data_dir") == "`~/.local/share/rtc-worker`"
     assert generator.default_cell(SubmitCommand, "worker") == "required"

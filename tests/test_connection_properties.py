@@ -146,6 +146,14 @@ SENT: dict[Role, st.SearchStrategy[Any]] = {
 
 
 #: Where runs start: every state a driver reaches, in every part.
+#: Receiver states a role never enters: a worker sends no RESULTS_REQUEST, a client asks
+#: no proof of possession.
+UNREACHABLE_RECEIVER = {
+    (Role.WORKER, ReceiverState.REQUESTED),
+    (Role.CLIENT, ReceiverState.PROVING),
+}
+
+
 STARTS: dict[Role, list[Callable[[], Connection]]] = {
     role: [
         *(
@@ -156,7 +164,7 @@ STARTS: dict[Role, list[Callable[[], Connection]]] = {
         *(
             partial(receiver_in, role, s)
             for s in ReceiverState
-            if (role, s) != (Role.WORKER, ReceiverState.REQUESTED)
+            if (role, s) not in UNREACHABLE_RECEIVER
         ),
         *(
             partial(sender_in, role, s)
@@ -314,6 +322,14 @@ class HonestAdapter:
                 )
             case ev.StreamFrom(offset=offset, meta=meta):
                 self.stream = (offset, meta)
+            case ev.AwaitProof(transfer=serial):
+                self.later.append(ev.ProofTimedOut(serial))
+            case ev.ReadStoredRanges(transfer=serial):
+                answer = self.conn.receiver.proof.answer  # the held copy matches, or not
+                self.tell(ev.StoredRanges(serial, pick(st.sampled_from([answer, None]))))
+            case ev.ReadFileRanges(transfer=serial):
+                digest = pick(st.sampled_from([sha256(b"our ranges"), None]))
+                self.later.append(ev.FileRanges(serial, digest))
             case _:
                 assert isinstance(
                     out,
@@ -325,7 +341,8 @@ class HonestAdapter:
                     | ev.FileHeld
                     | ev.ReceiveEnded
                     | ev.SendEnded
-                    | ev.SendProgress,
+                    | ev.SendProgress
+                    | ev.RecordOwnership,
                 ), out
 
     # -------------------------------------------------------------- steps

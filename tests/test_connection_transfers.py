@@ -28,6 +28,7 @@ from tests.protocol_helpers import (
     frames,
     new,
     one,
+    ready_at_zero,
     say,
     sender_in,
     sends,
@@ -71,7 +72,11 @@ def test_a_channel_transfer_becomes_the_next_jobs_input() -> None:  # 6.2
     ]
     feed(conn, "JOB_ID::run-9")
     check = one(feed(conn, meta_frame("train.bin", TRAIN), 10.0), ev.CheckStore)
-    assert frames(tell(conn, ev.StoreOffset(check.transfer, 0), 10.0)) == ["FILE_READY::0"]
+    # new content of this peer's: a proof is asked first (a wrong one: the bytes come)
+    assert frames(ready_at_zero(conn, check.transfer, 10.0)) == [
+        "FILE_PROOF_REQUEST::5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a::0+4,7+4",
+        "FILE_READY::0",
+    ]
     outputs = stream(conn, TRAIN, 0, len(TRAIN), 10.0)
     assert frames(outputs) == ["FILE_PROGRESS::65536::200000"]  # at most every 0.5 s
     assert one(feed(conn, "END_OF_FILE", 11.0), ev.Finish).meta.sha256 == sha256(TRAIN)
@@ -86,7 +91,7 @@ def test_a_channel_transfer_becomes_the_next_jobs_input() -> None:  # 6.2
 def test_a_transfer_resumes_on_a_new_connection_from_what_is_on_disk() -> None:  # 6.3
     first = worker()
     check = one(feed(first, meta_frame("weights.bin", BIG), 0.0), ev.CheckStore)
-    tell(first, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(first, check.transfer)
     assert frames(stream(first, BIG, 0, 131_072, 0.0)) == ["FILE_PROGRESS::65536::300000"]
     first.close()  # the connection drops: the partial stays
     assert first.drain() == [ev.Discard(check.transfer, keep=True)]
@@ -117,7 +122,7 @@ def test_content_already_held_is_answered_file_exists() -> None:  # 6.4
 def test_file_cancel_from_the_sender_keeps_the_bytes_for_a_resume() -> None:  # 6.6
     conn = worker()
     check = one(feed(conn, meta_frame("big.bin", BIG)), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     stream(conn, BIG, 0, KIB64, 0.0)
     outputs = feed(conn, "FILE_CANCEL")
     assert frames(outputs) == [
@@ -136,7 +141,7 @@ def test_file_cancel_from_the_sender_keeps_the_bytes_for_a_resume() -> None:  # 
 def test_progress_comes_only_from_bytes_on_disk(role: Role) -> None:
     conn = new(role)
     check = one(feed(conn, META), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     for i, chunk in enumerate((b"hell", b"o wo", b"rld")):
         assert sends(feed(conn, chunk, 100.0 + i)) == []  # held in memory is not progress
     assert conn.receiver.received == 11
@@ -149,7 +154,7 @@ def test_progress_comes_only_from_bytes_on_disk(role: Role) -> None:
 def test_a_write_failure_mid_transfer_drains_the_rest(role: Role) -> None:
     conn = new(role)
     check = one(feed(conn, META), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     feed(conn, b"hell")
     failed = ev.StoreFailed(check.transfer, TransferErrorCode.DISK_FULL, "no space left on device")
     outputs = tell(conn, failed)
@@ -166,7 +171,7 @@ def test_a_write_failure_mid_transfer_drains_the_rest(role: Role) -> None:
     assert one(feed(conn, META), ev.CheckStore).transfer == check.transfer + 1
     again = new(role)  # or the next FILE_META at once, while still draining
     first = one(feed(again, META), ev.CheckStore)
-    tell(again, ev.StoreOffset(first.transfer, 0))
+    ready_at_zero(again, first.transfer)
     tell(again, ev.StoreFailed(first.transfer, TransferErrorCode.DISK_FULL, "full"))
     assert one(feed(again, META), ev.CheckStore).transfer == first.transfer + 1
 
@@ -174,7 +179,7 @@ def test_a_write_failure_mid_transfer_drains_the_rest(role: Role) -> None:
 def test_reports_about_an_earlier_transfer_are_dropped() -> None:
     conn = worker()
     first = one(feed(conn, META), ev.CheckStore)
-    tell(conn, ev.StoreOffset(first.transfer, 0))
+    ready_at_zero(conn, first.transfer)
     feed(conn, b"hell")
     feed(conn, "FILE_CANCEL")
     second = one(feed(conn, META), ev.CheckStore)
@@ -187,14 +192,14 @@ def test_reports_about_an_earlier_transfer_are_dropped() -> None:
         outputs = tell(conn, stale, 1000.0)
         assert outputs == [ev.Note(f"dropped {type(stale).__name__} of transfer {first.transfer}")]
     assert conn.receiver.state is ReceiverState.CHECKING
-    assert frames(tell(conn, ev.StoreOffset(second.transfer, 0))) == ["FILE_READY::0"]
+    assert frames(ready_at_zero(conn, second.transfer))[-1] == "FILE_READY::0"
 
 
 def test_content_that_does_not_match_its_sha256_is_deleted() -> None:  # 6.7
     conn = worker()
     zero = "0" * 64
     check = one(feed(conn, f"FILE_META::hello.txt::11::{zero}::65536"), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     feed(conn, b"hello world")
     one(feed(conn, "END_OF_FILE"), ev.Finish)
     detail = f"expected {zero}, received {SHA}"
@@ -235,7 +240,7 @@ def test_bytes_missing_keep_the_partial_and_bytes_too_many_drop_it() -> None:  #
     conn = worker()
     data = bytes(100_000)
     check = one(feed(conn, meta_frame("a.bin", data)), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     feed(conn, data[:1000])
     outputs = feed(conn, "END_OF_FILE")
     assert frames(outputs) == [
@@ -243,7 +248,7 @@ def test_bytes_missing_keep_the_partial_and_bytes_too_many_drop_it() -> None:  #
     ]
     assert outputs[0] == ev.Discard(check.transfer, keep=True)
     check = one(feed(conn, f"FILE_META::b.bin::10::{sha256(data)}::65536"), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     outputs = feed(conn, bytes(11))
     assert frames(outputs) == ["TRANSFER_ERROR::SIZE_MISMATCH::more than the announced 10 bytes"]
     assert outputs[0] == ev.Discard(check.transfer, keep=False)
@@ -254,7 +259,7 @@ def test_a_file_meta_while_a_transfer_is_open_is_refused() -> None:  # 6.7
     conn = worker()
     meta = meta_frame("a.bin", bytes(100_000), 1024)
     check = one(feed(conn, meta), ev.CheckStore)
-    tell(conn, ev.StoreOffset(check.transfer, 0))
+    ready_at_zero(conn, check.transfer)
     assert frames(feed(conn, meta)) == [
         "PROTOCOL_ERROR::UNEXPECTED_MESSAGE::can't handle FILE_META in receiver state RECEIVING"
     ]
@@ -406,3 +411,22 @@ def test_our_own_file_never_takes_the_place_of_results_being_prepared() -> None:
     assert conn.drain() == [] and snapshot(conn) == before
     packed = one(tell(conn, ev.ResultsFound(JOB, "client-1", False, "out")), ev.PackResults)
     assert sends(tell(conn, ev.FileToSend(f"results-{packed.job_id}.zip", 3, SHA)))
+
+
+@pytest.mark.parametrize("late", ["DISK_FULL", "CANCELLED"])
+def test_a_store_failure_after_the_senders_cancel_is_dropped(late: str) -> None:
+    """FILE_CANCEL while the disk is full: the cancel is acknowledged as usual, and the
+    write that fails after it (reported late, about the cancelled transfer) is dropped,
+    never answered INTERNAL_ERROR ("can't handle StoreFailed in receiver state IDLE")."""
+    conn = worker()
+    check = one(feed(conn, META), ev.CheckStore)
+    ready_at_zero(conn, check.transfer)
+    feed(conn, b"hell")
+    outputs = feed(conn, "FILE_CANCEL")
+    assert frames(outputs) == [
+        "TRANSFER_ERROR::CANCELLED::cancelled by the sender; 4 bytes kept for a resume"
+    ]
+    failed = ev.StoreFailed(check.transfer, TransferErrorCode(late), "no space left on device")
+    assert tell(conn, failed) == [ev.Note(f"dropped StoreFailed of transfer {check.transfer}")]
+    assert frames(feed(conn, "FILE_CANCEL")) == ["TRANSFER_ERROR::CANCELLED::no transfer open"]
+    assert conn.receiver.state is ReceiverState.IDLE and not violations(conn.drain())

@@ -33,10 +33,19 @@ from rtc_worker.client import (
     TransferFailedError,
     WorkerProtocolError,
 )
+from rtc_worker.holdings import partial_key
 from rtc_worker.identity import Identity
 from rtc_worker.rtc import ChannelClosed
 from rtc_worker.storage import BlobStore, layout
-from tests.conftest import PACKAGE, Signaling, make_zip, recv_until, worker_subprocess
+from tests.conftest import (
+    PACKAGE,
+    Signaling,
+    held_partial,
+    make_zip,
+    offer,
+    recv_until,
+    worker_subprocess,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -129,7 +138,7 @@ async def test_resume_after_the_client_connection_drops(
     async with asyncio.timeout(10):  # the worker notices and keeps the partial
         while worker.active_sessions:
             await asyncio.sleep(0.05)
-    held = worker.store.partial_size(sha(data), len(data))
+    held = held_partial(worker.store, client.identity.fingerprint, data)  # the client's own partial
     assert len(data) // 8 <= held < len(data)
 
     fresh = await client.connect("worker-1")
@@ -158,18 +167,17 @@ async def test_resume_after_a_worker_restart(signaling: Signaling, tmp_path: Pat
         async with RTCClient(signaling.url, cache_dir=tmp_path / "cache") as rtc_client:
             await rtc_client.wait_for_worker("restarted", 20)
             raw = await rtc_client.connect("restarted", raw=True)
-            raw.send(meta_frame("big.bin", data))
-            assert await raw.recv(10) == FileReady(0)
+            assert await offer(raw, meta_frame("big.bin", data), data) == FileReady(0)
             half = 4_000_000 // 65536 * 65536
             for start_at in range(0, half, 65536):
                 raw.send(data[start_at : start_at + 65536])
             store = BlobStore(layout.store_root(None, data_dir))
             async with asyncio.timeout(20):  # buffered writes reach the disk per MiB
-                while store.partial_size(sha(data), len(data)) < 2 * 1024 * 1024:
+                while held_partial(store, rtc_client.identity.fingerprint, data) < 2 * 1024 * 1024:
                     await asyncio.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            held = store.partial_size(sha(data), len(data))
+            held = held_partial(store, rtc_client.identity.fingerprint, data)
             assert 2 * 1024 * 1024 <= held <= half
             proc = start()
             await asyncio.sleep(0.5)  # the old registration goes when its socket closes
@@ -192,8 +200,8 @@ async def test_hash_mismatch_is_refused_and_nothing_is_stored(
     conn = await client.connect("worker-1", raw=True)
     data = b"real content " * 1000
     claimed = sha(b"other content")
-    conn.send(f"FILE_META::x.bin::{len(data)}::{claimed}::65536")
-    assert await conn.recv(10) == FileReady(0)
+    meta = f"FILE_META::x.bin::{len(data)}::{claimed}::65536"
+    assert await offer(conn, meta, data) == FileReady(0)
     conn.send(data)
     conn.send("END_OF_FILE")
     error = await recv_until(conn, (TransferError, FileReceived))
@@ -206,8 +214,7 @@ async def test_size_mismatch_and_too_large(start_worker: Any, client: RTCClient)
     await start_worker(max_file_size=1000)
     conn = await client.connect("worker-1", raw=True)
     small = b"a" * 500
-    conn.send(meta_frame("s.bin", small))
-    assert await conn.recv(10) == FileReady(0)
+    assert await offer(conn, meta_frame("s.bin", small), small) == FileReady(0)
     conn.send(small[:100])
     conn.send("END_OF_FILE")
     error = await recv_until(conn, (TransferError,))
@@ -256,8 +263,7 @@ async def test_file_cancel_keeps_the_partial_for_a_resume(
     worker = await start_worker()
     conn = await client.connect("worker-1", raw=True)
     data = random.Random(5).randbytes(300_000)
-    conn.send(meta_frame("c.bin", data))
-    assert await conn.recv(10) == FileReady(0)
+    assert await offer(conn, meta_frame("c.bin", data), data) == FileReady(0)
     for start in range(0, 196_608, 65536):
         conn.send(data[start : start + 65536])
     conn.send("FILE_CANCEL")
@@ -365,8 +371,7 @@ async def test_progress_is_paced_and_reaches_the_sender(
     big_file(tmp_path / "p.bin", 3_000_000, seed=9)
     conn = await client.connect("worker-1", raw=True)
     data = (tmp_path / "p.bin").read_bytes()
-    conn.send(meta_frame("p.bin", data))
-    assert await conn.recv(10) == FileReady(0)
+    assert await offer(conn, meta_frame("p.bin", data), data) == FileReady(0)
     for start in range(0, len(data), 65536):
         conn.send(data[start : start + 65536])
         if start % (1 << 20) == 0:
@@ -391,11 +396,11 @@ async def test_a_shared_output_path_is_validated_for_channel_jobs(
         await conn.run_file(local_package, output_path="../x")
     assert info.value.reason == "Path outside shared storage: ../x"
     assert not (shared_root.parent / "x").exists()
-    # The file is held: the next job on it needs no bytes.
+    # The file is held: the next job on it needs no bytes (a proof of possession on this
+    # new connection, whose principal is not a key's and so not remembered across them).
     conn2 = await client.connect("worker-1", raw=True)
     data = local_package.read_bytes()
-    conn2.send(meta_frame("package.zip", data))
-    reply = await conn2.recv(10)
+    reply = await offer(conn2, meta_frame("package.zip", data), data)
     assert type(reply).__name__ == "FileExists"
     conn2.send("SHARED_OUTPUT_PATH::outputs/after")
     assert await conn2.recv(10) == PathValidated("output")
@@ -423,25 +428,29 @@ async def test_the_worker_removes_partial_files_past_their_ttl(
     store = BlobStore(layout.store_root(None, data_dir))
     old, fresh = b"o" * 1000, b"f" * 1000
     for content in (old, fresh):
-        with store.open_partial(sha(content), 2000, "x.bin") as partial:
+        key = partial_key("c", sha(content))  # principal c's
+        with store.open_partial(key, 2000, "x.bin", sha256=sha(content)) as partial:
             partial.write(content)
     stale = time.time() - 3 * 3600
-    for path in (store.root / "partial").glob(f"{sha(old)}*"):
+    for path in (store.root / "partial").glob(f"*{sha(old)}*"):
         os.utime(path, (stale, stale))
     worker = await start_worker(data_dir=data_dir, partial_ttl_s=3600)
     async with asyncio.timeout(10):
-        while worker.store.partial_size(sha(old), 2000):
+        while worker.store.partial_keys() != [partial_key("c", sha(fresh))]:
             await asyncio.sleep(0.05)
-    assert worker.store.partial_size(sha(fresh), 2000) == 1000
+    fresh_key = partial_key("c", sha(fresh))
+    assert worker.store.partial_size(fresh_key, 2000, sha256=sha(fresh)) == 1000
 
 
-async def test_a_live_transfer_is_not_taken_over_by_another_connection(
+async def test_a_live_transfer_is_not_taken_over_by_another_principal(
     signaling: Signaling, start_worker: Any, tmp_path: Path
 ) -> None:
+    """B sends the content A is sending: B neither stops A's transfer nor resumes from
+    A's bytes (its partial is its own), and nothing tells B that A is sending it."""
     worker = await start_worker()
     data = big_file(tmp_path / "same.bin", 16_000_000, seed=11)
-    client_a = RTCClient(signaling.url, cache_dir=tmp_path / "ca")
-    client_b = RTCClient(signaling.url, cache_dir=tmp_path / "cb")
+    client_a = RTCClient(signaling.url, cache_dir=tmp_path / "ca", identity=Identity.generate())
+    client_b = RTCClient(signaling.url, cache_dir=tmp_path / "cb", identity=Identity.generate())
     conn_a = await client_a.connect("worker-1")
     try:
         started = asyncio.Event()
@@ -450,12 +459,15 @@ async def test_a_live_transfer_is_not_taken_over_by_another_connection(
         )
         await asyncio.wait_for(started.wait(), 20)
         conn_b = await client_b.connect("worker-1")
-        with pytest.raises(TransferFailedError) as info:
-            await conn_b.send_file(tmp_path / "same.bin")
-        assert info.value.code == "CANCELLED" and "in progress" in info.value.detail
+        second = await conn_b.send_file(tmp_path / "same.bin")
         first_result = await asyncio.wait_for(sending, 60)
         assert first_result.outcome.status == "received"
-        again = await conn_b.send_file(tmp_path / "same.bin")  # now held: nothing sent
+        assert first_result.outcome.offset == 0 and first_result.bytes_sent == len(data)
+        if second.outcome.status == "received":  # A was still sending: B sent it all
+            assert (second.outcome.offset, second.bytes_sent) == (0, len(data))
+        else:  # A had finished: B proved it holds the file
+            assert (second.outcome.status, second.bytes_sent) == ("exists", 0)
+        again = await conn_b.send_file(tmp_path / "same.bin")  # now its own: nothing sent
         assert (again.outcome.status, again.bytes_sent) == ("exists", 0)
         assert worker.store.object_path(sha(data)).read_bytes() == data
     finally:
@@ -548,7 +560,8 @@ async def test_a_damaged_partial_is_resent_from_the_start(
     the client then sends the whole file again and it verifies."""
     worker = await start_worker()
     data = big_file(tmp_path / "d.bin", 300_000, seed=13)
-    with worker.store.open_partial(sha(data), len(data), "d.bin") as partial:
+    key = partial_key(client.identity.fingerprint, sha(data))  # this client's own partial
+    with worker.store.open_partial(key, len(data), "d.bin", sha256=sha(data)) as partial:
         partial.write(b"\x00" * 100_000)  # not the file's first bytes
     result = await (await client.connect("worker-1")).send_file(tmp_path / "d.bin")
     assert result.outcome.status == "received" and result.outcome.offset == 0

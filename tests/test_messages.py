@@ -206,8 +206,8 @@ def test_messages_are_frozen_and_slotted() -> None:
     assert not hasattr(message, "__dict__")
 
 
-def test_the_29_types_have_one_class_each_and_a_type_but_the_chunk() -> None:
-    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 29
+def test_the_31_types_have_one_class_each_and_a_type_but_the_chunk() -> None:
+    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 31
     assert all(issubclass(cls, Message) for cls in MESSAGE_TYPES)
     assert [cls for cls in MESSAGE_TYPES if not cls.TYPE] == [Chunk]
 
@@ -234,3 +234,21 @@ def test_results_stored_verification_fields_are_all_or_none(
 def test_results_stored_keeps_the_sha256_in_lower_case() -> None:
     stored = ResultsStored("run-1", "/download/run-1", "AB" * 32, 3, "t")
     assert stored.sha256 == "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("ranges", "detail"),
+    [
+        ([(0, 1)], "1 to"),
+        ((), "1 to"),
+        (((0, 1, 2),), "a range is (offset, length)"),
+        (([0, 1],), "a range is (offset, length)"),
+        (((0, 0),), "length"),
+    ],
+)
+def test_a_proof_request_names_byte_ranges_as_pairs(ranges: object, detail: str) -> None:
+    from protocol.transfer_messages import FileProofRequest
+
+    with pytest.raises(LocalProtocolError) as info:
+        FileProofRequest("0" * 32, ranges)  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.MALFORMED_FRAME and detail in info.value.detail

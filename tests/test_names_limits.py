@@ -205,6 +205,9 @@ def test_the_defaults() -> None:
         "max_file_bytes": 10 * 1024**3,
         "chunk_bytes": 65536,
         "progress_interval_s": 0.5,
+        "proof_ranges": 8,
+        "proof_range_bytes": 4096,
+        "proof_timeout_s": 10.0,
     }
 
 
@@ -218,6 +221,8 @@ def test_the_defaults() -> None:
         "max_fields",
         "max_file_bytes",
         "chunk_bytes",
+        "proof_ranges",
+        "proof_range_bytes",
     ],
 )
 @pytest.mark.parametrize("value", [0, -1, True, 1.5, "10", None])
@@ -231,6 +236,17 @@ def test_the_progress_interval_is_not_negative(value: float) -> None:
     with pytest.raises(ValueError, match="progress_interval_s must be >= 0"):
         Limits(progress_interval_s=value)
     assert Limits(progress_interval_s=0).progress_interval_s == 0
+
+
+def test_the_proof_bounds_stay_within_the_grammar_and_the_deadline_is_positive() -> None:
+    assert Limits(proof_ranges=16, proof_range_bytes=65536).proof_ranges == 16
+    for bad in ({"proof_ranges": 17}, {"proof_range_bytes": 65537}):
+        rule = r"proof_ranges <= 16 and .*proof_range_bytes <= 65536"
+        with pytest.raises(ValueError, match=rule):
+            Limits(**bad)  # type: ignore[arg-type]
+    for value in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="proof_timeout_s must be > 0"):
+            Limits(proof_timeout_s=value)
 
 
 def test_limits_are_frozen() -> None:

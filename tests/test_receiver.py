@@ -1,7 +1,7 @@
 """The receiving side of file transfers (protocol.transfer.Receiver) on its own: every
 row of its table with the exact outputs, every pair outside it refused (frames) or
 dropped (reports), progress from bytes on disk, names, bounds, cancels, store failures,
-stale reports and the legacy form."""
+stale reports, the legacy form, and proof of possession (a receiver that proves it)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ from protocol.events import (
 )
 from protocol.limits import Limits
 from protocol.messages import ProtocolErrorFrame, ResultsRequest
+from protocol.proof import (
+    AwaitProof,
+    ProofStep,
+    ProofTimedOut,
+    ReadStoredRanges,
+    RecordOwnership,
+    StoredRanges,
+    proof_digest,
+)
 from protocol.transfer import RECEIVER_TABLE, Receiver, ReceiverState
 from protocol.transfer_messages import (
     Chunk,
@@ -37,6 +46,8 @@ from protocol.transfer_messages import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -50,22 +61,45 @@ OTHER_SHA = sha256(b"something else")
 META = FileMeta("hello.txt", len(DATA), SHA, chunk_size=4)
 LEGACY = FileMetaLegacy("hello.txt", len(DATA))
 LIMITS = Limits(max_file_bytes=1000, max_binary_frame_bytes=64)
-MESSAGES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile, FileCancel)
-REPORTS = (StoreHas, StoreOffset, Stored, StoreFailed, Written)
+MESSAGES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile, FileCancel, FileProof)
+REPORTS = (StoreHas, StoreOffset, Stored, StoreFailed, Written, StoredRanges, ProofTimedOut)
+CHALLENGE = FileProofRequest("0f" * 16, ((0, 5),))
+PROOF = proof_digest(CHALLENGE.nonce, [DATA])
 
 
-def new() -> Receiver:
-    return Receiver(LIMITS)
+def new(*, prove: bool = False) -> Receiver:
+    r = Receiver(LIMITS, prove_possession=prove)
+    r.proof.challenge = lambda size, limits: CHALLENGE
+    return r
 
 
-def receiver_in(state: ReceiverState, *, received: int = 3, legacy_done: bool = False) -> Receiver:
+def receiver_in(
+    state: ReceiverState,
+    *,
+    received: int = 3,
+    legacy_done: bool = False,
+    prove: bool = False,
+    proved: bool = False,
+    late_proof: bool = False,
+) -> Receiver:
     """A receiver driven into ``state`` through its methods only (transfer serial 1).
 
     RECEIVING holds ``received`` of DATA's 5 bytes; IDLE with ``legacy_done`` comes
-    right after a completed legacy transfer (before its trailing END_OF_FILE).
+    right after a completed legacy transfer (before its trailing END_OF_FILE). A
+    receiver that proves possession (``prove``, always for PROVING) asked CHALLENGE;
+    CHECKING with ``proved`` has the sender's FILE_PROOF; RECEIVING with ``late_proof``
+    passed its deadline (FILE_READY::0 sent).
     """
-    r = new()
-    if state is R.IDLE and legacy_done:
+    prove = prove or proved or late_proof or state is R.PROVING
+    r = new(prove=prove)
+    if prove and (state is not R.IDLE and (state is not R.CHECKING or proved)):
+        r.receive(META, 0.0)
+        assert r.report(StoreOffset(1, 0), 0.0) == [AwaitProof(1, 10.0), CHALLENGE]
+        if proved:
+            assert r.receive(FileProof(PROOF), 0.0) == [ReadStoredRanges(1, SHA, 5, CHALLENGE)]
+        elif late_proof:
+            r.report(ProofTimedOut(1), 0.0)
+    elif state is R.IDLE and legacy_done:
         r.receive(LEGACY, 0.0)
         assert r.report(StoreOffset(1, 0), 0.0) == []
         r.receive(Chunk(b"hell"), 0.0)
@@ -106,12 +140,15 @@ FULL = "cancelled by the sender; 3 bytes kept for a resume"
 
 ACK = [TransferError(Code.CANCELLED, "no transfer open")]
 HELD = [FileHeld(SHA, "hello.txt", 5, True, 0), FileExists(SHA)]
+NOTHING_KEPT = "cancelled by the sender; 0 bytes kept for a resume"
 STORED = [FileHeld(SHA, "hello.txt", 5, False, 0), FileReceived(SHA)]
 FULL_DISK = StoreFailed(1, Code.DISK_FULL, "full")
 BAD_HASH = StoreFailed(1, Code.HASH_MISMATCH, "bad", False)
 
 #: (setup, event, outputs): how each row is reached and what it must produce.
-ROWS: dict[tuple[ReceiverState, type], tuple[dict[str, object], object, list[object]]] = {
+ROWS: dict[
+    tuple[ReceiverState, type | ProofStep], tuple[dict[str, object], object, list[object]]
+] = {
     (R.IDLE, FileMeta): ({}, META, [CheckStore(1, META)]),
     (R.IDLE, FileMetaLegacy): ({}, LEGACY, [CheckStore(1, LEGACY)]),
     (R.IDLE, EndOfFile): ({"legacy_done": True}, EndOfFile(), []),
@@ -127,6 +164,28 @@ ROWS: dict[tuple[ReceiverState, type], tuple[dict[str, object], object, list[obj
     (R.CHECKING, StoreHas): ({}, StoreHas(1), HELD),
     (R.CHECKING, StoreOffset): ({}, StoreOffset(1, 0), [FileReady(0)]),
     (R.CHECKING, StoreFailed): ({}, FULL_DISK, ended("DISK_FULL", "full")),
+    (R.CHECKING, ProofStep.ASK): (
+        {"prove": True},
+        StoreOffset(1, 0),
+        [AwaitProof(1, 10.0), CHALLENGE],
+    ),
+    (R.PROVING, FileProof): ({}, FileProof(PROOF), [ReadStoredRanges(1, SHA, 5, CHALLENGE)]),
+    (R.PROVING, ProofTimedOut): (
+        {},
+        ProofTimedOut(1),
+        [Note("no FILE_PROOF before the deadline"), FileReady(0)],
+    ),
+    (R.PROVING, FileCancel): (
+        {},
+        FileCancel(),
+        [Discard(1, False), Note(NOTHING_KEPT), *ended("CANCELLED", NOTHING_KEPT)],
+    ),
+    (R.CHECKING, ProofStep.MATCH): (
+        {"proved": True},
+        StoredRanges(1, PROOF),
+        [Discard(1, False), RecordOwnership(1, SHA), *HELD],
+    ),
+    (R.CHECKING, ProofStep.MISMATCH): ({"proved": True}, StoredRanges(1, None), [FileReady(0)]),
     (R.RECEIVING, Chunk): ({}, Chunk(b"ab"), [Append(1, b"ab")]),
     (R.RECEIVING, Written): ({}, Written(1, 4), [FileProgress(4, 5)]),
     (R.RECEIVING, EndOfFile): ({"received": 5}, EndOfFile(), [Finish(1, META)]),
@@ -177,6 +236,9 @@ SAMPLES: dict[type, object] = {
     Stored: Stored(1, SHA),
     StoreFailed: StoreFailed(1, Code.DISK_FULL, "full"),
     Written: Written(1, 2),
+    FileProof: FileProof(PROOF),
+    StoredRanges: StoredRanges(1, PROOF),
+    ProofTimedOut: ProofTimedOut(1),
 }
 OUTSIDE = [
     (s, e) for s, e in itertools.product(R, [*MESSAGES, *REPORTS]) if (s, e) not in RECEIVER_TABLE
@@ -485,6 +547,8 @@ def test_stored_under_another_sha256_than_announced_is_an_adapter_bug() -> None:
 def test_close_keeps_an_open_partial_for_a_resume(state: ReceiverState) -> None:
     r = receiver_in(state)
     expected = [Discard(1, keep=True)] if state in (R.RECEIVING, R.VERIFYING) else []
+    if state is R.PROVING:  # nothing came yet: its empty partial goes
+        expected = [Discard(1, keep=False)]
     assert r.close() == expected
     assert (r.state, r.meta, r.active) == (R.IDLE, None, False)
 
@@ -551,3 +615,87 @@ def test_a_new_transfer_forgets_the_legacy_end_of_file_allowance() -> None:
     r.receive(FileMeta("../bad", 5, SHA, 4), 0.0)  # even a refused one
     with pytest.raises(RemoteProtocolError):
         r.receive(EndOfFile(), 0.0)
+
+
+# ===================================================================== proof of possession
+
+
+def test_a_receiver_that_does_not_prove_answers_file_ready_at_once() -> None:
+    r = receiver_in(R.CHECKING)
+    assert r.report(StoreOffset(1, 0), 0.0) == [FileReady(0)]
+    assert r.report(Written(1, 1), 0.0) == [FileProgress(1, 5)]
+
+
+def test_a_proving_receiver_asks_only_for_new_content_of_this_principal() -> None:
+    # its own partial: resumed at once; an empty file: nothing to prove; owned: FILE_EXISTS
+    r = receiver_in(R.CHECKING, prove=True)
+    assert r.report(StoreOffset(1, 3), 0.0) == [FileReady(3)]
+    r = receiver_in(R.CHECKING, prove=True)
+    assert r.report(StoreHas(1), 0.0) == HELD  # owned: nothing to record again
+    empty = FileMeta("empty.bin", 0, sha256(b""), chunk_size=4)
+    r = new(prove=True)
+    r.receive(empty, 0.0)
+    assert r.report(StoreOffset(1, 0), 0.0) == [FileReady(0)]
+    r = new(prove=True)
+    r.receive(LEGACY, 0.0)
+    assert r.report(StoreOffset(1, 0), 0.0) == []  # a legacy transfer streams at once
+
+
+def test_the_request_is_the_challenge_drawn_for_the_announced_size() -> None:
+    r = Receiver(LIMITS, prove_possession=True)
+    asked: list[int] = []
+
+    def challenge(size: int, limits: Limits) -> FileProofRequest:
+        asked.append(size)
+        return CHALLENGE
+
+    r.proof.challenge = challenge
+    r.receive(META, 0.0)
+    r.report(StoreOffset(1, 0), 0.0)
+    assert asked == [5]
+
+
+def test_a_proving_receiver_records_what_the_principal_sent() -> None:
+    r = receiver_in(R.CHECKING, prove=True)
+    r.report(StoreOffset(1, 5), 0.0)  # its own partial holds every byte
+    r.receive(EndOfFile(), 0.0)
+    assert r.report(Stored(1, SHA), 0.0) == [RecordOwnership(1, SHA), *STORED]
+
+
+def test_a_wrong_or_missing_proof_gets_the_bytes_sent_from_zero() -> None:
+    r = receiver_in(R.CHECKING, proved=True)
+    assert r.report(StoredRanges(1, sha256(b"another copy")), 0.0) == [FileReady(0)]
+    assert r.state is R.RECEIVING
+    assert r.receive(Chunk(b"hell"), 0.0) == [Append(1, b"hell")]
+    # the same when the content is not held at all
+    r = receiver_in(R.CHECKING, proved=True)
+    assert r.report(StoredRanges(1, None), 0.0) == [FileReady(0)]
+
+
+def test_one_proof_per_transfer_and_none_after_the_deadline() -> None:
+    for setup in ({"proved": True}, {"late_proof": True}):
+        r = receiver_in(R.CHECKING if "proved" in setup else R.RECEIVING, **setup)  # type: ignore[arg-type]
+        before = state_of(r)
+        with pytest.raises(RemoteProtocolError) as info:
+            r.receive(FileProof(PROOF), 0.0)  # a second answer, or one after FILE_READY::0
+        assert info.value.code == ErrorCode.UNEXPECTED_MESSAGE
+        assert state_of(r) == before
+    r = receiver_in(R.CHECKING, proved=True)
+    r.report(StoredRanges(1, None), 0.0)
+    with pytest.raises(RemoteProtocolError):
+        r.receive(FileProof(PROOF), 0.0)  # and after the verdict
+    assert (r.state, r.received) == (R.RECEIVING, 0)
+
+
+def test_late_proof_reports_are_dropped() -> None:
+    r = receiver_in(R.PROVING)
+    r.receive(FileCancel(), 0.0)
+    r.receive(META, 0.0)  # transfer 2
+    for stale in (ProofTimedOut(1), StoredRanges(1, PROOF)):
+        assert r.report(stale, 0.0) == [Note(f"dropped {type(stale).__name__} of transfer 1")]
+    assert r.state is R.CHECKING
+    # a deadline that passes after the proof settled is dropped too
+    r = receiver_in(R.CHECKING, proved=True)
+    r.report(StoredRanges(1, PROOF), 0.0)
+    assert r.report(ProofTimedOut(1), 0.0) == [Note("dropped ProofTimedOut of transfer 1")]
+    assert r.state is R.IDLE

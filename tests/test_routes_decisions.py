@@ -1,6 +1,6 @@
 """Every (role, state, message type) triple of a Connection, against the decision table.
 
-For both roles and all 29 message types, every state of the part the message routes to
+For both roles and all 31 message types, every state of the part the message routes to
 (:func:`protocol.routes.states_of`) is reached with a real :class:`Connection` through
 its public API only (``tests/protocol_helpers.py``); one valid frame of the type is fed,
 and what happens is compared with :func:`protocol.routes.decision`: an allowed message
@@ -50,11 +50,14 @@ from protocol.transfer_messages import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
 )
 from tests.protocol_helpers import (
+    CHALLENGE,
     CLIENT_REACHABLE,
     INPUT,
     JOB,
@@ -68,6 +71,7 @@ from tests.protocol_helpers import (
     hold_file,
     new,
     one,
+    ready_at_zero,
     receiver_in,
     sender_in,
     sends,
@@ -97,6 +101,8 @@ SAMPLES: dict[type[Message], str | bytes] = {
     ProtocolErrorFrame: "PROTOCOL_ERROR::INTERNAL_ERROR::something broke",
     FileMeta: f"FILE_META::other.bin::11::{SHA}::4",
     FileMetaLegacy: "FILE_META::notes.txt:11:gui-1",
+    FileProofRequest: f"FILE_PROOF_REQUEST::{CHALLENGE.nonce}::0+4,7+4",
+    FileProof: f"FILE_PROOF::{SHA}",
     FileReady: "FILE_READY::0",
     FileExists: f"FILE_EXISTS::{SHA}",
     Chunk: b"h",
@@ -143,6 +149,12 @@ UNREACHABLE: dict[tuple[Role, Part, object], str] = {
     (Role.CLIENT, Part.SENDER, SenderState.PREPARING): (
         "only a worker prepares results: a client refuses RESULTS_REQUEST"
     ),
+    **{
+        (Role.CLIENT, part, ReceiverState.PROVING): (
+            "only a worker asks a proof of possession: its store is shared by principals"
+        )
+        for part in (Part.RECEIVER, Part.CANCEL)
+    },
     **{
         (Role.WORKER, Part.HANDSHAKE, state): "only a client sends AUTH_HELLO and AUTH_RESPONSE"
         for state in (AuthState.HELLO_SENT, AuthState.RESPONDED)
@@ -197,7 +209,7 @@ def ident(triple: tuple[Role, type[Message], object]) -> str:
 
 
 def test_the_triples_are_every_role_message_and_state() -> None:
-    assert len(MESSAGE_TYPES) == 29
+    assert len(MESSAGE_TYPES) == 31
     for role in Role:
         assert set(ROUTES[role]) == set(MESSAGE_TYPES)
     expected = sum(
@@ -306,6 +318,15 @@ def test_a_clients_sender_never_prepares_results() -> None:
     assert (conn.receiver.state, conn.sender.state) == (ReceiverState.REQUESTED, SenderState.IDLE)
 
 
+def test_a_clients_receiver_never_asks_a_proof() -> None:
+    # Its store is its own: FILE_READY (or FILE_EXISTS) answers the worker at once.
+    conn = client()
+    assert conn.receiver.prove_possession is False and worker().receiver.prove_possession
+    serial = one(feed(conn, SAMPLES[FileMeta]), ev.CheckStore).transfer
+    assert sends(tell(conn, ev.StoreOffset(serial, 0))) == [decode("FILE_READY::0")]
+    assert conn.receiver.state is ReceiverState.RECEIVING
+
+
 def test_end_of_file_in_a_fresh_idle_receiver_is_refused() -> None:
     # The IDLE row of END_OF_FILE holds only right after a completed legacy transfer
     # (PROTOCOL.md 4.4); the triples above reach IDLE that way.
@@ -364,7 +385,7 @@ def test_file_cancel_after_our_cancel_is_acknowledged_by_the_receiver(role: Role
 def test_file_cancel_goes_to_an_open_receive_even_with_a_send_open() -> None:
     conn = sender_in(Role.WORKER, SenderState.SENDING)
     serial = one(feed(conn, f"FILE_META::in.bin::11::{SHA}::4"), ev.CheckStore).transfer
-    tell(conn, ev.StoreOffset(serial, 0))
+    ready_at_zero(conn, serial)
     outputs = feed(conn, "FILE_CANCEL")
     assert one(outputs, ev.Discard) == ev.Discard(serial, keep=True)
     assert conn.receiver.state is ReceiverState.IDLE

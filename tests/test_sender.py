@@ -1,7 +1,7 @@
 """The sending side of file transfers (protocol.sender.Sender) on its own: every row of
 its table with the exact outputs, every pair outside it refused, the receiver's
-verdicts, our cancel and the wait for its acknowledgement, and the results a worker
-prepares."""
+verdicts, our cancel and the wait for its acknowledgement, the results a worker
+prepares, and the proof of possession a receiver asks."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from protocol.errors import TransferErrorCode as Code
 from protocol.events import (
     ActionFailed,
     FileToSend,
+    Note,
     ResultsFound,
     SendEnded,
     SendProgress,
     StreamFrom,
 )
 from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
+from protocol.proof import FileRanges, ReadFileRanges
 from protocol.sender import SENDER_TABLE, Sender, SenderOp, SenderState
 from protocol.transfer_messages import (
     EndOfFile,
@@ -27,6 +29,8 @@ from protocol.transfer_messages import (
     FileExists,
     FileMeta,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -40,8 +44,26 @@ META = FileMeta("hello.txt", 5, SHA, chunk_size=4)
 OTHER = FileMeta("b.bin", 9, OTHER_SHA, 4)
 REQUEST = ResultsRequest("job-1")
 #: What the receiver sends us, and what we do ourselves.
-PEER = (FileReady, FileExists, FileProgress, FileReceived, TransferError, FileCancel)
-OURS = (FileMeta, EndOfFile, SenderOp.CANCEL, SenderOp.GIVE_UP, ResultsRequest, FileToSend)
+PEER = (
+    FileProofRequest,
+    FileReady,
+    FileExists,
+    FileProgress,
+    FileReceived,
+    TransferError,
+    FileCancel,
+)
+OURS = (
+    FileMeta,
+    EndOfFile,
+    SenderOp.CANCEL,
+    SenderOp.GIVE_UP,
+    ResultsRequest,
+    FileToSend,
+    FileRanges,
+)
+CHALLENGE = FileProofRequest("ab" * 16, ((0, 2), (3, 2)))
+PROOF = sha256(b"the digest our adapter computed")
 
 
 def sender_in(state: SenderState) -> Sender:
@@ -51,6 +73,10 @@ def sender_in(state: SenderState) -> Sender:
         s.prepare(REQUEST)
     elif state is not S.IDLE:
         assert s.announce(META) is META
+    if state in (S.PROVING, S.PROVED):
+        assert s.receive(CHALLENGE) == [ReadFileRanges(1, CHALLENGE)]
+    if state is S.PROVED:
+        assert s.report(FileRanges(1, PROOF)) == [FileProof(PROOF)]
     if state in (S.SENDING, S.AWAIT_RECEIVED, S.CANCELLED):
         s.receive(FileReady(0))
     if state is S.AWAIT_RECEIVED:
@@ -80,6 +106,8 @@ def fire(s: Sender, event: object) -> object:
         return s.announce(META)
     if isinstance(event, EndOfFile):
         return s.end()
+    if isinstance(event, FileRanges):
+        return s.report(event)
     assert isinstance(event, Message)
     return s.receive(event)
 
@@ -105,6 +133,17 @@ ROWS: dict[tuple[SenderState, object], tuple[object, object]] = {
         [SendEnded("failed", SHA, 0, "UNEXPECTED_MESSAGE", "refused: busy")],
     ),
     (S.AWAIT_READY, TransferError): (TransferError("DISK_FULL", "full"), FAILED),
+    (S.AWAIT_READY, FileProofRequest): (CHALLENGE, [ReadFileRanges(1, CHALLENGE)]),
+    (S.PROVING, FileRanges): (FileRanges(1, PROOF), [FileProof(PROOF)]),
+    (S.PROVING, FileReady): (FileReady(0), [StreamFrom(0, META)]),  # its deadline came first
+    (S.PROVING, SenderOp.CANCEL): (SenderOp.CANCEL, (FileCancel(), CANCELLED_BY_US)),
+    (S.PROVING, FileCancel): (FileCancel(), BY_RECEIVER),
+    (S.PROVING, TransferError): (TransferError("DISK_FULL", "full"), FAILED),
+    (S.PROVED, FileReady): (FileReady(0), [StreamFrom(0, META)]),
+    (S.PROVED, FileExists): (FileExists(SHA), [SendEnded("exists", SHA)]),
+    (S.PROVED, SenderOp.CANCEL): (SenderOp.CANCEL, (FileCancel(), CANCELLED_BY_US)),
+    (S.PROVED, FileCancel): (FileCancel(), BY_RECEIVER),
+    (S.PROVED, TransferError): (TransferError("DISK_FULL", "full"), FAILED),
     (S.SENDING, SenderOp.CANCEL): (SenderOp.CANCEL, (FileCancel(), CANCELLED_BY_US)),
     (S.SENDING, EndOfFile): (EndOfFile(), EndOfFile()),
     (S.SENDING, FileCancel): (FileCancel(), BY_RECEIVER),
@@ -121,6 +160,7 @@ ROWS: dict[tuple[SenderState, object], tuple[object, object]] = {
     (S.CANCELLED, SenderOp.GIVE_UP): (SenderOp.GIVE_UP, None),
     (S.CANCELLED, FileCancel): (FileCancel(), []),  # the receiver cancelled too
     (S.CANCELLED, FileExists): (FileExists(OTHER_SHA), []),
+    (S.CANCELLED, FileProofRequest): (CHALLENGE, []),
     (S.CANCELLED, FileProgress): (FileProgress(3, 5), []),
     (S.CANCELLED, FileReady): (FileReady(99), []),  # beyond the size: still only absorbed
     (S.CANCELLED, FileReceived): (FileReceived(OTHER_SHA), []),
@@ -144,6 +184,8 @@ def test_every_row(row: tuple[SenderState, object]) -> None:
 
 
 SAMPLES: dict[object, object] = {
+    FileProofRequest: CHALLENGE,
+    FileRanges: FileRanges(1, PROOF),
     FileReady: FileReady(0),
     FileExists: FileExists(SHA),
     FileProgress: FileProgress(2, 5),
@@ -166,6 +208,10 @@ def test_every_pair_outside_the_table_is_refused_and_changes_nothing(
 ) -> None:
     s = sender_in(state)
     before = snap(s)
+    if event is FileRanges:  # our adapter's report that no state awaits: dropped
+        assert s.report(FileRanges(1, PROOF)) == [Note("dropped FileRanges of transfer 1")]
+        assert snap(s) == before
+        return
     with pytest.raises(LocalProtocolError) as info:
         if event in (FileMeta, FileToSend):  # announce() takes the row its state has
             s.step(event)
@@ -323,3 +369,40 @@ def test_give_up_stops_waiting_for_an_acknowledgement_that_never_comes() -> None
     with pytest.raises(LocalProtocolError):
         s.give_up()  # once
     assert s.announce(OTHER) is OTHER
+
+
+# ===================================================================== proof of possession
+
+
+def test_a_proof_request_beyond_our_file_is_refused_and_changes_nothing() -> None:
+    s = sender_in(S.AWAIT_READY)
+    before = snap(s)
+    with pytest.raises(LocalProtocolError) as info:
+        s.receive(FileProofRequest("ab" * 16, ((0, 2), (4, 2))))  # bytes 4-5 of 5
+    assert (info.value.code, info.value.detail) == (
+        ErrorCode.MALFORMED_FRAME,
+        "FILE_PROOF_REQUEST names bytes beyond the file",
+    )
+    assert snap(s) == before
+    assert s.receive(FileProofRequest("ab" * 16, ((3, 2),))) == [
+        ReadFileRanges(1, FileProofRequest("ab" * 16, ((3, 2),)))
+    ]
+
+
+def test_a_file_we_cannot_read_for_the_proof_is_cancelled() -> None:
+    s = sender_in(S.PROVING)
+    assert s.report(FileRanges(1, None)) == [FileCancel(), CANCELLED_BY_US]
+    assert s.state is S.CANCELLED
+    assert s.receive(TransferError(Code.CANCELLED, "no transfer open")) == []
+    assert s.state is S.IDLE
+
+
+def test_a_range_digest_of_an_earlier_transfer_is_dropped() -> None:
+    s = sender_in(S.PROVING)
+    s.cancel()
+    s.receive(ACK)
+    s.announce(OTHER)  # transfer 2
+    s.receive(FileProofRequest("cd" * 16, ((0, 9),)))
+    assert s.report(FileRanges(1, PROOF)) == [Note("dropped FileRanges of transfer 1")]
+    assert s.state is S.PROVING
+    assert s.report(FileRanges(2, PROOF)) == [FileProof(PROOF)]

@@ -33,6 +33,7 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
+from protocol.proof import proof_digest
 from protocol.testing import (
     C2W,
     EXCHANGE_KINDS,
@@ -51,6 +52,8 @@ from protocol.transfer_messages import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -72,6 +75,7 @@ def check_invariants(exchange: Exchange, limits: Limits = DEFAULT_LIMITS) -> Non
     metas: dict[str, FileMeta | FileMetaLegacy | None] = {C2W: None, W2C: None}
     offsets = {C2W: 0, W2C: 0}
     crossed = {C2W: bytearray(), W2C: bytearray()}
+    asked: dict[str, FileProofRequest | None] = {C2W: None, W2C: None}
     for direction, frame in exchange:
         assert direction in (C2W, W2C)
         message = decode(frame, limits)  # within the limits given
@@ -95,7 +99,15 @@ def check_invariants(exchange: Exchange, limits: Limits = DEFAULT_LIMITS) -> Non
                 if direction == W2C:
                     assert requests > 0, "the worker sends a file nobody asked for"
                 metas[direction], offsets[direction] = message, 0
-                crossed[direction] = bytearray()
+                crossed[direction], asked[direction] = bytearray(), None
+            case FileProofRequest(ranges=ranges):
+                meta = metas[sender]
+                assert isinstance(meta, FileMeta) and asked[sender] is None, "one proof"
+                assert meta.size > 0 and message.end <= meta.size, "ranges within the file"
+                assert len(ranges) <= limits.proof_ranges
+                asked[sender] = message
+            case FileProof():
+                assert asked[direction] is not None, "FILE_PROOF without FILE_PROOF_REQUEST"
             case FileReady(offset=offset):
                 assert isinstance(metas[sender], FileMeta), "FILE_READY without FILE_META"
                 offsets[sender] = offset
@@ -159,6 +171,11 @@ def features(exchange: Exchange) -> set[str]:
                 seen.add("file cancel")
             case FileExists():
                 seen.add("dedupe")
+                seen.add("proved" if FileProof in before else "owned")
+            case FileReady(offset=0) if before[-1:] == [FileProofRequest]:
+                seen.add("proof deadline")
+            case FileReady(offset=0) if before[-1:] == [FileProof]:
+                seen.add("proof then bytes")
             case FileReceived():
                 seen.add(f"received {direction}")
             case EndOfFile() if FileMetaLegacy in before:
@@ -194,9 +211,9 @@ VARIANTS: dict[str, set[str]] = {
         "complete",
         "job failed",
     },
-    "transfer": {"received W->C", "progress", "whole"},
+    "transfer": {"received W->C", "progress", "whole", "proof then bytes"},
     "resume": {"continued", "cut and resumed", "progress"},
-    "dedupe": {"dedupe"},
+    "dedupe": {"dedupe", "proved", "owned"},
     "results": {"dedupe", "received W->C", "received C->W", "complete", "log"},
     "cancel": {"job cancelled", "file cancel"},
     "error": {
@@ -215,6 +232,8 @@ VARIANTS: dict[str, set[str]] = {
         "refused HASH_MISMATCH",
         "refused SIZE_MISMATCH",
         "refused DISK_FULL",
+        "proof then bytes",
+        "proof deadline",
     },
     "legacy": {"received W->C", "legacy end of file"},
 }
@@ -233,8 +252,10 @@ def test_each_kind_produces_all_its_variants_and_each_replays(kind: str) -> None
 
 
 def forgets_the_file(exchange: Exchange) -> bool:
-    """A held file, then a refused input path (which forgets it), then a refused JOB_START."""
+    """A held file (found at once, or after a proof), then a refused input path (which
+    forgets it), then a refused JOB_START."""
     ms = [decode(frame) for _, frame in exchange]
+    ms = [m for m in ms if not isinstance(m, FileProofRequest | FileProof)]
     types = [type(m) for m in ms]
     held = types[:4] == [FileMeta, FileExists, SharedInputPath, PathError]
     return held and JobStart in types and isinstance(ms[-1], ProtocolErrorFrame)
@@ -291,8 +312,11 @@ def test_exchanges_refuse_unknown_kinds(kinds: tuple[str, ...]) -> None:
 # ===================================================================== the replay and checks
 
 
+NONCE = "c0" * 16
 GOOD: Exchange = [
     (C2W, "FILE_META::a.bin::3::" + sha256(b"abc") + "::2"),
+    (W2C, f"FILE_PROOF_REQUEST::{NONCE}::0+3"),
+    (C2W, "FILE_PROOF::" + proof_digest(NONCE, [b"abc"])),
     (W2C, "FILE_READY::0"),
     (C2W, b"ab"),
     (W2C, "FILE_PROGRESS::2::3"),
@@ -306,8 +330,8 @@ GOOD: Exchange = [
 @pytest.mark.parametrize(
     "broken",
     [
-        [*GOOD[:4], (C2W, b"x"), *GOOD[5:]],  # other bytes than the verdict names
-        [*GOOD[:3], *GOOD[4:]],  # a progress frame missing
+        [*GOOD[:6], (C2W, b"x"), *GOOD[7:]],  # other bytes than the verdict names
+        [*GOOD[:5], *GOOD[6:]],  # a progress frame missing
         [(C2W, "JOB_START"), (W2C, "PATH_VALIDATED::input")],  # a reply nothing asked for
         [(C2W, "SHARED_INPUT_PATH::a"), (W2C, "JOB_LOG::x")],
         [*GOOD, (W2C, "FILE_RECEIVED::" + sha256(b"abc"))],  # a frame too many

@@ -28,6 +28,8 @@ from protocol import (
     FileMeta,
     FileMetaLegacy,
     FileProgress,
+    FileProof,
+    FileProofRequest,
     FileReady,
     FileReceived,
     JobCancel,
@@ -355,6 +357,8 @@ def test_the_transfer_messages_go_both_ways() -> None:
     assert {
         FileMeta,
         FileMetaLegacy,
+        FileProofRequest,
+        FileProof,
         FileReady,
         FileExists,
         EndOfFile,

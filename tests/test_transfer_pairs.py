@@ -19,11 +19,13 @@ from protocol.errors import LocalProtocolError, TransferErrorCode
 from protocol.limits import Limits
 from protocol.messages import Message
 from protocol.sender import SenderState
+from protocol.testing import ranges_digest, seeded_challenge
 from protocol.transfer import ReceiverState
 from protocol.transfer_messages import (
     FileExists,
     FileMeta,
     FileProgress,
+    FileProofRequest,
     FileReady,
     FileReceived,
     TransferError,
@@ -34,11 +36,13 @@ QUICK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class Store:
-    """The worker's content store: partial files and stored objects, by sha256."""
+    """The worker's content store: partial files and stored objects, by sha256, and what
+    the client's principal stored or proved."""
 
     def __init__(self) -> None:
         self.partials: dict[str, bytes] = {}
         self.objects: dict[str, bytes] = {}
+        self.owned: set[str] = set()
         self.stores = 0
 
 
@@ -50,6 +54,7 @@ class Link:
         self.rng = rng
         self.client = client(limits=Limits(chunk_bytes=chunk))
         self.worker = worker(limits=Limits(max_binary_frame_bytes=4096))
+        self.worker.receiver.proof.challenge = seeded_challenge(rng.randrange(1 << 30))
         self.to_worker: deque[str | bytes] = deque()
         self.to_client: deque[str | bytes] = deque()
         self.file = b""
@@ -73,6 +78,11 @@ class Link:
                 self.cursor = out.offset
             elif isinstance(out, ev.SendEnded):
                 self.ended.append(out)
+            elif isinstance(out, ev.ReadFileRanges):
+                self.client.report(
+                    ev.FileRanges(out.transfer, ranges_digest(self.file, out.request))
+                )
+                self.flush_client()
 
     def flush_worker(self) -> None:
         while (out := self.worker.next_output()) is not None:
@@ -82,7 +92,7 @@ class Link:
                     self.replies.append(message)
                 case ev.CheckStore(transfer=serial, meta=meta):
                     assert isinstance(meta, FileMeta)
-                    if meta.sha256 in self.store.objects:
+                    if meta.sha256 in self.store.objects and meta.sha256 in self.store.owned:
                         self.worker.report(ev.StoreHas(serial))
                     else:
                         self.open[serial] = meta.sha256
@@ -105,6 +115,11 @@ class Link:
                     sha = self.open.pop(serial, None)
                     if sha is not None and not keep:
                         self.store.partials.pop(sha, None)
+                case ev.ReadStoredRanges(transfer=serial, sha256=sha, request=request):
+                    held = self.store.objects.get(sha)
+                    self.worker.report(ev.StoredRanges(serial, ranges_digest(held, request)))
+                case ev.RecordOwnership(sha256=sha):
+                    self.store.owned.add(sha)
 
     def push(self) -> None:
         """The client streams one chunk of a random size (or ends the file)."""
@@ -220,7 +235,7 @@ def test_a_file_survives_reconnections_and_is_stored_once(
         assert last.worker.worker.input_sha256 == sha  # type: ignore[union-attr]
     else:  # stored earlier; the FILE_RECEIVED was lost with its connection
         assert (last.bytes_sent, last.chunks_sent) == (0, 0)
-        assert last.replies == [FileExists(sha)]
+        assert last.replies == [FileExists(sha)]  # it stored it itself: no proof asked
 
 
 @settings(QUICK, max_examples=50)
@@ -249,10 +264,17 @@ def test_content_already_held_is_answered_file_exists_without_a_chunk(
 ) -> None:
     store = Store()
     sha = sha256(file)
-    store.objects[sha] = file
+    store.objects[sha] = file  # held, stored by another principal: a proof first
     (link,) = run(file, sha, store, chunk, rng, 0, 0.0)
+    if not file:  # nothing to prove: the empty file crosses (and is stored once)
+        assert link.ended == [ev.SendEnded("received", sha)]
+        return
     assert link.ended == [ev.SendEnded("exists", sha)]
-    assert (link.chunks_sent, link.replies, store.stores) == (0, [FileExists(sha)], 0)
+    (request, exists) = link.replies
+    assert isinstance(request, FileProofRequest) and exists == FileExists(sha)
+    assert (link.chunks_sent, store.stores, store.owned) == (0, 0, {sha})
+    (again,) = run(file, sha, store, chunk, rng, 0, 0.0)  # now its own: no proof
+    assert again.replies == [FileExists(sha)]
 
 
 @settings(QUICK, max_examples=100)
@@ -326,6 +348,7 @@ def test_a_refusal_of_the_cancelled_transfer_is_no_acknowledgement() -> None:
     store = Store()
     link = Link(store, 4, random.Random(0))
     link.worker = worker(limits=Limits(max_file_bytes=10))
+    link.worker.receiver.proof.challenge = seeded_challenge()
     link.send(b"x" * 11, sha256(b"x" * 11))  # too large for this worker
     link.client.cancel_send()  # before any answer
     link.flush_client()

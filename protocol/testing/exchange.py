@@ -39,7 +39,7 @@ from protocol.testing.text import (
     sha256_of,
     worker_job_ids,
 )
-from protocol.transfer_messages import Chunk, EndOfFile, FileMetaLegacy
+from protocol.transfer_messages import Chunk, EndOfFile, FileCancel, FileMeta, FileMetaLegacy
 
 __all__ = ["EXCHANGE_KINDS", "exchanges"]
 
@@ -115,6 +115,8 @@ class _Program:
         store = self.pair.world.store
         if kind == "dedupe":
             store.objects[sha] = data
+            if self.draw(st.booleans()):  # it stored this content itself before: no proof
+                store.owned.add(sha)
         elif kind == "resume" and self.draw(st.booleans()):
             # This connection continues what an earlier one left on the worker.
             store.partials[sha] = data[: self.draw(st.integers(1, len(data)))]
@@ -155,6 +157,8 @@ class _Program:
                     "hash_mismatch",
                     "size_mismatch",
                     "disk_full",
+                    "wrong_proof",
+                    "proof_deadline",
                 ]
             )
         )
@@ -204,6 +208,23 @@ class _Program:
             size = pair.client.limits.chunk_bytes
             stop = self.draw(st.integers(0, len(data) - 1)) // size * size
             pair.upload(data, self.draw(file_names(max_bytes=40)), stop_at=stop)
+        elif which == "wrong_proof":
+            # a peer that knows a held digest but not its bytes: the proof fails, the
+            # bytes it sends instead do not verify
+            data = self.file(min_size=1)
+            held = self.file(min_size=1)
+            if held == data:
+                held += b"!"
+            pair.world.store.objects[sha256_of(held)] = held
+            pair.upload(data, self.draw(file_names(max_bytes=40)), sha256=sha256_of(held))
+        elif which == "proof_deadline":
+            # a peer that never answers the proof: FILE_READY::0 once the deadline passed
+            data = self.file(min_size=1)
+            size = pair.client.limits.chunk_bytes
+            meta = FileMeta(self.draw(file_names(max_bytes=40)), len(data), sha256_of(data), size)
+            pair.inject(encode(meta))
+            pair.expire_proof()
+            pair.inject(encode(FileCancel()))
         else:  # disk_full: the worker's disk fills up mid-transfer; the partial is kept
             data = self.file(min_size=2)
             pair.world.store.full_after = self.draw(st.integers(0, len(data) - 1))
@@ -238,17 +259,21 @@ def exchanges(
 
     * ``shared_job``: JOB_ID?, both paths validated (sometimes output first), JOB_START,
       JOB_LOG*, JOB_METRICS and JOB_COMPLETE (or JOB_FAILED).
-    * ``transfer``: FILE_META, FILE_READY::0, chunks (at most ``max_file_bytes``, at most
+    * ``transfer``: FILE_META, FILE_PROOF_REQUEST and FILE_PROOF (new content: the proof
+      finds no held copy), FILE_READY::0, chunks (at most ``max_file_bytes``, at most
       ``max_chunks`` chunks), FILE_PROGRESS*, END_OF_FILE, FILE_RECEIVED.
     * ``resume``: FILE_READY with the offset an earlier connection reached, or a
       FILE_CANCEL mid-transfer and a second FILE_META answered with the offset kept.
-    * ``dedupe``: FILE_META answered FILE_EXISTS, no chunks.
+    * ``dedupe``: FILE_META answered FILE_EXISTS, no chunks: at once (content this peer
+      stored itself) or after a FILE_PROOF that matches the held copy.
     * ``results``: a file sent (or held), the job, RESULTS_REQUEST and the worker's
       transfer of ``results-{job_id}.zip``.
     * ``cancel``: JOB_CANCEL of a running job, or the sender's FILE_CANCEL.
     * ``error``: PATH_ERROR (input or output), PROTOCOL_ERROR (JOB_START or JOB_CANCEL
       too early, a second JOB_START), TRANSFER_ERROR (a stray chunk, an invalid name, a
-      file above ``max_file_size``, a hash or size mismatch, the disk full).
+      file above ``max_file_size``, a hash or size mismatch, the disk full), a wrong
+      proof of possession (a digest without its bytes), a proof never answered
+      (FILE_READY::0 after the deadline).
     * ``legacy``: the earlier ``FILE_META::{name}:{size}:{gui}``, chunks at once,
       FILE_RECEIVED, and maybe a trailing END_OF_FILE.
 

@@ -58,6 +58,24 @@ _BAD_NUMBERS = (
 _BAD_MB = ("", "-1", "1e5", ".5", "1.", "1.1234567", "inf", "nan", "1" * 16, "1,5", "0x1")
 _BAD_COUNT = ("", "-1", "1.0", "1" * 16, "x", " 1", "1e3")
 _BAD_SHA = ("", "0" * 63, "0" * 65, "g" * 64, "0" * 32 + " " * 32, "0x" + "0" * 62, "é" * 64)
+_BAD_PROOF_RANGES = (
+    "",
+    "0",
+    "0+",
+    "+1",
+    "0+0",  # an empty range
+    "0+65537",  # longer than a range may be
+    "0+1,",
+    ",0+1",
+    "0+1;2+3",
+    "0-1",
+    "-1+1",
+    "0+1 ",
+    "1" * 19 + "+1",
+    "999999999999999999+1",  # it would end at 10^18
+    "0+1,,1+1",
+    "0x1+1",
+)
 _BAD_CODES = ("", "lower", "1ABC", "A-B", "A" * 65, "A B", "É", "_A", "Abc")
 _BAD_JOB_IDS_NO_COLON = (
     "",
@@ -149,7 +167,8 @@ def malformed_frames_with_codes(
     Covers: unknown types (lower case, trailing spaces or newlines, BOM, arbitrary text);
     fields on field-less types; missing fields; bad job ids; non-numeric, signed,
     fractional, non-ASCII-digit and 19-digit counts; bad sha256; broken FILE_META (both
-    forms); invalid JSON, wrong values and 30000-deep nesting in JOB_METRICS; line
+    forms); broken FILE_PROOF_REQUEST (nonces, ranges, too many ranges); invalid JSON,
+    wrong values and 30000-deep nesting in JOB_METRICS; line
     breaks where a single line is required; empty required fields; bad codes; frames
     just over ``limits.max_text_frame_bytes`` (ASCII and multi-byte), paths over
     ``limits.max_path_bytes``, binary frames over ``limits.max_binary_frame_bytes`` and
@@ -256,7 +275,7 @@ def malformed_frames_with_codes(
     bad_sha = st.one_of(
         st.builds(
             lambda t, h: f"{t}{SEP}{h}",
-            st.sampled_from(["FILE_EXISTS", "FILE_RECEIVED"]),
+            st.sampled_from(["FILE_EXISTS", "FILE_RECEIVED", "FILE_PROOF"]),
             st.sampled_from(_BAD_SHA),
         ),
         st.builds(
@@ -286,6 +305,25 @@ def malformed_frames_with_codes(
         st.builds(lambda s: f"FILE_META{SEP}na\nme:{s}:", count),
         st.builds(lambda s: f"FILE_META{SEP}name:{s}:g\rui", count),
         st.just(f"FILE_META{SEP}:5:"),  # an empty legacy name
+    )
+    nonce = sha.map(lambda h: h[:32])
+    broken_proof = st.one_of(
+        st.builds(  # a nonce that is not 32 hexadecimal digits
+            lambda n: f"FILE_PROOF_REQUEST{SEP}{n}{SEP}0+1",
+            st.sampled_from(["", "0" * 31, "0" * 33, "g" * 32, "0" * 64, " " + "0" * 31]),
+        ),
+        st.builds(  # ranges outside the grammar or the bounds
+            lambda n, r: f"FILE_PROOF_REQUEST{SEP}{n}{SEP}{r}",
+            nonce,
+            st.sampled_from(_BAD_PROOF_RANGES),
+        ),
+        st.builds(  # more ranges than a request may name
+            lambda n, k: f"FILE_PROOF_REQUEST{SEP}{n}{SEP}" + ",".join(["0+1"] * k),
+            nonce,
+            st.integers(17, 40),
+        ),
+        nonce.map(lambda n: f"FILE_PROOF_REQUEST{SEP}{n}"),  # no ranges
+        nonce.map(lambda n: f"FILE_PROOF_REQUEST{SEP}{n}{SEP}0+1{SEP}x"),
     )
     single_line = st.builds(
         lambda a, brk, b: f"JOB_LOG{SEP}{a}{brk}{b}",
@@ -351,6 +389,7 @@ def malformed_frames_with_codes(
         bad_numbers.map(pair(malformed)),
         bad_sha.map(pair(malformed)),
         broken_meta.map(pair(malformed)),
+        broken_proof.map(pair(malformed)),
         single_line.map(pair(malformed)),
         empty_required.map(pair(malformed)),
         bad_codes.map(pair(malformed)),

@@ -7,13 +7,16 @@ The worker's actions (path checks, the store, jobs, results) are performed by
 callback (hypothesis draws them in :mod:`protocol.testing.exchanges`; the default takes
 the first, happy option). The client's downloads go to an in-memory store too. So an
 exchange is whatever the two real connections say to each other: it cannot drift from
-the tables (h11's ``ConnectionPair``).
+the tables (h11's ``ConnectionPair``). Proofs of possession are answered from the bytes
+each side holds; the worker's challenges come from a seeded source, so an exchange is
+the same for the same draws.
 
 Sans-IO: no sockets, no files; time is a counter that advances per frame.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -24,9 +27,10 @@ from protocol.errors import PathReason, TransferErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobComplete, JobMetrics, Message
 from protocol.names import InvalidNameError, split_path
+from protocol.proof import Challenge, new_challenge, proof_digest
 from protocol.routes import Role
 from protocol.testing.text import sha256_of
-from protocol.transfer_messages import FileMeta
+from protocol.transfer_messages import FileMeta, FileProofRequest
 
 __all__ = [
     "C2W",
@@ -34,8 +38,11 @@ __all__ = [
     "ConnectionPair",
     "Direction",
     "Exchange",
+    "SeededSource",
     "SimulatedStore",
     "SimulatedWorld",
+    "ranges_digest",
+    "seeded_challenge",
 ]
 
 #: Direction of a frame in an exchange: client to worker, or worker to client.
@@ -54,14 +61,52 @@ def first(name: str, options: Sequence[T]) -> T:
     return options[0]
 
 
+class SeededSource:
+    """A :class:`~protocol.proof.RandomSource` from a seed (for reproducible exchanges;
+    never for a real receiver, which uses :mod:`secrets`)."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def token_bytes(self, nbytes: int) -> bytes:
+        """``nbytes`` bytes drawn from the seed."""
+        return self._rng.randbytes(nbytes)
+
+    def randbelow(self, exclusive_upper_bound: int) -> int:
+        """An integer in ``[0, exclusive_upper_bound)`` drawn from the seed."""
+        return self._rng.randrange(exclusive_upper_bound)
+
+
+def seeded_challenge(seed: int = 0) -> Challenge:
+    """A challenge function (:data:`protocol.proof.Challenge`) drawing from ``seed``."""
+    source = SeededSource(seed)
+    return lambda size, limits: new_challenge(size, limits, source)
+
+
+def ranges_digest(data: bytes | None, request: FileProofRequest) -> str | None:
+    """The proof digest of ``request``'s ranges of ``data`` (None when there is no data
+    or a range ends past it)."""
+    if data is None or request.end > len(data):
+        return None
+    return proof_digest(request.nonce, [data[o : o + n] for o, n in request.ranges])
+
+
 @dataclass
 class SimulatedStore:
-    """An in-memory content store: objects by sha256 and partials kept for a resume."""
+    """An in-memory content store: objects by sha256 and partials kept for a resume.
+
+    A shared store (the worker's) also records what its one principal stored or proved
+    (``owned``): only that is found without a proof.
+    """
 
     objects: dict[str, bytes] = field(default_factory=dict)
     partials: dict[str, bytes] = field(default_factory=dict)
     #: The disk fills up once a partial holds more than this many bytes (None: never).
     full_after: int | None = None
+    shared: bool = False
+    owned: set[str] = field(default_factory=set)
+    #: The transfer whose proof deadline is running (AwaitProof), if any.
+    awaiting_proof: int | None = None
     _open: bytearray | None = None
     _key: str = ""
     _serial: int = -1
@@ -71,7 +116,7 @@ class SimulatedStore:
         match action:
             case ev.CheckStore(transfer=serial, meta=meta):
                 key = meta.sha256 if isinstance(meta, FileMeta) else f"anon-{serial}"
-                if key in self.objects:
+                if key in self.objects and (not self.shared or key in self.owned):
                     conn.report(ev.StoreHas(serial), now)
                     return
                 self._open, self._key = bytearray(self.partials.pop(key, b"")), key
@@ -105,6 +150,14 @@ class SimulatedStore:
                 if self._open is not None and keep and not self._key.startswith("anon-"):
                     self.partials[self._key] = bytes(self._open)
                 self._open = None
+            case ev.AwaitProof(transfer=serial):
+                self.awaiting_proof = serial
+            case ev.ReadStoredRanges(transfer=serial, sha256=sha, size=size, request=request):
+                stored = self.objects.get(sha)
+                held = stored if stored is not None and len(stored) == size else None
+                conn.report(ev.StoredRanges(serial, ranges_digest(held, request)), now)
+            case ev.RecordOwnership(sha256=sha):
+                self.owned.add(sha)
 
 
 @dataclass
@@ -126,7 +179,7 @@ class SimulatedWorld:
     def __init__(self, decide: Decide[object] = first, *, job_wait: bool = False) -> None:
         self.decide = decide
         self.job_wait = job_wait
-        self.store = SimulatedStore()
+        self.store = SimulatedStore(shared=True)
         self.jobs: dict[str, _Job] = {}
         self.running: _Job | None = None
         self.results: dict[str, bytes] = {}
@@ -204,7 +257,7 @@ class SimulatedWorld:
                 conn.report(ev.ResultsFound(job_id, owner, running, output), now)
             case ev.PackResults(job_id=job_id):
                 data = self.results[job_id]
-                pair.outgoing[Role.WORKER] = data
+                pair.outgoing[Role.WORKER] = pair.sources[Role.WORKER] = data
                 conn.report(ev.FileToSend(f"results-{job_id}.zip", len(data), sha256_of(data)), now)
             case _:
                 self.store.perform(conn, action, now)
@@ -242,12 +295,15 @@ class ConnectionPair:
             capabilities=caps,
             job_id_factory=job_id_factory or new_job_id,
         )
+        self.worker.receiver.proof.challenge = seeded_challenge()
         self.client = Connection(Role.CLIENT, limits=limits, capabilities=caps)
         self.workers = [self.worker]
         self.client_store = SimulatedStore()
         self.frames: Exchange = []
         self.events: list[object] = []
         self.outgoing: dict[Role, bytes] = {}
+        #: The whole file each side is sending (proofs are computed from it).
+        self.sources: dict[Role, bytes] = {}
         self.now = 0.0
         self._cut: dict[Role, int | None] = {Role.WORKER: None, Role.CLIENT: None}
 
@@ -267,7 +323,7 @@ class ConnectionPair:
     ) -> None:
         """The client sends ``data`` as ``name`` (announcing ``sha256`` if given); with
         ``stop_at`` it streams only up to that byte and then ends (END_OF_FILE)."""
-        self.outgoing[Role.CLIENT] = data
+        self.outgoing[Role.CLIENT] = self.sources[Role.CLIENT] = data
         self._cut[Role.CLIENT] = stop_at
         self.client.send_file(ev.FileToSend(name, len(data), sha256 or sha256_of(data)))
         self.pump()
@@ -275,6 +331,7 @@ class ConnectionPair:
     def cut_upload(self, data: bytes, name: str, at: int) -> None:
         """The client streams ``data`` up to byte ``at``, then cancels with FILE_CANCEL."""
         self.outgoing[Role.CLIENT] = data[:at]
+        self.sources[Role.CLIENT] = data
         self._cut[Role.CLIENT] = -1
         self.client.send_file(ev.FileToSend(name, len(data), sha256_of(data)))
         self.pump()
@@ -285,6 +342,13 @@ class ConnectionPair:
         for peer in self.workers:
             peer.report(ev.WorkerIdle(), self.now)
         self.pump()
+
+    def expire_proof(self) -> None:
+        """The worker's proof deadline passes (its peer never answered)."""
+        serial, self.world.store.awaiting_proof = self.world.store.awaiting_proof, None
+        if serial is not None:
+            self.worker.report(ev.ProofTimedOut(serial), self.now)
+            self.pump()
 
     def _cross(self, direction: Direction, frame: str | bytes) -> None:
         self.frames.append((direction, frame))
@@ -307,6 +371,9 @@ class ConnectionPair:
             self._cross(direction, out.frame)
         elif isinstance(out, ev.StreamFrom):
             self._stream(conn, direction, out)
+        elif isinstance(out, ev.ReadFileRanges):
+            digest = ranges_digest(self.sources.get(role), out.request)
+            conn.report(ev.FileRanges(out.transfer, digest), self.now)
         elif role is Role.WORKER:
             if not isinstance(
                 out,
@@ -318,7 +385,16 @@ class ConnectionPair:
                 | ev.SendProgress,
             ):
                 self.world.perform(self, out, self.now)
-        elif isinstance(out, ev.CheckStore | ev.Append | ev.Finish | ev.Discard):
+        elif isinstance(
+            out,
+            ev.CheckStore
+            | ev.Append
+            | ev.Finish
+            | ev.Discard
+            | ev.AwaitProof
+            | ev.ReadStoredRanges
+            | ev.RecordOwnership,
+        ):
             self.client_store.perform(conn, out, self.now)
         else:
             self.events.append(out)

@@ -17,7 +17,7 @@ from protocol import messages as m
 from protocol import transfer_messages as t
 from protocol.codec import MESSAGE_TYPES, encode
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
-from protocol.limits import DEFAULT_LIMITS, Limits
+from protocol.limits import DEFAULT_LIMITS, MAX_PROOF_RANGE_BYTES, MAX_PROOF_RANGES, Limits
 from protocol.messages import (
     SEP,
 )
@@ -52,6 +52,8 @@ __all__ = [
     "file_exists_messages",
     "file_metas",
     "file_progresses",
+    "file_proof_requests",
+    "file_proofs",
     "file_ready_messages",
     "file_received_messages",
     "frame_budget",
@@ -67,6 +69,7 @@ __all__ = [
     "messages",
     "path_errors",
     "path_validated_messages",
+    "proof_nonces",
     "protocol_error_frames",
     "results_requests",
     "results_stored_messages",
@@ -230,6 +233,28 @@ def legacy_file_metas(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[t.Fi
     return st.builds(t.FileMetaLegacy, names, counts(), gui)
 
 
+def proof_nonces(*, allow_upper: bool = True) -> SearchStrategy[str]:
+    """32 hexadecimal digits (a proof nonce; mixed case too with ``allow_upper``)."""
+    return sha256_hex(allow_upper=allow_upper).map(lambda digest: digest[:32])
+
+
+def file_proof_requests() -> SearchStrategy[t.FileProofRequest]:
+    """``FILE_PROOF_REQUEST::{nonce}::{ranges}``: 1 to 16 ranges ``(offset, length)``,
+    lengths 1 to 65536 bytes, offsets up to the largest count that still fits."""
+    top = MAX_COUNT - MAX_PROOF_RANGE_BYTES
+    ranges = st.lists(
+        st.tuples(counts(top), st.integers(1, MAX_PROOF_RANGE_BYTES)),
+        min_size=1,
+        max_size=MAX_PROOF_RANGES,
+    ).map(tuple)
+    return st.builds(t.FileProofRequest, proof_nonces(), ranges)
+
+
+def file_proofs() -> SearchStrategy[t.FileProof]:
+    """``FILE_PROOF::{sha256}``."""
+    return st.builds(t.FileProof, sha256_hex(allow_upper=True))
+
+
 def file_ready_messages() -> SearchStrategy[t.FileReady]:
     """``FILE_READY::{offset}``, offsets 0 to 10^18 - 1."""
     return st.builds(t.FileReady, counts())
@@ -364,6 +389,8 @@ MESSAGE_STRATEGIES: dict[type[m.Message], Callable[..., SearchStrategy[Any]]] = 
     m.ProtocolErrorFrame: protocol_error_frames,
     t.FileMeta: file_metas,
     t.FileMetaLegacy: legacy_file_metas,
+    t.FileProofRequest: file_proof_requests,
+    t.FileProof: file_proofs,
     t.FileReady: file_ready_messages,
     t.FileExists: file_exists_messages,
     t.EndOfFile: end_of_files,

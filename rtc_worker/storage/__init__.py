@@ -9,6 +9,8 @@ signaling server and the worker both use it without loading the WebRTC stack.
 * :class:`BlobStore` and :class:`PartialFile`: content by SHA-256, filled by partial
   files in order or by ranges.
 * :class:`ContentHasher` and :func:`hash_file`: the one SHA-256 of file content.
+* :class:`OwnerBook`: which principals stored which content; :mod:`~rtc_worker.storage.space`:
+  free space and the reserve a writer leaves.
 * :mod:`~rtc_worker.storage.layout`: the worker's folder names.
 """
 
@@ -32,8 +34,10 @@ from rtc_worker.storage.metadata import (
     format_timestamp,
     hash_file,
 )
+from rtc_worker.storage.owners import OwnerBook
 from rtc_worker.storage.partials import WRITE_BATCH_BYTES, Batch, PartialFile
 from rtc_worker.storage.saferoot import InputHandle, SafeRoot
+from rtc_worker.storage.space import ensure_room, free_bytes, free_bytes_of
 
 __all__ = [
     "DEFAULT_PARTIAL_TTL_S",
@@ -49,6 +53,7 @@ __all__ = [
     "FileMetadata",
     "HashMismatchError",
     "InputHandle",
+    "OwnerBook",
     "PartialBusyError",
     "PartialFile",
     "SafeRoot",
@@ -57,7 +62,10 @@ __all__ = [
     "as_disk_full",
     "atomic_file",
     "detect_mime",
+    "ensure_room",
     "format_timestamp",
+    "free_bytes",
+    "free_bytes_of",
     "fsync_dir",
     "hash_file",
     "layout",

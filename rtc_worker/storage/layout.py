@@ -9,7 +9,9 @@ Under the worker's storage root (the shared root, else its data dir)::
         results-<job_id>.zip          the job's results, packed
     .rtc-store/ (or store/ in the data dir)   the blob store of received files:
         objects/ab/<sha256>           verified content, named by its SHA-256
-        partial/<key>.part|.json      partial files and their sidecars
+        partial/<key>.part|.json      partial files and their sidecars (a worker's keys
+                                      are <principal tag>-<sha256>: one per principal)
+        owners/<fingerprint>/<sha256> which principals stored which content
 
 The storage service keeps its content in ``blobs/ab/<sha256>`` and its partials in
 ``partial/`` under its storage folder; ``uploads/`` and ``tmp/`` are its folders from
@@ -29,6 +31,7 @@ __all__ = [
     "DATA_STORE_DIR",
     "JOBS_DIR",
     "OBJECTS_DIR",
+    "OWNERS_DIR",
     "PARTIAL_DIR",
     "RESERVED_NAMES",
     "SERVICE_BLOBS_DIR",
@@ -63,6 +66,8 @@ OBJECTS_DIR = "objects"
 """Folder of a blob store's objects (the worker's)."""
 PARTIAL_DIR = "partial"
 """Folder of a blob store's partial files."""
+OWNERS_DIR = "owners"
+"""Folder of a worker's blob store recording which principal stored which content."""
 SERVICE_BLOBS_DIR = "blobs"
 """Folder of the storage service's objects."""
 SERVICE_LEGACY_UPLOADS_DIR = "uploads"

@@ -34,6 +34,7 @@ from rtc_worker.storage.closing import Closing
 from rtc_worker.storage.errors import HashMismatchError, as_disk_full
 from rtc_worker.storage.metadata import ContentHasher, FileMetadata, hash_file
 from rtc_worker.storage.record import PartialHome, Range, covered, merge_range, now_text
+from rtc_worker.storage.space import ensure_room
 
 __all__ = ["WRITE_BATCH_BYTES", "Batch", "PartialFile"]
 
@@ -59,6 +60,7 @@ class PartialFile(Closing):
         sha256: the announced digest, or ``None``.
         size: the announced size in bytes, or ``None`` (anonymous, unknown).
         name: the file's name as announced (recorded; used in DiskFullError).
+        reserve_bytes: free bytes an in-order batch must leave on the disk (DiskFullError).
 
     States: open -> committed | discarded | closed. After a failed write or fsync of the
     in-order path (DiskFullError or another OSError) it is *failed*: the file was
@@ -86,6 +88,7 @@ class PartialFile(Closing):
         self.sha256 = sha256
         self.size = size
         self.name = name
+        self.reserve_bytes = 0
         self._home = home
         self._fd = fd
         self._persistent = persistent  # has a sidecar and survives close()
@@ -157,8 +160,7 @@ class PartialFile(Closing):
             raise ValueError(f"partial {self.name!r} is {self._state} (nothing more to write)")
 
     def hexdigest(self) -> str:
-        """SHA-256 (lowercase hex) of the bytes appended in order so far (buffered ones
-        included).
+        """SHA-256 (lowercase hex) of the bytes appended in order so far, buffered ones too.
 
         Raises:
             ValueError: a write failed (the digest would not match the disk), a batch is
@@ -229,6 +231,8 @@ class PartialFile(Closing):
                 done = 0
                 with memoryview(batch.data) as view:
                     try:
+                        if self.reserve_bytes:  # one fstatvfs per batch, not per chunk
+                            ensure_room(self._fd, len(view), self.reserve_bytes)
                         while done < len(view):
                             done += os.pwrite(self._fd, view[done:], batch.offset + done)
                     except OSError as exc:  # keep what was fully written
