@@ -143,7 +143,7 @@ class Register(_Frame):
     type: Literal["register"] = "register"
     peer_id: PeerId
     role: Role
-    token: str | None = None
+    token: str | None = Field(None, repr=False)  # a secret: never in a repr or a log
     metadata: dict[str, Any] = Field(default_factory=dict)
     public_key: PublicKeyB64 | None = None
     signature: SignatureB64 | None = Field(None, validate_default=True)

@@ -221,6 +221,7 @@ async def _download(command: DownloadCommand) -> int:
             api_key=command.storage_api_key_value,
             sha256=command.sha256,
             keep=command.keep,
+            token=command.token_value,
         )
     except StorageError as exc:
         print(f"download failed: {exc}", file=sys.stderr)
@@ -249,8 +250,10 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         TransferFailedError,
         WorkerProtocolError,
     )
+    from rtc_worker.errors import WorkerKeyChanged
     from rtc_worker.identity import IdentityError
     from rtc_worker.rtc import ChannelClosed
+    from rtc_worker.trust import TrustFileError
 
     trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
     try:
@@ -265,6 +268,12 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
             max_file_size=command.max_file_size,
             anonymous=command.anonymous,
             key_file=command.identity_file,
+            worker_keys=(
+                {command.worker: command.worker_key}
+                if isinstance(command, SubmitCommand) and command.worker_key
+                else None
+            ),
+            known_workers=command.known_workers_path,
         )
     except IdentityError as exc:
         print(f"{exc}", file=sys.stderr)
@@ -326,9 +335,20 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
     except JobFailedError as exc:
         print(f"job {exc.job_id} failed: {exc.reason}", file=sys.stderr)
         return EXIT_JOB_FAILED
+    except WorkerKeyChanged as exc:
+        print(
+            f"WORKER KEY CHANGED: {exc.detail}. Someone may be impersonating the worker. If "
+            f"its operator really replaced its key, remove its line from "
+            f"{command.known_workers_path} (or give --worker-key).",
+            file=sys.stderr,
+        )
+        return EXIT_PROTOCOL
     except WorkerProtocolError as exc:
         print(f"worker refused: {exc.code}: {exc.detail}", file=sys.stderr)
         return EXIT_PROTOCOL
+    except TrustFileError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return EXIT_USAGE
     except LocalProtocolError as exc:
         print(f"invalid request: {exc.detail}", file=sys.stderr)
         return EXIT_USAGE
@@ -345,6 +365,9 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         "total_mb": result.total_mb,
         "metrics": result.metrics,
         "stored_path": result.stored_path,
+        "stored_sha256": result.stored_sha256,
+        "stored_size": result.stored_size,
+        "download_token": result.download_token,
     }
     if download is not None:
         upload = download.upload
@@ -379,7 +402,12 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
     )
     print("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
     if result.stored_path is not None:
-        print(f"RESULTS_STORED::{result.job_id}::{result.stored_path}")
+        print(
+            f"results stored: {result.stored_path} ({result.stored_size} bytes, sha256 "
+            f"{result.stored_sha256}); fetch them with: RTC_DOWNLOAD_TOKEN=... rtc-client "
+            f"download --job-id {result.job_id} --sha256 {result.stored_sha256} ..."
+        )
+        print(f"download token (a capability: keep it private): {result.download_token}")
     if download is not None:
         print(
             f"results: {download.results_zip} (sha256 verified, "

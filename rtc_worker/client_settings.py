@@ -207,12 +207,22 @@ class DownloadCommand(EnvSettings):
     keep: Annotated[bool, FLAG_ONLY] = Field(
         False, description="Ask the service to keep the file after this download."
     )
+    token: Annotated[SecretStr | None, Env("RTC_DOWNLOAD_TOKEN")] = Field(
+        None,
+        description="The job's download token (from RESULTS_STORED, printed by submit "
+        "--via-storage): fetches that one result without a key.",
+    )
     log_level: str = Field("WARNING", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
     @model_validator(mode="after")
     def _secrets(self) -> Self:
         load_secret_files(self, [("storage_api_key", "api_key_file", "storage API key")])
         return self
+
+    @property
+    def token_value(self) -> str | None:
+        """The download token as plain text, or None."""
+        return plain(self.token)
 
     @property
     def storage_api_key_value(self) -> str | None:

@@ -279,6 +279,7 @@ LIVE_MODULES = frozenset(
         "test_results_storage",
         "test_attacks_files",
         "test_attacks_secrets",
+        "test_cli_identity",
     }
 )
 

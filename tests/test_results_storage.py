@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -223,3 +224,52 @@ async def test_rtc_client_download_fetches_and_verifies(
     assert str(saved) in good.stdout
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == record["sha256"]
     assert "manifest.json" in zipfile.ZipFile(saved).namelist()
+
+
+async def test_rtc_client_download_with_the_token_of_results_stored(
+    start_worker: Any,
+    client: RTCClient,
+    storage: Storage,
+    shared_root: Path,
+    package: Path,
+    tmp_path: Path,
+) -> None:
+    """The owner needs no storage key: RESULTS_STORED's token fetches that one result,
+    verified against RESULTS_STORED's sha256; another job's token fetches nothing."""
+    await start_worker(shared_root=shared_root, storage_url=storage.url, storage_api_key=KEY)
+    first = await client.submit_shared(
+        "worker-1", "inputs/package.zip", "outputs/tk-1", job_id="tk-1", via_storage=True
+    )
+    second = await client.submit_shared(
+        "worker-1", "inputs/package.zip", "outputs/tk-2", job_id="tk-2", via_storage=True
+    )
+    assert first.download_token and second.download_token and first.stored_sha256
+    out = tmp_path / "got"
+
+    def run(token: str) -> subprocess.CompletedProcess[str]:
+        argv = [
+            PY,
+            "-c",
+            "import sys; from rtc_worker.cli import client_main; sys.exit(client_main())",
+            "download",
+            "--job-id",
+            "tk-1",
+            "--storage-url",
+            storage.url,
+            "--output",
+            str(out),
+            "--sha256",
+            str(first.stored_sha256),
+        ]
+        env = {k: v for k, v in os.environ.items() if "API_KEY" not in k}
+        env["RTC_DOWNLOAD_TOKEN"] = token
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=30, env=env)
+
+    stolen = await asyncio.to_thread(run, str(second.download_token))  # another job's token
+    assert stolen.returncode != 0 and not (out / "results-tk-1.zip").exists()
+    assert "FORBIDDEN" in stolen.stderr or "403" in stolen.stderr, stolen.stderr
+    good = await asyncio.to_thread(run, str(first.download_token))
+    assert good.returncode == 0, good.stderr
+    saved = out / "results-tk-1.zip"
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == first.stored_sha256
+    assert saved.stat().st_size == first.stored_size
