@@ -66,10 +66,11 @@ async def raw_receiver(url: str, size: int, name: str) -> dict[str, Any]:
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from protocol.signaling import Answer, RelayedOffer
+    from rtc_worker.identity import Identity
     from rtc_worker.rtc import rtc_configuration
     from rtc_worker.signaling_client import SignalingClient
 
-    signaling = SignalingClient(url, name, "worker")
+    signaling = SignalingClient(url, name, "worker", identity=Identity.generate())
     await signaling.connect()
     print("READY", flush=True)
     offer = await signaling.recv()
@@ -107,7 +108,7 @@ async def raw_sender(url: str, path: Path, chunk_size: int, name: str) -> dict[s
 
     async with RTCClient(url, connect_timeout=30) as client:
         await client.wait_for_worker(name, 30)
-        conn = await client.connect(name, raw=True)
+        conn = await client.connect_raw(name, authenticate=False)  # a bare channel
         channel = conn.channel.channel
         channel.bufferedAmountLowThreshold = LOW_WATER
         drained = asyncio.Event()
@@ -313,6 +314,9 @@ def main() -> int:
     large = int((args.size_mb or (20 if args.quick else 100)) * MB)
     small = int((args.small_mb or (5 if args.quick else 10)) * MB)
     tmp = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
+    # throwaway identities and bindings: the clients' keys, signaling's bindings database
+    os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
+    os.environ["RTC_SIGNALING_DATA_DIR"] = str(tmp / "signaling")
     port = free_port()
     url = f"ws://127.0.0.1:{port}/ws"
     server = subprocess.Popen(
