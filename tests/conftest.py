@@ -279,6 +279,8 @@ LIVE_MODULES = frozenset(
         "test_results_storage",
         "test_attacks_files",
         "test_attacks_secrets",
+        "test_attacks_identity",
+        "test_attacks_identity_ownership",
     }
 )
 
