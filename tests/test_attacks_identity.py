@@ -165,7 +165,7 @@ async def test_job_and_transfer_frames_without_the_handshake_are_refused_then_cl
     shared_root: Path,
     package: Path,
 ) -> None:
-    worker = await start_worker(shared_root=shared_root, handshake_timeout_s=1)
+    worker = await start_worker(shared_root=shared_root, handshake_timeout_s=1.5)
     attacker = clients(signaling.url, "attacker", identity=Identity.generate())
     raw = await attacker.connect_raw("worker-1", authenticate=False)
     opened = time.monotonic()
@@ -187,7 +187,7 @@ async def test_job_and_transfer_frames_without_the_handshake_are_refused_then_cl
     assert isinstance(refused, TransferError) and refused.code == "UNEXPECTED_DATA"
     with pytest.raises(ChannelClosed):  # the worker's handshake deadline
         await raw.recv(10)
-    assert 0.9 <= time.monotonic() - opened < 5
+    assert 1.2 <= time.monotonic() - opened < 6  # not before: refusals keep it open
     await until(lambda: worker.peer_connections == 0)  # the peer connection went too
     assert not (shared_root / "outputs" / "run7").exists() and job_folders(worker) == []
     assert worker.store.partial_keys() == [] and not worker.store.has(digest)
