@@ -59,7 +59,7 @@ from rtc_worker.errors import (
     MalformedReply,
     WorkerProtocolError,
     path_refused,
-    transfer_failed,
+    transfer_ended,
     worker_protocol_error,
 )
 from rtc_worker.rtc import ChannelClosed, FrameChannel
@@ -288,7 +288,7 @@ class WorkerConnection:
         """ev.Send one file (resumes and dedupes against what the worker holds).
 
         Raises:
-            TransferFailedError (a subclass per code), ChannelClosed, OSError.
+            TransferFailedError or WorkerProtocolError (per code), ChannelClosed, OSError.
         """
         async with self._lock:
             return await self._upload(path, on_progress)
@@ -300,7 +300,7 @@ class WorkerConnection:
             logger.warning("{}: resumed bytes did not verify; sending from the start", path.name)
             result = await self._send_once(path, on_progress)
         if not result.ok:
-            raise transfer_failed(result.outcome.code, result.outcome.detail)
+            raise transfer_ended(result.outcome.code, result.outcome.detail)
         logger.info(
             "sent {} ({}): {} of {} bytes, {:.2f} MB/s",
             path.name, result.outcome.status, result.bytes_sent, result.size, result.mb_per_s,
@@ -464,7 +464,7 @@ class WorkerConnection:
                 case ev.FileHeld() as held:
                     return held
                 case ev.ReceiveEnded(code=code, detail=detail):
-                    raise transfer_failed(code, detail)
+                    raise transfer_ended(code, detail)
                 case ev.Refused(code=code, detail=detail):
                     raise worker_protocol_error(code, detail)
                 case other:

@@ -60,6 +60,7 @@ __all__ = [
     "WorkerOverloaded",
     "WorkerProtocolError",
     "path_refused",
+    "transfer_ended",
     "transfer_failed",
     "worker_protocol_error",
 ]
@@ -376,6 +377,17 @@ _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
 def transfer_failed(code: str, detail: str) -> TransferFailedError:
     """The exception for a TRANSFER_ERROR code: the subclass of its code."""
     return _TRANSFER_CLASSES.get(code, TransferFailedError)(code, detail)
+
+
+def transfer_ended(code: str, detail: str) -> ClientError:
+    """The exception for a transfer that ended without the file: the
+    :class:`TransferFailedError` subclass of a TRANSFER_ERROR code, or, when the peer
+    refused the transfer's frame with a PROTOCOL_ERROR (``AUTH_REQUIRED`` from a worker
+    that admits no anonymous clients, ``UNEXPECTED_MESSAGE``...), the
+    :class:`WorkerProtocolError` subclass of that code."""
+    if code in ErrorCode.__members__ and code not in TransferErrorCode.__members__:
+        return worker_protocol_error(code, detail)
+    return transfer_failed(code, detail)
 
 
 # ------------------------------------------------------------------ JOB_FAILED

@@ -280,6 +280,8 @@ LIVE_MODULES = frozenset(
         "test_attacks_files",
         "test_attacks_secrets",
         "test_cli_identity",
+        "test_attacks_identity",
+        "test_attacks_identity_ownership",
     }
 )
 

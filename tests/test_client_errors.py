@@ -16,6 +16,7 @@ from rtc_worker.errors import (
     WorkerBusy,
     WorkerProtocolError,
     path_refused,
+    transfer_ended,
     transfer_failed,
     worker_protocol_error,
 )
@@ -62,6 +63,13 @@ def test_every_transfer_error_code_has_its_own_class(code: TransferErrorCode) ->
     assert type(exc) is not TransferFailedError and code == type(exc).CODE
     assert (exc.code, exc.detail) == (code, "detail")
     assert type(transfer_failed("NEWER", "?")) is TransferFailedError
+
+
+def test_a_transfer_refused_with_a_protocol_error_raises_its_protocol_class() -> None:
+    assert type(transfer_ended("AUTH_REQUIRED", "no anonymous clients")) is errors.AuthRequired
+    assert type(transfer_ended("HASH_MISMATCH", "?")) is errors.HashMismatch
+    assert type(transfer_ended("UNEXPECTED_DATA", "?")) is errors.UnexpectedData
+    assert type(transfer_ended("NEWER", "?")) is TransferFailedError
 
 
 def test_a_cancelled_job_is_its_own_class() -> None:
