@@ -368,7 +368,9 @@ class WorkerSession:
         output = action.output_path or "/".join(layout.job_output(owner, job_id))
         try:
             opener = await asyncio.to_thread(self._zip_results, job_id, output)
-            stored = await client.upload(opener, job_id, owner=self.conn.principal)
+            # the owner ran this job id again on purpose: its new results replace its old
+            # ones (another owner's job with this id is another record)
+            stored = await client.upload(opener, job_id, owner=self.conn.principal, replace=True)
         except (ResultsServiceError, StorageError, OSError) as exc:
             logger.error("results of {} not stored: {}", job_id, exc)
             await self.driver.report(

@@ -273,3 +273,19 @@ async def test_rtc_client_download_with_the_token_of_results_stored(
     saved = out / "results-tk-1.zip"
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == first.stored_sha256
     assert saved.stat().st_size == first.stored_size
+
+
+async def test_the_owner_running_a_job_id_again_replaces_its_stored_results(
+    start_worker: Any, client: RTCClient, storage: Storage, shared_root: Path, package: Path
+) -> None:
+    await start_worker(shared_root=shared_root, storage_url=storage.url, storage_api_key=KEY)
+    first = await client.submit_shared(
+        "worker-1", "inputs/package.zip", "outputs/again-1", job_id="again", via_storage=True
+    )
+    second = await client.submit_shared(
+        "worker-1", "inputs/package.zip", "outputs/again-2", job_id="again", via_storage=True
+    )
+    assert first.stored_sha256 and second.stored_sha256
+    _, listing = await fetch(storage, "/list")
+    records = [f for f in json.loads(listing)["files"] if f["job_id"] == "again"]
+    assert [r["sha256"] for r in records] == [second.stored_sha256]

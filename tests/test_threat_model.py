@@ -13,7 +13,7 @@ _CELL = re.compile(
 )
 
 
-def tests_of(module: str) -> set[str]:
+def defined_tests(module: str) -> set[str]:
     tree = ast.parse((REPO / "tests" / module).read_text("utf-8"))
     functions = (ast.FunctionDef, ast.AsyncFunctionDef)
     return {node.name for node in tree.body if isinstance(node, functions)}
@@ -32,7 +32,7 @@ def references() -> list[tuple[str, str]]:
 def test_every_test_the_threat_model_names_exists() -> None:
     refs = references()
     assert len(refs) >= 50
-    missing = [f"{m}::{t}" for m, t in refs if t and t not in tests_of(m)]
+    missing = [f"{m}::{t}" for m, t in refs if t and t not in defined_tests(m)]
     assert not missing, missing
     modules = {m for m, _ in refs}
     assert all((REPO / "tests" / m).is_file() for m in modules)
