@@ -16,8 +16,6 @@ from rtc_worker.key_settings import (
     CLIENT_KEY_HELP,
     ClientIdCommand,
     client_key_file,
-    empty_is_none,
-    expand_home,
 )
 from rtc_worker.settings_fields import (
     KEY_FILE_HELP,
@@ -32,7 +30,15 @@ from rtc_worker.settings_fields import (
     plain,
     split_list,
 )
-from rtc_worker.settings_sources import FLAG_ONLY, Commands, Env, EnvSettings, load_secret_files
+from rtc_worker.settings_sources import (
+    FLAG_ONLY,
+    Commands,
+    Env,
+    EnvSettings,
+    empty_is_none,
+    expand_home,
+    load_secret_files,
+)
 
 __all__ = [
     "ClientCli",

@@ -15,13 +15,13 @@ Source: DESIGN.md ("Identity first"); the XDG Base Directory specification.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from rtc_worker.identity import KEY_FILE_NAME, default_client_key_file
-from rtc_worker.settings_sources import Env, EnvSettings
+from rtc_worker.settings_sources import Env, EnvSettings, empty_is_none, expand_home
 
 __all__ = [
     "CLIENT_KEY_ENV",
@@ -31,8 +31,6 @@ __all__ = [
     "ClientIdCommand",
     "WorkerIdCommand",
     "client_key_file",
-    "empty_is_none",
-    "expand_home",
     "worker_key_file",
 ]
 
@@ -49,16 +47,6 @@ CLIENT_KEY_HELP = (
     "is the client's identity; unset: $XDG_CONFIG_HOME/rtc-client/identity.key "
     "(~/.config/rtc-client/identity.key)."
 )
-
-
-def expand_home(value: Path | None) -> Path | None:
-    """``~`` at the start of a path setting means the user's home."""
-    return None if value is None else value.expanduser()
-
-
-def empty_is_none(value: Any) -> Any:
-    """An empty path setting means unset."""
-    return None if value == "" else value
 
 
 def worker_key_file(key_file: Path | None, data_dir: Path) -> Path:

@@ -29,8 +29,6 @@ from rtc_worker.key_settings import (
     WORKER_KEY_ENV,
     WORKER_KEY_HELP,
     WorkerIdCommand,
-    empty_is_none,
-    expand_home,
     worker_key_file,
 )
 from rtc_worker.settings_fields import (
@@ -52,7 +50,9 @@ from rtc_worker.settings_sources import (
     Commands,
     Env,
     EnvSettings,
+    empty_is_none,
     env_names,
+    expand_home,
     load_secret_files,
 )
 from rtc_worker.storage import layout

@@ -49,11 +49,23 @@ __all__ = [
     "Env",
     "EnvSettings",
     "EnvironmentSource",
+    "empty_is_none",
     "env_names",
+    "expand_home",
     "is_secret",
     "load_secret_files",
     "read_secret_file",
 ]
+
+
+def expand_home(value: Path | None) -> Path | None:
+    """``~`` at the start of a path setting means the user's home (a validator)."""
+    return None if value is None else value.expanduser()
+
+
+def empty_is_none(value: Any) -> Any:
+    """An empty path setting means unset (a ``mode="before"`` validator)."""
+    return None if value == "" else value
 
 
 def Env(*names: str) -> FieldInfo:

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from signaling.sqlite_file import SQLiteFile
 
 __all__ = ["SCHEMA_VERSION", "Binding", "BindingStore", "SqliteBindings"]
 
@@ -48,7 +49,6 @@ _SCHEMA = (
     "CREATE INDEX bindings_seen ON bindings (role, last_seen)",
 )
 _COLUMNS = "peer_id, fingerprint, role, created_at, last_seen"
-_BUSY_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,7 @@ class SqliteBindings:
         self.client_ttl_s = client_ttl_s
         self._clock = clock or time.time
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._db = SQLiteFile(path)
         self._migrate()
 
     # ------------------------------------------------------------------ async interface
@@ -156,7 +157,7 @@ class SqliteBindings:
     def claim_now(self, peer_id: str, fingerprint: str, role: str) -> Binding:
         """:meth:`claim`, blocking; one transaction, so two claims never both win."""
         now = self._clock()
-        with self._connect() as conn:
+        with self._db.write() as conn:
             self._expire(conn, now)
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM bindings WHERE peer_id = ?", (peer_id,)
@@ -189,7 +190,7 @@ class SqliteBindings:
 
     def get_now(self, peer_id: str) -> Binding | None:
         """:meth:`get`, blocking (an expired client binding counts as free)."""
-        with self._connect() as conn:
+        with self._db.write() as conn:
             self._expire(conn, self._clock())
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM bindings WHERE peer_id = ?", (peer_id,)
@@ -198,14 +199,14 @@ class SqliteBindings:
 
     def entries_now(self) -> list[Binding]:
         """:meth:`entries`, blocking."""
-        with self._connect() as conn:
+        with self._db.write() as conn:
             self._expire(conn, self._clock())
             rows = conn.execute(f"SELECT {_COLUMNS} FROM bindings ORDER BY peer_id").fetchall()
         return [_binding(row) for row in rows]
 
     def release_now(self, peer_id: str) -> Binding | None:
         """:meth:`release`, blocking."""
-        with self._connect() as conn:
+        with self._db.write() as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM bindings WHERE peer_id = ?", (peer_id,)
             ).fetchone()
@@ -221,28 +222,9 @@ class SqliteBindings:
                 (now - self.client_ttl_s,),
             )
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in one transaction: committed on success, rolled back on error."""
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
     def _migrate(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        finally:
-            conn.close()
-        with self._connect() as conn:
+        self._db.hold_open()  # WAL mode; the -wal file stays in place
+        with self._db.write() as conn:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(

@@ -28,7 +28,14 @@ from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDic
 from pydantic_settings import SettingsError as CliSettingsError
 
 from protocol.signaling import PEER_ID_PATTERN
-from rtc_worker.settings_sources import FLAG_ONLY, CommandLine, Commands, EnvSettings
+from rtc_worker.settings_sources import (
+    FLAG_ONLY,
+    CommandLine,
+    Commands,
+    EnvSettings,
+    empty_is_none,
+    expand_home,
+)
 from signaling.bindings import Binding, SqliteBindings
 from signaling.config import SignalingSettings
 
@@ -51,15 +58,9 @@ class _BindingsFile(EnvSettings):
     )
     bindings_db: Path | None = Field(None, description=_SERVER_FIELDS["bindings_db"].description)
 
-    @field_validator("bindings_db", mode="before")
-    @classmethod
-    def _empty_path_is_none(cls, value: object) -> object:
-        return None if value == "" else value
+    _empty_path_is_none = field_validator("bindings_db", mode="before")(empty_is_none)
 
-    @field_validator("data_dir", "bindings_db")
-    @classmethod
-    def _expand_home(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser()
+    _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
 
     @property
     def bindings_file(self) -> Path:

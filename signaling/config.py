@@ -17,7 +17,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
-from rtc_worker.settings_sources import FLAG_ONLY, Env, EnvSettings, load_secret_files
+from rtc_worker.settings_sources import (
+    FLAG_ONLY,
+    Env,
+    EnvSettings,
+    empty_is_none,
+    expand_home,
+    load_secret_files,
+)
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
@@ -286,15 +293,11 @@ class SignalingSettings(EnvSettings):
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
 
-    @field_validator("storage_path", "database_path", "bindings_db", mode="before")
-    @classmethod
-    def _empty_path_is_none(cls, value: object) -> object:
-        return None if value == "" else value
+    _empty_path_is_none = field_validator(
+        "storage_path", "database_path", "bindings_db", mode="before"
+    )(empty_is_none)
 
-    @field_validator("data_dir", "bindings_db")
-    @classmethod
-    def _expand_home(cls, value: Path | None) -> Path | None:
-        return None if value is None else value.expanduser()
+    _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
 
     @model_validator(mode="after")
     def _storage_needs_key(self) -> Self:
