@@ -449,3 +449,11 @@ def test_the_store_ignores_actions_about_other_transfers() -> None:
     store.perform(conn, ev.Discard(7, keep=True), 0.0)
     store.perform(conn, ev.Note("not the store's"), 0.0)  # an adapter may hand it anything
     assert (store.partials, store.objects, conn.drain()) == ({}, {}, [])
+
+
+def test_expiring_a_proof_that_nobody_awaits_changes_nothing() -> None:
+    pair = ConnectionPair()
+    before = list(pair.frames)
+    pair.expire_proof()
+    assert pair.frames == before and pair.world.store.awaiting_proof is None
+    assert pair.worker.receiver.state == "IDLE"
