@@ -10,9 +10,12 @@ namespace, which browsers treat as a secure context (``crypto.subtle`` exists).
 Fixtures (module-scoped ones are shared by the tests of one file):
 
 * ``browser_netns`` (module): the :class:`~tests.netns.NetNs`.
-* ``browser_stack`` (function): the module's :class:`Stack` (signaling server + one
-  registered worker), with the worker started again if an earlier test stopped it;
-  its logs are added to the report of a failed test.
+* ``browser_stack_module`` (module): the module's :class:`Stack` (signaling server +
+  one registered worker). A test module that needs other settings overrides it, e.g.
+  ``Stack(browser_netns, tmp_path_factory.mktemp("stack"), signaling_args=(...),
+  worker_args=(...), env={...})``.
+* ``browser_stack`` (function): that stack, with the worker started again if an
+  earlier test stopped it; its logs are added to the report of a failed test.
 * ``chromium`` (module): a :class:`Chromium` (Playwright + one browser in the namespace).
 * ``browser_page`` (function): a Playwright ``Page`` in a fresh browser context; on
   failure its console, page errors and a screenshot are in the report.
@@ -31,7 +34,7 @@ import secrets
 import shutil
 import sys
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +116,9 @@ class Stack:
         page_url: ``http://127.0.0.1:PORT/``, the page (a secure context).
         ws_url: ``ws://127.0.0.1:PORT/ws``.
         worker_id: the worker's peer id.
+        signaling_args, worker_args: extra flags of ``rtc-signaling`` / ``rtc-worker serve``
+            (secrets go in ``env``, never in flags).
+        extra_env: extra variables of both processes (``env``).
         fingerprint: the worker's key fingerprint (``rtc-worker id``).
         shared_root: the worker's shared root (``inputs/`` and ``outputs/`` exist).
         data_dir: the worker's data folder (its key, received files, partial files).
@@ -127,6 +133,7 @@ class Stack:
         worker_id: str = "worker-1",
         signaling_args: tuple[str, ...] = (),
         worker_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.ns = ns
         self.folder = folder
@@ -134,6 +141,7 @@ class Stack:
         self.worker_id = worker_id
         self.signaling_args = signaling_args
         self.worker_args = worker_args
+        self.extra_env = dict(env or {})
         self.shared_root = folder / "shared"
         self.data_dir = folder / "worker-data"
         self.home = folder / "home"
@@ -148,7 +156,7 @@ class Stack:
         self.worker = self.start_worker()
 
     def _env(self) -> dict[str, str]:
-        return _subprocess_env(self.home, RTC_SIGNALING_TOKEN=self.token)
+        return _subprocess_env(self.home, RTC_SIGNALING_TOKEN=self.token, **self.extra_env)
 
     def _start_signaling(self) -> Process:
         argv = [str(BIN / "rtc-signaling"), "--host", "127.0.0.1", "--port", "0"]
@@ -368,7 +376,7 @@ def browser_netns() -> Iterator[NetNs]:
 
 
 @pytest.fixture(scope="module")
-def _module_stack(
+def browser_stack_module(
     browser_netns: NetNs, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """The module's stack; a start that fails is an error holding the process's log."""
@@ -380,12 +388,12 @@ def _module_stack(
 
 
 @pytest.fixture
-def browser_stack(_module_stack: Stack, request: pytest.FixtureRequest) -> Stack:
+def browser_stack(browser_stack_module: Stack, request: pytest.FixtureRequest) -> Stack:
     """The module's signaling server and worker (started again if a test stopped it)."""
-    if not _module_stack.worker.alive:
-        _module_stack.start_worker()
-    add_failure_section(request.node, "stack logs", _module_stack.logs)
-    return _module_stack
+    if not browser_stack_module.worker.alive:
+        browser_stack_module.start_worker()
+    add_failure_section(request.node, "stack logs", browser_stack_module.logs)
+    return browser_stack_module
 
 
 @pytest.fixture(scope="module")
