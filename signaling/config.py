@@ -17,7 +17,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
 from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
-from rtc_worker.settings_fields import split_list
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
@@ -305,7 +304,13 @@ class SignalingSettings(EnvSettings):
         "room; 0: none.",
     )
 
-    _split_turn_urls = field_validator("turn_urls", mode="before")(split_list)
+    @field_validator("turn_urls", mode="before")
+    @classmethod
+    def _split_turn_urls(cls, value: object) -> object:
+        """A comma- or space-separated string (a variable, a flag) is a list."""
+        if isinstance(value, str):
+            return [url for url in value.replace(",", " ").split() if url]
+        return value
 
     @field_validator("turn_urls")
     @classmethod
