@@ -315,3 +315,27 @@ async def test_relay_only_without_any_turn_server(tmp_path: Path) -> None:
     finally:
         logger.remove(sink)
         await server.runner.cleanup()
+
+
+async def test_rtc_client_relay_only_without_turn_exits_3_with_the_code(tmp_path: Path) -> None:
+    """``rtc-client submit --ice-transport-policy relay`` where signaling hands out no TURN
+    server: exit status 3 (connection) with NO_TURN_SERVER, within seconds."""
+    import os
+    import sys
+
+    from tests.conftest import REPO
+
+    server = await start_signaling()
+    argv = [sys.executable, "-c", "import sys; from rtc_worker.cli import client_main; "
+            "sys.exit(client_main())", "submit", "--signaling-url", server.url,
+            "--worker", "anyone", "--input", "a.zip", "--output", "out", "--no-progress",
+            "--ice-transport-policy", "relay"]  # fmt: skip
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run, argv, cwd=REPO, capture_output=True, text=True, timeout=60, env=env
+        )
+    finally:
+        await server.runner.cleanup()
+    assert done.returncode == 3, done.stderr
+    assert "NO_TURN_SERVER" in done.stderr

@@ -152,6 +152,14 @@ def test_signaling_turn_settings_from_the_environment(
     assert "from-env" not in repr(settings)
 
 
+@pytest.fixture(autouse=True)
+def _no_turn_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's environment never leaks into these settings."""
+    for name in ("RTC_TURN_URLS", "RTC_TURN_SECRET", "RTC_TURN_SECRET_FILE", "RTC_TURN_TTL_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RTC_ICE_TRANSPORT_POLICY", raising=False)
+
+
 def test_the_turn_secret_from_a_file_and_repeated_flags(tmp_path: Path) -> None:
     secret_file = tmp_path / "turn.secret"
     secret_file.write_text("file-secret\n")
