@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from rtc_worker.rtc import (
     FrameChannel,
     IcePolicy,
     describe_path,
+    ice_servers_expire_soon,
     require_relay_candidate,
     rtc_configuration,
 )
@@ -200,6 +202,11 @@ class RTCClient:
 
     async def _signaling_client(self) -> SignalingClient:
         async with self._signaling_lock:
+            if self._signaling is not None and ice_servers_expire_soon(
+                self._signaling.ice_servers, time.time()
+            ):  # registered longer than the TURN credential lives: register again
+                await self._signaling.close()
+                self._signaling = None
             if self._signaling is None or self._signaling.closed.is_set():
                 signaling = SignalingClient(
                     self.signaling_url,

@@ -44,6 +44,7 @@ __all__ = [
     "IceSetupError",
     "candidate_types",
     "describe_path",
+    "ice_servers_expire_soon",
     "require_relay_candidate",
     "rtc_configuration",
     "selected_candidate_types",
@@ -126,6 +127,19 @@ def rtc_configuration(
 
 def _url_list(urls: str | list[str]) -> list[str]:
     return [urls] if isinstance(urls, str) else list(urls)
+
+
+def ice_servers_expire_soon(
+    ice_servers: Sequence[IceServer], now_s: float, margin_s: float = 60.0
+) -> bool:
+    """True when a TURN REST credential among ``ice_servers`` expires within ``margin_s``
+    seconds of ``now_s`` (Unix seconds): its username is ``"{expiry}:{peer_id}"``.
+    A username of another form never counts as expiring."""
+    for server in ice_servers:
+        expiry, sep, _ = server.username.partition(":")
+        if sep and expiry.isdigit() and int(expiry) <= now_s + margin_s:
+            return True
+    return False
 
 
 def candidate_types(sdp: str) -> list[str]:

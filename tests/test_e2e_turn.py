@@ -217,23 +217,43 @@ async def test_credentials_are_bound_to_the_receiving_peer_and_expire(
 
 async def test_an_expired_credential_gets_no_relay_and_a_clear_error(
     coturn: Coturn,
+    tmp_path: Path,
 ) -> None:
     """The attacker keeps a credential past its expiry and tries to allocate with it:
-    coturn refuses, and the relay-only client fails with NO_RELAY_CANDIDATE at once."""
+    coturn refuses, and relay-only gathering fails with NO_RELAY_CANDIDATE at once. An
+    honest client registered for longer than the TTL registers again and gets through."""
+    from aiortc import RTCPeerConnection
+
+    from rtc_worker.rtc import require_relay_candidate, rtc_configuration
+
     server = await start_signaling(turn_urls=[coturn.url], turn_secret=coturn.secret, turn_ttl_s=1)
+    attacker = SignalingClient(server.url, "keeper", "client", identity=Identity.generate())
     try:
-        async with RTCClient(
-            server.url, ice_transport_policy="relay", connect_timeout=15
-        ) as client:
-            await client.workers()  # registered: its credential expires in 1 s
-            await asyncio.sleep(2.2)
+        await attacker.connect()
+        stale = attacker.ice_servers
+        await asyncio.sleep(2.2)  # past the expiry
+        pc = RTCPeerConnection(rtc_configuration([], stale, "relay"))
+        try:
+            pc.createDataChannel("x")
             started = time.monotonic()
+            await pc.setLocalDescription(await pc.createOffer())
             with pytest.raises(IceSetupError) as caught:
-                await client.connect("anyone")
+                require_relay_candidate(pc.localDescription.sdp)
             assert caught.value.code == NO_RELAY_CANDIDATE
             assert time.monotonic() - started < 10
-        assert any(f":{client.peer_id}" in line for line in coturn.refused_users())
+        finally:
+            await pc.close()
+        assert any(":keeper" in line for line in coturn.refused_users())
+        async with (
+            relay_worker_in_process(server.url, tmp_path / "w"),
+            RTCClient(server.url, ice_transport_policy="relay") as client,
+        ):
+            await client.workers()  # registered: its credential expires in 1 s
+            await asyncio.sleep(2.2)
+            conn = await client.connect("relay-w")  # registers again, fresh credential
+            assert_relayed(conn.pc)
     finally:
+        await attacker.close()
         await server.runner.cleanup()
 
 

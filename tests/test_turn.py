@@ -32,6 +32,7 @@ from rtc_worker.rtc import (
     IceSetupError,
     candidate_types,
     describe_path,
+    ice_servers_expire_soon,
     require_relay_candidate,
     rtc_configuration,
     selected_candidate_types,
@@ -280,3 +281,14 @@ async def test_the_selected_pair_is_none_before_ice_and_when_internals_change() 
     assert selected_candidate_types(fake) is None
     fake.sctp.transport.transport.iceGatherer = None  # aiortc renamed something
     assert selected_candidate_types(fake) is None
+
+
+def test_a_credential_close_to_its_expiry_is_noticed() -> None:
+    def entry(username: str) -> IceServer:
+        return IceServer(urls=("turn:h:1",), username=username, credential="c")
+
+    assert not ice_servers_expire_soon([], 1000)
+    assert not ice_servers_expire_soon([entry("1100:p")], 1000, margin_s=60)
+    assert ice_servers_expire_soon([entry("1100:p")], 1000, margin_s=100)
+    assert ice_servers_expire_soon([entry("1100:p"), entry("999:p")], 1000)
+    assert not ice_servers_expire_soon([entry("static-user"), entry("x:p")], 1000)
