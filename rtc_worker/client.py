@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +48,15 @@ from rtc_worker.errors import (
     WorkerProtocolError,
 )
 from rtc_worker.identity import Identity, default_client_key_file
-from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
+from rtc_worker.rtc import (
+    ChannelClosed,
+    FrameChannel,
+    IcePolicy,
+    describe_path,
+    ice_servers_expire_soon,
+    require_relay_candidate,
+    rtc_configuration,
+)
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry
@@ -98,7 +107,11 @@ class RTCClient:
         signaling_url: WebSocket URL of the signaling server.
         token: the signaling server's token, if it has one.
         peer_id: the id to register; a random ``client-...`` id by default.
-        ice_servers: STUN/TURN URLs; none for loopback and LAN.
+        ice_servers: STUN/TURN URLs; none for loopback and LAN. The TURN servers the
+            signaling server hands out (``registered`` frame) are used too, first.
+        ice_transport_policy: ``"all"``, or ``"relay"``: relay candidates only (every
+            byte through TURN); then :meth:`connect` raises ``IceSetupError``
+            (NO_TURN_SERVER, NO_RELAY_CANDIDATE) instead of waiting.
         reply_timeout: seconds to wait for each protocol reply.
         connect_timeout: seconds to wait for signaling, the answer and the channel.
         trace: optional callback ``(direction, frame)`` for every text frame.
@@ -129,6 +142,7 @@ class RTCClient:
         *,
         peer_id: str | None = None,
         ice_servers: list[str] | None = None,
+        ice_transport_policy: IcePolicy = "all",
         reply_timeout: float = 60.0,
         connect_timeout: float = 30.0,
         trace: Trace | None = None,
@@ -153,6 +167,7 @@ class RTCClient:
         self.token = token
         self.peer_id = peer_id or f"client-{uuid.uuid4().hex[:12]}"
         self.ice_servers = ice_servers or []
+        self.ice_transport_policy: IcePolicy = ice_transport_policy
         self.reply_timeout = reply_timeout
         self.connect_timeout = connect_timeout
         self.trace = trace
@@ -187,6 +202,11 @@ class RTCClient:
 
     async def _signaling_client(self) -> SignalingClient:
         async with self._signaling_lock:
+            if self._signaling is not None and ice_servers_expire_soon(
+                self._signaling.ice_servers, time.time()
+            ):  # registered longer than the TURN credential lives: register again
+                await self._signaling.close()
+                self._signaling = None
             if self._signaling is None or self._signaling.closed.is_set():
                 signaling = SignalingClient(
                     self.signaling_url,
@@ -240,6 +260,8 @@ class RTCClient:
 
         Raises:
             SignalingError: PEER_NOT_FOUND when no such worker is registered.
+            IceSetupError: relay-only and no TURN server (NO_TURN_SERVER) or no relay
+                candidate (NO_RELAY_CANDIDATE: the TURN server refused the credential).
             TimeoutError: no answer or no open channel within ``connect_timeout``.
             HandshakeError: WorkerKeyChanged (another key than the pinned one),
                 NotAuthorized, AuthFailed, AuthRequired...
@@ -316,13 +338,17 @@ class RTCClient:
     async def _open_channel(self, worker_id: str) -> tuple[RTCPeerConnection, FrameChannel]:
         """Offer, wait for the worker's answer and for the data channel to open."""
         signaling = await self._signaling_client()
-        pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
+        policy = self.ice_transport_policy
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers, signaling.ice_servers, policy))
         try:
             channel = pc.createDataChannel("jobs", ordered=True)
             frames = FrameChannel(channel, trace=self.trace)
             opened = asyncio.Event()
             channel.on("open", opened.set)
-            await pc.setLocalDescription(await pc.createOffer())
+            async with asyncio.timeout(self.connect_timeout):  # gathering, TURN included
+                await pc.setLocalDescription(await pc.createOffer())
+            if policy == "relay":
+                require_relay_candidate(pc.localDescription.sdp)
             await signaling.send(Offer(to=worker_id, sdp=pc.localDescription.sdp))
             async with asyncio.timeout(self.connect_timeout):
                 while True:
@@ -336,6 +362,7 @@ class RTCClient:
         except BaseException:
             await pc.close()
             raise
+        logger.info("peer connection with {}: connected via {}", worker_id, describe_path(pc))
         return pc, frames
 
     async def submit_shared(
