@@ -18,17 +18,21 @@ Client -> server frames (:data:`ClientFrame`)::
 Server -> client frames (:data:`ServerFrame`)::
 
     {"type": "challenge", "nonce": B64}                (first frame on every socket)
-    {"type": "registered", "peer_id": ID, "fingerprint": FP|null}
+    {"type": "registered", "peer_id": ID, "fingerprint": FP|null, "ice_servers": [ICE, ...]}
     {"type": "peers", "peers": [{"peer_id": ID, "role": ROLE, "fingerprint": FP|null,
                                  "metadata": {...}}, ...]}
-    {"type": "offer",     "from": ID, "fingerprint": FP|null, "to": ID, "sdp": STR}
+    {"type": "offer",     "from": ID, "fingerprint": FP|null, "to": ID, "sdp": STR,
+                          "ice_servers": [ICE, ...]}
     {"type": "answer",    "from": ID, "fingerprint": FP|null, "to": ID, "sdp": STR}
     {"type": "candidate", "from": ID, "fingerprint": FP|null, "to": ID, "candidate": ANY}
     {"type": "error", "code": CODE, "message": STR, "ref_type": STR (optional)}
 
 ``ID`` matches :data:`PEER_ID_PATTERN`; ``FP`` is a fingerprint (64 lowercase hex
 digits, :func:`protocol.identity.fingerprint`), ``null`` for an anonymous client;
-``B64`` is standard base64 with padding. Unknown object keys are ignored, so a
+``B64`` is standard base64 with padding; ``ICE`` is a W3C ``RTCIceServer``,
+``{"urls": [URL, ...], "username": STR, "credential": STR}`` (:class:`IceServer`): the TURN
+servers the receiving peer may use, with credentials made for its own peer id (``[]``, or
+absent, when the server hands out none). Unknown object keys are ignored, so a
 ``"from"`` or a ``"fingerprint"`` sent by a peer never survives parsing: the server
 sets them. What a peer signs to register is in :mod:`protocol.signaling_proof`.
 """
@@ -54,6 +58,9 @@ from protocol.signaling_json import compact_json, load_object, validate
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "ICE_URL_SCHEMES",
+    "MAX_ICE_SERVERS",
+    "MAX_ICE_TEXT",
     "MAX_METADATA_BYTES",
     "PEER_ID_PATTERN",
     "Answer",
@@ -62,6 +69,7 @@ __all__ = [
     "ClientFrame",
     "ErrorFrame",
     "Fingerprint",
+    "IceServer",
     "ListPeers",
     "Offer",
     "PeerId",
@@ -90,6 +98,15 @@ DEFAULT_MAX_FRAME_BYTES = 262144
 MAX_METADATA_BYTES = 8192
 """Limit on a register frame's ``metadata``, in bytes of its compact JSON encoding."""
 
+MAX_ICE_SERVERS = 8
+"""Most entries in a frame's ``ice_servers``, and most URLs in one entry."""
+
+MAX_ICE_TEXT = 512
+"""Longest ICE server URL, username or credential, in characters."""
+
+ICE_URL_SCHEMES = ("turn:", "turns:", "stun:", "stuns:")
+"""The URL schemes of an ICE server (RFC 7064 section 3.1, RFC 7065 section 3.1)."""
+
 PeerId = Annotated[str, StringConstraints(pattern=PEER_ID_PATTERN)]
 """A peer id string matching :data:`PEER_ID_PATTERN`."""
 
@@ -113,6 +130,19 @@ SignatureB64 = Annotated[str, _base64_of(SIGNATURE_BYTES)]
 
 NonceB64 = Annotated[str, _base64_of(NONCE_BYTES)]
 """A 32-byte challenge nonce in standard base64."""
+
+
+def _ice_url(value: str) -> str:
+    if not value.startswith(ICE_URL_SCHEMES):
+        raise ValueError(f"an ICE server URL starts with one of {', '.join(ICE_URL_SCHEMES)}")
+    return value
+
+
+IceUrl = Annotated[
+    str, StringConstraints(min_length=6, max_length=MAX_ICE_TEXT), AfterValidator(_ice_url)
+]
+"""A STUN or TURN URL: ``turn:HOST:PORT``, ``turns:...``, ``stun:...`` or ``stuns:...``
+(RFC 7064, RFC 7065), at most :data:`MAX_ICE_TEXT` characters."""
 
 Role = Literal["worker", "client"]
 """What a registered peer is: a ``worker`` serving jobs or a ``client`` sending them."""
@@ -228,13 +258,39 @@ class Challenge(_Frame):
     nonce: NonceB64
 
 
+class IceServer(_Frame):
+    """``{"urls":[URL, ...],"username":STR,"credential":STR}``: one ICE server in the W3C
+    ``RTCIceServer`` shape, with a time-limited TURN credential.
+
+    ``urls``: 1 to :data:`MAX_ICE_SERVERS` STUN/TURN URLs (:data:`IceUrl`).
+    ``username``: ``"{expiry_unix_s}:{peer_id}"`` and ``credential``:
+    ``base64(HMAC-SHA1(secret, username))`` by the TURN REST API convention
+    (draft-uberti-behave-turn-rest-00 section 2.2; made by :mod:`signaling.turn`).
+    ``credential`` is a secret: never in a repr or a log.
+    """
+
+    urls: tuple[IceUrl, ...] = Field(min_length=1, max_length=MAX_ICE_SERVERS)
+    username: str = Field(max_length=MAX_ICE_TEXT)
+    credential: str = Field(max_length=MAX_ICE_TEXT, repr=False)
+
+
+IceServers = Annotated[tuple[IceServer, ...], Field(max_length=MAX_ICE_SERVERS)]
+"""The ``ice_servers`` of a frame: at most :data:`MAX_ICE_SERVERS` entries."""
+
+
 class Registered(_Frame):
-    """``{"type":"registered","peer_id":ID,"fingerprint":FP|null}``: the socket is now
-    registered as ``peer_id``, proven by the key of ``fingerprint`` (``null``: anonymous)."""
+    """``{"type":"registered","peer_id":ID,"fingerprint":FP|null,"ice_servers":[ICE,...]}``:
+    the socket is now registered as ``peer_id``, proven by the key of ``fingerprint``
+    (``null``: anonymous).
+
+    ``ice_servers`` (default empty) are the TURN servers this peer may use, with
+    credentials bound to ``peer_id`` (:class:`IceServer`).
+    """
 
     type: Literal["registered"] = "registered"
     peer_id: PeerId
     fingerprint: Fingerprint | None
+    ice_servers: IceServers = ()
 
 
 class PeerInfo(_Frame):
@@ -259,11 +315,13 @@ class Peers(_Frame):
 
 
 class RelayedOffer(_Frame):
-    """``{"type":"offer","from":ID,"fingerprint":FP|null,"to":ID,"sdp":STR}``: an offer
-    relayed by the server.
+    """``{"type":"offer","from":ID,"fingerprint":FP|null,"to":ID,"sdp":STR,
+    "ice_servers":[ICE,...]}``: an offer relayed by the server.
 
     ``from_`` (JSON key ``"from"``) is the sender's registered id and ``fingerprint`` the
     key it proved at registration (``null``: an anonymous client), both set by the server.
+    ``ice_servers`` (default empty) carry fresh TURN credentials for the answerer ``to``,
+    so a peer registered for longer than their lifetime still answers with valid ones.
     """
 
     type: Literal["offer"] = "offer"
@@ -271,6 +329,7 @@ class RelayedOffer(_Frame):
     fingerprint: Fingerprint | None
     to: PeerId
     sdp: str
+    ice_servers: IceServers = ()
 
 
 class RelayedAnswer(_Frame):

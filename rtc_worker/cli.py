@@ -252,7 +252,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
     )
     from rtc_worker.errors import WorkerKeyChanged
     from rtc_worker.identity import IdentityError
-    from rtc_worker.rtc import ChannelClosed
+    from rtc_worker.rtc import ChannelClosed, IceSetupError
     from rtc_worker.trust import TrustFileError
 
     trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
@@ -261,6 +261,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
             command.signaling_url,
             command.token_value,
             ice_servers=command.ice_servers,
+            ice_transport_policy=command.ice_transport_policy,
             reply_timeout=command.reply_timeout_s,
             connect_timeout=command.connect_timeout_s,
             trace=trace,
@@ -354,6 +355,9 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         return EXIT_USAGE
     except SignalingError as exc:
         print(f"signaling: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_CONNECTION
+    except IceSetupError as exc:  # relay-only: NO_TURN_SERVER, NO_RELAY_CANDIDATE
+        print(f"connection failed: {exc}", file=sys.stderr)
         return EXIT_CONNECTION
     except (OSError, TimeoutError, ChannelClosed) as exc:
         print(f"connection failed: {exc or type(exc).__name__}", file=sys.stderr)

@@ -47,7 +47,14 @@ from rtc_worker.errors import (
     WorkerProtocolError,
 )
 from rtc_worker.identity import Identity, default_client_key_file
-from rtc_worker.rtc import ChannelClosed, FrameChannel, rtc_configuration
+from rtc_worker.rtc import (
+    ChannelClosed,
+    FrameChannel,
+    IcePolicy,
+    describe_path,
+    require_relay_candidate,
+    rtc_configuration,
+)
 from rtc_worker.signaling_client import SignalingClient
 from rtc_worker.storage import BlobStore, SafeRoot
 from rtc_worker.transfer_io import PartialRegistry
@@ -98,7 +105,11 @@ class RTCClient:
         signaling_url: WebSocket URL of the signaling server.
         token: the signaling server's token, if it has one.
         peer_id: the id to register; a random ``client-...`` id by default.
-        ice_servers: STUN/TURN URLs; none for loopback and LAN.
+        ice_servers: STUN/TURN URLs; none for loopback and LAN. The TURN servers the
+            signaling server hands out (``registered`` frame) are used too, first.
+        ice_transport_policy: ``"all"``, or ``"relay"``: relay candidates only (every
+            byte through TURN); then :meth:`connect` raises ``IceSetupError``
+            (NO_TURN_SERVER, NO_RELAY_CANDIDATE) instead of waiting.
         reply_timeout: seconds to wait for each protocol reply.
         connect_timeout: seconds to wait for signaling, the answer and the channel.
         trace: optional callback ``(direction, frame)`` for every text frame.
@@ -129,6 +140,7 @@ class RTCClient:
         *,
         peer_id: str | None = None,
         ice_servers: list[str] | None = None,
+        ice_transport_policy: IcePolicy = "all",
         reply_timeout: float = 60.0,
         connect_timeout: float = 30.0,
         trace: Trace | None = None,
@@ -153,6 +165,7 @@ class RTCClient:
         self.token = token
         self.peer_id = peer_id or f"client-{uuid.uuid4().hex[:12]}"
         self.ice_servers = ice_servers or []
+        self.ice_transport_policy: IcePolicy = ice_transport_policy
         self.reply_timeout = reply_timeout
         self.connect_timeout = connect_timeout
         self.trace = trace
@@ -240,6 +253,8 @@ class RTCClient:
 
         Raises:
             SignalingError: PEER_NOT_FOUND when no such worker is registered.
+            IceSetupError: relay-only and no TURN server (NO_TURN_SERVER) or no relay
+                candidate (NO_RELAY_CANDIDATE: the TURN server refused the credential).
             TimeoutError: no answer or no open channel within ``connect_timeout``.
             HandshakeError: WorkerKeyChanged (another key than the pinned one),
                 NotAuthorized, AuthFailed, AuthRequired...
@@ -316,13 +331,17 @@ class RTCClient:
     async def _open_channel(self, worker_id: str) -> tuple[RTCPeerConnection, FrameChannel]:
         """Offer, wait for the worker's answer and for the data channel to open."""
         signaling = await self._signaling_client()
-        pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
+        policy = self.ice_transport_policy
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers, signaling.ice_servers, policy))
         try:
             channel = pc.createDataChannel("jobs", ordered=True)
             frames = FrameChannel(channel, trace=self.trace)
             opened = asyncio.Event()
             channel.on("open", opened.set)
-            await pc.setLocalDescription(await pc.createOffer())
+            async with asyncio.timeout(self.connect_timeout):  # gathering, TURN included
+                await pc.setLocalDescription(await pc.createOffer())
+            if policy == "relay":
+                require_relay_candidate(pc.localDescription.sdp)
             await signaling.send(Offer(to=worker_id, sdp=pc.localDescription.sdp))
             async with asyncio.timeout(self.connect_timeout):
                 while True:
@@ -336,6 +355,7 @@ class RTCClient:
         except BaseException:
             await pc.close()
             raise
+        logger.info("peer connection with {}: connected via {}", worker_id, describe_path(pc))
         return pc, frames
 
     async def submit_shared(

@@ -1,4 +1,11 @@
-"""The WebRTC side of a peer: its configuration, and the data channel's frame adapter.
+"""The WebRTC side of a peer: its configuration, its ICE path, and the data channel's
+frame adapter.
+
+:func:`rtc_configuration` joins the TURN servers handed out by signaling (with their
+time-limited credentials) and the peer's own ``--ice-server`` URLs, under the W3C
+``iceTransportPolicy`` (``"relay"``: only relay candidates are gathered, so every byte goes
+through the TURN server). :func:`selected_candidate_types` tells which candidate pair ICE
+nominated, e.g. ``("relay", "relay")``.
 
 aiortc runs an ``async`` event handler as a separate task, so frames could be
 handled out of order. :class:`FrameChannel` therefore registers a plain function
@@ -11,23 +18,35 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final, Literal
 
 from aiortc import RTCConfiguration, RTCIceServer
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from loguru import logger
 
 from protocol import ErrorCode, ProtocolErrorFrame, encode
+from protocol.signaling import IceServer
+from rtc_worker.errors import ClientError
 
 if TYPE_CHECKING:
-    from aiortc import RTCDataChannel
+    from aiortc import RTCDataChannel, RTCPeerConnection
 
 __all__ = [
     "HIGH_WATER_BYTES",
     "LOW_WATER_BYTES",
+    "NO_RELAY_CANDIDATE",
+    "NO_TURN_SERVER",
     "ChannelClosed",
     "FrameChannel",
+    "IcePolicy",
+    "IceSetupError",
+    "candidate_types",
+    "describe_path",
+    "require_relay_candidate",
     "rtc_configuration",
+    "selected_candidate_types",
 ]
 
 #: Stop queueing frames while this many bytes wait in the channel's send buffer.
@@ -36,13 +55,125 @@ HIGH_WATER_BYTES = 1024 * 1024
 LOW_WATER_BYTES = 256 * 1024
 
 
-def rtc_configuration(ice_servers: list[str]) -> RTCConfiguration:
-    """An RTCConfiguration with exactly these ICE server URLs (none: host candidates only).
+IcePolicy = Literal["all", "relay"]
+"""The W3C ``iceTransportPolicy``: ``"all"`` candidates, or ``"relay"`` candidates only."""
 
-    With an empty list aiortc gathers host candidates only and never contacts a
-    public STUN server, which is what loopback, LAN and offline runs need.
+NO_TURN_SERVER = "NO_TURN_SERVER"
+"""Code of :class:`IceSetupError`: relay-only, and no TURN server is known at all."""
+
+NO_RELAY_CANDIDATE = "NO_RELAY_CANDIDATE"
+"""Code of :class:`IceSetupError`: relay-only, and the TURN server gave no relay candidate
+(it refused the credential, wrong secret or expired, or it cannot be reached)."""
+
+_CANDIDATE_TYPE = re.compile(r"^a=candidate:.* typ (\w+)", re.MULTILINE)
+
+
+class IceSetupError(ClientError):
+    """A peer connection cannot be set up as configured.
+
+    Attributes:
+        code: :data:`NO_TURN_SERVER` or :data:`NO_RELAY_CANDIDATE`.
     """
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in ice_servers])
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def rtc_configuration(
+    urls: Sequence[str],
+    ice_servers: Sequence[IceServer] = (),
+    policy: IcePolicy = "all",
+) -> RTCConfiguration:
+    """The RTCConfiguration of one peer connection.
+
+    Args:
+        urls: the peer's own STUN/TURN URLs (``--ice-server``), without credentials.
+        ice_servers: the TURN servers signaling handed to this peer, with credentials
+            (:class:`~protocol.signaling.IceServer`); they come first, because aiortc uses
+            only the first TURN URL (and the first STUN URL) it is given.
+        policy: ``"all"``, or ``"relay"`` to gather relay candidates only (W3C
+            ``RTCConfiguration.iceTransportPolicy``).
+
+    With no URL at all aiortc gathers host candidates only and never contacts a public
+    STUN server, which is what loopback, LAN and offline runs need.
+
+    Raises:
+        IceSetupError: ``NO_TURN_SERVER`` when ``policy`` is ``"relay"`` and no
+            ``turn:``/``turns:`` URL is known.
+    """
+    servers = [
+        RTCIceServer(urls=list(server.urls), username=server.username, credential=server.credential)
+        for server in ice_servers
+    ]
+    servers += [RTCIceServer(urls=url) for url in urls]
+    if policy == "relay":
+        turn_urls = [url for server in servers for url in _url_list(server.urls)]
+        if not any(url.startswith(("turn:", "turns:")) for url in turn_urls):
+            raise IceSetupError(
+                NO_TURN_SERVER,
+                "the ICE transport policy is relay but no TURN server is known: configure "
+                "TURN on the signaling server (--turn-url, --turn-secret-file) or give a "
+                "turn: URL",
+            )
+    return RTCConfiguration(
+        iceServers=servers,
+        iceTransportPolicy=(
+            RTCIceTransportPolicy.RELAY if policy == "relay" else RTCIceTransportPolicy.ALL
+        ),
+    )
+
+
+def _url_list(urls: str | list[str]) -> list[str]:
+    return [urls] if isinstance(urls, str) else list(urls)
+
+
+def candidate_types(sdp: str) -> list[str]:
+    """The type of each ``a=candidate`` line of ``sdp`` (``host``, ``srflx``, ``prflx``,
+    ``relay``), in order (RFC 8839 section 5.1)."""
+    return _CANDIDATE_TYPE.findall(sdp)
+
+
+def require_relay_candidate(sdp: str) -> None:
+    """Check that a relay-only peer gathered a relay candidate.
+
+    aiortc raises nothing when the TURN server refuses the allocation: it simply
+    gathers no candidate, and ICE would wait forever. This turns that into an error.
+
+    Raises:
+        IceSetupError: ``NO_RELAY_CANDIDATE`` when ``sdp`` has no ``typ relay`` candidate.
+    """
+    if "relay" not in candidate_types(sdp):
+        raise IceSetupError(
+            NO_RELAY_CANDIDATE,
+            "no relay candidate was gathered: the TURN server refused the credential "
+            "(wrong shared secret, or expired) or cannot be reached",
+        )
+
+
+def selected_candidate_types(pc: RTCPeerConnection) -> tuple[str, str] | None:
+    """The ``(local, remote)`` candidate types of the pair ICE nominated for the data
+    channel, e.g. ``("relay", "relay")``; ``None`` before ICE has nominated one, or when
+    aiortc's internals are not as expected (read through aioice's private
+    ``Connection._nominated``, aiortc 1.16 / aioice 0.13).
+    """
+    try:
+        connection = pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
+        pair = connection._nominated.get(1)
+        if pair is None:
+            return None
+        return str(pair.local_candidate.type), str(pair.remote_candidate.type)
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+def describe_path(pc: RTCPeerConnection) -> str:
+    """A short text for logs: ``"relay"`` when both ends of the nominated pair are relay
+    candidates, else ``"host<->srflx"``-like, or ``"unknown"``."""
+    types = selected_candidate_types(pc)
+    if types is None:
+        return "unknown"
+    return "relay" if types == ("relay", "relay") else f"{types[0]}<->{types[1]}"
 
 
 class _Sentinel(enum.Enum):

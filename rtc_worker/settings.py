@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
@@ -33,6 +33,7 @@ from rtc_worker.key_settings import (
 )
 from rtc_worker.settings_fields import (
     ANONYMOUS_ENV,
+    ICE_POLICY_HELP,
     KEY_FILE_HELP,
     KEY_HELP,
     SIGNALING_URL,
@@ -110,6 +111,7 @@ class WorkerSettings(EnvSettings):
         description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
         "host candidates only (loopback, LAN).",
     )
+    ice_transport_policy: Literal["all", "relay"] = Field("all", description=ICE_POLICY_HELP)
     data_dir: Path = Field(
         Path("~/.local/share/rtc-worker"),
         validate_default=True,

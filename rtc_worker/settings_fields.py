@@ -15,6 +15,7 @@ from rtc_worker.settings_sources import Env
 __all__ = [
     "ANONYMOUS_ENV",
     "FLAG_SEEN",
+    "ICE_POLICY_HELP",
     "KEY_FILE_HELP",
     "KEY_HELP",
     "SIGNALING_URL",
@@ -35,6 +36,11 @@ TOKEN_FILE_ENV = Env("RTC_SIGNALING_TOKEN_FILE")
 STORAGE_KEY_ENV = Env("RTC_STORAGE_API_KEY", "STORAGE_API_KEY")
 STORAGE_KEY_FILE_ENV = Env("RTC_STORAGE_API_KEY_FILE")
 FLAG_SEEN = "; prefer the environment or a file: a flag shows in the process list."
+ICE_POLICY_HELP = (
+    "ICE transport policy (W3C iceTransportPolicy): all, or relay to gather relay "
+    "candidates only, so every byte goes through the TURN server signaling hands out; "
+    "relay without any TURN server is an error (NO_TURN_SERVER)."
+)
 TOKEN_HELP = "Token the signaling server requires, if any" + FLAG_SEEN
 TOKEN_FILE_HELP = "File holding the signaling token (read once at start; chmod 600 it)."
 KEY_HELP = "Key of the storage service (sent as X-API-Key)" + FLAG_SEEN

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from protocol.signaling import (
     Challenge,
     ErrorFrame,
+    IceServer,
     ListPeers,
     PeerInfo,
     Peers,
@@ -64,6 +65,8 @@ class SignalingClient:
     Attributes:
         fingerprint: the fingerprint the server registered us with (None before
             registration, or anonymous).
+        ice_servers: the TURN servers (with credentials bound to our peer id) of the
+            ``registered`` frame; empty when the server hands out none.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class SignalingClient:
         self.timeout = timeout
         self.identity = identity
         self.fingerprint: str | None = None
+        self.ice_servers: tuple[IceServer, ...] = ()
         self._challenge: asyncio.Future[Challenge] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -122,11 +126,13 @@ class SignalingClient:
                     "UNEXPECTED_REPLY", f"registered as {reply.fingerprint}, not {expected}"
                 )
             self.fingerprint = reply.fingerprint
+            self.ice_servers = reply.ice_servers
             logger.info(
-                "registered with signaling as {} ({}, {})",
+                "registered with signaling as {} ({}, {}, {} TURN server(s))",
                 reply.peer_id,
                 self.role,
                 "anonymous" if expected is None else f"key {expected[:16]}",
+                len(reply.ice_servers),
             )
         except BaseException:
             await self.close()

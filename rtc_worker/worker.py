@@ -32,7 +32,13 @@ from rtc_worker.holdings import Holdings, Quota
 from rtc_worker.identity import Identity
 from rtc_worker.jobs import JobRunner
 from rtc_worker.results_client import ResultsServiceClient
-from rtc_worker.rtc import FrameChannel, rtc_configuration
+from rtc_worker.rtc import (
+    FrameChannel,
+    IceSetupError,
+    describe_path,
+    require_relay_candidate,
+    rtc_configuration,
+)
 from rtc_worker.session import WorkerSession
 from rtc_worker.settings import WorkerSettings
 from rtc_worker.signaling_client import SignalingClient
@@ -343,7 +349,14 @@ class RTCWorkerClient:
         if refused is not None:
             logger.warning("dropping the offer of {}: {}", peer, refused)
             return
-        pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
+        try:  # the TURN servers of this offer: fresh credentials for our peer id
+            config = rtc_configuration(
+                self.settings.ice_servers, offer.ice_servers, self.settings.ice_transport_policy
+            )
+        except IceSetupError as exc:
+            logger.error("refusing the offer of {}: {}", peer, exc)
+            return
+        pc = RTCPeerConnection(config)
         self._peer_connections[peer] = (pc, claim)
         self._spawn(self._connect_deadline(peer, pc))
 
@@ -373,7 +386,10 @@ class RTCWorkerClient:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            logger.info("peer connection with {}: {}", peer, pc.connectionState)
+            if pc.connectionState == "connected":
+                logger.info("peer connection with {}: connected via {}", peer, describe_path(pc))
+            else:
+                logger.info("peer connection with {}: {}", peer, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
                 self._forget(peer, pc)
                 await pc.close()
@@ -381,8 +397,14 @@ class RTCWorkerClient:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
             await pc.setLocalDescription(await pc.createAnswer())
+            if self.settings.ice_transport_policy == "relay":
+                require_relay_candidate(pc.localDescription.sdp)
             await signaling.send(AnswerFrame(to=peer, sdp=pc.localDescription.sdp))
             logger.info("answered offer from {}", peer)
+        except IceSetupError as exc:
+            logger.error("refusing the offer of {}: {}", peer, exc)
+            self._forget(peer, pc)
+            await pc.close()
         except Exception as exc:
             logger.warning("could not answer offer from {}: {}", peer, exc)
             self._forget(peer, pc)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import CliToggleFlag, SettingsConfigDict
+from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.signaling import DEFAULT_MAX_FRAME_BYTES
+from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
+from rtc_worker.settings_fields import split_list
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
@@ -25,6 +26,7 @@ from rtc_worker.settings_sources import (
     expand_home,
     load_secret_files,
 )
+from signaling.turn import TurnCredentials
 
 __all__ = [
     "DEFAULT_CLEANUP_INTERVAL_S",
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
+    "DEFAULT_TURN_TTL_S",
     "DEFAULT_UPLOAD_CHUNK_SIZE",
     "DEFAULT_UPLOAD_QUOTA_BYTES",
     "DEFAULT_UPLOAD_QUOTA_COUNT",
@@ -49,6 +52,9 @@ __all__ = [
 
 DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
 """Default largest upload accepted by the result store, in bytes (10 GiB)."""
+
+DEFAULT_TURN_TTL_S = 86400.0
+"""Default lifetime of a TURN credential handed out by signaling, in seconds (24 h)."""
 
 DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
 """Default chunk size of resumable uploads, in bytes (8 MiB)."""
@@ -125,6 +131,29 @@ class SignalingSettings(EnvSettings):
     )
     token_file: Path | None = Field(
         None, description="File holding the token (read once at start; chmod 600 it)."
+    )
+    turn_urls: Annotated[list[str], NoDecode, Env("RTC_TURN_URLS")] = Field(
+        [],
+        description="TURN (and STUN) URLs handed to every peer in its registered frame and "
+        "in each offer it receives, with time-limited credentials (repeat the flag, or "
+        "comma-separate): turn:HOST:PORT, turn:HOST:PORT?transport=tcp, turns:..., stun:...; "
+        "needs the TURN secret. Peers built on aiortc use the first turn: URL.",
+    )
+    turn_secret: Annotated[SecretStr | None, Env("RTC_TURN_SECRET")] = Field(
+        None,
+        description="Secret shared with the TURN server (coturn's static-auth-secret, "
+        "use-auth-secret) from which each credential is made as HMAC-SHA1; needs TURN URLs. "
+        "Prefer the environment or --turn-secret-file: a flag shows in the process list.",
+    )
+    turn_secret_file: Annotated[Path | None, Env("RTC_TURN_SECRET_FILE")] = Field(
+        None, description="File holding the TURN secret (read once at start; chmod 600 it)."
+    )
+    turn_ttl_s: Annotated[float, Env("RTC_TURN_TTL_S")] = Field(
+        DEFAULT_TURN_TTL_S,
+        ge=1,
+        le=30 * 86400,
+        description="Lifetime of each TURN credential, seconds; a credential past it gets "
+        "no new allocation (a running one is not cut).",
     )
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
@@ -276,7 +305,20 @@ class SignalingSettings(EnvSettings):
         "room; 0: none.",
     )
 
-    @field_validator("token", "storage_api_key", mode="before")
+    _split_turn_urls = field_validator("turn_urls", mode="before")(split_list)
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _ice_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(ICE_URL_SCHEMES) or len(url) > 512:
+                raise ValueError(
+                    f"TURN URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)} "
+                    "(at most 512 characters)"
+                )
+        return urls
+
+    @field_validator("token", "storage_api_key", "turn_secret", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         if value is None or value == "":
@@ -294,7 +336,7 @@ class SignalingSettings(EnvSettings):
         return level
 
     _empty_path_is_none = field_validator(
-        "storage_path", "database_path", "bindings_db", mode="before"
+        "storage_path", "database_path", "bindings_db", "turn_secret_file", mode="before"
     )(empty_is_none)
 
     _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
@@ -303,8 +345,22 @@ class SignalingSettings(EnvSettings):
     def _storage_needs_key(self) -> Self:
         load_secret_files(
             self,
-            [("token", "token_file", "token"), ("storage_api_key", "api_key_file", "API key")],
+            [
+                ("token", "token_file", "token"),
+                ("storage_api_key", "api_key_file", "API key"),
+                ("turn_secret", "turn_secret_file", "TURN secret"),
+            ],
         )
+        if self.turn_urls and self.turn_secret is None:
+            raise ValueError(
+                "TURN URLs are set (--turn-url / RTC_TURN_URLS) but no TURN secret: set "
+                "RTC_TURN_SECRET or --turn-secret-file (coturn's static-auth-secret)"
+            )
+        if self.turn_secret is not None and not self.turn_urls:
+            raise ValueError(
+                "a TURN secret is set but no TURN URL: set --turn-url / RTC_TURN_URLS "
+                "(e.g. turn:turn.example.org:3478)"
+            )
         if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "
@@ -348,6 +404,13 @@ class SignalingSettings(EnvSettings):
         return max(4 * self.max_frame_bytes, MIN_HARD_FRAME_BYTES)
 
     @property
+    def turn_credentials(self) -> TurnCredentials | None:
+        """The maker of TURN credentials, or ``None`` when no TURN server is configured."""
+        if self.turn_secret is None:
+            return None
+        return TurnCredentials(self.turn_urls, self.turn_secret.get_secret_value(), self.turn_ttl_s)
+
+    @property
     def token_value(self) -> str | None:
         """The token as plain text, or ``None`` when authentication is off."""
         return None if self.token is None else self.token.get_secret_value()
@@ -365,6 +428,8 @@ class SignalingCli(SignalingSettings):
     Peer ids are bound to the first key that registers them; the operator lists and
     releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
+
+    model_config = SettingsConfigDict(cli_shortcuts={"turn-urls": "turn-url"})
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
         False,

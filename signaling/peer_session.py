@@ -13,6 +13,11 @@ a free id binds the id to it (:mod:`signaling.bindings`). Every ``peers`` entry 
 relayed frame carries the sender's fingerprint as the server knows it, never as the sender
 says.
 
+With TURN configured (:mod:`signaling.turn`), the ``registered`` frame and every relayed
+``offer`` carry ``ice_servers`` with a fresh credential bound to the receiving peer's id:
+the registering peer's, the answerer's (so a worker registered for days still answers with
+a valid one). Credentials are never logged.
+
 Source: PROTOCOL.md section 5.
 """
 
@@ -26,6 +31,7 @@ from loguru import logger
 from protocol.signaling import (
     Answer,
     Candidate,
+    IceServer,
     ListPeers,
     Offer,
     Peers,
@@ -103,6 +109,12 @@ class PeerSession:
         self.warnings = warnings
         self.peer_id: str | None = None
         self.fingerprint: str | None = None
+        self.turn = settings.turn_credentials
+
+    def ice_servers(self, peer_id: str) -> tuple[IceServer, ...]:
+        """The ``ice_servers`` of a frame for ``peer_id``: a fresh TURN credential bound
+        to that id, or none when no TURN server is configured."""
+        return () if self.turn is None else (self.turn.for_peer(peer_id),)
 
     async def on_text(self, text: str) -> bool:
         """Handle one text frame; return ``False`` when the socket must close."""
@@ -166,7 +178,14 @@ class PeerSession:
             self.remote,
         )
         await send_text(
-            self.ws, dump_frame(Registered(peer_id=frame.peer_id, fingerprint=fingerprint))
+            self.ws,
+            dump_frame(
+                Registered(
+                    peer_id=frame.peer_id,
+                    fingerprint=fingerprint,
+                    ice_servers=self.ice_servers(frame.peer_id),
+                )
+            ),
         )
         return True
 
@@ -211,7 +230,11 @@ class PeerSession:
         fingerprint = self.fingerprint
         if isinstance(frame, Offer):
             relayed = RelayedOffer(
-                from_=sender, fingerprint=fingerprint, to=frame.to, sdp=frame.sdp
+                from_=sender,
+                fingerprint=fingerprint,
+                to=frame.to,
+                sdp=frame.sdp,
+                ice_servers=self.ice_servers(frame.to),
             )
         elif isinstance(frame, Answer):
             relayed = RelayedAnswer(

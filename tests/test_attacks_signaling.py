@@ -235,6 +235,7 @@ async def test_anonymous_ids_are_never_bound_and_never_stolen_while_live(
         "type": "registered",
         "peer_id": "kiosk",
         "fingerprint": None,
+        "ice_servers": [],
     }
     # a key asking for the id while the anonymous peer holds it: refused, nothing bound
     ws, reply = await register_with_key(
@@ -505,7 +506,12 @@ async def test_out_of_descriptors_the_log_stays_small_and_the_server_recovers(
                     break
                 except (aiohttp.ClientError, TimeoutError):
                     await asyncio.sleep(0.2)
-        assert reply == {"type": "registered", "peer_id": "gpu-1", "fingerprint": key.fingerprint}
+        assert reply == {
+            "type": "registered",
+            "peer_id": "gpu-1",
+            "fingerprint": key.fingerprint,
+            "ice_servers": [],
+        }
         await ws.close()
     finally:
         proc.terminate()
@@ -555,7 +561,12 @@ async def test_the_operator_releases_a_binding_and_a_new_key_takes_the_id(
     assert old.fingerprint in released.stdout
 
     ws, reply = await register_with_key(session, server.url, "gpu-1", "worker", new, token=TOKEN)
-    assert reply == {"type": "registered", "peer_id": "gpu-1", "fingerprint": new.fingerprint}
+    assert reply == {
+        "type": "registered",
+        "peer_id": "gpu-1",
+        "fingerprint": new.fingerprint,
+        "ice_servers": [],
+    }
     await ws.close()
     ws, reply = await register_with_key(session, server.url, "gpu-1", "worker", old, token=TOKEN)
     assert reply["code"] in ("PEER_ID_BOUND", "PEER_ID_TAKEN")

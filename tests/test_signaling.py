@@ -366,7 +366,12 @@ async def send(ws: WS, obj: Any) -> None:
 
 
 def registered(server: Server, peer_id: str) -> dict[str, Any]:
-    return {"type": "registered", "peer_id": peer_id, "fingerprint": server.fingerprint(peer_id)}
+    return {
+        "type": "registered",
+        "peer_id": peer_id,
+        "fingerprint": server.fingerprint(peer_id),
+        "ice_servers": [],
+    }
 
 
 async def register(server: Server, peer_id: str, role: str = "worker", **extra: Any) -> WS:
@@ -520,6 +525,7 @@ async def test_relay_sets_from(server: Server, kind: str) -> None:
         "fingerprint": alices,
         "to": "bob",
         **payload,
+        **({"ice_servers": []} if kind == "offer" else {}),  # no TURN configured
     }
     # and the way back, without any "from" from the sender
     await send(bob, {"type": kind, "to": "alice", **payload})
@@ -530,6 +536,7 @@ async def test_relay_sets_from(server: Server, kind: str) -> None:
         "fingerprint": bobs,
         "to": "alice",
         **payload,
+        **({"ice_servers": []} if kind == "offer" else {}),
     }
     await alice.close()
     await bob.close()
@@ -732,6 +739,7 @@ async def test_cli_subprocess_honours_env_token() -> None:
                     "type": "registered",
                     "peer_id": "w1",
                     "fingerprint": key.fingerprint,
+                    "ice_servers": [],
                 }
         proc.terminate()
         stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=10)

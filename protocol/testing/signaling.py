@@ -17,6 +17,7 @@ __all__ = [
     "base64_of",
     "client_signaling_frames",
     "fingerprints",
+    "ice_servers",
     "json_values",
     "malformed_signaling_frames",
     "malformed_signaling_frames_with_codes",
@@ -113,6 +114,24 @@ def client_signaling_frames() -> SearchStrategy[sig.ClientFrame]:
     )
 
 
+def ice_servers() -> SearchStrategy[tuple[sig.IceServer, ...]]:
+    """``ice_servers`` of a ``registered`` or relayed ``offer``: none, or TURN REST entries
+    (``"{expiry}:{peer_id}"`` and a base64 credential) with 1 to 3 URLs."""
+    url = st.builds(
+        lambda scheme, host, port: f"{scheme}{host}:{port}",
+        st.sampled_from(sig.ICE_URL_SCHEMES),
+        st.sampled_from(["127.0.0.1", "turn.example.org", "[::1]"]),
+        st.integers(1, 65535),
+    )
+    entry = st.builds(
+        sig.IceServer,
+        urls=st.lists(url, min_size=1, max_size=3).map(tuple),
+        username=st.builds(lambda t, p: f"{t}:{p}", st.integers(0, 2**34), peer_ids()),
+        credential=base64_of(20),
+    )
+    return st.lists(entry, max_size=2).map(tuple)
+
+
 def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
     """Frames the signaling server sends (protocol.signaling models): challenge, registered,
     peers, relayed offer/answer/candidate (with ``from`` and ``fingerprint``, ``null`` for
@@ -120,7 +139,9 @@ def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
     maybe_fp = st.none() | fingerprints()
     return st.one_of(
         st.builds(sig.Challenge, nonce=base64_of(NONCE_BYTES)),
-        st.builds(sig.Registered, peer_id=peer_ids(), fingerprint=maybe_fp),
+        st.builds(
+            sig.Registered, peer_id=peer_ids(), fingerprint=maybe_fp, ice_servers=ice_servers()
+        ),
         st.builds(
             sig.Peers,
             peers=st.lists(
@@ -135,7 +156,12 @@ def server_signaling_frames() -> SearchStrategy[sig.ServerFrame]:
             ).map(tuple),
         ),
         st.builds(
-            sig.RelayedOffer, from_=peer_ids(), fingerprint=maybe_fp, to=peer_ids(), sdp=_sdp()
+            sig.RelayedOffer,
+            from_=peer_ids(),
+            fingerprint=maybe_fp,
+            to=peer_ids(),
+            sdp=_sdp(),
+            ice_servers=ice_servers(),
         ),
         st.builds(
             sig.RelayedAnswer, from_=peer_ids(), fingerprint=maybe_fp, to=peer_ids(), sdp=_sdp()
