@@ -10,7 +10,11 @@ receiver and a sender), the same chunk size and the same flow control:
       receiving (partial file on disk, sha256 verification, fsync, content-addressed
       store) and an RTCClient process sending (hashing and reading in a thread);
   (c) a transfer cut off at 50% and resumed over a new connection: bytes sent in all;
-  (d) peak RSS of both processes of (b) for a small and a large file.
+  (d) peak RSS of both processes of (b) for a small and a large file;
+  (e) the transfer of (b) through a TURN relay: a coturn on 127.0.0.1 started by the
+      bench (Debian's ``turnserver``; without it the figure is missing and the bench
+      says why), a second signaling server handing out its time-limited credentials,
+      worker and client both relay-only (``--ice-transport-policy relay``).
 
 Usage::
 
@@ -127,15 +131,22 @@ async def raw_sender(url: str, path: Path, chunk_size: int, name: str) -> dict[s
         return {"seconds": seconds, "peak_kib": rss_kib(os.getpid()), "loop": loop_name()}
 
 
-async def project_sender(url: str, path: Path, worker: str, cut_at: float) -> dict[str, Any]:
+async def project_sender(
+    url: str, path: Path, worker: str, cut_at: float, policy: str = "all"
+) -> dict[str, Any]:
     """Send ``path`` with RTCClient; with ``cut_at`` the connection is closed once the
     receiver reports that fraction, and the file is sent again over a new one."""
     from rtc_worker.client import RTCClient
-    from rtc_worker.rtc import ChannelClosed
+    from rtc_worker.rtc import ChannelClosed, describe_path
 
     cache = Path(tempfile.mkdtemp(prefix="bench-client-"))
     try:
-        async with RTCClient(url, connect_timeout=30, cache_dir=cache) as client:
+        async with RTCClient(
+            url,
+            connect_timeout=30,
+            cache_dir=cache,
+            ice_transport_policy="relay" if policy == "relay" else "all",
+        ) as client:
             await client.wait_for_worker(worker, 30)
             conn = await client.connect(worker)
             idle_kib = rss_kib(os.getpid(), "VmRSS")
@@ -171,6 +182,7 @@ async def project_sender(url: str, path: Path, worker: str, cut_at: float) -> di
                 "idle_kib": idle_kib,
                 "peak_kib": rss_kib(os.getpid()),
                 "loop": loop_name(),
+                "path": describe_path(conn.pc),
             }
     finally:
         shutil.rmtree(cache, ignore_errors=True)
@@ -214,9 +226,14 @@ def result_of(proc: subprocess.Popen[str], timeout: float = 900) -> dict[str, An
 class Worker:
     """A real ``rtc-worker serve`` process with its own empty data dir."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, policy: str = "all") -> None:
         self.data = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-        env = {**os.environ, "RTC_DATA_DIR": str(self.data), "RTC_SHARED_ROOT_CANDIDATES": ""}
+        env = {
+            **os.environ,
+            "RTC_DATA_DIR": str(self.data),
+            "RTC_SHARED_ROOT_CANDIDATES": "",
+            "RTC_ICE_TRANSPORT_POLICY": policy,
+        }
         env.pop("SHARED_STORAGE_ROOT", None)
         self.proc = subprocess.Popen(
             [
@@ -260,16 +277,65 @@ def run_raw(url: str, path: Path, size: int, chunk: int, name: str) -> dict[str,
     return {**sent, "receiver_peak_kib": got["peak_kib"], "receiver_loop": got["loop"]}
 
 
-def run_project(url: str, path: Path, name: str, cut_at: float = 0.0) -> dict[str, Any]:
-    worker = Worker(url, name)
+def run_project(
+    url: str, path: Path, name: str, cut_at: float = 0.0, policy: str = "all"
+) -> dict[str, Any]:
+    worker = Worker(url, name, policy)
     try:
         sender = child(
-            "send", "--url", url, "--file", str(path), "--worker", name, "--cut-at", str(cut_at)
+            "send",
+            *("--url", url, "--file", str(path), "--worker", name),
+            *("--cut-at", str(cut_at), "--policy", policy),
         )
         sent = result_of(sender)
         return {**sent, "worker_idle_kib": worker.idle_kib, "worker_peak_kib": worker.peak_kib()}
     finally:
         worker.stop()
+
+
+def start_signaling(env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+    """A signaling server process on a free port (``env``: more variables); returns its
+    URL once it answers /health."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return f"ws://127.0.0.1:{port}/ws", server
+
+
+def start_relay(stack: contextlib.ExitStack, tmp: Path) -> tuple[str | None, str | None]:
+    """coturn on 127.0.0.1 and a signaling server handing out its credentials, both
+    stopped by ``stack``; returns (that server's URL, None), or (None, why not)."""
+    try:
+        from tests.turn_helpers import coturn_missing, running_coturn
+    except ImportError as exc:  # the test extra (pytest) is not installed
+        return None, f"tests.turn_helpers cannot be imported ({exc})"
+    missing = coturn_missing()
+    if missing is not None:
+        return None, missing
+    try:
+        turn = stack.enter_context(running_coturn(tmp / "coturn", verbose=False))
+    except RuntimeError as exc:
+        return None, str(exc)
+    env = {
+        "RTC_TURN_URLS": turn.url,
+        "RTC_TURN_SECRET": turn.secret,  # the environment, never a flag
+        "RTC_SIGNALING_DATA_DIR": str(tmp / "signaling-turn"),
+    }
+    url, server = start_signaling(env)
+    stack.callback(server.wait, 10)
+    stack.callback(server.terminate)
+    return url, None
 
 
 def main() -> int:
@@ -290,6 +356,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--cut-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--policy", default="all", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.role:
@@ -305,7 +372,9 @@ def main() -> int:
             elif args.role == "raw-send":
                 out = await raw_sender(args.url, args.file, args.chunk_size, args.worker)
             else:
-                out = await project_sender(args.url, args.file, args.worker, args.cut_at)
+                out = await project_sender(
+                    args.url, args.file, args.worker, args.cut_at, args.policy
+                )
             print(json.dumps(out), flush=True)
             return 0
 
@@ -317,21 +386,11 @@ def main() -> int:
     # throwaway identities and bindings: the clients' keys, signaling's bindings database
     os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
     os.environ["RTC_SIGNALING_DATA_DIR"] = str(tmp / "signaling")
-    port = free_port()
-    url = f"ws://127.0.0.1:{port}/ws"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    url, server = start_signaling({})
+    stack = contextlib.ExitStack()
+    turn_url, turn_why = None, None
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        turn_url, turn_why = start_relay(stack, tmp)
         big, little = tmp / "large.bin", tmp / "small.bin"
         make_file(big, large)
         make_file(little, small)
@@ -342,15 +401,19 @@ def main() -> int:
         )
 
         rounds = args.rounds or (2 if args.quick else 3)
-        raws, projects = [], []
+        raws, projects, relays = [], [], []
         for number in range(1, rounds + 1):
             raws.append(run_raw(url, big, large, args.chunk_size, f"bench-a{number}"))
             projects.append(run_project(url, big, f"bench-b{number}"))
-            print(
+            line = (
                 f"round {number}: (a) raw {large / MB / raws[-1]['seconds']:.2f} MB/s, "
-                f"(b) project {large / MB / projects[-1]['seconds']:.2f} MB/s",
-                flush=True,
+                f"(b) project {large / MB / projects[-1]['seconds']:.2f} MB/s"
             )
+            if turn_url is not None:
+                relays.append(run_project(turn_url, big, f"bench-e{number}", policy="relay"))
+                line += f", (e) relay {large / MB / relays[-1]['seconds']:.2f} MB/s"
+                line += f" via {relays[-1]['path']}"
+            print(line, flush=True)
         raw = sorted(raws, key=lambda r: r["seconds"])[len(raws) // 2]
         ours = sorted(projects, key=lambda r: r["seconds"])[len(projects) // 2]
         resumed = run_project(url, big, "bench-c", cut_at=0.5)
@@ -387,6 +450,19 @@ def main() -> int:
                     f"client {run['peak_kib'] / 1024:.0f} MiB (idle {run['idle_kib'] / 1024:.0f})",
                 )
             )
+        if relays:
+            relayed = sorted(relays, key=lambda r: r["seconds"])[len(relays) // 2]
+            e = large / MB / relayed["seconds"]
+            rows.append(
+                (
+                    "(e) project transfer via coturn",
+                    f"{e:.2f} MB/s",
+                    f"median of {rounds}: {relayed['seconds']:.1f} s, path {relayed['path']}, "
+                    f"e/b {e / b:.2f}",
+                )
+            )
+        else:
+            rows.append(("(e) project transfer via coturn", "missing", str(turn_why)))
         rows.append(
             (
                 "event loops",
@@ -402,6 +478,7 @@ def main() -> int:
             print(f"| {label:<{width}} | {value} | {detail} |")
         return 0
     finally:
+        stack.close()
         server.terminate()
         server.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)

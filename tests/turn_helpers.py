@@ -5,8 +5,8 @@ port, a random 100-port relay range, ``--allow-loopback-peers`` (the relay addre
 127.0.0.1) and the TURN REST shared secret (``use-auth-secret``), written in a mode-0600
 configuration file as a deployment would (never on the command line). It waits for the log
 line that says coturn is serving, and kills it on exit, even when the test fails.
-:func:`coturn` is the pytest fixture; without ``turnserver`` the test is skipped with the
-reason.
+:func:`coturn_fixture` is the pytest fixture ``coturn`` (import it into a test
+module); without ``turnserver`` the test is skipped with the reason.
 
 coturn logs one ``usage:`` line per session and second (``--verbose``); :meth:`Coturn.
 relayed_bytes` sums what it received from one peer's allocation, so a test can show the
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["READY_LINE", "Coturn", "coturn", "coturn_missing", "running_coturn"]
+__all__ = ["READY_LINE", "Coturn", "coturn_fixture", "coturn_missing", "running_coturn"]
 
 READY_LINE = "Total General servers"
 """The log line coturn 4.6 prints once its listeners are up."""
@@ -205,8 +205,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-@pytest.fixture
-def coturn(tmp_path: Path) -> Iterator[Coturn]:
+@pytest.fixture(name="coturn")
+def coturn_fixture(tmp_path: Path) -> Iterator[Coturn]:
     """A coturn on 127.0.0.1 for this test (skipped, with the reason, without coturn)."""
     missing = coturn_missing()
     if missing is not None:

@@ -1,0 +1,317 @@
+"""End to end through a real coturn on loopback: both peers relay-only (a shared-storage
+job, a 32 MiB transfer, a resume), each test showing the relay carried it (only ``typ
+relay`` candidates in both SDPs, the nominated pair relay<->relay, coturn's byte counts),
+and the attacker's steps against the TURN credentials (bound to the receiving peer's id,
+refused once expired, refused with a wrong secret: a clear error, never a hang)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import random
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from loguru import logger
+
+from protocol.signaling import Offer, RelayedOffer
+from rtc_worker.client import RTCClient
+from rtc_worker.identity import Identity
+from rtc_worker.rtc import (
+    NO_RELAY_CANDIDATE,
+    NO_TURN_SERVER,
+    ChannelClosed,
+    IceSetupError,
+    candidate_types,
+    selected_candidate_types,
+)
+from rtc_worker.signaling_client import SignalingClient
+from signaling.turn import turn_credential
+from tests.conftest import Signaling, start_signaling, worker_subprocess
+from tests.turn_helpers import Coturn, coturn_fixture  # noqa: F401 - the coturn fixture
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.live]
+
+MIB = 1024 * 1024
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest_asyncio.fixture
+async def signaling(coturn: Coturn) -> AsyncIterator[Signaling]:
+    """This module's signaling server hands out the test coturn with its secret (it
+    replaces conftest's, so the start_worker and client fixtures use it too)."""
+    server = await start_signaling(turn_urls=[coturn.url], turn_secret=coturn.secret)
+    yield server
+    await server.runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def relay_client(signaling: Signaling) -> AsyncIterator[RTCClient]:
+    async with RTCClient(
+        signaling.url, ice_transport_policy="relay", reply_timeout=30, connect_timeout=20
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def relay_worker(signaling: Signaling, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``rtc-worker serve`` as its own process, relay-only; yields (peer id, log file)."""
+    log = tmp_path / "worker.log"
+    proc = worker_subprocess(
+        signaling.url,
+        "relay-worker",
+        None,
+        extra_env={"RTC_ICE_TRANSPORT_POLICY": "relay"},
+        log_path=log,
+    )
+    try:
+        yield "relay-worker", log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def assert_relayed(pc: Any) -> None:
+    """Only relay candidates on both sides, and ICE nominated relay <-> relay."""
+    local, remote = pc.localDescription.sdp, pc.remoteDescription.sdp
+    assert candidate_types(local) and set(candidate_types(local)) == {"relay"}, local
+    assert candidate_types(remote) and set(candidate_types(remote)) == {"relay"}, remote
+    assert selected_candidate_types(pc) == ("relay", "relay")
+
+
+async def relayed_at_least(server: Coturn, peer_id: str, size: int, timeout: float = 5) -> int:
+    """coturn's count of bytes it received from ``peer_id``, once it reaches ``size``
+    (coturn logs once a second)."""
+    deadline = time.monotonic() + timeout
+    while (got := server.relayed_bytes(peer_id)) < size and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    return got
+
+
+async def wait_registered(client: RTCClient, worker_id: str) -> None:
+    await client.wait_for_worker(worker_id, timeout=20)
+
+
+# ------------------------------------------------------------------ the relay carries it
+
+
+async def test_a_shared_job_through_the_relay(
+    start_worker: Any, relay_client: RTCClient, shared_root: Path, package: Path
+) -> None:
+    worker = await start_worker(shared_root=shared_root, ice_transport_policy="relay")
+    result = await relay_client.submit_shared("worker-1", "inputs/package.zip", "outputs/relay")
+    assert result.file_count > 0
+    assert (shared_root / "outputs" / "relay" / "manifest.json").is_file()
+    assert_relayed(relay_client._connections["worker-1"].pc)
+    worker_pc = worker._peer_connections[relay_client.peer_id][0]
+    assert selected_candidate_types(worker_pc) == ("relay", "relay")
+
+
+async def test_32_mib_over_the_channel_through_the_relay(
+    relay_worker: tuple[str, Path],
+    relay_client: RTCClient,
+    coturn: Coturn,
+    tmp_path: Path,
+) -> None:
+    worker_id, log = relay_worker
+    await wait_registered(relay_client, worker_id)
+    data = random.Random(12).randbytes(32 * MIB)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    conn = await relay_client.connect(worker_id)
+    result = await conn.send_file(path)
+    assert result.outcome.status == "received" and result.bytes_sent == len(data)
+    assert result.outcome.sha256 == sha(data)  # computed by the worker on what it stored
+    assert_relayed(conn.pc)
+    assert await relayed_at_least(coturn, relay_client.peer_id, len(data)) >= len(data)
+    assert "connected via relay" in log.read_text()
+
+
+async def test_a_resume_through_the_relay_sends_at_most_105_percent(
+    relay_worker: tuple[str, Path],
+    relay_client: RTCClient,
+    coturn: Coturn,
+    tmp_path: Path,
+) -> None:
+    worker_id, _ = relay_worker
+    await wait_registered(relay_client, worker_id)
+    data = random.Random(13).randbytes(32 * MIB)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    conn = await relay_client.connect(worker_id)
+    assert_relayed(conn.pc)
+    closing: list[asyncio.Task[None]] = []
+
+    def cut_at_half(received: int, size: int) -> None:
+        if received >= size // 2 and not closing:
+            closing.append(asyncio.ensure_future(conn.close()))
+
+    with pytest.raises(ChannelClosed):
+        await conn.send_file(path, on_progress=cut_at_half)
+    await closing[0]
+    first = conn.io.bytes_sent
+    assert len(data) // 2 <= first < len(data)
+    await asyncio.sleep(0.5)  # the worker notices the drop and keeps the partial
+    fresh = await relay_client.connect(worker_id)
+    result = await fresh.send_file(path)
+    assert result.outcome.status == "received" and result.outcome.sha256 == sha(data)
+    assert result.outcome.offset > 0 and result.bytes_sent == len(data) - result.outcome.offset
+    assert first + result.bytes_sent <= 1.05 * len(data), (first, result.bytes_sent)
+    assert_relayed(fresh.pc)
+    assert await relayed_at_least(coturn, relay_client.peer_id, len(data)) >= len(data)
+
+
+# ------------------------------------------------------------------ attacker's steps
+
+
+async def test_credentials_are_bound_to_the_receiving_peer_and_expire(
+    signaling: Signaling,
+    coturn: Coturn,
+) -> None:
+    """An attacker registers as "mallory": it gets a credential naming mallory (never the
+    worker), expiring one TTL from now; the offer it sends gives the worker a credential
+    naming the worker, which mallory never sees. No secret or credential is logged."""
+    lines = io.StringIO()
+    sink = logger.add(lines, level="DEBUG")
+    worker = SignalingClient(signaling.url, "w-1", "worker", identity=Identity.generate())
+    mallory = SignalingClient(signaling.url, "mallory", "client", identity=Identity.generate())
+    try:
+        await worker.connect()
+        before = int(time.time())
+        await mallory.connect()
+        (given,) = mallory.ice_servers
+        expiry, _, name = given.username.partition(":")
+        assert name == "mallory" and given.urls == (coturn.url,)
+        assert before + 86400 <= int(expiry) <= int(time.time()) + 86400
+        assert given.credential == turn_credential(coturn.secret.encode(), given.username)
+        await mallory.send(Offer(to="w-1", sdp="v=0\r\n"))
+        relayed = await worker.recv(timeout=5)
+        assert isinstance(relayed, RelayedOffer) and relayed.from_ == "mallory"
+        (for_worker,) = relayed.ice_servers
+        assert for_worker.username.endswith(":w-1")
+        assert for_worker.credential != given.credential
+        with pytest.raises(TimeoutError):  # mallory gets nothing back for the worker
+            await mallory.recv(timeout=0.5)
+    finally:
+        await mallory.close()
+        await worker.close()
+        logger.remove(sink)
+    text = lines.getvalue()
+    assert coturn.secret not in text
+    assert given.credential not in text and for_worker.credential not in text
+
+
+async def test_an_expired_credential_gets_no_relay_and_a_clear_error(
+    coturn: Coturn,
+) -> None:
+    """The attacker keeps a credential past its expiry and tries to allocate with it:
+    coturn refuses, and the relay-only client fails with NO_RELAY_CANDIDATE at once."""
+    server = await start_signaling(turn_urls=[coturn.url], turn_secret=coturn.secret, turn_ttl_s=1)
+    try:
+        async with RTCClient(
+            server.url, ice_transport_policy="relay", connect_timeout=15
+        ) as client:
+            await client.workers()  # registered: its credential expires in 1 s
+            await asyncio.sleep(2.2)
+            started = time.monotonic()
+            with pytest.raises(IceSetupError) as caught:
+                await client.connect("anyone")
+            assert caught.value.code == NO_RELAY_CANDIDATE
+            assert time.monotonic() - started < 10
+        assert any(f":{client.peer_id}" in line for line in coturn.refused_users())
+    finally:
+        await server.runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def relay_worker_in_process(url: str, data_dir: Path) -> AsyncIterator[Any]:
+    """An in-process relay-only worker "relay-w", registered; stopped at the end."""
+    from rtc_worker.settings import WorkerSettings
+    from rtc_worker.worker import RTCWorkerClient
+
+    worker = RTCWorkerClient(
+        WorkerSettings(
+            signaling_url=url,
+            peer_id="relay-w",
+            shared_root_candidates=[],
+            data_dir=data_dir,
+            ice_transport_policy="relay",
+        )
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):
+            await worker.registered.wait()
+        yield worker, task
+    finally:
+        await worker.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_a_wrong_secret_gets_no_relay_and_a_clear_error_never_a_hang(
+    coturn: Coturn,
+    tmp_path: Path,
+) -> None:
+    """Signaling whose secret is not coturn's hands out credentials coturn refuses: the
+    relay-only client gets NO_RELAY_CANDIDATE quickly; a relay-only worker refuses the
+    offer of a client that tries anyway, logs NO_RELAY_CANDIDATE and keeps serving."""
+    server = await start_signaling(turn_urls=[coturn.url], turn_secret="not-" + coturn.secret)
+    lines = io.StringIO()
+    sink = logger.add(lines, level="ERROR")
+    try:
+        async with relay_worker_in_process(server.url, tmp_path / "w") as (worker, task):
+            async with RTCClient(
+                server.url, ice_transport_policy="relay", connect_timeout=15
+            ) as client:
+                started = time.monotonic()
+                with pytest.raises(IceSetupError) as caught:
+                    await client.connect("relay-w")
+                assert caught.value.code == NO_RELAY_CANDIDATE
+                assert time.monotonic() - started < 10
+            async with RTCClient(server.url, connect_timeout=5) as plain:
+                with pytest.raises(TimeoutError):  # the worker could not answer
+                    await plain.connect("relay-w")
+            assert "NO_RELAY_CANDIDATE" in lines.getvalue()
+            assert not task.done() and worker.registered.is_set()  # still serving
+        assert coturn.refused_users()
+    finally:
+        logger.remove(sink)
+        await server.runner.cleanup()
+
+
+async def test_relay_only_without_any_turn_server(tmp_path: Path) -> None:
+    """Relay-only against a signaling server without TURN: the client fails fast with
+    NO_TURN_SERVER; a relay-only worker refuses each offer, logs why and keeps running."""
+    server = await start_signaling()
+    lines = io.StringIO()
+    sink = logger.add(lines, level="ERROR")
+    try:
+        async with relay_worker_in_process(server.url, tmp_path / "w") as (worker, task):
+            async with RTCClient(server.url, ice_transport_policy="relay") as client:
+                started = time.monotonic()
+                with pytest.raises(IceSetupError) as caught:
+                    await client.connect("relay-w")
+                assert caught.value.code == NO_TURN_SERVER
+                assert time.monotonic() - started < 5
+            async with RTCClient(server.url, connect_timeout=3) as plain:
+                with pytest.raises(TimeoutError):  # the worker refused the offer
+                    await plain.connect("relay-w")
+            assert "NO_TURN_SERVER" in lines.getvalue()
+            assert not task.done() and worker.registered.is_set()  # still serving
+    finally:
+        logger.remove(sink)
+        await server.runner.cleanup()
