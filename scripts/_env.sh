@@ -49,7 +49,8 @@ if ! "$VENV_PY" -c "import magic" 2>/dev/null; then
     exit 1
   fi
 fi
-# What the tests need beyond Python: coturn (turnserver) for the TURN tests.
+# What the tests need beyond Python: coturn (turnserver) for the TURN tests; nftables and
+# iproute2 for the NAT lab (scripts/nat_lab.sh).
 case ",$1," in
-  *,test,*) ensure_debian_packages coturn ;;
+  *,test,*) ensure_debian_packages coturn nftables iproute2 ;;
 esac

@@ -61,6 +61,14 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "nat_lab: needs root (network namespaces, nftables): sudo $0" >&2
   exit 2
 fi
+# Without NAT_LAB_BIN: the project's .venv and the Debian packages, set up as scripts/test.sh does.
+if [ -z "${NAT_LAB_BIN:-}" ]; then
+  if [ ! -x "$BIN/rtc-worker" ] || ! command -v nft >/dev/null || ! command -v turnserver >/dev/null; then
+    # shellcheck source=scripts/_env.sh
+    source "$ROOT/scripts/_env.sh" uvloop
+    ensure_debian_packages iproute2 nftables coturn
+  fi
+fi
 missing=()
 for tool in ip nft turnserver stdbuf python3; do
   command -v "$tool" >/dev/null || missing+=("$tool")
