@@ -17,7 +17,8 @@
 #   sudo scripts/nat_lab.sh
 #
 # Namespaces are named rtcnat<pid>-{pub,natw,natc,w,c}; the script touches no other, and an
-# EXIT trap stops every process in them and deletes them, whatever failed. Secrets (the
+# EXIT trap stops every process in them and deletes them, whatever failed (only SIGKILL of
+# the script itself leaves them: `ip netns pids NS | xargs -r kill; ip netns del NS`). Secrets (the
 # signaling token, the TURN shared secret) live in 0600 files in the lab folder, never on a
 # command line. Environment:
 #   NAT_LAB_BIN          folder of rtc-signaling, rtc-worker, rtc-client (default .venv/bin)
@@ -95,11 +96,11 @@ teardown() {
     [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
   done
   [ ${#left[@]} -gt 0 ] || return 0
-  for i in $(seq 30); do  # up to 3 s for a clean exit, then SIGKILL
+  for i in $(seq 40); do  # up to 3 s for a clean exit, then SIGKILL and 1 s more
     pids=""
     for ns in "${left[@]}"; do pids+=" $(ip netns pids "$ns" 2>/dev/null || true)"; done
     [ -n "${pids// /}" ] || break
-    [ "$i" -lt 30 ] || kill -KILL $pids 2>/dev/null || true
+    [ "$i" -ne 30 ] || kill -KILL $pids 2>/dev/null || true
     sleep 0.1
   done
   for ns in "${left[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
