@@ -273,7 +273,9 @@ secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n'; }
 umask 077
 secret >"$LAB/secrets/token"
 secret >"$LAB/secrets/turn_secret"
-# coturn reads its shared secret from a 0600 config file, not from its command line.
+# coturn reads its shared secret from a 0600 config file, not from its command line; the
+# config is the README's deployment one (never relay into private networks), on the lab's
+# addresses.
 cat >"$LAB/secrets/turnserver.conf" <<EOF
 listening-ip=$PUB_IP
 relay-ip=$PUB_IP
@@ -291,6 +293,8 @@ no-multicast-peers
 denied-peer-ip=10.0.0.0-10.255.255.255
 denied-peer-ip=172.16.0.0-172.31.255.255
 denied-peer-ip=192.168.0.0-192.168.255.255
+denied-peer-ip=100.64.0.0-100.127.255.255
+denied-peer-ip=169.254.0.0-169.254.255.255
 no-software-attribute
 userdb=$LAB/turndb
 pidfile=$LAB/turnserver.pid
