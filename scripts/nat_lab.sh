@@ -244,7 +244,7 @@ mkdir -p "$LAB/probes"
 probe_pids=()
 for i in "${!CHECKS[@]}"; do
   IFS='|' read -r _ ns ip port _ <<<"${CHECKS[$i]}"
-  ip netns exec "$ns" python3 -I -c "$PROBE" "$ip" "$port" 0.8 >"$LAB/probes/$i" 2>&1 &
+  ip netns exec "$ns" python3 -I -c "$PROBE" "$ip" "$port" 1.5 >"$LAB/probes/$i" 2>&1 &
   probe_pids+=($!)
 done
 for pid in "${probe_pids[@]}"; do wait "$pid" || true; done
