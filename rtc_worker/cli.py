@@ -114,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(command, DemoCommand):
         from rtc_worker.demo import run_demo
 
-        return run_demo(keep=command.keep, size_mb=command.size_mb, timeout=command.timeout)
+        return run_demo(
+            keep=command.keep,
+            size_mb=command.size_mb,
+            timeout=command.timeout,
+            serve=command.serve,
+        )
     if not isinstance(command, WorkerSettings):
         raise TypeError(f"rtc-worker has no command {command!r}")
     configure_logging(command.log_level)

@@ -5,6 +5,8 @@ loopback, with a temporary shared root. It builds a real training package (a ZIP
 of CSV, JSON, PNG, WAV, binary weights and text files), puts it on the shared
 root, submits it, and prints every protocol step, the JOB_COMPLETE line, the
 metrics and where the manifest is. Only relative paths cross the data channel.
+With ``--serve`` the signaling server and the worker stay up afterwards, so a person can
+open the browser page (served by the signaling server at ``/``) and run jobs from it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 import math
 import os
 import random
+import secrets
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -126,16 +130,54 @@ def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0) -> int:
-    """Run the demo; 0 on success, 1 with the reason on stderr otherwise."""
+def _serve_page(port: int, token: str, shared: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Keep the stack up for the browser page until Ctrl-C (or a process exits)."""
+    _step("the browser page (Ctrl-C stops the demo)")
+    print(f"  open      http://127.0.0.1:{port}/")
+    print(f"  token     {token}   (this run's only; the page keeps it for the tab)")
+    print(f"  worker    {WORKER_ID}, shared root {shared}")
+    print("  try       input inputs/train_package.zip, output outputs/from-the-page,")
+    print("            or drop any file to send it over the data channel", flush=True)
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: stop quietly, ignoring a second one.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("\nstopping", flush=True)
+        return
+    dead = next(proc for proc in procs if proc.poll() is not None)
+    raise RuntimeError(f"{dead.args!r} exited with code {dead.returncode}")
+
+
+def run_demo(
+    *, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0, serve: bool = False
+) -> int:
+    """Run the demo; 0 on success, 1 with the reason on stderr otherwise.
+
+    Args:
+        keep: keep the temporary folder (shared root, logs) afterwards.
+        size_mb: approximate size of the training package, MB (10^6 bytes).
+        timeout: give up on the jobs after this long, seconds.
+        serve: afterwards keep the signaling server and worker running for the browser
+            page until Ctrl-C.
+    """
     started = time.monotonic()
     deadline = started + timeout
     tmp = Path(tempfile.mkdtemp(prefix="rtc-demo-"))
     shared, logs = tmp / "shared", tmp / "logs"
     logs.mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
+    # A token for this run only, given to every process through the environment.
+    token = secrets.token_urlsafe(18)
     env = {
         **os.environ,
+        "RTC_SIGNALING_TOKEN": token,
         "PYTHONUNBUFFERED": "1",
         # the demo's keys and bindings live and die with its temporary folder
         "RTC_SIGNALING_DATA_DIR": str(tmp / "signaling"),
@@ -143,6 +185,7 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
         "RTC_CLIENT_KEY_FILE": str(tmp / "client" / "identity.key"),
     }
     env.pop("SHARED_STORAGE_ROOT", None)
+    env.pop("RTC_SIGNALING_TOKEN_FILE", None)
     ok = False
     try:
         _step("building a training package on the shared root")
@@ -274,6 +317,8 @@ def run_demo(*, keep: bool = False, size_mb: float = 8.0, timeout: float = 60.0)
             "shared storage; jobs 2 and 3 went over the data channel, verified by sha256 "
             "and deduplicated by content."
         )
+        if serve:
+            _serve_page(port, token, shared, procs)
         ok = True
         return 0
     except (RuntimeError, TimeoutError, OSError, ValueError, subprocess.TimeoutExpired) as exc:

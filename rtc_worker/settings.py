@@ -389,6 +389,11 @@ class DemoCommand(EnvSettings):
     timeout: Annotated[float, FLAG_ONLY] = Field(
         60.0, description="Give up after this long, seconds."
     )
+    serve: Annotated[bool, FLAG_ONLY] = Field(
+        False,
+        description="After the jobs, keep the signaling server and the worker running and "
+        "print the browser page's address and token, until Ctrl-C.",
+    )
 
 
 class WorkerCli(Commands):
