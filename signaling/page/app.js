@@ -165,14 +165,20 @@ async function openSession(peerId) {
       else if (f.from === peerId) { clearTimeout(t); resolve(f); }
     };
   });
-  state.ws.send(JSON.stringify({ type: "offer", to: peerId, sdp: pc.localDescription.sdp }));
+  const offerSdp = pc.localDescription.sdp;
+  state.ws.send(JSON.stringify({ type: "offer", to: peerId, sdp: offerSdp }));
   const answer = await answered;
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   await opened;
   setStatus("peer-status", `Channel open to ${peerId}; proving keys…`);
+  const dtls = (which, sdp) => {
+    try { return P.sdpDtlsFingerprint(sdp); } catch (e) { throw fail("AUTH_FAILED", `the ${which}: ${e.message}`); }
+  };
   const session = new Session(channel, {
     identity: state.identity, pinned: pinnedFor(peerId), maxMessageSize: pc.sctp?.maxMessageSize,
-    offerDtls: P.sdpDtlsFingerprint(pc.localDescription.sdp), answerDtls: P.sdpDtlsFingerprint(pc.remoteDescription.sdp),
+    // The SDP texts as sent and received: Chromium's remoteDescription keeps only the
+    // strongest a=fingerprint of the answer, and the transcript needs its sha-256.
+    offerDtls: dtls("offer", offerSdp), answerDtls: dtls("answer", answer.sdp),
   }, ui);
   session.pc = pc;
   pc.addEventListener("connectionstatechange", () => { if (["failed", "closed"].includes(pc.connectionState)) session.close(); });

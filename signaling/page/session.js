@@ -11,7 +11,9 @@ export const HIGH_WATER = 4 * MiB;
 export const LOW_WATER = 1 * MiB;
 /** File bytes read per File.slice (the whole file is never in memory). */
 export const READ_BLOCK = 4 * MiB;
-const BYTES_SENT_KEY = "rtc-worker-page/bytes-sent";
+/** sessionStorage: file bytes this tab put on the wire (handed to the channel and not
+ *  still in its buffer when the page went away), over reloads: shows what a resume cost. */
+export const BYTES_SENT_KEY = "rtc-worker-page/bytes-sent";
 
 /** sha256 of a File (or Blob), read in READ_BLOCK slices; onProgress(bytesHashed). */
 export async function hashFile(file, onProgress = () => {}) {
@@ -51,6 +53,11 @@ export class Session {
     channel.bufferedAmountLowThreshold = LOW_WATER;
     channel.addEventListener("message", (ev) => { this.queue = this.queue.then(() => this._onFrame(ev.data)); });
     channel.addEventListener("close", () => this._onClose());
+    // Bytes still in the channel's buffer when the page goes away never leave it.
+    addEventListener("pagehide", () => {
+      if (this.upload && !this.upload.done && this.channel.readyState === "open")
+        sessionStorage.setItem(BYTES_SENT_KEY, String(sessionCount(BYTES_SENT_KEY) - this.channel.bufferedAmount));
+    });
   }
 
   send(msg) {
@@ -137,7 +144,7 @@ export class Session {
     this.waiters = [];
     if (this.upload && !this.upload.done) { this.upload.interrupted = true; this.ui.transfer({ phase: "interrupted", ...this._figures() }); }
     if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: "CONNECTION_LOST", detail: "the connection closed during the download" }); }
-    this.ui.closed();
+    if (this.authenticated) this.ui.closed(); // a failed handshake was reported already
   }
   close() { try { this.channel.close(); } catch { /* already */ } }
 
