@@ -87,8 +87,8 @@ def create_app(
 
     Returns:
         An :class:`aiohttp.web.Application` serving ``GET /health``, ``GET /ws`` and
-        the browser page at ``/`` (:mod:`signaling.page_routes`), plus the storage routes when storage is enabled. Its registry is
-        ``app[REGISTRY_KEY]``.
+        the browser page at ``/`` (:mod:`signaling.page_routes`), plus the storage
+        routes when storage is enabled. Its registry is ``app[REGISTRY_KEY]``.
 
     Raises:
         pydantic.ValidationError: when ``settings`` is ``None`` and the environment

@@ -17,6 +17,7 @@ the same host); aiohttp's static route (no listing by default).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from types import MappingProxyType
 
@@ -84,7 +85,7 @@ def setup_page(app: web.Application) -> None:
         app.router.add_get(path, _handler(body, content_type))
 
 
-def _handler(body: bytes, content_type: str) -> web.RequestHandler:  # type: ignore[type-arg]
+def _handler(body: bytes, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         return web.Response(body=body, headers={**_HEADERS, "Content-Type": content_type})
 

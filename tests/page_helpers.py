@@ -74,11 +74,14 @@ def as_json(message: Any) -> dict[str, Any]:
 #: Page-side helpers: (de)serialise messages whose bytes travel as {"b64": ...}.
 PAGE_CODEC_JS = """
 const P = await import('/protocol.js');
+const unb64 = (t) => Uint8Array.from(atob(t), c => c.charCodeAt(0));
 const fromJson = (o) => Object.fromEntries(Object.entries(o).map(([k, v]) =>
-  [k, v && typeof v === 'object' && 'b64' in v ? Uint8Array.from(atob(v.b64), c => c.charCodeAt(0)) : v]));
+  [k, v && typeof v === 'object' && 'b64' in v ? unb64(v.b64) : v]));
 const toJson = (o) => Object.fromEntries(Object.entries(o).map(([k, v]) =>
   [k, v instanceof Uint8Array ? {b64: P.b64encode(v)} : v]));
 const frameOut = (f) => typeof f === 'string' ? f : {b64: P.b64encode(f)};
-const frameIn = (f) => typeof f === 'string' ? f : Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
-const attempt = (fn) => { try { return {ok: fn()}; } catch (e) { return {error: e.code ?? String(e), detail: e.detail}; } };
+const frameIn = (f) => typeof f === 'string' ? f : unb64(f.b64);
+const attempt = (fn) => {
+  try { return {ok: fn()}; } catch (e) { return {error: e.code ?? String(e), detail: e.detail}; }
+};
 """

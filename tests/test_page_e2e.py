@@ -47,12 +47,16 @@ echo "job: done"
 
 
 @pytest.fixture(scope="module")
-def browser_stack_module(browser_netns: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def browser_stack_module(
+    browser_netns: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The module's stack: a worker whose job is a small shell script."""
     folder = tmp_path_factory.mktemp("page-stack")
     script = folder / "job.sh"
     script.write_text(JOB_SCRIPT)
-    stack = Stack(browser_netns, folder, worker_args=("--job-command", f"sh {script} {{input}} {{output}}"))
+    stack = Stack(
+        browser_netns, folder, worker_args=("--job-command", f"sh {script} {{input}} {{output}}")
+    )
     (stack.shared_root / "inputs" / "data.txt").write_text("some input data\n")
     (stack.shared_root / "inputs" / "slow.txt").write_text("slow input\n")
     try:
@@ -122,15 +126,25 @@ def test_page_is_served_with_its_headers(browser_page: Any, browser_stack: Stack
     fetched = browser_page.evaluate(
         """async (paths) => Promise.all(paths.map(async (p) => {
              const r = await fetch(p); return [p, r.status, r.headers.get('content-type')]; }))""",
-        ["/app.js", "/protocol.js", "/style.css", "/page/", "/page/app.js", "/..%2fapp.py",
-         "/index.html/", "/nothing.js"],
+        [
+            "/app.js",
+            "/protocol.js",
+            "/style.css",
+            "/page/",
+            "/page/app.js",
+            "/..%2fapp.py",
+            "/index.html/",
+            "/nothing.js",
+        ],
     )
     assert fetched == [
         ["/app.js", 200, "text/javascript; charset=utf-8"],
         ["/protocol.js", 200, "text/javascript; charset=utf-8"],
         ["/style.css", 200, "text/css; charset=utf-8"],
-        *[[p, 404, "text/plain; charset=utf-8"] for p in
-          ("/page/", "/page/app.js", "/..%2fapp.py", "/index.html/", "/nothing.js")],
+        *[
+            [p, 404, "text/plain; charset=utf-8"]
+            for p in ("/page/", "/page/app.js", "/..%2fapp.py", "/index.html/", "/nothing.js")
+        ],
     ]
     browser_page.wait_for_selector("body[data-state=idle]", state="attached")
     assert watch_errors(browser_page) == []
@@ -142,7 +156,9 @@ def watch_errors(page: Any) -> list[str]:
     return watch(page).errors
 
 
-def test_identity_persists_and_the_worker_is_pinned(chromium: Any, browser_stack: Stack, tmp_path: Path) -> None:
+def test_identity_persists_and_the_worker_is_pinned(
+    chromium: Any, browser_stack: Stack, tmp_path: Path
+) -> None:
     profile = tmp_path / "profile"
     context = chromium.launch_persistent(profile)
     page = context.pages[0] if context.pages else context.new_page()
@@ -175,13 +191,24 @@ def test_shared_job_then_results_download(browser_page: Any, browser_stack: Stac
     page.click("#run-job")
     page.wait_for_selector("#job-complete.ok", timeout=30000)
     complete = page.text_content("#job-complete") or ""
-    assert complete.startswith("JOB_COMPLETE ") and "1 files" in complete and "outputs/run-1" in complete
-    states = page.eval_on_selector_all("#steps li", "els => els.map(e => [e.dataset.step, e.dataset.state])")
+    assert (
+        complete.startswith("JOB_COMPLETE ")
+        and "1 files" in complete
+        and "outputs/run-1" in complete
+    )
+    states = page.eval_on_selector_all(
+        "#steps li", "els => els.map(e => [e.dataset.step, e.dataset.state])"
+    )
     assert states == [["input", "done"], ["output", "done"], ["run", "done"]]
     log = page.text_content("#job-log") or ""
     assert "job: the input holds 16 bytes" in log and "job: done" in log
-    assert re.search(r"validation [\d.]+ ms · file access [\d.]+ ms · run [\d.]+ s · total [\d.]+ s", page.text_content("#job-metrics") or "")
-    assert (browser_stack.shared_root / "outputs" / "run-1" / "size.txt").read_text().strip() == "16"
+    assert re.search(
+        r"validation [\d.]+ ms · file access [\d.]+ ms · run [\d.]+ s · total [\d.]+ s",
+        page.text_content("#job-metrics") or "",
+    )
+    assert (
+        browser_stack.shared_root / "outputs" / "run-1" / "size.txt"
+    ).read_text().strip() == "16"
 
     # The results ZIP over the channel, its sha256 checked in the page, then saved.
     page.click("#get-results")
@@ -191,7 +218,9 @@ def test_shared_job_then_results_download(browser_page: Any, browser_stack: Stac
         page.click("#results-link")
     data = Path(info.value.path()).read_bytes()
     assert hashlib.sha256(data).hexdigest() == checked
-    assert info.value.suggested_filename.startswith("results-") and info.value.suggested_filename.endswith(".zip")
+    assert info.value.suggested_filename.startswith(
+        "results-"
+    ) and info.value.suggested_filename.endswith(".zip")
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.read("size.txt").strip() == b"16"
 
@@ -212,12 +241,17 @@ def test_path_error_is_shown_with_its_code(browser_page: Any, browser_stack: Sta
     page.fill("#output-path", "outputs/run-2")
     page.click("#run-job")
     error = page.wait_for_selector("#errors li[data-code=PATH_ERROR]")
-    assert error.text_content() == "PATH_ERROR: The worker refused the path. (Path outside shared storage: ../outside.txt)"
+    assert (
+        error.text_content()
+        == "PATH_ERROR: The worker refused the path. (Path outside shared storage: ../outside.txt)"
+    )
     assert page.get_attribute("#steps li[data-step=input]", "data-state") == "failed"
     assert not (browser_stack.shared_root / "outputs" / "run-2").exists()
 
 
-def test_upload_32_mib_then_the_same_file_is_not_sent_again(browser_page: Any, browser_stack: Stack, tmp_path: Path) -> None:
+def test_upload_32_mib_then_the_same_file_is_not_sent_again(
+    browser_page: Any, browser_stack: Stack, tmp_path: Path
+) -> None:
     page = browser_page
     connect(page, browser_stack)
     path = tmp_path / "upload.bin"
@@ -228,8 +262,11 @@ def test_upload_32_mib_then_the_same_file_is_not_sent_again(browser_page: Any, b
     sending = time.monotonic()
     page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
     finished = time.monotonic()
-    print(f"\npage upload: {UPLOAD_BYTES / 1e6:.1f} MB in {finished - sending:.2f} s = "
-          f"{UPLOAD_BYTES / 1e6 / (finished - sending):.1f} MB/s ({finished - started:.2f} s with hashing)")
+    print(
+        f"\npage upload: {UPLOAD_BYTES / 1e6:.1f} MB in {finished - sending:.2f} s = "
+        f"{UPLOAD_BYTES / 1e6 / (finished - sending):.1f} MB/s "
+        f"({finished - started:.2f} s with hashing)"
+    )
     assert stored(browser_stack, sha) is not None
     assert bytes_sent(page) == UPLOAD_BYTES
     assert page.get_attribute("#transfer-progress", "value") is not None and progress(page) == 1
@@ -243,7 +280,9 @@ def test_upload_32_mib_then_the_same_file_is_not_sent_again(browser_page: Any, b
     assert f"{UPLOAD_BYTES} bytes" in (page.text_content("#job-log") or "")
 
 
-def test_resume_after_a_reload_at_half(browser_page: Any, browser_stack: Stack, tmp_path: Path) -> None:
+def test_resume_after_a_reload_at_half(
+    browser_page: Any, browser_stack: Stack, tmp_path: Path
+) -> None:
     page = browser_page
     connect(page, browser_stack)
     path = tmp_path / "resume.bin"
@@ -257,14 +296,47 @@ def test_resume_after_a_reload_at_half(browser_page: Any, browser_stack: Stack, 
     page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
     status = page.text_content("#transfer-status") or ""
     total = bytes_sent(page)
-    print(f"\nresume: dropped at {at:.0%}; {before} bytes before the reload, {total} in all = {total / UPLOAD_BYTES:.1%}")
+    print(
+        f"\nresume: dropped at {at:.0%}; {before} bytes before the reload, "
+        f"{total} in all = {total / UPLOAD_BYTES:.1%}"
+    )
     assert "Resumed at" in status
     assert stored(browser_stack, sha) is not None
     assert before >= UPLOAD_BYTES * 0.4
     assert total <= UPLOAD_BYTES * 1.05
 
 
-def test_cancel_a_job_and_a_transfer(browser_page: Any, browser_stack: Stack, tmp_path: Path) -> None:
+def test_resume_after_the_worker_restarts(
+    browser_page: Any, browser_stack: Stack, tmp_path: Path
+) -> None:
+    page = browser_page
+    connect(page, browser_stack)
+    path = tmp_path / "restart.bin"
+    sha = random_file(path, UPLOAD_BYTES)
+    page.set_input_files("#file-input", str(path))
+    at = wait_for_progress(page, 0.5)
+    browser_stack.restart_worker()  # the connection drops with the worker
+    page.wait_for_selector("#transfer-status[data-phase=interrupted]", timeout=30000)
+    assert page.get_attribute("#peer-status", "data-state") == "closed"
+    assert "CONNECTION_LOST" in (page.text_content("#peer-status") or "")
+    before = bytes_sent(page)
+    page.click(f"li.worker[data-peer-id='{browser_stack.worker_id}'] button.pick")
+    page.wait_for_selector("#peer-status[data-state=ready]", timeout=30000)
+    page.click("#resume-transfer")  # the page still holds the file: no need to choose it
+    page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
+    total = bytes_sent(page)
+    print(
+        f"\nworker restart: dropped at {at:.0%}; {before} bytes before, "
+        f"{total} in all = {total / UPLOAD_BYTES:.1%}"
+    )
+    assert "Resumed at" in (page.text_content("#transfer-status") or "")
+    assert stored(browser_stack, sha) is not None
+    assert total <= UPLOAD_BYTES * 1.05
+
+
+def test_cancel_a_job_and_a_transfer(
+    browser_page: Any, browser_stack: Stack, tmp_path: Path
+) -> None:
     page = browser_page
     connect(page, browser_stack)
     page.fill("#input-path", "inputs/slow.txt")
@@ -302,6 +374,24 @@ def test_wrong_token_is_a_readable_error(browser_page: Any, browser_stack: Stack
     assert page.locator("li.worker").count() == 0
 
 
+def test_relay_only_without_a_turn_server_is_a_readable_error(
+    browser_page: Any, browser_stack: Stack
+) -> None:
+    page = browser_page
+    page.goto(browser_stack.page_url)
+    page.wait_for_selector("body[data-state=idle]", state="attached")
+    page.fill("#token", browser_stack.token)
+    page.check("#relay-only")
+    page.click("#connect")
+    page.click(f"li.worker[data-peer-id='{browser_stack.worker_id}'] button.pick")
+    error = page.wait_for_selector("#errors li[data-code=RELAY_WITHOUT_TURN]")
+    assert error.text_content().startswith(
+        "RELAY_WITHOUT_TURN: Relay only was chosen, but the signaling server offers no TURN server."
+    )
+    assert page.get_attribute("#peer-status", "data-state") == "failed"
+    assert page.is_disabled("#run-job")
+
+
 def test_a_worker_whose_key_changed_is_refused(browser_page: Any, browser_stack: Stack) -> None:
     """The attacker's steps: another key takes the worker's peer id (the binding was
     released, or signaling is dishonest) and waits for the page to connect."""
@@ -318,9 +408,14 @@ def test_a_worker_whose_key_changed_is_refused(browser_page: Any, browser_stack:
         stack.start_worker()
         page.reload()
         refused = page.wait_for_selector("#errors li[data-code=WORKER_KEY_CHANGED]", timeout=30000)
-        assert refused.text_content().startswith("WORKER_KEY_CHANGED: The worker's key is not the one pinned for it: refused.")
+        assert refused.text_content().startswith(
+            "WORKER_KEY_CHANGED: The worker's key is not the one pinned for it: refused."
+        )
         assert page.get_attribute("#peer-status", "data-state") == "failed"
-        assert page.locator(f"li.worker[data-peer-id='{stack.worker_id}'] .badge.bad").text_content() == "KEY CHANGED"
+        assert (
+            page.locator(f"li.worker[data-peer-id='{stack.worker_id}'] .badge.bad").text_content()
+            == "KEY CHANGED"
+        )
         assert page.is_disabled("#run-job") and page.is_disabled("#file-input")
         pins = page.evaluate("JSON.parse(localStorage.getItem('rtc-worker-page/known-workers'))")
         assert pins == {stack.worker_id: stack.fingerprint}  # the pin is unchanged

@@ -203,7 +203,7 @@ def test_bounds_at_their_edges(page: Any) -> None:
     ]
     results = run(
         page,
-        "return arg.map(f => { const r = attempt(() => P.parse(frameIn(f))); return r.error ?? 'ok'; });",
+        "return arg.map(f => attempt(() => P.parse(frameIn(f))).error ?? 'ok');",
         [frame_json(f) for f in frames],
     )
     expected = [python_parse(f).get("error", "ok") for f in frames]
@@ -235,12 +235,12 @@ def test_bounds_at_their_edges(page: Any) -> None:
         assert page_limits[name] == getattr(limits, name), name
     sizes = run(
         page,
-        "return [P.chunkSizeFor(262144), P.chunkSizeFor(1073741823), P.chunkSizeFor(65536), P.chunkSizeFor(undefined)];",
+        "return [262144, 1073741823, 65536, undefined].map(P.chunkSizeFor);",
     )
     assert sizes == [262144, limits.max_binary_frame_bytes, 65536, limits.chunk_bytes]
 
 
-def _vector() -> dict[str, str]:
+def _vector() -> dict[str, Any]:
     text = (REPO / "PROTOCOL.md").read_text()
     block = text.split("<!-- BEGIN GENERATED: handshake-vector -->", 1)[1].split(
         "<!-- END GENERATED", 1
@@ -248,17 +248,29 @@ def _vector() -> dict[str, str]:
     values = dict(re.findall(r"^(\w+)\s+= (.+)$", block, re.M))
     frames = re.findall(r"^[-<]{1}[>-]? (AUTH_\w+::\S+)$", block, re.M)
     values.update(zip(("hello", "challenge", "response", "ok"), frames, strict=True))
+    section = text.split("### 5.3 Registration with a key", 1)[1].split("## 6.", 1)[0]
+    values["reg"] = dict(re.findall(r"^\| ([a-z0-9 (),]+) \| `([0-9a-f]+)` \|$", section, re.M))
+    values["reg"]["nonce"] = re.search(r"nonce `202122…3f`,\s+i\.e\.\s+`([0-9a-f]{64})`", section)[
+        1
+    ]
     return values
 
 
 HANDSHAKE_JS = """
 const v = arg;
+const reg = v.reg;
 const unhex = P.unhex;
 // The client's key from its seed: PKCS#8 wrapping of an Ed25519 seed (RFC 8410).
 const pkcs8 = P.concat(unhex('302e020100300506032b657004220420'), unhex(v.client_seed));
 const priv = await crypto.subtle.importKey('pkcs8', pkcs8, {name: 'Ed25519'}, false, ['sign']);
-const signer = {publicKey: unhex(v.client_key), sign: async (b) => new Uint8Array(await crypto.subtle.sign({name: 'Ed25519'}, priv, b))};
-const make = (pinned) => new P.ClientHandshake({signer, offerDtls: v.offer_dtls, answerDtls: v.answer_dtls, pinned, nonce: unhex(v.client_nonce)});
+const ed = {name: 'Ed25519'};
+const signer = {
+  publicKey: unhex(v.client_key),
+  sign: async (b) => new Uint8Array(await crypto.subtle.sign(ed, priv, b)),
+};
+const make = (pinned) => new P.ClientHandshake({
+  signer, offerDtls: v.offer_dtls, answerDtls: v.answer_dtls, pinned, nonce: unhex(v.client_nonce),
+});
 const out = {};
 let hs = make(v.worker_fp);
 out.hello = hs.start();
@@ -286,10 +298,11 @@ hs = make(null);
 out.outOfTurn = await hs.receive(P.parse(v.ok)).then(() => 'accepted', e => e.code);
 // The registration vector of PROTOCOL.md 5.3.
 const seed = unhex('000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f');
-const rk = await crypto.subtle.importKey('pkcs8', P.concat(unhex('302e020100300506032b657004220420'), seed), {name: 'Ed25519'}, true, ['sign']);
+const rk = await crypto.subtle.importKey(
+  'pkcs8', P.concat(unhex('302e020100300506032b657004220420'), seed), ed, true, ['sign']);
 const jwk = await crypto.subtle.exportKey('jwk', rk);
-const pub = Uint8Array.from(atob(jwk.x.replace(/-/g, '+').replace(/_/g, '/') + '='), c => c.charCodeAt(0));
-const payload = P.registrationPayload(unhex('202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f'), 'gpu-1', 'worker', pub);
+const pub = unb64(jwk.x.replace(/-/g, '+').replace(/_/g, '/') + '=');
+const payload = P.registrationPayload(unhex(reg.nonce), 'gpu-1', 'worker', pub);
 out.registration = {key: P.hex(pub), fingerprint: P.fingerprint(pub), payload: P.hex(payload),
   signature: P.hex(new Uint8Array(await crypto.subtle.sign({name: 'Ed25519'}, rk, payload)))};
 out.weak = [P.isWeakPublicKey(new Uint8Array(32)), P.isWeakPublicKey(unhex(v.worker_key))];
@@ -314,10 +327,10 @@ def test_handshake_vector_of_protocol_md(page: Any) -> None:
     assert out["wrong"] == "AUTH_FAILED"
     assert out["outOfTurn"] == "UNEXPECTED_MESSAGE"
     assert out["registration"] == {
-        "key": "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
-        "fingerprint": "56475aa75463474c0285df5dbf2bcab73da651358839e9b77481b2eab107708c",
-        "payload": "7274632d776f726b65722f7369676e616c696e672d72656769737465722f76310020202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f00056770752d310006776f726b6572002003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",
-        "signature": "768cb184d25fa64ada101af89656e0f0e5e7ee67f491753afb1e00b4b9bae7a8f0c3b4d73b87d5f21c424b4229ace69f127ab6b269abc5ecedae6366a3ac1a0a",
+        "key": v["reg"]["public key (hex)"],
+        "fingerprint": v["reg"]["fingerprint"],
+        "payload": v["reg"]["payload (115 bytes, hex)"],
+        "signature": v["reg"]["signature (hex)"],
     }
     assert out["weak"] == [True, False]
 
@@ -331,9 +344,14 @@ def test_proof_digest_vector(page: Any) -> None:
         """
       const data = new TextEncoder().encode('hello world\\n'.repeat(1000));
       const out = [];
-      for (const r of arg) out.push(await P.proofDigest(P.parse('FILE_PROOF_REQUEST::' + '000102030405060708090a0b0c0d0e0f::' + r), data.length,
-        async (o, l) => data.slice(o, o + l)));
-      out.push(await P.proofDigest(P.parse('FILE_PROOF_REQUEST::' + '0'.repeat(32) + '::11999+2'), data.length, async () => new Uint8Array(0)).catch(e => e.code));
+      const nonce = '000102030405060708090a0b0c0d0e0f';
+      const read = async (o, l) => data.slice(o, o + l);
+      for (const r of arg) {
+        const request = P.parse(`FILE_PROOF_REQUEST::${nonce}::${r}`);
+        out.push(await P.proofDigest(request, data.length, read));
+      }
+      const beyond = P.parse(`FILE_PROOF_REQUEST::${nonce}::11999+2`);
+      out.push(await P.proofDigest(beyond, data.length, read).catch(e => e.code));
       return out;""",
         requests,
     )
@@ -358,7 +376,11 @@ def test_sha256_js_matches_hashlib_at_chunk_boundaries(page: Any) -> None:
         page,
         """
       const {Sha256} = await import('/sha256.js');
-      const pattern = (n) => { const b = new Uint8Array(n); for (let i = 0; i < n; i++) b[i] = (i * 31 + 7) & 255; return b; };
+      const pattern = (n) => {
+        const b = new Uint8Array(n);
+        for (let i = 0; i < n; i++) b[i] = (i * 31 + 7) & 255;
+        return b;
+      };
       const out = {};
       for (const n of arg.lengths) for (const step of arg.steps) {
         if (step === 1 && n > 5000) continue;

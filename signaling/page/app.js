@@ -51,6 +51,7 @@ function connectSignaling(token) {
       state.iceServers = frame.ice_servers ?? [];
       setStatus("signaling-status", `Connected as ${frame.peer_id}.`, "ok");
       document.body.dataset.state = "registered";
+      $("refresh-workers").disabled = false;
       ws.send(JSON.stringify({ type: "list_peers" }));
     } else if (frame.type === "peers") {
       state.workers = frame.peers.filter((p) => p.role === "worker");
@@ -309,6 +310,7 @@ async function start() {
   zone.ondragover = (ev) => { ev.preventDefault(); zone.classList.add("over"); };
   zone.ondragleave = () => zone.classList.remove("over");
   zone.ondrop = (ev) => { ev.preventDefault(); zone.classList.remove("over"); const f = ev.dataTransfer.files[0]; if (f && state.session) sendFile(f); };
+  $("refresh-workers").onclick = () => state.ws?.send(JSON.stringify({ type: "list_peers" }));
   $("cancel-transfer").onclick = () => state.session?.cancelTransfer();
   $("resume-transfer").onclick = () => { if (state.interrupted) sendFile(state.interrupted); };
   $("results-form").onsubmit = async (ev) => {

@@ -53,11 +53,16 @@ export class Session {
     channel.bufferedAmountLowThreshold = LOW_WATER;
     channel.addEventListener("message", (ev) => { this.queue = this.queue.then(() => this._onFrame(ev.data)); });
     channel.addEventListener("close", () => this._onClose());
-    // Bytes still in the channel's buffer when the page goes away never leave it.
-    addEventListener("pagehide", () => {
-      if (this.upload && !this.upload.done && this.channel.readyState === "open")
-        sessionStorage.setItem(BYTES_SENT_KEY, String(sessionCount(BYTES_SENT_KEY) - this.channel.bufferedAmount));
-    });
+    addEventListener("pagehide", () => this._uncountBuffered());
+  }
+
+  /** Bytes still in the channel's buffer when the page goes away or the channel closes
+   *  never leave the page: take them off the count of bytes sent (once). */
+  _uncountBuffered() {
+    const up = this.upload;
+    if (!up || up.done || up.uncounted) return;
+    up.uncounted = true;
+    sessionStorage.setItem(BYTES_SENT_KEY, String(sessionCount(BYTES_SENT_KEY) - this.channel.bufferedAmount));
   }
 
   send(msg) {
@@ -142,6 +147,7 @@ export class Session {
     this.closed = true;
     for (const w of this.waiters) { clearTimeout(w.timer); w.reject(new P.ProtocolError("CONNECTION_LOST", "the data channel closed", false)); }
     this.waiters = [];
+    this._uncountBuffered();
     if (this.upload && !this.upload.done) { this.upload.interrupted = true; this.ui.transfer({ phase: "interrupted", ...this._figures() }); }
     if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: "CONNECTION_LOST", detail: "the connection closed during the download" }); }
     if (this.authenticated) this.ui.closed(); // a failed handshake was reported already
