@@ -41,6 +41,9 @@ echo "job: reading the input"
 size=$(wc -c < "$1")
 echo "job: the input holds $size bytes"
 if [ "$(head -c 4 "$1")" = "slow" ]; then echo "job: slow input, sleeping"; sleep 60; fi
+if [ "$(head -c 4 "$1")" = "evil" ]; then
+  echo '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+fi
 echo "$size" > "$2/size.txt"
 echo "job: done"
 """
@@ -59,6 +62,7 @@ def browser_stack_module(
     )
     (stack.shared_root / "inputs" / "data.txt").write_text("some input data\n")
     (stack.shared_root / "inputs" / "slow.txt").write_text("slow input\n")
+    (stack.shared_root / "inputs" / "evil.txt").write_text("evil input\n")
     try:
         yield stack
     finally:
@@ -249,6 +253,21 @@ def test_path_error_is_shown_with_its_code(browser_page: Any, browser_stack: Sta
     assert not (browser_stack.shared_root / "outputs" / "run-2").exists()
 
 
+def test_markup_a_job_prints_is_shown_as_text(browser_page: Any, browser_stack: Stack) -> None:
+    """The attacker's steps: a job (or a worker) prints HTML and script into its log,
+    hoping the page renders it. The page shows it as text and runs nothing."""
+    page = browser_page
+    connect(page, browser_stack)
+    page.fill("#input-path", "inputs/evil.txt")
+    page.fill("#output-path", "outputs/run-evil")
+    page.click("#run-job")
+    page.wait_for_selector("#job-complete.ok", timeout=30000)
+    assert '<img src=x onerror="window.pwned=1"><script>' in (page.text_content("#job-log") or "")
+    assert page.locator("#job-log img, #job-log script").count() == 0
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.pwned === undefined")
+
+
 def test_upload_32_mib_then_the_same_file_is_not_sent_again(
     browser_page: Any, browser_stack: Stack, tmp_path: Path
 ) -> None:
@@ -269,6 +288,8 @@ def test_upload_32_mib_then_the_same_file_is_not_sent_again(
     )
     assert stored(browser_stack, sha) is not None
     assert bytes_sent(page) == UPLOAD_BYTES
+    # Chunks as large as the worker's SCTP max-message-size (aiortc: 256 KiB) allows.
+    assert page.evaluate("window.rtcPage.session.upload.chunk") == 262144
     assert page.get_attribute("#transfer-progress", "value") is not None and progress(page) == 1
 
     page.set_input_files("#file-input", str(path))
@@ -278,6 +299,15 @@ def test_upload_32_mib_then_the_same_file_is_not_sent_again(
     page.click("#run-on-file")
     page.wait_for_selector("#job-complete.ok", timeout=30000)
     assert f"{UPLOAD_BYTES} bytes" in (page.text_content("#job-log") or "")
+
+    # A file dropped on the page goes the same way.
+    drop = page.evaluate_handle(
+        "() => { const dt = new DataTransfer();"
+        " dt.items.add(new File(['dropped bytes'], 'dropped.txt')); return dt; }"
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+    page.wait_for_selector("#transfer-status[data-phase=received]", timeout=60000)
+    assert stored(browser_stack, hashlib.sha256(b"dropped bytes").hexdigest()) is not None
 
 
 def test_resume_after_a_reload_at_half(

@@ -426,3 +426,137 @@ def test_the_page_machines_are_the_python_tables(page: Any) -> None:
     tables = run(page, "return {client: P.CLIENT_AUTH_TABLE, sender: P.SENDER_TABLE};")
     assert tables["client"] == client
     assert tables["sender"] == sender
+
+
+DISHONEST_WORKER_JS = """
+const {Session} = await import('/session.js');
+class FakeChannel extends EventTarget {
+  constructor() { super(); this.sent = []; this.readyState = 'open'; this.bufferedAmount = 0; }
+  send(d) { this.sent.push(typeof d === 'string' ? d : `<${d.length} bytes>`); }
+  close() { this.readyState = 'closed'; this.dispatchEvent(new Event('close')); }
+}
+const enc = new TextEncoder();
+const until = async (cond) => { for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10)); };
+const open = () => {
+  const ch = new FakeChannel(), seen = [];
+  const ui = {
+    job: (m) => seen.push(['job', m.kind]), step: () => {}, closed: () => seen.push(['closed']),
+    error: (code) => seen.push(['error', code]),
+    transfer: (t) => seen.push(['transfer', t.phase]),
+    results: (r) => seen.push(['results', r.phase, r.code ?? r.sha256 ?? '']),
+  };
+  const s = new Session(ch, {identity: null, maxMessageSize: 262144}, ui);
+  const feed = async (frame) => {
+    ch.dispatchEvent(new MessageEvent('message', {data: frame}));
+    await new Promise(r => setTimeout(r, 0)); await s.queue;
+  };
+  return {ch, s, seen, feed};
+};
+const bytes = (t) => enc.encode(t).buffer;
+const out = {};
+// Frames before the handshake ended are refused, not acted on.
+let w = open();
+await w.feed('JOB_COMPLETE::j::out::1::0.00');
+out.early = w.seen;
+// Results whose bytes do not hash to the announced sha256: refused, nothing offered.
+w = open(); w.s.authenticated = true;
+const results = w.s.requestResults('job-1');
+await w.feed('FILE_META::results-job-1.zip::5::' + '0'.repeat(64) + '::65536');
+await w.feed(bytes('hello'));
+await w.feed('END_OF_FILE');
+out.hash = {sent: w.ch.sent, seen: w.seen, done: await results};
+// The honest download of the same bytes.
+w = open(); w.s.authenticated = true;
+const honest = w.s.requestResults('job-1');
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+await w.feed(bytes('hello'));
+await w.feed('END_OF_FILE');
+const got = await honest;
+out.honest = {sent: w.ch.sent, name: got.name, size: got.blob.size, sha256: got.sha256};
+// A name that is not a plain base name, a chunk above chunk_size, more bytes than announced.
+const refused = [];
+for (const [meta, data] of [
+  ['../evil.zip::5::' + arg.hello + '::65536', null],
+  ['r.zip::5::' + arg.hello + '::4', 'hello'],
+  ['r.zip::3::' + arg.hello + '::65536', 'hello'],
+  ['r.zip::5::' + arg.hello + '::262145', null],
+]) {
+  w = open(); w.s.authenticated = true;
+  const p = w.s.requestResults('job-1');
+  await w.feed('FILE_META::' + meta);
+  if (data) await w.feed(bytes(data));
+  refused.push([w.ch.sent.at(-1).split('::').slice(0, 2).join('::'), (await p).error]);
+}
+out.refused = refused;
+// Uploads: an offset beyond the file, a FILE_RECEIVED naming other content, a proof.
+const file = new File(['hello'], 'a.txt');
+w = open(); w.s.authenticated = true;
+let sent = w.s.sendFile(file); await until(() => w.ch.sent.length);
+await w.feed('FILE_READY::99');
+out.beyond = {sent: w.ch.sent, end: await sent, state: w.s.sender.state};
+w = open(); w.s.authenticated = true;
+sent = w.s.sendFile(file); await until(() => w.ch.sent.length);
+await w.feed('FILE_READY::0');
+await until(() => w.ch.sent.includes('END_OF_FILE'));
+await w.feed('FILE_RECEIVED::' + '1'.repeat(64));
+out.received = {sent: w.ch.sent, end: await sent};
+w = open(); w.s.authenticated = true;
+sent = w.s.sendFile(file); await until(() => w.ch.sent.length);
+await w.feed('FILE_PROOF_REQUEST::000102030405060708090a0b0c0d0e0f::1+3,0+5');
+await w.feed('FILE_EXISTS::' + arg.hello);
+out.proof = {sent: w.ch.sent, end: await sent};
+// A late FILE_READY after our cancel is absorbed; the acknowledgement ends the transfer.
+w = open(); w.s.authenticated = true;
+sent = w.s.sendFile(file); await until(() => w.ch.sent.length);
+w.s.cancelTransfer();
+await w.feed('FILE_READY::0');
+await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
+out.cancel = {sent: w.ch.sent, end: await sent, state: w.s.sender.state};
+return out;
+"""
+
+
+def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
+    """The page's session against a worker that lies: frames before the handshake,
+    results that do not match their sha256, unsafe names, oversized chunks, too many
+    bytes, an offset beyond the file, a FILE_RECEIVED of other content. Each is refused
+    with its code and nothing is offered to save; the honest case and the proof of
+    possession give exactly the Python digests."""
+    hello = hashlib.sha256(b"hello").hexdigest()
+    out = run(page, DISHONEST_WORKER_JS, {"hello": hello})
+    assert out["early"] == [["error", "UNEXPECTED_MESSAGE"]]
+    assert out["hash"]["sent"][:2] == ["RESULTS_REQUEST::job-1", "FILE_READY::0"]
+    assert out["hash"]["sent"][-1].startswith("TRANSFER_ERROR::HASH_MISMATCH::")
+    assert out["hash"]["done"] == {"error": "HASH_MISMATCH"}
+    assert not any(s[:2] == ["results", "verified"] for s in out["hash"]["seen"])
+    assert out["honest"] == {
+        "sent": [
+            "RESULTS_REQUEST::job-1",
+            "FILE_READY::0",
+            "FILE_PROGRESS::5::5",
+            f"FILE_RECEIVED::{hello}",
+        ],
+        "name": "results-job-1.zip",
+        "size": 5,
+        "sha256": hello,
+    }
+    assert out["refused"] == [
+        ["TRANSFER_ERROR::INVALID_NAME", "INVALID_NAME"],
+        ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
+        ["TRANSFER_ERROR::SIZE_MISMATCH", "SIZE_MISMATCH"],
+        ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
+    ]
+    meta = f"FILE_META::a.txt::5::{hello}::262144"
+    assert out["beyond"]["sent"][0] == meta
+    assert out["beyond"]["sent"][1].startswith("TRANSFER_ERROR::SIZE_MISMATCH::")
+    assert out["beyond"]["end"] == {"error": "SIZE_MISMATCH"} and out["beyond"]["state"] == "IDLE"
+    assert out["received"]["sent"][:3] == [meta, "<5 bytes>", "END_OF_FILE"]
+    assert out["received"]["sent"][3].startswith("TRANSFER_ERROR::HASH_MISMATCH::")
+    assert out["received"]["end"] == {"error": "HASH_MISMATCH"}
+    digest = proof_digest("000102030405060708090a0b0c0d0e0f", [b"ell", b"hello"])
+    assert out["proof"] == {"sent": [meta, f"FILE_PROOF::{digest}"], "end": {"exists": True}}
+    assert out["cancel"] == {
+        "sent": [meta, "FILE_CANCEL"],
+        "end": {"cancelled": True},
+        "state": "IDLE",
+    }

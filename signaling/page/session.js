@@ -338,7 +338,7 @@ export class Session {
         if (!P.isPlainName(msg.name)) return refuse("INVALID_NAME", "not a plain base name");
         if (msg.chunk_size > P.LIMITS.max_binary_frame_bytes) return refuse("UNEXPECTED_DATA", `chunk_size above ${P.LIMITS.max_binary_frame_bytes}`);
         if (msg.size > P.LIMITS.max_file_bytes) return refuse("FILE_TOO_LARGE", `above ${P.LIMITS.max_file_bytes} bytes`);
-        this.download = { name: msg.name, size: msg.size, sha256: msg.sha256, chunk: msg.chunk_size, parts: [], hash: new Sha256(), received: 0, lastProgress: 0, rate: new Rate() };
+        this.download = { name: msg.name, size: msg.size, sha256: msg.sha256, chunk: msg.chunk_size, parts: [], hash: new Sha256(), received: 0, lastProgress: -Infinity, rate: new Rate() };
         this.send({ kind: "FileReady", offset: 0 });
         this.ui.results({ phase: "receiving", done: 0, size: msg.size, name: msg.name });
         return;
