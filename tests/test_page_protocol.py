@@ -436,7 +436,9 @@ class FakeChannel extends EventTarget {
   close() { this.readyState = 'closed'; this.dispatchEvent(new Event('close')); }
 }
 const enc = new TextEncoder();
-const until = async (cond) => { for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10)); };
+const until = async (cond) => {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10));
+};
 const open = () => {
   const ch = new FakeChannel(), seen = [];
   const ui = {
