@@ -414,9 +414,9 @@ def test_relay_only_without_a_turn_server_is_a_readable_error(
     page.check("#relay-only")
     page.click("#connect")
     page.click(f"li.worker[data-peer-id='{browser_stack.worker_id}'] button.pick")
-    error = page.wait_for_selector("#errors li[data-code=RELAY_WITHOUT_TURN]")
+    error = page.wait_for_selector("#errors li[data-code=NO_TURN_SERVER]")
     assert error.text_content().startswith(
-        "RELAY_WITHOUT_TURN: Relay only was chosen, but the signaling server offers no TURN server."
+        "NO_TURN_SERVER: Relay only was chosen, but the signaling server offers no TURN server."
     )
     assert page.get_attribute("#peer-status", "data-state") == "failed"
     assert page.is_disabled("#run-job")

@@ -148,7 +148,7 @@ async function openSession(peerId) {
   const relay = $("relay-only").checked;
   const servers = state.iceServers;
   if (relay && !servers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u))))
-    throw fail("RELAY_WITHOUT_TURN", "choose a signaling server with TURN, or untick relay only");
+    throw fail("NO_TURN_SERVER", "choose a signaling server with TURN, or untick relay only");
   const pc = new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: relay ? "relay" : "all" });
   const channel = pc.createDataChannel("jobs", { ordered: true });
   const opened = new Promise((resolve, reject) => {
@@ -167,6 +167,10 @@ async function openSession(peerId) {
     };
   });
   const offerSdp = pc.localDescription.sdp;
+  if (relay && !/^a=candidate:.* typ relay/m.test(offerSdp)) {
+    pc.close();
+    throw fail("NO_RELAY_CANDIDATE", "no relay candidate was gathered");
+  }
   state.ws.send(JSON.stringify({ type: "offer", to: peerId, sdp: offerSdp }));
   const answer = await answered;
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });

@@ -446,7 +446,8 @@ export const ERROR_TEXT = Object.freeze({
   TOO_MANY_CONNECTIONS: "The signaling server has too many connections; try again later.",
   SERVER_ERROR: "The signaling server could not complete the request; try again later.",
   // the page's own
-  RELAY_WITHOUT_TURN: "Relay only was chosen, but the signaling server offers no TURN server.",
+  NO_TURN_SERVER: "Relay only was chosen, but the signaling server offers no TURN server.",
+  NO_RELAY_CANDIDATE: "Relay only was chosen, but the TURN server gave no relay address (refused credentials, or unreachable).",
   CONNECTION_FAILED: "The WebRTC connection could not be established.",
   CONNECTION_LOST: "The connection to the worker was lost.",
   NOT_CONNECTED: "Choose a worker first.",
