@@ -56,7 +56,7 @@ def coturn(
     conf.touch(0o600)
     conf.write_text(f"use-auth-secret\nstatic-auth-secret={secret}\nrealm=page.test\n")
     address = browser_netns.address
-    argv = ["stdbuf", "-oL", "-eL", "turnserver", "-c", str(conf), "-n", "--no-cli", "--no-tls"]
+    argv = ["stdbuf", "-oL", "-eL", "turnserver", "-c", str(conf), "--no-cli", "--no-tls"]
     argv += ["--no-dtls", f"--listening-ip={address}", f"--relay-ip={address}"]
     argv += [f"--listening-port={TURN_PORT}", "--min-port=49152", "--max-port=49252"]
     argv += ["--fingerprint", "--log-file=stdout", "--simple-log", "--no-software-attribute"]
@@ -142,3 +142,32 @@ def test_job_and_upload_through_the_relay(
             break
         deadline(200)
     assert relayed_bytes(proc.log(), peer_id) >= len(data)
+
+
+def test_a_refused_turn_credential_is_a_readable_error(
+    browser_netns: Any, browser_page: Any, coturn: tuple[str, str, Process], tmp_path: Path
+) -> None:
+    """Signaling hands out credentials coturn refuses (another secret): the page says
+    so with NO_RELAY_CANDIDATE instead of waiting for a channel that cannot open."""
+    url, _, _ = coturn
+    stack = Stack(
+        browser_netns,
+        tmp_path / "stack",
+        worker_id="worker-2",
+        signaling_args=("--turn-url", url),
+        env={"RTC_TURN_SECRET": "not-the-secret-coturn-holds"},
+    )
+    try:
+        page = browser_page
+        page.goto(stack.page_url)
+        page.wait_for_selector("body[data-state=idle]", state="attached")
+        page.fill("#token", stack.token)
+        page.check("#relay-only")
+        page.click("#connect")
+        page.click(f"li.worker[data-peer-id='{stack.worker_id}'] button.pick")
+        error = page.wait_for_selector("#errors li[data-code=NO_RELAY_CANDIDATE]", timeout=30000)
+        assert (error.text_content() or "").startswith("NO_RELAY_CANDIDATE: Relay only was chosen")
+        assert page.get_attribute("#peer-status", "data-state") == "failed"
+        assert "answered offer" not in stack.worker.log()  # no offer was sent
+    finally:
+        stack.close()

@@ -150,6 +150,17 @@ async function openSession(peerId) {
   if (relay && !servers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u))))
     throw fail("NO_TURN_SERVER", "choose a signaling server with TURN, or untick relay only");
   const pc = new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: relay ? "relay" : "all" });
+  try {
+    return await negotiate(pc, peerId, relay);
+  } catch (e) {
+    pc.close();
+    throw e;
+  }
+}
+
+/** Offer (after ICE gathering completed: aiortc does not trickle), answer, data channel
+ *  open, handshake; returns the authenticated Session. */
+async function negotiate(pc, peerId, relay) {
   const channel = pc.createDataChannel("jobs", { ordered: true });
   const opened = new Promise((resolve, reject) => {
     channel.onopen = resolve;
@@ -157,8 +168,11 @@ async function openSession(peerId) {
     channel.addEventListener("open", () => clearTimeout(t));
     pc.addEventListener("connectionstatechange", () => { if (pc.connectionState === "failed") reject(fail("CONNECTION_FAILED", "ICE failed")); });
   });
+  opened.catch(() => {}); // awaited below; a failure before that is reported there
   await pc.setLocalDescription(await pc.createOffer());
   await gathered(pc);
+  const offerSdp = pc.localDescription.sdp;
+  if (relay && !/^a=candidate:.* typ relay/m.test(offerSdp)) throw fail("NO_RELAY_CANDIDATE", "no relay candidate was gathered");
   const answered = new Promise((resolve, reject) => {
     const t = setTimeout(() => reject(fail("CONNECTION_FAILED", "no answer within 20 s")), 20000);
     state.onAnswer = (f) => {
@@ -166,11 +180,6 @@ async function openSession(peerId) {
       else if (f.from === peerId) { clearTimeout(t); resolve(f); }
     };
   });
-  const offerSdp = pc.localDescription.sdp;
-  if (relay && !/^a=candidate:.* typ relay/m.test(offerSdp)) {
-    pc.close();
-    throw fail("NO_RELAY_CANDIDATE", "no relay candidate was gathered");
-  }
   state.ws.send(JSON.stringify({ type: "offer", to: peerId, sdp: offerSdp }));
   const answer = await answered;
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
@@ -187,15 +196,10 @@ async function openSession(peerId) {
   }, ui);
   session.pc = pc;
   pc.addEventListener("connectionstatechange", () => { if (["failed", "closed"].includes(pc.connectionState)) session.close(); });
-  try {
-    const workerFp = await session.handshake();
-    pin(peerId, workerFp);
-    renderWorkers();
-    setStatus("peer-status", `Connected to ${peerId}, key ${short(workerFp)} proven${relay ? " (relay only)" : ""}.`, "ok");
-  } catch (e) {
-    pc.close();
-    throw e;
-  }
+  const workerFp = await session.handshake();
+  pin(peerId, workerFp);
+  renderWorkers();
+  setStatus("peer-status", `Connected to ${peerId}, key ${short(workerFp)} proven${relay ? " (relay only)" : ""}.`, "ok");
   return session;
 }
 
