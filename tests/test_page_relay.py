@@ -97,9 +97,13 @@ def relayed_bytes(log: str, peer_id: str) -> int:
 SELECTED_PAIR_JS = """async () => {
   const stats = await window.rtcPage.session.pc.getStats();
   let pair = null;
-  stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
-  if (!pair) stats.forEach((s) => { if (s.type === 'candidate-pair' && s.nominated) pair = s; });
-  return {local: stats.get(pair.localCandidateId).candidateType, remote: stats.get(pair.remoteCandidateId).candidateType};
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) {
+      pair = stats.get(s.selectedCandidatePairId);
+    }
+  });
+  const type = (id) => stats.get(id).candidateType;
+  return {local: type(pair.localCandidateId), remote: type(pair.remoteCandidateId)};
 }"""
 
 
