@@ -190,6 +190,9 @@ def test_identity_persists_and_the_worker_is_pinned(
 def test_shared_job_then_results_download(browser_page: Any, browser_stack: Stack) -> None:
     page = browser_page
     connect(page, browser_stack)
+    # The token travelled in the register frame only: not in the URL, not in a log.
+    assert browser_stack.token not in page.url
+    assert browser_stack.token not in browser_stack.logs()
     page.fill("#input-path", "inputs/data.txt")
     page.fill("#output-path", "outputs/run-1")
     page.click("#run-job")
