@@ -1,4 +1,5 @@
-"""The aiohttp signaling application: ``GET /health`` and the ``/ws`` WebSocket.
+"""The aiohttp signaling application: ``GET /health``, the ``/ws`` WebSocket and the
+browser page at ``/``.
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
@@ -36,6 +37,7 @@ from protocol.signaling_proof import new_challenge
 from signaling.bindings import BindingStore, SqliteBindings
 from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
+from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import PeerRegistry
 from signaling.results_api import setup_storage
@@ -84,9 +86,9 @@ def create_app(
             ``settings.bindings_file``.
 
     Returns:
-        An :class:`aiohttp.web.Application` serving ``GET /health`` and ``GET /ws``,
-        plus the storage routes when storage is enabled. Its registry is
-        ``app[REGISTRY_KEY]``.
+        An :class:`aiohttp.web.Application` serving ``GET /health``, ``GET /ws`` and
+        the browser page at ``/`` (:mod:`signaling.page_routes`), plus the storage
+        routes when storage is enabled. Its registry is ``app[REGISTRY_KEY]``.
 
     Raises:
         pydantic.ValidationError: when ``settings`` is ``None`` and the environment
@@ -116,6 +118,7 @@ def create_app(
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.router.add_get("/health", _health)
     app.router.add_get("/ws", _websocket)
+    setup_page(app)
     app.on_shutdown.append(_close_sockets)
     return app
 
