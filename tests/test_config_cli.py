@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,42 @@ def test_worker_cli_refuses_a_missing_shared_root(tmp_path: Path) -> None:
     result = run("-m", "rtc_worker", "serve", "--shared-root", str(tmp_path / "nope"))
     assert result.returncode == 2
     assert "not a directory" in result.stderr
+
+
+@pytest.mark.live
+def test_demo_serve_keeps_the_page_up_until_stopped() -> None:
+    """``demo --serve``: after the jobs the page is served at the printed address, the
+    printed token admits a peer, and SIGTERM (like Ctrl-C) stops everything with 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtc_worker", "demo", "--size-mb", "1", "--serve"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not any(line.strip().startswith("worker ") for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)[-3000:]
+            lines.append(line)
+        out = "".join(lines)
+        url = re.search(r"open\s+(http://127\.0\.0\.1:\d+/)", out)
+        token = re.search(r"token\s+(\S+)", out)
+        assert url and token, out[-2000:]
+        with urllib.request.urlopen(url.group(1), timeout=10) as response:
+            assert response.status == 200
+            assert "text/html" in response.headers["Content-Type"]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, rest[-3000:]
+        assert "stopping" in rest
+        assert token.group(1) not in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_demo_runs_end_to_end_in_separate_processes() -> None:
