@@ -37,7 +37,7 @@ from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
 from signaling.bounds import install_accept_error_filter, raise_descriptor_limit
 from signaling.config import SignalingCli, SignalingSettings
-from signaling.db_engine import DATABASE_ERRORS
+from signaling.db_engine import DATABASE_ERRORS, SETUP_ERRORS
 from signaling.results_api import ResultsService
 from signaling.store_cleanup import CleanupReport
 from signaling.uploads_api import cleanup
@@ -73,7 +73,7 @@ def _cleanup_once(settings: SignalingSettings) -> int:
         return 2
     try:
         report = asyncio.run(_cleanup_pass(settings))
-    except (OSError, ValueError, *DATABASE_ERRORS) as exc:
+    except SETUP_ERRORS as exc:
         logger.error("cleanup of {} failed: {}", settings.storage_path, exc)
         return 1
     print(json.dumps({"removed": report.as_dict(), "total": report.total}), flush=True)

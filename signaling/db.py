@@ -17,10 +17,11 @@ admin).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, union, update
+from sqlalchemy import delete, func, select, union, update
 
 from signaling.db_engine import Database, is_unique_violation
 from signaling.db_schema import files, uploads
@@ -115,7 +116,7 @@ def _where_job(owner: str, job_id: str) -> Any:
     return (files.c.owner == owner) & (files.c.job_id == job_id)
 
 
-def _record(row: Row[Any] | tuple[Any, ...]) -> FileRecord:
+def _record(row: Sequence[Any]) -> FileRecord:
     return FileRecord(
         owner=str(row[0]),
         job_id=str(row[1]),

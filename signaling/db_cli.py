@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import CliSubCommand, SettingsError
 
 from rtc_worker.settings_sources import CommandLine, Commands
-from signaling.db_engine import DATABASE_ERRORS, Database, head_revision, public_url
+from signaling.db_engine import SETUP_ERRORS, Database, head_revision, public_url
 from signaling.keys_cli import KeyStore
 
 __all__ = ["DbCli", "DbCurrent", "DbUpgrade", "db_main"]
@@ -72,6 +72,6 @@ def db_main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(_run(command, url))
-    except (OSError, ValueError, *DATABASE_ERRORS) as exc:
+    except SETUP_ERRORS as exc:
         print(f"rtc-signaling db: the database failed: {exc}", file=sys.stderr)
         return 1

@@ -52,6 +52,8 @@ from signaling.sqlite_file import is_disk_full as _sqlite_disk_full
 __all__ = [
     "DATABASE_ERRORS",
     "MIGRATIONS_DIR",
+    "SETUP_ERRORS",
+    "STORAGE_ERRORS",
     "Database",
     "StoreLock",
     "async_url",
@@ -73,8 +75,14 @@ OWNER_LOCK_SPACE = 0x7274
 BLOB_LOCK = 0x7274_B10B
 """PostgreSQL advisory lock key of changes touching both blobs and records."""
 
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (exc.SQLAlchemyError, sqlite3.Error)
+DATABASE_ERRORS = (exc.SQLAlchemyError, sqlite3.Error)
 """What a database call may raise (SQLAlchemy wraps the driver's errors)."""
+
+STORAGE_ERRORS = (OSError, exc.SQLAlchemyError, sqlite3.Error)
+"""What the disk or the database may raise."""
+
+SETUP_ERRORS = (OSError, ValueError, exc.SQLAlchemyError, sqlite3.Error)
+"""What opening the database may raise (also a malformed URL: ``ValueError``)."""
 
 _LIBPQ_ONLY = {"sslmode": "ssl", "connect_timeout": "timeout"}
 

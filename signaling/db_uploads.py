@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 
 from signaling.db_engine import Database
 from signaling.db_schema import uploads
@@ -122,7 +123,7 @@ class UploadRecord:
         }
 
     @classmethod
-    def from_row(cls, row: Row[Any] | tuple[Any, ...]) -> UploadRecord:
+    def from_row(cls, row: Sequence[Any]) -> UploadRecord:
         """Build a record from a row in column order."""
         return cls(
             upload_id=str(row[0]),

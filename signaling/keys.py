@@ -23,11 +23,12 @@ import enum
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import func, select, update
 
 from protocol.identity import is_anonymous, is_fingerprint
 from rtc_worker.storage import format_timestamp
@@ -151,7 +152,7 @@ class ApiKey:
         }
 
 
-def _key(row: Row[Any] | tuple[Any, ...]) -> ApiKey:
+def _key(row: Sequence[Any]) -> ApiKey:
     return ApiKey(
         key_id=str(row[0]),
         key_hash=str(row[1]),

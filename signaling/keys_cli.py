@@ -32,7 +32,7 @@ from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDic
 from rtc_worker.settings_sources import FLAG_ONLY, CommandLine, Commands, Env, EnvSettings
 from signaling.api_common import now_timestamp
 from signaling.db import StorageDB
-from signaling.db_engine import DATABASE_ERRORS
+from signaling.db_engine import SETUP_ERRORS
 from signaling.keys import Role
 
 __all__ = ["KeyStore", "KeysAdd", "KeysCli", "KeysList", "KeysRevoke", "keys_main"]
@@ -166,7 +166,7 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(_main(command))
-    except (OSError, ValueError, *DATABASE_ERRORS) as exc:
+    except SETUP_ERRORS as exc:
         print(f"rtc-signaling keys: the database failed: {exc}", file=sys.stderr)
         return 1
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Role
 from signaling.db import FileRecord
-from signaling.db_engine import DATABASE_ERRORS
+from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS
 from signaling.results_api import CHUNK_BYTES, check_job_id
 from signaling.results_store import STORE_KEY, ResultsService
 
@@ -79,7 +79,7 @@ async def _after_download(
             await store.delete(record.owner, record.job_id)
         except ApiError:  # deleted meanwhile
             return
-        except (OSError, *DATABASE_ERRORS) as exc:  # the answer is sent: log it, keep the file
+        except STORAGE_ERRORS as exc:  # the answer is sent: log it, keep the file
             logger.error("could not delete {!r} after its download: {}", record.job_id, exc)
             return
         logger.info("job {!r} of {} downloaded and deleted", record.job_id, record.owner)

@@ -20,7 +20,7 @@ from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
 from signaling.config import SignalingSettings
 from signaling.db import QuotaRefusal, UploadRecord
-from signaling.db_engine import DATABASE_ERRORS, is_unique_violation
+from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS, is_unique_violation
 from signaling.legacy_chunks import migrate_chunk_folders
 from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
@@ -408,7 +408,7 @@ class UploadManager:
             await asyncio.sleep(self.interval_s)
             try:
                 report = await self.cleanup()
-            except (OSError, *DATABASE_ERRORS) as exc:
+            except STORAGE_ERRORS as exc:
                 logger.error("cleanup failed: {}", exc)
             else:
                 if report.total:

@@ -73,9 +73,11 @@ class PostgresServer:
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` with ``psql``; its output (unaligned, tuples only)."""
         done = subprocess.run(
-            [str(_bindir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-            + ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database]
-            + ["-c", sql],
+            [
+                *(str(_bindir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"),
+                *("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database),
+                *("-c", sql),
+            ],
             capture_output=True,
             text=True,
             check=False,
@@ -111,8 +113,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     process: subprocess.Popen[bytes] | None = None
     try:
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres"]
-            + ["-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C"],
+            [
+                *(str(bindir / "initdb"), "-D", str(data), "-U", "postgres"),
+                *("-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C"),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -123,10 +127,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         port = _free_port()
         log = (folder / "postgres.log").open("wb")
         process = subprocess.Popen(
-            [str(bindir / "postgres"), "-D", str(data), "-p", str(port)]
-            + ["-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
-            + ["-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-            + ["-c", "max_connections=200"],
+            [
+                *(str(bindir / "postgres"), "-D", str(data), "-p", str(port)),
+                *("-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
+                *("-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
+                *("-c", "max_connections=200"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

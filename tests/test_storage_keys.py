@@ -28,8 +28,7 @@ from signaling.capability import (
 )
 from signaling.db import LEGACY_OWNER, StorageDB
 from signaling.db_engine import head_revision
-from signaling.keys import ApiKey
-from signaling.keys import ADMIN_PRINCIPAL, Role, hash_key, parse_key
+from signaling.keys import ADMIN_PRINCIPAL, ApiKey, Role, hash_key, parse_key
 from tests.conftest import StartService
 from tests.storage_service import KEY, fingerprint_of
 
