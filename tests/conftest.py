@@ -187,11 +187,12 @@ def postgres_engine() -> Iterator[Any]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_database(request: pytest.FixtureRequest) -> str | None:
     """The storage service's database URL for this run of the test: ``None`` (the
-    default SQLite file in the storage folder) or a fresh PostgreSQL database."""
+    default SQLite file in the storage folder) or PostgreSQL's shared database, emptied
+    for the test."""
     if request.param == "sqlite":
         return None
     server = request.getfixturevalue("postgres_engine")
-    return str(server.new_database())
+    return str(server.emptied_database())
 
 
 @pytest_asyncio.fixture

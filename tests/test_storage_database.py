@@ -183,12 +183,13 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 
 
 async def test_db_command_shows_and_upgrades_the_schema_without_the_password(
-    storage_database: str | None, tmp_path: Path
+    storage_database: str | None, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     if storage_database is None:
         url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    else:  # trust authentication: any password is accepted, none may be printed
-        url = storage_database.replace("postgres@", "postgres:hunter2-secret@")
+    else:  # a new, empty database; trust authentication: any password is accepted
+        fresh = request.getfixturevalue("postgres_engine").new_database()
+        url = fresh.replace("postgres@", "postgres:hunter2-secret@")
     env = {"RTC_DATABASE_URL": url}
     before = await asyncio.to_thread(run_cli, "db", "current", env=env)
     assert before.returncode == 1 and "none" in before.stdout, before.stderr
