@@ -2,17 +2,19 @@
 a free loopback port, no durability (``fsync=off``), started as a child process.
 
 ``postgres`` runs in the foreground as a child of the test process (not daemonised by
-``pg_ctl``), so stopping the tests stops it; root runs it as the ``postgres`` user
-(``Popen(user=...)``), since PostgreSQL refuses to run as root. Each test gets a database of its
-own when it needs an empty one (:meth:`PostgresServer.new_database`; ``CREATE
-DATABASE`` takes 0.2-0.4 s here), else the shared database emptied for it
-(:meth:`PostgresServer.emptied_database`, one ``TRUNCATE``); the server starts once per
-test session (about one second).
+``pg_ctl``) that gets SIGINT (fast shutdown) when the test process dies, even by
+SIGKILL (``PR_SET_PDEATHSIG``), so a killed test run leaves no server behind. Root runs
+it as the ``postgres`` user (``Popen(user=...)``): PostgreSQL refuses to run as root.
+Each test gets a database of its own when it needs an empty one
+(:meth:`PostgresServer.new_database`; ``CREATE DATABASE`` takes 0.2-0.4 s here), else
+the shared database emptied for it (:meth:`PostgresServer.emptied_database`, one
+``TRUNCATE``); the server starts once per test session (about one second).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import pwd
@@ -56,6 +58,12 @@ def _bindir() -> Path:
             f"no PostgreSQL server under {_POSTGRES_ROOT} (apt-get install postgresql)"
         )
     return found[-1]
+
+
+def _die_with_parent() -> None:
+    """In the child before ``exec``: SIGINT when the parent dies (Linux ``prctl``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -159,6 +167,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=folder,
+            preexec_fn=_die_with_parent,  # the session fixture starts it before any thread
             **as_postgres,
         )
         log.close()
