@@ -1,0 +1,179 @@
+"""Writes at an offset into a resumable upload, for clients that send its bytes in
+order (tus, :mod:`signaling.tus`), and completing one as a job's result.
+
+A mixin of :class:`~signaling.upload_manager.UploadManager`: the same records, quotas,
+owners and partial files as the chunk routes of :mod:`signaling.uploads_api`; an
+upload is written by ranges either way, so both kinds of request may serve it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from loguru import logger
+
+from rtc_worker.storage import format_timestamp
+from signaling.api_common import ApiError, ApiErrorCode
+from signaling.auth import Caller
+from signaling.db import UploadRecord
+from signaling.results_store import Stored
+
+if TYPE_CHECKING:
+    from rtc_worker.storage import FileMetadata, PartialFile
+    from signaling.results_store import ResultsService
+
+__all__ = ["OffsetWrites"]
+
+_UNFINISHED = ("initiated", "in_progress")
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
+
+
+class _Manager(Protocol):
+    """What the mixin uses of :class:`~signaling.upload_manager.UploadManager`."""
+
+    store: ResultsService
+
+    async def record(self, upload_id: str, caller: Caller | None = None) -> UploadRecord: ...
+    def require_open(self, record: UploadRecord) -> None: ...
+    async def _acquire(self, record: UploadRecord) -> PartialFile: ...
+    async def _release(self, upload_id: str, *, discard: bool = False) -> None: ...
+    def _write_piece(self, partial: PartialFile, offset: int, data: bytes) -> None: ...
+    def _commit(
+        self, record: UploadRecord, partial: PartialFile, meta: FileMetadata, mime: str
+    ) -> UploadRecord: ...
+    async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord: ...
+    async def held_bytes(self, record: UploadRecord) -> int: ...
+    async def _touch(self, upload_id: str) -> None: ...
+
+
+class OffsetWrites:
+    """Offset writes and result completion of :class:`UploadManager` (see the module
+    docstring)."""
+
+    async def held_bytes(self: _Manager, record: UploadRecord) -> int:
+        """Bytes of ``record`` held from offset 0 without a gap: where the next byte of
+        an upload written in order goes (the tus ``Upload-Offset``); ``total_size`` once
+        completed, 0 once cancelled."""
+        if record.status == "completed":
+            return record.total_size
+        if record.status == "cancelled":
+            return 0
+        ranges = await asyncio.to_thread(self.store.store.partial_ranges, record.upload_id)
+        return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
+
+    async def put_bytes(
+        self: _Manager,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        caller: Caller,
+        *,
+        keep_on_error: bool = False,
+    ) -> int:
+        """Stream ``body`` into the upload's partial from byte ``offset`` (never whole in
+        memory), make it durable and record it as held.
+
+        Args:
+            upload_id: the upload.
+            offset: where the first byte goes, ``0 <= offset <= total_size``.
+            body: the bytes, in pieces (1 MiB each is a good size).
+            caller: who asks (its owner or an admin).
+            keep_on_error: when ``body`` (or a write) raises, still record the bytes
+                written before (a connection cut mid-body); else nothing is recorded.
+
+        Returns:
+            How many bytes were written and recorded.
+
+        Raises:
+            ApiError: INVALID_FIELD for an offset out of range; FILE_TOO_LARGE when the
+                bytes run past ``total_size``; UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as
+                for :meth:`record`; DISK_FULL when a piece would eat into the disk
+                reserve. Whatever ``body`` raises is raised again.
+        """
+        record = await self.record(upload_id, caller)
+        self.require_open(record)
+        if not 0 <= offset <= record.total_size:
+            raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
+        partial = await self._acquire(record)
+        size = 0
+        try:
+            try:
+                async for data in body:
+                    if offset + size + len(data) > record.total_size:
+                        raise ApiError(
+                            ApiErrorCode.FILE_TOO_LARGE,
+                            f"the bytes run past the upload's length of {record.total_size} bytes",
+                        )
+                    await asyncio.to_thread(self._write_piece, partial, offset + size, data)
+                    size += len(data)
+            except Exception:
+                if not keep_on_error:
+                    size = 0
+                if size:
+                    await asyncio.to_thread(partial.mark_present, offset, offset + size)
+                    await self._touch(upload_id)
+                raise
+            if size:
+                await asyncio.to_thread(partial.mark_present, offset, offset + size)
+        except ValueError as exc:  # the partial was discarded by a cancel meanwhile
+            self.require_open(await self.record(upload_id))
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
+        finally:
+            await self._release(upload_id)
+        await self._touch(upload_id)
+        return size
+
+    async def _touch(self: _Manager, upload_id: str) -> None:
+        """Mark the upload in progress, changed now (its expiry moves on)."""
+        when = format_timestamp(datetime.now(UTC))
+        before = await asyncio.to_thread(
+            self.store.db.set_upload_status, upload_id, "in_progress", when, _UNFINISHED
+        )
+        if before is None or before not in _UNFINISHED:
+            # Completed or cancelled while the bytes streamed: they are not wanted.
+            self.require_open(await self.record(upload_id))
+
+    async def complete_result(
+        self: _Manager, upload_id: str, caller: Caller, owner: str, job_id: str
+    ) -> tuple[UploadRecord, Stored]:
+        """Complete the upload as :meth:`complete` does and also store its content as
+        the result ``job_id`` of ``owner`` (the record ``POST /upload`` makes, served by
+        ``GET /download/{job_id}``); one blob for both.
+
+        Raises:
+            ApiError: INVALID_FIELD when bytes are missing; JOB_EXISTS when ``owner``
+                holds a live result of ``job_id`` with other content (the upload is then
+                cancelled: nothing is kept); UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as for
+                :meth:`record`.
+        """
+        record = await self.record(upload_id, caller)
+        self.require_open(record)
+        if await self.held_bytes(record) != record.total_size:
+            raise ApiError(ApiErrorCode.INVALID_FIELD, f"upload {upload_id!r} is not complete")
+        partial = await self._acquire(record)
+        try:
+            stored = await self.store.commit(owner, job_id, partial)
+        except BaseException as exc:
+            gone = partial.closed  # verified and refused: its bytes are gone
+            await self._release(upload_id, discard=gone)
+            if gone:
+                await self.cancel(upload_id, caller)
+            if isinstance(exc, ValueError):
+                raise ApiError(
+                    ApiErrorCode.INVALID_FIELD, f"the bytes could not be verified: {exc}"
+                ) from None
+            raise
+        try:
+            meta = await asyncio.to_thread(partial.commit)  # committed: its metadata again
+            mime = meta.mime_type
+            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+                mime = record.content_type
+            async with self.store.lock:
+                done = await asyncio.to_thread(self._commit, record, partial, meta, mime)
+        finally:
+            await self._release(upload_id, discard=True)
+        logger.info("upload {} stored as job {!r} of {}", upload_id, job_id, owner)
+        return done, stored
