@@ -392,6 +392,7 @@ async def _patch(request: web.Request) -> web.Response:
     upload_id = request.match_info["upload_id"]
     if request.content_type != OFFSET_TYPE:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"a PATCH body must be {OFFSET_TYPE}")
+    await tus.live(upload_id, caller)  # another principal never holds the upload's lock
     with tus.hold(upload_id):
         record = await tus.live(upload_id, caller)
         offset = await tus.write(request, record, caller, request.headers.get("Upload-Offset"))
@@ -403,6 +404,7 @@ async def _delete(request: web.Request) -> web.Response:
     tus = request.app[TUS_KEY]
     caller = await tus.caller(request)
     upload_id = request.match_info["upload_id"]
+    await tus.live(upload_id, caller)
     with tus.hold(upload_id):
         await tus.live(upload_id, caller)
         await tus.manager.cancel(upload_id, caller)

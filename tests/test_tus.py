@@ -410,8 +410,19 @@ async def test_another_principals_upload_is_not_found(service: Tus) -> None:
     anonymous = await service.patch(url, 32, b"X" * 32, key=None)
     assert (anonymous.status, anonymous.code) == (401, "UNAUTHORIZED")
     assert (await service.tus("HEAD", "/files/../../etc", attacker)).status == 404
-    assert await service.offset(url, victim) == 32
-    assert service.partial_bytes(upload_id)[:32] == b"v" * 32  # type: ignore[index]
+    stalled = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"X" * 8
+        await stalled.wait()
+
+    held = asyncio.create_task(service.patch(url, 32, stalling(), key=attacker))
+    await asyncio.sleep(0.1)  # the attacker's PATCH is open: the upload is not locked
+    assert (await service.patch(url, 32, b"v" * 16, key=victim)).status == 204
+    stalled.set()
+    assert (await held).status == 404
+    assert await service.offset(url, victim) == 48
+    assert service.partial_bytes(upload_id)[:48] == b"v" * 48  # type: ignore[index]
     assert (await service.status(upload_id, victim))["status"] == "in_progress"
 
 
