@@ -83,6 +83,12 @@ TUS_PATHS = ("/files/", "/files/{upload_id}")
 
 EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
 OFFSET_TYPE = "application/offset+octet-stream"
+LINGER_S = 30.0
+"""How long an unfinished upload's partial stays open after a PATCH, seconds."""
+MAX_LINGERING = 256
+"""Most partials kept open between PATCHes (each holds a descriptor)."""
+PIECE_BYTES = 4 * CHUNK_BYTES
+"""Bytes of a PATCH body gathered before one write (4 MiB; one more in flight)."""
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -108,7 +114,10 @@ class TusService:
         self.read_timeout_s = read_timeout_s
         self.patch_deadline_s = patch_deadline_s
         self.now = now
+        self.linger_s = LINGER_S
         self._busy: set[str] = set()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def caller(self, request: web.Request) -> Caller:
         """The caller: any valid key (401 / 403 as the other storage routes)."""
@@ -148,6 +157,7 @@ class TusService:
             raise ApiError(ApiErrorCode.GONE, f"upload {upload_id!r} was terminated")
         expires = self.expires(record)
         if expires is not None and self.now() >= expires.timestamp():
+            await self.drop_lingering(upload_id)
             with contextlib.suppress(ApiError):  # completed or cancelled meanwhile
                 await self.manager.cancel(upload_id, caller)
             logger.info("tus upload {} expired", upload_id)
@@ -155,7 +165,7 @@ class TusService:
         return record
 
     async def _body(self, request: web.Request, checksum: Checksum | None) -> AsyncIterator[bytes]:
-        """The request body in pieces of about :data:`CHUNK_BYTES`, within the deadlines;
+        """The request body in pieces of :data:`PIECE_BYTES`, within the deadlines;
         checked against ``checksum`` at its end."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.patch_deadline_s
@@ -163,8 +173,11 @@ class TusService:
         held = 0
         while True:
             try:
-                async with asyncio.timeout_at(min(deadline, loop.time() + self.read_timeout_s)):
-                    data = await request.content.read(CHUNK_BYTES)
+                data = request.content.read_nowait(PIECE_BYTES - held)  # what is buffered
+                if not data:
+                    timeout = min(deadline, loop.time() + self.read_timeout_s)
+                    async with asyncio.timeout_at(timeout):
+                        data = await request.content.read(PIECE_BYTES - held)
             except (TimeoutError, ConnectionError) as exc:
                 if pieces:  # what arrived: put_bytes keeps it when no checksum is given
                     yield b"".join(pieces)
@@ -174,7 +187,7 @@ class TusService:
             if data:
                 pieces.append(data)
                 held += len(data)
-            if held and (held >= CHUNK_BYTES or not data):
+            if held and (held >= PIECE_BYTES or not data):
                 piece = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                 if checksum is not None:
                     checksum.update(piece)
@@ -210,21 +223,61 @@ class TusService:
             )
         if record.status == "completed" or not request.body_exists:
             return held
-        written = await self.manager.put_bytes(
-            record.upload_id,
-            offset,
-            self._body(request, checksum),
-            caller,
-            keep_on_error=checksum is None,
-        )
-        held = offset + written
-        if held == record.total_size:
-            await self.finish(record, caller)
+        await self.manager.keep_open(record)  # the hash made on the way serves finish
+        try:
+            written = await self.manager.put_bytes(
+                record.upload_id,
+                offset,
+                self._body(request, checksum),
+                caller,
+                keep_on_error=checksum is None,
+            )
+            held = offset + written
+            if held == record.total_size:
+                await self.finish(record, caller)
+            else:
+                await self._linger(record)
+        finally:
+            await self.manager.let_go(record.upload_id)
         return held
+
+    async def _linger(self, record: UploadRecord) -> None:
+        """Keep the partial of an unfinished upload open ``linger_s`` seconds after a
+        PATCH (at most :data:`MAX_LINGERING` of them), for the next PATCH."""
+        upload_id = record.upload_id
+        timer = self._lingering.pop(upload_id, None)
+        if timer is not None:
+            timer.cancel()
+        elif len(self._lingering) >= MAX_LINGERING:
+            return
+        else:
+            await self.manager.keep_open(record)
+        loop = asyncio.get_running_loop()
+        self._lingering[upload_id] = loop.call_later(self.linger_s, self._end_linger, upload_id)
+
+    def _end_linger(self, upload_id: str) -> None:
+        if self._lingering.pop(upload_id, None) is not None:
+            task = asyncio.ensure_future(self.manager.let_go(upload_id))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def drop_lingering(self, upload_id: str | None = None) -> None:
+        """Close the lingering partial of ``upload_id`` (``None``: of every upload)."""
+        for uid in [upload_id] if upload_id is not None else list(self._lingering):
+            timer = self._lingering.pop(uid, None)
+            if timer is not None:
+                timer.cancel()
+                await self.manager.let_go(uid)
+
+    async def close(self, app: web.Application) -> None:
+        """``on_cleanup``: close every lingering partial."""
+        await self.drop_lingering()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def finish(self, record: UploadRecord, caller: Caller) -> None:
         """Complete the upload whose bytes are all held (as a result when it is one)."""
         result = result_of(record)
+        await self.drop_lingering(record.upload_id)
         if result is None:
             done = await self.manager.complete(record.upload_id, caller)
         else:
@@ -245,7 +298,8 @@ def setup_tus(app: web.Application) -> bool:
     """
     if UPLOADS_KEY not in app:
         return False
-    app[TUS_KEY] = TusService(app[UPLOADS_KEY])
+    app[TUS_KEY] = tus = TusService(app[UPLOADS_KEY])
+    app.on_cleanup.append(tus.close)
     app.router.add_route("OPTIONS", "/files/", _options)
     app.router.add_route("OPTIONS", "/files/{upload_id}", _options)
     app.router.add_post("/files/", _tus(_create))
@@ -407,5 +461,6 @@ async def _delete(request: web.Request) -> web.Response:
     await tus.live(upload_id, caller)
     with tus.hold(upload_id):
         await tus.live(upload_id, caller)
+        await tus.drop_lingering(upload_id)
         await tus.manager.cancel(upload_id, caller)
     return web.Response(status=204)

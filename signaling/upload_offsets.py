@@ -64,6 +64,23 @@ class OffsetWrites:
         ranges = await asyncio.to_thread(self.store.store.partial_ranges, record.upload_id)
         return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
 
+    async def keep_open(self: _Manager, record: UploadRecord) -> None:
+        """Keep the unfinished upload's partial open until :meth:`let_go`, across
+        requests: the SHA-256 computed while its bytes arrive in order is then still
+        there for :meth:`complete` (else it hashes the file again from disk).
+        :meth:`complete` and :meth:`cancel` close it anyway (:meth:`let_go` is then a
+        no-op).
+
+        Raises:
+            ApiError: UPLOAD_NOT_FOUND / UPLOAD_COMPLETED unless ``record`` is unfinished.
+        """
+        self.require_open(record)
+        await self._acquire(record)
+
+    async def let_go(self: _Manager, upload_id: str) -> None:
+        """End one :meth:`keep_open` (the last user closes the partial, keeping it)."""
+        await self._release(upload_id)
+
     async def put_bytes(
         self: _Manager,
         upload_id: str,
@@ -98,18 +115,35 @@ class OffsetWrites:
         if not 0 <= offset <= record.total_size:
             raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
         partial = await self._acquire(record)
-        size = 0
+        size = 0  # bytes written; the next piece is read while one is being written
+        writing: asyncio.Future[None] | None = None
         try:
             try:
+                queued = offset
                 async for data in body:
-                    if offset + size + len(data) > record.total_size:
+                    if queued + len(data) > record.total_size:
                         raise ApiError(
                             ApiErrorCode.FILE_TOO_LARGE,
                             f"the bytes run past the upload's length of {record.total_size} bytes",
                         )
-                    await asyncio.to_thread(self._write_piece, partial, offset + size, data)
-                    size += len(data)
+                    if writing is not None:
+                        await writing
+                        size, writing = queued - offset, None
+                    writing = asyncio.ensure_future(
+                        asyncio.to_thread(self._write_piece, partial, queued, data)
+                    )
+                    queued += len(data)
+                if writing is not None:
+                    await writing
+                    size, writing = queued - offset, None
             except Exception:
+                if writing is not None:  # let the piece in flight finish before any record
+                    try:
+                        await writing
+                    except Exception:
+                        pass
+                    else:
+                        size = queued - offset
                 if not keep_on_error:
                     size = 0
                 if size:
