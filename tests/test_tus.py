@@ -489,3 +489,16 @@ async def test_cut_connection_keeps_what_arrived(service: Tus) -> None:
         await asyncio.sleep(0.02)
     assert await service.offset(url) == 300_000
     assert (await service.patch(url, 300_000, os.urandom((1 << 20) - 300_000))).status == 204
+
+
+async def test_patches_after_the_partial_was_closed_between_them(service: Tus) -> None:
+    """The partial kept open between PATCHes is closed after ``linger_s``; the next
+    PATCH reopens it and the completion hashes what it did not see."""
+    service.runner.app[TUS_KEY].linger_s = 0.05
+    data = content(3 * CHUNK, seed=4)
+    url = await service.create(len(data))
+    for start in range(0, len(data), CHUNK):
+        assert (await service.patch(url, start, data[start : start + CHUNK])).status == 204
+        await asyncio.sleep(0.15)
+    record = await service.status(url.rsplit("/", 1)[1])
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
