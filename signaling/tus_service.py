@@ -109,36 +109,24 @@ class TusService:
         return record
 
     async def _body(self, request: web.Request, checksum: Checksum | None) -> AsyncIterator[bytes]:
-        """The request body in pieces of :data:`PIECE_BYTES`, within the deadlines;
-        checked against ``checksum`` at its end."""
+        """The request body as it arrives (pieces of at most :data:`PIECE_BYTES`),
+        within the deadlines; checked against ``checksum`` at its end."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.patch_deadline_s
-        pieces: list[bytes] = []
-        held = 0
         while True:
             try:
-                data = request.content.read_nowait(PIECE_BYTES - held)  # what is buffered
+                data = request.content.read_nowait(-1)  # what is buffered
                 if not data:
                     timeout = min(deadline, loop.time() + self.read_timeout_s)
                     async with asyncio.timeout_at(timeout):
-                        data = await request.content.read(PIECE_BYTES - held)
-            except (TimeoutError, ConnectionError) as exc:
-                if pieces:  # what arrived: put_bytes keeps it when no checksum is given
-                    yield b"".join(pieces)
-                if isinstance(exc, TimeoutError):
-                    raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
-                raise
-            if data:
-                pieces.append(data)
-                held += len(data)
-            if held and (held >= PIECE_BYTES or not data):
-                piece = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                if checksum is not None:
-                    checksum.update(piece)
-                yield piece
-                pieces, held = [], 0
+                        data = await request.content.read(PIECE_BYTES)
+            except TimeoutError:
+                raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
             if not data:
                 break
+            if checksum is not None:
+                checksum.update(data)
+            yield data
         if checksum is not None:
             checksum.check()
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["OffsetWrites"]
 
 _UNFINISHED = ("initiated", "in_progress")
+BATCH_BYTES = 1 << 20
+"""Bytes of a body gathered before one write off the event loop (1 MiB)."""
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 
 
@@ -115,41 +117,24 @@ class OffsetWrites:
         if not 0 <= offset <= record.total_size:
             raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
         partial = await self._acquire(record)
-        size = 0  # bytes written; the next piece is read while one is being written
-        writing: asyncio.Future[None] | None = None
+        batch = _Batch(self, partial, offset)
         try:
             try:
-                queued = offset
                 async for data in body:
-                    if queued + len(data) > record.total_size:
+                    if batch.end + len(data) > record.total_size:
                         raise ApiError(
                             ApiErrorCode.FILE_TOO_LARGE,
                             f"the bytes run past the upload's length of {record.total_size} bytes",
                         )
-                    if writing is not None:
-                        await writing
-                        size, writing = queued - offset, None
-                    writing = asyncio.ensure_future(
-                        asyncio.to_thread(self._write_piece, partial, queued, data)
-                    )
-                    queued += len(data)
-                if writing is not None:
-                    await writing
-                    size, writing = queued - offset, None
+                    await batch.add(data)
+                await batch.drain()
             except Exception:
-                if writing is not None:  # let the piece in flight finish before any record
-                    try:
-                        await writing
-                    except Exception:
-                        pass
-                    else:
-                        size = queued - offset
-                if not keep_on_error:
-                    size = 0
+                size = await batch.settle(keep=keep_on_error)
                 if size:
                     await asyncio.to_thread(partial.mark_present, offset, offset + size)
                     await self._touch(upload_id)
                 raise
+            size = batch.written
             if size:
                 await asyncio.to_thread(partial.mark_present, offset, offset + size)
         except ValueError as exc:  # the partial was discarded by a cancel meanwhile
@@ -211,3 +196,70 @@ class OffsetWrites:
             await self._release(upload_id, discard=True)
         logger.info("upload {} stored as job {!r} of {}", upload_id, job_id, owner)
         return done, stored
+
+
+class _Batch:
+    """Pieces of a body gathered up to :data:`BATCH_BYTES` and written by one thread
+    call (no copy into one buffer), while the next batch is read."""
+
+    def __init__(self, manager: _Manager, partial: PartialFile, offset: int) -> None:
+        self._manager = manager
+        self._partial = partial
+        self._start = offset
+        self._next = offset  # where the gathered pieces go
+        self._pieces: list[bytes] = []
+        self._gathered = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._queued = offset  # end of what was handed to a writer
+        self._done = offset  # end of what was written
+
+    @property
+    def end(self) -> int:
+        """Where the next piece goes."""
+        return self._next + self._gathered
+
+    @property
+    def written(self) -> int:
+        """Bytes written from the start offset."""
+        return self._done - self._start
+
+    async def add(self, data: bytes) -> None:
+        self._pieces.append(data)
+        self._gathered += len(data)
+        if self._gathered >= BATCH_BYTES:
+            await self._hand_over()
+
+    async def _wait(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+            self._done = self._queued
+
+    async def _hand_over(self) -> None:
+        await self._wait()
+        pieces, at = self._pieces, self._next
+        self._pieces, self._next, self._gathered = [], at + self._gathered, 0
+        self._queued = self._next
+        self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, pieces, at))
+
+    def _write(self, pieces: list[bytes], at: int) -> None:
+        for piece in pieces:
+            self._manager._write_piece(self._partial, at, piece)
+            at += len(piece)
+
+    async def drain(self) -> None:
+        """Write what is gathered and wait for every write."""
+        if self._pieces:
+            await self._hand_over()
+        await self._wait()
+
+    async def settle(self, *, keep: bool) -> int:
+        """After a failure: the bytes to record from the start (0 unless ``keep``); the
+        write in flight finishes first, and with ``keep`` what was gathered is written."""
+        try:
+            await self._wait()
+            if keep:
+                await self.drain()
+        except Exception:  # what was written before the failed write is kept
+            pass
+        return self.written if keep else 0
