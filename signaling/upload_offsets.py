@@ -101,7 +101,8 @@ class OffsetWrites:
             body: the bytes, in pieces (1 MiB each is a good size).
             caller: who asks (its owner or an admin).
             keep_on_error: when ``body`` (or a write) raises, still record the bytes
-                written before (a connection cut mid-body); else nothing is recorded.
+                that arrived before (a connection cut mid-body); else, and after an
+                ApiError, nothing is recorded.
 
         Returns:
             How many bytes were written and recorded.
@@ -128,8 +129,8 @@ class OffsetWrites:
                         )
                     await batch.add(data)
                 await batch.drain()
-            except Exception:
-                size = await batch.settle(keep=keep_on_error)
+            except Exception as exc:  # a refusal of ours (ApiError) keeps nothing
+                size = await batch.settle(keep=keep_on_error and not isinstance(exc, ApiError))
                 if size:
                     await asyncio.to_thread(partial.mark_present, offset, offset + size)
                     await self._touch(upload_id)

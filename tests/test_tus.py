@@ -310,7 +310,8 @@ async def test_metadata_maps_onto_the_upload(service: Tus) -> None:
     assert record["user_role"] == "admin"  # the caller's role by default
     plain = await service.create(1, **{"Upload-Metadata": ""})  # tuspy's empty header
     assert (await service.status(plain.rsplit("/", 1)[1]))["file_name"] == "upload"
-    for bad in ("filename a b", "filename !!!", "a YQ==,a YQ==", "filename Li4vZXRj"):  # ../etc
+    many = ",".join(f"k{index} YQ==" for index in range(33))
+    for bad in ("filename a b", "filename !!!", "a YQ==,a YQ==", "filename Li4vZXRj", many):
         got = await service.tus("POST", "/files/", **{"Upload-Length": "1", "Upload-Metadata": bad})
         assert got.status == 400, bad
 
@@ -377,6 +378,8 @@ async def test_result_upload_is_the_post_upload_record_and_downloads(
         **{"Upload-Length": "3", "Upload-Metadata": metadata(job_id="job-7", owner=OWNER)},
     )
     assert (again.status, again.code) == (409, "JOB_EXISTS")
+    kept = await service.request("GET", "/download/job-7?keep=true", key=client)
+    assert kept.body == data  # the owner's result is unchanged
     by_client = await service.tus(
         "POST",
         "/files/",
@@ -502,3 +505,17 @@ async def test_patches_after_the_partial_was_closed_between_them(service: Tus) -
         await asyncio.sleep(0.15)
     record = await service.status(url.rsplit("/", 1)[1])
     assert record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_body_past_the_length_keeps_nothing(service: Tus) -> None:
+    """A chunked body (no Content-Length) that runs past Upload-Length: 413, and the
+    bytes before the overflow are not recorded either."""
+    url = await service.create(CHUNK * 3)
+
+    async def too_long() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"o" * (CHUNK // 2)
+
+    got = await service.patch(url, 0, too_long())
+    assert (got.status, got.code) == (413, "FILE_TOO_LARGE")
+    assert await service.offset(url) == 0
