@@ -46,6 +46,7 @@ Source: the tus protocol 1.0.0 (https://tus.io/protocols/resumable-upload); tusd
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -146,7 +147,9 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
     if isinstance(exc, OSError):
         logger.error("storage failure on {} {}: {}", request.method, request.path, exc)
         return error_response(ApiErrorCode.STORAGE_ERROR, "storage failure")
-    logger.opt(exception=exc).error("unexpected failure on {} {}", request.method, request.path)
+    # the traceback's lines only: no variable values (they may hold a key)
+    trace = "".join(traceback.format_exception(exc))
+    logger.error("unexpected failure on {} {}:\n{}", request.method, request.path, trace)
     return error_response(ApiErrorCode.INTERNAL_ERROR, "internal error")
 
 
