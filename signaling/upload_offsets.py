@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["OffsetWrites"]
 
 _UNFINISHED = ("initiated", "in_progress")
-BATCH_BYTES = 1 << 20
-"""Bytes of a body gathered before one write off the event loop (1 MiB)."""
+BATCH_BYTES = 4 << 20
+"""Bytes of a body gathered before one write off the event loop (4 MiB)."""
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 
 
