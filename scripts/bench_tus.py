@@ -9,6 +9,8 @@ made by a separate client process on this machine, which reads the file in 1 MiB
 slices and times from its first request to its last answer:
 
   raw            one POST /raw of the whole file
+  POST /upload   the service's existing one-request upload (sha256 on the way, fsync,
+                 content-addressed blob, the record): for reference
   tus 8 MiB      POST /files/, then PATCHes of 8 MiB (each fsynced and recorded); the
                  last one verifies the sha256 and publishes the blob (content-addressed)
   tus 32 MiB     the same with 32 MiB PATCHes
@@ -50,6 +52,7 @@ KEY = "bench-tus-key"
 TUS = {"Tus-Resumable": "1.0.0", "X-API-Key": KEY}
 MODES: dict[str, tuple[str, int, bool]] = {
     "raw": ("raw", 0, False),
+    "POST /upload": ("upload", 0, False),
     "tus 8 MiB": ("tus", 8 * MIB, False),
     "tus 32 MiB": ("tus", 32 * MIB, False),
     "tus 1 PATCH": ("tus", 0, False),
@@ -70,15 +73,18 @@ async def _slices(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
             yield data
 
 
-async def _client(url: str, path: Path, mode: str, chunk: int, checksum: bool) -> float:
+async def _client(url: str, path: Path, size: int, mode: str, chunk: int, checksum: bool) -> float:
     import aiohttp
 
-    size = path.stat().st_size
     began = time.perf_counter()
     async with aiohttp.ClientSession() as session:
-        if mode == "raw":
-            async with session.post(url + "/raw", data=_slices(path, 0, size)) as got:
-                assert got.status == 200, await got.text()
+        if mode in ("raw", "upload"):
+            target, sent = url + "/raw", {}
+            if mode == "upload":
+                target, sent = url + "/upload", {"X-API-Key": KEY, "X-Job-Id": "bench"}
+                sent["X-Replace"] = "true"
+            async with session.post(target, headers=sent, data=_slices(path, 0, size)) as got:
+                assert got.status in (200, 201), await got.text()
             return time.perf_counter() - began
         headers = {**TUS, "Upload-Length": str(size)}
         async with session.post(url + "/files/", headers=headers) as got:
@@ -124,7 +130,7 @@ def client_main(url: str, file: str, label: str) -> None:
     if mode == "tuspy":
         elapsed = _tuspy(url, path, chunk)
     else:
-        elapsed = asyncio.run(_client(url, path, mode, chunk, checksum))
+        elapsed = asyncio.run(_client(url, path, path.stat().st_size, mode, chunk, checksum))
     print(json.dumps({"mode": label, "seconds": elapsed}), flush=True)
 
 
@@ -209,7 +215,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=200, help="file size, MB (10^6 bytes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated")
-    parser.add_argument("--client", nargs=3, metavar=("URL", "FILE", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client", nargs=3, metavar=("URL", "FILE", "MODE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.client:
         client_main(*args.client)
@@ -219,8 +227,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     result = asyncio.run(_bench(args.size_mb, args.rounds, modes))
-    print(f"tus upload vs raw aiohttp stream-to-disk: {result['size_mb']} MB, "
-          f"{result['rounds']} rounds, folder backend, loopback, separate client process")  # fmt: skip
+    print(
+        f"tus upload vs raw aiohttp stream-to-disk: {result['size_mb']} MB, {result['rounds']} "
+        "rounds, folder backend, loopback, separate client process"
+    )
     print()
     print("| mode | median s | MB/s (median) | MB/s (best) | vs raw |")
     print("|---|---|---|---|---|")
