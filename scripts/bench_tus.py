@@ -156,7 +156,7 @@ async def _bench(size_mb: int, rounds: int, modes: list[str]) -> dict[str, Any]:
     from signaling.app import create_app
     from signaling.config import SignalingSettings
 
-    with tempfile.TemporaryDirectory(prefix="bench-tus-", dir=REPO) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-tus-") as tmp:
         root = Path(tmp)
         source = root / "source.bin"
         with source.open("wb") as stream:
