@@ -449,7 +449,7 @@ async def test_concurrent_patch_is_locked_and_slow_body_ends(service: Tus) -> No
     """A second PATCH while one streams gets 423; a body that stalls ends with 408 and
     what arrived is kept."""
     tus = service.runner.app[TUS_KEY]
-    tus.read_timeout_s = 0.5
+    tus.read_timeout_s = 1.0
     url = await service.create(1000)
     release = asyncio.Event()
 
