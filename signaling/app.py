@@ -41,6 +41,7 @@ from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import PeerRegistry
 from signaling.results_api import setup_storage
+from signaling.tus import setup_tus
 from signaling.uploads_api import setup_uploads
 
 __all__ = [
@@ -100,6 +101,7 @@ def create_app(
     app[SETTINGS_KEY] = settings = settings if settings is not None else SignalingSettings()
     if setup_storage(app, settings):
         setup_uploads(app, settings)
+        setup_tus(app)
     app[BINDINGS_KEY] = bindings or SqliteBindings(
         settings.bindings_file,
         max_per_key=settings.max_bindings_per_key,
