@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
+    "REDIS_KEY_PREFIX_PATTERN",
     "REDIS_URL_SCHEMES",
     "SignalingCli",
     "SignalingSettings",
@@ -102,6 +103,9 @@ DEFAULT_UPLOAD_QUOTA_COUNT = 16
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 """Accepted schemes of ``redis_url``."""
+
+REDIS_KEY_PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+"""What a ``redis_key_prefix`` may be."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -234,7 +238,7 @@ class SignalingSettings(EnvSettings):
     )
     redis_key_prefix: Annotated[str, Env("RTC_REDIS_KEY_PREFIX")] = Field(
         "rtc:",
-        pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+        pattern=REDIS_KEY_PREFIX_PATTERN,
         description="Prefix of every Redis key; processes that share it act as one.",
     )
     redis_presence_ttl_s: Annotated[float, Env("RTC_REDIS_PRESENCE_TTL_S")] = Field(

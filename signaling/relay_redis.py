@@ -23,7 +23,6 @@ Source: Redis streams (XADD, XREAD, XTRIM MINID); issue research: pub/sub drops 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -117,7 +116,7 @@ class InboxReader:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(STORE_ERRORS),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
                 before_sleep=lambda state: self._failed(state.outcome),
                 reraise=True,
             )
@@ -167,10 +166,10 @@ class InboxReader:
         self._broken = False
 
 
-async def cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end."""
+async def cancel(task: asyncio.Task[None] | None, timeout_s: float = 2.0) -> None:
+    """Cancel ``task`` and wait for it to end, at most ``timeout_s`` seconds (a client
+    stuck in a blocking read is closed after this anyway)."""
     if task is None or task.done():
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, *STORE_ERRORS):
-        await task
+    await asyncio.wait([task], timeout=timeout_s)
