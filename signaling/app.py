@@ -159,6 +159,7 @@ def _setup_registry(
             ice_servers=ice_servers,
             prefix=settings.redis_key_prefix,
             presence_ttl_s=settings.redis_presence_ttl_s,
+            client_binding_ttl_s=settings.client_binding_ttl_s,
         )
         store = bindings or RedisBindings(
             redis_registry.redis,
@@ -166,7 +167,6 @@ def _setup_registry(
             max_per_key=settings.max_bindings_per_key,
             client_ttl_s=settings.client_binding_ttl_s,
         )
-        redis_registry.rebind = store.claim
         app[BINDINGS_KEY] = store
         registry = redis_registry
         logger.info("signaling on Redis {} (process {})", shown_url(url), redis_registry.process)

@@ -54,7 +54,6 @@ from protocol.signaling import (
     SignalingErrorCode,
     dump_frame,
 )
-from signaling.bindings import Binding
 from signaling.bounds import LogLimiter
 from signaling.redis_store import STORE_ERRORS, RedisKeys, connect
 from signaling.registry import (
@@ -80,9 +79,6 @@ DELIVERY_TIMEOUT_S = 5.0
 Drop = Callable[[ConnT, SignalingError], Awaitable[None]]
 """Send an error frame on a connection and close it."""
 
-Rebind = Callable[[str, str, str], Awaitable[Binding]]
-"""Claim a peer id for a key (``BindingStore.claim``)."""
-
 # KEYS: peer, peers, proc. ARGV: value, ttl_ms, peer_id, proc key prefix, proc value.
 _REGISTER = """
 local cur = redis.call('GET', KEYS[1])
@@ -106,29 +102,48 @@ end
 return 0
 """
 
-# KEYS: peer keys of this process's peers, then peers, proc, inbox.
-# ARGV: ttl_ms, inbox_ttl_ms, proc value, then (peer_id, value) per peer.
-# Returns {lost ids, restored ids}.
+# KEYS: peer keys of this process's peers, then peers, proc, inbox, bindings.
+# ARGV: ttl_ms, inbox_ttl_ms, proc value, now, client_binding_ttl_ms, key prefix, then
+# (peer_id, value, fingerprint or "", role) per peer. A registration Redis lost is set
+# again, with its binding when that is gone too (in the same script: no one can claim
+# the id in between). Returns {taken ids, restored ids, ids bound to another key}.
 _HEARTBEAT = """
-local n = #KEYS - 3
-local peers, proc, inbox = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local n = #KEYS - 4
+local peers, proc, inbox, bindings = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
+local now, client_ttl, prefix = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 redis.call('SET', proc, ARGV[3], 'PX', ARGV[1])
 redis.call('PEXPIRE', inbox, ARGV[2])
-local lost, restored = {}, {}
+local taken, restored, unbound = {}, {}, {}
 for i = 1, n do
-  local id, value = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  local at = 6 + 4 * (i - 1)
+  local id, value, fp, role = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local cur = redis.call('GET', KEYS[i])
-  if not cur then
-    redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
-    redis.call('SADD', peers, id)
-    restored[#restored + 1] = id
-  elseif string.sub(cur, 1, 16) == string.sub(value, 1, 16) then
+  if cur and string.sub(cur, 1, 16) == string.sub(value, 1, 16) then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  elseif cur then
+    taken[#taken + 1] = id
   else
-    lost[#lost + 1] = id
+    local binding = prefix .. 'binding:' .. id
+    local owner = redis.call('HGET', binding, 'fingerprint')
+    if owner and owner ~= fp then
+      unbound[#unbound + 1] = id
+    else
+      if fp ~= '' and not owner then
+        redis.call('HSET', binding, 'fingerprint', fp, 'role', role,
+                   'created_at', now, 'last_seen', now)
+        if role == 'client' and client_ttl > 0 then
+          redis.call('PEXPIRE', binding, client_ttl)
+        end
+        redis.call('SADD', bindings, id)
+        redis.call('ZADD', prefix .. 'bound:' .. fp, now, id)
+      end
+      redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
+      redis.call('SADD', peers, id)
+      restored[#restored + 1] = id
+    end
   end
 end
-return {lost, restored}
+return {taken, restored, unbound}
 """
 
 # KEYS: peer of the receiver. ARGV: key prefix, maxlen, inbox_ttl_ms, then field pairs.
@@ -161,9 +176,9 @@ class RedisRegistry(Generic[ConnT]):
         send: sends a text frame on a connection (``False`` when it is gone).
         drop: sends an error frame on a connection and closes it.
         ice_servers: the ``ice_servers`` of an offer for a receiving peer id.
-        rebind: claims a peer id for a key (the bindings store's ``claim``), used when
-            Redis lost its data while this process's peers stayed connected; also the
-            attribute ``rebind``.
+        client_binding_ttl_s: the bindings store's ``client_ttl_s``, for the bindings
+            set again when Redis lost its data while this process's peers stayed
+            connected.
         prefix: the key prefix. presence_ttl_s: the presence lifetime, seconds.
         client, reader: redis-py clients (tests pass fakeredis); the reader serves only
             the blocking inbox reads.
@@ -176,7 +191,7 @@ class RedisRegistry(Generic[ConnT]):
         send: SendText[ConnT],
         drop: Drop[ConnT],
         ice_servers: IceServersFor,
-        rebind: Rebind | None = None,
+        client_binding_ttl_s: float = 0.0,
         prefix: str = "rtc:",
         presence_ttl_s: float = 5.0,
         client: aioredis.Redis | None = None,
@@ -194,7 +209,7 @@ class RedisRegistry(Generic[ConnT]):
         self.ttl_ms = round(presence_ttl_s * 1000)
         self.interval_s = presence_ttl_s / 3
         self._send, self._drop, self._ice_servers = send, drop, ice_servers
-        self.rebind = rebind
+        self.client_binding_ttl_ms = round(client_binding_ttl_s * 1000)
         self._values: dict[str, str] = {}  # peer id -> its registration value (local peers)
         self._seq = itertools.count(1)
         self._seen = SeqFilter()
@@ -339,50 +354,44 @@ class RedisRegistry(Generic[ConnT]):
     # ------------------------------------------------------------------ heartbeat
 
     async def beat(self) -> None:
-        """Refresh this process's presence and its peers' registrations; re-register
-        (and rebind) those Redis lost; close the sockets whose id was taken meanwhile.
+        """Refresh this process's presence and its peers' registrations; register again
+        (with their bindings) those Redis lost; close the sockets whose id was taken or
+        bound to another key meanwhile.
 
         Raises:
             redis.exceptions.RedisError, OSError, TimeoutError: Redis failed.
         """
-        ids = list(self._values)
+        entries = [(i, self._values[i], self.local.get(i)) for i in list(self._values)]
         keys = self.keys
-        lost, restored = await self._heartbeat(
+        per_peer = (
+            (i, value, (e.fingerprint or "") if e else "", e.role if e else "client")
+            for i, value, e in entries
+        )
+        taken, restored, unbound = await self._heartbeat(
             keys=[
-                *(keys.peer(i) for i in ids),
+                *(keys.peer(i) for i, _, _ in entries),
                 keys.peers,
                 keys.proc(self.process),
                 keys.inbox(self.process),
+                keys.bindings,
             ],
             args=[
                 self.ttl_ms,
                 2 * self.ttl_ms,
                 self._proc_value,
-                *itertools.chain.from_iterable((i, self._values[i]) for i in ids),
+                repr(time.time()),
+                self.client_binding_ttl_ms,
+                keys.prefix,
+                *itertools.chain.from_iterable(per_peer),
             ],
         )
-        for peer_id in lost:
-            logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
-            await self._evict(peer_id, _taken(peer_id))
         if restored:
             logger.info("registered {} peer(s) again in Redis", len(restored))
-        for peer_id in restored:
-            await self._restore_binding(peer_id)
-
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.beat()
-            except STORE_ERRORS as exc:
-                self._failed(exc)
-
-    async def _restore_binding(self, peer_id: str) -> None:
-        entry = self.local.get(peer_id)
-        if entry is None or entry.fingerprint is None or self.rebind is None:
-            return
-        binding = await self.rebind(peer_id, entry.fingerprint, entry.role)
-        if binding.fingerprint != entry.fingerprint:
+        for peer_id in taken:
+            logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
+            await self._evict(peer_id, _taken(peer_id))
+        for peer_id in unbound:
+            logger.warning("{!r} was bound to another key while Redis was unreachable", peer_id)
             await self._evict(
                 peer_id,
                 SignalingError(
@@ -391,6 +400,14 @@ class RedisRegistry(Generic[ConnT]):
                     "register",
                 ),
             )
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.beat()
+            except STORE_ERRORS as exc:
+                self._failed(exc)
 
     async def _evict(self, peer_id: str, error: SignalingError) -> None:
         entry = self.local.get(peer_id)

@@ -265,19 +265,41 @@ def test_seq_filter_remembers_a_bounded_number_of_senders() -> None:
 async def test_when_redis_loses_its_data_live_peers_are_registered_and_bound_again(
     make: MakeRegistry, server: fakeredis.FakeServer
 ) -> None:
-    a, b = await started(make), await started(make)
+    a, b = await started(make), await started(make, client_binding_ttl_s=0.5)
     bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
-    a.rebind = bindings.claim
     await bindings.claim("gpu-1", FP_A, "worker")
-    worker = Conn()
+    await bindings.claim("app-1", FP_B, "client")
+    worker, app, kiosk = Conn(), Conn(), Conn()
     await a.add("gpu-1", "worker", {}, worker, FP_A)
+    await b.add("app-1", "client", {}, app, FP_B)
+    await b.add("kiosk", "client", {}, kiosk, None)
     await a.redis.flushall()
     assert await b.infos() == ()
     await a.beat()
-    assert [p.peer_id for p in await b.infos()] == ["gpu-1"]
-    bound = await bindings.get("gpu-1")
-    assert bound is not None and bound.fingerprint == FP_A
-    assert not worker.closed
+    await b.beat()
+    assert [p.peer_id for p in await b.infos()] == ["app-1", "gpu-1", "kiosk"]
+    assert [(x.peer_id, x.fingerprint) for x in await bindings.entries()] == [
+        ("app-1", FP_B),
+        ("gpu-1", FP_A),
+    ]  # the anonymous kiosk's id stays unbound
+    assert await a.redis.pttl(a.keys.binding("gpu-1")) == -1  # a worker's never expires
+    assert 0 < await a.redis.pttl(a.keys.binding("app-1")) <= 500
+    assert not (worker.closed or app.closed or kiosk.closed)
+
+
+async def test_an_id_bound_to_another_key_while_redis_was_away_closes_the_socket(
+    make: MakeRegistry, server: fakeredis.FakeServer
+) -> None:
+    a = await started(make)
+    worker = Conn()
+    await a.add("gpu-1", "worker", {}, worker, FP_A)
+    await a.redis.flushall()
+    bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    await bindings.claim("gpu-1", FP_B, "worker")  # claimed before this process refreshed
+    await a.beat()
+    error = await worker.next()
+    assert error["code"] == "PEER_ID_BOUND" and worker.closed
+    assert "gpu-1" not in a.local and await a.infos() == ()
 
 
 async def test_an_id_taken_while_redis_was_unreachable_closes_the_stale_socket(
