@@ -55,6 +55,7 @@ from protocol.signaling import (
     dump_frame,
 )
 from signaling.bounds import LogLimiter
+from signaling.redis_scripts import HEARTBEAT, REGISTER, RELAY, UNREGISTER
 from signaling.redis_store import STORE_ERRORS, RedisKeys, connect
 from signaling.registry import (
     ClientRelay,
@@ -69,97 +70,18 @@ from signaling.registry import (
 from signaling.relay_redis import BLOCK_MS, INBOX_MAXLEN, InboxEntry, InboxReader, SeqFilter
 from signaling.relay_redis import cancel as cancel_task
 
-__all__ = ["DELIVERY_TIMEOUT_S", "RedisRegistry"]
+__all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "RedisRegistry"]
 
 ConnT = TypeVar("ConnT")
 
 DELIVERY_TIMEOUT_S = 5.0
 """Longest wait to hand one relayed frame to a receiving socket, seconds."""
 
+BEAT_BATCH = 500
+"""Most peers refreshed by one heartbeat script."""
+
 Drop = Callable[[ConnT, SignalingError], Awaitable[None]]
 """Send an error frame on a connection and close it."""
-
-# KEYS: peer, peers, proc. ARGV: value, ttl_ms, peer_id, proc key prefix, proc value.
-_REGISTER = """
-local cur = redis.call('GET', KEYS[1])
-if cur and redis.call('EXISTS', ARGV[4] .. string.sub(cur, 18, 33)) == 1 then
-  return 1
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[2])
-return 0
-"""
-
-# KEYS: peer, peers. ARGV: sid, peer_id. Deletes the registration only if it is sid's.
-_UNREGISTER = """
-local cur = redis.call('GET', KEYS[1])
-if cur and string.sub(cur, 1, 16) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: peer keys of this process's peers, then peers, proc, inbox, bindings.
-# ARGV: ttl_ms, inbox_ttl_ms, proc value, now, client_binding_ttl_ms, key prefix, then
-# (peer_id, value, fingerprint or "", role) per peer. A registration Redis lost is set
-# again, with its binding when that is gone too (in the same script: no one can claim
-# the id in between). Returns {taken ids, restored ids, ids bound to another key}.
-_HEARTBEAT = """
-local n = #KEYS - 4
-local peers, proc, inbox, bindings = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
-local now, client_ttl, prefix = ARGV[4], tonumber(ARGV[5]), ARGV[6]
-redis.call('SET', proc, ARGV[3], 'PX', ARGV[1])
-redis.call('PEXPIRE', inbox, ARGV[2])
-local taken, restored, unbound = {}, {}, {}
-for i = 1, n do
-  local at = 6 + 4 * (i - 1)
-  local id, value, fp, role = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  local cur = redis.call('GET', KEYS[i])
-  if cur and string.sub(cur, 1, 16) == string.sub(value, 1, 16) then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  elseif cur then
-    taken[#taken + 1] = id
-  else
-    local binding = prefix .. 'binding:' .. id
-    local owner = redis.call('HGET', binding, 'fingerprint')
-    if owner and owner ~= fp then
-      unbound[#unbound + 1] = id
-    else
-      if fp ~= '' and not owner then
-        redis.call('HSET', binding, 'fingerprint', fp, 'role', role,
-                   'created_at', now, 'last_seen', now)
-        if role == 'client' and client_ttl > 0 then
-          redis.call('PEXPIRE', binding, client_ttl)
-        end
-        redis.call('SADD', bindings, id)
-        redis.call('ZADD', prefix .. 'bound:' .. fp, now, id)
-      end
-      redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
-      redis.call('SADD', peers, id)
-      restored[#restored + 1] = id
-    end
-  end
-end
-return {taken, restored, unbound}
-"""
-
-# KEYS: peer of the receiver. ARGV: key prefix, maxlen, inbox_ttl_ms, then field pairs.
-# Returns the receiver's process, or false when it is not registered.
-_RELAY = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return false end
-local proc = string.sub(cur, 18, 33)
-if redis.call('EXISTS', ARGV[1] .. 'proc:' .. proc) == 0 then return false end
-local inbox = ARGV[1] .. 'inbox:' .. proc
-local unpack = table.unpack or unpack
-redis.call('XADD', inbox, 'MAXLEN', '~', ARGV[2], '*', 'sid', string.sub(cur, 1, 16),
-           unpack(ARGV, 4))
-redis.call('PEXPIRE', inbox, ARGV[3])
-return proc
-"""
 
 _FRAMES: dict[str, type[Offer] | type[Answer] | type[Candidate]] = {
     "offer": Offer,
@@ -215,10 +137,10 @@ class RedisRegistry(Generic[ConnT]):
         self._seen = SeqFilter()
         self._warnings = LogLimiter()
         self._tasks: list[asyncio.Task[None]] = []
-        self._register = client.register_script(_REGISTER)
-        self._unregister = client.register_script(_UNREGISTER)
-        self._heartbeat = client.register_script(_HEARTBEAT)
-        self._relay = client.register_script(_RELAY)
+        self._register = client.register_script(REGISTER)
+        self._unregister = client.register_script(UNREGISTER)
+        self._heartbeat = client.register_script(HEARTBEAT)
+        self._relay = client.register_script(RELAY)
         self.inbox = InboxReader(
             reader, client, self.keys.inbox(self.process), self._deliver, self._failed
         )
@@ -356,20 +278,26 @@ class RedisRegistry(Generic[ConnT]):
     async def beat(self) -> None:
         """Refresh this process's presence and its peers' registrations; register again
         (with their bindings) those Redis lost; close the sockets whose id was taken or
-        bound to another key meanwhile.
+        bound to another key meanwhile. One script per :data:`BEAT_BATCH` peers.
 
         Raises:
             redis.exceptions.RedisError, OSError, TimeoutError: Redis failed.
         """
-        entries = [(i, self._values[i], self.local.get(i)) for i in list(self._values)]
+        snapshot = dict(self._values)
+        ids = list(snapshot)
+        for start in range(0, max(len(ids), 1), BEAT_BATCH):  # one script even for none
+            await self._beat_batch(ids[start : start + BEAT_BATCH], snapshot)
+
+    async def _beat_batch(self, ids: list[str], snapshot: dict[str, str]) -> None:
         keys = self.keys
-        per_peer = (
-            (i, value, (e.fingerprint or "") if e else "", e.role if e else "client")
-            for i, value, e in entries
-        )
+        per_peer = []
+        for peer_id in ids:
+            entry = self.local.get(peer_id)
+            fingerprint = (entry.fingerprint or "") if entry else ""
+            per_peer += [peer_id, snapshot[peer_id], fingerprint, entry.role if entry else ""]
         taken, restored, unbound = await self._heartbeat(
             keys=[
-                *(keys.peer(i) for i, _, _ in entries),
+                *(keys.peer(i) for i in ids),
                 keys.peers,
                 keys.proc(self.process),
                 keys.inbox(self.process),
@@ -382,15 +310,20 @@ class RedisRegistry(Generic[ConnT]):
                 repr(time.time()),
                 self.client_binding_ttl_ms,
                 keys.prefix,
-                *itertools.chain.from_iterable(per_peer),
+                *per_peer,
             ],
         )
-        if restored:
-            logger.info("registered {} peer(s) again in Redis", len(restored))
-        for peer_id in taken:
+        # A peer that left (or registered anew) while the script was on its way is not
+        # this beat's to restore or to close.
+        changed = {i for i in ids if self._values.get(i) != snapshot[i]}
+        for peer_id in set(restored) & changed:
+            await self._forget(peer_id, snapshot[peer_id])
+        if set(restored) - changed:
+            logger.info("registered {} peer(s) again in Redis", len(set(restored) - changed))
+        for peer_id in set(taken) - changed:
             logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
             await self._evict(peer_id, _taken(peer_id))
-        for peer_id in unbound:
+        for peer_id in set(unbound) - changed:
             logger.warning("{!r} was bound to another key while Redis was unreachable", peer_id)
             await self._evict(
                 peer_id,
