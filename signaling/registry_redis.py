@@ -341,6 +341,8 @@ class RedisRegistry(Generic[ConnT]):
                 await self.beat()
             except STORE_ERRORS as exc:
                 self._failed(exc)
+            except Exception:  # a bug: the next beat may still keep the peers present
+                logger.exception("the Redis heartbeat failed")
 
     async def _evict(self, peer_id: str, error: SignalingError) -> None:
         entry = self.local.get(peer_id)

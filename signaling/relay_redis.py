@@ -112,7 +112,8 @@ class InboxReader:
         self._broken = False
 
     async def run(self) -> None:
-        """Read and deliver until cancelled."""
+        """Read and deliver until cancelled; a failure is logged and retried, never
+        the end of the inbox."""
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(STORE_ERRORS),
@@ -120,9 +121,14 @@ class InboxReader:
                 before_sleep=lambda state: self._failed(state.outcome),
                 reraise=True,
             )
-            async for attempt in retrying:
-                with attempt:
-                    await self.read_once()
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self.read_once()
+            except Exception:  # a bug: keep the inbox alive, slowly
+                logger.exception("the inbox reader failed; reading again in 1 s")
+                self._broken = True
+                await asyncio.sleep(1.0)
 
     def _failed(self, outcome: object) -> None:
         self._broken = True

@@ -361,3 +361,19 @@ def test_redis_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         SignalingSettings(redis_url="http://127.0.0.1:6379")
     with pytest.raises(ValidationError):
         SignalingSettings(redis_key_prefix="a b")
+
+
+async def test_a_heartbeat_never_revives_or_closes_a_registration_that_changed_meanwhile(
+    make: MakeRegistry,
+) -> None:
+    a = await started(make)
+    left, first, second = Conn(), Conn(), Conn()
+    await a.add("gone", "client", {}, left, None)
+    await a.add("again", "client", {}, first, None)
+    before = dict(a._values)  # the heartbeat's view when it began
+    await a.remove("gone", left)
+    await a.remove("again", first)
+    await a.add("again", "client", {}, second, None)  # a new socket, same id
+    await a._beat_batch(["gone", "again"], before)
+    assert [p.peer_id for p in await a.infos()] == ["again"]
+    assert not second.closed and "again" in a.local
