@@ -130,3 +130,16 @@ async def test_a_prefix_keeps_two_deployments_apart(server: fakeredis.FakeServer
     await store(server, prefix="lab-a:").claim("gpu-1", A, "worker")
     assert (await store(server, prefix="lab-b:").claim("gpu-1", B, "worker")).fingerprint == B
     assert (await store(server, prefix="lab-a:").get("gpu-1")).fingerprint == A  # type: ignore[union-attr]
+
+
+def test_the_bindings_command_says_when_redis_cannot_be_reached(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from signaling.__main__ import main as signaling_main
+    from tests.conftest import free_port
+
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    assert signaling_main(["bindings", "list", "--redis-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "cannot use redis://***@127.0.0.1:" in err and "s3cret" not in err
+    assert signaling_main(["bindings", "release", "gpu-1", "--redis-url", url]) == 1
