@@ -38,7 +38,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -80,7 +80,7 @@ DELIVERY_TIMEOUT_S = 5.0
 BEAT_BATCH = 500
 """Most peers refreshed by one heartbeat script."""
 
-Drop = Callable[[ConnT, SignalingError], Awaitable[None]]
+Drop = Callable[[ConnT, SignalingError], Coroutine[Any, Any, None]]
 """Send an error frame on a connection and close it."""
 
 _FRAMES: dict[str, type[Offer] | type[Answer] | type[Candidate]] = {
@@ -137,6 +137,7 @@ class RedisRegistry(Generic[ConnT]):
         self._seen = SeqFilter()
         self._warnings = LogLimiter()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self._register = client.register_script(REGISTER)
         self._unregister = client.register_script(UNREGISTER)
         self._heartbeat = client.register_script(HEARTBEAT)
@@ -345,11 +346,15 @@ class RedisRegistry(Generic[ConnT]):
                 logger.exception("the Redis heartbeat failed")
 
     async def _evict(self, peer_id: str, error: SignalingError) -> None:
+        """Forget a local peer whose registration is lost, and close its socket in the
+        background (a close waits for the peer's reply; the heartbeat must not)."""
         entry = self.local.get(peer_id)
         self._values.pop(peer_id, None)
         if entry is not None and entry.conn is not None:
             self.local.remove(peer_id, entry.conn)
-            await self._drop(entry.conn, error)
+            task: asyncio.Task[None] = asyncio.create_task(self._drop(entry.conn, error))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------------ delivery
 
