@@ -18,8 +18,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 fi
 # ensure_debian_packages PKG...: install those of the Debian packages PKG that are
 # missing, with one apt-get update per run, when running as root with apt-get. Otherwise
-# name the missing ones and go on: the tests that need one skip with the reason.
+# name the missing ones and go on: the tests that need one skip with the reason. With
+# RTC_REQUIRE_E2E=1 (.ci/run) a package that cannot be installed stops the run instead
+# (exit 1), as the tests that need it would fail.
 _APT_UPDATED=""
+_missing_packages() {
+  if [ "${RTC_REQUIRE_E2E:-}" = 1 ]; then
+    echo "RTC_REQUIRE_E2E=1: cannot go on without the Debian packages: $*" >&2
+    exit 1
+  fi
+}
 ensure_debian_packages() {
   local missing=() pkg
   for pkg in "$@"; do
@@ -33,6 +41,7 @@ ensure_debian_packages() {
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "missing Debian packages: ${missing[*]} (not root, or no apt-get: the tests" \
       "that need them are skipped)" >&2
+    _missing_packages "${missing[@]}"
     return 0
   fi
   echo "installing Debian packages: ${missing[*]}" >&2
@@ -43,6 +52,7 @@ ensure_debian_packages() {
     return 0
   fi
   echo "could not install: ${missing[*]} (the tests that need them are skipped)" >&2
+  _missing_packages "${missing[@]}"
 }
 # python-magic needs libmagic (Debian package libmagic1).
 if ! "$VENV_PY" -c "import magic" 2>/dev/null; then

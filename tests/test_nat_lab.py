@@ -6,7 +6,8 @@ The script does the checks itself (direct paths blocked, relay<->relay pairs in 
 logs, coturn's sessions from both NAT addresses, sha256 on both ends, the masquerade
 counters); these tests run it, and show that its teardown leaves no namespace and no
 process behind when a step fails. They need root, ``ip``, ``nft`` and ``turnserver``
-(Debian: iproute2, nftables, coturn) and are skipped with the reason otherwise.
+(Debian: iproute2, nftables, coturn) and are skipped with the reason otherwise (they
+fail instead under ``RTC_REQUIRE_E2E=1``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.requirements import need
 
 pytestmark = pytest.mark.live
 
@@ -46,7 +49,7 @@ def _cannot_run() -> str | None:
 def _requirements() -> None:
     reason = _cannot_run()
     if reason is not None:
-        pytest.skip(reason)
+        need(reason)
 
 
 def run_lab(**env: str) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,8 @@ port, a random 100-port relay range, ``--allow-loopback-peers`` (the relay addre
 configuration file as a deployment would (never on the command line). It waits for the log
 line that says coturn is serving, and kills it on exit, even when the test fails.
 :func:`coturn_fixture` is the pytest fixture ``coturn`` (import it into a test
-module); without ``turnserver`` the test is skipped with the reason.
+module); without ``turnserver`` the test is skipped with the reason (it fails under
+``RTC_REQUIRE_E2E=1``, :func:`tests.requirements.need`).
 
 coturn logs one ``usage:`` line per session and second (``--verbose``); :meth:`Coturn.
 relayed_bytes` sums what it received from one peer's allocation, so a test can show the
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.requirements import need
 
 __all__ = ["READY_LINE", "Coturn", "coturn_fixture", "coturn_missing", "running_coturn"]
 
@@ -210,6 +213,6 @@ def coturn_fixture(tmp_path: Path) -> Iterator[Coturn]:
     """A coturn on 127.0.0.1 for this test (skipped, with the reason, without coturn)."""
     missing = coturn_missing()
     if missing is not None:
-        pytest.skip(missing)
+        need(missing)
     with running_coturn(tmp_path / "coturn") as server:
         yield server
