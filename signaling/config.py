@@ -25,6 +25,7 @@ from rtc_worker.settings_sources import (
     expand_home,
     load_secret_files,
 )
+from signaling.origin import normalize_origin
 from signaling.turn import TurnCredentials
 
 __all__ = [
@@ -154,6 +155,21 @@ class SignalingSettings(EnvSettings):
         description="Lifetime of each TURN credential, seconds; a credential past it gets "
         "no new allocation (a running one is not cut).",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Web origins (scheme://host[:port]) besides the server's own whose "
+        "pages may open /ws (repeat the flag, or comma-separate); a browser's upgrade from "
+        "any other origin is refused with HTTP 403 ORIGIN_NOT_ALLOWED. Peers that send no "
+        "Origin (rtc-worker, rtc-client) are not affected.",
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o for o in value.replace(",", " ").split() if o]
+        return [normalize_origin(o) for o in value] if isinstance(value, list) else value
+
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
         ge=256,
@@ -434,7 +450,9 @@ class SignalingCli(SignalingSettings):
     releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
 
-    model_config = SettingsConfigDict(cli_shortcuts={"turn-urls": "turn-url"})
+    model_config = SettingsConfigDict(
+        cli_shortcuts={"turn-urls": "turn-url", "allowed-origins": "allowed-origin"}
+    )
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
         False,
