@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HIGH_WATER_BYTES",
     "LOW_WATER_BYTES",
+    "NO_CHANNEL",
     "NO_RELAY_CANDIDATE",
     "NO_TURN_SERVER",
     "ChannelClosed",
@@ -44,6 +45,7 @@ __all__ = [
     "IceSetupError",
     "candidate_types",
     "describe_path",
+    "gather_offer",
     "ice_servers_expire_soon",
     "require_relay_candidate",
     "rtc_configuration",
@@ -65,6 +67,13 @@ NO_TURN_SERVER = "NO_TURN_SERVER"
 NO_RELAY_CANDIDATE = "NO_RELAY_CANDIDATE"
 """Code of :class:`IceSetupError`: relay-only, and the TURN server gave no relay candidate
 (it refused the credential, wrong secret or expired, or it cannot be reached)."""
+
+NO_CHANNEL = (
+    "worker {} did not answer, or no ICE path opened, within {:g} s (a relay-only worker "
+    "without a TURN server refuses every offer: NO_TURN_SERVER in its log)"
+)
+"""The message of the client's TimeoutError when the offer gets no answer or the data
+channel does not open (``str.format`` with the worker's id and the timeout, seconds)."""
 
 _CANDIDATE_TYPE = re.compile(r"^a=candidate:.* typ (\w+)", re.MULTILINE)
 
@@ -163,6 +172,31 @@ def require_relay_candidate(sdp: str) -> None:
             "no relay candidate was gathered: the TURN server refused the credential "
             "(wrong shared secret, or expired) or cannot be reached",
         )
+
+
+async def gather_offer(pc: RTCPeerConnection, policy: IcePolicy, timeout_s: float) -> str:
+    """Create ``pc``'s offer and gather its candidates (TURN allocation included) within
+    ``timeout_s`` seconds; returns the offer's SDP with every candidate.
+
+    Raises:
+        IceSetupError: ``NO_RELAY_CANDIDATE`` when ``policy`` is ``"relay"`` and the TURN
+            server gave no relay candidate (:func:`require_relay_candidate`) or did not
+            answer within ``timeout_s`` (an unreachable server that drops packets).
+        TimeoutError: gathering took longer than ``timeout_s`` under ``"all"``.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pc.setLocalDescription(await pc.createOffer())
+    except TimeoutError:
+        if policy != "relay":
+            raise
+        raise IceSetupError(
+            NO_RELAY_CANDIDATE, f"the TURN server did not answer within {timeout_s:g} s"
+        ) from None
+    sdp = str(pc.localDescription.sdp)
+    if policy == "relay":
+        require_relay_candidate(sdp)
+    return sdp
 
 
 def selected_candidate_types(pc: RTCPeerConnection) -> tuple[str, str] | None:
