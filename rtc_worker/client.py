@@ -204,7 +204,9 @@ class RTCClient:
     async def _signaling_client(self) -> SignalingClient:
         async with self._signaling_lock:
             if self._signaling is not None and ice_servers_expire_soon(
-                self._signaling.ice_servers, time.time()
+                self._signaling.ice_servers,
+                time.time(),
+                received_s=self._signaling.ice_servers_received_s,
             ):  # registered longer than the TURN credential lives: register again
                 await self._signaling.close()
                 self._signaling = None

@@ -75,6 +75,10 @@ NO_CHANNEL = (
 """The message of the client's TimeoutError when the offer gets no answer or the data
 channel does not open (``str.format`` with the worker's id and the timeout, seconds)."""
 
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+"""An expiry in a TURN REST username: ASCII digits only (``str.isdigit`` also accepts
+``"²"``, which ``int`` refuses)."""
+
 _CANDIDATE_TYPE = re.compile(r"^a=candidate:.* typ (\w+)", re.MULTILINE)
 
 
@@ -139,14 +143,28 @@ def _url_list(urls: str | list[str]) -> list[str]:
 
 
 def ice_servers_expire_soon(
-    ice_servers: Sequence[IceServer], now_s: float, margin_s: float = 60.0
+    ice_servers: Sequence[IceServer],
+    now_s: float,
+    margin_s: float = 60.0,
+    received_s: float | None = None,
 ) -> bool:
-    """True when a TURN REST credential among ``ice_servers`` expires within ``margin_s``
-    seconds of ``now_s`` (Unix seconds): its username is ``"{expiry}:{peer_id}"``.
-    A username of another form never counts as expiring."""
+    """True when a TURN REST credential among ``ice_servers`` expires within the margin
+    of ``now_s`` (Unix seconds): its username is ``"{expiry}:{peer_id}"``, ``expiry`` in
+    ASCII digits. A username of another form never counts as expiring.
+
+    The margin is ``margin_s`` seconds, but at most half the credential's lifetime when
+    ``received_s`` (when the credentials arrived, Unix seconds) is given: with a short TTL
+    a peer does not register again before every connection.
+    """
     for server in ice_servers:
-        expiry, sep, _ = server.username.partition(":")
-        if sep and expiry.isdigit() and int(expiry) <= now_s + margin_s:
+        expiry_text, sep, _ = server.username.partition(":")
+        if not sep or _DECIMAL.fullmatch(expiry_text) is None:
+            continue
+        expiry = int(expiry_text)
+        margin = margin_s
+        if received_s is not None:
+            margin = min(margin_s, max(expiry - received_s, 0) / 2)
+        if expiry <= now_s + margin:
             return True
     return False
 

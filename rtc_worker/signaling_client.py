@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any, TypeVar
 
 import aiohttp
@@ -67,6 +68,7 @@ class SignalingClient:
             registration, or anonymous).
         ice_servers: the TURN servers (with credentials bound to our peer id) of the
             ``registered`` frame; empty when the server hands out none.
+        ice_servers_received_s: when they arrived (Unix seconds), None before.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class SignalingClient:
         self.identity = identity
         self.fingerprint: str | None = None
         self.ice_servers: tuple[IceServer, ...] = ()
+        self.ice_servers_received_s: float | None = None
         self._challenge: asyncio.Future[Challenge] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -127,6 +130,7 @@ class SignalingClient:
                 )
             self.fingerprint = reply.fingerprint
             self.ice_servers = reply.ice_servers
+            self.ice_servers_received_s = time.time()
             logger.info(
                 "registered with signaling as {} ({}, {}, {} TURN server(s))",
                 reply.peer_id,

@@ -53,8 +53,10 @@ __all__ = [
 DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
 """Default largest upload accepted by the result store, in bytes (10 GiB)."""
 
-DEFAULT_TURN_TTL_S = 86400.0
-"""Default lifetime of a TURN credential handed out by signaling, in seconds (24 h)."""
+DEFAULT_TURN_TTL_S = 3600.0
+"""Default lifetime of a TURN credential handed out by signaling, in seconds (1 h): peers
+get fresh credentials with each relayed offer, and clients register again before theirs
+expire, so a short lifetime costs nothing and shortens what a leaked one is worth."""
 
 DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
 """Default chunk size of resumable uploads, in bytes (8 MiB)."""
@@ -153,7 +155,7 @@ class SignalingSettings(EnvSettings):
         ge=1,
         le=30 * 86400,
         description="Lifetime of each TURN credential, seconds; a credential past it gets "
-        "no new allocation (a running one is not cut).",
+        "no new allocation (coturn still refreshes a running one).",
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         [],

@@ -292,3 +292,45 @@ def test_a_credential_close_to_its_expiry_is_noticed() -> None:
     assert ice_servers_expire_soon([entry("1100:p")], 1000, margin_s=100)
     assert ice_servers_expire_soon([entry("1100:p"), entry("999:p")], 1000)
     assert not ice_servers_expire_soon([entry("static-user"), entry("x:p")], 1000)
+    # Not ASCII digits: "²".isdigit() is True but int("²") raises; never counts.
+    for odd in ("²:p", "١٠:p", "+5:p", " 5:p", "1e3:p", ""):
+        assert not ice_servers_expire_soon([entry(odd)], 10**9), odd
+
+
+def test_a_short_lived_credential_is_not_renewed_before_every_connection() -> None:
+    def entry(username: str) -> IceServer:
+        return IceServer(urls=("turn:h:1",), username=username, credential="c")
+
+    # A 20 s credential received at 1000: the margin is 10 s (half its life), not 60 s,
+    # so it is still used at 1005 and renewed from 1010 on.
+    short = [entry("1020:p")]
+    assert not ice_servers_expire_soon(short, 1005, received_s=1000)
+    assert ice_servers_expire_soon(short, 1010, received_s=1000)
+    assert ice_servers_expire_soon(short, 1005)  # without received_s: the 60 s margin
+    # A 1 h credential keeps the 60 s margin.
+    hour = [entry("4600:p")]
+    assert not ice_servers_expire_soon(hour, 4539, received_s=1000)
+    assert ice_servers_expire_soon(hour, 4540, received_s=1000)
+    # Received after its expiry (clock skew): expired, whatever the margin.
+    assert ice_servers_expire_soon([entry("900:p")], 1000, received_s=1000)
+
+
+def test_the_default_turn_ttl_is_one_hour() -> None:
+    from signaling.config import DEFAULT_TURN_TTL_S, SignalingSettings
+
+    assert DEFAULT_TURN_TTL_S == 3600
+    settings = SignalingSettings(turn_urls=["turn:a:1"], turn_secret="s3cr3t-value")
+    assert settings.turn_ttl_s == 3600
+
+
+def test_the_turn_secret_as_a_flag_warns_like_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--turn-secret VALUE`` is accepted (as ``--token`` is) but warns that the process
+    list shows it, naming the environment and the file instead, never the value."""
+    from signaling.__main__ import settings_from_args
+
+    cli = settings_from_args(["--turn-url", "turn:a:1", "--turn-secret", "s3cr3t-on-argv"])
+    assert cli.turn_secret is not None
+    err = capsys.readouterr().err
+    assert "warning: --turn-secret puts a secret on the command line" in err
+    assert "RTC_TURN_SECRET or --turn-secret-file" in err
+    assert "s3cr3t-on-argv" not in err
