@@ -20,7 +20,7 @@ import asyncio
 import enum
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
@@ -29,6 +29,7 @@ from loguru import logger
 from protocol import ErrorCode, ProtocolErrorFrame, encode
 from protocol.signaling import IceServer
 from rtc_worker.errors import ClientError
+from rtc_worker.settings_fields import IcePolicy
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -57,9 +58,6 @@ HIGH_WATER_BYTES = 1024 * 1024
 #: ``bufferedAmountLowThreshold``: sending resumes when the buffer drains below it.
 LOW_WATER_BYTES = 256 * 1024
 
-
-IcePolicy = Literal["all", "relay"]
-"""The W3C ``iceTransportPolicy``: ``"all"`` candidates, or ``"relay"`` candidates only."""
 
 NO_TURN_SERVER = "NO_TURN_SERVER"
 """Code of :class:`IceSetupError`: relay-only, and no TURN server is known at all."""

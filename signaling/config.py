@@ -16,7 +16,7 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
+from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, IceUrl
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
@@ -134,7 +134,7 @@ class SignalingSettings(EnvSettings):
     token_file: Path | None = Field(
         None, description="File holding the token (read once at start; chmod 600 it)."
     )
-    turn_urls: Annotated[list[str], NoDecode, Env("RTC_TURN_URLS")] = Field(
+    turn_urls: Annotated[list[IceUrl], NoDecode, Env("RTC_TURN_URLS")] = Field(
         [],
         description="TURN (and STUN) URLs handed to every peer in its registered frame and "
         "in each offer it receives, with time-limited credentials (repeat the flag, or "
@@ -329,17 +329,6 @@ class SignalingSettings(EnvSettings):
         if isinstance(value, str):
             return [url for url in value.replace(",", " ").split() if url]
         return value
-
-    @field_validator("turn_urls")
-    @classmethod
-    def _ice_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(ICE_URL_SCHEMES) or len(url) > 512:
-                raise ValueError(
-                    f"TURN URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)} "
-                    "(at most 512 characters)"
-                )
-        return urls
 
     @field_validator("token", "storage_api_key", "turn_secret", mode="before")
     @classmethod

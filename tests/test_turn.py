@@ -187,7 +187,7 @@ def test_the_turn_secret_from_a_file_and_repeated_flags(tmp_path: Path) -> None:
     [
         ({"turn_urls": ["turn:a:3478"]}, "no TURN secret"),
         ({"turn_secret": "s3cr3t-value"}, "no TURN URL"),
-        ({"turn_urls": ["http://a"], "turn_secret": "s3cr3t-value"}, "must start with"),
+        ({"turn_urls": ["http://a"], "turn_secret": "s3cr3t-value"}, "starts with one of"),
         ({"turn_urls": ["turn:a:1"], "turn_secret": "s3cr3t-value", "turn_ttl_s": 0}, "turn_ttl_s"),
     ],
 )
