@@ -166,7 +166,7 @@ class SignalingClient:
                 try:
                     frame = parse_server_frame(msg.data)
                 except SignalingError as exc:
-                    logger.warning("ignoring invalid frame from signaling: {}", exc)
+                    logger.warning("ignoring invalid frame from signaling: {}", _where(exc))
                     continue
                 if isinstance(frame, Challenge):
                     if self._challenge is not None and not self._challenge.done():
@@ -247,3 +247,13 @@ class SignalingClient:
 
 def _is_reply(frame: ServerFrame) -> bool:
     return isinstance(frame, Registered | Peers | ErrorFrame)
+
+
+def _where(error: SignalingError) -> str:
+    """What a log may say about a frame the server sent that we refused: its code, its
+    type and the invalid field's location, never the reason text, which can quote the
+    frame's values (a credential of a malformed ``ice_servers``)."""
+    location = error.message.partition(":")[0] if error.message.startswith("field '") else ""
+    return " ".join(
+        part for part in (str(error.code), error.ref_type or "", location[:120]) if part
+    )

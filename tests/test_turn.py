@@ -334,3 +334,62 @@ def test_the_turn_secret_as_a_flag_warns_like_the_token(capsys: pytest.CaptureFi
     assert "warning: --turn-secret puts a secret on the command line" in err
     assert "RTC_TURN_SECRET or --turn-secret-file" in err
     assert "s3cr3t-on-argv" not in err
+
+
+async def test_a_malformed_server_frame_is_logged_without_its_values() -> None:
+    """A server (or whoever sits in its place) sends an offer whose ice_servers entry is
+    invalid and carries a credential: the client ignores the frame and logs its code,
+    type and the invalid field's location, never the values or the validator's text."""
+    import asyncio
+    import base64
+    import io
+    import json
+    import os
+
+    from aiohttp import web
+    from loguru import logger
+
+    from rtc_worker.signaling_client import SignalingClient
+
+    secret = "CRED-" + os.urandom(8).hex()
+    bad = {"type": "offer", "from": "w", "fingerprint": None, "to": "c", "sdp": "v=0",
+           "ice_servers": [{"urls": [secret], "username": "u", "credential": secret}]}  # fmt: skip
+    sent = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        nonce = base64.b64encode(os.urandom(32)).decode()
+        await ws.send_str(json.dumps({"type": "challenge", "nonce": nonce}))
+        await ws.receive()  # register
+        await ws.send_str(json.dumps(
+            {"type": "registered", "peer_id": "c", "fingerprint": None, "ice_servers": []}
+        ))  # fmt: skip
+        await ws.send_str(json.dumps(bad))
+        sent.set()
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    lines = io.StringIO()
+    sink = logger.add(lines, level="DEBUG")
+    client = SignalingClient(f"ws://127.0.0.1:{port}/ws", "c", "client")
+    try:
+        await client.connect()
+        await asyncio.wait_for(sent.wait(), 5)
+        with pytest.raises(TimeoutError):  # the frame was dropped, not delivered
+            await client.recv(timeout=0.5)
+    finally:
+        await client.close()
+        logger.remove(sink)
+        await runner.cleanup()
+    text = lines.getvalue()
+    assert "ignoring invalid frame from signaling: INVALID_FRAME offer field 'ice_servers" in text
+    assert secret not in text
+    assert "starts with one of" not in text  # the validator's own text stays out too
