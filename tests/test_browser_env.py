@@ -15,7 +15,7 @@ import pytest
 
 from tests.browser_env import CHROMIUM_ENV, REPO, Chromium, Stack
 from tests.netns import NetNs, netns, netns_names, netns_unavailable_reason
-from tests.requirements import REQUIRE_E2E_ENV
+from tests.requirements import REQUIRE_E2E_ENV, need
 
 pytestmark = pytest.mark.live
 
@@ -171,3 +171,35 @@ def test_under_rtc_require_e2e_a_missing_chromium_fails_the_run() -> None:
     assert "1 error" in result.stdout, result.stdout
     assert "no Chromium at /nonexistent/chromium" in result.stdout
     assert f"{REQUIRE_E2E_ENV}=1" in result.stdout
+
+
+def test_only_namespaces_of_dead_runs_with_nothing_inside_are_deleted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.netns import _delete_stale
+
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        need(reason)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists (a run killed before its teardown)
+    dead, busy, live = f"rtcb{gone.pid}-900", f"rtcb{gone.pid}-901", f"rtcb{os.getppid()}-902"
+    sleeper = None
+    try:
+        for name in (dead, busy, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        # something still runs in "busy" (a live run seen from another pid namespace)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", busy, "sleep", "600"])
+        time.sleep(0.2)
+        _delete_stale()
+        names = netns_names()
+        assert dead not in names and busy in names and live in names
+        err = capsys.readouterr().err
+        assert f"deleting stale namespace {dead} (pid {gone.pid} is gone)" in err
+        assert f"keeping {busy}" in err and live not in err
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        for name in (dead, busy, live):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
