@@ -55,10 +55,6 @@ class SignalingErrorCode(StrEnum):
     #: The WebSocket upgrade is refused: too many connections from this address (HTTP
     #: 429) or in total (HTTP 503); this error frame is the HTTP body.
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
-    #: The WebSocket upgrade is refused (HTTP 403): its ``Origin`` header names a web
-    #: page other than the server's own and those the operator allowed; this error frame
-    #: is the HTTP body.
-    ORIGIN_NOT_ALLOWED = "ORIGIN_NOT_ALLOWED"
     #: The server could not complete the request (its bindings store is unavailable);
     #: nothing changed; try again later.
     SERVER_ERROR = "SERVER_ERROR"

@@ -23,9 +23,15 @@ from collections.abc import Collection
 from aiohttp import hdrs, web
 from yarl import URL
 
-from protocol.signaling import SignalingError, SignalingErrorCode, dump_frame
+from protocol.signaling import SignalingError, dump_frame
 
-__all__ = ["normalize_origin", "origin_refusal", "same_origin"]
+__all__ = ["ORIGIN_NOT_ALLOWED", "normalize_origin", "origin_refusal", "same_origin"]
+
+ORIGIN_NOT_ALLOWED = "ORIGIN_NOT_ALLOWED"
+"""Code of the HTTP 403 refusal of an upgrade from a foreign origin. It is an HTTP answer
+only, never a frame on a socket (no socket is opened), so it is not one of
+:class:`~protocol.signaling_errors.SignalingErrorCode`; the body has the shape of an
+``error`` frame all the same."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -91,7 +97,7 @@ def origin_refusal(request: web.Request, allowed: Collection[str]) -> web.Respon
     if origin is not None and (origin in allowed or same_origin(origin, request.host)):
         return None
     error = SignalingError(
-        SignalingErrorCode.ORIGIN_NOT_ALLOWED,
+        ORIGIN_NOT_ALLOWED,
         "WebSockets from this origin are refused: only the server's own page and the "
         "origins in --allowed-origin may connect",
     )
