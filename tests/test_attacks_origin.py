@@ -15,7 +15,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -132,3 +135,35 @@ def test_allowed_origins_from_flags_and_the_environment(monkeypatch: pytest.Monk
     assert settings_from_args([]).allowed_origins == ["https://c.example", "https://d.example"]
     with pytest.raises(ValueError, match="not an origin"):
         settings_from_args(["--allowed-origin", "https://c.example/path"])
+
+
+def test_in_chromium_a_page_on_another_port_cannot_open_the_websocket(
+    browser_stack: Any, browser_netns: Any, browser_page: Any, tmp_path: Path
+) -> None:
+    """The attacker's steps in a real browser: a page served from another origin (another
+    port of the same host) runs ``new WebSocket(...)`` to the signaling server. Chromium
+    sends the page's Origin; the upgrade is refused and the socket never opens. The
+    server's own page, in the same browser, still connects."""
+    site = tmp_path / "evil"
+    site.mkdir()
+    (site / "index.html").write_text("<!doctype html><title>another site</title>")
+    evil = browser_netns.start(
+        "evil-site",
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(site), "0"],
+        tmp_path / "evil.log",
+    )
+    try:
+        port = evil.wait_for_line(r"port (\d+)")[1]
+        open_socket = """(url) => new Promise((done) => {
+          const ws = new WebSocket(url);
+          ws.onopen = () => { ws.close(); done("open"); };
+          ws.onerror = () => done("refused");
+        })"""
+        browser_page.goto(f"http://127.0.0.1:{port}/")
+        assert browser_page.evaluate(open_socket, browser_stack.ws_url) == "refused"
+        browser_page.goto(browser_stack.page_url)
+        assert browser_page.evaluate(open_socket, browser_stack.ws_url) == "open"
+    finally:
+        evil.stop(5)
+    assert "ORIGIN_NOT_ALLOWED" in browser_stack.signaling.log()
+    assert f"http://127.0.0.1:{port}" in browser_stack.signaling.log()
