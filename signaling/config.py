@@ -16,7 +16,7 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
+from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, IceUrl
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
@@ -25,6 +25,7 @@ from rtc_worker.settings_sources import (
     expand_home,
     load_secret_files,
 )
+from signaling.origin import normalize_origin
 from signaling.turn import TurnCredentials
 
 __all__ = [
@@ -55,8 +56,10 @@ __all__ = [
 DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
 """Default largest upload accepted by the result store, in bytes (10 GiB)."""
 
-DEFAULT_TURN_TTL_S = 86400.0
-"""Default lifetime of a TURN credential handed out by signaling, in seconds (24 h)."""
+DEFAULT_TURN_TTL_S = 3600.0
+"""Default lifetime of a TURN credential handed out by signaling, in seconds (1 h): peers
+get fresh credentials with each relayed offer, and clients register again before theirs
+expire, so a short lifetime costs nothing and shortens what a leaked one is worth."""
 
 DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
 """Default chunk size of resumable uploads, in bytes (8 MiB)."""
@@ -146,7 +149,7 @@ class SignalingSettings(EnvSettings):
     token_file: Path | None = Field(
         None, description="File holding the token (read once at start; chmod 600 it)."
     )
-    turn_urls: Annotated[list[str], NoDecode, Env("RTC_TURN_URLS")] = Field(
+    turn_urls: Annotated[list[IceUrl], NoDecode, Env("RTC_TURN_URLS")] = Field(
         [],
         description="TURN (and STUN) URLs handed to every peer in its registered frame and "
         "in each offer it receives, with time-limited credentials (repeat the flag, or "
@@ -167,8 +170,23 @@ class SignalingSettings(EnvSettings):
         ge=1,
         le=30 * 86400,
         description="Lifetime of each TURN credential, seconds; a credential past it gets "
-        "no new allocation (a running one is not cut).",
+        "no new allocation (coturn still refreshes a running one).",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Web origins (scheme://host[:port]) besides the server's own whose "
+        "pages may open /ws (repeat the flag, or comma-separate); a browser's upgrade from "
+        "any other origin is refused with HTTP 403 ORIGIN_NOT_ALLOWED. Peers that send no "
+        "Origin (rtc-worker, rtc-client) are not affected.",
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o for o in value.replace(",", " ").split() if o]
+        return [normalize_origin(o) for o in value] if isinstance(value, list) else value
+
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
         ge=256,
@@ -367,17 +385,6 @@ class SignalingSettings(EnvSettings):
             return [url for url in value.replace(",", " ").split() if url]
         return value
 
-    @field_validator("turn_urls")
-    @classmethod
-    def _ice_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(ICE_URL_SCHEMES) or len(url) > 512:
-                raise ValueError(
-                    f"TURN URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)} "
-                    "(at most 512 characters)"
-                )
-        return urls
-
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
@@ -509,7 +516,9 @@ class SignalingCli(SignalingSettings):
     releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
 
-    model_config = SettingsConfigDict(cli_shortcuts={"turn-urls": "turn-url"})
+    model_config = SettingsConfigDict(
+        cli_shortcuts={"turn-urls": "turn-url", "allowed-origins": "allowed-origin"}
+    )
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
         False,
