@@ -26,13 +26,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import codec
+from protocol.connection import Connection
 from protocol.errors import ErrorCode, RemoteProtocolError, TransferErrorCode
+from protocol.events import Refused
 from protocol.handshake import CLIENT_AUTH_TABLE
+from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Pending
 from protocol.limits import DEFAULT_LIMITS
+from protocol.messages import ResultsRequest
 from protocol.proof import proof_digest
+from protocol.routes import REQUEST_OF_CODE, Role
 from protocol.sender import SENDER_TABLE
 from protocol.signaling_errors import SignalingErrorCode
 from protocol.testing import malformed_frames_with_codes, messages
+from protocol.transfer_messages import FileMeta
 from tests.page_helpers import CHROMIUM, PAGE_CODEC_JS, as_json, need_browser, signaling_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -423,12 +429,70 @@ def test_the_page_machines_are_the_python_tables(page: Any) -> None:
         for (state, key), nxt in SENDER_TABLE.items()
         if state.value != "PREPARING" and getattr(key, "__name__", "") != "ResultsRequest"
     }
-    tables = run(page, "return {client: P.CLIENT_AUTH_TABLE, sender: P.SENDER_TABLE};")
+
+    def name(key: Any) -> str:
+        return getattr(key, "__name__", None) or key.value
+
+    worker_job = {f"{s.value}|{name(key)}": nxt.value for (s, key), nxt in WORKER_TABLE.items()}
+    client_job = {
+        f"{s.worker.value}|{s.pending.value}|{name(key)}": f"{n.worker.value}|{n.pending.value}"
+        for (s, key), n in CLIENT_TABLE.items()
+    }
+    tables = run(
+        page,
+        "return {client: P.CLIENT_AUTH_TABLE, sender: P.SENDER_TABLE, worker_job:"
+        " P.WORKER_JOB_TABLE, client_job: P.CLIENT_JOB_TABLE, codes: P.REQUEST_OF_CODE};",
+    )
     assert tables["client"] == client
     assert tables["sender"] == sender
+    assert tables["worker_job"] == worker_job
+    assert tables["client_job"] == client_job
+    assert tables["codes"] == {str(code): request for code, request in REQUEST_OF_CODE.items()}
 
 
-DISHONEST_WORKER_JS = """
+REFUSAL_JS = """
+return arg.map(([state, code, resultsPending, fileOffered]) => {
+  const job = new P.ClientJob();
+  [job.worker, job.pending] = state.split('|');
+  const request = job.refusal(code, {resultsPending, fileOffered});
+  return [request, `${job.worker}|${job.pending}`];
+});
+"""
+
+
+def test_a_protocol_error_goes_to_the_request_the_python_client_gives_it(page: Any) -> None:
+    """Every client job state, each code of REQUEST_OF_CODE and one other, with and
+    without a RESULTS_REQUEST and a FILE_META waiting: the page blames the same request
+    as ``Connection(CLIENT)`` and moves its job session to the same state."""
+    codes = [*REQUEST_OF_CODE, "INTERNAL_ERROR"]
+    cases, expected = [], []
+    for worker in JobState:
+        for pending in Pending:
+            for code in codes:
+                for results in (False, True):
+                    for offered in (False, True):
+                        conn = Connection(Role.CLIENT, peer="w", principal="me")
+                        conn.job = ClientJobState(worker, pending)
+                        if results:
+                            conn.receiver.request(ResultsRequest("job-1"))
+                        if offered:
+                            conn.sender.announce(FileMeta("a.txt", 5, "0" * 64, 65536))
+                        conn.receive(f"PROTOCOL_ERROR::{code}::refused", 0.0)
+                        refused = [o for o in conn.drain() if isinstance(o, Refused)]
+                        assert len(refused) == 1
+                        assert isinstance(conn.job, ClientJobState)
+                        after = f"{conn.job.worker.value}|{conn.job.pending.value}"
+                        cases.append(
+                            [f"{worker.value}|{pending.value}", str(code), results, offered]
+                        )
+                        expected.append([refused[0].request, after])
+    assert run(page, REFUSAL_JS, cases) == expected
+    assert ["results", "RUNNING|-"] in expected  # e.g. UNKNOWN_JOB while a job runs
+
+
+STAND_IN_JS = """
+// The page's Session on a stand-in data channel: feed(frame) hands it a frame from the
+// "worker"; ch.sent holds what it sent; seen holds what it told the UI.
 const {Session} = await import('/session.js');
 class FakeChannel extends EventTarget {
   constructor() { super(); this.sent = []; this.readyState = 'open'; this.bufferedAmount = 0; }
@@ -439,7 +503,7 @@ const enc = new TextEncoder();
 const until = async (cond) => {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10));
 };
-const open = () => {
+const open = (timeouts = {}) => {
   const ch = new FakeChannel(), seen = [];
   const ui = {
     job: (m) => seen.push(['job', m.kind]), step: () => {}, closed: () => seen.push(['closed']),
@@ -447,7 +511,7 @@ const open = () => {
     transfer: (t) => seen.push(['transfer', t.phase]),
     results: (r) => seen.push(['results', r.phase, r.code ?? r.sha256 ?? '']),
   };
-  const s = new Session(ch, {identity: null, maxMessageSize: 262144}, ui);
+  const s = new Session(ch, {identity: null, maxMessageSize: 262144, timeouts}, ui);
   const feed = async (frame) => {
     ch.dispatchEvent(new MessageEvent('message', {data: frame}));
     await new Promise(r => setTimeout(r, 0)); await s.queue;
@@ -455,6 +519,13 @@ const open = () => {
   return {ch, s, seen, feed};
 };
 const bytes = (t) => enc.encode(t).buffer;
+// A promise's value, or 'pending' if it has not settled within 50 ms.
+const settled = (p) => Promise.race([p, new Promise(r => setTimeout(() => r('pending'), 50))]);
+"""
+
+DISHONEST_WORKER_JS = (
+    STAND_IN_JS
+    + """
 const out = {};
 // Frames before the handshake ended are refused, not acted on.
 let w = open();
@@ -516,6 +587,7 @@ await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
 out.cancel = {sent: w.ch.sent, end: await sent, state: w.s.sender.state};
 return out;
 """
+)
 
 
 def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
@@ -562,3 +634,112 @@ def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
         "end": {"cancelled": True},
         "state": "IDLE",
     }
+
+
+TABLES_JS = (
+    STAND_IN_JS
+    + """
+const out = {};
+const file = new File(['hello'], 'a.txt');
+// Offer the file; resolves (to [the upload's promise]) once FILE_META is out.
+const offer = async (w) => {
+  const p = w.s.sendFile(file); await until(() => w.ch.sent.length); return [p];
+};
+// (a) FILE_EXISTS naming another sha256: refused, the transfer stays open; the right one ends it.
+let w = open(); w.s.authenticated = true;
+let [sent] = await offer(w);
+await w.feed('FILE_EXISTS::' + '1'.repeat(64));
+out.otherSha = {seen: w.seen.slice(), state: w.s.sender.state, end: await settled(sent)};
+await w.feed('FILE_EXISTS::' + arg.hello);
+out.rightSha = {end: await settled(sent), state: w.s.sender.state, job: String(w.s.job)};
+// (b) UNKNOWN_JOB while a job runs: the results request fails, the job goes on.
+w = open(); w.s.authenticated = true;
+await w.feed('FILE_EXISTS::' + arg.hello);  // unsolicited: refused
+const job = (async () => { const p = w.s.sendFile(file); await until(() => w.ch.sent.length);
+  await w.feed('FILE_EXISTS::' + arg.hello); await p; return w.s.startJob(); })();
+await until(() => w.ch.sent.includes('JOB_START'));
+await w.feed('JOB_LOG::working');
+const results = w.s.requestResults('job-1');
+await w.feed('PROTOCOL_ERROR::UNKNOWN_JOB::no results for job-1');
+out.unknownJob = {results: await settled(results), job: await settled(job), state: String(w.s.job)};
+await w.feed('JOB_COMPLETE::job-1::out::1::0.00');
+out.jobEnd = {job: (await settled(job)).kind, state: String(w.s.job)};
+// WORKER_BUSY refuses the start, not a pending results request.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); await w.feed('FILE_EXISTS::' + arg.hello); await sent;
+const busy = w.s.startJob().catch(e => e.code);
+const waiting = w.s.requestResults('job-1');
+await w.feed('PROTOCOL_ERROR::WORKER_BUSY::another job runs');
+out.busy = {job: (await settled(busy)).code, results: await settled(waiting),
+  state: String(w.s.job)};
+// (c) Job replies nobody asked for: refused, never shown as real.
+w = open(); w.s.authenticated = true;
+await w.feed('JOB_COMPLETE::job-9::out::1::0.00');
+await w.feed('PATH_VALIDATED::input');
+await w.feed('JOB_LOG::not running');
+out.unsolicited = {seen: w.seen, state: String(w.s.job)};
+out.refusedSend = await w.s.startJob().then(() => 'sent', e => e.code);
+out.refusedFrames = w.ch.sent;
+// (d) A cancelled upload settles: the worker's FILE_CANCEL, or the give-up timer.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+await w.feed('FILE_CANCEL');
+out.cancelByWorker = {end: await settled(sent), state: w.s.sender.state};
+w = open({cancelGiveUp: 100}); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+out.beforeGiveUp = await settled(sent);
+await new Promise(r => setTimeout(r, 150));
+out.giveUp = {end: await settled(sent), state: w.s.sender.state};
+// (e) Only TRANSFER_ERROR::CANCELLED ends a cancel; another code is absorbed.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+await w.feed('TRANSFER_ERROR::HASH_MISMATCH::about the old transfer');
+out.otherCode = {end: await settled(sent), state: w.s.sender.state, seen: w.seen.slice()};
+await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
+out.cancelled = {end: await settled(sent), state: w.s.sender.state};
+return out;
+"""
+)
+
+
+def test_the_page_session_follows_the_client_tables(page: Any) -> None:
+    """The page's session against a worker that answers out of turn: each frame goes
+    through the tables the Python client uses (protocol/job.py, protocol/sender.py,
+    protocol/_client_role.py), so a wrong answer is refused with its code and the
+    right request gets each refusal."""
+    hello = hashlib.sha256(b"hello").hexdigest()
+    out = run(page, TABLES_JS, {"hello": hello})
+    # (a) protocol/sender.py: FILE_EXISTS of another sha256 is MALFORMED_FRAME, unchanged.
+    assert out["otherSha"] == {
+        "seen": [
+            ["transfer", "hashing"],
+            ["transfer", "hashing"],
+            ["transfer", "offered"],
+            ["error", "MALFORMED_FRAME"],
+        ],
+        "state": "AWAIT_READY",
+        "end": "pending",
+    }
+    assert out["rightSha"] == {"end": {"exists": True}, "state": "IDLE", "job": "HAVE_FILE"}
+    # (b) UNKNOWN_JOB answers the results request only; WORKER_BUSY only the start.
+    assert out["unknownJob"] == {
+        "results": {"error": "UNKNOWN_JOB"},
+        "job": "pending",
+        "state": "RUNNING",
+    }
+    assert out["jobEnd"] == {"job": "JobComplete", "state": "IDLE"}
+    assert out["busy"] == {"job": "WORKER_BUSY", "results": "pending", "state": "HAVE_FILE"}
+    # (c) nothing shown as a job's: no ['job', ...] entries, only refusals.
+    assert out["unsolicited"] == {
+        "seen": [["error", "UNEXPECTED_MESSAGE"]] * 3,
+        "state": "IDLE",
+    }
+    assert out["refusedSend"] == "UNEXPECTED_MESSAGE" and out["refusedFrames"] == []
+    # (d) the upload's promise settles after a cancel.
+    assert out["cancelByWorker"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    assert out["beforeGiveUp"] == "pending"
+    assert out["giveUp"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    # (e) protocol/sender.py: only CANCELLED acknowledges; HASH_MISMATCH is absorbed.
+    assert out["otherCode"]["end"] == "pending" and out["otherCode"]["state"] == "CANCELLED"
+    assert ["error", "HASH_MISMATCH"] not in out["otherCode"]["seen"]
+    assert out["cancelled"] == {"end": {"cancelled": True}, "state": "IDLE"}

@@ -6,10 +6,15 @@
 // frame (a string, or a Uint8Array for a Chunk); parse(frame) returns the message or
 // throws ProtocolError with the code of the reply (section 1.3 order: size, type,
 // fields). Counts above 2^53 - 1 are refused (MALFORMED_FRAME): a browser number cannot
-// hold them exactly. Also here: the bounds (1.2), error codes as readable text (3), the
+// hold them exactly. Also here: the bounds (1.2), the
 // channel handshake's transcript and client machine (2.5, 4.7), the proof of possession
-// digest (2.3) and the sender machine (4.5).
+// digest (2.3); and, from errors.js and tables.js (re-exported here, so the page imports
+// one module), the readable errors and the state tables (4.1, 4.3, 4.5).
 import { Sha256 } from "./sha256.js";
+import { ProtocolError } from "./errors.js";
+
+export * from "./errors.js";
+export * from "./tables.js";
 
 export const SEP = "::";
 /** PROTOCOL.md 1.2, `Limits` defaults. Bytes unless named _s (seconds). */
@@ -44,16 +49,6 @@ const B64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 const MAX_MB = 1e14;
 const utf8 = new TextEncoder();
 
-/** A refused frame or a misuse, with the code of its reply (PROTOCOL.md 3.2, 3.3).
- *  remote: the peer sent it (RemoteProtocolError); else we misused the protocol. */
-export class ProtocolError extends Error {
-  constructor(code, detail, remote = true) {
-    super(`${code}: ${detail}`);
-    this.code = code;
-    this.detail = detail;
-    this.remote = remote;
-  }
-}
 const bad = (code, detail) => new ProtocolError(code, detail, false);
 export const byteLength = (text) => utf8.encode(text).length;
 
@@ -401,66 +396,6 @@ export function parse(frame) {
   }
 }
 
-// ------------------------------------------------------- readable errors (PROTOCOL.md 3)
-export const ERROR_TEXT = Object.freeze({
-  // 3.2 PROTOCOL_ERROR
-  UNKNOWN_MESSAGE: "The other side does not know this message.",
-  MALFORMED_FRAME: "A message did not follow the protocol's grammar.",
-  FRAME_TOO_LARGE: "A message was larger than allowed.",
-  PATH_TOO_LONG: "The path is too long (at most 4096 bytes).",
-  TOO_MANY_FIELDS: "A message had too many fields.",
-  INVALID_JOB_ID: "The job id may use only letters, digits, '.', '_' and '-' (1 to 64).",
-  UNEXPECTED_MESSAGE: "That is not possible right now (wrong moment in the exchange).",
-  UNEXPECTED_DATA: "File data arrived outside a transfer, or a chunk broke its bounds.",
-  WORKER_BUSY: "The worker is running another job; try again later.",
-  NO_SHARED_STORAGE: "This worker has no shared storage: send a file instead.",
-  OVERLOADED: "The worker could not keep up and closed the connection.",
-  UNKNOWN_JOB: "The worker has no results for this job (or they belong to someone else).",
-  NO_STORAGE: "The worker has no storage service configured.",
-  INTERNAL_ERROR: "The worker failed internally (see its log).",
-  AUTH_REQUIRED: "The worker needs the identity handshake first.",
-  AUTH_FAILED: "The identity handshake failed: a signature did not verify.",
-  NOT_AUTHORIZED: "This worker does not accept this browser's identity (ask its operator to authorize your fingerprint).",
-  WORKER_KEY_CHANGED: "The worker's key is not the one pinned for it: refused. Someone may be impersonating it; if its operator really changed its key, forget the pin.",
-  // 3.3 TRANSFER_ERROR
-  HASH_MISMATCH: "The file's sha256 did not match: it was corrupted on the way.",
-  SIZE_MISMATCH: "More or fewer bytes arrived than announced.",
-  FILE_TOO_LARGE: "The file is larger than the worker accepts.",
-  DISK_FULL: "The worker's disk is full.",
-  INVALID_NAME: "The file name is not a plain base name.",
-  CANCELLED: "The transfer was cancelled; what arrived is kept for a resume.",
-  QUOTA_EXCEEDED: "You hold too many unfinished transfers on this worker.",
-  // 3.4 signaling
-  INVALID_JSON: "The signaling server could not read a frame.",
-  INVALID_FRAME: "The signaling server refused a malformed frame.",
-  UNKNOWN_TYPE: "The signaling server does not know this frame.",
-  NOT_REGISTERED: "Not registered with the signaling server yet.",
-  UNAUTHORIZED: "Wrong or missing token: the signaling server refused the connection.",
-  PEER_ID_TAKEN: "This browser is already connected in another tab.",
-  ALREADY_REGISTERED: "Already registered.",
-  PEER_NOT_FOUND: "That worker is not connected to the signaling server any more.",
-  KEY_REQUIRED: "The signaling server needs a key to register.",
-  BAD_SIGNATURE: "The signaling server did not accept this browser's signature.",
-  PEER_ID_BOUND: "This peer id belongs to another key on the signaling server.",
-  REGISTRATION_TIMEOUT: "Registration took too long; connect again.",
-  TOO_MANY_CONNECTIONS: "The signaling server has too many connections; try again later.",
-  SERVER_ERROR: "The signaling server could not complete the request; try again later.",
-  // the page's own
-  NO_TURN_SERVER: "Relay only was chosen, but the signaling server offers no TURN server.",
-  NO_RELAY_CANDIDATE: "Relay only was chosen, but the TURN server gave no relay address (refused credentials, or unreachable).",
-  CONNECTION_FAILED: "The WebRTC connection could not be established.",
-  CONNECTION_LOST: "The connection to the worker was lost.",
-  NOT_CONNECTED: "Choose a worker first.",
-  TIMEOUT: "The worker did not answer in time.",
-  PATH_ERROR: "The worker refused the path.",
-  SECURE_CONTEXT_REQUIRED: "This page needs a secure context (HTTPS or localhost) for WebCrypto.",
-});
-/** "CODE: readable text (detail)" for any code, known or not. */
-export function describeError(code, detail = "") {
-  const text = ERROR_TEXT[code] ?? "Error.";
-  return detail ? `${code}: ${text} (${detail})` : `${code}: ${text}`;
-}
-
 // ------------------------------------------------ identity pieces (protocol/identity.py)
 const ascii = (s) => utf8.encode(s);
 const u16 = (n) => Uint8Array.of(n >> 8, n & 255);
@@ -593,40 +528,6 @@ export async function proofDigest(request, size, readRange) {
   return hex(h.digest());
 }
 
-// --------------------------------------------------- the sender machine (4.5, SENDER_TABLE)
-const OPEN = ["AWAIT_READY", "PROVING", "PROVED", "SENDING", "AWAIT_RECEIVED"];
-export const SENDER_TABLE = Object.freeze({
-  "IDLE|FileMeta": "AWAIT_READY",
-  "AWAIT_READY|FileReady": "SENDING",
-  "AWAIT_READY|FileExists": "IDLE",
-  "AWAIT_READY|ProtocolErrorFrame": "IDLE",
-  "AWAIT_READY|FileProofRequest": "PROVING",
-  "PROVING|FileRanges": "PROVED",
-  "PROVING|FileReady": "SENDING",
-  "PROVED|FileReady": "SENDING",
-  "PROVED|FileExists": "IDLE",
-  "SENDING|FileProgress": "SENDING",
-  "SENDING|EndOfFile": "AWAIT_RECEIVED",
-  "AWAIT_RECEIVED|FileProgress": "AWAIT_RECEIVED",
-  "AWAIT_RECEIVED|FileReceived": "IDLE",
-  ...Object.fromEntries(OPEN.flatMap((s) => [[`${s}|TransferError`, "IDLE"], [`${s}|FileCancel`, "IDLE"], [`${s}|cancel`, "CANCELLED"]])),
-  ...Object.fromEntries(["FileProofRequest", "FileReady", "FileExists", "FileProgress", "FileReceived"].map((k) => [`CANCELLED|${k}`, "CANCELLED"])),
-  "CANCELLED|TransferError": "IDLE",
-  "CANCELLED|FileCancel": "IDLE",
-  "CANCELLED|give up": "IDLE",
-});
-/** The sending side's state: step(event) moves it or throws UNEXPECTED_MESSAGE. */
-export class SenderMachine {
-  constructor() { this.state = "IDLE"; }
-  can(event) { return `${this.state}|${event}` in SENDER_TABLE; }
-  step(event) {
-    const next = SENDER_TABLE[`${this.state}|${event}`];
-    if (!next) throw new ProtocolError("UNEXPECTED_MESSAGE", `can't handle ${event} when the sender is ${this.state}`);
-    const before = this.state;
-    this.state = next;
-    return before;
-  }
-}
 /** The chunk size to send with: the remote's max message size, at most the protocol's
  *  bound; 64 KiB when the remote's is unknown (PROTOCOL.md 1.2). */
 export function chunkSizeFor(maxMessageSize) {

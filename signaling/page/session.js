@@ -11,9 +11,18 @@ export const HIGH_WATER = 4 * MiB;
 export const LOW_WATER = 1 * MiB;
 /** File bytes read per File.slice (the whole file is never in memory). */
 export const READ_BLOCK = 4 * MiB;
+/** The page holds a results ZIP in memory until it is saved: larger ones are refused
+ *  (TRANSFER_ERROR::FILE_TOO_LARGE before any byte is sent). Bytes. */
+export const RESULTS_MAX_BYTES = 512 * MiB;
 /** sessionStorage: file bytes this tab put on the wire (handed to the channel and not
  *  still in its buffer when the page went away), over reloads: shows what a resume cost. */
 export const BYTES_SENT_KEY = "rtc-worker-page/bytes-sent";
+const sessionCount = (key) => Number(sessionStorage.getItem(key) ?? 0);
+/** Deadlines, milliseconds (a Session takes others in ctx.timeouts): a reply to a path
+ *  or the handshake; the FILE_META after RESULTS_REQUEST (the worker packs the ZIP
+ *  first); the gap between two frames of a download; the end of a job; the
+ *  acknowledgement of our FILE_CANCEL (as the Python client, 10 s). */
+export const TIMEOUTS = Object.freeze({ reply: 60000, handshake: 15000, resultsMeta: 120000, resultsIdle: 30000, job: 3600 * 1000, cancelGiveUp: 10000 });
 
 /** sha256 of a File (or Blob), read in READ_BLOCK slices; onProgress(bytesHashed). */
 export async function hashFile(file, onProgress = () => {}) {
@@ -24,7 +33,6 @@ export async function hashFile(file, onProgress = () => {}) {
   }
   return P.hex(h.digest());
 }
-const sessionCount = (key) => Number(sessionStorage.getItem(key) ?? 0);
 
 /** Rate over a sliding window of (time, bytes) samples: bytes per second. */
 class Rate {
@@ -40,11 +48,13 @@ class Rate {
 
 export class Session {
   /** channel: an open RTCDataChannel; ctx: {identity, pinned, offerDtls, answerDtls,
-   *  maxMessageSize}; ui: callbacks (see app.js). */
+   *  maxMessageSize, timeouts?} (timeouts: TIMEOUTS overrides); ui: callbacks (app.js). */
   constructor(channel, ctx, ui) {
     Object.assign(this, { channel, ctx, ui });
+    this.timeouts = { ...TIMEOUTS, ...(ctx.timeouts ?? {}) };
     this.queue = Promise.resolve();
-    this.waiters = [];
+    this.waiters = new Map(); // request name -> {resolve, reject, timer}
+    this.job = new P.ClientJob();
     this.sender = new P.SenderMachine();
     this.upload = null; // {file, sha256, size, offset, sent, cancelled}
     this.download = null; // {name, size, sha256, parts, hash, received}
@@ -69,19 +79,31 @@ export class Session {
     if (this.channel.readyState !== "open") throw new P.ProtocolError("CONNECTION_LOST", "the data channel is closed", false);
     this.channel.send(P.encode(msg));
   }
+  /** A job message, if the client job table allows it now (else ProtocolError, local
+   *  UNEXPECTED_MESSAGE, and nothing is sent). */
+  _sendJob(msg) {
+    if (this.channel.readyState !== "open") throw new P.ProtocolError("CONNECTION_LOST", "the data channel is closed", false);
+    const frame = P.encode(msg);
+    this.job.send(msg.kind);
+    this.channel.send(frame);
+  }
 
-  /** Wait for the next frame whose kind is in `kinds`; rejects when the channel closes. */
-  expect(kinds, timeoutMs = 60000) {
+  /** Wait for the answer to `request` ("handshake", "input", "output", "job"): the
+   *  reply message, or the PROTOCOL_ERROR refusing it. Rejects with TIMEOUT after
+   *  timeoutMs, CONNECTION_LOST when the channel closes. */
+  expect(request, timeoutMs, what) {
     return new Promise((resolve, reject) => {
-      const w = { kinds, resolve, reject };
-      w.timer = setTimeout(() => { this.waiters = this.waiters.filter((x) => x !== w); reject(new P.ProtocolError("TIMEOUT", `no ${kinds.join("/")} within ${timeoutMs / 1000} s`, false)); }, timeoutMs);
-      this.waiters.push(w);
+      const timer = setTimeout(() => {
+        this.waiters.delete(request);
+        reject(new P.ProtocolError("TIMEOUT", `no ${what} within ${Math.round(timeoutMs / 1000)} s`, false));
+      }, timeoutMs);
+      this.waiters.set(request, { resolve, reject, timer });
     });
   }
-  _deliver(msg) {
-    const w = this.waiters.find((x) => x.kinds.includes(msg.kind));
+  _deliver(request, msg) {
+    const w = this.waiters.get(request);
     if (!w) return false;
-    this.waiters = this.waiters.filter((x) => x !== w);
+    this.waiters.delete(request);
     clearTimeout(w.timer);
     w.resolve(msg);
     return true;
@@ -93,7 +115,7 @@ export class Session {
     const hs = new P.ClientHandshake({ signer: this.ctx.identity, offerDtls: this.ctx.offerDtls, answerDtls: this.ctx.answerDtls, pinned: this.ctx.pinned });
     this.channel.send(hs.start());
     for (;;) {
-      const msg = await this.expect(["AuthChallenge", "AuthOk", "ProtocolErrorFrame"], 15000);
+      const msg = await this.expect("handshake", this.timeouts.handshake, "AUTH_CHALLENGE / AUTH_OK");
       const out = await hs.receive(msg);
       for (const frame of out.send) this.channel.send(frame);
       if (out.failed) { setTimeout(() => this.channel.close(), 200); throw new P.ProtocolError(out.failed.code, out.failed.detail); }
@@ -114,17 +136,19 @@ export class Session {
   _trySend(msg) { try { this.send(msg); } catch { /* closed */ } }
 
   async _route(msg) {
-    if (!this.authenticated) { if (!this._deliver(msg)) this.ui.error("UNEXPECTED_MESSAGE", `${msg.kind} before the handshake ended`); return; }
+    if (!this.authenticated) {
+      const handshake = ["AuthChallenge", "AuthOk", "ProtocolErrorFrame"].includes(msg.kind);
+      if (!handshake || !this._deliver("handshake", msg)) this.ui.error("UNEXPECTED_MESSAGE", `${msg.kind} before the handshake ended`);
+      return;
+    }
     switch (msg.kind) {
-      case "PathValidated": case "PathError": case "JobLog": case "JobMetrics": case "JobComplete": case "JobFailed": case "ResultsStored":
-        this.ui.job(msg);
-        this._deliver(msg);
+      case "PathValidated": case "PathError": case "JobLog": case "JobMetrics": case "JobComplete": case "JobFailed":
+        return this._jobFrame(msg);
+      case "ResultsStored":
+        this.ui.job(msg); // unchanged state, as the Python client
         return;
       case "ProtocolErrorFrame":
-        if (this.sender.can("ProtocolErrorFrame")) { this.sender.step("ProtocolErrorFrame"); this._endUpload(); }
-        this.ui.error(msg.code, msg.detail);
-        this._deliver(msg);
-        return;
+        return this._refused(msg);
       case "FileReady": case "FileExists": case "FileProofRequest": case "FileProgress": case "FileReceived":
         return this._senderFrame(msg);
       case "TransferError":
@@ -136,20 +160,46 @@ export class Session {
         return this._receiverFrame(msg);
       case "FileCancel":
         if (this.download) return this._receiverFrame(msg);
+        if (this.sender.state === "IDLE") { this._trySend({ kind: "TransferError", code: "CANCELLED", detail: "no transfer open" }); return; }
         return this._senderFrame(msg);
       default:
         this.ui.error("UNEXPECTED_MESSAGE", `the worker sent ${msg.kind}, which only a client sends`);
     }
   }
 
+  /** A job reply, through the client job table: one that answers nothing we asked
+   *  (a JOB_COMPLETE with no job started...) is refused, never shown as real. */
+  _jobFrame(msg) {
+    let request;
+    try { request = this.job.receive(msg); } catch (e) { this.ui.error(e.code, e.detail); return; }
+    this.ui.job(msg);
+    if (request === "input" || request === "output") this._deliver(request, msg);
+    else if (msg.kind === "JobComplete" || msg.kind === "JobFailed") this._deliver("job", msg);
+  }
+
+  /** A PROTOCOL_ERROR goes to the request it refuses (protocol/_client_role.py). */
+  _refused(msg) {
+    const request = this.job.refusal(msg.code, { resultsPending: this._resultsPending(), fileOffered: this.sender.state === "AWAIT_READY" });
+    this.ui.error(msg.code, msg.detail);
+    if (request === "input" || request === "output") this._deliver(request, msg);
+    else if (request === "start") this._deliver("job", msg);
+    else if (request === "results") this._resultsRefused(msg);
+    else if (request === "file") {
+      this.sender.step("ProtocolErrorFrame");
+      this.ui.transfer({ phase: "failed", ...this._figures(), code: msg.code, detail: msg.detail });
+      this._endUpload({ error: msg.code });
+    }
+  }
+
   _onClose() {
     if (this.closed) return;
     this.closed = true;
-    for (const w of this.waiters) { clearTimeout(w.timer); w.reject(new P.ProtocolError("CONNECTION_LOST", "the data channel closed", false)); }
-    this.waiters = [];
+    for (const w of this.waiters.values()) { clearTimeout(w.timer); w.reject(new P.ProtocolError("CONNECTION_LOST", "the data channel closed", false)); }
+    this.waiters.clear();
+    clearTimeout(this.giveUpTimer);
     this._uncountBuffered();
-    if (this.upload && !this.upload.done) { this.upload.interrupted = true; this.ui.transfer({ phase: "interrupted", ...this._figures() }); }
-    if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: "CONNECTION_LOST", detail: "the connection closed during the download" }); }
+    if (this.upload && !this.upload.done) { this.upload.interrupted = true; this.ui.transfer({ phase: "interrupted", ...this._figures() }); this._endUpload({ interrupted: true }); }
+    this._resultsClosed();
     if (this.authenticated) this.ui.closed(); // a failed handshake was reported already
   }
   close() { try { this.channel.close(); } catch { /* already */ } }
@@ -158,100 +208,121 @@ export class Session {
   /** Validate input and output, start the job; JOB_LOG, JOB_METRICS and the end arrive
    *  through ui.job. Returns the JOB_COMPLETE / JOB_FAILED message, or null when refused. */
   async runSharedJob(input, output, jobId = "") {
-    const replyTo = ["PathValidated", "PathError", "ProtocolErrorFrame"];
-    if (jobId) this.send({ kind: "JobId", job_id: jobId });
-    this.ui.step("input", "active", input);
-    this.send({ kind: "SharedInputPath", path: input });
-    let r = await this.expect(replyTo);
-    if (r.kind !== "PathValidated") { this.ui.step("input", "failed", r.reason ?? `${r.code}: ${r.detail}`); return null; }
-    this.ui.step("input", "done", input);
-    this.ui.step("output", "active", output);
-    this.send({ kind: "SharedOutputPath", path: output });
-    r = await this.expect(replyTo);
-    if (r.kind !== "PathValidated") { this.ui.step("output", "failed", r.reason ?? `${r.code}: ${r.detail}`); return null; }
-    this.ui.step("output", "done", output);
+    if (jobId) this._sendJob({ kind: "JobId", job_id: jobId });
+    for (const [which, path, kind] of [["input", input, "SharedInputPath"], ["output", output, "SharedOutputPath"]]) {
+      this.ui.step(which, "active", path);
+      const reply = this.expect(which, this.timeouts.reply, `answer to ${which} path`);
+      try { this._sendJob({ kind, path }); } catch (e) { this._forget(which); throw e; }
+      const r = await reply.catch((e) => { this.ui.step(which, "failed", P.describeError(e.code, e.detail)); throw e; });
+      if (r.kind !== "PathValidated") { this.ui.step(which, "failed", r.reason ?? P.describeError(r.code, r.detail)); return null; }
+      this.ui.step(which, "done", path);
+    }
     return this.startJob();
   }
+  _forget(request) { const w = this.waiters.get(request); if (w) { clearTimeout(w.timer); this.waiters.delete(request); } }
   /** JOB_START on what the session holds (validated paths, or a received file). */
   async startJob() {
     this.ui.step("run", "active", "running");
-    const end = this.expect(["JobComplete", "JobFailed", "ProtocolErrorFrame"], 3600 * 1000);
-    this.send({ kind: "JobStart" });
-    const r = await end;
+    const end = this.expect("job", this.timeouts.job, "JOB_COMPLETE or JOB_FAILED");
+    try { this._sendJob({ kind: "JobStart" }); } catch (e) { this._forget("job"); this.ui.step("run", "failed", P.describeError(e.code, e.detail)); throw e; }
+    const r = await end.catch((e) => { this.ui.step("run", "failed", P.describeError(e.code, e.detail)); throw e; });
     if (r.kind === "JobComplete") this.ui.step("run", "done", `${r.file_count} files, ${r.total_mb.toFixed(2)} MB in ${r.output_path}`);
-    else this.ui.step("run", "failed", r.reason ?? `${r.code}: ${r.detail}`);
+    else this.ui.step("run", "failed", r.reason ?? P.describeError(r.code, r.detail));
     return r;
   }
-  cancelJob() { this.send({ kind: "JobCancel" }); }
+  cancelJob() { this._sendJob({ kind: "JobCancel" }); }
 
   // --------------------------------------------------------------- upload (2.3, sender)
   /** Send a file: FILE_META, proof if asked, chunks from the worker's offset, END_OF_FILE.
-   *  `known` = {sha256} skips hashing when the same file was hashed before. */
+   *  `known` = {sha256} skips hashing when the same file was hashed before. Resolves with
+   *  how it ended: {received}, {exists}, {cancelled}, {interrupted} or {error: code}. */
   async sendFile(file, known = null) {
     if (this.sender.state !== "IDLE") throw new P.ProtocolError("UNEXPECTED_MESSAGE", `a transfer is open (${this.sender.state})`, false);
     if (file.size > P.LIMITS.max_file_bytes) throw new P.ProtocolError("FILE_TOO_LARGE", `${file.size} bytes`, false);
     const up = { file, size: file.size, offset: 0, sent: 0, rate: new Rate(), started: performance.now(), done: false };
     this.upload = up;
+    up.finished = new Promise((resolve) => { up.finish = resolve; });
     this.ui.transfer({ phase: "hashing", done: 0, size: file.size, name: file.name });
     up.sha256 = known?.sha256 ?? await hashFile(file, (n) => this.ui.transfer({ phase: "hashing", done: n, size: file.size, name: file.name }));
-    if (this.upload !== up || this.closed) return;
+    if (this.upload !== up || this.closed) return up.done ? up.finished : { interrupted: true };
     up.chunk = P.chunkSizeFor(this.ctx.maxMessageSize);
     this.sender.step("FileMeta");
     this.send({ kind: "FileMeta", name: file.name, size: file.size, sha256: up.sha256, chunk_size: up.chunk });
     this.ui.transfer({ phase: "offered", done: 0, size: file.size, name: file.name, sha256: up.sha256 });
-    up.finished = new Promise((resolve) => { up.finish = resolve; });
     return up.finished;
   }
+  /** FILE_CANCEL: the worker keeps its part for a resume. The upload ends (its promise
+   *  resolves {cancelled}) when the worker acknowledges (TRANSFER_ERROR::CANCELLED),
+   *  cancels too (FILE_CANCEL), or after timeouts.cancelGiveUp without either. */
   cancelTransfer() {
     if (!this.sender.can("cancel")) return;
     this.sender.step("cancel");
     if (this.upload) this.upload.cancelled = true;
     this._trySend({ kind: "FileCancel" });
     this.ui.transfer({ phase: "cancelled", ...this._figures() });
-    setTimeout(() => { if (this.sender.state === "CANCELLED") this.sender.step("give up"); }, 10000);
+    this.giveUpTimer = setTimeout(() => {
+      if (this.sender.state !== "CANCELLED") return;
+      this.sender.step("give up");
+      this._endUpload({ cancelled: true });
+    }, this.timeouts.cancelGiveUp);
   }
   _endUpload(result = {}) {
     const up = this.upload;
-    if (!up) return;
+    if (!up || up.done) return;
     up.done = true;
     up.finish?.(result);
+    if (result.received || result.exists) this.job.move(P.OUTCOME.FILE_ACCEPTED); // the next job's input
   }
 
+  /** A receiver frame about our upload, through the sender table (protocol/sender.py
+   *  Sender.receive); one the table does not allow is refused and changes nothing. */
   async _senderFrame(msg) {
     const before = this.sender.state;
-    if (!this.sender.can(msg.kind)) { this.ui.error("UNEXPECTED_MESSAGE", `${msg.kind} while the sender is ${before}`); return; }
-    this.sender.step(msg.kind);
-    if (before === "CANCELLED") { if (msg.kind === "TransferError") this._endUpload({ cancelled: true }); return; }
+    const next = this.sender.next(msg.kind); // throws UNEXPECTED_MESSAGE
+    if (before === "CANCELLED") {
+      // Only TRANSFER_ERROR::CANCELLED (or FILE_CANCEL) acknowledges our cancel; the
+      // receiver's other frames about the cancelled transfer are absorbed.
+      if (msg.kind === "TransferError" && msg.code !== "CANCELLED") return;
+      if (next === "IDLE") { clearTimeout(this.giveUpTimer); this.sender.state = next; this._endUpload({ cancelled: true }); }
+      return;
+    }
     const up = this.upload;
     switch (msg.kind) {
       case "FileProofRequest": {
+        this.sender.state = next;
         this.ui.transfer({ phase: "proving", done: 0, size: up.size });
         try {
           const digest = await P.proofDigest(msg, up.size, async (o, l) => new Uint8Array(await up.file.slice(o, o + l).arrayBuffer()));
+          if (!this.sender.can("FileRanges")) return; // the worker's deadline moved us on
           this.sender.step("FileRanges");
           this.send({ kind: "FileProof", sha256: digest });
         } catch (e) { this.ui.error(e.code ?? "MALFORMED_FRAME", e.detail ?? String(e)); } // no answer: the worker's deadline applies
         return;
       }
       case "FileExists":
+        if (msg.sha256 !== up.sha256) throw new P.ProtocolError("MALFORMED_FRAME", `FILE_EXISTS names another sha256 (${msg.sha256}, we offered ${up.sha256})`);
+        this.sender.state = next;
         up.existed = true;
         this.ui.transfer({ phase: "exists", done: up.size, size: up.size, sha256: msg.sha256, sent: 0 });
         return this._endUpload({ exists: true });
       case "FileReady":
         if (msg.offset > up.size) {
-          this.sender.step("TransferError");
-          this._trySend({ kind: "TransferError", code: "SIZE_MISMATCH", detail: `offset ${msg.offset} beyond ${up.size} bytes` });
+          this.sender.state = "IDLE";
+          this._trySend({ kind: "TransferError", code: "SIZE_MISMATCH", detail: "offset beyond the file's end" });
           this.ui.error("SIZE_MISMATCH", `the worker asked from byte ${msg.offset} of ${up.size}`);
           return this._endUpload({ error: "SIZE_MISMATCH" });
         }
+        this.sender.state = next;
         up.offset = msg.offset;
         this.ui.transfer({ phase: "sending", ...this._figures() });
         this._stream(up); // runs beside the frame queue: FILE_PROGRESS keeps arriving
         return;
       case "FileProgress":
+        this.sender.state = next;
         up.acked = msg.received;
         return;
       case "FileReceived":
+        this.sender.state = "IDLE";
         if (msg.sha256 !== up.sha256) {
           this._trySend({ kind: "TransferError", code: "HASH_MISMATCH", detail: "FILE_RECEIVED names another sha256" });
           this.ui.error("HASH_MISMATCH", `the worker stored ${msg.sha256}, not ${up.sha256}`);
@@ -260,6 +331,7 @@ export class Session {
         this.ui.transfer({ phase: "received", ...this._figures(), sha256: msg.sha256 });
         return this._endUpload({ received: true });
       case "TransferError": case "FileCancel":
+        this.sender.state = next;
         this.ui.transfer({ phase: "failed", ...this._figures(), code: msg.code ?? "CANCELLED", detail: msg.detail ?? "the worker cancelled" });
         if (msg.kind === "TransferError") this.ui.error(msg.code, msg.detail);
         return this._endUpload({ error: msg.code ?? "CANCELLED" });
@@ -316,14 +388,21 @@ export class Session {
   /** RESULTS_REQUEST: the worker sends results-{job_id}.zip; resolved with
    *  {name, blob, sha256} once its sha256 checks out, or an error result. */
   requestResults(jobId) {
-    if (this.download) throw new P.ProtocolError("UNEXPECTED_MESSAGE", "a download is already running", false);
+    if (this.download || this.resultsRequested) throw new P.ProtocolError("UNEXPECTED_MESSAGE", "a download is already running", false);
     const done = new Promise((resolve) => { this.resultsDone = resolve; });
     this.ui.results({ phase: "requested", jobId });
     this.send({ kind: "ResultsRequest", job_id: jobId });
-    this.expect(["ProtocolErrorFrame", "FileMeta"], 60000).then((m) => {
-      if (m.kind === "ProtocolErrorFrame") { this.ui.results({ phase: "failed", code: m.code, detail: m.detail }); this.resultsDone({ error: m.code }); }
-    }, () => {});
+    this.resultsRequested = true;
     return done;
+  }
+  _resultsPending() { return !!this.resultsRequested; }
+  _resultsRefused(m) {
+    this.resultsRequested = false;
+    this.ui.results({ phase: "failed", code: m.code, detail: m.detail });
+    this.resultsDone({ error: m.code });
+  }
+  _resultsClosed() {
+    if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: "CONNECTION_LOST", detail: "the connection closed during the download" }); }
   }
 
   _receiverFrame(msg) {
@@ -334,7 +413,7 @@ export class Session {
         return refuse("UNEXPECTED_DATA", "the page takes only FILE_META with a sha256");
       case "FileMeta":
         if (d) { this._trySend({ kind: "ProtocolErrorFrame", code: "UNEXPECTED_MESSAGE", detail: "a transfer is open" }); return; }
-        this._deliver(msg);
+        this.resultsRequested = false;
         if (!P.isPlainName(msg.name)) return refuse("INVALID_NAME", "not a plain base name");
         if (msg.chunk_size > P.LIMITS.max_binary_frame_bytes) return refuse("UNEXPECTED_DATA", `chunk_size above ${P.LIMITS.max_binary_frame_bytes}`);
         if (msg.size > P.LIMITS.max_file_bytes) return refuse("FILE_TOO_LARGE", `above ${P.LIMITS.max_file_bytes} bytes`);
