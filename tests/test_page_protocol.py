@@ -550,9 +550,11 @@ out.honest = {sent: w.ch.sent, name: got.name, size: got.blob.size, sha256: got.
 const refused = [];
 for (const [meta, data] of [
   ['../evil.zip::5::' + arg.hello + '::65536', null],
-  ['r.zip::5::' + arg.hello + '::4', 'hello'],
-  ['r.zip::3::' + arg.hello + '::65536', 'hello'],
-  ['r.zip::5::' + arg.hello + '::262145', null],
+  ['results-job-1.zip::5::' + arg.hello + '::4', 'hello'],
+  ['results-job-1.zip::3::' + arg.hello + '::65536', 'hello'],
+  ['results-job-1.zip::5::' + arg.hello + '::262145', null],
+  ['evil.exe::5::' + arg.hello + '::65536', null],
+  ['results-job-1.zip::' + (512 * 1024 * 1024 + 1) + '::' + arg.hello + '::65536', null],
 ]) {
   w = open(); w.s.authenticated = true;
   const p = w.s.requestResults('job-1');
@@ -561,6 +563,32 @@ for (const [meta, data] of [
   refused.push([w.ch.sent.at(-1).split('::').slice(0, 2).join('::'), (await p).error]);
 }
 out.refused = refused;
+// A file pushed while no RESULTS_REQUEST waits: refused before any byte, chunks too.
+w = open(); w.s.authenticated = true;
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+await w.feed(bytes('hello'));
+await w.feed('END_OF_FILE');
+out.pushed = {sent: w.ch.sent, seen: w.seen};
+// Results larger than the page holds: a readable refusal.
+out.tooLarge = P.describeError('RESULTS_TOO_LARGE', '536.9 MB');
+// No FILE_META in time after RESULTS_REQUEST: TIMEOUT; a late one is refused.
+w = open({resultsMeta: 100}); w.s.authenticated = true;
+let late = w.s.requestResults('job-1');
+out.metaDeadline = {before: await settled(late)};
+await new Promise(r => setTimeout(r, 150));
+out.metaDeadline.after = await settled(late);
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+out.metaDeadline.sent = w.ch.sent;
+// A worker that stops sending mid-download: the idle deadline ends it.
+w = open({resultsIdle: 100}); w.s.authenticated = true;
+late = w.s.requestResults('job-1');
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+await w.feed(bytes('he'));
+out.idle = {before: await settled(late)};
+await new Promise(r => setTimeout(r, 150));
+out.idle.after = await settled(late);
+await w.feed(bytes('llo'));
+out.idle.sent = w.ch.sent;
 // Uploads: an offset beyond the file, a FILE_RECEIVED naming other content, a proof.
 const file = new File(['hello'], 'a.txt');
 w = open(); w.s.authenticated = true;
@@ -619,6 +647,29 @@ def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
         ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
         ["TRANSFER_ERROR::SIZE_MISMATCH", "SIZE_MISMATCH"],
         ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
+        ["TRANSFER_ERROR::INVALID_NAME", "INVALID_NAME"],  # not results-job-1.zip
+        ["TRANSFER_ERROR::FILE_TOO_LARGE", "RESULTS_TOO_LARGE"],  # above 512 MiB
+    ]
+    # Pushed without a request: no FILE_READY, no byte kept, nothing offered to save.
+    assert [f.split("::")[:2] for f in out["pushed"]["sent"]] == [
+        ["PROTOCOL_ERROR", "UNEXPECTED_MESSAGE"],
+        ["TRANSFER_ERROR", "UNEXPECTED_DATA"],
+    ]
+    assert out["pushed"]["seen"] == [["error", "UNEXPECTED_MESSAGE"]] * 2
+    assert out["tooLarge"].startswith("RESULTS_TOO_LARGE: The results are larger than this page")
+    assert out["metaDeadline"]["before"] == "pending"
+    assert out["metaDeadline"]["after"] == {"error": "TIMEOUT"}
+    assert [f.split("::")[:2] for f in out["metaDeadline"]["sent"]] == [
+        ["RESULTS_REQUEST", "job-1"],
+        ["PROTOCOL_ERROR", "UNEXPECTED_MESSAGE"],
+    ]
+    assert out["idle"]["before"] == "pending" and out["idle"]["after"] == {"error": "TIMEOUT"}
+    assert [f.split("::")[:2] for f in out["idle"]["sent"]] == [
+        ["RESULTS_REQUEST", "job-1"],
+        ["FILE_READY", "0"],
+        ["FILE_PROGRESS", "2"],
+        ["TRANSFER_ERROR", "CANCELLED"],  # the protocol's code that ends a transfer early
+        ["TRANSFER_ERROR", "UNEXPECTED_DATA"],
     ]
     meta = f"FILE_META::a.txt::5::{hello}::262144"
     assert out["beyond"]["sent"][0] == meta

@@ -62,6 +62,7 @@ export const ERROR_TEXT = Object.freeze({
   CONNECTION_LOST: "The connection to the worker was lost.",
   NOT_CONNECTED: "Choose a worker first.",
   TIMEOUT: "The worker did not answer in time.",
+  RESULTS_TOO_LARGE: "The results are larger than this page holds in memory (512 MiB): refused before any byte was sent. Fetch them with rtc-client instead.",
   PATH_ERROR: "The worker refused the path.",
   SECURE_CONTEXT_REQUIRED: "This page needs a secure context (HTTPS or localhost) for WebCrypto.",
 });

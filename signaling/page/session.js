@@ -57,7 +57,7 @@ export class Session {
     this.job = new P.ClientJob();
     this.sender = new P.SenderMachine();
     this.upload = null; // {file, sha256, size, offset, sent, cancelled}
-    this.download = null; // {name, size, sha256, parts, hash, received}
+    this.results = null; // the results download: {jobId, name, state: REQUESTED | RECEIVING, ...}
     this.closed = false;
     channel.binaryType = "arraybuffer";
     channel.bufferedAmountLowThreshold = LOW_WATER;
@@ -128,7 +128,7 @@ export class Session {
     let msg;
     try { msg = P.parse(data); } catch (e) {
       this.ui.error(e.code, `the worker sent a frame the page refuses: ${e.detail}`);
-      if (data instanceof ArrayBuffer && !this.download) this._trySend({ kind: "TransferError", code: "UNEXPECTED_DATA", detail: "no transfer open" });
+      if (data instanceof ArrayBuffer && !this._receiving()) this._trySend({ kind: "TransferError", code: "UNEXPECTED_DATA", detail: "no transfer open" });
       return;
     }
     try { await this._route(msg); } catch (e) { this.ui.error(e.code ?? "INTERNAL_ERROR", e.detail ?? String(e)); }
@@ -153,13 +153,13 @@ export class Session {
         return this._senderFrame(msg);
       case "TransferError":
         if (this.sender.state !== "IDLE") return this._senderFrame(msg);
-        if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: msg.code, detail: msg.detail }); }
-        this.ui.error(msg.code, msg.detail);
+        if (this._receiving()) this._resultsEnd(msg.code, msg.detail);
+        else this.ui.error(msg.code, msg.detail);
         return;
       case "FileMeta": case "FileMetaLegacy": case "Chunk": case "EndOfFile":
         return this._receiverFrame(msg);
       case "FileCancel":
-        if (this.download) return this._receiverFrame(msg);
+        if (this._receiving()) return this._receiverFrame(msg);
         if (this.sender.state === "IDLE") { this._trySend({ kind: "TransferError", code: "CANCELLED", detail: "no transfer open" }); return; }
         return this._senderFrame(msg);
       default:
@@ -385,75 +385,100 @@ export class Session {
   }
 
   // ----------------------------------------------------------- results (2.1, receiver)
-  /** RESULTS_REQUEST: the worker sends results-{job_id}.zip; resolved with
-   *  {name, blob, sha256} once its sha256 checks out, or an error result. */
+  /** RESULTS_REQUEST for `jobId`. The worker answers with results-{jobId}.zip: the only
+   *  FILE_META the page takes, and only while this request waits for it. Resolves with
+   *  {name, blob, sha256} once the sha256 checks out, else {error: code}. Bounds: the
+   *  FILE_META within timeouts.resultsMeta, each next frame within timeouts.resultsIdle,
+   *  at most RESULTS_MAX_BYTES (held in memory until saved). Throws ProtocolError
+   *  (local) when a download is open or the job id is invalid (nothing is sent). */
   requestResults(jobId) {
-    if (this.download || this.resultsRequested) throw new P.ProtocolError("UNEXPECTED_MESSAGE", "a download is already running", false);
-    const done = new Promise((resolve) => { this.resultsDone = resolve; });
-    this.ui.results({ phase: "requested", jobId });
+    if (this.results) throw new P.ProtocolError("UNEXPECTED_MESSAGE", "a results download is already open", false);
     this.send({ kind: "ResultsRequest", job_id: jobId });
-    this.resultsRequested = true;
+    const r = { jobId, name: `results-${jobId}.zip`, state: "REQUESTED" };
+    const done = new Promise((resolve) => { r.resolve = resolve; });
+    this.results = r;
+    this.ui.results({ phase: "requested", jobId });
+    const s = Math.round(this.timeouts.resultsMeta / 1000);
+    r.timer = setTimeout(() => this._resultsEnd("TIMEOUT", `no FILE_META within ${s} s of RESULTS_REQUEST; ask again later`), this.timeouts.resultsMeta);
     return done;
   }
-  _resultsPending() { return !!this.resultsRequested; }
-  _resultsRefused(m) {
-    this.resultsRequested = false;
-    this.ui.results({ phase: "failed", code: m.code, detail: m.detail });
-    this.resultsDone({ error: m.code });
+  _resultsPending() { return this.results?.state === "REQUESTED"; }
+  _receiving() { return this.results?.state === "RECEIVING"; }
+  /** The download ends without a file: tell the UI (code, detail), send `reply` if any. */
+  _resultsEnd(code, detail, reply = null) {
+    const r = this.results;
+    if (!r) return;
+    clearTimeout(r.timer);
+    this.results = null;
+    if (reply) this._trySend(reply);
+    this.ui.results({ phase: "failed", code, detail });
+    r.resolve({ error: code });
   }
-  _resultsClosed() {
-    if (this.download) { this.download = null; this.ui.results({ phase: "failed", code: "CONNECTION_LOST", detail: "the connection closed during the download" }); }
+  _resultsRefused(m) { this._resultsEnd(m.code, m.detail); }
+  _resultsClosed() { this._resultsEnd("CONNECTION_LOST", "the connection closed during the download"); }
+  /** (Re)arm the deadline for the download's next frame. The protocol has no timeout
+   *  code: the worker's transfer is ended with TRANSFER_ERROR::CANCELLED. */
+  _idleDeadline(r) {
+    clearTimeout(r.timer);
+    const s = Math.round(this.timeouts.resultsIdle / 1000);
+    r.timer = setTimeout(() => this._resultsEnd("TIMEOUT", `no data from the worker for ${s} s; the download was stopped`,
+      { kind: "TransferError", code: "CANCELLED", detail: `the receiver gave up: nothing for ${s} s` }), this.timeouts.resultsIdle);
   }
 
   _receiverFrame(msg) {
-    const d = this.download;
-    const refuse = (code, detail) => { this._trySend({ kind: "TransferError", code, detail }); this.download = null; this.ui.results({ phase: "failed", code, detail }); this.resultsDone?.({ error: code }); };
+    const r = this.results;
+    const refuse = (code, detail, shown = code, shownDetail = detail) =>
+      this._resultsEnd(shown, shownDetail, { kind: "TransferError", code, detail });
     switch (msg.kind) {
-      case "FileMetaLegacy":
-        return refuse("UNEXPECTED_DATA", "the page takes only FILE_META with a sha256");
-      case "FileMeta":
-        if (d) { this._trySend({ kind: "ProtocolErrorFrame", code: "UNEXPECTED_MESSAGE", detail: "a transfer is open" }); return; }
-        this.resultsRequested = false;
-        if (!P.isPlainName(msg.name)) return refuse("INVALID_NAME", "not a plain base name");
+      case "FileMeta": case "FileMetaLegacy":
+        if (r?.state !== "REQUESTED") {
+          // A file the page did not ask for: refused before any byte (the worker's
+          // sender goes back to IDLE on this PROTOCOL_ERROR).
+          this._trySend({ kind: "ProtocolErrorFrame", code: "UNEXPECTED_MESSAGE", detail: r ? "a transfer is open" : "no RESULTS_REQUEST waits for a file" });
+          this.ui.error("UNEXPECTED_MESSAGE", `the worker offered ${msg.name}, which the page did not ask for`);
+          return;
+        }
+        if (msg.kind === "FileMetaLegacy") return refuse("UNEXPECTED_DATA", "the page takes only FILE_META with a sha256");
+        if (msg.name !== r.name) return refuse("INVALID_NAME", `the results of ${r.jobId} are ${r.name}`, "INVALID_NAME", `the worker offered ${msg.name}, not ${r.name}`);
         if (msg.chunk_size > P.LIMITS.max_binary_frame_bytes) return refuse("UNEXPECTED_DATA", `chunk_size above ${P.LIMITS.max_binary_frame_bytes}`);
-        if (msg.size > P.LIMITS.max_file_bytes) return refuse("FILE_TOO_LARGE", `above ${P.LIMITS.max_file_bytes} bytes`);
-        this.download = { name: msg.name, size: msg.size, sha256: msg.sha256, chunk: msg.chunk_size, parts: [], hash: new Sha256(), received: 0, lastProgress: -Infinity, rate: new Rate() };
+        if (msg.size > RESULTS_MAX_BYTES)
+          return refuse("FILE_TOO_LARGE", `the page holds at most ${RESULTS_MAX_BYTES} bytes`, "RESULTS_TOO_LARGE", `${(msg.size / 1e6).toFixed(1)} MB`);
+        Object.assign(r, { state: "RECEIVING", size: msg.size, sha256: msg.sha256, chunk: msg.chunk_size, parts: [], hash: new Sha256(), received: 0, lastProgress: -Infinity, rate: new Rate() });
         this.send({ kind: "FileReady", offset: 0 });
-        this.ui.results({ phase: "receiving", done: 0, size: msg.size, name: msg.name });
+        this._idleDeadline(r);
+        this.ui.results({ phase: "receiving", done: 0, size: msg.size, name: r.name });
         return;
       case "Chunk": {
-        if (!d) { this._trySend({ kind: "TransferError", code: "UNEXPECTED_DATA", detail: "no transfer open" }); return; }
-        if (msg.data.length > d.chunk) return refuse("UNEXPECTED_DATA", "a chunk above chunk_size");
-        if (d.received + msg.data.length > d.size) return refuse("SIZE_MISMATCH", "more bytes than announced");
-        d.parts.push(msg.data.slice());
-        d.hash.update(msg.data);
-        d.received += msg.data.length;
+        if (r?.state !== "RECEIVING") { this._trySend({ kind: "TransferError", code: "UNEXPECTED_DATA", detail: "no transfer open" }); return; }
+        if (msg.data.length > r.chunk) return refuse("UNEXPECTED_DATA", "a chunk above chunk_size");
+        if (r.received + msg.data.length > r.size) return refuse("SIZE_MISMATCH", "more bytes than announced");
+        r.parts.push(msg.data.slice());
+        r.hash.update(msg.data);
+        r.received += msg.data.length;
+        this._idleDeadline(r);
         const now = performance.now();
-        if (now - d.lastProgress >= P.LIMITS.progress_interval_s * 1000) {
-          d.lastProgress = now;
-          this._trySend({ kind: "FileProgress", received: d.received, size: d.size });
-          this.ui.results({ phase: "receiving", done: d.received, size: d.size, speed: d.rate.add(d.received), name: d.name });
+        if (now - r.lastProgress >= P.LIMITS.progress_interval_s * 1000) {
+          r.lastProgress = now;
+          this._trySend({ kind: "FileProgress", received: r.received, size: r.size });
+          this.ui.results({ phase: "receiving", done: r.received, size: r.size, speed: r.rate.add(r.received), name: r.name });
         }
         return;
       }
       case "EndOfFile": {
-        if (!d) { this._trySend({ kind: "ProtocolErrorFrame", code: "UNEXPECTED_MESSAGE", detail: "no transfer open" }); return; }
-        if (d.received !== d.size) return refuse("SIZE_MISMATCH", `${d.received} of ${d.size} bytes arrived`);
-        const sha = P.hex(d.hash.digest());
-        if (sha !== d.sha256) return refuse("HASH_MISMATCH", `received ${sha}, announced ${d.sha256}`);
+        if (r?.state !== "RECEIVING") { this.ui.error("UNEXPECTED_MESSAGE", "END_OF_FILE with no download open"); return; }
+        if (r.received !== r.size) return refuse("SIZE_MISMATCH", `${r.received} of ${r.size} bytes arrived`);
+        const sha = P.hex(r.hash.digest());
+        if (sha !== r.sha256) return refuse("HASH_MISMATCH", `received ${sha}, announced ${r.sha256}`);
+        clearTimeout(r.timer);
+        this.results = null;
         this.send({ kind: "FileReceived", sha256: sha });
-        const blob = new Blob(d.parts, { type: "application/zip" });
-        this.download = null;
-        this.ui.results({ phase: "verified", name: d.name, size: d.size, sha256: sha, blob });
-        this.resultsDone?.({ name: d.name, blob, sha256: sha });
+        const blob = new Blob(r.parts, { type: "application/zip" });
+        this.ui.results({ phase: "verified", name: r.name, size: r.size, sha256: sha, blob });
+        r.resolve({ name: r.name, blob, sha256: sha });
         return;
       }
       case "FileCancel":
-        this._trySend({ kind: "TransferError", code: "CANCELLED", detail: `cancelled by the sender; ${d.received} bytes dropped` });
-        this.download = null;
-        this.ui.results({ phase: "failed", code: "CANCELLED", detail: "the worker cancelled the download" });
-        this.resultsDone?.({ error: "CANCELLED" });
-        return;
+        return refuse("CANCELLED", `cancelled by the sender; ${r.received} bytes dropped`, "CANCELLED", "the worker cancelled the download");
     }
   }
 }
