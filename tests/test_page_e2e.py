@@ -41,6 +41,7 @@ echo "job: reading the input"
 size=$(wc -c < "$1")
 echo "job: the input holds $size bytes"
 if [ "$(head -c 4 "$1")" = "slow" ]; then echo "job: slow input, sleeping"; sleep 60; fi
+if [ "$(head -c 4 "$1")" = "many" ]; then seq 1 2500 | sed 's/^/line /'; fi
 if [ "$(head -c 4 "$1")" = "evil" ]; then
   echo '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 fi
@@ -63,6 +64,7 @@ def browser_stack_module(
     (stack.shared_root / "inputs" / "data.txt").write_text("some input data\n")
     (stack.shared_root / "inputs" / "slow.txt").write_text("slow input\n")
     (stack.shared_root / "inputs" / "evil.txt").write_text("evil input\n")
+    (stack.shared_root / "inputs" / "many.txt").write_text("many lines\n")
     try:
         yield stack
     finally:
@@ -269,6 +271,21 @@ def test_markup_a_job_prints_is_shown_as_text(browser_page: Any, browser_stack: 
     assert page.locator("#job-log img, #job-log script").count() == 0
     page.wait_for_timeout(200)
     assert page.evaluate("window.pwned === undefined")
+
+
+def test_a_job_that_floods_its_log_is_bounded(browser_page: Any, browser_stack: Stack) -> None:
+    """The attacker's steps: a job prints 2500 lines, hoping the page keeps them all.
+    The page keeps the last 2000 and says how many it dropped."""
+    page = browser_page
+    connect(page, browser_stack)
+    page.fill("#input-path", "inputs/many.txt")
+    page.fill("#output-path", "outputs/run-many")
+    page.click("#run-job")
+    page.wait_for_selector("#job-complete.ok", timeout=60000)
+    kept = page.eval_on_selector("#job-log", "el => [el.childNodes.length, el.dataset.dropped]")
+    log = page.text_content("#job-log") or ""
+    assert kept == [2000, "504"]  # 2504 lines: 3 of the script's own, 2500, "job: done"
+    assert log.endswith("line 2500\njob: done\n") and "line 504\n" not in log
 
 
 def test_upload_32_mib_then_the_same_file_is_not_sent_again(

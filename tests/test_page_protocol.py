@@ -794,3 +794,46 @@ def test_the_page_session_follows_the_client_tables(page: Any) -> None:
     assert out["otherCode"]["end"] == "pending" and out["otherCode"]["state"] == "CANCELLED"
     assert ["error", "HASH_MISMATCH"] not in out["otherCode"]["seen"]
     assert out["cancelled"] == {"end": {"cancelled": True}, "state": "IDLE"}
+
+
+BOUNDED_JS = """
+const B = await import('/bounded.js');
+const out = {};
+const pre = document.createElement('pre');
+for (let i = 1; i <= 5000; i++) B.appendLine(pre, `line ${i}`);
+out.lines = {count: pre.childNodes.length, first: pre.firstChild.textContent,
+  last: pre.lastChild.textContent, dropped: pre.dataset.dropped};
+const wide = document.createElement('pre');
+for (let i = 0; i < 40; i++) B.appendLine(wide, String(i).padEnd(60000, 'x'));
+out.chars = {count: wide.childNodes.length, size: wide.textContent.length,
+  last: wide.lastChild.textContent.slice(0, 2)};
+B.appendLine(pre, '<img src=x onerror="window.pwned=1">');
+out.markup = pre.querySelectorAll('img').length;
+const ul = document.createElement('ul');
+for (let i = 0; i < 1000; i++) B.addError(ul, 'UNEXPECTED_MESSAGE', 'UNEXPECTED_MESSAGE: same');
+out.repeated = [ul.children.length, ul.lastElementChild.textContent];
+for (let i = 0; i < 500; i++) B.addError(ul, 'MALFORMED_FRAME', `MALFORMED_FRAME: ${i}`);
+out.errors = {count: ul.children.length, last: ul.lastElementChild.textContent,
+  dropped: ul.dataset.dropped};
+out.bounds = [B.LOG_MAX_LINES, B.LOG_MAX_CHARS, B.ERRORS_MAX];
+return out;
+"""
+
+
+def test_what_a_worker_sends_is_bounded_in_the_page(page: Any) -> None:
+    """The attacker's steps: a worker (or its job) floods the page with JOB_LOG lines,
+    very long lines and errors. The page keeps the last 2000 lines / 1 MB of log and
+    the last 50 errors, with repeats collapsed into one entry with a count."""
+    out = run(page, BOUNDED_JS)
+    assert out["bounds"] == [2000, 1_000_000, 50]
+    assert out["lines"] == {
+        "count": 2000,
+        "first": "line 3001\n",
+        "last": "line 5000\n",
+        "dropped": "3000",
+    }
+    assert out["chars"]["size"] <= 1_000_000 and out["chars"]["last"] == "39"
+    assert out["chars"]["count"] == 16
+    assert out["markup"] == 0
+    assert out["repeated"] == [1, "UNEXPECTED_MESSAGE: same (×1000)"]
+    assert out["errors"] == {"count": 50, "last": "MALFORMED_FRAME: 499", "dropped": "451"}

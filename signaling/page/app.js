@@ -2,6 +2,7 @@
 import * as P from "./protocol.js";
 import { loadIdentity, pin, pinnedFor } from "./identity.js";
 import { Session } from "./session.js";
+import { addError, appendLine, clearLog } from "./bounded.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "rtc-worker-page/token";
@@ -12,10 +13,7 @@ window.rtcPage = state; // for people debugging in the console
 
 // ---------------------------------------------------------------------------- errors
 function showError(code, detail = "", where = null) {
-  const li = document.createElement("li");
-  li.dataset.code = code;
-  li.textContent = P.describeError(code, detail);
-  $("errors").append(li);
+  addError($("errors"), code, P.describeError(code, detail));
   if (where) setStatus(where, P.describeError(code, detail), "bad");
 }
 function setStatus(id, text, kind = "") {
@@ -244,7 +242,7 @@ const ui = {
     $("cancel-job").disabled = !(name === "run" && stepState === "active");
   },
   job(msg) {
-    if (msg.kind === "JobLog") $("job-log").textContent += `${msg.line}\n`;
+    if (msg.kind === "JobLog") appendLine($("job-log"), msg.line);
     else if (msg.kind === "JobMetrics")
       $("job-metrics").textContent = `validation ${msg.validation_ms} ms · file access ${msg.file_access_ms} ms · run ${msg.run_s} s · total ${msg.total_s} s`;
     else if (msg.kind === "JobComplete") {
@@ -329,13 +327,13 @@ async function start() {
   };
   $("job-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    $("steps").replaceChildren(); $("job-log").textContent = ""; $("job-metrics").textContent = ""; setStatus("job-complete", "");
+    $("steps").replaceChildren(); clearLog($("job-log")); $("job-metrics").textContent = ""; setStatus("job-complete", "");
     try { await state.session.runSharedJob($("input-path").value.trim(), $("output-path").value.trim()); }
     catch (e) { showError(e.code ?? "INTERNAL_ERROR", e.detail ?? String(e)); }
   };
   $("cancel-job").onclick = () => { try { state.session.cancelJob(); } catch (e) { showError(e.code, e.detail); } };
   $("run-on-file").onclick = async () => {
-    $("steps").replaceChildren(); $("job-log").textContent = ""; $("job-metrics").textContent = ""; setStatus("job-complete", "");
+    $("steps").replaceChildren(); clearLog($("job-log")); $("job-metrics").textContent = ""; setStatus("job-complete", "");
     $("run-on-file").disabled = true;
     try { await state.session.startJob(); } catch (e) { showError(e.code ?? "INTERNAL_ERROR", e.detail ?? String(e)); }
   };
