@@ -176,7 +176,21 @@ def test_identity_persists_and_the_worker_is_pinned(
     assert worker.get_attribute("data-shared") == "true"
     pins = page.evaluate("JSON.parse(localStorage.getItem('rtc-worker-page/known-workers'))")
     assert pins == {browser_stack.worker_id: browser_stack.fingerprint}
-    assert page.evaluate("window.rtcPage.identity.extractable") is False
+    assert page.evaluate("window.rtcPage.extractable") is False
+    # The console's view holds no identity: nothing there can sign as this browser.
+    view = page.evaluate(
+        "() => { const v = window.rtcPage; return [Object.keys(v), 'identity' in v,"
+        " Object.values(v).some(x => typeof x === 'function'), Object.isFrozen(v)]; }"
+    )
+    assert view == [
+        ["fingerprint", "extractable", "registered", "registrations", "session"],
+        False,
+        False,
+        True,
+    ]
+    # The token is in the tab's sessionStorage, and in no storage that outlives it.
+    assert page.evaluate("sessionStorage.getItem('rtc-worker-page/token')") == browser_stack.token
+    assert browser_stack.token not in stored_text(page)
     page.reload()
     page.wait_for_selector("#peer-status[data-state=ready]", timeout=30000)  # back by itself
     assert page.text_content("#my-fingerprint") == mine

@@ -9,7 +9,26 @@ const TOKEN_KEY = "rtc-worker-page/token";
 const WORKER_KEY = "rtc-worker-page/worker";
 const RELAY_KEY = "rtc-worker-page/relay";
 const state = { identity: null, ws: null, registered: null, registrations: 0, iceServers: [], workers: [], session: null, worker: null, lastFile: null, lastJob: null };
-window.rtcPage = state; // for people debugging in the console
+/** A read-only view of the page's state, for people debugging in the console and for
+ *  the browser tests: registration, the connection and the upload's figures. Never the
+ *  identity (its sign() would let any script in the console sign as this browser) or
+ *  anything that acts: copies and getters only. */
+window.rtcPage = Object.freeze({
+  get fingerprint() { return state.identity?.fingerprint ?? null; },
+  get extractable() { return state.identity?.extractable ?? null; },
+  get registered() { return state.registered ? structuredClone(state.registered) : null; },
+  get registrations() { return state.registrations; },
+  get session() {
+    const s = state.session;
+    if (!s) return null;
+    const up = s.upload;
+    return Object.freeze({
+      pc: s.pc, // RTCPeerConnection: getStats() and the SDP show the path taken
+      bufferedAmount: s.channel.bufferedAmount,
+      upload: up && Object.freeze({ size: up.size, chunk: up.chunk, offset: up.offset, sent: up.sent, done: up.done }),
+    });
+  },
+});
 
 // ---------------------------------------------------------------------------- errors
 function showError(code, detail = "", where = null) {
