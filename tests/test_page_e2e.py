@@ -12,6 +12,7 @@ changed. The stack is shared by the module; the tests run in file order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.live
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 UPLOAD_BYTES = 32 * MiB
-BYTES_SENT = "rtc-worker-page/bytes-sent"
+#: The page's flow control (session.js): the bound on the channel's bufferedAmount.
+HIGH_WATER = 4 * MiB
 
 JOB_SCRIPT = """#!/bin/sh
 # The test job: reports on its input, sleeps when the input says "slow", writes a file.
@@ -102,8 +104,31 @@ def stored(stack: Stack, sha256: str) -> Path | None:
     return None
 
 
-def bytes_sent(page: Any) -> int:
-    return int(page.evaluate(f"Number(sessionStorage.getItem('{BYTES_SENT}') ?? 0)"))
+def partial_bytes(stack: Stack, sha256: str, settle: float = 0.5) -> int:
+    """Bytes of ``sha256`` the worker holds in its partial file (the largest file naming
+    it), read once two readings ``settle`` seconds apart agree (its writes are done)."""
+    last = -1
+    for _ in range(60):
+        sizes = []
+        for path in named(stack, sha256):
+            with contextlib.suppress(FileNotFoundError):
+                sizes.append(path.stat().st_size)
+        now = max(sizes, default=0)
+        if now == last:
+            return now
+        last = now
+        time.sleep(settle)
+    raise AssertionError(f"the partial of {sha256} keeps changing")
+
+
+def resumed_at(stack: Stack, name: str, size: int) -> int:
+    """The offset the worker resumed ``name`` at, from its log ("resuming ... at ...")."""
+    text = "".join(
+        p.read_text(errors="replace") for p in sorted((stack.folder / "logs").glob("worker-*.log"))
+    )
+    found = re.findall(rf"resuming {re.escape(name)} at (\d+) of {size} bytes", text)
+    assert found, f"the worker logged no resume of {name}"
+    return int(found[-1])
 
 
 def progress(page: Any) -> float:
@@ -309,26 +334,45 @@ def test_upload_32_mib_then_the_same_file_is_not_sent_again(
     connect(page, browser_stack)
     path = tmp_path / "upload.bin"
     sha = random_file(path, UPLOAD_BYTES)
+    # Every text of the progress line, and the channel's bufferedAmount sampled every
+    # millisecond or so, recorded in the page while it sends.
+    page.evaluate(
+        """() => {
+        window.seenStatus = []; window.buffered = [];
+        new MutationObserver(() => window.seenStatus.push(
+          document.getElementById('transfer-status').textContent))
+          .observe(document.getElementById('transfer-status'), {childList: true});
+        setInterval(() => { const s = window.rtcPage.session;
+          if (s && s.upload) window.buffered.push(s.bufferedAmount); }, 1);
+        }"""
+    )
     started = time.monotonic()
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#transfer-status[data-phase=sending]", timeout=30000)
     sending = time.monotonic()
     page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
     finished = time.monotonic()
+    texts = page.evaluate("window.seenStatus")
+    buffered = page.evaluate("window.buffered")
+    progress_line = re.compile(r"Sending [\d.]+ of 33\.6 MB · [\d.]+ MB/s · \d+ s left")
+    assert any(progress_line.fullmatch(t) for t in texts), texts
+    chunk = page.evaluate("window.rtcPage.session.upload.chunk")
+    print(f"bufferedAmount: {len(buffered)} samples, at most {max(buffered)} bytes")
+    assert len(buffered) > 20 and max(buffered) > 0
+    assert max(buffered) <= HIGH_WATER + chunk
     print(
         f"\npage upload: {UPLOAD_BYTES / 1e6:.1f} MB in {finished - sending:.2f} s = "
         f"{UPLOAD_BYTES / 1e6 / (finished - sending):.1f} MB/s "
         f"({finished - started:.2f} s with hashing)"
     )
     assert stored(browser_stack, sha) is not None
-    assert bytes_sent(page) == UPLOAD_BYTES
     # Chunks as large as the worker's SCTP max-message-size (aiortc: 256 KiB) allows.
-    assert page.evaluate("window.rtcPage.session.upload.chunk") == 262144
+    assert chunk == 262144
     assert page.get_attribute("#transfer-progress", "value") is not None and progress(page) == 1
 
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#transfer-status[data-phase=exists]", timeout=60000)
-    assert bytes_sent(page) == UPLOAD_BYTES  # nothing more was sent
+    assert page.evaluate("window.rtcPage.session.upload.sent") == 0  # nothing was sent
     # The file is the session's input now: a job runs on it.
     page.click("#run-on-file")
     page.wait_for_selector("#job-complete.ok", timeout=30000)
@@ -355,18 +399,21 @@ def test_resume_after_a_reload_at_half(
     at = wait_for_progress(page, 0.5)
     page.reload()  # the connection drops with the page
     page.wait_for_selector("#peer-status[data-state=ready]", timeout=30000)
-    before = bytes_sent(page)
+    # Measured at the worker: what it received before the drop (its partial file),
+    # then what it received after (the file's size minus the offset it resumed at).
+    before = partial_bytes(browser_stack, sha)
     page.set_input_files("#file-input", str(path))  # the same file chosen again
     page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
     status = page.text_content("#transfer-status") or ""
-    total = bytes_sent(page)
+    offset = resumed_at(browser_stack, path.name, UPLOAD_BYTES)
+    total = before + UPLOAD_BYTES - offset
     print(
-        f"\nresume: dropped at {at:.0%}; {before} bytes before the reload, "
-        f"{total} in all = {total / UPLOAD_BYTES:.1%}"
+        f"\nresume: dropped at {at:.0%}; the worker held {before} bytes, resumed at "
+        f"{offset}, received {total} in all = {total / UPLOAD_BYTES:.1%}"
     )
     assert "Resumed at" in status
     assert stored(browser_stack, sha) is not None
-    assert before >= UPLOAD_BYTES * 0.4
+    assert UPLOAD_BYTES * 0.4 <= offset <= before
     assert total <= UPLOAD_BYTES * 1.05
 
 
@@ -383,18 +430,20 @@ def test_resume_after_the_worker_restarts(
     page.wait_for_selector("#transfer-status[data-phase=interrupted]", timeout=30000)
     assert page.get_attribute("#peer-status", "data-state") == "closed"
     assert "CONNECTION_LOST" in (page.text_content("#peer-status") or "")
-    before = bytes_sent(page)
+    before = partial_bytes(browser_stack, sha)  # what the worker kept, measured there
     page.click(f"li.worker[data-peer-id='{browser_stack.worker_id}'] button.pick")
     page.wait_for_selector("#peer-status[data-state=ready]", timeout=30000)
     page.click("#resume-transfer")  # the page still holds the file: no need to choose it
     page.wait_for_selector("#transfer-status[data-phase=received]", timeout=120000)
-    total = bytes_sent(page)
+    offset = resumed_at(browser_stack, path.name, UPLOAD_BYTES)
+    total = before + UPLOAD_BYTES - offset
     print(
-        f"\nworker restart: dropped at {at:.0%}; {before} bytes before, "
-        f"{total} in all = {total / UPLOAD_BYTES:.1%}"
+        f"\nworker restart: dropped at {at:.0%}; the worker held {before} bytes, resumed at "
+        f"{offset}, received {total} in all = {total / UPLOAD_BYTES:.1%}"
     )
     assert "Resumed at" in (page.text_content("#transfer-status") or "")
     assert stored(browser_stack, sha) is not None
+    assert 0 < offset <= before
     assert total <= UPLOAD_BYTES * 1.05
 
 
@@ -419,7 +468,6 @@ def test_cancel_a_job_and_a_transfer(
     page.wait_for_selector("#transfer-status[data-phase=cancelled]")
     time.sleep(1)
     assert page.get_attribute("#transfer-status", "data-phase") == "cancelled"
-    assert bytes_sent(page) < UPLOAD_BYTES
     assert stored(browser_stack, sha) is None
     kept = [p.stat().st_size for p in named(browser_stack, sha)]
     assert MiB < max(kept) < UPLOAD_BYTES  # the part (and its metadata) kept for a resume

@@ -14,10 +14,6 @@ export const READ_BLOCK = 4 * MiB;
 /** The page holds a results ZIP in memory until it is saved: larger ones are refused
  *  (TRANSFER_ERROR::FILE_TOO_LARGE before any byte is sent). Bytes. */
 export const RESULTS_MAX_BYTES = 512 * MiB;
-/** sessionStorage: file bytes this tab put on the wire (handed to the channel and not
- *  still in its buffer when the page went away), over reloads: shows what a resume cost. */
-export const BYTES_SENT_KEY = "rtc-worker-page/bytes-sent";
-const sessionCount = (key) => Number(sessionStorage.getItem(key) ?? 0);
 /** Deadlines, milliseconds (a Session takes others in ctx.timeouts): a reply to a path
  *  or the handshake; the FILE_META after RESULTS_REQUEST (the worker packs the ZIP
  *  first); the gap between two frames of a download; the end of a job; the
@@ -63,16 +59,6 @@ export class Session {
     channel.bufferedAmountLowThreshold = LOW_WATER;
     channel.addEventListener("message", (ev) => { this.queue = this.queue.then(() => this._onFrame(ev.data)); });
     channel.addEventListener("close", () => this._onClose());
-    addEventListener("pagehide", () => this._uncountBuffered());
-  }
-
-  /** Bytes still in the channel's buffer when the page goes away or the channel closes
-   *  never leave the page: take them off the count of bytes sent (once). */
-  _uncountBuffered() {
-    const up = this.upload;
-    if (!up || up.done || up.uncounted) return;
-    up.uncounted = true;
-    sessionStorage.setItem(BYTES_SENT_KEY, String(sessionCount(BYTES_SENT_KEY) - this.channel.bufferedAmount));
   }
 
   send(msg) {
@@ -197,7 +183,6 @@ export class Session {
     for (const w of this.waiters.values()) { clearTimeout(w.timer); w.reject(new P.ProtocolError("CONNECTION_LOST", "the data channel closed", false)); }
     this.waiters.clear();
     clearTimeout(this.giveUpTimer);
-    this._uncountBuffered();
     if (this.upload && !this.upload.done) { this.upload.interrupted = true; this.ui.transfer({ phase: "interrupted", ...this._figures() }); this._endUpload({ interrupted: true }); }
     this._resultsClosed();
     if (this.authenticated) this.ui.closed(); // a failed handshake was reported already
@@ -369,7 +354,6 @@ export class Session {
           const piece = block.subarray(i, Math.min(i + up.chunk, block.length));
           this.channel.send(piece);
           up.sent += piece.length;
-          sessionStorage.setItem(BYTES_SENT_KEY, String(sessionCount(BYTES_SENT_KEY) + piece.length));
           if (performance.now() - shown > 200) { shown = performance.now(); this.ui.transfer({ phase: "sending", ...this._figures() }); }
         }
         pos = end;
