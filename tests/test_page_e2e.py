@@ -225,7 +225,68 @@ def test_identity_persists_and_the_worker_is_pinned(
     page.goto(browser_stack.page_url)
     page.wait_for_selector("body[data-state=idle]", state="attached")
     assert page.text_content("#my-fingerprint") == mine  # the same key after a restart
+    # ...but not the token: the browser restarted with the same profile forgot it.
+    assert page.evaluate("sessionStorage.getItem('rtc-worker-page/token')") is None
+    assert page.input_value("#token") == ""
+    assert browser_stack.token not in stored_text(page)
+    assert page.locator("li.worker").count() == 0  # nothing connected by itself
     context.close()
+
+
+#: Every string the page's origin keeps in localStorage and IndexedDB (values as JSON;
+#: a CryptoKey shows as {}).
+STORED_TEXT_JS = """async () => {
+  const out = [JSON.stringify(Object.entries(localStorage))];
+  for (const {name} of await indexedDB.databases()) {
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open(name); r.onsuccess = () => ok(r.result); r.onerror = fail; });
+    for (const store of db.objectStoreNames) {
+      const values = await new Promise((ok, fail) => {
+        const r = db.transaction(store).objectStore(store).getAll();
+        r.onsuccess = () => ok(r.result); r.onerror = fail; });
+      out.push(name, store, JSON.stringify(values));
+    }
+    db.close();
+  }
+  return out.join('\\n');
+}"""
+
+
+def stored_text(page: Any) -> str:
+    """What the page's origin keeps beyond the tab (see STORED_TEXT_JS)."""
+    text = page.evaluate(STORED_TEXT_JS)
+    assert "rtc-worker-page/known-workers" in text and "keys" in text  # it looked there
+    return str(text)
+
+
+def test_a_worker_without_shared_storage_has_no_badge(
+    browser_page: Any, browser_stack: Stack
+) -> None:
+    """A second worker started without --shared-root: the page lists it as having no
+    shared storage, and the first one as having it."""
+    stack = browser_stack
+    argv = [str(BIN / "rtc-worker"), "serve", "--signaling-url", stack.ws_url]
+    argv += ["--peer-id", "worker-plain", "--data-dir", str(stack.folder / "plain-data")]
+    argv += ["--log-level", "INFO"]
+    log = stack.folder / "logs" / "plain-worker.log"
+    plain = stack.ns.start("rtc-worker", argv, log, env=stack._env())  # no shared root
+    try:
+        plain.wait_for_line(r"registered with signaling as ", 20)
+        page = browser_page
+        page.goto(stack.page_url)
+        page.wait_for_selector("body[data-state=idle]", state="attached")
+        page.fill("#token", stack.token)
+        page.click("#connect")
+        badge = page.wait_for_selector("li.worker[data-peer-id='worker-plain'] .badge")
+        assert badge.text_content() == "no shared storage"
+        assert "ok" not in (badge.get_attribute("class") or "")
+        assert (
+            page.get_attribute("li.worker[data-peer-id='worker-plain']", "data-shared") == "false"
+        )
+        shared = page.locator(f"li.worker[data-peer-id='{stack.worker_id}'] .badge.ok")
+        assert shared.first.text_content() == "shared storage"
+    finally:
+        plain.stop(10)
 
 
 def test_shared_job_then_results_download(browser_page: Any, browser_stack: Stack) -> None:
