@@ -837,3 +837,28 @@ def test_what_a_worker_sends_is_bounded_in_the_page(page: Any) -> None:
     assert out["markup"] == 0
     assert out["repeated"] == [1, "UNEXPECTED_MESSAGE: same (×1000)"]
     assert out["errors"] == {"count": 50, "last": "MALFORMED_FRAME: 499", "dropped": "451"}
+
+
+IDENTITY_RACE_JS = """
+const {loadIdentity} = await import('/identity.js');
+// No key stored yet, and four tabs' worth of loadIdentity() at once: each generates a
+// key; only the first add() succeeds, and every caller must end up with that one.
+await new Promise((resolve, reject) => {
+  const open = indexedDB.open('rtc-worker-page', 1);
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const db = open.result;
+    const tx = db.transaction('keys', 'readwrite');
+    tx.objectStore('keys').delete('identity');
+    tx.oncomplete = () => { db.close(); resolve(); };
+  };
+});
+return Promise.all([1, 2, 3, 4].map(() =>
+  loadIdentity().then(i => i.fingerprint, e => `error: ${e.name}`)));
+"""
+
+
+def test_tabs_racing_to_make_the_identity_end_with_one_key(page: Any) -> None:
+    fingerprints = run(page, IDENTITY_RACE_JS)
+    assert len(set(fingerprints)) == 1, fingerprints
+    assert re.fullmatch(r"[0-9a-f]{64}", fingerprints[0])
