@@ -504,9 +504,10 @@ const until = async (cond) => {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10));
 };
 const open = (timeouts = {}) => {
-  const ch = new FakeChannel(), seen = [];
+  const ch = new FakeChannel(), seen = [], steps = [];
   const ui = {
-    job: (m) => seen.push(['job', m.kind]), step: () => {}, closed: () => seen.push(['closed']),
+    job: (m) => seen.push(['job', m.kind]), closed: () => seen.push(['closed']),
+    step: (name, state, text) => steps.push([name, state, text]),
     error: (code) => seen.push(['error', code]),
     transfer: (t) => seen.push(['transfer', t.phase]),
     results: (r) => seen.push(['results', r.phase, r.code ?? r.sha256 ?? '']),
@@ -516,7 +517,7 @@ const open = (timeouts = {}) => {
     ch.dispatchEvent(new MessageEvent('message', {data: frame}));
     await new Promise(r => setTimeout(r, 0)); await s.queue;
   };
-  return {ch, s, seen, feed};
+  return {ch, s, seen, steps, feed};
 };
 const bytes = (t) => enc.encode(t).buffer;
 // A promise's value, or 'pending' if it has not settled within 50 ms.
@@ -748,6 +749,11 @@ await w.feed('TRANSFER_ERROR::HASH_MISMATCH::about the old transfer');
 out.otherCode = {end: await settled(sent), state: w.s.sender.state, seen: w.seen.slice()};
 await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
 out.cancelled = {end: await settled(sent), state: w.s.sender.state};
+// A job that never ends within its deadline: a readable TIMEOUT on its step.
+w = open({job: 100}); w.s.authenticated = true;
+[sent] = await offer(w); await w.feed('FILE_EXISTS::' + arg.hello); await sent;
+out.jobTimeout = {code: await w.s.startJob().then(() => 'ended', e => e.code),
+  step: w.steps.at(-1)};
 return out;
 """
 )
@@ -794,6 +800,12 @@ def test_the_page_session_follows_the_client_tables(page: Any) -> None:
     assert out["otherCode"]["end"] == "pending" and out["otherCode"]["state"] == "CANCELLED"
     assert ["error", "HASH_MISMATCH"] not in out["otherCode"]["seen"]
     assert out["cancelled"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    assert out["jobTimeout"]["code"] == "TIMEOUT"
+    assert out["jobTimeout"]["step"] == [
+        "run",
+        "failed",
+        "TIMEOUT: The worker did not answer in time. (no JOB_COMPLETE or JOB_FAILED within 0.1 s)",
+    ]
 
 
 BOUNDED_JS = """

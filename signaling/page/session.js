@@ -6,6 +6,8 @@ import * as P from "./protocol.js";
 import { Sha256 } from "./sha256.js";
 
 const MiB = 1024 * 1024;
+/** Milliseconds as readable seconds: 120000 -> "120", 100 -> "0.1". */
+const secs = (ms) => String(Number((ms / 1000).toFixed(1)));
 /** Pause sending above this many bytes waiting in the channel; resume at the low mark. */
 export const HIGH_WATER = 4 * MiB;
 export const LOW_WATER = 1 * MiB;
@@ -81,7 +83,7 @@ export class Session {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.delete(request);
-        reject(new P.ProtocolError("TIMEOUT", `no ${what} within ${Math.round(timeoutMs / 1000)} s`, false));
+        reject(new P.ProtocolError("TIMEOUT", `no ${what} within ${secs(timeoutMs)} s`, false));
       }, timeoutMs);
       this.waiters.set(request, { resolve, reject, timer });
     });
@@ -382,7 +384,7 @@ export class Session {
     const done = new Promise((resolve) => { r.resolve = resolve; });
     this.results = r;
     this.ui.results({ phase: "requested", jobId });
-    const s = Math.round(this.timeouts.resultsMeta / 1000);
+    const s = secs(this.timeouts.resultsMeta);
     r.timer = setTimeout(() => this._resultsEnd("TIMEOUT", `no FILE_META within ${s} s of RESULTS_REQUEST; ask again later`), this.timeouts.resultsMeta);
     return done;
   }
@@ -404,7 +406,7 @@ export class Session {
    *  code: the worker's transfer is ended with TRANSFER_ERROR::CANCELLED. */
   _idleDeadline(r) {
     clearTimeout(r.timer);
-    const s = Math.round(this.timeouts.resultsIdle / 1000);
+    const s = secs(this.timeouts.resultsIdle);
     r.timer = setTimeout(() => this._resultsEnd("TIMEOUT", `no data from the worker for ${s} s; the download was stopped`,
       { kind: "TransferError", code: "CANCELLED", detail: `the receiver gave up: nothing for ${s} s` }), this.timeouts.resultsIdle);
   }
