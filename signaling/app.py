@@ -1,5 +1,5 @@
 """The aiohttp signaling application: ``GET /health``, the ``/ws`` WebSocket and the
-browser page at ``/``.
+browser page at ``/``; ``GET /ready`` and ``GET /metrics`` (see :mod:`signaling.ops`).
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
@@ -37,6 +37,7 @@ from protocol.signaling_proof import new_challenge
 from signaling.bindings import BindingStore, SqliteBindings
 from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
+from signaling.ops import setup_ops
 from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import PeerRegistry
@@ -121,6 +122,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/ws", _websocket)
     setup_page(app)
+    setup_ops(app, settings, app[REGISTRY_KEY])  # GET /ready, GET /metrics
     app.on_shutdown.append(_close_sockets)
     return app
 

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_BINDINGS_PER_KEY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "DEFAULT_READY_TIMEOUT_S",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_TURN_TTL_S",
@@ -97,6 +98,9 @@ DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
 
 DEFAULT_UPLOAD_QUOTA_COUNT = 16
 """Default number of open resumable uploads per principal."""
+
+DEFAULT_READY_TIMEOUT_S = 2.0
+"""Default time each readiness check may take, in seconds."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -220,6 +224,26 @@ class SignalingSettings(EnvSettings):
     )
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
+    )
+    # Operations: the readiness probe (GET /ready) and the Prometheus scrape (GET /metrics).
+    ready_timeout_s: Annotated[float, Env("RTC_READY_TIMEOUT_S")] = Field(
+        DEFAULT_READY_TIMEOUT_S,
+        gt=0,
+        le=60,
+        description="How long each readiness check (database, blob store, Redis) and the "
+        "storage figures of a scrape may take, seconds; a check slower than this fails.",
+    )
+    metrics_token: Annotated[SecretStr | None, Env("RTC_METRICS_TOKEN")] = Field(
+        None,
+        description="Bearer token GET /metrics requires (Authorization: Bearer TOKEN); "
+        "unset: /metrics answers anyone who reaches the port (bind to a private address). "
+        "Prefer the environment or --metrics-token-file: a flag shows in the process list.",
+    )
+    metrics_token_file: Annotated[Path | None, Env("RTC_METRICS_TOKEN_FILE")] = Field(
+        None, description="File holding the metrics token (read once at start; chmod 600 it)."
+    )
+    _empty_metrics_token = field_validator("metrics_token", "metrics_token_file", mode="before")(
+        empty_is_none
     )
     storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = Field(
         None,
@@ -375,6 +399,7 @@ class SignalingSettings(EnvSettings):
                 ("token", "token_file", "token"),
                 ("storage_api_key", "api_key_file", "API key"),
                 ("turn_secret", "turn_secret_file", "TURN secret"),
+                ("metrics_token", "metrics_token_file", "metrics token"),
             ],
         )
         if self.turn_urls and self.turn_secret is None:
@@ -443,6 +468,11 @@ class SignalingSettings(EnvSettings):
         if self.turn_secret is None:
             return None
         return TurnCredentials(self.turn_urls, self.turn_secret.get_secret_value(), self.turn_ttl_s)
+
+    @property
+    def metrics_token_value(self) -> str | None:
+        """The metrics token as plain text, or ``None`` when ``/metrics`` is open."""
+        return None if self.metrics_token is None else self.metrics_token.get_secret_value()
 
     @property
     def token_value(self) -> str | None:

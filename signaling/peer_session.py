@@ -46,6 +46,7 @@ from protocol.signaling import (
     parse_client_frame,
 )
 from protocol.signaling_proof import verify_register
+from signaling import metrics
 from signaling.bindings import BindingStore
 from signaling.bounds import LogLimiter
 from signaling.config import SignalingSettings
@@ -72,6 +73,7 @@ async def send_text(ws: PeerSocket, text: str) -> bool:
 
 async def send_error(ws: PeerSocket, error: SignalingError) -> bool:
     """Send ``error`` as an ``error`` frame (see :func:`send_text`)."""
+    metrics.error_frame(error.code)
     return await send_text(ws, dump_frame(error.to_frame()))
 
 
@@ -118,6 +120,7 @@ class PeerSession:
 
     async def on_text(self, text: str) -> bool:
         """Handle one text frame; return ``False`` when the socket must close."""
+        started = metrics.now()
         try:
             frame = parse_client_frame(text, self.settings.max_frame_bytes)
             if isinstance(frame, Register):
@@ -130,6 +133,7 @@ class PeerSession:
                 await send_text(self.ws, dump_frame(Peers(peers=self.registry.infos())))
             else:
                 await self._relay(self.peer_id, frame)
+                metrics.relayed(frame.type, started)
         except SignalingError as error:
             logger.debug("{} ({}): {} {}", self.peer_id, self.remote, error.code, error.message)
             await send_error(self.ws, error)
