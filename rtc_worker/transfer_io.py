@@ -126,10 +126,6 @@ async def file_to_send(opener: Opener, name: str) -> FileToSend:
     return await asyncio.to_thread(measure)
 
 
-def _uncounted(direction: Literal["received", "sent"], count: int) -> None:
-    """The default of ``TransferIO(counted=...)``: bytes are not counted (a client)."""
-
-
 def _file_digest(opener: Opener, action: ReadFileRanges) -> str | None:
     with opener() as handle:
         return ranges_digest(handle.fileno(), action.request)
@@ -184,7 +180,7 @@ class TransferIO:
             the connection).
         high_water / low_water: flow-control marks on ``bufferedAmount``, bytes.
         counted: told the file bytes taken in (``"received"``) and put on the channel
-            (``"sent"``), e.g. :meth:`rtc_worker.metrics.WorkerMetrics.channel_bytes`.
+            (``"sent"``): :meth:`rtc_worker.metrics.WorkerMetrics.channel_bytes`; default: none.
 
     Attributes:
         bytes_sent: bytes of chunks put on the channel, over this object's life.
@@ -201,7 +197,7 @@ class TransferIO:
         holdings: Holdings | None = None,
         high_water: int = HIGH_WATER_BYTES,
         low_water: int = LOW_WATER_BYTES,
-        counted: Callable[[Literal["received", "sent"], int], None] = _uncounted,
+        counted: Callable[[Literal["received", "sent"], int], None] = lambda _way, _n: None,
     ) -> None:
         self.conn = conn
         self.channel = channel
@@ -237,7 +233,7 @@ class TransferIO:
     def in_progress(self) -> int:
         """Files being received or sent on this channel now (0, 1 or 2)."""
         sending = self._stream is not None and not self._stream.done()
-        return int(self._partial is not None) + int(sending)
+        return (self._partial is not None) + sending
 
     @property
     def remaining(self) -> int:

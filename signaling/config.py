@@ -36,7 +36,6 @@ __all__ = [
     "DEFAULT_MAX_BINDINGS_PER_KEY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
-    "DEFAULT_READY_TIMEOUT_S",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_TURN_TTL_S",
@@ -98,9 +97,6 @@ DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
 
 DEFAULT_UPLOAD_QUOTA_COUNT = 16
 """Default number of open resumable uploads per principal."""
-
-DEFAULT_READY_TIMEOUT_S = 2.0
-"""Default time each readiness check may take, in seconds."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -227,7 +223,7 @@ class SignalingSettings(EnvSettings):
     )
     # Operations: the readiness probe (GET /ready) and the Prometheus scrape (GET /metrics).
     ready_timeout_s: Annotated[float, Env("RTC_READY_TIMEOUT_S")] = Field(
-        DEFAULT_READY_TIMEOUT_S,
+        2.0,
         gt=0,
         le=60,
         description="How long each readiness check (database, blob store, Redis) and the "
@@ -468,11 +464,6 @@ class SignalingSettings(EnvSettings):
         if self.turn_secret is None:
             return None
         return TurnCredentials(self.turn_urls, self.turn_secret.get_secret_value(), self.turn_ttl_s)
-
-    @property
-    def metrics_token_value(self) -> str | None:
-        """The metrics token as plain text, or ``None`` when ``/metrics`` is open."""
-        return None if self.metrics_token is None else self.metrics_token.get_secret_value()
 
     @property
     def token_value(self) -> str | None:

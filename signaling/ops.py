@@ -142,10 +142,11 @@ def setup_ops(app: web.Application, settings: SignalingSettings, peers: PeerCoun
             return None
         return app[STORE_KEY].db, app[UPLOADS_KEY].ttl_s
 
+    token = settings.metrics_token
     setup_metrics(
         app,
         peers,
-        token=settings.metrics_token_value,
+        token=None if token is None else token.get_secret_value(),
         timeout_s=settings.ready_timeout_s,
         storage=storage,
     )
