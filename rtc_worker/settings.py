@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
@@ -43,6 +43,7 @@ from rtc_worker.settings_fields import (
     TOKEN_FILE_ENV,
     TOKEN_FILE_HELP,
     TOKEN_HELP,
+    IcePolicy,
     plain,
     split_list,
 )
@@ -111,7 +112,7 @@ class WorkerSettings(EnvSettings):
         description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
         "host candidates only (loopback, LAN).",
     )
-    ice_transport_policy: Literal["all", "relay"] = Field("all", description=ICE_POLICY_HELP)
+    ice_transport_policy: IcePolicy = Field("all", description=ICE_POLICY_HELP)
     data_dir: Path = Field(
         Path("~/.local/share/rtc-worker"),
         validate_default=True,

@@ -236,6 +236,7 @@ class RTCWorkerClient:
                     break
                 self._signaling = signaling
                 self.registered.set()
+                self._check_turn(signaling)
                 await self._serve(signaling)
                 self.registered.clear()
                 await signaling.close()
@@ -244,6 +245,21 @@ class RTCWorkerClient:
         finally:
             await self._shutdown()
             os.umask(previous_umask)
+
+    def _check_turn(self, signaling: SignalingClient) -> None:
+        """Log an ERROR with ``NO_TURN_SERVER`` once per registration when this worker is
+        relay-only but neither signaling (``ice_servers`` of ``registered``) nor its own
+        ``--ice-server`` names a TURN server: every offer will then be refused."""
+        try:
+            rtc_configuration(
+                self.settings.ice_servers, signaling.ice_servers, self.settings.ice_transport_policy
+            )
+        except IceSetupError as exc:
+            logger.error(
+                "{}; every offer is refused until the signaling server hands out TURN "
+                "servers or the worker runs with --ice-transport-policy all",
+                exc,
+            )
 
     def _gauges(self) -> tuple[int, int]:
         """(peer connections held, files being received or sent) for a scrape."""

@@ -16,7 +16,7 @@ from typing import Annotated, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
+from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, IceUrl
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
@@ -25,6 +25,7 @@ from rtc_worker.settings_sources import (
     expand_home,
     load_secret_files,
 )
+from signaling.origin import normalize_origin
 from signaling.turn import TurnCredentials
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_BINDINGS_PER_KEY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "DEFAULT_REDIS_PRESENCE_TTL_S",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_TURN_TTL_S",
@@ -45,6 +47,8 @@ __all__ = [
     "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
+    "REDIS_KEY_PREFIX_PATTERN",
+    "REDIS_URL_SCHEMES",
     "SignalingCli",
     "SignalingSettings",
 ]
@@ -52,8 +56,10 @@ __all__ = [
 DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
 """Default largest upload accepted by the result store, in bytes (10 GiB)."""
 
-DEFAULT_TURN_TTL_S = 86400.0
-"""Default lifetime of a TURN credential handed out by signaling, in seconds (24 h)."""
+DEFAULT_TURN_TTL_S = 3600.0
+"""Default lifetime of a TURN credential handed out by signaling, in seconds (1 h): peers
+get fresh credentials with each relayed offer, and clients register again before theirs
+expire, so a short lifetime costs nothing and shortens what a leaked one is worth."""
 
 DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
 """Default chunk size of resumable uploads, in bytes (8 MiB)."""
@@ -83,6 +89,9 @@ DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
 """Default age after its last registration when a client's binding is released, in
 seconds (90 days)."""
 
+DEFAULT_REDIS_PRESENCE_TTL_S = 5.0
+"""Default lifetime of a signaling process's presence in Redis, in seconds."""
+
 DEFAULT_DOWNLOAD_TOKEN_TTL_S = 7 * 24 * 3600.0
 """Default lifetime of a download token, in seconds (7 days)."""
 
@@ -97,6 +106,12 @@ DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
 
 DEFAULT_UPLOAD_QUOTA_COUNT = 16
 """Default number of open resumable uploads per principal."""
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+"""Accepted schemes of ``redis_url``."""
+
+REDIS_KEY_PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+"""What a ``redis_key_prefix`` may be."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -134,7 +149,7 @@ class SignalingSettings(EnvSettings):
     token_file: Path | None = Field(
         None, description="File holding the token (read once at start; chmod 600 it)."
     )
-    turn_urls: Annotated[list[str], NoDecode, Env("RTC_TURN_URLS")] = Field(
+    turn_urls: Annotated[list[IceUrl], NoDecode, Env("RTC_TURN_URLS")] = Field(
         [],
         description="TURN (and STUN) URLs handed to every peer in its registered frame and "
         "in each offer it receives, with time-limited credentials (repeat the flag, or "
@@ -155,8 +170,23 @@ class SignalingSettings(EnvSettings):
         ge=1,
         le=30 * 86400,
         description="Lifetime of each TURN credential, seconds; a credential past it gets "
-        "no new allocation (a running one is not cut).",
+        "no new allocation (coturn still refreshes a running one).",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Web origins (scheme://host[:port]) besides the server's own whose "
+        "pages may open /ws (repeat the flag, or comma-separate); a browser's upgrade from "
+        "any other origin is refused with HTTP 403 ORIGIN_NOT_ALLOWED. Peers that send no "
+        "Origin (rtc-worker, rtc-client) are not affected.",
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o for o in value.replace(",", " ").split() if o]
+        return [normalize_origin(o) for o in value] if isinstance(value, list) else value
+
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
         ge=256,
@@ -217,6 +247,28 @@ class SignalingSettings(EnvSettings):
         ge=0,
         description="A client's binding not registered for this long is released, "
         "seconds; 0: never. A worker's binding never expires.",
+    )
+    # Signaling on Redis: several rtc-signaling processes act as one (registry, bindings,
+    # presence and relayed frames in Redis; see signaling/registry_redis.py).
+    redis_url: Annotated[SecretStr | None, Env("RTC_REDIS_URL")] = Field(
+        None,
+        description="Redis holding the registry, the peer-id bindings (instead of the SQLite "
+        "file), presence and relayed frames, shared by every signaling process: "
+        "redis://[:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH; unset: "
+        "in memory, one process. Run Redis with appendonly yes: bindings must survive it.",
+    )
+    redis_key_prefix: Annotated[str, Env("RTC_REDIS_KEY_PREFIX")] = Field(
+        "rtc:",
+        pattern=REDIS_KEY_PREFIX_PATTERN,
+        description="Prefix of every Redis key; processes that share it act as one.",
+    )
+    redis_presence_ttl_s: Annotated[float, Env("RTC_REDIS_PRESENCE_TTL_S")] = Field(
+        DEFAULT_REDIS_PRESENCE_TTL_S,
+        ge=1,
+        le=300,
+        description="Lifetime of a process's presence in Redis, refreshed three times per "
+        "lifetime, seconds: the peers of a process that dies vanish from every list "
+        "within it.",
     )
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
@@ -353,18 +405,14 @@ class SignalingSettings(EnvSettings):
             return [url for url in value.replace(",", " ").split() if url]
         return value
 
-    @field_validator("turn_urls")
+    @field_validator("redis_url")
     @classmethod
-    def _ice_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(ICE_URL_SCHEMES) or len(url) > 512:
-                raise ValueError(
-                    f"TURN URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)} "
-                    "(at most 512 characters)"
-                )
-        return urls
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"the Redis URL must start with {', '.join(REDIS_URL_SCHEMES)}")
+        return value
 
-    @field_validator("token", "storage_api_key", "turn_secret", mode="before")
+    @field_validator("token", "storage_api_key", "turn_secret", "redis_url", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         if value is None or value == "":
@@ -466,6 +514,11 @@ class SignalingSettings(EnvSettings):
         return TurnCredentials(self.turn_urls, self.turn_secret.get_secret_value(), self.turn_ttl_s)
 
     @property
+    def redis_url_value(self) -> str | None:
+        """The Redis URL as plain text (it may hold a password: never log it)."""
+        return None if self.redis_url is None else self.redis_url.get_secret_value()
+
+    @property
     def token_value(self) -> str | None:
         """The token as plain text, or ``None`` when authentication is off."""
         return None if self.token is None else self.token.get_secret_value()
@@ -484,7 +537,9 @@ class SignalingCli(SignalingSettings):
     releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
 
-    model_config = SettingsConfigDict(cli_shortcuts={"turn-urls": "turn-url"})
+    model_config = SettingsConfigDict(
+        cli_shortcuts={"turn-urls": "turn-url", "allowed-origins": "allowed-origin"}
+    )
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
         False,

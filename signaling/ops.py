@@ -17,7 +17,7 @@ The readiness-check API, for every part that depends on something outside the pr
 
     from signaling.ops import add_readiness_check
 
-    add_readiness_check(app, "redis", registry.redis.ping)       # Redis: PING
+    add_readiness_check(app, "redis", registry.redis.ping)       # Redis: PING (app.py)
     add_readiness_check(app, "blob_store", store.backend.ping)   # S3: HeadBucket
 
 A check is a coroutine function taking no argument. It passes when it returns anything

@@ -134,6 +134,38 @@ async def test_ready_names_the_blob_store_when_its_folder_turns_read_only(
             await runner.cleanup()
 
 
+async def test_ready_names_redis_when_it_stops_and_recovers_when_it_is_back(
+    http: aiohttp.ClientSession,
+) -> None:
+    from tests.engine_redis import RedisServer, require_redis_server
+
+    redis = RedisServer(require_redis_server()).start()
+    try:
+        settings = SignalingSettings(host="127.0.0.1", port=0, redis_url=redis.url)
+        runner, base = await serve(settings)
+        try:
+            assert await get_json(http, base + "/ready") == (
+                200,
+                {"status": "ready", "checks": {"redis": "ok"}},
+            )
+            redis.stop()
+            status, body = await get_json(http, base + "/ready")
+            assert (status, body["unreachable"]) == (503, ["redis"])
+            assert body["checks"]["redis"].startswith(("unreachable (", "no answer within"))
+            assert str(redis.port) not in json.dumps(body)
+            redis.start()
+            for _ in range(50):  # the client reconnects on a later command
+                status, body = await get_json(http, base + "/ready")
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert (status, body["checks"]) == (200, {"redis": "ok"})
+        finally:
+            await runner.cleanup()
+    finally:
+        redis.close()
+
+
 async def test_ready_without_storage_checks_nothing_and_runs_registered_checks(
     http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
