@@ -87,7 +87,7 @@ __all__ = [
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Bucket bounds of the relay latency histogram, seconds."""
 
-ROLES: tuple[str, ...] = typing.get_args(Role)
+ROLES: tuple[Role, ...] = typing.get_args(Role)
 """The roles ``rtc_connected_peers`` is reported for."""
 
 _UNFINISHED = ("initiated", "in_progress")
@@ -231,7 +231,7 @@ def setup_metrics(
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
         for role in ROLES:
-            metrics.peers.labels(role).set(peers.count(role))  # type: ignore[arg-type]
+            metrics.peers.labels(role).set(peers.count(role))
         found = None if storage is None else storage()
         if found is not None:
             await _read_storage(metrics, *found, timeout_s=timeout_s, warnings=warnings)
