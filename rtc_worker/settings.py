@@ -300,6 +300,20 @@ class WorkerSettings(EnvSettings):
         description="Umask of the files and folders the worker and its jobs create on "
         "storage, octal; 027: readable by the group at most, never by other users.",
     )
+    # Prometheus metrics on an optional port (off by default; no authentication).
+    metrics_port: Annotated[int | None, Env("RTC_METRICS_PORT")] = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve GET /metrics (Prometheus) on this TCP port; 0: any free port "
+        "(logged); unset: off.",
+    )
+    metrics_host: Annotated[str, Env("RTC_METRICS_HOST")] = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics port binds; 127.0.0.1: this machine only (the port "
+        "has no authentication: expose it only to the scraper's network).",
+    )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 
     _split_lists = field_validator(

@@ -219,10 +219,17 @@ class RTCWorkerClient:
             SignalingError: the server refused the registration for good
                 (UNAUTHORIZED, an invalid peer id, or the id bound to another key):
                 retrying cannot help.
+            OSError: the metrics port (``metrics_port``) cannot be bound.
         """
         previous_umask = os.umask(self.settings.umask)
         self._spawn(self._cleanup_loop())
         try:
+            settings = self.settings  # the metrics port (off unless metrics_port is set)
+            self._spawn(
+                await self.resources.metrics.serve(
+                    self._gauges, settings.metrics_host, settings.metrics_port
+                )
+            )
             while not self._stopping.is_set():
                 signaling = await self._register()
                 if signaling is None:
@@ -253,6 +260,10 @@ class RTCWorkerClient:
                 "servers or the worker runs with --ice-transport-policy all",
                 exc,
             )
+
+    def _gauges(self) -> tuple[int, int]:
+        """(peer connections held, files being received or sent) for a scrape."""
+        return self.peer_connections, sum(s.io.in_progress for s in self.resources.sessions)
 
     async def _register(self) -> SignalingClient | None:
         """Connect and register, retrying with backoff; None once stopping."""

@@ -1,5 +1,5 @@
 """The aiohttp signaling application: ``GET /health``, the ``/ws`` WebSocket and the
-browser page at ``/``.
+browser page at ``/``; ``GET /ready`` and ``GET /metrics`` (see :mod:`signaling.ops`).
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
@@ -41,6 +41,7 @@ from protocol.signaling_proof import new_challenge
 from signaling.bindings import BindingStore, SqliteBindings
 from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
+from signaling.ops import add_readiness_check, setup_ops
 from signaling.origin import origin_refusal
 from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
@@ -127,6 +128,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/ws", _websocket)
     setup_page(app)
+    setup_ops(app, settings, app[REGISTRY_KEY])  # GET /ready, GET /metrics
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -172,6 +174,7 @@ def _setup_registry(
         )
         app[BINDINGS_KEY] = store
         registry = redis_registry
+        add_readiness_check(app, "redis", redis_registry.redis.ping)  # GET /ready: PING
         logger.info("signaling on Redis {} (process {})", shown_url(url), redis_registry.process)
 
     async def start(_: web.Application) -> None:

@@ -273,6 +273,26 @@ class SignalingSettings(EnvSettings):
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
     )
+    # Operations: the readiness probe (GET /ready) and the Prometheus scrape (GET /metrics).
+    ready_timeout_s: Annotated[float, Env("RTC_READY_TIMEOUT_S")] = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How long each readiness check (database, blob store, Redis) and the "
+        "storage figures of a scrape may take, seconds; a check slower than this fails.",
+    )
+    metrics_token: Annotated[SecretStr | None, Env("RTC_METRICS_TOKEN")] = Field(
+        None,
+        description="Bearer token GET /metrics requires (Authorization: Bearer TOKEN); "
+        "unset: /metrics answers anyone who reaches the port (bind to a private address). "
+        "Prefer the environment or --metrics-token-file: a flag shows in the process list.",
+    )
+    metrics_token_file: Annotated[Path | None, Env("RTC_METRICS_TOKEN_FILE")] = Field(
+        None, description="File holding the metrics token (read once at start; chmod 600 it)."
+    )
+    _empty_metrics_token = field_validator("metrics_token", "metrics_token_file", mode="before")(
+        empty_is_none
+    )
     storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = Field(
         None,
         description="Folder of the result store; setting it enables the storage routes. "
@@ -423,6 +443,7 @@ class SignalingSettings(EnvSettings):
                 ("token", "token_file", "token"),
                 ("storage_api_key", "api_key_file", "API key"),
                 ("turn_secret", "turn_secret_file", "TURN secret"),
+                ("metrics_token", "metrics_token_file", "metrics token"),
             ],
         )
         if self.turn_urls and self.turn_secret is None:
