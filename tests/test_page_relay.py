@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.browser_env import Stack
-from tests.netns import Process
 from tests.requirements import need
+from tests.turn_helpers import Coturn, coturn_missing, running_coturn
 
 pytestmark = pytest.mark.live
 
@@ -31,46 +29,28 @@ MiB = 1024 * 1024
 TURN_PORT = 3478
 
 
-def _unavailable() -> str | None:
-    if shutil.which("turnserver") is None or shutil.which("stdbuf") is None:
-        return "coturn is not installed (no turnserver, or no stdbuf): apt-get install coturn"
-    return None
-
-
 @pytest.fixture(scope="module")
-def coturn(
-    browser_netns: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, str, Process]]:
-    """coturn inside the namespace on its veth address: (turn URL, secret, process).
-    The secret is in a mode-0600 configuration file, as a deployment keeps it."""
-    reason = _unavailable()
+def coturn(browser_netns: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    """coturn inside the namespace on its veth address, its secret in a mode-0600
+    configuration file as a deployment keeps it."""
+    reason = coturn_missing()
     if reason:
         need(reason)
-    folder = tmp_path_factory.mktemp("coturn")
-    secret = secrets.token_urlsafe(24)
-    conf = folder / "turnserver.conf"
-    conf.touch(0o600)
-    conf.write_text(f"use-auth-secret\nstatic-auth-secret={secret}\nrealm=page.test\n")
-    address = browser_netns.address
-    argv = ["stdbuf", "-oL", "-eL", "turnserver", "-c", str(conf), "--no-cli", "--no-tls"]
-    argv += ["--no-dtls", f"--listening-ip={address}", f"--relay-ip={address}"]
-    argv += [f"--listening-port={TURN_PORT}", "--min-port=49152", "--max-port=49252"]
-    argv += ["--fingerprint", "--log-file=stdout", "--simple-log", "--no-software-attribute"]
-    argv += ["--verbose", f"--pidfile={folder / 'turnserver.pid'}"]
-    proc = browser_netns.start("turnserver", argv, folder / "coturn.log")
-    try:
-        proc.wait_for_line("Total General servers", 10)
-        yield f"turn:{address}:{TURN_PORT}", secret, proc
-    finally:
-        proc.stop(5)
+    with running_coturn(
+        tmp_path_factory.mktemp("coturn"),
+        host=browser_netns.address,
+        port=TURN_PORT,
+        argv_prefix=browser_netns.argv(),
+    ) as turn:
+        yield turn
 
 
 @pytest.fixture(scope="module")
 def browser_stack_module(
-    browser_netns: Any, coturn: tuple[str, str, Process], tmp_path_factory: pytest.TempPathFactory
+    browser_netns: Any, coturn: Coturn, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """Signaling with the TURN server and its secret (from the environment), a worker."""
-    url, secret, _ = coturn
+    url, secret = coturn.url, coturn.secret
     stack = Stack(
         browser_netns,
         tmp_path_factory.mktemp("relay-stack"),
@@ -82,12 +62,6 @@ def browser_stack_module(
         yield stack
     finally:
         stack.close()
-
-
-def relayed_bytes(log: str, peer_id: str) -> int:
-    """What coturn received from ``peer_id``'s allocations (its ``usage:`` lines)."""
-    pattern = rf"usage: realm=<[^>]*>, username=<\d+:{re.escape(peer_id)}>, rp=\d+, rb=(\d+),"
-    return sum(int(n) for n in re.findall(pattern, log))
 
 
 SELECTED_PAIR_JS = """async () => {
@@ -104,7 +78,7 @@ SELECTED_PAIR_JS = """async () => {
 
 
 def test_job_and_upload_through_the_relay(
-    browser_page: Any, browser_stack: Stack, coturn: tuple[str, str, Process], tmp_path: Path
+    browser_page: Any, browser_stack: Stack, coturn: Coturn, tmp_path: Path
 ) -> None:
     page = browser_page
     page.goto(browser_stack.page_url)
@@ -135,21 +109,20 @@ def test_job_and_upload_through_the_relay(
     held = [p for p in store.rglob("*") if p.is_file() and sha in str(p)]
     assert any(hashlib.sha256(p.read_bytes()).hexdigest() == sha for p in held)
     peer_id = page.evaluate("window.rtcPage.registered.peer_id")
-    _, _, proc = coturn
     deadline = page.wait_for_timeout
     for _ in range(30):  # coturn logs its usage once a second
-        if relayed_bytes(proc.log(), peer_id) >= len(data):
+        if coturn.relayed_bytes(peer_id) >= len(data):
             break
         deadline(200)
-    assert relayed_bytes(proc.log(), peer_id) >= len(data)
+    assert coturn.relayed_bytes(peer_id) >= len(data)
 
 
 def test_a_refused_turn_credential_is_a_readable_error(
-    browser_netns: Any, browser_page: Any, coturn: tuple[str, str, Process], tmp_path: Path
+    browser_netns: Any, browser_page: Any, coturn: Coturn, tmp_path: Path
 ) -> None:
     """Signaling hands out credentials coturn refuses (another secret): the page says
     so with NO_RELAY_CANDIDATE instead of waiting for a channel that cannot open."""
-    url, _, _ = coturn
+    url = coturn.url
     stack = Stack(
         browser_netns,
         tmp_path / "stack",
@@ -174,12 +147,12 @@ def test_a_refused_turn_credential_is_a_readable_error(
 
 
 def test_a_tab_past_its_credentials_lifetime_registers_again_and_relays(
-    browser_netns: Any, browser_page: Any, coturn: tuple[str, str, Process], tmp_path: Path
+    browser_netns: Any, browser_page: Any, coturn: Coturn, tmp_path: Path
 ) -> None:
     """Credentials that live 2 s (``--turn-ttl-s 2``) have expired by the time the person
     picks a worker; coturn would refuse them, so the page registers again for fresh ones
     and the channel still opens through the relay."""
-    url, secret, _ = coturn
+    url, secret = coturn.url, coturn.secret
     stack = Stack(
         browser_netns,
         tmp_path / "stack",
