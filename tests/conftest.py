@@ -26,7 +26,7 @@ from rtc_worker.settings import WorkerSettings
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures of the tests in a real browser (Chromium in a network namespace).
-pytest_plugins = ["tests.browser_env"]
+pytest_plugins = ["tests.browser_env", "tests.engine_s3"]
 
 if TYPE_CHECKING:
     from tests.storage_service import StorageService

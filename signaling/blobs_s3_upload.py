@@ -1,0 +1,406 @@
+"""A partial upload on S3: one S3 multipart upload, plus small piece objects.
+
+Keys in the bucket, for the partial ``<key>`` (an upload id, or ``anon-<hex>``)::
+
+    partial/<key>/info.json            {"upload_id", "size", "name", "part_size",
+                                        "created_at", "staged"}: the partial's record
+    partial/<key>/data                 the multipart upload's target (the staging object)
+    partial/<key>/piece/<start>-<end>  bytes held outside a part (offsets, 16 digits)
+
+The content is cut into **regions** of ``part_size`` bytes (at least 5 MiB, a multiple
+of the upload's chunk size, large enough for 10,000 parts); region ``n`` (from 0) is
+multipart part ``n + 1``. A write that covers a whole region becomes that part
+(``UploadPart``); bytes that do not fill a region are kept as a piece object. A write in
+order that continues a region held as pieces reads those pieces back first (at most one
+region) and sends the region as a part once full, then deletes the pieces: after a
+restart, a resume continues from ``list_parts`` plus the pieces (tusd's s3store keeps
+its "incomplete part" the same way). At :meth:`S3Upload.verify` the regions still held
+as pieces are assembled into their parts, the multipart upload is completed into the
+staging object, whose sha256 is computed while reading it (unless every byte was hashed
+in order on the way), and :meth:`S3Upload.commit` copies it to ``blobs/<sha256>`` (or
+drops it when that blob exists: dedupe).
+
+An anonymous partial (size unknown, one request) has no record: parts are sent as the
+bytes stream in; content smaller than one part stays in memory and is written straight
+to its blob at commit.
+
+S3 limits (source: Amazon S3 user guide, "Amazon S3 multipart upload limits"): parts
+1..10,000, each at least 5 MiB but the last, at most 5 GiB; ``CopyObject`` up to 5 GiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from loguru import logger
+
+from rtc_worker.storage import ContentHasher, FileMetadata, HashMismatchError
+from rtc_worker.storage.record import merge_range, now_text
+from signaling.blobs import BlobNotFoundError, Range
+from signaling.blobs_s3_calls import S3Calls, blob_key, partial_prefix
+
+__all__ = ["MAX_PARTS", "MIN_PART_BYTES", "S3Upload", "part_size_for"]
+
+MIN_PART_BYTES = 5 * 1024**2
+"""The smallest part S3 accepts but the last one, bytes (5 MiB)."""
+MAX_PARTS = 10_000
+"""The most parts of one multipart upload."""
+HASH_IN_THREAD_BYTES = 64 * 1024
+"""Chunks at least this long are hashed in a thread, off the event loop."""
+
+_PIECE = re.compile(r"(\d{16})-(\d{16})")
+
+
+def part_size_for(size: int, align: int = 1) -> int:
+    """The region (part) size of content of ``size`` bytes written at multiples of
+    ``align`` bytes: a multiple of ``align``, at least :data:`MIN_PART_BYTES`, large
+    enough that ``size`` needs at most :data:`MAX_PARTS` parts."""
+    need = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
+    align = max(1, align)
+    return -(-need // align) * align
+
+
+def piece_key(key: str, start: int, end: int) -> str:
+    """The piece object holding bytes ``[start, end)`` of the partial ``key``."""
+    return f"{partial_prefix(key)}piece/{start:016d}-{end:016d}"
+
+
+def info_key(key: str) -> str:
+    """The record of the partial ``key``."""
+    return f"{partial_prefix(key)}info.json"
+
+
+def data_key(key: str) -> str:
+    """The multipart upload's target (the staging object) of the partial ``key``."""
+    return f"{partial_prefix(key)}data"
+
+
+class S3Upload:
+    """One partial upload on S3 (see the module docstring and
+    :class:`signaling.blobs.BlobUpload`). Made by :class:`signaling.blobs_s3.S3Blobs`."""
+
+    def __init__(
+        self, calls: S3Calls, key: str, size: int | None, name: str, info: dict[str, Any]
+    ) -> None:
+        self.key = key
+        self.size = size
+        self.name = name
+        self._calls = calls
+        self._info = info
+        self.part_size = int(info["part_size"])
+        self._parts: dict[int, tuple[str, int]] = {}  # part number -> (ETag, bytes)
+        self._pieces: dict[Range, str] = {}  # range -> object key, oldest first
+        self._hasher = ContentHasher()
+        self._hashed = 0  # bytes [0, _hashed) went through the hasher in order
+        self._buf = bytearray()  # anonymous: bytes appended, not yet in a part
+        self._buf_start = 0
+        self._state = "open"
+        self._meta: FileMetadata | None = None
+        self._small: bytes | None = None  # anonymous content kept for commit
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3Upload(key={self.key!r}, size={self.size}, parts={len(self._parts)})"
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether it has no record (content of unknown size, not resumable)."""
+        return self.size is None
+
+    @property
+    def upload_id(self) -> str | None:
+        """The S3 multipart upload id (``None`` before the first part of an anonymous one)."""
+        value = self._info.get("upload_id")
+        return value if isinstance(value, str) else None
+
+    # ------------------------------------------------------------------ state
+
+    def _held(self) -> list[Range]:
+        ranges: list[Range] = []
+        if self._info.get("staged") and self.size is not None:
+            return merge_range([], 0, self.size)
+        for number, (_, length) in self._parts.items():
+            start = (number - 1) * self.part_size
+            ranges = merge_range(ranges, start, start + length)
+        for low, high in self._pieces:
+            ranges = merge_range(ranges, low, high)
+        return ranges
+
+    @property
+    def offset(self) -> int:
+        """See :attr:`signaling.blobs.BlobUpload.offset`."""
+        if self.anonymous:
+            return self._buf_start + len(self._buf)
+        held = self._held()
+        return held[0][1] if held and held[0][0] == 0 else 0
+
+    async def load(self) -> None:
+        """Read the parts (``list_parts``) and the pieces from the bucket, adding them
+        to what this object knows (the durable record after a restart).
+
+        Raises:
+            BlobNotFoundError: the multipart upload is gone (aborted, or completed).
+            BlobStoreError: the store failed.
+        """
+        if self.upload_id is None or self._info.get("staged"):
+            return
+        parts = await self._calls.list_parts(data_key(self.key), self.upload_id)
+        for number, etag, length in parts:
+            self._parts.setdefault(number, (etag, length))
+        for name, _ in await self._calls.list_keys(f"{partial_prefix(self.key)}piece/"):
+            found = _PIECE.fullmatch(name.rsplit("/", 1)[-1])
+            if found:
+                self._pieces.setdefault((int(found[1]), int(found[2])), name)
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise ValueError(f"partial {self.name!r} is {self._state} (nothing more to write)")
+
+    async def _hash(self, position: int, data: bytes | bytearray | memoryview) -> None:
+        """Feed ``data`` (at ``position``) to the in-order hasher when it continues it."""
+        if position < self._hashed:  # bytes the hasher saw are replaced: hash at verify
+            self._hasher, self._hashed = ContentHasher(), 0
+        if position != self._hashed:
+            return
+        if len(data) >= HASH_IN_THREAD_BYTES:
+            await asyncio.to_thread(self._hasher.update, data)
+        else:
+            self._hasher.update(data)
+        self._hashed += len(data)
+
+    # ------------------------------------------------------------------ writing
+
+    async def _ensure_multipart(self) -> str:
+        async with self._lock:
+            if self.upload_id is None:
+                self._info["upload_id"] = await self._calls.create_multipart(data_key(self.key))
+            assert self.upload_id is not None
+            return self.upload_id
+
+    async def _put(self, at: int, data: bytes) -> None:
+        """Store ``data`` at ``at`` (within one region): a part when it is the whole
+        region, else a piece object."""
+        number = at // self.part_size + 1
+        region_start = (number - 1) * self.part_size
+        region_end = region_start + self.part_size
+        if self.size is not None:
+            region_end = min(region_end, self.size)
+        end = at + len(data)
+        whole = at == region_start and (end == region_end or self.anonymous)
+        if whole:
+            upload_id = await self._ensure_multipart()
+            etag = await self._calls.upload_part(data_key(self.key), upload_id, number, data)
+            self._parts[number] = (etag, len(data))
+            for low, high in [r for r in self._pieces if region_start <= r[0] < region_end]:
+                if high <= region_end:
+                    await self._calls.delete(self._pieces.pop((low, high)))
+            return
+        name = piece_key(self.key, at, end)
+        await self._calls.put(name, data)
+        self._pieces.pop((at, end), None)
+        self._pieces[(at, end)] = name  # the newest last: it wins at assembly
+
+    async def _region_bytes(self, number: int, end: int | None = None) -> bytearray:
+        """Region ``number``'s bytes from its pieces, up to ``end`` (newest pieces win)."""
+        start = (number - 1) * self.part_size
+        stop = end if end is not None else start + self.part_size
+        if self.size is not None:
+            stop = min(stop, self.size)
+        data = bytearray(stop - start)
+        for (low, high), name in list(self._pieces.items()):
+            if high <= start or low >= stop:
+                continue
+            body = await self._calls.get_bytes(name)
+            lo, hi = max(low, start), min(high, stop)
+            data[lo - start : hi - start] = body[lo - low : hi - low]
+        return data
+
+    async def append(self, data: bytes | bytearray | memoryview) -> None:
+        """See :meth:`signaling.blobs.BlobUpload.append` (one part per
+        ``part_size`` bytes)."""
+        self._require_open()
+        if not self.anonymous:
+            raise ValueError(f"partial {self.name!r} is written by ranges")
+        await self._hash(self.offset, data)
+        self._buf += data
+        while len(self._buf) > self.part_size:  # the last part may be any size: keep one
+            chunk = bytes(self._buf[: self.part_size])
+            await self._put(self._buf_start, chunk)
+            del self._buf[: self.part_size]
+            self._buf_start += self.part_size
+
+    async def write_range(self, start: int, chunks: AsyncIterator[bytes]) -> int:
+        """See :meth:`signaling.blobs.BlobUpload.write_range`."""
+        self._require_open()
+        if self.anonymous or self.size is None:
+            raise ValueError(f"partial {self.name!r} is written in order")
+        size, step = self.size, self.part_size
+        if not 0 <= start <= size:
+            raise ValueError(f"a range cannot start at {start} of {size} bytes")
+        number = start // step + 1
+        at, buf = start, bytearray()
+        region_start = (number - 1) * step
+        if start != region_start:
+            if number in self._parts:
+                raise ValueError(
+                    f"bytes {region_start}..{region_start + step} were sent as one part; "
+                    f"write them again from {region_start}"
+                )
+            if any(low <= region_start and start <= high for low, high in self._held()):
+                buf, at = await self._region_bytes(number, start), region_start
+        position = start
+        async for data in chunks:
+            if position + len(data) > size:
+                raise ValueError(f"{position + len(data) - start} bytes at {start} exceed {size}")
+            await self._hash(position, data)
+            buf += data
+            position += len(data)
+            region_end = min((at // step + 1) * step, size)
+            while at + len(buf) > region_end:  # a full region is sent once more bytes come
+                cut = region_end - at
+                await self._put(at, bytes(buf[:cut]))
+                del buf[:cut]
+                at, region_end = region_end, min(region_end + step, size)
+        if buf:
+            await self._put(at, bytes(buf))
+        await self._write_info()  # the partial's last change (its expiry counts from it)
+        return position - start
+
+    async def _write_info(self) -> None:
+        self._info["updated_at"] = now_text()
+        payload = json.dumps(self._info, sort_keys=True).encode()
+        await self._calls.put(info_key(self.key), payload)
+
+    async def ranges(self) -> list[Range]:
+        """See :meth:`signaling.blobs.BlobUpload.ranges` (``list_parts`` and pieces)."""
+        if not self.anonymous and self._state == "open":
+            await self.load()
+        if self.anonymous:
+            return [(0, self.offset)] if self.offset else []
+        return self._held()
+
+    # ------------------------------------------------------------------ finishing
+
+    async def _complete(self) -> None:
+        """Send the regions held as pieces as parts and complete the multipart upload
+        into the staging object (recorded as ``staged``)."""
+        assert self.size is not None
+        upload_id = await self._ensure_multipart()
+        if self.size == 0:  # no part to complete with: an empty object instead
+            await self._calls.put(data_key(self.key), b"")
+            await self._calls.abort(data_key(self.key), upload_id)
+            self._info["staged"] = True
+            await self._write_info()
+            return
+        count = max(1, -(-self.size // self.part_size))
+        for number in range(1, count + 1):
+            if number not in self._parts:
+                data = await self._region_bytes(number)
+                etag = await self._calls.upload_part(
+                    data_key(self.key), upload_id, number, bytes(data)
+                )
+                self._parts[number] = (etag, len(data))
+        parts = [(number, self._parts[number][0]) for number in range(1, count + 1)]
+        await self._calls.complete(data_key(self.key), upload_id, parts)
+        self._info["staged"] = True
+        await self._write_info()
+        for name in list(self._pieces.values()):
+            await self._calls.delete(name)
+        self._pieces.clear()
+
+    async def _finish_anonymous(self) -> FileMetadata:
+        meta = await asyncio.to_thread(self._hasher.finish)
+        if self.upload_id is None:  # smaller than one part: kept for commit
+            self._small = bytes(self._buf)
+        else:
+            if self._buf:
+                await self._put(self._buf_start, bytes(self._buf))
+            parts = sorted((n, etag) for n, (etag, _) in self._parts.items())
+            await self._calls.complete(data_key(self.key), self.upload_id, parts)
+            self._info["staged"] = True
+        self._buf = bytearray()
+        return meta
+
+    async def _read_hash(self) -> FileMetadata:
+        hasher = ContentHasher()
+        async for chunk in self._calls.get_chunks(data_key(self.key)):
+            await asyncio.to_thread(hasher.update, chunk)
+        return await asyncio.to_thread(hasher.finish)
+
+    async def verify(self, expected_sha256: str | None = None) -> FileMetadata:
+        """See :meth:`signaling.blobs.BlobUpload.verify`."""
+        if self._meta is None:
+            self._require_open()
+            if self.anonymous:
+                meta = await self._finish_anonymous()
+            else:
+                assert self.size is not None
+                await self.load()
+                held = self._held()
+                if held != ([(0, self.size)] if self.size else []):
+                    have = sum(high - low for low, high in held)
+                    raise ValueError(f"partial {self.name!r} holds {have} of {self.size} bytes")
+                if not self._info.get("staged"):
+                    await self._complete()
+                in_order = self._hashed == self.size
+                meta = await (
+                    asyncio.to_thread(self._hasher.finish) if in_order else self._read_hash()
+                )
+                if meta.size != self.size:
+                    await self.discard()
+                    raise HashMismatchError(expected_sha256 or "?", meta.sha256)
+            self._state, self._meta = "verified", meta
+        if expected_sha256 is not None and expected_sha256 != self._meta.sha256:
+            logger.warning("sha256 mismatch for {!r}: got {}", self.name, self._meta.sha256)
+            actual = self._meta.sha256
+            await self.discard()
+            raise HashMismatchError(expected_sha256, actual)
+        return self._meta
+
+    async def commit(self, expected_sha256: str | None = None) -> FileMetadata:
+        """See :meth:`signaling.blobs.BlobUpload.commit`."""
+        if self._state == "committed" and self._meta is not None:
+            return self._meta
+        meta = await self.verify(expected_sha256)
+        target = blob_key(meta.sha256)
+        if await self._calls.exists(target):
+            logger.debug("blob {} already stored; dropping the partial", meta.sha256)
+        elif self._small is not None:
+            await self._calls.put(target, self._small)
+        else:
+            await self._calls.copy(data_key(self.key), target, meta.size)
+        self._state = "committed"
+        await self._remove_all()
+        return meta
+
+    async def _remove_all(self) -> None:
+        if self.upload_id is not None and not self._info.get("staged"):
+            await self._calls.abort(data_key(self.key), self.upload_id)
+        for name, _ in await self._calls.list_keys(partial_prefix(self.key)):
+            await self._calls.delete(name)
+        self._pieces.clear()
+        self._parts.clear()
+        self._small, self._buf = None, bytearray()
+
+    async def close(self) -> None:
+        """See :meth:`signaling.blobs.BlobUpload.close` (everything written is already
+        in the bucket; an anonymous partial is discarded)."""
+        if self._state in ("committed", "discarded", "closed"):
+            return
+        if self.anonymous:
+            await self.discard()
+            return
+        self._state = "closed"
+
+    async def discard(self) -> None:
+        """See :meth:`signaling.blobs.BlobUpload.discard`."""
+        if self._state in ("committed", "discarded"):
+            return
+        self._state = "discarded"
+        with contextlib.suppress(BlobNotFoundError):
+            await self._remove_all()
