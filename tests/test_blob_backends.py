@@ -64,7 +64,9 @@ async def chunks_of(data: bytes, size: int = 256 * 1024) -> AsyncIterator[bytes]
         yield data[at : at + size]
 
 
-async def read_all(store: BlobBackend, digest: str, start: int = 0, end: int | None = None) -> bytes:
+async def read_all(
+    store: BlobBackend, digest: str, start: int = 0, end: int | None = None
+) -> bytes:
     reader = await store.open_reader(digest, start, end)
     try:
         return b"".join([chunk async for chunk in reader.chunks()])
