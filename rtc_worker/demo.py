@@ -138,7 +138,6 @@ def _serve_page(port: int, token: str, shared: Path, procs: list[subprocess.Pope
     print(f"  worker    {WORKER_ID}, shared root {shared}")
     print("  try       input inputs/train_package.zip, output outputs/from-the-page,")
     print("            or drop any file to send it over the data channel", flush=True)
-
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
