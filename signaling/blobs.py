@@ -41,10 +41,11 @@ and git's object store (content by digest, written once).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
 
 from rtc_worker.storage import FileMetadata
+from signaling.config import SignalingSettings
 
 __all__ = [
     "BlobBackend",
@@ -53,6 +54,7 @@ __all__ = [
     "BlobStoreError",
     "BlobUpload",
     "Range",
+    "make_backend",
 ]
 
 Range = tuple[int, int]
@@ -319,3 +321,35 @@ class BlobBackend(Protocol):
         """Remove partials untouched for the partial TTL and stray temporaries (S3:
         multipart uploads with no partial record, aborted). Returns how many partials."""
         ...
+
+
+def make_backend(
+    settings: SignalingSettings, *, room_check: Callable[[int], None] | None = None
+) -> BlobBackend:
+    """The blob backend ``settings.storage_backend`` names (not yet opened).
+
+    Args:
+        settings: the server's settings (``storage_path`` set).
+        room_check: the folder backend asks it before each write (the disk reserve).
+
+    Raises:
+        ValueError: storage is not enabled in ``settings``.
+    """
+    if settings.storage_path is None:
+        raise ValueError("storage is not enabled in these settings")
+    partial_ttl_s = 2 * settings.upload_ttl_s  # past the record's expiry: a safety net
+    if settings.storage_backend == "s3":
+        from signaling.blobs_s3 import S3Blobs
+
+        assert settings.s3_bucket is not None  # checked by the settings
+        return S3Blobs(
+            settings.s3_bucket,
+            settings.s3_endpoint_url,
+            partial_ttl_s=partial_ttl_s,
+            max_file_size=settings.storage_max_file_size,
+        )
+    from signaling.blobs_local import FolderBlobs
+
+    if room_check is None:
+        return FolderBlobs(settings.storage_path, partial_ttl_s=partial_ttl_s)
+    return FolderBlobs(settings.storage_path, partial_ttl_s=partial_ttl_s, room_check=room_check)

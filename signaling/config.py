@@ -11,7 +11,7 @@ description with its unit; the README's tables are generated from them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
@@ -303,6 +303,22 @@ class SignalingSettings(EnvSettings):
         "the disk is full so that deletes can still be recorded, recreated when there is "
         "room; 0: none.",
     )
+    # Blobs on an S3-compatible store: the storage service's blob backend
+    # (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION).
+    storage_backend: Annotated[Literal["folder", "s3"], Env("RTC_STORAGE_BACKEND")] = Field(
+        "folder",
+        description="Where the result store keeps its blobs: folder (blobs/ under the "
+        "storage path) or s3 (the bucket s3_bucket; credentials from the standard "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION variables).",
+    )
+    s3_endpoint_url: Annotated[str | None, Env("RTC_S3_ENDPOINT_URL")] = Field(
+        None,
+        description="S3 endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. "
+        "https://minio.example.org:9000; unset: AWS S3 in AWS_DEFAULT_REGION.",
+    )
+    s3_bucket: Annotated[str | None, Env("RTC_S3_BUCKET")] = Field(
+        None, description="Bucket of the blobs with storage_backend s3 (it must exist)."
+    )
 
     @field_validator("turn_urls", mode="before")
     @classmethod
@@ -341,7 +357,13 @@ class SignalingSettings(EnvSettings):
         return level
 
     _empty_path_is_none = field_validator(
-        "storage_path", "database_path", "bindings_db", "turn_secret_file", mode="before"
+        "storage_path",
+        "database_path",
+        "bindings_db",
+        "turn_secret_file",
+        "s3_endpoint_url",
+        "s3_bucket",
+        mode="before",
     )(empty_is_none)
 
     _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
@@ -366,6 +388,15 @@ class SignalingSettings(EnvSettings):
                 "a TURN secret is set but no TURN URL: set --turn-url / RTC_TURN_URLS "
                 "(e.g. turn:turn.example.org:3478)"
             )
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError(
+                "the storage backend is s3 (RTC_STORAGE_BACKEND) but no bucket is set: "
+                "set RTC_S3_BUCKET or --s3-bucket"
+            )
+        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("the S3 endpoint URL must start with http:// or https://")
         if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "
