@@ -141,6 +141,20 @@ class S3Calls:
         except (BotoCoreError, OSError) as exc:  # the connection broke mid-read
             raise BlobStoreError("connection", f"get_object: {type(exc).__name__}") from None
 
+    async def get_with_etag(self, key: str) -> tuple[str, AsyncIterator[bytes]]:
+        """The ETag of ``key`` and its bytes, :data:`READ_BYTES` at a time (one GET)."""
+        answer = await self.call("get_object", Key=key)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async with answer["Body"] as body:
+                    async for chunk in body.iter_chunks(READ_BYTES):
+                        yield chunk
+            except (BotoCoreError, OSError) as exc:
+                raise BlobStoreError("connection", f"get_object: {type(exc).__name__}") from None
+
+        return str(answer.get("ETag", "")), chunks()
+
     async def list_keys(self, prefix: str) -> list[tuple[str, datetime]]:
         """Every key under ``prefix`` with its last-modified time (all pages)."""
         found: list[tuple[str, datetime]] = []
@@ -155,12 +169,19 @@ class S3Calls:
             if not answer.get("IsTruncated") or not token:
                 return found
 
-    async def copy(self, source: str, target: str, size: int) -> None:
+    async def copy(self, source: str, target: str, size: int, etag: str | None = None) -> None:
         """Copy ``source`` to ``target`` inside the bucket: one ``CopyObject`` up to
-        :data:`COPY_LIMIT_BYTES`, else a multipart copy of :data:`COPY_PART_BYTES` parts."""
+        :data:`COPY_LIMIT_BYTES`, else a multipart copy of :data:`COPY_PART_BYTES` parts.
+        With ``etag``, only while ``source`` still has that ETag (``CopySourceIfMatch``:
+        the object that was hashed, not one put there since).
+
+        Raises:
+            BlobStoreError: ``PreconditionFailed`` when ``source`` changed; as :meth:`call`.
+        """
         origin = {"Bucket": self.bucket, "Key": source}
+        condition = {"CopySourceIfMatch": etag} if etag else {}
         if size <= COPY_LIMIT_BYTES:
-            await self.call("copy_object", Key=target, CopySource=origin)
+            await self.call("copy_object", Key=target, CopySource=origin, **condition)
             return
         upload_id = await self.create_multipart(target)
         try:
@@ -174,6 +195,7 @@ class S3Calls:
                     PartNumber=number,
                     CopySource=origin,
                     CopySourceRange=f"bytes={low}-{high}",
+                    **condition,
                 )
                 parts.append((number, str(answer["CopyPartResult"]["ETag"])))
             await self.complete(target, upload_id, parts)
@@ -215,15 +237,17 @@ class S3Calls:
             if not answer.get("IsTruncated") or not marker:
                 return parts
 
-    async def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
-        """Complete the multipart upload from ``(part number, ETag)`` in order."""
+    async def complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> str:
+        """Complete the multipart upload from ``(part number, ETag)`` in order; the
+        object's ETag."""
         listed = [{"PartNumber": number, "ETag": etag} for number, etag in parts]
-        await self.call(
+        answer = await self.call(
             "complete_multipart_upload",
             Key=key,
             UploadId=upload_id,
             MultipartUpload={"Parts": listed},
         )
+        return str(answer.get("ETag", ""))
 
     async def abort(self, key: str, upload_id: str) -> None:
         """Abort the multipart upload (its parts are freed; gone already is fine)."""

@@ -10,19 +10,23 @@ Keys in the bucket, for the partial ``<key>`` (an upload id, or ``anon-<hex>``):
 The content is cut into **regions** of ``part_size`` bytes (at least 5 MiB, a multiple
 of the upload's chunk size, large enough for 10,000 parts); region ``n`` (from 0) is
 multipart part ``n + 1``. A write that covers a whole region becomes that part
-(``UploadPart``); bytes that do not fill a region are kept as a piece object. A write in
-order that continues a region held as pieces reads those pieces back first (at most one
-region) and sends the region as a part once full, then deletes the pieces: after a
-restart, a resume continues from ``list_parts`` plus the pieces (tusd's s3store keeps
-its "incomplete part" the same way). At :meth:`S3Upload.verify` the regions still held
+(``UploadPart``); bytes that do not fill a region are kept as a piece object (a write
+that starts inside a region sends the rest of that region as one piece, then whole
+regions as parts). After a restart, or on another instance, a resume continues from
+``list_parts`` plus the pieces (tusd's s3store keeps its "incomplete part" as an object
+the same way). At :meth:`S3Upload.verify` the regions still held
 as pieces are assembled into their parts, the multipart upload is completed into the
-staging object, whose sha256 is computed while reading it (unless every byte was hashed
-in order on the way), and :meth:`S3Upload.commit` copies it to ``blobs/<sha256>`` (or
-drops it when that blob exists: dedupe).
+staging object, its sha256 is computed while reading it back once, and
+:meth:`S3Upload.commit` copies exactly that object (``CopySourceIfMatch`` its ETag) to
+``blobs/<sha256>``, or drops it when that blob exists (dedupe). The bytes of a keyed
+partial may come from several requests, instances and restarts, and a part's ETag is an
+MD5 (collisions can be made), so a digest computed on the way is never trusted for it:
+a blob's name is always the sha256 of the bytes it holds.
 
-An anonymous partial (size unknown, one request) has no record: parts are sent as the
-bytes stream in; content smaller than one part stays in memory and is written straight
-to its blob at commit.
+An anonymous partial (size unknown, one request, a random key no client can reach) has
+no record: it is hashed while the bytes stream in and parts are sent as they come;
+content smaller than one part stays in memory and is written straight to its blob at
+commit.
 
 S3 limits (source: Amazon S3 user guide, "Amazon S3 multipart upload limits"): parts
 1..10,000, each at least 5 MiB but the last, at most 5 GiB; ``CopyObject`` up to 5 GiB.
@@ -50,8 +54,6 @@ MIN_PART_BYTES = 5 * 1024**2
 """The smallest part S3 accepts but the last one, bytes (5 MiB)."""
 MAX_PARTS = 10_000
 """The most parts of one multipart upload."""
-HASH_IN_THREAD_BYTES = 64 * 1024
-"""Chunks at least this long are hashed in a thread, off the event loop."""
 
 _PIECE = re.compile(r"(\d{16})-(\d{16})")
 
@@ -95,8 +97,8 @@ class S3Upload:
         self.part_size = int(info["part_size"])
         self._parts: dict[int, tuple[str, int]] = {}  # part number -> (ETag, bytes)
         self._pieces: dict[Range, str] = {}  # range -> object key, oldest first
-        self._hasher = ContentHasher()
-        self._hashed = 0  # bytes [0, _hashed) went through the hasher in order
+        self._hasher = ContentHasher()  # anonymous: every byte appended, in order
+        self._data_etag: str | None = None  # ETag of the staging object that was hashed
         self._buf = bytearray()  # anonymous: bytes appended, not yet in a part
         self._buf_start = 0
         self._state = "open"
@@ -161,18 +163,6 @@ class S3Upload:
         if self._state != "open":
             raise ValueError(f"partial {self.name!r} is {self._state} (nothing more to write)")
 
-    async def _hash(self, position: int, data: bytes | bytearray | memoryview) -> None:
-        """Feed ``data`` (at ``position``) to the in-order hasher when it continues it."""
-        if position < self._hashed:  # bytes the hasher saw are replaced: hash at verify
-            self._hasher, self._hashed = ContentHasher(), 0
-        if position != self._hashed:
-            return
-        if len(data) >= HASH_IN_THREAD_BYTES:
-            await asyncio.to_thread(self._hasher.update, data)
-        else:
-            self._hasher.update(data)
-        self._hashed += len(data)
-
     # ------------------------------------------------------------------ writing
 
     async def _ensure_multipart(self) -> str:
@@ -200,15 +190,23 @@ class S3Upload:
                 if high <= region_end:
                     await self._calls.delete(self._pieces.pop((low, high)))
             return
+        if number in self._parts:
+            raise ValueError(
+                f"bytes {region_start}..{region_end} were sent as one part; write them "
+                f"again whole, from {region_start}"
+            )
         name = piece_key(self.key, at, end)
         await self._calls.put(name, data)
-        self._pieces.pop((at, end), None)
+        for low, high in [r for r in self._pieces if at <= r[0] and r[1] <= end]:
+            older = self._pieces.pop((low, high))
+            if older != name:  # covered by the new piece
+                await self._calls.delete(older)
         self._pieces[(at, end)] = name  # the newest last: it wins at assembly
 
-    async def _region_bytes(self, number: int, end: int | None = None) -> bytearray:
-        """Region ``number``'s bytes from its pieces, up to ``end`` (newest pieces win)."""
+    async def _region_bytes(self, number: int) -> bytearray:
+        """Region ``number``'s bytes from its pieces (the newest piece wins)."""
         start = (number - 1) * self.part_size
-        stop = end if end is not None else start + self.part_size
+        stop = start + self.part_size
         if self.size is not None:
             stop = min(stop, self.size)
         data = bytearray(stop - start)
@@ -226,7 +224,7 @@ class S3Upload:
         self._require_open()
         if not self.anonymous:
             raise ValueError(f"partial {self.name!r} is written by ranges")
-        await self._hash(self.offset, data)
+        self._hasher.update(data)
         self._buf += data
         while len(self._buf) > self.part_size:  # the last part may be any size: keep one
             chunk = bytes(self._buf[: self.part_size])
@@ -245,19 +243,15 @@ class S3Upload:
         number = start // step + 1
         at, buf = start, bytearray()
         region_start = (number - 1) * step
-        if start != region_start:
-            if number in self._parts:
-                raise ValueError(
-                    f"bytes {region_start}..{region_start + step} were sent as one part; "
-                    f"write them again from {region_start}"
-                )
-            if any(low <= region_start and start <= high for low, high in self._held()):
-                buf, at = await self._region_bytes(number, start), region_start
+        if start != region_start and number in self._parts:
+            raise ValueError(
+                f"bytes {region_start}..{region_start + step} were sent as one part; "
+                f"write them again from {region_start}"
+            )
         position = start
         async for data in chunks:
             if position + len(data) > size:
                 raise ValueError(f"{position + len(data) - start} bytes at {start} exceed {size}")
-            await self._hash(position, data)
             buf += data
             position += len(data)
             region_end = min((at // step + 1) * step, size)
@@ -321,15 +315,18 @@ class S3Upload:
             if self._buf:
                 await self._put(self._buf_start, bytes(self._buf))
             parts = sorted((n, etag) for n, (etag, _) in self._parts.items())
-            await self._calls.complete(data_key(self.key), self.upload_id, parts)
-            self._info["staged"] = True
+            etag = await self._calls.complete(data_key(self.key), self.upload_id, parts)
+            self._info["staged"], self._data_etag = True, etag
         self._buf = bytearray()
         return meta
 
     async def _read_hash(self) -> FileMetadata:
+        """Hash the staging object while reading it (its ETag kept for the copy)."""
         hasher = ContentHasher()
-        async for chunk in self._calls.get_chunks(data_key(self.key)):
+        etag, chunks = await self._calls.get_with_etag(data_key(self.key))
+        async for chunk in chunks:
             await asyncio.to_thread(hasher.update, chunk)
+        self._data_etag = etag
         return await asyncio.to_thread(hasher.finish)
 
     async def verify(self, expected_sha256: str | None = None) -> FileMetadata:
@@ -347,10 +344,7 @@ class S3Upload:
                     raise ValueError(f"partial {self.name!r} holds {have} of {self.size} bytes")
                 if not self._info.get("staged"):
                     await self._complete()
-                in_order = self._hashed == self.size
-                meta = await (
-                    asyncio.to_thread(self._hasher.finish) if in_order else self._read_hash()
-                )
+                meta = await self._read_hash()
                 if meta.size != self.size:
                     await self.discard()
                     raise HashMismatchError(expected_sha256 or "?", meta.sha256)
@@ -373,7 +367,7 @@ class S3Upload:
         elif self._small is not None:
             await self._calls.put(target, self._small)
         else:
-            await self._calls.copy(data_key(self.key), target, meta.size)
+            await self._calls.copy(data_key(self.key), target, meta.size, self._data_etag)
         self._state = "committed"
         await self._remove_all()
         return meta

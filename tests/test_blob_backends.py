@@ -273,3 +273,65 @@ async def test_s3_a_missing_bucket_is_refused(s3_bucket: S3Bucket) -> None:
         await store.open()
     assert caught.value.code == "NoSuchBucket"
     assert "testing-secret-key" not in repr(caught.value)
+
+
+async def failing_after(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+    raise ConnectionResetError("the client went away")
+
+
+async def test_a_cut_write_records_nothing_of_its_last_part(backend: BlobBackend) -> None:
+    upload = await backend.open_upload("3" * 32, 4 * MiB, "cut", align=MiB)
+    await upload.write_range(0, chunks_of(b"a" * MiB))
+    with pytest.raises(ConnectionResetError):
+        await upload.write_range(MiB, failing_after(b"b" * 1000))
+    assert await upload.ranges() == [(0, MiB)]
+    assert await backend.upload_ranges("3" * 32) == [(0, MiB)]
+
+
+async def test_disjoint_ranges_written_at_once(backend: BlobBackend) -> None:
+    import asyncio
+
+    chunk = 512 * 1024
+    data = os.urandom(12 * chunk + 1)
+    upload = await backend.open_upload("4" * 32, len(data), "parallel", align=chunk)
+    starts = list(range(0, len(data), chunk))
+    await asyncio.gather(
+        *(upload.write_range(at, chunks_of(data[at : at + chunk], 64 * 1024)) for at in starts)
+    )
+    assert (await upload.commit(sha(data))).size == len(data)
+    assert await read_all(backend, sha(data)) == data
+
+
+async def test_s3_a_blob_is_always_named_by_the_sha256_of_its_bytes(
+    s3_bucket: S3Bucket,
+) -> None:
+    """The attacker sends one content for a chunk through instance A, overwrites it
+    with other bytes through instance B, and completes on A, hoping A publishes B's
+    bytes under the sha256 of what A saw (a poisoned dedupe target for a victim)."""
+    first, second = make_backend("s3", s3_bucket), make_backend("s3", s3_bucket)
+    await first.open()
+    await second.open()
+    try:
+        key = "5" * 32
+        chunk = 1 * MiB
+        honest = os.urandom(6 * chunk)  # the chunks of the first 5 MiB are pieces
+        on_a = await first.open_upload(key, len(honest), "poison", align=chunk)
+        for at in range(0, len(honest), chunk):  # chunk by chunk, as the chunk routes do
+            await on_a.write_range(at, chunks_of(honest[at : at + chunk]))
+        swapped = os.urandom(chunk)
+        on_b = await second.open_upload(key, len(honest), "poison", align=chunk)
+        await on_b.write_range(0, chunks_of(swapped))
+        meta = await on_a.commit()
+        stored = swapped + honest[chunk:]
+        assert meta.sha256 == sha(stored) != sha(honest)
+        async with s3_bucket.client() as s3:
+            listed = await s3.list_objects_v2(Bucket=s3_bucket.name, Prefix="blobs/")
+            for item in listed["Contents"]:
+                body = await s3.get_object(Bucket=s3_bucket.name, Key=item["Key"])
+                async with body["Body"] as stream:
+                    content = await stream.read()
+                assert item["Key"] == f"blobs/{sha(content)}"
+    finally:
+        await first.close()
+        await second.close()
