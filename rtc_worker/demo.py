@@ -132,16 +132,19 @@ def _step(text: str) -> None:
 
 def _serve_page(port: int, token: str, shared: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     """Keep the stack up for the browser page until Ctrl-C (or a process exits)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM stops it like Ctrl-C; installed before the address is printed, so whoever
+    # reads the address may stop it at once.
+    signal.signal(signal.SIGTERM, stop)
     _step("the browser page (Ctrl-C stops the demo)")
     print(f"  open      http://127.0.0.1:{port}/")
     print(f"  token     {token}   (this run's only; the page keeps it for the tab)")
     print(f"  worker    {WORKER_ID}, shared root {shared}")
     print("  try       input inputs/train_package.zip, output outputs/from-the-page,")
     print("            or drop any file to send it over the data channel", flush=True)
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         while all(proc.poll() is None for proc in procs):
             time.sleep(0.5)

@@ -5,7 +5,8 @@ the environment, which overrides the defaults (see :mod:`signaling.config`). Log
 to stderr; stdout carries a single ``listening on ws://HOST:PORT/ws`` line.
 
 ``rtc-signaling keys ...`` manages the storage service's API keys (see
-:mod:`signaling.keys_cli`).
+:mod:`signaling.keys_cli`); ``rtc-signaling db upgrade|current`` migrates the storage
+service's database or shows its revision (:mod:`signaling.db_cli`).
 
 ``--cleanup-once`` (with ``--storage-path``) runs one cleanup pass of the result store
 instead (see :func:`signaling.uploads.cleanup`), prints what it removed as one JSON
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sqlite3
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -37,7 +37,9 @@ from rtc_worker.settings_sources import CommandLine
 from signaling.app import start_server
 from signaling.bounds import install_accept_error_filter, raise_descriptor_limit
 from signaling.config import SignalingCli, SignalingSettings
+from signaling.db_engine import DATABASE_ERRORS, SETUP_ERRORS
 from signaling.results_api import ResultsService
+from signaling.store_cleanup import CleanupReport
 from signaling.uploads_api import cleanup
 
 __all__ = ["command_line", "help_text", "main", "settings_from_args"]
@@ -70,16 +72,22 @@ def _cleanup_once(settings: SignalingSettings) -> int:
         print("rtc-signaling: --cleanup-once needs --storage-path", file=sys.stderr)
         return 2
     try:
-        store = ResultsService(settings)
-        store.blobs.mkdir(parents=True, exist_ok=True)
-        store.db.migrate()
-        report = cleanup(store, settings.upload_ttl_s)
-        store.close()
-    except (OSError, sqlite3.Error) as exc:
+        report = asyncio.run(_cleanup_pass(settings))
+    except SETUP_ERRORS as exc:
         logger.error("cleanup of {} failed: {}", settings.storage_path, exc)
         return 1
     print(json.dumps({"removed": report.as_dict(), "total": report.total}), flush=True)
     return 0
+
+
+async def _cleanup_pass(settings: SignalingSettings) -> CleanupReport:
+    store = ResultsService(settings)
+    try:
+        await asyncio.to_thread(store.blobs.mkdir, parents=True, exist_ok=True)
+        await store.db.migrate()
+        return await cleanup(store, settings.upload_ttl_s)
+    finally:
+        await store.close()
 
 
 def _ws_url(host: str, port: int) -> str:
@@ -126,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from signaling.bindings_cli import bindings_main
 
         return bindings_main(args[1:])
+    if args[:1] == ["db"]:
+        from signaling.db_cli import db_main
+
+        return db_main(args[1:])
     if args[:1] == ["keys"]:
         from signaling.keys_cli import keys_main
 
@@ -147,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         logger.error("cannot listen on {}:{}: {}", settings.host, settings.port, exc)
         return 1
-    except sqlite3.Error as exc:
-        logger.error("cannot open the result store database {}: {}", settings.database_file, exc)
+    except DATABASE_ERRORS as exc:
+        logger.error("cannot open the result store's database: {}", exc)
         return 1
     except KeyboardInterrupt:
         pass

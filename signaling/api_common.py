@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import sqlite3
 import traceback
 from datetime import UTC, datetime
 
@@ -24,7 +23,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from rtc_worker.storage import format_timestamp
-from signaling.sqlite_file import is_disk_full
+from signaling.db_engine import STORAGE_ERRORS, is_disk_full
 
 __all__ = [
     "STORAGE_ROUTE_ROOTS",
@@ -140,7 +139,7 @@ def _refusal(exc: BaseException, request: web.Request) -> web.Response:
     if is_disk_full(exc):
         logger.warning("disk full on {} {}", request.method, request.path)
         return error_response(ApiErrorCode.DISK_FULL, "the storage disk is full")
-    if isinstance(exc, OSError | sqlite3.Error):
+    if isinstance(exc, STORAGE_ERRORS):
         logger.error("storage failure on {} {}: {}", request.method, request.path, exc)
         return error_response(ApiErrorCode.STORAGE_ERROR, "storage failure")
     # the traceback's lines only: no variable values (they may hold a key)

@@ -18,7 +18,6 @@ holding that job id). A worker key reads nothing.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -110,7 +109,7 @@ class Authenticator:
         if self._admin is not None and hmac.compare_digest(raw, self._admin):
             return Caller(ADMIN_PRINCIPAL, Role.ADMIN, None)
         key_id = parse_key(given)
-        row = None if key_id is None else await asyncio.to_thread(self._db.find_key, key_id)
+        row = None if key_id is None else await self._db.find_key(key_id)
         if row is None or not row.matches(given):
             raise ApiError(ApiErrorCode.UNAUTHORIZED, "unknown API key")
         if row.revoked_at is not None:
@@ -156,7 +155,7 @@ class Authenticator:
             if owner not in (ADMIN_PRINCIPAL, LEGACY_OWNER) and not is_valid_owner(owner):
                 raise ApiError(ApiErrorCode.INVALID_FIELD, "owner is not a principal")
             return Access(owner, owner == caller.principal)
-        owners = await asyncio.to_thread(self._db.owners_of, job_id)
+        owners = await self._db.owners_of(job_id)
         if caller.principal in owners:
             return Access(caller.principal, True)
         if len(owners) > 1:

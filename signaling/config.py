@@ -76,6 +76,9 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128
 DEFAULT_MAX_BINDINGS_PER_KEY = 1000
 """Default cap on peer ids bound to one key."""
 
+DATABASE_URL_SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "postgresql+asyncpg://")
+"""How a ``database_url`` may start (SQLite file, PostgreSQL server)."""
+
 DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
 """Default age after its last registration when a client's binding is released, in
 seconds (90 days)."""
@@ -242,6 +245,15 @@ class SignalingSettings(EnvSettings):
             "storage path.",
         )
     )
+    # The storage service's records: a SQLite file by default, PostgreSQL to share them
+    # between several instances (one schema, migrated on start by Alembic).
+    database_url: Annotated[SecretStr | None, Env("RTC_DATABASE_URL")] = Field(
+        None,
+        description="Database of the storage service's records, migrated on start: "
+        "sqlite:///FILE (unset: the database path) or postgresql://USER:PASSWORD@HOST:PORT/NAME "
+        "for several instances sharing the records (and one blob store). Prefer the "
+        "environment: the URL may hold a password.",
+    )
     auto_delete: Annotated[bool, Env("RTC_SIGNALING_AUTO_DELETE", "AUTO_DELETE")] = Field(
         True,
         description="Delete a result after its owner's first complete download (its "
@@ -319,6 +331,15 @@ class SignalingSettings(EnvSettings):
     s3_bucket: Annotated[str | None, Env("RTC_S3_BUCKET")] = Field(
         None, description="Bucket of the blobs with storage_backend s3 (it must exist)."
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(DATABASE_URL_SCHEMES):
+            raise ValueError(
+                f"the database URL must start with one of {', '.join(DATABASE_URL_SCHEMES)}"
+            )
+        return url
 
     @field_validator("turn_urls", mode="before")
     @classmethod
@@ -412,6 +433,14 @@ class SignalingSettings(EnvSettings):
     def storage_enabled(self) -> bool:
         """True when the result store and its routes are on (``storage_path`` is set)."""
         return self.storage_path is not None
+
+    @property
+    def database_url_value(self) -> str | None:
+        """The storage service's database URL: ``database_url``, else
+        ``sqlite:///`` + :attr:`database_file`; ``None`` when storage is off."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return None if self.database_file is None else f"sqlite:///{self.database_file}"
 
     @property
     def database_file(self) -> Path | None:

@@ -2,26 +2,32 @@
 
 Each upload belongs to the principal whose key created it (``owner``); the quota of
 open uploads per owner is checked in the same transaction that inserts a new one
-(:meth:`UploadQueries.create_upload_within`), so two concurrent requests cannot both
-squeeze under it. See :mod:`signaling.uploads_api` for the routes.
+(:meth:`UploadQueries.create_upload_within`), under a lock on the owner (SQLite: the
+write transaction; PostgreSQL: :meth:`~signaling.db_engine.Database.lock_owner`), so
+two concurrent requests, to one instance or to two, cannot both squeeze under it. See
+:mod:`signaling.uploads_api` for the routes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from signaling.sqlite_file import SQLiteFile
+from sqlalchemy import delete, func, select, update
+
+from signaling.db_engine import Database
+from signaling.db_schema import uploads
 
 __all__ = ["LEGACY_OWNER", "QuotaRefusal", "UploadQueries", "UploadRecord"]
 
 LEGACY_OWNER = ":legacy"
 """Owner of rows written before records had owners (no key can act as it; admin only)."""
 
-_UNFINISHED_SQL = "('initiated', 'in_progress')"
+_UNFINISHED = ("initiated", "in_progress")
+_STALE = ("initiated", "in_progress", "cancelled")
 
 _UPLOAD_FIELDS = (
     "upload_id",
@@ -42,7 +48,7 @@ _UPLOAD_FIELDS = (
     "deleted_at",
     "owner",
 )
-_UPLOAD_COLUMNS = ", ".join(_UPLOAD_FIELDS)
+_UPLOAD_COLUMNS = tuple(uploads.c[name] for name in _UPLOAD_FIELDS)
 
 
 def _opt(value: Any) -> str | None:
@@ -109,12 +115,15 @@ class UploadRecord:
         """The exact length in bytes of chunk ``index`` (``0 <= index < total_chunks``)."""
         return min(self.chunk_size, self.total_size - index * self.chunk_size)
 
-    def row(self) -> tuple[Any, ...]:
-        """The values in column order, for SQL (``deleted`` as 0 or 1)."""
-        return tuple(int(v) if isinstance(v, bool) else v for v in dataclasses.astuple(self))
+    def row(self) -> dict[str, Any]:
+        """The values by column name, for SQL (``deleted`` as 0 or 1)."""
+        return {
+            name: int(value) if isinstance(value, bool) else value
+            for name, value in dataclasses.asdict(self).items()
+        }
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row | tuple[Any, ...]) -> UploadRecord:
+    def from_row(cls, row: Sequence[Any]) -> UploadRecord:
         """Build a record from a row in column order."""
         return cls(
             upload_id=str(row[0]),
@@ -137,33 +146,26 @@ class UploadRecord:
         )
 
 
-def _insert(conn: sqlite3.Connection, record: UploadRecord) -> None:
-    conn.execute(
-        f"INSERT INTO uploads ({_UPLOAD_COLUMNS}) VALUES ({', '.join('?' * len(_UPLOAD_FIELDS))})",
-        record.row(),
-    )
+class UploadQueries(Database):
+    """The queries of ``uploads`` (coroutines; see :class:`~signaling.db.StorageDB`)."""
 
-
-class UploadQueries(SQLiteFile):
-    """The queries of ``uploads`` (blocking; see :class:`~signaling.db.StorageDB`)."""
-
-    def create_upload(self, record: UploadRecord) -> None:
+    async def create_upload(self, record: UploadRecord) -> None:
         """Insert a new upload.
 
         Raises:
-            sqlite3.IntegrityError: the ``upload_id`` exists already.
+            sqlalchemy.exc.IntegrityError: the ``upload_id`` exists already.
         """
-        with self.write() as conn:
-            _insert(conn, record)
+        async with self.write() as conn:
+            await conn.execute(uploads.insert().values(**record.row()))
 
-    def create_upload_within(
+    async def create_upload_within(
         self, record: UploadRecord, cutoff: str, max_count: int, max_bytes: int
     ) -> QuotaRefusal | None:
         """Insert ``record`` unless its owner's open uploads would pass the quota.
 
         Open uploads are the owner's unfinished ones changed at or after ``cutoff``
         (older ones are expired and about to be removed); the check and the insert are
-        one transaction.
+        one transaction holding the owner's lock.
 
         Args:
             record: the new upload.
@@ -174,46 +176,44 @@ class UploadQueries(SQLiteFile):
         Returns:
             ``None`` when inserted, else why not (nothing was written).
         """
-        with self.write() as conn:
-            count, total = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(total_size), 0) FROM uploads WHERE owner = ?"
-                f" AND status IN {_UNFINISHED_SQL} AND updated_at >= ?",
-                (record.owner, cutoff),
-            ).fetchone()
+        query = select(func.count(), func.coalesce(func.sum(uploads.c.total_size), 0)).where(
+            uploads.c.owner == record.owner,
+            uploads.c.status.in_(_UNFINISHED),
+            uploads.c.updated_at >= cutoff,
+        )
+        async with self.write() as conn:
+            await self.lock_owner(conn, record.owner)
+            count, total = (await conn.execute(query)).one()
             if int(count) >= max_count:
                 return QuotaRefusal.COUNT
             if int(total) + record.total_size > max_bytes:
                 return QuotaRefusal.BYTES
-            _insert(conn, record)
+            await conn.execute(uploads.insert().values(**record.row()))
         return None
 
-    def open_upload_bytes(self, cutoff: str) -> int:
+    async def open_upload_bytes(self, cutoff: str) -> int:
         """Announced bytes of every unfinished upload changed at or after ``cutoff``."""
-        with self.read() as conn:
-            row = conn.execute(
-                f"SELECT COALESCE(SUM(total_size), 0) FROM uploads WHERE status IN "
-                f"{_UNFINISHED_SQL} AND updated_at >= ?",
-                (cutoff,),
-            ).fetchone()
-        return int(row[0])
+        query = select(func.coalesce(func.sum(uploads.c.total_size), 0)).where(
+            uploads.c.status.in_(_UNFINISHED), uploads.c.updated_at >= cutoff
+        )
+        async with self.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
-    def get_upload(self, upload_id: str) -> UploadRecord | None:
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
         """The upload ``upload_id``, or ``None`` when unknown."""
-        with self.read() as conn:
-            row = conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE upload_id = ?", (upload_id,)
-            ).fetchone()
+        query = select(*_UPLOAD_COLUMNS).where(uploads.c.upload_id == upload_id)
+        async with self.read() as conn:
+            row = (await conn.execute(query)).first()
         return None if row is None else UploadRecord.from_row(row)
 
-    def all_uploads(self) -> list[UploadRecord]:
+    async def all_uploads(self) -> list[UploadRecord]:
         """Every upload, oldest first."""
-        with self.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads ORDER BY created_at, upload_id"
-            ).fetchall()
+        query = select(*_UPLOAD_COLUMNS).order_by(uploads.c.created_at, uploads.c.upload_id)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
         return [UploadRecord.from_row(row) for row in rows]
 
-    def set_upload_status(
+    async def set_upload_status(
         self, upload_id: str, status: str, when: str, only_from: tuple[str, ...]
     ) -> str | None:
         """Set the status of ``upload_id`` to ``status`` if it is one of ``only_from``.
@@ -222,27 +222,29 @@ class UploadQueries(SQLiteFile):
             The status before the call (unchanged when not in ``only_from``), or
             ``None`` when the upload is unknown.
         """
-        with self.write() as conn:
-            row = conn.execute(
-                "SELECT status FROM uploads WHERE upload_id = ?", (upload_id,)
-            ).fetchone()
+        where = uploads.c.upload_id == upload_id
+        async with self.write() as conn:
+            row = (
+                await conn.execute(select(uploads.c.status).where(where).with_for_update())
+            ).first()
             if row is None:
                 return None
             before = str(row[0])
             if before in only_from:
-                conn.execute(
-                    "UPDATE uploads SET status = ?, updated_at = ? WHERE upload_id = ?",
-                    (status, when, upload_id),
+                await conn.execute(
+                    update(uploads).where(where).values(status=status, updated_at=when)
                 )
         return before
 
-    def key_taken(self, key: str) -> bool:
+    async def key_taken(self, key: str) -> bool:
         """Whether an upload already holds ``key``."""
-        with self.read() as conn:
-            row = conn.execute("SELECT 1 FROM uploads WHERE key = ?", (key,)).fetchone()
+        async with self.read() as conn:
+            row = (
+                await conn.execute(select(uploads.c.upload_id).where(uploads.c.key == key))
+            ).first()
         return row is not None
 
-    def complete_upload(
+    async def complete_upload(
         self, upload_id: str, key: str, sha256: str, file_path: str, mime_type: str, when: str
     ) -> bool:
         """Mark an unfinished upload completed with its key and blob.
@@ -251,51 +253,60 @@ class UploadQueries(SQLiteFile):
             ``False`` when the upload is unknown or not unfinished (nothing changed).
 
         Raises:
-            sqlite3.IntegrityError: ``key`` is taken.
+            sqlalchemy.exc.IntegrityError: ``key`` is taken.
         """
-        with self.write() as conn:
-            cursor = conn.execute(
-                "UPDATE uploads SET status = 'completed', key = ?, sha256 = ?, file_path = ?,"
-                " mime_type = ?, updated_at = ? WHERE upload_id = ?"
-                f" AND status IN {_UNFINISHED_SQL}",
-                (key, sha256, file_path, mime_type, when, upload_id),
+        query = (
+            update(uploads)
+            .where(uploads.c.upload_id == upload_id, uploads.c.status.in_(_UNFINISHED))
+            .values(
+                status="completed",
+                key=key,
+                sha256=sha256,
+                file_path=file_path,
+                mime_type=mime_type,
+                updated_at=when,
             )
-        return cursor.rowcount == 1
+        )
+        async with self.write() as conn:
+            result = await conn.execute(query)
+        return result.rowcount == 1
 
-    def stale_uploads(self, cutoff: str) -> list[UploadRecord]:
+    async def stale_uploads(self, cutoff: str) -> list[UploadRecord]:
         """Unfinished or cancelled uploads last changed before ``cutoff``."""
-        with self.read() as conn:
-            rows = conn.execute(
-                f"SELECT {_UPLOAD_COLUMNS} FROM uploads WHERE status IN "
-                "('initiated', 'in_progress', 'cancelled') AND updated_at < ?",
-                (cutoff,),
-            ).fetchall()
+        query = select(*_UPLOAD_COLUMNS).where(
+            uploads.c.status.in_(_STALE), uploads.c.updated_at < cutoff
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
         return [UploadRecord.from_row(row) for row in rows]
 
-    def delete_upload(self, upload_id: str, cutoff: str) -> bool:
+    async def delete_upload(self, upload_id: str, cutoff: str) -> bool:
         """Remove the row of an unfinished or cancelled upload last changed before ``cutoff``.
 
         Returns:
             Whether a row was removed (an upload touched meanwhile is kept).
         """
-        with self.write() as conn:
-            cursor = conn.execute(
-                "DELETE FROM uploads WHERE upload_id = ? AND status IN "
-                "('initiated', 'in_progress', 'cancelled') AND updated_at < ?",
-                (upload_id, cutoff),
-            )
-        return cursor.rowcount == 1
+        query = delete(uploads).where(
+            uploads.c.upload_id == upload_id,
+            uploads.c.status.in_(_STALE),
+            uploads.c.updated_at < cutoff,
+        )
+        async with self.write() as conn:
+            result = await conn.execute(query)
+        return result.rowcount == 1
 
-    def upload_ids(self) -> set[str]:
+    async def upload_ids(self) -> set[str]:
         """The id of every upload."""
-        with self.read() as conn:
-            rows = conn.execute("SELECT upload_id FROM uploads").fetchall()
+        async with self.read() as conn:
+            rows = (await conn.execute(select(uploads.c.upload_id))).all()
         return {str(row[0]) for row in rows}
 
-    def set_upload_times(self, upload_id: str, created_at: str, updated_at: str) -> None:
+    async def set_upload_times(self, upload_id: str, created_at: str, updated_at: str) -> None:
         """Overwrite the timestamps of ``upload_id`` (maintenance and tests)."""
-        with self.write() as conn:
-            conn.execute(
-                "UPDATE uploads SET created_at = ?, updated_at = ? WHERE upload_id = ?",
-                (created_at, updated_at, upload_id),
-            )
+        query = (
+            update(uploads)
+            .where(uploads.c.upload_id == upload_id)
+            .values(created_at=created_at, updated_at=updated_at)
+        )
+        async with self.write() as conn:
+            await conn.execute(query)

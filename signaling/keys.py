@@ -23,14 +23,17 @@ import enum
 import hmac
 import re
 import secrets
-import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, select, update
+
 from protocol.identity import is_anonymous, is_fingerprint
 from rtc_worker.storage import format_timestamp
-from signaling.sqlite_file import SQLiteFile
+from signaling.db_engine import Database, is_unique_violation
+from signaling.db_schema import api_keys
 
 __all__ = [
     "ADMIN_PRINCIPAL",
@@ -59,7 +62,15 @@ _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PEER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_COLUMNS = "key_id, key_hash, role, name, principal, created_at, revoked_at"
+_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.key_hash,
+    api_keys.c.role,
+    api_keys.c.name,
+    api_keys.c.principal,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
 
 
 class Role(enum.StrEnum):
@@ -141,7 +152,7 @@ class ApiKey:
         }
 
 
-def _key(row: tuple[Any, ...]) -> ApiKey:
+def _key(row: Sequence[Any]) -> ApiKey:
     return ApiKey(
         key_id=str(row[0]),
         key_hash=str(row[1]),
@@ -173,10 +184,12 @@ def principal_for(role: Role, key_id: str, principal: str | None) -> str:
     return principal if principal is not None else f"key:{key_id}"
 
 
-class KeyQueries(SQLiteFile):
-    """The queries of ``api_keys`` (blocking; see :class:`~signaling.db.StorageDB`)."""
+class KeyQueries(Database):
+    """The queries of ``api_keys`` (coroutines; see :class:`~signaling.db.StorageDB`)."""
 
-    def add_key(self, role: Role, name: str, principal: str | None = None) -> tuple[ApiKey, str]:
+    async def add_key(
+        self, role: Role, name: str, principal: str | None = None
+    ) -> tuple[ApiKey, str]:
         """Make, store and return a new key.
 
         Returns:
@@ -187,6 +200,7 @@ class KeyQueries(SQLiteFile):
         """
         if not is_valid_key_name(name):
             raise ValueError("the name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+        next_seq = select(func.coalesce(func.max(api_keys.c.seq), 0) + 1).scalar_subquery()
         while True:
             key, key_id = new_key()
             row = ApiKey(
@@ -199,56 +213,49 @@ class KeyQueries(SQLiteFile):
                 revoked_at=None,
             )
             try:
-                with self.write() as conn:
-                    conn.execute(
-                        f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (*_row_values(row),),
-                    )
-            except sqlite3.IntegrityError:  # the same random key id: draw again
+                async with self.write() as conn:
+                    await conn.execute(api_keys.insert().values(**_row_values(row), seq=next_seq))
+            except Exception as error:  # the same random key id: draw again
+                if not is_unique_violation(error):
+                    raise
                 continue
             return row, key
 
-    def find_key(self, key_id: str) -> ApiKey | None:
+    async def find_key(self, key_id: str) -> ApiKey | None:
         """The key ``key_id`` (revoked or not), or ``None``."""
-        with self.read() as conn:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
-            ).fetchone()
+        async with self.read() as conn:
+            row = (await conn.execute(select(*_COLUMNS).where(api_keys.c.key_id == key_id))).first()
         return None if row is None else _key(row)
 
-    def list_keys(self) -> list[ApiKey]:
+    async def list_keys(self) -> list[ApiKey]:
         """Every key, revoked ones included, in the order they were made."""
-        with self.read() as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY rowid").fetchall()
+        query = select(*_COLUMNS).order_by(api_keys.c.seq, api_keys.c.key_id)
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
         return [_key(row) for row in rows]
 
-    def revoke_key(self, key_id_or_name: str, when: str) -> list[ApiKey]:
+    async def revoke_key(self, key_id_or_name: str, when: str) -> list[ApiKey]:
         """Revoke the valid key with this id, or every valid key with this name.
 
         Returns:
             The keys revoked (empty when none matched).
         """
-        with self.write() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE (key_id = ? OR name = ?)"
-                " AND revoked_at IS NULL",
-                (key_id_or_name, key_id_or_name),
-            ).fetchall()
-            conn.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE (key_id = ? OR name = ?)"
-                " AND revoked_at IS NULL",
-                (when, key_id_or_name, key_id_or_name),
-            )
+        match = (
+            (api_keys.c.key_id == key_id_or_name) | (api_keys.c.name == key_id_or_name)
+        ) & api_keys.c.revoked_at.is_(None)
+        async with self.write() as conn:
+            rows = (await conn.execute(select(*_COLUMNS).where(match).with_for_update())).all()
+            await conn.execute(update(api_keys).where(match).values(revoked_at=when))
         return [_key(row) for row in rows]
 
 
-def _row_values(key: ApiKey) -> tuple[Any, ...]:
-    return (
-        key.key_id,
-        key.key_hash,
-        key.role.value,
-        key.name,
-        key.principal,
-        key.created_at,
-        key.revoked_at,
-    )
+def _row_values(key: ApiKey) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "key_hash": key.key_hash,
+        "role": key.role.value,
+        "name": key.name,
+        "principal": key.principal,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+    }

@@ -7,12 +7,12 @@
     rtc-signaling keys revoke KEY_ID_OR_NAME
 
 Each works on the database of the storage folder (``--storage-path`` or
-``STORAGE_PATH``; ``--database-path`` as for the server) and may run while the server
-runs. ``add`` prints the new key alone on stdout, once (only its hash is stored), and
-what it is on stderr; a client key must be bound to the client's fingerprint (``rtc-client
-id``), a worker key may be bound to the worker's. ``list`` prints one line per key
-(never the key). ``revoke`` revokes the key with that id, or every valid key with that
-name; the next request with it gets 401 KEY_REVOKED.
+``STORAGE_PATH``; ``--database-path`` and ``--database-url`` as for the server) and may
+run while the server runs. ``add`` prints the new key alone on stdout, once (only its
+hash is stored), and what it is on stderr; a client key must be bound to the client's
+fingerprint (``rtc-client id``), a worker key may be bound to the worker's. ``list``
+prints one line per key (never the key). ``revoke`` revokes the key with that id, or
+every valid key with that name; the next request with it gets 401 KEY_REVOKED.
 
 Exit codes: 0 done, 1 nothing matched (``revoke``) or the database failed, 2 usage or
 invalid settings.
@@ -20,21 +20,22 @@ invalid settings.
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDict, SettingsError
 
 from rtc_worker.settings_sources import FLAG_ONLY, CommandLine, Commands, Env, EnvSettings
 from signaling.api_common import now_timestamp
 from signaling.db import StorageDB
+from signaling.db_engine import SETUP_ERRORS
 from signaling.keys import Role
 
-__all__ = ["KeysAdd", "KeysCli", "KeysList", "KeysRevoke", "keys_main"]
+__all__ = ["KeyStore", "KeysAdd", "KeysCli", "KeysList", "KeysRevoke", "keys_main"]
 
 
 class KeyStore(EnvSettings):
@@ -51,20 +52,37 @@ class KeyStore(EnvSettings):
         Field(None, description="SQLite file of the store, when not storage.db in the folder.")
     )
 
-    @field_validator("storage_path", "database_path", mode="before")
+    database_url: Annotated[SecretStr | None, Env("RTC_DATABASE_URL")] = Field(
+        None,
+        description="Database URL of the store (sqlite:///FILE or postgresql://...); "
+        "overrides the paths.",
+    )
+
+    @field_validator("storage_path", "database_path", "database_url", mode="before")
     @classmethod
     def _empty_path_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    def database(self) -> StorageDB | None:
-        """The store's database (migrated), or ``None`` when no path is set (blocking)."""
+    def url(self) -> str | None:
+        """The store's database URL, or ``None`` when neither a URL nor a path is set."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
         path = self.database_path
         if path is None and self.storage_path is not None:
             path = self.storage_path / "storage.db"
-        if path is None:
+        return None if path is None else f"sqlite:///{path}"
+
+    async def database(self) -> StorageDB | None:
+        """The store's database (migrated), or ``None`` when no URL or path is set."""
+        url = self.url()
+        if url is None:
             return None
-        db = StorageDB(path)
-        db.migrate()
+        db = StorageDB(url)
+        try:
+            await db.migrate()
+        except BaseException:
+            await db.close()
+            raise
         return db
 
 
@@ -102,10 +120,10 @@ class KeysCli(Commands):
     revoke: CliSubCommand[KeysRevoke] = Field(description="Revoke a key.")
 
 
-def _run(command: KeyStore, db: StorageDB) -> int:
+async def _run(command: KeyStore, db: StorageDB) -> int:
     if isinstance(command, KeysAdd):
         try:
-            row, key = db.add_key(Role(command.role), command.name, command.principal)
+            row, key = await db.add_key(Role(command.role), command.name, command.principal)
         except ValueError as exc:
             print(f"rtc-signaling keys add: {exc}", file=sys.stderr)
             return 2
@@ -117,13 +135,13 @@ def _run(command: KeyStore, db: StorageDB) -> int:
         )
         return 0
     if isinstance(command, KeysRevoke):
-        revoked = db.revoke_key(command.key, now_timestamp())
+        revoked = await db.revoke_key(command.key, now_timestamp())
         for row in revoked:
             print(f"revoked {row.key_id} ({row.role.value} {row.name!r})")
         if not revoked:
             print(f"rtc-signaling keys revoke: no valid key {command.key!r}", file=sys.stderr)
         return 0 if revoked else 1
-    for row in db.list_keys():
+    for row in await db.list_keys():
         state = f"revoked {row.revoked_at}" if row.revoked_at else "valid"
         print(
             f"{row.key_id}  {row.role.value:<6}  {row.name:<20}  {row.principal}  "
@@ -143,15 +161,20 @@ def keys_main(argv: Sequence[str] | None = None) -> int:
     command = line.command(parsed)
     if not isinstance(command, KeyStore):
         raise TypeError(f"rtc-signaling keys has no command {command!r}")
+    if command.url() is None:
+        print("rtc-signaling keys: give --storage-path (or STORAGE_PATH)", file=sys.stderr)
+        return 2
     try:
-        db = command.database()
-        if db is None:
-            print("rtc-signaling keys: give --storage-path (or STORAGE_PATH)", file=sys.stderr)
-            return 2
-        try:
-            return _run(command, db)
-        finally:
-            db.release()
-    except (OSError, sqlite3.Error) as exc:
+        return asyncio.run(_main(command))
+    except SETUP_ERRORS as exc:
         print(f"rtc-signaling keys: the database failed: {exc}", file=sys.stderr)
         return 1
+
+
+async def _main(command: KeyStore) -> int:
+    db = await command.database()
+    assert db is not None
+    try:
+        return await _run(command, db)
+    finally:
+        await db.close()

@@ -97,31 +97,34 @@ def setup_storage(app: web.Application, settings: SignalingSettings) -> bool:
     """Open the result store and add its routes and middleware to ``app`` when storage
     is enabled.
 
-    Blocking (creates folders, migrates the database); call it while building the app.
+    The store opens (folders, database migration) on the app's startup.
 
     Returns:
         Whether storage is enabled (and the routes were added).
 
     Raises:
         OSError: the storage folder cannot be prepared.
-        sqlite3.Error: the database cannot be opened or migrated.
+        ValueError: the database URL is malformed.
     """
     from signaling.results_routes import add_read_routes
 
     if not settings.storage_enabled:
         return False
     store = ResultsService(settings)
-    store.open()
     app[STORE_KEY] = store
     app.middlewares.append(json_errors)
     app.router.add_post("/upload", _upload)
     add_read_routes(app)
 
-    async def close_store(app: web.Application) -> None:
-        store.close()
+    async def open_store(app: web.Application) -> None:
+        await store.open()
+        logger.info("result store at {} (database {!r})", store.root, store.db)
 
+    async def close_store(app: web.Application) -> None:
+        await store.close()
+
+    app.on_startup.append(open_store)
     app.on_cleanup.append(close_store)
-    logger.info("result store at {} (database {})", store.root, store.db.path)
     return True
 
 
@@ -242,7 +245,7 @@ async def _upload(request: web.Request) -> web.Response:
         """Refuse early (before the body) what the commit would refuse."""
         if replace:
             return
-        existing = await asyncio.to_thread(store.existing_live, owner, job_id)
+        existing = await store.existing_live(owner, job_id)
         if existing is not None and existing.sha256 != declared:
             raise ApiError(
                 ApiErrorCode.JOB_EXISTS,

@@ -11,7 +11,6 @@ and a download whose ``downloaded_at`` cannot be recorded is still served.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 from aiohttp import web
 from loguru import logger
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Role
 from signaling.db import FileRecord
+from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS
 from signaling.results_api import CHUNK_BYTES, check_job_id
 from signaling.results_store import STORE_KEY, ResultsService
 
@@ -71,17 +71,15 @@ async def _after_download(
 ) -> None:
     """Record the complete download; the owner's (without ``keep``) deletes the record."""
     try:
-        await asyncio.to_thread(
-            store.db.mark_downloaded, record.owner, record.job_id, now_timestamp()
-        )
-    except sqlite3.Error as exc:  # served anyway; the disk may be full
+        await store.db.mark_downloaded(record.owner, record.job_id, now_timestamp())
+    except DATABASE_ERRORS as exc:  # served anyway; the disk may be full
         logger.warning("could not record the download of {!r}: {}", record.job_id, exc)
     if store.auto_delete and by_owner and not keep:
         try:
             await store.delete(record.owner, record.job_id)
         except ApiError:  # deleted meanwhile
             return
-        except (OSError, sqlite3.Error) as exc:  # the answer is sent: log it, keep the file
+        except STORAGE_ERRORS as exc:  # the answer is sent: log it, keep the file
             logger.error("could not delete {!r} after its download: {}", record.job_id, exc)
             return
         logger.info("job {!r} of {} downloaded and deleted", record.job_id, record.owner)
@@ -153,5 +151,5 @@ async def _list(request: web.Request) -> web.Response:
     owner: str | None = caller.principal
     if caller.role is Role.ADMIN:
         owner = request.query.get("owner") or None
-    records = await asyncio.to_thread(store.db.records, owner)
+    records = await store.db.records(owner)
     return web.json_response({"files": [record.as_dict() for record in records]})

@@ -5,7 +5,8 @@ folder: a :class:`~rtc_worker.storage.BlobStore` whose ``blobs/ab/<sha256>`` hol
 distinct content once (uploads of identical bytes share a blob; a blob is removed when
 no live record uses it) and whose ``partial/`` holds uploads in progress;
 ``capability.key``, the secret signing download tokens (0600); the SQLite database
-(default ``storage.db``) and, beside it, its reserve file (``<database>.reserve``, see
+(default ``storage.db``, unless ``database_url`` names another file or a PostgreSQL
+server) and, beside it, its reserve file (``<database>.reserve``, see
 :mod:`signaling.disk_space`).
 """
 
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -29,10 +29,10 @@ from signaling.auth import Authenticator
 from signaling.capability import Capability, issue, load_or_create_secret
 from signaling.config import SignalingSettings
 from signaling.db import FileRecord, JobExistsError, StorageDB
+from signaling.db_engine import DATABASE_ERRORS, StoreLock, is_disk_full
 from signaling.disk_space import DiskReserve, ReserveFile
-from signaling.sqlite_file import is_disk_full
 
-__all__ = ["BLOB_MODE", "STORE_KEY", "ResultsService", "Stored"]
+__all__ = ["BLOB_MODE", "STORE_KEY", "ResultsService", "StoreLock", "Stored"]
 
 BLOB_MODE = 0o600
 """Permission bits of the service's blobs (private to the server's user)."""
@@ -74,11 +74,12 @@ class Stored:
 
 
 class ResultsService:
-    """The blob store plus the SQLite records; one per app.
+    """The blob store plus the records (SQLite or PostgreSQL); one per app.
 
     Changes that touch both the blobs and the records (committing a blob and recording
-    it, deleting a record and dropping its blob) run under one lock, so a blob is never
-    removed between another upload's commit and its record.
+    it, deleting a record and dropping its blob) run under one lock (:class:`StoreLock`,
+    across instances on PostgreSQL), so a blob is never removed between another upload's
+    commit and its record.
 
     Attributes:
         root: the storage folder.
@@ -96,25 +97,27 @@ class ResultsService:
     """
 
     def __init__(self, settings: SignalingSettings) -> None:
-        if settings.storage_path is None or settings.database_file is None:
+        url = settings.database_url_value
+        if settings.storage_path is None or settings.database_file is None or url is None:
             raise ValueError("storage is not enabled in these settings")
         self.root = settings.storage_path
         self.blobs = self.root / layout.SERVICE_BLOBS_DIR
-        self.db = StorageDB(settings.database_file)
+        self.db = StorageDB(url)
         self.max_file_size = settings.storage_max_file_size
         self.auto_delete = settings.auto_delete
         self.partial_ttl_s = settings.upload_ttl_s
         self.token_ttl_s = settings.download_token_ttl_s
         self.disk = DiskReserve(self.root, settings.disk_reserve_bytes)
-        self.reserve_file = ReserveFile(
-            settings.database_file.with_name(settings.database_file.name + RESERVE_SUFFIX),
-            settings.database_reserve_bytes,
+        database_file = self.db.path or settings.database_file
+        self.reserve_file = ReserveFile(  # a database on a server has no file to make room for
+            database_file.with_name(database_file.name + RESERVE_SUFFIX),
+            0 if self.db.is_postgresql else settings.database_reserve_bytes,
         )
         self._admin_key = settings.storage_api_key_value
         self._secret = b""
         self._store: BlobStore | None = None
         self._auth: Authenticator | None = None
-        self._lock = asyncio.Lock()
+        self._lock = StoreLock(self.db)
 
     @property
     def store(self) -> BlobStore:
@@ -138,18 +141,7 @@ class ResultsService:
             raise RuntimeError("the result store is not open")
         return self._auth
 
-    def open(self) -> None:
-        """Create the folders, migrate the database, load (or create) the token secret
-        and the reserve file, remove leftovers (blocking).
-
-        Leftovers: the ``tmp/`` folder of earlier versions, anonymous partials of
-        uploads cut by a crash, and blobs no live record uses.
-
-        Raises:
-            OSError: a folder cannot be created or cleaned, or the secret read.
-            ValueError: the secret file is not a 32-byte file.
-            sqlite3.Error: the database cannot be opened or migrated.
-        """
+    def _prepare_folders(self) -> None:
         store = self.store
         legacy_tmp = self.root / layout.SERVICE_LEGACY_TMP_DIR
         if legacy_tmp.is_dir():
@@ -158,22 +150,37 @@ class ResultsService:
         for key in store.partial_keys():
             if key.startswith("anon-"):
                 store.remove_partial_if_idle(key)
-        self.db.migrate()
-        self._secret = load_or_create_secret(self.root)
-        self._auth = Authenticator(self._admin_key, self.db, self._secret)
-        self.reserve_file.ensure()
-        live = self.db.live_hashes()
-        for sha256 in list(store.objects()):
-            if sha256 not in live:
-                logger.info("removing unreferenced blob {}", sha256)
-                store.remove(sha256)
 
-    def close(self) -> None:
-        """Close the database's idle connection (server shutdown)."""
-        self.db.release()
+    async def open(self) -> None:
+        """Create the folders, migrate the database, load (or create) the token secret
+        and the reserve file, remove leftovers.
+
+        Leftovers: the ``tmp/`` folder of earlier versions, anonymous partials of
+        uploads cut by a crash, and blobs no live record uses.
+
+        Raises:
+            OSError: a folder cannot be created or cleaned, or the secret read.
+            ValueError: the secret file is not a 32-byte file.
+            sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or migrated.
+        """
+        await asyncio.to_thread(self._prepare_folders)
+        await self.db.migrate()
+        self._secret = await asyncio.to_thread(load_or_create_secret, self.root)
+        self._auth = Authenticator(self._admin_key, self.db, self._secret)
+        await asyncio.to_thread(self.reserve_file.ensure)
+        async with self._lock:
+            live = await self.db.live_hashes()
+            for sha256 in await asyncio.to_thread(lambda: list(self.store.objects())):
+                if sha256 not in live:
+                    logger.info("removing unreferenced blob {}", sha256)
+                    await asyncio.to_thread(self.store.remove, sha256)
+
+    async def close(self) -> None:
+        """Close the database's connections (server shutdown)."""
+        await self.db.close()
 
     @property
-    def lock(self) -> asyncio.Lock:
+    def lock(self) -> StoreLock:
         """The lock held by every change touching both blobs and records."""
         return self._lock
 
@@ -220,9 +227,10 @@ class ResultsService:
             self.require_room(len(batch.data))
             partial.write_batch(batch)
 
-    def drop_blob_if_unused(self, sha256: str) -> None:
-        """Remove the blob of ``sha256`` when no live record uses it (blocking, locked)."""
-        if self.db.references(sha256) == 0 and self.store.remove(sha256):
+    async def drop_blob_if_unused(self, sha256: str) -> None:
+        """Remove the blob of ``sha256`` when no live record uses it (under :attr:`lock`)."""
+        unused = await self.db.references(sha256) == 0
+        if unused and await asyncio.to_thread(self.store.remove, sha256):
             logger.debug("removed blob {}", sha256)
 
     def token_for(self, record: FileRecord) -> tuple[str, str]:
@@ -232,7 +240,7 @@ class ResultsService:
         when = datetime.fromtimestamp(expires_at, UTC)
         return issue(self._secret, grant), when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    def _commit(
+    async def _commit(
         self,
         owner: str,
         job_id: str,
@@ -241,17 +249,17 @@ class ResultsService:
         sha256: str | None,
     ) -> tuple[FileRecord, bool]:
         try:
-            meta = partial.commit(sha256)
+            meta = await asyncio.to_thread(partial.commit, sha256)
         except HashMismatchError as exc:
             raise ApiError(
                 ApiErrorCode.SHA256_MISMATCH,
                 f"the content's sha256 is {exc.actual}, not the declared {exc.expected}",
             ) from None
-        existing = self.db.get(owner, job_id)
+        existing = await self.db.get(owner, job_id)
         if existing is not None and not existing.deleted and not replace:
             if existing.sha256 == meta.sha256:
                 return existing, False  # the same content again (a retried upload)
-            self.drop_blob_if_unused(meta.sha256)
+            await self.drop_blob_if_unused(meta.sha256)
             raise _job_exists(job_id)
         record = FileRecord(
             owner=owner,
@@ -266,12 +274,14 @@ class ResultsService:
             deleted_at=None,
         )
         try:
-            old = self.db.put(record, replace=replace)
-        except JobExistsError:  # another process stored it meanwhile
-            self.drop_blob_if_unused(meta.sha256)
+            old = await self.db.put(record, replace=replace)
+        except JobExistsError as exc:  # another instance stored it meanwhile
+            if exc.existing.sha256 == meta.sha256:
+                return exc.existing, False
+            await self.drop_blob_if_unused(meta.sha256)
             raise _job_exists(job_id) from None
         if old is not None and old.sha256 != record.sha256:
-            self.drop_blob_if_unused(old.sha256)
+            await self.drop_blob_if_unused(old.sha256)
         return record, True
 
     async def commit(
@@ -295,45 +305,44 @@ class ResultsService:
 
         Raises:
             ApiError: SHA256_MISMATCH (nothing stored), JOB_EXISTS.
-            OSError, sqlite3.Error: the disk or the database failed.
+            OSError, sqlalchemy.exc.SQLAlchemyError: the disk or the database failed.
         """
         async with self._lock:
-            record, created = await asyncio.to_thread(
-                self._commit, owner, job_id, partial, replace, sha256
-            )
+            record, created = await self._commit(owner, job_id, partial, replace, sha256)
         token, expires_at = self.token_for(record)
         return Stored(record, token, expires_at, created)
 
-    def existing_live(self, owner: str, job_id: str) -> FileRecord | None:
-        """The live record of ``job_id`` of ``owner``, or ``None`` (blocking)."""
-        record = self.db.get(owner, job_id)
+    async def existing_live(self, owner: str, job_id: str) -> FileRecord | None:
+        """The live record of ``job_id`` of ``owner``, or ``None``."""
+        record = await self.db.get(owner, job_id)
         return None if record is None or record.deleted else record
 
-    def freeing(self, write: Callable[[], T]) -> T:
+    async def freeing(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run ``write``, a database write that frees space (a delete, a cancel); when
-        SQLite has no room for it, give up the reserve file and run it again (blocking).
+        SQLite has no room for it, give up the reserve file and run it again.
 
         Raises:
-            sqlite3.Error: as ``write`` (also when the disk is still too full).
+            sqlalchemy.exc.SQLAlchemyError: as ``write`` (also when the disk is still
+                too full).
         """
         try:
-            return write()
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc) or not self.reserve_file.release():
+            return await write()
+        except DATABASE_ERRORS as exc:
+            if not is_disk_full(exc) or not await asyncio.to_thread(self.reserve_file.release):
                 raise
-        return write()
+        return await write()
 
-    def _delete(self, owner: str, job_id: str) -> FileRecord:
-        released = not self.reserve_file.present
+    async def _delete(self, owner: str, job_id: str) -> FileRecord:
+        released = not await asyncio.to_thread(lambda: self.reserve_file.present)
         when = now_timestamp()
-        before = self.freeing(lambda: self.db.mark_deleted(owner, job_id, when))
+        before = await self.freeing(lambda: self.db.mark_deleted(owner, job_id, when))
         if before is None:
-            if self.db.get(owner, job_id) is None:
+            if await self.db.get(owner, job_id) is None:
                 raise ApiError(ApiErrorCode.NOT_FOUND, f"no file for job {job_id!r}")
             raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted")
-        self.drop_blob_if_unused(before.sha256)
-        if released or not self.reserve_file.present:
-            self.reserve_file.ensure()
+        await self.drop_blob_if_unused(before.sha256)
+        if released or not await asyncio.to_thread(lambda: self.reserve_file.present):
+            await asyncio.to_thread(self.reserve_file.ensure)
         return before
 
     async def delete(self, owner: str, job_id: str) -> FileRecord:
@@ -346,7 +355,7 @@ class ResultsService:
             ApiError: NOT_FOUND for an unknown job, GONE when already deleted.
         """
         async with self._lock:
-            return await asyncio.to_thread(self._delete, owner, job_id)
+            return await self._delete(owner, job_id)
 
     async def get_live(self, owner: str, job_id: str) -> FileRecord:
         """The live record of ``job_id`` of ``owner``.
@@ -354,7 +363,7 @@ class ResultsService:
         Raises:
             ApiError: NOT_FOUND for an unknown job, GONE when deleted.
         """
-        record = await asyncio.to_thread(self.db.get, owner, job_id)
+        record = await self.db.get(owner, job_id)
         if record is None:
             raise ApiError(ApiErrorCode.NOT_FOUND, f"no file for job {job_id!r}")
         if record.deleted:

@@ -1,4 +1,8 @@
-"""One SQLite file of the storage service: transactions, and what a full disk does to it.
+"""One SQLite file (the peer-id bindings): transactions, and what a full disk does to it.
+
+The storage service's records go through :mod:`signaling.db_engine` (SQLAlchemy, SQLite
+or PostgreSQL) with the same transactions and WAL handling; it uses
+:func:`is_disk_full` and :data:`BUSY_TIMEOUT_S` from here.
 
 Every query opens its own connection (the server calls them through
 ``asyncio.to_thread``, from any thread): :meth:`SQLiteFile.write` runs one

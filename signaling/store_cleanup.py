@@ -6,6 +6,7 @@ UploadManager`) or once by ``rtc-signaling --storage-path P --cleanup-once``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,9 +54,12 @@ class CleanupReport:
         return len(self.uploads) + len(self.orphan_chunk_dirs) + len(self.records) + len(self.blobs)
 
 
-def cleanup(store: ResultsService, ttl_s: float, now: datetime | None = None) -> CleanupReport:
+async def cleanup(
+    store: ResultsService, ttl_s: float, now: datetime | None = None
+) -> CleanupReport:
     """Remove expired uploads, old deleted records and unreferenced blobs, and put the
-    database's reserve file back when it was given up and there is room (blocking).
+    database's reserve file back when it was given up and there is room (file work runs
+    in threads).
 
     Args:
         store: the result store (its blob store is opened when needed).
@@ -67,31 +71,45 @@ def cleanup(store: ResultsService, ttl_s: float, now: datetime | None = None) ->
 
     Raises:
         OSError: a file or folder cannot be removed.
-        sqlite3.Error: the database failed.
+        sqlalchemy.exc.SQLAlchemyError: the database failed.
     """
     moment = now or datetime.now(UTC)
     cutoff = _stamp(moment - timedelta(seconds=ttl_s))
     report = CleanupReport()
-    blobs = store.store
-    for record in store.db.stale_uploads(cutoff):
-        if store.db.delete_upload(record.upload_id, cutoff):
-            blobs.remove_partial_if_idle(record.upload_id)
-            remove_chunk_folder(store.root, record.upload_id)
+    blobs = await asyncio.to_thread(lambda: store.store)
+    for record in await store.db.stale_uploads(cutoff):
+        if await store.db.delete_upload(record.upload_id, cutoff):
+            await asyncio.to_thread(blobs.remove_partial_if_idle, record.upload_id)
+            await asyncio.to_thread(remove_chunk_folder, store.root, record.upload_id)
             report.uploads.append(record.upload_id)
-    known = store.db.upload_ids()
-    for key in blobs.partial_keys():
-        if _UPLOAD_ID.fullmatch(key) and key not in known and blobs.remove_partial_if_idle(key):
-            report.orphan_chunk_dirs.append(key)
-    report.orphan_chunk_dirs.extend(remove_orphan_chunk_folders(store.root, known))
-    for old in store.db.purge_deleted_files(cutoff):
+    known = await store.db.upload_ids()
+    report.orphan_chunk_dirs.extend(await asyncio.to_thread(_orphans, store, known))
+    for old in await store.db.purge_deleted_files(cutoff):
         report.records.append(old.job_id)
-    blobs.cleanup(moment.timestamp())  # partials nobody claims, stray temporary files
-    live = store.db.live_hashes()
-    for sha256 in list(blobs.objects()):
-        if sha256 not in live and blobs.remove(sha256):
-            report.blobs.append(sha256)
-    store.reserve_file.ensure()  # given up on a full disk: back once there is room
+    await asyncio.to_thread(blobs.cleanup, moment.timestamp())  # unclaimed partials, temp files
+    live = await store.db.live_hashes()
+    report.blobs.extend(await asyncio.to_thread(_unused_blobs, store, live))
+    await asyncio.to_thread(store.reserve_file.ensure)  # given up on a full disk: back if room
     for name, items in report.as_dict().items():
         for item in items:
             logger.info("cleanup removed {} {}", name.rstrip("s"), item)
     return report
+
+
+def _orphans(store: ResultsService, known: set[str]) -> list[str]:
+    """Remove the partials and chunk folders of uploads without a record (blocking)."""
+    blobs = store.store
+    removed = [
+        key
+        for key in blobs.partial_keys()
+        if _UPLOAD_ID.fullmatch(key) and key not in known and blobs.remove_partial_if_idle(key)
+    ]
+    return removed + remove_orphan_chunk_folders(store.root, known)
+
+
+def _unused_blobs(store: ResultsService, live: set[str]) -> list[str]:
+    """Remove the blobs whose sha256 is not in ``live`` (blocking)."""
+    blobs = store.store
+    return [
+        sha256 for sha256 in list(blobs.objects()) if sha256 not in live and blobs.remove(sha256)
+    ]

@@ -1,5 +1,5 @@
-"""Resumable uploads over the result store: records in SQLite, bytes in one partial
-file per upload (see :mod:`signaling.uploads_api` for the routes).
+"""Resumable uploads over the result store: records in its database (SQLite or
+PostgreSQL), bytes in one partial file per upload (see :mod:`signaling.uploads_api` for the routes).
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
 from signaling.config import SignalingSettings
 from signaling.db import QuotaRefusal, UploadRecord
+from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS, is_unique_violation
 from signaling.legacy_chunks import migrate_chunk_folders
 from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
@@ -66,10 +66,11 @@ class UploadManager:
         self._open: dict[str, tuple[PartialFile, int]] = {}
         self._open_lock = asyncio.Lock()
 
-    def open(self) -> None:
-        """Move chunk folders of earlier versions into their uploads' partials
-        (blocking; the database is migrated by the store)."""
-        migrate_chunk_folders(self.store.root, self.store.store, self.store.db.all_uploads())
+    async def open(self) -> None:
+        """Move chunk folders of earlier versions into their uploads' partials (after
+        the store is open: the database is migrated by the store)."""
+        records = await self.store.db.all_uploads()
+        await asyncio.to_thread(migrate_chunk_folders, self.store.root, self.store.store, records)
 
     # ------------------------------------------------------------------ records
 
@@ -82,7 +83,7 @@ class UploadManager:
         """
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise ApiError(ApiErrorCode.INVALID_FIELD, "upload_id must be 32 hex digits")
-        record = await asyncio.to_thread(self.store.db.get_upload, upload_id)
+        record = await self.store.db.get_upload(upload_id)
         if record is None or not _may_use(caller, record):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
         return record
@@ -197,9 +198,9 @@ class UploadManager:
             chunk_size=self.chunk_size,
         )
         cutoff = self._cutoff()
-        await asyncio.to_thread(self._require_room_for, record.total_size, cutoff)
-        refusal = await asyncio.to_thread(
-            self.store.db.create_upload_within, record, cutoff, self.quota_count, self.quota_bytes
+        await self._require_room_for(record.total_size, cutoff)
+        refusal = await self.store.db.create_upload_within(
+            record, cutoff, self.quota_count, self.quota_bytes
         )
         if refusal is QuotaRefusal.COUNT:
             raise ApiError(
@@ -221,12 +222,12 @@ class UploadManager:
         )
         return record
 
-    def _require_room_for(self, total_size: int, cutoff: str) -> None:
+    async def _require_room_for(self, total_size: int, cutoff: str) -> None:
         """DISK_FULL unless ``total_size`` plus the bytes open uploads still announce
-        leave the disk reserve free (blocking)."""
-        announced = self.store.db.open_upload_bytes(cutoff)
-        pending = max(0, announced - self.store.store.total_partial_bytes())
-        self.store.require_room(total_size + pending)
+        leave the disk reserve free."""
+        announced = await self.store.db.open_upload_bytes(cutoff)
+        held = await asyncio.to_thread(self.store.store.total_partial_bytes)
+        await asyncio.to_thread(self.store.require_room, total_size + max(0, announced - held))
 
     def _write_piece(self, partial: PartialFile, offset: int, data: bytes) -> None:
         """Write one piece of a chunk, if it leaves the disk reserve free (blocking)."""
@@ -276,9 +277,7 @@ class UploadManager:
         finally:
             await self._release(upload_id)
         when = _stamp(datetime.now(UTC))
-        before = await asyncio.to_thread(
-            self.store.db.set_upload_status, upload_id, "in_progress", when, _UNFINISHED
-        )
+        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
         if before is None or before not in _UNFINISHED:
             # Completed or cancelled while the chunk streamed: the chunk is not wanted.
             self.require_open(await self.record(upload_id))
@@ -316,7 +315,7 @@ class UploadManager:
             if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
                 mime = record.content_type
             async with self.store.lock:
-                done = await asyncio.to_thread(self._commit, record, partial, meta, mime)
+                done = await self._commit(record, partial, meta, mime)
             committed = True
         except HashMismatchError as exc:
             if sha256 is None:  # the file changed under us
@@ -336,11 +335,11 @@ class UploadManager:
         logger.info("upload {} completed as {!r} (sha256 {})", upload_id, done.key, done.sha256)
         return done
 
-    def _commit(
+    async def _commit(
         self, record: UploadRecord, partial: PartialFile, meta: FileMetadata, mime: str
     ) -> UploadRecord:
-        """Commit the blob and complete the record (blocking, under the store lock)."""
-        current = self.store.db.get_upload(record.upload_id)
+        """Commit the blob and complete the record (under the store lock)."""
+        current = await self.store.db.get_upload(record.upload_id)
         if current is None:
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {record.upload_id!r}")
         self.require_open(current)
@@ -348,7 +347,7 @@ class UploadManager:
         base = "/".join(
             (record.user_role, record.user_id, now.strftime("%Y%m%d"), category_of(mime))
         )
-        partial.commit()
+        await asyncio.to_thread(partial.commit)
         relative = self.store.store.object_rel(meta.sha256)
         sha256 = meta.sha256
         stem, dot, ext = record.file_name.rpartition(".")
@@ -357,21 +356,23 @@ class UploadManager:
         candidate = f"{base}/{record.file_name}"
         counter = 0
         while True:
-            if not self.store.db.key_taken(candidate):
+            if not await self.store.db.key_taken(candidate):
                 try:
-                    changed = self.store.db.complete_upload(
+                    changed = await self.store.db.complete_upload(
                         record.upload_id, candidate, sha256, relative, mime, _stamp(now)
                     )
-                except sqlite3.IntegrityError:  # taken by a writer outside this process
+                except DATABASE_ERRORS as exc:  # taken by another instance meanwhile
+                    if not is_unique_violation(exc):
+                        raise
                     changed = None
                 if changed is not None:
                     break
             counter += 1
             candidate = f"{base}/{stem}-{counter}{dot}{ext}"
         if not changed:
-            self.store.drop_blob_if_unused(sha256)
-            self.require_open(self.store.db.get_upload(record.upload_id) or current)
-        done = self.store.db.get_upload(record.upload_id)
+            await self.store.drop_blob_if_unused(sha256)
+            self.require_open(await self.store.db.get_upload(record.upload_id) or current)
+        done = await self.store.db.get_upload(record.upload_id)
         assert done is not None
         return done
 
@@ -384,9 +385,8 @@ class UploadManager:
         """
         record = await self.record(upload_id, caller)
         when = _stamp(datetime.now(UTC))
-        before = await asyncio.to_thread(
-            self.store.freeing,
-            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED),
+        before = await self.store.freeing(
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED)
         )
         if before == "completed":
             raise ApiError(
@@ -399,23 +399,25 @@ class UploadManager:
     # ------------------------------------------------------------------ cleanup
 
     async def cleanup(self, now: datetime | None = None) -> CleanupReport:
-        """Run :func:`cleanup` off the event loop, under the store lock."""
+        """Run :func:`cleanup` under the store lock."""
         async with self.store.lock:
-            return await asyncio.to_thread(cleanup, self.store, self.ttl_s, now)
+            return await cleanup(self.store, self.ttl_s, now)
 
     async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
                 report = await self.cleanup()
-            except (OSError, sqlite3.Error) as exc:
+            except STORAGE_ERRORS as exc:
                 logger.error("cleanup failed: {}", exc)
             else:
                 if report.total:
                     logger.info("cleanup removed {} item(s)", report.total)
 
     async def start(self, app: web.Application) -> None:
-        """``on_startup``: start the periodic cleanup."""
+        """``on_startup`` (after the store's): adopt old chunk folders (:meth:`open`),
+        start the periodic cleanup."""
+        await self.open()
         self._task = asyncio.create_task(self._periodic(), name="storage-cleanup")
 
     async def stop(self, app: web.Application) -> None:

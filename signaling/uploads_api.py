@@ -98,7 +98,8 @@ def setup_uploads(app: web.Application, settings: SignalingSettings) -> bool:
     """Add the resumable upload routes and the periodic cleanup to ``app``.
 
     Call after :func:`signaling.results_api.setup_storage`; does nothing when storage
-    is disabled. Blocking (migrates chunk folders of earlier versions).
+    is disabled. Chunk folders of earlier versions are moved into their uploads'
+    partials on startup, after the store opens.
 
     Returns:
         Whether the routes were added.
@@ -106,15 +107,14 @@ def setup_uploads(app: web.Application, settings: SignalingSettings) -> bool:
     if STORE_KEY not in app:
         return False
     manager = UploadManager(app[STORE_KEY], settings)
-    manager.open()
     app[UPLOADS_KEY] = manager
     app.router.add_post("/api/upload/init", _init)
     app.router.add_put("/api/upload/chunk", _chunk)
     app.router.add_post("/api/upload/complete", _complete)
     app.router.add_get("/api/upload/{upload_id}/status", _status)
     app.router.add_post("/api/upload/cancel", _cancel)
-    app.on_startup.append(manager.start)
-    app.on_cleanup.append(manager.stop)
+    app.on_startup.append(manager.start)  # after the store's own startup (setup_storage)
+    app.on_cleanup.insert(0, manager.stop)  # before the store closes its database
     return True
 
 

@@ -171,10 +171,37 @@ async def start_worker(signaling: Signaling, tmp_path: Path) -> AsyncIterator[St
 StartService = Callable[..., Awaitable["StorageService"]]
 
 
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Any]:
+    """One PostgreSQL server for the session (:mod:`tests.engine_postgres`); skips with
+    the reason when it cannot run here."""
+    from tests.engine_postgres import PostgresUnavailable, postgres_server
+
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL unavailable: {exc}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_database(request: pytest.FixtureRequest) -> str | None:
+    """The storage service's database URL for this run of the test: ``None`` (the
+    default SQLite file in the storage folder) or PostgreSQL's shared database, emptied
+    for the test."""
+    if request.param == "sqlite":
+        return None
+    server = request.getfixturevalue("postgres_engine")
+    return str(server.emptied_database())
+
+
 @pytest_asyncio.fixture
-async def start_storage_service(tmp_path: Path) -> AsyncIterator[StartService]:
+async def start_storage_service(
+    tmp_path: Path, storage_database: str | None
+) -> AsyncIterator[StartService]:
     """Start the test's storage service with these settings (as ``cls``, a
-    :class:`~tests.storage_service.StorageService` helper); stopped at the end."""
+    :class:`~tests.storage_service.StorageService` helper); stopped at the end. Runs
+    each test twice: on SQLite and on PostgreSQL (:func:`storage_database`)."""
     import aiohttp
 
     from signaling.app import start_server
@@ -185,6 +212,8 @@ async def start_storage_service(tmp_path: Path) -> AsyncIterator[StartService]:
 
         async def start(cls: type[StorageService] = StorageService, **overrides: Any) -> Any:
             root = tmp_path / "store"
+            if storage_database is not None:
+                overrides.setdefault("database_url", storage_database)
             runner, port = await start_server(service_settings(root, **overrides))
             service = cls(root, session, runner, port, overrides)
             started.append(service)

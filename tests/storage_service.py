@@ -1,5 +1,6 @@
 """One live storage service for the tests: a real server on loopback, real HTTP, a real
-SQLite file and disk, and one API client helper for every route.
+database (a SQLite file, or PostgreSQL when the fixture runs on it) and disk, and one
+API client helper for every route.
 
 ``start_storage_service(root, **settings)`` starts it; the fixture in
 ``tests/conftest.py`` wraps it so that each test gets a server of its own. ``KEY`` is
@@ -67,6 +68,7 @@ class StorageService:
     runner: web.AppRunner
     port: int
     overrides: dict[str, Any] = field(default_factory=dict)
+    _db: StorageDB | None = None
 
     def url(self, path: str) -> str:
         """The absolute URL of ``path`` on this server."""
@@ -79,17 +81,29 @@ class StorageService:
         self.runner, self.port = await start_server(settings)
 
     async def stop(self) -> None:
-        """Stop the server."""
+        """Stop the server (and close this helper's database connections)."""
         await self.runner.cleanup()
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def database_url(self) -> str:
+        """The URL of the service's database."""
+        url = service_settings(self.root, **self.overrides).database_url_value
+        assert url is not None
+        return url
 
     @property
     def db(self) -> StorageDB:
-        """The service's database (blocking calls)."""
-        return StorageDB(self.root / "storage.db")
+        """The service's database, as another process would open it (coroutines)."""
+        if self._db is None:
+            self._db = StorageDB(self.database_url)
+        return self._db
 
     async def make_key(self, role: Role, name: str, principal: str | None = None) -> str:
         """A new key of ``role`` (as ``rtc-signaling keys add`` makes it)."""
-        _, key = await asyncio.to_thread(self.db.add_key, role, name, principal)
+        _, key = await self.db.add_key(role, name, principal)
         return key
 
     async def request(

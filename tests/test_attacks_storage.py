@@ -102,7 +102,7 @@ async def test_unknown_revoked_and_wrong_role_keys_are_refused(cast: Cast) -> No
         got = await service.request("DELETE", "/delete/run7", key=key)
         assert (got.status, got.code) == (403, "FORBIDDEN")
     # a revoked key stops working at once
-    assert await asyncio.to_thread(service.db.revoke_key, "victim", "2030-01-01T00:00:00Z")
+    assert await service.db.revoke_key("victim", "2030-01-01T00:00:00Z")
     got = await service.request("GET", "/download/run7?keep=true", key=cast.victim)
     assert (got.status, got.code) == (401, "KEY_REVOKED")
     got = await service.request("GET", f"/download/run7?keep=true&owner={VICTIM}", key=KEY)

@@ -122,7 +122,11 @@ async def service_on_tmpfs(
         runner, port = await start_server(service_settings(root, **settings))
         try:
             async with aiohttp.ClientSession() as session:
-                yield StorageService(root, session, runner, port, settings)
+                service = StorageService(root, session, runner, port, settings)
+                try:
+                    yield service
+                finally:
+                    await service.stop()  # the server and the helper's database connections
         finally:
             await runner.cleanup()
 

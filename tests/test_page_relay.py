@@ -5,8 +5,7 @@ shared secret, ``rtc-signaling`` handing out time-limited credentials in its
 The page gathers relay candidates only, so every byte of the shared job and of the
 upload goes through coturn: the selected candidate pair's local side is ``relay``, and
 coturn's own accounting shows the page's allocation received at least the file.
-Skipped, with the reason, where coturn is missing or the signaling server hands out no
-TURN credentials.
+Skipped, with the reason, where coturn is missing.
 """
 
 from __future__ import annotations
@@ -34,10 +33,6 @@ TURN_PORT = 3478
 def _unavailable() -> str | None:
     if shutil.which("turnserver") is None or shutil.which("stdbuf") is None:
         return "coturn is not installed (no turnserver, or no stdbuf): apt-get install coturn"
-    try:
-        import signaling.turn  # noqa: F401
-    except ImportError:
-        return "this signaling server hands out no TURN credentials (no signaling.turn)"
     return None
 
 
@@ -173,5 +168,37 @@ def test_a_refused_turn_credential_is_a_readable_error(
         assert (error.text_content() or "").startswith("NO_RELAY_CANDIDATE: Relay only was chosen")
         assert page.get_attribute("#peer-status", "data-state") == "failed"
         assert "answered offer" not in stack.worker.log()  # no offer was sent
+    finally:
+        stack.close()
+
+
+def test_a_tab_past_its_credentials_lifetime_registers_again_and_relays(
+    browser_netns: Any, browser_page: Any, coturn: tuple[str, str, Process], tmp_path: Path
+) -> None:
+    """Credentials that live 2 s (``--turn-ttl-s 2``) have expired by the time the person
+    picks a worker; coturn would refuse them, so the page registers again for fresh ones
+    and the channel still opens through the relay."""
+    url, secret, _ = coturn
+    stack = Stack(
+        browser_netns,
+        tmp_path / "stack",
+        worker_id="worker-3",
+        signaling_args=("--turn-url", url, "--turn-ttl-s", "2"),
+        env={"RTC_TURN_SECRET": secret},
+    )
+    try:
+        page = browser_page
+        page.goto(stack.page_url)
+        page.wait_for_selector("body[data-state=idle]", state="attached")
+        page.fill("#token", stack.token)
+        page.check("#relay-only")
+        page.click("#connect")
+        page.wait_for_selector(f"li.worker[data-peer-id='{stack.worker_id}']")
+        assert page.evaluate("window.rtcPage.registrations") == 1
+        page.wait_for_timeout(3000)  # the credentials of that registration expire
+        page.click(f"li.worker[data-peer-id='{stack.worker_id}'] button.pick")
+        page.wait_for_selector("#peer-status[data-state=ready]", timeout=30000)
+        assert page.evaluate("window.rtcPage.registrations") == 2
+        assert page.evaluate(SELECTED_PAIR_JS)["local"] == "relay"
     finally:
         stack.close()

@@ -18,7 +18,6 @@ import pytest_asyncio
 from rtc_worker.storage import format_timestamp
 from signaling.app import start_server
 from signaling.config import SignalingSettings
-from signaling.db import StorageDB
 from signaling.uploads_api import UPLOADS_KEY
 from tests.conftest import StartService
 from tests.storage_service import AUTH, KEY, StorageService, service_settings
@@ -367,9 +366,9 @@ async def test_cancel_removes_chunks(server: Server) -> None:
     assert (status, code(error)) == (404, "UPLOAD_NOT_FOUND")
 
 
-def age(root: Path, upload_id: str, hours: float) -> None:
+async def age(server: Server, upload_id: str, hours: float) -> None:
     old = format_timestamp(datetime.now(UTC) - timedelta(hours=hours))
-    StorageDB(root / "storage.db").set_upload_times(upload_id, old, old)
+    await server.db.set_upload_times(upload_id, old, old)
 
 
 async def test_cleanup_removes_expired_uploads_and_unreferenced_blobs(server: Server) -> None:
@@ -377,7 +376,7 @@ async def test_cleanup_removes_expired_uploads_and_unreferenced_blobs(server: Se
     stale = await server.init(len(content))
     await server.send(stale, content, only=[0])
     fresh = await server.init(len(content))
-    age(server.root, stale, hours=25)
+    await age(server, stale, hours=25)
     kept = await server.resumable_upload(payload(100, seed=5), "kept.bin")
     status, _ = await server.call(
         "POST",
@@ -412,14 +411,18 @@ async def test_cleanup_once_command(server: Server) -> None:
     content = payload(CHUNK)
     stale = await server.init(len(content))
     await server.send(stale, content)
-    age(server.root, stale, hours=48)
+    await age(server, stale, hours=48)
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "signaling", "--storage-path", str(server.root), "--cleanup-once"],
         capture_output=True,
         text=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "RTC_DATABASE_URL": server.database_url,
+        },
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "rtc-worker-page/token";
 const WORKER_KEY = "rtc-worker-page/worker";
 const RELAY_KEY = "rtc-worker-page/relay";
-const state = { identity: null, ws: null, registered: null, iceServers: [], workers: [], session: null, worker: null, lastFile: null, lastJob: null };
+const state = { identity: null, ws: null, registered: null, registrations: 0, iceServers: [], workers: [], session: null, worker: null, lastFile: null, lastJob: null };
 window.rtcPage = state; // for people debugging in the console
 
 // ---------------------------------------------------------------------------- errors
@@ -48,7 +48,9 @@ function connectSignaling(token) {
       await register(ws, peerId, token);
     } else if (frame.type === "registered") {
       state.registered = frame;
+      state.registrations += 1;
       state.iceServers = frame.ice_servers ?? [];
+      state.onRegistered?.();
       setStatus("signaling-status", `Connected as ${frame.peer_id}.`, "ok");
       document.body.dataset.state = "registered";
       $("refresh-workers").disabled = false;
@@ -57,7 +59,7 @@ function connectSignaling(token) {
       state.workers = frame.peers.filter((p) => p.role === "worker");
       renderWorkers();
       const again = sessionStorage.getItem(WORKER_KEY);
-      if (again && !state.session && state.workers.some((w) => w.peer_id === again)) chooseWorker(again);
+      if (again && !state.session && !state.choosing && state.workers.some((w) => w.peer_id === again)) chooseWorker(again);
     } else if (frame.type === "answer") {
       state.onAnswer?.(frame);
     } else if (frame.type === "error") {
@@ -121,7 +123,30 @@ function gathered(pc, timeoutMs = 15000) {
 }
 const fail = (code, detail) => new P.ProtocolError(code, detail, false);
 
+/** Unix seconds at which the first TURN credential among `servers` expires: its username
+ *  is `{expiry}:{peer_id}` (TURN REST convention, PROTOCOL.md 5.4); Infinity without one. */
+function credentialsExpireAt(servers) {
+  const stamps = servers.map((s) => String(s.username ?? "").split(":")).filter((p) => p.length > 1 && /^\d+$/.test(p[0]));
+  return stamps.length ? Math.min(...stamps.map((p) => Number(p[0]))) : Infinity;
+}
+/** Register again when the TURN credentials expire within 60 s, as the Python client does:
+ *  coturn refuses an expired credential, so a tab left open for a day still connects. */
+async function freshCredentials() {
+  if (Date.now() / 1000 + 60 < credentialsExpireAt(state.iceServers)) return;
+  setStatus("peer-status", "TURN credentials expired; registering again…");
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(fail("TIMEOUT", "signaling did not register this page again within 15 s")), 15000);
+    state.onRegistered = () => { clearTimeout(timer); state.onRegistered = null; resolve(); };
+    connectSignaling(sessionStorage.getItem(TOKEN_KEY) ?? "");
+  });
+}
+
 async function chooseWorker(peerId) {
+  if (state.choosing) return;
+  state.choosing = true;
+  try { await connectWorker(peerId); } finally { state.choosing = false; }
+}
+async function connectWorker(peerId) {
   state.session?.close();
   state.session = null;
   state.worker = peerId;
@@ -132,6 +157,7 @@ async function chooseWorker(peerId) {
   $("peer-status").dataset.state = "connecting";
   setStatus("peer-status", `Connecting to ${peerId}…`);
   try {
+    await freshCredentials();
     state.session = await openSession(peerId);
     $("peer-status").dataset.state = "ready";
     document.body.dataset.state = "ready";
