@@ -102,7 +102,7 @@ class S3Blobs:
         partial_ttl_s: seconds a partial may stay untouched before :meth:`cleanup`.
         max_file_size: the largest content, bytes (sizes the parts of an anonymous
             upload so it fits in 10,000 parts).
-        sweep_grace_s: see :data:`DEFAULT_SWEEP_GRACE_S`.
+        sweep_grace_s: see :data:`DEFAULT_SWEEP_GRACE_S` (the default), seconds.
     """
 
     kind = "s3"
@@ -115,13 +115,13 @@ class S3Blobs:
         *,
         partial_ttl_s: float,
         max_file_size: int,
-        sweep_grace_s: float = DEFAULT_SWEEP_GRACE_S,
+        sweep_grace_s: float | None = None,
     ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.partial_ttl_s = partial_ttl_s
         self.max_file_size = max_file_size
-        self.sweep_grace_s = sweep_grace_s
+        self.sweep_grace_s = DEFAULT_SWEEP_GRACE_S if sweep_grace_s is None else sweep_grace_s
         self._stack: AsyncExitStack | None = None
         self._calls: S3Calls | None = None
 

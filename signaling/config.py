@@ -315,18 +315,18 @@ class SignalingSettings(EnvSettings):
         "the disk is full so that deletes can still be recorded, recreated when there is "
         "room; 0: none.",
     )
-    # Blobs on an S3-compatible store: the storage service's blob backend
-    # (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION).
+    # Blobs on an S3-compatible store (credentials: the standard AWS_* variables)
     storage_backend: Annotated[Literal["folder", "s3"], Env("RTC_STORAGE_BACKEND")] = Field(
         "folder",
-        description="Where the result store keeps its blobs: folder (blobs/ under the "
-        "storage path) or s3 (the bucket s3_bucket; credentials from the standard "
-        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION variables).",
+        description="Where the result store keeps its blobs: folder (in the storage path) or "
+        "s3 (s3_bucket; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_DEFAULT_REGION).",
     )
     s3_endpoint_url: Annotated[str | None, Env("RTC_S3_ENDPOINT_URL")] = Field(
         None,
-        description="S3 endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. "
-        "https://minio.example.org:9000; unset: AWS S3 in AWS_DEFAULT_REGION.",
+        pattern=r"^https?://",
+        description="Endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. "
+        "https://minio.example.org:9000; unset: AWS S3.",
     )
     s3_bucket: Annotated[str | None, Env("RTC_S3_BUCKET")] = Field(
         None, description="Bucket of the blobs with storage_backend s3 (it must exist)."
@@ -378,14 +378,11 @@ class SignalingSettings(EnvSettings):
         return level
 
     _empty_path_is_none = field_validator(
-        "storage_path",
-        "database_path",
-        "bindings_db",
-        "turn_secret_file",
-        "s3_endpoint_url",
-        "s3_bucket",
-        mode="before",
+        "storage_path", "database_path", "bindings_db", "turn_secret_file", mode="before"
     )(empty_is_none)
+    _empty_s3_is_none = field_validator("s3_endpoint_url", "s3_bucket", mode="before")(
+        empty_is_none
+    )
 
     _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
 
@@ -410,14 +407,7 @@ class SignalingSettings(EnvSettings):
                 "(e.g. turn:turn.example.org:3478)"
             )
         if self.storage_backend == "s3" and not self.s3_bucket:
-            raise ValueError(
-                "the storage backend is s3 (RTC_STORAGE_BACKEND) but no bucket is set: "
-                "set RTC_S3_BUCKET or --s3-bucket"
-            )
-        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError("the S3 endpoint URL must start with http:// or https://")
+            raise ValueError("the storage backend is s3 but no bucket is set: set RTC_S3_BUCKET")
         if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "

@@ -64,7 +64,6 @@ P --cleanup-once`` runs it once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -209,7 +208,7 @@ async def _status(request: web.Request) -> web.Response:
     manager = request.app[UPLOADS_KEY]
     caller = await _caller(request)
     record = await manager.record(request.match_info["upload_id"], caller)
-    return web.json_response(await asyncio.to_thread(manager.status_of, record))
+    return web.json_response(await manager.status_of(record))
 
 
 async def _cancel(request: web.Request) -> web.Response:

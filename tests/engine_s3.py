@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-__all__ = ["FAKE_CREDENTIALS", "S3Bucket", "s3_bucket", "s3_env", "s3_server"]
+__all__ = [
+    "FAKE_CREDENTIALS",
+    "S3Bucket",
+    "StoredObject",
+    "s3_bucket",
+    "s3_env",
+    "s3_server",
+]
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",
@@ -68,6 +75,63 @@ class S3Bucket:
             region_name="us-east-1",
             config=client_config(self.endpoint),
         )
+
+    def sync_client(self) -> Any:
+        """A boto3 S3 client (blocking calls: for test helpers that look into the bucket
+        while the server under test runs on the event loop; moto serves from a thread)."""
+        import boto3
+
+        from signaling.blobs_s3 import client_config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            config=client_config(self.endpoint),
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``prefix`` (blocking)."""
+        pages = self.sync_client().get_paginator("list_objects_v2")
+        found = []
+        for page in pages.paginate(Bucket=self.name, Prefix=prefix):
+            found.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(found)
+
+    def multipart_keys(self, prefix: str = "") -> list[str]:
+        """The target key of every multipart upload in progress under ``prefix``."""
+        answer = self.sync_client().list_multipart_uploads(Bucket=self.name, Prefix=prefix)
+        return sorted(item["Key"] for item in answer.get("Uploads", []))
+
+    def get(self, key: str) -> bytes:
+        """The bytes of ``key`` (blocking)."""
+        data: bytes = self.sync_client().get_object(Bucket=self.name, Key=key)["Body"].read()
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``key`` behind the service's back (blocking)."""
+        self.sync_client().put_object(Bucket=self.name, Key=key, Body=data)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings of a storage service keeping its blobs in this bucket."""
+        return {"storage_backend": "s3", "s3_endpoint_url": self.endpoint, "s3_bucket": self.name}
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a bucket, read like a blob file (``read_bytes()``)."""
+
+    bucket: S3Bucket
+    key: str
+
+    @property
+    def name(self) -> str:
+        """The last part of its key (a blob's sha256)."""
+        return self.key.rsplit("/", 1)[-1]
+
+    def read_bytes(self) -> bytes:
+        """Its bytes (blocking)."""
+        return self.bucket.get(self.key)
 
 
 @pytest.fixture
