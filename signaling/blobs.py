@@ -236,6 +236,13 @@ class BlobBackend(Protocol):
     async def close(self) -> None:
         """Release connections (idempotent)."""
 
+    async def ping(self) -> None:
+        """Check that the store is reachable now (for a readiness probe).
+
+        Raises:
+            OSError: it is not (BlobStoreError for S3, with the store's error code).
+        """
+
     def location(self, sha256: str) -> str:
         """Where the blob of ``sha256`` lives, relative to the store, as recorded in the
         database (``blobs/ab/<sha256>`` for the folder, ``blobs/<sha256>`` on S3).

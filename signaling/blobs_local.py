@@ -175,6 +175,10 @@ class FolderBlobs:
     async def close(self) -> None:
         """Nothing to release: the store holds no descriptor between calls."""
 
+    async def ping(self) -> None:
+        """Check that the blobs folder is there. Raises OSError."""
+        await asyncio.to_thread(os.stat, self.root / layout.SERVICE_BLOBS_DIR)
+
     def location(self, sha256: str) -> str:
         """``blobs/ab/<sha256>``. Raises ValueError."""
         return "/".join((layout.SERVICE_BLOBS_DIR, *BlobStore.object_parts(sha256)))

@@ -54,17 +54,24 @@ MIN_PART_BYTES = 5 * 1024**2
 """The smallest part S3 accepts but the last one, bytes (5 MiB)."""
 MAX_PARTS = 10_000
 """The most parts of one multipart upload."""
+MAX_ALIGNED_PART_BYTES = 64 * 1024**2
+"""Largest part made a multiple of the chunk size, bytes (64 MiB): a write buffers up to
+one part in memory, so a larger chunk size gets parts of the smallest size instead
+(its chunks then span parts; the bytes that straddle one are kept as pieces)."""
 
 _PIECE = re.compile(r"(\d{16})-(\d{16})")
 
 
 def part_size_for(size: int, align: int = 1) -> int:
     """The region (part) size of content of ``size`` bytes written at multiples of
-    ``align`` bytes: a multiple of ``align``, at least :data:`MIN_PART_BYTES`, large
-    enough that ``size`` needs at most :data:`MAX_PARTS` parts."""
+    ``align`` bytes: at least :data:`MIN_PART_BYTES`, large enough that ``size`` needs
+    at most :data:`MAX_PARTS` parts, and a multiple of ``align`` when that stays within
+    :data:`MAX_ALIGNED_PART_BYTES` (else a multiple of 1 MiB)."""
     need = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
-    align = max(1, align)
-    return -(-need // align) * align
+    aligned = -(-need // max(1, align)) * max(1, align)
+    if aligned <= max(MAX_ALIGNED_PART_BYTES, need):
+        return aligned
+    return -(-need // 1024**2) * 1024**2
 
 
 def piece_key(key: str, start: int, end: int) -> str:

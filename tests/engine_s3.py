@@ -90,7 +90,7 @@ class S3Bucket:
             config=client_config(self.endpoint),
         )
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def object_keys(self, prefix: str = "") -> list[str]:
         """Every object key under ``prefix`` (blocking)."""
         pages = self.sync_client().get_paginator("list_objects_v2")
         found = []

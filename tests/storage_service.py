@@ -218,7 +218,7 @@ class StorageService:
         """Every stored blob: its file (folder backend) or its object (S3), each with
         ``name`` (the sha256) and ``read_bytes()``."""
         if (bucket := self.bucket) is not None:
-            return [StoredObject(bucket, key) for key in bucket.keys("blobs/")]
+            return [StoredObject(bucket, key) for key in bucket.object_keys("blobs/")]
         return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
 
     def blob_names(self) -> list[str]:
@@ -245,7 +245,7 @@ class StorageService:
         files of ``partial/`` (folder) or objects and multipart uploads under
         ``partial/`` (S3), as names below ``partial/``."""
         if (bucket := self.bucket) is not None:
-            names = bucket.keys(f"partial/{key}") + bucket.multipart_keys(f"partial/{key}")
+            names = bucket.object_keys(f"partial/{key}") + bucket.multipart_keys(f"partial/{key}")
             return sorted(name.removeprefix("partial/") for name in names)
         folder = self.root / "partial"
         if not folder.is_dir():

@@ -204,6 +204,23 @@ async def test_writes_past_the_size_are_refused(backend: BlobBackend) -> None:
     assert (await upload.commit()).sha256 == sha(b"0123456789")
 
 
+async def test_chunks_larger_than_the_largest_aligned_part(
+    backend: BlobBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signaling.blobs_s3_upload as s3_upload
+
+    monkeypatch.setattr(s3_upload, "MAX_ALIGNED_PART_BYTES", 6 * MiB)  # parts of 5 MiB
+    chunk = 7 * MiB
+    data = os.urandom(15 * MiB)
+    upload = await backend.open_upload("6" * 32, len(data), "big chunks", align=chunk)
+    for at in (7 * MiB, 0, 14 * MiB):  # chunks span parts, in any order
+        await upload.write_range(at, chunks_of(data[at : at + chunk]))
+    assert await upload.ranges() == [(0, len(data))]
+    assert (await upload.commit(sha(data))).sha256 == sha(data)
+    assert await read_all(backend, sha(data)) == data
+    await backend.ping()
+
+
 async def test_an_empty_content(backend: BlobBackend) -> None:
     upload = await backend.open_upload("e" * 32, 0, "empty")
     assert (await upload.commit()).sha256 == sha(b"")
