@@ -241,49 +241,60 @@ class S3Blobs:
             return {}
         return info if isinstance(info, dict) else {}
 
-    async def _resume(self, key: str, size: int | None, name: str) -> S3Upload | None:
-        """The partial ``key`` rebuilt from the bucket, or ``None`` when it has no
-        usable record (missing, another size, its multipart upload gone)."""
+    async def _resume(self, key: str, size: int | None) -> S3Upload | None:
+        """The partial ``key`` rebuilt from the bucket (its record, the multipart
+        upload's parts, the pieces), or ``None`` when it has no record; ValueError when
+        its record is unusable (another size, unreadable, staged data gone)."""
         info = await self._read_info(key)
-        if not info or not isinstance(info.get("part_size"), int):
+        if info is None:
             return None
-        if size is not None and info.get("size") != size:
-            return None
-        upload = S3Upload(self.calls, key, int(info["size"]), name, info)
-        try:
-            await upload.load()
-        except BlobNotFoundError:
-            return None
+        recorded = info.get("size")
+        if (
+            not isinstance(info.get("part_size"), int)
+            or not isinstance(recorded, int)
+            or (size is not None and recorded != size)
+        ):
+            raise ValueError(f"the record of partial {key} does not match")
+        name = str(info.get("name", key))
+        upload = S3Upload(self.calls, key, recorded, name, info)
         if info.get("staged") and await self.calls.head(data_key(key)) is None:
-            return None
+            raise ValueError(f"the assembled content of partial {key} is gone")
+        await upload.load()
         return upload
 
     async def open_upload(self, key: str, size: int, name: str, *, align: int = 1) -> S3Upload:
         """See :meth:`signaling.blobs.BlobBackend.open_upload`. An inconsistent
-        partial (another size, its multipart upload aborted) restarts empty."""
+        partial (another size, an unreadable record) restarts empty; the multipart
+        upload is started (or adopted) when the first part is sent."""
         _check_key(key)
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"size must be a non-negative integer number of bytes: {size!r}")
-        upload = await self._resume(key, size, name)
+        try:
+            upload = await self._resume(key, size)
+        except ValueError as exc:
+            logger.info("restarting partial {}: {}", key, exc)
+            await self.remove_upload(key)
+            upload = None
         if upload is not None:
-            logger.debug("resuming partial {} ({} parts)", key, len(upload._parts))
+            logger.debug("resuming partial {} ({} bytes held)", key, upload.offset)
             return upload
-        await self.remove_upload(key)
         info: dict[str, Any] = {
             "size": size,
             "name": name,
             "part_size": part_size_for(size, align),
             "created_at": now_text(),
         }
-        info["upload_id"] = await self.calls.create_multipart(data_key(key))
         upload = S3Upload(self.calls, key, size, name, info)
-        await upload._write_info()
+        await upload.save_record()
         return upload
 
     async def upload_ranges(self, key: str) -> list[Range]:
         """See :meth:`signaling.blobs.BlobBackend.upload_ranges`."""
         _check_key(key)
-        upload = await self._resume(key, None, key)
+        try:
+            upload = await self._resume(key, None)
+        except (ValueError, BlobNotFoundError):
+            return []
         return [] if upload is None else await upload.ranges()
 
     async def remove_upload(self, key: str) -> bool:

@@ -2,15 +2,19 @@
 
 Keys in the bucket, for the partial ``<key>`` (an upload id, or ``anon-<hex>``)::
 
-    partial/<key>/info.json            {"upload_id", "size", "name", "part_size",
-                                        "created_at", "staged"}: the partial's record
+    partial/<key>/info.json            {"size", "name", "part_size", "created_at",
+                                        "updated_at", "staged"}: the partial's record
     partial/<key>/data                 the multipart upload's target (the staging object)
     partial/<key>/piece/<start>-<end>  bytes held outside a part (offsets, 16 digits)
 
 The content is cut into **regions** of ``part_size`` bytes (at least 5 MiB, a multiple
 of the upload's chunk size, large enough for 10,000 parts); region ``n`` (from 0) is
 multipart part ``n + 1``. A write that covers a whole region becomes that part
-(``UploadPart``); bytes that do not fill a region are kept as a piece object (a write
+(``UploadPart``) of the multipart upload to ``partial/<key>/data`` (when several
+instances start one at once, every instance adopts the earliest: the one
+``ListMultipartUploads`` lists first by initiation time and id, and the others' are
+aborted by their makers before any part is sent); bytes that do not fill a region are
+kept as a piece object (a write
 that starts inside a region sends the rest of that region as one piece, then whole
 regions as parts). After a restart, or on another instance, a resume continues from
 ``list_parts`` plus the pieces (tusd's s3store keeps its "incomplete part" as an object
@@ -112,6 +116,7 @@ class S3Upload:
         self._meta: FileMetadata | None = None
         self._small: bytes | None = None  # anonymous content kept for commit
         self._lock = asyncio.Lock()
+        self._upload_id: str | None = None
 
     def __repr__(self) -> str:
         return f"S3Upload(key={self.key!r}, size={self.size}, parts={len(self._parts)})"
@@ -123,9 +128,8 @@ class S3Upload:
 
     @property
     def upload_id(self) -> str | None:
-        """The S3 multipart upload id (``None`` before the first part of an anonymous one)."""
-        value = self._info.get("upload_id")
-        return value if isinstance(value, str) else None
+        """The S3 multipart upload id (``None`` before one is needed)."""
+        return self._upload_id
 
     # ------------------------------------------------------------------ state
 
@@ -156,15 +160,20 @@ class S3Upload:
             BlobNotFoundError: the multipart upload is gone (aborted, or completed).
             BlobStoreError: the store failed.
         """
-        if self.upload_id is None or self._info.get("staged"):
+        if self.anonymous or self._info.get("staged"):
             return
-        parts = await self._calls.list_parts(data_key(self.key), self.upload_id)
-        for number, etag, length in parts:
-            self._parts.setdefault(number, (etag, length))
-        for name, _ in await self._calls.list_keys(f"{partial_prefix(self.key)}piece/"):
+        if self._upload_id is None:
+            await self._adopt(create=False)
+        if self._upload_id is not None:
+            parts = await self._calls.list_parts(data_key(self.key), self._upload_id)
+            self._parts.update((number, (etag, length)) for number, etag, length in parts)
+        listed = await self._calls.list_keys(f"{partial_prefix(self.key)}piece/")
+        pieces: dict[Range, str] = {}
+        for name, _ in sorted(listed, key=lambda item: (item[1], item[0])):  # oldest first
             found = _PIECE.fullmatch(name.rsplit("/", 1)[-1])
             if found:
-                self._pieces.setdefault((int(found[1]), int(found[2])), name)
+                pieces[(int(found[1]), int(found[2]))] = name
+        self._pieces = pieces  # the bucket's: another instance may have replaced some
 
     def _require_open(self) -> None:
         if self._state != "open":
@@ -172,12 +181,33 @@ class S3Upload:
 
     # ------------------------------------------------------------------ writing
 
+    async def _adopt(self, *, create: bool) -> None:
+        """Adopt the partial's multipart upload: the earliest listed for its target
+        (initiation time, then id), so that instances starting one at once agree; with
+        ``create``, start one when there is none (and abort it when another instance's
+        turns out to be earlier)."""
+        target = data_key(self.key)
+
+        async def listed() -> list[tuple[Any, str]]:
+            found = await self._calls.list_multipart(target)
+            return sorted((when, upload_id) for key, upload_id, when in found if key == target)
+
+        found = await listed()
+        if not found and create:
+            mine = await self._calls.create_multipart(target)
+            found = await listed() or [(None, mine)]
+            if found[0][1] != mine:
+                await self._calls.abort(target, mine)
+        self._upload_id = found[0][1] if found else None
+
     async def _ensure_multipart(self) -> str:
         async with self._lock:
-            if self.upload_id is None:
-                self._info["upload_id"] = await self._calls.create_multipart(data_key(self.key))
-            assert self.upload_id is not None
-            return self.upload_id
+            if self._upload_id is None and self.anonymous:  # its key is private
+                self._upload_id = await self._calls.create_multipart(data_key(self.key))
+            elif self._upload_id is None:
+                await self._adopt(create=True)
+            assert self._upload_id is not None
+            return self._upload_id
 
     async def _put(self, at: int, data: bytes) -> None:
         """Store ``data`` at ``at`` (within one region): a part when it is the whole
@@ -217,12 +247,18 @@ class S3Upload:
         if self.size is not None:
             stop = min(stop, self.size)
         data = bytearray(stop - start)
+        filled: list[Range] = []
         for (low, high), name in list(self._pieces.items()):
             if high <= start or low >= stop:
                 continue
             body = await self._calls.get_bytes(name)
             lo, hi = max(low, start), min(high, stop)
+            if len(body) != high - low:
+                raise ValueError(f"piece {low}..{high} holds {len(body)} bytes")
             data[lo - start : hi - start] = body[lo - low : hi - low]
+            filled = merge_range(filled, lo, hi)
+        if stop > start and filled != [(start, stop)]:
+            raise ValueError(f"bytes {start}..{stop} are not all held; send them again")
         return data
 
     async def append(self, data: bytes | bytearray | memoryview) -> None:
@@ -269,10 +305,11 @@ class S3Upload:
                 at, region_end = region_end, min(region_end + step, size)
         if buf:
             await self._put(at, bytes(buf))
-        await self._write_info()  # the partial's last change (its expiry counts from it)
+        await self.save_record()  # the partial's last change (its expiry counts from it)
         return position - start
 
-    async def _write_info(self) -> None:
+    async def save_record(self) -> None:
+        """Write the partial's record (``info.json``), now as its last change."""
         self._info["updated_at"] = now_text()
         payload = json.dumps(self._info, sort_keys=True).encode()
         await self._calls.put(info_key(self.key), payload)
@@ -296,7 +333,7 @@ class S3Upload:
             await self._calls.put(data_key(self.key), b"")
             await self._calls.abort(data_key(self.key), upload_id)
             self._info["staged"] = True
-            await self._write_info()
+            await self.save_record()
             return
         count = max(1, -(-self.size // self.part_size))
         for number in range(1, count + 1):
@@ -309,7 +346,7 @@ class S3Upload:
         parts = [(number, self._parts[number][0]) for number in range(1, count + 1)]
         await self._calls.complete(data_key(self.key), upload_id, parts)
         self._info["staged"] = True
-        await self._write_info()
+        await self.save_record()
         for name in list(self._pieces.values()):
             await self._calls.delete(name)
         self._pieces.clear()
@@ -380,8 +417,8 @@ class S3Upload:
         return meta
 
     async def _remove_all(self) -> None:
-        if self.upload_id is not None and not self._info.get("staged"):
-            await self._calls.abort(data_key(self.key), self.upload_id)
+        for target, upload_id, _ in await self._calls.list_multipart(partial_prefix(self.key)):
+            await self._calls.abort(target, upload_id)
         for name, _ in await self._calls.list_keys(partial_prefix(self.key)):
             await self._calls.delete(name)
         self._pieces.clear()

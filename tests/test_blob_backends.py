@@ -267,6 +267,39 @@ async def test_s3_partial_is_a_multipart_upload(s3_bucket: S3Bucket) -> None:
         await store.close()
 
 
+async def test_s3_two_instances_starting_one_upload_at_once_agree(s3_bucket: S3Bucket) -> None:
+    """Two instances get the first chunks of a new upload at the same moment: both
+    start a multipart upload, both adopt the earlier one, and no part is lost."""
+    import asyncio
+
+    stores = [make_backend("s3", s3_bucket) for _ in range(2)]
+    for store in stores:
+        await store.open()
+    try:
+        chunk = 5 * MiB
+        data = os.urandom(3 * chunk)
+        key = "7" * 32
+        uploads = [await store.open_upload(key, len(data), "both", align=chunk) for store in stores]
+        await asyncio.gather(
+            *(
+                uploads[index % 2].write_range(
+                    index * chunk, chunks_of(data[index * chunk :][:chunk])
+                )
+                for index in range(3)
+            )
+        )
+        async with s3_bucket.client() as s3:
+            listed = await s3.list_multipart_uploads(Bucket=s3_bucket.name)
+            assert len(listed["Uploads"]) == 1  # the later one was aborted by its maker
+        again = await stores[1].open_upload(key, len(data), "both", align=chunk)
+        assert await again.ranges() == [(0, len(data))]
+        assert (await again.commit(sha(data))).sha256 == sha(data)
+        assert await read_all(stores[0], sha(data)) == data
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_s3_copies_large_content_part_by_part(
     s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
