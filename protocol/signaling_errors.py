@@ -55,8 +55,8 @@ class SignalingErrorCode(StrEnum):
     #: The WebSocket upgrade is refused: too many connections from this address (HTTP
     #: 429) or in total (HTTP 503); this error frame is the HTTP body.
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
-    #: The server could not complete the request (its bindings store is unavailable);
-    #: nothing changed; try again later.
+    #: The server could not complete the request (its bindings store or its shared
+    #: registry, Redis, is unavailable); nothing changed; try again later.
     SERVER_ERROR = "SERVER_ERROR"
 
 

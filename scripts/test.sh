@@ -10,8 +10,9 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh" test
 # The tests in a real browser (Chromium), through TURN (coturn) and behind NAT
-# (namespaces, nftables/iptables); each skips with the reason when its package is absent.
-ensure_debian_packages chromium fonts-liberation iproute2 coturn nftables iptables postgresql
+# (namespaces, nftables/iptables), on Redis (redis-server) and PostgreSQL; each skips
+# with the reason when its package is absent.
+ensure_debian_packages chromium fonts-liberation iproute2 coturn nftables iptables redis-server postgresql
 echo "== ruff" >&2
 "$ROOT/.venv/bin/ruff" check protocol rtc_worker signaling tests scripts
 echo "== mypy" >&2

@@ -11,6 +11,10 @@ sends is handled by a :class:`~signaling.peer_session.PeerSession` (registration
 proof of possession, peer-id bindings, relays). Apart from authentication failures, an
 error never closes the socket.
 
+The registry (:mod:`signaling.registry`) is in memory, or on Redis when
+``settings.redis_url`` is set: then the bindings are in Redis too, and any number of
+processes on one Redis act as one server (:mod:`signaling.registry_redis`).
+
 Bounds (:mod:`signaling.bounds`): an upgrade over ``max_connections_per_address`` or
 ``max_connections`` (never above what the descriptor limit allows) is refused before it
 happens (HTTP 429 or 503, ``TOO_MANY_CONNECTIONS``); a socket that has not registered
@@ -32,15 +36,16 @@ from importlib.metadata import version
 from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
-from protocol.signaling import SignalingError, SignalingErrorCode, dump_frame
+from protocol.signaling import IceServer, SignalingError, SignalingErrorCode, dump_frame
 from protocol.signaling_proof import new_challenge
 from signaling.bindings import BindingStore, SqliteBindings
 from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
 from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
-from signaling.registry import PeerRegistry
+from signaling.registry import MemoryRegistry, PeerRegistry, SignalingRegistry
 from signaling.results_api import setup_storage
+from signaling.tus import setup_tus
 from signaling.uploads_api import setup_uploads
 
 __all__ = [
@@ -48,6 +53,7 @@ __all__ = [
     "CAPS_KEY",
     "REGISTRY_KEY",
     "SETTINGS_KEY",
+    "SIGNALING_REGISTRY_KEY",
     "SOCKETS_KEY",
     "WS_CLOSE_TIMEOUT_SECONDS",
     "create_app",
@@ -58,7 +64,11 @@ WS_CLOSE_TIMEOUT_SECONDS = 5.0
 """How long closing a WebSocket waits for the peer's close reply, in seconds."""
 
 REGISTRY_KEY: web.AppKey[PeerRegistry[PeerSocket]] = web.AppKey("registry", PeerRegistry)
-"""The app's :class:`~signaling.registry.PeerRegistry`, keyed by peer id."""
+"""The peers connected to this process (:class:`~signaling.registry.PeerRegistry`), keyed
+by peer id."""
+
+SIGNALING_REGISTRY_KEY: web.AppKey[SignalingRegistry[PeerSocket]] = web.AppKey("signaling_registry")
+"""The app's :class:`~signaling.registry.SignalingRegistry` (memory or Redis)."""
 
 SETTINGS_KEY: web.AppKey[SignalingSettings] = web.AppKey("settings", SignalingSettings)
 """The :class:`~signaling.config.SignalingSettings` the app was built with."""
@@ -100,11 +110,8 @@ def create_app(
     app[SETTINGS_KEY] = settings = settings if settings is not None else SignalingSettings()
     if setup_storage(app, settings):
         setup_uploads(app, settings)
-    app[BINDINGS_KEY] = bindings or SqliteBindings(
-        settings.bindings_file,
-        max_per_key=settings.max_bindings_per_key,
-        client_ttl_s=settings.client_binding_ttl_s,
-    )
+        setup_tus(app)
+    registry = _setup_registry(app, settings, bindings)
     total = min(settings.max_connections, usable_descriptors())
     if total < settings.max_connections:
         logger.warning(
@@ -114,13 +121,74 @@ def create_app(
         )
     app[CAPS_KEY] = ConnectionCaps(per_address=settings.max_connections_per_address, total=total)
     app[_WARNINGS_KEY] = LogLimiter()
-    app[REGISTRY_KEY] = PeerRegistry()
+    app[REGISTRY_KEY] = registry.local
     app[SOCKETS_KEY] = weakref.WeakSet()
     app.router.add_get("/health", _health)
     app.router.add_get("/ws", _websocket)
     setup_page(app)
     app.on_shutdown.append(_close_sockets)
     return app
+
+
+def _setup_registry(
+    app: web.Application, settings: SignalingSettings, bindings: BindingStore | None
+) -> SignalingRegistry[PeerSocket]:
+    """Pick the registry and the bindings store (memory + SQLite, or Redis for both),
+    started with the app and closed after its sockets."""
+    turn = settings.turn_credentials
+
+    def ice_servers(peer_id: str) -> tuple[IceServer, ...]:
+        return () if turn is None else (turn.for_peer(peer_id),)
+
+    registry: SignalingRegistry[PeerSocket]
+    url = settings.redis_url_value
+    if url is None:
+        registry = MemoryRegistry(send_text, ice_servers)
+        app[BINDINGS_KEY] = bindings or SqliteBindings(
+            settings.bindings_file,
+            max_per_key=settings.max_bindings_per_key,
+            client_ttl_s=settings.client_binding_ttl_s,
+        )
+    else:
+        from signaling.bindings_redis import RedisBindings
+        from signaling.redis_store import shown_url
+        from signaling.registry_redis import RedisRegistry
+
+        redis_registry: RedisRegistry[PeerSocket] = RedisRegistry(
+            url,
+            send=send_text,
+            drop=_drop,
+            ice_servers=ice_servers,
+            prefix=settings.redis_key_prefix,
+            presence_ttl_s=settings.redis_presence_ttl_s,
+            client_binding_ttl_s=settings.client_binding_ttl_s,
+        )
+        store = bindings or RedisBindings(
+            redis_registry.redis,
+            prefix=settings.redis_key_prefix,
+            max_per_key=settings.max_bindings_per_key,
+            client_ttl_s=settings.client_binding_ttl_s,
+        )
+        app[BINDINGS_KEY] = store
+        registry = redis_registry
+        logger.info("signaling on Redis {} (process {})", shown_url(url), redis_registry.process)
+
+    async def start(_: web.Application) -> None:
+        await registry.start()
+
+    async def close(_: web.Application) -> None:
+        await registry.close()
+
+    app[SIGNALING_REGISTRY_KEY] = registry
+    app.on_startup.append(start)
+    app.on_cleanup.append(close)
+    return registry
+
+
+async def _drop(ws: PeerSocket, error: SignalingError) -> None:
+    """Send ``error`` and close the socket (its registration is gone)."""
+    await send_error(ws, error)
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=error.code.encode()[:100])
 
 
 async def start_server(
@@ -225,7 +293,7 @@ async def _serve_socket(
     challenge, nonce = new_challenge()
     session = PeerSession(
         settings=settings,
-        registry=request.app[REGISTRY_KEY],
+        registry=request.app[SIGNALING_REGISTRY_KEY],
         bindings=request.app[BINDINGS_KEY],
         ws=ws,
         remote=remote,
@@ -269,6 +337,6 @@ async def _serve_socket(
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 break
     finally:
-        session.close()
+        await session.close()
         sockets.discard(ws)
     return ws

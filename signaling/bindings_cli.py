@@ -7,14 +7,17 @@
 
 The commands read the bindings file the server uses (``--data-dir`` / ``--bindings-db``,
 the same flags and variables as ``rtc-signaling``); they work while the server runs
-(SQLite, WAL mode). A released id stays registered by whoever holds it now until that
-socket closes; the next registration binds it again.
+(SQLite, WAL mode). With ``--redis-url`` / ``RTC_REDIS_URL`` (and the server's key
+prefix) they read the bindings every process shares in Redis instead. A released id
+stays registered by whoever holds it now until that socket closes; the next
+registration binds it again.
 
-Exit codes: 0 done, 1 the peer id was not bound or the file cannot be read, 2 usage.
+Exit codes: 0 done, 1 the peer id was not bound or the store cannot be read, 2 usage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import CliPositionalArg, CliSubCommand, SettingsConfigDict
 from pydantic_settings import SettingsError as CliSettingsError
 
@@ -32,12 +35,14 @@ from rtc_worker.settings_sources import (
     FLAG_ONLY,
     CommandLine,
     Commands,
+    Env,
     EnvSettings,
     empty_is_none,
     expand_home,
 )
 from signaling.bindings import Binding, SqliteBindings
-from signaling.config import SignalingSettings
+from signaling.config import REDIS_KEY_PREFIX_PATTERN, SignalingSettings
+from signaling.redis_store import STORE_ERRORS, shown_url
 
 __all__ = ["BindingsCli", "BindingsList", "BindingsRelease", "bindings_main"]
 
@@ -57,8 +62,16 @@ class _BindingsFile(EnvSettings):
         description=_SERVER_FIELDS["data_dir"].description,
     )
     bindings_db: Path | None = Field(None, description=_SERVER_FIELDS["bindings_db"].description)
+    redis_url: Annotated[SecretStr | None, Env("RTC_REDIS_URL")] = Field(
+        None, description="The server's Redis (its bindings are there, not in the file)."
+    )
+    redis_key_prefix: Annotated[str, Env("RTC_REDIS_KEY_PREFIX")] = Field(
+        "rtc:",
+        pattern=REDIS_KEY_PREFIX_PATTERN,
+        description=_SERVER_FIELDS["redis_key_prefix"].description,
+    )
 
-    _empty_path_is_none = field_validator("bindings_db", mode="before")(empty_is_none)
+    _empty_path_is_none = field_validator("bindings_db", "redis_url", mode="before")(empty_is_none)
 
     _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
 
@@ -111,6 +124,29 @@ def _open(path: Path) -> SqliteBindings | None:
     return SqliteBindings(path)
 
 
+async def _in_redis(command: BindingsList | BindingsRelease, url: str) -> list[Binding]:
+    """The bindings in Redis (list), or the one released (a list of at most one)."""
+    from signaling.bindings_redis import RedisBindings
+    from signaling.redis_store import connect
+
+    client = connect(url)
+    try:
+        store = RedisBindings(client, prefix=command.redis_key_prefix)
+        if isinstance(command, BindingsList):
+            return await store.entries()
+        released = await store.release(command.peer_id)
+        return [] if released is None else [released]
+    finally:
+        await client.aclose()
+
+
+def _redis(command: BindingsList | BindingsRelease, url: str) -> list[Binding]:
+    try:
+        return asyncio.run(_in_redis(command, url))
+    except STORE_ERRORS as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
 def bindings_main(argv: Sequence[str] | None) -> int:
     """Run ``rtc-signaling bindings ARGV``; returns the exit status (see the module)."""
     line = CommandLine(BindingsCli, "rtc-signaling bindings")
@@ -121,11 +157,15 @@ def bindings_main(argv: Sequence[str] | None) -> int:
         return 2
     if not isinstance(command, BindingsList | BindingsRelease):
         raise TypeError(f"rtc-signaling bindings has no command {command!r}")
-    path = command.bindings_file
+    url = None if command.redis_url is None else command.redis_url.get_secret_value()
+    path = command.bindings_file if url is None else shown_url(url)
     try:
-        store = _open(path)
+        store = None if url is not None else _open(command.bindings_file)
         if isinstance(command, BindingsList):
-            found = [] if store is None else store.entries_now()
+            if url is not None:
+                found = _redis(command, url)
+            else:
+                found = [] if store is None else store.entries_now()
             if command.json_output:
                 print(json.dumps([_as_dict(binding) for binding in found], indent=2))
             elif not found:
@@ -135,7 +175,10 @@ def bindings_main(argv: Sequence[str] | None) -> int:
                 print("\t".join(row[key] for key in ("peer_id", "role", "fingerprint")), end="")
                 print(f"\tbound {row['created_at']}\tlast seen {row['last_seen']}")
             return 0
-        released = None if store is None else store.release_now(command.peer_id)
+        if url is not None:
+            released = next(iter(_redis(command, url)), None)
+        else:
+            released = None if store is None else store.release_now(command.peer_id)
     except (OSError, sqlite3.Error) as exc:
         print(f"rtc-signaling bindings: cannot use {path}: {exc}", file=sys.stderr)
         return 1

@@ -126,6 +126,11 @@ class BlobUpload(Protocol):
     name: str
 
     @property
+    def closed(self) -> bool:
+        """Whether it was committed, discarded or closed (nothing more can be done)."""
+        ...
+
+    @property
     def offset(self) -> int:
         """In order: bytes appended so far. By ranges: the end of the held range that
         starts at 0 (0 when none): where a resume in order continues."""
@@ -143,16 +148,19 @@ class BlobUpload(Protocol):
                 failed: only :meth:`discard` or :meth:`close` remain).
         """
 
-    async def write_range(self, start: int, chunks: AsyncIterator[bytes]) -> int:
+    async def write_range(
+        self, start: int, chunks: AsyncIterator[bytes], *, atomic: bool = False
+    ) -> int:
         """Write the bytes of ``chunks`` at ``start`` and record them as held.
 
         Bytes already held at those offsets are replaced (folder, and S3 pieces and
         whole parts; S3 refuses to rewrite part of a part it has sent: ValueError).
         When ``chunks`` ends normally, ``[start, start + n)`` is durable and recorded
         (:meth:`ranges`) before this returns. When ``chunks`` (or a write) raises, the
-        exception propagates; the folder backend records nothing of this call, the S3
-        backend keeps the whole parts it has already sent (each one a run of received
-        bytes before the last full part): call :meth:`ranges` to know what is held.
+        exception propagates and nothing of this call is recorded, except that without
+        ``atomic`` the S3 backend keeps the whole parts it has already sent (each one a
+        run of received bytes): call :meth:`ranges` to know what is held. ``atomic``
+        costs S3 one copy inside the bucket per part (the folder is atomic anyway).
 
         Returns:
             ``n``, the bytes written.
@@ -188,6 +196,7 @@ class BlobUpload(Protocol):
     async def commit(self, expected_sha256: str | None = None) -> FileMetadata:
         """:meth:`verify`, then publish the content as the blob of its sha256 (dedupe:
         when that blob exists already nothing new is stored) and remove the partial.
+        Committing again returns the same metadata.
 
         Raises:
             As :meth:`verify`; OSError: publishing failed (the verified bytes are kept

@@ -71,6 +71,11 @@ class FolderUpload:
         self._room = room_check
 
     @property
+    def closed(self) -> bool:
+        """See :attr:`signaling.blobs.BlobUpload.closed`."""
+        return self.partial.closed
+
+    @property
     def offset(self) -> int:
         """See :attr:`signaling.blobs.BlobUpload.offset`."""
         return self.partial.offset
@@ -90,9 +95,11 @@ class FolderUpload:
         self._room(len(data))
         self.partial.write_at(offset, data)
 
-    async def write_range(self, start: int, chunks: AsyncIterator[bytes]) -> int:
-        """See :meth:`signaling.blobs.BlobUpload.write_range` (nothing recorded when
-        ``chunks`` raises)."""
+    async def write_range(
+        self, start: int, chunks: AsyncIterator[bytes], *, atomic: bool = False
+    ) -> int:
+        """See :meth:`signaling.blobs.BlobUpload.write_range` (always atomic: nothing is
+        recorded when ``chunks`` raises)."""
         if start < 0:
             raise ValueError(f"a range cannot start at {start}")
         written = 0
@@ -115,8 +122,10 @@ class FolderUpload:
         return self.partial.verify(expected_sha256)
 
     async def commit(self, expected_sha256: str | None = None) -> FileMetadata:
-        """See :meth:`signaling.blobs.BlobUpload.commit`."""
-        await self.verify(expected_sha256)
+        """See :meth:`signaling.blobs.BlobUpload.commit` (committing again returns the
+        metadata again)."""
+        if not self.partial.closed:
+            await self.verify(expected_sha256)  # the in-order tail, within the room check
         return await asyncio.to_thread(self.partial.commit, expected_sha256)
 
     async def close(self) -> None:

@@ -37,9 +37,12 @@ from signaling.blobs_s3_calls import (
     PARTIAL_PREFIX,
     S3Calls,
     blob_key,
+    data_key,
+    info_key,
+    part_size_for,
     partial_prefix,
 )
-from signaling.blobs_s3_upload import S3Upload, data_key, info_key, part_size_for
+from signaling.blobs_s3_upload import S3Upload
 
 __all__ = ["DEFAULT_SWEEP_GRACE_S", "S3Blobs", "S3Reader", "client_config"]
 

@@ -1,4 +1,5 @@
-"""The S3 requests of the blob backend, on one aiobotocore client and one bucket.
+"""The S3 requests of the blob backend, on one aiobotocore client and one bucket, and
+the names of its objects.
 
 Every request goes through :meth:`S3Calls.call`, which maps botocore's errors onto the
 backend's: a missing key or upload is :class:`~signaling.blobs.BlobNotFoundError`,
@@ -12,6 +13,7 @@ AbortMultipartUpload, ListMultipartUploads, CopyObject, UploadPartCopy).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -25,11 +27,20 @@ __all__ = [
     "BLOBS_PREFIX",
     "COPY_LIMIT_BYTES",
     "COPY_PART_BYTES",
+    "MAX_ALIGNED_PART_BYTES",
+    "MAX_PARTS",
+    "MIN_PART_BYTES",
     "PARTIAL_PREFIX",
+    "PIECE_NAME",
     "READ_BYTES",
     "S3Calls",
     "blob_key",
+    "data_key",
+    "info_key",
+    "part_size_for",
     "partial_prefix",
+    "piece_key",
+    "staging_key",
 ]
 
 BLOBS_PREFIX = "blobs/"
@@ -57,6 +68,52 @@ def blob_key(sha256: str) -> str:
 def partial_prefix(key: str) -> str:
     """``partial/<key>/``: where everything of the partial ``key`` lives."""
     return f"{PARTIAL_PREFIX}{key}/"
+
+
+MIN_PART_BYTES = 5 * 1024**2
+"""The smallest part S3 accepts but the last one, bytes (5 MiB)."""
+MAX_PARTS = 10_000
+"""The most parts of one multipart upload."""
+MAX_ALIGNED_PART_BYTES = 64 * 1024**2
+"""Largest part made a multiple of the chunk size, bytes (64 MiB): a write buffers up to
+one part in memory, so a larger chunk size gets parts of the smallest size instead
+(its chunks then span parts; the bytes that straddle one are kept as pieces)."""
+
+PIECE_NAME = re.compile(r"(\d{16})-(\d{16})")
+"""The name of a piece object: ``<start>-<end>``, 16 digits each."""
+
+
+def part_size_for(size: int, align: int = 1) -> int:
+    """The region (part) size of content of ``size`` bytes written at multiples of
+    ``align`` bytes: at least :data:`MIN_PART_BYTES`, large enough that ``size`` needs
+    at most :data:`MAX_PARTS` parts, and a multiple of ``align`` when that stays within
+    :data:`MAX_ALIGNED_PART_BYTES` (else a multiple of 1 MiB)."""
+    need = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
+    aligned = -(-need // max(1, align)) * max(1, align)
+    if aligned <= max(MAX_ALIGNED_PART_BYTES, need):
+        return aligned
+    return -(-need // 1024**2) * 1024**2
+
+
+def piece_key(key: str, start: int, end: int) -> str:
+    """The piece object holding bytes ``[start, end)`` of the partial ``key``."""
+    return f"{partial_prefix(key)}piece/{start:016d}-{end:016d}"
+
+
+def info_key(key: str) -> str:
+    """The record of the partial ``key``."""
+    return f"{partial_prefix(key)}info.json"
+
+
+def data_key(key: str) -> str:
+    """The multipart upload's target (the staging object) of the partial ``key``."""
+    return f"{partial_prefix(key)}data"
+
+
+def staging_key(key: str, token: str, start: int, end: int) -> str:
+    """Bytes ``[start, end)`` of one atomic write ``token`` to the partial ``key``,
+    staged until the write ends (then copied into a part or a piece)."""
+    return f"{partial_prefix(key)}staging/{token}/{start:016d}-{end:016d}"
 
 
 class S3Calls:
@@ -218,6 +275,18 @@ class S3Calls:
             "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(data)
         )
         return str(answer["ETag"])
+
+    async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str) -> str:
+        """Make part ``number`` a copy of the object ``source`` (inside the bucket, no
+        byte through this server); its ETag."""
+        answer = await self.call(
+            "upload_part_copy",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": source},
+        )
+        return str(answer["CopyPartResult"]["ETag"])
 
     async def list_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
         """``(part number, ETag, size)`` of every part sent (all pages).

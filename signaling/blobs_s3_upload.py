@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,47 +50,18 @@ from loguru import logger
 from rtc_worker.storage import ContentHasher, FileMetadata, HashMismatchError
 from rtc_worker.storage.record import merge_range, now_text
 from signaling.blobs import BlobNotFoundError, Range
-from signaling.blobs_s3_calls import S3Calls, blob_key, partial_prefix
+from signaling.blobs_s3_calls import (
+    PIECE_NAME,
+    S3Calls,
+    blob_key,
+    data_key,
+    info_key,
+    partial_prefix,
+    piece_key,
+    staging_key,
+)
 
-__all__ = ["MAX_PARTS", "MIN_PART_BYTES", "S3Upload", "part_size_for"]
-
-MIN_PART_BYTES = 5 * 1024**2
-"""The smallest part S3 accepts but the last one, bytes (5 MiB)."""
-MAX_PARTS = 10_000
-"""The most parts of one multipart upload."""
-MAX_ALIGNED_PART_BYTES = 64 * 1024**2
-"""Largest part made a multiple of the chunk size, bytes (64 MiB): a write buffers up to
-one part in memory, so a larger chunk size gets parts of the smallest size instead
-(its chunks then span parts; the bytes that straddle one are kept as pieces)."""
-
-_PIECE = re.compile(r"(\d{16})-(\d{16})")
-
-
-def part_size_for(size: int, align: int = 1) -> int:
-    """The region (part) size of content of ``size`` bytes written at multiples of
-    ``align`` bytes: at least :data:`MIN_PART_BYTES`, large enough that ``size`` needs
-    at most :data:`MAX_PARTS` parts, and a multiple of ``align`` when that stays within
-    :data:`MAX_ALIGNED_PART_BYTES` (else a multiple of 1 MiB)."""
-    need = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
-    aligned = -(-need // max(1, align)) * max(1, align)
-    if aligned <= max(MAX_ALIGNED_PART_BYTES, need):
-        return aligned
-    return -(-need // 1024**2) * 1024**2
-
-
-def piece_key(key: str, start: int, end: int) -> str:
-    """The piece object holding bytes ``[start, end)`` of the partial ``key``."""
-    return f"{partial_prefix(key)}piece/{start:016d}-{end:016d}"
-
-
-def info_key(key: str) -> str:
-    """The record of the partial ``key``."""
-    return f"{partial_prefix(key)}info.json"
-
-
-def data_key(key: str) -> str:
-    """The multipart upload's target (the staging object) of the partial ``key``."""
-    return f"{partial_prefix(key)}data"
+__all__ = ["S3Upload"]
 
 
 class S3Upload:
@@ -145,6 +116,11 @@ class S3Upload:
         return ranges
 
     @property
+    def closed(self) -> bool:
+        """See :attr:`signaling.blobs.BlobUpload.closed`."""
+        return self._state in ("committed", "discarded", "closed")
+
+    @property
     def offset(self) -> int:
         """See :attr:`signaling.blobs.BlobUpload.offset`."""
         if self.anonymous:
@@ -170,7 +146,7 @@ class S3Upload:
         listed = await self._calls.list_keys(f"{partial_prefix(self.key)}piece/")
         pieces: dict[Range, str] = {}
         for name, _ in sorted(listed, key=lambda item: (item[1], item[0])):  # oldest first
-            found = _PIECE.fullmatch(name.rsplit("/", 1)[-1])
+            found = PIECE_NAME.fullmatch(name.rsplit("/", 1)[-1])
             if found:
                 pieces[(int(found[1]), int(found[2]))] = name
         self._pieces = pieces  # the bucket's: another instance may have replaced some
@@ -209,20 +185,24 @@ class S3Upload:
             assert self._upload_id is not None
             return self._upload_id
 
-    async def _put(self, at: int, data: bytes) -> None:
-        """Store ``data`` at ``at`` (within one region): a part when it is the whole
-        region, else a piece object."""
+    async def _put(self, at: int, data: bytes, *, end: int = -1, source: str = "") -> None:
+        """Store ``data`` at ``at`` (within one region), or the staged object ``source``
+        holding ``[at, end)``: a part when it is the whole region, else a piece object."""
         number = at // self.part_size + 1
         region_start = (number - 1) * self.part_size
         region_end = region_start + self.part_size
         if self.size is not None:
             region_end = min(region_end, self.size)
-        end = at + len(data)
+        end = end if source else at + len(data)
         whole = at == region_start and (end == region_end or self.anonymous)
         if whole:
             upload_id = await self._ensure_multipart()
-            etag = await self._calls.upload_part(data_key(self.key), upload_id, number, data)
-            self._parts[number] = (etag, len(data))
+            target = data_key(self.key)
+            if source:  # a copy inside the bucket
+                etag = await self._calls.upload_part_copy(target, upload_id, number, source)
+            else:
+                etag = await self._calls.upload_part(target, upload_id, number, data)
+            self._parts[number] = (etag, end - at)
             for low, high in [r for r in self._pieces if region_start <= r[0] < region_end]:
                 if high <= region_end:
                     await self._calls.delete(self._pieces.pop((low, high)))
@@ -233,7 +213,7 @@ class S3Upload:
                 f"again whole, from {region_start}"
             )
         name = piece_key(self.key, at, end)
-        await self._calls.put(name, data)
+        await (self._calls.copy(source, name, end - at) if source else self._calls.put(name, data))
         for low, high in [r for r in self._pieces if at <= r[0] and r[1] <= end]:
             older = self._pieces.pop((low, high))
             if older != name:  # covered by the new piece
@@ -275,8 +255,13 @@ class S3Upload:
             del self._buf[: self.part_size]
             self._buf_start += self.part_size
 
-    async def write_range(self, start: int, chunks: AsyncIterator[bytes]) -> int:
-        """See :meth:`signaling.blobs.BlobUpload.write_range`."""
+    async def write_range(
+        self, start: int, chunks: AsyncIterator[bytes], *, atomic: bool = False
+    ) -> int:
+        """See :meth:`signaling.blobs.BlobUpload.write_range`. ``atomic``: each region
+        goes to a staging object first, copied into its part or piece (inside the
+        bucket) only once ``chunks`` ended normally; the staging objects are removed
+        either way."""
         self._require_open()
         if self.anonymous or self.size is None:
             raise ValueError(f"partial {self.name!r} is written in order")
@@ -291,20 +276,37 @@ class S3Upload:
                 f"bytes {region_start}..{region_start + step} were sent as one part; "
                 f"write them again from {region_start}"
             )
+        staged: list[tuple[int, int, str]] = []
+        token = uuid.uuid4().hex
+
+        async def put(at: int, data: bytes) -> None:
+            if not atomic:
+                return await self._put(at, data)
+            name = staging_key(self.key, token, at, at + len(data))
+            await self._calls.put(name, data)
+            staged.append((at, at + len(data), name))
+
         position = start
-        async for data in chunks:
-            if position + len(data) > size:
-                raise ValueError(f"{position + len(data) - start} bytes at {start} exceed {size}")
-            buf += data
-            position += len(data)
-            region_end = min((at // step + 1) * step, size)
-            while at + len(buf) > region_end:  # a full region is sent once more bytes come
-                cut = region_end - at
-                await self._put(at, bytes(buf[:cut]))
-                del buf[:cut]
-                at, region_end = region_end, min(region_end + step, size)
-        if buf:
-            await self._put(at, bytes(buf))
+        try:
+            async for data in chunks:
+                if position + len(data) > size:
+                    raise ValueError(f"{position + len(data) - start} bytes at {start} > {size}")
+                buf += data
+                position += len(data)
+                region_end = min((at // step + 1) * step, size)
+                while at + len(buf) > region_end:  # a full region goes once more bytes come
+                    cut = region_end - at
+                    await put(at, bytes(buf[:cut]))
+                    del buf[:cut]
+                    at, region_end = region_end, min(region_end + step, size)
+            if buf:
+                await put(at, bytes(buf))
+            for low, high, name in staged:  # the write ended: its bytes become held
+                await self._put(low, b"", end=high, source=name)
+        finally:
+            for _, _, name in staged:
+                with contextlib.suppress(OSError):
+                    await self._calls.delete(name)
         await self.save_record()  # the partial's last change (its expiry counts from it)
         return position - start
 

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_MAX_BINDINGS_PER_KEY",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
+    "DEFAULT_REDIS_PRESENCE_TTL_S",
     "DEFAULT_REGISTER_TIMEOUT_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_TURN_TTL_S",
@@ -45,6 +46,8 @@ __all__ = [
     "DEFAULT_UPLOAD_TTL_S",
     "LOG_LEVELS",
     "MIN_HARD_FRAME_BYTES",
+    "REDIS_KEY_PREFIX_PATTERN",
+    "REDIS_URL_SCHEMES",
     "SignalingCli",
     "SignalingSettings",
 ]
@@ -83,6 +86,9 @@ DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
 """Default age after its last registration when a client's binding is released, in
 seconds (90 days)."""
 
+DEFAULT_REDIS_PRESENCE_TTL_S = 5.0
+"""Default lifetime of a signaling process's presence in Redis, in seconds."""
+
 DEFAULT_DOWNLOAD_TOKEN_TTL_S = 7 * 24 * 3600.0
 """Default lifetime of a download token, in seconds (7 days)."""
 
@@ -97,6 +103,12 @@ DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
 
 DEFAULT_UPLOAD_QUOTA_COUNT = 16
 """Default number of open resumable uploads per principal."""
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+"""Accepted schemes of ``redis_url``."""
+
+REDIS_KEY_PREFIX_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+"""What a ``redis_key_prefix`` may be."""
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 """Accepted values of ``log_level`` (loguru's level names)."""
@@ -217,6 +229,28 @@ class SignalingSettings(EnvSettings):
         ge=0,
         description="A client's binding not registered for this long is released, "
         "seconds; 0: never. A worker's binding never expires.",
+    )
+    # Signaling on Redis: several rtc-signaling processes act as one (registry, bindings,
+    # presence and relayed frames in Redis; see signaling/registry_redis.py).
+    redis_url: Annotated[SecretStr | None, Env("RTC_REDIS_URL")] = Field(
+        None,
+        description="Redis holding the registry, the peer-id bindings (instead of the SQLite "
+        "file), presence and relayed frames, shared by every signaling process: "
+        "redis://[:PASSWORD@]HOST:PORT/DB, rediss://... (TLS) or unix:///PATH; unset: "
+        "in memory, one process. Run Redis with appendonly yes: bindings must survive it.",
+    )
+    redis_key_prefix: Annotated[str, Env("RTC_REDIS_KEY_PREFIX")] = Field(
+        "rtc:",
+        pattern=REDIS_KEY_PREFIX_PATTERN,
+        description="Prefix of every Redis key; processes that share it act as one.",
+    )
+    redis_presence_ttl_s: Annotated[float, Env("RTC_REDIS_PRESENCE_TTL_S")] = Field(
+        DEFAULT_REDIS_PRESENCE_TTL_S,
+        ge=1,
+        le=300,
+        description="Lifetime of a process's presence in Redis, refreshed three times per "
+        "lifetime, seconds: the peers of a process that dies vanish from every list "
+        "within it.",
     )
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
@@ -360,7 +394,14 @@ class SignalingSettings(EnvSettings):
                 )
         return urls
 
-    @field_validator("token", "storage_api_key", "turn_secret", mode="before")
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(REDIS_URL_SCHEMES):
+            raise ValueError(f"the Redis URL must start with {', '.join(REDIS_URL_SCHEMES)}")
+        return value
+
+    @field_validator("token", "storage_api_key", "turn_secret", "redis_url", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         if value is None or value == "":
@@ -464,6 +505,11 @@ class SignalingSettings(EnvSettings):
         if self.turn_secret is None:
             return None
         return TurnCredentials(self.turn_urls, self.turn_secret.get_secret_value(), self.turn_ttl_s)
+
+    @property
+    def redis_url_value(self) -> str | None:
+        """The Redis URL as plain text (it may hold a password: never log it)."""
+        return None if self.redis_url is None else self.redis_url.get_secret_value()
 
     @property
     def token_value(self) -> str | None:

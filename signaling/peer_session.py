@@ -18,28 +18,28 @@ With TURN configured (:mod:`signaling.turn`), the ``registered`` frame and every
 the registering peer's, the answerer's (so a worker registered for days still answers with
 a valid one). Credentials are never logged.
 
+The registry is a :class:`~signaling.registry.SignalingRegistry`: in memory, or on Redis
+shared by several processes; when Redis cannot be reached, the frame gets
+``SERVER_ERROR`` and the socket stays open.
+
 Source: PROTOCOL.md section 5.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from loguru import logger
 
 from protocol.signaling import (
-    Answer,
-    Candidate,
     IceServer,
     ListPeers,
-    Offer,
     Peers,
     Register,
     Registered,
-    RelayedAnswer,
-    RelayedCandidate,
-    RelayedOffer,
     SignalingError,
     SignalingErrorCode,
     dump_frame,
@@ -49,13 +49,15 @@ from protocol.signaling_proof import verify_register
 from signaling.bindings import BindingStore
 from signaling.bounds import LogLimiter
 from signaling.config import SignalingSettings
-from signaling.registry import PeerRegistry
+from signaling.registry import RegistryUnavailable, SignalingRegistry
 
 __all__ = ["PeerSession", "PeerSocket", "send_text"]
 
 PeerSocket = web.WebSocketResponse
 
 _CODE = SignalingErrorCode
+
+T = TypeVar("T")
 
 
 async def send_text(ws: PeerSocket, text: str) -> bool:
@@ -93,7 +95,7 @@ class PeerSession:
         self,
         *,
         settings: SignalingSettings,
-        registry: PeerRegistry[PeerSocket],
+        registry: SignalingRegistry[PeerSocket],
         bindings: BindingStore,
         ws: PeerSocket,
         remote: str,
@@ -127,13 +129,29 @@ class PeerSession:
                     _CODE.NOT_REGISTERED, "register before sending other frames", frame.type
                 )
             if isinstance(frame, ListPeers):
-                await send_text(self.ws, dump_frame(Peers(peers=self.registry.infos())))
+                peers = await self._shared(self.registry.infos(), frame.type)
+                await send_text(self.ws, dump_frame(Peers(peers=peers)))
             else:
-                await self._relay(self.peer_id, frame)
+                await self._shared(
+                    self.registry.relay(self.peer_id, self.fingerprint, frame), frame.type
+                )
+                logger.debug("relayed {} {!r} -> {!r}", frame.type, self.peer_id, frame.to)
         except SignalingError as error:
             logger.debug("{} ({}): {} {}", self.peer_id, self.remote, error.code, error.message)
             await send_error(self.ws, error)
         return True
+
+    async def _shared(self, call: Awaitable[T], ref_type: str) -> T:
+        """Await a registry call; a failure of its store becomes ``SERVER_ERROR``."""
+        try:
+            return await call
+        except RegistryUnavailable as exc:
+            self._warn("registry", "signaling registry unavailable: {}", exc)
+            raise SignalingError(
+                _CODE.SERVER_ERROR,
+                "the signaling registry is unavailable; try again later",
+                ref_type,
+            ) from None
 
     def _warn(self, kind: str, text: str, *args: object) -> None:
         held = self.warnings.allow(kind)
@@ -168,7 +186,10 @@ class PeerSession:
             self._warn("signature", "refused {!r} from {}: bad signature", *_who(self, frame))
             return await self._refuse_and_close(error)
         await self._check_binding(frame, fingerprint)
-        self.registry.add(frame.peer_id, frame.role, frame.metadata, self.ws, fingerprint)
+        await self._shared(
+            self.registry.add(frame.peer_id, frame.role, frame.metadata, self.ws, fingerprint),
+            frame.type,
+        )
         self.peer_id, self.fingerprint = frame.peer_id, fingerprint
         logger.info(
             "registered {} {!r} ({}) from {}",
@@ -191,7 +212,7 @@ class PeerSession:
 
     async def _check_binding(self, frame: Register, fingerprint: str | None) -> None:
         """Bind the id to the key (first come), or refuse; nothing changes on a refusal."""
-        live = self.registry.get(frame.peer_id)
+        live = await self._shared(self.registry.find(frame.peer_id), frame.type)
         if live is not None and live.fingerprint is None:
             raise SignalingError(
                 _CODE.PEER_ID_TAKEN, f"peer id {frame.peer_id!r} is already in use", frame.type
@@ -220,39 +241,9 @@ class PeerSession:
                 frame.type,
             )
 
-    async def _relay(self, sender: str, frame: Offer | Answer | Candidate) -> None:
-        target = self.registry.get(frame.to)
-        if target is None or target.conn is None or target.conn.closed:
-            raise SignalingError(
-                _CODE.PEER_NOT_FOUND, f"no registered peer {frame.to!r}", frame.type
-            )
-        relayed: RelayedOffer | RelayedAnswer | RelayedCandidate
-        fingerprint = self.fingerprint
-        if isinstance(frame, Offer):
-            relayed = RelayedOffer(
-                from_=sender,
-                fingerprint=fingerprint,
-                to=frame.to,
-                sdp=frame.sdp,
-                ice_servers=self.ice_servers(frame.to),
-            )
-        elif isinstance(frame, Answer):
-            relayed = RelayedAnswer(
-                from_=sender, fingerprint=fingerprint, to=frame.to, sdp=frame.sdp
-            )
-        else:
-            relayed = RelayedCandidate(
-                from_=sender, fingerprint=fingerprint, to=frame.to, candidate=frame.candidate
-            )
-        if not await send_text(target.conn, dump_frame(relayed)):
-            raise SignalingError(
-                _CODE.PEER_NOT_FOUND, f"peer {frame.to!r} has disconnected", frame.type
-            )
-        logger.debug("relayed {} {!r} -> {!r}", frame.type, sender, frame.to)
-
-    def close(self) -> None:
+    async def close(self) -> None:
         """Forget this socket's registration, if the registry entry is still ours."""
-        if self.peer_id is not None and self.registry.remove(self.peer_id, self.ws):
+        if self.peer_id is not None and await self.registry.remove(self.peer_id, self.ws):
             logger.info("unregistered {!r}", self.peer_id)
 
 

@@ -27,6 +27,7 @@ from signaling.legacy_chunks import migrate_chunk_folders
 from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
 from signaling.upload_fields import category_of, ident_field, init_record, text_field
+from signaling.upload_offsets import OffsetWrites
 
 __all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
 
@@ -44,7 +45,7 @@ def _may_use(caller: Caller | None, record: UploadRecord) -> bool:
     return caller is None or caller.role is Role.ADMIN or record.owner == caller.principal
 
 
-class UploadManager:
+class UploadManager(OffsetWrites):
     """The resumable uploads of one app, over its :class:`ResultsService`.
 
     Each upload is one partial upload of the blob backend (a partial file, or an S3

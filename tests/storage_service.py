@@ -252,6 +252,18 @@ class StorageService:
             return []
         return sorted(path.name for path in folder.iterdir() if path.name.startswith(key))
 
+    def partial_content(self, key: str) -> bytes | None:
+        """The bytes the partial ``key`` holds from offset 0 (S3: from its piece objects,
+        which is where bytes short of a part are), or ``None`` when it has none."""
+        if (bucket := self.bucket) is None:
+            path = self.root / "partial" / f"{key}.part"
+            return path.read_bytes() if path.exists() else None
+        held = bytearray()
+        for name in bucket.object_keys(f"partial/{key}/piece/"):
+            start, end = (int(n) for n in name.rsplit("/", 1)[-1].split("-"))
+            held[start:end] = bucket.get(name)
+        return bytes(held) if held else None
+
     def put_stray_partial(self, key: str, data: bytes) -> None:
         """A partial upload with no record, put behind the service's back."""
         if (bucket := self.bucket) is not None:

@@ -80,6 +80,7 @@ async def store_anonymous(store: BlobBackend, data: bytes, expected: str | None 
         async for chunk in chunks_of(data, MiB):
             await upload.append(chunk)
         meta = await upload.commit(expected)
+        assert await upload.commit() == meta and upload.closed  # again: the same answer
     finally:
         await upload.discard()  # a no-op once committed
     return meta.sha256
@@ -207,9 +208,9 @@ async def test_writes_past_the_size_are_refused(backend: BlobBackend) -> None:
 async def test_chunks_larger_than_the_largest_aligned_part(
     backend: BlobBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import signaling.blobs_s3_upload as s3_upload
+    import signaling.blobs_s3_calls as s3_calls
 
-    monkeypatch.setattr(s3_upload, "MAX_ALIGNED_PART_BYTES", 6 * MiB)  # parts of 5 MiB
+    monkeypatch.setattr(s3_calls, "MAX_ALIGNED_PART_BYTES", 6 * MiB)  # parts of 5 MiB
     chunk = 7 * MiB
     data = os.urandom(15 * MiB)
     upload = await backend.open_upload("6" * 32, len(data), "big chunks", align=chunk)
@@ -337,6 +338,19 @@ async def test_a_cut_write_records_nothing_of_its_last_part(backend: BlobBackend
         await upload.write_range(MiB, failing_after(b"b" * 1000))
     assert await upload.ranges() == [(0, MiB)]
     assert await backend.upload_ranges("3" * 32) == [(0, MiB)]
+
+
+async def test_an_atomic_write_records_nothing_when_cut(backend: BlobBackend) -> None:
+    upload = await backend.open_upload("8" * 32, 12 * MiB, "atomic", align=1)
+    await upload.write_range(0, chunks_of(b"a" * 100))
+    with pytest.raises(ConnectionResetError):  # whole parts' worth arrived, then a cut
+        await upload.write_range(100, failing_after(b"b" * (11 * MiB)), atomic=True)
+    assert await upload.ranges() == [(0, 100)]
+    rest = os.urandom(12 * MiB - 100)
+    assert await upload.write_range(100, chunks_of(rest), atomic=True) == len(rest)
+    assert await upload.ranges() == [(0, 12 * MiB)]
+    assert (await upload.commit()).sha256 == sha(b"a" * 100 + rest)
+    assert await backend.upload_keys() == []  # no staged object left behind
 
 
 async def test_disjoint_ranges_written_at_once(backend: BlobBackend) -> None:

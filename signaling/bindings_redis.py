@@ -1,0 +1,177 @@
+"""Peer-id bindings in Redis: the :class:`~signaling.bindings.BindingStore` of several
+signaling processes.
+
+The same rules as :class:`~signaling.bindings.SqliteBindings`, shared by every process on
+one Redis: the first key that registers a peer id owns it, on every process and after
+any restart of any of them, until the operator releases it (``rtc-signaling bindings
+release`` with the same ``--redis-url``); one key holds at most ``max_per_key`` ids
+(binding one more releases its least recently registered one); a client's binding not
+registered for ``client_ttl_s`` seconds expires (a Redis key TTL), a worker's never.
+
+Each claim is one Lua script, so two processes claiming one id at once have one winner.
+The keys are ``{p}binding:{peer_id}`` (hash), ``{p}bindings`` (set) and
+``{p}bound:{fingerprint}`` (sorted set by last_seen), see :mod:`signaling.redis_store`.
+Redis must keep its data across its own restarts (``appendonly yes``) for bindings to
+outlive it.
+
+Source: DESIGN.md ("Identity first"); PROTOCOL.md section 5.3.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from signaling.bindings import Binding
+from signaling.redis_store import RedisKeys
+
+__all__ = ["RedisBindings"]
+
+# KEYS: binding, bindings, bound(fp). ARGV: peer_id, fp, role, now, client_ttl_ms,
+# max_per_key, binding key prefix. Returns the binding afterwards (fp, role, created,
+# last_seen): another key's (nothing changed) or the caller's.
+_CLAIM = """
+local cur = redis.call('HMGET', KEYS[1], 'fingerprint', 'role', 'created_at', 'last_seen')
+if cur[1] and cur[1] ~= ARGV[2] then return cur end
+local created = cur[3] or ARGV[4]
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[2], 'role', ARGV[3],
+           'created_at', created, 'last_seen', ARGV[4])
+if ARGV[3] == 'client' and tonumber(ARGV[5]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+else
+  redis.call('PERSIST', KEYS[1])
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+local cap = tonumber(ARGV[6])
+if not cur[1] and redis.call('ZCARD', KEYS[3]) > cap then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if redis.call('HGET', ARGV[7] .. id, 'fingerprint') ~= ARGV[2] then
+      redis.call('ZREM', KEYS[3], id)
+    end
+  end
+  local extra = redis.call('ZCARD', KEYS[3]) - cap
+  if extra > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, extra)) do
+      if extra > 0 and id ~= ARGV[1] then
+        redis.call('DEL', ARGV[7] .. id)
+        redis.call('SREM', KEYS[2], id)
+        redis.call('ZREM', KEYS[3], id)
+        extra = extra - 1
+      end
+    end
+  end
+end
+return {ARGV[2], ARGV[3], created, ARGV[4]}
+"""
+
+# KEYS: binding, bindings. ARGV: peer_id, bound-key prefix. Returns the removed binding.
+_RELEASE = """
+local cur = redis.call('HMGET', KEYS[1], 'fingerprint', 'role', 'created_at', 'last_seen')
+redis.call('SREM', KEYS[2], ARGV[1])
+if not cur[1] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', ARGV[2] .. cur[1], ARGV[1])
+return cur
+"""
+
+
+class RedisBindings:
+    """:class:`~signaling.bindings.BindingStore` in Redis.
+
+    Args:
+        redis: a redis-py asyncio client with ``decode_responses=True``.
+        prefix: the key prefix (``redis_key_prefix``).
+        max_per_key: most peer ids one key holds (at least 1).
+        client_ttl_s: a client binding not registered for this long is released,
+            seconds; 0 never releases one.
+        clock: seconds since the epoch (the ``created_at``/``last_seen`` stamps).
+
+    Every method raises redis-py's ``RedisError`` (or ``OSError``, ``TimeoutError``)
+    when Redis cannot be reached; nothing changes then.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "rtc:",
+        max_per_key: int = 1000,
+        client_ttl_s: float = 0.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if max_per_key < 1:
+            raise ValueError("max_per_key is at least 1")
+        self.redis = redis
+        self.keys = RedisKeys(prefix)
+        self.max_per_key = max_per_key
+        self.client_ttl_s = client_ttl_s
+        self._clock = clock or time.time
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    async def claim(self, peer_id: str, fingerprint: str, role: str) -> Binding:
+        """See :meth:`~signaling.bindings.BindingStore.claim` (one atomic script)."""
+        keys = self.keys
+        row = await self._claim(
+            keys=[keys.binding(peer_id), keys.bindings, keys.bound(fingerprint)],
+            args=[
+                peer_id,
+                fingerprint,
+                role,
+                repr(self._clock()),
+                round(self.client_ttl_s * 1000),
+                self.max_per_key,
+                keys.binding(""),
+            ],
+        )
+        return _binding(peer_id, row)
+
+    async def get(self, peer_id: str) -> Binding | None:
+        """See :meth:`~signaling.bindings.BindingStore.get` (an expired client binding
+        is gone)."""
+        row: Any = await self.redis.hmget(
+            self.keys.binding(peer_id), ["fingerprint", "role", "created_at", "last_seen"]
+        )
+        return None if row[0] is None else _binding(peer_id, row)
+
+    async def entries(self) -> list[Binding]:
+        """See :meth:`~signaling.bindings.BindingStore.entries`; ids whose binding has
+        expired are dropped from the index on the way."""
+        members: Any = await self.redis.smembers(self.keys.bindings)
+        ids: list[str] = sorted(members)
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for peer_id in ids:
+                pipe.hmget(
+                    self.keys.binding(peer_id), "fingerprint", "role", "created_at", "last_seen"
+                )
+            rows = await pipe.execute()
+        found = [_binding(i, row) for i, row in zip(ids, rows, strict=True) if row[0] is not None]
+        gone = [i for i, row in zip(ids, rows, strict=True) if row[0] is None]
+        if gone:
+            await self.redis.srem(self.keys.bindings, *gone)
+        return found
+
+    async def release(self, peer_id: str) -> Binding | None:
+        """See :meth:`~signaling.bindings.BindingStore.release`."""
+        keys = self.keys
+        row = await self._release(
+            keys=[keys.binding(peer_id), keys.bindings], args=[peer_id, keys.bound("")]
+        )
+        return None if not row else _binding(peer_id, row)
+
+
+def _binding(peer_id: str, row: Any) -> Binding:
+    fingerprint, role, created_at, last_seen = row
+    return Binding(
+        peer_id=peer_id,
+        fingerprint=str(fingerprint),
+        role=str(role),
+        created_at=float(created_at or 0),
+        last_seen=float(last_seen or 0),
+    )

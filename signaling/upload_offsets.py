@@ -1,0 +1,202 @@
+"""Writes at an offset into a resumable upload, for clients that send its bytes in
+order (tus, :mod:`signaling.tus`), and completing one as a job's result.
+
+A mixin of :class:`~signaling.upload_manager.UploadManager`: the same records, quotas,
+owners and partial uploads of the blob backend (:mod:`signaling.blobs`) as the chunk
+routes of :mod:`signaling.uploads_api`; an upload is written by ranges either way, so
+both kinds of request may serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
+
+from loguru import logger
+
+from rtc_worker.storage import format_timestamp
+from signaling.api_common import ApiError, ApiErrorCode
+from signaling.auth import Caller
+from signaling.blobs import BlobNotFoundError
+from signaling.db import UploadRecord
+from signaling.results_store import Stored
+
+if TYPE_CHECKING:
+    from rtc_worker.storage import FileMetadata
+    from signaling.blobs import BlobUpload
+    from signaling.results_store import ResultsService
+
+__all__ = ["OffsetWrites"]
+
+_UNFINISHED = ("initiated", "in_progress")
+_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
+
+
+class _Manager(Protocol):
+    """What the mixin uses of :class:`~signaling.upload_manager.UploadManager`."""
+
+    store: ResultsService
+
+    async def record(self, upload_id: str, caller: Caller | None = None) -> UploadRecord: ...
+    def require_open(self, record: UploadRecord) -> None: ...
+    async def _acquire(self, record: UploadRecord) -> BlobUpload: ...
+    async def _release(self, upload_id: str, *, discard: bool = False) -> None: ...
+    async def _commit(
+        self, record: UploadRecord, partial: BlobUpload, meta: FileMetadata, mime: str
+    ) -> UploadRecord: ...
+    async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord: ...
+    async def held_bytes(self, record: UploadRecord) -> int: ...
+    async def _touch(self, upload_id: str) -> None: ...
+
+
+class OffsetWrites:
+    """Offset writes and result completion of :class:`UploadManager` (see the module
+    docstring)."""
+
+    async def held_bytes(self: _Manager, record: UploadRecord) -> int:
+        """Bytes of ``record`` held from offset 0 without a gap: where the next byte of
+        an upload written in order goes (the tus ``Upload-Offset``); ``total_size`` once
+        completed, 0 once cancelled."""
+        if record.status == "completed":
+            return record.total_size
+        if record.status == "cancelled":
+            return 0
+        ranges = await self.store.backend.upload_ranges(record.upload_id)
+        return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
+
+    async def keep_open(self: _Manager, record: UploadRecord) -> None:
+        """Keep the unfinished upload's partial open until :meth:`let_go`, across
+        requests: with the folder backend the SHA-256 computed while its bytes arrive in
+        order is then still there for :meth:`complete` (else it hashes the file again
+        from disk; the S3 backend always hashes the assembled object once).
+        :meth:`complete` and :meth:`cancel` close it anyway (:meth:`let_go` is then a
+        no-op).
+
+        Raises:
+            ApiError: UPLOAD_NOT_FOUND / UPLOAD_COMPLETED unless ``record`` is unfinished.
+        """
+        self.require_open(record)
+        await self._acquire(record)
+
+    async def let_go(self: _Manager, upload_id: str) -> None:
+        """End one :meth:`keep_open` (the last user closes the partial, keeping it)."""
+        await self._release(upload_id)
+
+    async def put_bytes(
+        self: _Manager,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterator[bytes],
+        caller: Caller,
+        *,
+        keep_on_error: bool = False,
+    ) -> int:
+        """Stream ``body`` into the upload's partial from byte ``offset`` (never whole in
+        memory), make it durable and record it as held.
+
+        Args:
+            upload_id: the upload.
+            offset: where the first byte goes, ``0 <= offset <= total_size``.
+            body: the bytes, in pieces (1 MiB each is a good size).
+            caller: who asks (its owner or an admin).
+            keep_on_error: when ``body`` (or a write) raises, still record the bytes
+                that arrived before (a connection cut mid-body); else, and after an
+                ApiError, nothing is recorded.
+
+        Returns:
+            How many bytes were written and recorded.
+
+        Raises:
+            ApiError: INVALID_FIELD for an offset out of range; FILE_TOO_LARGE when the
+                bytes run past ``total_size``; UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as
+                for :meth:`record`; DISK_FULL when a piece would eat into the disk
+                reserve. Whatever ``body`` raises is raised again.
+        """
+        record = await self.record(upload_id, caller)
+        self.require_open(record)
+        if not 0 <= offset <= record.total_size:
+            raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
+        cut: list[Exception] = []  # what ``body`` raised, when what arrived is kept
+
+        async def bounded() -> AsyncIterator[bytes]:
+            end = offset
+            try:
+                async for data in body:
+                    if end + len(data) > record.total_size:
+                        raise ApiError(
+                            ApiErrorCode.FILE_TOO_LARGE,
+                            f"the bytes run past the upload's length of {record.total_size} bytes",
+                        )
+                    end += len(data)
+                    yield data
+            except ApiError:  # a refusal of ours keeps nothing
+                raise
+            except Exception as exc:
+                if not keep_on_error:
+                    raise
+                cut.append(exc)  # the stream ends here: what arrived is recorded
+
+        partial = await self._acquire(record)
+        try:
+            size = await partial.write_range(offset, bounded(), atomic=True)
+        except (ValueError, BlobNotFoundError) as exc:  # discarded by a cancel meanwhile?
+            self.require_open(await self.record(upload_id))
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
+        finally:
+            await self._release(upload_id)
+        if size or not cut:
+            await self._touch(upload_id)
+        if cut:
+            raise cut[0]
+        return size
+
+    async def _touch(self: _Manager, upload_id: str) -> None:
+        """Mark the upload in progress, changed now (its expiry moves on)."""
+        when = format_timestamp(datetime.now(UTC))
+        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
+        if before is None or before not in _UNFINISHED:
+            # Completed or cancelled while the bytes streamed: they are not wanted.
+            self.require_open(await self.record(upload_id))
+
+    async def complete_result(
+        self: _Manager, upload_id: str, caller: Caller, owner: str, job_id: str
+    ) -> tuple[UploadRecord, Stored]:
+        """Complete the upload as :meth:`complete` does and also store its content as
+        the result ``job_id`` of ``owner`` (the record ``POST /upload`` makes, served by
+        ``GET /download/{job_id}``); one blob for both.
+
+        Raises:
+            ApiError: INVALID_FIELD when bytes are missing; JOB_EXISTS when ``owner``
+                holds a live result of ``job_id`` with other content (the upload is then
+                cancelled: nothing is kept); UPLOAD_NOT_FOUND / UPLOAD_COMPLETED as for
+                :meth:`record`.
+        """
+        record = await self.record(upload_id, caller)
+        self.require_open(record)
+        if await self.held_bytes(record) != record.total_size:
+            raise ApiError(ApiErrorCode.INVALID_FIELD, f"upload {upload_id!r} is not complete")
+        partial = await self._acquire(record)
+        try:
+            stored = await self.store.commit(owner, job_id, partial)
+        except BaseException as exc:
+            gone = partial.closed  # verified and refused: its bytes are gone
+            await self._release(upload_id, discard=gone)
+            if gone:
+                await self.cancel(upload_id, caller)
+            if isinstance(exc, ValueError):
+                raise ApiError(
+                    ApiErrorCode.INVALID_FIELD, f"the bytes could not be verified: {exc}"
+                ) from None
+            raise
+        try:
+            meta = await partial.commit()  # committed: its metadata again
+            mime = meta.mime_type
+            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+                mime = record.content_type
+            async with self.store.lock:
+                done = await self._commit(record, partial, meta, mime)
+        finally:
+            await self._release(upload_id, discard=True)
+        logger.info("upload {} stored as job {!r} of {}", upload_id, job_id, owner)
+        return done, stored
