@@ -101,8 +101,10 @@ class OffsetWrites:
             body: the bytes, in pieces (1 MiB each is a good size).
             caller: who asks (its owner or an admin).
             keep_on_error: when ``body`` (or a write) raises, still record the bytes
-                that arrived before (a connection cut mid-body); else, and after an
-                ApiError, nothing is recorded.
+                that arrived before (a connection cut mid-body); else nothing is
+                recorded (the write is atomic). After an ApiError (a refusal of ours)
+                nothing is recorded either, except, with ``keep_on_error`` on the S3
+                backend, whole parts sent before it (bytes at their right offsets).
 
         Returns:
             How many bytes were written and recorded.
@@ -139,7 +141,8 @@ class OffsetWrites:
 
         partial = await self._acquire(record)
         try:
-            size = await partial.write_range(offset, bounded(), atomic=True)
+            # without keep_on_error (a checksum) a failed body must leave nothing held
+            size = await partial.write_range(offset, bounded(), atomic=not keep_on_error)
         except (ValueError, BlobNotFoundError) as exc:  # discarded by a cancel meanwhile?
             self.require_open(await self.record(upload_id))
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
