@@ -139,3 +139,25 @@ async def test_partial_keys_cannot_leave_their_prefix(s3_bucket: S3Bucket) -> No
         assert s3_bucket.object_keys() == []
     finally:
         await store.close()
+
+
+async def test_a_large_patch_with_a_wrong_checksum_leaves_nothing_held(
+    start_storage_service: StartService,
+) -> None:
+    """The attacker sends a tus PATCH of several parts' worth whose ``Upload-Checksum``
+    does not match, hoping the parts already sent stay held (the offset moves on over
+    bytes nobody vouched for): 460, and the offset is where it was."""
+    from tests.test_tus import Tus, digest
+
+    service: Tus = await start_storage_service(Tus, upload_chunk_size=5 * MiB)
+    url = await service.create(12 * MiB)
+    first = await service.patch(url, 0, b"a" * 1000)
+    assert first.status == 204
+    body = os.urandom(11 * MiB)
+    wrong = digest("sha256", body[:-1] + b"x")
+    refused = await service.patch(url, 1000, body, **{"Upload-Checksum": wrong})
+    assert refused.status == 460
+    assert await service.offset(url) == 1000
+    upload_id = url.rsplit("/", 1)[1]
+    assert await service.held(upload_id) == [[0, 1000]]
+    assert not any("/staging/" in name for name in service.partials(upload_id))
