@@ -49,12 +49,13 @@ from rtc_worker.errors import (
 )
 from rtc_worker.identity import Identity, default_client_key_file
 from rtc_worker.rtc import (
+    NO_CHANNEL,
     ChannelClosed,
     FrameChannel,
     IcePolicy,
     describe_path,
+    gather_offer,
     ice_servers_expire_soon,
-    require_relay_candidate,
     rtc_configuration,
 )
 from rtc_worker.signaling_client import SignalingClient
@@ -203,7 +204,9 @@ class RTCClient:
     async def _signaling_client(self) -> SignalingClient:
         async with self._signaling_lock:
             if self._signaling is not None and ice_servers_expire_soon(
-                self._signaling.ice_servers, time.time()
+                self._signaling.ice_servers,
+                time.time(),
+                received_s=self._signaling.ice_servers_received_s,
             ):  # registered longer than the TURN credential lives: register again
                 await self._signaling.close()
                 self._signaling = None
@@ -261,7 +264,8 @@ class RTCClient:
         Raises:
             SignalingError: PEER_NOT_FOUND when no such worker is registered.
             IceSetupError: relay-only and no TURN server (NO_TURN_SERVER) or no relay
-                candidate (NO_RELAY_CANDIDATE: the TURN server refused the credential).
+                candidate (NO_RELAY_CANDIDATE: the TURN server refused the credential or
+                did not answer within ``connect_timeout``).
             TimeoutError: no answer or no open channel within ``connect_timeout``.
             HandshakeError: WorkerKeyChanged (another key than the pinned one),
                 NotAuthorized, AuthFailed, AuthRequired...
@@ -345,20 +349,20 @@ class RTCClient:
             frames = FrameChannel(channel, trace=self.trace)
             opened = asyncio.Event()
             channel.on("open", opened.set)
-            async with asyncio.timeout(self.connect_timeout):  # gathering, TURN included
-                await pc.setLocalDescription(await pc.createOffer())
-            if policy == "relay":
-                require_relay_candidate(pc.localDescription.sdp)
-            await signaling.send(Offer(to=worker_id, sdp=pc.localDescription.sdp))
-            async with asyncio.timeout(self.connect_timeout):
-                while True:
-                    frame = await signaling.recv()
-                    if isinstance(frame, ErrorFrame):
-                        raise frame.to_exception()
-                    if isinstance(frame, RelayedAnswer) and frame.from_ == worker_id:
-                        break
-                await pc.setRemoteDescription(RTCSessionDescription(frame.sdp, "answer"))
-                await opened.wait()
+            sdp = await gather_offer(pc, policy, self.connect_timeout)
+            await signaling.send(Offer(to=worker_id, sdp=sdp))
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    while True:
+                        frame = await signaling.recv()
+                        if isinstance(frame, ErrorFrame):
+                            raise frame.to_exception()
+                        if isinstance(frame, RelayedAnswer) and frame.from_ == worker_id:
+                            break
+                    await pc.setRemoteDescription(RTCSessionDescription(frame.sdp, "answer"))
+                    await opened.wait()
+            except TimeoutError:
+                raise TimeoutError(NO_CHANNEL.format(worker_id, self.connect_timeout)) from None
         except BaseException:
             await pc.close()
             raise

@@ -5,7 +5,7 @@ subcommand, generated into the command line like the worker's (:mod:`rtc_worker.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
@@ -28,6 +28,7 @@ from rtc_worker.settings_fields import (
     TOKEN_FILE_ENV,
     TOKEN_FILE_HELP,
     TOKEN_HELP,
+    IcePolicy,
     plain,
     split_list,
 )
@@ -65,7 +66,7 @@ class ClientSettings(EnvSettings):
         description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
         "host candidates only (loopback, LAN).",
     )
-    ice_transport_policy: Literal["all", "relay"] = Field("all", description=ICE_POLICY_HELP)
+    ice_transport_policy: IcePolicy = Field("all", description=ICE_POLICY_HELP)
     reply_timeout_s: float = Field(
         60.0, gt=0, description="Longest wait for each reply of a worker, seconds."
     )

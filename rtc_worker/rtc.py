@@ -20,7 +20,7 @@ import asyncio
 import enum
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
 from aiortc import RTCConfiguration, RTCIceServer
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
@@ -29,6 +29,7 @@ from loguru import logger
 from protocol import ErrorCode, ProtocolErrorFrame, encode
 from protocol.signaling import IceServer
 from rtc_worker.errors import ClientError
+from rtc_worker.settings_fields import IcePolicy
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HIGH_WATER_BYTES",
     "LOW_WATER_BYTES",
+    "NO_CHANNEL",
     "NO_RELAY_CANDIDATE",
     "NO_TURN_SERVER",
     "ChannelClosed",
@@ -44,6 +46,7 @@ __all__ = [
     "IceSetupError",
     "candidate_types",
     "describe_path",
+    "gather_offer",
     "ice_servers_expire_soon",
     "require_relay_candidate",
     "rtc_configuration",
@@ -56,15 +59,23 @@ HIGH_WATER_BYTES = 1024 * 1024
 LOW_WATER_BYTES = 256 * 1024
 
 
-IcePolicy = Literal["all", "relay"]
-"""The W3C ``iceTransportPolicy``: ``"all"`` candidates, or ``"relay"`` candidates only."""
-
 NO_TURN_SERVER = "NO_TURN_SERVER"
 """Code of :class:`IceSetupError`: relay-only, and no TURN server is known at all."""
 
 NO_RELAY_CANDIDATE = "NO_RELAY_CANDIDATE"
 """Code of :class:`IceSetupError`: relay-only, and the TURN server gave no relay candidate
 (it refused the credential, wrong secret or expired, or it cannot be reached)."""
+
+NO_CHANNEL = (
+    "worker {} did not answer, or no ICE path opened, within {:g} s (a relay-only worker "
+    "without a TURN server refuses every offer: NO_TURN_SERVER in its log)"
+)
+"""The message of the client's TimeoutError when the offer gets no answer or the data
+channel does not open (``str.format`` with the worker's id and the timeout, seconds)."""
+
+_DECIMAL = re.compile(r"[0-9]{1,12}")
+"""An expiry in a TURN REST username: ASCII digits only (``str.isdigit`` also accepts
+``"²"``, which ``int`` refuses)."""
 
 _CANDIDATE_TYPE = re.compile(r"^a=candidate:.* typ (\w+)", re.MULTILINE)
 
@@ -130,14 +141,28 @@ def _url_list(urls: str | list[str]) -> list[str]:
 
 
 def ice_servers_expire_soon(
-    ice_servers: Sequence[IceServer], now_s: float, margin_s: float = 60.0
+    ice_servers: Sequence[IceServer],
+    now_s: float,
+    margin_s: float = 60.0,
+    received_s: float | None = None,
 ) -> bool:
-    """True when a TURN REST credential among ``ice_servers`` expires within ``margin_s``
-    seconds of ``now_s`` (Unix seconds): its username is ``"{expiry}:{peer_id}"``.
-    A username of another form never counts as expiring."""
+    """True when a TURN REST credential among ``ice_servers`` expires within the margin
+    of ``now_s`` (Unix seconds): its username is ``"{expiry}:{peer_id}"``, ``expiry`` in
+    ASCII digits. A username of another form never counts as expiring.
+
+    The margin is ``margin_s`` seconds, but at most half the credential's lifetime when
+    ``received_s`` (when the credentials arrived, Unix seconds) is given: with a short TTL
+    a peer does not register again before every connection.
+    """
     for server in ice_servers:
-        expiry, sep, _ = server.username.partition(":")
-        if sep and expiry.isdigit() and int(expiry) <= now_s + margin_s:
+        expiry_text, sep, _ = server.username.partition(":")
+        if not sep or _DECIMAL.fullmatch(expiry_text) is None:
+            continue
+        expiry = int(expiry_text)
+        margin = margin_s
+        if received_s is not None:
+            margin = min(margin_s, max(expiry - received_s, 0) / 2)
+        if expiry <= now_s + margin:
             return True
     return False
 
@@ -163,6 +188,31 @@ def require_relay_candidate(sdp: str) -> None:
             "no relay candidate was gathered: the TURN server refused the credential "
             "(wrong shared secret, or expired) or cannot be reached",
         )
+
+
+async def gather_offer(pc: RTCPeerConnection, policy: IcePolicy, timeout_s: float) -> str:
+    """Create ``pc``'s offer and gather its candidates (TURN allocation included) within
+    ``timeout_s`` seconds; returns the offer's SDP with every candidate.
+
+    Raises:
+        IceSetupError: ``NO_RELAY_CANDIDATE`` when ``policy`` is ``"relay"`` and the TURN
+            server gave no relay candidate (:func:`require_relay_candidate`) or did not
+            answer within ``timeout_s`` (an unreachable server that drops packets).
+        TimeoutError: gathering took longer than ``timeout_s`` under ``"all"``.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await pc.setLocalDescription(await pc.createOffer())
+    except TimeoutError:
+        if policy != "relay":
+            raise
+        raise IceSetupError(
+            NO_RELAY_CANDIDATE, f"the TURN server did not answer within {timeout_s:g} s"
+        ) from None
+    sdp = str(pc.localDescription.sdp)
+    if policy == "relay":
+        require_relay_candidate(sdp)
+    return sdp
 
 
 def selected_candidate_types(pc: RTCPeerConnection) -> tuple[str, str] | None:

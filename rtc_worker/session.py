@@ -91,6 +91,7 @@ class WorkerSession:
             registry=resources.partials,
             wake=self.driver.drain,
             holdings=resources.holdings,
+            counted=resources.metrics.channel_bytes,
         )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
@@ -306,6 +307,7 @@ class WorkerSession:
                 self._input.close()
                 self._input = None
         resources.slot.release((self.conn.principal, job_id))
+        resources.metrics.job_ended(None if ended.complete else ended.reason)
         await self.driver.report(ended)
 
     def _job_spec(self, action: ev.StartJob) -> JobSpec:

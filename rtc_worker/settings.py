@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
@@ -43,6 +43,7 @@ from rtc_worker.settings_fields import (
     TOKEN_FILE_ENV,
     TOKEN_FILE_HELP,
     TOKEN_HELP,
+    IcePolicy,
     plain,
     split_list,
 )
@@ -111,7 +112,7 @@ class WorkerSettings(EnvSettings):
         description="STUN/TURN server URLs (repeat the flag, or comma-separate); none means "
         "host candidates only (loopback, LAN).",
     )
-    ice_transport_policy: Literal["all", "relay"] = Field("all", description=ICE_POLICY_HELP)
+    ice_transport_policy: IcePolicy = Field("all", description=ICE_POLICY_HELP)
     data_dir: Path = Field(
         Path("~/.local/share/rtc-worker"),
         validate_default=True,
@@ -298,6 +299,20 @@ class WorkerSettings(EnvSettings):
         pattern=r"^0?[0-7]{3}$",
         description="Umask of the files and folders the worker and its jobs create on "
         "storage, octal; 027: readable by the group at most, never by other users.",
+    )
+    # Prometheus metrics on an optional port (off by default; no authentication).
+    metrics_port: Annotated[int | None, Env("RTC_METRICS_PORT")] = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve GET /metrics (Prometheus) on this TCP port; 0: any free port "
+        "(logged); unset: off.",
+    )
+    metrics_host: Annotated[str, Env("RTC_METRICS_HOST")] = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the metrics port binds; 127.0.0.1: this machine only (the port "
+        "has no authentication: expose it only to the scraper's network).",
     )
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
 

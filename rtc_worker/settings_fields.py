@@ -6,7 +6,7 @@ comma-separated settings, and the one accessor that turns a secret into text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import SecretStr
 
@@ -25,9 +25,13 @@ __all__ = [
     "TOKEN_FILE_ENV",
     "TOKEN_FILE_HELP",
     "TOKEN_HELP",
+    "IcePolicy",
     "plain",
     "split_list",
 ]
+
+IcePolicy = Literal["all", "relay"]
+"""The W3C ``iceTransportPolicy``: ``"all"`` candidates, or ``"relay"`` candidates only."""
 
 SIGNALING_URL = "ws://127.0.0.1:8765/ws"
 TOKEN_ENV = Env("RTC_SIGNALING_TOKEN")

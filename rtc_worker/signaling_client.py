@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any, TypeVar
 
 import aiohttp
@@ -67,6 +68,7 @@ class SignalingClient:
             registration, or anonymous).
         ice_servers: the TURN servers (with credentials bound to our peer id) of the
             ``registered`` frame; empty when the server hands out none.
+        ice_servers_received_s: when they arrived (Unix seconds), None before.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class SignalingClient:
         self.identity = identity
         self.fingerprint: str | None = None
         self.ice_servers: tuple[IceServer, ...] = ()
+        self.ice_servers_received_s: float | None = None
         self._challenge: asyncio.Future[Challenge] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -127,6 +130,7 @@ class SignalingClient:
                 )
             self.fingerprint = reply.fingerprint
             self.ice_servers = reply.ice_servers
+            self.ice_servers_received_s = time.time()
             logger.info(
                 "registered with signaling as {} ({}, {}, {} TURN server(s))",
                 reply.peer_id,
@@ -162,7 +166,7 @@ class SignalingClient:
                 try:
                     frame = parse_server_frame(msg.data)
                 except SignalingError as exc:
-                    logger.warning("ignoring invalid frame from signaling: {}", exc)
+                    logger.warning("ignoring invalid frame from signaling: {}", _where(exc))
                     continue
                 if isinstance(frame, Challenge):
                     if self._challenge is not None and not self._challenge.done():
@@ -243,3 +247,13 @@ class SignalingClient:
 
 def _is_reply(frame: ServerFrame) -> bool:
     return isinstance(frame, Registered | Peers | ErrorFrame)
+
+
+def _where(error: SignalingError) -> str:
+    """What a log may say about a frame the server sent that we refused: its code, its
+    type and the invalid field's location, never the reason text, which can quote the
+    frame's values (a credential of a malformed ``ice_servers``)."""
+    location = error.message.partition(":")[0] if error.message.startswith("field '") else ""
+    return " ".join(
+        part for part in (str(error.code), error.ref_type or "", location[:120]) if part
+    )

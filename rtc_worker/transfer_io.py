@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from loguru import logger
 
@@ -179,6 +179,8 @@ class TransferIO:
         wake: called after a background step queued outputs (the adapter then drains
             the connection).
         high_water / low_water: flow-control marks on ``bufferedAmount``, bytes.
+        counted: told the file bytes taken in (``"received"``) and put on the channel
+            (``"sent"``): :meth:`rtc_worker.metrics.WorkerMetrics.channel_bytes`; default: none.
 
     Attributes:
         bytes_sent: bytes of chunks put on the channel, over this object's life.
@@ -195,6 +197,7 @@ class TransferIO:
         holdings: Holdings | None = None,
         high_water: int = HIGH_WATER_BYTES,
         low_water: int = LOW_WATER_BYTES,
+        counted: Callable[[Literal["received", "sent"], int], None] = lambda _way, _n: None,
     ) -> None:
         self.conn = conn
         self.channel = channel
@@ -208,6 +211,7 @@ class TransferIO:
         self.high_water = high_water
         self.low_water = low_water
         self.bytes_sent = 0
+        self.counted = counted
         self._partial: PartialFile | None = None
         self._serial = 0
         self._writing: asyncio.Future[None] | None = None
@@ -224,6 +228,12 @@ class TransferIO:
         arrived for :data:`STALE_AFTER_S` seconds."""
         idle = time.monotonic() - self._last_chunk_at
         return self.channel.closed.is_set() or idle > STALE_AFTER_S
+
+    @property
+    def in_progress(self) -> int:
+        """Files being received or sent on this channel now (0, 1 or 2)."""
+        sending = self._stream is not None and not self._stream.done()
+        return (self._partial is not None) + sending
 
     @property
     def remaining(self) -> int:
@@ -335,6 +345,7 @@ class TransferIO:
         if partial is None or action.transfer != self._serial:
             return  # the transfer already ended (the connection drops what follows)
         self._last_chunk_at = time.monotonic()
+        self.counted("received", len(action.data))
         if partial.append(action.data):
             await self._settle()
             if self._partial is partial:
@@ -484,5 +495,6 @@ class TransferIO:
                     if frame is None or not self.channel.send_frame(frame):
                         return
                     self.bytes_sent += len(frame)
+                    self.counted("sent", len(frame))
         finally:
             await asyncio.to_thread(handle.close)

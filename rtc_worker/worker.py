@@ -219,16 +219,24 @@ class RTCWorkerClient:
             SignalingError: the server refused the registration for good
                 (UNAUTHORIZED, an invalid peer id, or the id bound to another key):
                 retrying cannot help.
+            OSError: the metrics port (``metrics_port``) cannot be bound.
         """
         previous_umask = os.umask(self.settings.umask)
         self._spawn(self._cleanup_loop())
         try:
+            settings = self.settings  # the metrics port (off unless metrics_port is set)
+            self._spawn(
+                await self.resources.metrics.serve(
+                    self._gauges, settings.metrics_host, settings.metrics_port
+                )
+            )
             while not self._stopping.is_set():
                 signaling = await self._register()
                 if signaling is None:
                     break
                 self._signaling = signaling
                 self.registered.set()
+                self._check_turn(signaling)
                 await self._serve(signaling)
                 self.registered.clear()
                 await signaling.close()
@@ -237,6 +245,25 @@ class RTCWorkerClient:
         finally:
             await self._shutdown()
             os.umask(previous_umask)
+
+    def _check_turn(self, signaling: SignalingClient) -> None:
+        """Log an ERROR with ``NO_TURN_SERVER`` once per registration when this worker is
+        relay-only but neither signaling (``ice_servers`` of ``registered``) nor its own
+        ``--ice-server`` names a TURN server: every offer will then be refused."""
+        try:
+            rtc_configuration(
+                self.settings.ice_servers, signaling.ice_servers, self.settings.ice_transport_policy
+            )
+        except IceSetupError as exc:
+            logger.error(
+                "{}; every offer is refused until the signaling server hands out TURN "
+                "servers or the worker runs with --ice-transport-policy all",
+                exc,
+            )
+
+    def _gauges(self) -> tuple[int, int]:
+        """(peer connections held, files being received or sent) for a scrape."""
+        return self.peer_connections, sum(s.io.in_progress for s in self.resources.sessions)
 
     async def _register(self) -> SignalingClient | None:
         """Connect and register, retrying with backoff; None once stopping."""

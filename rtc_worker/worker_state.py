@@ -23,6 +23,7 @@ from rtc_worker.holdings import (
     Holdings,
 )
 from rtc_worker.jobs import JobRunner
+from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.paths import user_parts
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.storage import BlobStore, SafeRoot, StorageError, layout
@@ -112,6 +113,7 @@ class WorkerResources:
         results_client: the storage service client, or None.
         holdings: what each principal holds in ``store`` and its bounds (default: the
             default quotas and reserve).
+        metrics: the worker's Prometheus counters (:mod:`rtc_worker.metrics`).
     """
 
     shared: SafeRoot | None
@@ -128,6 +130,7 @@ class WorkerResources:
     sessions: set[WorkerSession] = field(default_factory=set)
     #: (owner, job_id) -> the output folder as sent, for RESULTS_REQUEST.
     jobs: dict[JobKey, str] = field(default_factory=dict)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     slot: JobSlot = field(init=False)
 
     def __post_init__(self) -> None:

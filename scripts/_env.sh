@@ -16,34 +16,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV_PY" -m pip install --quiet -e ".[$1]" >&2
   touch "$stamp"
 fi
-# ensure_debian_packages PKG...: install those of the Debian packages PKG that are
-# missing, with one apt-get update per run, when running as root with apt-get. Otherwise
-# name the missing ones and go on: the tests that need one skip with the reason.
-_APT_UPDATED=""
-ensure_debian_packages() {
-  local missing=() pkg
-  for pkg in "$@"; do
-    if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
-      missing+=("$pkg")
-    fi
-  done
-  if [ "${#missing[@]}" -eq 0 ]; then
-    return 0
-  fi
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "missing Debian packages: ${missing[*]} (not root, or no apt-get: the tests" \
-      "that need them are skipped)" >&2
-    return 0
-  fi
-  echo "installing Debian packages: ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  if { [ -n "$_APT_UPDATED" ] || apt-get update -qq >&2; } \
-    && _APT_UPDATED=1 \
-    && apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; then
-    return 0
-  fi
-  echo "could not install: ${missing[*]} (the tests that need them are skipped)" >&2
-}
+# ensure_debian_packages PKG... (scripts/_debian.sh)
+# shellcheck source=scripts/_debian.sh
+source "$ROOT/scripts/_debian.sh"
 # python-magic needs libmagic (Debian package libmagic1).
 if ! "$VENV_PY" -c "import magic" 2>/dev/null; then
   ensure_debian_packages libmagic1

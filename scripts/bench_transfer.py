@@ -14,7 +14,11 @@ receiver and a sender), the same chunk size and the same flow control:
   (e) the transfer of (b) through a TURN relay: a coturn on 127.0.0.1 started by the
       bench (Debian's ``turnserver``; without it the figure is missing and the bench
       says why), a second signaling server handing out its time-limited credentials,
-      worker and client both relay-only (``--ice-transport-policy relay``).
+      worker and client both relay-only (``--ice-transport-policy relay``). The bench
+      starts coturn with the tests' launcher, ``tests/turn_helpers.py`` (the project's one
+      coturn launcher; it needs the ``test`` extra, i.e. pytest, to import): a benchmark
+      run from a checkout may use the test helpers, an installed package does not ship
+      them, and without them the relay figure is missing with the reason.
 
 Usage::
 

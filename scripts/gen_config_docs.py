@@ -44,29 +44,13 @@ from rtc_worker.settings import (  # noqa: E402
 )
 from scripts.doc_sections import main as run  # noqa: E402
 from signaling.config import SignalingCli  # noqa: E402
+from signaling.config_storage import StorageSettings  # noqa: E402
 
 DEFAULT_PATH = REPO / "README.md"
 
-#: The settings of the result store, documented in the README's storage section.
-STORAGE_FIELDS = frozenset(
-    {
-        "storage_path",
-        "storage_api_key",
-        "api_key_file",
-        "database_path",
-        "auto_delete",
-        "storage_max_file_size",
-        "upload_chunk_size",
-        "upload_ttl_s",
-        "cleanup_interval_s",
-        "download_token_ttl_s",
-        "upload_quota_bytes",
-        "upload_quota_count",
-        "disk_reserve_bytes",
-        "database_reserve_bytes",
-        "cleanup_once",
-    }
-)
+#: The settings of the result store (the fields of its own model, and its one-shot
+#: cleanup), documented in the README's storage section.
+STORAGE_FIELDS = frozenset(StorageSettings.model_fields) | {"cleanup_once"}
 
 _HEADER = "| flag | environment | default | meaning |\n|---|---|---|---|"
 _BINARY_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))

@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from rtc_worker.storage import format_timestamp
+from signaling import metrics
 from signaling.db_engine import STORAGE_ERRORS, is_disk_full
 
 __all__ = [
@@ -114,6 +115,7 @@ def now_timestamp() -> str:
 
 def error_response(code: ApiErrorCode, message: str) -> web.Response:
     """``{"error": {"code", "message", "timestamp"}}`` with the status of ``code``."""
+    metrics.api_error(code.value)
     response = web.json_response(
         {"error": {"code": code.value, "message": message, "timestamp": now_timestamp()}},
         status=_STATUS[code],

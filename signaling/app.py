@@ -1,5 +1,5 @@
 """The aiohttp signaling application: ``GET /health``, the ``/ws`` WebSocket and the
-browser page at ``/``.
+browser page at ``/``; ``GET /ready`` and ``GET /metrics`` (see :mod:`signaling.ops`).
 
 With a storage path in the settings, the same app also serves the fallback result
 store (``/upload``, ``/download``, ``/delete``, ``/list``; see
@@ -41,6 +41,8 @@ from protocol.signaling_proof import new_challenge
 from signaling.bindings import BindingStore, SqliteBindings
 from signaling.bounds import ConnectionCaps, LogLimiter, usable_descriptors
 from signaling.config import SignalingSettings
+from signaling.ops import add_readiness_check, setup_ops
+from signaling.origin import origin_refusal
 from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import MemoryRegistry, PeerRegistry, SignalingRegistry
@@ -126,6 +128,7 @@ def create_app(
     app.router.add_get("/health", _health)
     app.router.add_get("/ws", _websocket)
     setup_page(app)
+    setup_ops(app, settings, app[REGISTRY_KEY])  # GET /ready, GET /metrics
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -171,6 +174,7 @@ def _setup_registry(
         )
         app[BINDINGS_KEY] = store
         registry = redis_registry
+        add_readiness_check(app, "redis", redis_registry.redis.ping)  # GET /ready: PING
         logger.info("signaling on Redis {} (process {})", shown_url(url), redis_registry.process)
 
     async def start(_: web.Application) -> None:
@@ -256,11 +260,23 @@ async def _close_sockets(app: web.Application) -> None:
 async def _websocket(request: web.Request) -> web.StreamResponse:
     """``GET /ws``: one peer's signaling session (see :mod:`protocol.signaling`).
 
-    Refused before the upgrade when a connection cap is reached (HTTP 429 or 503).
+    Refused before the upgrade when its ``Origin`` is foreign (HTTP 403,
+    :mod:`signaling.origin`) or a connection cap is reached (HTTP 429 or 503).
     """
     app = request.app
     settings, caps = app[SETTINGS_KEY], app[CAPS_KEY]
     remote = request.remote or "?"
+    foreign = origin_refusal(request, settings.allowed_origins)
+    if foreign is not None:
+        held = app[_WARNINGS_KEY].allow("origin")
+        if held is not None:
+            logger.warning(
+                "refused a WebSocket from {} with Origin {!r} (ORIGIN_NOT_ALLOWED){}",
+                remote,
+                request.headers.get("Origin", "")[:100],
+                f"; {held} more refusals held back" if held else "",
+            )
+        return foreign
     refused = caps.acquire(remote)
     if refused is not None:
         held = app[_WARNINGS_KEY].allow("cap")

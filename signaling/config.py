@@ -11,23 +11,37 @@ description with its unit; the README's tables are generated from them
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, ICE_URL_SCHEMES
+from protocol.signaling import DEFAULT_MAX_FRAME_BYTES, IceUrl
 from rtc_worker.settings_sources import (
     FLAG_ONLY,
     Env,
-    EnvSettings,
     empty_is_none,
     expand_home,
     load_secret_files,
 )
+from signaling.config_storage import (
+    DATABASE_URL_SCHEMES,
+    DEFAULT_CLEANUP_INTERVAL_S,
+    DEFAULT_DATABASE_RESERVE_BYTES,
+    DEFAULT_DISK_RESERVE_BYTES,
+    DEFAULT_DOWNLOAD_TOKEN_TTL_S,
+    DEFAULT_STORAGE_MAX_FILE_SIZE,
+    DEFAULT_UPLOAD_CHUNK_SIZE,
+    DEFAULT_UPLOAD_QUOTA_BYTES,
+    DEFAULT_UPLOAD_QUOTA_COUNT,
+    DEFAULT_UPLOAD_TTL_S,
+    StorageSettings,
+)
+from signaling.origin import normalize_origin
 from signaling.turn import TurnCredentials
 
 __all__ = [
+    "DATABASE_URL_SCHEMES",
     "DEFAULT_CLEANUP_INTERVAL_S",
     "DEFAULT_CLIENT_BINDING_TTL_S",
     "DEFAULT_DATABASE_RESERVE_BYTES",
@@ -50,22 +64,13 @@ __all__ = [
     "REDIS_URL_SCHEMES",
     "SignalingCli",
     "SignalingSettings",
+    "StorageSettings",
 ]
 
-DEFAULT_STORAGE_MAX_FILE_SIZE = 10 * 1024**3
-"""Default largest upload accepted by the result store, in bytes (10 GiB)."""
-
-DEFAULT_TURN_TTL_S = 86400.0
-"""Default lifetime of a TURN credential handed out by signaling, in seconds (24 h)."""
-
-DEFAULT_UPLOAD_CHUNK_SIZE = 8 * 1024**2
-"""Default chunk size of resumable uploads, in bytes (8 MiB)."""
-
-DEFAULT_UPLOAD_TTL_S = 24 * 3600.0
-"""Default age after which an unfinished upload is removed, in seconds (24 h)."""
-
-DEFAULT_CLEANUP_INTERVAL_S = 3600.0
-"""Default interval between two cleanup passes, in seconds (1 h)."""
+DEFAULT_TURN_TTL_S = 3600.0
+"""Default lifetime of a TURN credential handed out by signaling, in seconds (1 h): peers
+get fresh credentials with each relayed offer, and clients register again before theirs
+expire, so a short lifetime costs nothing and shortens what a leaked one is worth."""
 
 DEFAULT_REGISTER_TIMEOUT_S = 10.0
 """Default time a socket has to register after it opened, in seconds."""
@@ -79,30 +84,12 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 128
 DEFAULT_MAX_BINDINGS_PER_KEY = 1000
 """Default cap on peer ids bound to one key."""
 
-DATABASE_URL_SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "postgresql+asyncpg://")
-"""How a ``database_url`` may start (SQLite file, PostgreSQL server)."""
-
 DEFAULT_CLIENT_BINDING_TTL_S = 90 * 86400.0
 """Default age after its last registration when a client's binding is released, in
 seconds (90 days)."""
 
 DEFAULT_REDIS_PRESENCE_TTL_S = 5.0
 """Default lifetime of a signaling process's presence in Redis, in seconds."""
-
-DEFAULT_DOWNLOAD_TOKEN_TTL_S = 7 * 24 * 3600.0
-"""Default lifetime of a download token, in seconds (7 days)."""
-
-DEFAULT_DISK_RESERVE_BYTES = 1024**3
-"""Default free space uploads must leave on the storage disk, in bytes (1 GiB)."""
-
-DEFAULT_DATABASE_RESERVE_BYTES = 8 * 1024**2
-"""Default size of the database's reserve file, in bytes (8 MiB)."""
-
-DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
-"""Default announced bytes of open resumable uploads per principal, in bytes (20 GiB)."""
-
-DEFAULT_UPLOAD_QUOTA_COUNT = 16
-"""Default number of open resumable uploads per principal."""
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 """Accepted schemes of ``redis_url``."""
@@ -117,7 +104,7 @@ MIN_HARD_FRAME_BYTES = 1024 * 1024
 """Lower bound of the hard per-message limit handed to aiohttp, in bytes (1 MiB)."""
 
 
-class SignalingSettings(EnvSettings):
+class SignalingSettings(StorageSettings):
     """Configuration of the signaling server and of its result store.
 
     The store is on when ``storage_path`` is set, and then it needs an API key: a
@@ -146,7 +133,7 @@ class SignalingSettings(EnvSettings):
     token_file: Path | None = Field(
         None, description="File holding the token (read once at start; chmod 600 it)."
     )
-    turn_urls: Annotated[list[str], NoDecode, Env("RTC_TURN_URLS")] = Field(
+    turn_urls: Annotated[list[IceUrl], NoDecode, Env("RTC_TURN_URLS")] = Field(
         [],
         description="TURN (and STUN) URLs handed to every peer in its registered frame and "
         "in each offer it receives, with time-limited credentials (repeat the flag, or "
@@ -167,8 +154,23 @@ class SignalingSettings(EnvSettings):
         ge=1,
         le=30 * 86400,
         description="Lifetime of each TURN credential, seconds; a credential past it gets "
-        "no new allocation (a running one is not cut).",
+        "no new allocation (coturn still refreshes a running one).",
     )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Web origins (scheme://host[:port]) besides the server's own whose "
+        "pages may open /ws (repeat the flag, or comma-separate); a browser's upgrade from "
+        "any other origin is refused with HTTP 403 ORIGIN_NOT_ALLOWED. Peers that send no "
+        "Origin (rtc-worker, rtc-client) are not affected.",
+    )
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o for o in value.replace(",", " ").split() if o]
+        return [normalize_origin(o) for o in value] if isinstance(value, list) else value
+
     max_frame_bytes: int = Field(
         DEFAULT_MAX_FRAME_BYTES,
         ge=256,
@@ -255,125 +257,26 @@ class SignalingSettings(EnvSettings):
     log_level: Annotated[str, Env("RTC_LOG_LEVEL")] = Field(
         "INFO", description=f"Log level: {', '.join(LOG_LEVELS)}."
     )
-    storage_path: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_PATH", "STORAGE_PATH")] = Field(
-        None,
-        description="Folder of the result store; setting it enables the storage routes. "
-        "Unset: no result store.",
-    )
-    storage_api_key: Annotated[
-        SecretStr | None, Env("RTC_SIGNALING_STORAGE_API_KEY", "STORAGE_API_KEY")
-    ] = Field(
-        None,
-        description="The operator's admin key of the storage routes (X-API-Key or "
-        "Authorization: Bearer, compared in constant time): every route, every owner; "
-        "mandatory with a storage path. Worker and client keys: rtc-signaling keys add. "
-        "Prefer the environment or --api-key-file: a flag shows in the process list.",
-    )
-    api_key_file: Annotated[Path | None, Env("RTC_SIGNALING_STORAGE_API_KEY_FILE")] = Field(
-        None, description="File holding the admin key (read once at start; chmod 600 it)."
-    )
-    database_path: Annotated[Path | None, Env("RTC_SIGNALING_DATABASE_PATH", "DATABASE_PATH")] = (
-        Field(
-            None,
-            description="SQLite file of the store, migrated on start; unset: storage.db in the "
-            "storage path.",
-        )
-    )
-    # The storage service's records: a SQLite file by default, PostgreSQL to share them
-    # between several instances (one schema, migrated on start by Alembic).
-    database_url: Annotated[SecretStr | None, Env("RTC_DATABASE_URL")] = Field(
-        None,
-        description="Database of the storage service's records, migrated on start: "
-        "sqlite:///FILE (unset: the database path) or postgresql://USER:PASSWORD@HOST:PORT/NAME "
-        "for several instances sharing the records (and one blob store). Prefer the "
-        "environment: the URL may hold a password.",
-    )
-    auto_delete: Annotated[bool, Env("RTC_SIGNALING_AUTO_DELETE", "AUTO_DELETE")] = Field(
-        True,
-        description="Delete a result after its owner's first complete download (its "
-        "download token or its own key; not an admin's), unless the download asks "
-        "?keep=true.",
-    )
-    storage_max_file_size: Annotated[
-        int, Env("RTC_SIGNALING_STORAGE_MAX_FILE_SIZE", "STORAGE_MAX_FILE_SIZE")
-    ] = Field(DEFAULT_STORAGE_MAX_FILE_SIZE, ge=1, description="Largest upload, bytes (413 above).")
-    upload_chunk_size: Annotated[
-        int, Env("RTC_SIGNALING_UPLOAD_CHUNK_SIZE", "UPLOAD_CHUNK_SIZE")
-    ] = Field(
-        DEFAULT_UPLOAD_CHUNK_SIZE,
-        ge=1,
-        le=1024**3,
-        description="Chunk size of resumable uploads, bytes; the last chunk may be shorter.",
-    )
-    upload_ttl_s: Annotated[float, Env("RTC_SIGNALING_UPLOAD_TTL_S", "UPLOAD_TTL_S")] = Field(
-        DEFAULT_UPLOAD_TTL_S,
-        ge=0,
-        description="Age after its last change when an unfinished upload expires (it no "
-        "longer counts against the quota) and, like a cancelled upload or a deleted record, "
-        "is removed by the cleanup, seconds.",
-    )
-    cleanup_interval_s: Annotated[
-        float, Env("RTC_SIGNALING_CLEANUP_INTERVAL_S", "CLEANUP_INTERVAL_S")
-    ] = Field(
-        DEFAULT_CLEANUP_INTERVAL_S,
+    # Operations: the readiness probe (GET /ready) and the Prometheus scrape (GET /metrics).
+    ready_timeout_s: Annotated[float, Env("RTC_READY_TIMEOUT_S")] = Field(
+        2.0,
         gt=0,
-        description="Interval between two cleanup passes of a running server, seconds.",
+        le=60,
+        description="How long each readiness check (database, blob store, Redis) and the "
+        "storage figures of a scrape may take, seconds; a check slower than this fails.",
     )
-    download_token_ttl_s: float = Field(
-        DEFAULT_DOWNLOAD_TOKEN_TTL_S,
-        gt=0,
-        description="Lifetime of the download token an upload answers with, seconds.",
-    )
-    upload_quota_bytes: int = Field(
-        DEFAULT_UPLOAD_QUOTA_BYTES,
-        ge=0,
-        description="Most announced bytes of open (unfinished, unexpired) resumable uploads "
-        "per principal; an init beyond it gets 413 QUOTA_EXCEEDED.",
-    )
-    upload_quota_count: int = Field(
-        DEFAULT_UPLOAD_QUOTA_COUNT,
-        ge=0,
-        description="Most open resumable uploads per principal; an init beyond it gets 413 "
-        "QUOTA_EXCEEDED.",
-    )
-    disk_reserve_bytes: int = Field(
-        DEFAULT_DISK_RESERVE_BYTES,
-        ge=0,
-        description="Free space uploads must leave on the storage disk, bytes: an upload or "
-        "chunk that would eat into it gets 507 DISK_FULL; 0 turns the check off.",
-    )
-    database_reserve_bytes: int = Field(
-        DEFAULT_DATABASE_RESERVE_BYTES,
-        ge=0,
-        description="Size of the reserve file kept beside the database, bytes: removed when "
-        "the disk is full so that deletes can still be recorded, recreated when there is "
-        "room; 0: none.",
-    )
-    # Blobs on an S3-compatible store (credentials: the standard AWS_* variables)
-    storage_backend: Annotated[Literal["folder", "s3"], Env("RTC_STORAGE_BACKEND")] = Field(
-        "folder",
-        description="Where the result store keeps its blobs: folder (in the storage path) or "
-        "s3 (s3_bucket; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-        "AWS_DEFAULT_REGION).",
-    )
-    s3_endpoint_url: Annotated[str | None, Env("RTC_S3_ENDPOINT_URL")] = Field(
+    metrics_token: Annotated[SecretStr | None, Env("RTC_METRICS_TOKEN")] = Field(
         None,
-        pattern=r"^https?://",
-        description="Endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. "
-        "https://minio.example.org:9000; unset: AWS S3.",
+        description="Bearer token GET /metrics requires (Authorization: Bearer TOKEN); "
+        "unset: /metrics answers anyone who reaches the port (bind to a private address). "
+        "Prefer the environment or --metrics-token-file: a flag shows in the process list.",
     )
-    s3_bucket: Annotated[str | None, Env("RTC_S3_BUCKET")] = Field(
-        None, description="Bucket of the blobs with storage_backend s3 (it must exist)."
+    metrics_token_file: Annotated[Path | None, Env("RTC_METRICS_TOKEN_FILE")] = Field(
+        None, description="File holding the metrics token (read once at start; chmod 600 it)."
     )
-
-    @field_validator("database_url")
-    @classmethod
-    def _database_scheme(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is not None and not url.get_secret_value().startswith(DATABASE_URL_SCHEMES):
-            raise ValueError(
-                f"the database URL must start with one of {', '.join(DATABASE_URL_SCHEMES)}"
-            )
-        return url
+    _empty_metrics_token = field_validator("metrics_token", "metrics_token_file", mode="before")(
+        empty_is_none
+    )
 
     @field_validator("turn_urls", mode="before")
     @classmethod
@@ -383,17 +286,6 @@ class SignalingSettings(EnvSettings):
             return [url for url in value.replace(",", " ").split() if url]
         return value
 
-    @field_validator("turn_urls")
-    @classmethod
-    def _ice_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(ICE_URL_SCHEMES) or len(url) > 512:
-                raise ValueError(
-                    f"TURN URL {url[:80]!r} must start with one of {', '.join(ICE_URL_SCHEMES)} "
-                    "(at most 512 characters)"
-                )
-        return urls
-
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
@@ -401,7 +293,7 @@ class SignalingSettings(EnvSettings):
             raise ValueError(f"the Redis URL must start with {', '.join(REDIS_URL_SCHEMES)}")
         return value
 
-    @field_validator("token", "storage_api_key", "turn_secret", "redis_url", mode="before")
+    @field_validator("token", "turn_secret", "redis_url", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         if value is None or value == "":
@@ -418,23 +310,20 @@ class SignalingSettings(EnvSettings):
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
 
-    _empty_path_is_none = field_validator(
-        "storage_path", "database_path", "bindings_db", "turn_secret_file", mode="before"
-    )(empty_is_none)
-    _empty_s3_is_none = field_validator("s3_endpoint_url", "s3_bucket", mode="before")(
+    _empty_path_is_none = field_validator("bindings_db", "turn_secret_file", mode="before")(
         empty_is_none
     )
 
     _expand_home = field_validator("data_dir", "bindings_db")(expand_home)
 
     @model_validator(mode="after")
-    def _storage_needs_key(self) -> Self:
+    def _secrets_and_turn(self) -> Self:
         load_secret_files(
             self,
             [
                 ("token", "token_file", "token"),
-                ("storage_api_key", "api_key_file", "API key"),
                 ("turn_secret", "turn_secret_file", "TURN secret"),
+                ("metrics_token", "metrics_token_file", "metrics token"),
             ],
         )
         if self.turn_urls and self.turn_secret is None:
@@ -447,48 +336,12 @@ class SignalingSettings(EnvSettings):
                 "a TURN secret is set but no TURN URL: set --turn-url / RTC_TURN_URLS "
                 "(e.g. turn:turn.example.org:3478)"
             )
-        if self.storage_backend == "s3" and not self.s3_bucket:
-            raise ValueError("the storage backend is s3 but no bucket is set: set RTC_S3_BUCKET")
-        if self.storage_path is not None and self.storage_api_key is None and self._serves():
-            raise ValueError(
-                "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "
-                "set STORAGE_API_KEY or --storage-api-key"
-            )
         return self
-
-    def _serves(self) -> bool:
-        """True when these settings run the server (whose store must not be open)."""
-        return True
-
-    @property
-    def storage_enabled(self) -> bool:
-        """True when the result store and its routes are on (``storage_path`` is set)."""
-        return self.storage_path is not None
-
-    @property
-    def database_url_value(self) -> str | None:
-        """The storage service's database URL: ``database_url``, else
-        ``sqlite:///`` + :attr:`database_file`; ``None`` when storage is off."""
-        if self.database_url is not None:
-            return self.database_url.get_secret_value()
-        return None if self.database_file is None else f"sqlite:///{self.database_file}"
-
-    @property
-    def database_file(self) -> Path | None:
-        """The SQLite file of the store: ``database_path`` or ``<storage_path>/storage.db``."""
-        if self.database_path is not None:
-            return self.database_path
-        return None if self.storage_path is None else self.storage_path / "storage.db"
 
     @property
     def bindings_file(self) -> Path:
         """The SQLite file of the bindings: ``bindings_db`` or ``<data_dir>/bindings.db``."""
         return self.bindings_db if self.bindings_db is not None else self.data_dir / "bindings.db"
-
-    @property
-    def storage_api_key_value(self) -> str | None:
-        """The storage API key as plain text, or ``None`` when none is set."""
-        return None if self.storage_api_key is None else self.storage_api_key.get_secret_value()
 
     @property
     def hard_frame_bytes(self) -> int:
@@ -530,7 +383,9 @@ class SignalingCli(SignalingSettings):
     releases bindings with: rtc-signaling bindings list | release PEER_ID.
     """
 
-    model_config = SettingsConfigDict(cli_shortcuts={"turn-urls": "turn-url"})
+    model_config = SettingsConfigDict(
+        cli_shortcuts={"turn-urls": "turn-url", "allowed-origins": "allowed-origin"}
+    )
 
     cleanup_once: Annotated[bool, FLAG_ONLY] = Field(
         False,

@@ -17,8 +17,12 @@ the same host); aiohttp's static route (no listing by default).
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from types import MappingProxyType
 
 from aiohttp import web
@@ -54,34 +58,55 @@ _HEADERS = MappingProxyType(
 )
 
 
-def page_files() -> dict[str, tuple[bytes, str]]:
+def page_files(folder: Traversable | None = None) -> dict[str, tuple[bytes, str]]:
     """The page's files: ``{url path: (body bytes, content type)}``, ``/`` for index.html.
 
-    Reads the regular files directly in the package's ``page`` folder (not below it)
-    whose suffix is in :data:`CONTENT_TYPES`.
+    Reads the regular files directly in ``folder`` (default: the package's ``page``
+    folder; not below it) whose suffix is in :data:`CONTENT_TYPES`. A symbolic link is
+    never followed (the file is opened with ``O_NOFOLLOW`` and checked to be regular
+    through its descriptor), so a link placed in the folder cannot publish a file from
+    elsewhere.
 
     Raises:
-        FileNotFoundError: the package has no ``page/index.html`` (a broken install).
+        FileNotFoundError: the folder has no ``index.html`` (a broken install).
     """
-    folder = files("signaling") / "page"
+    folder = folder if folder is not None else files("signaling") / "page"
     found: dict[str, tuple[bytes, str]] = {}
     for entry in folder.iterdir():
         suffix = "." + entry.name.rpartition(".")[2]
-        if entry.is_file() and suffix in CONTENT_TYPES and not entry.name.startswith("."):
-            found[f"/{entry.name}"] = (entry.read_bytes(), CONTENT_TYPES[suffix])
+        if suffix in CONTENT_TYPES and not entry.name.startswith("."):
+            body = _read_regular(entry)
+            if body is not None:
+                found[f"/{entry.name}"] = (body, CONTENT_TYPES[suffix])
     if "/index.html" not in found:
         raise FileNotFoundError("signaling/page/index.html is missing from the package")
     found["/"] = found["/index.html"]
     return found
 
 
-def setup_page(app: web.Application) -> None:
-    """Add one ``GET`` route per page file to ``app`` (``/`` serves ``index.html``).
+def _read_regular(entry: Traversable) -> bytes | None:
+    """The bytes of ``entry`` if it is a regular file and not a symbolic link, else None."""
+    if not isinstance(entry, Path):  # inside a zip: no links there
+        return entry.read_bytes() if entry.is_file() else None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(entry, flags)
+    except OSError:  # ELOOP (a link), gone, unreadable
+        return None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return None
+        return file.read()
+
+
+def setup_page(app: web.Application, folder: Traversable | None = None) -> None:
+    """Add one ``GET`` route per page file to ``app`` (``/`` serves ``index.html``);
+    ``folder`` as :func:`page_files`.
 
     Raises:
         FileNotFoundError: as :func:`page_files`.
     """
-    for path, (body, content_type) in page_files().items():
+    for path, (body, content_type) in page_files(folder).items():
         app.router.add_get(path, _handler(body, content_type))
 
 

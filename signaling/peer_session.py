@@ -46,6 +46,7 @@ from protocol.signaling import (
     parse_client_frame,
 )
 from protocol.signaling_proof import verify_register
+from signaling import metrics
 from signaling.bindings import BindingStore
 from signaling.bounds import LogLimiter
 from signaling.config import SignalingSettings
@@ -74,6 +75,7 @@ async def send_text(ws: PeerSocket, text: str) -> bool:
 
 async def send_error(ws: PeerSocket, error: SignalingError) -> bool:
     """Send ``error`` as an ``error`` frame (see :func:`send_text`)."""
+    metrics.error_frame(error.code)
     return await send_text(ws, dump_frame(error.to_frame()))
 
 
@@ -120,6 +122,7 @@ class PeerSession:
 
     async def on_text(self, text: str) -> bool:
         """Handle one text frame; return ``False`` when the socket must close."""
+        started = metrics.now()
         try:
             frame = parse_client_frame(text, self.settings.max_frame_bytes)
             if isinstance(frame, Register):
@@ -135,6 +138,7 @@ class PeerSession:
                 await self._shared(
                     self.registry.relay(self.peer_id, self.fingerprint, frame), frame.type
                 )
+                metrics.relayed(frame.type, started)
                 logger.debug("relayed {} {!r} -> {!r}", frame.type, self.peer_id, frame.to)
         except SignalingError as error:
             logger.debug("{} ({}): {} {}", self.peer_id, self.remote, error.code, error.message)

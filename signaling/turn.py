@@ -8,8 +8,10 @@ makes a credential that expires (the TURN REST API convention):
 
 The TURN server recomputes the HMAC from the username it is given and refuses an
 allocation whose expiry has passed; it needs no per-user state, and a leaked credential
-is worth nothing after its expiry (an allocation already running is not cut: expiry only
-gates new ones).
+opens no allocation after its expiry. The expiry gates new allocations only: coturn 4.6
+still accepts the REFRESH of a running one (its channel stays up), as
+``tests/test_e2e_turn.py::test_a_running_allocation_is_refreshed_past_its_credentials_expiry``
+shows.
 
 Source: "A REST API For Access To TURN Services", draft-uberti-behave-turn-rest-00,
 section 2.2; coturn's ``turnserver.conf`` (``use-auth-secret``, ``static-auth-secret``).

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from protocol.messages import is_valid_job_id
+from signaling import metrics
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Caller, Role
 from signaling.db import UploadRecord
@@ -73,6 +74,7 @@ class TusError(Exception):
 
     def response(self) -> web.Response:
         """The JSON error ``{"error": {"code", "message", "timestamp"}}``."""
+        metrics.api_error(self.code)
         body = {"error": {"code": self.code, "message": self.message, "timestamp": now_timestamp()}}
         reason = "Checksum Mismatch" if self.status == 460 else None
         return web.json_response(body, status=self.status, reason=reason)

@@ -22,7 +22,8 @@ Fixtures (module-scoped ones are shared by the tests of one file):
 * ``artifacts_dir`` (function): ``test-artifacts/<module>/<test>/`` at the repo root.
 
 Each of them skips the test, with the reason (pytest runs with ``-ra``), when Chromium,
-Playwright, root or ``ip netns`` is missing. ``RTC_TEST_CHROMIUM`` overrides the
+Playwright, root or ``ip netns`` is missing; with ``RTC_REQUIRE_E2E=1`` (``.ci/run``) the
+test fails instead (:func:`tests.requirements.need`). ``RTC_TEST_CHROMIUM`` overrides the
 browser's path (default: ``chromium`` on ``PATH``, else ``/usr/bin/chromium``).
 """
 
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.netns import NetNs, NetnsUnavailable, Process, netns, netns_unavailable_reason
+from tests.requirements import need
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
@@ -74,23 +76,24 @@ def chromium_executable() -> str:
     """The Chromium to drive: ``$RTC_TEST_CHROMIUM``, else ``chromium`` on PATH, else
     ``/usr/bin/chromium``.
 
-    Skips the calling test (``pytest.skip`` with the reason) when that file is not an
-    executable, Playwright is not installed, the tests do not run as root, or ``ip
-    netns`` does not work (the browser runs in a network namespace).
+    Skips the calling test with the reason (fails it under ``RTC_REQUIRE_E2E=1``, see
+    :func:`tests.requirements.need`) when that file is not an executable, Playwright is
+    not installed, the tests do not run as root, or ``ip netns`` does not work (the
+    browser runs in a network namespace).
     """
     path = os.environ.get(CHROMIUM_ENV) or shutil.which("chromium") or "/usr/bin/chromium"
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.skip(
+        need(
             f"no Chromium at {path}: install the Debian package chromium (scripts/test.sh "
             f"does as root) or set {CHROMIUM_ENV}"
         )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("Playwright is not installed: pip install -e '.[test]'")
+        need("Playwright is not installed: pip install -e '.[test]'")
     reason = netns_unavailable_reason()
     if reason is not None:
-        pytest.skip(f"browser tests run Chromium in a network namespace: {reason}")
+        need(f"browser tests run Chromium in a network namespace: {reason}")
     return path
 
 
@@ -372,7 +375,7 @@ def browser_netns() -> Iterator[NetNs]:
         with netns() as ns:
             yield ns
     except NetnsUnavailable as exc:
-        pytest.skip(f"cannot make a network namespace: {exc}")
+        need(f"cannot make a network namespace: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ the ``rtcb1`` end. Chromium then has a default interface and signals a host cand
 (an mDNS name), and every packet it sends, multicast included, stays in the namespace.
 
 Teardown kills every process ``ip netns pids`` lists in the namespace and deletes it,
-even when the test failed; namespaces left by a test process that no longer exists (a
-run killed with SIGKILL) are deleted before a new one is made.
+even when the test failed; a namespace left by a test process that no longer exists (a
+run killed with SIGKILL), with nothing running inside, is deleted before a new one is
+made, and the deletion is said on stderr.
 
 Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) and ``ip`` from iproute2.
 """
@@ -22,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -92,17 +94,35 @@ def _delete(name: str) -> None:
 
 
 def _delete_stale() -> None:
-    """Delete our namespaces whose test process is gone (a run killed before teardown)."""
+    """Delete our namespaces left by a run that is gone (killed before its teardown).
+
+    A namespace ``rtcb<pid>-<n>`` is deleted only when process ``pid`` does not exist
+    AND nothing runs inside it; each deletion is said on stderr. A namespace of a live
+    run (its pid exists, or processes still run in it: a run in another pid namespace)
+    is left alone.
+    """
     for name in netns_names():
         match = _OURS.match(name)
         if match is None or int(match.group(1)) == os.getpid():
             continue
+        pid = int(match.group(1))
         try:
-            os.kill(int(match.group(1)), 0)
-        except ProcessLookupError:
-            _delete(name)
+            os.kill(pid, 0)
+            continue  # alive (or reused by another process): not ours to judge
         except PermissionError:
+            continue  # exists, owned by someone else
+        except ProcessLookupError:
             pass
+        inside = _pids(name)
+        if inside:
+            print(
+                f"tests.netns: keeping {name}: pid {pid} is gone but {len(inside)} "
+                "process(es) run inside it",
+                file=sys.stderr,
+            )
+            continue
+        print(f"tests.netns: deleting stale namespace {name} (pid {pid} is gone)", file=sys.stderr)
+        _delete(name)
 
 
 class Process:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.requirements import need
 
 CHROMIUM = os.environ.get("RTC_TEST_CHROMIUM", "/usr/bin/chromium")
 
@@ -29,11 +29,9 @@ def need_browser() -> Any:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip(
-            "playwright is not installed (pip install playwright; never 'playwright install')"
-        )
+        need("playwright is not installed (pip install playwright; never 'playwright install')")
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+        need(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
     return sync_playwright
 
 

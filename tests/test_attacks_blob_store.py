@@ -105,6 +105,9 @@ async def test_the_object_store_credentials_never_reach_a_log_or_an_answer(
             failed = await service.store_result(worker, VICTIM, "lost", b"x" * 1000)
             assert (failed.status, failed.code) == (500, "STORAGE_ERROR")
             assert secret not in str(failed.body) and key_id not in str(failed.body)
+            ready = await service.request("GET", "/ready")  # the probe sees it too
+            assert (ready.status, ready.body["unreachable"]) == (503, ["blob_store"])
+            assert secret not in str(ready.body) and key_id not in str(ready.body)
             # a server started on a missing bucket refuses to start, and says why
             missing = {**service.overrides, "s3_bucket": "rtc-no-such-bucket"}
             with pytest.raises(OSError) as refused:

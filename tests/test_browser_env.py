@@ -15,6 +15,7 @@ import pytest
 
 from tests.browser_env import CHROMIUM_ENV, REPO, Chromium, Stack
 from tests.netns import NetNs, netns, netns_names, netns_unavailable_reason
+from tests.requirements import REQUIRE_E2E_ENV, need
 
 pytestmark = pytest.mark.live
 
@@ -137,21 +138,68 @@ def test_teardown_kills_what_runs_inside_and_deletes_the_namespace(tmp_path: Pat
     assert stray.wait(5) == -9
 
 
-def test_a_missing_chromium_is_a_skip_with_its_reason() -> None:
-    env = {**os.environ, CHROMIUM_ENV: "/nonexistent/chromium"}
+def _run_without_chromium(**env: str) -> subprocess.CompletedProcess[str]:
+    """Run one browser test in a child pytest whose Chromium path does not exist."""
+    base = {k: v for k, v in os.environ.items() if k != REQUIRE_E2E_ENV}
     target = "tests/test_browser_env.py::test_chromium_runs_in_the_namespace_in_a_secure_context"
-    before = set(netns_names()) if netns_unavailable_reason() is None else set()
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-ra", "-p", "no:cacheprovider", target],
         capture_output=True,
         text=True,
-        env=env,
+        env={**base, CHROMIUM_ENV: "/nonexistent/chromium", **env},
         cwd=REPO,
         timeout=120,
         check=False,
     )
+
+
+def test_a_missing_chromium_is_a_skip_with_its_reason() -> None:
+    before = set(netns_names()) if netns_unavailable_reason() is None else set()
+    result = _run_without_chromium()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 skipped" in result.stdout, result.stdout
     assert "SKIPPED" in result.stdout and "no Chromium at /nonexistent/chromium" in result.stdout
     if netns_unavailable_reason() is None:
         assert set(netns_names()) <= before
+
+
+def test_under_rtc_require_e2e_a_missing_chromium_fails_the_run() -> None:
+    # .ci/run sets RTC_REQUIRE_E2E=1: a CI run without a browser cannot pass by skipping.
+    result = _run_without_chromium(**{REQUIRE_E2E_ENV: "1"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "skipped" not in result.stdout, result.stdout
+    assert "1 error" in result.stdout, result.stdout
+    assert "no Chromium at /nonexistent/chromium" in result.stdout
+    assert f"{REQUIRE_E2E_ENV}=1" in result.stdout
+
+
+def test_only_namespaces_of_dead_runs_with_nothing_inside_are_deleted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.netns import _delete_stale
+
+    reason = netns_unavailable_reason()
+    if reason is not None:
+        need(reason)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists (a run killed before its teardown)
+    dead, busy, live = f"rtcb{gone.pid}-900", f"rtcb{gone.pid}-901", f"rtcb{os.getppid()}-902"
+    sleeper = None
+    try:
+        for name in (dead, busy, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        # something still runs in "busy" (a live run seen from another pid namespace)
+        sleeper = subprocess.Popen(["ip", "netns", "exec", busy, "sleep", "600"])
+        time.sleep(0.2)
+        _delete_stale()
+        names = netns_names()
+        assert dead not in names and busy in names and live in names
+        err = capsys.readouterr().err
+        assert f"deleting stale namespace {dead} (pid {gone.pid} is gone)" in err
+        assert f"keeping {busy}" in err and live not in err
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        for name in (dead, busy, live):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)

@@ -196,7 +196,7 @@ async def test_credentials_are_bound_to_the_receiving_peer_and_expire(
         (given,) = mallory.ice_servers
         expiry, _, name = given.username.partition(":")
         assert name == "mallory" and given.urls == (coturn.url,)
-        assert before + 86400 <= int(expiry) <= int(time.time()) + 86400
+        assert before + 3600 <= int(expiry) <= int(time.time()) + 3600
         assert given.credential == turn_credential(coturn.secret.encode(), given.username)
         await mallory.send(Offer(to="w-1", sdp="v=0\r\n"))
         relayed = await worker.recv(timeout=5)
@@ -321,6 +321,9 @@ async def test_relay_only_without_any_turn_server(tmp_path: Path) -> None:
     sink = logger.add(lines, level="ERROR")
     try:
         async with relay_worker_in_process(server.url, tmp_path / "w") as (worker, task):
+            # At registration, before any offer: one ERROR with the code.
+            assert lines.getvalue().count("NO_TURN_SERVER") == 1, lines.getvalue()
+            assert "every offer is refused" in lines.getvalue()
             async with RTCClient(server.url, ice_transport_policy="relay") as client:
                 started = time.monotonic()
                 with pytest.raises(IceSetupError) as caught:
@@ -328,9 +331,13 @@ async def test_relay_only_without_any_turn_server(tmp_path: Path) -> None:
                 assert caught.value.code == NO_TURN_SERVER
                 assert time.monotonic() - started < 5
             async with RTCClient(server.url, connect_timeout=3) as plain:
-                with pytest.raises(TimeoutError):  # the worker refused the offer
+                with pytest.raises(TimeoutError) as timed_out:  # the worker refused the offer
                     await plain.connect("relay-w")
-            assert "NO_TURN_SERVER" in lines.getvalue()
+            # The client's error says what to look for, not a bare TimeoutError.
+            assert "relay-w did not answer" in str(timed_out.value)
+            assert "NO_TURN_SERVER" in str(timed_out.value)
+            assert "refusing the offer of" in lines.getvalue()  # each offer: the code logged
+            assert lines.getvalue().count("NO_TURN_SERVER") == 2
             assert not task.done() and worker.registered.is_set()  # still serving
     finally:
         logger.remove(sink)
@@ -359,3 +366,63 @@ async def test_rtc_client_relay_only_without_turn_exits_3_with_the_code(tmp_path
         await server.runner.cleanup()
     assert done.returncode == 3, done.stderr
     assert "NO_TURN_SERVER" in done.stderr
+
+
+async def test_a_turn_server_that_never_answers_is_no_relay_candidate_not_a_timeout() -> None:
+    """The TURN server handed out by signaling drops every packet (a firewall, a dead
+    host): the relay-only client fails with NO_RELAY_CANDIDATE after its connect timeout,
+    not with a bare TimeoutError."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+        black_hole.bind(("127.0.0.1", 0))  # receives, never answers
+        url = f"turn:127.0.0.1:{black_hole.getsockname()[1]}"
+        server = await start_signaling(turn_urls=[url], turn_secret="any-secret")
+        try:
+            async with RTCClient(
+                server.url, ice_transport_policy="relay", connect_timeout=2
+            ) as client:
+                started = time.monotonic()
+                with pytest.raises(IceSetupError) as caught:
+                    await client.connect("anyone")
+            assert caught.value.code == NO_RELAY_CANDIDATE
+            assert "did not answer within 2 s" in str(caught.value)
+            assert time.monotonic() - started < 6
+            assert black_hole.recv(2048)  # the allocation request did reach it
+        finally:
+            await server.runner.cleanup()
+
+
+async def test_a_running_allocation_is_refreshed_past_its_credentials_expiry(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What PROTOCOL.md 5.4 claims: the expiry gates new allocations only. coturn grants
+    4 s allocations here (aioice refreshes them every 3.3 s) and the credentials live 1 s:
+    both peers' REFRESH requests succeed well past the expiry, the relayed channel stays
+    up, and a file sent 8 s after the expiry arrives through the relay."""
+    import logging
+
+    from tests.turn_helpers import running_coturn
+
+    caplog.set_level(logging.INFO, logger="aioice.turn")
+    with running_coturn(tmp_path / "coturn", extra_config=["max-allocate-lifetime=4"]) as turn:
+        server = await start_signaling(turn_urls=[turn.url], turn_secret=turn.secret, turn_ttl_s=1)
+        try:
+            async with (
+                relay_worker_in_process(server.url, tmp_path / "w"),
+                RTCClient(server.url, ice_transport_policy="relay") as client,
+            ):
+                conn = await client.connect("relay-w")
+                assert_relayed(conn.pc)
+                await asyncio.sleep(9)  # every credential has expired 8 s ago
+                refreshed = [r for r in caplog.messages if "TURN allocation refreshed" in r]
+                assert len(refreshed) >= 4, caplog.messages  # 2 per peer at least
+                assert not [r for r in caplog.messages if "refresh failed" in r]
+                data = random.Random(5).randbytes(MIB)
+                (tmp_path / "late.bin").write_bytes(data)
+                result = await conn.send_file(tmp_path / "late.bin")
+                assert result.outcome.status == "received" and result.outcome.sha256 == sha(data)
+                assert_relayed(conn.pc)
+            assert "expires in 4 seconds" in " ".join(caplog.messages)
+        finally:
+            await server.runner.cleanup()

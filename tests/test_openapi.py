@@ -74,7 +74,7 @@ def test_document_is_valid_openapi() -> None:
     assert schemes["BearerAuth"]["scheme"] == "bearer"
 
 
-def test_only_health_is_open() -> None:
+def test_only_health_ready_and_metrics_are_open() -> None:
     spec = load_spec()
     assert spec["security"] == [{"ApiKeyAuth": []}, {"BearerAuth": []}]
     for path, item in spec["paths"].items():
@@ -82,9 +82,12 @@ def test_only_health_is_open() -> None:
             if method not in METHODS:
                 continue
             responses = operation["responses"]
-            if path == "/health":
+            if path in ("/health", "/ready"):
                 assert operation["security"] == []
                 assert "401" not in responses
+            elif path == "/metrics":  # open unless the server has a metrics token
+                assert operation["security"] == []
+                assert "401" in responses
             elif path in ("/download/{job_id}", "/delete/{job_id}"):  # a key or a token
                 assert operation["security"] == [*spec["security"], {"DownloadToken": []}]
                 assert "401" in responses, (method, path)
@@ -118,7 +121,7 @@ def test_every_route_is_documented_and_vice_versa(tmp_path: Path) -> None:
         if method in METHODS
     }
     assert registered == documented
-    assert len(documented) == 10
+    assert len(documented) == 12
 
 
 # ----------------------------------------------------------------- the live server
@@ -165,7 +168,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 OPERATIONS = [
     result.ok().label for result in schemathesis.openapi.from_path(SPEC_PATH).get_all_operations()
 ]
-NO_INPUT = {"GET /health", "GET /list"}  # nothing to make invalid
+NO_INPUT = {"GET /health", "GET /ready", "GET /metrics", "GET /list"}  # nothing to make invalid
 CASES = [
     pytest.param(label, mode, id=f"{label}-{mode.value}")
     for label in OPERATIONS

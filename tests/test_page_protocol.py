@@ -26,13 +26,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import codec
+from protocol.connection import Connection
 from protocol.errors import ErrorCode, RemoteProtocolError, TransferErrorCode
+from protocol.events import Refused
 from protocol.handshake import CLIENT_AUTH_TABLE
+from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Pending
 from protocol.limits import DEFAULT_LIMITS
+from protocol.messages import ResultsRequest
 from protocol.proof import proof_digest
+from protocol.routes import REQUEST_OF_CODE, Role
 from protocol.sender import SENDER_TABLE
 from protocol.signaling_errors import SignalingErrorCode
 from protocol.testing import malformed_frames_with_codes, messages
+from protocol.transfer_messages import FileMeta
 from tests.page_helpers import CHROMIUM, PAGE_CODEC_JS, as_json, need_browser, signaling_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -423,12 +429,70 @@ def test_the_page_machines_are_the_python_tables(page: Any) -> None:
         for (state, key), nxt in SENDER_TABLE.items()
         if state.value != "PREPARING" and getattr(key, "__name__", "") != "ResultsRequest"
     }
-    tables = run(page, "return {client: P.CLIENT_AUTH_TABLE, sender: P.SENDER_TABLE};")
+
+    def name(key: Any) -> str:
+        return getattr(key, "__name__", None) or key.value
+
+    worker_job = {f"{s.value}|{name(key)}": nxt.value for (s, key), nxt in WORKER_TABLE.items()}
+    client_job = {
+        f"{s.worker.value}|{s.pending.value}|{name(key)}": f"{n.worker.value}|{n.pending.value}"
+        for (s, key), n in CLIENT_TABLE.items()
+    }
+    tables = run(
+        page,
+        "return {client: P.CLIENT_AUTH_TABLE, sender: P.SENDER_TABLE, worker_job:"
+        " P.WORKER_JOB_TABLE, client_job: P.CLIENT_JOB_TABLE, codes: P.REQUEST_OF_CODE};",
+    )
     assert tables["client"] == client
     assert tables["sender"] == sender
+    assert tables["worker_job"] == worker_job
+    assert tables["client_job"] == client_job
+    assert tables["codes"] == {str(code): request for code, request in REQUEST_OF_CODE.items()}
 
 
-DISHONEST_WORKER_JS = """
+REFUSAL_JS = """
+return arg.map(([state, code, resultsPending, fileOffered]) => {
+  const job = new P.ClientJob();
+  [job.worker, job.pending] = state.split('|');
+  const request = job.refusal(code, {resultsPending, fileOffered});
+  return [request, `${job.worker}|${job.pending}`];
+});
+"""
+
+
+def test_a_protocol_error_goes_to_the_request_the_python_client_gives_it(page: Any) -> None:
+    """Every client job state, each code of REQUEST_OF_CODE and one other, with and
+    without a RESULTS_REQUEST and a FILE_META waiting: the page blames the same request
+    as ``Connection(CLIENT)`` and moves its job session to the same state."""
+    codes = [*REQUEST_OF_CODE, "INTERNAL_ERROR"]
+    cases, expected = [], []
+    for worker in JobState:
+        for pending in Pending:
+            for code in codes:
+                for results in (False, True):
+                    for offered in (False, True):
+                        conn = Connection(Role.CLIENT, peer="w", principal="me")
+                        conn.job = ClientJobState(worker, pending)
+                        if results:
+                            conn.receiver.request(ResultsRequest("job-1"))
+                        if offered:
+                            conn.sender.announce(FileMeta("a.txt", 5, "0" * 64, 65536))
+                        conn.receive(f"PROTOCOL_ERROR::{code}::refused", 0.0)
+                        refused = [o for o in conn.drain() if isinstance(o, Refused)]
+                        assert len(refused) == 1
+                        assert isinstance(conn.job, ClientJobState)
+                        after = f"{conn.job.worker.value}|{conn.job.pending.value}"
+                        cases.append(
+                            [f"{worker.value}|{pending.value}", str(code), results, offered]
+                        )
+                        expected.append([refused[0].request, after])
+    assert run(page, REFUSAL_JS, cases) == expected
+    assert ["results", "RUNNING|-"] in expected  # e.g. UNKNOWN_JOB while a job runs
+
+
+STAND_IN_JS = """
+// The page's Session on a stand-in data channel: feed(frame) hands it a frame from the
+// "worker"; ch.sent holds what it sent; seen holds what it told the UI.
 const {Session} = await import('/session.js');
 class FakeChannel extends EventTarget {
   constructor() { super(); this.sent = []; this.readyState = 'open'; this.bufferedAmount = 0; }
@@ -439,22 +503,30 @@ const enc = new TextEncoder();
 const until = async (cond) => {
   for (let i = 0; i < 500 && !cond(); i++) await new Promise(r => setTimeout(r, 10));
 };
-const open = () => {
-  const ch = new FakeChannel(), seen = [];
+const open = (timeouts = {}) => {
+  const ch = new FakeChannel(), seen = [], steps = [];
   const ui = {
-    job: (m) => seen.push(['job', m.kind]), step: () => {}, closed: () => seen.push(['closed']),
+    job: (m) => seen.push(['job', m.kind]), closed: () => seen.push(['closed']),
+    step: (name, state, text) => steps.push([name, state, text]),
     error: (code) => seen.push(['error', code]),
     transfer: (t) => seen.push(['transfer', t.phase]),
     results: (r) => seen.push(['results', r.phase, r.code ?? r.sha256 ?? '']),
   };
-  const s = new Session(ch, {identity: null, maxMessageSize: 262144}, ui);
+  const s = new Session(ch, {identity: null, maxMessageSize: 262144, timeouts}, ui);
   const feed = async (frame) => {
     ch.dispatchEvent(new MessageEvent('message', {data: frame}));
     await new Promise(r => setTimeout(r, 0)); await s.queue;
   };
-  return {ch, s, seen, feed};
+  return {ch, s, seen, steps, feed};
 };
 const bytes = (t) => enc.encode(t).buffer;
+// A promise's value, or 'pending' if it has not settled within 50 ms.
+const settled = (p) => Promise.race([p, new Promise(r => setTimeout(() => r('pending'), 50))]);
+"""
+
+DISHONEST_WORKER_JS = (
+    STAND_IN_JS
+    + """
 const out = {};
 // Frames before the handshake ended are refused, not acted on.
 let w = open();
@@ -479,9 +551,11 @@ out.honest = {sent: w.ch.sent, name: got.name, size: got.blob.size, sha256: got.
 const refused = [];
 for (const [meta, data] of [
   ['../evil.zip::5::' + arg.hello + '::65536', null],
-  ['r.zip::5::' + arg.hello + '::4', 'hello'],
-  ['r.zip::3::' + arg.hello + '::65536', 'hello'],
-  ['r.zip::5::' + arg.hello + '::262145', null],
+  ['results-job-1.zip::5::' + arg.hello + '::4', 'hello'],
+  ['results-job-1.zip::3::' + arg.hello + '::65536', 'hello'],
+  ['results-job-1.zip::5::' + arg.hello + '::262145', null],
+  ['evil.exe::5::' + arg.hello + '::65536', null],
+  ['results-job-1.zip::' + (512 * 1024 * 1024 + 1) + '::' + arg.hello + '::65536', null],
 ]) {
   w = open(); w.s.authenticated = true;
   const p = w.s.requestResults('job-1');
@@ -490,6 +564,32 @@ for (const [meta, data] of [
   refused.push([w.ch.sent.at(-1).split('::').slice(0, 2).join('::'), (await p).error]);
 }
 out.refused = refused;
+// A file pushed while no RESULTS_REQUEST waits: refused before any byte, chunks too.
+w = open(); w.s.authenticated = true;
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+await w.feed(bytes('hello'));
+await w.feed('END_OF_FILE');
+out.pushed = {sent: w.ch.sent, seen: w.seen};
+// Results larger than the page holds: a readable refusal.
+out.tooLarge = P.describeError('RESULTS_TOO_LARGE', '536.9 MB');
+// No FILE_META in time after RESULTS_REQUEST: TIMEOUT; a late one is refused.
+w = open({resultsMeta: 100}); w.s.authenticated = true;
+let late = w.s.requestResults('job-1');
+out.metaDeadline = {before: await settled(late)};
+await new Promise(r => setTimeout(r, 150));
+out.metaDeadline.after = await settled(late);
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+out.metaDeadline.sent = w.ch.sent;
+// A worker that stops sending mid-download: the idle deadline ends it.
+w = open({resultsIdle: 100}); w.s.authenticated = true;
+late = w.s.requestResults('job-1');
+await w.feed('FILE_META::results-job-1.zip::5::' + arg.hello + '::65536');
+await w.feed(bytes('he'));
+out.idle = {before: await settled(late)};
+await new Promise(r => setTimeout(r, 150));
+out.idle.after = await settled(late);
+await w.feed(bytes('llo'));
+out.idle.sent = w.ch.sent;
 // Uploads: an offset beyond the file, a FILE_RECEIVED naming other content, a proof.
 const file = new File(['hello'], 'a.txt');
 w = open(); w.s.authenticated = true;
@@ -516,6 +616,7 @@ await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
 out.cancel = {sent: w.ch.sent, end: await sent, state: w.s.sender.state};
 return out;
 """
+)
 
 
 def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
@@ -547,6 +648,29 @@ def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
         ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
         ["TRANSFER_ERROR::SIZE_MISMATCH", "SIZE_MISMATCH"],
         ["TRANSFER_ERROR::UNEXPECTED_DATA", "UNEXPECTED_DATA"],
+        ["TRANSFER_ERROR::INVALID_NAME", "INVALID_NAME"],  # not results-job-1.zip
+        ["TRANSFER_ERROR::FILE_TOO_LARGE", "RESULTS_TOO_LARGE"],  # above 512 MiB
+    ]
+    # Pushed without a request: no FILE_READY, no byte kept, nothing offered to save.
+    assert [f.split("::")[:2] for f in out["pushed"]["sent"]] == [
+        ["PROTOCOL_ERROR", "UNEXPECTED_MESSAGE"],
+        ["TRANSFER_ERROR", "UNEXPECTED_DATA"],
+    ]
+    assert out["pushed"]["seen"] == [["error", "UNEXPECTED_MESSAGE"]] * 2
+    assert out["tooLarge"].startswith("RESULTS_TOO_LARGE: The results are larger than this page")
+    assert out["metaDeadline"]["before"] == "pending"
+    assert out["metaDeadline"]["after"] == {"error": "TIMEOUT"}
+    assert [f.split("::")[:2] for f in out["metaDeadline"]["sent"]] == [
+        ["RESULTS_REQUEST", "job-1"],
+        ["PROTOCOL_ERROR", "UNEXPECTED_MESSAGE"],
+    ]
+    assert out["idle"]["before"] == "pending" and out["idle"]["after"] == {"error": "TIMEOUT"}
+    assert [f.split("::")[:2] for f in out["idle"]["sent"]] == [
+        ["RESULTS_REQUEST", "job-1"],
+        ["FILE_READY", "0"],
+        ["FILE_PROGRESS", "2"],
+        ["TRANSFER_ERROR", "CANCELLED"],  # the protocol's code that ends a transfer early
+        ["TRANSFER_ERROR", "UNEXPECTED_DATA"],
     ]
     meta = f"FILE_META::a.txt::5::{hello}::262144"
     assert out["beyond"]["sent"][0] == meta
@@ -562,3 +686,191 @@ def test_the_page_refuses_what_a_dishonest_worker_sends(page: Any) -> None:
         "end": {"cancelled": True},
         "state": "IDLE",
     }
+
+
+TABLES_JS = (
+    STAND_IN_JS
+    + """
+const out = {};
+const file = new File(['hello'], 'a.txt');
+// Offer the file; resolves (to [the upload's promise]) once FILE_META is out.
+const offer = async (w) => {
+  const p = w.s.sendFile(file); await until(() => w.ch.sent.length); return [p];
+};
+// (a) FILE_EXISTS naming another sha256: refused, the transfer stays open; the right one ends it.
+let w = open(); w.s.authenticated = true;
+let [sent] = await offer(w);
+await w.feed('FILE_EXISTS::' + '1'.repeat(64));
+out.otherSha = {seen: w.seen.slice(), state: w.s.sender.state, end: await settled(sent)};
+await w.feed('FILE_EXISTS::' + arg.hello);
+out.rightSha = {end: await settled(sent), state: w.s.sender.state, job: String(w.s.job)};
+// (b) UNKNOWN_JOB while a job runs: the results request fails, the job goes on.
+w = open(); w.s.authenticated = true;
+await w.feed('FILE_EXISTS::' + arg.hello);  // unsolicited: refused
+const job = (async () => { const p = w.s.sendFile(file); await until(() => w.ch.sent.length);
+  await w.feed('FILE_EXISTS::' + arg.hello); await p; return w.s.startJob(); })();
+await until(() => w.ch.sent.includes('JOB_START'));
+await w.feed('JOB_LOG::working');
+const results = w.s.requestResults('job-1');
+await w.feed('PROTOCOL_ERROR::UNKNOWN_JOB::no results for job-1');
+out.unknownJob = {results: await settled(results), job: await settled(job), state: String(w.s.job)};
+await w.feed('JOB_COMPLETE::job-1::out::1::0.00');
+out.jobEnd = {job: (await settled(job)).kind, state: String(w.s.job)};
+// WORKER_BUSY refuses the start, not a pending results request.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); await w.feed('FILE_EXISTS::' + arg.hello); await sent;
+const busy = w.s.startJob().catch(e => e.code);
+const waiting = w.s.requestResults('job-1');
+await w.feed('PROTOCOL_ERROR::WORKER_BUSY::another job runs');
+out.busy = {job: (await settled(busy)).code, results: await settled(waiting),
+  state: String(w.s.job)};
+// (c) Job replies nobody asked for: refused, never shown as real.
+w = open(); w.s.authenticated = true;
+await w.feed('JOB_COMPLETE::job-9::out::1::0.00');
+await w.feed('PATH_VALIDATED::input');
+await w.feed('JOB_LOG::not running');
+out.unsolicited = {seen: w.seen, state: String(w.s.job)};
+out.refusedSend = await w.s.startJob().then(() => 'sent', e => e.code);
+out.refusedFrames = w.ch.sent;
+// (d) A cancelled upload settles: the worker's FILE_CANCEL, or the give-up timer.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+await w.feed('FILE_CANCEL');
+out.cancelByWorker = {end: await settled(sent), state: w.s.sender.state};
+w = open({cancelGiveUp: 100}); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+out.beforeGiveUp = await settled(sent);
+await new Promise(r => setTimeout(r, 150));
+out.giveUp = {end: await settled(sent), state: w.s.sender.state};
+// (e) Only TRANSFER_ERROR::CANCELLED ends a cancel; another code is absorbed.
+w = open(); w.s.authenticated = true;
+[sent] = await offer(w); w.s.cancelTransfer();
+await w.feed('TRANSFER_ERROR::HASH_MISMATCH::about the old transfer');
+out.otherCode = {end: await settled(sent), state: w.s.sender.state, seen: w.seen.slice()};
+await w.feed('TRANSFER_ERROR::CANCELLED::no transfer open');
+out.cancelled = {end: await settled(sent), state: w.s.sender.state};
+// A job that never ends within its deadline: a readable TIMEOUT on its step.
+w = open({job: 100}); w.s.authenticated = true;
+[sent] = await offer(w); await w.feed('FILE_EXISTS::' + arg.hello); await sent;
+out.jobTimeout = {code: await w.s.startJob().then(() => 'ended', e => e.code),
+  step: w.steps.at(-1)};
+return out;
+"""
+)
+
+
+def test_the_page_session_follows_the_client_tables(page: Any) -> None:
+    """The page's session against a worker that answers out of turn: each frame goes
+    through the tables the Python client uses (protocol/job.py, protocol/sender.py,
+    protocol/_client_role.py), so a wrong answer is refused with its code and the
+    right request gets each refusal."""
+    hello = hashlib.sha256(b"hello").hexdigest()
+    out = run(page, TABLES_JS, {"hello": hello})
+    # (a) protocol/sender.py: FILE_EXISTS of another sha256 is MALFORMED_FRAME, unchanged.
+    assert out["otherSha"] == {
+        "seen": [
+            ["transfer", "hashing"],
+            ["transfer", "hashing"],
+            ["transfer", "offered"],
+            ["error", "MALFORMED_FRAME"],
+        ],
+        "state": "AWAIT_READY",
+        "end": "pending",
+    }
+    assert out["rightSha"] == {"end": {"exists": True}, "state": "IDLE", "job": "HAVE_FILE"}
+    # (b) UNKNOWN_JOB answers the results request only; WORKER_BUSY only the start.
+    assert out["unknownJob"] == {
+        "results": {"error": "UNKNOWN_JOB"},
+        "job": "pending",
+        "state": "RUNNING",
+    }
+    assert out["jobEnd"] == {"job": "JobComplete", "state": "IDLE"}
+    assert out["busy"] == {"job": "WORKER_BUSY", "results": "pending", "state": "HAVE_FILE"}
+    # (c) nothing shown as a job's: no ['job', ...] entries, only refusals.
+    assert out["unsolicited"] == {
+        "seen": [["error", "UNEXPECTED_MESSAGE"]] * 3,
+        "state": "IDLE",
+    }
+    assert out["refusedSend"] == "UNEXPECTED_MESSAGE" and out["refusedFrames"] == []
+    # (d) the upload's promise settles after a cancel.
+    assert out["cancelByWorker"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    assert out["beforeGiveUp"] == "pending"
+    assert out["giveUp"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    # (e) protocol/sender.py: only CANCELLED acknowledges; HASH_MISMATCH is absorbed.
+    assert out["otherCode"]["end"] == "pending" and out["otherCode"]["state"] == "CANCELLED"
+    assert ["error", "HASH_MISMATCH"] not in out["otherCode"]["seen"]
+    assert out["cancelled"] == {"end": {"cancelled": True}, "state": "IDLE"}
+    assert out["jobTimeout"]["code"] == "TIMEOUT"
+    assert out["jobTimeout"]["step"] == [
+        "run",
+        "failed",
+        "TIMEOUT: The worker did not answer in time. (no JOB_COMPLETE or JOB_FAILED within 0.1 s)",
+    ]
+
+
+BOUNDED_JS = """
+const B = await import('/bounded.js');
+const out = {};
+const pre = document.createElement('pre');
+for (let i = 1; i <= 5000; i++) B.appendLine(pre, `line ${i}`);
+out.lines = {count: pre.childNodes.length, first: pre.firstChild.textContent,
+  last: pre.lastChild.textContent, dropped: pre.dataset.dropped};
+const wide = document.createElement('pre');
+for (let i = 0; i < 40; i++) B.appendLine(wide, String(i).padEnd(60000, 'x'));
+out.chars = {count: wide.childNodes.length, size: wide.textContent.length,
+  last: wide.lastChild.textContent.slice(0, 2)};
+B.appendLine(pre, '<img src=x onerror="window.pwned=1">');
+out.markup = pre.querySelectorAll('img').length;
+const ul = document.createElement('ul');
+for (let i = 0; i < 1000; i++) B.addError(ul, 'UNEXPECTED_MESSAGE', 'UNEXPECTED_MESSAGE: same');
+out.repeated = [ul.children.length, ul.lastElementChild.textContent];
+for (let i = 0; i < 500; i++) B.addError(ul, 'MALFORMED_FRAME', `MALFORMED_FRAME: ${i}`);
+out.errors = {count: ul.children.length, last: ul.lastElementChild.textContent,
+  dropped: ul.dataset.dropped};
+out.bounds = [B.LOG_MAX_LINES, B.LOG_MAX_CHARS, B.ERRORS_MAX];
+return out;
+"""
+
+
+def test_what_a_worker_sends_is_bounded_in_the_page(page: Any) -> None:
+    """The attacker's steps: a worker (or its job) floods the page with JOB_LOG lines,
+    very long lines and errors. The page keeps the last 2000 lines / 1 MB of log and
+    the last 50 errors, with repeats collapsed into one entry with a count."""
+    out = run(page, BOUNDED_JS)
+    assert out["bounds"] == [2000, 1_000_000, 50]
+    assert out["lines"] == {
+        "count": 2000,
+        "first": "line 3001\n",
+        "last": "line 5000\n",
+        "dropped": "3000",
+    }
+    assert out["chars"]["size"] <= 1_000_000 and out["chars"]["last"] == "39"
+    assert out["chars"]["count"] == 16
+    assert out["markup"] == 0
+    assert out["repeated"] == [1, "UNEXPECTED_MESSAGE: same (×1000)"]
+    assert out["errors"] == {"count": 50, "last": "MALFORMED_FRAME: 499", "dropped": "451"}
+
+
+IDENTITY_RACE_JS = """
+const {loadIdentity} = await import('/identity.js');
+// No key stored yet, and four tabs' worth of loadIdentity() at once: each generates a
+// key; only the first add() succeeds, and every caller must end up with that one.
+await new Promise((resolve, reject) => {
+  const open = indexedDB.open('rtc-worker-page', 1);
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const db = open.result;
+    const tx = db.transaction('keys', 'readwrite');
+    tx.objectStore('keys').delete('identity');
+    tx.oncomplete = () => { db.close(); resolve(); };
+  };
+});
+return Promise.all([1, 2, 3, 4].map(() =>
+  loadIdentity().then(i => i.fingerprint, e => `error: ${e.name}`)));
+"""
+
+
+def test_tabs_racing_to_make_the_identity_end_with_one_key(page: Any) -> None:
+    fingerprints = run(page, IDENTITY_RACE_JS)
+    assert len(set(fingerprints)) == 1, fingerprints
+    assert re.fullmatch(r"[0-9a-f]{64}", fingerprints[0])

@@ -23,6 +23,7 @@ import pytest
 
 from tests.browser_env import Stack
 from tests.netns import Process
+from tests.requirements import need
 
 pytestmark = pytest.mark.live
 
@@ -44,7 +45,7 @@ def coturn(
     The secret is in a mode-0600 configuration file, as a deployment keeps it."""
     reason = _unavailable()
     if reason:
-        pytest.skip(reason)
+        need(reason)
     folder = tmp_path_factory.mktemp("coturn")
     secret = secrets.token_urlsafe(24)
     conf = folder / "turnserver.conf"

@@ -187,7 +187,7 @@ def test_the_turn_secret_from_a_file_and_repeated_flags(tmp_path: Path) -> None:
     [
         ({"turn_urls": ["turn:a:3478"]}, "no TURN secret"),
         ({"turn_secret": "s3cr3t-value"}, "no TURN URL"),
-        ({"turn_urls": ["http://a"], "turn_secret": "s3cr3t-value"}, "must start with"),
+        ({"turn_urls": ["http://a"], "turn_secret": "s3cr3t-value"}, "starts with one of"),
         ({"turn_urls": ["turn:a:1"], "turn_secret": "s3cr3t-value", "turn_ttl_s": 0}, "turn_ttl_s"),
     ],
 )
@@ -292,3 +292,104 @@ def test_a_credential_close_to_its_expiry_is_noticed() -> None:
     assert ice_servers_expire_soon([entry("1100:p")], 1000, margin_s=100)
     assert ice_servers_expire_soon([entry("1100:p"), entry("999:p")], 1000)
     assert not ice_servers_expire_soon([entry("static-user"), entry("x:p")], 1000)
+    # Not ASCII digits: "²".isdigit() is True but int("²") raises; never counts.
+    for odd in ("²:p", "١٠:p", "+5:p", " 5:p", "1e3:p", ""):
+        assert not ice_servers_expire_soon([entry(odd)], 10**9), odd
+
+
+def test_a_short_lived_credential_is_not_renewed_before_every_connection() -> None:
+    def entry(username: str) -> IceServer:
+        return IceServer(urls=("turn:h:1",), username=username, credential="c")
+
+    # A 20 s credential received at 1000: the margin is 10 s (half its life), not 60 s,
+    # so it is still used at 1005 and renewed from 1010 on.
+    short = [entry("1020:p")]
+    assert not ice_servers_expire_soon(short, 1005, received_s=1000)
+    assert ice_servers_expire_soon(short, 1010, received_s=1000)
+    assert ice_servers_expire_soon(short, 1005)  # without received_s: the 60 s margin
+    # A 1 h credential keeps the 60 s margin.
+    hour = [entry("4600:p")]
+    assert not ice_servers_expire_soon(hour, 4539, received_s=1000)
+    assert ice_servers_expire_soon(hour, 4540, received_s=1000)
+    # Received after its expiry (clock skew): expired, whatever the margin.
+    assert ice_servers_expire_soon([entry("900:p")], 1000, received_s=1000)
+
+
+def test_the_default_turn_ttl_is_one_hour() -> None:
+    from signaling.config import DEFAULT_TURN_TTL_S, SignalingSettings
+
+    assert DEFAULT_TURN_TTL_S == 3600
+    settings = SignalingSettings(turn_urls=["turn:a:1"], turn_secret="s3cr3t-value")
+    assert settings.turn_ttl_s == 3600
+
+
+def test_the_turn_secret_as_a_flag_warns_like_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--turn-secret VALUE`` is accepted (as ``--token`` is) but warns that the process
+    list shows it, naming the environment and the file instead, never the value."""
+    from signaling.__main__ import settings_from_args
+
+    cli = settings_from_args(["--turn-url", "turn:a:1", "--turn-secret", "s3cr3t-on-argv"])
+    assert cli.turn_secret is not None
+    err = capsys.readouterr().err
+    assert "warning: --turn-secret puts a secret on the command line" in err
+    assert "RTC_TURN_SECRET or --turn-secret-file" in err
+    assert "s3cr3t-on-argv" not in err
+
+
+async def test_a_malformed_server_frame_is_logged_without_its_values() -> None:
+    """A server (or whoever sits in its place) sends an offer whose ice_servers entry is
+    invalid and carries a credential: the client ignores the frame and logs its code,
+    type and the invalid field's location, never the values or the validator's text."""
+    import asyncio
+    import base64
+    import io
+    import json
+    import os
+
+    from aiohttp import web
+    from loguru import logger
+
+    from rtc_worker.signaling_client import SignalingClient
+
+    secret = "CRED-" + os.urandom(8).hex()
+    bad = {"type": "offer", "from": "w", "fingerprint": None, "to": "c", "sdp": "v=0",
+           "ice_servers": [{"urls": [secret], "username": "u", "credential": secret}]}  # fmt: skip
+    sent = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        nonce = base64.b64encode(os.urandom(32)).decode()
+        await ws.send_str(json.dumps({"type": "challenge", "nonce": nonce}))
+        await ws.receive()  # register
+        await ws.send_str(json.dumps(
+            {"type": "registered", "peer_id": "c", "fingerprint": None, "ice_servers": []}
+        ))  # fmt: skip
+        await ws.send_str(json.dumps(bad))
+        sent.set()
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    lines = io.StringIO()
+    sink = logger.add(lines, level="DEBUG")
+    client = SignalingClient(f"ws://127.0.0.1:{port}/ws", "c", "client")
+    try:
+        await client.connect()
+        await asyncio.wait_for(sent.wait(), 5)
+        with pytest.raises(TimeoutError):  # the frame was dropped, not delivered
+            await client.recv(timeout=0.5)
+    finally:
+        await client.close()
+        logger.remove(sink)
+        await runner.cleanup()
+    text = lines.getvalue()
+    assert "ignoring invalid frame from signaling: INVALID_FRAME offer field 'ice_servers" in text
+    assert secret not in text
+    assert "starts with one of" not in text  # the validator's own text stays out too

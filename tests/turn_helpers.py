@@ -6,11 +6,20 @@ port, a random 100-port relay range, ``--allow-loopback-peers`` (the relay addre
 configuration file as a deployment would (never on the command line). It waits for the log
 line that says coturn is serving, and kills it on exit, even when the test fails.
 :func:`coturn_fixture` is the pytest fixture ``coturn`` (import it into a test
-module); without ``turnserver`` the test is skipped with the reason.
+module); without ``turnserver`` the test is skipped with the reason (it fails under
+``RTC_REQUIRE_E2E=1``, :func:`tests.requirements.need`).
 
-coturn logs one ``usage:`` line per session and second (``--verbose``); :meth:`Coturn.
-relayed_bytes` sums what it received from one peer's allocation, so a test can show the
-relay carried a transfer.
+coturn logs one ``usage:`` line per session and second (``--verbose``); :func:`relayed_bytes`
+(and :meth:`Coturn.relayed_bytes`) sums what it received from one peer's allocation, so a
+test can show the relay carried a transfer.
+
+In a network namespace: ``running_coturn(folder, host=NS_ADDRESS, port=3478,
+argv_prefix=["ip", "netns", "exec", NS])`` (``NetNs.argv()`` gives the prefix) starts it
+inside and waits the same way; ``extra_config`` adds lines to its configuration file
+(e.g. ``max-allocate-lifetime=4``).
+
+``scripts/bench_transfer.py`` imports this module too (for its relay figure): it is the
+project's one coturn launcher, kept with the tests because only tests and the bench run it.
 """
 
 from __future__ import annotations
@@ -26,18 +35,39 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-__all__ = ["READY_LINE", "Coturn", "coturn_fixture", "coturn_missing", "running_coturn"]
+from tests.requirements import need
+
+__all__ = [
+    "READY_LINE",
+    "Coturn",
+    "coturn_fixture",
+    "coturn_missing",
+    "relayed_bytes",
+    "running_coturn",
+]
 
 READY_LINE = "Total General servers"
 """The log line coturn 4.6 prints once its listeners are up."""
 
 _USAGE = re.compile(r" usage: realm=<[^>]*>, username=<(?P<user>[^>]*)>, rp=\d+, rb=(?P<rb>\d+),")
+
+
+def relayed_bytes(log: str, peer_id: str) -> int:
+    """Bytes coturn received from the allocations of ``peer_id`` (usernames
+    ``"{expiry}:{peer_id}"``), summed over the ``usage:`` lines of its ``log`` (text of a
+    ``--verbose`` coturn, one line per session and second): what that peer sent through
+    the relay so far."""
+    total = 0
+    for match in _USAGE.finditer(log):
+        if match.group("user").endswith(":" + peer_id):
+            total += int(match.group("rb"))
+    return total
 
 
 @dataclass
@@ -71,14 +101,8 @@ class Coturn:
         return self.log_path.read_text("utf-8", "replace")
 
     def relayed_bytes(self, peer_id: str) -> int:
-        """Bytes coturn received from the allocations of ``peer_id`` (usernames
-        ``"{expiry}:{peer_id}"``), summed over its ``usage:`` lines: what that peer sent
-        through the relay so far (coturn logs once a second)."""
-        total = 0
-        for match in _USAGE.finditer(self.log()):
-            if match.group("user").endswith(":" + peer_id):
-                total += int(match.group("rb"))
-        return total
+        """:func:`relayed_bytes` of this coturn's log so far (coturn logs once a second)."""
+        return relayed_bytes(self.log(), peer_id)
 
     def refused_users(self) -> list[str]:
         """Lines where coturn refused a user's credential (401)."""
@@ -117,6 +141,9 @@ def running_coturn(
     secret: str | None = None,
     verbose: bool = True,
     timeout_s: float = 10.0,
+    port: int | None = None,
+    extra_config: Sequence[str] = (),
+    argv_prefix: Sequence[str] = (),
 ) -> Iterator[Coturn]:
     """Run coturn until the block exits (then it is killed).
 
@@ -128,6 +155,11 @@ def running_coturn(
         verbose: log sessions and their ``usage:`` lines (needed by
             :meth:`Coturn.relayed_bytes`).
         timeout_s: longest wait for the ready line, seconds.
+        port: its listening port (UDP and TCP); None: one free on ``host`` here (give
+            one when it runs in another namespace).
+        extra_config: more lines of its configuration file (``name=value``).
+        argv_prefix: prepended to its command line, e.g. ``["ip", "netns", "exec", NS]``
+            to run it in a network namespace (the prefix must exec the command).
 
     Raises:
         RuntimeError: turnserver is missing, exited, or was not ready in time (the
@@ -141,7 +173,7 @@ def running_coturn(
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coturn-")))
         folder.mkdir(parents=True, exist_ok=True)
         secret = secret or secrets.token_urlsafe(24)
-        port = _free_port(host)
+        port = _free_port(host) if port is None else port
         low = random.randrange(20000, 60000 - 100, 2)
         realm = "rtc.test"
         conf = folder / "turnserver.conf"
@@ -167,18 +199,21 @@ def running_coturn(
         ]
         if verbose:
             lines.append("verbose")
+        lines += extra_config
         conf.touch(mode=0o600)
         conf.write_text("\n".join(lines) + "\n")
         log_path = folder / "turnserver.log"
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                ["stdbuf", "-oL", "-eL", "turnserver", "-c", str(conf)],
+                [*argv_prefix, "stdbuf", "-oL", "-eL", "turnserver", "-c", str(conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        server = Coturn(host, port, secret, realm, log_path, proc, low, low + 99)
+        server = Coturn(
+            host, port, secret, realm, log_path, proc, low, low + 99, list(extra_config)
+        )
         try:
             deadline = time.monotonic() + timeout_s
             while READY_LINE not in server.log():
@@ -210,6 +245,6 @@ def coturn_fixture(tmp_path: Path) -> Iterator[Coturn]:
     """A coturn on 127.0.0.1 for this test (skipped, with the reason, without coturn)."""
     missing = coturn_missing()
     if missing is not None:
-        pytest.skip(missing)
+        need(missing)
     with running_coturn(tmp_path / "coturn") as server:
         yield server

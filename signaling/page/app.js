@@ -2,20 +2,37 @@
 import * as P from "./protocol.js";
 import { loadIdentity, pin, pinnedFor } from "./identity.js";
 import { Session } from "./session.js";
+import { addError, appendLine, clearLog } from "./bounded.js";
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "rtc-worker-page/token";
 const WORKER_KEY = "rtc-worker-page/worker";
 const RELAY_KEY = "rtc-worker-page/relay";
 const state = { identity: null, ws: null, registered: null, registrations: 0, iceServers: [], workers: [], session: null, worker: null, lastFile: null, lastJob: null };
-window.rtcPage = state; // for people debugging in the console
+/** A read-only view of the page's state, for people debugging in the console and for
+ *  the browser tests: registration, the connection and the upload's figures. Never the
+ *  identity (its sign() would let any script in the console sign as this browser) or
+ *  anything that acts: copies and getters only. */
+window.rtcPage = Object.freeze({
+  get fingerprint() { return state.identity?.fingerprint ?? null; },
+  get extractable() { return state.identity?.extractable ?? null; },
+  get registered() { return state.registered ? structuredClone(state.registered) : null; },
+  get registrations() { return state.registrations; },
+  get session() {
+    const s = state.session;
+    if (!s) return null;
+    const up = s.upload;
+    return Object.freeze({
+      pc: s.pc, // RTCPeerConnection: getStats() and the SDP show the path taken
+      bufferedAmount: s.channel.bufferedAmount,
+      upload: up && Object.freeze({ size: up.size, chunk: up.chunk, offset: up.offset, sent: up.sent, done: up.done }),
+    });
+  },
+});
 
 // ---------------------------------------------------------------------------- errors
 function showError(code, detail = "", where = null) {
-  const li = document.createElement("li");
-  li.dataset.code = code;
-  li.textContent = P.describeError(code, detail);
-  $("errors").append(li);
+  addError($("errors"), code, P.describeError(code, detail));
   if (where) setStatus(where, P.describeError(code, detail), "bad");
 }
 function setStatus(id, text, kind = "") {
@@ -244,7 +261,7 @@ const ui = {
     $("cancel-job").disabled = !(name === "run" && stepState === "active");
   },
   job(msg) {
-    if (msg.kind === "JobLog") $("job-log").textContent += `${msg.line}\n`;
+    if (msg.kind === "JobLog") appendLine($("job-log"), msg.line);
     else if (msg.kind === "JobMetrics")
       $("job-metrics").textContent = `validation ${msg.validation_ms} ms · file access ${msg.file_access_ms} ms · run ${msg.run_s} s · total ${msg.total_s} s`;
     else if (msg.kind === "JobComplete") {
@@ -329,13 +346,13 @@ async function start() {
   };
   $("job-form").onsubmit = async (ev) => {
     ev.preventDefault();
-    $("steps").replaceChildren(); $("job-log").textContent = ""; $("job-metrics").textContent = ""; setStatus("job-complete", "");
+    $("steps").replaceChildren(); clearLog($("job-log")); $("job-metrics").textContent = ""; setStatus("job-complete", "");
     try { await state.session.runSharedJob($("input-path").value.trim(), $("output-path").value.trim()); }
     catch (e) { showError(e.code ?? "INTERNAL_ERROR", e.detail ?? String(e)); }
   };
   $("cancel-job").onclick = () => { try { state.session.cancelJob(); } catch (e) { showError(e.code, e.detail); } };
   $("run-on-file").onclick = async () => {
-    $("steps").replaceChildren(); $("job-log").textContent = ""; $("job-metrics").textContent = ""; setStatus("job-complete", "");
+    $("steps").replaceChildren(); clearLog($("job-log")); $("job-metrics").textContent = ""; setStatus("job-complete", "");
     $("run-on-file").disabled = true;
     try { await state.session.startJob(); } catch (e) { showError(e.code ?? "INTERNAL_ERROR", e.detail ?? String(e)); }
   };

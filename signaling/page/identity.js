@@ -26,7 +26,8 @@ function request(db, mode, run) {
     const tx = db.transaction(STORE, mode);
     const req = run(tx.objectStore(STORE));
     tx.oncomplete = () => resolve(req.result);
-    tx.onerror = () => reject(tx.error);
+    tx.onerror = () => reject(tx.error ?? req.error);
+    tx.onabort = () => reject(tx.error ?? req.error);
   });
 }
 
@@ -44,8 +45,12 @@ export async function loadIdentity() {
     let pair = await request(db, "readonly", (s) => s.get(KEY_ID));
     if (!pair) {
       pair = await crypto.subtle.generateKey({ name: "Ed25519" }, false, ["sign", "verify"]);
-      await request(db, "readwrite", (s) => s.add(pair, KEY_ID));
-      // Another tab may have won the race: read back what is stored.
+      try {
+        await request(db, "readwrite", (s) => s.add(pair, KEY_ID));
+      } catch (e) {
+        // Another tab stored its key first (add() of an existing key): use that one.
+        if (e?.name !== "ConstraintError") throw e;
+      }
       pair = await request(db, "readonly", (s) => s.get(KEY_ID));
     }
     const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));

@@ -6,10 +6,17 @@
 // frame (a string, or a Uint8Array for a Chunk); parse(frame) returns the message or
 // throws ProtocolError with the code of the reply (section 1.3 order: size, type,
 // fields). Counts above 2^53 - 1 are refused (MALFORMED_FRAME): a browser number cannot
-// hold them exactly. Also here: the bounds (1.2), error codes as readable text (3), the
-// channel handshake's transcript and client machine (2.5, 4.7), the proof of possession
-// digest (2.3) and the sender machine (4.5).
-import { Sha256 } from "./sha256.js";
+// hold them exactly. Also here: the bounds (1.2); and, from the files it re-exports (so
+// the page imports one module): the readable errors (errors.js, section 3), the state
+// tables (tables.js, 4.1, 4.3, 4.5), bytes helpers (bytes.js), the channel handshake and
+// the proof of possession digest (handshake.js, 2.5, 4.7, 2.3).
+import { ProtocolError } from "./errors.js";
+import { b64decode, b64encode } from "./bytes.js";
+
+export * from "./errors.js";
+export * from "./tables.js";
+export * from "./bytes.js";
+export * from "./handshake.js";
 
 export const SEP = "::";
 /** PROTOCOL.md 1.2, `Limits` defaults. Bytes unless named _s (seconds). */
@@ -40,20 +47,9 @@ const COUNT18 = /^[0-9]{1,18}$/;
 const MB = /^[0-9]{1,15}(?:\.[0-9]{1,6})?$/;
 const LEGACY_META = /^(.+):([0-9]{1,18}):([^:]*)$/s;
 const PROOF_RANGES = /^[0-9]{1,18}\+[0-9]{1,6}(?:,[0-9]{1,18}\+[0-9]{1,6}){0,15}$/;
-const B64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 const MAX_MB = 1e14;
 const utf8 = new TextEncoder();
 
-/** A refused frame or a misuse, with the code of its reply (PROTOCOL.md 3.2, 3.3).
- *  remote: the peer sent it (RemoteProtocolError); else we misused the protocol. */
-export class ProtocolError extends Error {
-  constructor(code, detail, remote = true) {
-    super(`${code}: ${detail}`);
-    this.code = code;
-    this.detail = detail;
-    this.remote = remote;
-  }
-}
 const bad = (code, detail) => new ProtocolError(code, detail, false);
 export const byteLength = (text) => utf8.encode(text).length;
 
@@ -183,29 +179,6 @@ export function check(msg) {
   }
   return m;
 }
-
-// ------------------------------------------------------------------- base64, hex, bytes
-export function b64encode(bytes) {
-  let s = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(s);
-}
-/** Standard base64 with padding that must give exactly `size` bytes; throws Error. */
-export function b64decode(text, size) {
-  if (!B64.test(text)) throw new Error("not base64");
-  const bin = atob(text);
-  if (bin.length !== size) throw new Error(`expected ${size} bytes, got ${bin.length}`);
-  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-}
-export const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-export const unhex = (text) => Uint8Array.from(text.match(/../g) ?? [], (h) => parseInt(h, 16));
-export function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
-  return out;
-}
-export const sha256hex = (bytes) => hex(new Sha256().update(bytes).digest());
 
 // ------------------------------------------------------------------------------ encode
 const fmtMetric = (v) => (Number.isInteger(v) ? `${v}.0` : String(v));
@@ -401,232 +374,6 @@ export function parse(frame) {
   }
 }
 
-// ------------------------------------------------------- readable errors (PROTOCOL.md 3)
-export const ERROR_TEXT = Object.freeze({
-  // 3.2 PROTOCOL_ERROR
-  UNKNOWN_MESSAGE: "The other side does not know this message.",
-  MALFORMED_FRAME: "A message did not follow the protocol's grammar.",
-  FRAME_TOO_LARGE: "A message was larger than allowed.",
-  PATH_TOO_LONG: "The path is too long (at most 4096 bytes).",
-  TOO_MANY_FIELDS: "A message had too many fields.",
-  INVALID_JOB_ID: "The job id may use only letters, digits, '.', '_' and '-' (1 to 64).",
-  UNEXPECTED_MESSAGE: "That is not possible right now (wrong moment in the exchange).",
-  UNEXPECTED_DATA: "File data arrived outside a transfer, or a chunk broke its bounds.",
-  WORKER_BUSY: "The worker is running another job; try again later.",
-  NO_SHARED_STORAGE: "This worker has no shared storage: send a file instead.",
-  OVERLOADED: "The worker could not keep up and closed the connection.",
-  UNKNOWN_JOB: "The worker has no results for this job (or they belong to someone else).",
-  NO_STORAGE: "The worker has no storage service configured.",
-  INTERNAL_ERROR: "The worker failed internally (see its log).",
-  AUTH_REQUIRED: "The worker needs the identity handshake first.",
-  AUTH_FAILED: "The identity handshake failed: a signature did not verify.",
-  NOT_AUTHORIZED: "This worker does not accept this browser's identity (ask its operator to authorize your fingerprint).",
-  WORKER_KEY_CHANGED: "The worker's key is not the one pinned for it: refused. Someone may be impersonating it; if its operator really changed its key, forget the pin.",
-  // 3.3 TRANSFER_ERROR
-  HASH_MISMATCH: "The file's sha256 did not match: it was corrupted on the way.",
-  SIZE_MISMATCH: "More or fewer bytes arrived than announced.",
-  FILE_TOO_LARGE: "The file is larger than the worker accepts.",
-  DISK_FULL: "The worker's disk is full.",
-  INVALID_NAME: "The file name is not a plain base name.",
-  CANCELLED: "The transfer was cancelled; what arrived is kept for a resume.",
-  QUOTA_EXCEEDED: "You hold too many unfinished transfers on this worker.",
-  // 3.4 signaling
-  INVALID_JSON: "The signaling server could not read a frame.",
-  INVALID_FRAME: "The signaling server refused a malformed frame.",
-  UNKNOWN_TYPE: "The signaling server does not know this frame.",
-  NOT_REGISTERED: "Not registered with the signaling server yet.",
-  UNAUTHORIZED: "Wrong or missing token: the signaling server refused the connection.",
-  PEER_ID_TAKEN: "This browser is already connected in another tab.",
-  ALREADY_REGISTERED: "Already registered.",
-  PEER_NOT_FOUND: "That worker is not connected to the signaling server any more.",
-  KEY_REQUIRED: "The signaling server needs a key to register.",
-  BAD_SIGNATURE: "The signaling server did not accept this browser's signature.",
-  PEER_ID_BOUND: "This peer id belongs to another key on the signaling server.",
-  REGISTRATION_TIMEOUT: "Registration took too long; connect again.",
-  TOO_MANY_CONNECTIONS: "The signaling server has too many connections; try again later.",
-  SERVER_ERROR: "The signaling server could not complete the request; try again later.",
-  // the page's own
-  NO_TURN_SERVER: "Relay only was chosen, but the signaling server offers no TURN server.",
-  NO_RELAY_CANDIDATE: "Relay only was chosen, but the TURN server gave no relay address (refused credentials, or unreachable).",
-  CONNECTION_FAILED: "The WebRTC connection could not be established.",
-  CONNECTION_LOST: "The connection to the worker was lost.",
-  NOT_CONNECTED: "Choose a worker first.",
-  TIMEOUT: "The worker did not answer in time.",
-  PATH_ERROR: "The worker refused the path.",
-  SECURE_CONTEXT_REQUIRED: "This page needs a secure context (HTTPS or localhost) for WebCrypto.",
-});
-/** "CODE: readable text (detail)" for any code, known or not. */
-export function describeError(code, detail = "") {
-  const text = ERROR_TEXT[code] ?? "Error.";
-  return detail ? `${code}: ${text} (${detail})` : `${code}: ${text}`;
-}
-
-// ------------------------------------------------ identity pieces (protocol/identity.py)
-const ascii = (s) => utf8.encode(s);
-const u16 = (n) => Uint8Array.of(n >> 8, n & 255);
-const fields = (...parts) => concat(...parts.flatMap((p) => [u16(p.length), p]));
-export const TRANSCRIPT_CONTEXT = "rtc-worker/channel-handshake/v1";
-export const REGISTER_CONTEXT = "rtc-worker/signaling-register/v1";
-
-/** `sha-256 AB:CD:...`: algorithm lower case, hex upper case. Throws Error. */
-export function normaliseDtls(value) {
-  const parts = value.trim().split(/\s+/);
-  if (parts.length !== 2 || !/^[\x00-\x7f]*$/.test(value)) throw new Error("a DTLS fingerprint is '<algorithm> <AB:CD:...>'");
-  return `${parts[0].toLowerCase()} ${parts[1].toUpperCase()}`;
-}
-/** The one sha-256 `a=fingerprint` of an SDP (RFC 8122 section 5). Throws Error. */
-export function sdpDtlsFingerprint(sdp) {
-  const found = new Set();
-  for (const line of sdp.split(/\r\n|\r|\n/))
-    if (line.startsWith("a=fingerprint:")) {
-      const v = normaliseDtls(line.slice("a=fingerprint:".length));
-      if (v.startsWith("sha-256 ")) found.add(v);
-    }
-  if (found.size !== 1) throw new Error(`expected one sha-256 DTLS fingerprint in the SDP, found ${found.size}`);
-  return [...found][0];
-}
-/** The handshake transcript (PROTOCOL.md 2.5): context || field(each). Byte arguments. */
-export function transcript({ offer_dtls, answer_dtls, client_key, worker_key, client_nonce, worker_nonce }) {
-  return concat(ascii(TRANSCRIPT_CONTEXT), fields(ascii(normaliseDtls(offer_dtls)), ascii(normaliseDtls(answer_dtls)),
-    client_key, worker_key, client_nonce, worker_nonce));
-}
-/** The signaling registration payload (PROTOCOL.md 5.3). */
-export function registrationPayload(nonce, peerId, role, publicKey) {
-  return concat(ascii(REGISTER_CONTEXT), fields(nonce, utf8.encode(peerId), ascii(role), publicKey));
-}
-export const fingerprint = (publicKey) => sha256hex(publicKey);
-const P = 2n ** 255n - 19n;
-const SMALL_ORDER_Y = new Set([0n, 1n, P - 1n,
-  0x05fc536d880238b13933c6d305acdfd5f098eff289f4c345b027b2c28f95e826n,
-  0x7a03ac9277fdc74ec6cc392cfa53202a0f67100d760b3cba4fd84d3d706a17c7n]);
-/** A key nobody holds alone: non-canonical or of small order (RFC 8032 5.1.3). */
-export function isWeakPublicKey(key) {
-  if (key.length !== 32) return true;
-  let y = 0n;
-  for (let i = 31; i >= 0; i--) y = (y << 8n) | BigInt(key[i]);
-  y &= (1n << 255n) - 1n;
-  return y >= P || SMALL_ORDER_Y.has(y);
-}
-/** Ed25519 verification through WebCrypto; never throws. */
-export async function verify(publicKey, signature, payload) {
-  if (isWeakPublicKey(publicKey)) return false;
-  try {
-    const key = await crypto.subtle.importKey("raw", publicKey, { name: "Ed25519" }, false, ["verify"]);
-    return await crypto.subtle.verify({ name: "Ed25519" }, key, signature, payload);
-  } catch { return false; }
-}
-const label = (role, t) => concat(ascii(role), t);
-
-/** The client side of the channel handshake (PROTOCOL.md 4.7, CLIENT_AUTH_TABLE).
- *  signer: {publicKey: Uint8Array(32), sign(bytes): Promise<Uint8Array(64)>}.
- *  pinned: the fingerprint the worker must prove, or null (trust on first use). */
-export const CLIENT_AUTH_TABLE = Object.freeze({
-  "NEW|start": "HELLO_SENT",
-  "HELLO_SENT|AuthChallenge": "HELLO_SENT",
-  "HELLO_SENT|valid": "RESPONDED",
-  "HELLO_SENT|bad signature": "FAILED",
-  "HELLO_SENT|key changed": "FAILED",
-  "HELLO_SENT|refused": "FAILED",
-  "RESPONDED|AuthOk": "RESPONDED",
-  "RESPONDED|valid": "AUTHENTICATED",
-  "RESPONDED|wrong principal": "FAILED",
-  "RESPONDED|refused": "FAILED",
-});
-export class ClientHandshake {
-  constructor({ signer, offerDtls, answerDtls, pinned = null, nonce = null }) {
-    Object.assign(this, { signer, offerDtls, answerDtls, pinned, state: "NEW", workerKey: null });
-    this.nonce = nonce ?? crypto.getRandomValues(new Uint8Array(32));
-  }
-  _step(step) {
-    const next = CLIENT_AUTH_TABLE[`${this.state}|${step}`];
-    if (!next) throw new ProtocolError("UNEXPECTED_MESSAGE", `can't handle ${step} in handshake state ${this.state}`);
-    this.state = next;
-  }
-  _fail(step, code, detail) {
-    this._step(step);
-    return { failed: { code, detail }, send: code === "UNEXPECTED_MESSAGE" ? [] : [encode({ kind: "ProtocolErrorFrame", code: "AUTH_FAILED", detail })] };
-  }
-  /** The AUTH_HELLO frame. */
-  start() {
-    this._step("start");
-    return encode({ kind: "AuthHello", public_key: this.signer.publicKey, nonce: this.nonce });
-  }
-  /** Take one handshake message; returns {send: [frames], failed?: {code, detail}, done?: fingerprint}. */
-  async receive(msg) {
-    if (msg.kind === "ProtocolErrorFrame") return this._fail("refused", msg.code, msg.detail);
-    if (msg.kind === "AuthChallenge") {
-      this._step("AuthChallenge");
-      const fp = fingerprint(msg.public_key);
-      if (this.pinned && this.pinned !== fp)
-        return this._fail("key changed", "WORKER_KEY_CHANGED", `pinned ${this.pinned}, the worker proved ${fp}`);
-      this.transcript = transcript({ offer_dtls: this.offerDtls, answer_dtls: this.answerDtls, client_key: this.signer.publicKey,
-        worker_key: msg.public_key, client_nonce: this.nonce, worker_nonce: msg.nonce });
-      if (!(await verify(msg.public_key, msg.signature, label("worker", this.transcript))))
-        return this._fail("bad signature", "AUTH_FAILED", "the worker's signature does not verify");
-      this._step("valid");
-      this.workerKey = msg.public_key;
-      this.workerFingerprint = fp;
-      const signature = await this.signer.sign(label("client", this.transcript));
-      return { send: [encode({ kind: "AuthResponse", signature })] };
-    }
-    if (msg.kind === "AuthOk") {
-      this._step("AuthOk");
-      const mine = fingerprint(this.signer.publicKey);
-      if (msg.fingerprint !== mine) return this._fail("wrong principal", "AUTH_FAILED", `AUTH_OK names ${msg.fingerprint}`);
-      this._step("valid");
-      return { send: [], done: this.workerFingerprint };
-    }
-    throw new ProtocolError("UNEXPECTED_MESSAGE", `${msg.kind} during the handshake`);
-  }
-}
-
-// -------------------------------------------------------- proof of possession (2.3)
-/** sha256(nonce || bytes of each range, in order), lower-case hex. readRange(offset,
- *  length) -> Promise<Uint8Array>. Throws ProtocolError MALFORMED_FRAME for a range
- *  beyond `size` (the sender then gives no answer). */
-export async function proofDigest(request, size, readRange) {
-  const h = new Sha256().update(unhex(request.nonce));
-  for (const [offset, length] of request.ranges) {
-    if (offset + length > size) throw malformed(`range ${offset}+${length} is beyond the file's ${size} bytes`);
-    h.update(await readRange(offset, length));
-  }
-  return hex(h.digest());
-}
-
-// --------------------------------------------------- the sender machine (4.5, SENDER_TABLE)
-const OPEN = ["AWAIT_READY", "PROVING", "PROVED", "SENDING", "AWAIT_RECEIVED"];
-export const SENDER_TABLE = Object.freeze({
-  "IDLE|FileMeta": "AWAIT_READY",
-  "AWAIT_READY|FileReady": "SENDING",
-  "AWAIT_READY|FileExists": "IDLE",
-  "AWAIT_READY|ProtocolErrorFrame": "IDLE",
-  "AWAIT_READY|FileProofRequest": "PROVING",
-  "PROVING|FileRanges": "PROVED",
-  "PROVING|FileReady": "SENDING",
-  "PROVED|FileReady": "SENDING",
-  "PROVED|FileExists": "IDLE",
-  "SENDING|FileProgress": "SENDING",
-  "SENDING|EndOfFile": "AWAIT_RECEIVED",
-  "AWAIT_RECEIVED|FileProgress": "AWAIT_RECEIVED",
-  "AWAIT_RECEIVED|FileReceived": "IDLE",
-  ...Object.fromEntries(OPEN.flatMap((s) => [[`${s}|TransferError`, "IDLE"], [`${s}|FileCancel`, "IDLE"], [`${s}|cancel`, "CANCELLED"]])),
-  ...Object.fromEntries(["FileProofRequest", "FileReady", "FileExists", "FileProgress", "FileReceived"].map((k) => [`CANCELLED|${k}`, "CANCELLED"])),
-  "CANCELLED|TransferError": "IDLE",
-  "CANCELLED|FileCancel": "IDLE",
-  "CANCELLED|give up": "IDLE",
-});
-/** The sending side's state: step(event) moves it or throws UNEXPECTED_MESSAGE. */
-export class SenderMachine {
-  constructor() { this.state = "IDLE"; }
-  can(event) { return `${this.state}|${event}` in SENDER_TABLE; }
-  step(event) {
-    const next = SENDER_TABLE[`${this.state}|${event}`];
-    if (!next) throw new ProtocolError("UNEXPECTED_MESSAGE", `can't handle ${event} when the sender is ${this.state}`);
-    const before = this.state;
-    this.state = next;
-    return before;
-  }
-}
 /** The chunk size to send with: the remote's max message size, at most the protocol's
  *  bound; 64 KiB when the remote's is unknown (PROTOCOL.md 1.2). */
 export function chunkSizeFor(maxMessageSize) {
