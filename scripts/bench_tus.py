@@ -9,6 +9,8 @@ made by a separate client process on this machine, which reads the file in 1 MiB
 slices and times from its first request to its last answer:
 
   raw            one POST /raw of the whole file
+  raw S3         (``--backend s3``) one POST /raw-s3: the body streamed into a multipart
+                 upload of 8 MiB parts, no hashing, no record: the S3 baseline
   POST /upload   the service's existing one-request upload (sha256 on the way, fsync,
                  content-addressed blob, the record): for reference
   tus 8 MiB      POST /files/, then PATCHes of 8 MiB (each fsynced and recorded); the
@@ -21,10 +23,16 @@ slices and times from its first request to its last answer:
 Modes alternate round by round; the table gives the median of the rounds and the ratio
 to the raw median of the same run.
 
+With ``--backend s3`` the service keeps its blobs in an S3 bucket: moto's server in a
+process of its own on loopback (``moto[server]``, the test extra; fake credentials),
+or the store named by ``--s3-endpoint-url`` and ``--s3-bucket`` (credentials from the
+standard ``AWS_*`` variables). The raw baseline still writes to the local disk.
+
 Usage::
 
     .venv/bin/python scripts/bench_tus.py                 # 200 MB, 3 rounds
     .venv/bin/python scripts/bench_tus.py --size-mb 100 --rounds 5
+    .venv/bin/python scripts/bench_tus.py --backend s3    # on moto's S3 server
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ KEY = "bench-tus-key"
 TUS = {"Tus-Resumable": "1.0.0", "X-API-Key": KEY}
 MODES: dict[str, tuple[str, int, bool]] = {
     "raw": ("raw", 0, False),
+    "raw S3": ("raw_s3", 0, False),
     "POST /upload": ("upload", 0, False),
     "tus 8 MiB": ("tus", 8 * MIB, False),
     "tus 32 MiB": ("tus", 32 * MIB, False),
@@ -78,8 +87,8 @@ async def _client(url: str, path: Path, size: int, mode: str, chunk: int, checks
 
     began = time.perf_counter()
     async with aiohttp.ClientSession() as session:
-        if mode in ("raw", "upload"):
-            target, sent = url + "/raw", {}
+        if mode in ("raw", "raw_s3", "upload"):
+            target, sent = url + ("/raw" if mode == "raw" else "/raw-s3"), {}
             if mode == "upload":
                 target, sent = url + "/upload", {"X-API-Key": KEY, "X-Job-Id": "bench"}
                 sent["X-Replace"] = "true"
@@ -150,13 +159,80 @@ async def _raw(request: Any) -> Any:
     return web.Response(text="ok")
 
 
-async def _bench(size_mb: int, rounds: int, modes: list[str]) -> dict[str, Any]:
+async def _raw_s3(request: Any) -> Any:
+    """``POST /raw-s3``: the S3 baseline, the body streamed into a multipart upload
+    (8 MiB parts, no hashing, no record) and completed."""
+    from aiobotocore.session import get_session
+    from aiohttp import web
+
+    endpoint, bucket = request.app["raw_s3"]
+    async with get_session().create_client("s3", endpoint_url=endpoint) as s3:
+        key = "raw/bench"
+        upload = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+        parts, buffer = [], bytearray()
+
+        async def send() -> None:
+            number = len(parts) + 1
+            sent = await s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=bytes(buffer)
+            )
+            parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            buffer.clear()
+
+        async for chunk in request.content.iter_chunked(MIB):
+            buffer += chunk
+            if len(buffer) >= 8 * MIB:
+                await send()
+        if buffer or not parts:
+            await send()
+        await s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+        )
+    return web.Response(text="ok")
+
+
+async def _moto(tmp: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+    """moto's S3 server in its own process on a free loopback port, with a bucket."""
+    import socket
+
+    from aiobotocore.session import get_session
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=(tmp / "moto.log").open("wb"),
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    async with get_session().create_client("s3", endpoint_url=endpoint) as s3:
+        for _ in range(100):
+            try:
+                await s3.create_bucket(Bucket="bench-tus")
+                break
+            except Exception:  # not listening yet
+                await asyncio.sleep(0.1)
+    return proc, {"storage_backend": "s3", "s3_endpoint_url": endpoint, "s3_bucket": "bench-tus"}
+
+
+async def _bench(
+    size_mb: int, rounds: int, modes: list[str], backend: dict[str, Any]
+) -> dict[str, Any]:
     from aiohttp import web
 
     from signaling.app import create_app
     from signaling.config import SignalingSettings
 
+    moto: asyncio.subprocess.Process | None = None
     with tempfile.TemporaryDirectory(prefix="bench-tus-") as tmp:
+        if backend.get("storage_backend") == "s3" and not backend.get("s3_endpoint_url"):
+            moto, backend = await _moto(Path(tmp))
         root = Path(tmp)
         source = root / "source.bin"
         with source.open("wb") as stream:
@@ -171,10 +247,13 @@ async def _bench(size_mb: int, rounds: int, modes: list[str]) -> dict[str, Any]:
             storage_max_file_size=2 * size_mb * MB,
             upload_quota_bytes=1 << 50,
             disk_reserve_bytes=0,
+            **backend,
         )
         app = create_app(settings)
         app["raw_path"] = root / "raw.bin"
+        app["raw_s3"] = (backend.get("s3_endpoint_url"), backend.get("s3_bucket"))
         app.router.add_post("/raw", _raw)
+        app.router.add_post("/raw-s3", _raw_s3)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -194,7 +273,11 @@ async def _bench(size_mb: int, rounds: int, modes: list[str]) -> dict[str, Any]:
                     times[mode].append(json.loads(out.decode().strip().splitlines()[-1])["seconds"])
         finally:
             await runner.cleanup()
+            if moto is not None:
+                moto.terminate()
+                await moto.wait()
     raw = statistics.median(times["raw"]) if "raw" in times else None
+    raw_s3 = statistics.median(times["raw S3"]) if "raw S3" in times else None
     rows = []
     for mode, seconds in times.items():
         median = statistics.median(seconds)
@@ -205,16 +288,21 @@ async def _bench(size_mb: int, rounds: int, modes: list[str]) -> dict[str, Any]:
                 "mb_per_s": round(size_mb / median, 1),
                 "best_mb_per_s": round(size_mb / min(seconds), 1),
                 "vs_raw": None if raw is None else round(raw / median, 2),
+                "vs_raw_s3": None if raw_s3 is None else round(raw_s3 / median, 2),
             }
         )
-    return {"size_mb": size_mb, "rounds": rounds, "backend": "folder", "rows": rows}
+    kind = str(backend.get("storage_backend", "folder"))
+    return {"size_mb": size_mb, "rounds": rounds, "backend": kind, "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=200, help="file size, MB (10^6 bytes)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated")
+    parser.add_argument("--modes", help="comma-separated (default: all; raw S3 with s3 only)")
+    parser.add_argument("--backend", choices=("folder", "s3"), default="folder")
+    parser.add_argument("--s3-endpoint-url", help="an S3 store instead of moto's server")
+    parser.add_argument("--s3-bucket", help="its bucket (it must exist)")
     parser.add_argument(
         "--client", nargs=3, metavar=("URL", "FILE", "MODE"), help=argparse.SUPPRESS
     )
@@ -222,21 +310,28 @@ def main() -> None:
     if args.client:
         client_main(*args.client)
         return
-    modes = [mode.strip() for mode in args.modes.split(",")]
+    default = [mode for mode in MODES if mode != "raw S3" or args.backend == "s3"]
+    modes = [mode.strip() for mode in args.modes.split(",")] if args.modes else default
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
-    result = asyncio.run(_bench(args.size_mb, args.rounds, modes))
+    backend: dict[str, Any] = {}
+    if args.backend == "s3":
+        backend = {"storage_backend": "s3"}
+        if args.s3_endpoint_url:
+            backend.update(s3_endpoint_url=args.s3_endpoint_url, s3_bucket=args.s3_bucket)
+    result = asyncio.run(_bench(args.size_mb, args.rounds, modes, backend))
     print(
         f"tus upload vs raw aiohttp stream-to-disk: {result['size_mb']} MB, {result['rounds']} "
-        "rounds, folder backend, loopback, separate client process"
+        f"rounds, {result['backend']} backend, loopback, separate client process"
     )
     print()
-    print("| mode | median s | MB/s (median) | MB/s (best) | vs raw |")
-    print("|---|---|---|---|---|")
+    print("| mode | median s | MB/s (median) | MB/s (best) | vs raw | vs raw S3 |")
+    print("|---|---|---|---|---|---|")
     for row in result["rows"]:
+        s3 = "" if row["vs_raw_s3"] is None else f"{row['vs_raw_s3']}x"
         print(f"| {row['mode']} | {row['median_s']} | {row['mb_per_s']} | "
-              f"{row['best_mb_per_s']} | {row['vs_raw']}x |")  # fmt: skip
+              f"{row['best_mb_per_s']} | {row['vs_raw']}x | {s3} |")  # fmt: skip
     print()
     print(json.dumps(result))
 

@@ -83,7 +83,8 @@ def _cleanup_once(settings: SignalingSettings) -> int:
 async def _cleanup_pass(settings: SignalingSettings) -> CleanupReport:
     store = ResultsService(settings)
     try:
-        await asyncio.to_thread(store.blobs.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(store.root.mkdir, parents=True, exist_ok=True)
+        await store.backend.open()
         await store.db.migrate()
         return await cleanup(store, settings.upload_ttl_s)
     finally:

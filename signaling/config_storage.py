@@ -1,5 +1,5 @@
 """Settings of the storage service beside signaling (results, resumable uploads, tus):
-its folder, its database, its admin key, its limits and quotas.
+its folder, its database, its blob backend, its admin key, its limits and quotas.
 
 :class:`StorageSettings` is the base of :class:`signaling.config.SignalingSettings`: the
 storage fields are the same flags and variables of ``rtc-signaling``, kept in a model of
@@ -9,7 +9,7 @@ their own (the README's storage table is generated from it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -169,6 +169,22 @@ class StorageSettings(EnvSettings):
         "the disk is full so that deletes can still be recorded, recreated when there is "
         "room; 0: none.",
     )
+    # Blobs on an S3-compatible store (credentials: the standard AWS_* variables)
+    storage_backend: Annotated[Literal["folder", "s3"], Env("RTC_STORAGE_BACKEND")] = Field(
+        "folder",
+        description="Where the result store keeps its blobs: folder (in the storage path) or "
+        "s3 (s3_bucket; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_DEFAULT_REGION).",
+    )
+    s3_endpoint_url: Annotated[str | None, Env("RTC_S3_ENDPOINT_URL")] = Field(
+        None,
+        pattern=r"^https?://",
+        description="Endpoint of an S3-compatible store (MinIO, R2, Ceph), e.g. "
+        "https://minio.example.org:9000; unset: AWS S3.",
+    )
+    s3_bucket: Annotated[str | None, Env("RTC_S3_BUCKET")] = Field(
+        None, description="Bucket of the blobs with storage_backend s3 (it must exist)."
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -189,10 +205,15 @@ class StorageSettings(EnvSettings):
     _empty_path_is_none = field_validator("storage_path", "database_path", mode="before")(
         empty_is_none
     )
+    _empty_s3_is_none = field_validator("s3_endpoint_url", "s3_bucket", mode="before")(
+        empty_is_none
+    )
 
     @model_validator(mode="after")
     def _storage_needs_key(self) -> Self:
         load_secret_files(self, [("storage_api_key", "api_key_file", "API key")])
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("the storage backend is s3 but no bucket is set: set RTC_S3_BUCKET")
         if self.storage_path is not None and self.storage_api_key is None and self._serves():
             raise ValueError(
                 "storage is enabled (STORAGE_PATH / --storage-path) but no API key is set: "

@@ -26,9 +26,10 @@ but ``False``; it fails when it returns ``False``, raises, or does not finish wi
 (before it starts); a second check under the same name replaces the first. This module
 registers ``database`` (a query of the storage database's migration table, on SQLite or
 PostgreSQL) and ``blob_store`` (the storage folder takes a new file: created, written
-and removed, by descriptor) when storage is on, unless a check of that name is
-registered already. One probe of the folder runs at a time: while a probe hangs (a
-dead NFS mount) the next ones fail at once instead of piling threads up.
+and removed, by descriptor; the S3 backend answers ``HeadBucket``) when storage is on,
+unless a check of that name is registered already. One probe of the folder runs at a
+time: while a probe hangs (a dead NFS mount) the next ones fail at once instead of piling
+threads up.
 
 Source: the Kubernetes liveness and readiness probes
 (https://kubernetes.io/docs/tasks/configure-pod-container/configure-liveness-readiness-startup-probes/).
@@ -123,7 +124,9 @@ def setup_ops(app: web.Application, settings: SignalingSettings, peers: PeerCoun
     if STORE_KEY in app:
         store = app[STORE_KEY]
         checks.setdefault("database", lambda: database_answers(store.db))
-        checks.setdefault("blob_store", FolderProbe(store.root))
+        backend = store.backend  # the folder takes a file; S3 answers HeadBucket
+        probe = FolderProbe(store.root) if backend.local_disk else backend.ping
+        checks.setdefault("blob_store", probe)
 
     async def ready(request: web.Request) -> web.Response:
         """``GET /ready``: 200 when every check passes, else 503 naming the failed ones."""

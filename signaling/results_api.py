@@ -31,9 +31,11 @@ refused: they do not survive URL normalisation). Every answer of these routes is
 errors ``{"error": {"code", "message", "timestamp"}}`` (:mod:`signaling.api_common`),
 a full disk included (507 DISK_FULL); reads and deletes keep working on a full disk.
 
-An upload streams into an anonymous partial file (never whole in memory) while its
-size, SHA-256 and MIME type are computed, then is committed into the blob store (fsync,
-atomic link); see :mod:`signaling.results_store` for the layout.
+An upload streams into an anonymous partial of the blob backend (never whole in
+memory: a partial file, or S3 parts of at least 5 MiB) while its size, SHA-256 and MIME
+type are computed, then is committed into the blob store (folder: fsync, atomic link;
+S3: the completed object copied to ``blobs/<sha256>``); see
+:mod:`signaling.results_store` for the layout.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from protocol.messages import is_valid_job_id
-from rtc_worker.storage import SHA256_HEX, PartialFile
+from rtc_worker.storage import SHA256_HEX
 from signaling.api_common import (
     ApiError,
     ApiErrorCode,
@@ -57,6 +59,7 @@ from signaling.api_common import (
     now_timestamp,
 )
 from signaling.auth import ADMIN_PRINCIPAL, Caller, Role
+from signaling.blobs import BlobUpload
 from signaling.config import SignalingSettings
 from signaling.keys import is_valid_owner
 from signaling.results_store import STORE_KEY, ResultsService
@@ -195,7 +198,7 @@ async def _next_part(reader: MultipartReader) -> Any:
 
 async def _receive_multipart(
     request: web.Request, store: ResultsService, precheck: Callable[[str], Awaitable[None]]
-) -> tuple[str, PartialFile]:
+) -> tuple[str, BlobUpload]:
     """Read a multipart upload: the ``job_id`` field and the ``file`` part, any order.
     ``precheck`` runs on the job id as soon as it is known, before the file if it
     comes first."""
@@ -204,7 +207,7 @@ async def _receive_multipart(
     except (ValueError, aiohttp.ClientError, HttpProcessingError) as exc:  # no boundary...
         raise ApiError(ApiErrorCode.INVALID_FIELD, f"malformed multipart body: {exc}") from None
     job_id: str | None = None
-    staged: PartialFile | None = None
+    staged: BlobUpload | None = None
     try:
         while (part := await _next_part(reader)) is not None:
             if not isinstance(part, BodyPartReader):
@@ -223,7 +226,7 @@ async def _receive_multipart(
         return check_job_id(job_id), staged
     except BaseException:
         if staged is not None:
-            await asyncio.to_thread(staged.discard)
+            await staged.discard()
         raise
 
 
@@ -272,7 +275,7 @@ async def _upload(request: web.Request) -> web.Response:
     try:
         stored = await store.commit(owner, job_id, staged, replace=replace, sha256=declared)
     finally:
-        await asyncio.to_thread(staged.discard)  # no-op once committed
+        await staged.discard()  # no-op once committed
     record = stored.record
     logger.info(
         "stored job {!r} of {}: {} bytes, sha256 {}",

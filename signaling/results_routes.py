@@ -10,8 +10,6 @@ and a download whose ``downloaded_at`` cannot be recorded is still served.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -20,7 +18,7 @@ from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Role
 from signaling.db import FileRecord
 from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS
-from signaling.results_api import CHUNK_BYTES, check_job_id
+from signaling.results_api import check_job_id
 from signaling.results_store import STORE_KEY, ResultsService
 
 __all__ = ["DownloadQuery", "add_read_routes"]
@@ -109,7 +107,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
         return response
     query = DownloadQuery.model_validate(dict(request.query))
     try:
-        file = await asyncio.to_thread(store.store.open_object, record.sha256)
+        reader = await store.backend.open_reader(record.sha256)
     except FileNotFoundError:  # removed by a concurrent delete
         raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted") from None
     sent = 0
@@ -117,12 +115,12 @@ async def _download(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200)
         _headers(response, record)
         await response.prepare(request)
-        while chunk := await asyncio.to_thread(file.read, CHUNK_BYTES):
+        async for chunk in reader.chunks():
             await response.write(chunk)
             sent += len(chunk)
         await response.write_eof()
     finally:
-        await asyncio.to_thread(file.close)
+        await reader.close()
     if sent == record.file_size:
         await _after_download(store, record, by_owner=access.by_owner, keep=query.keep)
     return response

@@ -1,9 +1,11 @@
 """The result store behind the storage routes: blobs, records, owners and their tokens.
 
-One :class:`ResultsService` per app (``app[STORE_KEY]``). Layout under the storage
-folder: a :class:`~rtc_worker.storage.BlobStore` whose ``blobs/ab/<sha256>`` holds each
-distinct content once (uploads of identical bytes share a blob; a blob is removed when
-no live record uses it) and whose ``partial/`` holds uploads in progress;
+One :class:`ResultsService` per app (``app[STORE_KEY]``). The blobs are behind a
+blob backend (:mod:`signaling.blobs`, ``storage_backend``): each distinct content once,
+by sha256 (uploads of identical bytes share a blob; a blob is removed when no live
+record uses it), plus the partial uploads in progress; in the storage folder
+(``blobs/ab/<sha256>``, ``partial/``; the default) or in an S3 bucket
+(``blobs/<sha256>``, ``partial/``). Under the storage folder in any case:
 ``capability.key``, the secret signing download tokens (0600); the SQLite database
 (default ``storage.db``, unless ``database_url`` names another file or a PostgreSQL
 server) and, beside it, its reserve file (``<database>.reserve``, see
@@ -23,9 +25,10 @@ from typing import TypeVar
 from aiohttp import web
 from loguru import logger
 
-from rtc_worker.storage import BlobStore, HashMismatchError, PartialFile, layout
+from rtc_worker.storage import HashMismatchError, layout
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Authenticator
+from signaling.blobs import BlobBackend, BlobUpload, make_backend
 from signaling.capability import Capability, issue, load_or_create_secret
 from signaling.config import SignalingSettings
 from signaling.db import FileRecord, JobExistsError, StorageDB
@@ -83,12 +86,13 @@ class ResultsService:
 
     Attributes:
         root: the storage folder.
-        blobs: its objects folder (``blobs/``).
+        blobs: its objects folder (``blobs/``; used by the folder backend).
+        backend: where the blobs and partial uploads are (folder or S3).
         db: the records.
         max_file_size: largest upload, bytes.
         auto_delete: delete a record after the owner's first complete download.
         token_ttl_s: lifetime of a download token, seconds.
-        disk: the free space uploads must leave.
+        disk: the free space uploads must leave (folder backend only).
         reserve_file: the database's reserve file.
         auth: the key and token checks (after :meth:`open`).
 
@@ -115,24 +119,9 @@ class ResultsService:
         )
         self._admin_key = settings.storage_api_key_value
         self._secret = b""
-        self._store: BlobStore | None = None
+        self.backend: BlobBackend = make_backend(settings, room_check=self.require_room)
         self._auth: Authenticator | None = None
         self._lock = StoreLock(self.db)
-
-    @property
-    def store(self) -> BlobStore:
-        """The blob store (opened, creating its folders, on first use; blocking)."""
-        if self._store is None:
-            self._store = BlobStore(
-                self.root,
-                objects_dir=layout.SERVICE_BLOBS_DIR,
-                partial_dir=layout.PARTIAL_DIR,
-                # partials outlive their upload's record (removed at upload_ttl_s) only
-                # when something went wrong: the store's own expiry sweeps them later
-                partial_ttl_s=2 * self.partial_ttl_s,
-                object_mode=BLOB_MODE,
-            )
-        return self._store
 
     @property
     def auth(self) -> Authenticator:
@@ -142,14 +131,11 @@ class ResultsService:
         return self._auth
 
     def _prepare_folders(self) -> None:
-        store = self.store
+        self.root.mkdir(parents=True, exist_ok=True)
         legacy_tmp = self.root / layout.SERVICE_LEGACY_TMP_DIR
         if legacy_tmp.is_dir():
             logger.info("removing the storage service's old temporary folder {}", legacy_tmp)
             shutil.rmtree(legacy_tmp)
-        for key in store.partial_keys():
-            if key.startswith("anon-"):
-                store.remove_partial_if_idle(key)
 
     async def open(self) -> None:
         """Create the folders, migrate the database, load (or create) the token secret
@@ -159,25 +145,31 @@ class ResultsService:
         uploads cut by a crash, and blobs no live record uses.
 
         Raises:
+            BlobStoreError: the blob backend cannot be reached (S3: the bucket).
             OSError: a folder cannot be created or cleaned, or the secret read.
             ValueError: the secret file is not a 32-byte file.
             sqlalchemy.exc.SQLAlchemyError: the database cannot be reached or migrated.
         """
         await asyncio.to_thread(self._prepare_folders)
+        await self.backend.open()
+        await self.backend.drop_orphans()
         await self.db.migrate()
         self._secret = await asyncio.to_thread(load_or_create_secret, self.root)
         self._auth = Authenticator(self._admin_key, self.db, self._secret)
         await asyncio.to_thread(self.reserve_file.ensure)
         async with self._lock:
             live = await self.db.live_hashes()
-            for sha256 in await asyncio.to_thread(lambda: list(self.store.objects())):
+            for sha256 in await self.backend.hashes():
                 if sha256 not in live:
                     logger.info("removing unreferenced blob {}", sha256)
-                    await asyncio.to_thread(self.store.remove, sha256)
+                    await self.backend.remove(sha256)
 
     async def close(self) -> None:
-        """Close the database's connections (server shutdown)."""
-        await self.db.close()
+        """Close the database's and the blob backend's connections (server shutdown)."""
+        try:
+            await self.db.close()
+        finally:
+            await self.backend.close()
 
     @property
     def lock(self) -> StoreLock:
@@ -186,14 +178,15 @@ class ResultsService:
 
     def require_room(self, incoming: int) -> None:
         """Raise ApiError DISK_FULL when ``incoming`` bytes would eat into the disk
-        reserve (blocking: examines the disk)."""
-        if not self.disk.room_for(incoming):
+        reserve (blocking: examines the disk). Only for a backend on this server's disk
+        (the folder); an object store has no disk of ours to fill."""
+        if self.backend.local_disk and not self.disk.room_for(incoming):
             raise ApiError(
                 ApiErrorCode.DISK_FULL,
                 "the storage disk is too full for this upload; try again later",
             )
 
-    async def receive(self, chunks: AsyncIterator[bytes]) -> PartialFile:
+    async def receive(self, chunks: AsyncIterator[bytes]) -> BlobUpload:
         """Stream ``chunks`` into a new anonymous partial, hashing them on the way.
 
         Returns:
@@ -202,9 +195,9 @@ class ResultsService:
         Raises:
             ApiError: FILE_TOO_LARGE above :attr:`max_file_size`, DISK_FULL when the
                 next batch would eat into the disk reserve (the partial is removed).
-            OSError: the disk failed (the partial is removed).
+            OSError: the disk or the object store failed (the partial is removed).
         """
-        partial = await asyncio.to_thread(self.store.open_anonymous, "upload", None)
+        partial = await self.backend.new_anonymous("upload")
         try:
             async for chunk in chunks:
                 if partial.offset + len(chunk) > self.max_file_size:
@@ -212,25 +205,16 @@ class ResultsService:
                         ApiErrorCode.FILE_TOO_LARGE,
                         f"the file is larger than {self.max_file_size} bytes",
                     )
-                if partial.append(chunk):
-                    await asyncio.to_thread(self._write_next_batch, partial)
-            await asyncio.to_thread(self._write_next_batch, partial)
-            await asyncio.to_thread(partial.flush)
+                await partial.append(chunk)
         except BaseException:
-            await asyncio.to_thread(partial.discard)
+            await partial.discard()
             raise
         return partial
-
-    def _write_next_batch(self, partial: PartialFile) -> None:
-        batch = partial.take_batch()
-        if batch is not None:
-            self.require_room(len(batch.data))
-            partial.write_batch(batch)
 
     async def drop_blob_if_unused(self, sha256: str) -> None:
         """Remove the blob of ``sha256`` when no live record uses it (under :attr:`lock`)."""
         unused = await self.db.references(sha256) == 0
-        if unused and await asyncio.to_thread(self.store.remove, sha256):
+        if unused and await self.backend.remove(sha256):
             logger.debug("removed blob {}", sha256)
 
     def token_for(self, record: FileRecord) -> tuple[str, str]:
@@ -244,17 +228,10 @@ class ResultsService:
         self,
         owner: str,
         job_id: str,
-        partial: PartialFile,
+        partial: BlobUpload,
         replace: bool,
-        sha256: str | None,
     ) -> tuple[FileRecord, bool]:
-        try:
-            meta = await asyncio.to_thread(partial.commit, sha256)
-        except HashMismatchError as exc:
-            raise ApiError(
-                ApiErrorCode.SHA256_MISMATCH,
-                f"the content's sha256 is {exc.actual}, not the declared {exc.expected}",
-            ) from None
+        meta = await partial.commit()
         existing = await self.db.get(owner, job_id)
         if existing is not None and not existing.deleted and not replace:
             if existing.sha256 == meta.sha256:
@@ -264,7 +241,7 @@ class ResultsService:
         record = FileRecord(
             owner=owner,
             job_id=job_id,
-            file_path=self.store.object_rel(meta.sha256),
+            file_path=self.backend.location(meta.sha256),
             file_size=meta.size,
             sha256=meta.sha256,
             mime_type=meta.mime_type,
@@ -288,7 +265,7 @@ class ResultsService:
         self,
         owner: str,
         job_id: str,
-        partial: PartialFile,
+        partial: BlobUpload,
         *,
         replace: bool = False,
         sha256: str | None = None,
@@ -307,8 +284,15 @@ class ResultsService:
             ApiError: SHA256_MISMATCH (nothing stored), JOB_EXISTS.
             OSError, sqlalchemy.exc.SQLAlchemyError: the disk or the database failed.
         """
+        try:  # the long part (S3: completing and hashing), before the lock
+            await partial.verify(sha256)
+        except HashMismatchError as exc:
+            raise ApiError(
+                ApiErrorCode.SHA256_MISMATCH,
+                f"the content's sha256 is {exc.actual}, not the declared {exc.expected}",
+            ) from None
         async with self._lock:
-            record, created = await self._commit(owner, job_id, partial, replace, sha256)
+            record, created = await self._commit(owner, job_id, partial, replace)
         token, expires_at = self.token_for(record)
         return Stored(record, token, expires_at, created)
 

@@ -62,7 +62,7 @@ async def cleanup(
     in threads).
 
     Args:
-        store: the result store (its blob store is opened when needed).
+        store: the result store (its blob backend open).
         ttl_s: age in seconds (since the last change) after which an unfinished or
             cancelled upload, or a deleted record, is removed.
         now: the current time (UTC); now when omitted.
@@ -70,46 +70,34 @@ async def cleanup(
     Inside the server call it under ``store.lock`` (see :meth:`UploadManager.cleanup`).
 
     Raises:
-        OSError: a file or folder cannot be removed.
+        OSError: a file or folder cannot be removed, or the object store failed.
         sqlalchemy.exc.SQLAlchemyError: the database failed.
     """
     moment = now or datetime.now(UTC)
     cutoff = _stamp(moment - timedelta(seconds=ttl_s))
     report = CleanupReport()
-    blobs = await asyncio.to_thread(lambda: store.store)
+    backend = store.backend
     for record in await store.db.stale_uploads(cutoff):
         if await store.db.delete_upload(record.upload_id, cutoff):
-            await asyncio.to_thread(blobs.remove_partial_if_idle, record.upload_id)
+            await backend.remove_upload(record.upload_id)
             await asyncio.to_thread(remove_chunk_folder, store.root, record.upload_id)
             report.uploads.append(record.upload_id)
+    keys = await backend.upload_keys()  # before the records: an upload's record comes first
     known = await store.db.upload_ids()
-    report.orphan_chunk_dirs.extend(await asyncio.to_thread(_orphans, store, known))
+    for key in keys:
+        if _UPLOAD_ID.fullmatch(key) and key not in known and await backend.remove_upload(key):
+            report.orphan_chunk_dirs.append(key)
+    folders = await asyncio.to_thread(remove_orphan_chunk_folders, store.root, known)
+    report.orphan_chunk_dirs.extend(folders)
     for old in await store.db.purge_deleted_files(cutoff):
         report.records.append(old.job_id)
-    await asyncio.to_thread(blobs.cleanup, moment.timestamp())  # unclaimed partials, temp files
+    await backend.cleanup(moment.timestamp())  # unclaimed partials, temporaries, multipart
     live = await store.db.live_hashes()
-    report.blobs.extend(await asyncio.to_thread(_unused_blobs, store, live))
+    for sha256 in await backend.hashes():
+        if sha256 not in live and await backend.remove(sha256):
+            report.blobs.append(sha256)
     await asyncio.to_thread(store.reserve_file.ensure)  # given up on a full disk: back if room
     for name, items in report.as_dict().items():
         for item in items:
             logger.info("cleanup removed {} {}", name.rstrip("s"), item)
     return report
-
-
-def _orphans(store: ResultsService, known: set[str]) -> list[str]:
-    """Remove the partials and chunk folders of uploads without a record (blocking)."""
-    blobs = store.store
-    removed = [
-        key
-        for key in blobs.partial_keys()
-        if _UPLOAD_ID.fullmatch(key) and key not in known and blobs.remove_partial_if_idle(key)
-    ]
-    return removed + remove_orphan_chunk_folders(store.root, known)
-
-
-def _unused_blobs(store: ResultsService, live: set[str]) -> list[str]:
-    """Remove the blobs whose sha256 is not in ``live`` (blocking)."""
-    blobs = store.store
-    return [
-        sha256 for sha256 in list(blobs.objects()) if sha256 not in live and blobs.remove(sha256)
-    ]

@@ -14,10 +14,12 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from rtc_worker.storage import FileMetadata, HashMismatchError, PartialFile, format_timestamp
+from rtc_worker.storage import FileMetadata, HashMismatchError, format_timestamp
 from rtc_worker.storage.record import covered
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
+from signaling.blobs import BlobNotFoundError, BlobUpload
+from signaling.blobs_local import FolderBlobs
 from signaling.config import SignalingSettings
 from signaling.db import QuotaRefusal, UploadRecord
 from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS, is_unique_violation
@@ -46,14 +48,16 @@ def _may_use(caller: Caller | None, record: UploadRecord) -> bool:
 class UploadManager(OffsetWrites):
     """The resumable uploads of one app, over its :class:`ResultsService`.
 
-    Each upload is one partial file of the blob store, keyed by its ``upload_id`` and
-    written by ranges. It is open while chunk requests use it (concurrent chunks of one
-    upload share it) and closed when the last one ends.
+    Each upload is one partial upload of the blob backend (a partial file, or an S3
+    multipart upload), keyed by its ``upload_id`` and written by ranges. It is open
+    while chunk requests use it (concurrent chunks of one upload share it) and closed
+    when the last one ends.
 
     Each upload belongs to the principal of the key that created it: any other key
     (but an admin's) is told UPLOAD_NOT_FOUND. A principal's open uploads (unfinished,
     changed within ``upload_ttl_s``) are bounded in number and announced bytes
-    (QUOTA_EXCEEDED), and every upload leaves the disk reserve free (DISK_FULL).
+    (QUOTA_EXCEEDED), and with the folder backend every upload leaves the disk reserve
+    free (DISK_FULL).
     """
 
     def __init__(self, store: ResultsService, settings: SignalingSettings) -> None:
@@ -64,14 +68,17 @@ class UploadManager(OffsetWrites):
         self.quota_bytes = settings.upload_quota_bytes
         self.quota_count = settings.upload_quota_count
         self._task: asyncio.Task[None] | None = None
-        self._open: dict[str, tuple[PartialFile, int]] = {}
+        self._open: dict[str, tuple[BlobUpload, int]] = {}
         self._open_lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Move chunk folders of earlier versions into their uploads' partials (after
-        the store is open: the database is migrated by the store)."""
-        records = await self.store.db.all_uploads()
-        await asyncio.to_thread(migrate_chunk_folders, self.store.root, self.store.store, records)
+        the store is open: the database is migrated by the store; folder backend only:
+        with another backend they stay until their upload expires)."""
+        backend = self.store.backend
+        if isinstance(backend, FolderBlobs):
+            records = await self.store.db.all_uploads()
+            await asyncio.to_thread(migrate_chunk_folders, self.store.root, backend.store, records)
 
     # ------------------------------------------------------------------ records
 
@@ -105,9 +112,9 @@ class UploadManager(OffsetWrites):
                 ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} was cancelled"
             )
 
-    def present_chunks(self, record: UploadRecord) -> set[int]:
-        """Indexes of the chunks held, from the partial's durable record (blocking)."""
-        ranges = self.store.store.partial_ranges(record.upload_id)
+    async def present_chunks(self, record: UploadRecord) -> set[int]:
+        """Indexes of the chunks held, from the partial's durable record."""
+        ranges = await self.store.backend.upload_ranges(record.upload_id)
         return {
             index
             for index in range(record.total_chunks)
@@ -118,12 +125,12 @@ class UploadManager(OffsetWrites):
             )
         }
 
-    def status_of(self, record: UploadRecord) -> dict[str, Any]:
-        """The JSON status of ``record`` (blocking: reads its partial's record)."""
+    async def status_of(self, record: UploadRecord) -> dict[str, Any]:
+        """The JSON status of ``record`` (reads its partial's record)."""
         if record.status == "completed":
             present = set(range(record.total_chunks))
         else:
-            present = self.present_chunks(record)
+            present = await self.present_chunks(record)
         return {
             "upload_id": record.upload_id,
             "file_name": record.file_name,
@@ -154,17 +161,16 @@ class UploadManager(OffsetWrites):
 
     # ------------------------------------------------------------------ the partial
 
-    async def _acquire(self, record: UploadRecord) -> PartialFile:
-        """Open (or share) the upload's partial file for one request."""
+    async def _acquire(self, record: UploadRecord) -> BlobUpload:
+        """Open (or share) the upload's partial for one request."""
         async with self._open_lock:
             partial, users = self._open.get(record.upload_id, (None, 0))
             if partial is None:
-                partial = await asyncio.to_thread(
-                    self.store.store.open_partial,
+                partial = await self.store.backend.open_upload(
                     record.upload_id,
                     record.total_size,
                     record.file_name,
-                    by_ranges=True,
+                    align=record.chunk_size,
                 )
             self._open[record.upload_id] = (partial, users + 1)
             return partial
@@ -177,9 +183,9 @@ class UploadManager(OffsetWrites):
                 self._open[upload_id] = (partial, users - 1)
                 return
             if partial is not None:
-                await asyncio.to_thread(partial.discard if discard else partial.close)
+                await (partial.discard() if discard else partial.close())
             elif discard:
-                await asyncio.to_thread(self.store.store.remove_partial_if_idle, upload_id)
+                await self.store.backend.remove_upload(upload_id)
 
     # ------------------------------------------------------------------ operations
 
@@ -225,15 +231,12 @@ class UploadManager(OffsetWrites):
 
     async def _require_room_for(self, total_size: int, cutoff: str) -> None:
         """DISK_FULL unless ``total_size`` plus the bytes open uploads still announce
-        leave the disk reserve free."""
+        leave the disk reserve free (folder backend only)."""
+        if not self.store.backend.local_disk:
+            return
         announced = await self.store.db.open_upload_bytes(cutoff)
-        held = await asyncio.to_thread(self.store.store.total_partial_bytes)
+        held = await self.store.backend.partial_bytes()
         await asyncio.to_thread(self.store.require_room, total_size + max(0, announced - held))
-
-    def _write_piece(self, partial: PartialFile, offset: int, data: bytes) -> None:
-        """Write one piece of a chunk, if it leaves the disk reserve free (blocking)."""
-        self.store.require_room(len(data))
-        partial.write_at(offset, data)
 
     async def put_chunk(
         self, upload_id: str, index: int, body: AsyncIterator[bytes], caller: Caller
@@ -257,24 +260,12 @@ class UploadManager(OffsetWrites):
         start = index * record.chunk_size
         partial = await self._acquire(record)
         try:
-            size = 0
-            async for data in body:
-                if size + len(data) > expected:
-                    raise ApiError(
-                        ApiErrorCode.INVALID_FIELD,
-                        f"chunk {index} must be {expected} bytes; more were sent",
-                    )
-                await asyncio.to_thread(self._write_piece, partial, start + size, data)
-                size += len(data)
-            if size != expected:
-                raise ApiError(
-                    ApiErrorCode.INVALID_FIELD,
-                    f"chunk {index} must be {expected} bytes, not {size}",
-                )
-            await asyncio.to_thread(partial.mark_present, start, start + expected)
-        except ValueError as exc:  # the partial was discarded by a cancel meanwhile
+            await partial.write_range(start, _exactly(body, expected, index))
+        except (ValueError, BlobNotFoundError) as exc:  # a cancel discarded the partial?
             self.require_open(await self.record(upload_id))
-            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD, f"chunk {index} was not stored ({exc}); send it again"
+            ) from exc
         finally:
             await self._release(upload_id)
         when = _stamp(datetime.now(UTC))
@@ -301,7 +292,7 @@ class UploadManager(OffsetWrites):
         """
         record = await self.record(upload_id, caller)
         self.require_open(record)
-        present = await asyncio.to_thread(self.present_chunks, record)
+        present = await self.present_chunks(record)
         missing = sorted(set(range(record.total_chunks)) - present)
         if missing:
             raise ApiError(
@@ -311,7 +302,7 @@ class UploadManager(OffsetWrites):
         partial = await self._acquire(record)
         committed = False
         try:
-            meta = await asyncio.to_thread(partial.verify, sha256)  # the long part, unlocked
+            meta = await partial.verify(sha256)  # the long part, unlocked
             mime = meta.mime_type
             if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
                 mime = record.content_type
@@ -337,7 +328,7 @@ class UploadManager(OffsetWrites):
         return done
 
     async def _commit(
-        self, record: UploadRecord, partial: PartialFile, meta: FileMetadata, mime: str
+        self, record: UploadRecord, partial: BlobUpload, meta: FileMetadata, mime: str
     ) -> UploadRecord:
         """Commit the blob and complete the record (under the store lock)."""
         current = await self.store.db.get_upload(record.upload_id)
@@ -348,8 +339,8 @@ class UploadManager(OffsetWrites):
         base = "/".join(
             (record.user_role, record.user_id, now.strftime("%Y%m%d"), category_of(mime))
         )
-        await asyncio.to_thread(partial.commit)
-        relative = self.store.store.object_rel(meta.sha256)
+        await partial.commit()
+        relative = self.store.backend.location(meta.sha256)
         sha256 = meta.sha256
         stem, dot, ext = record.file_name.rpartition(".")
         if not stem:  # no extension, or a leading dot only (".env")
@@ -428,3 +419,22 @@ class UploadManager(OffsetWrites):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _exactly(body: AsyncIterator[bytes], expected: int, index: int) -> AsyncIterator[bytes]:
+    """The bytes of ``body``, which must be exactly ``expected`` bytes long: ApiError
+    INVALID_FIELD before a byte too many is passed on, or at the end when short (the
+    partial then records nothing of the chunk)."""
+    size = 0
+    async for data in body:
+        if size + len(data) > expected:
+            raise ApiError(
+                ApiErrorCode.INVALID_FIELD,
+                f"chunk {index} must be {expected} bytes; more were sent",
+            )
+        size += len(data)
+        yield data
+    if size != expected:
+        raise ApiError(
+            ApiErrorCode.INVALID_FIELD, f"chunk {index} must be {expected} bytes, not {size}"
+        )

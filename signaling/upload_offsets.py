@@ -2,13 +2,13 @@
 order (tus, :mod:`signaling.tus`), and completing one as a job's result.
 
 A mixin of :class:`~signaling.upload_manager.UploadManager`: the same records, quotas,
-owners and partial files as the chunk routes of :mod:`signaling.uploads_api`; an
-upload is written by ranges either way, so both kinds of request may serve it.
+owners and partial uploads of the blob backend (:mod:`signaling.blobs`) as the chunk
+routes of :mod:`signaling.uploads_api`; an upload is written by ranges either way, so
+both kinds of request may serve it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -18,18 +18,18 @@ from loguru import logger
 from rtc_worker.storage import format_timestamp
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller
+from signaling.blobs import BlobNotFoundError
 from signaling.db import UploadRecord
 from signaling.results_store import Stored
 
 if TYPE_CHECKING:
-    from rtc_worker.storage import FileMetadata, PartialFile
+    from rtc_worker.storage import FileMetadata
+    from signaling.blobs import BlobUpload
     from signaling.results_store import ResultsService
 
 __all__ = ["OffsetWrites"]
 
 _UNFINISHED = ("initiated", "in_progress")
-BATCH_BYTES = 4 << 20
-"""Bytes of a body gathered before one write off the event loop (4 MiB)."""
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 
 
@@ -40,11 +40,10 @@ class _Manager(Protocol):
 
     async def record(self, upload_id: str, caller: Caller | None = None) -> UploadRecord: ...
     def require_open(self, record: UploadRecord) -> None: ...
-    async def _acquire(self, record: UploadRecord) -> PartialFile: ...
+    async def _acquire(self, record: UploadRecord) -> BlobUpload: ...
     async def _release(self, upload_id: str, *, discard: bool = False) -> None: ...
-    def _write_piece(self, partial: PartialFile, offset: int, data: bytes) -> None: ...
     async def _commit(
-        self, record: UploadRecord, partial: PartialFile, meta: FileMetadata, mime: str
+        self, record: UploadRecord, partial: BlobUpload, meta: FileMetadata, mime: str
     ) -> UploadRecord: ...
     async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord: ...
     async def held_bytes(self, record: UploadRecord) -> int: ...
@@ -63,13 +62,14 @@ class OffsetWrites:
             return record.total_size
         if record.status == "cancelled":
             return 0
-        ranges = await asyncio.to_thread(self.store.store.partial_ranges, record.upload_id)
+        ranges = await self.store.backend.upload_ranges(record.upload_id)
         return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
 
     async def keep_open(self: _Manager, record: UploadRecord) -> None:
         """Keep the unfinished upload's partial open until :meth:`let_go`, across
-        requests: the SHA-256 computed while its bytes arrive in order is then still
-        there for :meth:`complete` (else it hashes the file again from disk).
+        requests: with the folder backend the SHA-256 computed while its bytes arrive in
+        order is then still there for :meth:`complete` (else it hashes the file again
+        from disk; the S3 backend always hashes the assembled object once).
         :meth:`complete` and :meth:`cancel` close it anyway (:meth:`let_go` is then a
         no-op).
 
@@ -101,8 +101,10 @@ class OffsetWrites:
             body: the bytes, in pieces (1 MiB each is a good size).
             caller: who asks (its owner or an admin).
             keep_on_error: when ``body`` (or a write) raises, still record the bytes
-                that arrived before (a connection cut mid-body); else, and after an
-                ApiError, nothing is recorded.
+                that arrived before (a connection cut mid-body); else nothing is
+                recorded (the write is atomic). After an ApiError (a refusal of ours)
+                nothing is recorded either, except, with ``keep_on_error`` on the S3
+                backend, whole parts sent before it (bytes at their right offsets).
 
         Returns:
             How many bytes were written and recorded.
@@ -117,33 +119,39 @@ class OffsetWrites:
         self.require_open(record)
         if not 0 <= offset <= record.total_size:
             raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
-        partial = await self._acquire(record)
-        batch = _Batch(self, partial, offset)
-        try:
+        cut: list[Exception] = []  # what ``body`` raised, when what arrived is kept
+
+        async def bounded() -> AsyncIterator[bytes]:
+            end = offset
             try:
                 async for data in body:
-                    if batch.end + len(data) > record.total_size:
+                    if end + len(data) > record.total_size:
                         raise ApiError(
                             ApiErrorCode.FILE_TOO_LARGE,
                             f"the bytes run past the upload's length of {record.total_size} bytes",
                         )
-                    await batch.add(data)
-                await batch.drain()
-            except Exception as exc:  # a refusal of ours (ApiError) keeps nothing
-                size = await batch.settle(keep=keep_on_error and not isinstance(exc, ApiError))
-                if size:
-                    await asyncio.to_thread(partial.mark_present, offset, offset + size)
-                    await self._touch(upload_id)
+                    end += len(data)
+                    yield data
+            except ApiError:  # a refusal of ours keeps nothing
                 raise
-            size = batch.written
-            if size:
-                await asyncio.to_thread(partial.mark_present, offset, offset + size)
-        except ValueError as exc:  # the partial was discarded by a cancel meanwhile
+            except Exception as exc:
+                if not keep_on_error:
+                    raise
+                cut.append(exc)  # the stream ends here: what arrived is recorded
+
+        partial = await self._acquire(record)
+        try:
+            # without keep_on_error (a checksum) a failed body must leave nothing held
+            size = await partial.write_range(offset, bounded(), atomic=not keep_on_error)
+        except (ValueError, BlobNotFoundError) as exc:  # discarded by a cancel meanwhile?
             self.require_open(await self.record(upload_id))
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
         finally:
             await self._release(upload_id)
-        await self._touch(upload_id)
+        if size or not cut:
+            await self._touch(upload_id)
+        if cut:
+            raise cut[0]
         return size
 
     async def _touch(self: _Manager, upload_id: str) -> None:
@@ -185,7 +193,7 @@ class OffsetWrites:
                 ) from None
             raise
         try:
-            meta = await asyncio.to_thread(partial.commit)  # committed: its metadata again
+            meta = await partial.commit()  # committed: its metadata again
             mime = meta.mime_type
             if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
                 mime = record.content_type
@@ -195,70 +203,3 @@ class OffsetWrites:
             await self._release(upload_id, discard=True)
         logger.info("upload {} stored as job {!r} of {}", upload_id, job_id, owner)
         return done, stored
-
-
-class _Batch:
-    """Pieces of a body gathered up to :data:`BATCH_BYTES` and written by one thread
-    call (no copy into one buffer), while the next batch is read."""
-
-    def __init__(self, manager: _Manager, partial: PartialFile, offset: int) -> None:
-        self._manager = manager
-        self._partial = partial
-        self._start = offset
-        self._next = offset  # where the gathered pieces go
-        self._pieces: list[bytes] = []
-        self._gathered = 0
-        self._writing: asyncio.Future[None] | None = None
-        self._queued = offset  # end of what was handed to a writer
-        self._done = offset  # end of what was written
-
-    @property
-    def end(self) -> int:
-        """Where the next piece goes."""
-        return self._next + self._gathered
-
-    @property
-    def written(self) -> int:
-        """Bytes written from the start offset."""
-        return self._done - self._start
-
-    async def add(self, data: bytes) -> None:
-        self._pieces.append(data)
-        self._gathered += len(data)
-        if self._gathered >= BATCH_BYTES:
-            await self._hand_over()
-
-    async def _wait(self) -> None:
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            await writing
-            self._done = self._queued
-
-    async def _hand_over(self) -> None:
-        await self._wait()
-        pieces, at = self._pieces, self._next
-        self._pieces, self._next, self._gathered = [], at + self._gathered, 0
-        self._queued = self._next
-        self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, pieces, at))
-
-    def _write(self, pieces: list[bytes], at: int) -> None:
-        for piece in pieces:
-            self._manager._write_piece(self._partial, at, piece)
-            at += len(piece)
-
-    async def drain(self) -> None:
-        """Write what is gathered and wait for every write."""
-        if self._pieces:
-            await self._hand_over()
-        await self._wait()
-
-    async def settle(self, *, keep: bool) -> int:
-        """After a failure: the bytes to record from the start (0 unless ``keep``); the
-        write in flight finishes first, and with ``keep`` what was gathered is written."""
-        try:
-            await self._wait()
-            if keep:
-                await self.drain()
-        except Exception:  # what was written before the failed write is kept
-            pass
-        return self.written if keep else 0

@@ -22,14 +22,14 @@ it; every other key but an admin's is told UPLOAD_NOT_FOUND.
 ===================================  ===================================================
 
 Every chunk but the last is exactly ``chunk_size`` bytes; the last one holds the rest.
-A chunk of another size is refused (INVALID_FIELD). Each upload is ONE partial file of
-the blob store (:class:`~rtc_worker.storage.PartialFile`, key = ``upload_id``): chunk
-*i* is written at offset *i* x ``chunk_size`` and, once durable, recorded as present in
-the partial's sidecar, so sending a chunk again replaces it and a restarted server
-still knows which chunks it holds. Completing checks that every chunk is there
-(INVALID_FIELD lists the missing indexes), verifies the content (hashing on disk only
-what did not arrive in order, no concatenation) and commits it into the
-content-addressed ``blobs/`` store shared with ``/upload`` (identical content is stored
+A chunk of another size is refused (INVALID_FIELD). Each upload is ONE partial upload
+of the blob backend (:class:`~signaling.blobs.BlobUpload`, key = ``upload_id``: a
+partial file with its sidecar, or an S3 multipart upload with its pieces): chunk *i*
+is written at offset *i* x ``chunk_size`` and, once durable, recorded as present, so
+sending a chunk again replaces it and a restarted server (or another instance) still
+knows which chunks it holds. Completing checks that every chunk is there
+(INVALID_FIELD lists the missing indexes), verifies the content and commits it into the
+content-addressed blob store shared with ``/upload`` (identical content is stored
 once). The upload gets the key
 ``{user_role}/{user_id}/{YYYYMMDD}/{category}/{file_name}`` (UTC date of completion;
 category from the MIME type detected in the content, else from ``content_type``); a key
@@ -40,9 +40,10 @@ A ``sha256`` given to complete is checked: another digest answers SHA256_MISMATC
 
 Limits (:mod:`signaling.config`): a principal's *open* uploads (unfinished, changed
 within ``upload_ttl_s``) number at most ``upload_quota_count`` and announce at most
-``upload_quota_bytes`` in all (413 QUOTA_EXCEEDED at init); an upload must leave
-``disk_reserve_bytes`` free on the storage disk, counting what open uploads still
-announce (507 DISK_FULL at init, and before every piece of a chunk is written).
+``upload_quota_bytes`` in all (413 QUOTA_EXCEEDED at init); with the folder backend an
+upload must leave ``disk_reserve_bytes`` free on the storage disk, counting what open
+uploads still announce (507 DISK_FULL at init, and before every piece of a chunk is
+written).
 
 Errors: MISSING_FIELD / INVALID_FIELD / SHA256_MISMATCH (400), FILE_TOO_LARGE and
 QUOTA_EXCEEDED (413), UPLOAD_NOT_FOUND (404: unknown, cancelled or another principal's
@@ -50,9 +51,10 @@ upload), UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload)
 DISK_FULL (507).
 
 State: the records live in SQLite (table ``uploads``), the bytes and the record of the
-chunks held in ``partial/<upload_id>.part`` / ``.json``; both survive a restart. Chunk
-folders ``uploads/<upload_id>/<index>`` of earlier versions are moved into their
-upload's partial at start-up (:meth:`UploadManager.open`).
+chunks held in the backend's partial (``partial/<upload_id>.part`` / ``.json``, or
+``partial/<upload_id>/`` in the bucket); both survive a restart. Chunk folders
+``uploads/<upload_id>/<index>`` of earlier versions are moved into their upload's
+partial at start-up (:meth:`UploadManager.open`; folder backend).
 
 Cleanup (:func:`cleanup`): removes unfinished and cancelled uploads not changed for
 ``upload_ttl_s`` seconds (default 24 h) with their partials, partials and old chunk folders with no
@@ -64,7 +66,6 @@ P --cleanup-once`` runs it once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -209,7 +210,7 @@ async def _status(request: web.Request) -> web.Response:
     manager = request.app[UPLOADS_KEY]
     caller = await _caller(request)
     record = await manager.record(request.match_info["upload_id"], caller)
-    return web.json_response(await asyncio.to_thread(manager.status_of, record))
+    return web.json_response(await manager.status_of(record))
 
 
 async def _cancel(request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ from rtc_worker.settings import WorkerSettings
 REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures of the tests in a real browser (Chromium in a network namespace).
-pytest_plugins = ["tests.browser_env"]
+pytest_plugins = ["tests.browser_env", "tests.engine_s3"]
 
 if TYPE_CHECKING:
     from tests.storage_service import StorageService
@@ -184,24 +184,52 @@ def postgres_engine() -> Iterator[Any]:
         pytest.skip(f"PostgreSQL unavailable: {exc}")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage_database(request: pytest.FixtureRequest) -> str | None:
+@pytest.fixture(params=["sqlite+folder", "postgresql+s3"])
+def storage_engines(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The engines of this run of a storage-service test, ``(database, blobs)``: the
+    embedded defaults (SQLite, the folder), then the scaled-out ones (PostgreSQL, an S3
+    bucket)."""
+    database, blobs = str(request.param).split("+")
+    return database, blobs
+
+
+@pytest.fixture
+def storage_database(
+    request: pytest.FixtureRequest, storage_engines: tuple[str, str]
+) -> str | None:
     """The storage service's database URL for this run of the test: ``None`` (the
     default SQLite file in the storage folder) or PostgreSQL's shared database, emptied
     for the test."""
-    if request.param == "sqlite":
+    if storage_engines[0] == "sqlite":
         return None
     server = request.getfixturevalue("postgres_engine")
     return str(server.emptied_database())
 
 
+@pytest.fixture
+def storage_blobs(
+    request: pytest.FixtureRequest,
+    storage_engines: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    """The blob-backend settings of this run of the test: none (the folder in the
+    storage path) or a bucket of the test on moto's S3 server (:mod:`tests.engine_s3`),
+    whose unreferenced blobs are swept at once (no grace period)."""
+    if storage_engines[1] == "folder":
+        return {}
+    bucket = request.getfixturevalue("s3_bucket")
+    monkeypatch.setattr("signaling.blobs_s3.DEFAULT_SWEEP_GRACE_S", 0.0)
+    return dict(bucket.settings())
+
+
 @pytest_asyncio.fixture
 async def start_storage_service(
-    tmp_path: Path, storage_database: str | None
+    tmp_path: Path, storage_database: str | None, storage_blobs: dict[str, Any]
 ) -> AsyncIterator[StartService]:
     """Start the test's storage service with these settings (as ``cls``, a
     :class:`~tests.storage_service.StorageService` helper); stopped at the end. Runs
-    each test twice: on SQLite and on PostgreSQL (:func:`storage_database`)."""
+    each test twice (:func:`storage_engines`): on SQLite with the folder, and on
+    PostgreSQL with an S3 bucket."""
     import aiohttp
 
     from signaling.app import start_server
@@ -214,6 +242,8 @@ async def start_storage_service(
             root = tmp_path / "store"
             if storage_database is not None:
                 overrides.setdefault("database_url", storage_database)
+            for name, value in storage_blobs.items():
+                overrides.setdefault(name, value)
             runner, port = await start_server(service_settings(root, **overrides))
             service = cls(root, session, runner, port, overrides)
             started.append(service)

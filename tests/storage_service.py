@@ -1,6 +1,7 @@
 """One live storage service for the tests: a real server on loopback, real HTTP, a real
-database (a SQLite file, or PostgreSQL when the fixture runs on it) and disk, and one
-API client helper for every route.
+database (a SQLite file, or PostgreSQL when the fixture runs on it), real blobs (a
+folder, or an S3 bucket on moto's server when the fixture runs on it), and one API
+client helper for every route.
 
 ``start_storage_service(root, **settings)`` starts it; the fixture in
 ``tests/conftest.py`` wraps it so that each test gets a server of its own. ``KEY`` is
@@ -21,9 +22,11 @@ import aiohttp
 from aiohttp import web
 
 from signaling.app import start_server
+from signaling.blobs import make_backend
 from signaling.config import SignalingSettings
 from signaling.db import StorageDB
 from signaling.keys import Role
+from tests.engine_s3 import S3Bucket, StoredObject
 
 __all__ = ["AUTH", "KEY", "Answer", "StorageService", "fingerprint_of", "service_settings"]
 
@@ -202,12 +205,78 @@ class StorageService:
             assert asyncio.get_running_loop().time() < deadline, f"never got {status}"
             await asyncio.sleep(0.02)
 
-    # ------------------------------------------------------------------ the store on disk
+    # ------------------------------------------------------------------ the blob store
 
-    def blobs(self) -> list[Path]:
-        """Every stored blob file."""
+    @property
+    def bucket(self) -> S3Bucket | None:
+        """The bucket of the blobs when the service runs on the S3 backend."""
+        if self.overrides.get("storage_backend") != "s3":
+            return None
+        return S3Bucket(self.overrides["s3_endpoint_url"], self.overrides["s3_bucket"])
+
+    def blobs(self) -> list[Any]:
+        """Every stored blob: its file (folder backend) or its object (S3), each with
+        ``name`` (the sha256) and ``read_bytes()``."""
+        if (bucket := self.bucket) is not None:
+            return [StoredObject(bucket, key) for key in bucket.object_keys("blobs/")]
         return sorted(path for path in (self.root / "blobs").rglob("*") if path.is_file())
+
+    def blob_names(self) -> list[str]:
+        """The sha256 of every stored blob."""
+        return [blob.name for blob in self.blobs()]
 
     def blob_bytes(self, sha256: str) -> bytes:
         """The stored bytes of ``sha256``."""
+        if (bucket := self.bucket) is not None:
+            return bucket.get(f"blobs/{sha256}")
         return (self.root / "blobs" / sha256[:2] / sha256).read_bytes()
+
+    def put_stray_blob(self, sha256: str, data: bytes) -> None:
+        """A blob no record references, put behind the service's back."""
+        if (bucket := self.bucket) is not None:
+            bucket.put(f"blobs/{sha256}", data)
+            return
+        folder = self.root / "blobs" / sha256[:2]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / sha256).write_bytes(data)
+
+    def partials(self, key: str = "") -> list[str]:
+        """What the partial uploads whose key starts with ``key`` leave in the store:
+        files of ``partial/`` (folder) or objects and multipart uploads under
+        ``partial/`` (S3), as names below ``partial/``."""
+        if (bucket := self.bucket) is not None:
+            names = bucket.object_keys(f"partial/{key}") + bucket.multipart_keys(f"partial/{key}")
+            return sorted(name.removeprefix("partial/") for name in names)
+        folder = self.root / "partial"
+        if not folder.is_dir():
+            return []
+        return sorted(path.name for path in folder.iterdir() if path.name.startswith(key))
+
+    def partial_content(self, key: str) -> bytes | None:
+        """The bytes the partial ``key`` holds from offset 0 (S3: from its piece objects,
+        which is where bytes short of a part are), or ``None`` when it has none."""
+        if (bucket := self.bucket) is None:
+            path = self.root / "partial" / f"{key}.part"
+            return path.read_bytes() if path.exists() else None
+        held = bytearray()
+        for name in bucket.object_keys(f"partial/{key}/piece/"):
+            start, end = (int(n) for n in name.rsplit("/", 1)[-1].split("-"))
+            held[start:end] = bucket.get(name)
+        return bytes(held) if held else None
+
+    def put_stray_partial(self, key: str, data: bytes) -> None:
+        """A partial upload with no record, put behind the service's back."""
+        if (bucket := self.bucket) is not None:
+            bucket.put(f"partial/{key}/piece/{0:016d}-{len(data):016d}", data)
+            return
+        (self.root / "partial" / f"{key}.part").write_bytes(data)
+
+    async def held(self, key: str) -> list[list[int]]:
+        """The byte ranges the partial ``key`` records as durable."""
+        settings = service_settings(self.root, **self.overrides)
+        backend = make_backend(settings)
+        await backend.open()
+        try:
+            return [list(pair) for pair in await backend.upload_ranges(key)]
+        finally:
+            await backend.close()

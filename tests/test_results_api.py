@@ -91,9 +91,8 @@ async def test_multipart_upload_and_download(store: StorageService) -> None:
     }
     assert re.fullmatch(r"[A-Za-z0-9_-]+", token) and "::" not in token
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expires_at)
-    blob = store.root / "blobs" / body["sha256"][:2] / body["sha256"]
-    assert blob.read_bytes() == data
-    assert list((store.root / "partial").iterdir()) == []
+    assert store.blob_bytes(body["sha256"]) == data
+    assert store.partials() == []
     assert await store.download("job-1", keep=True) == (200, data)
     assert (await store.records())["job-1"]["downloaded_at"] is not None
 
@@ -180,7 +179,7 @@ async def test_upload_validation(store: StorageService) -> None:
     status, body = await store.upload_raw("empty", b"")
     assert (status, error_code(body)) == (400, "MISSING_FIELD")
     assert await store.records() == {}
-    assert list((store.root / "partial").iterdir()) == []
+    assert store.partials() == []
 
 
 async def test_too_large(store: StorageService) -> None:
@@ -199,7 +198,7 @@ async def test_too_large(store: StorageService) -> None:
     status, _ = await store.upload("fits", b"x" * SMALL_MAX)
     assert status == 201
     assert set(await store.records()) == {"fits"}
-    assert list((store.root / "partial").iterdir()) == []
+    assert store.partials() == []
 
 
 async def test_reupload_replaces_only_on_purpose(store: StorageService) -> None:
@@ -253,13 +252,12 @@ async def test_restart_keeps_records(store: StorageService) -> None:
     await store.upload("persist", b"survives a restart")
     await store.upload("gone", b"deleted before the restart")
     await store.delete("gone")
-    stray = store.root / "blobs" / "ff" / ("f" * 64)
-    stray.parent.mkdir(parents=True, exist_ok=True)
-    stray.write_bytes(b"orphan")
+    stray = "f" * 64
+    store.put_stray_blob(stray, b"orphan")
     await store.restart()
     assert await store.download("persist", keep=True) == (200, b"survives a restart")
     assert (await store.download("gone"))[0] == 410
-    assert not stray.exists()  # unreferenced blobs are collected at start
+    assert stray not in store.blob_names()  # unreferenced blobs are collected at start
     assert await store.db.current() == head_revision()
     if "database_url" not in store.overrides:
         with sqlite3.connect(store.root / "storage.db") as conn:
