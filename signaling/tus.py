@@ -193,13 +193,13 @@ async def _create(request: web.Request) -> web.Response:
             ApiErrorCode.FILE_TOO_LARGE, f"the file is larger than {store.max_file_size} bytes"
         )
     meta = parse_metadata(request.headers.get("Upload-Metadata"))
-    body = init_body(meta, length, caller)
-    if "job_id" in meta:
-        await _require_no_result(request, body["user_role"], body["user_id"])
+    body, result = init_body(meta, length, caller)
+    if result is not None:
+        await _require_no_result(request, *result)
     with_bytes = request.content_type == OFFSET_TYPE and request.body_exists
     if not with_bytes and request.body_exists and request.content_length:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"the first bytes need {OFFSET_TYPE}")
-    record = await tus.manager.init(body, caller)
+    record = await tus.manager.init(body, caller, result=result)
     headers = {"Location": f"/files/{record.upload_id}"}
     with tus.hold(record.upload_id):
         if with_bytes:

@@ -364,6 +364,9 @@ async def test_result_upload_is_the_post_upload_record_and_downloads(
     await asyncio.to_thread(run)
     got = await service.request("GET", "/download/job-7?keep=true", key=client)
     assert got.status == 200 and got.body == data
+    (record,) = [r for r in await service.db.all_uploads() if r.result_job_id == "job-7"]
+    assert (record.result_owner, record.status, record.user_id) == (OWNER, "completed", "tus")
+    assert record.user_role == "worker"  # the uploader's labels stay its own
     posted = await service.store_result(worker, OWNER, "job-8", data)
     assert posted.status == 201
     listed = await service.request("GET", "/list", key=client)
@@ -391,6 +394,28 @@ async def test_result_upload_is_the_post_upload_record_and_downloads(
         "POST", "/files/", worker, **{"Upload-Length": "3", "Upload-Metadata": metadata(job_id="j")}
     )
     assert (no_owner.status, no_owner.code) == (400, "MISSING_FIELD")
+
+
+async def test_a_principal_as_user_role_is_a_plain_upload(service: Tus) -> None:
+    """The attacker labels a plain upload with the victim's principal as ``user_role``
+    and a job id as ``user_id``: it is stored as a plain upload (labels are labels), and
+    no result appears for the victim."""
+    attacker = await service.make_key(Role.WORKER, "gpu-2")
+    victim = await service.make_key(Role.CLIENT, "owner", OWNER)
+    url = await service.create(
+        5, attacker, **{"Upload-Metadata": metadata(user_id="job-9", user_role=OWNER)}
+    )
+    assert (await service.patch(url, 0, b"fake!", attacker)).status == 204
+    record = await service.status(url.rsplit("/", 1)[1], attacker)
+    assert (record["status"], record["user_role"], record["user_id"]) == (
+        "completed",
+        OWNER,
+        "job-9",
+    )
+    stored = await service.db.get_upload(record["upload_id"])
+    assert stored is not None and (stored.result_owner, stored.result_job_id) == (None, None)
+    assert (await service.request("GET", "/download/job-9", key=victim)).status == 404
+    assert (await service.request("GET", "/list", key=victim)).body["files"] == []
 
 
 # ----------------------------------------------------------------- bounds and attacks
