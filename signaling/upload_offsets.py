@@ -199,7 +199,7 @@ class OffsetWrites:
 
 class _Batch:
     """Pieces of a body gathered up to :data:`BATCH_BYTES` and written by one thread
-    call (no copy into one buffer), while the next batch is read."""
+    call as one buffer, while the next batch is read."""
 
     def __init__(self, manager: _Manager, partial: PartialFile, offset: int) -> None:
         self._manager = manager
@@ -242,9 +242,10 @@ class _Batch:
         self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, pieces, at))
 
     def _write(self, pieces: list[bytes], at: int) -> None:
-        for piece in pieces:
-            self._manager._write_piece(self._partial, at, piece)
-            at += len(piece)
+        # One write of the batch: one disk-reserve check, one pwrite, one hash (beside
+        # the write); the join is a memory copy, far cheaper than either.
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._manager._write_piece(self._partial, at, data)
 
     async def drain(self) -> None:
         """Write what is gathered and wait for every write."""
