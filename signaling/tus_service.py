@@ -132,10 +132,10 @@ class TusService:
 
     async def write(
         self, request: web.Request, record: UploadRecord, caller: Caller, offset_header: str | None
-    ) -> int:
+    ) -> tuple[int, UploadRecord]:
         """Append the body of ``request`` at ``offset_header``, which must be the
         upload's offset; complete the upload when its last byte arrived. Returns the new
-        offset.
+        offset and the record after the write (its ``updated_at`` gives the expiry).
 
         Raises:
             TusError: 409 OFFSET_MISMATCH, 460 CHECKSUM_MISMATCH, 408 REQUEST_TIMEOUT.
@@ -154,15 +154,16 @@ class TusService:
                 f"the bytes run past the upload's length of {record.total_size} bytes",
             )
         if record.status == "completed" or not request.body_exists:
-            return held
+            return held, record
         await self.manager.keep_open(record)  # the hash made on the way serves finish
         try:
-            written = await self.manager.put_bytes(
+            written, record = await self.manager.put_bytes(
                 record.upload_id,
                 offset,
                 self._body(request, checksum),
                 caller,
                 keep_on_error=checksum is None,
+                known=record,
             )
             held = offset + written
             if held == record.total_size:
@@ -171,7 +172,7 @@ class TusService:
                 await self._linger(record)
         finally:
             await self.manager.let_go(record.upload_id)
-        return held
+        return held, record
 
     async def _linger(self, record: UploadRecord) -> None:
         """Keep the partial of an unfinished upload open ``linger_s`` seconds after a

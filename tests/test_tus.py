@@ -9,6 +9,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from tusclient import client as tus_client
 from tusclient.exceptions import TusUploadFailed
 from tusclient.storage.filestorage import FileStorage
 
+from rtc_worker.storage import format_timestamp
 from signaling.keys import Role
 from signaling.tus import TUS_KEY
+from signaling.upload_offsets import TOUCH_EVERY_S
 from tests.conftest import StartService
 from tests.storage_service import KEY, Answer, StorageService, fingerprint_of
 
@@ -341,6 +344,38 @@ async def test_expired_upload_is_gone_and_cleaned(service: Tus) -> None:
     assert (await service.patch(url, 10, b"e")).status == 410
     assert service.partial_bytes(upload_id) is None
     assert (await service.status(upload_id))["status"] == "cancelled"
+
+
+async def test_a_patch_soon_after_a_change_reports_the_expiry_it_keeps(service: Tus) -> None:
+    """No database write per PATCH while the upload changed recently: the PATCH then
+    answers the expiry of that change, which HEAD and the cleanup agree with."""
+    url = await service.create(100)
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await service.patch(url, 0, b"a" * 10)).status == 204
+    now = datetime.now(UTC)
+    first = await service.db.get_upload(upload_id)
+    assert first is not None and first.status == "in_progress"
+    created = first.created_at
+    recent = format_timestamp(now - timedelta(seconds=TOUCH_EVERY_S / 2))
+    await service.db.set_upload_times(upload_id, created, recent)
+    kept = await service.patch(url, 10, b"b" * 10)
+    record = await service.db.get_upload(upload_id)
+    assert record is not None and record.updated_at == recent  # not written again
+    head = await service.tus("HEAD", url)
+    assert kept.headers["Upload-Expires"] == head.headers["Upload-Expires"]
+    assert parsedate_to_datetime(kept.headers["Upload-Expires"]) == datetime.strptime(
+        recent, "%Y-%m-%dT%H:%M:%SZ"
+    ).replace(tzinfo=UTC) + timedelta(seconds=service.runner.app[TUS_KEY].manager.ttl_s)
+    older = format_timestamp(now - timedelta(seconds=TOUCH_EVERY_S + 5))
+    await service.db.set_upload_times(upload_id, created, older)
+    moved = await service.patch(url, 20, b"c" * 10)
+    record = await service.db.get_upload(upload_id)
+    assert record is not None and record.updated_at >= format_timestamp(now)
+    assert (
+        moved.headers["Upload-Expires"]
+        == (await service.tus("HEAD", url)).headers["Upload-Expires"]
+    )
+    assert await service.offset(url) == 30
 
 
 # ----------------------------------------------------------------- results
