@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["TOUCH_EVERY_S", "OffsetWrites"]
 
 _UNFINISHED = ("initiated", "in_progress")
-BATCH_BYTES = 4 << 20
-"""Bytes of a body gathered before one write off the event loop (4 MiB)."""
+BATCH_BYTES = 1 << 20
+"""Bytes of a body gathered before one write off the event loop (1 MiB): written while
+the next are read, so the write left after a body's last byte is at most this long."""
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 TOUCH_EVERY_S = 60.0
 """An upload in progress changed less than this long ago (or a tenth of its time to live,
