@@ -243,9 +243,11 @@ async def _patch(request: web.Request) -> web.Response:
     upload_id = request.match_info["upload_id"]
     if request.content_type != OFFSET_TYPE:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"a PATCH body must be {OFFSET_TYPE}")
-    await tus.live(upload_id, caller)  # another principal never holds the upload's lock
+    mark = tus.quiet_mark(upload_id)
+    record = await tus.live(upload_id, caller)  # another principal never holds the lock
     with tus.hold(upload_id):
-        record = await tus.live(upload_id, caller)
+        if not tus.still_quiet(mark):  # another PATCH or DELETE may have changed it
+            record = await tus.live(upload_id, caller)
         offset, record = await tus.write(
             request, record, caller, request.headers.get("Upload-Offset")
         )

@@ -60,6 +60,7 @@ class TusService:
         self.now = now
         self.linger_s = LINGER_S
         self._busy: set[str] = set()
+        self._releases = 0  # holds ended so far, of any upload
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -78,6 +79,18 @@ class TusService:
             yield
         finally:
             self._busy.discard(upload_id)
+            self._releases += 1
+
+    def quiet_mark(self, upload_id: str) -> tuple[bool, int]:
+        """A mark for :meth:`still_quiet`, taken before reading ``upload_id``'s record."""
+        return upload_id not in self._busy, self._releases
+
+    def still_quiet(self, mark: tuple[bool, int]) -> bool:
+        """Whether no changing request held any upload since ``mark`` was taken (none
+        held this one then): a record read since is as fresh as one read now, for this
+        process's tus requests (others are raced as ever)."""
+        idle, releases = mark
+        return idle and releases == self._releases
 
     def expires(self, record: UploadRecord) -> datetime | None:
         """When the unfinished ``record`` expires, else ``None``."""

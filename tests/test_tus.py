@@ -378,6 +378,23 @@ async def test_a_patch_soon_after_a_change_reports_the_expiry_it_keeps(service: 
     assert await service.offset(url) == 30
 
 
+async def test_a_record_read_around_another_request_is_read_again(service: Tus) -> None:
+    """A PATCH reuses the record it read before taking the upload's lock only when no
+    changing request held any upload meanwhile, nor this one when it began."""
+    tus = service.runner.app[TUS_KEY]
+    upload_id = "a" * 32
+    before = tus.quiet_mark(upload_id)
+    assert tus.still_quiet(before)
+    with tus.hold(upload_id):
+        during = tus.quiet_mark(upload_id)
+        assert tus.still_quiet(before)  # held, not yet released: the lock refuses (423)
+    assert not tus.still_quiet(before) and not tus.still_quiet(during)
+    after = tus.quiet_mark(upload_id)
+    with tus.hold("b" * 32):
+        pass
+    assert not tus.still_quiet(after)
+
+
 # ----------------------------------------------------------------- results
 
 
