@@ -123,23 +123,34 @@ class TusService:
 
     async def _body(self, request: web.Request, checksum: Checksum | None) -> AsyncIterator[bytes]:
         """The request body as it arrives (pieces of at most :data:`PIECE_BYTES`),
-        within the deadlines; checked against ``checksum`` at its end."""
+        within the deadlines; checked against ``checksum`` at its end (each piece is
+        hashed in a thread, in order, while the next is read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.patch_deadline_s
-        while True:
-            try:
-                data = request.content.read_nowait(-1)  # what is buffered
+        hashing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                try:
+                    data = request.content.read_nowait(-1)  # what is buffered
+                    if not data:
+                        timeout = min(deadline, loop.time() + self.read_timeout_s)
+                        async with asyncio.timeout_at(timeout):
+                            data = await request.content.read(PIECE_BYTES)
+                except TimeoutError:
+                    raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
                 if not data:
-                    timeout = min(deadline, loop.time() + self.read_timeout_s)
-                    async with asyncio.timeout_at(timeout):
-                        data = await request.content.read(PIECE_BYTES)
-            except TimeoutError:
-                raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
-            if not data:
-                break
-            if checksum is not None:
-                checksum.update(data)
-            yield data
+                    break
+                if checksum is not None:
+                    if hashing is not None:
+                        await hashing
+                    hashing = loop.run_in_executor(None, checksum.update, data)
+                yield data
+            if hashing is not None:
+                last, hashing = hashing, None
+                await last
+        finally:
+            if hashing is not None:  # the body failed: its checksum is not wanted
+                hashing.add_done_callback(lambda done: done.cancelled() or done.exception())
         if checksum is not None:
             checksum.check()
 
