@@ -3,12 +3,15 @@
 numbers).
 
 One storage service (the real app of ``rtc-signaling``, folder backend, SQLite) runs in
-this process with one extra route, ``POST /raw``: the baseline, a handler that streams
-the body to a file (``iter_chunked(1 MiB)``, ``write``) and fsyncs it. Each upload is
-made by a separate client process on this machine, which reads the file in 1 MiB
-slices and times from its first request to its last answer:
+this process with one extra route, ``POST /raw?offset=N``: the baseline, a handler that
+streams the body into a file at ``N`` (``iter_chunked(1 MiB)``, ``write``) and fsyncs it
+before it answers, as tus makes each PATCH durable before it answers (the same fsync
+policy). Each upload is made by a separate client process on this machine, which reads
+the file in 1 MiB slices and times from its first request to its last answer:
 
-  raw            one POST /raw of the whole file
+  raw            one POST /raw of the whole file (one fsync)
+  raw 8 MiB      POST /raw of 8 MiB each, one fsync each: the baseline of tus 8 MiB
+  raw 32 MiB     the same with 32 MiB
   raw S3         (``--backend s3``) one POST /raw-s3: the body streamed into a multipart
                  upload of 8 MiB parts, no hashing, no record: the S3 baseline
   POST /upload   the service's existing one-request upload (sha256 on the way, fsync,
@@ -20,8 +23,9 @@ slices and times from its first request to its last answer:
   tus 8 MiB+sha1 8 MiB PATCHes with ``Upload-Checksum: sha1`` (what tuspy sends)
   tuspy 8 MiB    the tuspy client itself (requests; reads each chunk into memory)
 
-Modes alternate round by round; the table gives the median of the rounds and the ratio
-to the raw median of the same run.
+Modes alternate round by round; the table gives the median of the rounds, the ratio to
+the raw median of the same run ("vs raw") and to the raw mode with the same requests
+("vs raw, same requests"), and the CPU seconds the server process spent (all threads).
 
 With ``--backend s3`` the service keeps its blobs in an S3 bucket: moto's server in a
 process of its own on loopback (``moto[server]``, the test extra; fake credentials),
@@ -60,6 +64,8 @@ KEY = "bench-tus-key"
 TUS = {"Tus-Resumable": "1.0.0", "X-API-Key": KEY}
 MODES: dict[str, tuple[str, int, bool]] = {
     "raw": ("raw", 0, False),
+    "raw 8 MiB": ("raw", 8 * MIB, False),
+    "raw 32 MiB": ("raw", 32 * MIB, False),
     "raw S3": ("raw_s3", 0, False),
     "POST /upload": ("upload", 0, False),
     "tus 8 MiB": ("tus", 8 * MIB, False),
@@ -87,11 +93,20 @@ async def _client(url: str, path: Path, size: int, mode: str, chunk: int, checks
 
     began = time.perf_counter()
     async with aiohttp.ClientSession() as session:
-        if mode in ("raw", "raw_s3", "upload"):
-            target, sent = url + ("/raw" if mode == "raw" else "/raw-s3"), {}
+        if mode == "raw":
+            offset, step = 0, chunk or size
+            while offset < size:
+                end = min(offset + step, size)
+                target = f"{url}/raw?offset={offset}"
+                async with session.post(target, data=_slices(path, offset, end)) as got:
+                    assert got.status == 200, await got.text()
+                offset = end
+            return time.perf_counter() - began
+        if mode in ("raw_s3", "upload"):
+            target, sent = url + "/raw-s3", {}
             if mode == "upload":
-                target, sent = url + "/upload", {"X-API-Key": KEY, "X-Job-Id": "bench"}
-                sent["X-Replace"] = "true"
+                target = url + "/upload"
+                sent = {"X-API-Key": KEY, "X-Job-Id": "bench", "X-Replace": "true"}
             async with session.post(target, headers=sent, data=_slices(path, 0, size)) as got:
                 assert got.status in (200, 201), await got.text()
             return time.perf_counter() - began
@@ -147,11 +162,14 @@ def client_main(url: str, file: str, label: str) -> None:
 
 
 async def _raw(request: Any) -> Any:
-    """``POST /raw``: the baseline, the body streamed to a file and fsynced."""
+    """``POST /raw?offset=N``: the baseline, the body streamed into a file at ``N`` (a
+    new file at 0) and fsynced."""
     from aiohttp import web
 
     target: Path = request.app["raw_path"]
-    with target.open("wb") as stream:
+    offset = int(request.query.get("offset", "0"))
+    with target.open("r+b" if offset else "wb") as stream:
+        stream.seek(offset)
         async for chunk in request.content.iter_chunked(MIB):
             stream.write(chunk)
         stream.flush()
@@ -260,9 +278,11 @@ async def _bench(
         await site.start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         times: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu: dict[str, list[float]] = {mode: [] for mode in modes}
         try:
             for _ in range(rounds):
                 for mode in modes:
+                    used = time.process_time()
                     proc = await asyncio.create_subprocess_exec(
                         sys.executable, __file__, "--client", url, str(source), mode,
                         stdout=asyncio.subprocess.PIPE,
@@ -270,6 +290,7 @@ async def _bench(
                     out, _ = await proc.communicate()
                     if proc.returncode != 0:
                         raise RuntimeError(f"the {mode} client failed")
+                    cpu[mode].append(time.process_time() - used)
                     times[mode].append(json.loads(out.decode().strip().splitlines()[-1])["seconds"])
         finally:
             await runner.cleanup()
@@ -278,9 +299,11 @@ async def _bench(
                 await moto.wait()
     raw = statistics.median(times["raw"]) if "raw" in times else None
     raw_s3 = statistics.median(times["raw S3"]) if "raw S3" in times else None
+    raw_twin = {MODES[mode][1]: mode for mode in times if MODES[mode][0] == "raw"}
     rows = []
     for mode, seconds in times.items():
         median = statistics.median(seconds)
+        twin = raw_twin.get(MODES[mode][1]) if MODES[mode][0] in ("raw", "tus") else None
         rows.append(
             {
                 "mode": mode,
@@ -289,6 +312,10 @@ async def _bench(
                 "best_mb_per_s": round(size_mb / min(seconds), 1),
                 "vs_raw": None if raw is None else round(raw / median, 2),
                 "vs_raw_s3": None if raw_s3 is None else round(raw_s3 / median, 2),
+                "vs_raw_same_requests": (
+                    None if twin is None else round(statistics.median(times[twin]) / median, 2)
+                ),
+                "server_cpu_s": round(statistics.median(cpu[mode]), 3),
             }
         )
     kind = str(backend.get("storage_backend", "folder"))
@@ -326,12 +353,15 @@ def main() -> None:
         f"rounds, {result['backend']} backend, loopback, separate client process"
     )
     print()
-    print("| mode | median s | MB/s (median) | MB/s (best) | vs raw | vs raw S3 |")
-    print("|---|---|---|---|---|---|")
+    print("| mode | median s | MB/s (median) | MB/s (best) | vs raw | vs raw, same requests "
+          "| vs raw S3 | server CPU s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
+        same = "" if row["vs_raw_same_requests"] is None else f"{row['vs_raw_same_requests']}x"
         s3 = "" if row["vs_raw_s3"] is None else f"{row['vs_raw_s3']}x"
         print(f"| {row['mode']} | {row['median_s']} | {row['mb_per_s']} | "
-              f"{row['best_mb_per_s']} | {row['vs_raw']}x | {s3} |")  # fmt: skip
+              f"{row['best_mb_per_s']} | {row['vs_raw']}x | {same} | {s3} | "
+              f"{row['server_cpu_s']} |")  # fmt: skip
     print()
     print(json.dumps(result))
 

@@ -54,11 +54,14 @@ uploads = Table(
     Column("deleted", Integer, nullable=False, server_default=text("0")),
     Column("deleted_at", Text),
     Column("owner", Text, nullable=False),
+    Column("result_owner", Text),
+    Column("result_job_id", Text),
     Index("uploads_sha256", "sha256", "deleted"),
     Index("uploads_status", "status", "updated_at"),
     Index("uploads_owner", "owner", "status", "updated_at"),
 )
-"""One resumable upload per ``upload_id``."""
+"""One resumable upload per ``upload_id``; ``result_owner`` and ``result_job_id`` are set
+(both) when its content is also stored as that owner's result of the job (tus)."""
 
 api_keys = Table(
     "api_keys",

@@ -47,6 +47,8 @@ _UPLOAD_FIELDS = (
     "deleted",
     "deleted_at",
     "owner",
+    "result_owner",
+    "result_job_id",
 )
 _UPLOAD_COLUMNS = tuple(uploads.c[name] for name in _UPLOAD_FIELDS)
 
@@ -86,6 +88,9 @@ class UploadRecord:
         deleted: whether the completed upload was deleted.
         deleted_at: when it was deleted, or ``None``.
         owner: the principal whose key created it (only it, or an admin, may use it).
+        result_owner: the principal whose result of ``result_job_id`` the content is
+            also stored as once completed (a tus result upload), else ``None``.
+        result_job_id: that result's job id, else ``None``.
     """
 
     upload_id: str
@@ -105,6 +110,8 @@ class UploadRecord:
     deleted: bool = False
     deleted_at: str | None = None
     owner: str = LEGACY_OWNER
+    result_owner: str | None = None
+    result_job_id: str | None = None
 
     @property
     def total_chunks(self) -> int:
@@ -143,6 +150,8 @@ class UploadRecord:
             deleted=bool(row[14]),
             deleted_at=_opt(row[15]),
             owner=str(row[16]),
+            result_owner=_opt(row[17]),
+            result_job_id=_opt(row[18]),
         )
 
 

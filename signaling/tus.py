@@ -36,8 +36,11 @@ nothing for ``read_timeout_s`` or is not done within ``patch_deadline_s`` ends w
 (what arrived is kept unless a checksum was given); one PATCH or DELETE per upload at a
 time (423 UPLOAD_LOCKED, per process). A chunk whose checksum does not match answers
 460 and is not kept; the offset is unchanged. An unfinished upload expires
-``upload_ttl_s`` after its last change (``Upload-Expires``): it then answers 410 and its
-partial is removed. Errors are JSON ``{"error": {"code", "message", "timestamp"}}``.
+``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
+:data:`~signaling.upload_offsets.TOUCH_EVERY_S` of the last change is not a new one, so
+no PATCH in a quick series writes the database; the header always gives the expiry
+kept): it then answers 410 and its partial is removed. Errors are JSON
+``{"error": {"code", "message", "timestamp"}}``.
 
 Source: the tus protocol 1.0.0 (https://tus.io/protocols/resumable-upload); tusd
 ``pkg/handler/unrouted_handler.go`` (locks with 423, the order of the checks).
@@ -48,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -166,15 +168,11 @@ async def _options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
-def _state_headers(
-    tus: TusService, record: UploadRecord, offset: int, *, changed: bool = False
-) -> dict[str, str]:
-    """``Upload-Offset`` and, while unfinished, ``Upload-Expires`` (from now when the
-    request ``changed`` the upload)."""
+def _state_headers(tus: TusService, record: UploadRecord, offset: int) -> dict[str, str]:
+    """``Upload-Offset`` and, while unfinished, ``Upload-Expires`` (from the record's last
+    change)."""
     headers = {"Upload-Offset": str(offset)}
     expires = tus.expires(record)
-    if changed:
-        expires = datetime.fromtimestamp(int(tus.now()), UTC) + timedelta(seconds=tus.manager.ttl_s)
     if expires is not None and offset < record.total_size:
         headers["Upload-Expires"] = http_date(expires)
     return headers
@@ -193,18 +191,18 @@ async def _create(request: web.Request) -> web.Response:
             ApiErrorCode.FILE_TOO_LARGE, f"the file is larger than {store.max_file_size} bytes"
         )
     meta = parse_metadata(request.headers.get("Upload-Metadata"))
-    body = init_body(meta, length, caller)
-    if "job_id" in meta:
-        await _require_no_result(request, body["user_role"], body["user_id"])
+    body, result = init_body(meta, length, caller)
+    if result is not None:
+        await _require_no_result(request, *result)
     with_bytes = request.content_type == OFFSET_TYPE and request.body_exists
     if not with_bytes and request.body_exists and request.content_length:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"the first bytes need {OFFSET_TYPE}")
-    record = await tus.manager.init(body, caller)
+    record = await tus.manager.init(body, caller, result=result)
     headers = {"Location": f"/files/{record.upload_id}"}
     with tus.hold(record.upload_id):
         if with_bytes:
-            offset = await tus.write(request, record, caller, "0")
-            headers.update(_state_headers(tus, record, offset, changed=True))
+            offset, record = await tus.write(request, record, caller, "0")
+            headers.update(_state_headers(tus, record, offset))
         elif length == 0:
             await tus.finish(record, caller)
         else:
@@ -245,11 +243,15 @@ async def _patch(request: web.Request) -> web.Response:
     upload_id = request.match_info["upload_id"]
     if request.content_type != OFFSET_TYPE:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"a PATCH body must be {OFFSET_TYPE}")
-    await tus.live(upload_id, caller)  # another principal never holds the upload's lock
+    mark = tus.quiet_mark(upload_id)
+    record = await tus.live(upload_id, caller)  # another principal never holds the lock
     with tus.hold(upload_id):
-        record = await tus.live(upload_id, caller)
-        offset = await tus.write(request, record, caller, request.headers.get("Upload-Offset"))
-    return web.Response(status=204, headers=_state_headers(tus, record, offset, changed=True))
+        if not tus.still_quiet(mark):  # another PATCH or DELETE may have changed it
+            record = await tus.live(upload_id, caller)
+        offset, record = await tus.write(
+            request, record, caller, request.headers.get("Upload-Offset")
+        )
+    return web.Response(status=204, headers=_state_headers(tus, record, offset))
 
 
 async def _delete(request: web.Request) -> web.Response:

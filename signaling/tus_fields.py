@@ -134,35 +134,37 @@ def _first(meta: dict[str, str], *names: str) -> str | None:
     return None
 
 
-def init_body(meta: dict[str, str], length: int, caller: Caller) -> dict[str, Any]:
-    """The init body of :meth:`UploadManager.init` for a tus upload of ``length`` bytes.
+def init_body(
+    meta: dict[str, str], length: int, caller: Caller
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """The init body of :meth:`UploadManager.init` for a tus upload of ``length`` bytes,
+    and the result it is also stored as.
 
     Metadata keys: ``filename`` (or ``name``) -> ``file_name``; ``filetype`` (or ``type``,
     ``content_type``) -> ``content_type``; ``user_id``, ``user_role`` -> the labels of
     the upload's key (defaults ``tus`` and the caller's role). ``job_id`` makes it a
-    result upload: it is filed with ``user_id`` = the job id and ``user_role`` = the
-    result's owner, the ``owner`` key (a fingerprint or ``anon-`` principal, as
-    ``POST /upload`` takes ``X-Owner``); a client key may not store results.
+    result upload of the ``owner`` key (a fingerprint or ``anon-`` principal, as
+    ``POST /upload`` takes ``X-Owner``), kept in the record's ``result_owner`` and
+    ``result_job_id``; a client key may not store results.
+
+    Returns:
+        ``(body, result)``: ``result`` is ``(owner, job_id)``, or ``None`` without
+        ``job_id``.
 
     Raises:
         ApiError: FORBIDDEN (a client key with ``job_id``); MISSING_FIELD (``job_id``
-            without ``owner``); INVALID_FIELD (a malformed ``job_id`` or ``owner``, a
-            ``user_role`` that is a principal: those name a result's owner only).
+            without ``owner``); INVALID_FIELD (a malformed ``job_id`` or ``owner``).
     """
     body: dict[str, Any] = {
         "file_name": _first(meta, "filename", "name") or DEFAULT_FILE_NAME,
         "total_size": length,
         "content_type": _first(meta, "filetype", "type", "content_type") or "",
+        "user_id": meta.get("user_id") or DEFAULT_USER_ID,
+        "user_role": meta.get("user_role") or caller.role.value,
     }
     job_id = meta.get("job_id")
     if job_id is None:
-        role = meta.get("user_role") or caller.role.value
-        if is_valid_owner(role):
-            raise ApiError(
-                ApiErrorCode.INVALID_FIELD, "user_role may not be a principal; use owner and job_id"
-            )
-        body.update(user_id=meta.get("user_id") or DEFAULT_USER_ID, user_role=role)
-        return body
+        return body, None
     if caller.role is Role.CLIENT:
         raise ApiError(ApiErrorCode.FORBIDDEN, "a client key may not store results")
     if not is_valid_job_id(job_id):
@@ -174,25 +176,26 @@ def init_body(meta: dict[str, str], length: int, caller: Caller) -> dict[str, An
         raise ApiError(ApiErrorCode.MISSING_FIELD, "owner (the result's owner) is required")
     if not is_valid_owner(owner):
         raise ApiError(ApiErrorCode.INVALID_FIELD, "owner must be a fingerprint or anon- principal")
-    body.update(user_id=job_id, user_role=owner)
-    return body
+    return body, (owner, job_id)
 
 
 def result_of(record: UploadRecord) -> tuple[str, str] | None:
     """``(owner, job_id)`` of a result upload (see :func:`init_body`), else ``None``."""
-    owner, job_id = record.user_role, record.user_id
-    if is_valid_owner(owner) and is_valid_job_id(job_id):
-        return owner, job_id
-    return None
+    if record.result_owner is None or record.result_job_id is None:
+        return None
+    return record.result_owner, record.result_job_id
 
 
 def metadata_header(record: UploadRecord) -> str:
     """The ``Upload-Metadata`` of ``record`` as HEAD answers it."""
-    meta = {"filename": record.file_name, "filetype": record.content_type}
+    meta = {
+        "filename": record.file_name,
+        "filetype": record.content_type,
+        "user_id": record.user_id,
+        "user_role": record.user_role,
+    }
     result = result_of(record)
-    if result is None:
-        meta.update(user_id=record.user_id, user_role=record.user_role)
-    else:
+    if result is not None:
         meta.update(owner=result[0], job_id=result[1])
     return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
 

@@ -60,6 +60,7 @@ class TusService:
         self.now = now
         self.linger_s = LINGER_S
         self._busy: set[str] = set()
+        self._releases = 0  # holds ended so far, of any upload
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -78,6 +79,18 @@ class TusService:
             yield
         finally:
             self._busy.discard(upload_id)
+            self._releases += 1
+
+    def quiet_mark(self, upload_id: str) -> tuple[bool, int]:
+        """A mark for :meth:`still_quiet`, taken before reading ``upload_id``'s record."""
+        return upload_id not in self._busy, self._releases
+
+    def still_quiet(self, mark: tuple[bool, int]) -> bool:
+        """Whether no changing request held any upload since ``mark`` was taken (none
+        held this one then): a record read since is as fresh as one read now, for this
+        process's tus requests (others are raced as ever)."""
+        idle, releases = mark
+        return idle and releases == self._releases
 
     def expires(self, record: UploadRecord) -> datetime | None:
         """When the unfinished ``record`` expires, else ``None``."""
@@ -110,32 +123,43 @@ class TusService:
 
     async def _body(self, request: web.Request, checksum: Checksum | None) -> AsyncIterator[bytes]:
         """The request body as it arrives (pieces of at most :data:`PIECE_BYTES`),
-        within the deadlines; checked against ``checksum`` at its end."""
+        within the deadlines; checked against ``checksum`` at its end (each piece is
+        hashed in a thread, in order, while the next is read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.patch_deadline_s
-        while True:
-            try:
-                data = request.content.read_nowait(-1)  # what is buffered
+        hashing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                try:
+                    data = request.content.read_nowait(-1)  # what is buffered
+                    if not data:
+                        timeout = min(deadline, loop.time() + self.read_timeout_s)
+                        async with asyncio.timeout_at(timeout):
+                            data = await request.content.read(PIECE_BYTES)
+                except TimeoutError:
+                    raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
                 if not data:
-                    timeout = min(deadline, loop.time() + self.read_timeout_s)
-                    async with asyncio.timeout_at(timeout):
-                        data = await request.content.read(PIECE_BYTES)
-            except TimeoutError:
-                raise TusError(408, "REQUEST_TIMEOUT", "the body was too slow") from None
-            if not data:
-                break
-            if checksum is not None:
-                checksum.update(data)
-            yield data
+                    break
+                if checksum is not None:
+                    if hashing is not None:
+                        await hashing
+                    hashing = loop.run_in_executor(None, checksum.update, data)
+                yield data
+            if hashing is not None:
+                last, hashing = hashing, None
+                await last
+        finally:
+            if hashing is not None:  # the body failed: its checksum is not wanted
+                hashing.add_done_callback(lambda done: done.cancelled() or done.exception())
         if checksum is not None:
             checksum.check()
 
     async def write(
         self, request: web.Request, record: UploadRecord, caller: Caller, offset_header: str | None
-    ) -> int:
+    ) -> tuple[int, UploadRecord]:
         """Append the body of ``request`` at ``offset_header``, which must be the
         upload's offset; complete the upload when its last byte arrived. Returns the new
-        offset.
+        offset and the record after the write (its ``updated_at`` gives the expiry).
 
         Raises:
             TusError: 409 OFFSET_MISMATCH, 460 CHECKSUM_MISMATCH, 408 REQUEST_TIMEOUT.
@@ -154,15 +178,16 @@ class TusService:
                 f"the bytes run past the upload's length of {record.total_size} bytes",
             )
         if record.status == "completed" or not request.body_exists:
-            return held
+            return held, record
         await self.manager.keep_open(record)  # the hash made on the way serves finish
         try:
-            written = await self.manager.put_bytes(
+            written, record = await self.manager.put_bytes(
                 record.upload_id,
                 offset,
                 self._body(request, checksum),
                 caller,
                 keep_on_error=checksum is None,
+                known=record,
             )
             held = offset + written
             if held == record.total_size:
@@ -171,7 +196,7 @@ class TusService:
                 await self._linger(record)
         finally:
             await self.manager.let_go(record.upload_id)
-        return held
+        return held, record
 
     async def _linger(self, record: UploadRecord) -> None:
         """Keep the partial of an unfinished upload open ``linger_s`` seconds after a

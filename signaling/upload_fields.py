@@ -91,7 +91,12 @@ def sha256_field(body: dict[str, Any], name: str = "sha256") -> str | None:
 
 
 def init_record(
-    body: dict[str, Any], *, owner: str, max_size: int, chunk_size: int
+    body: dict[str, Any],
+    *,
+    owner: str,
+    max_size: int,
+    chunk_size: int,
+    result: tuple[str, str] | None = None,
 ) -> UploadRecord:
     """The new upload an init body asks for (not stored yet).
 
@@ -100,6 +105,8 @@ def init_record(
         owner: the principal of the caller's key.
         max_size: largest ``total_size``, bytes.
         chunk_size: bytes per chunk.
+        result: ``(owner, job_id)`` of the result the content is also stored as once
+            completed (checked by the caller; never taken from ``body``), or ``None``.
 
     Raises:
         ApiError: MISSING_FIELD, INVALID_FIELD, FILE_TOO_LARGE (above ``max_size``).
@@ -140,4 +147,6 @@ def init_record(
         created_at=now,
         updated_at=now,
         owner=owner,
+        result_owner=None if result is None else result[0],
+        result_job_id=None if result is None else result[1],
     )

@@ -189,8 +189,12 @@ class UploadManager(OffsetWrites):
 
     # ------------------------------------------------------------------ operations
 
-    async def init(self, body: dict[str, Any], caller: Caller) -> UploadRecord:
-        """Validate an init request and create the upload, owned by ``caller``.
+    async def init(
+        self, body: dict[str, Any], caller: Caller, *, result: tuple[str, str] | None = None
+    ) -> UploadRecord:
+        """Validate an init request and create the upload, owned by ``caller``;
+        ``result`` is ``(owner, job_id)`` of the result it is also stored as (checked by
+        the caller, see :meth:`complete_result`), or ``None``.
 
         Raises:
             ApiError: MISSING_FIELD, INVALID_FIELD, FILE_TOO_LARGE (see
@@ -203,6 +207,7 @@ class UploadManager(OffsetWrites):
             owner=caller.principal,
             max_size=self.store.max_file_size,
             chunk_size=self.chunk_size,
+            result=result,
         )
         cutoff = self._cutoff()
         await self._require_room_for(record.total_size, cutoff)

@@ -9,8 +9,9 @@ both kinds of request may serve it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
@@ -27,16 +28,21 @@ if TYPE_CHECKING:
     from signaling.blobs import BlobUpload
     from signaling.results_store import ResultsService
 
-__all__ = ["OffsetWrites"]
+__all__ = ["TOUCH_EVERY_S", "OffsetWrites"]
 
 _UNFINISHED = ("initiated", "in_progress")
 _GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
+TOUCH_EVERY_S = 60.0
+"""An upload in progress changed less than this long ago (or a tenth of its time to live,
+if shorter) is not marked changed again by a write, seconds: no database write per PATCH.
+Its expiry then runs from the earlier change, which the caller is told."""
 
 
 class _Manager(Protocol):
     """What the mixin uses of :class:`~signaling.upload_manager.UploadManager`."""
 
     store: ResultsService
+    ttl_s: float
 
     async def record(self, upload_id: str, caller: Caller | None = None) -> UploadRecord: ...
     def require_open(self, record: UploadRecord) -> None: ...
@@ -47,7 +53,7 @@ class _Manager(Protocol):
     ) -> UploadRecord: ...
     async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord: ...
     async def held_bytes(self, record: UploadRecord) -> int: ...
-    async def _touch(self, upload_id: str) -> None: ...
+    async def _touch(self, record: UploadRecord) -> UploadRecord: ...
 
 
 class OffsetWrites:
@@ -91,7 +97,8 @@ class OffsetWrites:
         caller: Caller,
         *,
         keep_on_error: bool = False,
-    ) -> int:
+        known: UploadRecord | None = None,
+    ) -> tuple[int, UploadRecord]:
         """Stream ``body`` into the upload's partial from byte ``offset`` (never whole in
         memory), make it durable and record it as held.
 
@@ -105,9 +112,13 @@ class OffsetWrites:
                 recorded (the write is atomic). After an ApiError (a refusal of ours)
                 nothing is recorded either, except, with ``keep_on_error`` on the S3
                 backend, whole parts sent before it (bytes at their right offsets).
+            known: the upload as the caller has just read it for ``caller`` (saves a
+                read), or ``None``.
 
         Returns:
-            How many bytes were written and recorded.
+            How many bytes were written and recorded, and the upload's record after
+            them (in progress; its ``updated_at``, where its expiry runs from, is moved
+            to now unless it changed less than :data:`TOUCH_EVERY_S` ago).
 
         Raises:
             ApiError: INVALID_FIELD for an offset out of range; FILE_TOO_LARGE when the
@@ -115,7 +126,7 @@ class OffsetWrites:
                 for :meth:`record`; DISK_FULL when a piece would eat into the disk
                 reserve. Whatever ``body`` raises is raised again.
         """
-        record = await self.record(upload_id, caller)
+        record = known if known is not None else await self.record(upload_id, caller)
         self.require_open(record)
         if not 0 <= offset <= record.total_size:
             raise ApiError(ApiErrorCode.INVALID_FIELD, f"offset must be in 0..{record.total_size}")
@@ -148,19 +159,28 @@ class OffsetWrites:
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {upload_id!r} is gone") from exc
         finally:
             await self._release(upload_id)
+        touched = record
         if size or not cut:
-            await self._touch(upload_id)
+            touched = await self._touch(record)
         if cut:
             raise cut[0]
-        return size
+        return size, touched
 
-    async def _touch(self: _Manager, upload_id: str) -> None:
-        """Mark the upload in progress, changed now (its expiry moves on)."""
-        when = format_timestamp(datetime.now(UTC))
+    async def _touch(self: _Manager, record: UploadRecord) -> UploadRecord:
+        """Mark the upload in progress, changed now (its expiry moves on), unless it is
+        in progress and changed less than :data:`TOUCH_EVERY_S` ago; the record after."""
+        now = datetime.now(UTC)
+        changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        recent = timedelta(seconds=min(TOUCH_EVERY_S, self.ttl_s / 10))
+        if record.status == "in_progress" and timedelta(0) <= now - changed < recent:
+            return record  # a cancel meanwhile discarded the partial: mark_present refused
+        when = format_timestamp(now)
+        upload_id = record.upload_id
         before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
         if before is None or before not in _UNFINISHED:
             # Completed or cancelled while the bytes streamed: they are not wanted.
             self.require_open(await self.record(upload_id))
+        return dataclasses.replace(record, status="in_progress", updated_at=when)
 
     async def complete_result(
         self: _Manager, upload_id: str, caller: Caller, owner: str, job_id: str

@@ -26,6 +26,7 @@ from rtc_worker.storage import (
     HashMismatchError,
     PartialFile,
 )
+from rtc_worker.storage.side_hash import BESIDE_MIN_BYTES
 from tests.conftest import tiny_tmpfs
 from tests.storage_helpers import (
     KIB,
@@ -540,3 +541,27 @@ def test_a_commit_without_mime_detection_stores_the_same_object(blob_store: Blob
     assert (meta.sha256, meta.size, meta.mime_type) == (sha(content), len(content), "")
     with blob_store.open_object(sha(content)) as stored:
         assert stored.read() == content
+
+
+def test_a_large_write_at_that_fails_is_not_hashed(tmp_path: Path) -> None:
+    """A range continuing the hashed prefix is hashed in a second thread while it is
+    written; when the write fails (disk full) that hash is dropped, so the range sent
+    again is hashed once and the commit's sha256 is the content's."""
+    content = blob(2 * BESIDE_MIN_BYTES * 2, seed=45)
+    half = len(content) // 2
+    with tiny_tmpfs(tmp_path / "mnt", size="4m") as mnt, ExitStack() as stack:
+        store = BlobStore(mnt / "store")
+        part = stack.enter_context(
+            store.open_partial("e" * 32, len(content), "big.bin", by_ranges=True)
+        )
+        part.write_at(0, content[:half])
+        part.mark_present(0, half)
+        filler = _fill(mnt, leave=64 * KIB)
+        with pytest.raises(DiskFullError):
+            part.write_at(half, content[half:])
+        filler.unlink()
+        part.write_at(half, content[half:])
+        part.mark_present(half, len(content))
+        meta = part.commit(sha(content))
+        assert meta.sha256 == sha(content)
+        assert store.object_path(meta.sha256).read_bytes() == content

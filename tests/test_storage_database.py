@@ -166,6 +166,8 @@ async def test_a_database_of_the_previous_code_is_adopted(tmp_path: Path) -> Non
     with sqlite3.connect(root / "storage.db") as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 3  # older code opens it
         assert conn.execute("SELECT count(*) FROM files").fetchone()[0] == 2
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(uploads)")}
+        assert {"result_owner", "result_job_id"} <= columns
     conn.close()
 
 

@@ -9,6 +9,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from tusclient import client as tus_client
 from tusclient.exceptions import TusUploadFailed
 from tusclient.storage.filestorage import FileStorage
 
+from rtc_worker.storage import format_timestamp
 from signaling.keys import Role
 from signaling.tus import TUS_KEY
+from signaling.upload_offsets import TOUCH_EVERY_S
 from tests.conftest import StartService
 from tests.storage_service import KEY, Answer, StorageService, fingerprint_of
 
@@ -342,6 +345,55 @@ async def test_expired_upload_is_gone_and_cleaned(service: Tus) -> None:
     assert (await service.status(upload_id))["status"] == "cancelled"
 
 
+async def test_a_patch_soon_after_a_change_reports_the_expiry_it_keeps(service: Tus) -> None:
+    """No database write per PATCH while the upload changed recently: the PATCH then
+    answers the expiry of that change, which HEAD and the cleanup agree with."""
+    url = await service.create(100)
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await service.patch(url, 0, b"a" * 10)).status == 204
+    now = datetime.now(UTC)
+    first = await service.db.get_upload(upload_id)
+    assert first is not None and first.status == "in_progress"
+    created = first.created_at
+    recent = format_timestamp(now - timedelta(seconds=TOUCH_EVERY_S / 2))
+    await service.db.set_upload_times(upload_id, created, recent)
+    kept = await service.patch(url, 10, b"b" * 10)
+    record = await service.db.get_upload(upload_id)
+    assert record is not None and record.updated_at == recent  # not written again
+    head = await service.tus("HEAD", url)
+    assert kept.headers["Upload-Expires"] == head.headers["Upload-Expires"]
+    assert parsedate_to_datetime(kept.headers["Upload-Expires"]) == datetime.strptime(
+        recent, "%Y-%m-%dT%H:%M:%SZ"
+    ).replace(tzinfo=UTC) + timedelta(seconds=service.runner.app[TUS_KEY].manager.ttl_s)
+    older = format_timestamp(now - timedelta(seconds=TOUCH_EVERY_S + 5))
+    await service.db.set_upload_times(upload_id, created, older)
+    moved = await service.patch(url, 20, b"c" * 10)
+    record = await service.db.get_upload(upload_id)
+    assert record is not None and record.updated_at >= format_timestamp(now)
+    assert (
+        moved.headers["Upload-Expires"]
+        == (await service.tus("HEAD", url)).headers["Upload-Expires"]
+    )
+    assert await service.offset(url) == 30
+
+
+async def test_a_record_read_around_another_request_is_read_again(service: Tus) -> None:
+    """A PATCH reuses the record it read before taking the upload's lock only when no
+    changing request held any upload meanwhile, nor this one when it began."""
+    tus = service.runner.app[TUS_KEY]
+    upload_id = "a" * 32
+    before = tus.quiet_mark(upload_id)
+    assert tus.still_quiet(before)
+    with tus.hold(upload_id):
+        during = tus.quiet_mark(upload_id)
+        assert tus.still_quiet(before)  # held, not yet released: the lock refuses (423)
+    assert not tus.still_quiet(before) and not tus.still_quiet(during)
+    after = tus.quiet_mark(upload_id)
+    with tus.hold("b" * 32):
+        pass
+    assert not tus.still_quiet(after)
+
+
 # ----------------------------------------------------------------- results
 
 
@@ -363,6 +415,9 @@ async def test_result_upload_is_the_post_upload_record_and_downloads(
     await asyncio.to_thread(run)
     got = await service.request("GET", "/download/job-7?keep=true", key=client)
     assert got.status == 200 and got.body == data
+    (record,) = [r for r in await service.db.all_uploads() if r.result_job_id == "job-7"]
+    assert (record.result_owner, record.status, record.user_id) == (OWNER, "completed", "tus")
+    assert record.user_role == "worker"  # the uploader's labels stay its own
     posted = await service.store_result(worker, OWNER, "job-8", data)
     assert posted.status == 201
     listed = await service.request("GET", "/list", key=client)
@@ -390,6 +445,28 @@ async def test_result_upload_is_the_post_upload_record_and_downloads(
         "POST", "/files/", worker, **{"Upload-Length": "3", "Upload-Metadata": metadata(job_id="j")}
     )
     assert (no_owner.status, no_owner.code) == (400, "MISSING_FIELD")
+
+
+async def test_a_principal_as_user_role_is_a_plain_upload(service: Tus) -> None:
+    """The attacker labels a plain upload with the victim's principal as ``user_role``
+    and a job id as ``user_id``: it is stored as a plain upload (labels are labels), and
+    no result appears for the victim."""
+    attacker = await service.make_key(Role.WORKER, "gpu-2")
+    victim = await service.make_key(Role.CLIENT, "owner", OWNER)
+    url = await service.create(
+        5, attacker, **{"Upload-Metadata": metadata(user_id="job-9", user_role=OWNER)}
+    )
+    assert (await service.patch(url, 0, b"fake!", attacker)).status == 204
+    record = await service.status(url.rsplit("/", 1)[1], attacker)
+    assert (record["status"], record["user_role"], record["user_id"]) == (
+        "completed",
+        OWNER,
+        "job-9",
+    )
+    stored = await service.db.get_upload(record["upload_id"])
+    assert stored is not None and (stored.result_owner, stored.result_job_id) == (None, None)
+    assert (await service.request("GET", "/download/job-9", key=victim)).status == 404
+    assert (await service.request("GET", "/list", key=victim)).body["files"] == []
 
 
 # ----------------------------------------------------------------- bounds and attacks

@@ -3,14 +3,14 @@
 * **In order** (a channel transfer, a streamed upload): the event loop calls
   :meth:`~PartialFile.append` per chunk (a copy into the one buffer, no system call);
   when it answers "full" it detaches a batch (:meth:`~PartialFile.take_batch`) that a
-  writer thread hashes and ``pwrite``s (:meth:`~PartialFile.write_batch`) while the loop
-  keeps receiving; at most one batch is in flight. The bytes on disk are always a prefix
-  of the content (truncated back after a failed write or fsync), so a restart resumes
-  from the file's length, re-hashing it in 1 MiB reads.
+  writer thread ``pwrite``s, hashed in a second thread meanwhile (:mod:`.side_hash`),
+  while the loop keeps receiving; at most one batch is in flight. The bytes on disk are
+  always a prefix of the content (truncated back after a failed write or fsync), so a
+  restart resumes from the file's length, re-hashing it in 1 MiB reads.
 * **By ranges** (resumable uploads, chunks in any order): :meth:`~PartialFile.write_at`
   then :meth:`~PartialFile.mark_present`, which makes a range durable and records it in
-  the sidecar. Bytes that arrive in order are hashed on the way; any other range is
-  hashed at commit by reading it from disk (one read pass, no copy).
+  the sidecar. Bytes that arrive in order are hashed on the way (beside the write); any
+  other range is hashed at commit by reading it from disk (one read pass, no copy).
 
 :meth:`~PartialFile.commit` checks completeness and the SHA-256, then publishes the file
 into its blob store (the atomic writer's publish step; identical content kept once).
@@ -24,6 +24,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from loguru import logger
@@ -34,6 +35,7 @@ from rtc_worker.storage.closing import Closing
 from rtc_worker.storage.errors import HashMismatchError, as_disk_full
 from rtc_worker.storage.metadata import ContentHasher, FileMetadata, hash_file
 from rtc_worker.storage.record import PartialHome, Range, covered, merge_range, now_text
+from rtc_worker.storage.side_hash import pwrite_counted, write_hashing
 from rtc_worker.storage.space import ensure_room
 
 __all__ = ["WRITE_BATCH_BYTES", "Batch", "PartialFile"]
@@ -228,16 +230,14 @@ class PartialFile(Closing):
                 self._require_open()
                 if batch.offset != self._written:
                     raise ValueError(f"batch at {batch.offset}, expected {self._written}")
-                done = 0
-                with memoryview(batch.data) as view:
-                    try:
-                        if self.reserve_bytes:  # one fstatvfs per batch, not per chunk
-                            ensure_room(self._fd, len(view), self.reserve_bytes)
-                        while done < len(view):
-                            done += os.pwrite(self._fd, view[done:], batch.offset + done)
-                    except OSError as exc:  # keep what was fully written
-                        self._fail(exc, keep=self._written + done)
-                self._hasher.update(batch.data)
+                done = [0]  # bytes fully written (kept after a failed write; the hash is not)
+                try:
+                    if self.reserve_bytes:  # one fstatvfs per batch, not per chunk
+                        ensure_room(self._fd, len(batch.data), self.reserve_bytes)
+                    write = partial(pwrite_counted, self._fd, batch.data, batch.offset, done)
+                    write_hashing(self._hasher, batch.data, write)
+                except OSError as exc:
+                    self._fail(exc, keep=self._written + done[0])
                 self._hashed += len(batch.data)
                 self._written += len(batch.data)
         finally:
@@ -318,15 +318,16 @@ class PartialFile(Closing):
                 if self._buffer or self._in_flight:
                     raise ValueError("bytes written in order are still buffered")
                 self._ranges = [(0, self._written)] if self._written else []
-            try:
-                write_all(self._fd, data, offset)
-            except OSError as exc:
-                raise as_disk_full(exc, self.name) from exc
             if offset < self._hashed:  # bytes the hasher saw are replaced: hash at commit
                 self._hasher, self._hashed = ContentHasher(), 0
-            if offset == self._hashed:
-                self._hasher.update(data)
-                self._hashed += len(data)
+            hashing = offset == self._hashed  # continues the hashed prefix
+            before, write = self._hasher.copy(), partial(write_all, self._fd, data, offset)
+            try:  # the hash in a second thread meanwhile
+                write_hashing(self._hasher if hashing else None, data, write)
+            except OSError as exc:
+                self._hasher = before  # the bytes are not held: nor hashed
+                raise as_disk_full(exc, self.name) from exc
+            self._hashed += len(data) if hashing else 0
 
     def mark_present(self, start: int, end: int) -> None:
         """Make ``[start, end)`` durable (``fsync``) and record it in the sidecar.
