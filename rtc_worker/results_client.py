@@ -199,8 +199,8 @@ class ResultsServiceClient:
     Attributes:
         url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
         api_key: sent as ``X-API-Key`` (never in the ``repr``, so never in a log).
-        retries: upload attempts after the first one.
-        backoff_s: the first wait before a retry, seconds (doubling each time).
+        retries: upload attempts after the first one; resumes of a cut download.
+        backoff_s: the first wait before a retry or a resume, seconds (doubling each time).
         timeout_s: the limit of one request, seconds.
     """
 
