@@ -11,7 +11,10 @@ retry after a lost answer is safe: the same content under the same owner and job
 answered as stored). A download presents the token (``X-Download-Token``) or a key,
 goes to a temporary file next to the target (the file layer's atomic writer), is
 hashed while it streams (its one hasher), and is published only when its sha256
-matches.
+matches. A download cut mid-body resumes where it stopped with an HTTP byte range
+(``Range: bytes=N-`` and ``If-Range`` with the answer's ``ETag``, RFC 9110 section 14):
+the rest is appended and hashed on; when the result was replaced meanwhile the service
+answers the whole new content, and the download starts over with it.
 
 The service's API: :mod:`signaling.results_api`.
 """
@@ -124,11 +127,50 @@ class StoredResults:
 
 @dataclass(frozen=True)
 class DownloadedResults:
-    """A verified download: where it was saved, its size (bytes) and sha256."""
+    """A verified download: where it was saved, its size (bytes), sha256, and how many
+    times it was resumed after a cut."""
 
     path: Path
     size: int
     sha256: str
+    resumes: int = 0
+
+
+_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError)
+"""What a download cut mid-body raises (a resume may follow)."""
+
+
+@dataclass
+class _Download:
+    """A download in progress: the temporary file, the hasher, what the service said of
+    the content (its expected sha256, its ``ETag``, its size in bytes)."""
+
+    target: AtomicFile | None = None
+    hasher: ContentHasher = field(default_factory=ContentHasher)
+    expected: str | None = None
+    etag: str | None = None
+    size: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.hasher.size == self.size
+
+    @property
+    def resumable(self) -> bool:
+        return self.target is not None and self.etag is not None and self.size is not None
+
+    def range_headers(self) -> dict[str, str]:
+        """``Range`` and ``If-Range`` for the bytes still missing (none before any)."""
+        if not self.resumable or self.hasher.size == 0:
+            return {}
+        return {"Range": f"bytes={self.hasher.size}-", "If-Range": str(self.etag)}
+
+    def start_over(self) -> None:
+        """Empty the temporary file and the hasher (blocking)."""
+        assert self.target is not None
+        self.target.file.seek(0)
+        self.target.file.truncate()
+        self.hasher = ContentHasher()
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -157,8 +199,8 @@ class ResultsServiceClient:
     Attributes:
         url: the service's base URL, e.g. ``http://127.0.0.1:8765``.
         api_key: sent as ``X-API-Key`` (never in the ``repr``, so never in a log).
-        retries: upload attempts after the first one.
-        backoff_s: the first wait before a retry, seconds (doubling each time).
+        retries: upload attempts after the first one; resumes of a cut download.
+        backoff_s: the first wait before a retry or a resume, seconds (doubling each time).
         timeout_s: the limit of one request, seconds.
     """
 
@@ -284,6 +326,13 @@ class ResultsServiceClient:
         token or its own key) deletes the file afterwards when ``AUTO_DELETE`` is on,
         unless ``keep`` (``?keep=true``).
 
+        A download cut mid-body (the connection dropped, a timeout) is resumed up to
+        ``retries`` times, waiting ``backoff_s`` doubling, with ``Range: bytes=N-`` and
+        ``If-Range: <ETag>`` (RFC 9110 section 14): a 206 answer's bytes are appended;
+        a 200 answer (the result was replaced meanwhile) starts the file over. The
+        service counts only an answer with every byte as the owner's complete download,
+        so a resumed download is not deleted by ``AUTO_DELETE``.
+
         Args:
             job_id: the job.
             output_dir: where the ZIP goes (created).
@@ -310,31 +359,74 @@ class ResultsServiceClient:
             headers["X-Download-Token"] = token
         name = layout.results_zip_name(job_id)
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(url, params=query, headers=headers) as response,
-        ):
-            if response.status != 200:
-                raise await _refusal(response, f"download of {job_id}")
-            expected = (sha256 or response.headers.get("X-Content-SHA256") or "").lower() or None
-            target = await asyncio.to_thread(_open_target, output_dir, name)
-            hasher = ContentHasher()
-            try:
-                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                    hasher.update(chunk)
-                    await asyncio.to_thread(target.write, chunk)
-                got = hasher.hexdigest()
-                if expected is not None and got != expected:
-                    raise ResultsServiceError(
-                        f"sha256 mismatch for {job_id}: expected {expected}, got {got}"
-                    )
-                await asyncio.to_thread(target.publish)
-            except BaseException:
-                await asyncio.to_thread(target.abort)
-                raise
+        state = _Download()
+        resumes = 0
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while True:
+                    sent = {**headers, **state.range_headers()}
+                    try:
+                        async with session.get(url, params=query, headers=sent) as response:
+                            await self._receive(response, state, job_id, output_dir / name, sha256)
+                        break
+                    except _CUT as exc:
+                        if state.complete:
+                            break
+                        if not state.resumable or resumes >= self.retries:
+                            raise
+                        logger.warning(
+                            "download of {} cut after {} bytes ({}); resuming",
+                            job_id,
+                            state.hasher.size,
+                            type(exc).__name__,
+                        )
+                        await asyncio.sleep(self.backoff_s * 2**resumes)
+                        resumes += 1
+            got = state.hasher.hexdigest()
+            if state.expected is not None and got != state.expected:
+                raise ResultsServiceError(
+                    f"sha256 mismatch for {job_id}: expected {state.expected}, got {got}"
+                )
+            assert state.target is not None
+            await asyncio.to_thread(state.target.publish)
+        except BaseException:
+            if state.target is not None:
+                await asyncio.to_thread(state.target.abort)
+            raise
         path = output_dir / name
-        logger.info("downloaded {}: {} bytes, sha256 {}", path, hasher.size, got)
-        return DownloadedResults(path, hasher.size, got)
+        logger.info("downloaded {}: {} bytes, sha256 {}", path, state.hasher.size, got)
+        return DownloadedResults(path, state.hasher.size, got, resumes)
+
+    @staticmethod
+    async def _receive(
+        response: aiohttp.ClientResponse,
+        state: _Download,
+        job_id: str,
+        target: Path,
+        sha256: str | None,
+    ) -> None:
+        """Take one answer of a download into ``state``: 200 (the whole content: into
+        a new temporary file, or over what a resume had, when the result was replaced)
+        or 206 (the missing bytes of a resume)."""
+        if response.status == 206 and state.target is not None:
+            sent_range = response.headers.get("Content-Range", "")
+            if not sent_range.startswith(f"bytes {state.hasher.size}-"):
+                raise ResultsServiceError(f"download of {job_id}: the service sent another range")
+        elif response.status == 200:
+            if state.target is None:
+                state.target = await asyncio.to_thread(_open_target, target.parent, target.name)
+            else:
+                await asyncio.to_thread(state.start_over)
+            state.expected = (sha256 or response.headers.get("X-Content-SHA256") or "").lower()
+            state.expected = state.expected or None
+            state.etag = response.headers.get("ETag")
+            state.size = response.content_length
+        else:
+            raise await _refusal(response, f"download of {job_id}")
+        assert state.target is not None
+        async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+            state.hasher.update(chunk)
+            await asyncio.to_thread(state.target.write, chunk)
 
 
 def _open_target(output_dir: Path, name: str) -> AtomicFile:

@@ -61,6 +61,7 @@ class ApiErrorCode(enum.StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"  # 500: a bug; logged
     UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled, or not yours) upload
     UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
+    RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"  # 416: a download's Range names no byte
 
 
 _STATUS = {
@@ -83,6 +84,7 @@ _STATUS = {
     ApiErrorCode.INTERNAL_ERROR: 500,
     ApiErrorCode.UPLOAD_NOT_FOUND: 404,
     ApiErrorCode.UPLOAD_COMPLETED: 409,
+    ApiErrorCode.RANGE_NOT_SATISFIABLE: 416,
 }
 
 _HTTP_CODES = {

@@ -18,7 +18,10 @@ client's principal); the owner downloads them later with the download token it g
 ``GET /download/{job_id}``         token or the owner's client key or admin: the bytes
                                    (200); HEAD: the headers only; ``?keep=true`` keeps
                                    the record when ``AUTO_DELETE`` is on (only the
-                                   owner's download deletes); 404 unknown, 410 deleted
+                                   owner's download of the whole content in one answer
+                                   deletes); ``Range``/``If-Range`` (one range: 206,
+                                   416 when unsatisfiable; ``ETag`` is the sha256);
+                                   404 unknown, 410 deleted
 ``DELETE /delete/{job_id}``        token, the owner's client key or admin: 200
                                    ``{"job_id", "deleted": true}``; 404 / 410
 ``GET /list``                      200 ``{"files": [record, ...]}``: the caller's own

@@ -5,17 +5,19 @@ table, :mod:`signaling.auth` for who may do what).
 They only read the database, except the delete and the bookkeeping after a complete
 download, so they keep working on a full disk: a delete gives up the database's reserve
 file when SQLite has no room (:meth:`~signaling.results_store.ResultsService.delete`),
-and a download whose ``downloaded_at`` cannot be recorded is still served.
+and a download whose ``downloaded_at`` cannot be recorded is still served. A download
+may ask for one byte range (RFC 9110 section 14; see :func:`_download`).
 """
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
+from signaling.api_common import ApiError, ApiErrorCode, error_response, now_timestamp
 from signaling.auth import Role
+from signaling.byte_ranges import RangeNotSatisfiable, select_range, strong_etag
 from signaling.db import FileRecord
 from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS
 from signaling.results_api import check_job_id
@@ -62,6 +64,8 @@ def _headers(response: web.StreamResponse, record: FileRecord) -> None:
     response.content_length = record.file_size
     response.headers["Content-Disposition"] = f'attachment; filename="{record.job_id}"'
     response.headers["X-Content-SHA256"] = record.sha256
+    response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    response.headers[hdrs.ETAG] = strong_etag(record.sha256)
 
 
 async def _after_download(
@@ -83,13 +87,35 @@ async def _after_download(
         logger.info("job {!r} of {} downloaded and deleted", record.job_id, record.owner)
 
 
+def _not_satisfiable(record: FileRecord, refused: RangeNotSatisfiable) -> web.Response:
+    """416 RANGE_NOT_SATISFIABLE with ``Content-Range: bytes */<size>``."""
+    response = error_response(
+        ApiErrorCode.RANGE_NOT_SATISFIABLE,
+        f"the range is not satisfiable: the result of job {record.job_id!r} has "
+        f"{record.file_size} bytes",
+    )
+    response.headers[hdrs.CONTENT_RANGE] = refused.content_range()
+    response.headers[hdrs.ACCEPT_RANGES] = "bytes"
+    return response
+
+
 async def _download(request: web.Request) -> web.StreamResponse:
     """``GET /download/{job_id}[?keep=true]``: stream the file, then maybe delete it.
 
     ``downloaded_at`` is set and (with ``AUTO_DELETE``, for the owner's download,
     without ``keep=true``) the record deleted only after the last byte was handed to
-    the connection; an interrupted download changes nothing. ``HEAD`` answers the
-    headers and changes nothing.
+    the connection *and* the whole content went out in this one answer; an
+    interrupted download, and a ``Range`` request for less than the whole (the
+    resume of a cut download included), change nothing. ``HEAD`` answers the headers
+    and changes nothing.
+
+    Byte ranges (RFC 9110 section 14, :mod:`signaling.byte_ranges`): every answer
+    carries ``Accept-Ranges: bytes`` and the strong ``ETag`` ``"<sha256>"``; a single
+    range answers 206 with ``Content-Range`` and only those bytes, read from the
+    blob backend from its start (S3: a ranged GET); an unsatisfiable one 416
+    RANGE_NOT_SATISFIABLE with ``Content-Range: bytes */<size>``; several ranges, or
+    an ``If-Range`` that does not match, the whole content (200). Who may download is
+    decided first, so a ``Range`` is refused exactly like a plain GET.
     """
     store = request.app[STORE_KEY]
     job_id = check_job_id(request.match_info["job_id"])
@@ -107,13 +133,26 @@ async def _download(request: web.Request) -> web.StreamResponse:
         return response
     query = DownloadQuery.model_validate(dict(request.query))
     try:
-        reader = await store.backend.open_reader(record.sha256)
+        span = select_range(
+            request.headers.get(hdrs.RANGE),
+            request.headers.get(hdrs.IF_RANGE),
+            strong_etag(record.sha256),
+            record.file_size,
+        )
+    except RangeNotSatisfiable as refused:
+        return _not_satisfiable(record, refused)
+    start, end = (0, record.file_size) if span is None else (span.start, span.end)
+    try:
+        reader = await store.backend.open_reader(record.sha256, start, end)
     except FileNotFoundError:  # removed by a concurrent delete
         raise ApiError(ApiErrorCode.GONE, f"the file of job {job_id!r} was deleted") from None
     sent = 0
     try:
-        response = web.StreamResponse(status=200)
+        response = web.StreamResponse(status=200 if span is None else 206)
         _headers(response, record)
+        if span is not None:
+            response.content_length = span.length
+            response.headers[hdrs.CONTENT_RANGE] = span.content_range()
         await response.prepare(request)
         async for chunk in reader.chunks():
             await response.write(chunk)
@@ -121,7 +160,7 @@ async def _download(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
     finally:
         await reader.close()
-    if sent == record.file_size:
+    if start == 0 and end == record.file_size and sent == record.file_size:
         await _after_download(store, record, by_owner=access.by_owner, keep=query.keep)
     return response
 
