@@ -40,6 +40,17 @@ def _quiet_logs() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _same_umask() -> Iterator[None]:
+    """A worker run in the test process sets the process's umask (its ``--file-umask``)
+    while it serves; one still stopping when its test ends must not change the next
+    test's files."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
+@pytest.fixture(autouse=True)
 def _private_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
