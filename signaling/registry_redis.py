@@ -55,6 +55,7 @@ from protocol.signaling import (
     dump_frame,
 )
 from signaling.bounds import LogLimiter
+from signaling.outbox import SEND_TIMEOUT_S, Outbox
 from signaling.redis_scripts import HEARTBEAT, REGISTER, RELAY, UNREGISTER
 from signaling.redis_store import STORE_ERRORS, RedisKeys, connect
 from signaling.registry import (
@@ -70,12 +71,16 @@ from signaling.registry import (
 from signaling.relay_redis import BLOCK_MS, INBOX_MAXLEN, InboxEntry, InboxReader, SeqFilter
 from signaling.relay_redis import cancel as cancel_task
 
-__all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "RedisRegistry"]
+__all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "DROP_TIMEOUT_S", "RedisRegistry"]
 
 ConnT = TypeVar("ConnT")
 
-DELIVERY_TIMEOUT_S = 5.0
-"""Longest wait to hand one relayed frame to a receiving socket, seconds."""
+DELIVERY_TIMEOUT_S = SEND_TIMEOUT_S
+"""Longest wait to hand one relayed frame to a receiving socket, seconds (its own writer
+task waits, never the inbox reader: :mod:`signaling.outbox`)."""
+
+DROP_TIMEOUT_S = 2.0
+"""Longest wait to send the error frame and close a socket being dropped, seconds."""
 
 BEAT_BATCH = 500
 """Most peers refreshed by one heartbeat script."""
@@ -133,6 +138,7 @@ class RedisRegistry(Generic[ConnT]):
         self._send, self._drop, self._ice_servers = send, drop, ice_servers
         self.client_binding_ttl_ms = round(client_binding_ttl_s * 1000)
         self._values: dict[str, str] = {}  # peer id -> its registration value (local peers)
+        self._outboxes: dict[str, Outbox[ConnT]] = {}  # peer id -> its socket's outbox
         self._seq = itertools.count(1)
         self._seen = SeqFilter()
         self._warnings = LogLimiter()
@@ -168,6 +174,9 @@ class RedisRegistry(Generic[ConnT]):
         what remains expires), and close the clients."""
         for task in self._tasks:
             await cancel_task(task)
+        for outbox in list(self._outboxes.values()):
+            await outbox.close()
+        self._outboxes.clear()
         keys = self.keys
         with contextlib.suppress(*STORE_ERRORS):
             async with asyncio.timeout(2):
@@ -210,12 +219,21 @@ class RedisRegistry(Generic[ConnT]):
             raise _taken(peer_id)
         entry = self.local.add(peer_id, role, metadata, conn, fingerprint)
         self._values[peer_id] = value
+        self._outboxes[peer_id] = Outbox(
+            conn,
+            self._send,
+            lambda: self._stalled(peer_id, conn),
+            send_timeout_s=DELIVERY_TIMEOUT_S,
+        )
         return entry
 
     async def remove(self, peer_id: str, conn: ConnT) -> bool:
         """See :meth:`~signaling.registry.SignalingRegistry.remove`."""
         if not self.local.remove(peer_id, conn):
             return False
+        outbox = self._outboxes.pop(peer_id, None)
+        if outbox is not None:
+            await outbox.close()
         value = self._values.pop(peer_id, None)
         if value is not None:
             await self._forget(peer_id, value)
@@ -323,10 +341,10 @@ class RedisRegistry(Generic[ConnT]):
             logger.info("registered {} peer(s) again in Redis", len(set(restored) - changed))
         for peer_id in set(taken) - changed:
             logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
-            await self._evict(peer_id, _taken(peer_id))
+            self._evict(peer_id, _taken(peer_id))
         for peer_id in set(unbound) - changed:
             logger.warning("{!r} was bound to another key while Redis was unreachable", peer_id)
-            await self._evict(
+            self._evict(
                 peer_id,
                 SignalingError(
                     SignalingErrorCode.PEER_ID_BOUND,
@@ -345,45 +363,74 @@ class RedisRegistry(Generic[ConnT]):
             except Exception:  # a bug: the next beat may still keep the peers present
                 logger.exception("the Redis heartbeat failed")
 
-    async def _evict(self, peer_id: str, error: SignalingError) -> None:
-        """Forget a local peer whose registration is lost, and close its socket in the
-        background (a close waits for the peer's reply; the heartbeat must not)."""
+    def _evict(self, peer_id: str, error: SignalingError, *, forget: bool = False) -> None:
+        """Forget a local peer (and, with ``forget``, its registration in Redis) and
+        close its socket in the background (a close waits for the peer's reply; the
+        heartbeat and the inbox reader must not)."""
         entry = self.local.get(peer_id)
-        self._values.pop(peer_id, None)
+        value = self._values.pop(peer_id, None)
+        outbox = self._outboxes.pop(peer_id, None)
         if entry is not None and entry.conn is not None:
             self.local.remove(peer_id, entry.conn)
-            task: asyncio.Task[None] = asyncio.create_task(self._drop(entry.conn, error))
+            task: asyncio.Task[None] = asyncio.create_task(
+                self._close_socket(entry.conn, error, outbox, peer_id, value if forget else None)
+            )
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    async def _close_socket(
+        self,
+        conn: ConnT,
+        error: SignalingError,
+        outbox: Outbox[ConnT] | None,
+        peer_id: str,
+        value: str | None,
+    ) -> None:
+        """Stop the socket's writer, send ``error`` and close it (at most
+        :data:`DROP_TIMEOUT_S`), and remove the registration ``value`` if given."""
+        if outbox is not None:
+            await outbox.close()
+        if value is not None:
+            await self._forget(peer_id, value)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DROP_TIMEOUT_S):
+                await self._drop(conn, error)
+
+    def _stalled(self, peer_id: str, conn: ConnT) -> None:
+        """A socket's outbox overflowed or a send missed its deadline: close it."""
+        entry = self.local.get(peer_id)
+        if entry is None or entry.conn is not conn:
+            return
+        logger.warning("{!r} does not read its relayed frames; closing its socket", peer_id)
+        self._evict(peer_id, _slow(peer_id), forget=True)
 
     # ------------------------------------------------------------------ delivery
 
     async def _deliver(self, entry: InboxEntry) -> None:
-        """Hand one inbox entry to its local socket (see :mod:`signaling.relay_redis`)."""
+        """Queue one inbox entry on its local socket's outbox, never waiting for the
+        socket (see :mod:`signaling.relay_redis` and :mod:`signaling.outbox`).
+
+        A frame for a socket that is gone, or whose outbox is full (that socket is then
+        closed), is answered to its sender with ``PEER_NOT_FOUND``; a frame already
+        handed to the outbox is not (see :mod:`signaling.outbox`)."""
         to, sid = entry.get("to", ""), entry.get("sid", "")
         target = self.local.get(to)
         mine = target is not None and self._values.get(to, "")[:16] == sid
+        outbox = self._outboxes.get(to) if mine else None
         if entry.get("k") == "e":
-            if mine and target is not None and target.conn is not None:
+            if outbox is not None:
                 error = SignalingError(entry["code"], entry["msg"], entry.get("ref") or None)
-                await self._send(target.conn, dump_frame(error.to_frame()))
+                outbox.put(dump_frame(error.to_frame()))
             return
         if not self._seen.fresh(entry["rs"], int(entry["seq"])):
             return
         kind = _FRAMES[json.loads(entry["frame"])["type"]]
         frame = kind.model_validate_json(entry["frame"])
-        delivered = False
-        if mine and target is not None and target.conn is not None:
+        if outbox is not None:
             relayed = relayed_frame(frame, entry["from"], entry["fp"] or None, self._ice_servers)
-            try:
-                async with asyncio.timeout(DELIVERY_TIMEOUT_S):
-                    delivered = await self._send(target.conn, dump_frame(relayed))
-            except TimeoutError:
-                logger.warning(
-                    "{!r} did not take a relayed frame within {} s", to, DELIVERY_TIMEOUT_S
-                )
-        if not delivered:
-            await self._nack(entry, frame)
+            if outbox.put(dump_frame(relayed), lambda: self._nack(entry, frame)):
+                return
+        await self._nack(entry, frame)
 
     async def _nack(self, entry: InboxEntry, frame: ClientRelay) -> None:
         """Tell the sender's socket that the receiver has gone (best effort)."""
@@ -433,6 +480,13 @@ class RedisRegistry(Generic[ConnT]):
 def _taken(peer_id: str) -> SignalingError:
     return SignalingError(
         SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
+    )
+
+
+def _slow(peer_id: str) -> SignalingError:
+    return SignalingError(
+        SignalingErrorCode.SERVER_ERROR,
+        f"{peer_id!r} did not read its relayed frames in time; its socket is closed",
     )
 
 

@@ -39,13 +39,13 @@ __all__ = ["INBOX_MAXLEN", "InboxEntry", "InboxReader", "SeqFilter", "stream_id"
 InboxEntry = dict[str, str]
 """One inbox entry: field name to value (see the module)."""
 
-INBOX_MAXLEN = 100_000
+INBOX_MAXLEN = 10_000
 """Approximate cap on an inbox stream's entries (``XADD MAXLEN ~``)."""
 
 BLOCK_MS = 1000
 """Longest wait of one ``XREAD BLOCK``, milliseconds."""
 
-BATCH = 500
+BATCH = 100
 """Most entries read at once."""
 
 TRIM_INTERVAL_S = 1.0
@@ -85,7 +85,8 @@ class InboxReader:
         reader: a client used only by this reader (its read timeout exceeds the block).
         redis: the command client (trims delivered entries).
         inbox: the stream key.
-        deliver: called once per entry, in stream order, awaited before the next.
+        deliver: called once per entry, in stream order, awaited before the next; it
+            must not wait for a socket (it queues: :mod:`signaling.outbox`).
         on_error: called with each Redis failure (for a rate-limited log).
 
     A Redis failure never ends :meth:`run`: it waits with exponential backoff and
