@@ -171,6 +171,7 @@ def _setup_registry(
             prefix=settings.redis_key_prefix,
             max_per_key=settings.max_bindings_per_key,
             client_ttl_s=settings.client_binding_ttl_s,
+            ready=redis_registry.ensure_epoch,
         )
         app[BINDINGS_KEY] = store
         registry = redis_registry

@@ -45,9 +45,6 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from protocol.signaling import (
-    Answer,
-    Candidate,
-    Offer,
     PeerInfo,
     Role,
     SignalingError,
@@ -57,7 +54,7 @@ from protocol.signaling import (
 from signaling.bounds import LogLimiter
 from signaling.outbox import SEND_TIMEOUT_S, Outbox
 from signaling.redis_scripts import HEARTBEAT, REGISTER, RELAY, UNREGISTER
-from signaling.redis_store import STORE_ERRORS, RedisKeys, connect
+from signaling.redis_store import STORE_ERRORS, RedisKeys, connect, registration_info
 from signaling.registry import (
     ClientRelay,
     IceServersFor,
@@ -65,10 +62,19 @@ from signaling.registry import (
     PeerRegistry,
     RegistryUnavailable,
     SendText,
+    peer_id_taken,
     peer_not_found,
     relayed_frame,
 )
-from signaling.relay_redis import BLOCK_MS, INBOX_MAXLEN, InboxEntry, InboxReader, SeqFilter
+from signaling.relay_redis import (
+    BLOCK_MS,
+    INBOX_MAXLEN,
+    InboxEntry,
+    InboxReader,
+    SeqFilter,
+    error_entry,
+    inbox_frame,
+)
 from signaling.relay_redis import cancel as cancel_task
 
 __all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "DROP_TIMEOUT_S", "RedisRegistry"]
@@ -87,12 +93,6 @@ BEAT_BATCH = 500
 
 Drop = Callable[[ConnT, SignalingError], Coroutine[Any, Any, None]]
 """Send an error frame on a connection and close it."""
-
-_FRAMES: dict[str, type[Offer] | type[Answer] | type[Candidate]] = {
-    "offer": Offer,
-    "answer": Answer,
-    "candidate": Candidate,
-}
 
 
 class RedisRegistry(Generic[ConnT]):
@@ -140,6 +140,7 @@ class RedisRegistry(Generic[ConnT]):
         self._values: dict[str, str] = {}  # peer id -> its registration value (local peers)
         self._outboxes: dict[str, Outbox[ConnT]] = {}  # peer id -> its socket's outbox
         self._seq = itertools.count(1)
+        self._epoch = ""  # the epoch token seen last ("" before the first heartbeat)
         self._seen = SeqFilter()
         self._warnings = LogLimiter()
         self._tasks: list[asyncio.Task[None]] = []
@@ -202,21 +203,30 @@ class RedisRegistry(Generic[ConnT]):
     ) -> PeerEntry[ConnT]:
         """See :meth:`~signaling.registry.SignalingRegistry.add` (one atomic script)."""
         if peer_id in self.local:
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
+        await self.ensure_epoch()
         info = {"role": role, "fp": fingerprint, "meta": metadata}
         value = f"{secrets.token_hex(8)} {self.process} {json.dumps(info, separators=(',', ':'))}"
         keys = self.keys
         taken = await self._call(
             self._register(
-                keys=[keys.peer(peer_id), keys.peers, keys.proc(self.process)],
+                keys=[
+                    keys.peer(peer_id),
+                    keys.peers,
+                    keys.proc(self.process),
+                    keys.epoch,
+                    keys.restoring,
+                ],
                 args=[value, self.ttl_ms, peer_id, keys.proc(""), self._proc_value],
             )
         )
+        if taken == 2:
+            raise RegistryUnavailable("Redis lost its data; live peers are being restored")
         if taken:
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
         if peer_id in self.local:  # a socket of this process won meanwhile
             await self._forget(peer_id, value)
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
         entry = self.local.add(peer_id, role, metadata, conn, fingerprint)
         self._values[peer_id] = value
         self._outboxes[peer_id] = Outbox(
@@ -242,7 +252,7 @@ class RedisRegistry(Generic[ConnT]):
     async def find(self, peer_id: str) -> PeerInfo | None:
         """See :meth:`~signaling.registry.SignalingRegistry.find`."""
         value = await self._call(self.redis.get(self.keys.peer(peer_id)))
-        return None if value is None else _info(peer_id, value)
+        return None if value is None else registration_info(peer_id, value)
 
     async def infos(self) -> tuple[PeerInfo, ...]:
         """See :meth:`~signaling.registry.SignalingRegistry.infos`; ids whose
@@ -255,7 +265,9 @@ class RedisRegistry(Generic[ConnT]):
         if gone:
             await self._call(self.redis.srem(self.keys.peers, *gone))
         return tuple(
-            _info(i, value) for i, value in zip(ids, values, strict=True) if value is not None
+            registration_info(i, value)
+            for i, value in zip(ids, values, strict=True)
+            if value is not None
         )
 
     async def relay(self, sender: str, fingerprint: str | None, frame: ClientRelay) -> None:
@@ -288,6 +300,17 @@ class RedisRegistry(Generic[ConnT]):
         if not proc:
             raise peer_not_found(frame.to, frame.type)
 
+    async def ensure_epoch(self) -> None:
+        """Run a heartbeat now if this process has never seen the epoch (its first
+        heartbeat failed): on an empty Redis it sets the epoch, so that registrations
+        and binding claims are not refused until the next heartbeat.
+
+        Raises:
+            RegistryUnavailable: Redis failed.
+        """
+        if not self._epoch:
+            await self._call(self.beat())
+
     async def ping(self) -> None:
         """See :meth:`~signaling.registry.SignalingRegistry.ping` (Redis ``PING``)."""
         await self._call(self.redis.ping())
@@ -314,13 +337,15 @@ class RedisRegistry(Generic[ConnT]):
             entry = self.local.get(peer_id)
             fingerprint = (entry.fingerprint or "") if entry else ""
             per_peer += [peer_id, snapshot[peer_id], fingerprint, entry.role if entry else ""]
-        taken, restored, unbound = await self._heartbeat(
+        taken, restored, unbound, self._epoch = await self._heartbeat(
             keys=[
                 *(keys.peer(i) for i in ids),
                 keys.peers,
                 keys.proc(self.process),
                 keys.inbox(self.process),
                 keys.bindings,
+                keys.epoch,
+                keys.restoring,
             ],
             args=[
                 self.ttl_ms,
@@ -329,6 +354,8 @@ class RedisRegistry(Generic[ConnT]):
                 repr(time.time()),
                 self.client_binding_ttl_ms,
                 keys.prefix,
+                self._epoch,
+                secrets.token_hex(8),
                 *per_peer,
             ],
         )
@@ -341,7 +368,7 @@ class RedisRegistry(Generic[ConnT]):
             logger.info("registered {} peer(s) again in Redis", len(set(restored) - changed))
         for peer_id in set(taken) - changed:
             logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
-            self._evict(peer_id, _taken(peer_id))
+            self._evict(peer_id, peer_id_taken(peer_id))
         for peer_id in set(unbound) - changed:
             logger.warning("{!r} was bound to another key while Redis was unreachable", peer_id)
             self._evict(
@@ -402,7 +429,8 @@ class RedisRegistry(Generic[ConnT]):
         if entry is None or entry.conn is not conn:
             return
         logger.warning("{!r} does not read its relayed frames; closing its socket", peer_id)
-        self._evict(peer_id, _slow(peer_id), forget=True)
+        text = f"{peer_id!r} did not read its relayed frames in time; its socket is closed"
+        self._evict(peer_id, SignalingError(SignalingErrorCode.SERVER_ERROR, text), forget=True)
 
     # ------------------------------------------------------------------ delivery
 
@@ -424,8 +452,7 @@ class RedisRegistry(Generic[ConnT]):
             return
         if not self._seen.fresh(entry["rs"], int(entry["seq"])):
             return
-        kind = _FRAMES[json.loads(entry["frame"])["type"]]
-        frame = kind.model_validate_json(entry["frame"])
+        frame = inbox_frame(entry)
         if outbox is not None:
             relayed = relayed_frame(frame, entry["from"], entry["fp"] or None, self._ice_servers)
             if outbox.put(dump_frame(relayed), lambda: self._nack(entry, frame)):
@@ -434,15 +461,7 @@ class RedisRegistry(Generic[ConnT]):
 
     async def _nack(self, entry: InboxEntry, frame: ClientRelay) -> None:
         """Tell the sender's socket that the receiver has gone (best effort)."""
-        error = peer_not_found(frame.to, frame.type, gone=True)
-        fields = {
-            "k": "e",
-            "to": entry["from"],
-            "sid": entry["rs"],
-            "code": str(error.code),
-            "msg": error.message,
-            "ref": frame.type,
-        }
+        fields = error_entry(entry, peer_not_found(frame.to, frame.type, gone=True))
         inbox = self.keys.inbox(entry["rp"])
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -475,24 +494,3 @@ class RedisRegistry(Generic[ConnT]):
         if held is not None:
             more = f" ({held} more held back)" if held else ""
             logger.warning("Redis unavailable: {}: {}; retrying{}", type(exc).__name__, exc, more)
-
-
-def _taken(peer_id: str) -> SignalingError:
-    return SignalingError(
-        SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
-    )
-
-
-def _slow(peer_id: str) -> SignalingError:
-    return SignalingError(
-        SignalingErrorCode.SERVER_ERROR,
-        f"{peer_id!r} did not read its relayed frames in time; its socket is closed",
-    )
-
-
-def _info(peer_id: str, value: str) -> PeerInfo:
-    """The public view of a registration value ``SID PROCESS JSON``."""
-    data = json.loads(value[34:])
-    return PeerInfo(
-        peer_id=peer_id, role=data["role"], fingerprint=data["fp"], metadata=data["meta"]
-    )

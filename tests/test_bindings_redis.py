@@ -12,6 +12,7 @@ import pytest
 
 from signaling.bindings import BindingStore
 from signaling.bindings_redis import RedisBindings
+from signaling.registry import RegistryUnavailable
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -25,6 +26,8 @@ class Clock:
 
 
 def store(server: fakeredis.FakeServer, **options: object) -> RedisBindings:
+    prefix = str(options.get("prefix", "rtc:"))
+    fakeredis.FakeRedis(server=server).set(f"{prefix}epoch", "e")  # as a heartbeat does
     client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
     return RedisBindings(client, **options)  # type: ignore[arg-type]
 
@@ -124,6 +127,20 @@ async def test_concurrent_claims_from_many_processes_have_one_winner(
     assert len(winners) == 1
     bound = await store(server).get("gpu-1")
     assert bound is not None and bound.fingerprint in winners
+
+
+async def test_a_claim_is_refused_while_redis_has_no_epoch(
+    server: fakeredis.FakeServer,
+) -> None:
+    bindings = store(server)
+    await bindings.redis.delete("rtc:epoch")  # Redis lost its data; no heartbeat yet
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", A, "worker")
+    await bindings.redis.set("rtc:epoch", "e")
+    await bindings.redis.set("rtc:restoring", "1")  # the live processes are restoring
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", A, "worker")
+    assert await bindings.get("gpu-1") is None and await bindings.entries() == []
 
 
 async def test_a_prefix_keeps_two_deployments_apart(server: fakeredis.FakeServer) -> None:

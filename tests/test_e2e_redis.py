@@ -10,7 +10,9 @@
   refused by the binding, a live id is refused on every process (PEER_ID_TAKEN, even
   anonymous), a spoofed ``from`` is replaced; the operator releases a binding in Redis;
 * Redis unreachable, then restarted empty: clear SERVER_ERROR frames and log lines, no
-  crash, and the processes recover (peers and bindings registered again).
+  crash, and the processes recover (peers and bindings registered again);
+* Redis emptied (FLUSHALL) while a worker is live: a squatter asking for its id at once
+  gets SERVER_ERROR, and the worker keeps its id and its binding.
 """
 
 from __future__ import annotations
@@ -374,7 +376,12 @@ async def test_redis_unreachable_then_restarted_gives_clear_errors_and_recovers(
         await wait_listed(alice, ["alice", "gpu-1"], timeout=15)
         await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "after"})
         assert (await gpu.receive_json(timeout=TIMEOUT))["sdp"] == "after"
-        # the worker's binding came back with it: a squatter is refused
+        # the worker's binding came back with it: a squatter is refused, with
+        # SERVER_ERROR during the restoring window (one presence TTL), then by the binding
+        ws, reply = await register(session, b, "gpu-1", "worker", Identity.generate())
+        assert reply["code"] in ("SERVER_ERROR", "PEER_ID_BOUND"), reply
+        await ws.close()
+        await asyncio.sleep(float(TTL))
         ws, reply = await register(session, b, "gpu-1", "worker", Identity.generate())
         assert reply["code"] == "PEER_ID_BOUND", reply
         await ws.close()
@@ -389,6 +396,35 @@ async def test_redis_unreachable_then_restarted_gives_clear_errors_and_recovers(
         assert process.alive
         text = process.log_text()
         assert "Redis unavailable" in text and "Traceback" not in text
+
+
+async def test_a_squatter_right_after_redis_lost_its_data_is_refused(
+    redis_engine: RedisServer,
+    redis_url: str,
+    signaling_processes: StartProcess,
+    session: aiohttp.ClientSession,
+) -> None:
+    a, b = await two(signaling_processes, redis_url)
+    owner, mallory = Identity.generate(), Identity.generate()
+    gpu = await registered(session, a, "gpu-1", "worker", owner)
+    alice = await registered(session, b, "alice")
+
+    redis_engine.flushall()  # Redis loses its data while the worker is live
+    # the attacker asks for the worker's id before process A restored it: refused
+    ws, reply = await register(session, b, "gpu-1", "worker", mallory)
+    assert (reply["type"], reply["code"]) == ("error", "SERVER_ERROR"), reply
+    await ws.close()
+    await wait_listed(alice, ["alice", "gpu-1"], timeout=15)
+    await asyncio.sleep(float(TTL))  # the restoring window (one presence TTL) is over
+    for server in (a, b):  # the worker's binding came back before anyone could claim it
+        ws, reply = await register(session, server, "gpu-1", "worker", mallory)
+        assert reply["code"] == "PEER_ID_BOUND", reply
+        await ws.close()
+    await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "after"})
+    relayed = await gpu.receive_json(timeout=TIMEOUT)
+    assert (relayed["sdp"], relayed["from"]) == ("after", "alice")
+    late = await registered(session, b, "bob")  # new ids register again
+    assert await listed(late) == ["alice", "bob", "gpu-1"]
 
 
 def test_the_redis_fixture_skips_with_a_reason_without_the_binary(
