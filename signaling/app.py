@@ -165,6 +165,7 @@ def _setup_registry(
             prefix=settings.redis_key_prefix,
             presence_ttl_s=settings.redis_presence_ttl_s,
             client_binding_ttl_s=settings.client_binding_ttl_s,
+            max_bindings_per_key=settings.max_bindings_per_key,
         )
         store = bindings or RedisBindings(
             redis_registry.redis,

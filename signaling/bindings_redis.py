@@ -6,7 +6,10 @@ one Redis: the first key that registers a peer id owns it, on every process and 
 any restart of any of them, until the operator releases it (``rtc-signaling bindings
 release`` with the same ``--redis-url``); one key holds at most ``max_per_key`` ids
 (binding one more releases its least recently registered one); a client's binding not
-registered for ``client_ttl_s`` seconds expires (a Redis key TTL), a worker's never.
+registered for ``client_ttl_s`` seconds expires (a Redis key TTL), a worker's never; a
+key's ``bound`` set expires with its last client binding (never while it holds a
+worker's), and each heartbeat of the registry removes up to :data:`PRUNE_BATCH` expired
+ids from the ``bindings`` index (:func:`prune_bindings`).
 
 Each claim is one Lua script, so two processes claiming one id at once have one winner.
 The keys are ``{p}binding:{peer_id}`` (hash), ``{p}bindings`` (set) and
@@ -30,7 +33,7 @@ from signaling.bindings import Binding
 from signaling.redis_store import RedisKeys
 from signaling.registry import RegistryUnavailable
 
-__all__ = ["RedisBindings"]
+__all__ = ["PRUNE_BATCH", "RedisBindings", "prune_bindings"]
 
 # KEYS: binding, bindings, bound(fp), epoch, restoring. ARGV: peer_id, fp, role, now,
 # client_ttl_ms, max_per_key, binding key prefix. Returns the binding afterwards (fp,
@@ -51,7 +54,13 @@ else
   redis.call('PERSIST', KEYS[1])
 end
 redis.call('SADD', KEYS[2], ARGV[1])
+local before = redis.call('PTTL', KEYS[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if ARGV[3] ~= 'client' or tonumber(ARGV[5]) <= 0 then
+  redis.call('PERSIST', KEYS[3])
+elseif before ~= -1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 local cap = tonumber(ARGV[6])
 if not cur[1] and redis.call('ZCARD', KEYS[3]) > cap then
   for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -83,6 +92,36 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', ARGV[2] .. cur[1], ARGV[1])
 return cur
 """
+
+
+# KEYS: bindings. ARGV: binding key prefix, then peer ids. Removes from the index the
+# ids whose binding is gone (an expired client's); returns how many.
+_PRUNE = """
+local gone = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    gone = gone + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"""
+
+PRUNE_BATCH = 100
+"""Most members of the ``bindings`` index looked at by one :func:`prune_bindings`."""
+
+
+async def prune_bindings(redis: aioredis.Redis, keys: RedisKeys, cursor: int) -> int:
+    """Look at up to about :data:`PRUNE_BATCH` members of the ``bindings`` index from
+    ``cursor`` (``SSCAN``) and remove those whose binding has expired (one script, so a
+    claim in between is kept); returns the cursor of the next pass (0: from the start).
+
+    Raises:
+        redis.exceptions.RedisError, OSError, TimeoutError: Redis failed.
+    """
+    cursor, ids = await redis.sscan(keys.bindings, cursor, count=PRUNE_BATCH)
+    if ids:
+        await redis.eval(_PRUNE, 1, keys.bindings, keys.binding(""), *ids)
+    return int(cursor)
 
 
 class RedisBindings:

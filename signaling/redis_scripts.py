@@ -43,17 +43,19 @@ return 0
 
 # KEYS: peer keys of this process's peers, then peers, proc, inbox, bindings, epoch,
 # restoring. ARGV: ttl_ms, inbox_ttl_ms, proc value, now, client_binding_ttl_ms, key
-# prefix, the epoch this process saw last (or ""), a new epoch token, then (peer_id,
-# value, fingerprint or "", role) per peer. A missing epoch is set; when this process
-# had seen another one, Redis lost its data: restoring is set for one TTL, during
+# prefix, the epoch this process saw last (or ""), a new epoch token, max bindings per
+# key, then (peer_id, value, fingerprint or "", role) per peer. A missing epoch is set;
+# when this process had seen another one, Redis lost its data: restoring is set for one TTL, during
 # which only heartbeats register. A registration Redis lost is set again, with its
 # binding when that is gone too (in the same script: no one can claim the id in
-# between). Returns {taken ids, restored ids, ids bound to another key, epoch}.
+# between; the key's least recently seen ids beyond max bindings per key are released,
+# as a claim does). Returns {taken ids, restored ids, ids bound to another key, epoch}.
 HEARTBEAT = """
 local n = #KEYS - 6
 local peers, proc, inbox, bindings = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 local epoch_key, restoring = KEYS[n + 5], KEYS[n + 6]
 local now, client_ttl, prefix = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local cap = tonumber(ARGV[9])
 local known, epoch = ARGV[7], redis.call('GET', KEYS[n + 5])
 if not epoch then
   epoch = ARGV[8]
@@ -66,7 +68,7 @@ redis.call('SET', proc, ARGV[3], 'PX', ARGV[1])
 redis.call('PEXPIRE', inbox, ARGV[2])
 local taken, restored, unbound = {}, {}, {}
 for i = 1, n do
-  local at = 8 + 4 * (i - 1)
+  local at = 9 + 4 * (i - 1)
   local id, value, fp, role = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local cur = redis.call('GET', KEYS[i])
   if cur and string.sub(cur, 1, 16) == string.sub(value, 1, 16) then
@@ -86,7 +88,25 @@ for i = 1, n do
           redis.call('PEXPIRE', binding, client_ttl)
         end
         redis.call('SADD', bindings, id)
-        redis.call('ZADD', prefix .. 'bound:' .. fp, now, id)
+        local bound = prefix .. 'bound:' .. fp
+        local before = redis.call('PTTL', bound)
+        redis.call('ZADD', bound, now, id)
+        if role ~= 'client' or client_ttl <= 0 then
+          redis.call('PERSIST', bound)
+        elseif before ~= -1 then
+          redis.call('PEXPIRE', bound, client_ttl)
+        end
+        local extra = redis.call('ZCARD', bound) - cap
+        if extra > 0 then
+          for _, old in ipairs(redis.call('ZRANGE', bound, 0, extra)) do
+            if extra > 0 and old ~= id then
+              redis.call('DEL', prefix .. 'binding:' .. old)
+              redis.call('SREM', bindings, old)
+              redis.call('ZREM', bound, old)
+              extra = extra - 1
+            end
+          end
+        end
       end
       redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
       redis.call('SADD', peers, id)

@@ -51,6 +51,7 @@ from protocol.signaling import (
     SignalingErrorCode,
     dump_frame,
 )
+from signaling.bindings_redis import prune_bindings
 from signaling.bounds import LogLimiter
 from signaling.outbox import SEND_TIMEOUT_S, Outbox
 from signaling.redis_scripts import HEARTBEAT, REGISTER, RELAY, UNREGISTER
@@ -105,7 +106,7 @@ class RedisRegistry(Generic[ConnT]):
         ice_servers: the ``ice_servers`` of an offer for a receiving peer id.
         client_binding_ttl_s: the bindings store's ``client_ttl_s``, for the bindings
             set again when Redis lost its data while this process's peers stayed
-            connected.
+            connected; max_bindings_per_key: its ``max_per_key``, likewise.
         prefix: the key prefix. presence_ttl_s: the presence lifetime, seconds.
         client, reader: redis-py clients (tests pass fakeredis); the reader serves only
             the blocking inbox reads.
@@ -119,6 +120,7 @@ class RedisRegistry(Generic[ConnT]):
         drop: Drop[ConnT],
         ice_servers: IceServersFor,
         client_binding_ttl_s: float = 0.0,
+        max_bindings_per_key: int = 1000,
         prefix: str = "rtc:",
         presence_ttl_s: float = 5.0,
         client: aioredis.Redis | None = None,
@@ -137,6 +139,8 @@ class RedisRegistry(Generic[ConnT]):
         self.interval_s = presence_ttl_s / 3
         self._send, self._drop, self._ice_servers = send, drop, ice_servers
         self.client_binding_ttl_ms = round(client_binding_ttl_s * 1000)
+        self.max_bindings_per_key = max_bindings_per_key
+        self._prune_cursor = 0
         self._values: dict[str, str] = {}  # peer id -> its registration value (local peers)
         self._outboxes: dict[str, Outbox[ConnT]] = {}  # peer id -> its socket's outbox
         self._seq = itertools.count(1)
@@ -301,13 +305,8 @@ class RedisRegistry(Generic[ConnT]):
             raise peer_not_found(frame.to, frame.type)
 
     async def ensure_epoch(self) -> None:
-        """Run a heartbeat now if this process has never seen the epoch (its first
-        heartbeat failed): on an empty Redis it sets the epoch, so that registrations
-        and binding claims are not refused until the next heartbeat.
-
-        Raises:
-            RegistryUnavailable: Redis failed.
-        """
+        """Heartbeat now if this process never saw the epoch (its first heartbeat failed),
+        so that an empty Redis gets one at once. Raises RegistryUnavailable."""
         if not self._epoch:
             await self._call(self.beat())
 
@@ -356,6 +355,7 @@ class RedisRegistry(Generic[ConnT]):
                 keys.prefix,
                 self._epoch,
                 secrets.token_hex(8),
+                self.max_bindings_per_key,
                 *per_peer,
             ],
         )
@@ -385,6 +385,7 @@ class RedisRegistry(Generic[ConnT]):
             await asyncio.sleep(self.interval_s)
             try:
                 await self.beat()
+                self._prune_cursor = await prune_bindings(self.redis, self.keys, self._prune_cursor)
             except STORE_ERRORS as exc:
                 self._failed(exc)
             except Exception:  # a bug: the next beat may still keep the peers present

@@ -409,3 +409,16 @@ async def test_a_heartbeat_never_revives_or_closes_a_registration_that_changed_m
     await a._beat_batch(["gone", "again"], before)
     assert [p.peer_id for p in await a.infos()] == ["again"]
     assert not second.closed and "again" in a.local
+
+
+async def test_restored_bindings_keep_the_cap_per_key(
+    make: MakeRegistry, server: fakeredis.FakeServer
+) -> None:
+    a = await started(make, max_bindings_per_key=1)
+    bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    for peer_id in ("gpu-1", "gpu-2", "gpu-3"):  # live peers of one key
+        await a.add(peer_id, "worker", {}, Conn(), FP_A)
+    await a.redis.flushall()
+    await a.beat()
+    assert await a.redis.zcard(a.keys.bound(FP_A)) == 1
+    assert len(await bindings.entries()) == 1
