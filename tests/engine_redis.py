@@ -6,8 +6,8 @@ persistence, started by the fixture and stopped after it, even on failure.
 * :class:`RedisServer`: a server a test starts, stops and restarts itself (on the same
   port, empty again: no persistence), for the tests of a Redis that goes away.
 
-Without the ``redis-server`` binary the tests skip, saying so (``scripts/test.sh``
-installs the Debian package ``redis-server``).
+Without the ``redis-server`` binary the tests skip, saying so, or fail under
+``RTC_REQUIRE_E2E=1`` (``scripts/test.sh`` installs the Debian package ``redis-server``).
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.requirements import need
+
 __all__ = ["RedisServer", "redis_engine", "redis_url", "require_redis_server"]
 
 READY_TIMEOUT_S = 10.0
 
 
 def require_redis_server() -> str:
-    """The path of ``redis-server``; skips the test when it is not installed."""
+    """The path of ``redis-server``; skips the test when it is not installed (fails it
+    under ``RTC_REQUIRE_E2E=1``: :func:`tests.requirements.need`)."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip(
+        need(
             "redis-server is not installed (Debian: apt-get install redis-server; "
             "scripts/test.sh installs it)"
         )

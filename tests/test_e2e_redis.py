@@ -34,6 +34,7 @@ from aiohttp import WSMsgType
 from rtc_worker.identity import Identity
 from tests.conftest import PACKAGE, REPO, make_zip, worker_subprocess
 from tests.engine_redis import RedisServer, redis_engine, redis_url, require_redis_server
+from tests.requirements import REQUIRE_E2E_ENV
 from tests.signaling_helpers import WS, register_with_key
 from tests.signaling_processes import SignalingProcess, StartProcess, signaling_processes
 
@@ -427,9 +428,13 @@ async def test_a_squatter_right_after_redis_lost_its_data_is_refused(
     assert await listed(late) == ["alice", "bob", "gpu-1"]
 
 
-def test_the_redis_fixture_skips_with_a_reason_without_the_binary(
+def test_the_redis_fixture_skips_with_a_reason_without_the_binary_or_fails_in_ci(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv(REQUIRE_E2E_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        require_redis_server()
+    monkeypatch.setenv(REQUIRE_E2E_ENV, "1")  # as .ci/run: a missing engine is a failure
+    with pytest.raises(pytest.fail.Exception, match="redis-server is not installed"):
         require_redis_server()
