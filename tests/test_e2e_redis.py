@@ -11,6 +11,8 @@
   anonymous), a spoofed ``from`` is replaced; the operator releases a binding in Redis;
 * Redis unreachable, then restarted empty: clear SERVER_ERROR frames and log lines, no
   crash, and the processes recover (peers and bindings registered again);
+* a password-protected Redis (password in a 0600 config file) that then stops: the
+  password appears in no log line, /health or /ready body, nor error frame;
 * Redis emptied (FLUSHALL) while a worker is live: a squatter asking for its id at once
   gets SERVER_ERROR, and the worker keeps its id and its binding.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -426,6 +429,45 @@ async def test_a_squatter_right_after_redis_lost_its_data_is_refused(
     assert (relayed["sdp"], relayed["from"]) == ("after", "alice")
     late = await registered(session, b, "bob")  # new ids register again
     assert await listed(late) == ["alice", "bob", "gpu-1"]
+
+
+async def test_the_redis_password_appears_in_no_log_health_body_or_error_frame(
+    signaling_processes: StartProcess, session: aiohttp.ClientSession
+) -> None:
+    password = secrets.token_hex(16)
+    redis = RedisServer(require_redis_server(), password=password)
+    try:
+        redis.start()
+        assert (redis.dir / "redis.conf").stat().st_mode & 0o777 == 0o600
+        assert password not in Path(f"/proc/{redis.proc.pid}/cmdline").read_text()  # type: ignore[union-attr]
+        a = await signaling_processes("a", redis.url, "--redis-presence-ttl-s", TTL, env=ENV)
+        gpu = await registered(session, a, "gpu-1", "worker")
+        alice = await registered(session, a, "alice")
+        await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "x"})
+        assert (await gpu.receive_json(timeout=TIMEOUT))["from"] == "alice"
+        bodies = [json.dumps(await a.health(session))]
+
+        redis.stop()  # Redis goes away: errors everywhere, never the password
+        frames = []
+        for frame in ({"type": "list_peers"}, {"type": "offer", "to": "gpu-1", "sdp": "y"}):
+            await alice.send_json(frame)
+            frames.append(await alice.receive_json(timeout=TIMEOUT))
+        assert [f["code"] for f in frames] == ["SERVER_ERROR", "SERVER_ERROR"], frames
+        ws, reply = await register(session, a, "bob")
+        frames.append(reply)
+        await ws.close()
+        assert reply["code"] == "SERVER_ERROR", reply
+        for path in ("/health", "/ready"):
+            async with session.get(f"http://127.0.0.1:{a.port}{path}") as response:
+                bodies.append(await response.text())
+        await asyncio.sleep(1.0)  # a heartbeat fails and is logged
+    finally:
+        redis.close()
+    assert "redis" in bodies[-1].lower()  # /ready names what failed
+    text = a.log_text()
+    assert "Redis unavailable" in text and "***@127.0.0.1" in text
+    for seen in (text, *bodies, *map(json.dumps, frames)):
+        assert password not in seen
 
 
 def test_the_redis_fixture_skips_with_a_reason_without_the_binary_or_fails_in_ci(
