@@ -13,6 +13,8 @@
   crash, and the processes recover (peers and bindings registered again);
 * a password-protected Redis (password in a 0600 config file) that then stops: the
   password appears in no log line, /health or /ready body, nor error frame;
+* a receiver that never reads, flooded by an accomplice on another process: the other
+  peers of its process still get their offers within 1 s, and it is closed;
 * Redis emptied (FLUSHALL) while a worker is live: a squatter asking for its id at once
   gets SERVER_ERROR, and the worker keeps its id and its binding.
 """
@@ -400,6 +402,46 @@ async def test_redis_unreachable_then_restarted_gives_clear_errors_and_recovers(
         assert process.alive
         text = process.log_text()
         assert "Redis unavailable" in text and "Traceback" not in text
+
+
+async def test_a_receiver_that_never_reads_does_not_stall_its_process(
+    redis_url: str, signaling_processes: StartProcess, session: aiohttp.ClientSession
+) -> None:
+    a, b = await two(signaling_processes, redis_url)
+    sink = await registered(session, b, "sink")  # the attacker's: never reads again
+    gpu = await registered(session, b, "gpu-1", "worker")  # the victim, same process
+    mallory = await registered(session, a, "mallory")
+    alice = await registered(session, a, "alice")
+    blob = "x" * 200_000  # under the 256 KiB frame limit: 200 of them fill any buffer
+
+    async def flood() -> None:
+        for i in range(200):
+            await mallory.send_json({"type": "candidate", "to": "sink", "candidate": [i, blob]})
+            await asyncio.sleep(0.005)
+
+    flooding = asyncio.create_task(flood())
+    latencies = []
+    try:
+        for i in range(20):  # for about 4 s, longer than the 5 s deadline's share
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": f"v=0 {i}"})
+            got = await gpu.receive_json(timeout=TIMEOUT)
+            latencies.append(loop.time() - began)
+            assert (got["type"], got["sdp"]) == ("offer", f"v=0 {i}")
+            await asyncio.sleep(0.2)
+        await flooding
+    finally:
+        flooding.cancel()
+    assert max(latencies) < 1.0, latencies
+    # the sink was closed for not reading, and the flood is refused
+    await wait_listed(alice, ["alice", "gpu-1", "mallory"], timeout=15)
+    await mallory.send_json({"type": "candidate", "to": "sink", "candidate": None})
+    async with asyncio.timeout(TIMEOUT):
+        while (reply := await mallory.receive_json())["type"] != "error":
+            pass
+    assert reply["code"] == "PEER_NOT_FOUND", reply
+    del sink
 
 
 async def test_a_squatter_right_after_redis_lost_its_data_is_refused(
