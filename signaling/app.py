@@ -30,6 +30,7 @@ the socket with code 1009 (message too big).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from importlib.metadata import version
 
@@ -165,12 +166,14 @@ def _setup_registry(
             prefix=settings.redis_key_prefix,
             presence_ttl_s=settings.redis_presence_ttl_s,
             client_binding_ttl_s=settings.client_binding_ttl_s,
+            max_bindings_per_key=settings.max_bindings_per_key,
         )
         store = bindings or RedisBindings(
             redis_registry.redis,
             prefix=settings.redis_key_prefix,
             max_per_key=settings.max_bindings_per_key,
             client_ttl_s=settings.client_binding_ttl_s,
+            ready=redis_registry.ensure_epoch,
         )
         app[BINDINGS_KEY] = store
         registry = redis_registry
@@ -190,8 +193,12 @@ def _setup_registry(
 
 
 async def _drop(ws: PeerSocket, error: SignalingError) -> None:
-    """Send ``error`` and close the socket (its registration is gone)."""
-    await send_error(ws, error)
+    """Send ``error`` (waiting at most 1 s: a peer that does not read never takes it)
+    and close the socket (its registration is gone); a caller that cancels the close
+    makes aiohttp drop the connection."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await send_error(ws, error)
     await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=error.code.encode()[:100])
 
 

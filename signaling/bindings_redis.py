@@ -6,13 +6,17 @@ one Redis: the first key that registers a peer id owns it, on every process and 
 any restart of any of them, until the operator releases it (``rtc-signaling bindings
 release`` with the same ``--redis-url``); one key holds at most ``max_per_key`` ids
 (binding one more releases its least recently registered one); a client's binding not
-registered for ``client_ttl_s`` seconds expires (a Redis key TTL), a worker's never.
+registered for ``client_ttl_s`` seconds expires (a Redis key TTL), a worker's never; a
+key's ``bound`` set expires with its last client binding (never while it holds a
+worker's), and each heartbeat of the registry removes up to :data:`PRUNE_BATCH` expired
+ids from the ``bindings`` index (:func:`prune_bindings`).
 
 Each claim is one Lua script, so two processes claiming one id at once have one winner.
 The keys are ``{p}binding:{peer_id}`` (hash), ``{p}bindings`` (set) and
 ``{p}bound:{fingerprint}`` (sorted set by last_seen), see :mod:`signaling.redis_store`.
 Redis must keep its data across its own restarts (``appendonly yes``) for bindings to
-outlive it.
+outlive it; when it lost them, claims are refused until the live processes have
+restored theirs (the epoch, :mod:`signaling.redis_store`).
 
 Source: DESIGN.md ("Identity first"); PROTOCOL.md section 5.3.
 """
@@ -20,20 +24,25 @@ Source: DESIGN.md ("Identity first"); PROTOCOL.md section 5.3.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from signaling.bindings import Binding
 from signaling.redis_store import RedisKeys
+from signaling.registry import RegistryUnavailable
 
-__all__ = ["RedisBindings"]
+__all__ = ["PRUNE_BATCH", "RedisBindings", "prune_bindings"]
 
-# KEYS: binding, bindings, bound(fp). ARGV: peer_id, fp, role, now, client_ttl_ms,
-# max_per_key, binding key prefix. Returns the binding afterwards (fp, role, created,
-# last_seen): another key's (nothing changed) or the caller's.
+# KEYS: binding, bindings, bound(fp), epoch, restoring. ARGV: peer_id, fp, role, now,
+# client_ttl_ms, max_per_key, binding key prefix. Returns the binding afterwards (fp,
+# role, created, last_seen): another key's (nothing changed) or the caller's; false
+# while Redis's data is being restored (see signaling.redis_store).
 _CLAIM = """
+if redis.call('EXISTS', KEYS[4]) == 0 or redis.call('EXISTS', KEYS[5]) == 1 then
+  return false
+end
 local cur = redis.call('HMGET', KEYS[1], 'fingerprint', 'role', 'created_at', 'last_seen')
 if cur[1] and cur[1] ~= ARGV[2] then return cur end
 local created = cur[3] or ARGV[4]
@@ -45,7 +54,13 @@ else
   redis.call('PERSIST', KEYS[1])
 end
 redis.call('SADD', KEYS[2], ARGV[1])
+local before = redis.call('PTTL', KEYS[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if ARGV[3] ~= 'client' or tonumber(ARGV[5]) <= 0 then
+  redis.call('PERSIST', KEYS[3])
+elseif before ~= -1 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
 local cap = tonumber(ARGV[6])
 if not cur[1] and redis.call('ZCARD', KEYS[3]) > cap then
   for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -79,6 +94,36 @@ return cur
 """
 
 
+# KEYS: bindings. ARGV: binding key prefix, then peer ids. Removes from the index the
+# ids whose binding is gone (an expired client's); returns how many.
+_PRUNE = """
+local gone = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    gone = gone + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return gone
+"""
+
+PRUNE_BATCH = 100
+"""Most members of the ``bindings`` index looked at by one :func:`prune_bindings`."""
+
+
+async def prune_bindings(redis: aioredis.Redis, keys: RedisKeys, cursor: int) -> int:
+    """Look at up to about :data:`PRUNE_BATCH` members of the ``bindings`` index from
+    ``cursor`` (``SSCAN``) and remove those whose binding has expired (one script, so a
+    claim in between is kept); returns the cursor of the next pass (0: from the start).
+
+    Raises:
+        redis.exceptions.RedisError, OSError, TimeoutError: Redis failed.
+    """
+    cursor, ids = await redis.sscan(keys.bindings, cursor, count=PRUNE_BATCH)
+    if ids:
+        await redis.eval(_PRUNE, 1, keys.bindings, keys.binding(""), *ids)
+    return int(cursor)
+
+
 class RedisBindings:
     """:class:`~signaling.bindings.BindingStore` in Redis.
 
@@ -89,6 +134,8 @@ class RedisBindings:
         client_ttl_s: a client binding not registered for this long is released,
             seconds; 0 never releases one.
         clock: seconds since the epoch (the ``created_at``/``last_seen`` stamps).
+        ready: awaited before each claim (the registry's
+            :meth:`~signaling.registry_redis.RedisRegistry.ensure_epoch`).
 
     Every method raises redis-py's ``RedisError`` (or ``OSError``, ``TimeoutError``)
     when Redis cannot be reached; nothing changes then.
@@ -102,6 +149,7 @@ class RedisBindings:
         max_per_key: int = 1000,
         client_ttl_s: float = 0.0,
         clock: Callable[[], float] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if max_per_key < 1:
             raise ValueError("max_per_key is at least 1")
@@ -110,14 +158,28 @@ class RedisBindings:
         self.max_per_key = max_per_key
         self.client_ttl_s = client_ttl_s
         self._clock = clock or time.time
+        self._ready = ready
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
 
     async def claim(self, peer_id: str, fingerprint: str, role: str) -> Binding:
-        """See :meth:`~signaling.bindings.BindingStore.claim` (one atomic script)."""
+        """See :meth:`~signaling.bindings.BindingStore.claim` (one atomic script).
+
+        Raises:
+            RegistryUnavailable: Redis lost its data and the live processes have not
+                restored their peers yet (no epoch, or ``restoring``): try again.
+        """
+        if self._ready is not None:
+            await self._ready()
         keys = self.keys
         row = await self._claim(
-            keys=[keys.binding(peer_id), keys.bindings, keys.bound(fingerprint)],
+            keys=[
+                keys.binding(peer_id),
+                keys.bindings,
+                keys.bound(fingerprint),
+                keys.epoch,
+                keys.restoring,
+            ],
             args=[
                 peer_id,
                 fingerprint,
@@ -128,6 +190,8 @@ class RedisBindings:
                 keys.binding(""),
             ],
         )
+        if row is None:
+            raise RegistryUnavailable("Redis lost its data; live peers are being restored")
         return _binding(peer_id, row)
 
     async def get(self, peer_id: str) -> Binding | None:

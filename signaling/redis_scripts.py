@@ -13,8 +13,13 @@ from __future__ import annotations
 
 __all__ = ["HEARTBEAT", "REGISTER", "RELAY", "UNREGISTER"]
 
-# KEYS: peer, peers, proc. ARGV: value, ttl_ms, peer_id, proc key prefix, proc value.
+# KEYS: peer, peers, proc, epoch, restoring. ARGV: value, ttl_ms, peer_id, proc key
+# prefix, proc value. Returns 0 (registered), 1 (taken) or 2 (Redis lost its data and
+# the live processes are restoring their peers: try again).
 REGISTER = """
+if redis.call('EXISTS', KEYS[4]) == 0 or redis.call('EXISTS', KEYS[5]) == 1 then
+  return 2
+end
 local cur = redis.call('GET', KEYS[1])
 if cur and redis.call('EXISTS', ARGV[4] .. string.sub(cur, 18, 33)) == 1 then
   return 1
@@ -36,20 +41,34 @@ end
 return 0
 """
 
-# KEYS: peer keys of this process's peers, then peers, proc, inbox, bindings.
-# ARGV: ttl_ms, inbox_ttl_ms, proc value, now, client_binding_ttl_ms, key prefix, then
-# (peer_id, value, fingerprint or "", role) per peer. A registration Redis lost is set
-# again, with its binding when that is gone too (in the same script: no one can claim
-# the id in between). Returns {taken ids, restored ids, ids bound to another key}.
+# KEYS: peer keys of this process's peers, then peers, proc, inbox, bindings, epoch,
+# restoring. ARGV: ttl_ms, inbox_ttl_ms, proc value, now, client_binding_ttl_ms, key
+# prefix, the epoch this process saw last (or ""), a new epoch token, max bindings per
+# key, then (peer_id, value, fingerprint or "", role) per peer. A missing epoch is set;
+# when this process had seen another one, Redis lost its data: restoring is set for one TTL, during
+# which only heartbeats register. A registration Redis lost is set again, with its
+# binding when that is gone too (in the same script: no one can claim the id in
+# between; the key's least recently seen ids beyond max bindings per key are released,
+# as a claim does). Returns {taken ids, restored ids, ids bound to another key, epoch}.
 HEARTBEAT = """
-local n = #KEYS - 4
+local n = #KEYS - 6
 local peers, proc, inbox, bindings = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
+local epoch_key, restoring = KEYS[n + 5], KEYS[n + 6]
 local now, client_ttl, prefix = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local cap = tonumber(ARGV[9])
+local known, epoch = ARGV[7], redis.call('GET', KEYS[n + 5])
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('SET', epoch_key, epoch)
+end
+if known ~= '' and epoch ~= known then
+  redis.call('SET', restoring, '1', 'PX', ARGV[1], 'NX')
+end
 redis.call('SET', proc, ARGV[3], 'PX', ARGV[1])
 redis.call('PEXPIRE', inbox, ARGV[2])
 local taken, restored, unbound = {}, {}, {}
 for i = 1, n do
-  local at = 6 + 4 * (i - 1)
+  local at = 9 + 4 * (i - 1)
   local id, value, fp, role = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local cur = redis.call('GET', KEYS[i])
   if cur and string.sub(cur, 1, 16) == string.sub(value, 1, 16) then
@@ -69,7 +88,25 @@ for i = 1, n do
           redis.call('PEXPIRE', binding, client_ttl)
         end
         redis.call('SADD', bindings, id)
-        redis.call('ZADD', prefix .. 'bound:' .. fp, now, id)
+        local bound = prefix .. 'bound:' .. fp
+        local before = redis.call('PTTL', bound)
+        redis.call('ZADD', bound, now, id)
+        if role ~= 'client' or client_ttl <= 0 then
+          redis.call('PERSIST', bound)
+        elseif before ~= -1 then
+          redis.call('PEXPIRE', bound, client_ttl)
+        end
+        local extra = redis.call('ZCARD', bound) - cap
+        if extra > 0 then
+          for _, old in ipairs(redis.call('ZRANGE', bound, 0, extra)) do
+            if extra > 0 and old ~= id then
+              redis.call('DEL', prefix .. 'binding:' .. old)
+              redis.call('SREM', bindings, old)
+              redis.call('ZREM', bound, old)
+              extra = extra - 1
+            end
+          end
+        end
       end
       redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
       redis.call('SADD', peers, id)
@@ -77,7 +114,7 @@ for i = 1, n do
     end
   end
 end
-return {taken, restored, unbound}
+return {taken, restored, unbound, epoch}
 """
 
 # KEYS: peer of the receiver. ARGV: key prefix, maxlen, inbox_ttl_ms, then field pairs.

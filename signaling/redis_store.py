@@ -19,7 +19,18 @@ key                            type    what
                                        created_at, last_seen); a client's expires
 ``{p}bindings``                set     index of bound peer ids
 ``{p}bound:{fingerprint}``     zset    the peer ids one key holds, by last_seen
+``{p}epoch``                   string  a random token, set by the first heartbeat on an
+                                       empty Redis; registrations and binding claims are
+                                       refused while it is missing
+``{p}restoring``               string  set for one presence TTL when a process finds the
+                                       epoch changed or gone (Redis lost its data): until
+                                       it expires, only heartbeats register (restore)
 =============================  ======  ====================================================
+
+Redis restarted empty: the live processes must register their peers again before any new
+socket may take their ids. A process that had seen an epoch and finds it gone or another
+one sets ``{p}restoring``; a process that never saw one (a fresh start) only sets the
+epoch. New registrations and binding claims get ``SERVER_ERROR`` (try again) meanwhile.
 
 Only standalone Redis (or a Sentinel-managed primary) is supported: the scripts touch
 keys they compute, which Redis Cluster forbids.
@@ -31,6 +42,7 @@ XREAD, XTRIM MINID (Redis >= 6.2), EVALSHA.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +51,8 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from protocol.signaling import PeerInfo
 
 __all__ = [
     "COMMAND_TIMEOUT_S",
@@ -131,3 +145,22 @@ class RedisKeys:
     def bound(self, fingerprint: str) -> str:
         """The peer ids bound to one key, scored by last_seen."""
         return f"{self.prefix}bound:{fingerprint}"
+
+    @property
+    def epoch(self) -> str:
+        """The token of this Redis's data (gone when Redis lost its data)."""
+        return f"{self.prefix}epoch"
+
+    @property
+    def restoring(self) -> str:
+        """Present while the live processes restore their peers after a data loss."""
+        return f"{self.prefix}restoring"
+
+
+def registration_info(peer_id: str, value: str) -> PeerInfo:
+    """The public view of a registration value ``SID PROCESS JSON``
+    (:mod:`signaling.redis_scripts`)."""
+    data = json.loads(value[34:])
+    return PeerInfo(
+        peer_id=peer_id, role=data["role"], fingerprint=data["fp"], metadata=data["meta"]
+    )

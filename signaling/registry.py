@@ -46,6 +46,7 @@ __all__ = [
     "SendText",
     "ServerRelay",
     "SignalingRegistry",
+    "peer_id_taken",
     "relayed_frame",
 ]
 
@@ -110,11 +111,7 @@ class PeerRegistry(Generic[ConnT]):
             SignalingError: ``PEER_ID_TAKEN`` when the id is registered already.
         """
         if peer_id in self._peers:
-            raise SignalingError(
-                SignalingErrorCode.PEER_ID_TAKEN,
-                f"peer id {peer_id!r} is already in use",
-                "register",
-            )
+            raise peer_id_taken(peer_id)
         entry = PeerEntry(
             peer_id=peer_id,
             role=role,
@@ -181,6 +178,13 @@ def relayed_frame(
         return RelayedAnswer(from_=sender, fingerprint=fingerprint, to=frame.to, sdp=frame.sdp)
     return RelayedCandidate(
         from_=sender, fingerprint=fingerprint, to=frame.to, candidate=frame.candidate
+    )
+
+
+def peer_id_taken(peer_id: str) -> SignalingError:
+    """The ``PEER_ID_TAKEN`` refusal of a ``register`` for a live id."""
+    return SignalingError(
+        SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
     )
 
 

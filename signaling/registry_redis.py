@@ -45,18 +45,17 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from protocol.signaling import (
-    Answer,
-    Candidate,
-    Offer,
     PeerInfo,
     Role,
     SignalingError,
     SignalingErrorCode,
     dump_frame,
 )
+from signaling.bindings_redis import prune_bindings
 from signaling.bounds import LogLimiter
+from signaling.outbox import SEND_TIMEOUT_S, Outbox
 from signaling.redis_scripts import HEARTBEAT, REGISTER, RELAY, UNREGISTER
-from signaling.redis_store import STORE_ERRORS, RedisKeys, connect
+from signaling.redis_store import STORE_ERRORS, RedisKeys, connect, registration_info
 from signaling.registry import (
     ClientRelay,
     IceServersFor,
@@ -64,30 +63,37 @@ from signaling.registry import (
     PeerRegistry,
     RegistryUnavailable,
     SendText,
+    peer_id_taken,
     peer_not_found,
     relayed_frame,
 )
-from signaling.relay_redis import BLOCK_MS, INBOX_MAXLEN, InboxEntry, InboxReader, SeqFilter
+from signaling.relay_redis import (
+    BLOCK_MS,
+    INBOX_MAXLEN,
+    InboxEntry,
+    InboxReader,
+    SeqFilter,
+    error_entry,
+    inbox_frame,
+)
 from signaling.relay_redis import cancel as cancel_task
 
-__all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "RedisRegistry"]
+__all__ = ["BEAT_BATCH", "DELIVERY_TIMEOUT_S", "DROP_TIMEOUT_S", "RedisRegistry"]
 
 ConnT = TypeVar("ConnT")
 
-DELIVERY_TIMEOUT_S = 5.0
-"""Longest wait to hand one relayed frame to a receiving socket, seconds."""
+DELIVERY_TIMEOUT_S = SEND_TIMEOUT_S
+"""Longest wait to hand one relayed frame to a receiving socket, seconds (its own writer
+task waits, never the inbox reader: :mod:`signaling.outbox`)."""
+
+DROP_TIMEOUT_S = 2.0
+"""Longest wait to send the error frame and close a socket being dropped, seconds."""
 
 BEAT_BATCH = 500
 """Most peers refreshed by one heartbeat script."""
 
 Drop = Callable[[ConnT, SignalingError], Coroutine[Any, Any, None]]
 """Send an error frame on a connection and close it."""
-
-_FRAMES: dict[str, type[Offer] | type[Answer] | type[Candidate]] = {
-    "offer": Offer,
-    "answer": Answer,
-    "candidate": Candidate,
-}
 
 
 class RedisRegistry(Generic[ConnT]):
@@ -100,7 +106,7 @@ class RedisRegistry(Generic[ConnT]):
         ice_servers: the ``ice_servers`` of an offer for a receiving peer id.
         client_binding_ttl_s: the bindings store's ``client_ttl_s``, for the bindings
             set again when Redis lost its data while this process's peers stayed
-            connected.
+            connected; max_bindings_per_key: its ``max_per_key``, likewise.
         prefix: the key prefix. presence_ttl_s: the presence lifetime, seconds.
         client, reader: redis-py clients (tests pass fakeredis); the reader serves only
             the blocking inbox reads.
@@ -114,6 +120,7 @@ class RedisRegistry(Generic[ConnT]):
         drop: Drop[ConnT],
         ice_servers: IceServersFor,
         client_binding_ttl_s: float = 0.0,
+        max_bindings_per_key: int = 1000,
         prefix: str = "rtc:",
         presence_ttl_s: float = 5.0,
         client: aioredis.Redis | None = None,
@@ -132,8 +139,12 @@ class RedisRegistry(Generic[ConnT]):
         self.interval_s = presence_ttl_s / 3
         self._send, self._drop, self._ice_servers = send, drop, ice_servers
         self.client_binding_ttl_ms = round(client_binding_ttl_s * 1000)
+        self.max_bindings_per_key = max_bindings_per_key
+        self._prune_cursor = 0
         self._values: dict[str, str] = {}  # peer id -> its registration value (local peers)
+        self._outboxes: dict[str, Outbox[ConnT]] = {}  # peer id -> its socket's outbox
         self._seq = itertools.count(1)
+        self._epoch = ""  # the epoch token seen last ("" before the first heartbeat)
         self._seen = SeqFilter()
         self._warnings = LogLimiter()
         self._tasks: list[asyncio.Task[None]] = []
@@ -168,6 +179,9 @@ class RedisRegistry(Generic[ConnT]):
         what remains expires), and close the clients."""
         for task in self._tasks:
             await cancel_task(task)
+        for outbox in list(self._outboxes.values()):
+            await outbox.close()
+        self._outboxes.clear()
         keys = self.keys
         with contextlib.suppress(*STORE_ERRORS):
             async with asyncio.timeout(2):
@@ -193,29 +207,47 @@ class RedisRegistry(Generic[ConnT]):
     ) -> PeerEntry[ConnT]:
         """See :meth:`~signaling.registry.SignalingRegistry.add` (one atomic script)."""
         if peer_id in self.local:
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
+        await self.ensure_epoch()
         info = {"role": role, "fp": fingerprint, "meta": metadata}
         value = f"{secrets.token_hex(8)} {self.process} {json.dumps(info, separators=(',', ':'))}"
         keys = self.keys
         taken = await self._call(
             self._register(
-                keys=[keys.peer(peer_id), keys.peers, keys.proc(self.process)],
+                keys=[
+                    keys.peer(peer_id),
+                    keys.peers,
+                    keys.proc(self.process),
+                    keys.epoch,
+                    keys.restoring,
+                ],
                 args=[value, self.ttl_ms, peer_id, keys.proc(""), self._proc_value],
             )
         )
+        if taken == 2:
+            raise RegistryUnavailable("Redis lost its data; live peers are being restored")
         if taken:
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
         if peer_id in self.local:  # a socket of this process won meanwhile
             await self._forget(peer_id, value)
-            raise _taken(peer_id)
+            raise peer_id_taken(peer_id)
         entry = self.local.add(peer_id, role, metadata, conn, fingerprint)
         self._values[peer_id] = value
+        self._outboxes[peer_id] = Outbox(
+            conn,
+            self._send,
+            lambda: self._stalled(peer_id, conn),
+            send_timeout_s=DELIVERY_TIMEOUT_S,
+        )
         return entry
 
     async def remove(self, peer_id: str, conn: ConnT) -> bool:
         """See :meth:`~signaling.registry.SignalingRegistry.remove`."""
         if not self.local.remove(peer_id, conn):
             return False
+        outbox = self._outboxes.pop(peer_id, None)
+        if outbox is not None:
+            await outbox.close()
         value = self._values.pop(peer_id, None)
         if value is not None:
             await self._forget(peer_id, value)
@@ -224,7 +256,7 @@ class RedisRegistry(Generic[ConnT]):
     async def find(self, peer_id: str) -> PeerInfo | None:
         """See :meth:`~signaling.registry.SignalingRegistry.find`."""
         value = await self._call(self.redis.get(self.keys.peer(peer_id)))
-        return None if value is None else _info(peer_id, value)
+        return None if value is None else registration_info(peer_id, value)
 
     async def infos(self) -> tuple[PeerInfo, ...]:
         """See :meth:`~signaling.registry.SignalingRegistry.infos`; ids whose
@@ -237,7 +269,9 @@ class RedisRegistry(Generic[ConnT]):
         if gone:
             await self._call(self.redis.srem(self.keys.peers, *gone))
         return tuple(
-            _info(i, value) for i, value in zip(ids, values, strict=True) if value is not None
+            registration_info(i, value)
+            for i, value in zip(ids, values, strict=True)
+            if value is not None
         )
 
     async def relay(self, sender: str, fingerprint: str | None, frame: ClientRelay) -> None:
@@ -270,6 +304,12 @@ class RedisRegistry(Generic[ConnT]):
         if not proc:
             raise peer_not_found(frame.to, frame.type)
 
+    async def ensure_epoch(self) -> None:
+        """Heartbeat now if this process never saw the epoch (its first heartbeat failed),
+        so that an empty Redis gets one at once. Raises RegistryUnavailable."""
+        if not self._epoch:
+            await self._call(self.beat())
+
     async def ping(self) -> None:
         """See :meth:`~signaling.registry.SignalingRegistry.ping` (Redis ``PING``)."""
         await self._call(self.redis.ping())
@@ -296,13 +336,15 @@ class RedisRegistry(Generic[ConnT]):
             entry = self.local.get(peer_id)
             fingerprint = (entry.fingerprint or "") if entry else ""
             per_peer += [peer_id, snapshot[peer_id], fingerprint, entry.role if entry else ""]
-        taken, restored, unbound = await self._heartbeat(
+        taken, restored, unbound, self._epoch = await self._heartbeat(
             keys=[
                 *(keys.peer(i) for i in ids),
                 keys.peers,
                 keys.proc(self.process),
                 keys.inbox(self.process),
                 keys.bindings,
+                keys.epoch,
+                keys.restoring,
             ],
             args=[
                 self.ttl_ms,
@@ -311,6 +353,9 @@ class RedisRegistry(Generic[ConnT]):
                 repr(time.time()),
                 self.client_binding_ttl_ms,
                 keys.prefix,
+                self._epoch,
+                secrets.token_hex(8),
+                self.max_bindings_per_key,
                 *per_peer,
             ],
         )
@@ -323,10 +368,10 @@ class RedisRegistry(Generic[ConnT]):
             logger.info("registered {} peer(s) again in Redis", len(set(restored) - changed))
         for peer_id in set(taken) - changed:
             logger.warning("{!r} was registered elsewhere while Redis was unreachable", peer_id)
-            await self._evict(peer_id, _taken(peer_id))
+            self._evict(peer_id, peer_id_taken(peer_id))
         for peer_id in set(unbound) - changed:
             logger.warning("{!r} was bound to another key while Redis was unreachable", peer_id)
-            await self._evict(
+            self._evict(
                 peer_id,
                 SignalingError(
                     SignalingErrorCode.PEER_ID_BOUND,
@@ -340,62 +385,84 @@ class RedisRegistry(Generic[ConnT]):
             await asyncio.sleep(self.interval_s)
             try:
                 await self.beat()
+                self._prune_cursor = await prune_bindings(self.redis, self.keys, self._prune_cursor)
             except STORE_ERRORS as exc:
                 self._failed(exc)
             except Exception:  # a bug: the next beat may still keep the peers present
                 logger.exception("the Redis heartbeat failed")
 
-    async def _evict(self, peer_id: str, error: SignalingError) -> None:
-        """Forget a local peer whose registration is lost, and close its socket in the
-        background (a close waits for the peer's reply; the heartbeat must not)."""
+    def _evict(self, peer_id: str, error: SignalingError, *, forget: bool = False) -> None:
+        """Forget a local peer (and, with ``forget``, its registration in Redis) and
+        close its socket in the background (a close waits for the peer's reply; the
+        heartbeat and the inbox reader must not)."""
         entry = self.local.get(peer_id)
-        self._values.pop(peer_id, None)
+        value = self._values.pop(peer_id, None)
+        outbox = self._outboxes.pop(peer_id, None)
         if entry is not None and entry.conn is not None:
             self.local.remove(peer_id, entry.conn)
-            task: asyncio.Task[None] = asyncio.create_task(self._drop(entry.conn, error))
+            task: asyncio.Task[None] = asyncio.create_task(
+                self._close_socket(entry.conn, error, outbox, peer_id, value if forget else None)
+            )
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    async def _close_socket(
+        self,
+        conn: ConnT,
+        error: SignalingError,
+        outbox: Outbox[ConnT] | None,
+        peer_id: str,
+        value: str | None,
+    ) -> None:
+        """Stop the socket's writer, send ``error`` and close it (at most
+        :data:`DROP_TIMEOUT_S`), and remove the registration ``value`` if given."""
+        if outbox is not None:
+            await outbox.close()
+        if value is not None:
+            await self._forget(peer_id, value)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DROP_TIMEOUT_S):
+                await self._drop(conn, error)
+
+    def _stalled(self, peer_id: str, conn: ConnT) -> None:
+        """A socket's outbox overflowed or a send missed its deadline: close it."""
+        entry = self.local.get(peer_id)
+        if entry is None or entry.conn is not conn:
+            return
+        logger.warning("{!r} does not read its relayed frames; closing its socket", peer_id)
+        text = f"{peer_id!r} did not read its relayed frames in time; its socket is closed"
+        self._evict(peer_id, SignalingError(SignalingErrorCode.SERVER_ERROR, text), forget=True)
 
     # ------------------------------------------------------------------ delivery
 
     async def _deliver(self, entry: InboxEntry) -> None:
-        """Hand one inbox entry to its local socket (see :mod:`signaling.relay_redis`)."""
+        """Queue one inbox entry on its local socket's outbox, never waiting for the
+        socket (see :mod:`signaling.relay_redis` and :mod:`signaling.outbox`).
+
+        A frame for a socket that is gone, or whose outbox is full (that socket is then
+        closed), is answered to its sender with ``PEER_NOT_FOUND``; a frame already
+        handed to the outbox is not (see :mod:`signaling.outbox`)."""
         to, sid = entry.get("to", ""), entry.get("sid", "")
         target = self.local.get(to)
         mine = target is not None and self._values.get(to, "")[:16] == sid
+        outbox = self._outboxes.get(to) if mine else None
         if entry.get("k") == "e":
-            if mine and target is not None and target.conn is not None:
+            if outbox is not None:
                 error = SignalingError(entry["code"], entry["msg"], entry.get("ref") or None)
-                await self._send(target.conn, dump_frame(error.to_frame()))
+                outbox.put(dump_frame(error.to_frame()))
             return
         if not self._seen.fresh(entry["rs"], int(entry["seq"])):
             return
-        kind = _FRAMES[json.loads(entry["frame"])["type"]]
-        frame = kind.model_validate_json(entry["frame"])
-        delivered = False
-        if mine and target is not None and target.conn is not None:
+        frame = inbox_frame(entry)
+        if outbox is not None:
             relayed = relayed_frame(frame, entry["from"], entry["fp"] or None, self._ice_servers)
-            try:
-                async with asyncio.timeout(DELIVERY_TIMEOUT_S):
-                    delivered = await self._send(target.conn, dump_frame(relayed))
-            except TimeoutError:
-                logger.warning(
-                    "{!r} did not take a relayed frame within {} s", to, DELIVERY_TIMEOUT_S
-                )
-        if not delivered:
-            await self._nack(entry, frame)
+            if outbox.put(dump_frame(relayed), lambda: self._nack(entry, frame)):
+                return
+        await self._nack(entry, frame)
 
     async def _nack(self, entry: InboxEntry, frame: ClientRelay) -> None:
         """Tell the sender's socket that the receiver has gone (best effort)."""
-        error = peer_not_found(frame.to, frame.type, gone=True)
-        fields = {
-            "k": "e",
-            "to": entry["from"],
-            "sid": entry["rs"],
-            "code": str(error.code),
-            "msg": error.message,
-            "ref": frame.type,
-        }
+        fields = error_entry(entry, peer_not_found(frame.to, frame.type, gone=True))
         inbox = self.keys.inbox(entry["rp"])
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -428,17 +495,3 @@ class RedisRegistry(Generic[ConnT]):
         if held is not None:
             more = f" ({held} more held back)" if held else ""
             logger.warning("Redis unavailable: {}: {}; retrying{}", type(exc).__name__, exc, more)
-
-
-def _taken(peer_id: str) -> SignalingError:
-    return SignalingError(
-        SignalingErrorCode.PEER_ID_TAKEN, f"peer id {peer_id!r} is already in use", "register"
-    )
-
-
-def _info(peer_id: str, value: str) -> PeerInfo:
-    """The public view of a registration value ``SID PROCESS JSON``."""
-    data = json.loads(value[34:])
-    return PeerInfo(
-        peer_id=peer_id, role=data["role"], fingerprint=data["fp"], metadata=data["meta"]
-    )

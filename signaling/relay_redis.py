@@ -23,6 +23,7 @@ Source: Redis streams (XADD, XREAD, XTRIM MINID); issue research: pub/sub drops 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,24 +33,62 @@ import redis.asyncio as aioredis
 from loguru import logger
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from protocol.signaling import Answer, Candidate, Offer, SignalingError
 from signaling.redis_store import STORE_ERRORS
 
-__all__ = ["INBOX_MAXLEN", "InboxEntry", "InboxReader", "SeqFilter", "stream_id"]
+__all__ = [
+    "INBOX_MAXLEN",
+    "InboxEntry",
+    "InboxReader",
+    "SeqFilter",
+    "error_entry",
+    "inbox_frame",
+    "stream_id",
+]
 
 InboxEntry = dict[str, str]
 """One inbox entry: field name to value (see the module)."""
 
-INBOX_MAXLEN = 100_000
+INBOX_MAXLEN = 10_000
 """Approximate cap on an inbox stream's entries (``XADD MAXLEN ~``)."""
 
 BLOCK_MS = 1000
 """Longest wait of one ``XREAD BLOCK``, milliseconds."""
 
-BATCH = 500
+BATCH = 100
 """Most entries read at once."""
 
 TRIM_INTERVAL_S = 1.0
 """Delivered entries are trimmed from the inbox at most this often, seconds."""
+
+
+_FRAMES: dict[str, type[Offer] | type[Answer] | type[Candidate]] = {
+    "offer": Offer,
+    "answer": Answer,
+    "candidate": Candidate,
+}
+
+
+def inbox_frame(entry: InboxEntry) -> Offer | Answer | Candidate:
+    """The client's frame carried by a frame entry (``k=f``).
+
+    Raises:
+        KeyError, pydantic.ValidationError: not a frame the relay script appended.
+    """
+    kind = _FRAMES[json.loads(entry["frame"])["type"]]
+    return kind.model_validate_json(entry["frame"])
+
+
+def error_entry(entry: InboxEntry, error: SignalingError) -> InboxEntry:
+    """The error entry (``k=e``) for the sender of the frame entry ``entry``."""
+    return {
+        "k": "e",
+        "to": entry["from"],
+        "sid": entry["rs"],
+        "code": str(error.code),
+        "msg": error.message,
+        "ref": str(error.ref_type or ""),
+    }
 
 
 def stream_id(text: str) -> tuple[int, int]:
@@ -85,7 +124,8 @@ class InboxReader:
         reader: a client used only by this reader (its read timeout exceeds the block).
         redis: the command client (trims delivered entries).
         inbox: the stream key.
-        deliver: called once per entry, in stream order, awaited before the next.
+        deliver: called once per entry, in stream order, awaited before the next; it
+            must not wait for a socket (it queues: :mod:`signaling.outbox`).
         on_error: called with each Redis failure (for a rate-limited log).
 
     A Redis failure never ends :meth:`run`: it waits with exponential backoff and

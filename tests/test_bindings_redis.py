@@ -11,7 +11,8 @@ import fakeredis
 import pytest
 
 from signaling.bindings import BindingStore
-from signaling.bindings_redis import RedisBindings
+from signaling.bindings_redis import RedisBindings, prune_bindings
+from signaling.registry import RegistryUnavailable
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -25,6 +26,8 @@ class Clock:
 
 
 def store(server: fakeredis.FakeServer, **options: object) -> RedisBindings:
+    prefix = str(options.get("prefix", "rtc:"))
+    fakeredis.FakeRedis(server=server).set(f"{prefix}epoch", "e")  # as a heartbeat does
     client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
     return RedisBindings(client, **options)  # type: ignore[arg-type]
 
@@ -126,6 +129,20 @@ async def test_concurrent_claims_from_many_processes_have_one_winner(
     assert bound is not None and bound.fingerprint in winners
 
 
+async def test_a_claim_is_refused_while_redis_has_no_epoch(
+    server: fakeredis.FakeServer,
+) -> None:
+    bindings = store(server)
+    await bindings.redis.delete("rtc:epoch")  # Redis lost its data; no heartbeat yet
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", A, "worker")
+    await bindings.redis.set("rtc:epoch", "e")
+    await bindings.redis.set("rtc:restoring", "1")  # the live processes are restoring
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", A, "worker")
+    assert await bindings.get("gpu-1") is None and await bindings.entries() == []
+
+
 async def test_a_prefix_keeps_two_deployments_apart(server: fakeredis.FakeServer) -> None:
     await store(server, prefix="lab-a:").claim("gpu-1", A, "worker")
     assert (await store(server, prefix="lab-b:").claim("gpu-1", B, "worker")).fingerprint == B
@@ -143,3 +160,24 @@ def test_the_bindings_command_says_when_redis_cannot_be_reached(
     err = capsys.readouterr().err
     assert "cannot use redis://***@127.0.0.1:" in err and "s3cret" not in err
     assert signaling_main(["bindings", "release", "gpu-1", "--redis-url", url]) == 1
+
+
+async def test_bound_sets_expire_with_client_bindings_and_the_index_is_pruned(
+    server: fakeredis.FakeServer,
+) -> None:
+    bindings = store(server, client_ttl_s=0.2)
+    redis, keys = bindings.redis, bindings.keys
+    await bindings.claim("app-1", A, "client")
+    assert 0 < await redis.pttl(keys.bound(A)) <= 200  # a client's key set expires
+    await bindings.claim("gpu-1", B, "worker")
+    await bindings.claim("app-2", B, "client")
+    assert await redis.pttl(keys.bound(B)) == -1  # never while it holds a worker's id
+    await asyncio.sleep(0.3)
+    assert not await redis.exists(keys.bound(A))
+    assert await redis.smembers(keys.bindings) == {"app-1", "app-2", "gpu-1"}
+    cursor = 0
+    while True:  # the heartbeat's passes, PRUNE_BATCH ids each
+        cursor = await prune_bindings(redis, keys, cursor)
+        if cursor == 0:
+            break
+    assert await redis.smembers(keys.bindings) == {"gpu-1"}

@@ -10,7 +10,13 @@
   refused by the binding, a live id is refused on every process (PEER_ID_TAKEN, even
   anonymous), a spoofed ``from`` is replaced; the operator releases a binding in Redis;
 * Redis unreachable, then restarted empty: clear SERVER_ERROR frames and log lines, no
-  crash, and the processes recover (peers and bindings registered again).
+  crash, and the processes recover (peers and bindings registered again);
+* a password-protected Redis (password in a 0600 config file) that then stops: the
+  password appears in no log line, /health or /ready body, nor error frame;
+* a receiver that never reads, flooded by an accomplice on another process: the other
+  peers of its process still get their offers within 1 s, and it is closed;
+* Redis emptied (FLUSHALL) while a worker is live: a squatter asking for its id at once
+  gets SERVER_ERROR, and the worker keeps its id and its binding.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -32,6 +39,7 @@ from aiohttp import WSMsgType
 from rtc_worker.identity import Identity
 from tests.conftest import PACKAGE, REPO, make_zip, worker_subprocess
 from tests.engine_redis import RedisServer, redis_engine, redis_url, require_redis_server
+from tests.requirements import REQUIRE_E2E_ENV
 from tests.signaling_helpers import WS, register_with_key
 from tests.signaling_processes import SignalingProcess, StartProcess, signaling_processes
 
@@ -374,7 +382,12 @@ async def test_redis_unreachable_then_restarted_gives_clear_errors_and_recovers(
         await wait_listed(alice, ["alice", "gpu-1"], timeout=15)
         await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "after"})
         assert (await gpu.receive_json(timeout=TIMEOUT))["sdp"] == "after"
-        # the worker's binding came back with it: a squatter is refused
+        # the worker's binding came back with it: a squatter is refused, with
+        # SERVER_ERROR during the restoring window (one presence TTL), then by the binding
+        ws, reply = await register(session, b, "gpu-1", "worker", Identity.generate())
+        assert reply["code"] in ("SERVER_ERROR", "PEER_ID_BOUND"), reply
+        await ws.close()
+        await asyncio.sleep(float(TTL))
         ws, reply = await register(session, b, "gpu-1", "worker", Identity.generate())
         assert reply["code"] == "PEER_ID_BOUND", reply
         await ws.close()
@@ -391,9 +404,121 @@ async def test_redis_unreachable_then_restarted_gives_clear_errors_and_recovers(
         assert "Redis unavailable" in text and "Traceback" not in text
 
 
-def test_the_redis_fixture_skips_with_a_reason_without_the_binary(
+async def test_a_receiver_that_never_reads_does_not_stall_its_process(
+    redis_url: str, signaling_processes: StartProcess, session: aiohttp.ClientSession
+) -> None:
+    a, b = await two(signaling_processes, redis_url)
+    sink = await registered(session, b, "sink")  # the attacker's: never reads again
+    gpu = await registered(session, b, "gpu-1", "worker")  # the victim, same process
+    mallory = await registered(session, a, "mallory")
+    alice = await registered(session, a, "alice")
+    blob = "x" * 200_000  # under the 256 KiB frame limit: 200 of them fill any buffer
+
+    async def flood() -> None:
+        for i in range(200):
+            await mallory.send_json({"type": "candidate", "to": "sink", "candidate": [i, blob]})
+            await asyncio.sleep(0.005)
+
+    flooding = asyncio.create_task(flood())
+    latencies = []
+    try:
+        for i in range(20):  # for about 4 s, longer than the 5 s deadline's share
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": f"v=0 {i}"})
+            got = await gpu.receive_json(timeout=TIMEOUT)
+            latencies.append(loop.time() - began)
+            assert (got["type"], got["sdp"]) == ("offer", f"v=0 {i}")
+            await asyncio.sleep(0.2)
+        await flooding
+    finally:
+        flooding.cancel()
+    assert max(latencies) < 1.0, latencies
+    # the sink was closed for not reading, and the flood is refused
+    await wait_listed(alice, ["alice", "gpu-1", "mallory"], timeout=15)
+    await mallory.send_json({"type": "candidate", "to": "sink", "candidate": None})
+    async with asyncio.timeout(TIMEOUT):
+        while (reply := await mallory.receive_json())["type"] != "error":
+            pass
+    assert reply["code"] == "PEER_NOT_FOUND", reply
+    del sink
+
+
+async def test_a_squatter_right_after_redis_lost_its_data_is_refused(
+    redis_engine: RedisServer,
+    redis_url: str,
+    signaling_processes: StartProcess,
+    session: aiohttp.ClientSession,
+) -> None:
+    a, b = await two(signaling_processes, redis_url)
+    owner, mallory = Identity.generate(), Identity.generate()
+    gpu = await registered(session, a, "gpu-1", "worker", owner)
+    alice = await registered(session, b, "alice")
+
+    redis_engine.flushall()  # Redis loses its data while the worker is live
+    # the attacker asks for the worker's id before process A restored it: refused
+    ws, reply = await register(session, b, "gpu-1", "worker", mallory)
+    assert (reply["type"], reply["code"]) == ("error", "SERVER_ERROR"), reply
+    await ws.close()
+    await wait_listed(alice, ["alice", "gpu-1"], timeout=15)
+    await asyncio.sleep(float(TTL))  # the restoring window (one presence TTL) is over
+    for server in (a, b):  # the worker's binding came back before anyone could claim it
+        ws, reply = await register(session, server, "gpu-1", "worker", mallory)
+        assert reply["code"] == "PEER_ID_BOUND", reply
+        await ws.close()
+    await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "after"})
+    relayed = await gpu.receive_json(timeout=TIMEOUT)
+    assert (relayed["sdp"], relayed["from"]) == ("after", "alice")
+    late = await registered(session, b, "bob")  # new ids register again
+    assert await listed(late) == ["alice", "bob", "gpu-1"]
+
+
+async def test_the_redis_password_appears_in_no_log_health_body_or_error_frame(
+    signaling_processes: StartProcess, session: aiohttp.ClientSession
+) -> None:
+    password = secrets.token_hex(16)
+    redis = RedisServer(require_redis_server(), password=password)
+    try:
+        redis.start()
+        assert (redis.dir / "redis.conf").stat().st_mode & 0o777 == 0o600
+        assert password not in Path(f"/proc/{redis.proc.pid}/cmdline").read_text()  # type: ignore[union-attr]
+        a = await signaling_processes("a", redis.url, "--redis-presence-ttl-s", TTL, env=ENV)
+        gpu = await registered(session, a, "gpu-1", "worker")
+        alice = await registered(session, a, "alice")
+        await alice.send_json({"type": "offer", "to": "gpu-1", "sdp": "x"})
+        assert (await gpu.receive_json(timeout=TIMEOUT))["from"] == "alice"
+        bodies = [json.dumps(await a.health(session))]
+
+        redis.stop()  # Redis goes away: errors everywhere, never the password
+        frames = []
+        for frame in ({"type": "list_peers"}, {"type": "offer", "to": "gpu-1", "sdp": "y"}):
+            await alice.send_json(frame)
+            frames.append(await alice.receive_json(timeout=TIMEOUT))
+        assert [f["code"] for f in frames] == ["SERVER_ERROR", "SERVER_ERROR"], frames
+        ws, reply = await register(session, a, "bob")
+        frames.append(reply)
+        await ws.close()
+        assert reply["code"] == "SERVER_ERROR", reply
+        for path in ("/health", "/ready"):
+            async with session.get(f"http://127.0.0.1:{a.port}{path}") as response:
+                bodies.append(await response.text())
+        await asyncio.sleep(1.0)  # a heartbeat fails and is logged
+    finally:
+        redis.close()
+    assert "redis" in bodies[-1].lower()  # /ready names what failed
+    text = a.log_text()
+    assert "Redis unavailable" in text and "***@127.0.0.1" in text
+    for seen in (text, *bodies, *map(json.dumps, frames)):
+        assert password not in seen
+
+
+def test_the_redis_fixture_skips_with_a_reason_without_the_binary_or_fails_in_ci(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv(REQUIRE_E2E_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        require_redis_server()
+    monkeypatch.setenv(REQUIRE_E2E_ENV, "1")  # as .ci/run: a missing engine is a failure
+    with pytest.raises(pytest.fail.Exception, match="redis-server is not installed"):
         require_redis_server()

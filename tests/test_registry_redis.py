@@ -287,6 +287,37 @@ async def test_when_redis_loses_its_data_live_peers_are_registered_and_bound_aga
     assert not (worker.closed or app.closed or kiosk.closed)
 
 
+async def test_a_squatter_after_redis_lost_its_data_is_refused_until_the_peers_are_restored(
+    make: MakeRegistry, server: fakeredis.FakeServer
+) -> None:
+    a, b = await started(make), await started(make)
+    worker = Conn()
+    bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    await bindings.claim("gpu-1", FP_A, "worker")
+    await a.add("gpu-1", "worker", {}, worker, FP_A)
+    await a.redis.flushall()  # Redis restarted empty
+    # The squatter, before any heartbeat: its claim and its registration are refused.
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", FP_B, "worker")
+    with pytest.raises(RegistryUnavailable):
+        await b.add("gpu-1", "worker", {}, Conn(), FP_B)
+    await b.beat()  # a process with no peers sets the epoch and the restoring window
+    with pytest.raises(RegistryUnavailable):
+        await bindings.claim("gpu-1", FP_B, "worker")
+    with pytest.raises(RegistryUnavailable):
+        await b.add("kiosk", "client", {}, Conn(), None)
+    await a.beat()  # the live process restores its peer and its binding
+    assert [(p.peer_id, p.fingerprint) for p in await b.infos()] == [("gpu-1", FP_A)]
+    assert (await bindings.get("gpu-1")).fingerprint == FP_A  # type: ignore[union-attr]
+    assert not worker.closed and "gpu-1" in a.local
+    # After the window (one presence TTL) new sockets register again; the id stays taken.
+    await a.redis.delete(a.keys.restoring)
+    assert (await bindings.claim("gpu-1", FP_B, "worker")).fingerprint == FP_A
+    with pytest.raises(SignalingError):
+        await b.add("gpu-1", "worker", {}, Conn(), FP_B)
+    await b.add("kiosk", "client", {}, Conn(), None)
+
+
 async def test_an_id_bound_to_another_key_while_redis_was_away_closes_the_socket(
     make: MakeRegistry, server: fakeredis.FakeServer
 ) -> None:
@@ -294,6 +325,7 @@ async def test_an_id_bound_to_another_key_while_redis_was_away_closes_the_socket
     worker = Conn()
     await a.add("gpu-1", "worker", {}, worker, FP_A)
     await a.redis.flushall()
+    await a.redis.set(a.keys.epoch, "another")  # restored meanwhile by another process
     bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
     await bindings.claim("gpu-1", FP_B, "worker")  # claimed before this process refreshed
     await a.beat()
@@ -377,3 +409,16 @@ async def test_a_heartbeat_never_revives_or_closes_a_registration_that_changed_m
     await a._beat_batch(["gone", "again"], before)
     assert [p.peer_id for p in await a.infos()] == ["again"]
     assert not second.closed and "again" in a.local
+
+
+async def test_restored_bindings_keep_the_cap_per_key(
+    make: MakeRegistry, server: fakeredis.FakeServer
+) -> None:
+    a = await started(make, max_bindings_per_key=1)
+    bindings = RedisBindings(fakeredis.FakeAsyncRedis(server=server, decode_responses=True))
+    for peer_id in ("gpu-1", "gpu-2", "gpu-3"):  # live peers of one key
+        await a.add(peer_id, "worker", {}, Conn(), FP_A)
+    await a.redis.flushall()
+    await a.beat()
+    assert await a.redis.zcard(a.keys.bound(FP_A)) == 1
+    assert len(await bindings.entries()) == 1
