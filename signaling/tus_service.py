@@ -109,9 +109,9 @@ class TusService:
         """
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
-        record = await self.manager.record(upload_id, caller)
+        record = await self.manager.record(upload_id, caller)  # cancels an expired one
         if record.status == "cancelled":
-            raise ApiError(ApiErrorCode.GONE, f"upload {upload_id!r} was terminated")
+            raise ApiError(ApiErrorCode.GONE, f"upload {upload_id!r} was terminated or expired")
         expires = self.expires(record)
         if expires is not None and self.now() >= expires.timestamp():
             await self.drop_lingering(upload_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -94,15 +95,36 @@ class UploadManager(OffsetWrites):
         record = await self.store.db.get_upload(upload_id)
         if record is None or not _may_use(caller, record):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
+        if self.expired(record):
+            record = await self._expire(record)
         return record
+
+    def expired(self, record: UploadRecord) -> bool:
+        """Whether ``record`` is unfinished and unchanged for ``upload_ttl_s``: it no
+        longer counts against the quota, so no request may use it again."""
+        return record.status in _UNFINISHED and record.updated_at < self._cutoff()
+
+    async def _expire(self, record: UploadRecord) -> UploadRecord:
+        """Cancel the expired ``record`` (its partial removed); the record after."""
+        upload_id = record.upload_id
+        when = _stamp(datetime.now(UTC))
+        before = await self.store.freeing(
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED)
+        )
+        if before in _UNFINISHED:
+            await self._release(upload_id, discard=True)
+            logger.info("upload {} expired", upload_id)
+        return await self.store.db.get_upload(upload_id) or dataclasses.replace(
+            record, status="cancelled", updated_at=when
+        )
 
     def _cutoff(self) -> str:
         """Unfinished uploads changed before this time have expired."""
         return _stamp(datetime.now(UTC) - timedelta(seconds=self.ttl_s))
 
-    @staticmethod
-    def require_open(record: UploadRecord) -> None:
-        """Raise ApiError UPLOAD_COMPLETED / UPLOAD_NOT_FOUND unless it is unfinished."""
+    def require_open(self, record: UploadRecord) -> None:
+        """Raise ApiError UPLOAD_COMPLETED / UPLOAD_NOT_FOUND unless it is unfinished and
+        not expired (:meth:`record` cancels an expired upload as it reads it)."""
         if record.status == "completed":
             raise ApiError(
                 ApiErrorCode.UPLOAD_COMPLETED, f"upload {record.upload_id!r} is already completed"
@@ -111,6 +133,8 @@ class UploadManager(OffsetWrites):
             raise ApiError(
                 ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} was cancelled"
             )
+        if self.expired(record):
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} expired")
 
     async def present_chunks(self, record: UploadRecord) -> set[int]:
         """Indexes of the chunks held, from the partial's durable record."""

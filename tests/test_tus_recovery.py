@@ -1,0 +1,90 @@
+"""tus uploads against a real server (both engine sets): an expired upload stays gone
+on every route, and a completion that failed once is finished by the next PATCH."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rtc_worker.storage import format_timestamp
+from signaling.tus import TUS_KEY
+from tests.conftest import StartService
+from tests.storage_service import KEY
+from tests.test_tus import CHUNK, Tus, content
+from tests.test_tus import service as service  # the fixture
+
+
+async def backdate(service: Tus, upload_id: str) -> None:
+    """Move the upload's last change past its time to live (as a day's wait would)."""
+    ttl_s = service.runner.app[TUS_KEY].manager.ttl_s
+    old = format_timestamp(datetime.now(UTC) - timedelta(seconds=ttl_s + 60))
+    await service.db.set_upload_times(upload_id, old, old)
+
+
+async def open_uploads(service: Tus) -> list[Any]:
+    return [u for u in await service.db.all_uploads() if u.status in ("initiated", "in_progress")]
+
+
+async def test_an_expired_tus_upload_cannot_be_revived_past_the_quota(
+    start_storage_service: StartService,
+) -> None:
+    """The attacker lets a tus upload expire (it stops counting against the quota),
+    opens another one, then tries to bring the expired one back through the chunk
+    routes to hold two open uploads under a quota of one."""
+    service: Tus = await start_storage_service(
+        Tus, upload_quota_count=1, upload_chunk_size=CHUNK, disk_reserve_bytes=0
+    )
+    url = await service.create(100)
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await service.patch(url, 0, b"a" * 10)).status == 204
+    await backdate(service, upload_id)
+    second = await service.create(100)  # the expired one no longer counts
+    headers = {"X-Upload-Id": upload_id, "X-Chunk-Index": "0"}
+    revived = await service.request(
+        "PUT", "/api/upload/chunk", key=KEY, headers=headers, data=b"a" * 100
+    )
+    assert (revived.status, revived.code) == (404, "UPLOAD_NOT_FOUND")
+    assert (await service.tus("HEAD", url)).status == 410
+    assert (await service.patch(url, 10, b"a" * 90)).status == 410
+    done = await service.request(
+        "POST", "/api/upload/complete", key=KEY, body={"upload_id": upload_id}
+    )
+    assert (done.status, done.code) == (404, "UPLOAD_NOT_FOUND")
+    assert [u.upload_id for u in await open_uploads(service)] == [second.rsplit("/", 1)[1]]
+    third = await service.tus("POST", "/files/", **{"Upload-Length": "1"})
+    assert (third.status, third.code) == (413, "QUOTA_EXCEEDED")
+    assert service.partial_bytes(upload_id) is None
+    assert (await service.status(upload_id))["status"] == "cancelled"
+
+
+async def test_an_expired_chunk_route_upload_cannot_be_revived(
+    start_storage_service: StartService,
+) -> None:
+    """The same through the chunk routes only: init, a chunk, expiry, then a chunk and
+    a complete on the expired upload are refused and nothing is published."""
+    service: Tus = await start_storage_service(
+        Tus, upload_quota_count=1, upload_chunk_size=CHUNK, disk_reserve_bytes=0
+    )
+    data = content(2 * CHUNK)
+    body = {"file_name": "x.bin", "total_size": len(data), "user_id": "u1", "user_role": "lab"}
+    got = await service.request("POST", "/api/upload/init", key=KEY, body=body)
+    upload_id = got.body["upload_id"]
+    headers = {"X-Upload-Id": upload_id, "X-Chunk-Index": "0"}
+    sent = await service.request(
+        "PUT", "/api/upload/chunk", key=KEY, headers=headers, data=data[:CHUNK]
+    )
+    assert sent.status == 200
+    await backdate(service, upload_id)
+    assert (await service.request("POST", "/api/upload/init", key=KEY, body=body)).status == 201
+    headers["X-Chunk-Index"] = "1"
+    late = await service.request(
+        "PUT", "/api/upload/chunk", key=KEY, headers=headers, data=data[CHUNK:]
+    )
+    assert (late.status, late.code) == (404, "UPLOAD_NOT_FOUND")
+    done = await service.request(
+        "POST", "/api/upload/complete", key=KEY, body={"upload_id": upload_id}
+    )
+    assert (done.status, done.code) == (404, "UPLOAD_NOT_FOUND")
+    assert len(await open_uploads(service)) == 1
+    assert service.blob_names() == []
