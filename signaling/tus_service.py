@@ -160,6 +160,8 @@ class TusService:
         """Append the body of ``request`` at ``offset_header``, which must be the
         upload's offset; complete the upload when its last byte arrived. Returns the new
         offset and the record after the write (its ``updated_at`` gives the expiry).
+        An unfinished upload holding all its bytes (its completion failed) is completed
+        by any PATCH at its end, even an empty one.
 
         Raises:
             TusError: 409 OFFSET_MISMATCH, 460 CHECKSUM_MISMATCH, 408 REQUEST_TIMEOUT.
@@ -177,7 +179,11 @@ class TusService:
                 ApiErrorCode.FILE_TOO_LARGE,
                 f"the bytes run past the upload's length of {record.total_size} bytes",
             )
-        if record.status == "completed" or not request.body_exists:
+        if record.status == "completed":
+            return held, record
+        if not request.body_exists:
+            if held == record.total_size:  # every byte held, a completion failed before
+                await self.finish(record, caller)
             return held, record
         await self.manager.keep_open(record)  # the hash made on the way serves finish
         try:

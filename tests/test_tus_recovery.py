@@ -88,3 +88,37 @@ async def test_an_expired_chunk_route_upload_cannot_be_revived(
     assert (done.status, done.code) == (404, "UPLOAD_NOT_FOUND")
     assert len(await open_uploads(service)) == 1
     assert service.blob_names() == []
+
+
+async def test_a_completion_that_failed_once_is_finished_by_an_empty_patch(
+    service: Tus,
+) -> None:
+    """The store fails once as the last bytes arrive (a transient I/O error): the bytes
+    stay held, HEAD reports the end offset, and the next PATCH at the end, even
+    without a body, completes the upload with the right sha256."""
+    manager = service.runner.app[TUS_KEY].manager
+    real = manager.complete
+    calls: list[int] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "transient I/O error")
+        return await real(*args, **kwargs)
+
+    manager.complete = flaky  # type: ignore[method-assign]
+    data = content(3 * CHUNK + 7, seed=9)
+    url = await service.create(len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    assert (await service.patch(url, 0, data)).status == 500
+    head = await service.tus("HEAD", url)
+    assert head.status == 200 and head.headers["Upload-Offset"] == str(len(data))
+    assert (await service.status(upload_id))["status"] == "in_progress"  # HEAD changed nothing
+    assert (await service.patch(url, 0, data)).status == 409
+    finished = await service.patch(url, len(data), b"")
+    assert finished.status == 204 and finished.headers["Upload-Offset"] == str(len(data))
+    status = await service.status(upload_id)
+    assert status["status"] == "completed"
+    assert status["sha256"] == hashlib.sha256(data).hexdigest()
+    assert service.blob_bytes(status["sha256"]) == data
+    assert len(calls) == 2
