@@ -29,7 +29,11 @@ and partial file. ``Upload-Metadata`` maps onto its fields
 (:func:`~signaling.tus_fields.init_body`). When the last byte arrives the upload is
 completed as ``POST /api/upload/complete`` does it: the same record and blob. With a
 ``job_id`` (and ``owner``) in the metadata it is also stored as that owner's result of
-the job, the record ``POST /upload`` makes, downloadable with ``GET /download/{job_id}``.
+the job, the record ``POST /upload`` makes, downloadable with
+``GET /download/{job_id}``: the request that completes it answers
+``Upload-Download-Url`` (``/download/{job_id}``), ``Upload-Download-Token`` (the
+download token ``POST /upload`` gives, for ``X-Download-Token``) and
+``Upload-Download-Expires`` (the token's expiry, ISO 8601 UTC).
 
 Bounds: a PATCH body may not run past ``Upload-Length`` (413); a body that sends
 nothing for ``read_timeout_s`` or is not done within ``patch_deadline_s`` ends with 408
@@ -59,6 +63,7 @@ from loguru import logger
 from signaling.api_common import ApiError, ApiErrorCode, error_response
 from signaling.db import UploadRecord
 from signaling.results_api import STORE_KEY
+from signaling.results_store import Stored
 from signaling.sqlite_file import is_disk_full
 from signaling.tus_fields import (
     CHECKSUMS,
@@ -168,6 +173,19 @@ async def _options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+def _download_headers(stored: Stored | None) -> dict[str, str]:
+    """For the request that completed a result upload: where and with which token its
+    owner downloads it (as ``POST /upload`` answers in JSON), not to be cached."""
+    if stored is None:
+        return {}
+    return {
+        "Upload-Download-Url": str(stored.as_dict()["download_url"]),
+        "Upload-Download-Token": stored.token,
+        "Upload-Download-Expires": stored.expires_at,
+        "Cache-Control": "no-store",
+    }
+
+
 def _state_headers(tus: TusService, record: UploadRecord, offset: int) -> dict[str, str]:
     """``Upload-Offset`` and, while unfinished, ``Upload-Expires`` (from the record's last
     change)."""
@@ -201,10 +219,11 @@ async def _create(request: web.Request) -> web.Response:
     headers = {"Location": f"/files/{record.upload_id}"}
     with tus.hold(record.upload_id):
         if with_bytes:
-            offset, record = await tus.write(request, record, caller, "0")
+            offset, record, stored = await tus.write(request, record, caller, "0")
             headers.update(_state_headers(tus, record, offset))
+            headers.update(_download_headers(stored))
         elif length == 0:
-            await tus.finish(record, caller)
+            headers.update(_download_headers(await tus.finish(record, caller)))
         else:
             headers.update(_state_headers(tus, record, 0))
             del headers["Upload-Offset"]
@@ -248,10 +267,12 @@ async def _patch(request: web.Request) -> web.Response:
     with tus.hold(upload_id):
         if not tus.still_quiet(mark):  # another PATCH or DELETE may have changed it
             record = await tus.live(upload_id, caller)
-        offset, record = await tus.write(
+        offset, record, stored = await tus.write(
             request, record, caller, request.headers.get("Upload-Offset")
         )
-    return web.Response(status=204, headers=_state_headers(tus, record, offset))
+    headers = _state_headers(tus, record, offset)
+    headers.update(_download_headers(stored))
+    return web.Response(status=204, headers=headers)
 
 
 async def _delete(request: web.Request) -> web.Response:

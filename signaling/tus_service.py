@@ -22,6 +22,7 @@ from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
 from signaling.db import UploadRecord
 from signaling.results_api import CHUNK_BYTES
+from signaling.results_store import Stored
 from signaling.tus_fields import Checksum, TusError, counter, parse_checksum, result_of
 from signaling.upload_manager import UploadManager
 
@@ -156,10 +157,12 @@ class TusService:
 
     async def write(
         self, request: web.Request, record: UploadRecord, caller: Caller, offset_header: str | None
-    ) -> tuple[int, UploadRecord]:
+    ) -> tuple[int, UploadRecord, Stored | None]:
         """Append the body of ``request`` at ``offset_header``, which must be the
         upload's offset; complete the upload when its last byte arrived. Returns the new
-        offset and the record after the write (its ``updated_at`` gives the expiry).
+        offset, the record after the write (its ``updated_at`` gives the expiry) and,
+        when this request completed a result upload, its :class:`Stored` (the download
+        token), else ``None``.
         An unfinished upload holding all its bytes (its completion failed) is completed
         by any PATCH at its end, even an empty one.
 
@@ -180,12 +183,14 @@ class TusService:
                 f"the bytes run past the upload's length of {record.total_size} bytes",
             )
         if record.status == "completed":
-            return held, record
+            return held, record, None
         if not request.body_exists:
+            stored = None
             if held == record.total_size:  # every byte held, a completion failed before
-                await self.finish(record, caller)
-            return held, record
+                stored = await self.finish(record, caller)
+            return held, record, stored
         await self.manager.keep_open(record)  # the hash made on the way serves finish
+        stored = None
         try:
             written, record = await self.manager.put_bytes(
                 record.upload_id,
@@ -197,12 +202,12 @@ class TusService:
             )
             held = offset + written
             if held == record.total_size:
-                await self.finish(record, caller)
+                stored = await self.finish(record, caller)
             else:
                 await self._linger(record)
         finally:
             await self.manager.let_go(record.upload_id)
-        return held, record
+        return held, record, stored
 
     async def _linger(self, record: UploadRecord) -> None:
         """Keep the partial of an unfinished upload open ``linger_s`` seconds after a
@@ -237,12 +242,15 @@ class TusService:
         await self.drop_lingering()
         await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def finish(self, record: UploadRecord, caller: Caller) -> None:
-        """Complete the upload whose bytes are all held (as a result when it is one)."""
+    async def finish(self, record: UploadRecord, caller: Caller) -> Stored | None:
+        """Complete the upload whose bytes are all held (as a result when it is one:
+        then its :class:`Stored`, with the download token ``POST /upload`` gives)."""
         result = result_of(record)
         await self.drop_lingering(record.upload_id)
+        stored = None
         if result is None:
             done = await self.manager.complete(record.upload_id, caller)
         else:
-            done, _ = await self.manager.complete_result(record.upload_id, caller, *result)
+            done, stored = await self.manager.complete_result(record.upload_id, caller, *result)
         logger.info("tus upload {} completed: {} bytes", done.upload_id, done.total_size)
+        return stored

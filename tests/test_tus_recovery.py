@@ -1,5 +1,6 @@
 """tus uploads against a real server (both engine sets): an expired upload stays gone
-on every route, and a completion that failed once is finished by the next PATCH."""
+on every route, a completion that failed once is finished by the next PATCH, and the
+PATCH completing a result upload answers its download token."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rtc_worker.storage import format_timestamp
+from signaling.keys import Role
 from signaling.tus import TUS_KEY
 from tests.conftest import StartService
 from tests.storage_service import KEY
-from tests.test_tus import CHUNK, Tus, content
+from tests.test_tus import CHUNK, OFFSET_TYPE, OWNER, Tus, content, metadata
 from tests.test_tus import service as service  # the fixture
 
 
@@ -122,3 +124,46 @@ async def test_a_completion_that_failed_once_is_finished_by_an_empty_patch(
     assert status["sha256"] == hashlib.sha256(data).hexdigest()
     assert service.blob_bytes(status["sha256"]) == data
     assert len(calls) == 2
+
+
+async def test_the_patch_completing_a_result_upload_gives_its_download_token(
+    service: Tus,
+) -> None:
+    """A worker storing a result over tus gets what ``POST /upload`` answers: the
+    download URL and a token that fetches that one result without a key."""
+    worker = await service.make_key(Role.WORKER, "gpu-1")
+    data = content(2 * CHUNK + 5, seed=4)
+    meta = metadata(job_id="job-t", owner=OWNER, filename="r.zip")
+    url = await service.create(len(data), key=worker, **{"Upload-Metadata": meta})
+    first = await service.patch(url, 0, data[:CHUNK], key=worker)
+    assert first.status == 204 and "Upload-Download-Token" not in first.headers
+    last = await service.patch(url, CHUNK, data[CHUNK:], key=worker)
+    assert last.status == 204
+    assert last.headers["Upload-Download-Url"] == "/download/job-t"
+    assert last.headers["Cache-Control"] == "no-store"
+    assert last.headers["Upload-Download-Expires"] > format_timestamp(datetime.now(UTC))
+    token = last.headers["Upload-Download-Token"]
+    got = await service.request("GET", "/download/job-t?keep=true", token=token)
+    assert got.status == 200 and got.body == data
+    other = await service.store_result(worker, OWNER, "job-u", b"other")
+    assert other.status == 201
+    refused = await service.request("GET", "/download/job-u?keep=true", token=token)
+    assert (refused.status, refused.code) == (403, "FORBIDDEN")
+    # creation-with-upload completing in one request answers the same
+    whole = await service.tus(
+        "POST",
+        "/files/",
+        worker,
+        **{"Upload-Length": "3", "Upload-Metadata": metadata(job_id="job-v", owner=OWNER)},
+        **OFFSET_TYPE,
+        data=b"abc",
+    )
+    assert whole.status == 201 and whole.headers["Upload-Download-Url"] == "/download/job-v"
+    got = await service.request(
+        "GET", "/download/job-v", token=whole.headers["Upload-Download-Token"]
+    )
+    assert got.status == 200 and got.body == b"abc"
+    # a plain upload (no job) is no result: no token
+    plain = await service.create(3)
+    done = await service.patch(plain, 0, b"xyz")
+    assert done.status == 204 and "Upload-Download-Token" not in done.headers
