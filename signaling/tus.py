@@ -38,9 +38,9 @@ download token ``POST /upload`` gives, for ``X-Download-Token``) and
 Bounds: a PATCH body may not run past ``Upload-Length`` (413); a body that sends
 nothing for ``read_timeout_s`` or is not done within ``patch_deadline_s`` ends with 408
 (what arrived is kept unless a checksum was given); one PATCH or DELETE per upload at a
-time (423 UPLOAD_LOCKED, per process). A chunk whose checksum does not match answers
-460 and is not kept; the offset is unchanged. An unfinished upload expires
-``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
+time (423 UPLOAD_LOCKED; across instances on PostgreSQL, by an advisory lock). A chunk
+whose checksum does not match answers 460 and is not kept; the offset is unchanged. An
+unfinished upload expires ``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
 :data:`~signaling.upload_offsets.TOUCH_EVERY_S` of the last change is not a new one, so
 no PATCH in a quick series writes the database; the header always gives the expiry
 kept): it then answers 410 and its partial is removed. Errors are JSON
@@ -217,7 +217,7 @@ async def _create(request: web.Request) -> web.Response:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"the first bytes need {OFFSET_TYPE}")
     record = await tus.manager.init(body, caller, result=result)
     headers = {"Location": f"/files/{record.upload_id}"}
-    with tus.hold(record.upload_id):
+    async with tus.hold(record.upload_id):
         if with_bytes:
             offset, record, stored = await tus.write(request, record, caller, "0")
             headers.update(_state_headers(tus, record, offset))
@@ -264,7 +264,7 @@ async def _patch(request: web.Request) -> web.Response:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"a PATCH body must be {OFFSET_TYPE}")
     mark = tus.quiet_mark(upload_id)
     record = await tus.live(upload_id, caller)  # another principal never holds the lock
-    with tus.hold(upload_id):
+    async with tus.hold(upload_id):
         if not tus.still_quiet(mark):  # another PATCH or DELETE may have changed it
             record = await tus.live(upload_id, caller)
         offset, record, stored = await tus.write(
@@ -281,7 +281,7 @@ async def _delete(request: web.Request) -> web.Response:
     caller = await tus.caller(request)
     upload_id = request.match_info["upload_id"]
     await tus.live(upload_id, caller)
-    with tus.hold(upload_id):
+    async with tus.hold(upload_id):
         await tus.live(upload_id, caller)
         await tus.drop_lingering(upload_id)
         await tus.manager.cancel(upload_id, caller)

@@ -3,7 +3,8 @@ the per-upload lock, expiry, the PATCH body with its deadlines and checksum, par
 kept open between PATCHes, and completion (see :mod:`signaling.tus` for the routes).
 
 Source: the tus protocol 1.0.0, sections "Core Protocol", "Checksum", "Expiration";
-tusd ``pkg/handler/unrouted_handler.go`` (423 while an upload is locked).
+tusd ``pkg/handler/unrouted_handler.go`` (423 while an upload is locked); PostgreSQL
+advisory locks (https://www.postgresql.org/docs/current/explicit-locking.html).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -70,14 +71,21 @@ class TusService:
         auth = self.manager.store.auth
         return await auth.require(request, Role.ADMIN, Role.WORKER, Role.CLIENT)
 
-    @contextlib.contextmanager
-    def hold(self, upload_id: str) -> Iterator[None]:
-        """One changing request per upload: TusError 423 UPLOAD_LOCKED while another runs."""
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[None]:
+        """One changing request per upload, in this process and (on PostgreSQL) in every
+        instance sharing the database (:meth:`UploadManager.upload_lock`): TusError 423
+        UPLOAD_LOCKED while another runs."""
         if upload_id in self._busy:
             raise TusError(423, "UPLOAD_LOCKED", f"upload {upload_id!r} is busy; try again")
         self._busy.add(upload_id)
         try:
-            yield
+            async with self.manager.upload_lock(upload_id) as held:
+                if not held:
+                    raise TusError(
+                        423, "UPLOAD_LOCKED", f"upload {upload_id!r} is busy elsewhere; try again"
+                    )
+                yield
         finally:
             self._busy.discard(upload_id)
             self._releases += 1

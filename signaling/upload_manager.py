@@ -118,6 +118,12 @@ class UploadManager(OffsetWrites):
             record, status="cancelled", updated_at=when
         )
 
+    def upload_lock(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Try to hold ``upload_id`` against every instance sharing the database for the
+        block (``async with ... as held``; ``held`` is ``False`` when another holds it):
+        :meth:`~signaling.db_engine.Database.upload_lock`."""
+        return self.store.db.upload_lock(upload_id)
+
     def _cutoff(self) -> str:
         """Unfinished uploads changed before this time have expired."""
         return _stamp(datetime.now(UTC) - timedelta(seconds=self.ttl_s))
