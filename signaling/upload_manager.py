@@ -24,17 +24,16 @@ from signaling.blobs_local import FolderBlobs
 from signaling.config import SignalingSettings
 from signaling.db import QuotaRefusal, UploadRecord
 from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS, is_unique_violation
+from signaling.db_schema import UNFINISHED
 from signaling.legacy_chunks import migrate_chunk_folders
 from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
-from signaling.upload_fields import category_of, ident_field, init_record, text_field
+from signaling.upload_fields import GENERIC_TYPES, category_of, ident_field, init_record, text_field
 from signaling.upload_offsets import OffsetWrites
 
 __all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_UNFINISHED = ("initiated", "in_progress")
-_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 
 
 def _stamp(moment: datetime) -> str:
@@ -102,16 +101,16 @@ class UploadManager(OffsetWrites):
     def expired(self, record: UploadRecord) -> bool:
         """Whether ``record`` is unfinished and unchanged for ``upload_ttl_s``: it no
         longer counts against the quota, so no request may use it again."""
-        return record.status in _UNFINISHED and record.updated_at < self._cutoff()
+        return record.status in UNFINISHED and record.updated_at < self._cutoff()
 
     async def _expire(self, record: UploadRecord) -> UploadRecord:
         """Cancel the expired ``record`` (its partial removed); the record after."""
         upload_id = record.upload_id
         when = _stamp(datetime.now(UTC))
         before = await self.store.freeing(
-            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED)
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, UNFINISHED)
         )
-        if before in _UNFINISHED:
+        if before in UNFINISHED:
             await self._release(upload_id, discard=True)
             logger.info("upload {} expired", upload_id)
         return await self.store.db.get_upload(upload_id) or dataclasses.replace(
@@ -184,7 +183,7 @@ class UploadManager(OffsetWrites):
 
     def _expires_at(self, record: UploadRecord) -> str | None:
         """When an unfinished upload expires unless changed again (ISO 8601 UTC)."""
-        if record.status not in _UNFINISHED:
+        if record.status not in UNFINISHED:
             return None
         changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         return _stamp(changed + timedelta(seconds=self.ttl_s))
@@ -304,8 +303,8 @@ class UploadManager(OffsetWrites):
         finally:
             await self._release(upload_id)
         when = _stamp(datetime.now(UTC))
-        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
-        if before is None or before not in _UNFINISHED:
+        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, UNFINISHED)
+        if before is None or before not in UNFINISHED:
             # Completed or cancelled while the chunk streamed: the chunk is not wanted.
             self.require_open(await self.record(upload_id))
 
@@ -339,7 +338,7 @@ class UploadManager(OffsetWrites):
         try:
             meta = await partial.verify(sha256)  # the long part, unlocked
             mime = meta.mime_type
-            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+            if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
                 mime = record.content_type
             async with self.store.lock:
                 done = await self._commit(record, partial, meta, mime)
@@ -413,7 +412,7 @@ class UploadManager(OffsetWrites):
         record = await self.record(upload_id, caller)
         when = _stamp(datetime.now(UTC))
         before = await self.store.freeing(
-            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED)
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, UNFINISHED)
         )
         if before == "completed":
             raise ApiError(
