@@ -167,3 +167,32 @@ async def test_the_patch_completing_a_result_upload_gives_its_download_token(
     plain = await service.create(3)
     done = await service.patch(plain, 0, b"xyz")
     assert done.status == 204 and "Upload-Download-Token" not in done.headers
+
+
+async def test_a_result_upload_whose_storing_failed_once_is_finished_by_an_empty_patch(
+    service: Tus,
+) -> None:
+    """The database fails once as a result upload is stored: the next PATCH at the end
+    stores it and answers the download token."""
+    store = service.runner.app[TUS_KEY].manager.store
+    real = store.commit
+    calls: list[int] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "transient I/O error")
+        return await real(*args, **kwargs)
+
+    store.commit = flaky  # type: ignore[method-assign]
+    worker = await service.make_key(Role.WORKER, "gpu-1")
+    data = content(CHUNK + 3, seed=6)
+    meta = metadata(job_id="job-f", owner=OWNER)
+    url = await service.create(len(data), key=worker, **{"Upload-Metadata": meta})
+    assert (await service.patch(url, 0, data, key=worker)).status == 500
+    assert await service.offset(url, worker) == len(data)
+    finished = await service.patch(url, len(data), b"", key=worker)
+    assert finished.status == 204 and len(calls) == 2
+    token = finished.headers["Upload-Download-Token"]
+    got = await service.request("GET", "/download/job-f?keep=true", token=token)
+    assert got.status == 200 and got.body == data
