@@ -54,6 +54,7 @@ async def test_two_instances_let_one_request_at_a_time_change_a_tus_upload(
     if storage_engines[0] != "postgresql":
         pytest.skip("instances share an upload's lock through PostgreSQL; SQLite serves one")
     first, second = await asyncio.gather(start_storage_service(Tus), start_storage_service(Tus))
+    assert isinstance(first, Tus) and isinstance(second, Tus)
     url = await first.create(1000)
     upload_id = url.rsplit("/", 1)[1]
     release = asyncio.Event()

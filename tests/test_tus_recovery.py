@@ -13,7 +13,7 @@ from signaling.keys import Role
 from signaling.tus import TUS_KEY
 from tests.conftest import StartService
 from tests.storage_service import KEY
-from tests.test_tus import CHUNK, OFFSET_TYPE, OWNER, Tus, content, metadata
+from tests.test_tus import CHUNK, OFFSET_TYPE, OWNER, TUS, Tus, content, metadata
 from tests.test_tus import service as service  # the fixture
 
 
@@ -34,9 +34,10 @@ async def test_an_expired_tus_upload_cannot_be_revived_past_the_quota(
     """The attacker lets a tus upload expire (it stops counting against the quota),
     opens another one, then tries to bring the expired one back through the chunk
     routes to hold two open uploads under a quota of one."""
-    service: Tus = await start_storage_service(
+    service = await start_storage_service(
         Tus, upload_quota_count=1, upload_chunk_size=CHUNK, disk_reserve_bytes=0
     )
+    assert isinstance(service, Tus)
     url = await service.create(100)
     upload_id = url.rsplit("/", 1)[1]
     assert (await service.patch(url, 0, b"a" * 10)).status == 204
@@ -65,9 +66,10 @@ async def test_an_expired_chunk_route_upload_cannot_be_revived(
 ) -> None:
     """The same through the chunk routes only: init, a chunk, expiry, then a chunk and
     a complete on the expired upload are refused and nothing is published."""
-    service: Tus = await start_storage_service(
+    service = await start_storage_service(
         Tus, upload_quota_count=1, upload_chunk_size=CHUNK, disk_reserve_bytes=0
     )
+    assert isinstance(service, Tus)
     data = content(2 * CHUNK)
     body = {"file_name": "x.bin", "total_size": len(data), "user_id": "u1", "user_role": "lab"}
     got = await service.request("POST", "/api/upload/init", key=KEY, body=body)
@@ -150,14 +152,13 @@ async def test_the_patch_completing_a_result_upload_gives_its_download_token(
     refused = await service.request("GET", "/download/job-u?keep=true", token=token)
     assert (refused.status, refused.code) == (403, "FORBIDDEN")
     # creation-with-upload completing in one request answers the same
-    whole = await service.tus(
-        "POST",
-        "/files/",
-        worker,
-        **{"Upload-Length": "3", "Upload-Metadata": metadata(job_id="job-v", owner=OWNER)},
+    headers = {
+        **TUS,
         **OFFSET_TYPE,
-        data=b"abc",
-    )
+        "Upload-Length": "3",
+        "Upload-Metadata": metadata(job_id="job-v", owner=OWNER),
+    }
+    whole = await service.request("POST", "/files/", key=worker, headers=headers, data=b"abc")
     assert whole.status == 201 and whole.headers["Upload-Download-Url"] == "/download/job-v"
     got = await service.request(
         "GET", "/download/job-v", token=whole.headers["Upload-Download-Token"]
