@@ -75,6 +75,13 @@ OWNER_LOCK_SPACE = 0x7274
 BLOB_LOCK = 0x7274_B10B
 """PostgreSQL advisory lock key of changes touching both blobs and records."""
 
+UPLOAD_LOCK_SPACE = 0x7275
+"""First key of the per-upload advisory locks (:meth:`Database.upload_lock`)."""
+
+UPLOAD_LOCK_CONNECTIONS = 64
+"""Most connections holding upload locks at once, per instance (a pool of their own,
+so requests holding one never starve the queries they make)."""
+
 DATABASE_ERRORS = (exc.SQLAlchemyError, sqlite3.Error)
 """What a database call may raise (SQLAlchemy wraps the driver's errors)."""
 
@@ -180,6 +187,7 @@ class Database:
         self.path: Path | None = None if self.is_postgresql else Path(str(self.url.database))
         self._engine: AsyncEngine | None = None
         self._writer: AsyncEngine | None = None
+        self._locker: AsyncEngine | None = None
         self._anchor: AsyncConnection | None = None
 
     def __repr__(self) -> str:
@@ -255,6 +263,46 @@ class Database:
                 await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": BLOB_LOCK})
                 await conn.commit()
 
+    @asynccontextmanager
+    async def upload_lock(self, upload_id: str) -> AsyncIterator[bool]:
+        """Try to hold the cross-instance lock of one upload for the block; yields
+        whether it is held (``False``: another instance holds it, nothing waits).
+        PostgreSQL: ``pg_try_advisory_lock(UPLOAD_LOCK_SPACE, crc32(upload_id))`` on a
+        connection of a pool of its own (:data:`UPLOAD_LOCK_CONNECTIONS`), unlocked
+        after (a connection that fails to unlock is dropped, which releases it);
+        SQLite: always held (one process owns the file).
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: PostgreSQL cannot be reached, or every lock
+                connection is in use for 10 s.
+        """
+        if not self.is_postgresql:
+            yield True
+            return
+        if self._locker is None:
+            self._locker = create_async_engine(
+                self.url,
+                pool_size=4,
+                max_overflow=UPLOAD_LOCK_CONNECTIONS - 4,
+                pool_timeout=10,
+                pool_pre_ping=True,
+            )
+        key = {"space": UPLOAD_LOCK_SPACE, "key": zlib.crc32(upload_id.encode()) - 2**31}
+        async with self._locker.connect() as conn:
+            taken = text("SELECT pg_try_advisory_lock(:space, :key)")
+            held = bool((await conn.execute(taken, key)).scalar())
+            await conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    try:
+                        await conn.execute(text("SELECT pg_advisory_unlock(:space, :key)"), key)
+                        await conn.commit()
+                    except BaseException:
+                        await conn.invalidate()  # the session ends: its locks go with it
+                        raise
+
     async def hold_open(self) -> None:
         """SQLite: create the folder, switch the file to WAL mode and keep one idle
         connection open for the server's lifetime. Idempotent; nothing on PostgreSQL."""
@@ -307,6 +355,9 @@ class Database:
         engine, self._engine, self._writer = self._engine, None, None
         if engine is not None:
             await engine.dispose()
+        locker, self._locker = self._locker, None
+        if locker is not None:
+            await locker.dispose()
 
 
 class StoreLock:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, Table, Text, text
 
-__all__ = ["api_keys", "files", "metadata", "uploads"]
+__all__ = ["UNFINISHED", "api_keys", "files", "metadata", "uploads"]
+
+UNFINISHED = ("initiated", "in_progress")
+"""The ``status`` values of an upload not yet completed nor cancelled."""
 
 metadata = MetaData()
 """The tables below."""

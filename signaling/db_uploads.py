@@ -19,14 +19,13 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 
 from signaling.db_engine import Database
-from signaling.db_schema import uploads
+from signaling.db_schema import UNFINISHED, uploads
 
 __all__ = ["LEGACY_OWNER", "QuotaRefusal", "UploadQueries", "UploadRecord"]
 
 LEGACY_OWNER = ":legacy"
 """Owner of rows written before records had owners (no key can act as it; admin only)."""
 
-_UNFINISHED = ("initiated", "in_progress")
 _STALE = ("initiated", "in_progress", "cancelled")
 
 _UPLOAD_FIELDS = (
@@ -158,15 +157,6 @@ class UploadRecord:
 class UploadQueries(Database):
     """The queries of ``uploads`` (coroutines; see :class:`~signaling.db.StorageDB`)."""
 
-    async def create_upload(self, record: UploadRecord) -> None:
-        """Insert a new upload.
-
-        Raises:
-            sqlalchemy.exc.IntegrityError: the ``upload_id`` exists already.
-        """
-        async with self.write() as conn:
-            await conn.execute(uploads.insert().values(**record.row()))
-
     async def create_upload_within(
         self, record: UploadRecord, cutoff: str, max_count: int, max_bytes: int
     ) -> QuotaRefusal | None:
@@ -187,7 +177,7 @@ class UploadQueries(Database):
         """
         query = select(func.count(), func.coalesce(func.sum(uploads.c.total_size), 0)).where(
             uploads.c.owner == record.owner,
-            uploads.c.status.in_(_UNFINISHED),
+            uploads.c.status.in_(UNFINISHED),
             uploads.c.updated_at >= cutoff,
         )
         async with self.write() as conn:
@@ -203,7 +193,7 @@ class UploadQueries(Database):
     async def open_upload_bytes(self, cutoff: str) -> int:
         """Announced bytes of every unfinished upload changed at or after ``cutoff``."""
         query = select(func.coalesce(func.sum(uploads.c.total_size), 0)).where(
-            uploads.c.status.in_(_UNFINISHED), uploads.c.updated_at >= cutoff
+            uploads.c.status.in_(UNFINISHED), uploads.c.updated_at >= cutoff
         )
         async with self.read() as conn:
             return int((await conn.execute(query)).scalar_one())
@@ -266,7 +256,7 @@ class UploadQueries(Database):
         """
         query = (
             update(uploads)
-            .where(uploads.c.upload_id == upload_id, uploads.c.status.in_(_UNFINISHED))
+            .where(uploads.c.upload_id == upload_id, uploads.c.status.in_(UNFINISHED))
             .values(
                 status="completed",
                 key=key,

@@ -18,11 +18,11 @@ from loguru import logger
 
 from rtc_worker.storage import BlobStore, SafeRoot, StorageError, layout
 from signaling.db import UploadRecord
+from signaling.db_schema import UNFINISHED
 
 __all__ = ["migrate_chunk_folders", "remove_chunk_folder", "remove_orphan_chunk_folders"]
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_UNFINISHED = ("initiated", "in_progress")
 _COPY_BYTES = 1 << 20
 
 
@@ -67,7 +67,7 @@ def migrate_chunk_folders(storage_root: Path, store: BlobStore, records: list[Up
     with legacy:
         for upload_id in _folders(legacy):
             record = by_id.get(upload_id)
-            if record is None or record.status not in _UNFINISHED:
+            if record is None or record.status not in UNFINISHED:
                 continue
             try:
                 chunks = _copy_chunks(legacy, store, record)

@@ -69,7 +69,7 @@ from protocol.signaling import Role
 from rtc_worker.storage import format_timestamp
 from signaling.bounds import LogLimiter
 from signaling.db_engine import DATABASE_ERRORS, Database
-from signaling.db_schema import files, uploads
+from signaling.db_schema import UNFINISHED, files, uploads
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -89,8 +89,6 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 
 ROLES: tuple[Role, ...] = typing.get_args(Role)
 """The roles ``rtc_connected_peers`` is reported for."""
-
-_UNFINISHED = ("initiated", "in_progress")
 
 
 class PeerCounter(typing.Protocol):
@@ -262,7 +260,7 @@ async def _read_storage(
     """Set the storage gauges from the database (``NaN`` when it does not answer)."""
     cutoff = format_timestamp(datetime.now(UTC) - timedelta(seconds=ttl_s))
     in_progress = select(func.count()).where(
-        uploads.c.status.in_(_UNFINISHED), uploads.c.updated_at >= cutoff
+        uploads.c.status.in_(UNFINISHED), uploads.c.updated_at >= cutoff
     )
     contents = union(  # one row per distinct (sha256, size): each content counted once
         select(files.c.sha256, files.c.file_size.label("size")).where(files.c.deleted == 0),

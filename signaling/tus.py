@@ -29,14 +29,18 @@ and partial file. ``Upload-Metadata`` maps onto its fields
 (:func:`~signaling.tus_fields.init_body`). When the last byte arrives the upload is
 completed as ``POST /api/upload/complete`` does it: the same record and blob. With a
 ``job_id`` (and ``owner``) in the metadata it is also stored as that owner's result of
-the job, the record ``POST /upload`` makes, downloadable with ``GET /download/{job_id}``.
+the job, the record ``POST /upload`` makes, downloadable with
+``GET /download/{job_id}``: the request that completes it answers
+``Upload-Download-Url`` (``/download/{job_id}``), ``Upload-Download-Token`` (the
+download token ``POST /upload`` gives, for ``X-Download-Token``) and
+``Upload-Download-Expires`` (the token's expiry, ISO 8601 UTC).
 
 Bounds: a PATCH body may not run past ``Upload-Length`` (413); a body that sends
 nothing for ``read_timeout_s`` or is not done within ``patch_deadline_s`` ends with 408
 (what arrived is kept unless a checksum was given); one PATCH or DELETE per upload at a
-time (423 UPLOAD_LOCKED, per process). A chunk whose checksum does not match answers
-460 and is not kept; the offset is unchanged. An unfinished upload expires
-``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
+time (423 UPLOAD_LOCKED; across instances on PostgreSQL, by an advisory lock). A chunk
+whose checksum does not match answers 460 and is not kept; the offset is unchanged. An
+unfinished upload expires ``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
 :data:`~signaling.upload_offsets.TOUCH_EVERY_S` of the last change is not a new one, so
 no PATCH in a quick series writes the database; the header always gives the expiry
 kept): it then answers 410 and its partial is removed. Errors are JSON
@@ -59,6 +63,7 @@ from loguru import logger
 from signaling.api_common import ApiError, ApiErrorCode, error_response
 from signaling.db import UploadRecord
 from signaling.results_api import STORE_KEY
+from signaling.results_store import Stored
 from signaling.sqlite_file import is_disk_full
 from signaling.tus_fields import (
     CHECKSUMS,
@@ -168,6 +173,19 @@ async def _options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=headers)
 
 
+def _download_headers(stored: Stored | None) -> dict[str, str]:
+    """For the request that completed a result upload: where and with which token its
+    owner downloads it (as ``POST /upload`` answers in JSON), not to be cached."""
+    if stored is None:
+        return {}
+    return {
+        "Upload-Download-Url": str(stored.as_dict()["download_url"]),
+        "Upload-Download-Token": stored.token,
+        "Upload-Download-Expires": stored.expires_at,
+        "Cache-Control": "no-store",
+    }
+
+
 def _state_headers(tus: TusService, record: UploadRecord, offset: int) -> dict[str, str]:
     """``Upload-Offset`` and, while unfinished, ``Upload-Expires`` (from the record's last
     change)."""
@@ -199,12 +217,13 @@ async def _create(request: web.Request) -> web.Response:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"the first bytes need {OFFSET_TYPE}")
     record = await tus.manager.init(body, caller, result=result)
     headers = {"Location": f"/files/{record.upload_id}"}
-    with tus.hold(record.upload_id):
+    async with tus.hold(record.upload_id):
         if with_bytes:
-            offset, record = await tus.write(request, record, caller, "0")
+            offset, record, stored = await tus.write(request, record, caller, "0")
             headers.update(_state_headers(tus, record, offset))
+            headers.update(_download_headers(stored))
         elif length == 0:
-            await tus.finish(record, caller)
+            headers.update(_download_headers(await tus.finish(record, caller)))
         else:
             headers.update(_state_headers(tus, record, 0))
             del headers["Upload-Offset"]
@@ -245,13 +264,15 @@ async def _patch(request: web.Request) -> web.Response:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"a PATCH body must be {OFFSET_TYPE}")
     mark = tus.quiet_mark(upload_id)
     record = await tus.live(upload_id, caller)  # another principal never holds the lock
-    with tus.hold(upload_id):
+    async with tus.hold(upload_id):
         if not tus.still_quiet(mark):  # another PATCH or DELETE may have changed it
             record = await tus.live(upload_id, caller)
-        offset, record = await tus.write(
+        offset, record, stored = await tus.write(
             request, record, caller, request.headers.get("Upload-Offset")
         )
-    return web.Response(status=204, headers=_state_headers(tus, record, offset))
+    headers = _state_headers(tus, record, offset)
+    headers.update(_download_headers(stored))
+    return web.Response(status=204, headers=headers)
 
 
 async def _delete(request: web.Request) -> web.Response:
@@ -260,7 +281,7 @@ async def _delete(request: web.Request) -> web.Response:
     caller = await tus.caller(request)
     upload_id = request.match_info["upload_id"]
     await tus.live(upload_id, caller)
-    with tus.hold(upload_id):
+    async with tus.hold(upload_id):
         await tus.live(upload_id, caller)
         await tus.drop_lingering(upload_id)
         await tus.manager.cancel(upload_id, caller)

@@ -3,7 +3,8 @@ the per-upload lock, expiry, the PATCH body with its deadlines and checksum, par
 kept open between PATCHes, and completion (see :mod:`signaling.tus` for the routes).
 
 Source: the tus protocol 1.0.0, sections "Core Protocol", "Checksum", "Expiration";
-tusd ``pkg/handler/unrouted_handler.go`` (423 while an upload is locked).
+tusd ``pkg/handler/unrouted_handler.go`` (423 while an upload is locked); PostgreSQL
+advisory locks (https://www.postgresql.org/docs/current/explicit-locking.html).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
 from signaling.db import UploadRecord
 from signaling.results_api import CHUNK_BYTES
+from signaling.results_store import Stored
 from signaling.tus_fields import Checksum, TusError, counter, parse_checksum, result_of
 from signaling.upload_manager import UploadManager
 
@@ -69,14 +71,21 @@ class TusService:
         auth = self.manager.store.auth
         return await auth.require(request, Role.ADMIN, Role.WORKER, Role.CLIENT)
 
-    @contextlib.contextmanager
-    def hold(self, upload_id: str) -> Iterator[None]:
-        """One changing request per upload: TusError 423 UPLOAD_LOCKED while another runs."""
+    @contextlib.asynccontextmanager
+    async def hold(self, upload_id: str) -> AsyncIterator[None]:
+        """One changing request per upload, in this process and (on PostgreSQL) in every
+        instance sharing the database (:meth:`UploadManager.upload_lock`): TusError 423
+        UPLOAD_LOCKED while another runs."""
         if upload_id in self._busy:
             raise TusError(423, "UPLOAD_LOCKED", f"upload {upload_id!r} is busy; try again")
         self._busy.add(upload_id)
         try:
-            yield
+            async with self.manager.upload_lock(upload_id) as held:
+                if not held:
+                    raise TusError(
+                        423, "UPLOAD_LOCKED", f"upload {upload_id!r} is busy elsewhere; try again"
+                    )
+                yield
         finally:
             self._busy.discard(upload_id)
             self._releases += 1
@@ -109,9 +118,9 @@ class TusService:
         """
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
-        record = await self.manager.record(upload_id, caller)
+        record = await self.manager.record(upload_id, caller)  # cancels an expired one
         if record.status == "cancelled":
-            raise ApiError(ApiErrorCode.GONE, f"upload {upload_id!r} was terminated")
+            raise ApiError(ApiErrorCode.GONE, f"upload {upload_id!r} was terminated or expired")
         expires = self.expires(record)
         if expires is not None and self.now() >= expires.timestamp():
             await self.drop_lingering(upload_id)
@@ -156,10 +165,14 @@ class TusService:
 
     async def write(
         self, request: web.Request, record: UploadRecord, caller: Caller, offset_header: str | None
-    ) -> tuple[int, UploadRecord]:
+    ) -> tuple[int, UploadRecord, Stored | None]:
         """Append the body of ``request`` at ``offset_header``, which must be the
         upload's offset; complete the upload when its last byte arrived. Returns the new
-        offset and the record after the write (its ``updated_at`` gives the expiry).
+        offset, the record after the write (its ``updated_at`` gives the expiry) and,
+        when this request completed a result upload, its :class:`Stored` (the download
+        token), else ``None``.
+        An unfinished upload holding all its bytes (its completion failed) is completed
+        by any PATCH at its end, even an empty one.
 
         Raises:
             TusError: 409 OFFSET_MISMATCH, 460 CHECKSUM_MISMATCH, 408 REQUEST_TIMEOUT.
@@ -177,9 +190,15 @@ class TusService:
                 ApiErrorCode.FILE_TOO_LARGE,
                 f"the bytes run past the upload's length of {record.total_size} bytes",
             )
-        if record.status == "completed" or not request.body_exists:
-            return held, record
+        if record.status == "completed":
+            return held, record, None
+        if not request.body_exists:
+            stored = None
+            if held == record.total_size:  # every byte held, a completion failed before
+                stored = await self.finish(record, caller)
+            return held, record, stored
         await self.manager.keep_open(record)  # the hash made on the way serves finish
+        stored = None
         try:
             written, record = await self.manager.put_bytes(
                 record.upload_id,
@@ -191,12 +210,12 @@ class TusService:
             )
             held = offset + written
             if held == record.total_size:
-                await self.finish(record, caller)
+                stored = await self.finish(record, caller)
             else:
                 await self._linger(record)
         finally:
             await self.manager.let_go(record.upload_id)
-        return held, record
+        return held, record, stored
 
     async def _linger(self, record: UploadRecord) -> None:
         """Keep the partial of an unfinished upload open ``linger_s`` seconds after a
@@ -231,12 +250,15 @@ class TusService:
         await self.drop_lingering()
         await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def finish(self, record: UploadRecord, caller: Caller) -> None:
-        """Complete the upload whose bytes are all held (as a result when it is one)."""
+    async def finish(self, record: UploadRecord, caller: Caller) -> Stored | None:
+        """Complete the upload whose bytes are all held (as a result when it is one:
+        then its :class:`Stored`, with the download token ``POST /upload`` gives)."""
         result = result_of(record)
         await self.drop_lingering(record.upload_id)
+        stored = None
         if result is None:
             done = await self.manager.complete(record.upload_id, caller)
         else:
-            done, _ = await self.manager.complete_result(record.upload_id, caller, *result)
+            done, stored = await self.manager.complete_result(record.upload_id, caller, *result)
         logger.info("tus upload {} completed: {} bytes", done.upload_id, done.total_size)
+        return stored

@@ -14,7 +14,18 @@ from rtc_worker.storage import SHA256_HEX, format_timestamp
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.db import UploadRecord
 
-__all__ = ["category_of", "ident_field", "init_record", "sha256_field", "text_field"]
+__all__ = [
+    "GENERIC_TYPES",
+    "category_of",
+    "ident_field",
+    "init_record",
+    "sha256_field",
+    "text_field",
+]
+
+GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
+"""MIME types that say nothing of the content: a stored upload keeps its declared
+``content_type`` instead."""
 
 _IDENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,127}/[A-Za-z0-9!#$&^_.+-]{1,127}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -23,17 +24,16 @@ from signaling.blobs_local import FolderBlobs
 from signaling.config import SignalingSettings
 from signaling.db import QuotaRefusal, UploadRecord
 from signaling.db_engine import DATABASE_ERRORS, STORAGE_ERRORS, is_unique_violation
+from signaling.db_schema import UNFINISHED
 from signaling.legacy_chunks import migrate_chunk_folders
 from signaling.results_store import ResultsService
 from signaling.store_cleanup import CleanupReport, cleanup
-from signaling.upload_fields import category_of, ident_field, init_record, text_field
+from signaling.upload_fields import GENERIC_TYPES, category_of, ident_field, init_record, text_field
 from signaling.upload_offsets import OffsetWrites
 
 __all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_UNFINISHED = ("initiated", "in_progress")
-_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 
 
 def _stamp(moment: datetime) -> str:
@@ -94,15 +94,42 @@ class UploadManager(OffsetWrites):
         record = await self.store.db.get_upload(upload_id)
         if record is None or not _may_use(caller, record):
             raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {upload_id!r}")
+        if self.expired(record):
+            record = await self._expire(record)
         return record
+
+    def expired(self, record: UploadRecord) -> bool:
+        """Whether ``record`` is unfinished and unchanged for ``upload_ttl_s``: it no
+        longer counts against the quota, so no request may use it again."""
+        return record.status in UNFINISHED and record.updated_at < self._cutoff()
+
+    async def _expire(self, record: UploadRecord) -> UploadRecord:
+        """Cancel the expired ``record`` (its partial removed); the record after."""
+        upload_id = record.upload_id
+        when = _stamp(datetime.now(UTC))
+        before = await self.store.freeing(
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, UNFINISHED)
+        )
+        if before in UNFINISHED:
+            await self._release(upload_id, discard=True)
+            logger.info("upload {} expired", upload_id)
+        return await self.store.db.get_upload(upload_id) or dataclasses.replace(
+            record, status="cancelled", updated_at=when
+        )
+
+    def upload_lock(self, upload_id: str) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Try to hold ``upload_id`` against every instance sharing the database for the
+        block (``async with ... as held``; ``held`` is ``False`` when another holds it):
+        :meth:`~signaling.db_engine.Database.upload_lock`."""
+        return self.store.db.upload_lock(upload_id)
 
     def _cutoff(self) -> str:
         """Unfinished uploads changed before this time have expired."""
         return _stamp(datetime.now(UTC) - timedelta(seconds=self.ttl_s))
 
-    @staticmethod
-    def require_open(record: UploadRecord) -> None:
-        """Raise ApiError UPLOAD_COMPLETED / UPLOAD_NOT_FOUND unless it is unfinished."""
+    def require_open(self, record: UploadRecord) -> None:
+        """Raise ApiError UPLOAD_COMPLETED / UPLOAD_NOT_FOUND unless it is unfinished and
+        not expired (:meth:`record` cancels an expired upload as it reads it)."""
         if record.status == "completed":
             raise ApiError(
                 ApiErrorCode.UPLOAD_COMPLETED, f"upload {record.upload_id!r} is already completed"
@@ -111,6 +138,8 @@ class UploadManager(OffsetWrites):
             raise ApiError(
                 ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} was cancelled"
             )
+        if self.expired(record):
+            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"upload {record.upload_id!r} expired")
 
     async def present_chunks(self, record: UploadRecord) -> set[int]:
         """Indexes of the chunks held, from the partial's durable record."""
@@ -154,7 +183,7 @@ class UploadManager(OffsetWrites):
 
     def _expires_at(self, record: UploadRecord) -> str | None:
         """When an unfinished upload expires unless changed again (ISO 8601 UTC)."""
-        if record.status not in _UNFINISHED:
+        if record.status not in UNFINISHED:
             return None
         changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         return _stamp(changed + timedelta(seconds=self.ttl_s))
@@ -274,8 +303,8 @@ class UploadManager(OffsetWrites):
         finally:
             await self._release(upload_id)
         when = _stamp(datetime.now(UTC))
-        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
-        if before is None or before not in _UNFINISHED:
+        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, UNFINISHED)
+        if before is None or before not in UNFINISHED:
             # Completed or cancelled while the chunk streamed: the chunk is not wanted.
             self.require_open(await self.record(upload_id))
 
@@ -309,7 +338,7 @@ class UploadManager(OffsetWrites):
         try:
             meta = await partial.verify(sha256)  # the long part, unlocked
             mime = meta.mime_type
-            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+            if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
                 mime = record.content_type
             async with self.store.lock:
                 done = await self._commit(record, partial, meta, mime)
@@ -383,7 +412,7 @@ class UploadManager(OffsetWrites):
         record = await self.record(upload_id, caller)
         when = _stamp(datetime.now(UTC))
         before = await self.store.freeing(
-            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, _UNFINISHED)
+            lambda: self.store.db.set_upload_status(upload_id, "cancelled", when, UNFINISHED)
         )
         if before == "completed":
             raise ApiError(

@@ -21,7 +21,9 @@ from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller
 from signaling.blobs import BlobNotFoundError
 from signaling.db import UploadRecord
+from signaling.db_schema import UNFINISHED
 from signaling.results_store import Stored
+from signaling.upload_fields import GENERIC_TYPES
 
 if TYPE_CHECKING:
     from rtc_worker.storage import FileMetadata
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TOUCH_EVERY_S", "OffsetWrites"]
 
-_UNFINISHED = ("initiated", "in_progress")
-_GENERIC_TYPES = frozenset({"", "application/octet-stream", "inode/x-empty"})
 TOUCH_EVERY_S = 60.0
 """An upload in progress changed less than this long ago (or a tenth of its time to live,
 if shorter) is not marked changed again by a write, seconds: no database write per PATCH.
@@ -176,8 +176,8 @@ class OffsetWrites:
             return record  # a cancel meanwhile discarded the partial: mark_present refused
         when = format_timestamp(now)
         upload_id = record.upload_id
-        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, _UNFINISHED)
-        if before is None or before not in _UNFINISHED:
+        before = await self.store.db.set_upload_status(upload_id, "in_progress", when, UNFINISHED)
+        if before is None or before not in UNFINISHED:
             # Completed or cancelled while the bytes streamed: they are not wanted.
             self.require_open(await self.record(upload_id))
         return dataclasses.replace(record, status="in_progress", updated_at=when)
@@ -215,7 +215,7 @@ class OffsetWrites:
         try:
             meta = await partial.commit()  # committed: its metadata again
             mime = meta.mime_type
-            if mime.split(";", 1)[0].strip().lower() in _GENERIC_TYPES:
+            if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
                 mime = record.content_type
             async with self.store.lock:
                 done = await self._commit(record, partial, meta, mime)

@@ -46,8 +46,9 @@ uploads still announce (507 DISK_FULL at init, and before every piece of a chunk
 written).
 
 Errors: MISSING_FIELD / INVALID_FIELD / SHA256_MISMATCH (400), FILE_TOO_LARGE and
-QUOTA_EXCEEDED (413), UPLOAD_NOT_FOUND (404: unknown, cancelled or another principal's
-upload), UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload),
+QUOTA_EXCEEDED (413), UPLOAD_NOT_FOUND (404: unknown, cancelled, expired (unchanged
+for ``upload_ttl_s``: cancelled as it is read) or another principal's upload),
+UPLOAD_COMPLETED (409: chunk, complete or cancel on a completed upload),
 DISK_FULL (507).
 
 State: the records live in SQLite (table ``uploads``), the bytes and the record of the

@@ -22,6 +22,7 @@ import pytest_asyncio
 from loguru import logger
 
 from rtc_worker.settings import WorkerSettings
+from tests.requirements import need
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,14 +186,15 @@ StartService = Callable[..., Awaitable["StorageService"]]
 @pytest.fixture(scope="session")
 def postgres_engine() -> Iterator[Any]:
     """One PostgreSQL server for the session (:mod:`tests.engine_postgres`); skips with
-    the reason when it cannot run here."""
+    the reason when it cannot run here (fails with ``RTC_REQUIRE_E2E=1``:
+    :func:`tests.requirements.need`)."""
     from tests.engine_postgres import PostgresUnavailable, postgres_server
 
     try:
         with postgres_server() as server:
             yield server
     except PostgresUnavailable as exc:
-        pytest.skip(f"PostgreSQL unavailable: {exc}")
+        need(f"PostgreSQL unavailable: {exc}")
 
 
 @pytest.fixture(params=["sqlite+folder", "postgresql+s3"])

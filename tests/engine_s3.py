@@ -1,9 +1,10 @@
 """An S3 endpoint for the tests: moto's server mode on 127.0.0.1, a free port.
 
 ``s3_server`` (session scope) starts one ``ThreadedMotoServer(port=0)`` and stops it at
-the end, even on failure; it is skipped with the printed reason when moto is missing or
-cannot start. moto's state is process-global, so ``s3_bucket`` makes a bucket of its
-own per test (a unique name) and removes it after. ``s3_env`` sets fake credentials and
+the end, even on failure; when moto is missing or cannot start the test is skipped with
+the printed reason (failed with ``RTC_REQUIRE_E2E=1``: :func:`tests.requirements.need`).
+moto's state is process-global, so ``s3_bucket`` makes a bucket of its own per test (a
+unique name) and removes it after. ``s3_env`` sets fake credentials and
 ``AWS_EC2_METADATA_DISABLED=true`` (and clears profiles and config files), so botocore
 never looks for real credentials nor asks the metadata service at 169.254.169.254.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+
+from tests.requirements import need
 
 __all__ = [
     "FAKE_CREDENTIALS",
@@ -152,7 +155,7 @@ def s3_server() -> Iterator[str]:
     except ImportError as exc:
         reason = f"moto[server] is not installed: {exc}"
         print(reason)
-        pytest.skip(reason)
+        need(reason)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     try:
@@ -161,7 +164,7 @@ def s3_server() -> Iterator[str]:
     except Exception as exc:  # a moto that cannot bind or start
         reason = f"moto's S3 server could not start: {exc!r}"
         print(reason)
-        pytest.skip(reason)
+        need(reason)
     try:
         yield f"http://{host}:{port}"
     finally:

@@ -1,10 +1,11 @@
 """What an end-to-end test needs from the machine, and what happens when it is missing.
 
-:func:`need` is the one place a browser, TURN or NAT test gives up because Chromium,
-Playwright, root, ``ip netns``, coturn or nftables is missing. By default the test is
-skipped with the reason (pytest runs with ``-ra``, so the reason is listed). With
-``RTC_REQUIRE_E2E=1`` in the environment (``.ci/run`` sets it) the test fails instead,
-so a CI run cannot pass with every browser, TURN and NAT test skipped.
+:func:`need` is the one place a browser, TURN, NAT or engine test gives up because
+Chromium, Playwright, root, ``ip netns``, coturn, nftables, PostgreSQL or moto is
+missing. By default the test is skipped with the reason (pytest runs with ``-ra``, so
+the reason is listed). With ``RTC_REQUIRE_E2E=1`` in the environment (``.ci/run`` sets
+it) the test fails instead, so a CI run cannot pass with every browser, TURN, NAT and
+engine test skipped.
 """
 
 from __future__ import annotations

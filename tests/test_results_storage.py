@@ -1,5 +1,6 @@
-"""Results uploaded to the storage service: real signaling servers (one with storage),
-real in-process workers and a real aiortc client."""
+"""Results uploaded to the storage service: real signaling servers (one with storage,
+on SQLite with a folder and on PostgreSQL with an S3 bucket), real in-process workers
+and a real aiortc client."""
 
 from __future__ import annotations
 
@@ -45,15 +46,23 @@ class Storage:
         self.url = f"http://127.0.0.1:{port}"
 
 
-async def start_storage(root: Path, port: int = 0) -> Storage:
-    settings = SignalingSettings(storage_path=root, storage_api_key=KEY)
+async def start_storage(root: Path, engines: dict[str, Any], port: int = 0) -> Storage:
+    settings = SignalingSettings(storage_path=root, storage_api_key=KEY, **engines)
     runner, bound = await start_server(settings, host="127.0.0.1", port=port)
     return Storage(runner, bound)
 
 
+@pytest.fixture
+def engines(storage_database: str | None, storage_blobs: dict[str, Any]) -> dict[str, Any]:
+    """The storage service's engine settings: each test using it runs on SQLite with the
+    folder and on PostgreSQL with an S3 bucket (``storage_engines`` in conftest)."""
+    database = {} if storage_database is None else {"database_url": storage_database}
+    return {**database, **storage_blobs}
+
+
 @pytest_asyncio.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
-    server = await start_storage(tmp_path / "store")
+async def storage(tmp_path: Path, engines: dict[str, Any]) -> AsyncIterator[Storage]:
+    server = await start_storage(tmp_path / "store", engines)
     yield server
     await server.runner.cleanup()
 
@@ -143,7 +152,12 @@ async def test_submit_via_storage_without_storage_raises(
 
 
 async def test_upload_is_retried_until_the_storage_service_is_up(
-    start_worker: Any, client: RTCClient, shared_root: Path, package: Path, tmp_path: Path
+    start_worker: Any,
+    client: RTCClient,
+    shared_root: Path,
+    package: Path,
+    tmp_path: Path,
+    engines: dict[str, Any],
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -167,7 +181,7 @@ async def test_upload_is_retried_until_the_storage_service_is_up(
                 if isinstance(message, JobComplete):
                     break
             await asyncio.sleep(0.8)  # the first attempts find nothing listening
-            storage = await start_storage(tmp_path / "late-store", port=port)
+            storage = await start_storage(tmp_path / "late-store", engines, port=port)
             while not isinstance(message := await conn.recv(), ResultsStored):
                 pass
         assert (message.job_id, message.download_path) == ("late-1", "/download/late-1")

@@ -1,5 +1,6 @@
 """The storage service's database on both engines: two instances sharing one database
-race as attackers would (one quota, one job id: exactly one winner), migrations adopt
+race as attackers would (one quota, one job id: exactly one winner; one request at a
+time changing a tus upload), migrations adopt
 a database of the earlier SQLite-only code, instances migrating at once, the ``db``
 command, and the URL's password kept out of what is printed.
 
@@ -10,10 +11,12 @@ Real servers on loopback, a real SQLite file or a real PostgreSQL server
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,10 @@ from pydantic import ValidationError
 from signaling.config import SignalingSettings
 from signaling.db_engine import async_url, head_revision
 from signaling.keys import Role, hash_key
+from signaling.tus import TUS_KEY
 from tests.conftest import StartService
 from tests.storage_service import KEY, StorageService, fingerprint_of, service_settings
+from tests.test_tus import Tus
 
 REPO = Path(__file__).resolve().parents[1]
 VICTIM = fingerprint_of("victim")
@@ -38,6 +43,43 @@ async def two_instances(start: StartService, **settings: Any) -> list[StorageSer
 
 
 # ------------------------------------------------------------------ races between instances
+
+
+async def test_two_instances_let_one_request_at_a_time_change_a_tus_upload(
+    start_storage_service: StartService, storage_engines: tuple[str, str]
+) -> None:
+    """While a PATCH streams into an upload on one instance, a PATCH or DELETE of the
+    same upload on the other answers 423 (PostgreSQL's advisory lock), nothing of it is
+    written; once the first ends the other instance goes on from its offset."""
+    if storage_engines[0] != "postgresql":
+        pytest.skip("instances share an upload's lock through PostgreSQL; SQLite serves one")
+    first, second = await asyncio.gather(start_storage_service(Tus), start_storage_service(Tus))
+    assert isinstance(first, Tus) and isinstance(second, Tus)
+    url = await first.create(1000)
+    upload_id = url.rsplit("/", 1)[1]
+    release = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"s" * 100
+        await release.wait()
+
+    streaming = asyncio.create_task(first.patch(url, 0, stalling()))
+    try:
+        async with asyncio.timeout(10):
+            while upload_id not in first.runner.app[TUS_KEY]._busy:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the first bytes are on their way
+        other = await second.patch(url, 0, b"t" * 10)
+        assert (other.status, other.code) == (423, "UPLOAD_LOCKED")
+        assert (await second.tus("DELETE", url)).status == 423
+    finally:
+        release.set()
+    assert (await streaming).status == 204
+    assert await second.offset(url) == 100
+    assert (await second.patch(url, 100, b"u" * 900)).status == 204
+    status = await second.status(upload_id)
+    assert status["status"] == "completed"
+    assert status["sha256"] == hashlib.sha256(b"s" * 100 + b"u" * 900).hexdigest()
 
 
 async def test_two_instances_give_one_quota_one_winner(start_storage_service: StartService) -> None:

@@ -384,12 +384,12 @@ async def test_a_record_read_around_another_request_is_read_again(service: Tus) 
     upload_id = "a" * 32
     before = tus.quiet_mark(upload_id)
     assert tus.still_quiet(before)
-    with tus.hold(upload_id):
+    async with tus.hold(upload_id):
         during = tus.quiet_mark(upload_id)
         assert tus.still_quiet(before)  # held, not yet released: the lock refuses (423)
     assert not tus.still_quiet(before) and not tus.still_quiet(during)
     after = tus.quiet_mark(upload_id)
-    with tus.hold("b" * 32):
+    async with tus.hold("b" * 32):
         pass
     assert not tus.still_quiet(after)
 
