@@ -13,6 +13,7 @@ into the one S3 request that copies the object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 from typing import Any
@@ -115,3 +116,37 @@ async def test_a_lock_held_elsewhere_is_waited_for_a_bounded_time_then_refused(
         assert again["status"] == "completed"
     finally:
         await holder.dispose()
+
+
+async def test_a_request_cancelled_while_waiting_for_the_lock_leaves_no_lock_behind(
+    postgres_engine: Any,
+) -> None:
+    """A client hangs up while its request waits for the store lock: the waiting
+    session is ended, so no pooled connection keeps the lock once it is granted, and
+    the next request takes it at once."""
+    from signaling.db_engine import Database
+
+    url = str(postgres_engine.emptied_database())
+    waiting, holding = Database(url), Database(url)
+    try:
+        async with holding.exclusive():
+
+            async def wait_for_it() -> None:
+                async with waiting.exclusive(timeout_s=30):
+                    pass
+
+            waiter = asyncio.create_task(wait_for_it())
+            await asyncio.sleep(0.5)  # it waits inside pg_advisory_lock
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        async with asyncio.timeout(5), holding.exclusive(timeout_s=1):
+            pass
+        async with holding.read() as conn:
+            held = await conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            )
+            assert held.scalar_one() == 0
+    finally:
+        await waiting.close()
+        await holding.close()
