@@ -24,7 +24,7 @@ from loguru import logger
 
 from rtc_worker.storage import format_timestamp
 from signaling import metrics
-from signaling.db_engine import STORAGE_ERRORS, is_disk_full
+from signaling.db_engine import STORAGE_ERRORS, StoreLockTimeoutError, is_disk_full
 
 __all__ = [
     "STORAGE_ROUTE_ROOTS",
@@ -62,6 +62,7 @@ class ApiErrorCode(enum.StrEnum):
     UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"  # 404: unknown (or cancelled, or not yours) upload
     UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
     RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"  # 416: a download's Range names no byte
+    STORAGE_BUSY = "STORAGE_BUSY"  # 503: the storage lock was busy, or a race lost; retry
 
 
 _STATUS = {
@@ -85,6 +86,7 @@ _STATUS = {
     ApiErrorCode.UPLOAD_NOT_FOUND: 404,
     ApiErrorCode.UPLOAD_COMPLETED: 409,
     ApiErrorCode.RANGE_NOT_SATISFIABLE: 416,
+    ApiErrorCode.STORAGE_BUSY: 503,
 }
 
 _HTTP_CODES = {
@@ -140,6 +142,9 @@ def _refusal(exc: BaseException, request: web.Request) -> web.Response:
         if code is None:
             code = ApiErrorCode.INVALID_FIELD if exc.status < 500 else ApiErrorCode.INTERNAL_ERROR
         return error_response(code, exc.reason or code.value)
+    if isinstance(exc, StoreLockTimeoutError):
+        logger.warning("storage lock busy on {} {}", request.method, request.path)
+        return error_response(ApiErrorCode.STORAGE_BUSY, str(exc))
     if is_disk_full(exc):
         logger.warning("disk full on {} {}", request.method, request.path)
         return error_response(ApiErrorCode.DISK_FULL, "the storage disk is full")

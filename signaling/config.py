@@ -265,6 +265,14 @@ class SignalingSettings(StorageSettings):
         description="How long each readiness check (database, blob store, Redis) and the "
         "storage figures of a scrape may take, seconds; a check slower than this fails.",
     )
+    ready_cache_s: Annotated[float, Env("RTC_READY_CACHE_S")] = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description="How long each readiness check's answer and the storage figures of a "
+        "scrape are reused, seconds (one probe in flight; requests meanwhile await it); "
+        "a failure shows at most this late. 0: probe on every request.",
+    )
     metrics_token: Annotated[SecretStr | None, Env("RTC_METRICS_TOKEN")] = Field(
         None,
         description="Bearer token GET /metrics requires (Authorization: Bearer TOKEN); "

@@ -56,6 +56,7 @@ __all__ = [
     "STORAGE_ERRORS",
     "Database",
     "StoreLock",
+    "StoreLockTimeoutError",
     "async_url",
     "file_url",
     "is_disk_full",
@@ -75,6 +76,12 @@ OWNER_LOCK_SPACE = 0x7274
 BLOB_LOCK = 0x7274_B10B
 """PostgreSQL advisory lock key of changes touching both blobs and records."""
 
+STORE_LOCK_TIMEOUT_S = 30.0
+"""Longest wait for the store lock, seconds (:meth:`Database.exclusive`)."""
+
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's SQLSTATE of a lock wait past ``lock_timeout``."""
+
 UPLOAD_LOCK_SPACE = 0x7275
 """First key of the per-upload advisory locks (:meth:`Database.upload_lock`)."""
 
@@ -90,6 +97,28 @@ STORAGE_ERRORS = (OSError, exc.SQLAlchemyError, sqlite3.Error)
 
 SETUP_ERRORS = (OSError, ValueError, exc.SQLAlchemyError, sqlite3.Error)
 """What opening the database may raise (also a malformed URL: ``ValueError``)."""
+
+
+class StoreLockTimeoutError(Exception):
+    """The store lock could not be had in time (another instance holds it); try again.
+
+    Attributes:
+        timeout_s: how long it was waited for, seconds.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the storage lock was busy for {timeout_s:g} s; try again")
+        self.timeout_s = timeout_s
+
+
+def _sqlstate(error: exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a PostgreSQL error (asyncpg's, through SQLAlchemy's adapter)."""
+    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
 
 _LIBPQ_ONLY = {"sslmode": "ssl", "connect_timeout": "timeout"}
 
@@ -248,20 +277,50 @@ class Database:
             )
 
     @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the cross-instance blob lock (PostgreSQL: a session advisory lock on a
-        connection of its own; SQLite: nothing, one process owns the file)."""
+    async def exclusive(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Hold the cross-instance store lock (PostgreSQL: a session advisory lock on a
+        connection of its own; SQLite: nothing, one process owns the file).
+
+        The wait is bounded by PostgreSQL's ``lock_timeout`` (``timeout_s`` seconds,
+        :data:`STORE_LOCK_TIMEOUT_S` when ``None``);
+        hold it only for record changes, never for blob copies. A connection whose
+        unlock fails or is cancelled is invalidated (its session ends, and the lock
+        with it), so a lock is never left on a pooled connection.
+
+        Raises:
+            StoreLockTimeoutError: another instance held it for ``timeout_s``.
+            sqlalchemy.exc.SQLAlchemyError: PostgreSQL cannot be reached.
+        """
         if not self.is_postgresql:
             yield
             return
+        if timeout_s is None:
+            timeout_s = STORE_LOCK_TIMEOUT_S
         async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": BLOB_LOCK})
-            await conn.commit()
+            try:
+                await conn.execute(
+                    text("SELECT set_config('lock_timeout', :ms, true)"),
+                    {"ms": f"{max(1, int(timeout_s * 1000))}ms"},
+                )
+                await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": BLOB_LOCK})
+                await conn.commit()
+            except exc.DBAPIError as error:
+                await conn.rollback()
+                if _sqlstate(error) == LOCK_NOT_AVAILABLE:
+                    raise StoreLockTimeoutError(timeout_s) from None
+                raise
+            except BaseException:  # cancelled while waiting: the lock may have been taken
+                await conn.invalidate()
+                raise
             try:
                 yield
             finally:
-                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": BLOB_LOCK})
-                await conn.commit()
+                try:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": BLOB_LOCK})
+                    await conn.commit()
+                except BaseException:
+                    await conn.invalidate()  # the session ends: its locks go with it
+                    raise
 
     @asynccontextmanager
     async def upload_lock(self, upload_id: str) -> AsyncIterator[bool]:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hmac
 import math
 import time
@@ -70,6 +71,7 @@ from rtc_worker.storage import format_timestamp
 from signaling.bounds import LogLimiter
 from signaling.db_engine import DATABASE_ERRORS, Database
 from signaling.db_schema import UNFINISHED, files, uploads
+from signaling.probe_cache import CachedProbe
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -202,6 +204,7 @@ def setup_metrics(
     token: str | None,
     timeout_s: float,
     storage: Callable[[], tuple[Database, float] | None] | None = None,
+    cache_s: float = 0.0,
 ) -> SignalingMetrics:
     """Add the metrics, their middleware (outermost) and ``GET /metrics`` to ``app``.
 
@@ -209,6 +212,8 @@ def setup_metrics(
         peers: the registry whose peers ``rtc_connected_peers`` counts.
         token: the bearer token ``/metrics`` requires, or ``None`` for none.
         timeout_s: how long a scrape waits for the storage database, seconds.
+        cache_s: how long the storage figures are reused, seconds (one query in
+            flight; scrapes meanwhile await it).
         storage: returns ``(the storage database, the upload TTL in seconds)``, or
             ``None`` (no storage gauges).
 
@@ -219,9 +224,11 @@ def setup_metrics(
     app.middlewares.insert(0, bind_metrics)
     expected = None if token is None else token.encode("utf-8")
     warnings = LogLimiter(60.0)
+    figures: CachedProbe[tuple[float, float]] | None = None
 
     async def scrape(request: web.Request) -> web.Response:
         """``GET /metrics``: the Prometheus text format (401 without the token when set)."""
+        nonlocal figures
         if expected is not None and not _bearer_matches(request, expected):
             return web.Response(
                 status=401,
@@ -232,7 +239,16 @@ def setup_metrics(
             metrics.peers.labels(role).set(peers.count(role))
         found = None if storage is None else storage()
         if found is not None:
-            await _read_storage(metrics, *found, timeout_s=timeout_s, warnings=warnings)
+            if figures is None:
+                figures = CachedProbe(
+                    functools.partial(
+                        _read_storage, *found, timeout_s=timeout_s, warnings=warnings
+                    ),
+                    cache_s,
+                )
+            count, total = await figures()
+            metrics.uploads_in_progress.set(count)
+            metrics.stored_bytes.set(total)
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -250,14 +266,14 @@ def _bearer_matches(request: web.Request, expected: bytes) -> bool:
 
 
 async def _read_storage(
-    metrics: SignalingMetrics,
     db: Database,
     ttl_s: float,
     *,
     timeout_s: float,
     warnings: LogLimiter,
-) -> None:
-    """Set the storage gauges from the database (``NaN`` when it does not answer)."""
+) -> tuple[float, float]:
+    """The storage figures ``(uploads in progress, bytes stored)`` from the database
+    (``NaN`` each when it does not answer)."""
     cutoff = format_timestamp(datetime.now(UTC) - timedelta(seconds=ttl_s))
     in_progress = select(func.count()).where(
         uploads.c.status.in_(UNFINISHED), uploads.c.updated_at >= cutoff
@@ -278,8 +294,5 @@ async def _read_storage(
     except (TimeoutError, OSError, *DATABASE_ERRORS) as exc:
         if warnings.allow("storage") is not None:
             logger.warning("metrics: the storage database did not answer ({})", type(exc).__name__)
-        metrics.uploads_in_progress.set(math.nan)
-        metrics.stored_bytes.set(math.nan)
-        return
-    metrics.uploads_in_progress.set(count)
-    metrics.stored_bytes.set(total)
+        return math.nan, math.nan
+    return float(count), float(total)

@@ -2,7 +2,10 @@
 
 ``GET /health`` (in :mod:`signaling.app`) says the process is alive; ``GET /ready`` says
 whether it can serve: every readiness check registered on the app is run, at once, each
-within ``ready_timeout_s`` seconds.
+within ``ready_timeout_s`` seconds. Each check's answer is reused for ``ready_cache_s`` seconds
+(and the storage figures of ``/metrics`` too), with one probe per check in flight:
+requests arriving meanwhile await it, so a flood of ``/ready`` requests costs the
+engines one probe each per ``ready_cache_s``, and a failure shows at most that late.
 
 * 200 ``{"status": "ready", "checks": {"database": "ok", "blob_store": "ok"}}``
 * 503 ``{"status": "unavailable", "unreachable": ["database"], "checks": {"database":
@@ -38,6 +41,7 @@ Source: the Kubernetes liveness and readiness probes
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -51,6 +55,7 @@ from signaling.bounds import LogLimiter
 from signaling.config import SignalingSettings
 from signaling.db_engine import Database
 from signaling.metrics import PeerCounter, setup_metrics
+from signaling.probe_cache import CachedProbe
 from signaling.results_store import STORE_KEY
 from signaling.uploads_api import UPLOADS_KEY
 
@@ -63,6 +68,7 @@ CHECKS_KEY: web.AppKey[dict[str, ReadinessCheck]] = web.AppKey("readiness_checks
 """The app's readiness checks by name."""
 
 _WARNINGS_KEY: web.AppKey[LogLimiter] = web.AppKey("readiness_warnings", LogLimiter)
+_CACHES_KEY: web.AppKey[dict[str, CachedProbe[str]]] = web.AppKey("readiness_answers", dict)
 
 
 def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
@@ -77,18 +83,28 @@ def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) 
     app[CHECKS_KEY][name] = check
 
 
-async def readiness(app: web.Application, timeout_s: float) -> dict[str, str]:
+async def readiness(app: web.Application, timeout_s: float, cache_s: float = 0.0) -> dict[str, str]:
     """Run every readiness check of ``app`` at once; ``{name: "ok" | why it failed}``.
 
     Args:
         timeout_s: how long each check may take, seconds.
+        cache_s: how long each check's answer is reused, seconds (after
+            :func:`setup_ops`; one probe per check in flight, callers meanwhile await
+            it), so a failure shows at most ``cache_s`` seconds late.
     """
     checks = app.get(CHECKS_KEY, {})
     warnings = app[_WARNINGS_KEY] if _WARNINGS_KEY in app else LogLimiter(60.0)
+    caches = app.get(_CACHES_KEY, {})
     names = sorted(checks)
-    results = await asyncio.gather(
-        *(_run(name, checks[name], timeout_s, warnings) for name in names)
-    )
+
+    def cached(name: str) -> Awaitable[str]:
+        probe = caches.get(name)
+        if probe is None or probe.ttl_s != cache_s:
+            run = functools.partial(_run, name, checks[name], timeout_s, warnings)
+            probe = caches[name] = CachedProbe(run, cache_s)
+        return probe()
+
+    results = await asyncio.gather(*(cached(name) for name in names))
     return dict(zip(names, results, strict=True))
 
 
@@ -118,6 +134,7 @@ def setup_ops(app: web.Application, settings: SignalingSettings, peers: PeerCoun
         peers: the registry of this process's sockets (``rtc_connected_peers``).
     """
     app[_WARNINGS_KEY] = LogLimiter(60.0)
+    app[_CACHES_KEY] = {}
     if CHECKS_KEY not in app:
         app[CHECKS_KEY] = {}
     checks = app[CHECKS_KEY]
@@ -130,7 +147,7 @@ def setup_ops(app: web.Application, settings: SignalingSettings, peers: PeerCoun
 
     async def ready(request: web.Request) -> web.Response:
         """``GET /ready``: 200 when every check passes, else 503 naming the failed ones."""
-        results = await readiness(app, settings.ready_timeout_s)
+        results = await readiness(app, settings.ready_timeout_s, settings.ready_cache_s)
         failed = sorted(name for name, result in results.items() if result != "ok")
         headers = {"Cache-Control": "no-store"}
         if failed:
@@ -152,6 +169,7 @@ def setup_ops(app: web.Application, settings: SignalingSettings, peers: PeerCoun
         token=None if token is None else token.get_secret_value(),
         timeout_s=settings.ready_timeout_s,
         storage=storage,
+        cache_s=settings.ready_cache_s,
     )
 
 

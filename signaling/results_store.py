@@ -15,9 +15,11 @@ server) and, beside it, its reserve file (``<database>.reserve``, see
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -25,7 +27,7 @@ from typing import TypeVar
 from aiohttp import web
 from loguru import logger
 
-from rtc_worker.storage import HashMismatchError, layout
+from rtc_worker.storage import FileMetadata, HashMismatchError, layout
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Authenticator
 from signaling.blobs import BlobBackend, BlobUpload, make_backend
@@ -122,6 +124,7 @@ class ResultsService:
         self.backend: BlobBackend = make_backend(settings, room_check=self.require_room)
         self._auth: Authenticator | None = None
         self._lock = StoreLock(self.db)
+        self._pinned: collections.Counter[str] = collections.Counter()
 
     @property
     def auth(self) -> Authenticator:
@@ -160,7 +163,7 @@ class ResultsService:
         async with self._lock:
             live = await self.db.live_hashes()
             for sha256 in await self.backend.hashes():
-                if sha256 not in live:
+                if sha256 not in live and not self.is_pinned(sha256):
                     logger.info("removing unreferenced blob {}", sha256)
                     await self.backend.remove(sha256)
 
@@ -175,6 +178,24 @@ class ResultsService:
     def lock(self) -> StoreLock:
         """The lock held by every change touching both blobs and records."""
         return self._lock
+
+    @contextlib.contextmanager
+    def pinning(self, sha256: str) -> Iterator[None]:
+        """Keep this process's sweeps and drops off the blob of ``sha256`` for the
+        block: from its copy into the store (unlocked) until its record is written
+        (under :attr:`lock`)."""
+        self._pinned[sha256] += 1
+        try:
+            yield
+        finally:
+            self._pinned[sha256] -= 1
+            if self._pinned[sha256] <= 0:
+                del self._pinned[sha256]
+
+    def is_pinned(self, sha256: str) -> bool:
+        """Whether a completion of this process is between the blob's copy and its
+        record (see :meth:`pinning`)."""
+        return self._pinned[sha256] > 0
 
     def require_room(self, incoming: int) -> None:
         """Raise ApiError DISK_FULL when ``incoming`` bytes would eat into the disk
@@ -211,11 +232,29 @@ class ResultsService:
             raise
         return partial
 
-    async def drop_blob_if_unused(self, sha256: str) -> None:
-        """Remove the blob of ``sha256`` when no live record uses it (under :attr:`lock`)."""
+    async def drop_blob_if_unused(self, sha256: str, *, mine: bool = False) -> None:
+        """Remove the blob of ``sha256`` when no live record uses it (under :attr:`lock`)
+        and no other completion of this process is about to record it (``mine``: the
+        caller's own :meth:`pinning` of it is not counted)."""
+        if self._pinned[sha256] > (1 if mine else 0):
+            return
         unused = await self.db.references(sha256) == 0
         if unused and await self.backend.remove(sha256):
             logger.debug("removed blob {}", sha256)
+
+    async def require_blob(self, sha256: str) -> None:
+        """Check, under :attr:`lock`, that the blob of ``sha256`` committed before the
+        lock is still there (another instance may have dropped it as unused between
+        the copy and the lock).
+
+        Raises:
+            ApiError: STORAGE_BUSY (503): it was dropped; send the content again.
+        """
+        if not await self.backend.has(sha256):
+            raise ApiError(
+                ApiErrorCode.STORAGE_BUSY,
+                "the content was removed by a concurrent delete; send it again",
+            )
 
     def token_for(self, record: FileRecord) -> tuple[str, str]:
         """A download token for ``record`` and its expiry (ISO 8601 UTC)."""
@@ -228,15 +267,16 @@ class ResultsService:
         self,
         owner: str,
         job_id: str,
-        partial: BlobUpload,
+        meta: FileMetadata,
         replace: bool,
     ) -> tuple[FileRecord, bool]:
-        meta = await partial.commit()
+        """Write the record of the committed blob ``meta`` (under :attr:`lock`)."""
+        await self.require_blob(meta.sha256)
         existing = await self.db.get(owner, job_id)
         if existing is not None and not existing.deleted and not replace:
             if existing.sha256 == meta.sha256:
                 return existing, False  # the same content again (a retried upload)
-            await self.drop_blob_if_unused(meta.sha256)
+            await self.drop_blob_if_unused(meta.sha256, mine=True)
             raise _job_exists(job_id)
         record = FileRecord(
             owner=owner,
@@ -255,7 +295,7 @@ class ResultsService:
         except JobExistsError as exc:  # another instance stored it meanwhile
             if exc.existing.sha256 == meta.sha256:
                 return exc.existing, False
-            await self.drop_blob_if_unused(meta.sha256)
+            await self.drop_blob_if_unused(meta.sha256, mine=True)
             raise _job_exists(job_id) from None
         if old is not None and old.sha256 != record.sha256:
             await self.drop_blob_if_unused(old.sha256)
@@ -284,15 +324,17 @@ class ResultsService:
             ApiError: SHA256_MISMATCH (nothing stored), JOB_EXISTS.
             OSError, sqlalchemy.exc.SQLAlchemyError: the disk or the database failed.
         """
-        try:  # the long part (S3: completing and hashing), before the lock
-            await partial.verify(sha256)
+        try:  # the long parts (S3: completing, hashing, copying), before the lock
+            verified = await partial.verify(sha256)
         except HashMismatchError as exc:
             raise ApiError(
                 ApiErrorCode.SHA256_MISMATCH,
                 f"the content's sha256 is {exc.actual}, not the declared {exc.expected}",
             ) from None
-        async with self._lock:
-            record, created = await self._commit(owner, job_id, partial, replace)
+        with self.pinning(verified.sha256):
+            meta = await partial.commit()
+            async with self._lock:  # only the records and the "is the blob used" decision
+                record, created = await self._commit(owner, job_id, meta, replace)
         token, expires_at = self.token_for(record)
         return Stored(record, token, expires_at, created)
 

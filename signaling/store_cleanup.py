@@ -7,6 +7,7 @@ UploadManager`) or once by ``rtc-signaling --storage-path P --cleanup-once``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,7 +56,11 @@ class CleanupReport:
 
 
 async def cleanup(
-    store: ResultsService, ttl_s: float, now: datetime | None = None
+    store: ResultsService,
+    ttl_s: float,
+    now: datetime | None = None,
+    *,
+    lock: contextlib.AbstractAsyncContextManager[None] | None = None,
 ) -> CleanupReport:
     """Remove expired uploads, old deleted records and unreferenced blobs, and put the
     database's reserve file back when it was given up and there is room (file work runs
@@ -67,7 +72,9 @@ async def cleanup(
             cancelled upload, or a deleted record, is removed.
         now: the current time (UTC); now when omitted.
 
-    Inside the server call it under ``store.lock`` (see :meth:`UploadManager.cleanup`).
+    Inside the server pass ``lock=store.lock`` (see :meth:`UploadManager.cleanup`): it
+    is held only to decide which blobs no record uses and to remove them, never while
+    the object store's partials are listed or aborted.
 
     Raises:
         OSError: a file or folder cannot be removed, or the object store failed.
@@ -92,10 +99,11 @@ async def cleanup(
     for old in await store.db.purge_deleted_files(cutoff):
         report.records.append(old.job_id)
     await backend.cleanup(moment.timestamp())  # unclaimed partials, temporaries, multipart
-    live = await store.db.live_hashes()
-    for sha256 in await backend.hashes():
-        if sha256 not in live and await backend.remove(sha256):
-            report.blobs.append(sha256)
+    async with lock or contextlib.nullcontext():
+        live = await store.db.live_hashes()
+        for sha256 in await backend.hashes():
+            if sha256 not in live and not store.is_pinned(sha256) and await backend.remove(sha256):
+                report.blobs.append(sha256)
     await asyncio.to_thread(store.reserve_file.ensure)  # given up on a full disk: back if room
     for name, items in report.as_dict().items():
         for item in items:

@@ -62,6 +62,7 @@ from loguru import logger
 
 from signaling.api_common import ApiError, ApiErrorCode, error_response
 from signaling.db import UploadRecord
+from signaling.db_engine import StoreLockTimeoutError
 from signaling.results_api import STORE_KEY
 from signaling.results_store import Stored
 from signaling.sqlite_file import is_disk_full
@@ -149,6 +150,8 @@ def _tus(handler: Handler) -> Handler:
 
 
 def _failure(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, StoreLockTimeoutError):
+        return error_response(ApiErrorCode.STORAGE_BUSY, str(exc))
     if is_disk_full(exc):
         return error_response(ApiErrorCode.DISK_FULL, "the storage disk is full")
     if isinstance(exc, OSError):

@@ -336,13 +336,15 @@ class UploadManager(OffsetWrites):
         partial = await self._acquire(record)
         committed = False
         try:
-            meta = await partial.verify(sha256)  # the long part, unlocked
-            mime = meta.mime_type
-            if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
-                mime = record.content_type
-            async with self.store.lock:
-                done = await self._commit(record, partial, meta, mime)
-            committed = True
+            verified = await partial.verify(sha256)  # the long parts, unlocked
+            with self.store.pinning(verified.sha256):
+                meta = await partial.commit()  # the copy into the store, unlocked
+                committed = True
+                mime = meta.mime_type
+                if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
+                    mime = record.content_type
+                async with self.store.lock:  # only the records and the blob's use
+                    done = await self._commit(record, meta, mime)
         except HashMismatchError as exc:
             if sha256 is None:  # the file changed under us
                 raise ApiError(
@@ -361,19 +363,22 @@ class UploadManager(OffsetWrites):
         logger.info("upload {} completed as {!r} (sha256 {})", upload_id, done.key, done.sha256)
         return done
 
-    async def _commit(
-        self, record: UploadRecord, partial: BlobUpload, meta: FileMetadata, mime: str
-    ) -> UploadRecord:
-        """Commit the blob and complete the record (under the store lock)."""
+    async def _commit(self, record: UploadRecord, meta: FileMetadata, mime: str) -> UploadRecord:
+        """Complete the record of the committed blob ``meta`` (under the store lock;
+        a blob left unused, when the upload was cancelled meanwhile, is dropped)."""
         current = await self.store.db.get_upload(record.upload_id)
-        if current is None:
-            raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {record.upload_id!r}")
-        self.require_open(current)
+        try:
+            if current is None:
+                raise ApiError(ApiErrorCode.UPLOAD_NOT_FOUND, f"no upload {record.upload_id!r}")
+            self.require_open(current)
+        except ApiError:  # cancelled or expired while the blob was copied
+            await self.store.drop_blob_if_unused(meta.sha256, mine=True)
+            raise
+        await self.store.require_blob(meta.sha256)
         now = datetime.now(UTC)
         base = "/".join(
             (record.user_role, record.user_id, now.strftime("%Y%m%d"), category_of(mime))
         )
-        await partial.commit()
         relative = self.store.backend.location(meta.sha256)
         sha256 = meta.sha256
         stem, dot, ext = record.file_name.rpartition(".")
@@ -396,7 +401,7 @@ class UploadManager(OffsetWrites):
             counter += 1
             candidate = f"{base}/{stem}-{counter}{dot}{ext}"
         if not changed:
-            await self.store.drop_blob_if_unused(sha256)
+            await self.store.drop_blob_if_unused(sha256, mine=True)
             self.require_open(await self.store.db.get_upload(record.upload_id) or current)
         done = await self.store.db.get_upload(record.upload_id)
         assert done is not None
@@ -425,9 +430,8 @@ class UploadManager(OffsetWrites):
     # ------------------------------------------------------------------ cleanup
 
     async def cleanup(self, now: datetime | None = None) -> CleanupReport:
-        """Run :func:`cleanup` under the store lock."""
-        async with self.store.lock:
-            return await cleanup(self.store, self.ttl_s, now)
+        """Run :func:`cleanup`, holding the store lock only for its record changes."""
+        return await cleanup(self.store, self.ttl_s, now, lock=self.store.lock)
 
     async def _periodic(self) -> None:
         while True:

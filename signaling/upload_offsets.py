@@ -49,7 +49,7 @@ class _Manager(Protocol):
     async def _acquire(self, record: UploadRecord) -> BlobUpload: ...
     async def _release(self, upload_id: str, *, discard: bool = False) -> None: ...
     async def _commit(
-        self, record: UploadRecord, partial: BlobUpload, meta: FileMetadata, mime: str
+        self, record: UploadRecord, meta: FileMetadata, mime: str
     ) -> UploadRecord: ...
     async def cancel(self, upload_id: str, caller: Caller) -> UploadRecord: ...
     async def held_bytes(self, record: UploadRecord) -> int: ...
@@ -217,8 +217,9 @@ class OffsetWrites:
             mime = meta.mime_type
             if mime.split(";", 1)[0].strip().lower() in GENERIC_TYPES:
                 mime = record.content_type
-            async with self.store.lock:
-                done = await self._commit(record, partial, meta, mime)
+            with self.store.pinning(meta.sha256):
+                async with self.store.lock:
+                    done = await self._commit(record, meta, mime)
         finally:
             await self._release(upload_id, discard=True)
         logger.info("upload {} stored as job {!r} of {}", upload_id, job_id, owner)

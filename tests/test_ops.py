@@ -54,6 +54,24 @@ async def scrape(http: aiohttp.ClientSession, url: str, **headers: str) -> dict[
     return samples
 
 
+CACHE_S = 0.5
+"""The ``ready_cache_s`` of the tests that make an engine fail: its failure must show
+within this time (plus one check's timeout)."""
+
+
+async def ready_within(
+    http: aiohttp.ClientSession, url: str, status: int, seconds: float
+) -> tuple[int, Any]:
+    """``GET url`` until it answers ``status``; fails when that takes over ``seconds``."""
+    started = asyncio.get_running_loop().time()
+    while True:
+        got, body = await get_json(http, url)
+        if got == status:
+            return got, body
+        assert asyncio.get_running_loop().time() - started < seconds, (got, body)
+        await asyncio.sleep(0.05)
+
+
 async def serve(settings: SignalingSettings) -> tuple[aiohttp.web.AppRunner, str]:
     runner, port = await start_server(settings)
     return runner, f"http://127.0.0.1:{port}"
@@ -71,7 +89,9 @@ async def test_ready_names_the_database_when_postgresql_stops(
         pytest.skip(f"PostgreSQL unavailable: {exc}")
     stopped = False
     try:
-        settings = service_settings(tmp_path / "store", database_url=server.url())
+        settings = service_settings(
+            tmp_path / "store", database_url=server.url(), ready_cache_s=CACHE_S
+        )
         runner, base = await serve(settings)
         try:
             status, body = await get_json(http, base + "/ready")
@@ -81,8 +101,7 @@ async def test_ready_names_the_database_when_postgresql_stops(
             )
             engine.__exit__(None, None, None)  # the database server goes away
             stopped = True
-            status, body = await get_json(http, base + "/ready")
-            assert status == 503
+            status, body = await ready_within(http, base + "/ready", 503, CACHE_S + 2.5)
             assert body["status"] == "unavailable"
             assert body["unreachable"] == ["database"]
             assert body["checks"]["blob_store"] == "ok"
@@ -92,6 +111,7 @@ async def test_ready_names_the_database_when_postgresql_stops(
             status, health = await get_json(http, base + "/health")
             assert (status, health["status"]) == (200, "ok")  # alive, only not ready
             # the scrape still answers; the figures it cannot read are NaN, not stale
+            await asyncio.sleep(CACHE_S)
             samples = await scrape(http, base + "/metrics")
             assert math.isnan(samples["rtc_uploads_in_progress"])
             assert math.isnan(samples["rtc_stored_bytes"])
@@ -111,6 +131,7 @@ async def test_ready_names_the_blob_store_when_its_folder_turns_read_only(
             database_path=tmp_path / "storage.db",
             disk_reserve_bytes=0,
             database_reserve_bytes=0,
+            ready_cache_s=CACHE_S,
         )
         runner, base = await serve(settings)
         try:
@@ -118,8 +139,7 @@ async def test_ready_names_the_blob_store_when_its_folder_turns_read_only(
             assert status == 200, body
             remount = ["mount", "-o", "remount,ro", str(volume)]
             subprocess.run(remount, check=True, capture_output=True)
-            status, body = await get_json(http, base + "/ready")
-            assert status == 503
+            status, body = await ready_within(http, base + "/ready", 503, CACHE_S + 2.5)
             assert body["unreachable"] == ["blob_store"]
             assert body["checks"] == {
                 "blob_store": "unreachable (OSError)",
@@ -127,8 +147,7 @@ async def test_ready_names_the_blob_store_when_its_folder_turns_read_only(
             }
             remount = ["mount", "-o", "remount,rw", str(volume)]
             subprocess.run(remount, check=True, capture_output=True)
-            status, body = await get_json(http, base + "/ready")
-            assert status == 200, body
+            status, body = await ready_within(http, base + "/ready", 200, CACHE_S + 2.5)
             assert not [p for p in (volume / "store").iterdir() if p.name.startswith(".ready")]
         finally:
             await runner.cleanup()
@@ -141,7 +160,9 @@ async def test_ready_names_redis_when_it_stops_and_recovers_when_it_is_back(
 
     redis = RedisServer(require_redis_server()).start()
     try:
-        settings = SignalingSettings(host="127.0.0.1", port=0, redis_url=redis.url)
+        settings = SignalingSettings(
+            host="127.0.0.1", port=0, redis_url=redis.url, ready_cache_s=CACHE_S
+        )
         runner, base = await serve(settings)
         try:
             assert await get_json(http, base + "/ready") == (
@@ -149,8 +170,8 @@ async def test_ready_names_redis_when_it_stops_and_recovers_when_it_is_back(
                 {"status": "ready", "checks": {"redis": "ok"}},
             )
             redis.stop()
-            status, body = await get_json(http, base + "/ready")
-            assert (status, body["unreachable"]) == (503, ["redis"])
+            status, body = await ready_within(http, base + "/ready", 503, CACHE_S + 2.5)
+            assert body["unreachable"] == ["redis"]
             assert body["checks"]["redis"].startswith(("unreachable (", "no answer within"))
             assert str(redis.port) not in json.dumps(body)
             redis.start()
@@ -214,7 +235,7 @@ async def test_ready_without_storage_checks_nothing_and_runs_registered_checks(
 async def test_metrics_show_peers_relays_uploads_stored_bytes_and_errors(
     http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    runner, base = await serve(service_settings(tmp_path / "store"))
+    runner, base = await serve(service_settings(tmp_path / "store", ready_cache_s=0))
     url = base.replace("http", "ws") + "/ws"
     try:
         before = await scrape(http, base + "/metrics")
@@ -318,3 +339,118 @@ async def test_two_apps_in_one_process_keep_their_own_series(tmp_path: Path) -> 
     from signaling.metrics import METRICS_KEY
 
     assert first[METRICS_KEY].registry is not second[METRICS_KEY].registry
+
+
+async def start_app(app: aiohttp.web.Application) -> tuple[aiohttp.web.AppRunner, str]:
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_a_flood_of_ready_requests_makes_one_probe_per_engine(
+    http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outsider sends 50 ``/ready`` and 50 ``/metrics`` requests at once (no key
+    needed): the database, the blob store and a registered check are probed once
+    each, the storage figures queried once, and every answer is complete."""
+    import signaling.metrics
+    from signaling.ops import CHECKS_KEY
+
+    app = create_app(service_settings(tmp_path / "store"))  # ready_cache_s: 2 s default
+    probes: dict[str, int] = {}
+
+    def counted(name: str, check: Any) -> Any:
+        async def probe() -> object:
+            probes[name] = probes.get(name, 0) + 1
+            await asyncio.sleep(0.05)  # slow enough for requests to overlap it
+            return await check()
+
+        return probe
+
+    checks = app[CHECKS_KEY]
+    for name, check in list(checks.items()):
+        checks[name] = counted(name, check)
+
+    async def also_redis() -> None:  # one more engine's check, as app.py registers it
+        return None
+
+    add_readiness_check(app, "redis", counted("redis", also_redis))
+    queries = 0
+    real_read = signaling.metrics._read_storage
+
+    async def read_storage(*args: Any, **kwargs: Any) -> tuple[float, float]:
+        nonlocal queries
+        queries += 1
+        return await real_read(*args, **kwargs)
+
+    monkeypatch.setattr(signaling.metrics, "_read_storage", read_storage)
+    runner, base = await start_app(app)
+    try:
+        answers = await asyncio.gather(*(get_json(http, base + "/ready") for _ in range(50)))
+        assert probes == {"blob_store": 1, "database": 1, "redis": 1}
+        expected = {
+            "status": "ready",
+            "checks": {"blob_store": "ok", "database": "ok", "redis": "ok"},
+        }
+        assert all(answer == (200, expected) for answer in answers), answers
+        scrapes = await asyncio.gather(*(scrape(http, base + "/metrics") for _ in range(50)))
+        assert queries == 1
+        assert all(samples["rtc_stored_bytes"] == 0 for samples in scrapes)
+        assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".ready")]
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_failure_is_reported_within_the_cache_time(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The answer is reused for ``ready_cache_s`` only: a check that starts failing
+    shows as 503 within that time, not later."""
+    app = create_app(SignalingSettings(host="127.0.0.1", port=0, ready_cache_s=CACHE_S))
+    healthy = True
+    probes = 0
+
+    async def engine() -> bool:
+        nonlocal probes
+        probes += 1
+        return healthy
+
+    add_readiness_check(app, "database", engine)
+    runner, base = await start_app(app)
+    try:
+        assert (await get_json(http, base + "/ready"))[0] == 200
+        healthy = False  # the engine goes away
+        failed_at = asyncio.get_running_loop().time()
+        assert (await get_json(http, base + "/ready"))[0] == 200  # within the cache time
+        _, body = await ready_within(http, base + "/ready", 503, CACHE_S + 0.5)
+        assert asyncio.get_running_loop().time() - failed_at >= CACHE_S * 0.5
+        assert body["checks"] == {"database": "not ready"}
+        assert probes == 2  # the polls in between reused the answers
+    finally:
+        await runner.cleanup()
+
+
+async def test_callers_during_a_running_probe_share_it_and_a_cancelled_one_leaves_it() -> None:
+    """Single flight without a cache (``ttl_s=0``): callers arriving while a probe runs
+    await it; a caller that goes away (a client hanging up) does not cancel it."""
+    from signaling.probe_cache import CachedProbe
+
+    release = asyncio.Event()
+    runs = 0
+
+    async def probe() -> str:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+        return f"answer {runs}"
+
+    cached = CachedProbe(probe, 0.0)
+    callers = [asyncio.create_task(cached()) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    callers[0].cancel()
+    release.set()
+    answers = await asyncio.gather(*callers[1:])
+    assert runs == 1 and set(answers) == {"answer 1"}
+    assert await cached() == "answer 2"  # no cache: the next call probes again
