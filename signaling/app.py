@@ -113,7 +113,7 @@ def create_app(
     app[SETTINGS_KEY] = settings = settings if settings is not None else SignalingSettings()
     if setup_storage(app, settings):
         setup_uploads(app, settings)
-        setup_tus(app)
+        setup_tus(app, settings)
     registry = _setup_registry(app, settings, bindings)
     total = min(settings.max_connections, usable_descriptors())
     if total < settings.max_connections:

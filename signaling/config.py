@@ -159,8 +159,9 @@ class SignalingSettings(StorageSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         [],
         description="Web origins (scheme://host[:port]) besides the server's own whose "
-        "pages may open /ws (repeat the flag, or comma-separate); a browser's upgrade from "
-        "any other origin is refused with HTTP 403 ORIGIN_NOT_ALLOWED. Peers that send no "
+        "pages may open /ws and upload with tus at /files/ (CORS; repeat the flag, or "
+        "comma-separate); a browser's upgrade from any other origin is refused with HTTP 403 "
+        "ORIGIN_NOT_ALLOWED, its tus answers carry no CORS header. Peers that send no "
         "Origin (rtc-worker, rtc-client) are not affected.",
     )
 

@@ -23,6 +23,8 @@ __all__ = [
     "DEFAULT_DISK_RESERVE_BYTES",
     "DEFAULT_DOWNLOAD_TOKEN_TTL_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
+    "DEFAULT_TUS_IDLE_TIMEOUT_S",
+    "DEFAULT_TUS_PATCH_DEADLINE_S",
     "DEFAULT_UPLOAD_CHUNK_SIZE",
     "DEFAULT_UPLOAD_QUOTA_BYTES",
     "DEFAULT_UPLOAD_QUOTA_COUNT",
@@ -59,6 +61,12 @@ DEFAULT_UPLOAD_QUOTA_BYTES = 20 * 1024**3
 
 DEFAULT_UPLOAD_QUOTA_COUNT = 16
 """Default number of open resumable uploads per principal."""
+
+DEFAULT_TUS_IDLE_TIMEOUT_S = 60.0
+"""Default longest wait for the next bytes of a tus PATCH body, seconds (1 min)."""
+
+DEFAULT_TUS_PATCH_DEADLINE_S = 3600.0
+"""Default longest time one tus PATCH body may take, seconds (1 h)."""
 
 
 class StorageSettings(EnvSettings):
@@ -168,6 +176,22 @@ class StorageSettings(EnvSettings):
         description="Size of the reserve file kept beside the database, bytes: removed when "
         "the disk is full so that deletes can still be recorded, recreated when there is "
         "room; 0: none.",
+    )
+    # The deadlines of one tus PATCH body (a stalled or slow client holds an upload's lock)
+    tus_idle_timeout_s: float = Field(
+        DEFAULT_TUS_IDLE_TIMEOUT_S,
+        gt=0,
+        le=24 * 3600,
+        description="Longest wait for the next bytes of a tus PATCH (or creation-with-upload) "
+        "body, seconds: a body silent longer ends with 408 REQUEST_TIMEOUT, what arrived is "
+        "kept (unless a checksum was sent) and the upload's lock is freed.",
+    )
+    tus_patch_deadline_s: float = Field(
+        DEFAULT_TUS_PATCH_DEADLINE_S,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Longest time one tus PATCH body may take in all, seconds: past it the "
+        "request ends with 408 REQUEST_TIMEOUT (what arrived is kept, the client resumes).",
     )
     # Blobs on an S3-compatible store (credentials: the standard AWS_* variables)
     storage_backend: Annotated[Literal["folder", "s3"], Env("RTC_STORAGE_BACKEND")] = Field(

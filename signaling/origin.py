@@ -14,6 +14,8 @@ workers. :func:`origin_refusal` allows an upgrade when:
 Any other origin, ``null`` (a sandboxed frame, a ``file:`` page) included, is refused
 before the upgrade with HTTP 403 and an ``ORIGIN_NOT_ALLOWED`` error frame as the JSON
 body (RFC 6455 section 4.2.2: "a 403 Forbidden ... if the origin is not acceptable").
+The same list decides which pages may use the tus routes from a browser
+(:mod:`signaling.tus_cors`).
 """
 
 from __future__ import annotations

@@ -35,16 +35,21 @@ the job, the record ``POST /upload`` makes, downloadable with
 download token ``POST /upload`` gives, for ``X-Download-Token``) and
 ``Upload-Download-Expires`` (the token's expiry, ISO 8601 UTC).
 
-Bounds: a PATCH body may not run past ``Upload-Length`` (413); a body that sends
-nothing for ``read_timeout_s`` or is not done within ``patch_deadline_s`` ends with 408
-(what arrived is kept unless a checksum was given); one PATCH or DELETE per upload at a
-time (423 UPLOAD_LOCKED; across instances on PostgreSQL, by an advisory lock). A chunk
-whose checksum does not match answers 460 and is not kept; the offset is unchanged. An
-unfinished upload expires ``upload_ttl_s`` after its last change (``Upload-Expires``; a PATCH within
-:data:`~signaling.upload_offsets.TOUCH_EVERY_S` of the last change is not a new one, so
-no PATCH in a quick series writes the database; the header always gives the expiry
-kept): it then answers 410 and its partial is removed. Errors are JSON
-``{"error": {"code", "message", "timestamp"}}``.
+``POST /files/{id}`` with ``X-HTTP-Method-Override: PATCH`` (``DELETE``, ``HEAD``) is
+handled as that method (tus 1.0.0, "Core Protocol"); another value answers 400
+METHOD_OVERRIDE_INVALID. A browser page on an origin in ``--allowed-origin`` may use
+the routes: preflights and answers carry the CORS headers of :mod:`signaling.tus_cors`.
+
+Bounds: a PATCH body may not run past ``Upload-Length`` (413); a body that sends nothing
+for ``tus_idle_timeout_s`` (60 s) or is not done within ``tus_patch_deadline_s`` (1 h)
+ends with 408 (what arrived is kept unless a checksum was given); one PATCH or DELETE
+per upload at a time (423 UPLOAD_LOCKED; across instances on PostgreSQL, by an advisory
+lock). A chunk whose checksum does not match answers 460 and is not kept; the offset is
+unchanged. An unfinished upload expires ``upload_ttl_s`` after its last change
+(``Upload-Expires``; a PATCH within :data:`~signaling.upload_offsets.TOUCH_EVERY_S` of
+the last change is not a new one, so no PATCH in a quick series writes the database; the
+header always gives the expiry kept): it then answers 410 and its partial is removed.
+Errors are JSON ``{"error": {"code", "message", "timestamp"}}``.
 
 Source: the tus protocol 1.0.0 (https://tus.io/protocols/resumable-upload); tusd
 ``pkg/handler/unrouted_handler.go`` (locks with 423, the order of the checks).
@@ -61,11 +66,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from signaling.api_common import ApiError, ApiErrorCode, error_response
+from signaling.config import SignalingSettings
 from signaling.db import UploadRecord
 from signaling.db_engine import StoreLockTimeoutError
 from signaling.results_api import STORE_KEY
 from signaling.results_store import Stored
 from signaling.sqlite_file import is_disk_full
+from signaling.tus_cors import cors_headers
 from signaling.tus_fields import (
     CHECKSUMS,
     TUS_VERSION,
@@ -86,26 +93,38 @@ TUS_PATHS = ("/files/", "/files/{upload_id}")
 
 EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
 OFFSET_TYPE = "application/offset+octet-stream"
+METHOD_OVERRIDE = "X-HTTP-Method-Override"
 
 
 TUS_KEY: web.AppKey[TusService] = web.AppKey("tus", TusService)
 """The app's :class:`TusService` (present only when storage is enabled)."""
 
 
-def setup_tus(app: web.Application) -> bool:
+def setup_tus(app: web.Application, settings: SignalingSettings) -> bool:
     """Add the tus routes at ``/files/`` to ``app``; after
     :func:`signaling.uploads_api.setup_uploads`, nothing when storage is off.
+
+    Args:
+        app: the application.
+        settings: its settings (``tus_idle_timeout_s``, ``tus_patch_deadline_s``, and
+            ``allowed_origins`` for CORS, :mod:`signaling.tus_cors`).
 
     Returns:
         Whether the routes were added.
     """
     if UPLOADS_KEY not in app:
         return False
-    app[TUS_KEY] = tus = TusService(app[UPLOADS_KEY])
+    app[TUS_KEY] = tus = TusService(
+        app[UPLOADS_KEY],
+        read_timeout_s=settings.tus_idle_timeout_s,
+        patch_deadline_s=settings.tus_patch_deadline_s,
+        allowed_origins=settings.allowed_origins,
+    )
     app.on_cleanup.append(tus.close)
     app.router.add_route("OPTIONS", "/files/", _options)
     app.router.add_route("OPTIONS", "/files/{upload_id}", _options)
     app.router.add_post("/files/", _tus(_create))
+    app.router.add_post("/files/{upload_id}", _tus(_override))
     app.router.add_head("/files/{upload_id}", _tus(_head))
     app.router.add_patch("/files/{upload_id}", _tus(_patch))
     app.router.add_delete("/files/{upload_id}", _tus(_delete))
@@ -116,8 +135,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _tus(handler: Handler) -> Handler:
-    """Check ``Tus-Resumable``, answer errors as JSON, add ``Tus-Resumable`` to every
-    answer; a refused request whose body was not read closes its connection."""
+    """Check ``Tus-Resumable``, answer errors as JSON, add ``Tus-Resumable`` and the
+    CORS headers to every answer; a refused request whose body was not read closes its
+    connection."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         response: web.StreamResponse
@@ -139,6 +159,7 @@ def _tus(handler: Handler) -> Handler:
         except Exception as exc:  # the disk, the database, or a bug
             response = _failure(request, exc)
         response.headers["Tus-Resumable"] = TUS_VERSION
+        response.headers.update(cors_headers(request, request.app[TUS_KEY].allowed_origins))
         if response.status == 412:
             response.headers["Tus-Version"] = TUS_VERSION
         if response.status >= 400 and request.body_exists and not request.content.is_eof():
@@ -164,7 +185,8 @@ def _failure(request: web.Request, exc: Exception) -> web.Response:
 
 
 async def _options(request: web.Request) -> web.Response:
-    """``OPTIONS /files/``: what this server speaks (no key needed)."""
+    """``OPTIONS /files/``: what this server speaks (no key needed); also the answer
+    to a browser's CORS preflight (:func:`~signaling.tus_cors.cors_headers`)."""
     store = request.app[STORE_KEY]
     headers = {
         "Tus-Resumable": TUS_VERSION,
@@ -173,7 +195,28 @@ async def _options(request: web.Request) -> web.Response:
         "Tus-Max-Size": str(store.max_file_size),
         "Tus-Checksum-Algorithm": ",".join(CHECKSUMS),
     }
+    headers.update(cors_headers(request, request.app[TUS_KEY].allowed_origins))
     return web.Response(status=204, headers=headers)
+
+
+async def _override(request: web.Request) -> web.StreamResponse:
+    """``POST /files/{upload_id}`` with ``X-HTTP-Method-Override: PATCH``, ``DELETE``
+    or ``HEAD``: handled as that method (tus 1.0.0, "Core Protocol": a server SHOULD
+    honour the header, for clients behind proxies or browsers that only send GET and
+    POST). Any other value: 400 METHOD_OVERRIDE_INVALID; none: 405."""
+    method = request.headers.get(METHOD_OVERRIDE)
+    if method is None:
+        raise TusError(
+            405, "METHOD_NOT_ALLOWED", f"POST to an upload needs {METHOD_OVERRIDE}: PATCH"
+        )
+    handler = _OVERRIDES.get(method.strip().upper())
+    if handler is None:
+        raise TusError(
+            400,
+            "METHOD_OVERRIDE_INVALID",
+            f"{METHOD_OVERRIDE} must be one of {', '.join(_OVERRIDES)}",
+        )
+    return await handler(request)
 
 
 def _download_headers(stored: Stored | None) -> dict[str, str]:
@@ -201,6 +244,11 @@ def _state_headers(tus: TusService, record: UploadRecord, offset: int) -> dict[s
 
 async def _create(request: web.Request) -> web.Response:
     """``POST /files/``: creation (and creation-with-upload)."""
+    override = request.headers.get(METHOD_OVERRIDE)
+    if override is not None and override.strip().upper() != "POST":
+        raise TusError(
+            400, "METHOD_OVERRIDE_INVALID", f"{METHOD_OVERRIDE} on /files/ can only be POST"
+        )
     tus = request.app[TUS_KEY]
     caller = await tus.caller(request)
     if "Upload-Defer-Length" in request.headers:
@@ -289,3 +337,7 @@ async def _delete(request: web.Request) -> web.Response:
         await tus.drop_lingering(upload_id)
         await tus.manager.cancel(upload_id, caller)
     return web.Response(status=204)
+
+
+_OVERRIDES: dict[str, Handler] = {"PATCH": _patch, "DELETE": _delete, "HEAD": _head}
+"""The methods ``X-HTTP-Method-Override`` may name on ``POST /files/{upload_id}``."""

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -21,6 +21,7 @@ from loguru import logger
 
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
+from signaling.config_storage import DEFAULT_TUS_IDLE_TIMEOUT_S, DEFAULT_TUS_PATCH_DEADLINE_S
 from signaling.db import UploadRecord
 from signaling.results_api import CHUNK_BYTES
 from signaling.results_store import Stored
@@ -43,20 +44,26 @@ class TusService:
 
     Args:
         manager: the app's resumable uploads.
-        read_timeout_s: longest wait for the next bytes of a body, seconds.
-        patch_deadline_s: longest time one body may take, seconds.
+        read_timeout_s: longest wait for the next bytes of a body, seconds (the
+            ``tus_idle_timeout_s`` setting).
+        patch_deadline_s: longest time one body may take, seconds (the
+            ``tus_patch_deadline_s`` setting).
         now: the clock deciding expiry (Unix time, seconds); tests move it.
+        allowed_origins: normalized web origins whose pages may use the routes from a
+            browser (CORS, :mod:`signaling.tus_cors`), besides the server's own.
     """
 
     def __init__(
         self,
         manager: UploadManager,
         *,
-        read_timeout_s: float = 60.0,
-        patch_deadline_s: float = 3600.0,
+        read_timeout_s: float = DEFAULT_TUS_IDLE_TIMEOUT_S,
+        patch_deadline_s: float = DEFAULT_TUS_PATCH_DEADLINE_S,
         now: Callable[[], float] = time.time,
+        allowed_origins: Collection[str] = (),
     ) -> None:
         self.manager = manager
+        self.allowed_origins = frozenset(allowed_origins)
         self.read_timeout_s = read_timeout_s
         self.patch_deadline_s = patch_deadline_s
         self.now = now
