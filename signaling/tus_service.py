@@ -14,7 +14,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from aiohttp import web
 from loguru import logger
@@ -110,10 +110,7 @@ class TusService:
 
     def expires(self, record: UploadRecord) -> datetime | None:
         """When the unfinished ``record`` expires, else ``None``."""
-        if record.status not in ("initiated", "in_progress"):
-            return None
-        changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        return changed + timedelta(seconds=self.manager.ttl_s)
+        return self.manager.expires(record)
 
     async def live(self, upload_id: str, caller: Caller) -> UploadRecord:
         """The upload ``upload_id`` of ``caller``, unless gone; an expired one is

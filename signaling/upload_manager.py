@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from rtc_worker.storage import FileMetadata, HashMismatchError, format_timestamp
+from rtc_worker.storage import FileMetadata, HashMismatchError, format_timestamp, parse_timestamp
 from rtc_worker.storage.record import covered
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
@@ -181,12 +181,17 @@ class UploadManager(OffsetWrites):
             "expires_at": self._expires_at(record),
         }
 
-    def _expires_at(self, record: UploadRecord) -> str | None:
-        """When an unfinished upload expires unless changed again (ISO 8601 UTC)."""
+    def expires(self, record: UploadRecord) -> datetime | None:
+        """When the unfinished ``record`` expires unless changed again (its last change
+        plus the upload lifetime), else ``None``."""
         if record.status not in UNFINISHED:
             return None
-        changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        return _stamp(changed + timedelta(seconds=self.ttl_s))
+        return parse_timestamp(record.updated_at) + timedelta(seconds=self.ttl_s)
+
+    def _expires_at(self, record: UploadRecord) -> str | None:
+        """:meth:`expires` as ISO 8601 UTC."""
+        moment = self.expires(record)
+        return None if moment is None else _stamp(moment)
 
     # ------------------------------------------------------------------ the partial
 

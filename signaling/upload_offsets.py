@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 
-from rtc_worker.storage import format_timestamp
+from rtc_worker.storage import format_timestamp, parse_timestamp
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller
 from signaling.blobs import BlobNotFoundError
@@ -170,7 +170,7 @@ class OffsetWrites:
         """Mark the upload in progress, changed now (its expiry moves on), unless it is
         in progress and changed less than :data:`TOUCH_EVERY_S` ago; the record after."""
         now = datetime.now(UTC)
-        changed = datetime.strptime(record.updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        changed = parse_timestamp(record.updated_at)
         recent = timedelta(seconds=min(TOUCH_EVERY_S, self.ttl_s / 10))
         if record.status == "in_progress" and timedelta(0) <= now - changed < recent:
             return record  # a cancel meanwhile discarded the partial: mark_present refused

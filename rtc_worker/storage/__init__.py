@@ -33,6 +33,7 @@ from rtc_worker.storage.metadata import (
     detect_mime,
     format_timestamp,
     hash_file,
+    parse_timestamp,
 )
 from rtc_worker.storage.owners import OwnerBook
 from rtc_worker.storage.partials import WRITE_BATCH_BYTES, Batch, PartialFile
@@ -69,6 +70,7 @@ __all__ = [
     "fsync_dir",
     "hash_file",
     "layout",
+    "parse_timestamp",
     "publish",
     "write_atomic",
 ]

@@ -50,6 +50,15 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_timestamp(text: str) -> datetime:
+    """The aware UTC datetime of a :func:`format_timestamp` string.
+
+    Raises:
+        ValueError: ``text`` is not ``YYYY-MM-DDTHH:MM:SSZ``.
+    """
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class FileMetadata:
     """What the worker and the storage service record about a file.
