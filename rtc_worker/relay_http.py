@@ -38,12 +38,7 @@ from typing import NamedTuple, TypeVar
 
 import aiohttp
 from loguru import logger
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 __all__ = [
     "FETCH_PIECE_BYTES",
@@ -172,11 +167,6 @@ def _cut(what: str, exc: BaseException) -> RelayHttpError:
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
-def _metadata(name: str) -> str:
-    encoded = base64.b64encode(name.encode()).decode()
-    return f"relay {base64.b64encode(b'1').decode()},filename {encoded}"
-
-
 class RelayHttp:
     """The storage service's relay objects, for one API key.
 
@@ -215,15 +205,13 @@ class RelayHttp:
     def __repr__(self) -> str:
         return f"RelayHttp({self._base!r}, api_key=<hidden>)"
 
-    # ------------------------------------------------------------------ plumbing
-
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
             self._own_session = True
         return self._session
 
-    def _headers(self, **extra: str) -> dict[str, str]:
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
         return {"X-API-Key": self._key, **extra}
 
     async def _retry(self, step: Callable[[], Awaitable[_T]]) -> _T:
@@ -240,15 +228,13 @@ class RelayHttp:
                 return await step()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    # ------------------------------------------------------------------ probe
-
     async def reachable(self) -> bool:
         """Whether the service is reachable with this key and serves relay objects,
         within :data:`PROBE_TIMEOUT_S` (3 s): ``GET /relay/{32 zeros}`` with the key
         and a token that reads nothing must answer 404 ``RELAY_NOT_FOUND`` (a bad key
         answers 401/403, a service without relay objects another 404). Never raises."""
         url = f"{self._base}/relay/{_PROBE_ID}"
-        headers = self._headers(**{"X-Relay-Token": "probe"})
+        headers = self._headers({"X-Relay-Token": "probe"})
         try:
             async with self._http().get(
                 url, headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
@@ -257,8 +243,6 @@ class RelayHttp:
         except (*_NETWORK_ERRORS, ValueError) as exc:
             logger.info("the storage service is not reachable: {}", type(exc).__name__)
             return False
-
-    # ------------------------------------------------------------------ upload
 
     async def upload(self, length: int, pieces: Pieces, *, name: str = "relay") -> RelayObject:
         """Store ``length`` bytes as a new relay object.
@@ -269,8 +253,8 @@ class RelayHttp:
                 end (exactly ``length - offset`` bytes, in pieces of any size; large
                 pieces, 1 MiB or more, are fastest). Called once with 0 and again with
                 the service's offset after each drop.
-            name: the file name recorded with the upload (not secret, not the
-                plaintext's name).
+            name: the tus ``filename`` metadata (the service names a relay object
+                by its id; never the plaintext's name).
 
         Returns:
             The completed :class:`RelayObject`.
@@ -304,12 +288,9 @@ class RelayHttp:
 
     async def _create(self, length: int, name: str) -> str:
         """``POST /files/``: the new upload's id."""
+        meta = f"relay MQ==,filename {base64.b64encode(name.encode()).decode()}"
         headers = self._headers(
-            **{
-                "Tus-Resumable": TUS_VERSION,
-                "Upload-Length": str(length),
-                "Upload-Metadata": _metadata(name),
-            }
+            {"Tus-Resumable": TUS_VERSION, "Upload-Length": str(length), "Upload-Metadata": meta}
         )
         try:
             async with self._http().post(f"{self._base}/files/", headers=headers) as response:
@@ -325,7 +306,7 @@ class RelayHttp:
 
     async def _head(self, upload_id: str, length: int) -> tuple[int, RelayObject | None]:
         """``HEAD /files/{id}``: the upload's offset, and the object when complete."""
-        headers = self._headers(**{"Tus-Resumable": TUS_VERSION})
+        headers = self._headers({"Tus-Resumable": TUS_VERSION})
         try:
             async with self._http().head(
                 f"{self._base}/files/{upload_id}", headers=headers
@@ -345,7 +326,7 @@ class RelayHttp:
     async def _patch(self, upload_id: str, offset: int, length: int, pieces: Pieces) -> RelayObject:
         """One ``PATCH /files/{id}`` of the bytes from ``offset`` to the end."""
         headers = self._headers(
-            **{
+            {
                 "Tus-Resumable": TUS_VERSION,
                 "Upload-Offset": str(offset),
                 "Content-Type": "application/offset+octet-stream",
@@ -386,8 +367,6 @@ class RelayHttp:
             )
         return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
 
-    # ------------------------------------------------------------------ fetch
-
     async def fetch(self, upload_id: str, token: str, start: int, end: int) -> AsyncIterator[bytes]:
         """The bytes ``[start, end)`` of the relay object ``upload_id``: one ranged
         ``GET /relay/{id}`` (``Range: bytes=start-(end-1)``), yielded in pieces of at
@@ -410,7 +389,7 @@ class RelayHttp:
         if not 0 <= start < end:
             raise ValueError("a relay range needs 0 <= start < end")
         what = f"relay object {upload_id}"
-        headers = self._headers(**{"X-Relay-Token": token, "Range": f"bytes={start}-{end - 1}"})
+        headers = self._headers({"X-Relay-Token": token, "Range": f"bytes={start}-{end - 1}"})
         url = f"{self._base}/relay/{upload_id}"
 
         async def get() -> aiohttp.ClientResponse:
@@ -443,13 +422,11 @@ class RelayHttp:
         finally:
             response.close()
 
-    # ------------------------------------------------------------------ delete
-
     async def delete(self, upload_id: str, token: str) -> None:
         """Remove the relay object ``upload_id`` (``DELETE /relay/{id}`` with its token):
         best effort, one attempt bounded by ``timeout_s``; never raises (an object not
         removed expires)."""
-        headers = self._headers(**{"X-Relay-Token": token})
+        headers = self._headers({"X-Relay-Token": token})
         try:
             async with self._http().delete(
                 f"{self._base}/relay/{upload_id}", headers=headers
