@@ -363,6 +363,8 @@ async def test_the_callers_pieces_are_checked_and_their_errors_kept(
         assert calls == [0]  # the caller's own failure is not retried
     finally:
         await relay.close()
+    # each upload given up was terminated at once: it holds no quota until it expires
+    assert {record.status for record in await service.db.all_uploads()} == {"cancelled"}
 
 
 # ------------------------------------------------------------------ secrets
