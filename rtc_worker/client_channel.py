@@ -107,7 +107,7 @@ class WorkerConnection:
         self.pc, self.channel, self.worker_id = pc, channel, worker_id
         self.reply_timeout = reply_timeout
         self.store = store
-        self.conn = Connection(Role.CLIENT, auth=auth, limits=limits)
+        self.conn = Connection(Role.CLIENT, auth=auth, limits=channel.sending_limits(limits))
         self.driver = ChannelDriver(
             self.conn, channel, self._perform, name=worker_id, observe=self._observe
         )

@@ -80,7 +80,7 @@ class WorkerSession:
             Role.WORKER,
             peer=peer,
             auth=auth,
-            limits=resources.limits,
+            limits=channel.sending_limits(resources.limits),
             capabilities=resources.capabilities,
         )
         self.driver = ChannelDriver(self.conn, channel, self.perform, name=peer)

@@ -17,9 +17,9 @@ RecordOwnership): the asked ranges of the held copy are read in a thread, the de
 is a task, and what the principal now owns is recorded (:class:`~rtc_worker.holdings.Mine`).
 
 Sending (StreamFrom, ReadFileRanges): the asked ranges of a proof are read from the
-file being sent; the file is read in 1 MiB blocks in a thread and cut into chunks
-the connection lets through (:meth:`Connection.send_chunk`), paced on the channel's
-``bufferedAmount`` (:meth:`FrameChannel.drained`); never whole in memory.
+file being sent; the file is streamed by :func:`~rtc_worker.chunk_sender.send_chunks`
+(read in 1 MiB blocks of ready-made chunks in a thread, each chunk let through by the
+connection and paced on the channel's ``bufferedAmount``); never whole in memory.
 
 Source: DESIGN.md, "A channel transfer"; aiortc's datachannel-filexfer example.
 """
@@ -59,6 +59,7 @@ from protocol.events import (
     StreamFrom,
     Written,
 )
+from rtc_worker.chunk_sender import READ_BLOCK_BYTES, send_chunks
 from rtc_worker.holdings import Holdings, QuotaExceededError, ranges_digest
 from rtc_worker.rtc import HIGH_WATER_BYTES, LOW_WATER_BYTES, FrameChannel
 from rtc_worker.storage import (
@@ -82,8 +83,6 @@ __all__ = [
     "path_opener",
 ]
 
-#: Files are read in blocks of this many bytes, in a thread.
-READ_BLOCK_BYTES = 1024 * 1024
 #: A receive with no chunk for this long may be taken over by a newer connection
 #: sending the same content (the old peer is gone without us noticing), seconds.
 STALE_AFTER_S = 5.0
@@ -480,21 +479,20 @@ class TransferIO:
         await self.wake()
 
     async def _send_blocks(self, opener: Opener, offset: int) -> None:
-        size = self.conn.limits.chunk_bytes
         handle = await asyncio.to_thread(opener)
         try:
-            fd = handle.fileno()
-            position = offset
-            while block := await asyncio.to_thread(os.pread, fd, READ_BLOCK_BYTES, position):
-                position += len(block)
-                view = memoryview(block)
-                for start in range(0, len(block), size):
-                    if not await self.channel.drained(self.high_water, self.low_water):
-                        return
-                    frame = self.conn.send_chunk(bytes(view[start : start + size]))
-                    if frame is None or not self.channel.send_frame(frame):
-                        return
-                    self.bytes_sent += len(frame)
-                    self.counted("sent", len(frame))
+            await send_chunks(
+                self.conn,
+                self.channel,
+                handle.fileno(),
+                offset,
+                high_water=self.high_water,
+                low_water=self.low_water,
+                sent=self._sent,
+            )
         finally:
             await asyncio.to_thread(handle.close)
+
+    def _sent(self, size: int) -> None:
+        self.bytes_sent += size
+        self.counted("sent", size)
