@@ -20,20 +20,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
+from protocol import FileReceived, Message, ProtocolErrorFrame, TransferError
+from protocol.relay_crypto import ChunkCipher, RelaySecret
+from protocol.relay_messages import RelayEnded, RelayPart
+from rtc_worker.relay_http import RelayHttp, RelayObject
 from signaling.db import StorageDB
 from signaling.keys import Role
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, offer, recv_until
 
-__all__ = ["ADMIN_KEY", "PacedProxy", "ServiceProcess", "service_process"]
+__all__ = [
+    "ADMIN_KEY",
+    "ENDINGS",
+    "Bend",
+    "PacedProxy",
+    "RelaySender",
+    "ServiceProcess",
+    "service_process",
+    "sha",
+]
 
 ADMIN_KEY = "relay-admin-key-0123456789"
 START_TIMEOUT_S = 20.0
+#: The worker's answers that end a relay send.
+ENDINGS = (FileReceived, RelayEnded, TransferError, ProtocolErrorFrame)
 
 
 class ServiceProcess:
@@ -232,14 +250,18 @@ class RelaySender:
         raw: the data channel (:meth:`RTCClient.connect_raw`, handshake done).
         http: the storage service's relay client, with the sender's own key.
         chunk_size: the relay chunk size, bytes.
+        principal: the sender's principal on the worker (its key's fingerprint).
 
     Attributes:
         objects: every relay object uploaded, in order.
         secret: the key and nonce prefix of the file being sent.
     """
 
-    def __init__(self, raw: Any, http: RelayHttp, chunk_size: int = 1 << 20) -> None:
+    def __init__(
+        self, raw: Any, http: RelayHttp, chunk_size: int = 1 << 20, principal: str = ""
+    ) -> None:
         self.raw = raw
+        self.principal = principal
         self.http = http
         self.chunk_size = chunk_size
         self.objects: list[RelayObject] = []
@@ -255,7 +277,9 @@ class RelaySender:
     def cipher(self, data: bytes) -> ChunkCipher:
         return ChunkCipher(self.secret, sha(data), len(data), self.chunk_size)
 
-    async def upload(self, data: bytes, offset: int, length: int, bend: Bend = Bend()) -> RelayObject:
+    async def upload(
+        self, data: bytes, offset: int, length: int, bend: Bend = Bend()
+    ) -> RelayObject:
         """Seal the plaintext ``[offset, offset + length)`` chunk by chunk and upload it
         as one relay object (bent as ``bend`` says)."""
         cipher = self.cipher(data)
@@ -298,9 +322,7 @@ class RelaySender:
             bend.token or relay_object.token,
         )
 
-    async def send(
-        self, data: bytes, offset: int, part_bytes: int, bend: Bend = Bend()
-    ) -> Message:
+    async def send(self, data: bytes, offset: int, part_bytes: int, bend: Bend = Bend()) -> Message:
         """Upload ``data`` from ``offset`` in parts of ``part_bytes`` and send a RELAY_PART
         as each is complete; the worker's answer that ends it (FILE_RECEIVED,
         RELAY_ENDED, TRANSFER_ERROR or PROTOCOL_ERROR)."""

@@ -71,7 +71,14 @@ def test_the_relay_road_is_switched_off_from_the_command_line(
     )
     off = line.command(
         line.parse(
-            ["serve", "--no-relay-road", "--relay-fetch-timeout-s", "4", "--relay-fetch-retries", "2"]
+            [
+                "serve",
+                "--no-relay-road",
+                "--relay-fetch-timeout-s",
+                "4",
+                "--relay-fetch-retries",
+                "2",
+            ]
         )
     )
     assert isinstance(off, WorkerSettings)
@@ -90,7 +97,7 @@ class Clock:
 
 def test_each_road_is_named_with_its_speed() -> None:
     clock = Clock()
-    log = RoadLog(clock)  # type: ignore[arg-type]
+    log = RoadLog(clock)
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
     try:
@@ -125,7 +132,7 @@ def test_each_road_is_named_with_its_speed() -> None:
 
 def test_the_same_transfer_keeps_its_clock_and_a_new_one_restarts_it() -> None:
     clock = Clock()
-    log = RoadLog(clock)  # type: ignore[arg-type]
+    log = RoadLog(clock)
     log.action(7)
     clock.now += 1.0
     log.action(7)  # CheckStore after the proof: still transfer 7
