@@ -215,6 +215,11 @@ class PacedProxy:
                     if self.rate:
                         await asyncio.sleep(len(data) / self.rate)
 
+    def cut(self) -> None:
+        """Cut every connection through the proxy now (both ends are closed)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
