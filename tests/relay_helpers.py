@@ -135,7 +135,7 @@ class ServiceProcess:
     async def make_key(self, role: Role, name: str, principal: str | None = None) -> str:
         """A new API key of ``role`` in the service's database (as ``keys add`` makes it)."""
         if self._db is None:
-            self._db = StorageDB(str(self.storage / "storage.db"))
+            self._db = StorageDB(f"sqlite:///{self.storage / 'storage.db'}")
         _, key = await self._db.add_key(role, name, principal)
         return key
 
