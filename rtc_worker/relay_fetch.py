@@ -223,7 +223,13 @@ class RelayFetch:
             await task
 
     async def _run(self, action: FetchRelayPart) -> None:
-        partial = await self.partial_of(action.transfer)
+        try:
+            partial = await self.partial_of(action.transfer)
+        except asyncio.CancelledError:  # halted before it began: nothing was fetched
+            _uncancel()
+            detail = "the relay road was stopped"
+            self._report(RelayFailed(action.transfer, action.start, RelayEndCode.STOPPED, detail))
+            return
         if partial is None:  # the transfer ended meanwhile: its end was reported
             return
         fetch = _PartFetch(self, action, partial)
@@ -285,9 +291,7 @@ class _PartFetch:
             await self._settle()
             return RelayFetched(self.serial, self.partial.offset)
         except asyncio.CancelledError:  # HaltRelay, or the channel closed
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _uncancel()
             outcome = (RelayEndCode.STOPPED, "the relay road was stopped")
         except RemoteProtocolError as exc:  # a chunk failed authentication
             outcome = (RelayEndCode.RELAY_CHUNK_INVALID, exc.detail)
@@ -331,6 +335,8 @@ class _PartFetch:
         """
         road = self.road
         failures = 0
+        if self.index >= self.end:  # nothing left of the part
+            return
 
         def stop(state: RetryCallState) -> bool:
             return failures >= road.retries
@@ -404,6 +410,13 @@ class _PartFetch:
 
     def _report(self, outcome: Any) -> None:
         self.owner._report(outcome)
+
+
+def _uncancel() -> None:
+    """The current task took its cancellation (it reports STOPPED and ends)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -304,3 +304,21 @@ def test_the_road_exists_only_with_the_workers_own_service_and_key(tmp_path: Pat
     assert "k" not in repr(road.http).replace("api_key", "")
     with pytest.raises(ValueError):
         RelayRoad(road.http, retries=0)
+
+
+async def test_a_fetch_halted_before_it_began_reports_stopped_at_its_start(bench: Bench) -> None:
+    data = content(2 * CHUNK, seed=12)
+    await bench.sender.upload(data, 0, len(data))
+    part = bench.sender.part_frame(data, 0, len(data), bench.sender.objects[-1])
+    held = asyncio.Event()
+
+    async def busy_partial(serial: int) -> PartialFile | None:
+        await held.wait()  # the transfer's lock is held elsewhere
+        return None
+
+    fetcher = RelayFetch(bench.road(), busy_partial, bench.reports.append)
+    await fetcher.start(FetchRelayPart(1, part, FileMeta("f.bin", len(data), sha(data), 65536), 0))
+    await asyncio.sleep(0.05)
+    await fetcher.halt()
+    assert bench.reports == [RelayFailed(1, 0, RelayEndCode.STOPPED, "the relay road was stopped")]
+    assert bench.fetched == 0
