@@ -177,8 +177,6 @@ class RelayFetch:
             receive live (:meth:`TransferIO.relay_partial`: the channel's own partial).
         report: gives an outcome to the connection and has its outputs drained soon
             (never drains in the caller: HaltRelay is performed inside a drain).
-        moved: told the plaintext bytes each fetch appended, when it ends (the
-            connection's :class:`~rtc_worker.roads_taken.RoadLog`); default: none.
 
     Attributes:
         fetched: ciphertext bytes received by this connection's fetches, bytes.
@@ -190,12 +188,10 @@ class RelayFetch:
         road: RelayRoad,
         partial_of: Callable[[int], Awaitable[PartialFile | None]],
         report: Callable[[object], None],
-        moved: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self.road = road
         self.partial_of = partial_of
         self.report = report
-        self.moved = moved
         self.fetched = 0
         self.plain = 0
         self._task: asyncio.Task[None] | None = None
@@ -238,7 +234,6 @@ class RelayFetch:
         seconds = time.perf_counter() - started
         self.fetched += fetch.fetched
         self.plain += fetch.plain
-        self.moved(fetch.plain)
         logger.debug(
             "relay part at {} of {}: {} bytes fetched in {:.3f} s ({})",
             action.part.offset,
