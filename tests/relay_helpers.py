@@ -271,11 +271,13 @@ class RelaySender:
         self.chunk_size = chunk_size
         self.objects: list[RelayObject] = []
         self.secret = RelaySecret.generate()
+        self._file = ""
 
     async def offer(self, name: str, data: bytes) -> Message:
         """FILE_META for ``data`` (answering the proof of possession as a conforming
         sender does); the worker's reply (FILE_READY, FILE_EXISTS, TRANSFER_ERROR)."""
-        self.secret = RelaySecret.generate()
+        if sha(data) != self._file:  # a fresh secret per file (offered again: the same)
+            self.secret, self._file = RelaySecret.generate(), sha(data)
         frame = f"FILE_META::{name}::{len(data)}::{sha(data)}::{65536}"
         return cast(Message, await offer(self.raw, frame, data))
 

@@ -252,14 +252,16 @@ async def test_a_relay_object_named_without_its_token_is_gone_and_the_victims_is
     victims = await victim.upload(victim_data, 0, len(victim_data))
     attacker = await world.sender("attacker")
     data = random_bytes(3 * MIB, seed=8)
-    assert await attacker.offer("mine.bin", data) == FileReady(0)
     own = await attacker.upload(data, 0, len(data))  # a token the attacker does hold
     for token in ("made-up-token", own.token):  # a guess, and the token of another object
+        assert await attacker.offer("mine.bin", data) == FileReady(0)
         bend = Bend(upload_id=victims.upload_id, token=token)
         attacker.raw.send(attacker.part_frame(data, 0, len(data), own, bend))
         ended = await recv_until(attacker.raw, (RelayEnded, TransferError, ProtocolErrorFrame))
         assert isinstance(ended, RelayEnded)
         assert (ended.code, ended.offset) == ("RELAY_GONE", 0)
+        attacker.raw.send("FILE_CANCEL")  # the road ended for this transfer: a new one
+        assert (await recv_until(attacker.raw, (TransferError,))).code == "CANCELLED"
     assert partial_bytes(worker, attacker, data) == b""
     assert stored_objects(worker) == []
     assert relay_bytes(worker) == 0
