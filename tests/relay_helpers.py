@@ -331,9 +331,10 @@ class RelaySender:
 
     async def send(self, data: bytes, offset: int, part_bytes: int, bend: Bend = Bend()) -> Message:
         """Upload ``data`` from ``offset`` in parts of ``part_bytes`` and send a RELAY_PART
-        as each is complete; the worker's answer that ends it (FILE_RECEIVED,
-        RELAY_ENDED, TRANSFER_ERROR or PROTOCOL_ERROR)."""
-        position = offset
+        as each is complete (the first from the chunk at or below ``offset``, the
+        receiver's); the worker's answer that ends it (FILE_RECEIVED, RELAY_ENDED,
+        TRANSFER_ERROR or PROTOCOL_ERROR)."""
+        position = offset - offset % self.chunk_size
         while position < len(data):
             length = min(part_bytes, len(data) - position)
             relay_object = await self.upload(data, position, length, bend)

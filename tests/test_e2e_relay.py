@@ -309,6 +309,7 @@ async def test_the_storage_service_killed_mid_download_is_resumed_at_the_last_ve
         while proxy.downstream < relay_object.size * 0.4:
             await asyncio.sleep(0.02)
     await world.service.kill()
+    assert relay_bytes(worker) < relay_object.size  # cut in the middle of the object
     await world.service.start()  # where it was: same port, same folder, same database
     ended = await recv_until(sender.raw, (FileReceived, RelayEnded, TransferError), timeout=20)
     assert ended == FileReceived(sha(data))
@@ -316,3 +317,52 @@ async def test_the_storage_service_killed_mid_download_is_resumed_at_the_last_ve
     fetched = relay_bytes(worker)
     assert relay_object.size <= fetched < 1.1 * relay_object.size
     assert proxy.downstream < 1.1 * relay_object.size
+
+
+async def test_relay_stop_mid_fetch_ends_at_a_verified_chunk_and_the_channel_goes_on(
+    world: World,
+) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)  # slow enough to stop midway
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    sender = await world.sender("changes-its-mind")
+    data = random_bytes(16 * MIB, seed=12)
+    assert await sender.offer("stop.bin", data) == FileReady(0)
+    relay_object = await sender.upload(data, 0, len(data))
+    sender.raw.send(sender.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    sender.raw.send(f"RELAY_STOP::{sha(data)}")
+    ended = await recv_until(sender.raw, (RelayEnded, FileReceived, TransferError))
+    assert isinstance(ended, RelayEnded) and ended.code == "STOPPED"
+    assert 0 < ended.offset < len(data) and ended.offset % MIB == 0
+    assert partial_bytes(worker, sender, data) == data[: ended.offset]  # verified, on disk
+    await sender.stream(data, ended.offset)  # the rest on the data channel
+    assert await recv_until(sender.raw, (FileReceived, TransferError)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
+
+
+async def test_a_cancel_mid_fetch_keeps_the_verified_chunks_for_a_resume(world: World) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    sender = await world.sender("comes-back")
+    data = random_bytes(16 * MIB, seed=13)
+    assert await sender.offer("again.bin", data) == FileReady(0)
+    relay_object = await sender.upload(data, 0, len(data))
+    sender.raw.send(sender.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    sender.raw.send("FILE_CANCEL")
+    assert (await recv_until(sender.raw, (TransferError,))).code == "CANCELLED"
+    kept = partial_bytes(worker, sender, data)
+    assert 0 < len(kept) < len(data) and kept == data[: len(kept)]
+    # the next FILE_META resumes there (the first part from the chunk at or below it)
+    ready = await sender.offer("again.bin", data)
+    assert ready == FileReady(len(kept))
+    assert await sender.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
