@@ -366,3 +366,38 @@ async def test_a_cancel_mid_fetch_keeps_the_verified_chunks_for_a_resume(world: 
     assert ready == FileReady(len(kept))
     assert await sender.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
     assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
+
+
+async def test_a_client_gone_mid_fetch_leaves_its_verified_chunks_for_its_next_connection(
+    world: World,
+) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    client, http = await world.client("flaky")
+    assert client.identity is not None
+    await client.wait_for_worker("relay-worker", 10)
+    first = RelaySender(
+        await client.connect_raw("relay-worker"), http, principal=client.identity.fingerprint
+    )
+    data = random_bytes(16 * MIB, seed=14)
+    assert await first.offer("flaky.bin", data) == FileReady(0)
+    relay_object = await first.upload(data, 0, len(data))
+    first.raw.send(first.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    await first.raw.close()  # the client is gone in the middle of the fetch
+    async with asyncio.timeout(10):
+        while worker.active_sessions:
+            await asyncio.sleep(0.05)
+    stopped_at = relay_bytes(worker)
+    await asyncio.sleep(0.3)
+    assert relay_bytes(worker) == stopped_at < relay_object.size  # the fetch stopped
+    kept = partial_bytes(worker, first, data)
+    assert 0 < len(kept) < len(data) and len(kept) % MIB == 0 and kept == data[: len(kept)]
+    again = RelaySender(await client.connect_raw("relay-worker"), http, principal=first.principal)
+    assert await again.offer("flaky.bin", data) == FileReady(len(kept))
+    assert await again.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
