@@ -309,7 +309,7 @@ class ReceiverRelay:
         receiver.on_disk = min(receiver.on_disk, offset)
         return [
             Note(f"relay road ended at {offset} bytes: {code}"),
-            RelayEnded(self._meta.sha256, offset, code, detail.replace("\n", " ")),
+            RelayEnded(self._meta.sha256, offset, code, " ".join(detail.splitlines())),
         ]
 
     def halt(self) -> list[ReceiverOutput]:
