@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.errors import LocalProtocolError
 
-__all__ = ["Road", "choose_road"]
+__all__ = ["Road", "RoadCode", "choose_road"]
+
+
+class RoadCode(StrEnum):
+    """The code of a road that cannot be taken (a local error: never on the wire)."""
+
+    #: A forced road cannot be taken (:func:`choose_road`).
+    ROAD_UNAVAILABLE = "ROAD_UNAVAILABLE"
 
 
 class Road(StrEnum):
@@ -68,4 +75,4 @@ def choose_road(
         detail = "the relay road is unavailable: the worker does not offer it"
     else:
         detail = "the relay road is unavailable: the storage service is not reachable"
-    raise LocalProtocolError(ErrorCode.ROAD_UNAVAILABLE, detail)
+    raise LocalProtocolError(RoadCode.ROAD_UNAVAILABLE, detail)
