@@ -65,6 +65,8 @@ class ErrorCode(StrEnum):
     AUTH_FAILED = "AUTH_FAILED"
     #: The client proved its key, but the worker accepts only its authorized clients.
     NOT_AUTHORIZED = "NOT_AUTHORIZED"
+    #: (Local) A forced road cannot be taken (:func:`protocol.roads.choose_road`).
+    ROAD_UNAVAILABLE = "ROAD_UNAVAILABLE"
 
 
 class TransferErrorCode(StrEnum):
@@ -89,6 +91,10 @@ class TransferErrorCode(StrEnum):
     #: The sender's principal holds too many or too large unfinished transfers (partial
     #: files) on the receiver; nothing was written. They count until they complete or expire.
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    #: A relay-road ciphertext chunk failed authentication (tampered, swapped, dropped,
+    #: wrong key, truncated object); nothing of it was written. The same value as
+    #: :attr:`RelayEndCode.RELAY_CHUNK_INVALID`.
+    RELAY_CHUNK_INVALID = "RELAY_CHUNK_INVALID"
 
 
 class RelayEndCode(StrEnum):
@@ -150,15 +156,14 @@ class ProtocolError(Exception):
     """Base class of both error directions.
 
     Attributes:
-        code: the :class:`ErrorCode` to put in the ``PROTOCOL_ERROR`` reply; a few
-            errors that never become that reply carry another code: RELAY_CHUNK_INVALID
-            (:class:`RelayEndCode`, from :class:`protocol.relay_crypto.ChunkCipher`) and
-            ROAD_UNAVAILABLE (:class:`protocol.roads.RoadCode`, from ``choose_road``).
+        code: the :class:`ErrorCode` to put in the ``PROTOCOL_ERROR`` reply (a
+            :class:`TransferErrorCode` when the error ends a transfer instead, as
+            :class:`protocol.relay_crypto.ChunkCipher` raises RELAY_CHUNK_INVALID).
         detail: a human-readable explanation, safe to send to the peer (it never
             contains the worker's absolute paths).
     """
 
-    def __init__(self, code: StrEnum, detail: str) -> None:
+    def __init__(self, code: ErrorCode | TransferErrorCode, detail: str) -> None:
         if type(self) is ProtocolError:
             raise TypeError("raise LocalProtocolError or RemoteProtocolError, not ProtocolError")
         super().__init__(f"{code}: {detail}")

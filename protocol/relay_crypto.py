@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocol.errors import ErrorCode, LocalProtocolError, RelayEndCode, RemoteProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
 from protocol.limits import MAX_RELAY_CHUNKS, RELAY_MAX_CHUNK_BYTES, RELAY_MIN_CHUNK_BYTES
 from protocol.messages import check_sha256
 
@@ -199,19 +199,19 @@ class ChunkCipher:
         """Check and decrypt chunk ``index``: its plaintext.
 
         Raises:
-            RemoteProtocolError: ``RelayEndCode.RELAY_CHUNK_INVALID`` when the chunk
+            RemoteProtocolError: ``TransferErrorCode.RELAY_CHUNK_INVALID`` when the chunk
                 does not authenticate (tampered, from another index or file, wrong key,
                 truncated) or has the wrong length.
             ValueError: ``index`` is not in ``[0, chunk_count)`` (the caller's bug).
         """
         if len(cipher) != self.cipher_length(index):
             raise RemoteProtocolError(
-                RelayEndCode.RELAY_CHUNK_INVALID,
+                TransferErrorCode.RELAY_CHUNK_INVALID,
                 f"relay chunk {index} has {len(cipher)} bytes, not {self.cipher_length(index)}",
             )
         try:
             return self._aead.decrypt(self.nonce(index), cipher, self._aad)
         except InvalidTag:
             raise RemoteProtocolError(
-                RelayEndCode.RELAY_CHUNK_INVALID, f"relay chunk {index} does not authenticate"
+                TransferErrorCode.RELAY_CHUNK_INVALID, f"relay chunk {index} does not authenticate"
             ) from None

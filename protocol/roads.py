@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from protocol.errors import LocalProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError
 
-__all__ = ["Road", "RoadCode", "choose_road"]
-
-
-class RoadCode(StrEnum):
-    """The code of a road that cannot be taken (a local error: never on the wire)."""
-
-    #: A forced road cannot be taken (:func:`choose_road`).
-    ROAD_UNAVAILABLE = "ROAD_UNAVAILABLE"
+__all__ = ["Road", "choose_road"]
 
 
 class Road(StrEnum):
@@ -75,4 +68,4 @@ def choose_road(
         detail = "the relay road is unavailable: the worker does not offer it"
     else:
         detail = "the relay road is unavailable: the storage service is not reachable"
-    raise LocalProtocolError(RoadCode.ROAD_UNAVAILABLE, detail)
+    raise LocalProtocolError(ErrorCode.ROAD_UNAVAILABLE, detail)

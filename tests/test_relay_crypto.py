@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode, LocalProtocolError, RelayEndCode, RemoteProtocolError
+from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
 from protocol.limits import MAX_RELAY_CHUNKS, RELAY_MAX_CHUNK_BYTES, RELAY_MIN_CHUNK_BYTES
 from protocol.relay_crypto import TAG_BYTES, ChunkCipher, RelaySecret
 from protocol.testing.relay import relay_secrets
@@ -85,7 +85,7 @@ def sealed_all(cipher: ChunkCipher, plain: bytes = PLAIN) -> list[bytes]:
 def refused(call: object) -> RemoteProtocolError:
     with pytest.raises(RemoteProtocolError) as info:
         call()  # type: ignore[operator]
-    assert info.value.code == RelayEndCode.RELAY_CHUNK_INVALID == "RELAY_CHUNK_INVALID"
+    assert info.value.code == TransferErrorCode.RELAY_CHUNK_INVALID
     return info.value
 
 

@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from protocol.errors import LocalProtocolError
-from protocol.roads import Road, RoadCode, choose_road
+from protocol.errors import ErrorCode, LocalProtocolError
+from protocol.roads import Road, choose_road
 
 ALL = frozenset(Road)
 
@@ -57,7 +57,7 @@ def test_an_impossible_forced_road_is_refused_with_why(
         choose_road(
             forced=forced, worker_roads=roads, client_reaches_storage=reach, shared_input=shared
         )
-    assert info.value.code == RoadCode.ROAD_UNAVAILABLE == "ROAD_UNAVAILABLE"
+    assert info.value.code == ErrorCode.ROAD_UNAVAILABLE
     assert why in info.value.detail
 
 
