@@ -23,16 +23,9 @@ current one. FILE_PROGRESS counts bytes that are on disk, from
 anything missing is refused (UNEXPECTED_DATA for a chunk, UNEXPECTED_MESSAGE
 otherwise) and changes nothing. A handler may instead *abort* the transfer with
 TRANSFER_ERROR (bad name, too large, size overflow): the receiver then drops the rest
-of that transfer's chunks silently (DRAINING) instead of answering each one.
-
-Proof of possession (a receiver made with ``prove_possession``, the worker's): its store
-is shared by every principal, so FILE_EXISTS is the answer only when the store reports
-that the peer's principal stored that content itself (StoreHas). When the principal has
-no partial of it either (StoreOffset 0) and the file is not empty, the receiver asks a
-proof (:mod:`protocol.proof`) whether or not anyone holds the content, so the question
-tells nothing: a matching FILE_PROOF gets FILE_EXISTS, a wrong one, or none within
-``Limits.proof_timeout_s``, gets FILE_READY::0. One proof per transfer: a FILE_PROOF
-after the deadline is refused like any other misplaced frame.
+of that transfer's chunks silently (DRAINING) instead of answering each one. Proof of
+possession is decided in :mod:`protocol.receiver_proof`, the relay road in
+:mod:`protocol.relay`.
 
 Source: PROTOCOL.md sections 2.3 and 4.2; resume and checksum ideas from tus (offset
 on HEAD, checksum per upload); the table style of h11's ``_state.py``.
@@ -40,8 +33,7 @@ on HEAD, checksum per upload); the table style of h11's ``_state.py``.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
+from protocol import receiver_proof
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
 from protocol.events import (
     Append,
@@ -69,6 +61,8 @@ from protocol.proof import (
     RecordOwnership,
     StoredRanges,
 )
+from protocol.relay import RELAY_RECEIVER_ROWS, RELAY_REPORTS, ReceiverRelay, RelayReport
+from protocol.relay_messages import RelayPart, RelayStop
 from protocol.transfer_messages import (
     Chunk,
     EndOfFile,
@@ -82,37 +76,17 @@ from protocol.transfer_messages import (
     FileReceived,
     TransferError,
 )
+from protocol.transfer_states import ReceiverState
 
 __all__ = ["RECEIVER_TABLE", "ProofStep", "Receiver", "ReceiverState"]
 
 Report = StoreHas | StoreOffset | Stored | StoreFailed | Written | StoredRanges | ProofTimedOut
 _Proof = AwaitProof | ReadStoredRanges | RecordOwnership
-Output = Message | Append | CheckStore | Discard | Finish | Note | FileHeld | ReceiveEnded | _Proof
-
-
-class ReceiverState(StrEnum):
-    """States of the receiving side of one data channel."""
-
-    #: No transfer open.
-    IDLE = "IDLE"
-    #: (Client) RESULTS_REQUEST sent: the worker's FILE_META or its refusal comes next.
-    REQUESTED = "REQUESTED"
-    #: FILE_META accepted; the store is asked what it holds (or, after FILE_PROOF, the
-    #: digest of the same ranges of the held copy).
-    CHECKING = "CHECKING"
-    #: (Proving possession) FILE_PROOF_REQUEST sent: the sender's FILE_PROOF, or the
-    #: deadline, comes next; the principal's own partial is open at offset 0.
-    PROVING = "PROVING"
-    #: FILE_READY sent (or a legacy transfer opened): chunks are appended.
-    RECEIVING = "RECEIVING"
-    #: Every byte arrived: the sha256 is being verified.
-    VERIFYING = "VERIFYING"
-    #: The transfer was aborted; its remaining chunks are dropped without replies
-    #: until END_OF_FILE, FILE_CANCEL or the next FILE_META.
-    DRAINING = "DRAINING"
+Output = object  # a Message, an action or an event (protocol.events, protocol.relay_events)
 
 
 _R = ReceiverState
+_ACTIVE = (_R.CHECKING, _R.PROVING, _R.RECEIVING, _R.RELAYING, _R.HALTING, _R.VERIFYING)
 
 #: (state, event) -> next state on the normal path. Handlers may abort to DRAINING
 #: (during RECEIVING) or IDLE (before any chunk) with TRANSFER_ERROR.
@@ -146,6 +120,7 @@ RECEIVER_TABLE: dict[tuple[ReceiverState, type | ProofStep], ReceiverState] = {
     (_R.VERIFYING, Written): _R.VERIFYING,
     (_R.VERIFYING, Stored): _R.IDLE,
     (_R.VERIFYING, StoreFailed): _R.IDLE,
+    **RELAY_RECEIVER_ROWS,  # the relay road (protocol.relay)
 }
 
 
@@ -159,6 +134,7 @@ class Receiver:
         prove_possession: ask a proof before FILE_EXISTS unless the store says the
             peer's principal stored the content itself, and record what each stored
             (a worker: its store is shared). False: FILE_EXISTS whenever held.
+        relay_road: RELAY_PART is fetched; False: answered RELAY_ENDED RELAY_UNREACHABLE.
 
     Attributes:
         proof: the open proof of possession (:class:`~protocol.proof.ProofCheck`; its
@@ -171,9 +147,12 @@ class Receiver:
         on_disk: bytes of it known to be written.
     """
 
-    def __init__(self, limits: Limits, *, prove_possession: bool = False) -> None:
+    def __init__(
+        self, limits: Limits, *, prove_possession: bool = False, relay_road: bool = True
+    ) -> None:
         self.limits = limits
         self.prove_possession = prove_possession
+        self.relay_road = relay_road
         self.proof = ProofCheck()
         self.state = ReceiverState.IDLE
         self.meta: FileMeta | FileMetaLegacy | None = None
@@ -183,11 +162,15 @@ class Receiver:
         self._resumed_at = 0
         self._last_progress: float | None = None
         self._legacy_done = False
+        self._channel_used = False
+        #: The open transfer's relay road (:mod:`protocol.relay`).
+        self.relay = ReceiverRelay(self)
 
     @property
     def active(self) -> bool:
-        """True while a transfer is open (checking, proving, receiving or verifying)."""
-        return self.state in (_R.CHECKING, _R.PROVING, _R.RECEIVING, _R.VERIFYING)
+        """True while a transfer is open (checking, proving, receiving, relaying or
+        verifying)."""
+        return self.state in _ACTIVE
 
     def _next(self, event: object) -> ReceiverState:
         try:
@@ -219,7 +202,8 @@ class Receiver:
         return True
 
     def receive(self, message: Message, now: float) -> list[Output]:
-        """Take FILE_META (either form), FILE_PROOF, a chunk, END_OF_FILE or FILE_CANCEL.
+        """Take FILE_META (either form), FILE_PROOF, a chunk, END_OF_FILE, FILE_CANCEL,
+        RELAY_PART or RELAY_STOP.
 
         Args:
             now: a monotonic clock reading, seconds.
@@ -243,16 +227,20 @@ class Receiver:
             case EndOfFile():
                 return self._end(next_state)
             case FileProof(sha256=digest):
-                return self._proof(digest, next_state)
+                return receiver_proof.answered(self, digest, next_state)
+            case RelayPart() | RelayStop():
+                return self.relay.receive(message, next_state)
         # FileCancel: always acknowledged, so the sender knows that every frame about
         # the cancelled transfer is behind it.
-        was_receiving, kept = self.state in (_R.RECEIVING, _R.PROVING), self.received
+        was_receiving = self.state in (_R.RECEIVING, _R.PROVING, _R.RELAYING, _R.HALTING)
+        kept, halt = self.received, self.relay.halt()
         serial, empty = self.serial, self.state is _R.PROVING  # no byte came while proving
-        self._reset(next_state)
+        self.reset(next_state)
         if not was_receiving:
             return [TransferError(TransferErrorCode.CANCELLED, "no transfer open")]
         detail = f"cancelled by the sender; {kept} bytes kept for a resume"
         return [
+            *halt,
             Discard(serial, keep=not empty),
             Note(detail),
             ReceiveEnded(TransferErrorCode.CANCELLED, detail),
@@ -274,22 +262,16 @@ class Receiver:
                 f"{self.limits.max_binary_frame_bytes}"
             )
             return self._refuse(TransferErrorCode.UNEXPECTED_DATA, detail, meta)
-        self._reset(next_state)
+        self.reset(next_state)
         self.serial += 1
         self.meta = meta
         return [CheckStore(self.serial, meta)]
-
-    def _proof(self, digest: str, next_state: ReceiverState) -> list[Output]:
-        meta, request = self.meta, self.proof.answered(digest)
-        assert isinstance(meta, FileMeta)
-        self.state = next_state
-        return [ReadStoredRanges(self.serial, meta.sha256, meta.size, request)]
 
     def _refuse(
         self, code: TransferErrorCode, detail: str, meta: FileMeta | FileMetaLegacy
     ) -> list[Output]:
         # A legacy sender streams at once without waiting for a reply: drop its chunks.
-        self._reset(_R.DRAINING if isinstance(meta, FileMetaLegacy) else _R.IDLE)
+        self.reset(_R.DRAINING if isinstance(meta, FileMetaLegacy) else _R.IDLE)
         return [ReceiveEnded(code, detail), TransferError(code, detail)]
 
     def _chunk(self, data: bytes, next_state: ReceiverState) -> list[Output]:
@@ -313,6 +295,7 @@ class Receiver:
                 keep=False,
             )
         self.received += len(data)
+        self._channel_used = self._channel_used or bool(data)
         outputs: list[Output] = [Append(self.serial, data)]
         if isinstance(meta, FileMetaLegacy) and self.received == meta.size:
             # Earlier senders may not send END_OF_FILE: the size tells the end.
@@ -324,7 +307,7 @@ class Receiver:
 
     def _abort(self, code: TransferErrorCode, detail: str, *, keep: bool) -> list[Output]:
         serial = self.serial
-        self._reset(_R.DRAINING)
+        self.reset(_R.DRAINING)
         return [Discard(serial, keep=keep), ReceiveEnded(code, detail), TransferError(code, detail)]
 
     def _end(self, next_state: ReceiverState) -> list[Output]:
@@ -336,14 +319,14 @@ class Receiver:
             self._legacy_done = False
             return []
         if self.state is _R.DRAINING:
-            self._reset(next_state)
+            self.reset(next_state)
             return []
         meta = self.meta
         assert meta is not None
         if self.received != meta.size:
             missing = meta.size - self.received
             serial = self.serial
-            self._reset(_R.IDLE)
+            self.reset(_R.IDLE)
             detail = f"END_OF_FILE with {missing} of {meta.size} bytes missing"
             return [
                 Discard(serial, keep=True),
@@ -353,7 +336,7 @@ class Receiver:
         self.state = next_state
         return [Finish(self.serial, meta)]
 
-    def report(self, event: Report, now: float) -> list[Output]:
+    def report(self, event: Report | RelayReport, now: float) -> list[Output]:
         """Record the adapter's outcome of CheckStore, Append, Finish, ReadStoredRanges or
         AwaitProof.
 
@@ -367,25 +350,27 @@ class Receiver:
             LocalProtocolError: INTERNAL_ERROR for an impossible report about the open
                 transfer (an offset beyond the size, a sha256 other than announced).
         """
-        key = self._key(event) if event.transfer == self.serial else None
+        key = receiver_proof.key(self, event) if event.transfer == self.serial else None
         if key is None or (self.state, key) not in RECEIVER_TABLE:
             return [Note(f"dropped {type(event).__name__} of transfer {event.transfer}")]
         next_state = RECEIVER_TABLE[(self.state, key)]
         meta = self.meta
         assert meta is not None
         if isinstance(key, ProofStep):
-            return self._proof_step(key, meta, next_state)
+            return receiver_proof.step(self, key, meta, next_state)
+        if isinstance(event, RELAY_REPORTS):
+            return self.relay.report(event, next_state, now)
         match event:
             case Written(on_disk=on_disk):
                 self.on_disk = max(self.on_disk, on_disk)
-                return self._progress(now)
+                return self.progress(now)
             case StoreHas():
                 if not isinstance(meta, FileMeta):
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "a legacy transfer has no sha256 to look up"
                     )
-                self._reset(next_state)
-                held = FileHeld(meta.sha256, meta.name, meta.size, existed=True, bytes_received=0)
+                self.reset(next_state)
+                held = FileHeld(meta.sha256, meta.name, meta.size, True, 0, "stored")
                 return [held, FileExists(meta.sha256)]
             case StoreOffset(offset=offset):
                 if not 0 <= offset <= meta.size:
@@ -404,68 +389,33 @@ class Receiver:
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "stored under another sha256 than announced"
                     )
-                crossed, serial = meta.size - self._resumed_at, self.serial
-                self._reset(next_state)
-                held = FileHeld(sha, meta.name, meta.size, False, crossed)
-                return [*self._owned(serial, sha), held, FileReceived(sha)]
+                crossed, serial, road = meta.size - self._resumed_at, self.serial, self._road()
+                self.reset(next_state)
+                held = FileHeld(sha, meta.name, meta.size, False, crossed, road)
+                return [*receiver_proof.owned(self, serial, sha), held, FileReceived(sha)]
             case ProofTimedOut():
                 self.state = next_state
                 return [Note("no FILE_PROOF before the deadline"), FileReady(0)]
         assert isinstance(event, StoreFailed)
-        had_partial = self.state in (_R.RECEIVING, _R.VERIFYING)
-        serial = self.serial
-        self._reset(next_state)
-        outputs: list[Output] = [Discard(serial, keep=event.keep_partial)] if had_partial else []
+        had_partial = self.state in (_R.RECEIVING, _R.RELAYING, _R.HALTING, _R.VERIFYING)
+        serial, halt = self.serial, self.relay.halt()
+        self.reset(next_state)
+        outputs: list[Output] = (
+            [*halt, Discard(serial, keep=event.keep_partial)] if had_partial else []
+        )
         return [
             *outputs,
             ReceiveEnded(event.code, event.detail),
             TransferError(event.code, event.detail),
         ]
 
-    def _key(self, event: Report) -> type | ProofStep | None:
-        """The table event a report stands for: a proof step, or its type."""
-        if isinstance(event, StoredRanges):
-            return self.proof.verdict(event.digest)
-        if (
-            isinstance(event, StoreOffset)
-            and self.prove_possession
-            and isinstance(self.meta, FileMeta)
-            and event.offset == 0
-            and self.meta.size > 0
-        ):
-            return ProofStep.ASK
-        return type(event)
-
-    def _proof_step(
-        self, step: ProofStep, meta: FileMeta | FileMetaLegacy, next_state: ReceiverState
-    ) -> list[Output]:
-        assert isinstance(meta, FileMeta)
-        serial = self.serial
-        if step is ProofStep.ASK:
-            self.received = self.on_disk = self._resumed_at = 0
-            request = self.proof.ask(meta.size, self.limits)
-            self.state = next_state
-            return [AwaitProof(serial, self.limits.proof_timeout_s), request]
-        if step is ProofStep.MISMATCH:
-            self.state = next_state
-            return [FileReady(0)]
-        self._reset(next_state)  # MATCH: the empty partial opened for this transfer goes
-        held = FileHeld(meta.sha256, meta.name, meta.size, existed=True, bytes_received=0)
-        return [
-            Discard(serial, keep=False),
-            *self._owned(serial, meta.sha256),
-            held,
-            FileExists(meta.sha256),
-        ]
-
-    def _owned(self, serial: int, sha256: str) -> list[Output]:
-        return [RecordOwnership(serial, sha256)] if self.prove_possession else []
-
-    def _progress(self, now: float) -> list[Output]:
+    def progress(self, now: float) -> list[Output]:
+        """FILE_PROGRESS with the bytes on disk, at most every ``progress_interval_s``
+        while receiving or relaying (else nothing)."""
         meta = self.meta
         assert meta is not None
         last = self._last_progress
-        if self.state is not _R.RECEIVING or (
+        if self.state not in (_R.RECEIVING, _R.RELAYING) or (
             last is not None and now - last < self.limits.progress_interval_s
         ):
             return []
@@ -475,15 +425,25 @@ class Receiver:
     def close(self) -> list[Output]:
         """The channel closed: keep the open partial file for a later resume (the empty
         one of a transfer still proving goes)."""
-        serial, state = self.serial, self.state
-        self._reset(_R.IDLE)
-        if state not in (_R.PROVING, _R.RECEIVING, _R.VERIFYING):
+        serial, state, halt = self.serial, self.state, self.relay.halt()
+        self.reset(_R.IDLE)
+        if state not in _ACTIVE or state is _R.CHECKING:
             return []
-        return [Discard(serial, keep=state is not _R.PROVING)]
+        return [*halt, Discard(serial, keep=state is not _R.PROVING)]
 
-    def _reset(self, state: ReceiverState) -> None:
+    def reset(self, state: ReceiverState) -> None:
+        """Forget the open transfer and enter ``state`` (for the machine's own modules)."""
         self.state = state
         self.meta = None
         self.received = self.on_disk = self._resumed_at = 0
         self._last_progress = None
+        self._channel_used = False
         self.proof.reset()
+        self.relay.reset()
+
+    def _road(self) -> str:
+        """How the open transfer's bytes came (JOB_METRICS' road): ``relay``,
+        ``relay+channel`` or ``channel``."""
+        if self.relay.used:
+            return "relay+channel" if self._channel_used else "relay"
+        return "channel"

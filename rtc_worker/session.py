@@ -24,12 +24,15 @@ from protocol import JobComplete, JobMetrics, PathReason
 from protocol import events as ev
 from protocol.connection import Connection
 from protocol.handshake import AuthConfig, Authenticated, AuthFailed
+from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
 from rtc_worker.jobs import JobRunError, JobSpec
 from rtc_worker.paths import user_parts
+from rtc_worker.relay_fetch import RelayFetch
 from rtc_worker.results_client import ResultsServiceError
+from rtc_worker.roads_taken import RoadLog
 from rtc_worker.rtc import FrameChannel
 from rtc_worker.storage import InputHandle, StorageError, StorageErrorKind, layout
 from rtc_worker.transfer_io import TRANSFER_ACTIONS, Opener, TransferIO, file_to_send
@@ -93,6 +96,12 @@ class WorkerSession:
             holdings=resources.holdings,
             counted=resources.metrics.channel_bytes,
         )
+        self.roads = RoadLog()
+        self.relay = (
+            None
+            if resources.relay_road is None
+            else RelayFetch(resources.relay_road, self.io.relay_partial, self._relay_report)
+        )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
         self._cancel = asyncio.Event()
@@ -109,6 +118,8 @@ class WorkerSession:
         try:
             await self.driver.run()
         finally:
+            if self.relay is not None:  # its verified bytes stay in the partial
+                await self.relay.halt()
             await self.io.close()
             self.resources.sessions.discard(self)
             if self.job_task is not None and not self.job_task.done():
@@ -120,11 +131,23 @@ class WorkerSession:
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
         if isinstance(output, TRANSFER_ACTIONS):
+            self._count(output)
             await self.io.perform(output)
             return
         match output:
             case ev.StreamFrom():
                 self.io.stream(output)
+            case FetchRelayPart():
+                self.roads.action(output.transfer)
+                await self._fetch_relay(output)
+            case HaltRelay():
+                if self.relay is not None:
+                    await self.relay.halt()
+            case DeleteRelayObject():
+                if self.resources.relay_road is not None:
+                    self.resources.relay_road.delete(output)
+            case ev.FileHeld():
+                self.roads.held(output)
             case ev.ValidateInput(path=path):  # inside the drain: report, it goes on
                 self.conn.report(await self._validate_input(output, path))
             case ev.PrepareOutput(path=path):
@@ -152,6 +175,24 @@ class WorkerSession:
                 logger.info("{}: {}", self.peer, text)
             case _:  # FileHeld, ReceiveEnded, SendEnded, SendProgress: for the log
                 logger.info("{}: {}", self.peer, output)
+
+    # ------------------------------------------------------------------ transfers
+
+    def _count(self, action: object) -> None:
+        """Start the clock of a file being received (:class:`RoadLog`)."""
+        if isinstance(action, ev.CheckStore | ev.ReadStoredRanges | ev.AwaitProof):
+            self.roads.action(action.transfer)
+
+    async def _fetch_relay(self, action: FetchRelayPart) -> None:
+        """Start fetching a relay part."""
+        assert self.relay is not None  # the connection asks only when the road is offered
+        await self.relay.start(action)
+
+    def _relay_report(self, outcome: object) -> None:
+        """Report a relay outcome and drain soon (never in the caller: it may be inside
+        a drain performing HaltRelay)."""
+        self.conn.report(outcome, time.monotonic())
+        self.driver.kick()
 
     # ------------------------------------------------------------------ handshake
 
@@ -286,11 +327,14 @@ class WorkerSession:
                 outcome.file_count,
                 JobComplete.mb_from_bytes(outcome.total_bytes),
             )
+            taken = self.roads.road_of(action.input_sha256 or "")
             metrics = JobMetrics(
                 validation_ms=action.validation_ms,
                 file_access_ms=action.file_access_ms + outcome.file_access_ms,
                 run_s=outcome.run_s,
                 total_s=total_s,
+                road="shared" if action.input_path is not None else taken.road,
+                transfer_mb_s=0.0 if action.input_path is not None else taken.mb_s,
             )
             logger.info(
                 "job {} complete: {} files, {} MB in {:.2f} s",

@@ -1,6 +1,6 @@
 """Every (role, state, message type) triple of a Connection, against the decision table.
 
-For both roles and all 31 message types, every state of the part the message routes to
+For both roles and all 34 message types, every state of the part the message routes to
 (:func:`protocol.routes.states_of`) is reached with a real :class:`Connection` through
 its public API only (``tests/protocol_helpers.py``); one valid frame of the type is fed,
 and what happens is compared with :func:`protocol.routes.decision`: an allowed message
@@ -39,6 +39,7 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
+from protocol.relay_messages import RelayEnded, RelayPart, RelayStop
 from protocol.routes import GUARDS, ROUTES, Guard, Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
@@ -57,14 +58,18 @@ from protocol.transfer_messages import (
     TransferError,
 )
 from tests.protocol_helpers import (
+    BIG,
+    BIG_SHA,
     CHALLENGE,
     CLIENT_REACHABLE,
     INPUT,
     JOB,
     OUTPUT,
     PEER,
+    RELAY_CHUNK,
     SHA,
     auth_in,
+    big_part,
     client,
     client_in,
     feed,
@@ -111,6 +116,10 @@ SAMPLES: dict[type[Message], str | bytes] = {
     FileReceived: f"FILE_RECEIVED::{SHA}",
     TransferError: "TRANSFER_ERROR::CANCELLED::no transfer open",
     FileCancel: "FILE_CANCEL",
+    # The relay frames are about BIG_META (see receiver_in's relay; sample() below).
+    RelayPart: encode(big_part(0, RELAY_CHUNK)),
+    RelayStop: f"RELAY_STOP::{BIG_SHA}",
+    RelayEnded: f"RELAY_ENDED::{SHA}::0::RELAY_GONE::",
     # Valid frames whose keys and signatures prove nothing: a check fails (see below).
     AuthHello: encode(AuthHello(bytes(32), bytes(range(32)))),
     AuthChallenge: encode(AuthChallenge(bytes(32), bytes(32), bytes(64))),
@@ -127,6 +136,8 @@ def sample(message: type[Message], state: object) -> str | bytes:
         and state.pending in (Pending.INPUT, Pending.OUTPUT)
     ):
         return f"PATH_VALIDATED::{state.pending.value}"
+    if message is RelayPart and state in (ReceiverState.RELAYING, ReceiverState.HALTING):
+        return encode(big_part(RELAY_CHUNK, len(BIG) - RELAY_CHUNK))  # the next part
     return SAMPLES[message]
 
 
@@ -160,6 +171,13 @@ UNREACHABLE: dict[tuple[Role, Part, object], str] = {
         for state in (AuthState.HELLO_SENT, AuthState.RESPONDED)
     },
     (Role.CLIENT, Part.HANDSHAKE, AuthState.CHALLENGED): "only a worker sends AUTH_CHALLENGE",
+    **{
+        (Role.WORKER, part, state): (
+            "a worker sends its results on the channel: it never announces the relay road"
+        )
+        for part in (Part.SENDER, Part.RESULTS)
+        for state in (SenderState.RELAYING, SenderState.RELAY_STOPPING)
+    },
 }
 
 TRIPLES = [
@@ -188,7 +206,8 @@ def drive(role: Role, message: type[Message], state: object) -> object:
         # END_OF_FILE is taken in IDLE right after a legacy transfer, and in RECEIVING
         # when every byte is there (else SIZE_MISMATCH): drive those states that way.
         full = message is EndOfFile and state in (ReceiverState.IDLE, ReceiverState.RECEIVING)
-        return receiver_in(role, state, full=full)
+        relay = message in (RelayPart, RelayStop)  # a RECEIVING that a relay part continues
+        return receiver_in(role, state, full=full, relay=relay)
     assert isinstance(state, SenderState)
     return sender_in(role, state)
 
@@ -209,7 +228,7 @@ def ident(triple: tuple[Role, type[Message], object]) -> str:
 
 
 def test_the_triples_are_every_role_message_and_state() -> None:
-    assert len(MESSAGE_TYPES) == 31
+    assert len(MESSAGE_TYPES) == 34
     for role in Role:
         assert set(ROUTES[role]) == set(MESSAGE_TYPES)
     expected = sum(
