@@ -43,16 +43,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.errors import LocalProtocolError, RelayEndCode, RemoteProtocolError, TransferErrorCode
 from protocol.events import StoreFailed
-from protocol.relay_crypto import ChunkCipher, RelaySecret
+from protocol.relay_crypto import ChunkCipher
 from protocol.relay_events import (
     DeleteRelayObject,
     FetchRelayPart,
@@ -60,8 +60,7 @@ from protocol.relay_events import (
     RelayFetched,
     RelayWritten,
 )
-from protocol.relay_messages import RelayEndCode
-from protocol.transfer_messages import TransferErrorCode
+from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.relay_http import (
     RELAY_GONE,
     RELAY_REFUSED,
@@ -69,10 +68,8 @@ from rtc_worker.relay_http import (
     RelayHttp,
     RelayHttpError,
 )
-from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.settings import WorkerSettings
 from rtc_worker.storage import DiskFullError, PartialFile
-from rtc_worker.transfer_io import TransferIO
 
 __all__ = ["MAX_PENDING_DELETES", "RelayFetch", "RelayRoad"]
 
@@ -175,7 +172,9 @@ class RelayFetch:
 
     Args:
         road: the worker's relay road.
-        io: the connection's transfer I/O (its open partial is appended to).
+        partial_of: the open partial file of a transfer (by serial), its write in flight
+            settled, or None when that transfer is no longer open; each call marks the
+            receive live (:meth:`TransferIO.relay_partial`: the channel's own partial).
         report: gives an outcome to the connection and has its outputs drained soon
             (never drains in the caller: HaltRelay is performed inside a drain).
         moved: told the plaintext bytes each fetch appended, when it ends (the
@@ -189,12 +188,12 @@ class RelayFetch:
     def __init__(
         self,
         road: RelayRoad,
-        io: TransferIO,
+        partial_of: Callable[[int], Awaitable[PartialFile | None]],
         report: Callable[[object], None],
         moved: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self.road = road
-        self.io = io
+        self.partial_of = partial_of
         self.report = report
         self.moved = moved
         self.fetched = 0
@@ -224,7 +223,13 @@ class RelayFetch:
             await task
 
     async def _run(self, action: FetchRelayPart) -> None:
-        partial = await self.io.relay_partial(action.transfer)
+        try:
+            partial = await self.partial_of(action.transfer)
+        except asyncio.CancelledError:  # halted before it began: nothing was fetched
+            _uncancel()
+            detail = "the relay road was stopped"
+            self._report(RelayFailed(action.transfer, action.start, RelayEndCode.STOPPED, detail))
+            return
         if partial is None:  # the transfer ended meanwhile: its end was reported
             return
         fetch = _PartFetch(self, action, partial)
@@ -266,9 +271,7 @@ class _PartFetch:
         self.action = action
         self.serial = action.transfer
         self.partial = partial
-        self.cipher = ChunkCipher(
-            RelaySecret(part.key, part.nonce_prefix), meta.sha256, meta.size, size
-        )
+        self.cipher = ChunkCipher(part.secret, meta.sha256, meta.size, size)
         self.first = part.offset // size  # the object's first chunk
         self.end = -(-(part.offset + part.length) // size)  # one past the part's last chunk
         self.index = action.start // size  # the next chunk to receive
@@ -288,9 +291,7 @@ class _PartFetch:
             await self._settle()
             return RelayFetched(self.serial, self.partial.offset)
         except asyncio.CancelledError:  # HaltRelay, or the channel closed
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _uncancel()
             outcome = (RelayEndCode.STOPPED, "the relay road was stopped")
         except RemoteProtocolError as exc:  # a chunk failed authentication
             outcome = (RelayEndCode.RELAY_CHUNK_INVALID, exc.detail)
@@ -315,7 +316,10 @@ class _PartFetch:
             detail = f"receiver storage error: {type(exc).__name__}"
             return StoreFailed(self.serial, TransferErrorCode.CANCELLED, detail)
         logger.info(
-            "relay road of {} ended at {} bytes: {}", self.action.meta.name, self.partial.on_disk, code
+            "relay road of {} ended at {} bytes: {}",
+            self.action.meta.name,
+            self.partial.on_disk,
+            code,
         )
         return RelayFailed(self.serial, self.partial.on_disk, code, detail)
 
@@ -331,6 +335,8 @@ class _PartFetch:
         """
         road = self.road
         failures = 0
+        if self.index >= self.end:  # nothing left of the part
+            return
 
         def stop(state: RetryCallState) -> bool:
             return failures >= road.retries
@@ -362,8 +368,8 @@ class _PartFetch:
             self.road.counted(len(piece))
             buffer += piece
             while len(buffer) >= need:
-                with memoryview(buffer) as view, view[:need] as chunk:
-                    plain = cipher.open(self.index, chunk)
+                with memoryview(buffer) as view, view[:need] as chunk:  # no copy
+                    plain = cipher.open(self.index, cast(bytes, chunk))
                 del buffer[:need]
                 await self._append(plain)
                 self.index += 1
@@ -384,7 +390,7 @@ class _PartFetch:
             raise
         if full:
             await self._settle()
-            if await self.owner.io.relay_partial(self.serial) is not self.partial:
+            if await self.owner.partial_of(self.serial) is not self.partial:
                 raise _Stopped
             self._report(RelayWritten(self.serial, self.partial.on_disk))
             batch = self.partial.take_batch()
@@ -404,6 +410,13 @@ class _PartFetch:
 
     def _report(self, outcome: Any) -> None:
         self.owner._report(outcome)
+
+
+def _uncancel() -> None:
+    """The current task took its cancellation (it reports STOPPED and ends)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _unreachable(exc: BaseException) -> bool:
