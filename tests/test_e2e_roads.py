@@ -129,7 +129,7 @@ async def test_auto_takes_the_relay_road_for_32_mib_and_removes_the_relay_object
 async def test_auto_takes_the_channel_when_the_worker_has_no_storage_service(
     start_worker: Any, relay_client: RTCClient, tmp_path: Path
 ) -> None:
-    worker = await start_worker()  # no storage_url: it advertises shared? no: channel
+    worker = await start_worker()  # no storage service: no relay road
     assert "relay" not in worker.metadata["roads"]
     data = random_file(tmp_path / "small.bin", 3 * MIB)
     plan = await relay_client.plan_road("worker-1")
