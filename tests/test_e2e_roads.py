@@ -256,7 +256,7 @@ async def test_the_command_line_takes_the_relay_road_and_refuses_an_impossible_r
         str(tmp_path / "dl"), "--job-id", "cli-relay", "--trace", env=env,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    assert "input package.zip: received by relay, " in ran.stdout
+    assert "input package.zip: received, " in ran.stdout and " bytes sent by relay" in ran.stdout
     assert "road (the worker's JOB_METRICS): relay" in ran.stdout
     parts = [line for line in ran.stdout.splitlines() if "RELAY_PART::" in line]
     assert parts and all(line.endswith("::...<hidden>") for line in parts)
