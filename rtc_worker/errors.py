@@ -49,6 +49,9 @@ __all__ = [
     "PathPermissionDenied",
     "PathRefusedError",
     "QuotaExceeded",
+    "RelayChunkInvalid",
+    "RoadFailed",
+    "RoadUnavailable",
     "SizeMismatch",
     "TransferCancelled",
     "TransferFailedError",
@@ -256,6 +259,12 @@ class MalformedReply(WorkerProtocolError):
     ``INVALID_JOB_ID``, ``UNEXPECTED_DATA``)."""
 
 
+class RoadUnavailable(WorkerProtocolError):
+    """``ROAD_UNAVAILABLE``: a road was asked for that cannot be taken."""
+
+    CODE = ErrorCode.ROAD_UNAVAILABLE
+
+
 _PROTOCOL_CLASSES: dict[str, type[WorkerProtocolError]] = {
     cls.CODE: cls
     for cls in (
@@ -270,6 +279,7 @@ _PROTOCOL_CLASSES: dict[str, type[WorkerProtocolError]] = {
         AuthFailed,
         NotAuthorized,
         WorkerKeyChanged,
+        RoadUnavailable,
     )
 }
 _GRAMMAR_CODES = frozenset(
@@ -359,6 +369,13 @@ class UnexpectedData(TransferFailedError):
     CODE = TransferErrorCode.UNEXPECTED_DATA
 
 
+class RelayChunkInvalid(TransferFailedError):
+    """``RELAY_CHUNK_INVALID``: a relay-road chunk failed authentication (tampered,
+    swapped, wrong key, short object); nothing of it was stored."""
+
+    CODE = TransferErrorCode.RELAY_CHUNK_INVALID
+
+
 _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
     cls.CODE: cls
     for cls in (
@@ -370,6 +387,7 @@ _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
         TransferCancelled,
         UnexpectedData,
         QuotaExceeded,
+        RelayChunkInvalid,
     )
 }
 
@@ -388,6 +406,23 @@ def transfer_ended(code: str, detail: str) -> ClientError:
     if code in ErrorCode.__members__ and code not in TransferErrorCode.__members__:
         return worker_protocol_error(code, detail)
     return transfer_failed(code, detail)
+
+
+class RoadFailed(ClientError):
+    """The road forced with ``--road`` is unavailable (``ROAD_UNAVAILABLE``: the worker
+    does not serve it, the storage service is unreachable, no shared path...) or, for
+    the relay road, failed mid-transfer (the ``RELAY_ENDED`` code: ``RELAY_UNREACHABLE``,
+    ``RELAY_GONE``...); an automatic choice continues on the data channel instead.
+
+    Attributes:
+        code: the code; ``detail`` its explanation; ``road`` the road forced.
+    """
+
+    def __init__(self, code: str, detail: str, *, road: str | None = None) -> None:
+        super().__init__(f"road {road or '?'} failed: {code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.road = road
 
 
 # ------------------------------------------------------------------ JOB_FAILED
