@@ -46,6 +46,11 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
     return 0
 
 
+def size_label(size: int) -> str:
+    """``5 MB``, ``1 GB``, ``10 GB`` (decimal units)."""
+    return f"{size / 1000 / MB:g} GB" if size >= 1000 * MB else f"{size / MB:g} MB"
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile of ``values`` (``fraction`` 0..1); 0.0 when empty."""
     if not values:

@@ -72,6 +72,7 @@ from bench_common import (  # noqa: E402  (after the path: the project's package
     print_table,
     result_of,
     rss_kib,
+    size_label,
     start_signaling,
     stop,
 )
@@ -357,7 +358,7 @@ def bench_size(
         "relay": Runs(size, "wall_s"),
     }
     for number in range(1, args.rounds + 1):
-        line = [f"{size / MB:.0f} MB, round {number}:"]
+        line = [f"{size_label(size)}, round {number}:"]
         if "http" in roads:
             line.append(f"(h) http {runs['http'].add(run_raw_http(path)):.1f}")
         if "raw" in roads:
@@ -396,7 +397,7 @@ def report_size(
 ) -> tuple[list[list[str]], list[Goal]]:
     """The table rows and goals of one size."""
     size, runs, resumes = result["size"], result["_runs"], result["resume"]
-    label = f"{size / MB:g} MB"
+    label = f"{size_label(size)}"
     roads = set(args.roads)
     rows: list[list[str]] = []
     names = {
@@ -492,7 +493,7 @@ def main() -> int:
             if relay_why is not None:
                 why["relay"] = relay_why
         print(
-            f"sizes {', '.join(f'{s / MB:g} MB' for s in sizes)}, {args.rounds} round(s), "
+            f"sizes {', '.join(size_label(s) for s in sizes)}, {args.rounds} round(s), "
             f"chunk {args.chunk_size} bytes, flow control {HIGH_WATER // 1024} KiB / "
             f"{LOW_WATER // 1024} KiB, roads {','.join(args.roads)}",
             flush=True,
@@ -525,7 +526,7 @@ def main() -> int:
     )
     for result in results:
         print(
-            f"{result['size'] / MB:g} MB rounds, MB/s: "
+            f"{size_label(result['size'])} rounds, MB/s: "
             + "; ".join(f"{road} {v}" for road, v in result["rounds_mb_s"].items() if v)
         )
     channel_runs = [r["_runs"]["channel"].mid for r in results if r["_runs"]["channel"].mid]
