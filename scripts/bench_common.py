@@ -170,13 +170,17 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
             proc.wait(5)
 
 
-def child(script: Path, role: str, *args: str) -> subprocess.Popen[str]:
-    """``script --role ROLE ARGS`` in a new process (stdout piped: its last line is JSON)."""
+def child(
+    script: Path, role: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``script --role ROLE ARGS`` in a new process (stdout piped: its last line is JSON);
+    ``env``: more environment variables (secrets go there, never in ``args``)."""
     return subprocess.Popen(
         [sys.executable, str(script), "--role", role, *args],
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
 
 

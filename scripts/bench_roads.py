@@ -110,12 +110,14 @@ def run_raw_http(path: Path) -> dict[str, Any]:
 
 class StorageProcess:
     """One ``rtc-signaling`` process with signaling and the storage service (folder
-    backend, SQLite) on a free port; the admin key goes through the environment."""
+    backend, SQLite) on a free port. The admin key (a throwaway one) goes through the
+    environment; :meth:`add_key` makes the worker's and the client's keys as an operator
+    does (``rtc-signaling keys add``)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.port = free_port()
-        env = {**os.environ, "RTC_SIGNALING_STORAGE_API_KEY": ADMIN_KEY, "RTC_LOG_LEVEL": "WARNING"}
+        self.env = {**os.environ, "RTC_SIGNALING_STORAGE_API_KEY": ADMIN_KEY}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -123,13 +125,15 @@ class StorageProcess:
                 "signaling",
                 "--port",
                 str(self.port),
+                "--log-level",
+                "WARNING",
                 "--storage-path",
                 str(folder / "store"),
                 "--data-dir",
                 str(folder / "signaling"),
             ],
             cwd=REPO,
-            env=env,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -142,8 +146,37 @@ class StorageProcess:
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.http_url = f"http://127.0.0.1:{self.port}"
 
+    def add_key(self, role: str, name: str, principal: str | None = None) -> str:
+        """A new API key of ``role`` (bound to ``principal``, a fingerprint, if given)."""
+        argv = [
+            sys.executable,
+            "-m",
+            "signaling",
+            "keys",
+            "add",
+            "--role",
+            role,
+            "--name",
+            name,
+            "--storage-path",
+            str(self.folder / "store"),
+        ]
+        if principal is not None:
+            argv += ["--principal", principal]
+        done = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"rtc-signaling keys add failed: {done.stderr.strip()[-300:]}")
+        return done.stdout.strip()
+
     def stop(self) -> None:
         stop(self.proc)
+
+
+def client_fingerprint() -> str:
+    """The fingerprint of the key the benchmark's clients use (``XDG_CONFIG_HOME``)."""
+    from rtc_worker.identity import Identity, default_client_key_file
+
+    return Identity.load_or_create(default_client_key_file()).fingerprint
 
 
 # ----------------------------------------------------------- counting proxy
@@ -186,8 +219,9 @@ async def proxy_role(listen: int, target: int, cut_after: int, outage_s: float) 
             return
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
         writers.update((writer, up_writer))
-        try:
-            await asyncio.gather(pump(reader, up_writer, "up"), pump(up_reader, writer, "down"))
+        try:  # cancelled at shutdown: the connection just ends
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(pump(reader, up_writer, "up"), pump(up_reader, writer, "down"))
         finally:
             writers.difference_update((writer, up_writer))
 
@@ -230,7 +264,8 @@ async def relay_sender_role(url: str, storage_url: str, path: Path, worker: str)
 
     cache = Path(tempfile.mkdtemp(prefix="bench-relay-client-"))
     try:
-        client_kwargs: dict[str, Any] = {"storage_url": storage_url, "storage_api_key": ADMIN_KEY}
+        key = os.environ["RTC_STORAGE_API_KEY"]  # the environment, never a flag
+        client_kwargs: dict[str, Any] = {"storage_url": storage_url, "storage_api_key": key}
         async with RTCClient(url, connect_timeout=30, cache_dir=cache, **client_kwargs) as client:
             await client.wait_for_worker(worker, 30)
             conn = await client.connect(worker)
@@ -281,22 +316,24 @@ def run_relay(
             assert proxy.stdout is not None
             proxy.stdout.readline()  # READY
             storage_url = f"http://127.0.0.1:{listen}"
-        worker = Worker(service.ws_url, name, storage_url=service.http_url, storage_key=ADMIN_KEY)
+        worker_key = service.add_key("worker", f"{name}-worker")
+        client_key = service.add_key("client", f"{name}-client", client_fingerprint())
+        worker = Worker(service.ws_url, name, storage_url=service.http_url, storage_key=worker_key)
         try:
-            sent = result_of(
-                child(
-                    SCRIPT,
-                    "relay-send",
-                    "--url",
-                    service.ws_url,
-                    "--storage-url",
-                    storage_url,
-                    "--file",
-                    str(path),
-                    "--worker",
-                    name,
-                )
+            sender = child(
+                SCRIPT,
+                "relay-send",
+                "--url",
+                service.ws_url,
+                "--storage-url",
+                storage_url,
+                "--file",
+                str(path),
+                "--worker",
+                name,
+                env={"RTC_STORAGE_API_KEY": client_key},
             )
+            sent = result_of(sender)
             out = {**sent, "worker_idle_kib": worker.idle_kib, "worker_peak_kib": worker.peak_kib()}
         finally:
             worker.stop()
