@@ -334,7 +334,12 @@ def run_relay(
                 env={"RTC_STORAGE_API_KEY": client_key},
             )
             sent = result_of(sender)
-            out = {**sent, "worker_idle_kib": worker.idle_kib, "worker_peak_kib": worker.peak_kib()}
+            out = {
+                **sent,
+                "worker_idle_kib": worker.idle_kib,
+                "worker_peak_kib": worker.peak_kib(),
+                "service_peak_kib": rss_kib(service.proc.pid),
+            }
         finally:
             worker.stop()
         if proxy is not None:
