@@ -6,9 +6,9 @@ Every function named ``*_role`` runs in a child process started by
 ``bench_transfer.py --role NAME`` and prints one JSON line last.
 
 The relay road is measured through the client's public API only:
-``RTCClient(..., storage_url=URL, storage_api_key=KEY)`` and
-``WorkerConnection.send_file(path, road="relay")`` (the worker offers the road when
-started with ``--storage-url`` and ``RTC_STORAGE_API_KEY``).
+``RTCClient(..., storage_url=URL, storage_api_key=KEY)``, ``RTCClient.plan_road(worker,
+"relay")`` and ``WorkerConnection.send_file(path, road=plan)`` (the worker offers the
+road when started with ``--storage-url`` and ``RTC_STORAGE_API_KEY``).
 :func:`relay_unavailable` says why it cannot be measured in this checkout, if so.
 """
 
@@ -249,36 +249,41 @@ def relay_unavailable() -> str | None:
     client = inspect.signature(RTCClient.__init__).parameters
     if not {"storage_url", "storage_api_key"} <= set(client):
         return "RTCClient takes no storage_url/storage_api_key"
+    if not hasattr(RTCClient, "plan_road"):
+        return "RTCClient has no plan_road"
     if "road" not in inspect.signature(WorkerConnection.send_file).parameters:
         return "WorkerConnection.send_file takes no road"
     return None
 
 
 async def relay_sender_role(url: str, storage_url: str, path: Path, worker: str) -> dict[str, Any]:
-    """Send ``path`` to ``worker`` on the relay road (forced: no fallback hides a failure
-    of the road); seconds from the call (hashing, encryption, tus upload, the worker's
-    ranged download, decryption and verification) to the worker's FILE_RECEIVED."""
-    from protocol.roads import Road
-
+    """Send ``path`` to ``worker`` on the relay road, forced (``plan_road(worker,
+    "relay")``: no fallback hides a failure of the road); seconds from the call
+    (hashing, encryption, tus upload, the worker's ranged download, decryption and
+    verification) to the worker's FILE_RECEIVED."""
     from rtc_worker.client import RTCClient
 
     cache = Path(tempfile.mkdtemp(prefix="bench-relay-client-"))
+    key = os.environ["RTC_STORAGE_API_KEY"]  # the environment, never a flag
     try:
-        key = os.environ["RTC_STORAGE_API_KEY"]  # the environment, never a flag
-        client_kwargs: dict[str, Any] = {"storage_url": storage_url, "storage_api_key": key}
-        async with RTCClient(url, connect_timeout=30, cache_dir=cache, **client_kwargs) as client:
+        async with RTCClient(
+            url, connect_timeout=30, cache_dir=cache, storage_url=storage_url, storage_api_key=key
+        ) as client:
             await client.wait_for_worker(worker, 30)
             conn = await client.connect(worker)
             idle_kib = rss_kib(os.getpid(), "VmRSS")
             began = time.perf_counter()
-            result = await conn.send_file(path, road=Road.RELAY)  # type: ignore[call-arg]
+            plan = await client.plan_road(worker, "relay")
+            result = await conn.send_file(path, road=plan)
             wall = time.perf_counter() - began
             return {
                 "status": result.outcome.status,
                 "wall_s": wall,
                 "seconds": result.seconds,
                 "channel_bytes": conn.io.bytes_sent,
+                "bytes_relayed": getattr(result, "bytes_relayed", None),
                 "road": str(getattr(result, "road", "relay")),
+                "roads": [str(change) for change in getattr(result, "roads", ())],
                 "idle_kib": idle_kib,
                 "peak_kib": rss_kib(os.getpid()),
             }

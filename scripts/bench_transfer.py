@@ -20,10 +20,11 @@ rounds of each road alternating and their medians compared:
       says why;
   (r) the relay road: an ``rtc-signaling`` process with the storage service (folder
       backend), a worker offering the road (``--storage-url``, ``RTC_STORAGE_API_KEY``),
-      a client forcing it (``send_file(path, road="relay")``): hashing, encryption, tus
-      upload, the worker's ranged download, decryption, verification; MB/s from the
-      client's call to the worker's FILE_RECEIVED (hashing included, so it is the
-      stricter figure); when the checkout has no relay road the row says why;
+      a client forcing it (``plan_road(worker, "relay")``, ``send_file(path, road=plan)``),
+      with the worker's and the client's own API keys: hashing, encryption, tus upload,
+      the worker's ranged download, decryption, verification; MB/s from the client's
+      call to the worker's FILE_RECEIVED (hashing included, so it is the stricter
+      figure); when the checkout has no relay road the row says why;
   (c) resume: a transfer cut at ``--cut-at`` (50%) and resumed, bytes sent in all: on
       the channel the connection is closed at 50% of the bytes sent and the file sent
       again over a new one; on the relay road the client reaches the storage service
