@@ -9,8 +9,8 @@ Public API::
     message = decode("SHARED_INPUT_PATH::data/train.zip")   # -> SharedInputPath(path=...)
     frame = encode(PathValidated("input"))                   # -> "PATH_VALIDATED::input"
 
-Every message class of :mod:`protocol.messages`, :mod:`protocol.transfer_messages`
-and :mod:`protocol.auth_messages` is importable from here.
+Every message class of :mod:`protocol.messages`, :mod:`protocol.transfer_messages`,
+:mod:`protocol.relay_messages` and :mod:`protocol.auth_messages` is importable from here.
 """
 
 from protocol import auth_messages, messages, transfer_messages
@@ -21,11 +21,13 @@ from protocol.errors import (
     LocalProtocolError,
     PathReason,
     ProtocolError,
+    RelayEndCode,
     RemoteProtocolError,
     TransferErrorCode,
 )
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import *  # noqa: F403 (the job frames)
+from protocol.relay_messages import RelayEnded, RelayPart, RelayStop
 from protocol.transfer_messages import *  # noqa: F403 (the transfer frames)
 
 __all__ = [
@@ -37,6 +39,10 @@ __all__ = [
     "LocalProtocolError",
     "PathReason",
     "ProtocolError",
+    "RelayEndCode",
+    "RelayEnded",
+    "RelayPart",
+    "RelayStop",
     "RemoteProtocolError",
     "TransferErrorCode",
     "decode",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from protocol import auth_messages as a
 from protocol import messages as m
+from protocol import relay_messages as r
 from protocol import transfer_messages as t
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from protocol.identity import (
@@ -62,7 +63,7 @@ def encode(message: m.Message) -> str | bytes:
         case m.JobLog(line=line):
             return f"JOB_LOG{SEP}{line}"
         case m.JobMetrics():
-            body = json.dumps(message.as_dict(), separators=(",", ":"))
+            body = json.dumps(message.wire_dict(), separators=(",", ":"))
             return f"JOB_METRICS{SEP}{body}"
         case m.JobComplete(job_id=job_id, output_path=out, file_count=count, total_mb=mb):
             return SEP.join(("JOB_COMPLETE", job_id, out, str(count), f"{mb:.2f}"))
@@ -103,6 +104,8 @@ def encode(message: m.Message) -> str | bytes:
             return f"AUTH_RESPONSE{SEP}{b64encode(sig)}"
         case a.AuthOk(fingerprint=fp):
             return f"AUTH_OK{SEP}{fp}"
+        case r.RelayPart() | r.RelayStop() | r.RelayEnded():
+            return r.encode_relay(message)
     raise LocalProtocolError(ErrorCode.UNKNOWN_MESSAGE, f"cannot encode {type(message).__name__}")
 
 
@@ -160,7 +163,8 @@ def _parse_metrics(rest: str | None, limits: Limits) -> m.Message:
         raise RemoteProtocolError(
             ErrorCode.MALFORMED_FRAME, f"JOB_METRICS needs {', '.join(m.JobMetrics.FIELDS)}"
         )
-    return m.JobMetrics(**{name: data[name] for name in m.JobMetrics.FIELDS})
+    names = m.JobMetrics.FIELDS + tuple(n for n in m.JobMetrics.OPTIONAL if n in data)
+    return m.JobMetrics(**{name: data[name] for name in names})
 
 
 def _parse_complete(rest: str | None, limits: Limits) -> m.Message:
@@ -313,6 +317,7 @@ _PARSERS: dict[str, _Parser] = {
     a.AuthChallenge.TYPE: _parse_challenge,
     a.AuthResponse.TYPE: _parse_response,
     a.AuthOk.TYPE: lambda rest, limits: a.AuthOk(_need(rest, a.AuthOk.TYPE)),
+    **r.RELAY_PARSERS,
 }
 
 #: Every text frame type :func:`decode` understands.
@@ -369,7 +374,7 @@ def decode(frame: str | bytes, limits: Limits = DEFAULT_LIMITS) -> m.Message:
         raise exc.as_remote() from None
 
 
-#: Every message class, in the order of PROTOCOL.md section 2 (31 types).
+#: Every message class, in the order of PROTOCOL.md section 2 (34 types).
 MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     m.JobId,
     m.SharedInputPath,
@@ -398,5 +403,6 @@ MESSAGE_TYPES: tuple[type[m.Message], ...] = (
     t.FileReceived,
     t.TransferError,
     t.FileCancel,
+    *r.RELAY_TYPES,
     *a.AUTH_TYPES,
 )

@@ -21,6 +21,7 @@ __all__ = [
     "LocalProtocolError",
     "PathReason",
     "ProtocolError",
+    "RelayEndCode",
     "RemoteProtocolError",
     "TransferErrorCode",
 ]
@@ -64,6 +65,8 @@ class ErrorCode(StrEnum):
     AUTH_FAILED = "AUTH_FAILED"
     #: The client proved its key, but the worker accepts only its authorized clients.
     NOT_AUTHORIZED = "NOT_AUTHORIZED"
+    #: (Local) A forced road cannot be taken (:func:`protocol.roads.choose_road`).
+    ROAD_UNAVAILABLE = "ROAD_UNAVAILABLE"
 
 
 class TransferErrorCode(StrEnum):
@@ -88,6 +91,31 @@ class TransferErrorCode(StrEnum):
     #: The sender's principal holds too many or too large unfinished transfers (partial
     #: files) on the receiver; nothing was written. They count until they complete or expire.
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    #: A relay-road ciphertext chunk failed authentication (tampered, swapped, dropped,
+    #: wrong key, truncated object); nothing of it was written. The same value as
+    #: :attr:`RelayEndCode.RELAY_CHUNK_INVALID`.
+    RELAY_CHUNK_INVALID = "RELAY_CHUNK_INVALID"
+
+
+class RelayEndCode(StrEnum):
+    """Codes carried by ``RELAY_ENDED::{sha256}::{offset}::{code}::{detail}``: why the relay
+    road ended for a transfer. The transfer stays open at the verified offset; the sender
+    continues on the data channel or cancels (PROTOCOL.md section 2.4)."""
+
+    #: The sender's RELAY_STOP was taken: the fetch stopped.
+    STOPPED = "STOPPED"
+    #: The storage service could not be reached after retries, or timed out.
+    RELAY_UNREACHABLE = "RELAY_UNREACHABLE"
+    #: The relay object is gone (HTTP 404/410: expired, deleted or a wrong token; the
+    #: service does not say which).
+    RELAY_GONE = "RELAY_GONE"
+    #: The storage service refused the receiver's API key (HTTP 401/403).
+    RELAY_REFUSED = "RELAY_REFUSED"
+    #: A ciphertext chunk failed authentication (tampered, swapped, wrong key, short
+    #: object); only the chunks before it were written.
+    RELAY_CHUNK_INVALID = "RELAY_CHUNK_INVALID"
+    #: More RELAY_PART frames were queued than ``Limits.max_relay_parts``.
+    RELAY_PARTS_EXCEEDED = "RELAY_PARTS_EXCEEDED"
 
 
 class PathReason(StrEnum):
@@ -128,12 +156,14 @@ class ProtocolError(Exception):
     """Base class of both error directions.
 
     Attributes:
-        code: the :class:`ErrorCode` to put in the ``PROTOCOL_ERROR`` reply.
+        code: the :class:`ErrorCode` to put in the ``PROTOCOL_ERROR`` reply (a
+            :class:`TransferErrorCode` when the error ends a transfer instead, as
+            :class:`protocol.relay_crypto.ChunkCipher` raises RELAY_CHUNK_INVALID).
         detail: a human-readable explanation, safe to send to the peer (it never
             contains the worker's absolute paths).
     """
 
-    def __init__(self, code: ErrorCode, detail: str) -> None:
+    def __init__(self, code: ErrorCode | TransferErrorCode, detail: str) -> None:
         if type(self) is ProtocolError:
             raise TypeError("raise LocalProtocolError or RemoteProtocolError, not ProtocolError")
         super().__init__(f"{code}: {detail}")

@@ -14,7 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_LIMITS", "KIB", "MAX_PROOF_RANGES", "MAX_PROOF_RANGE_BYTES", "MIB", "Limits"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KIB",
+    "MAX_PROOF_RANGES",
+    "MAX_PROOF_RANGE_BYTES",
+    "MAX_RELAY_CHUNKS",
+    "MIB",
+    "RELAY_CHUNK_BYTES",
+    "RELAY_MAX_CHUNK_BYTES",
+    "RELAY_MIN_CHUNK_BYTES",
+    "Limits",
+]
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -22,6 +33,14 @@ MIB = 1024 * KIB
 MAX_PROOF_RANGES = 16
 #: Longest byte range a FILE_PROOF_REQUEST may name, bytes (the grammar's bound).
 MAX_PROOF_RANGE_BYTES = 64 * KIB
+#: Smallest relay-road chunk_size, bytes (the grammar's bound; PROTOCOL.md section 2.4).
+RELAY_MIN_CHUNK_BYTES = 4 * KIB
+#: Largest relay-road chunk_size, bytes (the grammar's bound).
+RELAY_MAX_CHUNK_BYTES = 16 * MIB
+#: The relay-road chunk_size a sender uses unless told otherwise, bytes.
+RELAY_CHUNK_BYTES = MIB
+#: Most chunks of one file on the relay road (the chunk index is 4 bytes of the nonce).
+MAX_RELAY_CHUNKS = 2**32
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,9 @@ class Limits:
         proof_range_bytes: length of each range, bytes (at most ``MAX_PROOF_RANGE_BYTES``).
         proof_timeout_s: a receiver waits this long for FILE_PROOF, seconds; then it
             answers FILE_READY::0 as for a wrong proof.
+        max_relay_parts: most RELAY_PART frames a receiver holds for one transfer (the
+            one being fetched included); one more ends the relay road with
+            RELAY_ENDED RELAY_PARTS_EXCEEDED.
     """
 
     max_text_frame_bytes: int = 64 * KIB
@@ -62,6 +84,7 @@ class Limits:
     proof_ranges: int = 8
     proof_range_bytes: int = 4 * KIB
     proof_timeout_s: float = 10.0
+    max_relay_parts: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -74,6 +97,7 @@ class Limits:
             "chunk_bytes",
             "proof_ranges",
             "proof_range_bytes",
+            "max_relay_parts",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -246,33 +246,66 @@ class JobMetrics(Message):
         file_access_ms: time spent opening and inspecting the input, milliseconds.
         run_s: time the job itself ran (extraction and command), seconds.
         total_s: from JOB_START to the result being durable, seconds.
+        road: (optional) how the job's input arrived: one of :attr:`ROADS` (``shared``,
+            ``relay``, ``channel``, ``stored`` when dedupe moved no byte,
+            ``relay+channel`` after a failover); None when not said (earlier workers).
+        transfer_mb_s: (optional) plaintext MB (10^6 bytes) moved per second from
+            FILE_META to FILE_RECEIVED (0 for the shared road); None when not said.
     """
 
     TYPE: ClassVar[str] = "JOB_METRICS"
     FIELDS: ClassVar[tuple[str, ...]] = ("validation_ms", "file_access_ms", "run_s", "total_s")
+    #: The optional fields, in the JSON after :attr:`FIELDS` when set.
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("road", "transfer_mb_s")
+    #: The values of ``road``.
+    ROADS: ClassVar[frozenset[str]] = frozenset(
+        ("shared", "relay", "channel", "stored", "relay+channel")
+    )
     validation_ms: float
     file_access_ms: float
     run_s: float
     total_s: float
+    road: str | None = None
+    transfer_mb_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in self.FIELDS:
-            value = getattr(self, name)
-            try:
-                number = float(value)
-            except (TypeError, ValueError, OverflowError):
-                number = math.nan
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not (0 <= number < MAX_MB)
-            ):
-                raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
-            object.__setattr__(self, name, round(number, 3))
+            object.__setattr__(self, name, _metric(name, getattr(self, name)))
+        if self.transfer_mb_s is not None:
+            object.__setattr__(self, "transfer_mb_s", _metric("transfer_mb_s", self.transfer_mb_s))
+        if self.road is not None and (
+            not isinstance(self.road, str) or self.road not in self.ROADS
+        ):
+            raise invalid(ErrorCode.MALFORMED_FRAME, f"road is one of {sorted(self.ROADS)}")
 
     def as_dict(self) -> dict[str, float]:
-        """The metrics as a plain dict (keys: :attr:`FIELDS`)."""
-        return {name: getattr(self, name) for name in self.FIELDS}
+        """The numbers as a plain dict (keys: :attr:`FIELDS`, and ``transfer_mb_s`` when
+        set; ``road`` is text: read it from :attr:`road`)."""
+        numbers = {name: getattr(self, name) for name in self.FIELDS}
+        if self.transfer_mb_s is not None:
+            numbers["transfer_mb_s"] = self.transfer_mb_s
+        return numbers
+
+    def wire_dict(self) -> dict[str, float | str]:
+        """The JSON object of the frame: :attr:`FIELDS`, then the optional fields that are
+        set (so an earlier peer's 4-field JSON and ours decode alike)."""
+        wire: dict[str, float | str] = {name: getattr(self, name) for name in self.FIELDS}
+        if self.road is not None:
+            wire["road"] = self.road
+        if self.transfer_mb_s is not None:
+            wire["transfer_mb_s"] = self.transfer_mb_s
+        return wire
+
+
+def _metric(name: str, value: object) -> float:
+    """``value`` as a number in [0, 1e14) rounded to 3 places, or MALFORMED_FRAME."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 <= number < MAX_MB):
+        raise invalid(ErrorCode.MALFORMED_FRAME, f"{name} must be a number in [0, 1e14)")
+    return round(number, 3)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Which part of a connection handles each of the 31 message types, per role.
+"""Which part of a connection handles each of the 34 message types, per role.
 
 A message a role never receives is refused by its route (``UNEXPECTED_MESSAGE``: a
 worker does not receive PATH_VALIDATED, a client does not receive JOB_START). The
@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from protocol import auth_messages as a
 from protocol import messages as m
+from protocol import relay_messages as r
 from protocol import transfer_messages as t
 from protocol.errors import ErrorCode
 from protocol.handshake import CLIENT_AUTH_TABLE, WORKER_AUTH_TABLE, AuthState
@@ -87,6 +88,9 @@ _TRANSFER: dict[type[m.Message], Part] = {
     t.FileReceived: Part.SENDER,
     t.TransferError: Part.SENDER,
     t.FileCancel: Part.CANCEL,
+    r.RelayPart: Part.RECEIVER,
+    r.RelayStop: Part.RECEIVER,
+    r.RelayEnded: Part.SENDER,
     m.ProtocolErrorFrame: Part.PEER_ERROR,
 }
 

@@ -5,7 +5,8 @@ The parsers are generated from the models of :mod:`rtc_worker.settings`; this mo
 only parses and calls into the program. Flags override environment variables; every
 flag's help names its variables. Exit codes of ``rtc-client submit``: 0 job complete,
 1 job failed or path refused, 2 usage error, 3 signaling or connection failure, 4
-worker busy or protocol error.
+worker busy or protocol error, 5 the road forced with ``--road`` is unavailable or
+failed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from rtc_worker.settings_sources import CommandLine
 __all__ = ["client_main", "configure_logging", "main", "protect_process", "run_async"]
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_CONNECTION, EXIT_PROTOCOL = 0, 1, 2, 3, 4
+EXIT_ROAD = 5
 
 P = TypeVar("P", WorkerCli, ClientCli)
 
@@ -238,15 +240,10 @@ async def _download(command: DownloadCommand) -> int:
     return EXIT_OK
 
 
-def _print_trace(direction: str, frame: str | bytes) -> None:
-    arrow = "->" if direction == "send" else "<-"
-    shown = frame if isinstance(frame, str) else f"<binary {len(frame)} bytes>"
-    print(f"  {arrow} {shown}", flush=True)
-
-
 async def _client(command: WorkersCommand | SubmitCommand) -> int:
     """``rtc-client workers`` and ``rtc-client submit``: talk to signaling and a worker."""
     from protocol import LocalProtocolError
+    from rtc_worker.cli_output import Progress, print_trace
     from rtc_worker.client import (
         JobFailedError,
         PathRefusedError,
@@ -255,12 +252,13 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         TransferFailedError,
         WorkerProtocolError,
     )
-    from rtc_worker.errors import WorkerKeyChanged
+    from rtc_worker.errors import RoadFailed, WorkerKeyChanged
     from rtc_worker.identity import IdentityError
     from rtc_worker.rtc import ChannelClosed, IceSetupError
     from rtc_worker.trust import TrustFileError
 
-    trace = _print_trace if isinstance(command, SubmitCommand) and command.trace else None
+    submit = command if isinstance(command, SubmitCommand) else None
+    trace = print_trace if submit is not None and submit.trace else None
     try:
         client = RTCClient(
             command.signaling_url,
@@ -280,6 +278,10 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                 else None
             ),
             known_workers=command.known_workers_path,
+            storage_url=None if submit is None else submit.storage_url,
+            storage_api_key=None if submit is None else submit.storage_api_key_value,
+            relay_part_mb=64 if submit is None else submit.relay_part_mb,
+            relay_chunk_bytes=None if submit is None else submit.relay_chunk_bytes,
         )
     except IdentityError as exc:
         print(f"{exc}", file=sys.stderr)
@@ -299,7 +301,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
             if command.wait > 0:
                 await client.wait_for_worker(command.worker, command.wait)
             on_log = None if command.json_output or trace else (lambda line: print(f"  | {line}"))
-            bars = _Progress(disabled=not command.progress or command.json_output)
+            bars = Progress(disabled=not command.progress or command.json_output)
             download = None
             try:
                 if command.input is not None and command.output is not None:
@@ -313,6 +315,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                         local_copy=command.file,
                         on_progress=bars.callback("upload"),
                         via_storage=command.via_storage,
+                        road=command.road,
+                        on_road=bars.road_callback("upload"),
                     )
                 elif command.file is not None and command.download is not None:
                     submitted = await client.submit_file(
@@ -325,6 +329,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                         on_download_progress=bars.callback("results"),
                         job_timeout=command.job_timeout,
                         via_storage=command.via_storage,
+                        road=command.road,
+                        on_road=bars.road_callback("upload"),
                     )
                     result, download = submitted.job, submitted
                     sent_name = command.file.name
@@ -332,6 +338,9 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                     return EXIT_USAGE
             finally:
                 bars.close()
+    except RoadFailed as exc:
+        print(f"road {exc.road} failed: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_ROAD
     except TransferFailedError as exc:
         print(f"transfer failed: {exc.code}: {exc.detail}", file=sys.stderr)
         return EXIT_JOB_FAILED
@@ -373,6 +382,7 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         "file_count": result.file_count,
         "total_mb": result.total_mb,
         "metrics": result.metrics,
+        "road": result.road,
         "stored_path": result.stored_path,
         "stored_sha256": result.stored_sha256,
         "stored_size": result.stored_size,
@@ -387,6 +397,9 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
                 "bytes_sent": upload.bytes_sent,
                 "offset": upload.outcome.offset,
                 "mb_per_s": round(upload.mb_per_s, 2),
+                "road": upload.road,
+                "bytes_relayed": upload.bytes_relayed,
+                "roads": [str(change) for change in upload.roads],
                 "sha256": upload.outcome.sha256,
             },
             "results_zip": str(download.results_zip),
@@ -399,9 +412,11 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         return EXIT_OK
     if download is not None:
         upload = download.upload
+        relayed = upload.bytes_relayed
         print(
-            f"input {sent_name}: {upload.outcome.status}, {upload.bytes_sent:,} of "
-            f"{upload.size:,} bytes sent over the channel"
+            f"input {sent_name}: {upload.outcome.status} by {upload.road}, "
+            f"{upload.bytes_moved:,} of {upload.size:,} bytes sent"
+            + (f" ({relayed:,} relayed)" if upload.bytes_sent and relayed else "")
             + (f" from offset {upload.outcome.offset:,}" if upload.outcome.offset else "")
             + f", {upload.mb_per_s:.2f} MB/s"
         )
@@ -410,6 +425,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         f"::{result.total_mb:.2f}"
     )
     print("metrics: " + ", ".join(f"{k}={v}" for k, v in result.metrics.items()))
+    if result.road is not None:
+        print(f"road (the worker's JOB_METRICS): {result.road}")
     if result.stored_path is not None:
         print(
             f"results stored: {result.stored_path} ({result.stored_size} bytes, sha256 "
@@ -424,38 +441,3 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
             f"{download.results_dir}"
         )
     return EXIT_OK
-
-
-class _Progress:
-    """tqdm progress bars fed by FILE_PROGRESS (bytes, MB/s and ETA), one per transfer."""
-
-    def __init__(self, *, disabled: bool) -> None:
-        self.disabled = disabled
-        self._bars: dict[str, Any] = {}
-
-    def callback(self, label: str) -> Any:
-        if self.disabled:
-            return None
-
-        def update(received: int, size: int) -> None:
-            from tqdm import tqdm
-
-            bar = self._bars.get(label)
-            if bar is None:
-                bar = self._bars[label] = tqdm(
-                    total=size,
-                    initial=received,
-                    desc=label,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1000,
-                    file=sys.stderr,
-                    dynamic_ncols=True,
-                )
-            bar.update(received - bar.n)
-
-        return update
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()

@@ -20,46 +20,46 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, overload
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from loguru import logger
 
-from protocol import DEFAULT_LIMITS, Message, RemoteProtocolError, decode, encode
+from protocol import DEFAULT_LIMITS
 from protocol.handshake import AuthConfig, Authenticated
-from protocol.signaling import ErrorFrame, Offer, PeerInfo, RelayedAnswer, SignalingError
+from protocol.limits import RELAY_CHUNK_BYTES
+from protocol.roads import Road
+from protocol.signaling import PeerInfo, SignalingError
 from rtc_worker.channel_auth import authenticate_channel, channel_auth_config
 from rtc_worker.client_channel import WorkerConnection
-from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
+from rtc_worker.client_offer import open_channel
+from rtc_worker.client_raw import RawWorkerConnection
+from rtc_worker.client_results import JobResult, SendResult, SubmitResult, extract_results
 from rtc_worker.errors import (
     ClientError,
     JobFailedError,
-    MalformedReply,
     PathRefusedError,
+    RoadFailed,
     TransferFailedError,
     WorkerBusy,
     WorkerProtocolError,
 )
 from rtc_worker.identity import Identity, default_client_key_file
+from rtc_worker.relay_http import RelayHttp
+from rtc_worker.relay_send import part_length
+from rtc_worker.roads_client import OnRoad, RoadPlan, plan_road
 from rtc_worker.rtc import (
-    NO_CHANNEL,
-    ChannelClosed,
     FrameChannel,
     IcePolicy,
-    describe_path,
-    gather_offer,
     ice_servers_expire_soon,
-    rtc_configuration,
 )
 from rtc_worker.signaling_client import SignalingClient
-from rtc_worker.storage import BlobStore, SafeRoot
+from rtc_worker.storage import BlobStore
 from rtc_worker.transfer_io import PartialRegistry
 from rtc_worker.trust import KnownWorkers
 
@@ -69,6 +69,8 @@ __all__ = [
     "JobResult",
     "PathRefusedError",
     "RTCClient",
+    "RawWorkerConnection",
+    "RoadFailed",
     "SendResult",
     "SignalingError",
     "SubmitResult",
@@ -80,25 +82,6 @@ __all__ = [
 
 Trace = Callable[[str, str | bytes], None]
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    """A job run on a file sent over the channel, with its results downloaded.
-
-    Attributes:
-        job: the job's result.
-        upload: how the input went (bytes sent, MB/s; 0 bytes when the worker had it).
-        results_zip: the verified results ZIP saved in the download folder.
-        results_dir: the ZIP's files, extracted safely next to it.
-        download: the received results file (size, sha256, bytes that crossed).
-    """
-
-    job: JobResult
-    upload: SendResult
-    results_zip: Path
-    results_dir: Path
-    download: ReceivedFile
 
 
 class RTCClient:
@@ -127,6 +110,10 @@ class RTCClient:
             ``--worker-key`` of the CLI); these override the known-workers file.
         known_workers: the known-workers file (trust on first use, refused loudly when
             a worker's key changes); default ``known_workers`` beside the key file.
+        storage_url / storage_api_key: the storage service beside signaling and a key
+            of it (any role): the relay road (:mod:`rtc_worker.relay_send`); unset: none.
+        relay_part_mb: plaintext MB (10^6 bytes) per relay object.
+        relay_chunk_bytes: plaintext bytes per sealed chunk on the relay road.
 
     Attributes:
         identity: the client's key, or None when anonymous.
@@ -154,6 +141,10 @@ class RTCClient:
         key_file: Path | None = None,
         worker_keys: Mapping[str, str] | None = None,
         known_workers: Path | None = None,
+        storage_url: str | None = None,
+        storage_api_key: str | None = None,
+        relay_part_mb: int = 64,
+        relay_chunk_bytes: int | None = None,
     ) -> None:
         if identity is not None and anonymous:
             raise ValueError("an anonymous client has no identity")
@@ -182,6 +173,11 @@ class RTCClient:
         self._raw_connections: list[RawWorkerConnection] = []
         self._signaling_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
+        self._relay = (
+            RelayHttp(storage_url, storage_api_key) if storage_url and storage_api_key else None
+        )
+        self.relay_chunk_bytes = relay_chunk_bytes or RELAY_CHUNK_BYTES
+        self.relay_part_bytes = part_length(relay_part_mb, self.relay_chunk_bytes)
 
     async def __aenter__(self) -> RTCClient:
         return self
@@ -231,6 +227,27 @@ class RTCClient:
         """
         signaling = await self._signaling_client()
         return [peer for peer in await signaling.list_peers() if peer.role == "worker"]
+
+    async def plan_road(
+        self, worker_id: str, road: str = "auto", *, shared_input: bool = False
+    ) -> RoadPlan:
+        """The road of an input for ``worker_id``: ``road`` forced (``shared``, ``relay``,
+        ``channel``) or chosen (``auto``) from the roads the worker advertises and
+        whether this client reaches the storage service (:mod:`rtc_worker.roads_client`).
+
+        Raises:
+            RoadFailed: ROAD_UNAVAILABLE: the forced road is impossible.
+            SignalingError, OSError, TimeoutError: signaling unreachable.
+        """
+        found = {peer.peer_id: peer for peer in await self.workers()}.get(worker_id)
+        return await plan_road(
+            forced=None if road == "auto" else Road(road),
+            metadata={} if found is None else found.metadata,
+            relay=self._relay,
+            shared_input=shared_input,
+            part_bytes=self.relay_part_bytes,
+            chunk_size=self.relay_chunk_bytes,
+        )
 
     async def wait_for_worker(self, worker_id: str, timeout: float) -> PeerInfo:
         """Poll ``list_peers`` until ``worker_id`` is registered.
@@ -342,32 +359,10 @@ class RTCClient:
     async def _open_channel(self, worker_id: str) -> tuple[RTCPeerConnection, FrameChannel]:
         """Offer, wait for the worker's answer and for the data channel to open."""
         signaling = await self._signaling_client()
-        policy = self.ice_transport_policy
-        pc = RTCPeerConnection(rtc_configuration(self.ice_servers, signaling.ice_servers, policy))
-        try:
-            channel = pc.createDataChannel("jobs", ordered=True)
-            frames = FrameChannel(channel, trace=self.trace)
-            opened = asyncio.Event()
-            channel.on("open", opened.set)
-            sdp = await gather_offer(pc, policy, self.connect_timeout)
-            await signaling.send(Offer(to=worker_id, sdp=sdp))
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    while True:
-                        frame = await signaling.recv()
-                        if isinstance(frame, ErrorFrame):
-                            raise frame.to_exception()
-                        if isinstance(frame, RelayedAnswer) and frame.from_ == worker_id:
-                            break
-                    await pc.setRemoteDescription(RTCSessionDescription(frame.sdp, "answer"))
-                    await opened.wait()
-            except TimeoutError:
-                raise TimeoutError(NO_CHANNEL.format(worker_id, self.connect_timeout)) from None
-        except BaseException:
-            await pc.close()
-            raise
-        logger.info("peer connection with {}: connected via {}", worker_id, describe_path(pc))
-        return pc, frames
+        return await open_channel(
+            signaling, worker_id, self.ice_servers, self.ice_transport_policy,
+            timeout=self.connect_timeout, trace=self.trace,
+        )  # fmt: skip
 
     async def submit_shared(
         self,
@@ -381,24 +376,40 @@ class RTCClient:
         via_storage: bool = False,
         local_copy: Path | None = None,
         on_progress: Progress | None = None,
+        road: str = "auto",
+        on_road: OnRoad | None = None,
     ) -> JobResult:
         """Run a shared-storage job on ``worker_id``; see :meth:`WorkerConnection.run_shared`.
 
+        ``road``: ``auto`` or ``shared`` runs on the shared path (``local_copy`` goes on
+        the best other road when the worker cannot read it); ``relay`` or ``channel``
+        sends ``local_copy`` on that road instead, with the outputs in ``output_path``.
+
         Raises:
             PathRefusedError, JobFailedError, TransferFailedError, WorkerProtocolError
-            (subclasses per wire code), SignalingError, ChannelClosed, TimeoutError.
+            (subclasses per wire code), RoadFailed, SignalingError, ChannelClosed,
+            TimeoutError.
         """
+        plan = await self.plan_road(worker_id, road, shared_input=True)
+        if plan.road is not Road.SHARED and (local_copy is not None or road != "auto"):
+            if local_copy is None:
+                raise RoadFailed("ROAD_UNAVAILABLE", "no local file to send", road=road)
+            connection = await self.connect(worker_id)
+            _, job = await connection.run_file(
+                local_copy, job_id=job_id, output_path=output_path, on_log=on_log,
+                on_progress=on_progress, job_timeout=job_timeout, via_storage=via_storage,
+                road=plan, on_road=on_road,
+            )  # fmt: skip
+            return job
+        copy_plan = None
+        if local_copy is not None:
+            copy_plan = await self.plan_road(worker_id, "auto", shared_input=False)
         connection = await self.connect(worker_id)
         return await connection.run_shared(
-            input_path,
-            output_path,
-            job_id=job_id,
-            on_log=on_log,
-            job_timeout=job_timeout,
-            via_storage=via_storage,
-            local_copy=local_copy,
-            on_progress=on_progress,
-        )
+            input_path, output_path, job_id=job_id, on_log=on_log, job_timeout=job_timeout,
+            via_storage=via_storage, local_copy=local_copy, on_progress=on_progress,
+            copy_road=copy_plan, on_road=on_road,
+        )  # fmt: skip
 
     async def submit_file(
         self,
@@ -412,19 +423,25 @@ class RTCClient:
         on_download_progress: Progress | None = None,
         job_timeout: float | None = None,
         via_storage: bool = False,
+        road: str = "auto",
+        on_road: OnRoad | None = None,
     ) -> SubmitResult:
-        """Send a local file over the channel, run the job, download the verified results.
+        """Send a local file to the worker, run the job, download the verified results.
 
-        The results ZIP is saved as ``download_dir/results-{job_id}.zip`` and extracted
-        (safely: no member may land outside) into ``download_dir/{job_id}/``.
+        The file takes the road :meth:`plan_road` gives (``road``: ``auto``, or
+        ``relay`` / ``channel`` forced); ``on_road`` is told the road taken and each
+        change (a relay road that fails continues on the channel from the worker's
+        verified offset, unless forced). The results ZIP is saved as
+        ``download_dir/results-{job_id}.zip`` and extracted (safely: no member may land
+        outside) into ``download_dir/{job_id}/``.
 
         Raises:
             TransferFailedError, JobFailedError, WorkerBusy, WorkerProtocolError,
             SignalingError, ChannelClosed, TimeoutError, ArchiveError (the results ZIP
-            could not be extracted), OSError.
+            could not be extracted), OSError, RoadFailed (the road forced is
+            unavailable: ROAD_UNAVAILABLE; or the relay road forced failed: its code).
         """
-        from rtc_worker.archive import extract_zip
-
+        plan = await self.plan_road(worker_id, road)
         connection = await self.connect(worker_id)
         upload, job = await connection.run_file(
             local_path,
@@ -433,20 +450,14 @@ class RTCClient:
             on_progress=on_upload_progress,
             job_timeout=job_timeout,
             via_storage=via_storage,
+            road=plan,
+            on_road=on_road,
         )
         download, zip_path = await connection.download_results(
             job.job_id, download_dir, on_progress=on_download_progress
         )
         results_dir = download_dir / job.job_id
-
-        def extract() -> None:
-            if results_dir.exists():
-                shutil.rmtree(results_dir)
-            results_dir.mkdir(parents=True)
-            with SafeRoot(results_dir) as dest, zip_path.open("rb") as handle:
-                extract_zip(handle, dest)
-
-        await asyncio.to_thread(extract)
+        await asyncio.to_thread(extract_results, zip_path, results_dir)
         return SubmitResult(job, upload, zip_path, results_dir, download)
 
     async def close(self) -> None:
@@ -460,38 +471,5 @@ class RTCClient:
         if self._signaling is not None:
             await self._signaling.close()
             self._signaling = None
-
-
-class RawWorkerConnection:
-    """A data channel to a worker without a Connection: frames go out as given and every
-    frame received is returned decoded (transfer frames included). For tests and fuzzing.
-    """
-
-    def __init__(self, pc: RTCPeerConnection, channel: FrameChannel, worker_id: str) -> None:
-        self.pc, self.channel, self.worker_id = pc, channel, worker_id
-
-    def send(self, frame: str | bytes | Message) -> None:
-        """Send a raw frame or a message.
-
-        Raises:
-            ChannelClosed: the data channel is not open.
-        """
-        raw = frame if isinstance(frame, str | bytes) else encode(frame)
-        if not self.channel.send_frame(raw):
-            raise ChannelClosed("data channel is not open")
-
-    async def recv(self, timeout: float | None = None) -> Message:
-        """The worker's next frame, decoded.
-
-        Raises:
-            ChannelClosed, TimeoutError, MalformedReply (a frame that does not decode).
-        """
-        frame = await self.channel.recv(timeout)
-        try:
-            return decode(frame)
-        except RemoteProtocolError as exc:
-            raise MalformedReply(exc.code, f"worker sent an invalid frame: {exc}") from None
-
-    async def close(self) -> None:
-        """Close the data channel and the peer connection."""
-        await self.pc.close()
+        if self._relay is not None:
+            await self._relay.close()

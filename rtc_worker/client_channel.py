@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,7 +40,6 @@ from protocol import (
     ResultsViaStorage,
     SharedInputPath,
     SharedOutputPath,
-    TransferErrorCode,
 )
 from protocol import events as ev
 from protocol.connection import Connection
@@ -49,6 +47,7 @@ from protocol.handshake import AuthConfig, Authenticated, AuthFailed
 from protocol.routes import Role
 from rtc_worker.channel_auth import handshake_error
 from rtc_worker.client_results import JobResult, ReceivedFile, SendResult
+from rtc_worker.client_upload import CHANNEL_PLAN, Uploader, call_safely
 from rtc_worker.driver import ChannelDriver
 from rtc_worker.errors import (
     CANCELLED_REASON,
@@ -62,15 +61,10 @@ from rtc_worker.errors import (
     transfer_ended,
     worker_protocol_error,
 )
+from rtc_worker.roads_client import OnRoad, RoadPlan
 from rtc_worker.rtc import ChannelClosed, FrameChannel
 from rtc_worker.storage import BlobStore, SafeRoot
-from rtc_worker.transfer_io import (
-    TRANSFER_ACTIONS,
-    PartialRegistry,
-    TransferIO,
-    file_to_send,
-    path_opener,
-)
+from rtc_worker.transfer_io import TRANSFER_ACTIONS, PartialRegistry, TransferIO
 
 __all__ = ["WorkerConnection"]
 
@@ -112,9 +106,9 @@ class WorkerConnection:
             self.conn, channel, self._perform, name=worker_id, observe=self._observe
         )
         self.io = TransferIO(self.conn, channel, store, registry=registry, wake=self.driver.drain)
+        self.uploader = Uploader(self.conn, self.io, self.driver, self._event)
         self._events: asyncio.Queue[object] = asyncio.Queue()
         self._lock = asyncio.Lock()
-        self._on_progress: Progress | None = None
         self._on_download: Progress | None = None
         self.broken = False
         self._reader = asyncio.create_task(self._read(), name=f"reader-{worker_id}")
@@ -130,12 +124,9 @@ class WorkerConnection:
         if isinstance(output, TRANSFER_ACTIONS):
             await self.io.perform(output)
             return
+        if self.uploader.perform(output):  # StreamFrom, RelayFrom, RoadChanged, SendProgress
+            return
         match output:
-            case ev.StreamFrom():
-                self.io.stream(output)
-            case ev.SendProgress(received=received, size=size):
-                if self._on_progress is not None:
-                    _call_safely(self._on_progress, received, size)
             case ev.Note(text=text):
                 logger.debug("{}: {}", self.worker_id, text)
             case _:  # Delivered, Refused, Violation, FileHeld, Received/SendEnded, handshake
@@ -164,7 +155,7 @@ class WorkerConnection:
 
     def _observe(self, sent: ev.Send) -> None:
         if isinstance(sent.message, FileProgress) and self._on_download is not None:
-            _call_safely(self._on_download, sent.message.received, sent.message.size)
+            call_safely(self._on_download, sent.message.received, sent.message.size)
 
     async def _send(self, message: Message) -> None:
         """ev.Send through the connection's tables (LocalProtocolError when not allowed)."""
@@ -220,6 +211,8 @@ class WorkerConnection:
         local_copy: Path | None = None,
         on_progress: Progress | None = None,
         via_storage: bool = False,
+        copy_road: RoadPlan | None = None,
+        on_road: OnRoad | None = None,
     ) -> JobResult:
         """Run one shared-storage job on this connection.
 
@@ -232,10 +225,12 @@ class WorkerConnection:
                 InputCorrupted, and the job goes on with it.
             on_progress: (bytes_received, size) during such a transfer.
             via_storage: ask for the results ZIP on the storage service.
+            copy_road: the road of ``local_copy`` (default: the data channel);
+                ``on_road`` is told the road it takes and each change.
 
         Raises:
             PathRefusedError (a subclass per reason), JobFailedError (JobCancelled),
-            TransferFailedError, WorkerProtocolError (WorkerBusy...), ChannelClosed,
+            TransferFailedError, RoadFailed, WorkerProtocolError (WorkerBusy...), ChannelClosed,
             TimeoutError, LocalProtocolError (a job_id outside the grammar).
         """
         async with self._lock:
@@ -247,7 +242,9 @@ class WorkerConnection:
                 if local_copy is None:
                     raise
                 logger.warning("{}; sending the local copy over the data channel", exc.reason)
-                await self._upload(local_copy, on_progress)
+                await self.uploader.upload(
+                    local_copy, on_progress, copy_road or CHANNEL_PLAN, on_road
+                )
             await self._send(SharedOutputPath(output_path))
             await self._expect_path()
             return await self._start(on_log, job_timeout, via_storage)
@@ -262,17 +259,19 @@ class WorkerConnection:
         on_progress: Progress | None = None,
         job_timeout: float | None = None,
         via_storage: bool = False,
+        road: RoadPlan = CHANNEL_PLAN,
+        on_road: OnRoad | None = None,
     ) -> tuple[SendResult, JobResult]:
-        """ev.Send ``local_path`` over the channel and run the job on it (outputs to the
-        shared ``output_path``, else the worker's job folder: see
-        :meth:`download_results`).
+        """Send ``local_path`` on ``road`` (default: the data channel) and run the job on
+        it (outputs to the shared ``output_path``, else the worker's job folder: see
+        :meth:`download_results`); ``on_road`` is told each road taken.
 
         Raises:
-            TransferFailedError and everything :meth:`run_shared` raises.
+            TransferFailedError, RoadFailed and everything :meth:`run_shared` raises.
         """
         async with self._lock:
             await self._open_job(job_id, via_storage)
-            sent = await self._upload(local_path, on_progress)
+            sent = await self.uploader.upload(local_path, on_progress, road, on_road)
             if output_path is not None:
                 await self._send(SharedOutputPath(output_path))
                 await self._expect_path()
@@ -284,60 +283,23 @@ class WorkerConnection:
         if via_storage:
             await self._send(ResultsViaStorage())
 
-    async def send_file(self, path: Path, on_progress: Progress | None = None) -> SendResult:
-        """ev.Send one file (resumes and dedupes against what the worker holds).
+    async def send_file(
+        self,
+        path: Path,
+        on_progress: Progress | None = None,
+        *,
+        road: RoadPlan = CHANNEL_PLAN,
+        on_road: OnRoad | None = None,
+    ) -> SendResult:
+        """Send one file on ``road`` (default: the data channel; resumes and dedupes
+        against what the worker holds); see :class:`~rtc_worker.client_upload.Uploader`.
 
         Raises:
-            TransferFailedError or WorkerProtocolError (per code), ChannelClosed, OSError.
+            TransferFailedError or WorkerProtocolError (per code), RoadFailed,
+            ChannelClosed, OSError.
         """
         async with self._lock:
-            return await self._upload(path, on_progress)
-
-    async def _upload(self, path: Path, on_progress: Progress | None) -> SendResult:
-        result = await self._send_once(path, on_progress)
-        if result.outcome.code == TransferErrorCode.HASH_MISMATCH and result.outcome.offset > 0:
-            # The worker's partial was damaged (it discarded it): send it all once more.
-            logger.warning("{}: resumed bytes did not verify; sending from the start", path.name)
-            result = await self._send_once(path, on_progress)
-        if not result.ok:
-            raise transfer_ended(result.outcome.code, result.outcome.detail)
-        logger.info(
-            "sent {} ({}): {} of {} bytes, {:.2f} MB/s",
-            path.name, result.outcome.status, result.bytes_sent, result.size, result.mb_per_s,
-        )  # fmt: skip
-        return result
-
-    async def _send_once(self, path: Path, on_progress: Progress | None) -> SendResult:
-        opener = path_opener(path)
-        file = await file_to_send(opener, path.name)
-        started, sent_before = time.monotonic(), self.io.bytes_sent
-        self.io.offer(opener)
-        self._on_progress = on_progress
-        try:
-            self.conn.send_file(file)
-            serial = self.conn.sender.serial
-            await self.driver.drain()
-            ended = await self._wait_sent(serial)
-        except asyncio.CancelledError:
-            self.conn.cancel_send()  # the worker keeps its partial; the channel stays usable
-            self.driver.kick()
-            raise
-        finally:
-            self._on_progress = None
-        return SendResult(
-            ended, file.size, self.io.bytes_sent - sent_before, time.monotonic() - started
-        )
-
-    async def _wait_sent(self, serial: int) -> ev.SendEnded:
-        while True:
-            event = await self._event(None)
-            if isinstance(event, ev.SendEnded) and event.transfer == serial:
-                return event
-            if isinstance(
-                event, ev.Refused
-            ):  # the answer to our FILE_META (its ev.SendEnded follows)
-                continue
-            logger.debug("ignoring {} while sending", event)
+            return await self.uploader.upload(path, on_progress, road, on_road)
 
     async def _start(
         self, on_log: Callable[[str], None] | None, job_timeout: float | None, via_storage: bool
@@ -373,15 +335,16 @@ class WorkerConnection:
     async def _await_result(self, on_log: Callable[[str], None] | None) -> JobResult:
         logs: list[str] = []
         metrics: dict[str, float] = {}
+        road: str | None = None
         path_error: PathError | None = None
         while True:
             match await self._reply(None):
                 case JobLog(line=line):
                     logs.append(line)
                     if on_log is not None:
-                        _call_safely(on_log, line)
+                        call_safely(on_log, line)
                 case JobMetrics() as message:
-                    metrics = message.as_dict()
+                    metrics, road = message.as_dict(), message.road
                 case JobComplete() as done:
                     return JobResult(
                         done.job_id,
@@ -390,6 +353,7 @@ class WorkerConnection:
                         done.total_mb,
                         metrics,
                         tuple(logs),
+                        road=road,
                     )
                 case JobFailed(job_id=job_id, reason=reason):
                     if path_error is not None:
@@ -490,11 +454,3 @@ def _save_copy(store: BlobStore, sha256: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with store.open_object(sha256) as source, SafeRoot(target.parent) as folder:
         folder.write_atomic((target.name,), iter(lambda: source.read(1 << 20), b""))
-
-
-def _call_safely(callback: Callable[..., object], *args: object) -> None:
-    """Run a caller's callback; its exception is logged, never raised into the transfer."""
-    try:
-        callback(*args)
-    except Exception:
-        logger.exception("callback {} failed", getattr(callback, "__name__", callback))

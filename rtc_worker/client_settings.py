@@ -5,12 +5,17 @@ subcommand, generated into the command line like the worker's (:mod:`rtc_worker.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import CliSubCommand, CliToggleFlag, NoDecode, SettingsConfigDict
 
-from protocol.limits import DEFAULT_LIMITS
+from protocol.limits import (
+    DEFAULT_LIMITS,
+    RELAY_CHUNK_BYTES,
+    RELAY_MAX_CHUNK_BYTES,
+    RELAY_MIN_CHUNK_BYTES,
+)
 from rtc_worker.key_settings import (
     CLIENT_KEY_ENV,
     CLIENT_KEY_HELP,
@@ -48,9 +53,13 @@ __all__ = [
     "ClientIdCommand",
     "ClientSettings",
     "DownloadCommand",
+    "RoadOption",
     "SubmitCommand",
     "WorkersCommand",
 ]
+
+#: ``--road``: ``auto`` (choose), or the road to force (:class:`protocol.roads.Road`).
+RoadOption = Literal["auto", "shared", "relay", "channel"]
 
 
 class ClientSettings(EnvSettings):
@@ -190,6 +199,50 @@ class SubmitCommand(ClientCommand):
         description="Have the worker upload the results ZIP to the storage service (fetch "
         "it with rtc-client download).",
     )
+    storage_url: str | None = Field(
+        None,
+        description="Base URL of the storage service beside signaling (e.g. "
+        "http://127.0.0.1:8765): the relay road uploads the encrypted file there; unset: "
+        "no relay road.",
+    )
+    storage_api_key: Annotated[SecretStr | None, STORAGE_KEY_ENV] = Field(
+        None, description=KEY_HELP
+    )
+    api_key_file: Annotated[Path | None, STORAGE_KEY_FILE_ENV] = Field(
+        None, description=KEY_FILE_HELP
+    )
+    road: RoadOption = Field(
+        "auto",
+        description="How a --file input reaches the worker: auto picks the shared path, "
+        "then the relay road (encrypted, through the storage service, when both sides "
+        "reach it), then the data channel; shared, relay or channel forces one (exit 5 "
+        "when it is unavailable or, for relay, fails).",
+    )
+    relay_part_mb: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Size of each relay object (one tus upload) on the relay road, MB "
+        "(10^6 bytes, rounded down to whole chunks); the next part uploads while the "
+        "worker fetches the last one.",
+    )
+    relay_chunk_bytes: int = Field(
+        RELAY_CHUNK_BYTES,
+        ge=RELAY_MIN_CHUNK_BYTES,
+        le=RELAY_MAX_CHUNK_BYTES,
+        description="Plaintext bytes per AES-256-GCM chunk on the relay road (each chunk "
+        "is authenticated on its own: the worker verifies and writes chunk by chunk).",
+    )
+
+    @model_validator(mode="after")
+    def _storage_secret(self) -> Self:
+        load_secret_files(self, [("storage_api_key", "api_key_file", "storage API key")])
+        return self
+
+    @property
+    def storage_api_key_value(self) -> str | None:
+        """The storage service's key as plain text, or None."""
+        return plain(self.storage_api_key)
 
 
 class DownloadCommand(EnvSettings):
@@ -243,7 +296,8 @@ class ClientCli(Commands):
     """Reference client: list workers, submit jobs, download stored results.
 
     Exit codes: 0 complete, 1 job failed, path refused or transfer failed, 2 usage,
-    3 signaling or connection failure, 4 worker busy or protocol error.
+    3 signaling or connection failure, 4 worker busy or protocol error, 5 the road forced
+    with --road is unavailable (ROAD_UNAVAILABLE) or, for relay, failed (its RELAY_* code).
     """
 
     model_config = SettingsConfigDict(cli_shortcuts={"ice-servers": "ice-server"})

@@ -49,6 +49,7 @@ __all__ = [
     "PathPermissionDenied",
     "PathRefusedError",
     "QuotaExceeded",
+    "RoadFailed",
     "SizeMismatch",
     "TransferCancelled",
     "TransferFailedError",
@@ -388,6 +389,23 @@ def transfer_ended(code: str, detail: str) -> ClientError:
     if code in ErrorCode.__members__ and code not in TransferErrorCode.__members__:
         return worker_protocol_error(code, detail)
     return transfer_failed(code, detail)
+
+
+class RoadFailed(ClientError):
+    """The road forced with ``--road`` is unavailable (``ROAD_UNAVAILABLE``: the worker
+    does not serve it, the storage service is unreachable, no shared path...) or, for
+    the relay road, failed mid-transfer (the ``RELAY_ENDED`` code: ``RELAY_UNREACHABLE``,
+    ``RELAY_GONE``...); an automatic choice continues on the data channel instead.
+
+    Attributes:
+        code: the code; ``detail`` its explanation; ``road`` the road forced.
+    """
+
+    def __init__(self, code: str, detail: str, *, road: str | None = None) -> None:
+        super().__init__(f"road {road or '?'} failed: {code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.road = road
 
 
 # ------------------------------------------------------------------ JOB_FAILED

@@ -13,11 +13,14 @@ network). The names, one registry per worker:
 ``rtc_worker_channel_bytes_total{direction}``    counter     file bytes over data channels:
                                                              ``received`` (chunks taken in),
                                                              ``sent`` (chunks put on a channel)
+``rtc_worker_relay_bytes_total``                 counter     ciphertext bytes fetched from
+                                                             relay objects (the relay road)
 ``rtc_worker_transfers_in_progress``             gauge       files being received or sent now
 ===============================================  ==========  ================================
 
 Instrumenting takes one call per place: :meth:`WorkerMetrics.job_ended` where a job
-ends, :meth:`WorkerMetrics.channel_bytes` where chunks are taken in or sent. The gauges
+ends, :meth:`WorkerMetrics.channel_bytes` where chunks are taken in or sent,
+:meth:`WorkerMetrics.relay_bytes` where relay objects are read. The gauges
 are read at scrape time from the worker (:meth:`WorkerMetrics.serve`).
 
 Source: https://prometheus.io/docs/practices/naming/, https://prometheus.github.io/client_python/.
@@ -76,6 +79,11 @@ class WorkerMetrics:
             ["direction"],
             registry=registry,
         )
+        self.relay = Counter(
+            "rtc_worker_relay_bytes",
+            "Ciphertext bytes fetched from relay objects",
+            registry=registry,
+        )
         self.port: int | None = None
         self._gauges: _GaugeCollector | None = None
 
@@ -91,6 +99,10 @@ class WorkerMetrics:
     def channel_bytes(self, direction: Literal["received", "sent"], count: int) -> None:
         """Count ``count`` file bytes taken in from, or put on, a data channel."""
         self.channel.labels(direction).inc(count)
+
+    def relay_bytes(self, count: int) -> None:
+        """Count ``count`` ciphertext bytes fetched from relay objects."""
+        self.relay.inc(count)
 
     async def serve(
         self, gauges: WorkerGauges, host: str, port: int | None

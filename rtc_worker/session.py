@@ -24,12 +24,16 @@ from protocol import JobComplete, JobMetrics, PathReason
 from protocol import events as ev
 from protocol.connection import Connection
 from protocol.handshake import AuthConfig, Authenticated, AuthFailed
+from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay, RelayFailed
+from protocol.relay_messages import RelayEndCode
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
 from rtc_worker.jobs import JobRunError, JobSpec
 from rtc_worker.paths import user_parts
+from rtc_worker.relay_fetch import RelayFetch
 from rtc_worker.results_client import ResultsServiceError
+from rtc_worker.roads_taken import RoadLog
 from rtc_worker.rtc import FrameChannel
 from rtc_worker.storage import InputHandle, StorageError, StorageErrorKind, layout
 from rtc_worker.transfer_io import TRANSFER_ACTIONS, Opener, TransferIO, file_to_send
@@ -93,6 +97,12 @@ class WorkerSession:
             holdings=resources.holdings,
             counted=resources.metrics.channel_bytes,
         )
+        self.roads = RoadLog()
+        self.relay = (
+            None
+            if resources.relay_road is None
+            else RelayFetch(resources.relay_road, self.io, self._relay_report, self.roads.relay)
+        )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
         self._cancel = asyncio.Event()
@@ -109,6 +119,8 @@ class WorkerSession:
         try:
             await self.driver.run()
         finally:
+            if self.relay is not None:  # its verified bytes stay in the partial
+                await self.relay.halt()
             await self.io.close()
             self.resources.sessions.discard(self)
             if self.job_task is not None and not self.job_task.done():
@@ -120,11 +132,23 @@ class WorkerSession:
     async def perform(self, output: object) -> None:
         """Perform one output of the connection (see :mod:`protocol.events`)."""
         if isinstance(output, TRANSFER_ACTIONS):
+            self._count(output)
             await self.io.perform(output)
             return
         match output:
             case ev.StreamFrom():
                 self.io.stream(output)
+            case FetchRelayPart():
+                self.roads.action(output.transfer)
+                await self._fetch_relay(output)
+            case HaltRelay():
+                if self.relay is not None:
+                    await self.relay.halt()
+            case DeleteRelayObject():
+                if self.resources.relay_road is not None:
+                    self.resources.relay_road.delete(output)
+            case ev.FileHeld(sha256=sha256, name=name, size=size, existed=existed):
+                self.roads.held(sha256, name, size, existed)
             case ev.ValidateInput(path=path):  # inside the drain: report, it goes on
                 self.conn.report(await self._validate_input(output, path))
             case ev.PrepareOutput(path=path):
@@ -152,6 +176,31 @@ class WorkerSession:
                 logger.info("{}: {}", self.peer, text)
             case _:  # FileHeld, ReceiveEnded, SendEnded, SendProgress: for the log
                 logger.info("{}: {}", self.peer, output)
+
+    # ------------------------------------------------------------------ transfers
+
+    def _count(self, action: object) -> None:
+        """Follow the road of the file being received (:class:`RoadLog`)."""
+        if isinstance(action, ev.CheckStore | ev.ReadStoredRanges | ev.AwaitProof):
+            self.roads.action(action.transfer)
+        elif isinstance(action, ev.Append):
+            self.roads.channel(len(action.data))
+
+    async def _fetch_relay(self, action: FetchRelayPart) -> None:
+        """Start fetching a relay part (the connection asks only when the road is offered)."""
+        if self.relay is None:
+            detail = "this worker does not offer the relay road"
+            self._relay_report(
+                RelayFailed(action.transfer, action.start, RelayEndCode.RELAY_REFUSED, detail)
+            )
+            return
+        await self.relay.start(action)
+
+    def _relay_report(self, outcome: object) -> None:
+        """Report a relay outcome and drain soon (never in the caller: it may be inside
+        a drain performing HaltRelay)."""
+        self.conn.report(outcome, time.monotonic())
+        self.driver.kick()
 
     # ------------------------------------------------------------------ handshake
 

@@ -283,6 +283,28 @@ class WorkerSettings(EnvSettings):
     storage_backoff_s: float = Field(
         0.5, gt=0, description="First wait before an upload is retried, seconds."
     )
+    # The relay road: files the client encrypted and uploaded to the storage service.
+    relay_road: bool = Field(
+        True,
+        description="Offer the relay road: a client's file is fetched from the storage "
+        "service (encrypted by the client, decrypted and verified chunk by chunk here); "
+        "only with storage_url and storage_api_key.",
+    )
+    relay_fetch_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Longest wait for the storage service while fetching a relay object (to "
+        "connect, for its answer, for the next bytes), seconds.",
+    )
+    relay_fetch_retries: int = Field(
+        5,
+        ge=1,
+        le=30,
+        description="Requests of a relay object in a row that bring no new chunk before the "
+        "relay road ends with RELAY_UNREACHABLE (the client goes on over the data channel); "
+        "waits start at 0.2 s and double.",
+    )
     allow_hardlinks: bool = Field(
         False,
         description="Accept an input file that has other hard links, and pack hard-linked "
@@ -350,6 +372,12 @@ class WorkerSettings(EnvSettings):
     def storage_api_key_value(self) -> str | None:
         """The storage service's key as plain text, or None."""
         return plain(self.storage_api_key)
+
+    @property
+    def relay_road_offered(self) -> bool:
+        """Whether the worker offers the relay road (``relay_road`` with a storage
+        service URL and key)."""
+        return self.relay_road and bool(self.storage_url) and bool(self.storage_api_key_value)
 
     @property
     def umask(self) -> int:

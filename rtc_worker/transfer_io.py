@@ -1,8 +1,7 @@
 """File transfers' I/O on one data channel: the receiver's store, the sender's stream.
 
-:class:`TransferIO` performs the transfer actions a
-:class:`~protocol.connection.Connection` queues, and reports their outcomes back to it;
-it never decides anything about the protocol.
+:class:`TransferIO` performs the transfer actions a :class:`~protocol.connection.Connection`
+queues, and reports their outcomes back to it; it never decides anything about the protocol.
 
 Receiving (CheckStore, Append, Finish, Discard): the store is looked up and partials
 opened through :class:`~rtc_worker.holdings.Holdings` for the connection's principal
@@ -33,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, get_args
 
 from loguru import logger
 
@@ -91,7 +90,6 @@ STALE_AFTER_S = 5.0
 #: building and store look-ups share, so a busy pool never stalls a transfer.
 _WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="transfer-writer")
 
-
 #: Opens the file to send (a new file object each call; the caller closes it).
 Opener = Callable[[], BinaryIO]
 TransferAction = (
@@ -99,10 +97,7 @@ TransferAction = (
     | ReadFileRanges
 )  # fmt: skip
 #: The actions :meth:`TransferIO.perform` takes (use with ``isinstance``).
-TRANSFER_ACTIONS = (
-    CheckStore, Append, Finish, Discard, ReadStoredRanges, RecordOwnership, AwaitProof,
-    ReadFileRanges,
-)  # fmt: skip
+TRANSFER_ACTIONS: tuple[type, ...] = get_args(TransferAction)
 
 
 def path_opener(path: Path) -> Opener:
@@ -224,8 +219,7 @@ class TransferIO:
 
     @property
     def stale(self) -> bool:
-        """True when this receive may be taken over: the channel closed, or no chunk
-        arrived for :data:`STALE_AFTER_S` seconds."""
+        """Whether a newer transfer may take it over: channel closed, or idle STALE_AFTER_S s."""
         idle = time.monotonic() - self._last_chunk_at
         return self.channel.closed.is_set() or idle > STALE_AFTER_S
 
@@ -242,6 +236,12 @@ class TransferIO:
         if partial is None or partial.size is None:
             return 0
         return max(0, partial.size - partial.offset)
+
+    async def relay_partial(self, serial: int) -> PartialFile | None:
+        """(:mod:`rtc_worker.relay_fetch`) Transfer ``serial``'s partial, settled; marks it live."""
+        async with self._lock:
+            self._last_chunk_at = time.monotonic()
+            return self._partial if serial == self._serial and await self._settle() else None
 
     def _report(self, outcome: object) -> None:
         self.conn.report(outcome, time.monotonic())

@@ -31,6 +31,7 @@ from rtc_worker.channel_auth import channel_auth_config
 from rtc_worker.holdings import Holdings, Quota
 from rtc_worker.identity import Identity
 from rtc_worker.jobs import JobRunner
+from rtc_worker.relay_fetch import RelayRoad
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.rtc import (
     FrameChannel,
@@ -175,6 +176,7 @@ class RTCWorkerClient:
             reserved_names=layout.reserved_names(settings.work_dir_name),
             results_client=results_client,
         )
+        self.resources.relay_road = RelayRoad.for_worker(settings, self.resources.metrics)
         self.registered = asyncio.Event()
         #: peer id -> (peer connection, the client identity it counts against)
         self._peer_connections: dict[str, tuple[RTCPeerConnection, str]] = {}
@@ -205,7 +207,19 @@ class RTCWorkerClient:
             "max_file_size": self.settings.max_file_size,
             "job": "command" if self.settings.job_command else "manifest",
             "version": __version__,
+            "roads": self.roads,
         }
+
+    @property
+    def roads(self) -> list[str]:
+        """The roads a file can take to this worker, best first: ``shared`` (with a
+        shared root), ``relay`` (when offered), ``channel`` (always)."""
+        offered = (
+            ("shared", self.shared_storage_root is not None),
+            ("relay", self.resources.relay_road is not None),
+            ("channel", True),
+        )
+        return [road for road, on in offered if on]
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; reconnect to signaling with backoff.
@@ -467,6 +481,8 @@ class RTCWorkerClient:
         for pc, _ in list(self._peer_connections.values()):
             await pc.close()
         self._peer_connections.clear()
+        if self.resources.relay_road is not None:
+            await self.resources.relay_road.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -25,6 +25,7 @@ from rtc_worker.holdings import (
 from rtc_worker.jobs import JobRunner
 from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.paths import user_parts
+from rtc_worker.relay_fetch import RelayRoad
 from rtc_worker.results_client import ResultsServiceClient
 from rtc_worker.storage import BlobStore, SafeRoot, StorageError, layout
 from rtc_worker.transfer_io import PartialRegistry
@@ -114,6 +115,8 @@ class WorkerResources:
         holdings: what each principal holds in ``store`` and its bounds (default: the
             default quotas and reserve).
         metrics: the worker's Prometheus counters (:mod:`rtc_worker.metrics`).
+        relay_road: the relay road when the worker offers it (a storage service with
+            its key, ``relay_road`` on), else None.
     """
 
     shared: SafeRoot | None
@@ -131,6 +134,7 @@ class WorkerResources:
     #: (owner, job_id) -> the output folder as sent, for RESULTS_REQUEST.
     jobs: dict[JobKey, str] = field(default_factory=dict)
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    relay_road: RelayRoad | None = None
     slot: JobSlot = field(init=False)
 
     def __post_init__(self) -> None:

@@ -86,7 +86,7 @@ async def _cleanup_pass(settings: SignalingSettings) -> CleanupReport:
         await asyncio.to_thread(store.root.mkdir, parents=True, exist_ok=True)
         await store.backend.open()
         await store.db.migrate()
-        return await cleanup(store, settings.upload_ttl_s)
+        return await cleanup(store, settings.upload_ttl_s, relay_ttl_s=settings.relay_ttl_s)
     finally:
         await store.close()
 

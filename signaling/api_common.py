@@ -35,7 +35,7 @@ __all__ = [
     "now_timestamp",
 ]
 
-STORAGE_ROUTE_ROOTS = frozenset({"upload", "download", "delete", "list", "api"})
+STORAGE_ROUTE_ROOTS = frozenset({"upload", "download", "delete", "list", "api", "relay"})
 """First path segments of the storage routes (their answers are always JSON)."""
 
 
@@ -63,6 +63,7 @@ class ApiErrorCode(enum.StrEnum):
     UPLOAD_COMPLETED = "UPLOAD_COMPLETED"  # 409: the resumable upload is already completed
     RANGE_NOT_SATISFIABLE = "RANGE_NOT_SATISFIABLE"  # 416: a download's Range names no byte
     STORAGE_BUSY = "STORAGE_BUSY"  # 503: the storage lock was busy, or a race lost; retry
+    RELAY_NOT_FOUND = "RELAY_NOT_FOUND"  # 404: no such relay object, or not this token
 
 
 _STATUS = {
@@ -87,6 +88,7 @@ _STATUS = {
     ApiErrorCode.UPLOAD_COMPLETED: 409,
     ApiErrorCode.RANGE_NOT_SATISFIABLE: 416,
     ApiErrorCode.STORAGE_BUSY: 503,
+    ApiErrorCode.RELAY_NOT_FOUND: 404,
 }
 
 _HTTP_CODES = {

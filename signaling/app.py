@@ -47,6 +47,7 @@ from signaling.origin import origin_refusal
 from signaling.page_routes import setup_page
 from signaling.peer_session import PeerSession, PeerSocket, send_error, send_text
 from signaling.registry import MemoryRegistry, PeerRegistry, SignalingRegistry
+from signaling.relay_routes import setup_relay
 from signaling.results_api import setup_storage
 from signaling.tus import setup_tus
 from signaling.uploads_api import setup_uploads
@@ -114,6 +115,7 @@ def create_app(
     if setup_storage(app, settings):
         setup_uploads(app, settings)
         setup_tus(app, settings)
+        setup_relay(app, settings)
     registry = _setup_registry(app, settings, bindings)
     total = min(settings.max_connections, usable_descriptors())
     if total < settings.max_connections:

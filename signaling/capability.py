@@ -16,6 +16,15 @@ where ``tag = HMAC-SHA256(secret, CONTEXT || everything before the tag)`` (RFC 2
 ``CONTEXT`` = :data:`TOKEN_CONTEXT`. The secret is 32 random bytes kept in the storage
 folder (:data:`SECRET_FILE_NAME`, mode 0600), created on first start; removing it (and
 restarting) revokes every token issued.
+
+Relay tokens (:func:`issue_relay`, :func:`verify_relay`) read one relay object
+(:mod:`signaling.relay_routes`) with the same secret under another context
+(:data:`RELAY_CONTEXT`, so neither kind of token is ever taken for the other)::
+
+    version (1 byte, 1) | expires_at (8 bytes, big-endian Unix seconds)
+    | sha256 (32 bytes) | size (8 bytes, big-endian) | upload_id (16 bytes) | tag (32 bytes)
+
+base64url without padding (concise: 130 characters, within ``[A-Za-z0-9._~-]``).
 """
 
 from __future__ import annotations
@@ -37,19 +46,25 @@ from rtc_worker.storage import write_atomic
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "RELAY_CONTEXT",
     "SECRET_BYTES",
     "SECRET_FILE_NAME",
     "TOKEN_CONTEXT",
     "Capability",
     "CapabilityError",
     "CapabilityProblem",
+    "RelayCapability",
     "issue",
+    "issue_relay",
     "load_or_create_secret",
     "verify",
+    "verify_relay",
 ]
 
 TOKEN_CONTEXT = b"rtc-worker/download-capability/v1"
 """Prefixed to what the tag covers, so the secret's MACs mean nothing elsewhere."""
+RELAY_CONTEXT = b"rtc-worker/relay-capability/v1"
+"""Prefixed to what a relay token's tag covers (never a download token's context)."""
 SECRET_BYTES = 32
 """Length of the server secret, bytes."""
 SECRET_FILE_NAME = "capability.key"
@@ -60,6 +75,7 @@ MAX_TOKEN_CHARS = 1024
 _VERSION = 1
 _TAG_BYTES = 32
 _HEAD = struct.Struct(">BQ32s")
+_RELAY = struct.Struct(">BQ32sQ16s")
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -163,6 +179,71 @@ def verify(secret: bytes, token: str, now: float) -> Capability:
     if now >= expires_at:
         raise CapabilityError(CapabilityProblem.EXPIRED, "the download token has expired")
     return Capability(owner=owner, job_id=job_id, sha256=digest.hex(), expires_at=expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCapability:
+    """What a relay token grants: read (and delete) the relay object ``upload_id`` (32
+    hex) while it holds ``size`` bytes of ``sha256`` and until ``expires_at`` (Unix
+    seconds)."""
+
+    upload_id: str
+    sha256: str
+    size: int
+    expires_at: int
+
+
+def issue_relay(secret: bytes, capability: RelayCapability) -> str:
+    """The relay token of ``capability``, signed with ``secret``.
+
+    Raises:
+        ValueError: an upload id that is not 32 hex digits or a bad sha256.
+    """
+    body = _RELAY.pack(
+        _VERSION,
+        capability.expires_at,
+        bytes.fromhex(capability.sha256),
+        capability.size,
+        bytes.fromhex(capability.upload_id),
+    )
+    if len(capability.upload_id) != 32 or len(capability.sha256) != 64:
+        raise ValueError("a relay capability needs a 32-hex upload id and a sha256")
+    raw = body + hmac.digest(secret, RELAY_CONTEXT + body, "sha256")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def verify_relay(secret: bytes, token: str, now: float) -> RelayCapability:
+    """Check a relay token's signature and expiry.
+
+    Args:
+        secret: the server secret.
+        token: the token text (``X-Relay-Token``).
+        now: the current Unix time, seconds.
+
+    Returns:
+        What the token grants (the caller still checks the upload id and the object).
+
+    Raises:
+        CapabilityError: INVALID (malformed or forged), EXPIRED (past ``expires_at``).
+    """
+    invalid = CapabilityError(CapabilityProblem.INVALID, "the relay token is not valid")
+    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    if len(raw) != _RELAY.size + _TAG_BYTES:
+        raise invalid
+    body, tag = raw[: _RELAY.size], raw[_RELAY.size :]
+    if not hmac.compare_digest(tag, hmac.digest(secret, RELAY_CONTEXT + body, "sha256")):
+        raise invalid
+    version, expires_at, digest, size, upload_id = _RELAY.unpack(body)
+    if version != _VERSION:
+        raise invalid
+    if now >= expires_at:
+        raise CapabilityError(CapabilityProblem.EXPIRED, "the relay token has expired")
+    return RelayCapability(upload_id.hex(), digest.hex(), size, expires_at)
 
 
 def load_or_create_secret(folder: Path) -> bytes:

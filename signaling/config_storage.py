@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_DATABASE_RESERVE_BYTES",
     "DEFAULT_DISK_RESERVE_BYTES",
     "DEFAULT_DOWNLOAD_TOKEN_TTL_S",
+    "DEFAULT_RELAY_TTL_S",
     "DEFAULT_STORAGE_MAX_FILE_SIZE",
     "DEFAULT_TUS_IDLE_TIMEOUT_S",
     "DEFAULT_TUS_PATCH_DEADLINE_S",
@@ -49,6 +50,9 @@ DATABASE_URL_SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "postgresq
 
 DEFAULT_DOWNLOAD_TOKEN_TTL_S = 7 * 24 * 3600.0
 """Default lifetime of a download token, in seconds (7 days)."""
+
+DEFAULT_RELAY_TTL_S = 6 * 3600.0
+"""Default lifetime of a relay object after its upload completed, in seconds (6 h)."""
 
 DEFAULT_DISK_RESERVE_BYTES = 1024**3
 """Default free space uploads must leave on the storage disk, in bytes (1 GiB)."""
@@ -151,6 +155,14 @@ class StorageSettings(EnvSettings):
         DEFAULT_DOWNLOAD_TOKEN_TTL_S,
         gt=0,
         description="Lifetime of the download token an upload answers with, seconds.",
+    )
+    relay_ttl_s: float = Field(
+        DEFAULT_RELAY_TTL_S,
+        gt=0,
+        description="Lifetime of a relay object (a tus upload with the relay metadata key) "
+        "after its upload completed, seconds: its relay token then expires and the cleanup "
+        "removes it (its blob too, unless another record uses it). Until then it counts "
+        "against its principal's upload quota.",
     )
     upload_quota_bytes: int = Field(
         DEFAULT_UPLOAD_QUOTA_BYTES,

@@ -59,12 +59,14 @@ uploads = Table(
     Column("owner", Text, nullable=False),
     Column("result_owner", Text),
     Column("result_job_id", Text),
+    Column("relay", Integer, nullable=False, server_default=text("0")),
     Index("uploads_sha256", "sha256", "deleted"),
     Index("uploads_status", "status", "updated_at"),
     Index("uploads_owner", "owner", "status", "updated_at"),
 )
 """One resumable upload per ``upload_id``; ``result_owner`` and ``result_job_id`` are set
-(both) when its content is also stored as that owner's result of the job (tus)."""
+(both) when its content is also stored as that owner's result of the job (tus); ``relay``
+is 1 for a relay object (:mod:`signaling.relay_routes`)."""
 
 api_keys = Table(
     "api_keys",

@@ -48,6 +48,7 @@ _UPLOAD_FIELDS = (
     "owner",
     "result_owner",
     "result_job_id",
+    "relay",
 )
 _UPLOAD_COLUMNS = tuple(uploads.c[name] for name in _UPLOAD_FIELDS)
 
@@ -90,6 +91,8 @@ class UploadRecord:
         result_owner: the principal whose result of ``result_job_id`` the content is
             also stored as once completed (a tus result upload), else ``None``.
         result_job_id: that result's job id, else ``None``.
+        relay: whether it is a relay object (:mod:`signaling.relay_routes`): read with a
+            relay token until ``relay_ttl_s`` after its completion, then removed.
     """
 
     upload_id: str
@@ -111,6 +114,7 @@ class UploadRecord:
     owner: str = LEGACY_OWNER
     result_owner: str | None = None
     result_job_id: str | None = None
+    relay: bool = False
 
     @property
     def total_chunks(self) -> int:
@@ -151,6 +155,7 @@ class UploadRecord:
             owner=str(row[16]),
             result_owner=_opt(row[17]),
             result_job_id=_opt(row[18]),
+            relay=bool(row[19]),
         )
 
 
@@ -158,27 +163,41 @@ class UploadQueries(Database):
     """The queries of ``uploads`` (coroutines; see :class:`~signaling.db.StorageDB`)."""
 
     async def create_upload_within(
-        self, record: UploadRecord, cutoff: str, max_count: int, max_bytes: int
+        self,
+        record: UploadRecord,
+        cutoff: str,
+        max_count: int,
+        max_bytes: int,
+        relay_cutoff: str | None = None,
     ) -> QuotaRefusal | None:
         """Insert ``record`` unless its owner's open uploads would pass the quota.
 
         Open uploads are the owner's unfinished ones changed at or after ``cutoff``
-        (older ones are expired and about to be removed); the check and the insert are
-        one transaction holding the owner's lock.
+        (older ones are expired and about to be removed) and, with ``relay_cutoff``, its
+        live relay objects (completed at or after ``relay_cutoff``: they hold the disk
+        until they are deleted or expire); the check and the insert are one transaction
+        holding the owner's lock.
 
         Args:
             record: the new upload.
             cutoff: ISO 8601 UTC time before which an unfinished upload has expired.
             max_count: most open uploads per owner.
             max_bytes: most announced bytes of open uploads per owner.
+            relay_cutoff: ISO 8601 UTC time before which a relay object has expired, or
+                ``None`` not to count relay objects.
 
         Returns:
             ``None`` when inserted, else why not (nothing was written).
         """
+        counted = uploads.c.status.in_(UNFINISHED) & (uploads.c.updated_at >= cutoff)
+        if relay_cutoff is not None:
+            counted = counted | (
+                (uploads.c.relay == 1)
+                & (uploads.c.status == "completed")
+                & (uploads.c.updated_at >= relay_cutoff)
+            )
         query = select(func.count(), func.coalesce(func.sum(uploads.c.total_size), 0)).where(
-            uploads.c.owner == record.owner,
-            uploads.c.status.in_(UNFINISHED),
-            uploads.c.updated_at >= cutoff,
+            uploads.c.owner == record.owner, counted
         )
         async with self.write() as conn:
             await self.lock_owner(conn, record.owner)
@@ -293,6 +312,30 @@ class UploadQueries(Database):
         async with self.write() as conn:
             result = await conn.execute(query)
         return result.rowcount == 1
+
+    async def remove_relay(self, upload_id: str) -> UploadRecord | None:
+        """Remove the row of the completed relay object ``upload_id``; the row removed,
+        or ``None`` when there was none (its blob is the caller's to drop if unused)."""
+        where = (
+            (uploads.c.upload_id == upload_id)
+            & (uploads.c.relay == 1)
+            & (uploads.c.status == "completed")
+        )
+        async with self.write() as conn:
+            found = select(*_UPLOAD_COLUMNS).where(where).with_for_update()
+            row = (await conn.execute(found)).first()
+            if row is None or (await conn.execute(delete(uploads).where(where))).rowcount != 1:
+                return None
+        return UploadRecord.from_row(row)
+
+    async def expired_relays(self, cutoff: str) -> list[UploadRecord]:
+        """Completed relay objects completed before ``cutoff`` (expired)."""
+        query = select(*_UPLOAD_COLUMNS).where(
+            uploads.c.relay == 1, uploads.c.status == "completed", uploads.c.updated_at < cutoff
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UploadRecord.from_row(row) for row in rows]
 
     async def upload_ids(self) -> set[str]:
         """The id of every upload."""

@@ -31,7 +31,14 @@ from rtc_worker.storage import FileMetadata, HashMismatchError, layout
 from signaling.api_common import ApiError, ApiErrorCode, now_timestamp
 from signaling.auth import Authenticator
 from signaling.blobs import BlobBackend, BlobUpload, make_backend
-from signaling.capability import Capability, issue, load_or_create_secret
+from signaling.capability import (
+    Capability,
+    RelayCapability,
+    issue,
+    issue_relay,
+    load_or_create_secret,
+    verify_relay,
+)
 from signaling.config import SignalingSettings
 from signaling.db import FileRecord, JobExistsError, StorageDB
 from signaling.db_engine import DATABASE_ERRORS, StoreLock, is_disk_full
@@ -262,6 +269,14 @@ class ResultsService:
         grant = Capability(record.owner, record.job_id, record.sha256, expires_at)
         when = datetime.fromtimestamp(expires_at, UTC)
         return issue(self._secret, grant), when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def relay_token(self, grant: RelayCapability) -> str:
+        """The relay token of ``grant`` (:func:`~signaling.capability.issue_relay`)."""
+        return issue_relay(self._secret, grant)
+
+    def check_relay_token(self, token: str, now: float) -> RelayCapability:
+        """What the relay token grants (raises CapabilityError: :func:`verify_relay`)."""
+        return verify_relay(self._secret, token, now)
 
     async def _commit(
         self,

@@ -33,6 +33,8 @@ class CleanupReport:
 
     uploads: list[str] = field(default_factory=list)
     """Ids of expired unfinished or cancelled uploads (records and chunks removed)."""
+    relays: list[str] = field(default_factory=list)
+    """Ids of expired relay objects (records removed; blobs as any unused blob)."""
     orphan_chunk_dirs: list[str] = field(default_factory=list)
     """Chunk folders under ``uploads/`` that had no record."""
     records: list[str] = field(default_factory=list)
@@ -44,6 +46,7 @@ class CleanupReport:
         """The report as a JSON-ready dict."""
         return {
             "uploads": self.uploads,
+            "relays": self.relays,
             "orphan_chunk_dirs": self.orphan_chunk_dirs,
             "records": self.records,
             "blobs": self.blobs,
@@ -52,7 +55,12 @@ class CleanupReport:
     @property
     def total(self) -> int:
         """How many things were removed."""
-        return len(self.uploads) + len(self.orphan_chunk_dirs) + len(self.records) + len(self.blobs)
+        return sum(len(items) for items in self.as_dict().values())
+
+
+async def _remove_relay(store: ResultsService, upload_id: str) -> bool:
+    """Remove the expired relay object's row (works on a full disk)."""
+    return await store.freeing(lambda: store.db.remove_relay(upload_id)) is not None
 
 
 async def cleanup(
@@ -61,6 +69,7 @@ async def cleanup(
     now: datetime | None = None,
     *,
     lock: contextlib.AbstractAsyncContextManager[None] | None = None,
+    relay_ttl_s: float | None = None,
 ) -> CleanupReport:
     """Remove expired uploads, old deleted records and unreferenced blobs, and put the
     database's reserve file back when it was given up and there is room (file work runs
@@ -71,6 +80,8 @@ async def cleanup(
         ttl_s: age in seconds (since the last change) after which an unfinished or
             cancelled upload, or a deleted record, is removed.
         now: the current time (UTC); now when omitted.
+        relay_ttl_s: the lifetime of a completed relay object, seconds: older ones are
+            removed (their blobs with the unused blobs); ``None``: none is.
 
     Inside the server pass ``lock=store.lock`` (see :meth:`UploadManager.cleanup`): it
     is held only to decide which blobs no record uses and to remove them, never while
@@ -89,6 +100,11 @@ async def cleanup(
             await backend.remove_upload(record.upload_id)
             await asyncio.to_thread(remove_chunk_folder, store.root, record.upload_id)
             report.uploads.append(record.upload_id)
+    if relay_ttl_s is not None:
+        relay_cutoff = _stamp(moment - timedelta(seconds=relay_ttl_s))
+        for record in await store.db.expired_relays(relay_cutoff):
+            if await _remove_relay(store, record.upload_id):
+                report.relays.append(record.upload_id)
     keys = await backend.upload_keys()  # before the records: an upload's record comes first
     known = await store.db.upload_ids()
     for key in keys:

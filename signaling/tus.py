@@ -33,7 +33,12 @@ the job, the record ``POST /upload`` makes, downloadable with
 ``GET /download/{job_id}``: the request that completes it answers
 ``Upload-Download-Url`` (``/download/{job_id}``), ``Upload-Download-Token`` (the
 download token ``POST /upload`` gives, for ``X-Download-Token``) and
-``Upload-Download-Expires`` (the token's expiry, ISO 8601 UTC).
+``Upload-Download-Expires`` (the token's expiry, ISO 8601 UTC). With the ``relay`` key
+(any value; not with ``job_id``) it is a relay object (:mod:`signaling.relay_objects`):
+the request that completes it, and a ``HEAD`` of it afterwards (so a lost answer is not
+a lost object), answer ``Upload-Relay-Url`` (``/relay/{upload_id}``),
+``Upload-Relay-Token`` (for ``X-Relay-Token``), ``Upload-Relay-Expires`` (ISO 8601 UTC)
+and ``Upload-Relay-Sha256``.
 
 ``POST /files/{id}`` with ``X-HTTP-Method-Override: PATCH`` (``DELETE``, ``HEAD``) is
 handled as that method (tus 1.0.0, "Core Protocol"); another value answers 400
@@ -69,6 +74,8 @@ from signaling.api_common import ApiError, ApiErrorCode, error_response
 from signaling.config import SignalingSettings
 from signaling.db import UploadRecord
 from signaling.db_engine import StoreLockTimeoutError
+from signaling.relay_objects import RELAY_METADATA_KEY
+from signaling.relay_routes import RELAY_KEY
 from signaling.results_api import STORE_KEY
 from signaling.results_store import Stored
 from signaling.sqlite_file import is_disk_full
@@ -261,24 +268,38 @@ async def _create(request: web.Request) -> web.Response:
         )
     meta = parse_metadata(request.headers.get("Upload-Metadata"))
     body, result = init_body(meta, length, caller)
+    relay = RELAY_METADATA_KEY in meta
+    if relay and result is not None:
+        raise ApiError(ApiErrorCode.INVALID_FIELD, "a relay object cannot be a job's result")
     if result is not None:
         await _require_no_result(request, *result)
     with_bytes = request.content_type == OFFSET_TYPE and request.body_exists
     if not with_bytes and request.body_exists and request.content_length:
         raise TusError(415, "UNSUPPORTED_MEDIA_TYPE", f"the first bytes need {OFFSET_TYPE}")
-    record = await tus.manager.init(body, caller, result=result)
+    record = await tus.manager.init(body, caller, result=result, relay=relay)
     headers = {"Location": f"/files/{record.upload_id}"}
     async with tus.hold(record.upload_id):
         if with_bytes:
             offset, record, stored = await tus.write(request, record, caller, "0")
             headers.update(_state_headers(tus, record, offset))
             headers.update(_download_headers(stored))
+            headers.update(await _relay_headers(request, record, offset))
         elif length == 0:
             headers.update(_download_headers(await tus.finish(record, caller)))
+            headers.update(await _relay_headers(request, record, 0))
         else:
             headers.update(_state_headers(tus, record, 0))
             del headers["Upload-Offset"]
     return web.Response(status=201, headers=headers)
+
+
+async def _relay_headers(request: web.Request, record: UploadRecord, offset: int) -> dict[str, str]:
+    """For a relay object whose every byte is held (completed): ``Upload-Relay-Url``,
+    ``Upload-Relay-Token``, ``Upload-Relay-Expires``, ``Upload-Relay-Sha256``
+    (:meth:`~signaling.relay_objects.RelayObjects.headers`)."""
+    if not record.relay or offset != record.total_size:
+        return {}
+    return await request.app[RELAY_KEY].completed_headers(record.upload_id)
 
 
 async def _require_no_result(request: web.Request, owner: str, job_id: str) -> None:
@@ -303,6 +324,7 @@ async def _head(request: web.Request) -> web.Response:
     headers["Upload-Length"] = str(record.total_size)
     headers["Upload-Metadata"] = metadata_header(record)
     headers["Cache-Control"] = "no-store"
+    headers.update(await _relay_headers(request, record, int(headers["Upload-Offset"])))
     return web.Response(status=200, headers=headers)
 
 
@@ -323,6 +345,7 @@ async def _patch(request: web.Request) -> web.Response:
         )
     headers = _state_headers(tus, record, offset)
     headers.update(_download_headers(stored))
+    headers.update(await _relay_headers(request, record, offset))
     return web.Response(status=204, headers=headers)
 
 

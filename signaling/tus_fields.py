@@ -197,6 +197,8 @@ def metadata_header(record: UploadRecord) -> str:
     result = result_of(record)
     if result is not None:
         meta.update(owner=result[0], job_id=result[1])
+    if record.relay:
+        meta["relay"] = "1"
     return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in meta.items())
 
 

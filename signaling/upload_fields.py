@@ -108,6 +108,7 @@ def init_record(
     max_size: int,
     chunk_size: int,
     result: tuple[str, str] | None = None,
+    relay: bool = False,
 ) -> UploadRecord:
     """The new upload an init body asks for (not stored yet).
 
@@ -118,6 +119,8 @@ def init_record(
         chunk_size: bytes per chunk.
         result: ``(owner, job_id)`` of the result the content is also stored as once
             completed (checked by the caller; never taken from ``body``), or ``None``.
+        relay: a relay object (:mod:`signaling.relay_routes`): its file name becomes
+            ``{upload_id}.relay`` (unique, so its storage key is found at once).
 
     Raises:
         ApiError: MISSING_FIELD, INVALID_FIELD, FILE_TOO_LARGE (above ``max_size``).
@@ -146,9 +149,10 @@ def init_record(
     ):
         raise ApiError(ApiErrorCode.INVALID_FIELD, "content_type must be a MIME type")
     now = format_timestamp(datetime.now(UTC))
+    upload_id = uuid.uuid4().hex
     return UploadRecord(
-        upload_id=uuid.uuid4().hex,
-        file_name=file_name,
+        upload_id=upload_id,
+        file_name=f"{upload_id}.relay" if relay else file_name,
         total_size=total_size,
         user_id=user_id,
         user_role=user_role,
@@ -160,4 +164,5 @@ def init_record(
         owner=owner,
         result_owner=None if result is None else result[0],
         result_job_id=None if result is None else result[1],
+        relay=relay,
     )

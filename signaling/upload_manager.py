@@ -34,6 +34,7 @@ from signaling.upload_offsets import OffsetWrites
 __all__ = ["UploadManager", "category_of", "ident_field", "text_field"]
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+Result = tuple[str, str] | None
 
 
 def _stamp(moment: datetime) -> str:
@@ -64,6 +65,7 @@ class UploadManager(OffsetWrites):
         self.store = store
         self.chunk_size = settings.upload_chunk_size
         self.ttl_s = settings.upload_ttl_s
+        self.relay_ttl_s = settings.relay_ttl_s
         self.interval_s = settings.cleanup_interval_s
         self.quota_bytes = settings.upload_quota_bytes
         self.quota_count = settings.upload_quota_count
@@ -224,16 +226,17 @@ class UploadManager(OffsetWrites):
     # ------------------------------------------------------------------ operations
 
     async def init(
-        self, body: dict[str, Any], caller: Caller, *, result: tuple[str, str] | None = None
+        self, body: dict[str, Any], caller: Caller, *, result: Result = None, relay: bool = False
     ) -> UploadRecord:
         """Validate an init request and create the upload, owned by ``caller``;
         ``result`` is ``(owner, job_id)`` of the result it is also stored as (checked by
-        the caller, see :meth:`complete_result`), or ``None``.
+        the caller, see :meth:`complete_result`), or ``None``; ``relay``: a relay object.
 
         Raises:
             ApiError: MISSING_FIELD, INVALID_FIELD, FILE_TOO_LARGE (see
                 :func:`~signaling.upload_fields.init_record`); QUOTA_EXCEEDED when the
-                caller's open uploads are at the quota; DISK_FULL when the upload, with
+                caller's open uploads and live relay objects are at the quota (count or
+                bytes); DISK_FULL when the upload, with
                 what the open uploads still announce, would eat into the disk reserve.
         """
         record = init_record(
@@ -242,21 +245,24 @@ class UploadManager(OffsetWrites):
             max_size=self.store.max_file_size,
             chunk_size=self.chunk_size,
             result=result,
+            relay=relay,
         )
         cutoff = self._cutoff()
         await self._require_room_for(record.total_size, cutoff)
+        relay_cutoff = _stamp(datetime.now(UTC) - timedelta(seconds=self.relay_ttl_s))
         refusal = await self.store.db.create_upload_within(
-            record, cutoff, self.quota_count, self.quota_bytes
+            record, cutoff, self.quota_count, self.quota_bytes, relay_cutoff
         )
         if refusal is QuotaRefusal.COUNT:
             raise ApiError(
                 ApiErrorCode.QUOTA_EXCEEDED,
-                f"{self.quota_count} open uploads is the most allowed; complete or cancel one",
+                f"{self.quota_count} open uploads and relay objects is the most allowed; "
+                "complete, cancel or delete one",
             )
         if refusal is QuotaRefusal.BYTES:
             raise ApiError(
                 ApiErrorCode.QUOTA_EXCEEDED,
-                f"open uploads may announce at most {self.quota_bytes} bytes in all",
+                f"open uploads and relay objects may hold at most {self.quota_bytes} bytes",
             )
         logger.info(
             "upload {} of {} initiated: {!r}, {} bytes in {} chunks",
@@ -436,7 +442,8 @@ class UploadManager(OffsetWrites):
 
     async def cleanup(self, now: datetime | None = None) -> CleanupReport:
         """Run :func:`cleanup`, holding the store lock only for its record changes."""
-        return await cleanup(self.store, self.ttl_s, now, lock=self.store.lock)
+        lock = self.store.lock
+        return await cleanup(self.store, self.ttl_s, now, lock=lock, relay_ttl_s=self.relay_ttl_s)
 
     async def _periodic(self) -> None:
         while True:

@@ -42,6 +42,9 @@ from protocol import (
     PathValidated,
     ProtocolError,
     ProtocolErrorFrame,
+    RelayEnded,
+    RelayPart,
+    RelayStop,
     RemoteProtocolError,
     ResultsRequest,
     ResultsStored,
@@ -141,6 +144,26 @@ EXACT_FRAMES: list[tuple[str | bytes, Message]] = [
     ),
     ("TRANSFER_ERROR::CANCELLED::", TransferError("CANCELLED")),
     ("FILE_CANCEL", FileCancel()),
+    (
+        f"RELAY_PART::{SHA}::1048576::2097152::1048576::AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+        "::AAECAwQFBg::0123456789abcdef0123456789abcdef::tok.en~_-1",
+        RelayPart(
+            SHA,
+            1048576,
+            2097152,
+            1048576,
+            bytes(range(32)),
+            bytes(range(7)),
+            "0123456789abcdef0123456789abcdef",
+            "tok.en~_-1",
+        ),
+    ),
+    (f"RELAY_STOP::{SHA}", RelayStop(SHA)),
+    (f"RELAY_ENDED::{SHA}::4096::RELAY_GONE::", RelayEnded(SHA, 4096, "RELAY_GONE")),
+    (
+        f"RELAY_ENDED::{SHA}::0::RELAY_UNREACHABLE::after 5 tries: a::b",
+        RelayEnded(SHA, 0, "RELAY_UNREACHABLE", "after 5 tries: a::b"),
+    ),
     (
         "AUTH_HELLO::AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=::"
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",

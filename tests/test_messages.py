@@ -206,8 +206,8 @@ def test_messages_are_frozen_and_slotted() -> None:
     assert not hasattr(message, "__dict__")
 
 
-def test_the_31_types_have_one_class_each_and_a_type_but_the_chunk() -> None:
-    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 31
+def test_the_34_types_have_one_class_each_and_a_type_but_the_chunk() -> None:
+    assert len(MESSAGE_TYPES) == len(set(MESSAGE_TYPES)) == 34
     assert all(issubclass(cls, Message) for cls in MESSAGE_TYPES)
     assert [cls for cls in MESSAGE_TYPES if not cls.TYPE] == [Chunk]
 

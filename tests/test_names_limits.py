@@ -208,6 +208,7 @@ def test_the_defaults() -> None:
         "proof_ranges": 8,
         "proof_range_bytes": 4096,
         "proof_timeout_s": 10.0,
+        "max_relay_parts": 8,
     }
 
 

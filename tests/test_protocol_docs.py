@@ -203,7 +203,7 @@ def test_the_decision_tables_say_what_decision_says(
 
 def test_the_routes_table_has_every_message_for_both_roles(sections: dict[str, str]) -> None:
     cells = rows(sections["routes"])
-    assert len(cells) == len(MESSAGE_TYPES) == 31
+    assert len(cells) == len(MESSAGE_TYPES) == 34
     assert ("`JOB_LOG`", "refused `UNEXPECTED_MESSAGE`", "job session") in cells
     assert ("`SHARED_INPUT_PATH`", "job session; `NO_SHARED_STORAGE` if no shared storage",
             "refused `UNEXPECTED_MESSAGE`") in cells  # fmt: skip

@@ -1,6 +1,6 @@
 """Every (role, state, message type) triple of a Connection, against the decision table.
 
-For both roles and all 31 message types, every state of the part the message routes to
+For both roles and all 34 message types, every state of the part the message routes to
 (:func:`protocol.routes.states_of`) is reached with a real :class:`Connection` through
 its public API only (``tests/protocol_helpers.py``); one valid frame of the type is fed,
 and what happens is compared with :func:`protocol.routes.decision`: an allowed message
@@ -39,6 +39,7 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
+from protocol.relay_messages import RelayEnded, RelayPart, RelayStop
 from protocol.routes import GUARDS, ROUTES, Guard, Part, Role, decision, states_of
 from protocol.sender import SENDER_TABLE, SenderState
 from protocol.transfer import RECEIVER_TABLE, ReceiverState
@@ -111,6 +112,9 @@ SAMPLES: dict[type[Message], str | bytes] = {
     FileReceived: f"FILE_RECEIVED::{SHA}",
     TransferError: "TRANSFER_ERROR::CANCELLED::no transfer open",
     FileCancel: "FILE_CANCEL",
+    RelayPart: encode(RelayPart(SHA, 0, 11, 4096, bytes(32), bytes(7), "0" * 32, "relay-token")),
+    RelayStop: f"RELAY_STOP::{SHA}",
+    RelayEnded: f"RELAY_ENDED::{SHA}::0::RELAY_GONE::",
     # Valid frames whose keys and signatures prove nothing: a check fails (see below).
     AuthHello: encode(AuthHello(bytes(32), bytes(range(32)))),
     AuthChallenge: encode(AuthChallenge(bytes(32), bytes(32), bytes(64))),
@@ -209,7 +213,7 @@ def ident(triple: tuple[Role, type[Message], object]) -> str:
 
 
 def test_the_triples_are_every_role_message_and_state() -> None:
-    assert len(MESSAGE_TYPES) == 31
+    assert len(MESSAGE_TYPES) == 34
     for role in Role:
         assert set(ROUTES[role]) == set(MESSAGE_TYPES)
     expected = sum(

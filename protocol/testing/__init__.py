@@ -5,6 +5,8 @@ runtime packages never import it. Everything here is sans-IO.
 
 * valid messages of every type and their frames (:func:`messages`, :func:`frames`,
   one strategy per message type: :data:`MESSAGE_STRATEGIES`);
+* the relay road's frames, secrets and part plans, and RELAY_* frames to refuse
+  (:mod:`protocol.testing.relay`);
 * frames a conforming peer must refuse, with the code (:func:`malformed_frames`,
   :func:`malformed_frames_with_codes`);
 * whole valid exchanges, from a client and a worker connection pumped against each
@@ -24,11 +26,12 @@ Example::
         assert decode(encode(message)) == message
 """
 
-from protocol.testing import exchange, keys, malformed, pair, signaling, valid
+from protocol.testing import exchange, keys, malformed, pair, relay, signaling, valid
 from protocol.testing.exchange import *  # noqa: F403
 from protocol.testing.keys import *  # noqa: F403
 from protocol.testing.malformed import *  # noqa: F403
 from protocol.testing.pair import *  # noqa: F403
+from protocol.testing.relay import *  # noqa: F403
 from protocol.testing.signaling import *  # noqa: F403
 from protocol.testing.text import file_names, free_text, job_ids, paths, sha256_hex
 from protocol.testing.valid import *  # noqa: F403
@@ -38,5 +41,6 @@ __all__ += exchange.__all__
 __all__ += keys.__all__
 __all__ += malformed.__all__
 __all__ += pair.__all__
+__all__ += relay.__all__
 __all__ += signaling.__all__
 __all__ += valid.__all__

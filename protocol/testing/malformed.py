@@ -12,6 +12,7 @@ from protocol.codec import FRAME_TYPES
 from protocol.errors import ErrorCode
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JOB_ID_PATTERN, SEP, JobMetrics
+from protocol.testing.relay import malformed_relay_frames_with_codes
 from protocol.testing.text import (
     MAX_COUNT,
     fill,
@@ -168,7 +169,8 @@ def malformed_frames_with_codes(
     fields on field-less types; missing fields; bad job ids; non-numeric, signed,
     fractional, non-ASCII-digit and 19-digit counts; bad sha256; broken FILE_META (both
     forms); broken FILE_PROOF_REQUEST (nonces, ranges, too many ranges); invalid JSON,
-    wrong values and 30000-deep nesting in JOB_METRICS; line
+    wrong values and 30000-deep nesting in JOB_METRICS; broken RELAY_PART, RELAY_STOP
+    and RELAY_ENDED (:func:`~protocol.testing.relay.malformed_relay_frames_with_codes`); line
     breaks where a single line is required; empty required fields; bad codes; frames
     just over ``limits.max_text_frame_bytes`` (ASCII and multi-byte), paths over
     ``limits.max_path_bytes``, binary frames over ``limits.max_binary_frame_bytes`` and
@@ -398,6 +400,7 @@ def malformed_frames_with_codes(
         oversize_path.map(pair(ErrorCode.PATH_TOO_LONG)),
         oversize_binary.map(lambda b: (b, ErrorCode.FRAME_TOO_LARGE)),
         too_many_fields.map(pair(ErrorCode.TOO_MANY_FIELDS)),
+        malformed_relay_frames_with_codes().map(lambda p: _expect(p[0], p[1], limits)),
     )
 
 

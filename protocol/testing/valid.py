@@ -14,6 +14,7 @@ from hypothesis.strategies import SearchStrategy
 
 from protocol import auth_messages as a
 from protocol import messages as m
+from protocol import relay_messages as r
 from protocol import transfer_messages as t
 from protocol.codec import MESSAGE_TYPES, encode
 from protocol.errors import ErrorCode, PathReason, TransferErrorCode
@@ -22,6 +23,7 @@ from protocol.messages import (
     SEP,
 )
 from protocol.routes import ROUTES, Part, Role
+from protocol.testing.relay import relay_endeds, relay_parts, relay_stops
 from protocol.testing.text import (
     MAX_COUNT,
     counts,
@@ -145,8 +147,14 @@ def _metric_values() -> SearchStrategy[float | int]:
 
 
 def job_metrics() -> SearchStrategy[m.JobMetrics]:
-    """``JOB_METRICS::{json}`` (W->C): four numbers in [0, 1e14) (ms and s)."""
-    return st.builds(m.JobMetrics, *[_metric_values() for _ in m.JobMetrics.FIELDS])
+    """``JOB_METRICS::{json}`` (W->C): four numbers in [0, 1e14) (ms and s), with or
+    without the optional ``road`` and ``transfer_mb_s``."""
+    return st.builds(
+        m.JobMetrics,
+        *[_metric_values() for _ in m.JobMetrics.FIELDS],
+        st.none() | st.sampled_from(sorted(m.JobMetrics.ROADS)),
+        st.none() | _metric_values(),
+    )
 
 
 def job_completes(*, limits: Limits = DEFAULT_LIMITS) -> SearchStrategy[m.JobComplete]:
@@ -398,6 +406,9 @@ MESSAGE_STRATEGIES: dict[type[m.Message], Callable[..., SearchStrategy[Any]]] = 
     t.FileReceived: file_received_messages,
     t.TransferError: transfer_errors,
     t.FileCancel: file_cancels,
+    r.RelayPart: relay_parts,
+    r.RelayStop: relay_stops,
+    r.RelayEnded: relay_endeds,
     m.ResultsRequest: results_requests,
     m.ResultsViaStorage: results_via_storage_messages,
     m.ResultsStored: results_stored_messages,

@@ -1,0 +1,491 @@
+"""HTTP client of the relay road: relay objects in the storage service, as the sender
+uploads them and the receiver fetches them (aiohttp; retries with tenacity).
+
+A relay object is a tus upload created with the ``relay`` metadata key
+(:mod:`signaling.relay_routes`). :meth:`RelayHttp.upload` creates it (``POST /files/``)
+and sends its bytes in one streaming ``PATCH`` fed by the caller's ``pieces(offset)``;
+after a dropped connection, a timeout or a 5xx it asks the upload's offset
+(``HEAD /files/{id}``) and sends again from there, a bounded number of times. The
+request that completes the upload answers where the object is read and with which
+token (``Upload-Relay-Url``, ``Upload-Relay-Token``, ``Upload-Relay-Expires``,
+``Upload-Relay-Sha256``); a ``HEAD`` of the completed upload answers them again, so an
+answer lost on the way is not a lost object. :meth:`RelayHttp.fetch` reads a byte range
+of an object with one ranged ``GET /relay/{id}`` (``X-Relay-Token``), streamed in pieces
+of about :data:`FETCH_PIECE_BYTES`; a cut body raises, and the caller resumes with a new
+range from what it verified.
+
+Errors are :class:`RelayHttpError` with a code: ``RELAY_GONE`` (404/410: expired,
+deleted, wrong token: the service does not say which), ``RELAY_REFUSED`` (401/403: the
+key; also another refusal that no retry changes: a quota, a full disk),
+``RELAY_UNREACHABLE`` (connection refused or reset, timeouts, 5xx, after the retries),
+``RELAY_SHORT`` (the object is shorter than the range asked: 416, or a clipped 206).
+
+Secrets: the API key travels only in ``X-API-Key`` and the relay token only in
+``X-Relay-Token``; neither is ever in a URL, a log line or an exception's text (errors
+name the upload id, statuses and the service's error code, and are raised ``from None``
+so no aiohttp exception holding the request's headers is chained).
+
+Source: the tus protocol 1.0.0 (https://tus.io/protocols/resumable-upload), "Core
+Protocol" (HEAD for the offset, PATCH from it); RFC 9110 section 14 (Range, 206, 416).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple, TypeVar
+
+import aiohttp
+from loguru import logger
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+__all__ = [
+    "FETCH_PIECE_BYTES",
+    "READ_BUFFER_BYTES",
+    "RELAY_GONE",
+    "RELAY_REFUSED",
+    "RELAY_SHORT",
+    "RELAY_UNREACHABLE",
+    "RelayHttp",
+    "RelayHttpError",
+    "RelayObject",
+]
+
+RELAY_GONE = "RELAY_GONE"
+"""404/410: the object expired, was deleted, or the token is not its (no oracle)."""
+RELAY_REFUSED = "RELAY_REFUSED"
+"""401/403: the API key; or a refusal no retry changes (quota, full disk, bad request)."""
+RELAY_UNREACHABLE = "RELAY_UNREACHABLE"
+"""Connection refused or reset, a timeout, or a 5xx, after the retries."""
+RELAY_SHORT = "RELAY_SHORT"
+"""The object holds fewer bytes than the range asked (416, or a 206 that ends early)."""
+
+FETCH_PIECE_BYTES = 1 << 20
+"""Most bytes :meth:`RelayHttp.fetch` yields at once (1 MiB)."""
+READ_BUFFER_BYTES = 4 << 20
+"""aiohttp's read buffer for a fetch (4 MiB): the socket is paused only when twice this
+is waiting, so the loop reads large pieces instead of 64 KiB ones."""
+PROBE_TIMEOUT_S = 3.0
+"""Longest :meth:`RelayHttp.reachable` waits, seconds."""
+TUS_VERSION = "1.0.0"
+_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,512}")
+_PROBE_ID = "0" * 32
+
+Pieces = Callable[[int], AsyncIterator[bytes]]
+"""``pieces(offset)``: the object's bytes from ``offset`` to its end, in pieces."""
+_T = TypeVar("_T")
+
+
+class RelayHttpError(Exception):
+    """A relay request that failed for good.
+
+    Attributes:
+        code: ``RELAY_GONE``, ``RELAY_REFUSED``, ``RELAY_UNREACHABLE`` or ``RELAY_SHORT``
+            (the codes of ``RELAY_ENDED`` but the last, which the receiver reports as
+            ``RELAY_CHUNK_INVALID``).
+        status: the HTTP status of the last answer, or ``None`` when none came.
+        service_code: the error code of the service's JSON answer (``QUOTA_EXCEEDED``,
+            ``DISK_FULL``, ``RELAY_NOT_FOUND``...), or ``None``.
+    """
+
+    def __init__(
+        self, code: str, message: str, status: int | None = None, service_code: str | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.status = status
+        self.service_code = service_code
+
+
+class RelayObject(NamedTuple):
+    """A completed relay object.
+
+    Attributes:
+        upload_id: its tus upload id (32 lowercase hex digits).
+        token: the relay token that reads (and deletes) it: opaque,
+            ``[A-Za-z0-9._~-]{1,512}``; a secret, never logged.
+        expires: when the object and its token expire, ISO 8601 UTC
+            (``YYYY-MM-DDTHH:MM:SSZ``).
+        size: its length, bytes.
+        sha256: the sha256 of its bytes as the service computed it (lowercase hex).
+    """
+
+    upload_id: str
+    token: str
+    expires: str
+    size: int
+    sha256: str
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayObject(upload_id={self.upload_id!r}, token=<hidden>, "
+            f"expires={self.expires!r}, size={self.size}, sha256={self.sha256!r})"
+        )
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, RelayHttpError) and exc.code == RELAY_UNREACHABLE
+
+
+async def _service_code(response: aiohttp.ClientResponse) -> str | None:
+    """The ``error.code`` of a JSON error answer, else ``None`` (the body is not kept)."""
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError, TimeoutError):
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and code.isascii() and len(code) <= 64 else None
+
+
+async def _refusal(response: aiohttp.ClientResponse, what: str) -> RelayHttpError:
+    """The error for an answer that is not a success (401/403 -> RELAY_REFUSED, 404/410
+    -> RELAY_GONE, 416 -> RELAY_SHORT, 5xx but 507 and 408/409/423 -> RELAY_UNREACHABLE
+    (retried), any other -> RELAY_REFUSED)."""
+    status = response.status
+    service = await _service_code(response)
+    if status in (404, 410):
+        code = RELAY_GONE
+    elif status == 416:
+        code = RELAY_SHORT
+    elif (status >= 500 and status != 507) or status in (408, 409, 423):
+        code = RELAY_UNREACHABLE
+    else:
+        code = RELAY_REFUSED
+    return RelayHttpError(
+        code, f"{what} answered {status} {service or ''}".rstrip(), status, service
+    )
+
+
+def _cut(what: str, exc: BaseException) -> RelayHttpError:
+    """RELAY_UNREACHABLE for a connection error or timeout, naming only its type."""
+    return RelayHttpError(RELAY_UNREACHABLE, f"{what}: {type(exc).__name__}")
+
+
+_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
+
+
+class RelayHttp:
+    """The storage service's relay objects, for one API key.
+
+    Args:
+        base_url: the service's base URL, e.g. ``http://127.0.0.1:8765`` (no path).
+        api_key: the key (any role), sent only in ``X-API-Key``.
+        session: an aiohttp session to use (not closed by :meth:`close`); by default one
+            is made on first use and closed by :meth:`close`.
+        timeout_s: longest wait to connect and for the next bytes of an answer or for
+            the service to take the next bytes of a body, seconds.
+        retries: most attempts of one step (create, each PATCH, the GET's answer) while
+            the service is unreachable or answers 5xx.
+        backoff_s: first wait between attempts, seconds (doubling, at most 5 s).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._key = api_key
+        self._session = session
+        self._own_session = session is None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        self._retries = max(1, retries)
+        self._backoff_s = backoff_s
+
+    def __repr__(self) -> str:
+        return f"RelayHttp({self._base!r}, api_key=<hidden>)"
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._own_session = True
+        return self._session
+
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
+        return {"X-API-Key": self._key, **extra}
+
+    async def _retry(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        """``step()`` until it succeeds or fails for good: RELAY_UNREACHABLE is tried
+        again (at most ``retries`` attempts, exponential backoff); the last error is
+        raised."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._retries),
+            wait=wait_exponential(multiplier=self._backoff_s, max=5.0),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        ):
+            with attempt:
+                return await step()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def reachable(self) -> bool:
+        """Whether the service is reachable with this key and serves relay objects,
+        within :data:`PROBE_TIMEOUT_S` (3 s): ``GET /relay/{32 zeros}`` with the key
+        and a token that reads nothing must answer 404 ``RELAY_NOT_FOUND`` (a bad key
+        answers 401/403, a service without relay objects another 404). Never raises."""
+        url = f"{self._base}/relay/{_PROBE_ID}"
+        headers = self._headers({"X-Relay-Token": "probe"})
+        try:
+            async with self._http().get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+            ) as response:
+                return response.status == 404 and await _service_code(response) == "RELAY_NOT_FOUND"
+        except (*_NETWORK_ERRORS, ValueError) as exc:
+            logger.info("the storage service is not reachable: {}", type(exc).__name__)
+            return False
+
+    async def upload(self, length: int, pieces: Pieces, *, name: str = "relay") -> RelayObject:
+        """Store ``length`` bytes as a new relay object.
+
+        Args:
+            length: the object's length, bytes (> 0).
+            pieces: ``pieces(offset)`` yields the object's bytes from ``offset`` to its
+                end (exactly ``length - offset`` bytes, in pieces of any size; large
+                pieces, 1 MiB or more, are fastest). Called once with 0 and again with
+                the service's offset after each drop.
+            name: the tus ``filename`` metadata (the service names a relay object
+                by its id; never the plaintext's name).
+
+        Returns:
+            The completed :class:`RelayObject`.
+
+        Raises:
+            RelayHttpError: RELAY_REFUSED (401/403; quota ``QUOTA_EXCEEDED``, full disk
+                ``DISK_FULL``, other 4xx: see ``service_code``), RELAY_GONE (the upload
+                expired or was removed meanwhile), RELAY_UNREACHABLE (after the
+                retries of the create and of the PATCHes).
+            ValueError: ``length`` < 1, or ``pieces`` yielded more or fewer bytes than
+                it should.
+        """
+        if length < 1:
+            raise ValueError("a relay object holds at least one byte")
+        upload_id = await self._retry(lambda: self._create(length, name))
+        first = True
+
+        async def send() -> RelayObject:
+            nonlocal first
+            offset = 0
+            if not first:
+                offset, done = await self._head(upload_id, length)
+                if done is not None:
+                    return done
+            first = False
+            return await self._patch(upload_id, offset, length, pieces)
+
+        done = await self._retry(send)
+        logger.info("relay object {} stored: {} bytes", upload_id, length)
+        return done
+
+    async def _create(self, length: int, name: str) -> str:
+        """``POST /files/``: the new upload's id."""
+        meta = f"relay MQ==,filename {base64.b64encode(name.encode()).decode()}"
+        headers = self._headers(
+            {"Tus-Resumable": TUS_VERSION, "Upload-Length": str(length), "Upload-Metadata": meta}
+        )
+        try:
+            async with self._http().post(f"{self._base}/files/", headers=headers) as response:
+                if response.status != 201:
+                    raise await _refusal(response, "creating a relay object")
+                location = response.headers.get("Location", "")
+        except _NETWORK_ERRORS as exc:
+            raise _cut("creating a relay object", exc) from None
+        upload_id = location.rstrip("/").rpartition("/")[2]
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise RelayHttpError(RELAY_REFUSED, "the service answered no upload location", 201)
+        return upload_id
+
+    async def _head(self, upload_id: str, length: int) -> tuple[int, RelayObject | None]:
+        """``HEAD /files/{id}``: the upload's offset, and the object when complete."""
+        headers = self._headers({"Tus-Resumable": TUS_VERSION})
+        try:
+            async with self._http().head(
+                f"{self._base}/files/{upload_id}", headers=headers
+            ) as response:
+                if response.status != 200:
+                    raise await _refusal(response, f"relay upload {upload_id}")
+                offset = int(response.headers.get("Upload-Offset", "-1"))
+                done = self._completed(upload_id, length, response)
+        except _NETWORK_ERRORS as exc:
+            raise _cut(f"relay upload {upload_id}", exc) from None
+        except ValueError:
+            raise RelayHttpError(RELAY_REFUSED, "the service answered no offset", 200) from None
+        if not 0 <= offset <= length:
+            raise RelayHttpError(RELAY_REFUSED, "the service answered a bad offset", 200)
+        return offset, done
+
+    async def _patch(self, upload_id: str, offset: int, length: int, pieces: Pieces) -> RelayObject:
+        """One ``PATCH /files/{id}`` of the bytes from ``offset`` to the end."""
+        headers = self._headers(
+            {
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+                "Content-Length": str(length - offset),
+            }
+        )
+        body = _Body(pieces(offset), length - offset)
+        try:
+            async with self._http().patch(
+                f"{self._base}/files/{upload_id}", headers=headers, data=body.pieces()
+            ) as response:
+                if response.status != 204:
+                    raise await _refusal(response, f"relay upload {upload_id}")
+                done = self._completed(upload_id, length, response)
+        except _NETWORK_ERRORS as exc:
+            body.reraise()  # the caller's pieces failed: their error, not a drop
+            raise _cut(f"relay upload {upload_id}", exc) from None
+        body.reraise()
+        if done is None:  # a 204 short of the end: the service ended the body early
+            raise RelayHttpError(RELAY_UNREACHABLE, f"relay upload {upload_id} is unfinished", 204)
+        return done
+
+    @staticmethod
+    def _completed(
+        upload_id: str, length: int, response: aiohttp.ClientResponse
+    ) -> RelayObject | None:
+        """The object an answer names when the upload is complete, else ``None``."""
+        found = response.headers
+        if found.get("Upload-Offset") != str(length):
+            return None
+        token = found.get("Upload-Relay-Token", "")
+        sha256 = found.get("Upload-Relay-Sha256", "")
+        if not _TOKEN.fullmatch(token) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise RelayHttpError(
+                RELAY_REFUSED,
+                f"upload {upload_id} completed but is no relay object",
+                response.status,
+            )
+        return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
+
+    async def fetch(self, upload_id: str, token: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """The bytes ``[start, end)`` of the relay object ``upload_id``: one ranged
+        ``GET /relay/{id}`` (``Range: bytes=start-(end-1)``), yielded in pieces of at
+        most :data:`FETCH_PIECE_BYTES` (1 MiB) as they arrive (never the whole range
+        in memory). An async generator: ``async for piece in relay.fetch(...)``.
+
+        The request is tried again (``retries``) while no answer comes or the answer is
+        a 5xx; a body cut midway raises RELAY_UNREACHABLE after the bytes that arrived:
+        the caller resumes with a new range from what it verified.
+
+        Raises:
+            RelayHttpError: RELAY_GONE (404/410: no such object, expired, deleted, or
+                not this token), RELAY_REFUSED (401/403: the key), RELAY_UNREACHABLE,
+                RELAY_SHORT (the object ends before ``end``).
+            ValueError: ``upload_id`` is not 32 hex digits, ``token`` is malformed, or
+                not ``0 <= start < end``.
+        """
+        if not _UPLOAD_ID.fullmatch(upload_id) or not _TOKEN.fullmatch(token):
+            raise ValueError("a relay object is named by 32 hex digits and a token")
+        if not 0 <= start < end:
+            raise ValueError("a relay range needs 0 <= start < end")
+        what = f"relay object {upload_id}"
+        headers = self._headers({"X-Relay-Token": token, "Range": f"bytes={start}-{end - 1}"})
+        url = f"{self._base}/relay/{upload_id}"
+
+        async def get() -> aiohttp.ClientResponse:
+            try:
+                response = await self._http().get(
+                    url, headers=headers, read_bufsize=READ_BUFFER_BYTES
+                )
+            except _NETWORK_ERRORS as exc:
+                raise _cut(what, exc) from None
+            if response.status not in (200, 206):
+                try:
+                    raise await _refusal(response, what)
+                finally:
+                    response.release()
+            return response
+
+        response = await self._retry(get)
+        try:
+            _check_span(response, start, end, what)
+            expected = end - start
+            got = 0
+            try:
+                async for piece in response.content.iter_chunked(FETCH_PIECE_BYTES):
+                    got += len(piece)
+                    yield piece
+            except _NETWORK_ERRORS as exc:
+                raise _cut(f"{what} after {got} bytes", exc) from None
+            if got != expected:
+                raise RelayHttpError(RELAY_UNREACHABLE, f"{what} was cut after {got} bytes")
+        finally:
+            response.close()
+
+    async def delete(self, upload_id: str, token: str) -> None:
+        """Remove the relay object ``upload_id`` (``DELETE /relay/{id}`` with its token):
+        best effort, one attempt bounded by ``timeout_s``; never raises (an object not
+        removed expires)."""
+        headers = self._headers({"X-Relay-Token": token})
+        try:
+            async with self._http().delete(
+                f"{self._base}/relay/{upload_id}", headers=headers
+            ) as response:
+                if response.status not in (204, 404):
+                    logger.info("relay object {}: delete answered {}", upload_id, response.status)
+        except Exception as exc:  # best effort: expiry removes it otherwise
+            logger.info("relay object {}: delete failed ({})", upload_id, type(exc).__name__)
+
+    async def close(self) -> None:
+        """Close the session this client made (a session passed in stays open)."""
+        session, self._session = self._session, None
+        if session is not None and self._own_session and not session.closed:
+            await session.close()
+
+
+class _Body:
+    """A PATCH body from the caller's pieces, checked to be exactly ``expected`` bytes
+    in all; an error of the caller's (or a wrong length, ValueError) is kept for
+    :meth:`reraise` (aiohttp reports it as a connection error)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], expected: int) -> None:
+        self._pieces = pieces
+        self._expected = expected
+        self.error: Exception | None = None
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async for piece in self._pieces:
+                sent += len(piece)
+                if sent > self._expected:
+                    raise ValueError(f"pieces() yielded more than the {self._expected} bytes left")
+                if piece:
+                    yield piece
+            if sent != self._expected:
+                raise ValueError(f"pieces() yielded {sent} bytes, not the {self._expected} left")
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def reraise(self) -> None:
+        """Raise the caller's error, if the pieces failed."""
+        if self.error is not None:
+            raise self.error
+
+
+def _check_span(response: aiohttp.ClientResponse, start: int, end: int, what: str) -> None:
+    """The answer covers exactly ``[start, end)``: a 206 whose ``Content-Range`` starts at
+    ``start`` and ends at ``end - 1``, or a 200 of exactly ``end`` bytes when ``start``
+    is 0; RELAY_SHORT when the object ends before ``end``."""
+    if response.status == 200:
+        if start == 0 and response.content_length == end:
+            return
+        if start == 0 and response.content_length is not None and response.content_length < end:
+            raise RelayHttpError(RELAY_SHORT, f"{what} holds fewer bytes than asked", 200)
+        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} ignored the range", 200)
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
+    if match is None or int(match[1]) != start:
+        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} answered another range", 206)
+    if int(match[2]) != end - 1:
+        raise RelayHttpError(RELAY_SHORT, f"{what} holds fewer bytes than asked", 206)

@@ -1,0 +1,111 @@
+"""Which road each file a connection received took, and how fast (JOB_METRICS, the log).
+
+A receive starts with the first action of a new transfer (the proof of possession's or
+CheckStore, right after FILE_META) and ends when the file is held (FILE_RECEIVED or
+FILE_EXISTS). Its road is ``channel`` or ``relay`` by the bytes that moved on each,
+``relay+channel`` when both did (a failover), or ``stored`` when none did (dedupe). Its
+speed is the plaintext MB moved (10^6 bytes; a resumed prefix did not move) divided by
+the seconds from its start to its end. One line per receive goes to the log; neither key
+nor token is known here.
+
+Source: issue 14 (JOB_METRICS ``road`` and ``transfer_mb_s``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from loguru import logger
+
+__all__ = ["MAX_REMEMBERED", "RoadLog", "RoadTaken"]
+
+#: Received files whose road a connection remembers (the oldest go first).
+MAX_REMEMBERED = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RoadTaken:
+    """How one file arrived.
+
+    Attributes:
+        road: ``channel``, ``relay``, ``relay+channel`` or ``stored``.
+        moved: plaintext bytes that crossed a road this time.
+        seconds: from the receive's first action to the file being held, seconds.
+    """
+
+    road: str
+    moved: int
+    seconds: float
+
+    @property
+    def mb_s(self) -> float:
+        """Plaintext MB (10^6 bytes) moved per second; 0 when nothing moved."""
+        if not self.moved or self.seconds <= 0:
+            return 0.0
+        return self.moved / 1e6 / self.seconds
+
+
+class RoadLog:
+    """The roads of one connection's receives (one at a time, as the protocol has it).
+
+    Args:
+        clock: a monotonic clock, seconds.
+    """
+
+    def __init__(self, clock: type[time.perf_counter] | None = None) -> None:
+        self._clock = clock or time.perf_counter
+        self._serial: int | None = None
+        self._started = 0.0
+        self._channel = 0
+        self._relay = 0
+        self._taken: OrderedDict[str, RoadTaken] = OrderedDict()
+
+    def action(self, serial: int) -> None:
+        """A receiver action of transfer ``serial``: a new transfer starts the clock."""
+        if serial != self._serial:
+            self._serial, self._started = serial, self._clock()
+            self._channel = self._relay = 0
+
+    def channel(self, count: int) -> None:
+        """``count`` bytes of the open receive arrived on the data channel."""
+        self._channel += count
+
+    def relay(self, count: int) -> None:
+        """``count`` plaintext bytes of the open receive arrived on the relay road."""
+        self._relay += count
+
+    def held(self, sha256: str, name: str, size: int, existed: bool) -> RoadTaken:
+        """The open receive ended with the file held: its road (logged, remembered
+        under ``sha256`` for :meth:`road_of`)."""
+        seconds = self._clock() - self._started if self._serial is not None else 0.0
+        channel, relay = self._channel, self._relay
+        if existed or not (channel or relay):
+            road = "stored"
+        elif relay and channel:
+            road = "relay+channel"
+        else:
+            road = "relay" if relay else "channel"
+        taken = RoadTaken(road, channel + relay, seconds)
+        self._serial = None
+        self._channel = self._relay = 0
+        self._taken[sha256] = taken
+        self._taken.move_to_end(sha256)
+        while len(self._taken) > MAX_REMEMBERED:
+            self._taken.popitem(last=False)
+        logger.info(
+            "received {} ({} bytes) by the {} road: {} bytes moved in {:.2f} s, {:.1f} MB/s",
+            name,
+            size,
+            road,
+            taken.moved,
+            seconds,
+            taken.mb_s,
+        )
+        return taken
+
+    def road_of(self, sha256: str) -> RoadTaken:
+        """How ``sha256`` arrived on this connection; ``stored`` (nothing moved) when it
+        did not arrive here (it was held before)."""
+        return self._taken.get(sha256) or RoadTaken("stored", 0, 0.0)

@@ -1,0 +1,204 @@
+"""The client's side of the roads without peers: its settings, the road it plans from a
+worker's advertised roads and a real storage service, the sealed pieces it uploads, the
+result it reports and what ``--trace`` prints of a RELAY_PART."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from pydantic import ValidationError
+
+from protocol.events import SendEnded
+from protocol.relay_crypto import TAG_BYTES, ChunkCipher, RelaySecret
+from protocol.roads import Road
+from rtc_worker.cli_output import shown_frame
+from rtc_worker.client_results import SendResult
+from rtc_worker.client_settings import ClientCli, SubmitCommand
+from rtc_worker.errors import RoadFailed
+from rtc_worker.relay_http import RelayHttp
+from rtc_worker.relay_send import part_length, sealed_chunks
+from rtc_worker.roads_client import OLDER_WORKER_ROADS, RoadChange, plan_road, worker_roads
+from rtc_worker.settings_sources import CommandLine
+from tests.storage_service import KEY, service_settings
+
+
+def submit(*argv: str) -> SubmitCommand:
+    line = CommandLine(ClientCli, "rtc-client")
+    command = line.command(line.parse(["submit", "--worker", "w", *argv]))
+    assert isinstance(command, SubmitCommand)
+    return command
+
+
+@pytest.fixture
+def no_storage_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RTC_STORAGE_API_KEY", "STORAGE_API_KEY", "RTC_STORAGE_API_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("RTC_STORAGE_URL", "RTC_ROAD", "RTC_RELAY_PART_MB", "RTC_RELAY_CHUNK_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_submit_settings_of_the_roads(
+    no_storage_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = submit()
+    assert (default.road, default.storage_url, default.storage_api_key_value) == (
+        "auto",
+        None,
+        None,
+    )
+    assert (default.relay_part_mb, default.relay_chunk_bytes) == (64, 1024 * 1024)
+    key_file = tmp_path / "key"
+    key_file.write_text("rtck_secret\n")
+    key_file.chmod(0o600)
+    given = submit(
+        "--road", "relay", "--storage-url", "http://s:1", "--api-key-file", str(key_file),
+        "--relay-part-mb", "8", "--relay-chunk-bytes", "65536",
+    )  # fmt: skip
+    assert (given.road, given.storage_url, given.storage_api_key_value) == (
+        "relay",
+        "http://s:1",
+        "rtck_secret",
+    )
+    assert (given.relay_part_mb, given.relay_chunk_bytes) == (8, 65536)
+    assert "rtck_secret" not in repr(given)
+    monkeypatch.setenv("RTC_STORAGE_API_KEY", "from-env")
+    assert submit().storage_api_key_value == "from-env"
+    for bad in (
+        ["--road", "turn"],
+        ["--relay-chunk-bytes", "100"],
+        ["--relay-chunk-bytes", str(32 * 1024 * 1024)],
+        ["--relay-part-mb", "0"],
+    ):
+        with pytest.raises((ValidationError, SystemExit)):
+            submit(*bad)
+
+
+def test_worker_roads_from_registration_metadata() -> None:
+    assert worker_roads({}) == OLDER_WORKER_ROADS == {Road.SHARED, Road.CHANNEL}
+    assert worker_roads({"roads": ["relay", "channel"]}) == {Road.RELAY, Road.CHANNEL}
+    assert worker_roads({"roads": ["quic", 3, "channel"]}) == {Road.CHANNEL}
+    assert worker_roads({"roads": "relay"}) == OLDER_WORKER_ROADS
+
+
+@pytest_asyncio.fixture
+async def storage_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A real storage service in this process (SQLite, a folder)."""
+    from signaling.app import start_server
+
+    runner, port = await start_server(service_settings(tmp_path / "store"))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_plan_road_probes_the_storage_service(storage_url: str) -> None:
+    relay = RelayHttp(storage_url, KEY)
+    wrong_key = RelayHttp(storage_url, "not-a-key")
+    relay_worker = {"roads": ["relay", "channel"]}
+    try:
+
+        async def plan(forced: Road | None, http: RelayHttp | None, **meta: object) -> Road:
+            chosen = await plan_road(
+                forced=forced,
+                metadata={**relay_worker, **meta},
+                relay=http,
+                shared_input=False,
+                part_bytes=1 << 20,
+                chunk_size=1 << 20,
+            )
+            assert chosen.fallback is (forced is None)
+            assert (chosen.relay is not None) is (chosen.road is Road.RELAY)
+            return chosen.road
+
+        assert await plan(None, relay) is Road.RELAY
+        assert await plan(None, None) is Road.CHANNEL  # no storage service configured
+        assert await plan(None, wrong_key) is Road.CHANNEL  # the service refuses our key
+        assert await plan(None, relay, roads=["channel"]) is Road.CHANNEL  # worker has none
+        assert await plan(Road.CHANNEL, relay) is Road.CHANNEL
+        assert await plan(None, relay, roads=None) is Road.CHANNEL  # an older worker
+        for forced, http, meta in (
+            (Road.RELAY, None, {}),
+            (Road.RELAY, wrong_key, {}),
+            (Road.RELAY, relay, {"roads": ["channel"]}),
+            (Road.SHARED, relay, {}),
+        ):
+            with pytest.raises(RoadFailed) as refused:
+                await plan(forced, http, **meta)
+            assert refused.value.code == "ROAD_UNAVAILABLE" and refused.value.detail
+    finally:
+        await relay.close()
+        await wrong_key.close()
+
+
+def test_part_length_is_whole_chunks() -> None:
+    assert part_length(64, 1 << 20) == 61 * (1 << 20)
+    assert part_length(1, 4096) == 244 * 4096
+    assert part_length(1, 16 << 20) == 16 << 20  # at least one chunk
+
+
+@pytest.mark.asyncio
+async def test_sealed_chunks_resume_inside_a_chunk(tmp_path: Path) -> None:
+    """``pieces(offset)`` of an upload resumed at any byte yields the object's bytes from
+    there: the same as the whole object's suffix, and each chunk opens."""
+    size, chunk = 5 * 4096 + 123, 4096
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    secret = RelaySecret.generate()
+    cipher = ChunkCipher(secret, hashlib.sha256(data).hexdigest(), size, chunk)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        whole = b"".join(
+            [piece async for piece in sealed_chunks(fd, cipher, 0, cipher.chunk_count)]
+        )
+        sealed = chunk + TAG_BYTES
+        opened = [
+            cipher.open(index, whole[index * sealed : (index + 1) * sealed])
+            for index in range(cipher.chunk_count)
+        ]
+        assert b"".join(opened) == data
+        for skip in (0, 1, 4111, sealed - 1):
+            tail = [piece async for piece in sealed_chunks(fd, cipher, 2, 6, skip)]
+            assert b"".join(tail) == whole[2 * sealed + skip :]
+        path.write_bytes(data[:-1])  # the file changed under us: refused, not sent short
+        with pytest.raises(OSError, match="changed"):
+            _ = [piece async for piece in sealed_chunks(fd, cipher, 0, cipher.chunk_count)]
+    finally:
+        os.close(fd)
+
+
+def test_send_result_names_the_roads() -> None:
+    def result(status: str, *roads: RoadChange, sent: int = 0, relayed: int = 0) -> SendResult:
+        return SendResult(SendEnded(status, "ab" * 32), 100, sent, 2.0, relayed, roads)
+
+    relay, channel = RoadChange("relay"), RoadChange("channel", "relay", 48_000_000, "X")
+    assert result("exists").road == "stored"
+    assert result("received", channel, sent=100).road == "channel"
+    assert result("received", relay, relayed=100).road == "relay"
+    both = result("received", relay, channel, sent=40, relayed=60)
+    assert (both.road, both.bytes_moved, both.mb_per_s) == ("relay+channel", 100, 50e-6)
+    assert str(relay) == "road: relay"
+    assert str(channel) == "relay -> channel at 48.0 MB: X"
+
+
+def test_trace_hides_the_secrets_of_a_relay_part() -> None:
+    frame = "RELAY_PART::" + "ab" * 32 + "::0::1048576::1048576::KEY::NONCE::" + "c" * 32 + "::TOK"
+    shown = shown_frame(frame)
+    assert shown == "RELAY_PART::" + "ab" * 32 + "::0::1048576::...<hidden>"
+    assert "KEY" not in shown and "TOK" not in shown
+    assert shown_frame("FILE_READY::0") == "FILE_READY::0"
+    assert shown_frame(b"abc") == "<binary 3 bytes>"
+
+
+def test_road_failed_names_the_road_and_code() -> None:
+    error = RoadFailed("ROAD_UNAVAILABLE", "the worker offers no relay road", road="relay")
+    assert str(error) == "road relay failed: ROAD_UNAVAILABLE: the worker offers no relay road"
+    assert asyncio.iscoroutinefunction(plan_road)
