@@ -31,6 +31,7 @@ Protocol" (HEAD for the offset, PATCH from it); RFC 9110 section 14 (Range, 206,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +40,20 @@ from typing import NamedTuple, TypeVar
 import aiohttp
 from loguru import logger
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from rtc_worker.relay_http_answers import (
+    NETWORK_ERRORS,
+    RELAY_GONE,
+    RELAY_REFUSED,
+    RELAY_SHORT,
+    RELAY_UNREACHABLE,
+    RelayHttpError,
+    check_span,
+    cut,
+    refusal,
+    retryable,
+    service_code,
+)
 
 __all__ = [
     "FETCH_PIECE_BYTES",
@@ -51,15 +66,6 @@ __all__ = [
     "RelayHttpError",
     "RelayObject",
 ]
-
-RELAY_GONE = "RELAY_GONE"
-"""404/410: the object expired, was deleted, or the token is not its (no oracle)."""
-RELAY_REFUSED = "RELAY_REFUSED"
-"""401/403: the API key; or a refusal no retry changes (quota, full disk, bad request)."""
-RELAY_UNREACHABLE = "RELAY_UNREACHABLE"
-"""Connection refused or reset, a timeout, or a 5xx, after the retries."""
-RELAY_SHORT = "RELAY_SHORT"
-"""The object holds fewer bytes than the range asked (416, or a 206 that ends early)."""
 
 FETCH_PIECE_BYTES = 1 << 20
 """Most bytes :meth:`RelayHttp.fetch` yields at once (1 MiB)."""
@@ -76,27 +82,6 @@ _PROBE_ID = "0" * 32
 Pieces = Callable[[int], AsyncIterator[bytes]]
 """``pieces(offset)``: the object's bytes from ``offset`` to its end, in pieces."""
 _T = TypeVar("_T")
-
-
-class RelayHttpError(Exception):
-    """A relay request that failed for good.
-
-    Attributes:
-        code: ``RELAY_GONE``, ``RELAY_REFUSED``, ``RELAY_UNREACHABLE`` or ``RELAY_SHORT``
-            (the codes of ``RELAY_ENDED`` but the last, which the receiver reports as
-            ``RELAY_CHUNK_INVALID``).
-        status: the HTTP status of the last answer, or ``None`` when none came.
-        service_code: the error code of the service's JSON answer (``QUOTA_EXCEEDED``,
-            ``DISK_FULL``, ``RELAY_NOT_FOUND``...), or ``None``.
-    """
-
-    def __init__(
-        self, code: str, message: str, status: int | None = None, service_code: str | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.status = status
-        self.service_code = service_code
 
 
 class RelayObject(NamedTuple):
@@ -123,48 +108,6 @@ class RelayObject(NamedTuple):
             f"RelayObject(upload_id={self.upload_id!r}, token=<hidden>, "
             f"expires={self.expires!r}, size={self.size}, sha256={self.sha256!r})"
         )
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, RelayHttpError) and exc.code == RELAY_UNREACHABLE
-
-
-async def _service_code(response: aiohttp.ClientResponse) -> str | None:
-    """The ``error.code`` of a JSON error answer, else ``None`` (the body is not kept)."""
-    try:
-        body = await response.json(content_type=None)
-    except (ValueError, aiohttp.ClientError, TimeoutError):
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code if isinstance(code, str) and code.isascii() and len(code) <= 64 else None
-
-
-async def _refusal(response: aiohttp.ClientResponse, what: str) -> RelayHttpError:
-    """The error for an answer that is not a success (401/403 -> RELAY_REFUSED, 404/410
-    -> RELAY_GONE, 416 -> RELAY_SHORT, 5xx but 507 and 408/409/423 -> RELAY_UNREACHABLE
-    (retried), any other -> RELAY_REFUSED)."""
-    status = response.status
-    service = await _service_code(response)
-    if status in (404, 410):
-        code = RELAY_GONE
-    elif status == 416:
-        code = RELAY_SHORT
-    elif (status >= 500 and status != 507) or status in (408, 409, 423):
-        code = RELAY_UNREACHABLE
-    else:
-        code = RELAY_REFUSED
-    return RelayHttpError(
-        code, f"{what} answered {status} {service or ''}".rstrip(), status, service
-    )
-
-
-def _cut(what: str, exc: BaseException) -> RelayHttpError:
-    """RELAY_UNREACHABLE for a connection error or timeout, naming only its type."""
-    return RelayHttpError(RELAY_UNREACHABLE, f"{what}: {type(exc).__name__}")
-
-
-_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, ConnectionError)
 
 
 class RelayHttp:
@@ -221,7 +164,7 @@ class RelayHttp:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._retries),
             wait=wait_exponential(multiplier=self._backoff_s, max=5.0),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(retryable),
             reraise=True,
         ):
             with attempt:
@@ -239,8 +182,8 @@ class RelayHttp:
             async with self._http().get(
                 url, headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
             ) as response:
-                return response.status == 404 and await _service_code(response) == "RELAY_NOT_FOUND"
-        except (*_NETWORK_ERRORS, ValueError) as exc:
+                return response.status == 404 and await service_code(response) == "RELAY_NOT_FOUND"
+        except (*NETWORK_ERRORS, ValueError) as exc:
             logger.info("the storage service is not reachable: {}", type(exc).__name__)
             return False
 
@@ -282,9 +225,28 @@ class RelayHttp:
             first = False
             return await self._patch(upload_id, offset, length, pieces)
 
-        done = await self._retry(send)
+        try:
+            done = await self._retry(send)
+        except BaseException:
+            await self._terminate(upload_id)  # frees the quota at once (else it expires)
+            raise
         logger.info("relay object {} stored: {} bytes", upload_id, length)
         return done
+
+    async def _terminate(self, upload_id: str) -> None:
+        """``DELETE /files/{id}`` of an upload given up: best effort, about 3 s at most
+        (tried again while the service still holds the cut PATCH: 423)."""
+        headers = self._headers({"Tus-Resumable": TUS_VERSION})
+        url = f"{self._base}/files/{upload_id}"
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                while True:
+                    async with self._http().delete(url, headers=headers) as response:
+                        if response.status != 423:
+                            return
+                    await asyncio.sleep(0.05)
+        except Exception as exc:  # unreachable: the unfinished upload expires
+            logger.info("relay upload {}: not terminated ({})", upload_id, type(exc).__name__)
 
     async def _create(self, length: int, name: str) -> str:
         """``POST /files/``: the new upload's id."""
@@ -293,12 +255,14 @@ class RelayHttp:
             {"Tus-Resumable": TUS_VERSION, "Upload-Length": str(length), "Upload-Metadata": meta}
         )
         try:
-            async with self._http().post(f"{self._base}/files/", headers=headers) as response:
+            async with self._http().post(
+                f"{self._base}/files/", headers=headers, timeout=self._timeout
+            ) as response:
                 if response.status != 201:
-                    raise await _refusal(response, "creating a relay object")
+                    raise await refusal(response, "creating a relay object")
                 location = response.headers.get("Location", "")
-        except _NETWORK_ERRORS as exc:
-            raise _cut("creating a relay object", exc) from None
+        except NETWORK_ERRORS as exc:
+            raise cut("creating a relay object", exc) from None
         upload_id = location.rstrip("/").rpartition("/")[2]
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise RelayHttpError(RELAY_REFUSED, "the service answered no upload location", 201)
@@ -309,14 +273,14 @@ class RelayHttp:
         headers = self._headers({"Tus-Resumable": TUS_VERSION})
         try:
             async with self._http().head(
-                f"{self._base}/files/{upload_id}", headers=headers
+                f"{self._base}/files/{upload_id}", headers=headers, timeout=self._timeout
             ) as response:
                 if response.status != 200:
-                    raise await _refusal(response, f"relay upload {upload_id}")
+                    raise await refusal(response, f"relay upload {upload_id}")
                 offset = int(response.headers.get("Upload-Offset", "-1"))
                 done = self._completed(upload_id, length, response)
-        except _NETWORK_ERRORS as exc:
-            raise _cut(f"relay upload {upload_id}", exc) from None
+        except NETWORK_ERRORS as exc:
+            raise cut(f"relay upload {upload_id}", exc) from None
         except ValueError:
             raise RelayHttpError(RELAY_REFUSED, "the service answered no offset", 200) from None
         if not 0 <= offset <= length:
@@ -336,14 +300,17 @@ class RelayHttp:
         body = _Body(pieces(offset), length - offset)
         try:
             async with self._http().patch(
-                f"{self._base}/files/{upload_id}", headers=headers, data=body.pieces()
+                f"{self._base}/files/{upload_id}",
+                headers=headers,
+                data=body.pieces(),
+                timeout=self._timeout,
             ) as response:
                 if response.status != 204:
-                    raise await _refusal(response, f"relay upload {upload_id}")
+                    raise await refusal(response, f"relay upload {upload_id}")
                 done = self._completed(upload_id, length, response)
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             body.reraise()  # the caller's pieces failed: their error, not a drop
-            raise _cut(f"relay upload {upload_id}", exc) from None
+            raise cut(f"relay upload {upload_id}", exc) from None
         body.reraise()
         if done is None:  # a 204 short of the end: the service ended the body early
             raise RelayHttpError(RELAY_UNREACHABLE, f"relay upload {upload_id} is unfinished", 204)
@@ -395,28 +362,28 @@ class RelayHttp:
         async def get() -> aiohttp.ClientResponse:
             try:
                 response = await self._http().get(
-                    url, headers=headers, read_bufsize=READ_BUFFER_BYTES
+                    url, headers=headers, read_bufsize=READ_BUFFER_BYTES, timeout=self._timeout
                 )
-            except _NETWORK_ERRORS as exc:
-                raise _cut(what, exc) from None
+            except NETWORK_ERRORS as exc:
+                raise cut(what, exc) from None
             if response.status not in (200, 206):
                 try:
-                    raise await _refusal(response, what)
+                    raise await refusal(response, what)
                 finally:
                     response.release()
             return response
 
         response = await self._retry(get)
         try:
-            _check_span(response, start, end, what)
+            check_span(response, start, end, what)
             expected = end - start
             got = 0
             try:
                 async for piece in response.content.iter_chunked(FETCH_PIECE_BYTES):
                     got += len(piece)
                     yield piece
-            except _NETWORK_ERRORS as exc:
-                raise _cut(f"{what} after {got} bytes", exc) from None
+            except NETWORK_ERRORS as exc:
+                raise cut(f"{what} after {got} bytes", exc) from None
             if got != expected:
                 raise RelayHttpError(RELAY_UNREACHABLE, f"{what} was cut after {got} bytes")
         finally:
@@ -429,7 +396,7 @@ class RelayHttp:
         headers = self._headers({"X-Relay-Token": token})
         try:
             async with self._http().delete(
-                f"{self._base}/relay/{upload_id}", headers=headers
+                f"{self._base}/relay/{upload_id}", headers=headers, timeout=self._timeout
             ) as response:
                 if response.status not in (204, 404):
                     logger.info("relay object {}: delete answered {}", upload_id, response.status)
@@ -472,20 +439,3 @@ class _Body:
         """Raise the caller's error, if the pieces failed."""
         if self.error is not None:
             raise self.error
-
-
-def _check_span(response: aiohttp.ClientResponse, start: int, end: int, what: str) -> None:
-    """The answer covers exactly ``[start, end)``: a 206 whose ``Content-Range`` starts at
-    ``start`` and ends at ``end - 1``, or a 200 of exactly ``end`` bytes when ``start``
-    is 0; RELAY_SHORT when the object ends before ``end``."""
-    if response.status == 200:
-        if start == 0 and response.content_length == end:
-            return
-        if start == 0 and response.content_length is not None and response.content_length < end:
-            raise RelayHttpError(RELAY_SHORT, f"{what} holds fewer bytes than asked", 200)
-        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} ignored the range", 200)
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", ""))
-    if match is None or int(match[1]) != start:
-        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} answered another range", 206)
-    if int(match[2]) != end - 1:
-        raise RelayHttpError(RELAY_SHORT, f"{what} holds fewer bytes than asked", 206)

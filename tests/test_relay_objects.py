@@ -10,6 +10,7 @@ import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -344,3 +345,57 @@ async def test_attack_an_unfinished_relay_upload_expires(service: Relay) -> None
     assert await service.db.get_upload(upload_id) is None
     assert service.partial_content(upload_id) is None
     assert same_refusal(await service.read(upload_id, "x")) == NOT_FOUND
+
+
+# ------------------------------------------------------------------ the migration
+
+
+async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
+    storage_database: str | None, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from alembic import command
+    from sqlalchemy import inspect, text
+
+    from signaling.db import StorageDB
+    from signaling.db_engine import alembic_config
+
+    if storage_database is None:
+        url = f"sqlite:///{tmp_path / 'before.db'}"
+    else:
+        url = request.getfixturevalue("postgres_engine").new_database()
+    db = StorageDB(url)
+    config = alembic_config(db.url)
+
+    def to(revision: str, down: bool = False) -> Any:
+        def run(sync_conn: Any) -> None:
+            config.attributes["connection"] = sync_conn
+            (command.downgrade if down else command.upgrade)(config, revision)
+
+        return run
+
+    try:
+        async with db.write() as conn:
+            await conn.run_sync(to("0003"))
+            await conn.execute(
+                text(
+                    "INSERT INTO uploads (upload_id, file_name, total_size, user_id, user_role,"
+                    " content_type, chunk_size, status, created_at, updated_at, owner)"
+                    " VALUES ('ab' || :rest, 'a.bin', 5, 'u', 'r', 'x/y', 5, 'completed',"
+                    " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'o')"
+                ),
+                {"rest": "0" * 30},
+            )
+        assert await db.migrate() == "0003"
+        assert await db.current() == "0004"
+        before = await db.get_upload("ab" + "0" * 30)
+        assert before is not None and before.relay is False  # an earlier upload is no relay
+        assert await db.expired_relays("2100-01-01T00:00:00Z") == []
+        async with db.write() as conn:  # and back: the column goes, the row stays
+            await conn.run_sync(to("0003", down=True))
+            names = await conn.run_sync(
+                lambda sync: [column["name"] for column in inspect(sync).get_columns("uploads")]
+            )
+        assert "relay" not in names
+        assert await db.migrate() == "0003"
+    finally:
+        await db.close()
