@@ -45,14 +45,14 @@ import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from loguru import logger
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.errors import LocalProtocolError, RelayEndCode, RemoteProtocolError, TransferErrorCode
 from protocol.events import StoreFailed
-from protocol.relay_crypto import ChunkCipher, RelaySecret
+from protocol.relay_crypto import ChunkCipher
 from protocol.relay_events import (
     DeleteRelayObject,
     FetchRelayPart,
@@ -60,8 +60,7 @@ from protocol.relay_events import (
     RelayFetched,
     RelayWritten,
 )
-from protocol.relay_messages import RelayEndCode
-from protocol.transfer_messages import TransferErrorCode
+from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.relay_http import (
     RELAY_GONE,
     RELAY_REFUSED,
@@ -69,7 +68,6 @@ from rtc_worker.relay_http import (
     RelayHttp,
     RelayHttpError,
 )
-from rtc_worker.metrics import WorkerMetrics
 from rtc_worker.settings import WorkerSettings
 from rtc_worker.storage import DiskFullError, PartialFile
 from rtc_worker.transfer_io import TransferIO
@@ -266,9 +264,7 @@ class _PartFetch:
         self.action = action
         self.serial = action.transfer
         self.partial = partial
-        self.cipher = ChunkCipher(
-            RelaySecret(part.key, part.nonce_prefix), meta.sha256, meta.size, size
-        )
+        self.cipher = ChunkCipher(part.secret, meta.sha256, meta.size, size)
         self.first = part.offset // size  # the object's first chunk
         self.end = -(-(part.offset + part.length) // size)  # one past the part's last chunk
         self.index = action.start // size  # the next chunk to receive
@@ -315,7 +311,10 @@ class _PartFetch:
             detail = f"receiver storage error: {type(exc).__name__}"
             return StoreFailed(self.serial, TransferErrorCode.CANCELLED, detail)
         logger.info(
-            "relay road of {} ended at {} bytes: {}", self.action.meta.name, self.partial.on_disk, code
+            "relay road of {} ended at {} bytes: {}",
+            self.action.meta.name,
+            self.partial.on_disk,
+            code,
         )
         return RelayFailed(self.serial, self.partial.on_disk, code, detail)
 
@@ -362,8 +361,8 @@ class _PartFetch:
             self.road.counted(len(piece))
             buffer += piece
             while len(buffer) >= need:
-                with memoryview(buffer) as view, view[:need] as chunk:
-                    plain = cipher.open(self.index, chunk)
+                with memoryview(buffer) as view, view[:need] as chunk:  # no copy
+                    plain = cipher.open(self.index, cast(bytes, chunk))
                 del buffer[:need]
                 await self._append(plain)
                 self.index += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
@@ -54,8 +55,8 @@ class RoadLog:
         clock: a monotonic clock, seconds.
     """
 
-    def __init__(self, clock: type[time.perf_counter] | None = None) -> None:
-        self._clock = clock or time.perf_counter
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._serial: int | None = None
         self._started = 0.0
         self._channel = 0

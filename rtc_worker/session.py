@@ -23,9 +23,9 @@ from loguru import logger
 from protocol import JobComplete, JobMetrics, PathReason
 from protocol import events as ev
 from protocol.connection import Connection
+from protocol.errors import RelayEndCode
 from protocol.handshake import AuthConfig, Authenticated, AuthFailed
 from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay, RelayFailed
-from protocol.relay_messages import RelayEndCode
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
@@ -335,11 +335,14 @@ class WorkerSession:
                 outcome.file_count,
                 JobComplete.mb_from_bytes(outcome.total_bytes),
             )
+            taken = self.roads.road_of(action.input_sha256 or "")
             metrics = JobMetrics(
                 validation_ms=action.validation_ms,
                 file_access_ms=action.file_access_ms + outcome.file_access_ms,
                 run_s=outcome.run_s,
                 total_s=total_s,
+                road="shared" if action.input_path is not None else taken.road,
+                transfer_mb_s=0.0 if action.input_path is not None else taken.mb_s,
             )
             logger.info(
                 "job {} complete: {} files, {} MB in {:.2f} s",

@@ -97,7 +97,7 @@ TransferAction = (
     | ReadFileRanges
 )  # fmt: skip
 #: The actions :meth:`TransferIO.perform` takes (use with ``isinstance``).
-TRANSFER_ACTIONS: tuple[type, ...] = get_args(TransferAction)
+TRANSFER_ACTIONS: tuple[type[TransferAction], ...] = get_args(TransferAction)
 
 
 def path_opener(path: Path) -> Opener:

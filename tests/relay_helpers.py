@@ -20,20 +20,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
+from protocol import FileReceived, Message, ProtocolErrorFrame, TransferError
+from protocol.relay_crypto import ChunkCipher, RelaySecret
+from protocol.relay_messages import RelayEnded, RelayPart
+from rtc_worker.relay_http import RelayHttp, RelayObject
 from signaling.db import StorageDB
 from signaling.keys import Role
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, offer, recv_until
 
-__all__ = ["ADMIN_KEY", "ServiceProcess"]
+__all__ = [
+    "ADMIN_KEY",
+    "ENDINGS",
+    "Bend",
+    "PacedProxy",
+    "RelaySender",
+    "ServiceProcess",
+    "service_process",
+    "sha",
+]
 
 ADMIN_KEY = "relay-admin-key-0123456789"
 START_TIMEOUT_S = 20.0
+#: The worker's answers that end a relay send.
+ENDINGS = (FileReceived, RelayEnded, TransferError, ProtocolErrorFrame)
 
 
 class ServiceProcess:
@@ -138,3 +156,191 @@ async def service_process(base: Path) -> AsyncIterator[ServiceProcess]:
         yield service
     finally:
         await service.stop()
+
+
+class PacedProxy:
+    """A TCP proxy on loopback in front of the storage service: it counts the bytes the
+    service sends through it (what the worker's fetches receive, headers included) and
+    paces them at ``rate`` bytes per second, so that a test can cut a download midway.
+
+    A connection whose upstream cannot be reached (the service is down) is closed at
+    once, as a refused connection would be.
+    """
+
+    def __init__(self, target_port: int, rate: float | None = None) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.downstream = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def http(self) -> str:
+        """The proxy's base URL (what the worker is told the service is)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        pumps = [
+            asyncio.ensure_future(self._pump(reader, up_writer, count=False)),
+            asyncio.ensure_future(self._pump(up_reader, writer, count=True)),
+        ]
+        self._tasks.update(pumps)
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        self._tasks.difference_update(pumps)
+        for end in (writer, up_writer):
+            end.close()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(64 * 1024):
+                writer.write(data)
+                await writer.drain()
+                if count:
+                    self.downstream += len(data)
+                    if self.rate:
+                        await asyncio.sleep(len(data) / self.rate)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Bend:
+    """How a :class:`RelaySender` departs from the protocol (an attacker's steps); the
+    default departs in nothing.
+
+    Attributes:
+        flip_chunk: flip one byte of this chunk's ciphertext before the upload.
+        swap_chunks: upload these two chunks of a part each in the other's place.
+        other_key: the frame names a fresh key, not the one that sealed the chunks.
+        upload_id / token: the frame names this relay object and token instead of the
+            one uploaded (an object the sender holds no token for).
+    """
+
+    flip_chunk: int | None = None
+    swap_chunks: tuple[int, int] | None = None
+    other_key: bool = False
+    upload_id: str | None = None
+    token: str | None = None
+
+
+class RelaySender:
+    """Sends files to a worker by the relay road over a raw authenticated channel.
+
+    Args:
+        raw: the data channel (:meth:`RTCClient.connect_raw`, handshake done).
+        http: the storage service's relay client, with the sender's own key.
+        chunk_size: the relay chunk size, bytes.
+        principal: the sender's principal on the worker (its key's fingerprint).
+
+    Attributes:
+        objects: every relay object uploaded, in order.
+        secret: the key and nonce prefix of the file being sent.
+    """
+
+    def __init__(
+        self, raw: Any, http: RelayHttp, chunk_size: int = 1 << 20, principal: str = ""
+    ) -> None:
+        self.raw = raw
+        self.principal = principal
+        self.http = http
+        self.chunk_size = chunk_size
+        self.objects: list[RelayObject] = []
+        self.secret = RelaySecret.generate()
+
+    async def offer(self, name: str, data: bytes) -> Message:
+        """FILE_META for ``data`` (answering the proof of possession as a conforming
+        sender does); the worker's reply (FILE_READY, FILE_EXISTS, TRANSFER_ERROR)."""
+        self.secret = RelaySecret.generate()
+        frame = f"FILE_META::{name}::{len(data)}::{sha(data)}::{65536}"
+        return cast(Message, await offer(self.raw, frame, data))
+
+    def cipher(self, data: bytes) -> ChunkCipher:
+        return ChunkCipher(self.secret, sha(data), len(data), self.chunk_size)
+
+    async def upload(
+        self, data: bytes, offset: int, length: int, bend: Bend = Bend()
+    ) -> RelayObject:
+        """Seal the plaintext ``[offset, offset + length)`` chunk by chunk and upload it
+        as one relay object (bent as ``bend`` says)."""
+        cipher = self.cipher(data)
+        first = offset // self.chunk_size
+        end = -(-(offset + length) // self.chunk_size)
+        sealed = []
+        for index in range(first, end):
+            start = index * self.chunk_size
+            chunk = cipher.seal(index, data[start : start + cipher.plain_length(index)])
+            if bend.flip_chunk == index:
+                middle = len(chunk) // 2
+                chunk = chunk[:middle] + bytes([chunk[middle] ^ 0x01]) + chunk[middle + 1 :]
+            sealed.append(chunk)
+        if bend.swap_chunks is not None:
+            i, j = (n - first for n in bend.swap_chunks)
+            sealed[i], sealed[j] = sealed[j], sealed[i]
+        body = b"".join(sealed)
+
+        async def pieces(at: int) -> AsyncIterator[bytes]:
+            for start in range(at, len(body), 1 << 20):
+                yield body[start : start + (1 << 20)]
+
+        relay_object = await self.http.upload(len(body), pieces)
+        self.objects.append(relay_object)
+        return relay_object
+
+    def part_frame(
+        self, data: bytes, offset: int, length: int, relay_object: RelayObject, bend: Bend = Bend()
+    ) -> RelayPart:
+        """The RELAY_PART naming ``relay_object`` (bent as ``bend`` says)."""
+        secret = RelaySecret.generate() if bend.other_key else self.secret
+        return RelayPart(
+            sha(data),
+            offset,
+            length,
+            self.chunk_size,
+            secret.key,
+            secret.nonce_prefix,
+            bend.upload_id or relay_object.upload_id,
+            bend.token or relay_object.token,
+        )
+
+    async def send(self, data: bytes, offset: int, part_bytes: int, bend: Bend = Bend()) -> Message:
+        """Upload ``data`` from ``offset`` in parts of ``part_bytes`` and send a RELAY_PART
+        as each is complete; the worker's answer that ends it (FILE_RECEIVED,
+        RELAY_ENDED, TRANSFER_ERROR or PROTOCOL_ERROR)."""
+        position = offset
+        while position < len(data):
+            length = min(part_bytes, len(data) - position)
+            relay_object = await self.upload(data, position, length, bend)
+            self.raw.send(self.part_frame(data, position, length, relay_object, bend))
+            position += length
+        return await recv_until(self.raw, ENDINGS, timeout=20)
+
+    async def stream(self, data: bytes, offset: int) -> None:
+        """The rest of the file on the data channel from ``offset`` (64 KiB chunks, then
+        END_OF_FILE), as a sender does after RELAY_ENDED."""
+        for start in range(offset, len(data), 65536):
+            self.raw.send(data[start : start + 65536])
+        self.raw.send("END_OF_FILE")
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
