@@ -178,6 +178,7 @@ def child(
     return subprocess.Popen(
         [sys.executable, str(script), "--role", role, *args],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
         env={**os.environ, **(env or {})},
@@ -188,11 +189,15 @@ def result_of(proc: subprocess.Popen[str], timeout: float = 1800) -> dict[str, A
     """The JSON object on the last line a child printed.
 
     Raises:
-        RuntimeError: the child failed (its stderr went to ours).
+        RuntimeError: the child failed (its stderr is copied to ours; the message
+            holds its last line).
     """
-    out, _ = proc.communicate(timeout=timeout)
+    out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark process failed ({proc.returncode})")
+        if err:
+            sys.stderr.write(err)
+        last = (err or "").strip().splitlines()[-1:] or ["no error output"]
+        raise RuntimeError(f"benchmark process failed ({proc.returncode}): {last[0][:200]}")
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 

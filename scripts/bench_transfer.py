@@ -372,16 +372,24 @@ def bench_size(
             turned = run_project(turn_url, path, f"bench-e{tag}-{number}", policy="relay")
             line.append(f"(e) TURN {runs['turn'].add(turned):.2f} via {turned['path']}")
         if "relay" in roads and "relay" not in why:
-            relayed = run_relay(path, f"bench-r{tag}-{number}", tmp)
-            line.append(f"(r) relay road {runs['relay'].add(relayed):.2f} ({relayed['road']})")
-        print(" ".join(line) + " MB/s", flush=True)
+            try:
+                relayed = run_relay(path, f"bench-r{tag}-{number}", tmp)
+                line.append(f"(r) relay road {runs['relay'].add(relayed):.2f} ({relayed['road']})")
+            except RuntimeError as exc:  # a road still being built must not stop the others
+                why["relay"] = f"the run failed: {exc}"
+                line.append("(r) relay road failed")
+        print(" ".join(line) + " (MB/s)", flush=True)
     resumes: dict[str, dict[str, Any] | None] = {"channel": None, "relay": None}
     if args.cut_at and "channel" in roads:
         resumes["channel"] = run_project(url, path, f"bench-c{tag}", cut_at=args.cut_at)
         print(f"(c) channel cut at {args.cut_at:.0%}: {fmt_resume(resumes['channel'], size)}")
     if args.cut_at and "relay" in roads and "relay" not in why:
-        resumes["relay"] = run_relay(path, f"bench-rc{tag}", tmp, args.cut_at, args.outage_s)
-        print(f"(c) relay road cut at {args.cut_at:.0%}: {fmt_resume(resumes['relay'], size)}")
+        try:
+            resumes["relay"] = run_relay(path, f"bench-rc{tag}", tmp, args.cut_at, args.outage_s)
+            print(f"(c) relay road cut at {args.cut_at:.0%}: {fmt_resume(resumes['relay'], size)}")
+        except RuntimeError as exc:
+            why["relay resume"] = f"the run failed: {exc}"
+            print(f"(c) relay road cut at {args.cut_at:.0%}: failed: {exc}")
     path.unlink()
     return {
         "size": size,
@@ -414,6 +422,8 @@ def report_size(
         mid = runs[road].mid if road in ("channel", "relay") else None
         worker, client = fmt_rss(mid)
         resume = fmt_resume(resumes.get(road), size) if road in resumes else ""
+        if resumes.get(road) is None and f"{road} resume" in why:
+            resume = "not available: the run failed"
         rows.append([name, label, fmt_rate(runs[road], why.get(road)), resume, worker, client])
     goals = []
     channel, raw, relay = runs["channel"].mb_s, runs["raw"].mb_s, runs["relay"].mb_s
