@@ -21,7 +21,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from protocol import TransferErrorCode
+from protocol import RelayEndCode, TransferErrorCode
 from protocol import events as ev
 from protocol.connection import Connection
 from protocol.relay_events import RelayFrom, RoadChanged
@@ -31,7 +31,7 @@ from rtc_worker.driver import ChannelDriver
 from rtc_worker.errors import RoadFailed, transfer_ended
 from rtc_worker.relay_send import RelaySender
 from rtc_worker.roads_client import OnRoad, RoadChange, RoadPlan
-from rtc_worker.transfer_io import TransferIO, file_to_send, path_opener
+from rtc_worker.transfer_io import Opener, TransferIO, file_to_send, path_opener
 
 __all__ = ["CHANNEL_PLAN", "Uploader", "call_safely"]
 
@@ -78,8 +78,11 @@ class Uploader:
                 self._took(RoadChange(Road.RELAY.value, offset=offset))
                 relay.start(offset)
             case RoadChanged(from_road=left, to_road=taken, offset=offset, code=code):
-                if self._relay is not None:
-                    self.driver.spawn(self._relay.stop())
+                relay = self._relay
+                if relay is not None:
+                    self.driver.spawn(relay.stop())
+                    if code == RelayEndCode.STOPPED and relay.failure:
+                        code = relay.failure  # we stopped it: say why
                 self._took(RoadChange(taken.value, left.value, offset, code or None))
             case ev.SendProgress(received=received, size=size):
                 if self._relay is not None:
@@ -170,10 +173,13 @@ class Uploader:
         end = left[0] if left else size if ended.status == "received" else relay.received
         return max(0, end - relay.start_offset)
 
-    def _relay_sender(self, plan: RoadPlan, opener: object, file: object) -> RelaySender | None:
-        if plan.road is not Road.RELAY or plan.relay is None:
+    def _relay_sender(
+        self, plan: RoadPlan, opener: Opener, file: ev.FileToSend
+    ) -> RelaySender | None:
+        """The relay road's sender, or None for the channel (an empty file has no chunk
+        and always takes the channel)."""
+        if plan.road is not Road.RELAY or plan.relay is None or file.size == 0:
             return None
-        assert callable(opener) and isinstance(file, ev.FileToSend)
         return RelaySender(
             self.conn,
             plan.relay,
@@ -197,7 +203,8 @@ class Uploader:
 
 def _relay_code(ended: ev.SendEnded) -> str | None:
     """The RELAY_ENDED code a forced relay transfer failed with, or None."""
-    return ended.code if ended.status == "failed" and ended.code.startswith("RELAY_") else None
+    relay_codes = {code.value for code in RelayEndCode}
+    return ended.code if ended.status == "failed" and ended.code in relay_codes else None
 
 
 def call_safely(callback: Callable[..., object], *args: object) -> None:

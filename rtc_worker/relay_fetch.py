@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -70,7 +70,6 @@ from rtc_worker.relay_http import (
 )
 from rtc_worker.settings import WorkerSettings
 from rtc_worker.storage import DiskFullError, PartialFile
-from rtc_worker.transfer_io import TransferIO
 
 __all__ = ["MAX_PENDING_DELETES", "RelayFetch", "RelayRoad"]
 
@@ -173,7 +172,9 @@ class RelayFetch:
 
     Args:
         road: the worker's relay road.
-        io: the connection's transfer I/O (its open partial is appended to).
+        partial_of: the open partial file of a transfer (by serial), its write in flight
+            settled, or None when that transfer is no longer open; each call marks the
+            receive live (:meth:`TransferIO.relay_partial`: the channel's own partial).
         report: gives an outcome to the connection and has its outputs drained soon
             (never drains in the caller: HaltRelay is performed inside a drain).
         moved: told the plaintext bytes each fetch appended, when it ends (the
@@ -187,12 +188,12 @@ class RelayFetch:
     def __init__(
         self,
         road: RelayRoad,
-        io: TransferIO,
+        partial_of: Callable[[int], Awaitable[PartialFile | None]],
         report: Callable[[object], None],
         moved: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self.road = road
-        self.io = io
+        self.partial_of = partial_of
         self.report = report
         self.moved = moved
         self.fetched = 0
@@ -222,7 +223,13 @@ class RelayFetch:
             await task
 
     async def _run(self, action: FetchRelayPart) -> None:
-        partial = await self.io.relay_partial(action.transfer)
+        try:
+            partial = await self.partial_of(action.transfer)
+        except asyncio.CancelledError:  # halted before it began: nothing was fetched
+            _uncancel()
+            detail = "the relay road was stopped"
+            self._report(RelayFailed(action.transfer, action.start, RelayEndCode.STOPPED, detail))
+            return
         if partial is None:  # the transfer ended meanwhile: its end was reported
             return
         fetch = _PartFetch(self, action, partial)
@@ -284,9 +291,7 @@ class _PartFetch:
             await self._settle()
             return RelayFetched(self.serial, self.partial.offset)
         except asyncio.CancelledError:  # HaltRelay, or the channel closed
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _uncancel()
             outcome = (RelayEndCode.STOPPED, "the relay road was stopped")
         except RemoteProtocolError as exc:  # a chunk failed authentication
             outcome = (RelayEndCode.RELAY_CHUNK_INVALID, exc.detail)
@@ -330,6 +335,8 @@ class _PartFetch:
         """
         road = self.road
         failures = 0
+        if self.index >= self.end:  # nothing left of the part
+            return
 
         def stop(state: RetryCallState) -> bool:
             return failures >= road.retries
@@ -383,7 +390,7 @@ class _PartFetch:
             raise
         if full:
             await self._settle()
-            if await self.owner.io.relay_partial(self.serial) is not self.partial:
+            if await self.owner.partial_of(self.serial) is not self.partial:
                 raise _Stopped
             self._report(RelayWritten(self.serial, self.partial.on_disk))
             batch = self.partial.take_batch()
@@ -403,6 +410,13 @@ class _PartFetch:
 
     def _report(self, outcome: Any) -> None:
         self.owner._report(outcome)
+
+
+def _uncancel() -> None:
+    """The current task took its cancellation (it reports STOPPED and ends)."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -101,7 +101,9 @@ class WorkerSession:
         self.relay = (
             None
             if resources.relay_road is None
-            else RelayFetch(resources.relay_road, self.io, self._relay_report, self.roads.relay)
+            else RelayFetch(
+                resources.relay_road, self.io.relay_partial, self._relay_report, self.roads.relay
+            )
         )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None

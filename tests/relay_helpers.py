@@ -135,7 +135,7 @@ class ServiceProcess:
     async def make_key(self, role: Role, name: str, principal: str | None = None) -> str:
         """A new API key of ``role`` in the service's database (as ``keys add`` makes it)."""
         if self._db is None:
-            self._db = StorageDB(str(self.storage / "storage.db"))
+            self._db = StorageDB(f"sqlite:///{self.storage / 'storage.db'}")
         _, key = await self._db.add_key(role, name, principal)
         return key
 
@@ -214,6 +214,11 @@ class PacedProxy:
                     self.downstream += len(data)
                     if self.rate:
                         await asyncio.sleep(len(data) / self.rate)
+
+    def cut(self) -> None:
+        """Cut every connection through the proxy now (both ends are closed)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def close(self) -> None:
         if self._server is not None:

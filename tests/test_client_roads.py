@@ -202,3 +202,23 @@ def test_road_failed_names_the_road_and_code() -> None:
     error = RoadFailed("ROAD_UNAVAILABLE", "the worker offers no relay road", road="relay")
     assert str(error) == "road relay failed: ROAD_UNAVAILABLE: the worker offers no relay road"
     assert asyncio.iscoroutinefunction(plan_road)
+
+
+def test_the_progress_line_names_the_road_and_its_change(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from rtc_worker.cli_output import Progress
+
+    bars = Progress(disabled=False)
+    progress, took = bars.callback("upload"), bars.road_callback("upload")
+    took(RoadChange("relay"))
+    progress(0, 96_000_000)
+    progress(48_000_000, 96_000_000)
+    took(RoadChange("channel", "relay", 48_000_000, "RELAY_UNREACHABLE"))
+    progress(96_000_000, 96_000_000)
+    bars.close()
+    err = capsys.readouterr().err
+    assert "upload relay" in err and "upload channel" in err
+    assert "upload: relay -> channel at 48.0 MB: RELAY_UNREACHABLE" in err
+    assert "B/s" in err
+    assert Progress(disabled=True).road_callback("upload") is None

@@ -64,7 +64,13 @@ async def test_job_succeeds_with_manifest_and_no_file_bytes_on_the_channel(
     manifest = json.loads(manifest_path.read_text())
     assert result.file_count == 1
     assert result.total_mb == round(manifest_path.stat().st_size / 1e6, 2)
-    assert set(result.metrics) == {"validation_ms", "file_access_ms", "run_s", "total_s", "transfer_mb_s"}
+    assert set(result.metrics) == {
+        "validation_ms",
+        "file_access_ms",
+        "run_s",
+        "total_s",
+        "transfer_mb_s",
+    }
     assert result.metrics["transfer_mb_s"] == 0  # the shared road moves no byte
     assert result.metrics["total_s"] >= result.metrics["run_s"] >= 0
     entries = {e["path"]: e for e in manifest["files"]}
