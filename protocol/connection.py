@@ -46,6 +46,9 @@ from protocol.handshake import AuthConfig, Authenticated, AuthState, Handshake
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobLog, Message, ProtocolErrorFrame
+from protocol.relay import RelayReport
+from protocol.relay_messages import RelayPart, RelayStop
+from protocol.roads import Road
 from protocol.routes import ROUTES, Part, Role
 from protocol.sender import Sender
 from protocol.transfer import Receiver
@@ -276,12 +279,19 @@ class Connection:
 
         Client: JOB_ID, SHARED_INPUT_PATH, SHARED_OUTPUT_PATH, JOB_START, JOB_CANCEL,
         RESULTS_VIA_STORAGE, RESULTS_REQUEST. Worker: JOB_LOG (see :meth:`send_log`).
+        Either, as the sender of a transfer on the relay road: RELAY_PART and RELAY_STOP
+        (see :meth:`relay_part` and :meth:`relay_stop`).
 
         Raises:
             LocalProtocolError: UNEXPECTED_MESSAGE when the message is not ours to send
-                in this state (nothing is queued).
+                in this state (nothing is queued); MALFORMED_FRAME for a RELAY_PART that
+                does not continue the transfer.
         """
-        if self.client is not None:
+        if isinstance(message, RelayPart):
+            self.relay_part(message)
+        elif isinstance(message, RelayStop):
+            self.relay_stop()
+        elif self.client is not None:
             if self.handshake is not None:
                 self.handshake.check_send(message)
             self.client.send(message)
@@ -299,12 +309,21 @@ class Connection:
         self.emit(JobLog(line))
         return True
 
-    def send_file(self, file: FileToSend) -> None:
-        """(Client) Announce our file with FILE_META (chunks follow on StreamFrom).
+    def send_file(
+        self, file: FileToSend, *, road: Road = Road.CHANNEL, fallback: bool = True
+    ) -> None:
+        """(Client) Announce our file with FILE_META: chunks follow on StreamFrom, or
+        relay parts on RelayFrom when ``road`` is RELAY.
+
+        Args:
+            road: CHANNEL or RELAY (:func:`protocol.roads.choose_road`).
+            fallback: (relay road) continue on the channel from RELAY_ENDED's offset
+                (a RoadChanged, then StreamFrom); False (a forced relay road): cancel
+                and end with ``SendEnded("failed", code=<RELAY_ENDED's code>)``.
 
         Raises:
             LocalProtocolError: another transfer is open (or a worker's results are
-                being prepared).
+                being prepared); UNEXPECTED_MESSAGE for the shared road.
         """
         if self.sender.state != "IDLE":
             raise LocalProtocolError(
@@ -314,7 +333,7 @@ class Connection:
         meta = FileMeta(file.name, file.size, file.sha256, self.limits.chunk_bytes)
         if self.handshake is not None:
             self.handshake.check_send(meta)
-        self.emit(self.sender.announce(meta))
+        self.emit(self.sender.announce(meta, road=road, fallback=fallback))
 
     def send_chunk(self, data: bytes) -> bytes | None:
         """The binary frame for ``data`` while we stream, or None: stop streaming (the
@@ -328,6 +347,33 @@ class Connection:
         """Every chunk was streamed: send END_OF_FILE (nothing if the transfer ended)."""
         if self.sender.state == "SENDING":
             self.emit(self.sender.end())
+
+    def relay_part(self, part: RelayPart) -> RelayPart:
+        """Announce a relay part we uploaded (RelayFrom told where to start): RELAY_PART
+        is queued. Its bytes start where the previous part ended (the first at
+        RelayFrom's offset), with the same chunk_size, within the file; a part that does
+        not end the file is whole chunks.
+
+        Raises:
+            LocalProtocolError: UNEXPECTED_MESSAGE when no transfer of ours is on the
+                relay road (nothing is queued); MALFORMED_FRAME for a part that does not
+                continue the transfer.
+        """
+        sent = self.sender.relay_part(part)
+        self.emit(sent)
+        return sent
+
+    def relay_stop(self) -> RelayStop:
+        """Our relay uploads failed: RELAY_STOP is queued; the receiver answers
+        RELAY_ENDED with its verified offset (then a RoadChanged and StreamFrom follow,
+        or the transfer ends without a fallback).
+
+        Raises:
+            LocalProtocolError: UNEXPECTED_MESSAGE when no transfer of ours is relaying.
+        """
+        stop = self.sender.relay_stop()
+        self.emit(stop)
+        return stop
 
     def cancel_send(self) -> None:
         """Stop our open transfer with FILE_CANCEL (the receiver keeps its partial)."""
@@ -359,7 +405,8 @@ class Connection:
             | events.StoreFailed
             | events.Written
             | events.StoredRanges
-            | events.ProofTimedOut,
+            | events.ProofTimedOut
+            | RelayReport,
         ):
             self._receiver_outputs(self.receiver.report(outcome, now))
         elif isinstance(outcome, events.FileRanges):

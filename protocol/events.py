@@ -274,7 +274,9 @@ class FileHeld:
     Attributes:
         sha256: its digest; ``name`` the sender's name; ``size`` in bytes.
         existed: it was held before (FILE_EXISTS, no byte crossed).
-        bytes_received: bytes that crossed the channel for it this time.
+        bytes_received: bytes that crossed for it this time (channel or relay road).
+        road: how they came, JOB_METRICS' words: ``channel``, ``relay``,
+            ``relay+channel`` (after a fallback) or ``stored`` (no byte moved).
     """
 
     sha256: str
@@ -282,6 +284,7 @@ class FileHeld:
     size: int
     existed: bool
     bytes_received: int
+    road: str = "channel"
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,9 @@ class FetchRelayPart:
     (:meth:`~protocol.relay_crypto.ChunkCipher.cipher_span` with ``first_index =
     part.offset // part.chunk_size``), opens each chunk with
     :class:`~protocol.relay_crypto.ChunkCipher` and appends only authenticated
-    plaintext. ``start`` is the verified offset (chunk aligned, within the part).
+    plaintext. ``start`` is the verified offset, within the part: a chunk boundary,
+    except for the first part after a resume that left the partial inside a chunk;
+    that chunk is opened whole and only its bytes from ``start`` are appended.
 
     Report :class:`RelayWritten` as batches reach the disk (throttling is the
     connection's), then :class:`RelayFetched` at the part's end, or

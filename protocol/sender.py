@@ -18,8 +18,6 @@ Source: PROTOCOL.md sections 2.3 and 4.3; the table style of h11's ``_state.py``
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
 from protocol.events import (
     ActionFailed,
@@ -32,6 +30,10 @@ from protocol.events import (
 )
 from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
 from protocol.proof import FileRanges, ReadFileRanges
+from protocol.relay import RELAY_SENDER_ROWS, SenderRelay
+from protocol.relay_events import RelayFrom, RoadChanged
+from protocol.relay_messages import RelayEnded, RelayPart, RelayStop
+from protocol.roads import Road
 from protocol.transfer_messages import (
     EndOfFile,
     FileCancel,
@@ -44,41 +46,20 @@ from protocol.transfer_messages import (
     FileReceived,
     TransferError,
 )
+from protocol.transfer_states import SenderOp, SenderState
 
 __all__ = ["SENDER_TABLE", "Sender", "SenderOp", "SenderState"]
 
-Output = Message | StreamFrom | SendEnded | SendProgress | Note | ReadFileRanges
-
-
-class SenderState(StrEnum):
-    """States of the sending side of one data channel."""
-
-    #: No transfer open.
-    IDLE = "IDLE"
-    #: (Worker) RESULTS_REQUEST taken: finding the job's outputs and packing the ZIP.
-    PREPARING = "PREPARING"
-    #: FILE_META sent; waiting for FILE_READY or FILE_EXISTS (or FILE_PROOF_REQUEST).
-    AWAIT_READY = "AWAIT_READY"
-    #: FILE_PROOF_REQUEST taken: the asked ranges of our file are being read.
-    PROVING = "PROVING"
-    #: FILE_PROOF sent; waiting for FILE_READY or FILE_EXISTS.
-    PROVED = "PROVED"
-    #: Streaming chunks from the receiver's offset.
-    SENDING = "SENDING"
-    #: END_OF_FILE sent; waiting for FILE_RECEIVED.
-    AWAIT_RECEIVED = "AWAIT_RECEIVED"
-    #: We sent FILE_CANCEL: the receiver's frames about that transfer that were already
-    #: on their way are absorbed until it acknowledges with TRANSFER_ERROR.
-    CANCELLED = "CANCELLED"
-
-
-class SenderOp(StrEnum):
-    """Our own steps that are not frames we send."""
-
-    #: We stop the open transfer (FILE_CANCEL goes out).
-    CANCEL = "cancel"
-    #: We stop waiting for the acknowledgement of our FILE_CANCEL.
-    GIVE_UP = "give up"
+Output = (
+    Message
+    | StreamFrom
+    | SendEnded
+    | SendProgress
+    | Note
+    | ReadFileRanges
+    | RelayFrom
+    | RoadChanged
+)
 
 
 _S = SenderState
@@ -116,6 +97,7 @@ SENDER_TABLE: dict[tuple[SenderState, type | SenderOp], SenderState] = {
     (_S.CANCELLED, TransferError): _S.IDLE,
     (_S.CANCELLED, FileCancel): _S.IDLE,
     (_S.CANCELLED, SenderOp.GIVE_UP): _S.IDLE,
+    **RELAY_SENDER_ROWS,  # the relay road (protocol.relay): FILE_READY -> RELAYING there
 }
 
 
@@ -136,6 +118,13 @@ class Sender:
         self.offset = 0
         self.sent = 0
         self.serial = 0
+        #: The transfer's road and relay data (:mod:`protocol.relay`).
+        self.relay = SenderRelay(self)
+
+    @property
+    def road(self) -> Road:
+        """The open (or last) transfer's road now: RELAY or CHANNEL."""
+        return self.relay.road
 
     @property
     def active(self) -> bool:
@@ -157,14 +146,24 @@ class Sender:
                 ErrorCode.UNEXPECTED_MESSAGE, f"can't handle {name} in sender state {self.state}"
             ) from None
 
-    def announce(self, meta: FileMeta) -> FileMeta:
+    def announce(
+        self, meta: FileMeta, *, road: Road = Road.CHANNEL, fallback: bool = True
+    ) -> FileMeta:
         """We open a transfer with FILE_META (from IDLE, or PREPARING for results).
 
+        Args:
+            road: CHANNEL, or RELAY: on FILE_READY the bytes go by the relay road
+                (RelayFrom) unless the file is empty or held whole.
+            fallback: (relay road) when it ends, continue on the channel from the
+                verified offset; False: cancel the transfer with RELAY_ENDED's code.
+
         Raises:
-            LocalProtocolError: another transfer is open.
+            LocalProtocolError: another transfer is open, or the road is SHARED.
         """
         key: type = FileToSend if self.state is _S.PREPARING else FileMeta
-        self.state = self.step(key)
+        next_state = self.step(key)
+        self.relay.reset(road, fallback=fallback)
+        self.state = next_state
         self.meta, self.offset, self.sent = meta, 0, 0
         self.serial += 1
         return meta
@@ -187,12 +186,14 @@ class Sender:
 
     def receive(self, message: Message) -> list[Output]:
         """Take the receiver's FILE_PROOF_REQUEST, FILE_READY, FILE_EXISTS, FILE_PROGRESS,
-        FILE_RECEIVED, TRANSFER_ERROR or FILE_CANCEL, or a PROTOCOL_ERROR refusing our
-        FILE_META.
+        FILE_RECEIVED, TRANSFER_ERROR, FILE_CANCEL or RELAY_ENDED, or a PROTOCOL_ERROR
+        refusing our FILE_META.
 
         Returns:
             The outputs: ReadFileRanges on FILE_PROOF_REQUEST (its ranges must lie within
-            our file: MALFORMED_FRAME otherwise), StreamFrom on FILE_READY, SendProgress,
+            our file: MALFORMED_FRAME otherwise), StreamFrom (RelayFrom on the relay road)
+            on FILE_READY, RoadChanged and StreamFrom (or FILE_CANCEL) on RELAY_ENDED,
+            SendProgress,
             SendEnded at the end,
             a TRANSFER_ERROR to send back when the receiver asked for an impossible
             offset or confirmed another sha256.
@@ -229,7 +230,7 @@ class Sender:
                     ]
                 self.offset = offset
                 self.state = next_state
-                return [StreamFrom(offset, meta)]
+                return [self.relay.ready(offset, meta)]
             case FileExists(sha256=sha):
                 if sha != meta.sha256:
                     raise LocalProtocolError(
@@ -253,6 +254,8 @@ class Sender:
                 return [self._end("failed", code, detail)]
             case ProtocolErrorFrame(code=code, detail=detail):
                 return [self._end("failed", code, f"refused: {detail}")]
+            case RelayEnded():
+                return [*self.relay.ended(message, next_state)]
         return [self._end("cancelled", TransferErrorCode.CANCELLED, "cancelled by the receiver")]
 
     def report(self, event: FileRanges) -> list[Output]:
@@ -271,14 +274,29 @@ class Sender:
         self.state = self.step(event)
         return [FileProof(event.digest)]
 
-    def cancel(self) -> tuple[FileCancel, SendEnded]:
-        """We stop the open transfer: the FILE_CANCEL to send, and how it ended.
+    def relay_part(self, part: RelayPart) -> RelayPart:
+        """We announce a relay part (see :meth:`protocol.relay.SenderRelay.part`)."""
+        return self.relay.part(part)
+
+    def relay_stop(self) -> RelayStop:
+        """We stop the relay road (see :meth:`protocol.relay.SenderRelay.stop`)."""
+        return self.relay.stop()
+
+    def cancel(
+        self,
+        *,
+        status: str = "cancelled",
+        code: str = TransferErrorCode.CANCELLED,
+        detail: str = "cancelled by us",
+    ) -> tuple[FileCancel, SendEnded]:
+        """We stop the open transfer: the FILE_CANCEL to send, and how it ended
+        (``status``, ``code`` and ``detail`` of the :class:`SendEnded`).
 
         Raises:
             LocalProtocolError: no transfer is open.
         """
         next_state = self.step(SenderOp.CANCEL)
-        ended = self._end("cancelled", TransferErrorCode.CANCELLED, "cancelled by us")
+        ended = self._end(status, code, detail)
         self.state = next_state
         return FileCancel(), ended
 
@@ -302,6 +320,10 @@ class Sender:
     def unprepare(self) -> None:
         """(Worker) The results cannot be sent (refused or failed): back to IDLE."""
         self.state = self.step(ActionFailed)
+
+    def finish(self, status: str, code: str = "", detail: str = "") -> SendEnded:
+        """End the open transfer (IDLE): how it ended."""
+        return self._end(status, code, detail)
 
     def _end(self, status: str, code: str = "", detail: str = "") -> SendEnded:
         meta = self.meta

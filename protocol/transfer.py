@@ -40,8 +40,6 @@ on HEAD, checksum per upload); the table style of h11's ``_state.py``.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
 from protocol.events import (
     Append,
@@ -69,6 +67,8 @@ from protocol.proof import (
     RecordOwnership,
     StoredRanges,
 )
+from protocol.relay import RELAY_RECEIVER_ROWS, RELAY_REPORTS, ReceiverRelay, RelayReport
+from protocol.relay_messages import RelayPart, RelayStop
 from protocol.transfer_messages import (
     Chunk,
     EndOfFile,
@@ -82,37 +82,17 @@ from protocol.transfer_messages import (
     FileReceived,
     TransferError,
 )
+from protocol.transfer_states import ReceiverState
 
 __all__ = ["RECEIVER_TABLE", "ProofStep", "Receiver", "ReceiverState"]
 
 Report = StoreHas | StoreOffset | Stored | StoreFailed | Written | StoredRanges | ProofTimedOut
 _Proof = AwaitProof | ReadStoredRanges | RecordOwnership
-Output = Message | Append | CheckStore | Discard | Finish | Note | FileHeld | ReceiveEnded | _Proof
-
-
-class ReceiverState(StrEnum):
-    """States of the receiving side of one data channel."""
-
-    #: No transfer open.
-    IDLE = "IDLE"
-    #: (Client) RESULTS_REQUEST sent: the worker's FILE_META or its refusal comes next.
-    REQUESTED = "REQUESTED"
-    #: FILE_META accepted; the store is asked what it holds (or, after FILE_PROOF, the
-    #: digest of the same ranges of the held copy).
-    CHECKING = "CHECKING"
-    #: (Proving possession) FILE_PROOF_REQUEST sent: the sender's FILE_PROOF, or the
-    #: deadline, comes next; the principal's own partial is open at offset 0.
-    PROVING = "PROVING"
-    #: FILE_READY sent (or a legacy transfer opened): chunks are appended.
-    RECEIVING = "RECEIVING"
-    #: Every byte arrived: the sha256 is being verified.
-    VERIFYING = "VERIFYING"
-    #: The transfer was aborted; its remaining chunks are dropped without replies
-    #: until END_OF_FILE, FILE_CANCEL or the next FILE_META.
-    DRAINING = "DRAINING"
+Output = object  # a Message, an action or an event (protocol.events, protocol.relay_events)
 
 
 _R = ReceiverState
+_ACTIVE = (_R.CHECKING, _R.PROVING, _R.RECEIVING, _R.RELAYING, _R.HALTING, _R.VERIFYING)
 
 #: (state, event) -> next state on the normal path. Handlers may abort to DRAINING
 #: (during RECEIVING) or IDLE (before any chunk) with TRANSFER_ERROR.
@@ -146,6 +126,7 @@ RECEIVER_TABLE: dict[tuple[ReceiverState, type | ProofStep], ReceiverState] = {
     (_R.VERIFYING, Written): _R.VERIFYING,
     (_R.VERIFYING, Stored): _R.IDLE,
     (_R.VERIFYING, StoreFailed): _R.IDLE,
+    **RELAY_RECEIVER_ROWS,  # the relay road (protocol.relay)
 }
 
 
@@ -183,11 +164,15 @@ class Receiver:
         self._resumed_at = 0
         self._last_progress: float | None = None
         self._legacy_done = False
+        self._channel_used = False
+        #: The open transfer's relay road (:mod:`protocol.relay`).
+        self.relay = ReceiverRelay(self)
 
     @property
     def active(self) -> bool:
-        """True while a transfer is open (checking, proving, receiving or verifying)."""
-        return self.state in (_R.CHECKING, _R.PROVING, _R.RECEIVING, _R.VERIFYING)
+        """True while a transfer is open (checking, proving, receiving, relaying or
+        verifying)."""
+        return self.state in _ACTIVE
 
     def _next(self, event: object) -> ReceiverState:
         try:
@@ -219,7 +204,8 @@ class Receiver:
         return True
 
     def receive(self, message: Message, now: float) -> list[Output]:
-        """Take FILE_META (either form), FILE_PROOF, a chunk, END_OF_FILE or FILE_CANCEL.
+        """Take FILE_META (either form), FILE_PROOF, a chunk, END_OF_FILE, FILE_CANCEL,
+        RELAY_PART or RELAY_STOP.
 
         Args:
             now: a monotonic clock reading, seconds.
@@ -244,15 +230,19 @@ class Receiver:
                 return self._end(next_state)
             case FileProof(sha256=digest):
                 return self._proof(digest, next_state)
+            case RelayPart() | RelayStop():
+                return self.relay.receive(message, next_state)
         # FileCancel: always acknowledged, so the sender knows that every frame about
         # the cancelled transfer is behind it.
-        was_receiving, kept = self.state in (_R.RECEIVING, _R.PROVING), self.received
+        was_receiving = self.state in (_R.RECEIVING, _R.PROVING, _R.RELAYING, _R.HALTING)
+        kept, halt = self.received, self.relay.halt()
         serial, empty = self.serial, self.state is _R.PROVING  # no byte came while proving
         self._reset(next_state)
         if not was_receiving:
             return [TransferError(TransferErrorCode.CANCELLED, "no transfer open")]
         detail = f"cancelled by the sender; {kept} bytes kept for a resume"
         return [
+            *halt,
             Discard(serial, keep=not empty),
             Note(detail),
             ReceiveEnded(TransferErrorCode.CANCELLED, detail),
@@ -313,6 +303,7 @@ class Receiver:
                 keep=False,
             )
         self.received += len(data)
+        self._channel_used = self._channel_used or bool(data)
         outputs: list[Output] = [Append(self.serial, data)]
         if isinstance(meta, FileMetaLegacy) and self.received == meta.size:
             # Earlier senders may not send END_OF_FILE: the size tells the end.
@@ -353,7 +344,7 @@ class Receiver:
         self.state = next_state
         return [Finish(self.serial, meta)]
 
-    def report(self, event: Report, now: float) -> list[Output]:
+    def report(self, event: Report | RelayReport, now: float) -> list[Output]:
         """Record the adapter's outcome of CheckStore, Append, Finish, ReadStoredRanges or
         AwaitProof.
 
@@ -375,17 +366,19 @@ class Receiver:
         assert meta is not None
         if isinstance(key, ProofStep):
             return self._proof_step(key, meta, next_state)
+        if isinstance(event, RELAY_REPORTS):
+            return self.relay.report(event, next_state, now)
         match event:
             case Written(on_disk=on_disk):
                 self.on_disk = max(self.on_disk, on_disk)
-                return self._progress(now)
+                return self.progress(now)
             case StoreHas():
                 if not isinstance(meta, FileMeta):
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "a legacy transfer has no sha256 to look up"
                     )
                 self._reset(next_state)
-                held = FileHeld(meta.sha256, meta.name, meta.size, existed=True, bytes_received=0)
+                held = FileHeld(meta.sha256, meta.name, meta.size, True, 0, "stored")
                 return [held, FileExists(meta.sha256)]
             case StoreOffset(offset=offset):
                 if not 0 <= offset <= meta.size:
@@ -404,25 +397,27 @@ class Receiver:
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "stored under another sha256 than announced"
                     )
-                crossed, serial = meta.size - self._resumed_at, self.serial
+                crossed, serial, road = meta.size - self._resumed_at, self.serial, self._road()
                 self._reset(next_state)
-                held = FileHeld(sha, meta.name, meta.size, False, crossed)
+                held = FileHeld(sha, meta.name, meta.size, False, crossed, road)
                 return [*self._owned(serial, sha), held, FileReceived(sha)]
             case ProofTimedOut():
                 self.state = next_state
                 return [Note("no FILE_PROOF before the deadline"), FileReady(0)]
         assert isinstance(event, StoreFailed)
-        had_partial = self.state in (_R.RECEIVING, _R.VERIFYING)
-        serial = self.serial
+        had_partial = self.state in (_R.RECEIVING, _R.RELAYING, _R.HALTING, _R.VERIFYING)
+        serial, halt = self.serial, self.relay.halt()
         self._reset(next_state)
-        outputs: list[Output] = [Discard(serial, keep=event.keep_partial)] if had_partial else []
+        outputs: list[Output] = (
+            [*halt, Discard(serial, keep=event.keep_partial)] if had_partial else []
+        )
         return [
             *outputs,
             ReceiveEnded(event.code, event.detail),
             TransferError(event.code, event.detail),
         ]
 
-    def _key(self, event: Report) -> type | ProofStep | None:
+    def _key(self, event: Report | RelayReport) -> type | ProofStep | None:
         """The table event a report stands for: a proof step, or its type."""
         if isinstance(event, StoredRanges):
             return self.proof.verdict(event.digest)
@@ -450,7 +445,7 @@ class Receiver:
             self.state = next_state
             return [FileReady(0)]
         self._reset(next_state)  # MATCH: the empty partial opened for this transfer goes
-        held = FileHeld(meta.sha256, meta.name, meta.size, existed=True, bytes_received=0)
+        held = FileHeld(meta.sha256, meta.name, meta.size, True, 0, "stored")
         return [
             Discard(serial, keep=False),
             *self._owned(serial, meta.sha256),
@@ -461,11 +456,13 @@ class Receiver:
     def _owned(self, serial: int, sha256: str) -> list[Output]:
         return [RecordOwnership(serial, sha256)] if self.prove_possession else []
 
-    def _progress(self, now: float) -> list[Output]:
+    def progress(self, now: float) -> list[Output]:
+        """FILE_PROGRESS with the bytes on disk, at most every ``progress_interval_s``
+        while receiving or relaying (else nothing)."""
         meta = self.meta
         assert meta is not None
         last = self._last_progress
-        if self.state is not _R.RECEIVING or (
+        if self.state not in (_R.RECEIVING, _R.RELAYING) or (
             last is not None and now - last < self.limits.progress_interval_s
         ):
             return []
@@ -475,15 +472,24 @@ class Receiver:
     def close(self) -> list[Output]:
         """The channel closed: keep the open partial file for a later resume (the empty
         one of a transfer still proving goes)."""
-        serial, state = self.serial, self.state
+        serial, state, halt = self.serial, self.state, self.relay.halt()
         self._reset(_R.IDLE)
-        if state not in (_R.PROVING, _R.RECEIVING, _R.VERIFYING):
+        if state not in _ACTIVE or state is _R.CHECKING:
             return []
-        return [Discard(serial, keep=state is not _R.PROVING)]
+        return [*halt, Discard(serial, keep=state is not _R.PROVING)]
 
     def _reset(self, state: ReceiverState) -> None:
         self.state = state
         self.meta = None
         self.received = self.on_disk = self._resumed_at = 0
         self._last_progress = None
+        self._channel_used = False
         self.proof.reset()
+        self.relay.reset()
+
+    def _road(self) -> str:
+        """How the open transfer's bytes came (JOB_METRICS' road): ``relay``,
+        ``relay+channel`` or ``channel``."""
+        if self.relay.used:
+            return "relay+channel" if self._channel_used else "relay"
+        return "channel"

@@ -35,6 +35,9 @@ from protocol.messages import (
     SharedOutputPath,
 )
 from protocol.proof import proof_digest
+from protocol.relay_events import RelayFrom
+from protocol.relay_messages import RelayPart, RelayStop
+from protocol.roads import Road
 from protocol.routes import Role
 from protocol.sender import SenderState
 from protocol.testing.keys import client_auth, worker_auth
@@ -63,6 +66,16 @@ OUTPUT = "outputs/run-1"
 #: The proof a worker asks for META (set as its challenge), and the right answer.
 CHALLENGE = FileProofRequest("5a" * 16, ((0, 4), (7, 4)))
 PROOF = proof_digest(CHALLENGE.nonce, [DATA[0:4], DATA[7:11]])
+#: A file for the relay road: 5000 bytes, relayed in parts of whole 4096-byte chunks.
+BIG = bytes(range(256)) * 19 + bytes(136)
+BIG_SHA = sha256(BIG)
+BIG_META = FileMeta("big.bin", len(BIG), BIG_SHA, CHUNK)
+RELAY_CHUNK = 4096
+
+
+def big_part(offset: int, length: int) -> RelayPart:
+    """A relay part of BIG (its key and token are placeholders: nothing decrypts here)."""
+    return RelayPart(BIG_SHA, offset, length, RELAY_CHUNK, bytes(32), bytes(7), "ab" * 16, "t")
 
 
 # ===================================================================== drawing
@@ -301,8 +314,14 @@ def client_in(state: ClientJobState, conn: Connection | None = None) -> Connecti
 # ===================================================================== drivers: transfers
 
 
-def receiver_in(role: Role, state: ReceiverState, *, full: bool = False) -> Connection:
+def receiver_in(
+    role: Role, state: ReceiverState, *, full: bool = False, relay: bool = False
+) -> Connection:
     """A connection whose receiver is in ``state`` (about META; nothing being sent).
+
+    With ``relay`` (always for RELAYING and HALTING) the transfer is of BIG_META from
+    offset 0: RELAYING fetches its first chunk (``big_part(0, 4096)``), HALTING took
+    RELAY_STOP during that fetch.
 
     RECEIVING holds 3 of META's 11 bytes, or all of them with ``full`` (a resume of a
     complete partial, so that END_OF_FILE verifies). IDLE comes right after a
@@ -310,7 +329,14 @@ def receiver_in(role: Role, state: ReceiverState, *, full: bool = False) -> Conn
     PROVING (a worker only) asked CHALLENGE for a new file of the peer's.
     """
     conn = new(role)
-    if state is ReceiverState.IDLE and full:
+    relaying = (ReceiverState.RELAYING, ReceiverState.HALTING)
+    if state in relaying or (relay and state is ReceiverState.RECEIVING):
+        ready_at_zero(conn, open_receive(conn, BIG_META))
+        if state in relaying:
+            feed(conn, big_part(0, RELAY_CHUNK))
+        if state is ReceiverState.HALTING:
+            feed(conn, RelayStop(BIG_SHA))
+    elif state is ReceiverState.IDLE and full:
         serial = open_receive(conn, decode("FILE_META::notes.txt:11:gui-1"))
         tell(conn, ev.StoreOffset(serial, 0))
         feed(conn, DATA)
@@ -345,10 +371,20 @@ def announce(conn: Connection) -> list[object]:
 
 def sender_in(role: Role, state: SenderState) -> Connection:
     """A connection whose sender is in ``state`` (sending META; nothing being received).
-    PREPARING is a worker's (RESULTS_REQUEST taken); PROVING and PROVED answer CHALLENGE."""
+    PREPARING is a worker's (RESULTS_REQUEST taken); PROVING and PROVED answer CHALLENGE;
+    RELAYING and RELAY_STOPPING are a client's on the relay road (FILE_READY::0 taken,
+    then RELAY_STOP sent for RELAY_STOPPING)."""
     conn = new(role)
     if state is SenderState.PREPARING:
         one(feed(conn, ResultsRequest(JOB)), ev.LookupResults)
+    elif state in (SenderState.RELAYING, SenderState.RELAY_STOPPING):
+        assert role is Role.CLIENT  # a worker sends its results on the channel
+        conn.send_file(ev.FileToSend(META.name, META.size, META.sha256), road=Road.RELAY)
+        conn.drain()
+        one(feed(conn, "FILE_READY::0"), RelayFrom)
+        if state is SenderState.RELAY_STOPPING:
+            conn.relay_stop()
+            conn.drain()
     elif state is not SenderState.IDLE:
         announce(conn)
         if state in (SenderState.PROVING, SenderState.PROVED):

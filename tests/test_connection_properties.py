@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from protocol import events as ev
 from protocol.codec import decode, encode
 from protocol.connection import Connection
-from protocol.errors import ErrorCode, LocalProtocolError, PathReason, TransferErrorCode
+from protocol.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    PathReason,
+    RelayEndCode,
+    TransferErrorCode,
+)
 from protocol.job import JobState
 from protocol.messages import (
     JobCancel,
@@ -31,6 +37,18 @@ from protocol.messages import (
     SharedInputPath,
     SharedOutputPath,
 )
+from protocol.relay_events import (
+    DeleteRelayObject,
+    FetchRelayPart,
+    HaltRelay,
+    RelayFailed,
+    RelayFetched,
+    RelayFrom,
+    RelayWritten,
+    RoadChanged,
+)
+from protocol.relay_messages import RelayPart
+from protocol.roads import Road
 from protocol.routes import Role
 from protocol.sender import SenderState
 from protocol.testing import (
@@ -79,6 +97,8 @@ OWN_MESSAGES = messages()
 _ZIP = b"PK\x05\x06" + bytes(18)  # the results a worker packs
 _SHA = sha256(bytes(10))  # the content of "mine.bin", the file we send
 _META = f"FILE_META::in.bin::10::{_SHA}::4"
+_K = 4096  # the relay chunk size of the runs
+_PART = encode(RelayPart(_SHA, 0, 10, _K, bytes(32), bytes(7), "ab" * 16, "tok"))
 #: Frames that move the machines of each role, so that runs reach every state.
 SCRIPT: dict[Role, st.SearchStrategy[str | bytes]] = {
     Role.WORKER: st.sampled_from(
@@ -100,6 +120,8 @@ SCRIPT: dict[Role, st.SearchStrategy[str | bytes]] = {
             "FILE_PROGRESS::4::22",
             "TRANSFER_ERROR::CANCELLED::no transfer open",
             "PROTOCOL_ERROR::UNEXPECTED_MESSAGE::no",
+            _PART,
+            f"RELAY_STOP::{_SHA}",
         ]
     ),
     Role.CLIENT: st.sampled_from(
@@ -124,6 +146,10 @@ SCRIPT: dict[Role, st.SearchStrategy[str | bytes]] = {
             "FILE_PROGRESS::4::10",
             "TRANSFER_ERROR::CANCELLED::no transfer open",
             "TRANSFER_ERROR::DISK_FULL::full",
+            _PART,
+            f"RELAY_STOP::{_SHA}",
+            f"RELAY_ENDED::{_SHA}::0::RELAY_GONE::gone",
+            f"RELAY_ENDED::{_SHA}::4096::RELAY_UNREACHABLE::",
         ]
     ),
 }
@@ -170,6 +196,8 @@ STARTS: dict[Role, list[Callable[[], Connection]]] = {
             partial(sender_in, role, s)
             for s in SenderState
             if (role, s) != (Role.CLIENT, SenderState.PREPARING)
+            and (role, s)
+            not in {(Role.WORKER, SenderState.RELAYING), (Role.WORKER, SenderState.RELAY_STOPPING)}
         ),
     ]
     for role in Role
@@ -188,6 +216,7 @@ class HonestAdapter:
         self.later: list[object] = []  # outcomes not reported yet
         self.stream: tuple[int, FileMeta] | None = None
         self.serials: list[int] = []
+        self.fetch: list[int | RelayPart] | None = None  # [serial, part, verified offset]
 
     def adopt(self) -> None:
         """Take over a connection driven into some state: what its drivers left pending
@@ -201,6 +230,10 @@ class HonestAdapter:
             elif r.state is ReceiverState.VERIFYING:
                 sha = r.meta.sha256 if isinstance(r.meta, FileMeta) else _SHA
                 self.later.append(ev.Stored(r.serial, sha))
+            elif r.state is ReceiverState.RELAYING and r.relay.current is not None:
+                self.fetch = [r.serial, r.relay.current, r.on_disk]
+            elif r.state is ReceiverState.HALTING:
+                self.later.append(RelayFailed(r.serial, r.on_disk, RelayEndCode.STOPPED))
         if s.state is SenderState.SENDING and s.meta is not None:
             self.stream = (s.offset + s.sent, s.meta)
         elif s.state is SenderState.PREPARING:
@@ -322,6 +355,14 @@ class HonestAdapter:
                 )
             case ev.StreamFrom(offset=offset, meta=meta):
                 self.stream = (offset, meta)
+            case FetchRelayPart(transfer=serial, part=part, start=start):
+                self.fetch = [serial, part, start]
+            case HaltRelay(transfer=serial):
+                if self.fetch is not None and self.fetch[0] == serial:
+                    at = self.fetch[2]
+                    assert isinstance(at, int)
+                    self.later.append(RelayFailed(serial, at, RelayEndCode.STOPPED))
+                    self.fetch = None
             case ev.AwaitProof(transfer=serial):
                 self.later.append(ev.ProofTimedOut(serial))
             case ev.ReadStoredRanges(transfer=serial):
@@ -342,7 +383,10 @@ class HonestAdapter:
                     | ev.ReceiveEnded
                     | ev.SendEnded
                     | ev.SendProgress
-                    | ev.RecordOwnership,
+                    | ev.RecordOwnership
+                    | DeleteRelayObject
+                    | RelayFrom
+                    | RoadChanged,
                 ), out
 
     # -------------------------------------------------------------- steps
@@ -374,7 +418,9 @@ class HonestAdapter:
     def step(self) -> None:
         kind = self.draw(
             st.sampled_from(
-                ["frame"] * 6 + ["later", "later", "stream", "stream", "stale", "busy", "send"]
+                ["frame"] * 6
+                + ["later", "later", "stream", "stream", "stale", "busy", "send"]
+                + ["fetch", "fetch", "relay"]
             )
         )
         if kind == "frame":
@@ -392,6 +438,50 @@ class HonestAdapter:
             self.tell(self.draw(st.sampled_from([ev.WorkerBusy("another job"), ev.WorkerIdle()])))
         elif kind == "send":
             self.send()
+        elif kind == "fetch" and self.fetch is not None:
+            self.fetch_step()
+        elif kind == "relay" and self.conn.sender.state is SenderState.RELAYING:
+            self.relay_step()
+
+    def fetch_step(self) -> None:
+        """The fetch in progress writes a chunk, ends its part, or fails (chunk aligned)."""
+        assert self.fetch is not None
+        serial, part, at = self.fetch
+        assert isinstance(serial, int) and isinstance(part, RelayPart) and isinstance(at, int)
+        if self.draw(st.integers(0, 5)) == 0:
+            self.fetch = None
+            code = self.draw(st.sampled_from(list(RelayEndCode)))
+            self.tell(RelayFailed(serial, at, code, "drawn"))
+        elif at >= part.end:
+            self.fetch = None
+            self.tell(RelayFetched(serial, at))
+        else:
+            at = min(part.end, at - at % part.chunk_size + part.chunk_size)
+            self.fetch = [serial, part, at]
+            self.tell(RelayWritten(serial, at))
+
+    def relay_step(self) -> None:
+        """As a relay sender: announce the next part, a wrong one (refused, nothing
+        changes), or stop."""
+        sender = self.conn.sender
+        meta, start = sender.meta, sender.relay.next_offset
+        assert meta is not None
+        action = self.draw(st.sampled_from(["part", "part", "bad", "stop"]))
+        if action == "stop":
+            self.conn.relay_stop()
+        else:
+            offset = start - start % _K
+            length = min(meta.size - offset, _K * self.draw(st.integers(1, 3)))
+            if action == "bad":
+                offset += _K
+            part = RelayPart(meta.sha256, offset, length, _K, bytes(32), bytes(7), "cd" * 16, "t")
+            before = snapshot(self.conn)
+            try:
+                self.conn.relay_part(part)
+            except LocalProtocolError as exc:
+                assert action == "bad" and exc.code == ErrorCode.MALFORMED_FRAME
+                assert snapshot(self.conn) == before
+        self.settle()
 
     def frames(self) -> st.SearchStrategy[str | bytes]:
         meta = self.conn.receiver.meta
@@ -429,9 +519,11 @@ class HonestAdapter:
             if self.draw(st.booleans()):
                 self.conn.send(self.draw(SENT[self.conn.role]))
             else:
-                self.conn.send_file(ev.FileToSend("mine.bin", 10, sha256(bytes(10))))
+                road = self.draw(st.sampled_from([Road.CHANNEL, Road.RELAY]))
+                file = ev.FileToSend("mine.bin", 10, sha256(bytes(10)))
+                self.conn.send_file(file, road=road, fallback=self.draw(st.booleans()))
         except LocalProtocolError as exc:
-            assert exc.code == ErrorCode.UNEXPECTED_MESSAGE
+            assert exc.code in (ErrorCode.UNEXPECTED_MESSAGE, ErrorCode.MALFORMED_FRAME)
             assert snapshot(self.conn) == before
         self.settle()
 

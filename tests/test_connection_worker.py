@@ -291,7 +291,7 @@ def test_an_outcome_a_worker_does_not_have_is_an_adapter_bug() -> None:
 def test_a_received_file_is_an_input_that_needs_no_output() -> None:
     conn = worker()
     held = one(hold_file(conn), ev.FileHeld)
-    assert held == ev.FileHeld(SHA, META.name, META.size, existed=True, bytes_received=0)
+    assert held == ev.FileHeld(SHA, META.name, META.size, True, 0, "stored")
     assert conn.job is JobState.HAVE_FILE
     start = one(feed(conn, JobStart()), ev.StartJob)
     assert start == ev.StartJob(JOB, None, SHA, META.name, None)

@@ -37,6 +37,9 @@ from protocol.proof import (
     StoredRanges,
     proof_digest,
 )
+from protocol.relay import RELAY_RECEIVER_ROWS
+from protocol.relay_events import HaltRelay, RelayFailed, RelayFetched, RelayWritten
+from protocol.relay_messages import RelayPart, RelayStop
 from protocol.transfer import RECEIVER_TABLE, Receiver, ReceiverState
 from protocol.transfer_messages import (
     Chunk,
@@ -61,8 +64,11 @@ OTHER_SHA = sha256(b"something else")
 META = FileMeta("hello.txt", len(DATA), SHA, chunk_size=4)
 LEGACY = FileMetaLegacy("hello.txt", len(DATA))
 LIMITS = Limits(max_file_bytes=1000, max_binary_frame_bytes=64)
-MESSAGES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile, FileCancel, FileProof)
+MESSAGES = (FileMeta, FileMetaLegacy, Chunk, EndOfFile, FileCancel, FileProof, RelayPart, RelayStop)
 REPORTS = (StoreHas, StoreOffset, Stored, StoreFailed, Written, StoredRanges, ProofTimedOut)
+REPORTS += (RelayWritten, RelayFetched, RelayFailed)
+#: The one relay part of DATA (it ends the file: shorter than its chunk_size).
+PART = RelayPart(SHA, 0, 5, 4096, bytes(32), bytes(7), "0" * 32, "tok")
 CHALLENGE = FileProofRequest("0f" * 16, ((0, 5),))
 PROOF = proof_digest(CHALLENGE.nonce, [DATA])
 
@@ -117,6 +123,11 @@ def receiver_in(
         elif state is R.DRAINING:
             r.report(StoreOffset(1, 3), 0.0)
             r.receive(Chunk(b"abc"), 0.0)  # 6 > 5 bytes: aborted
+        elif state in (R.RELAYING, R.HALTING):  # relaying PART from 0 (see test_relay_*)
+            r.report(StoreOffset(1, 0), 0.0)
+            r.receive(PART, 0.0)
+            if state is R.HALTING:
+                r.receive(RelayStop(SHA), 0.0)
     assert r.state is state
     return r
 
@@ -139,7 +150,7 @@ def ended(code: str, detail: str) -> list[object]:
 FULL = "cancelled by the sender; 3 bytes kept for a resume"
 
 ACK = [TransferError(Code.CANCELLED, "no transfer open")]
-HELD = [FileHeld(SHA, "hello.txt", 5, True, 0), FileExists(SHA)]
+HELD = [FileHeld(SHA, "hello.txt", 5, True, 0, "stored"), FileExists(SHA)]
 NOTHING_KEPT = "cancelled by the sender; 0 bytes kept for a resume"
 STORED = [FileHeld(SHA, "hello.txt", 5, False, 0), FileReceived(SHA)]
 FULL_DISK = StoreFailed(1, Code.DISK_FULL, "full")
@@ -214,10 +225,12 @@ def fire(r: Receiver, event: object, now: float = 10.0) -> list[object]:
 
 
 def test_the_rows_here_are_exactly_the_table() -> None:
-    assert set(ROWS) == set(RECEIVER_TABLE)
+    # The relay road's rows are checked in tests/test_relay_receiver.py.
+    assert set(ROWS) == set(RECEIVER_TABLE) - set(RELAY_RECEIVER_ROWS)
+    assert set(RECEIVER_TABLE) >= set(RELAY_RECEIVER_ROWS)
 
 
-@pytest.mark.parametrize("row", sorted(RECEIVER_TABLE, key=str), ids=str)
+@pytest.mark.parametrize("row", sorted(ROWS, key=str), ids=str)
 def test_every_row(row: tuple[ReceiverState, type]) -> None:
     setup, event, outputs = ROWS[row]
     r = receiver_in(row[0], **setup)  # type: ignore[arg-type]
@@ -239,6 +252,11 @@ SAMPLES: dict[type, object] = {
     FileProof: FileProof(PROOF),
     StoredRanges: StoredRanges(1, PROOF),
     ProofTimedOut: ProofTimedOut(1),
+    RelayPart: PART,
+    RelayStop: RelayStop(SHA),
+    RelayWritten: RelayWritten(1, 0),
+    RelayFetched: RelayFetched(1, 5),
+    RelayFailed: RelayFailed(1, 0, "RELAY_GONE"),
 }
 OUTSIDE = [
     (s, e) for s, e in itertools.product(R, [*MESSAGES, *REPORTS]) if (s, e) not in RECEIVER_TABLE
@@ -549,6 +567,8 @@ def test_close_keeps_an_open_partial_for_a_resume(state: ReceiverState) -> None:
     expected = [Discard(1, keep=True)] if state in (R.RECEIVING, R.VERIFYING) else []
     if state is R.PROVING:  # nothing came yet: its empty partial goes
         expected = [Discard(1, keep=False)]
+    if state in (R.RELAYING, R.HALTING):  # the fetch stops first
+        expected = [HaltRelay(1), Discard(1, keep=True)]
     assert r.close() == expected
     assert (r.state, r.meta, r.active) == (R.IDLE, None, False)
 

@@ -58,14 +58,18 @@ from protocol.transfer_messages import (
     TransferError,
 )
 from tests.protocol_helpers import (
+    BIG,
+    BIG_SHA,
     CHALLENGE,
     CLIENT_REACHABLE,
     INPUT,
     JOB,
     OUTPUT,
     PEER,
+    RELAY_CHUNK,
     SHA,
     auth_in,
+    big_part,
     client,
     client_in,
     feed,
@@ -112,8 +116,9 @@ SAMPLES: dict[type[Message], str | bytes] = {
     FileReceived: f"FILE_RECEIVED::{SHA}",
     TransferError: "TRANSFER_ERROR::CANCELLED::no transfer open",
     FileCancel: "FILE_CANCEL",
-    RelayPart: encode(RelayPart(SHA, 0, 11, 4096, bytes(32), bytes(7), "0" * 32, "relay-token")),
-    RelayStop: f"RELAY_STOP::{SHA}",
+    # The relay frames are about BIG_META (see receiver_in's relay; sample() below).
+    RelayPart: encode(big_part(0, RELAY_CHUNK)),
+    RelayStop: f"RELAY_STOP::{BIG_SHA}",
     RelayEnded: f"RELAY_ENDED::{SHA}::0::RELAY_GONE::",
     # Valid frames whose keys and signatures prove nothing: a check fails (see below).
     AuthHello: encode(AuthHello(bytes(32), bytes(range(32)))),
@@ -131,6 +136,8 @@ def sample(message: type[Message], state: object) -> str | bytes:
         and state.pending in (Pending.INPUT, Pending.OUTPUT)
     ):
         return f"PATH_VALIDATED::{state.pending.value}"
+    if message is RelayPart and state in (ReceiverState.RELAYING, ReceiverState.HALTING):
+        return encode(big_part(RELAY_CHUNK, len(BIG) - RELAY_CHUNK))  # the next part
     return SAMPLES[message]
 
 
@@ -164,6 +171,13 @@ UNREACHABLE: dict[tuple[Role, Part, object], str] = {
         for state in (AuthState.HELLO_SENT, AuthState.RESPONDED)
     },
     (Role.CLIENT, Part.HANDSHAKE, AuthState.CHALLENGED): "only a worker sends AUTH_CHALLENGE",
+    **{
+        (Role.WORKER, part, state): (
+            "a worker sends its results on the channel: it never announces the relay road"
+        )
+        for part in (Part.SENDER, Part.RESULTS)
+        for state in (SenderState.RELAYING, SenderState.RELAY_STOPPING)
+    },
 }
 
 TRIPLES = [
@@ -192,7 +206,8 @@ def drive(role: Role, message: type[Message], state: object) -> object:
         # END_OF_FILE is taken in IDLE right after a legacy transfer, and in RECEIVING
         # when every byte is there (else SIZE_MISMATCH): drive those states that way.
         full = message is EndOfFile and state in (ReceiverState.IDLE, ReceiverState.RECEIVING)
-        return receiver_in(role, state, full=full)
+        relay = message in (RelayPart, RelayStop)  # a RECEIVING that a relay part continues
+        return receiver_in(role, state, full=full, relay=relay)
     assert isinstance(state, SenderState)
     return sender_in(role, state)
 

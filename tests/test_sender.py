@@ -22,6 +22,10 @@ from protocol.events import (
 )
 from protocol.messages import Message, ProtocolErrorFrame, ResultsRequest
 from protocol.proof import FileRanges, ReadFileRanges
+from protocol.relay import RELAY_SENDER_ROWS
+from protocol.relay_events import RelayFrom
+from protocol.relay_messages import RelayEnded, RelayPart, RelayStop
+from protocol.roads import Road
 from protocol.sender import SENDER_TABLE, Sender, SenderOp, SenderState
 from protocol.transfer_messages import (
     EndOfFile,
@@ -52,6 +56,7 @@ PEER = (
     FileReceived,
     TransferError,
     FileCancel,
+    RelayEnded,
 )
 OURS = (
     FileMeta,
@@ -61,7 +66,11 @@ OURS = (
     ResultsRequest,
     FileToSend,
     FileRanges,
+    RelayPart,
+    RelayStop,
 )
+#: The one relay part of META's 5 bytes (it ends the file: shorter than its chunk_size).
+PART = RelayPart(SHA, 0, 5, 4096, bytes(32), bytes(7), "0" * 32, "tok")
 CHALLENGE = FileProofRequest("ab" * 16, ((0, 2), (3, 2)))
 PROOF = sha256(b"the digest our adapter computed")
 
@@ -71,6 +80,11 @@ def sender_in(state: SenderState) -> Sender:
     s = Sender()
     if state is S.PREPARING:
         s.prepare(REQUEST)
+    elif state in (S.RELAYING, S.RELAY_STOPPING):  # see tests/test_relay_sender.py
+        assert s.announce(META, road=Road.RELAY) is META
+        assert s.receive(FileReady(0)) == [RelayFrom(0, META)]
+        if state is S.RELAY_STOPPING:
+            assert s.relay_stop() == RelayStop(SHA)
     elif state is not S.IDLE:
         assert s.announce(META) is META
     if state in (S.PROVING, S.PROVED):
@@ -108,6 +122,10 @@ def fire(s: Sender, event: object) -> object:
         return s.end()
     if isinstance(event, FileRanges):
         return s.report(event)
+    if isinstance(event, RelayPart):
+        return s.relay_part(event)
+    if event is RelayStop:
+        return s.relay_stop()
     assert isinstance(event, Message)
     return s.receive(event)
 
@@ -169,10 +187,12 @@ ROWS: dict[tuple[SenderState, object], tuple[object, object]] = {
 
 
 def test_the_rows_here_are_exactly_the_table() -> None:
-    assert set(ROWS) == set(SENDER_TABLE)
+    # The relay road's rows are checked in tests/test_relay_sender.py.
+    assert set(ROWS) == set(SENDER_TABLE) - set(RELAY_SENDER_ROWS)
+    assert set(SENDER_TABLE) >= set(RELAY_SENDER_ROWS)
 
 
-@pytest.mark.parametrize("row", list(SENDER_TABLE), ids=str)
+@pytest.mark.parametrize("row", list(ROWS), ids=str)
 def test_every_row(row: tuple[SenderState, object]) -> None:
     event, outputs = ROWS[row]
     s = sender_in(row[0])
@@ -198,6 +218,9 @@ SAMPLES: dict[object, object] = {
     SenderOp.GIVE_UP: SenderOp.GIVE_UP,
     ResultsRequest: REQUEST,
     FileToSend: FileToSend,
+    RelayEnded: RelayEnded(SHA, 0, "RELAY_GONE"),
+    RelayPart: PART,
+    RelayStop: RelayStop,
 }
 OUTSIDE = [(s, e) for s, e in itertools.product(S, [*PEER, *OURS]) if (s, e) not in SENDER_TABLE]
 

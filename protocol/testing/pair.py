@@ -28,7 +28,10 @@ from protocol.limits import DEFAULT_LIMITS, Limits
 from protocol.messages import JobComplete, JobMetrics, Message
 from protocol.names import InvalidNameError, split_path
 from protocol.proof import Challenge, new_challenge, proof_digest
+from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay, RelayFrom
+from protocol.roads import Road
 from protocol.routes import Role
+from protocol.testing.relay_world import SimulatedRelay
 from protocol.testing.text import sha256_of
 from protocol.transfer_messages import FileMeta, FileProofRequest
 
@@ -107,9 +110,22 @@ class SimulatedStore:
     owned: set[str] = field(default_factory=set)
     #: The transfer whose proof deadline is running (AwaitProof), if any.
     awaiting_proof: int | None = None
+    #: Every write to a partial: (the offset it landed at, its bytes), in order.
+    writes: list[tuple[int, bytes]] = field(default_factory=list)
+    #: The relay objects this store's receiver fetches from.
+    relay: SimulatedRelay = field(default_factory=SimulatedRelay)
     _open: bytearray | None = None
     _key: str = ""
     _serial: int = -1
+
+    def append(self, serial: int, data: bytes) -> int | None:
+        """Append ``data`` to the open partial of transfer ``serial`` (recorded in
+        :attr:`writes`): its new length, or None when that transfer is not open."""
+        if self._open is None or serial != self._serial:
+            return None
+        self.writes.append((len(self._open), data))
+        self._open += data
+        return len(self._open)
 
     def perform(self, conn: Connection, action: object, now: float) -> None:
         """Perform a receiver action and report its outcome to ``conn``."""
@@ -131,8 +147,7 @@ class SimulatedStore:
                         ev.StoreFailed(serial, TransferErrorCode.DISK_FULL, "no space left"), now
                     )
                     return
-                self._open += data
-                conn.report(ev.Written(serial, len(self._open)), now)
+                conn.report(ev.Written(serial, self.append(serial, data) or 0), now)
             case ev.Finish(transfer=serial, meta=meta):
                 assert self._open is not None and serial == self._serial
                 data, self._open = bytes(self._open), None
@@ -150,6 +165,8 @@ class SimulatedStore:
                 if self._open is not None and keep and not self._key.startswith("anon-"):
                     self.partials[self._key] = bytes(self._open)
                 self._open = None
+            case FetchRelayPart() | HaltRelay() | DeleteRelayObject():
+                self.relay.perform(conn, action, self)
             case ev.AwaitProof(transfer=serial):
                 self.awaiting_proof = serial
             case ev.ReadStoredRanges(transfer=serial, sha256=sha, size=size, request=request):
@@ -307,6 +324,11 @@ class ConnectionPair:
         self.now = 0.0
         self._cut: dict[Role, int | None] = {Role.WORKER: None, Role.CLIENT: None}
 
+    @property
+    def relay(self) -> SimulatedRelay:
+        """The simulated relay objects (the worker's store fetches from them)."""
+        return self.world.store.relay
+
     def send(self, message: Message) -> None:
         """The client sends ``message`` (checked by its tables), then everything settles."""
         self.client.send(message)
@@ -319,13 +341,22 @@ class ConnectionPair:
         self.pump()
 
     def upload(
-        self, data: bytes, name: str, *, sha256: str | None = None, stop_at: int | None = None
+        self,
+        data: bytes,
+        name: str,
+        *,
+        sha256: str | None = None,
+        stop_at: int | None = None,
+        road: Road = Road.CHANNEL,
+        fallback: bool = True,
     ) -> None:
         """The client sends ``data`` as ``name`` (announcing ``sha256`` if given); with
-        ``stop_at`` it streams only up to that byte and then ends (END_OF_FILE)."""
+        ``stop_at`` it streams only up to that byte and then ends (END_OF_FILE). On the
+        relay road its parts go through :attr:`relay` (the worker store's)."""
         self.outgoing[Role.CLIENT] = self.sources[Role.CLIENT] = data
         self._cut[Role.CLIENT] = stop_at
-        self.client.send_file(ev.FileToSend(name, len(data), sha256 or sha256_of(data)))
+        file = ev.FileToSend(name, len(data), sha256 or sha256_of(data))
+        self.client.send_file(file, road=road, fallback=fallback)
         self.pump()
 
     def cut_upload(self, data: bytes, name: str, at: int) -> None:
@@ -364,6 +395,7 @@ class ConnectionPair:
                 while (out := conn.next_output()) is not None:
                     busy = True
                     self._perform(conn, direction, out)
+            busy = busy or self.relay.step(self.now)
 
     def _perform(self, conn: Connection, direction: Direction, out: object) -> None:
         role = conn.role
@@ -371,6 +403,8 @@ class ConnectionPair:
             self._cross(direction, out.frame)
         elif isinstance(out, ev.StreamFrom):
             self._stream(conn, direction, out)
+        elif isinstance(out, RelayFrom):
+            self.relay.start_upload(conn, out, self.outgoing.get(role, b""))
         elif isinstance(out, ev.ReadFileRanges):
             digest = ranges_digest(self.sources.get(role), out.request)
             conn.report(ev.FileRanges(out.transfer, digest), self.now)
