@@ -30,7 +30,8 @@ rounds of each road alternating and their medians compared:
       again over a new one; on the relay road the client reaches the storage service
       through a byte-counting proxy that resets every connection at 50% of the file
       uploaded and refuses new ones for ``--outage-s`` seconds (the service
-      unreachable), bytes = uploaded through the proxy + sent on the data channel;
+      unreachable), bytes = uploaded through the proxy (ciphertext: 16 bytes more per
+      chunk, plus HTTP headers) + sent on the data channel;
   (d) peak RSS (VmHWM) of the worker and the client of (b) and (r) for each size:
       flat in the file size when chunks are streamed, never collected.
 
@@ -540,10 +541,16 @@ def main() -> int:
             f"{size_label(result['size'])} rounds, MB/s: "
             + "; ".join(f"{road} {v}" for road, v in result["rounds_mb_s"].items() if v)
         )
-    channel_runs = [r["_runs"]["channel"].mid for r in results if r["_runs"]["channel"].mid]
-    if len(channel_runs) > 1:
-        grown = channel_runs[-1]["worker_peak_kib"] - channel_runs[0]["worker_peak_kib"]
-        print(f"worker peak RSS, largest vs smallest file (channel): {grown / 1024:+.0f} MiB")
+    for road in ("channel", "relay"):
+        mids = [r["_runs"][road].mid for r in sorted(results, key=lambda r: r["size"])]
+        mids = [mid for mid in mids if mid is not None]
+        if len(mids) > 1:
+            worker = (mids[-1]["worker_peak_kib"] - mids[0]["worker_peak_kib"]) / 1024
+            client = (mids[-1]["peak_kib"] - mids[0]["peak_kib"]) / 1024
+            print(
+                f"peak RSS, largest vs smallest file ({road}): worker {worker:+.0f} MiB, "
+                f"client {client:+.0f} MiB"
+            )
     for result in results:
         del result["_runs"]
     report = {
