@@ -530,7 +530,7 @@ def main() -> int:
             "road",
             "size",
             "MB/s",
-            f"resume bytes (cut at {args.cut_at:.0%})",
+            f"resume bytes (cut at {args.cut_at:.0%})" if args.cut_at else "resume bytes",
             "peak RSS worker",
             "peak RSS client",
         ],
