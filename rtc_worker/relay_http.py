@@ -69,9 +69,10 @@ __all__ = [
 
 FETCH_PIECE_BYTES = 1 << 20
 """Most bytes :meth:`RelayHttp.fetch` yields at once (1 MiB)."""
-READ_BUFFER_BYTES = 4 << 20
-"""aiohttp's read buffer for a fetch (4 MiB): the socket is paused only when twice this
-is waiting, so the loop reads large pieces instead of 64 KiB ones."""
+READ_BUFFER_BYTES = 1 << 20
+"""aiohttp's read buffer for a fetch (1 MiB, not its 64 KiB): the socket is paused only
+when twice this waits, so each read hands on up to a whole piece. 256 MB over loopback
+here: 1.3-3.2 GB/s; 4 MiB measured no faster, and slower with uvloop."""
 PROBE_TIMEOUT_S = 3.0
 """Longest :meth:`RelayHttp.reachable` waits, seconds."""
 TUS_VERSION = "1.0.0"

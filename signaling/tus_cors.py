@@ -56,7 +56,8 @@ EXPOSE_HEADERS = (
     "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
     "Tus-Extension, Tus-Checksum-Algorithm, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Concat, Upload-Expires, Upload-Download-Url, Upload-Download-Token, "
-    "Upload-Download-Expires"
+    "Upload-Download-Expires, Upload-Relay-Url, Upload-Relay-Token, Upload-Relay-Expires, "
+    "Upload-Relay-Sha256"
 )
 """The answer headers a page's script may read, for ``Access-Control-Expose-Headers``."""
 

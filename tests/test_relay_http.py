@@ -52,6 +52,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._open = asyncio.Event()
         self._open.set()
+        self.lose_next_answer = False
 
     def pause(self) -> None:
         """Hold new connections (accepted, not yet forwarded) until :meth:`resume`."""
@@ -97,6 +98,10 @@ class Proxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(MiB):
+                    if source is up_reader and self.lose_next_answer:
+                        self.lose_next_answer = False  # the answer is lost on the way
+                        self.cut()
+                        return
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -211,6 +216,28 @@ async def test_upload_cut_mid_patch_resumes_from_the_services_offset(
         "GET", f"/relay/{obj.upload_id}", key=KEY, headers={"X-Relay-Token": obj.token}
     )
     assert got.body == data
+
+
+async def test_an_answer_lost_after_the_last_byte_is_asked_again_not_sent_again(
+    service: StorageService, proxy: Proxy
+) -> None:
+    data = content(3 * MiB, seed=8)
+    calls: list[int] = []
+
+    async def pieces(offset: int) -> AsyncIterator[bytes]:
+        calls.append(offset)
+        proxy.lose_next_answer = True  # the service completes it; its 204 never arrives
+        for at in range(offset, len(data), MiB):
+            yield data[at : at + MiB]
+
+    relay = RelayHttp(proxy.url, KEY, backoff_s=0.05)
+    try:
+        obj = await relay.upload(len(data), pieces)
+        assert await fetch_all(relay, obj, 0, len(data)) == data
+    finally:
+        await relay.close()
+    assert calls == [0] and proxy.cuts == 1  # HEAD gave the object: no byte sent twice
+    assert obj.sha256 == hashlib.sha256(data).hexdigest()
 
 
 async def test_upload_survives_the_service_stopped_and_started_mid_patch(
