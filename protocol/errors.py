@@ -100,7 +100,7 @@ class TransferErrorCode(StrEnum):
 class RelayEndCode(StrEnum):
     """Codes carried by ``RELAY_ENDED::{sha256}::{offset}::{code}::{detail}``: why the relay
     road ended for a transfer. The transfer stays open at the verified offset; the sender
-    continues on the data channel or cancels (PROTOCOL.md section 2.4)."""
+    continues on the data channel or cancels (PROTOCOL.md section 2.6)."""
 
     #: The sender's RELAY_STOP was taken: the fetch stopped.
     STOPPED = "STOPPED"

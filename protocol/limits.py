@@ -33,7 +33,7 @@ MIB = 1024 * KIB
 MAX_PROOF_RANGES = 16
 #: Longest byte range a FILE_PROOF_REQUEST may name, bytes (the grammar's bound).
 MAX_PROOF_RANGE_BYTES = 64 * KIB
-#: Smallest relay-road chunk_size, bytes (the grammar's bound; PROTOCOL.md section 2.4).
+#: Smallest relay-road chunk_size, bytes (the grammar's bound; PROTOCOL.md section 2.6).
 RELAY_MIN_CHUNK_BYTES = 4 * KIB
 #: Largest relay-road chunk_size, bytes (the grammar's bound).
 RELAY_MAX_CHUNK_BYTES = 16 * MIB

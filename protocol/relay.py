@@ -1,7 +1,7 @@
 """The relay road inside an open transfer: its table rows and decisions (sans-IO).
 
 After FILE_READY the sender may move the file through the storage service instead of
-the data channel (PROTOCOL.md section 2.4)::
+the data channel (PROTOCOL.md section 2.6)::
 
     sender                                   receiver
     FILE_META::...                        ->
@@ -30,7 +30,7 @@ written (the adapter opens each chunk with :class:`~protocol.relay_crypto.ChunkC
 a relay failure is not fatal: RELAY_ENDED goes out, the transfer stays open at the
 verified offset and queued parts are dropped.
 
-Source: PROTOCOL.md sections 2.4 and 4.4-4.6.
+Source: PROTOCOL.md sections 2.6 and 4.4-4.6.
 """
 
 from __future__ import annotations

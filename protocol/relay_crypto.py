@@ -17,7 +17,7 @@ Each chunk's position and the end of the file are authenticated, so chunks canno
 reordered, dropped, swapped between files or the file truncated: opening such a chunk
 fails like a tampered one (RELAY_CHUNK_INVALID).
 
-Source: PROTOCOL.md section 2.4; STREAM (Hoang, Reyhanitabar, Rogaway, Vizár, "Online
+Source: PROTOCOL.md section 2.6; STREAM (Hoang, Reyhanitabar, Rogaway, Vizár, "Online
 Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance", CRYPTO 2015), as in
 Tink's streaming AEAD; AES-GCM from ``cryptography`` (NIST SP 800-38D).
 """

@@ -9,7 +9,7 @@ Reports carry the transfer's serial number, as the channel's do: one about an ea
 transfer is dropped. Nothing here performs I/O; sizes are bytes. No repr shows a key or
 a token.
 
-Source: PROTOCOL.md section 2.4.
+Source: PROTOCOL.md section 2.6.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The relay road's frames: RELAY_PART, RELAY_STOP and RELAY_ENDED (sans-IO).
 
 Inside an open transfer, after FILE_READY, the sender may move the file's bytes through
-the storage service instead of the data channel (PROTOCOL.md section 2.4):
+the storage service instead of the data channel (PROTOCOL.md section 2.6):
 
 * ``RELAY_PART::{sha256}::{offset}::{length}::{chunk_size}::{key}::{nonce_prefix}::``
   ``{upload_id}::{token}`` sender -> receiver: plaintext ``[offset, offset+length)`` is
@@ -14,7 +14,7 @@ The frame names an upload id, never a URL: the receiver fetches only from its ow
 storage service. ``key`` and ``token`` are secrets: :class:`RelayPart`'s repr and
 :func:`redact` hide them, and nothing of this module logs.
 
-Source: PROTOCOL.md section 2.4.
+Source: PROTOCOL.md section 2.6.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class RelayEnded(Message):
         check_text("detail", self.detail, one_line=True)
 
 
-#: The relay frames' classes, in the order of PROTOCOL.md section 2.4.
+#: The relay frames' classes, in the order of PROTOCOL.md section 2.6.
 RELAY_TYPES: tuple[type[Message], ...] = (RelayPart, RelayStop, RelayEnded)
 
 

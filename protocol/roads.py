@@ -3,7 +3,7 @@
 Pure and sans-IO: the client calls :func:`choose_road` with what the worker advertised
 at registration (``roads``) and what it can reach itself.
 
-Source: PROTOCOL.md section 2.4 (roads); DESIGN.md, "Roads".
+Source: PROTOCOL.md section 2.6 (roads); DESIGN.md, "Roads".
 """
 
 from __future__ import annotations

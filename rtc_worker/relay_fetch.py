@@ -79,6 +79,8 @@ MAX_PENDING_DELETES = 64
 MAX_BACKOFF_S = 5.0
 #: The writer threads of relay fetches (writing and hashing a batch release the GIL).
 _WRITER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-writer")
+#: The detail of a DISK_FULL (the same as on the channel).
+_NO_SPACE = "no space left on the receiver"
 #: RelayHttp's error codes as RELAY_ENDED codes (an object shorter than its chunks is
 #: an invalid chunk: nothing of it can be authenticated).
 _END_CODES = {
@@ -177,8 +179,6 @@ class RelayFetch:
             receive live (:meth:`TransferIO.relay_partial`: the channel's own partial).
         report: gives an outcome to the connection and has its outputs drained soon
             (never drains in the caller: HaltRelay is performed inside a drain).
-        moved: told the plaintext bytes each fetch appended, when it ends (the
-            connection's :class:`~rtc_worker.roads_taken.RoadLog`); default: none.
 
     Attributes:
         fetched: ciphertext bytes received by this connection's fetches, bytes.
@@ -190,12 +190,10 @@ class RelayFetch:
         road: RelayRoad,
         partial_of: Callable[[int], Awaitable[PartialFile | None]],
         report: Callable[[object], None],
-        moved: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self.road = road
         self.partial_of = partial_of
         self.report = report
-        self.moved = moved
         self.fetched = 0
         self.plain = 0
         self._task: asyncio.Task[None] | None = None
@@ -232,13 +230,18 @@ class RelayFetch:
             return
         if partial is None:  # the transfer ended meanwhile: its end was reported
             return
-        fetch = _PartFetch(self, action, partial)
+        try:
+            fetch = _PartFetch(self, action, partial)
+        except (LocalProtocolError, ValueError) as exc:  # the connection checked the part
+            logger.error("relay part of {} refused: {}", action.meta.name, exc)
+            code = RelayEndCode.RELAY_CHUNK_INVALID
+            self._report(RelayFailed(action.transfer, action.start, code, "a bad relay part"))
+            return
         started = time.perf_counter()
         outcome = await fetch.run()
         seconds = time.perf_counter() - started
         self.fetched += fetch.fetched
         self.plain += fetch.plain
-        self.moved(fetch.plain)
         logger.debug(
             "relay part at {} of {}: {} bytes fetched in {:.3f} s ({})",
             action.part.offset,
@@ -247,7 +250,8 @@ class RelayFetch:
             seconds,
             type(outcome).__name__,
         )
-        self._report(outcome)
+        if outcome is not None:
+            self._report(outcome)
 
     def _report(self, outcome: object) -> None:
         try:
@@ -281,8 +285,9 @@ class _PartFetch:
         self._writing: asyncio.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
 
-    async def run(self) -> object:
-        """Fetch the part; the outcome to report (never raises but on a bug)."""
+    async def run(self) -> object | None:
+        """Fetch the part; the outcome to report, or None when the partial was taken
+        away (a newer transfer of the same content took it over; that ended this one)."""
         outcome: object
         try:
             if self.partial.offset != self.action.start:  # an adapter bug
@@ -301,7 +306,7 @@ class _PartFetch:
         except _Stopped:
             return None
         except DiskFullError:
-            return StoreFailed(self.serial, TransferErrorCode.DISK_FULL, "no space left")
+            return StoreFailed(self.serial, TransferErrorCode.DISK_FULL, _NO_SPACE)
         except (OSError, ValueError) as exc:
             logger.exception("relay fetch of {} failed", self.action.meta.name)
             detail = f"receiver storage error: {type(exc).__name__}"
@@ -311,7 +316,7 @@ class _PartFetch:
             await self._settle()
             await asyncio.to_thread(self.partial.flush)
         except DiskFullError:
-            return StoreFailed(self.serial, TransferErrorCode.DISK_FULL, "no space left")
+            return StoreFailed(self.serial, TransferErrorCode.DISK_FULL, _NO_SPACE)
         except (OSError, ValueError) as exc:
             detail = f"receiver storage error: {type(exc).__name__}"
             return StoreFailed(self.serial, TransferErrorCode.CANCELLED, detail)

@@ -2,11 +2,11 @@
 
 A receive starts with the first action of a new transfer (the proof of possession's or
 CheckStore, right after FILE_META) and ends when the file is held (FILE_RECEIVED or
-FILE_EXISTS). Its road is ``channel`` or ``relay`` by the bytes that moved on each,
-``relay+channel`` when both did (a failover), or ``stored`` when none did (dedupe). Its
-speed is the plaintext MB moved (10^6 bytes; a resumed prefix did not move) divided by
-the seconds from its start to its end. One line per receive goes to the log; neither key
-nor token is known here.
+FILE_EXISTS: :class:`~protocol.events.FileHeld`, where the connection names the road,
+``channel``, ``relay``, ``relay+channel`` after a failover or ``stored`` when dedupe
+moved nothing, and the plaintext bytes that moved, a resumed prefix not counted). Its
+speed is those MB (10^6 bytes) divided by the seconds from its start to its end. One
+line per receive goes to the log; neither key nor token is known here.
 
 Source: issue 14 (JOB_METRICS ``road`` and ``transfer_mb_s``).
 """
@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from loguru import logger
+
+from protocol.events import FileHeld
 
 __all__ = ["MAX_REMEMBERED", "RoadLog", "RoadTaken"]
 
@@ -59,48 +61,31 @@ class RoadLog:
         self._clock = clock
         self._serial: int | None = None
         self._started = 0.0
-        self._channel = 0
-        self._relay = 0
         self._taken: OrderedDict[str, RoadTaken] = OrderedDict()
 
     def action(self, serial: int) -> None:
         """A receiver action of transfer ``serial``: a new transfer starts the clock."""
         if serial != self._serial:
             self._serial, self._started = serial, self._clock()
-            self._channel = self._relay = 0
 
-    def channel(self, count: int) -> None:
-        """``count`` bytes of the open receive arrived on the data channel."""
-        self._channel += count
-
-    def relay(self, count: int) -> None:
-        """``count`` plaintext bytes of the open receive arrived on the relay road."""
-        self._relay += count
-
-    def held(self, sha256: str, name: str, size: int, existed: bool) -> RoadTaken:
-        """The open receive ended with the file held: its road (logged, remembered
-        under ``sha256`` for :meth:`road_of`)."""
+    def held(self, event: FileHeld) -> RoadTaken:
+        """The open receive ended with the file held (the connection names its road and
+        the bytes that moved): logged, and remembered under its sha256 for
+        :meth:`road_of`."""
         seconds = self._clock() - self._started if self._serial is not None else 0.0
-        channel, relay = self._channel, self._relay
-        if existed or not (channel or relay):
-            road = "stored"
-        elif relay and channel:
-            road = "relay+channel"
-        else:
-            road = "relay" if relay else "channel"
-        taken = RoadTaken(road, channel + relay, seconds)
+        moved = 0 if event.existed else event.bytes_received
+        taken = RoadTaken(event.road, moved, seconds)
         self._serial = None
-        self._channel = self._relay = 0
-        self._taken[sha256] = taken
-        self._taken.move_to_end(sha256)
+        self._taken[event.sha256] = taken
+        self._taken.move_to_end(event.sha256)
         while len(self._taken) > MAX_REMEMBERED:
             self._taken.popitem(last=False)
         logger.info(
             "received {} ({} bytes) by the {} road: {} bytes moved in {:.2f} s, {:.1f} MB/s",
-            name,
-            size,
-            road,
-            taken.moved,
+            event.name,
+            event.size,
+            taken.road,
+            moved,
             seconds,
             taken.mb_s,
         )

@@ -101,9 +101,7 @@ class WorkerSession:
         self.relay = (
             None
             if resources.relay_road is None
-            else RelayFetch(
-                resources.relay_road, self.io.relay_partial, self._relay_report, self.roads.relay
-            )
+            else RelayFetch(resources.relay_road, self.io.relay_partial, self._relay_report)
         )
         self.job_task: asyncio.Task[None] | None = None
         self._input: InputHandle | None = None
@@ -149,8 +147,8 @@ class WorkerSession:
             case DeleteRelayObject():
                 if self.resources.relay_road is not None:
                     self.resources.relay_road.delete(output)
-            case ev.FileHeld(sha256=sha256, name=name, size=size, existed=existed):
-                self.roads.held(sha256, name, size, existed)
+            case ev.FileHeld():
+                self.roads.held(output)
             case ev.ValidateInput(path=path):  # inside the drain: report, it goes on
                 self.conn.report(await self._validate_input(output, path))
             case ev.PrepareOutput(path=path):
@@ -182,11 +180,9 @@ class WorkerSession:
     # ------------------------------------------------------------------ transfers
 
     def _count(self, action: object) -> None:
-        """Follow the road of the file being received (:class:`RoadLog`)."""
+        """Start the clock of a file being received (:class:`RoadLog`)."""
         if isinstance(action, ev.CheckStore | ev.ReadStoredRanges | ev.AwaitProof):
             self.roads.action(action.transfer)
-        elif isinstance(action, ev.Append):
-            self.roads.channel(len(action.data))
 
     async def _fetch_relay(self, action: FetchRelayPart) -> None:
         """Start fetching a relay part (the connection asks only when the road is offered)."""

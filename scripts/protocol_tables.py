@@ -24,7 +24,7 @@ from typing import Any
 
 from protocol.auth_messages import AuthChallenge, AuthHello, AuthOk, AuthResponse
 from protocol.codec import FRAME_TYPES, MESSAGE_TYPES, encode
-from protocol.errors import ErrorCode, PathReason, TransferErrorCode
+from protocol.errors import ErrorCode, PathReason, RelayEndCode, TransferErrorCode
 from protocol.handshake import CLIENT_AUTH_TABLE, WORKER_AUTH_TABLE, AuthState, AuthStep
 from protocol.identity import b64encode, fingerprint, transcript
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, ClientJobState, JobState, Outcome, Pending
@@ -231,7 +231,7 @@ def _bytes(value: int) -> str:
 
 
 #: Fields of Limits that count something other than bytes, and what.
-_COUNTS = {"max_fields": "fields", "proof_ranges": "ranges"}
+_COUNTS = {"max_fields": "fields", "proof_ranges": "ranges", "max_relay_parts": "parts"}
 
 
 def limits_table() -> str:
@@ -331,6 +331,7 @@ def render_sections() -> dict[str, str]:
         "path-error-reasons": path_reasons_table(),
         "protocol-error-codes": codes_table(ErrorCode),
         "transfer-error-codes": codes_table(TransferErrorCode),
+        "relay-end-codes": codes_table(RelayEndCode),
         "signaling-error-codes": codes_table(SignalingErrorCode),
         "routes": routes_table(),
         "job-states": states_table(JobState),

@@ -271,11 +271,13 @@ class RelaySender:
         self.chunk_size = chunk_size
         self.objects: list[RelayObject] = []
         self.secret = RelaySecret.generate()
+        self._file = ""
 
     async def offer(self, name: str, data: bytes) -> Message:
         """FILE_META for ``data`` (answering the proof of possession as a conforming
         sender does); the worker's reply (FILE_READY, FILE_EXISTS, TRANSFER_ERROR)."""
-        self.secret = RelaySecret.generate()
+        if sha(data) != self._file:  # a fresh secret per file (offered again: the same)
+            self.secret, self._file = RelaySecret.generate(), sha(data)
         frame = f"FILE_META::{name}::{len(data)}::{sha(data)}::{65536}"
         return cast(Message, await offer(self.raw, frame, data))
 
@@ -329,9 +331,10 @@ class RelaySender:
 
     async def send(self, data: bytes, offset: int, part_bytes: int, bend: Bend = Bend()) -> Message:
         """Upload ``data`` from ``offset`` in parts of ``part_bytes`` and send a RELAY_PART
-        as each is complete; the worker's answer that ends it (FILE_RECEIVED,
-        RELAY_ENDED, TRANSFER_ERROR or PROTOCOL_ERROR)."""
-        position = offset
+        as each is complete (the first from the chunk at or below ``offset``, the
+        receiver's); the worker's answer that ends it (FILE_RECEIVED, RELAY_ENDED,
+        TRANSFER_ERROR or PROTOCOL_ERROR)."""
+        position = offset - offset % self.chunk_size
         while position < len(data):
             length = min(part_bytes, len(data) - position)
             relay_object = await self.upload(data, position, length, bend)

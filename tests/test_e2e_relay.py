@@ -252,14 +252,16 @@ async def test_a_relay_object_named_without_its_token_is_gone_and_the_victims_is
     victims = await victim.upload(victim_data, 0, len(victim_data))
     attacker = await world.sender("attacker")
     data = random_bytes(3 * MIB, seed=8)
-    assert await attacker.offer("mine.bin", data) == FileReady(0)
     own = await attacker.upload(data, 0, len(data))  # a token the attacker does hold
     for token in ("made-up-token", own.token):  # a guess, and the token of another object
+        assert await attacker.offer("mine.bin", data) == FileReady(0)
         bend = Bend(upload_id=victims.upload_id, token=token)
         attacker.raw.send(attacker.part_frame(data, 0, len(data), own, bend))
         ended = await recv_until(attacker.raw, (RelayEnded, TransferError, ProtocolErrorFrame))
         assert isinstance(ended, RelayEnded)
         assert (ended.code, ended.offset) == ("RELAY_GONE", 0)
+        attacker.raw.send("FILE_CANCEL")  # the road ended for this transfer: a new one
+        assert (await recv_until(attacker.raw, (TransferError,))).code == "CANCELLED"
     assert partial_bytes(worker, attacker, data) == b""
     assert stored_objects(worker) == []
     assert relay_bytes(worker) == 0
@@ -307,6 +309,7 @@ async def test_the_storage_service_killed_mid_download_is_resumed_at_the_last_ve
         while proxy.downstream < relay_object.size * 0.4:
             await asyncio.sleep(0.02)
     await world.service.kill()
+    assert relay_bytes(worker) < relay_object.size  # cut in the middle of the object
     await world.service.start()  # where it was: same port, same folder, same database
     ended = await recv_until(sender.raw, (FileReceived, RelayEnded, TransferError), timeout=20)
     assert ended == FileReceived(sha(data))
@@ -314,3 +317,87 @@ async def test_the_storage_service_killed_mid_download_is_resumed_at_the_last_ve
     fetched = relay_bytes(worker)
     assert relay_object.size <= fetched < 1.1 * relay_object.size
     assert proxy.downstream < 1.1 * relay_object.size
+
+
+async def test_relay_stop_mid_fetch_ends_at_a_verified_chunk_and_the_channel_goes_on(
+    world: World,
+) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)  # slow enough to stop midway
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    sender = await world.sender("changes-its-mind")
+    data = random_bytes(16 * MIB, seed=12)
+    assert await sender.offer("stop.bin", data) == FileReady(0)
+    relay_object = await sender.upload(data, 0, len(data))
+    sender.raw.send(sender.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    sender.raw.send(f"RELAY_STOP::{sha(data)}")
+    ended = await recv_until(sender.raw, (RelayEnded, FileReceived, TransferError))
+    assert isinstance(ended, RelayEnded) and ended.code == "STOPPED"
+    assert 0 < ended.offset < len(data) and ended.offset % MIB == 0
+    assert partial_bytes(worker, sender, data) == data[: ended.offset]  # verified, on disk
+    await sender.stream(data, ended.offset)  # the rest on the data channel
+    assert await recv_until(sender.raw, (FileReceived, TransferError)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
+
+
+async def test_a_cancel_mid_fetch_keeps_the_verified_chunks_for_a_resume(world: World) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    sender = await world.sender("comes-back")
+    data = random_bytes(16 * MIB, seed=13)
+    assert await sender.offer("again.bin", data) == FileReady(0)
+    relay_object = await sender.upload(data, 0, len(data))
+    sender.raw.send(sender.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    sender.raw.send("FILE_CANCEL")
+    assert (await recv_until(sender.raw, (TransferError,))).code == "CANCELLED"
+    kept = partial_bytes(worker, sender, data)
+    assert 0 < len(kept) < len(data) and kept == data[: len(kept)]
+    # the next FILE_META resumes there (the first part from the chunk at or below it)
+    ready = await sender.offer("again.bin", data)
+    assert ready == FileReady(len(kept))
+    assert await sender.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)
+
+
+async def test_a_client_gone_mid_fetch_leaves_its_verified_chunks_for_its_next_connection(
+    world: World,
+) -> None:
+    proxy = PacedProxy(world.service.port, rate=8e6)
+    await proxy.start()
+    world.proxies.append(proxy)
+    worker = await world.worker(storage_url=proxy.http)
+    client, http = await world.client("flaky")
+    assert client.identity is not None
+    await client.wait_for_worker("relay-worker", 10)
+    first = RelaySender(
+        await client.connect_raw("relay-worker"), http, principal=client.identity.fingerprint
+    )
+    data = random_bytes(16 * MIB, seed=14)
+    assert await first.offer("flaky.bin", data) == FileReady(0)
+    relay_object = await first.upload(data, 0, len(data))
+    first.raw.send(first.part_frame(data, 0, len(data), relay_object))
+    async with asyncio.timeout(10):
+        while relay_bytes(worker) < relay_object.size * 0.3:
+            await asyncio.sleep(0.02)
+    await first.raw.close()  # the client is gone in the middle of the fetch
+    async with asyncio.timeout(10):
+        while worker.active_sessions:
+            await asyncio.sleep(0.05)
+    stopped_at = relay_bytes(worker)
+    await asyncio.sleep(0.3)
+    assert relay_bytes(worker) == stopped_at < relay_object.size  # the fetch stopped
+    kept = partial_bytes(worker, first, data)
+    assert 0 < len(kept) < len(data) and len(kept) % MIB == 0 and kept == data[: len(kept)]
+    again = RelaySender(await client.connect_raw("relay-worker"), http, principal=first.principal)
+    assert await again.offer("flaky.bin", data) == FileReady(len(kept))
+    assert await again.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
+    assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)

@@ -25,7 +25,7 @@ from protocol import FRAME_TYPES, ProtocolErrorFrame, RemoteProtocolError, decod
 from protocol import events as ev
 from protocol.codec import MESSAGE_TYPES
 from protocol.connection import Capabilities
-from protocol.errors import ErrorCode, PathReason, TransferErrorCode
+from protocol.errors import ErrorCode, PathReason, RelayEndCode, TransferErrorCode
 from protocol.job import CLIENT_TABLE, WORKER_TABLE, JobState, Outcome, Pending
 from protocol.limits import Limits
 from protocol.messages import JobStart, ResultsRequest
@@ -49,7 +49,12 @@ REPO = Path(__file__).resolve().parent.parent
 PROTOCOL_MD = REPO / "PROTOCOL.md"
 SCRIPT = REPO / "scripts" / "gen_protocol_docs.py"
 
-ERROR_ENUMS: tuple[type[Enum], ...] = (ErrorCode, TransferErrorCode, SignalingErrorCode)
+ERROR_ENUMS: tuple[type[Enum], ...] = (
+    ErrorCode,
+    TransferErrorCode,
+    RelayEndCode,
+    SignalingErrorCode,
+)
 STATE_ENUMS: tuple[type[Enum], ...] = (JobState, ReceiverState, SenderState, Pending, Outcome)
 
 

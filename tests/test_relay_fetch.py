@@ -264,7 +264,7 @@ async def test_a_full_disk_ends_the_transfer_as_on_the_channel(bench: Bench) -> 
     partial = bench.open(data)
     partial.reserve_bytes = 1 << 62  # no disk has that much room left
     ended = await bench.fetch(bench.fetcher(bench.road()), data, 0, len(data))
-    assert ended == StoreFailed(1, TransferErrorCode.DISK_FULL, "no space left")
+    assert ended == StoreFailed(1, TransferErrorCode.DISK_FULL, "no space left on the receiver")
 
 
 async def test_a_transfer_that_ended_meanwhile_is_not_fetched(bench: Bench) -> None:
@@ -322,3 +322,26 @@ async def test_a_fetch_halted_before_it_began_reports_stopped_at_its_start(bench
     await fetcher.halt()
     assert bench.reports == [RelayFailed(1, 0, RelayEndCode.STOPPED, "the relay road was stopped")]
     assert bench.fetched == 0
+
+
+async def test_a_partial_taken_over_mid_fetch_ends_the_fetch_without_a_report(
+    bench: Bench,
+) -> None:
+    data = content(48 * CHUNK, seed=13)
+    partial = bench.open(data)
+    proxy = PacedProxy(bench.service.port, rate=2e6)
+    await proxy.start()
+    fetcher = bench.fetcher(bench.road(proxy.http))
+    relay_object = await bench.sender.upload(data, 0, len(data))
+    part = bench.sender.part_frame(data, 0, len(data), relay_object)
+    await fetcher.start(FetchRelayPart(1, part, FileMeta("f.bin", len(data), sha(data), 65536), 0))
+    async with asyncio.timeout(10):
+        while proxy.downstream < relay_object.size // 3:
+            await asyncio.sleep(0.01)
+    await asyncio.to_thread(partial.close)  # a newer connection took the transfer over
+    assert fetcher._task is not None
+    async with asyncio.timeout(10):
+        await fetcher._task
+    await proxy.close()
+    assert not [r for r in bench.reports if not isinstance(r, RelayWritten)]
+    assert fetcher.fetched < relay_object.size  # it stopped there

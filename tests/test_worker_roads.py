@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from protocol.events import FileHeld
 from rtc_worker.roads_taken import MAX_REMEMBERED, RoadLog, RoadTaken
 from rtc_worker.settings import WorkerCli, WorkerSettings
 from rtc_worker.settings_sources import CommandLine
@@ -95,6 +96,10 @@ class Clock:
         return self.now
 
 
+def held(sha: str, moved: int, road: str, existed: bool = False) -> FileHeld:
+    return FileHeld(sha, f"{sha[:4]}.bin", moved, existed, moved, road)
+
+
 def test_each_road_is_named_with_its_speed() -> None:
     clock = Clock()
     log = RoadLog(clock)
@@ -103,26 +108,18 @@ def test_each_road_is_named_with_its_speed() -> None:
     try:
         log.action(1)
         clock.now += 0.5
-        log.channel(10_000_000)
-        taken = log.held("a" * 64, "one.bin", 10_000_000, existed=False)
+        taken = log.held(held("a" * 64, 10_000_000, "channel"))
         assert taken == RoadTaken("channel", 10_000_000, 0.5)
         assert taken.mb_s == pytest.approx(20.0)
 
         log.action(2)
-        log.relay(48_000_000)
-        log.channel(2_000_000)  # a failover: the rest came on the channel
         clock.now += 0.25
-        both = log.held("b" * 64, "two.bin", 50_000_000, existed=False)
+        both = log.held(held("b" * 64, 50_000_000, "relay+channel"))
         assert (both.road, both.mb_s) == ("relay+channel", pytest.approx(200.0))
 
-        log.action(3)
-        log.relay(4_000_000)
-        clock.now += 0.01
-        assert log.held("c" * 64, "three.bin", 4_000_000, existed=False).road == "relay"
-
         log.action(4)  # the proof of possession's action, then FILE_EXISTS
-        stored = log.held("d" * 64, "four.bin", 7, existed=True)
-        assert (stored.road, stored.mb_s) == ("stored", 0.0)
+        stored = log.held(FileHeld("d" * 64, "d.bin", 7, True, 0, "stored"))
+        assert (stored.road, stored.moved, stored.mb_s) == ("stored", 0, 0.0)
     finally:
         logger.remove(sink)
     assert log.road_of("b" * 64).road == "relay+channel"
@@ -136,19 +133,19 @@ def test_the_same_transfer_keeps_its_clock_and_a_new_one_restarts_it() -> None:
     log.action(7)
     clock.now += 1.0
     log.action(7)  # CheckStore after the proof: still transfer 7
-    log.channel(1_000_000)
-    assert log.held("a" * 64, "x", 1_000_000, existed=False).seconds == pytest.approx(1.0)
-    log.action(8)
-    log.channel(5)
-    log.action(9)  # transfer 8 ended without a file (cancelled): 9 starts from nothing
-    assert log.held("b" * 64, "y", 0, existed=False).road == "stored"
+    clock.now += 1.0
+    assert log.held(held("a" * 64, 1_000_000, "relay")).seconds == pytest.approx(2.0)
+    log.action(8)  # transfer 8 ends without a file (cancelled)
+    clock.now += 5.0
+    log.action(9)
+    clock.now += 1.0
+    assert log.held(held("b" * 64, 1_000_000, "channel")).seconds == pytest.approx(1.0)
 
 
 def test_a_connection_remembers_a_bounded_number_of_roads() -> None:
     log = RoadLog()
     for n in range(MAX_REMEMBERED + 5):
         log.action(n)
-        log.channel(1)
-        log.held(f"{n:064x}", "f", 1, existed=False)
+        log.held(held(f"{n:064x}", 1, "channel"))
     assert log.road_of(f"{0:064x}").road == "stored"  # forgotten: the oldest went first
     assert log.road_of(f"{MAX_REMEMBERED + 4:064x}").road == "channel"

@@ -130,8 +130,9 @@ class SimulatedRelay:
             self._uploads.popleft()
             upload.conn.relay_stop()
             return
-        first = start // cipher.chunk_size
+        first = start // cipher.chunk_size  # the chunk boundary at or below the offset
         last = min(first + self.part_chunks, cipher.chunk_count)
+        begin = first * cipher.chunk_size
         sealed = b"".join(
             cipher.seal(i, upload.data[i * cipher.chunk_size : (i + 1) * cipher.chunk_size])
             for i in range(first, last)
@@ -143,7 +144,7 @@ class SimulatedRelay:
             sealed = bytes([sealed[0] ^ 1]) + sealed[1:]
         self.objects[upload_id] = (sealed, token)
         part = RelayPart.of(
-            cipher.sha256, start, end - start, cipher.chunk_size, upload.secret, upload_id, token
+            cipher.sha256, begin, end - begin, cipher.chunk_size, upload.secret, upload_id, token
         )
         upload.next_offset = end
         if end >= cipher.size:
@@ -165,7 +166,7 @@ class SimulatedRelay:
             self._fetch = None
             conn.report(RelayFailed(serial, fetch.at, code, f"simulated {code}"), now)
             return
-        assert stored is not None
+        assert stored is not None  # (a resume inside a chunk keeps its bytes from there)
         cipher = ChunkCipher(part.secret, action.meta.sha256, action.meta.size, part.chunk_size)
         index, first = fetch.at // part.chunk_size, part.offset // part.chunk_size
         lo, hi = cipher.cipher_span(first, index, index + 1)
@@ -175,7 +176,7 @@ class SimulatedRelay:
             self._fetch = None
             conn.report(RelayFailed(serial, fetch.at, RelayEndCode.RELAY_CHUNK_INVALID, exc.detail))
             return
-        on_disk = fetch.store.append(serial, plain)
+        on_disk = fetch.store.append(serial, plain[fetch.at - index * part.chunk_size :])
         if on_disk is None:  # the transfer ended under the fetch
             self._fetch = None
             return
