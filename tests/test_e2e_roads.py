@@ -28,6 +28,7 @@ import pytest_asyncio
 
 from protocol.roads import Road
 from rtc_worker.client import RoadFailed, RTCClient
+from rtc_worker.identity import Identity
 from rtc_worker.roads_client import RoadChange
 from signaling.keys import Role
 from tests.conftest import PACKAGE, REPO, Signaling, make_zip
@@ -71,10 +72,13 @@ async def relay_worker(start_worker: Any, service: ServiceProcess) -> Any:
 async def relay_client(
     signaling: Signaling, service: ServiceProcess, tmp_path: Path
 ) -> AsyncIterator[RTCClient]:
-    """A client that reaches the storage service (its own client key), 4 MB parts."""
-    key = await service.make_key(Role.CLIENT, "alice")
+    """A client that reaches the storage service (a client key bound to its
+    fingerprint), 3 MiB parts."""
+    identity = Identity.load_or_create(tmp_path / "alice.key")
+    key = await service.make_key(Role.CLIENT, "alice", identity.fingerprint)
     async with RTCClient(
         signaling.url,
+        identity=identity,
         reply_timeout=20,
         connect_timeout=20,
         cache_dir=tmp_path / "cache",
@@ -86,8 +90,9 @@ async def relay_client(
 
 
 def relay_files(service: ServiceProcess) -> list[Path]:
-    """The storage folder's files but the database: relay objects and unfinished uploads."""
-    return service.files()
+    """The storage folder's files but the database and the service's own key: relay
+    objects and unfinished uploads."""
+    return [path for path in service.files() if path.name != "capability.key"]
 
 
 async def test_auto_takes_the_relay_road_for_32_mib_and_removes_the_relay_objects(
@@ -238,10 +243,12 @@ async def test_the_command_line_takes_the_relay_road_and_refuses_an_impossible_r
     relay_worker: Any, signaling: Signaling, service: ServiceProcess, tmp_path: Path
 ) -> None:
     package = make_zip(tmp_path / "client" / "package.zip", PACKAGE)
-    key_file = tmp_path / "client.key"
-    key_file.write_text(await service.make_key(Role.CLIENT, "cli"))
+    identity = Identity.load_or_create(tmp_path / "cli-identity.key")
+    key_file = tmp_path / "storage.key"
+    key_file.write_text(await service.make_key(Role.CLIENT, "cli", identity.fingerprint))
     key_file.chmod(0o600)
     common = ["--signaling-url", signaling.url, "--worker", "worker-1", "--no-progress"]
+    common += ["--key-file", str(identity.path)]
     common += ["--storage-url", service.http, "--api-key-file", str(key_file)]
     env = {"RTC_CLIENT_CACHE_DIR": str(tmp_path / "cli-cache")}
     ran = await asyncio.to_thread(
