@@ -290,6 +290,9 @@ class Connection:
         if isinstance(message, RelayPart):
             self.relay_part(message)
         elif isinstance(message, RelayStop):
+            meta = self.sender.meta
+            if meta is not None and message.sha256 != meta.sha256:
+                raise LocalProtocolError(ErrorCode.MALFORMED_FRAME, "RELAY_STOP of another file")
             self.relay_stop()
         elif self.client is not None:
             if self.handshake is not None:

@@ -175,6 +175,7 @@ class ReceiverRelay:
         queue: the parts announced after it, in order.
         chunk_size: the transfer's relay chunk size, once a part came.
         ended: RELAY_ENDED was sent: RELAY_PART and RELAY_STOP that crossed it are dropped.
+        verified: where the fetches have verified and written the file to, bytes.
         used: some plaintext of the transfer came by the relay road.
     """
 
@@ -189,6 +190,8 @@ class ReceiverRelay:
         self.chunk_size: int | None = None
         self.ended = False
         self.used = False
+        #: The verified offset of the relay road: bytes written from authenticated chunks.
+        self.verified = 0
         self._end_code = RelayEndCode.STOPPED
 
     @property
@@ -218,6 +221,7 @@ class ReceiverRelay:
             if message.sha256 != self._meta.sha256:
                 raise RemoteProtocolError(ErrorCode.MALFORMED_FRAME, "RELAY_STOP: another file")
             if state is _R.RECEIVING:
+                self.verified = receiver.received  # every byte taken so far is kept
                 return self._ended(RelayEndCode.STOPPED, "no relay part was being fetched")
             self._end_code = RelayEndCode.STOPPED
             receiver.state = next_state
@@ -228,7 +232,7 @@ class ReceiverRelay:
         )
         self.chunk_size = message.chunk_size
         if self.current is None:
-            self.current = message
+            self.current, self.verified = message, receiver.received
             receiver.state = next_state
             return [FetchRelayPart(receiver.serial, message, self._meta, receiver.received)]
         if 1 + len(self.queue) >= receiver.limits.max_relay_parts:
@@ -252,18 +256,17 @@ class ReceiverRelay:
         """
         receiver, part = self.receiver, self.current
         assert part is not None
-        on_disk = event.on_disk
-        if not receiver.on_disk <= on_disk <= part.end or (
-            on_disk % part.chunk_size and on_disk not in (self._meta.size, receiver.on_disk)
+        on_disk, verified = event.on_disk, self.verified
+        if not verified <= on_disk <= part.end or (
+            on_disk % part.chunk_size and on_disk not in (self._meta.size, verified)
         ):
             raise LocalProtocolError(
                 ErrorCode.INTERNAL_ERROR,
                 f"{type(event).__name__} at {on_disk}: not a chunk boundary in "
-                f"[{receiver.on_disk}, {part.end}]",
+                f"[{verified}, {part.end}]",
             )
-        if on_disk > receiver.on_disk:
-            self.used = True
-        receiver.received = receiver.on_disk = on_disk
+        self.used = self.used or on_disk > verified
+        self.verified = receiver.received = receiver.on_disk = on_disk
         if isinstance(event, RelayWritten):
             return receiver.progress(now)
         if isinstance(event, RelayFetched) and on_disk != part.end:
@@ -299,7 +302,8 @@ class ReceiverRelay:
         self.queue.clear()
         self.ended = True
         receiver.state = _R.RECEIVING
-        offset = receiver.on_disk
+        offset = receiver.received = self.verified
+        receiver.on_disk = min(receiver.on_disk, offset)
         return [
             Note(f"relay road ended at {offset} bytes: {code}"),
             RelayEnded(self._meta.sha256, offset, code, detail.replace("\n", " ")),

@@ -23,16 +23,9 @@ current one. FILE_PROGRESS counts bytes that are on disk, from
 anything missing is refused (UNEXPECTED_DATA for a chunk, UNEXPECTED_MESSAGE
 otherwise) and changes nothing. A handler may instead *abort* the transfer with
 TRANSFER_ERROR (bad name, too large, size overflow): the receiver then drops the rest
-of that transfer's chunks silently (DRAINING) instead of answering each one.
-
-Proof of possession (a receiver made with ``prove_possession``, the worker's): its store
-is shared by every principal, so FILE_EXISTS is the answer only when the store reports
-that the peer's principal stored that content itself (StoreHas). When the principal has
-no partial of it either (StoreOffset 0) and the file is not empty, the receiver asks a
-proof (:mod:`protocol.proof`) whether or not anyone holds the content, so the question
-tells nothing: a matching FILE_PROOF gets FILE_EXISTS, a wrong one, or none within
-``Limits.proof_timeout_s``, gets FILE_READY::0. One proof per transfer: a FILE_PROOF
-after the deadline is refused like any other misplaced frame.
+of that transfer's chunks silently (DRAINING) instead of answering each one. Proof of
+possession is decided in :mod:`protocol.receiver_proof`, the relay road in
+:mod:`protocol.relay`.
 
 Source: PROTOCOL.md sections 2.3 and 4.2; resume and checksum ideas from tus (offset
 on HEAD, checksum per upload); the table style of h11's ``_state.py``.
@@ -40,6 +33,7 @@ on HEAD, checksum per upload); the table style of h11's ``_state.py``.
 
 from __future__ import annotations
 
+from protocol import receiver_proof
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, TransferErrorCode
 from protocol.events import (
     Append,
@@ -229,7 +223,7 @@ class Receiver:
             case EndOfFile():
                 return self._end(next_state)
             case FileProof(sha256=digest):
-                return self._proof(digest, next_state)
+                return receiver_proof.answered(self, digest, next_state)
             case RelayPart() | RelayStop():
                 return self.relay.receive(message, next_state)
         # FileCancel: always acknowledged, so the sender knows that every frame about
@@ -237,7 +231,7 @@ class Receiver:
         was_receiving = self.state in (_R.RECEIVING, _R.PROVING, _R.RELAYING, _R.HALTING)
         kept, halt = self.received, self.relay.halt()
         serial, empty = self.serial, self.state is _R.PROVING  # no byte came while proving
-        self._reset(next_state)
+        self.reset(next_state)
         if not was_receiving:
             return [TransferError(TransferErrorCode.CANCELLED, "no transfer open")]
         detail = f"cancelled by the sender; {kept} bytes kept for a resume"
@@ -264,22 +258,16 @@ class Receiver:
                 f"{self.limits.max_binary_frame_bytes}"
             )
             return self._refuse(TransferErrorCode.UNEXPECTED_DATA, detail, meta)
-        self._reset(next_state)
+        self.reset(next_state)
         self.serial += 1
         self.meta = meta
         return [CheckStore(self.serial, meta)]
-
-    def _proof(self, digest: str, next_state: ReceiverState) -> list[Output]:
-        meta, request = self.meta, self.proof.answered(digest)
-        assert isinstance(meta, FileMeta)
-        self.state = next_state
-        return [ReadStoredRanges(self.serial, meta.sha256, meta.size, request)]
 
     def _refuse(
         self, code: TransferErrorCode, detail: str, meta: FileMeta | FileMetaLegacy
     ) -> list[Output]:
         # A legacy sender streams at once without waiting for a reply: drop its chunks.
-        self._reset(_R.DRAINING if isinstance(meta, FileMetaLegacy) else _R.IDLE)
+        self.reset(_R.DRAINING if isinstance(meta, FileMetaLegacy) else _R.IDLE)
         return [ReceiveEnded(code, detail), TransferError(code, detail)]
 
     def _chunk(self, data: bytes, next_state: ReceiverState) -> list[Output]:
@@ -315,7 +303,7 @@ class Receiver:
 
     def _abort(self, code: TransferErrorCode, detail: str, *, keep: bool) -> list[Output]:
         serial = self.serial
-        self._reset(_R.DRAINING)
+        self.reset(_R.DRAINING)
         return [Discard(serial, keep=keep), ReceiveEnded(code, detail), TransferError(code, detail)]
 
     def _end(self, next_state: ReceiverState) -> list[Output]:
@@ -327,14 +315,14 @@ class Receiver:
             self._legacy_done = False
             return []
         if self.state is _R.DRAINING:
-            self._reset(next_state)
+            self.reset(next_state)
             return []
         meta = self.meta
         assert meta is not None
         if self.received != meta.size:
             missing = meta.size - self.received
             serial = self.serial
-            self._reset(_R.IDLE)
+            self.reset(_R.IDLE)
             detail = f"END_OF_FILE with {missing} of {meta.size} bytes missing"
             return [
                 Discard(serial, keep=True),
@@ -358,14 +346,14 @@ class Receiver:
             LocalProtocolError: INTERNAL_ERROR for an impossible report about the open
                 transfer (an offset beyond the size, a sha256 other than announced).
         """
-        key = self._key(event) if event.transfer == self.serial else None
+        key = receiver_proof.key(self, event) if event.transfer == self.serial else None
         if key is None or (self.state, key) not in RECEIVER_TABLE:
             return [Note(f"dropped {type(event).__name__} of transfer {event.transfer}")]
         next_state = RECEIVER_TABLE[(self.state, key)]
         meta = self.meta
         assert meta is not None
         if isinstance(key, ProofStep):
-            return self._proof_step(key, meta, next_state)
+            return receiver_proof.step(self, key, meta, next_state)
         if isinstance(event, RELAY_REPORTS):
             return self.relay.report(event, next_state, now)
         match event:
@@ -377,7 +365,7 @@ class Receiver:
                     raise LocalProtocolError(
                         ErrorCode.INTERNAL_ERROR, "a legacy transfer has no sha256 to look up"
                     )
-                self._reset(next_state)
+                self.reset(next_state)
                 held = FileHeld(meta.sha256, meta.name, meta.size, True, 0, "stored")
                 return [held, FileExists(meta.sha256)]
             case StoreOffset(offset=offset):
@@ -398,16 +386,16 @@ class Receiver:
                         ErrorCode.INTERNAL_ERROR, "stored under another sha256 than announced"
                     )
                 crossed, serial, road = meta.size - self._resumed_at, self.serial, self._road()
-                self._reset(next_state)
+                self.reset(next_state)
                 held = FileHeld(sha, meta.name, meta.size, False, crossed, road)
-                return [*self._owned(serial, sha), held, FileReceived(sha)]
+                return [*receiver_proof.owned(self, serial, sha), held, FileReceived(sha)]
             case ProofTimedOut():
                 self.state = next_state
                 return [Note("no FILE_PROOF before the deadline"), FileReady(0)]
         assert isinstance(event, StoreFailed)
         had_partial = self.state in (_R.RECEIVING, _R.RELAYING, _R.HALTING, _R.VERIFYING)
         serial, halt = self.serial, self.relay.halt()
-        self._reset(next_state)
+        self.reset(next_state)
         outputs: list[Output] = (
             [*halt, Discard(serial, keep=event.keep_partial)] if had_partial else []
         )
@@ -416,45 +404,6 @@ class Receiver:
             ReceiveEnded(event.code, event.detail),
             TransferError(event.code, event.detail),
         ]
-
-    def _key(self, event: Report | RelayReport) -> type | ProofStep | None:
-        """The table event a report stands for: a proof step, or its type."""
-        if isinstance(event, StoredRanges):
-            return self.proof.verdict(event.digest)
-        if (
-            isinstance(event, StoreOffset)
-            and self.prove_possession
-            and isinstance(self.meta, FileMeta)
-            and event.offset == 0
-            and self.meta.size > 0
-        ):
-            return ProofStep.ASK
-        return type(event)
-
-    def _proof_step(
-        self, step: ProofStep, meta: FileMeta | FileMetaLegacy, next_state: ReceiverState
-    ) -> list[Output]:
-        assert isinstance(meta, FileMeta)
-        serial = self.serial
-        if step is ProofStep.ASK:
-            self.received = self.on_disk = self._resumed_at = 0
-            request = self.proof.ask(meta.size, self.limits)
-            self.state = next_state
-            return [AwaitProof(serial, self.limits.proof_timeout_s), request]
-        if step is ProofStep.MISMATCH:
-            self.state = next_state
-            return [FileReady(0)]
-        self._reset(next_state)  # MATCH: the empty partial opened for this transfer goes
-        held = FileHeld(meta.sha256, meta.name, meta.size, True, 0, "stored")
-        return [
-            Discard(serial, keep=False),
-            *self._owned(serial, meta.sha256),
-            held,
-            FileExists(meta.sha256),
-        ]
-
-    def _owned(self, serial: int, sha256: str) -> list[Output]:
-        return [RecordOwnership(serial, sha256)] if self.prove_possession else []
 
     def progress(self, now: float) -> list[Output]:
         """FILE_PROGRESS with the bytes on disk, at most every ``progress_interval_s``
@@ -473,12 +422,13 @@ class Receiver:
         """The channel closed: keep the open partial file for a later resume (the empty
         one of a transfer still proving goes)."""
         serial, state, halt = self.serial, self.state, self.relay.halt()
-        self._reset(_R.IDLE)
+        self.reset(_R.IDLE)
         if state not in _ACTIVE or state is _R.CHECKING:
             return []
         return [*halt, Discard(serial, keep=state is not _R.PROVING)]
 
-    def _reset(self, state: ReceiverState) -> None:
+    def reset(self, state: ReceiverState) -> None:
+        """Forget the open transfer and enter ``state`` (for the machine's own modules)."""
         self.state = state
         self.meta = None
         self.received = self.on_disk = self._resumed_at = 0

@@ -9,6 +9,11 @@ model file from the receiver's FILE_READY offset, and some rules break the strea
 purpose (a duplicated, dropped or reordered chunk, an oversized chunk, END_OF_FILE too
 early) as a faulty or hostile peer would.
 
+The sender may also move the rest of the file by the relay road (real AES-GCM chunks in
+in-memory relay objects): the adapter then fetches, opens and writes each chunk into the
+same partial file, and a fetch may drop or meet a tampered chunk; the road then ends with
+RELAY_ENDED at the verified offset and the channel goes on from there.
+
 Invariants checked after every step:
 
 * every partial file on disk is a prefix of the bytes the receiver appended to it (in
@@ -57,6 +62,7 @@ from protocol import (
     TransferError,
     TransferErrorCode,
 )
+from protocol.errors import RelayEndCode
 from protocol.events import (
     Append,
     CheckStore,
@@ -72,11 +78,21 @@ from protocol.events import (
     Written,
 )
 from protocol.limits import Limits
+from protocol.relay_crypto import ChunkCipher, RelaySecret
+from protocol.relay_events import (
+    DeleteRelayObject,
+    FetchRelayPart,
+    RelayFailed,
+    RelayFetched,
+    RelayWritten,
+)
+from protocol.relay_messages import RelayEnded, RelayPart
 from protocol.transfer import Receiver, ReceiverState
 from rtc_worker.storage import BlobStore, HashMismatchError, PartialFile
 
 R = ReceiverState
 MAX_CHUNK = 512
+K = 4096  # the relay road's chunk size here
 
 
 def sha256(data: bytes) -> str:
@@ -95,6 +111,9 @@ class StoreAdapter:
         self.finished: str | None = None  # "stored" or "mismatch" after a Finish
         self.discarded: bool | None = None  # Discard(keep) of the last run
         self.now = 0.0
+        self.relay_objects: dict[str, bytes] = {}  # the storage service's relay objects
+        self.fail_at: int | None = None  # a relay fetch drops at this chunk index
+        self.deleted: list[str] = []
 
     def run(self, effects: list) -> None:
         for effect in effects:
@@ -137,10 +156,46 @@ class StoreAdapter:
                             partial.close()
                         else:
                             partial.discard()
+                case FetchRelayPart(transfer=serial, part=part, meta=meta, start=start):
+                    self.fetch(serial, part, meta, start)
+                case DeleteRelayObject(upload_id=upload_id):
+                    self.deleted.append(upload_id)
                 case Note() | FileHeld() | ReceiveEnded():
                     pass
                 case _:
                     raise AssertionError(effect)
+
+    def fetch(self, serial: int, part: RelayPart, meta: FileMeta, start: int) -> None:
+        """A ranged GET of the part's object, each chunk opened before it is written
+        (synchronous: the fetch ends before the next frame)."""
+        assert self.partial is not None
+        cipher = ChunkCipher(part.secret, meta.sha256, meta.size, part.chunk_size)
+        blob, first, at = self.relay_objects[part.upload_id], part.offset // K, start
+        while at < part.end:
+            index = at // K
+            lo, hi = cipher.cipher_span(first, index, index + 1)
+            try:
+                if index == self.fail_at:
+                    raise ConnectionError("the storage service dropped the connection")
+                plain = cipher.open(index, blob[lo:hi])
+            except (ConnectionError, RemoteProtocolError) as exc:
+                self.fail_at = None
+                code = (
+                    RelayEndCode.RELAY_UNREACHABLE
+                    if isinstance(exc, ConnectionError)
+                    else RelayEndCode.RELAY_CHUNK_INVALID
+                )
+                failed = RelayFailed(serial, self.partial.on_disk, code, "drawn")
+                self.run(self.receiver.report(failed, self.now))
+                return
+            data = plain[at - index * K :]
+            self.partial.write(data)
+            self.partial.flush()
+            self.appended.append(data)
+            at += len(data)
+            if part.end < meta.size:  # (no progress once the last part is fetched)
+                self.run(self.receiver.report(RelayWritten(serial, at), self.now))
+        self.run(self.receiver.report(RelayFetched(serial, at), self.now))
 
     def receive(self, message: Message, now: float) -> None:
         self.appended, self.finished, self.discarded = [], None, None
@@ -186,7 +241,7 @@ class ReceiverWithStore(RuleBasedStateMachine):
     # ------------------------------------------------------------------ set-up
 
     @initialize(
-        size=st.integers(1, 4096),
+        size=st.integers(1, 3 * K + 100),
         seed=st.integers(0, 2**32 - 1),
         chunk_size=st.integers(64, MAX_CHUNK),
     )
@@ -333,6 +388,59 @@ class ReceiverWithStore(RuleBasedStateMachine):
         self.next_offset += len(data)
         if data:
             self.send_chunk(data)
+
+    @precondition(
+        lambda self: (
+            self.sending is not None
+            and self.sending.sha256 == self.sha
+            and self.receiver.state is R.RECEIVING
+            and self.receiver.received == self.next_offset < len(self.model)
+            and not self.receiver.relay.ended
+            and not self.gap
+            and self.sha not in self.fault_at
+        )
+    )
+    @rule(
+        part_chunks=st.integers(1, 3),
+        fault=st.sampled_from([None, "drop", "tamper"]),
+        where=st.integers(0, 3),
+    )
+    def relay_the_rest(self, part_chunks: int, fault: str | None, where: int) -> None:
+        """The sender moves the rest by the relay road, part by part, from the chunk
+        boundary at or below the receiver's offset; a fetch may drop or meet a tampered
+        chunk, and then the channel goes on from the verified offset."""
+        secret, size = RelaySecret.generate(), len(self.model)
+        cipher = ChunkCipher(secret, self.sha, size, K)
+        offset = self.next_offset - self.next_offset % K
+        self.adapter.fail_at = where if fault == "drop" else None
+        while offset < size:
+            end = min(offset + part_chunks * K, size)
+            blob = b"".join(
+                cipher.seal(i, self.model[i * K : (i + 1) * K])
+                for i in range(offset // K, -(-end // K))
+            )
+            if fault == "tamper" and offset // K <= where < -(-end // K):  # chunk `where`
+                at = (where - offset // K) * (K + 16)
+                blob = blob[:at] + bytes([blob[at] ^ 1]) + blob[at + 1 :]
+            upload_id = f"{len(self.adapter.relay_objects) + 1:032x}"
+            self.adapter.relay_objects[upload_id] = blob
+            replies = self.deliver(
+                RelayPart.of(self.sha, offset, end - offset, K, secret, upload_id, "t")
+            )
+            ended = [r for r in replies if isinstance(r, RelayEnded)]
+            if ended:  # the channel goes on from exactly what is on disk
+                (relay_ended,) = ended
+                assert relay_ended.offset == self.receiver.received == self.adapter.partial.on_disk  # type: ignore[union-attr]
+                event(f"relay road ended: {relay_ended.code}")
+                self.next_offset = relay_ended.offset
+                return
+            assert self.adapter.deleted[-1] == upload_id  # verified: its object goes
+            if self.sending is None:  # FILE_RECEIVED (checked by the sender's model)
+                self.check_received(replies, FileMeta("model.bin", size, self.sha, 64))
+                event("relay road verified the whole file")
+                return
+            offset = end
+        self.next_offset = size
 
     @precondition(lambda self: self.sending is not None and self.receiver.state is R.RECEIVING)
     @rule()

@@ -144,3 +144,52 @@ def test_a_relay_transfer_without_failures_moves_no_byte_on_the_channel() -> Non
     assert pair.world.store.objects[sha256_of(data)] == data
     assert pair.worker.worker is not None and pair.worker.worker.input_sha256 == sha256_of(data)
     assert pair.client.job.worker == "HAVE_FILE"  # the held file is the next job's input
+
+
+def test_an_attacker_cannot_point_the_worker_at_a_url_or_at_another_file() -> None:
+    """The attacker's steps: open a transfer of its own file on the worker, then send
+    RELAY_PART frames naming a URL instead of an upload id, another file's sha256, bytes
+    the worker already holds, and a hundred parts at once. Each is refused with a code
+    (or ends the relay road) and the worker fetches nothing it was not asked by the
+    protocol to fetch."""
+    from protocol.relay_events import FetchRelayPart, HaltRelay
+    from protocol.relay_messages import RelayPart
+    from tests.protocol_helpers import (
+        BIG_META,
+        BIG_SHA,
+        feed,
+        open_receive,
+        ready_at_zero,
+        sends,
+        worker,
+    )
+
+    conn = worker()
+    ready_at_zero(conn, open_receive(conn, BIG_META))
+    key, prefix = "A" * 43, "A" * 10
+    url = "https://evil.example/x"
+    frames = [
+        f"RELAY_PART::{BIG_SHA}::0::4096::4096::{key}::{prefix}::{url}::t",  # a URL
+        f"RELAY_PART::{BIG_SHA}::0::4096::4096::{key}::{prefix}::../../{'0' * 26}::t",
+        f"RELAY_PART::{'0' * 64}::0::4096::4096::{key}::{prefix}::{'ab' * 16}::t",  # another file
+        f"RELAY_PART::{BIG_SHA}::4096::904::4096::{key}::{prefix}::{'ab' * 16}::t",  # a gap
+    ]
+    for frame in frames:
+        out = feed(conn, frame)
+        (refusal,) = sends(out)
+        assert refusal.code == "MALFORMED_FRAME"  # type: ignore[attr-defined]
+        assert not [o for o in out if isinstance(o, FetchRelayPart)]
+    # A flood of parts: the worker holds at most max_relay_parts, then ends the road.
+    from protocol.transfer_messages import FileMeta
+
+    conn = worker()
+    huge = FileMeta("huge.bin", 64 * K, BIG_SHA, 4)
+    ready_at_zero(conn, open_receive(conn, huge))
+    flood = [
+        RelayPart(BIG_SHA, i * K, K, K, bytes(32), bytes(7), f"{i:032x}", "t") for i in range(20)
+    ]
+    outputs = [o for part in flood for o in feed(conn, part)]
+    assert len([o for o in outputs if isinstance(o, FetchRelayPart)]) == 1
+    assert [o for o in outputs if isinstance(o, HaltRelay)] == [HaltRelay(1)]
+    assert conn.receiver.state == "HALTING"
+    assert len(conn.receiver.relay.queue) == conn.limits.max_relay_parts - 1

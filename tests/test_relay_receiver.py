@@ -420,3 +420,16 @@ def test_progress_is_throttled_while_relaying() -> None:
         DeleteRelayObject(P1.upload_id, P1.token),
         FetchRelayPart(1, P2, META, K),
     ]
+
+
+def test_the_relay_road_keeps_its_own_verified_offset() -> None:
+    # A late channel Written that claims more than the fetches verified changes nothing
+    # about where the relay road ends, and RELAY_STOP with no part keeps every byte taken.
+    r = relaying()
+    assert r.report(Written(1, 1), 0.0) == [FileProgress(1, len(DATA))]
+    out = r.report(RelayFailed(1, 0, RelayEndCode.RELAY_GONE), 1.0)
+    assert RelayEnded(SHA, 0, "RELAY_GONE", "") in out and (r.received, r.on_disk) == (0, 0)
+    r = receiving()
+    r.receive(Chunk(DATA[:4]), 0.0)
+    out = r.receive(RelayStop(SHA), 0.0)
+    assert RelayEnded(SHA, 4, "STOPPED", "no relay part was being fetched") in out

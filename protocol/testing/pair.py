@@ -118,11 +118,10 @@ class SimulatedStore:
     _key: str = ""
     _serial: int = -1
 
-    def append(self, serial: int, data: bytes) -> int | None:
+    def append(self, serial: int, data: bytes) -> int:
         """Append ``data`` to the open partial of transfer ``serial`` (recorded in
-        :attr:`writes`): its new length, or None when that transfer is not open."""
-        if self._open is None or serial != self._serial:
-            return None
+        :attr:`writes`): its new length."""
+        assert self._open is not None and serial == self._serial
         self.writes.append((len(self._open), data))
         self._open += data
         return len(self._open)
@@ -147,7 +146,7 @@ class SimulatedStore:
                         ev.StoreFailed(serial, TransferErrorCode.DISK_FULL, "no space left"), now
                     )
                     return
-                conn.report(ev.Written(serial, self.append(serial, data) or 0), now)
+                conn.report(ev.Written(serial, self.append(serial, data)), now)
             case ev.Finish(transfer=serial, meta=meta):
                 assert self._open is not None and serial == self._serial
                 data, self._open = bytes(self._open), None

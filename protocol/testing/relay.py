@@ -1,5 +1,5 @@
 """Hypothesis strategies for the relay road: valid RELAY_PART, RELAY_STOP and RELAY_ENDED
-messages, relay secrets, a file's parts, and RELAY_* frames a peer must refuse (with the
+messages, relay secrets, and RELAY_* frames a peer must refuse (with the
 code :func:`protocol.codec.decode` raises).
 
 Example (fuzz a client's relay handling)::
@@ -30,7 +30,6 @@ __all__ = [
     "relay_chunk_sizes",
     "relay_endeds",
     "relay_parts",
-    "relay_plans",
     "relay_secrets",
     "relay_stops",
     "relay_tokens",
@@ -108,38 +107,6 @@ def relay_endeds() -> SearchStrategy[RelayEnded]:
             free_text(max_bytes=60).map(lambda t: t.replace("\n", " ").replace("\r", " ")),
         ),
     )
-
-
-def relay_plans(
-    size: int, chunk_size: int, *, start: int = 0
-) -> SearchStrategy[list[tuple[int, int]]]:
-    """Ways to cut plaintext ``[start, size)`` into contiguous relay parts: a list of
-    ``(offset, length)``, each a whole number of chunks but the last (``start`` must be
-    a multiple of ``chunk_size``)."""
-    chunks = -(-(size - start) // chunk_size)
-    if chunks <= 0:
-        return st.just([])
-
-    def cut(sizes: list[int]) -> list[tuple[int, int]]:
-        plan, offset = [], start
-        for count in sizes:
-            end = min(offset + count * chunk_size, size)
-            plan.append((offset, end - offset))
-            offset = end
-        return plan
-
-    def split(counts: list[int]) -> list[int]:
-        total, out = 0, []
-        for count in counts:
-            if total + count >= chunks:
-                out.append(chunks - total)
-                return out
-            out.append(count)
-            total += count
-        out.append(chunks - total)
-        return out
-
-    return st.lists(st.integers(1, max(1, chunks)), min_size=0, max_size=6).map(split).map(cut)
 
 
 _BAD_B64 = (

@@ -71,6 +71,8 @@ class SimulatedRelay:
             (each used once).
         upload_failures: part offsets whose upload fails (each used once).
         tamper: upload ids whose first ciphertext byte is flipped when stored.
+        lose: upload ids the service loses at once (expired): fetching them fails with
+            RELAY_GONE.
     """
 
     chunk_size: int = RELAY_MIN_CHUNK_BYTES
@@ -80,6 +82,7 @@ class SimulatedRelay:
     fetch_failures: dict[int, RelayEndCode] = field(default_factory=dict)
     upload_failures: set[int] = field(default_factory=set)
     tamper: set[str] = field(default_factory=set)
+    lose: set[str] = field(default_factory=set)
     _uploads: deque[_Upload] = field(default_factory=deque)
     _fetch: _Fetch | None = None
     _ids: int = 0
@@ -95,12 +98,10 @@ class SimulatedRelay:
         """A receiver's relay action (FetchRelayPart, HaltRelay, DeleteRelayObject)."""
         if isinstance(action, FetchRelayPart):
             self._fetch = _Fetch(conn, store, action, action.start)
-        elif isinstance(action, HaltRelay):
+        elif isinstance(action, HaltRelay):  # a fetch of that transfer always runs here
             fetch, self._fetch = self._fetch, None
-            if fetch is not None and fetch.action.transfer == action.transfer:
-                conn.report(RelayFailed(action.transfer, fetch.at, RelayEndCode.STOPPED))
-            elif fetch is not None:
-                self._fetch = fetch  # a halt of a transfer that is gone: the fetch goes on
+            assert fetch is not None and fetch.action.transfer == action.transfer
+            conn.report(RelayFailed(action.transfer, fetch.at, RelayEndCode.STOPPED))
         elif (
             isinstance(action, DeleteRelayObject)
             and self.objects.get(action.upload_id, (b"", ""))[1] == action.token
@@ -142,7 +143,8 @@ class SimulatedRelay:
         upload_id, token = f"{self._ids:032x}", f"token-{self._ids}"
         if upload_id in self.tamper:
             sealed = bytes([sealed[0] ^ 1]) + sealed[1:]
-        self.objects[upload_id] = (sealed, token)
+        if upload_id not in self.lose:
+            self.objects[upload_id] = (sealed, token)
         part = RelayPart.of(
             cipher.sha256, begin, end - begin, cipher.chunk_size, upload.secret, upload_id, token
         )
@@ -176,9 +178,5 @@ class SimulatedRelay:
             self._fetch = None
             conn.report(RelayFailed(serial, fetch.at, RelayEndCode.RELAY_CHUNK_INVALID, exc.detail))
             return
-        on_disk = fetch.store.append(serial, plain[fetch.at - index * part.chunk_size :])
-        if on_disk is None:  # the transfer ended under the fetch
-            self._fetch = None
-            return
-        fetch.at = on_disk
-        conn.report(RelayWritten(serial, on_disk), now)
+        fetch.at = fetch.store.append(serial, plain[fetch.at - index * part.chunk_size :])
+        conn.report(RelayWritten(serial, fetch.at), now)
