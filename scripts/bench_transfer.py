@@ -545,11 +545,11 @@ def main() -> int:
         mids = [r["_runs"][road].mid for r in sorted(results, key=lambda r: r["size"])]
         mids = [mid for mid in mids if mid is not None]
         if len(mids) > 1:
-            worker = (mids[-1]["worker_peak_kib"] - mids[0]["worker_peak_kib"]) / 1024
-            client = (mids[-1]["peak_kib"] - mids[0]["peak_kib"]) / 1024
+            worker = round((mids[-1]["worker_peak_kib"] - mids[0]["worker_peak_kib"]) / 1024)
+            client = round((mids[-1]["peak_kib"] - mids[0]["peak_kib"]) / 1024)
             print(
-                f"peak RSS, largest vs smallest file ({road}): worker {worker:+.0f} MiB, "
-                f"client {client:+.0f} MiB"
+                f"peak RSS, largest vs smallest file ({road}): worker {worker:+d} MiB, "
+                f"client {client:+d} MiB"
             )
     for result in results:
         del result["_runs"]
