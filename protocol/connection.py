@@ -72,10 +72,14 @@ class Capabilities:
     Attributes:
         shared_storage: SHARED_INPUT_PATH / SHARED_OUTPUT_PATH can be served.
         results_service: results can be uploaded to the storage service.
+        relay_road: RELAY_PART is taken (the worker fetches relay objects from its
+            storage service); without it a RELAY_PART is answered
+            ``RELAY_ENDED … RELAY_UNREACHABLE`` and the sender goes on by the channel.
     """
 
     shared_storage: bool = True
     results_service: bool = False
+    relay_road: bool = False
 
 
 class Connection:
@@ -125,7 +129,11 @@ class Connection:
             JobState.IDLE if role is Role.WORKER else ClientJobState(JobState.IDLE, Pending.NONE)
         )
         # A worker's store is shared by every principal: it asks a proof before dedupe.
-        self.receiver = Receiver(limits, prove_possession=role is Role.WORKER)
+        self.receiver = Receiver(
+            limits,
+            prove_possession=role is Role.WORKER,
+            relay_road=role is Role.CLIENT or self.capabilities.relay_road,
+        )
         self.sender = Sender()
         self.closed = False
         self._outputs: deque[Output] = deque()

@@ -226,6 +226,9 @@ class ReceiverRelay:
             self._end_code = RelayEndCode.STOPPED
             receiver.state = next_state
             return [HaltRelay(receiver.serial)]
+        if not receiver.relay_road:  # the sender goes on by the channel from here
+            self.verified = receiver.received
+            return self._ended(RelayEndCode.RELAY_UNREACHABLE, "no relay road on this receiver")
         last = self.queue[-1] if self.queue else self.current
         check_part(
             message, self._meta, receiver.received if last is None else last.end, self.chunk_size
@@ -306,7 +309,7 @@ class ReceiverRelay:
         receiver.on_disk = min(receiver.on_disk, offset)
         return [
             Note(f"relay road ended at {offset} bytes: {code}"),
-            RelayEnded(self._meta.sha256, offset, code, detail.replace("\n", " ")),
+            RelayEnded(self._meta.sha256, offset, code, " ".join(detail.splitlines())),
         ]
 
     def halt(self) -> list[ReceiverOutput]:

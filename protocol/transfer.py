@@ -134,6 +134,7 @@ class Receiver:
         prove_possession: ask a proof before FILE_EXISTS unless the store says the
             peer's principal stored the content itself, and record what each stored
             (a worker: its store is shared). False: FILE_EXISTS whenever held.
+        relay_road: RELAY_PART is fetched; False: answered RELAY_ENDED RELAY_UNREACHABLE.
 
     Attributes:
         proof: the open proof of possession (:class:`~protocol.proof.ProofCheck`; its
@@ -146,9 +147,12 @@ class Receiver:
         on_disk: bytes of it known to be written.
     """
 
-    def __init__(self, limits: Limits, *, prove_possession: bool = False) -> None:
+    def __init__(
+        self, limits: Limits, *, prove_possession: bool = False, relay_road: bool = True
+    ) -> None:
         self.limits = limits
         self.prove_possession = prove_possession
+        self.relay_road = relay_road
         self.proof = ProofCheck()
         self.state = ReceiverState.IDLE
         self.meta: FileMeta | FileMetaLegacy | None = None

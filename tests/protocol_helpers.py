@@ -123,9 +123,17 @@ def draw_until(
 # ===================================================================== connections
 
 
-def worker(*, shared_storage: bool = True, results_service: bool = True, **kw: Any) -> Connection:
+def worker(
+    *,
+    shared_storage: bool = True,
+    results_service: bool = True,
+    relay_road: bool = True,
+    **kw: Any,
+) -> Connection:
     """A worker connection serving ``PEER`` that names unnamed jobs ``JOB``."""
-    caps = Capabilities(shared_storage=shared_storage, results_service=results_service)
+    caps = Capabilities(
+        shared_storage=shared_storage, results_service=results_service, relay_road=relay_road
+    )
     kw.setdefault("job_id_factory", lambda: JOB)
     conn = Connection(Role.WORKER, peer=PEER, capabilities=caps, **kw)
     conn.receiver.proof.challenge = lambda size, limits: CHALLENGE

@@ -146,6 +146,18 @@ def test_a_relay_transfer_without_failures_moves_no_byte_on_the_channel() -> Non
     assert pair.client.job.worker == "HAVE_FILE"  # the held file is the next job's input
 
 
+def test_a_worker_without_the_relay_road_sends_the_client_to_the_channel() -> None:
+    from protocol.connection import Capabilities
+
+    data = file_of(2 * K + 9, 4)
+    pair = ConnectionPair(capabilities=Capabilities(relay_road=False))
+    pair.upload(data, "in.bin", road=Road.RELAY)
+    ended = next(f for _, f in pair.frames if isinstance(f, str) and f.startswith("RELAY_ENDED"))
+    assert ended.split("::")[2:] == ["0", "RELAY_UNREACHABLE", "no relay road on this receiver"]
+    assert pair.world.store.objects[sha256_of(data)] == data
+    assert pair.world.store.writes[0][0] == 0  # everything by the channel, from 0
+
+
 def test_an_attacker_cannot_point_the_worker_at_a_url_or_at_another_file() -> None:
     """The attacker's steps: open a transfer of its own file on the worker, then send
     RELAY_PART frames naming a URL instead of an upload id, another file's sha256, bytes

@@ -433,3 +433,9 @@ def test_the_relay_road_keeps_its_own_verified_offset() -> None:
     r.receive(Chunk(DATA[:4]), 0.0)
     out = r.receive(RelayStop(SHA), 0.0)
     assert RelayEnded(SHA, 4, "STOPPED", "no relay part was being fetched") in out
+
+
+def test_a_detail_on_several_lines_is_sent_on_one() -> None:
+    r = relaying()
+    out = r.report(RelayFailed(1, 0, RelayEndCode.RELAY_REFUSED, "403\r\nForbidden"), 1.0)
+    assert RelayEnded(SHA, 0, "RELAY_REFUSED", "403 Forbidden") in out

@@ -303,7 +303,9 @@ class ConnectionPair:
         job_id_factory: Callable[[], str] | None = None,
     ) -> None:
         self.world = world or SimulatedWorld()
-        caps = capabilities or Capabilities(shared_storage=True, results_service=True)
+        caps = capabilities or Capabilities(
+            shared_storage=True, results_service=True, relay_road=True
+        )
         self.worker = Connection(
             Role.WORKER,
             peer=peer,
