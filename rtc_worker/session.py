@@ -23,9 +23,8 @@ from loguru import logger
 from protocol import JobComplete, JobMetrics, PathReason
 from protocol import events as ev
 from protocol.connection import Connection
-from protocol.errors import RelayEndCode
 from protocol.handshake import AuthConfig, Authenticated, AuthFailed
-from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay, RelayFailed
+from protocol.relay_events import DeleteRelayObject, FetchRelayPart, HaltRelay
 from protocol.routes import Role
 from rtc_worker.archive import ArchiveError, build_zip, inspect_zip, looks_like_zip
 from rtc_worker.driver import ChannelDriver
@@ -185,13 +184,8 @@ class WorkerSession:
             self.roads.action(action.transfer)
 
     async def _fetch_relay(self, action: FetchRelayPart) -> None:
-        """Start fetching a relay part (the connection asks only when the road is offered)."""
-        if self.relay is None:
-            detail = "this worker does not offer the relay road"
-            self._relay_report(
-                RelayFailed(action.transfer, action.start, RelayEndCode.RELAY_REFUSED, detail)
-            )
-            return
+        """Start fetching a relay part."""
+        assert self.relay is not None  # the connection asks only when the road is offered
         await self.relay.start(action)
 
     def _relay_report(self, outcome: object) -> None:

@@ -171,7 +171,9 @@ class RTCWorkerClient:
             ),
             limits=limits,
             capabilities=Capabilities(
-                shared_storage=shared is not None, results_service=results_client is not None
+                shared_storage=shared is not None,
+                results_service=results_client is not None,
+                relay_road=settings.relay_road_offered,
             ),
             reserved_names=layout.reserved_names(settings.work_dir_name),
             results_client=results_client,
