@@ -414,8 +414,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         upload = download.upload
         relayed = upload.bytes_relayed
         print(
-            f"input {sent_name}: {upload.outcome.status} by {upload.road}, "
-            f"{upload.bytes_moved:,} of {upload.size:,} bytes sent"
+            f"input {sent_name}: {upload.outcome.status}, {upload.bytes_moved:,} of "
+            f"{upload.size:,} bytes sent by {upload.road}"
             + (f" ({relayed:,} relayed)" if upload.bytes_sent and relayed else "")
             + (f" from offset {upload.outcome.offset:,}" if upload.outcome.offset else "")
             + f", {upload.mb_per_s:.2f} MB/s"

@@ -62,7 +62,6 @@ class Uploader:
         self._on_road: OnRoad | None = None
         self._relay: RelaySender | None = None
         self._roads: list[RoadChange] = []
-        self._plan = CHANNEL_PLAN
 
     def perform(self, output: object) -> bool:
         """Perform a sender's output; False when it is not one."""
@@ -136,7 +135,7 @@ class Uploader:
         file = await file_to_send(opener, path.name)
         started, sent_before = time.monotonic(), self.io.bytes_sent
         self.io.offer(opener)
-        self._on_progress, self._on_road, self._roads, self._plan = on_progress, on_road, [], plan
+        self._on_progress, self._on_road, self._roads = on_progress, on_road, []
         relay = self._relay = self._relay_sender(plan, opener, file)
         try:
             if relay is None:
@@ -146,6 +145,7 @@ class Uploader:
             serial = self.conn.sender.serial
             await self.driver.drain()
             ended = await self._wait_sent(serial)
+            seconds = time.monotonic() - started  # the deletes below are not the transfer's
         except asyncio.CancelledError:
             self.conn.cancel_send()  # the worker keeps its partial; the channel stays usable
             self.driver.kick()
@@ -159,7 +159,7 @@ class Uploader:
             ended,
             file.size,
             self.io.bytes_sent - sent_before,
-            time.monotonic() - started,
+            seconds,
             bytes_relayed=self._relayed(relay, ended, file.size),
             roads=tuple(self._roads),
             relay_failure=None if relay is None else relay.failure or _relay_code(ended),

@@ -49,7 +49,9 @@ __all__ = [
     "PathPermissionDenied",
     "PathRefusedError",
     "QuotaExceeded",
+    "RelayChunkInvalid",
     "RoadFailed",
+    "RoadUnavailable",
     "SizeMismatch",
     "TransferCancelled",
     "TransferFailedError",
@@ -257,6 +259,12 @@ class MalformedReply(WorkerProtocolError):
     ``INVALID_JOB_ID``, ``UNEXPECTED_DATA``)."""
 
 
+class RoadUnavailable(WorkerProtocolError):
+    """``ROAD_UNAVAILABLE``: a road was asked for that cannot be taken."""
+
+    CODE = ErrorCode.ROAD_UNAVAILABLE
+
+
 _PROTOCOL_CLASSES: dict[str, type[WorkerProtocolError]] = {
     cls.CODE: cls
     for cls in (
@@ -271,6 +279,7 @@ _PROTOCOL_CLASSES: dict[str, type[WorkerProtocolError]] = {
         AuthFailed,
         NotAuthorized,
         WorkerKeyChanged,
+        RoadUnavailable,
     )
 }
 _GRAMMAR_CODES = frozenset(
@@ -360,6 +369,13 @@ class UnexpectedData(TransferFailedError):
     CODE = TransferErrorCode.UNEXPECTED_DATA
 
 
+class RelayChunkInvalid(TransferFailedError):
+    """``RELAY_CHUNK_INVALID``: a relay-road chunk failed authentication (tampered,
+    swapped, wrong key, short object); nothing of it was stored."""
+
+    CODE = TransferErrorCode.RELAY_CHUNK_INVALID
+
+
 _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
     cls.CODE: cls
     for cls in (
@@ -371,6 +387,7 @@ _TRANSFER_CLASSES: dict[str, type[TransferFailedError]] = {
         TransferCancelled,
         UnexpectedData,
         QuotaExceeded,
+        RelayChunkInvalid,
     )
 }
 

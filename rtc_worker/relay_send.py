@@ -44,8 +44,9 @@ __all__ = ["LEAD_PARTS", "SEAL_BATCH_BYTES", "RelaySender", "part_length", "seal
 SEAL_BATCH_BYTES = 4 * 1024 * 1024
 #: Most parts stored and announced but not yet on the receiver's disk.
 LEAD_PARTS = 2
-#: Without FILE_PROGRESS for this long, one more part may go (seconds)...
-STALL_S = 1.0
+#: Without FILE_PROGRESS for this long (a receiver reports at least every 0.5 s while
+#: it fetches: Limits.progress_interval_s), one more part may go, seconds...
+STALL_S = 0.75
 #: ...but never more than this many parts beyond the receiver's disk.
 MAX_AHEAD = 4
 #: Longest wait for the relay objects' deletes at the end, seconds.

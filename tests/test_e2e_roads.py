@@ -129,7 +129,7 @@ async def test_auto_takes_the_relay_road_for_32_mib_and_removes_the_relay_object
 async def test_auto_takes_the_channel_when_the_worker_has_no_storage_service(
     start_worker: Any, relay_client: RTCClient, tmp_path: Path
 ) -> None:
-    worker = await start_worker()  # no storage_url: it advertises shared? no: channel
+    worker = await start_worker()  # no storage service: no relay road
     assert "relay" not in worker.metadata["roads"]
     data = random_file(tmp_path / "small.bin", 3 * MIB)
     plan = await relay_client.plan_road("worker-1")
@@ -256,7 +256,7 @@ async def test_the_command_line_takes_the_relay_road_and_refuses_an_impossible_r
         str(tmp_path / "dl"), "--job-id", "cli-relay", "--trace", env=env,
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
-    assert "input package.zip: received by relay, " in ran.stdout
+    assert "input package.zip: received, " in ran.stdout and " bytes sent by relay" in ran.stdout
     assert "road (the worker's JOB_METRICS): relay" in ran.stdout
     parts = [line for line in ran.stdout.splitlines() if "RELAY_PART::" in line]
     assert parts and all(line.endswith("::...<hidden>") for line in parts)
