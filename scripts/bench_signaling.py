@@ -1,29 +1,40 @@
 #!/usr/bin/env python3
-"""Benchmark of signaling relay latency, in memory and on Redis (not a test: it prints
-numbers).
+"""Benchmark of signaling with many connected peers: relay latency and memory per peer,
+in memory and on Redis (not a test: it prints numbers).
 
-Every server is a separate ``rtc-signaling`` process on this machine; the peers are
-WebSockets held by this script's process (anonymous clients, so the figure is the relay,
-not key checks). With ``--peers`` (1000) peers registered:
+Every server is a separate ``rtc-signaling`` process on this machine. The peers are
+WebSockets held by ``--clients`` (4) client processes, so that the client side is not
+the bottleneck; each peer has its own Ed25519 key and registers by answering the
+server's challenge (``protocol.signaling_proof.signed_register``), as every worker and
+client does. The server's per-address cap would refuse thousands of sockets from
+127.0.0.1: the bench lifts it with ``--max-connections-per-address`` (and raises the
+open-files limit of every process it starts). With ``--peers`` (5,000) registered:
 
-  (a) memory, one process: offers between random pairs, one in flight at a time;
-  (b) Redis, one process (``--redis-url``): the same;
-  (c) Redis, two processes: the peers split between them, every pair across them;
-  (d) memory per connected peer: growth of each signaling process's resident set size
-      (VmRSS) from before the peers registered to after, divided by its peers; for (b)
-      and (c) also Redis's ``used_memory`` growth per peer.
+  memory      one process, registry in memory: offers between random pairs;
+  redis-1     one process on Redis (``redis-server`` started by the bench): the same;
+  redis-2     two processes on Redis, the peers split between them, every pair across.
 
-The latency of one offer is the time from sending it on the sender's socket to reading
-it, relayed, on the receiver's (same clock, this process). A ``redis-server`` on
-127.0.0.1 (no persistence) is started by the bench; without the binary, (b) and (c) are
-missing and the bench says why.
+The client processes send ``--offers`` (2,000) offers of 1,500 bytes in all, each from
+a random peer of its own to a random peer (of any process), paced at ``--rate`` offers
+per second in all, after ``--warmup`` unmeasured ones. The latency of one offer is from
+its sending to its reading, relayed, on the receiver's socket, both stamped with the
+system-wide monotonic clock (``time.monotonic_ns``, the same clock in every process).
+Memory per connected peer: the growth of each signaling process's resident set (VmRSS)
+from before the peers registered (after one warm-up peer) to after, divided by its
+peers; on Redis also Redis's ``used_memory`` growth per peer. Without ``redis-server``
+the Redis setups say why they are missing.
+
+Goal, printed next to the figures (met / not met), never asserted: relay p99 < 10 ms
+with 5,000 peers.
 
 Usage::
 
-    .venv/bin/python scripts/bench_signaling.py                  # 1000 peers, 2000 offers
-    .venv/bin/python scripts/bench_signaling.py --peers 200 --offers 500 --json out.json
+    .venv/bin/python scripts/bench_signaling.py                     # 5,000 peers, all setups
+    .venv/bin/python scripts/bench_signaling.py --quick             # 400 peers, memory only
+    .venv/bin/python scripts/bench_signaling.py --setups memory --json signaling.json
 
-Prints a table, then the figures as one JSON object on the last line.
+Prints a table, then the figures as one JSON object on the last line (also written to
+``--json FILE``).
 """
 
 from __future__ import annotations
@@ -37,7 +48,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,29 +57,127 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench_common import Goal, emit, free_port, percentile, print_table, rss_kib  # noqa: E402
+
 SDP_BYTES = 1500  # about the size of a data-channel offer from aiortc
-TIMEOUT_S = 10.0
+TIMEOUT_S = 30.0
+SETUPS = {"memory": (1, False), "redis-1": (1, True), "redis-2": (2, True)}
+LABELS = {
+    "memory": "memory, one process",
+    "redis-1": "Redis, one process",
+    "redis-2": "Redis, two processes (across)",
+}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def raise_open_files() -> int:
+    """Raise this process's soft open-files limit to its hard limit; returns it."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
-def rss_kib(pid: int) -> int:
-    """VmRSS of a process, KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def peer_id(number: int) -> str:
+    return f"p{number:05d}"
+
+
+# ----------------------------------------------------------------- the client processes
+
+
+async def register(session: Any, url: str, name: str) -> Any:
+    """One WebSocket registered as client ``name`` with a fresh key (challenge answered)."""
+    from protocol.signaling import Challenge, Registered, dump_frame, parse_server_frame
+    from protocol.signaling_proof import signed_register
+    from rtc_worker.identity import Identity
+
+    identity = Identity.generate()
+    ws = await session.ws_connect(url, heartbeat=None, max_msg_size=0)
+    challenge = parse_server_frame(await ws.receive_str(timeout=TIMEOUT_S))
+    if not isinstance(challenge, Challenge):
+        raise RuntimeError(f"expected a challenge, got {challenge}")
+    frame = signed_register(
+        challenge, peer_id=name, role="client", public_key=identity.public_key, sign=identity.sign
+    )
+    await ws.send_str(dump_frame(frame))
+    reply = parse_server_frame(await ws.receive_str(timeout=TIMEOUT_S))
+    if not isinstance(reply, Registered):
+        raise RuntimeError(f"registration of {name} refused: {reply}")
+    return ws
+
+
+async def peers_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Register this process's peers, report READY; on GO send its offers (paced), report
+    SENT; on STOP print the latencies (ms) of the offers its peers received."""
+    import aiohttp
+
+    raise_open_files()
+    urls = args.urls.split(",")
+    mine = range(args.first, args.first + args.count)
+    rng = random.Random(args.seed * 1000 + args.first)
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def read(ws: Any) -> None:
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            now = time.monotonic_ns()
+            frame = json.loads(msg.data)
+            if frame.get("type") == "offer":
+                seq, sent, _ = frame["sdp"].split(" ", 2)
+                if int(seq) >= 0:
+                    latencies.append((now - int(sent)) / 1e6)
+            elif frame.get("type") == "error":
+                print(f"error frame: {frame}", file=sys.stderr)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        gate = asyncio.Semaphore(32)
+        sockets: dict[int, Any] = {}
+
+        async def join(number: int) -> None:
+            async with gate:
+                sockets[number] = await register(session, urls[number % len(urls)], peer_id(number))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(join(n) for n in mine))
+        register_s = time.perf_counter() - began
+        readers = [asyncio.create_task(read(ws)) for ws in sockets.values()]
+        print("READY", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # GO
+        padding = "v=0 " + "a" * (SDP_BYTES - 40)
+        interval = args.interval_ms / 1000
+        next_at = time.monotonic()
+        for seq in range(-args.warmup, args.offers):
+            sender = rng.choice(mine)
+            while True:
+                receiver = rng.randrange(args.total)
+                if receiver != sender and (
+                    len(urls) == 1 or receiver % len(urls) != sender % len(urls)
+                ):
+                    break
+            sdp = f"{seq} {time.monotonic_ns()} {padding}"
+            await sockets[sender].send_str(
+                json.dumps({"type": "offer", "to": peer_id(receiver), "sdp": sdp})
+            )
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        print("SENT", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # STOP
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*(ws.close() for ws in sockets.values()), return_exceptions=True)
+    return {"latencies_ms": latencies, "register_s": register_s}
+
+
+# ----------------------------------------------------------------- servers
 
 
 def redis_used_memory(port: int) -> int:
     """Redis ``INFO memory`` ``used_memory``, bytes."""
+    import socket
+
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"INFO memory\r\n")
         data = b""
@@ -90,9 +198,25 @@ def redis_server() -> Any:
         return
     folder = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
-            "--logfile", str(folder / "redis.log")]  # fmt: skip
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(folder),
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(folder / "redis.log"),
+        "--maxclients",
+        "20000",
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -119,8 +243,11 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def signaling(count: int, redis_url: str | None, folder: Path) -> AsyncIterator[list[Server]]:
-    """``count`` signaling processes (on ``redis_url`` when given), stopped on exit."""
+async def signaling(
+    count: int, redis_url: str | None, folder: Path, peers: int
+) -> AsyncIterator[list[Server]]:
+    """``count`` signaling processes (on ``redis_url`` when given), stopped on exit;
+    their per-address cap lifted for ``peers`` sockets from 127.0.0.1."""
     servers: list[Server] = []
     env = {**os.environ, "RTC_LOG_LEVEL": "ERROR", "RTC_REDIS_URL": redis_url or ""}
     env["RTC_REDIS_KEY_PREFIX"] = f"bench{random.randrange(10**9)}:"
@@ -128,11 +255,21 @@ async def signaling(count: int, redis_url: str | None, folder: Path) -> AsyncIte
         for index in range(count):
             port = free_port()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "signaling", "--port", str(port),
-                "--allow-anonymous-clients", "--max-connections-per-address", "100000",
-                "--data-dir", str(folder / f"data-{index}"),
-                cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "signaling",
+                "--port",
+                str(port),
+                "--max-connections-per-address",
+                str(peers + 100),
+                "--max-connections",
+                str(peers + 100),
+                "--data-dir",
+                str(folder / f"data-{index}"),
+                cwd=REPO,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+            )
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), 30)
             if not line.startswith(b"listening on"):
@@ -148,115 +285,106 @@ async def signaling(count: int, redis_url: str | None, folder: Path) -> AsyncIte
                 await asyncio.wait_for(server.proc.wait(), 15)
 
 
-class Peers:
-    """Registered anonymous peers and the offers they are waiting for."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
-        self.sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
-        self.waiting: dict[int, asyncio.Future[float]] = {}
-        self.readers: list[asyncio.Task[None]] = []
-
-    async def register(self, url: str, peer_id: str) -> None:
-        ws = await self.session.ws_connect(url, heartbeat=None, max_msg_size=0)
-        await ws.receive_json(timeout=TIMEOUT_S)  # challenge
-        await ws.send_json({"type": "register", "peer_id": peer_id, "role": "client"})
-        reply = await ws.receive_json(timeout=TIMEOUT_S)
-        if reply.get("type") != "registered":
-            raise RuntimeError(f"registration of {peer_id} refused: {reply}")
-        self.sockets[peer_id] = ws
-        self.readers.append(asyncio.create_task(self._read(ws)))
-
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            now = time.perf_counter()
-            frame = json.loads(msg.data)
-            if frame.get("type") == "offer":
-                waiter = self.waiting.pop(int(frame["sdp"].split(" ", 1)[0]), None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(now)
-            elif frame.get("type") == "error":
-                print(f"error frame: {frame}", file=sys.stderr)
-
-    async def offer(self, seq: int, sender: str, receiver: str, sdp: str) -> float:
-        """Send one offer; return its latency, seconds."""
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiting[seq] = waiter
-        began = time.perf_counter()
-        await self.sockets[sender].send_str(
-            json.dumps({"type": "offer", "to": receiver, "sdp": f"{seq} {sdp}"})
-        )
-        arrived = await asyncio.wait_for(waiter, TIMEOUT_S)
-        return arrived - began
-
-    async def close(self) -> None:
-        for task in self.readers:
-            task.cancel()
-        await asyncio.gather(*(ws.close() for ws in self.sockets.values()), return_exceptions=True)
+# ----------------------------------------------------------------- one setup
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+async def line_of(proc: asyncio.subprocess.Process, expected: str, timeout: float) -> None:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    if line.decode().strip() != expected:
+        raise RuntimeError(f"a client process said {line!r}, not {expected}")
+
+
+async def tell(procs: list[asyncio.subprocess.Process], word: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(word.encode() + b"\n")
+        await proc.stdin.drain()
 
 
 async def measure(
-    label: str, processes: int, redis_port: int | None, args: argparse.Namespace, folder: Path
+    setup: str, redis_port: int | None, args: argparse.Namespace, folder: Path
 ) -> dict[str, Any]:
+    import aiohttp
+
+    processes, _ = SETUPS[setup]
     url = None if redis_port is None else f"redis://127.0.0.1:{redis_port}/0"
-    rng = random.Random(args.seed)
-    sdp = "v=0 " + "a" * (SDP_BYTES - 4)
-    async with (
-        signaling(processes, url, folder) as servers,
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
-    ):
-        peers = Peers(session)
-        await peers.register(servers[0].url, "warm-up")  # the first socket's one-off costs
-        await asyncio.sleep(0.2)
-        rss_before = [rss_kib(s.proc.pid) for s in servers]
+    async with signaling(processes, url, folder / setup, args.peers) as servers:
+        async with aiohttp.ClientSession() as session:  # the first socket's one-off costs
+            for server in servers:
+                await (await register(session, server.url, f"warm-up-{server.port}")).close()
+        await asyncio.sleep(0.3)
+        rss_before = [rss_kib(s.proc.pid, "VmRSS") for s in servers]
         redis_before = 0 if redis_port is None else redis_used_memory(redis_port)
-        homes = {f"p{n:05d}": servers[n % processes] for n in range(args.peers)}
-        gate = asyncio.Semaphore(64)
-
-        async def join(peer_id: str, server: Server) -> None:
-            async with gate:
-                await peers.register(server.url, peer_id)
-
-        began = time.perf_counter()
-        await asyncio.gather(*(join(p, s) for p, s in homes.items()))
-        register_s = time.perf_counter() - began
-        await asyncio.sleep(0.5)
-        rss_after = [rss_kib(s.proc.pid) for s in servers]
-        redis_after = 0 if redis_port is None else redis_used_memory(redis_port)
-        ids = sorted(homes)
-
-        def pair() -> tuple[str, str]:
-            while True:
-                a, b = rng.sample(ids, 2)
-                if processes == 1 or homes[a] is not homes[b]:
-                    return a, b
-
-        for seq in range(args.warmup):
-            await peers.offer(-1 - seq, *pair(), sdp)
-        latencies = [await peers.offer(seq, *pair(), sdp) for seq in range(args.offers)]
-        await peers.close()
+        share, extra = divmod(args.peers, args.clients)
+        per_client_offers = max(1, args.offers // args.clients)
+        interval_ms = 1000 * args.clients / args.rate
+        clients, first = [], 0
+        for index in range(args.clients):
+            count = share + (1 if index < extra else 0)
+            clients.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--role",
+                    "peers",
+                    "--urls",
+                    ",".join(s.url for s in servers),
+                    "--first",
+                    str(first),
+                    "--count",
+                    str(count),
+                    "--total",
+                    str(args.peers),
+                    "--offers",
+                    str(per_client_offers),
+                    "--warmup",
+                    str(args.warmup // args.clients),
+                    "--interval-ms",
+                    str(interval_ms),
+                    "--seed",
+                    str(args.seed),
+                    cwd=REPO,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+            )
+            first += count
+        try:
+            began = time.perf_counter()
+            await asyncio.gather(*(line_of(c, "READY", 600) for c in clients))
+            register_s = time.perf_counter() - began
+            await asyncio.sleep(0.5)
+            rss_after = [rss_kib(s.proc.pid, "VmRSS") for s in servers]
+            redis_after = 0 if redis_port is None else redis_used_memory(redis_port)
+            await tell(clients, "GO")
+            await asyncio.gather(*(line_of(c, "SENT", 600) for c in clients))
+            await asyncio.sleep(TIMEOUT_S / 10)  # the last offers arrive
+            await tell(clients, "STOP")
+            outputs = [await c.communicate() for c in clients]
+        finally:
+            for proc in clients:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    ms: list[float] = []
+    for out, _ in outputs:
+        ms += json.loads(out.decode().strip().splitlines()[-1])["latencies_ms"]
     per_process = args.peers / processes
-    grown = [
-        (after - before) * 1024 / per_process
-        for before, after in zip(rss_before, rss_after, strict=True)
-    ]
-    ms = [x * 1000 for x in latencies]
+    grown = [(b - a) * 1024 / per_process for a, b in zip(rss_before, rss_after, strict=True)]
+    sent = per_client_offers * args.clients
     return {
-        "setup": label,
+        "setup": setup,
+        "label": LABELS[setup],
         "processes": processes,
         "peers": args.peers,
-        "offers": args.offers,
+        "client_processes": args.clients,
+        "offers_sent": sent,
+        "offers_received": len(ms),
         "p50_ms": round(percentile(ms, 0.50), 3),
         "p99_ms": round(percentile(ms, 0.99), 3),
-        "mean_ms": round(statistics.fmean(ms), 3),
-        "max_ms": round(max(ms), 3),
+        "mean_ms": round(statistics.fmean(ms), 3) if ms else None,
+        "max_ms": round(max(ms), 3) if ms else None,
         "register_s": round(register_s, 2),
         "rss_bytes_per_peer": round(statistics.fmean(grown)),
         "redis_bytes_per_peer": None
@@ -266,60 +394,96 @@ async def measure(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    limit = raise_open_files()
+    if limit < args.peers // max(1, args.clients) + 256:
+        raise SystemExit(f"the open-files limit ({limit}) is too low for {args.peers} peers")
     results: list[dict[str, Any]] = []
-    missing: list[str] = []
+    missing: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-signaling-") as tmp, redis_server() as port:
-        folder = Path(tmp)
-        results.append(await measure("memory, one process", 1, None, args, folder))
-        if port is None:
-            missing.append(
-                "redis-server is not installed: no Redis figures (apt-get install redis-server)"
+        for setup in args.setups:
+            if SETUPS[setup][1] and port is None:
+                missing[setup] = "redis-server is not installed (apt-get install redis-server)"
+                continue
+            results.append(
+                await measure(setup, port if SETUPS[setup][1] else None, args, Path(tmp))
             )
-        else:
-            results.append(await measure("Redis, one process", 1, port, args, folder))
-            results.append(await measure("Redis, two processes (across)", 2, port, args, folder))
-    return {
-        "results": results,
-        "missing": missing,
-        "python": sys.version.split()[0],
-        "cpus": os.cpu_count(),
-    }
-
-
-def table(report: dict[str, Any]) -> str:
-    head = (
-        f"{'setup':32} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'max ms':>8} "
-        f"{'RSS/peer':>12} {'Redis/peer':>10} {'register':>9}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in report["results"]:
-        redis = "-" if r["redis_bytes_per_peer"] is None else f"{r['redis_bytes_per_peer']} B"
-        lines.append(
-            f"{r['setup']:32} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} {r['mean_ms']:8.3f} "
-            f"{r['max_ms']:8.2f} {r['rss_bytes_per_peer'] / 1024:8.1f} KiB {redis:>10} "
-            f"{r['register_s']:8.2f}s"
-        )
-    lines += [f"missing: {m}" for m in report["missing"]]
-    return "\n".join(lines)
+            print(f"{LABELS[setup]}: done", flush=True)
+    return {"results": results, "missing": missing}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--peers", type=int, default=1000, help="connected peers (default 1000)")
-    parser.add_argument("--offers", type=int, default=2000, help="offers measured per setup")
+    parser.add_argument("--quick", action="store_true", help="400 peers, 400 offers, memory only")
+    parser.add_argument("--peers", type=int, help="connected peers (default 5000; quick 400)")
+    parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
+    parser.add_argument("--offers", type=int, help="offers measured per setup (default 2000)")
     parser.add_argument("--warmup", type=int, default=100, help="offers sent before measuring")
+    parser.add_argument("--rate", type=float, default=400, help="offers per second in all")
+    parser.add_argument("--setups", help=f"comma-separated, of {','.join(SETUPS)} (default all)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random pairs")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--urls", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--interval-ms", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "peers":
+        args.offers = args.offers or 0
+        print(json.dumps(asyncio.run(peers_role(args))), flush=True)
+        return 0
+    args.peers = args.peers or (400 if args.quick else 5000)
+    args.offers = args.offers or (400 if args.quick else 2000)
+    args.setups = (args.setups or ("memory" if args.quick else ",".join(SETUPS))).split(",")
+    unknown = set(args.setups) - set(SETUPS)
+    if unknown:
+        parser.error(f"unknown setups: {', '.join(sorted(unknown))} (known: {', '.join(SETUPS)})")
+    began = time.monotonic()
     report = asyncio.run(run(args))
-    print(f"{args.peers} peers, {args.offers} offers of {SDP_BYTES} bytes, one in flight at a time")
-    print(table(report))
-    text = json.dumps(report)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
+    print()
+    print(
+        f"{args.peers} peers registered with keys from {args.clients} client processes, "
+        f"{args.offers} offers of {SDP_BYTES} bytes at {args.rate:g}/s "
+        f"({time.monotonic() - began:.0f} s in all)"
+    )
+    rows = [
+        [
+            r["label"],
+            f"{r['p50_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['max_ms']:.2f}",
+            f"{r['rss_bytes_per_peer'] / 1024:.1f} KiB",
+            "-" if r["redis_bytes_per_peer"] is None else f"{r['redis_bytes_per_peer']} B",
+            f"{r['register_s']:.1f} s",
+            f"{r['offers_received']}/{r['offers_sent']}",
+        ]
+        for r in report["results"]
+    ]
+    rows += [
+        [LABELS[s], f"not available: {why}", "", "", "", "", "", ""]
+        for s, why in report["missing"].items()
+    ]
+    print_table(
+        [
+            "setup",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "RSS per peer",
+            "Redis per peer",
+            "register",
+            "offers",
+        ],
+        rows,
+    )
+    goals = [
+        Goal(f"relay p99, {r['label']}, {r['peers']} peers", r["p99_ms"], "<", 10, " ms")
+        for r in report["results"]
+    ]
+    emit(
+        {**report, "peers": args.peers, "offers": args.offers, "rate": args.rate}, goals, args.json
+    )
     return 0
 
 
