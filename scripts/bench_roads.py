@@ -9,14 +9,12 @@ The relay road is measured through the client's public API only:
 ``RTCClient(..., storage_url=URL, storage_api_key=KEY)``, ``RTCClient.plan_road(worker,
 "relay")`` and ``WorkerConnection.send_file(path, road=plan)`` (the worker offers the
 road when started with ``--storage-url`` and ``RTC_STORAGE_API_KEY``).
-:func:`relay_unavailable` says why it cannot be measured in this checkout, if so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import shutil
 import signal
@@ -235,25 +233,6 @@ async def proxy_role(listen: int, target: int, cut_after: int, outage_s: float) 
 
 
 # ----------------------------------------------------------- the relay road
-
-
-def relay_unavailable() -> str | None:
-    """Why the relay road cannot be measured with this checkout's client, or None."""
-    try:
-        from protocol.roads import Road  # noqa: F401
-
-        from rtc_worker.client import RTCClient
-        from rtc_worker.client_channel import WorkerConnection
-    except ImportError as exc:
-        return f"the relay road is not in this checkout ({exc})"
-    client = inspect.signature(RTCClient.__init__).parameters
-    if not {"storage_url", "storage_api_key"} <= set(client):
-        return "RTCClient takes no storage_url/storage_api_key"
-    if not hasattr(RTCClient, "plan_road"):
-        return "RTCClient has no plan_road"
-    if "road" not in inspect.signature(WorkerConnection.send_file).parameters:
-        return "WorkerConnection.send_file takes no road"
-    return None
 
 
 async def relay_sender_role(url: str, storage_url: str, path: Path, worker: str) -> dict[str, Any]:

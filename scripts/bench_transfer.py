@@ -498,12 +498,6 @@ def main() -> int:
             turn_url, turn_why = start_turn(stack, tmp)
             if turn_url is None:
                 why["turn"] = str(turn_why)
-        if "relay" in args.roads:
-            from bench_roads import relay_unavailable
-
-            relay_why = relay_unavailable()
-            if relay_why is not None:
-                why["relay"] = relay_why
         print(
             f"sizes {', '.join(size_label(s) for s in sizes)}, {args.rounds} round(s), "
             f"chunk {args.chunk_size} bytes, flow control {HIGH_WATER // 1024} KiB / "
