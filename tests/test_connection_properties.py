@@ -467,6 +467,8 @@ class HonestAdapter:
         meta, start = sender.meta, sender.relay.next_offset
         assert meta is not None
         action = self.draw(st.sampled_from(["part", "part", "bad", "stop"]))
+        if action == "part" and start >= meta.size:  # every part is out: nothing to send
+            return
         if action == "stop":
             self.conn.relay_stop()
         else:

@@ -84,7 +84,6 @@ from protocol.relay_events import (
     FetchRelayPart,
     RelayFailed,
     RelayFetched,
-    RelayWritten,
 )
 from protocol.relay_messages import RelayEnded, RelayPart
 from protocol.transfer import Receiver, ReceiverState
@@ -185,16 +184,14 @@ class StoreAdapter:
                     if isinstance(exc, ConnectionError)
                     else RelayEndCode.RELAY_CHUNK_INVALID
                 )
-                failed = RelayFailed(serial, self.partial.on_disk, code, "drawn")
+                failed = RelayFailed(serial, at, code, "drawn")  # what it verified
                 self.run(self.receiver.report(failed, self.now))
                 return
             data = plain[at - index * K :]
             self.partial.write(data)
             self.partial.flush()
             self.appended.append(data)
-            at += len(data)
-            if part.end < meta.size:  # (no progress once the last part is fetched)
-                self.run(self.receiver.report(RelayWritten(serial, at), self.now))
+            at += len(data)  # (RelayFetched reports the part; progress comes once per frame)
         self.run(self.receiver.report(RelayFetched(serial, at), self.now))
 
     def receive(self, message: Message, now: float) -> None:
@@ -430,7 +427,9 @@ class ReceiverWithStore(RuleBasedStateMachine):
             ended = [r for r in replies if isinstance(r, RelayEnded)]
             if ended:  # the channel goes on from exactly what is on disk
                 (relay_ended,) = ended
-                assert relay_ended.offset == self.receiver.received == self.adapter.partial.on_disk  # type: ignore[union-attr]
+                partial = self.adapter.partial
+                assert partial is not None  # the offset is where the next byte goes
+                assert relay_ended.offset == self.receiver.received == partial.offset
                 event(f"relay road ended: {relay_ended.code}")
                 self.next_offset = relay_ended.offset
                 return

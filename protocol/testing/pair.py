@@ -291,6 +291,7 @@ class ConnectionPair:
     Attributes:
         frames: the exchange so far, in the order frames crossed.
         events: every non-Send output of the client connection (Delivered, Refused...).
+        relay: the simulated relay objects (the worker's store fetches from them).
     """
 
     def __init__(
@@ -303,9 +304,7 @@ class ConnectionPair:
         job_id_factory: Callable[[], str] | None = None,
     ) -> None:
         self.world = world or SimulatedWorld()
-        caps = capabilities or Capabilities(
-            shared_storage=True, results_service=True, relay_road=True
-        )
+        caps = capabilities or Capabilities(True, True, relay_road=True)
         self.worker = Connection(
             Role.WORKER,
             peer=peer,
@@ -324,11 +323,7 @@ class ConnectionPair:
         self.sources: dict[Role, bytes] = {}
         self.now = 0.0
         self._cut: dict[Role, int | None] = {Role.WORKER: None, Role.CLIENT: None}
-
-    @property
-    def relay(self) -> SimulatedRelay:
-        """The simulated relay objects (the worker's store fetches from them)."""
-        return self.world.store.relay
+        self.relay: SimulatedRelay = self.world.store.relay
 
     def send(self, message: Message) -> None:
         """The client sends ``message`` (checked by its tables), then everything settles."""

@@ -86,6 +86,7 @@ class SimulatedRelay:
     _uploads: deque[_Upload] = field(default_factory=deque)
     _fetch: _Fetch | None = None
     _ids: int = 0
+    _turn: bool = False
 
     def start_upload(self, conn: Connection, out: RelayFrom, data: bytes) -> None:
         """RelayFrom: the sender seals and uploads ``data`` from ``out.offset``, a part per
@@ -102,16 +103,16 @@ class SimulatedRelay:
             fetch, self._fetch = self._fetch, None
             assert fetch is not None and fetch.action.transfer == action.transfer
             conn.report(RelayFailed(action.transfer, fetch.at, RelayEndCode.STOPPED))
-        elif (
-            isinstance(action, DeleteRelayObject)
-            and self.objects.get(action.upload_id, (b"", ""))[1] == action.token
-        ):
-            del self.objects[action.upload_id]
+        else:  # DeleteRelayObject: its part was verified, so the object is here
+            assert isinstance(action, DeleteRelayObject)
+            assert self.objects.pop(action.upload_id)[1] == action.token
             self.deleted.append(action.upload_id)
 
     def step(self, now: float) -> bool:
-        """Advance one fetch chunk, else one upload part; False when nothing is left."""
-        if self._fetch is not None:
+        """Advance one fetch chunk or one upload part, in turns (so RELAY_STOP may cross
+        a fetch and parts may queue); False when nothing is left."""
+        self._turn = not self._turn
+        if self._fetch is not None and (self._turn or not self._pending_uploads()):
             self._fetch_chunk(self._fetch, now)
             return True
         while self._uploads:
@@ -123,6 +124,12 @@ class SimulatedRelay:
             self._upload_part(upload)
             return True
         return False
+
+    def _pending_uploads(self) -> bool:
+        return any(
+            u.conn.sender.serial == u.serial and u.conn.sender.state == "RELAYING"
+            for u in self._uploads
+        )
 
     def _upload_part(self, upload: _Upload) -> None:
         cipher, start = upload.cipher, upload.next_offset
