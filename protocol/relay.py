@@ -290,14 +290,16 @@ class ReceiverRelay:
         return [*outputs, *self._ended(code, detail), *receiver.progress(now)]
 
     def _next(self, now: float) -> list[ReceiverOutput]:
+        # FILE_PROGRESS at every part's end, whatever the interval: the sender keeps at
+        # most a few parts ahead of the progress it hears, so a part's end must reach it.
         receiver = self.receiver
         if not self.queue:
             self.current = None
             receiver.state = _R.RECEIVING
-            return receiver.progress(now)
+            return receiver.progress(now, force=True)
         self.current = self.queue.popleft()
         fetch = FetchRelayPart(receiver.serial, self.current, self._meta, receiver.received)
-        return [fetch, *receiver.progress(now)]
+        return [fetch, *receiver.progress(now, force=True)]
 
     def _ended(self, code: str, detail: str) -> list[ReceiverOutput]:
         receiver = self.receiver

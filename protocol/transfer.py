@@ -409,14 +409,15 @@ class Receiver:
             TransferError(event.code, event.detail),
         ]
 
-    def progress(self, now: float) -> list[Output]:
+    def progress(self, now: float, *, force: bool = False) -> list[Output]:
         """FILE_PROGRESS with the bytes on disk, at most every ``progress_interval_s``
-        while receiving or relaying (else nothing)."""
+        while receiving or relaying (else nothing); ``force``: now, whatever the interval
+        (the end of a relay part, which a relay sender paces its uploads on)."""
         meta = self.meta
         assert meta is not None
         last = self._last_progress
         if self.state not in (_R.RECEIVING, _R.RELAYING) or (
-            last is not None and now - last < self.limits.progress_interval_s
+            not force and last is not None and now - last < self.limits.progress_interval_s
         ):
             return []
         self._last_progress = now

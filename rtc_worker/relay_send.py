@@ -44,11 +44,6 @@ __all__ = ["LEAD_PARTS", "SEAL_BATCH_BYTES", "RelaySender", "part_length", "seal
 SEAL_BATCH_BYTES = 4 * 1024 * 1024
 #: Most parts stored and announced but not yet on the receiver's disk.
 LEAD_PARTS = 2
-#: Without FILE_PROGRESS for this long (a receiver reports at least every 0.5 s while
-#: it fetches: Limits.progress_interval_s), one more part may go, seconds...
-STALL_S = 0.75
-#: ...but never more than this many parts beyond the receiver's disk.
-MAX_AHEAD = 4
 #: Longest wait for the relay objects' deletes at the end, seconds.
 DELETE_TIMEOUT_S = 5.0
 #: The sealing threads (not the default executor, which hashing shares).
@@ -189,16 +184,10 @@ class RelaySender:
 
     async def _wait_for_room(self) -> None:
         """Wait until fewer than :data:`LEAD_PARTS` announced parts are not yet on the
-        receiver's disk. A receiver may not report a part's end at once (its
-        FILE_PROGRESS is throttled): after :data:`STALL_S` without news one more part
-        goes, never more than :data:`MAX_AHEAD` (below the receiver's queue limit)."""
-        while (ahead := sum(end > self.received for end in self._ends)) >= LEAD_PARTS:
+        receiver's disk (its FILE_PROGRESS tells the end of every part it fetched)."""
+        while sum(end > self.received for end in self._ends) >= LEAD_PARTS:
             self._room.clear()
-            try:
-                async with asyncio.timeout(None if ahead >= MAX_AHEAD else STALL_S):
-                    await self._room.wait()
-            except TimeoutError:
-                return
+            await self._room.wait()
 
     async def _upload(self, fd: int, cipher: ChunkCipher, offset: int, length: int) -> RelayObject:
         first = offset // self.chunk_size

@@ -409,16 +409,27 @@ def test_a_stale_relay_report_is_dropped() -> None:
     ]
 
 
-def test_progress_is_throttled_while_relaying() -> None:
+def test_progress_is_throttled_while_relaying_but_every_parts_end_is_told() -> None:
+    # The relay sender keeps at most a few parts ahead of the FILE_PROGRESS it hears: a
+    # part that ends within progress_interval_s of the last FILE_PROGRESS must still be
+    # told, or the sender waits for news that never comes.
     r = Receiver(Limits(progress_interval_s=10.0))
     r.receive(META, 0.0)
     r.report(StoreOffset(1, 0), 0.0)
     r.receive(P1, 0.0)
     assert r.report(RelayWritten(1, K), 1.0) == [FileProgress(K, len(DATA))]
     r.receive(P2, 0.0)
-    assert r.report(RelayFetched(1, K), 2.0) == [
+    r.receive(P3, 0.0)
+    assert r.report(RelayFetched(1, K), 1.2) == [
         DeleteRelayObject(P1.upload_id, P1.token),
         FetchRelayPart(1, P2, META, K),
+        FileProgress(K, len(DATA)),
+    ]
+    assert r.report(RelayWritten(1, 2 * K), 1.5) == []  # within the interval: throttled
+    assert r.report(RelayFetched(1, 2 * K), 2.0) == [
+        DeleteRelayObject(P2.upload_id, P2.token),
+        FetchRelayPart(1, P3, META, 2 * K),
+        FileProgress(2 * K, len(DATA)),
     ]
 
 
@@ -439,3 +450,4 @@ def test_a_detail_on_several_lines_is_sent_on_one() -> None:
     r = relaying()
     out = r.report(RelayFailed(1, 0, RelayEndCode.RELAY_REFUSED, "403\r\nForbidden"), 1.0)
     assert RelayEnded(SHA, 0, "RELAY_REFUSED", "403 Forbidden") in out
+
