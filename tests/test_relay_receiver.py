@@ -450,4 +450,3 @@ def test_a_detail_on_several_lines_is_sent_on_one() -> None:
     r = relaying()
     out = r.report(RelayFailed(1, 0, RelayEndCode.RELAY_REFUSED, "403\r\nForbidden"), 1.0)
     assert RelayEnded(SHA, 0, "RELAY_REFUSED", "403 Forbidden") in out
-
