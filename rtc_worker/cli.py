@@ -415,7 +415,8 @@ async def _client(command: WorkersCommand | SubmitCommand) -> int:
         relayed = upload.bytes_relayed
         print(
             f"input {sent_name}: {upload.outcome.status}, {upload.bytes_moved:,} of "
-            f"{upload.size:,} bytes sent by {upload.road}"
+            f"{upload.size:,} bytes sent "
+            + ("(the worker holds the content)" if upload.road == "stored" else f"by {upload.road}")
             + (f" ({relayed:,} relayed)" if upload.bytes_sent and relayed else "")
             + (f" from offset {upload.outcome.offset:,}" if upload.outcome.offset else "")
             + f", {upload.mb_per_s:.2f} MB/s"

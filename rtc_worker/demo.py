@@ -5,6 +5,9 @@ loopback, with a temporary shared root. It builds a real training package (a ZIP
 of CSV, JSON, PNG, WAV, binary weights and text files), puts it on the shared
 root, submits it, and prints every protocol step, the JOB_COMPLETE line, the
 metrics and where the manifest is. Only relative paths cross the data channel.
+Then a client without shared storage sends the package over the data channel, sends it
+again (the worker holds it: no byte moves), and sends another package by the road it
+picks: the relay road, encrypted chunks through the storage service beside signaling.
 With ``--serve`` the signaling server and the worker stay up afterwards, so a person can
 open the browser page (served by the signaling server at ``/``) and run jobs from it.
 """
@@ -176,8 +179,11 @@ def run_demo(
     shared, logs = tmp / "shared", tmp / "logs"
     logs.mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
-    # A token for this run only, given to every process through the environment.
+    # A token for this run only, given to every process through the environment, and
+    # the storage service's key of this run (a deployment gives the worker and each
+    # client a key of its own: rtc-signaling keys add).
     token = secrets.token_urlsafe(18)
+    storage_key = secrets.token_urlsafe(18)
     env = {
         **os.environ,
         "RTC_SIGNALING_TOKEN": token,
@@ -186,6 +192,10 @@ def run_demo(
         "RTC_SIGNALING_DATA_DIR": str(tmp / "signaling"),
         "RTC_WORKER_KEY_FILE": str(tmp / "worker" / "identity.key"),
         "RTC_CLIENT_KEY_FILE": str(tmp / "client" / "identity.key"),
+        # the storage service beside signaling, for the relay road of job 4
+        "RTC_SIGNALING_STORAGE_PATH": str(tmp / "storage"),
+        "RTC_SIGNALING_STORAGE_API_KEY": storage_key,
+        "RTC_STORAGE_API_KEY": storage_key,
     }
     env.pop("SHARED_STORAGE_ROOT", None)
     env.pop("RTC_SIGNALING_TOKEN_FILE", None)
@@ -200,6 +210,7 @@ def run_demo(
 
         port = _free_port()
         url = f"ws://127.0.0.1:{port}/ws"
+        storage_url = f"http://127.0.0.1:{port}"
         _step(f"starting the signaling server on 127.0.0.1:{port}")
         signaling_log = (logs / "signaling.log").open("wb")
         procs.append(
@@ -228,6 +239,8 @@ def run_demo(
                     WORKER_ID,
                     "--shared-root",
                     str(shared),
+                    "--storage-url",
+                    storage_url,
                     "--log-level",
                     "INFO",
                 ],
@@ -250,6 +263,8 @@ def run_demo(
                 "--wait",
                 "20",
                 "--no-progress",
+                "--storage-url",
+                storage_url,
                 *args,
                 *(["--trace"] if trace else []),
             ]
@@ -290,18 +305,23 @@ def run_demo(
         shutil.copyfile(package, local)
         downloads = tmp / "client" / "downloads"
         transfers = []
-        for number, job_id, what in (
-            (2, "demo-002", "a client without shared storage sends the package"),
-            (3, "demo-003", "the same package again: the worker holds it, 0 bytes sent"),
+        other = tmp / "client" / "train_package_2.zip"
+        build_training_package(other, size_mb=size_mb, seed=8)
+        for number, job_id, road, source, what in (
+            (2, "demo-002", "channel", local, "a client without shared storage sends the package"),
+            (3, "demo-003", "channel", local, "the same package again: held, 0 bytes sent"),
+            (4, "demo-004", "auto", other, "another package, by the road the client picks: relay"),
         ):
             _step(f"job {number}: {what}")
             done = client(
                 "--file",
-                str(local),
+                str(source),
                 "--download",
                 str(downloads),
                 "--job-id",
                 job_id,
+                "--road",
+                road,
                 trace=number == 2,
             )
             line = next(x for x in done.stdout.splitlines() if x.startswith("input "))
@@ -318,7 +338,8 @@ def run_demo(
         print(
             f"\ndemo finished in {time.monotonic() - started:.1f} s: job 1 ran in place on "
             "shared storage; jobs 2 and 3 went over the data channel, verified by sha256 "
-            "and deduplicated by content."
+            "and deduplicated by content; job 4 took the relay road (encrypted chunks "
+            "through the storage service)."
         )
         if serve:
             _serve_page(port, token, shared, procs)

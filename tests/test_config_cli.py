@@ -197,9 +197,13 @@ def test_demo_runs_end_to_end_in_separate_processes() -> None:
     assert "<- PATH_VALIDATED::input" in out
     assert "<- JOB_COMPLETE::demo-001::outputs/demo-run::1::" in out
     assert "image/png" in out and "audio/x-wav" in out
-    # job 2 sent the package over the channel, job 3 found it by its content
-    assert "job 2: input train_package.zip: received, " in out
+    # job 2 sent the package over the channel, job 3 found it by its content, job 4 sent
+    # another package by the road the client picked: the relay road
+    assert "job 2: input train_package.zip: received, " in out and " by channel, " in out
     assert "job 3: input train_package.zip: exists, 0 of " in out
+    assert "(the worker holds the content)" in out
+    assert "job 4: input train_package_2.zip: received, " in out and " by relay, " in out
+    assert "road (the worker's JOB_METRICS): relay" in out
     assert "-> FILE_META::train_package.zip::" in out and "<- FILE_READY::0" in out
 
 
