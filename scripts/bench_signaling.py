@@ -57,10 +57,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench_common import Goal, emit, free_port, percentile, print_table, rss_kib  # noqa: E402
+from bench_common import (
+    REPO,
+    Goal,
+    add_output_and_roles,
+    bench_parser,
+    emit,
+    free_port,
+    percentile,
+    print_table,
+    rss_kib,
+)
 
 SDP_BYTES = 1500  # about the size of a data-channel offer from aiortc
 TIMEOUT_S = 30.0
@@ -412,8 +419,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="400 peers, 400 offers, memory only")
+    parser = bench_parser(__doc__, "400 peers, 400 offers, memory only")
     parser.add_argument("--peers", type=int, help="connected peers (default 5000; quick 400)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--offers", type=int, help="offers measured per setup (default 2000)")
@@ -421,13 +427,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400, help="offers per second in all")
     parser.add_argument("--setups", help=f"comma-separated, of {','.join(SETUPS)} (default all)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random pairs")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--urls", help=argparse.SUPPRESS)
-    parser.add_argument("--first", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--interval-ms", type=float, help=argparse.SUPPRESS)
+    add_output_and_roles(parser, urls=str, first=int, count=int, total=int, interval_ms=float)
     args = parser.parse_args()
     if args.role == "peers":
         args.offers = args.offers or 0
