@@ -1,5 +1,5 @@
-"""What the ``bench_*.py`` scripts share: process figures, percentiles, goals, and one
-way to print a table and write the JSON.
+"""What the ``bench_*.py`` scripts share: their command line's common flags, process
+figures, percentiles, goals, test files, and one way to print a table and write the JSON.
 
 Units: sizes in bytes, MB = 10^6 bytes, MiB = 2^20 bytes, times in seconds unless a
 name ends in ``_ms``. Not a test and not part of the package: the benchmarks import it
@@ -8,8 +8,10 @@ from their own folder (``scripts/``), which Python puts first on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,8 +25,44 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # the project's packages, for every script importing this one
 MB = 1_000_000
 MIB = 1 << 20
+
+
+def bench_parser(doc: str, quick: str) -> argparse.ArgumentParser:
+    """A benchmark's parser: its description the first paragraph of ``doc`` (the script's
+    docstring) and ``--quick`` (help ``quick``); add the script's own flags, then
+    ``add_output_and_roles``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def add_output_and_roles(
+    parser: argparse.ArgumentParser, **hidden: type | tuple[type, Any]
+) -> None:
+    """``--json FILE`` and the hidden flags of the child processes: ``--role`` and one per
+    keyword (``interval_ms=float`` is ``--interval-ms``; a ``(type, default)`` pair sets a
+    default)."""
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    for name, spec in hidden.items():
+        kind, default = spec if isinstance(spec, tuple) else (spec, None)
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=kind, default=default, help=argparse.SUPPRESS)
+
+
+def make_file(path: Path, size: int) -> None:
+    """Write ``size`` bytes of seeded random data (the same for the same size) to ``path``."""
+    rng = random.Random(size)
+    with path.open("wb") as out:
+        left = size
+        while left:
+            block = rng.randbytes(min(left, 1 << 20))
+            out.write(block)
+            left -= len(block)
 
 
 def free_port() -> int:

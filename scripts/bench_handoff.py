@@ -27,13 +27,12 @@ Usage::
     .venv/bin/python scripts/bench_handoff.py --quick        # the same sizes x 20
     .venv/bin/python scripts/bench_handoff.py --sizes 1,10000 --requests 500 --json h.json
 
-Prints a table, then the figures as one JSON object on the last line (also written to
-``--json FILE``). With the ``uvloop`` extra installed, every process runs on uvloop.
+Output: a table, then one JSON object of the figures on the last line (and in ``--json
+FILE`` when given). Every process runs on uvloop when the ``uvloop`` extra is installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -43,13 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench_common import (  # noqa: E402  (after the path: the project's packages)
+from bench_common import (
     MB,
     Goal,
     Worker,
+    add_output_and_roles,
+    bench_parser,
     child,
     emit,
     median,
@@ -108,8 +106,7 @@ async def client_role(url: str, names: list[str], requests: int, warmup: int) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="20 requests per size: a smoke run")
+    parser = bench_parser(__doc__, "20 requests per size: a smoke run")
     parser.add_argument(
         "--sizes",
         default="1,1000,10000",
@@ -123,10 +120,7 @@ def main() -> int:
         default=100,
         help="largest input made where files cannot be sparse",
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--names", help=argparse.SUPPRESS)
+    add_output_and_roles(parser, url=str, names=str)
     args = parser.parse_args()
     requests = args.requests or (20 if args.quick else 200)
     if args.role == "client":

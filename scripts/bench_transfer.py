@@ -52,289 +52,37 @@ Prints a table, then the figures as one JSON object on the last line (also writt
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
-import random
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench_common import (  # noqa: E402  (after the path: the project's packages)
+from bench_channel import (
+    HIGH_WATER,
+    LOW_WATER,
+    project_sender,
+    raw_receiver,
+    raw_sender,
+    run_project,
+    run_raw,
+    start_turn,
+)
+from bench_common import (
     MB,
-    Goal,
-    Worker,
+    add_output_and_roles,
+    bench_parser,
     emit,
-    print_table,
-    result_of,
-    rss_kib,
+    make_file,
     size_label,
     start_signaling,
     stop,
 )
-from bench_common import child as spawn  # noqa: E402
+from bench_report import Runs, fmt_resume, print_report
 
-HIGH_WATER = 1024 * 1024
-LOW_WATER = 256 * 1024
 ROADS = ("http", "raw", "channel", "turn", "relay")
-
-
-def loop_name() -> str:
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
-
-
-# ------------------------------------------------------------------ child roles
-
-
-async def raw_receiver(url: str, size: int, name: str) -> dict[str, Any]:
-    """Answer one offer and discard ``size`` bytes of chunks; report when all arrived."""
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-
-    from protocol.signaling import Answer, RelayedOffer
-    from rtc_worker.identity import Identity
-    from rtc_worker.rtc import rtc_configuration
-    from rtc_worker.signaling_client import SignalingClient
-
-    signaling = SignalingClient(url, name, "worker", identity=Identity.generate())
-    await signaling.connect()
-    print("READY", flush=True)
-    offer = await signaling.recv()
-    assert isinstance(offer, RelayedOffer)
-    pc = RTCPeerConnection(rtc_configuration([]))
-    done = asyncio.get_running_loop().create_future()
-    state = {"bytes": 0, "first": 0.0}
-
-    @pc.on("datachannel")
-    def on_channel(channel: Any) -> None:
-        def on_message(message: str | bytes) -> None:
-            if isinstance(message, bytes):
-                if not state["bytes"]:
-                    state["first"] = time.perf_counter()
-                state["bytes"] += len(message)
-                if state["bytes"] >= size and not done.done():
-                    channel.send(f"JOB_LOG::received {state['bytes']}")
-                    done.set_result(time.perf_counter())
-
-        channel.on("message", on_message)
-
-    await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-    await pc.setLocalDescription(await pc.createAnswer())
-    await signaling.send(Answer(to=offer.from_, sdp=pc.localDescription.sdp))
-    await done
-    await asyncio.sleep(0.5)
-    await pc.close()
-    await signaling.close()
-    return {"bytes": state["bytes"], "peak_kib": rss_kib(os.getpid()), "loop": loop_name()}
-
-
-async def raw_sender(url: str, path: Path, chunk_size: int, name: str) -> dict[str, Any]:
-    """Send ``path`` with a plain flow-controlled loop; time until the receiver has it all."""
-    from rtc_worker.client import RTCClient
-
-    async with RTCClient(url, connect_timeout=30) as client:
-        await client.wait_for_worker(name, 30)
-        conn = await client.connect_raw(name, authenticate=False)  # a bare channel
-        channel = conn.channel.channel
-        channel.bufferedAmountLowThreshold = LOW_WATER
-        drained = asyncio.Event()
-        channel.on("bufferedamountlow", drained.set)
-        started = time.perf_counter()
-        with path.open("rb") as handle:
-            while block := await asyncio.to_thread(handle.read, 1 << 20):
-                for start in range(0, len(block), chunk_size):
-                    while channel.bufferedAmount > HIGH_WATER:
-                        drained.clear()
-                        await drained.wait()
-                    channel.send(block[start : start + chunk_size])
-        reply = await conn.recv(600)
-        seconds = time.perf_counter() - started
-        assert getattr(reply, "line", "").startswith("received "), reply
-        return {"seconds": seconds, "peak_kib": rss_kib(os.getpid()), "loop": loop_name()}
-
-
-async def project_sender(
-    url: str, path: Path, worker: str, cut_at: float, policy: str = "all"
-) -> dict[str, Any]:
-    """Send ``path`` with RTCClient; with ``cut_at`` the connection is closed once the
-    receiver reports that fraction, and the file is sent again over a new one."""
-    from rtc_worker.client import RTCClient
-    from rtc_worker.rtc import ChannelClosed, describe_path
-
-    cache = Path(tempfile.mkdtemp(prefix="bench-client-"))
-    try:
-        async with RTCClient(
-            url,
-            connect_timeout=30,
-            cache_dir=cache,
-            ice_transport_policy="relay" if policy == "relay" else "all",
-        ) as client:
-            await client.wait_for_worker(worker, 30)
-            conn = await client.connect(worker)
-            idle_kib = rss_kib(os.getpid(), "VmRSS")
-            total_sent = 0
-            attempts = 0
-            if cut_at:
-                size = path.stat().st_size
-                first = conn
-
-                async def cut() -> None:
-                    while first.io.bytes_sent < size * cut_at:
-                        await asyncio.sleep(0.005)
-                    await first.close()
-
-                cutter = asyncio.ensure_future(cut())
-                attempts += 1
-                with contextlib.suppress(ChannelClosed):
-                    await conn.send_file(path)
-                await cutter
-                total_sent += conn.io.bytes_sent
-                await asyncio.sleep(1.0)  # the worker notices the drop and keeps the partial
-                conn = await client.connect(worker)
-            attempts += 1
-            began = time.perf_counter()
-            result = await conn.send_file(path)
-            wall = time.perf_counter() - began
-            total_sent += conn.io.bytes_sent
-            return {
-                "status": result.outcome.status,
-                "seconds": result.seconds,
-                "wall_s": wall,
-                "bytes_sent": result.bytes_sent,
-                "offset": result.outcome.offset,
-                "total_sent": total_sent,
-                "attempts": attempts,
-                "idle_kib": idle_kib,
-                "peak_kib": rss_kib(os.getpid()),
-                "loop": loop_name(),
-                "path": describe_path(conn.pc),
-            }
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-
-
-# ------------------------------------------------------------------ orchestration
-
-
-def child(role: str, *args: str) -> Any:
-    """This script in a new process in ``role``."""
-    return spawn(Path(__file__), role, *args)
-
-
-def make_file(path: Path, size: int) -> None:
-    rng = random.Random(size)
-    with path.open("wb") as out:
-        left = size
-        while left:
-            block = rng.randbytes(min(left, 1 << 20))
-            out.write(block)
-            left -= len(block)
-
-
-def run_raw(url: str, path: Path, size: int, chunk: int, name: str) -> dict[str, Any]:
-    receiver = child("raw-recv", "--url", url, "--size", str(size), "--worker", name)
-    assert receiver.stdout is not None
-    receiver.stdout.readline()  # READY
-    sender = child(
-        "raw-send", "--url", url, "--file", str(path), "--chunk-size", str(chunk), "--worker", name
-    )
-    sent = result_of(sender)
-    got = result_of(receiver)
-    return {**sent, "receiver_peak_kib": got["peak_kib"], "receiver_loop": got["loop"]}
-
-
-def run_project(
-    url: str, path: Path, name: str, cut_at: float = 0.0, policy: str = "all"
-) -> dict[str, Any]:
-    worker = Worker(url, name, policy)
-    try:
-        sender = child(
-            "send",
-            *("--url", url, "--file", str(path), "--worker", name),
-            *("--cut-at", str(cut_at), "--policy", policy),
-        )
-        sent = result_of(sender)
-        return {**sent, "worker_idle_kib": worker.idle_kib, "worker_peak_kib": worker.peak_kib()}
-    finally:
-        worker.stop()
-
-
-def start_turn(stack: contextlib.ExitStack, tmp: Path) -> tuple[str | None, str | None]:
-    """coturn on 127.0.0.1 and a signaling server handing out its credentials, both
-    stopped by ``stack``; returns (that server's URL, None), or (None, why not)."""
-    try:
-        from tests.turn_helpers import coturn_missing, running_coturn
-    except ImportError as exc:  # the test extra (pytest) is not installed
-        return None, f"tests.turn_helpers cannot be imported ({exc})"
-    missing = coturn_missing()
-    if missing is not None:
-        return None, missing
-    try:
-        turn = stack.enter_context(running_coturn(tmp / "coturn", verbose=False))
-    except RuntimeError as exc:
-        return None, str(exc)
-    env = {
-        "RTC_TURN_URLS": turn.url,
-        "RTC_TURN_SECRET": turn.secret,  # the environment, never a flag
-        "RTC_SIGNALING_DATA_DIR": str(tmp / "signaling-turn"),
-    }
-    url, server = start_signaling(env)
-    stack.callback(stop, server)
-    return url, None
-
-
-class Runs:
-    """The runs of one road at one size; figures from the median run."""
-
-    def __init__(self, size: int, time_key: str = "seconds") -> None:
-        self.size, self.time_key, self.runs = size, time_key, list[dict[str, Any]]()
-
-    def add(self, run: dict[str, Any]) -> float:
-        """Record a run; its MB/s."""
-        self.runs.append(run)
-        return self.size / MB / run[self.time_key]
-
-    @property
-    def mid(self) -> dict[str, Any] | None:
-        """The median run (by time), None without runs."""
-        if not self.runs:
-            return None
-        return sorted(self.runs, key=lambda r: r[self.time_key])[len(self.runs) // 2]
-
-    @property
-    def mb_s(self) -> float | None:
-        mid = self.mid
-        return None if mid is None else self.size / MB / mid[self.time_key]
-
-    def rounds(self) -> list[float]:
-        return [round(self.size / MB / r[self.time_key], 2) for r in self.runs]
-
-
-def fmt_rate(runs: Runs | None, why: str | None) -> str:
-    if runs is None or runs.mb_s is None:
-        return f"not available: {why}" if why else "-"
-    return f"{runs.mb_s:.2f}"
-
-
-def fmt_resume(run: dict[str, Any] | None, size: int) -> str:
-    if run is None:
-        return "-"
-    total = run["total_sent"]
-    return f"{total / MB:.1f} MB ({(total - size) / size * 100:+.1f}%)"
-
-
-def fmt_rss(run: dict[str, Any] | None) -> tuple[str, str]:
-    if run is None:
-        return "-", "-"
-    return (
-        f"{run['worker_peak_kib'] / 1024:.0f} MiB (idle {run['worker_idle_kib'] / 1024:.0f})",
-        f"{run['peak_kib'] / 1024:.0f} MiB (idle {run['idle_kib'] / 1024:.0f})",
-    )
 
 
 def bench_size(
@@ -402,44 +150,8 @@ def bench_size(
     }
 
 
-def report_size(
-    result: dict[str, Any], args: argparse.Namespace, why: dict[str, str]
-) -> tuple[list[list[str]], list[Goal]]:
-    """The table rows and goals of one size."""
-    size, runs, resumes = result["size"], result["_runs"], result["resume"]
-    label = f"{size_label(size)}"
-    roads = set(args.roads)
-    rows: list[list[str]] = []
-    names = {
-        "http": "(h) raw aiohttp stream-to-disk (ceiling)",
-        "raw": "(a) raw aiortc channel",
-        "channel": "(b) project channel",
-        "turn": "(e) project channel through TURN",
-        "relay": "(r) relay road (encrypt, tus, ranged GET, decrypt, verify)",
-    }
-    for road, name in names.items():
-        if road not in roads:
-            continue
-        mid = runs[road].mid if road in ("channel", "relay") else None
-        worker, client = fmt_rss(mid)
-        resume = fmt_resume(resumes.get(road), size) if road in resumes else ""
-        if resumes.get(road) is None and f"{road} resume" in why:
-            resume = "not available: the run failed"
-        rows.append([name, label, fmt_rate(runs[road], why.get(road)), resume, worker, client])
-    goals = []
-    channel, raw, relay = runs["channel"].mb_s, runs["raw"].mb_s, runs["relay"].mb_s
-    if "relay" in roads and "channel" in roads:
-        value = None if relay is None or not channel else relay / channel
-        goals.append(Goal(f"{label}: relay road / channel", value, ">=", 5, "x"))
-    if "raw" in roads and "channel" in roads:
-        value = None if channel is None or not raw else channel / raw
-        goals.append(Goal(f"{label}: channel / raw aiortc", value, ">=", 0.9, "x"))
-    return rows, goals
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 and 20 MB, one round: a smoke run")
+    parser = bench_parser(__doc__, "5 and 20 MB, one round: a smoke run")
     parser.add_argument("--sizes", help="file sizes, MB, comma-separated (default 100,1000)")
     parser.add_argument(
         "--roads",
@@ -464,16 +176,17 @@ def main() -> int:
         default=1.0,
         help="seconds the storage service stays unreachable in the relay road's cut (default 1.0)",
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--storage-url", help=argparse.SUPPRESS)
-    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--target", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--policy", default="all", help=argparse.SUPPRESS)
+    add_output_and_roles(
+        parser,
+        url=str,
+        storage_url=str,
+        file=Path,
+        size=int,
+        port=int,
+        target=int,
+        worker=str,
+        policy=(str, "all"),
+    )
     args = parser.parse_args()
     if args.role:
         return role_main(args)
@@ -512,41 +225,7 @@ def main() -> int:
         stop(server)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    rows: list[list[str]] = []
-    goals: list[Goal] = []
-    for result in results:
-        more_rows, more_goals = report_size(result, args, why)
-        rows += more_rows
-        goals += more_goals
-    print()
-    print_table(
-        [
-            "road",
-            "size",
-            "MB/s",
-            f"resume bytes (cut at {args.cut_at:.0%})" if args.cut_at else "resume bytes",
-            "peak RSS worker",
-            "peak RSS client",
-        ],
-        rows,
-    )
-    for result in results:
-        print(
-            f"{size_label(result['size'])} rounds, MB/s: "
-            + "; ".join(f"{road} {v}" for road, v in result["rounds_mb_s"].items() if v)
-        )
-    for road in ("channel", "relay"):
-        mids = [r["_runs"][road].mid for r in sorted(results, key=lambda r: r["size"])]
-        mids = [mid for mid in mids if mid is not None]
-        if len(mids) > 1:
-            worker = round((mids[-1]["worker_peak_kib"] - mids[0]["worker_peak_kib"]) / 1024)
-            client = round((mids[-1]["peak_kib"] - mids[0]["peak_kib"]) / 1024)
-            print(
-                f"peak RSS, largest vs smallest file ({road}): worker {worker:+d} MiB, "
-                f"client {client:+d} MiB"
-            )
-    for result in results:
-        del result["_runs"]
+    goals = print_report(results, args, why)
     report = {
         "sizes": sizes,
         "rounds": args.rounds,

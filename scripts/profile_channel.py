@@ -3,7 +3,7 @@
 
 The same transfer as row (b) of ``scripts/bench_transfer.py``: a real ``rtc-worker
 serve`` process receives (partial file, sha256, fsync, content-addressed store) and an
-RTCClient process sends (``project_sender`` of that script, the same code), each
+RTCClient process sends (``project_sender`` of ``bench_channel.py``, the same code), each
 process under ``cProfile``. The profiles are dumped to ``--out`` (``worker.prof``,
 ``client.prof``; read them with ``python -m pstats``) and summarised: the top functions
 by own time (tottime) and by cumulative time, and the share of the event-loop thread's
@@ -128,10 +128,13 @@ def summarise(path: Path, title: str, top: int) -> dict[str, float]:
 
 
 def sender_role(args: argparse.Namespace) -> int:
-    """The client process: bench_transfer's ``project_sender``, optionally profiled."""
+    """The client process: the bench's ``project_sender``, optionally profiled."""
     sys.path.insert(0, str(args.code))
     sys.path.insert(1, str(args.code / "scripts"))
-    from bench_transfer import project_sender  # the bench's own sending code
+    try:  # the bench's own sending code
+        from bench_channel import project_sender
+    except ImportError:  # a tree from before bench_transfer.py was split
+        from bench_transfer import project_sender  # type: ignore[no-redef,attr-defined]
     from loguru import logger
 
     from rtc_worker.cli import run_async
@@ -237,7 +240,7 @@ def main() -> int:
         return sender_role(args)
 
     sys.path.insert(0, str(REPO / "scripts"))
-    from bench_transfer import make_file, start_signaling
+    from bench_common import make_file, start_signaling
 
     size = int(args.size_mb * MB)
     tmp = Path(tempfile.mkdtemp(prefix="profile-channel-"))

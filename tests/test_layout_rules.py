@@ -6,7 +6,9 @@ broke it.
 * one function performs the temporary-file, fsync, rename sequence (``atomic.publish``)
   and one class hashes file content (``ContentHasher``);
 * the worker's folder names are spelled in one module (``storage/layout.py``);
-* no module of ``protocol/``, ``rtc_worker/`` or ``signaling/`` is over 500 lines.
+* no module of ``protocol/``, ``rtc_worker/``, ``signaling/`` or ``scripts/`` is over 500
+  lines (``scripts/fuzz_worker.py``, which is, is marked as a known exception: strict, so
+  the mark must go the day it is split).
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("protocol", "rtc_worker", "signaling")
 RUNTIME = sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
+SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
+MAX_LINES = 500
+#: scripts over the limit today, to be split (the xfail is strict: it fails once they fit)
+LONG_SCRIPTS = {"scripts/fuzz_worker.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -122,6 +128,31 @@ def test_the_worker_folder_names_are_spelled_in_one_module() -> None:
     assert found == ["rtc_worker/storage/layout.py"]
 
 
-@pytest.mark.parametrize("path", RUNTIME, ids=relative)
+def line_count(path: Path) -> int:
+    """The lines of a source file."""
+    return len(path.read_text("utf-8").splitlines())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(
+            path,
+            marks=pytest.mark.xfail(strict=True, reason="over the limit, to be split")
+            if relative(path) in LONG_SCRIPTS
+            else (),
+        )
+        for path in RUNTIME + SCRIPTS
+    ],
+    ids=relative,
+)
 def test_modules_stay_under_500_lines(path: Path) -> None:
-    assert len(path.read_text("utf-8").splitlines()) <= 500, relative(path)
+    assert line_count(path) <= MAX_LINES, relative(path)
+
+
+def test_the_line_limit_counts_a_501_line_script(tmp_path: Path) -> None:
+    script = tmp_path / "bench_long.py"
+    script.write_text("pass\n" * (MAX_LINES + 1), "utf-8")
+    assert line_count(script) > MAX_LINES
+    script.write_text("pass\n" * MAX_LINES, "utf-8")
+    assert line_count(script) <= MAX_LINES
