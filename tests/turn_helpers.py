@@ -18,8 +18,9 @@ argv_prefix=["ip", "netns", "exec", NS])`` (``NetNs.argv()`` gives the prefix) s
 inside and waits the same way; ``extra_config`` adds lines to its configuration file
 (e.g. ``max-allocate-lifetime=4``).
 
-``scripts/bench_transfer.py`` imports this module too (for its figure through TURN): it is the
-project's one coturn launcher, kept with the tests because only tests and the bench run it.
+``scripts/bench_channel.py`` (for ``bench_transfer.py``'s figure through TURN) imports
+this module too: it is the project's one coturn launcher, kept with the tests because
+only tests and the bench run it.
 """
 
 from __future__ import annotations
