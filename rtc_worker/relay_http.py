@@ -19,6 +19,13 @@ deleted, wrong token: the service does not say which), ``RELAY_REFUSED`` (401/40
 key; also another refusal that no retry changes: a quota, a full disk),
 ``RELAY_UNREACHABLE`` (connection refused or reset, timeouts, 5xx, after the retries),
 ``RELAY_SHORT`` (the object is shorter than the range asked: 416, or a clipped 206).
+A redirect (3xx) is never followed (the key and token would go to another host): it is
+``RELAY_REFUSED``.
+
+Deadlines: besides ``timeout_s`` for each wait (to connect, for the next bytes), each
+PATCH and each GET's body must be done within ``timeout_s + bytes /``
+:data:`MIN_RATE_BYTES_S` seconds, else RELAY_UNREACHABLE: a service that stops reading a
+body, or trickles one, cannot hold a transfer for ever.
 
 Secrets: the API key travels only in ``X-API-Key`` and the relay token only in
 ``X-Relay-Token``; neither is ever in a URL, a log line or an exception's text (errors
@@ -34,13 +41,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import NamedTuple, TypeVar
 
 import aiohttp
 from loguru import logger
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from protocol.relay_messages import TOKEN_PATTERN, UPLOAD_ID_PATTERN
 from rtc_worker.relay_http_answers import (
     NETWORK_ERRORS,
     RELAY_GONE,
@@ -57,6 +65,7 @@ from rtc_worker.relay_http_answers import (
 
 __all__ = [
     "FETCH_PIECE_BYTES",
+    "MIN_RATE_BYTES_S",
     "READ_BUFFER_BYTES",
     "RELAY_GONE",
     "RELAY_REFUSED",
@@ -76,8 +85,12 @@ here: 1.3-3.2 GB/s; 4 MiB measured no faster, and slower with uvloop."""
 PROBE_TIMEOUT_S = 3.0
 """Longest :meth:`RelayHttp.reachable` waits, seconds."""
 TUS_VERSION = "1.0.0"
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,512}")
+MIN_RATE_BYTES_S = 1_000_000
+"""Slowest rate a PATCH or a GET's body may run at (1 MB/s): each must be done within
+``timeout_s + bytes / MIN_RATE_BYTES_S`` seconds (aiohttp times only each read, and no
+write at all)."""
+_UPLOAD_ID = UPLOAD_ID_PATTERN
+_TOKEN = TOKEN_PATTERN
 _PROBE_ID = "0" * 32
 
 Pieces = Callable[[int], AsyncIterator[bytes]]
@@ -119,11 +132,14 @@ class RelayHttp:
         api_key: the key (any role), sent only in ``X-API-Key``.
         session: an aiohttp session to use (not closed by :meth:`close`); by default one
             is made on first use and closed by :meth:`close`.
-        timeout_s: longest wait to connect and for the next bytes of an answer or for
-            the service to take the next bytes of a body, seconds.
+        timeout_s: longest wait to connect and for the next bytes of an answer,
+            seconds; a whole PATCH or GET body has ``timeout_s + bytes /``
+            :data:`MIN_RATE_BYTES_S` seconds.
         retries: most attempts of one step (create, each PATCH, the GET's answer) while
             the service is unreachable or answers 5xx.
         backoff_s: first wait between attempts, seconds (doubling, at most 5 s).
+        min_rate_bytes_s: slowest rate of a whole PATCH or GET body, bytes per second
+            (:data:`MIN_RATE_BYTES_S`).
     """
 
     def __init__(
@@ -135,11 +151,14 @@ class RelayHttp:
         timeout_s: float = 30.0,
         retries: int = 5,
         backoff_s: float = 0.2,
+        min_rate_bytes_s: float = MIN_RATE_BYTES_S,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._key = api_key
         self._session = session
         self._own_session = session is None
+        self.timeout_s = timeout_s
+        self.min_rate_bytes_s = min_rate_bytes_s
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeout_s, sock_read=timeout_s
         )
@@ -181,7 +200,10 @@ class RelayHttp:
         headers = self._headers({"X-Relay-Token": "probe"})
         try:
             async with self._http().get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+                allow_redirects=False,
             ) as response:
                 return response.status == 404 and await service_code(response) == "RELAY_NOT_FOUND"
         except (*NETWORK_ERRORS, ValueError) as exc:
@@ -242,7 +264,9 @@ class RelayHttp:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 while True:
-                    async with self._http().delete(url, headers=headers) as response:
+                    async with self._http().delete(
+                        url, headers=headers, allow_redirects=False
+                    ) as response:
                         if response.status != 423:
                             return
                     await asyncio.sleep(0.05)
@@ -257,7 +281,10 @@ class RelayHttp:
         )
         try:
             async with self._http().post(
-                f"{self._base}/files/", headers=headers, timeout=self._timeout
+                f"{self._base}/files/",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status != 201:
                     raise await refusal(response, "creating a relay object")
@@ -274,7 +301,10 @@ class RelayHttp:
         headers = self._headers({"Tus-Resumable": TUS_VERSION})
         try:
             async with self._http().head(
-                f"{self._base}/files/{upload_id}", headers=headers, timeout=self._timeout
+                f"{self._base}/files/{upload_id}",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status != 200:
                     raise await refusal(response, f"relay upload {upload_id}")
@@ -300,12 +330,16 @@ class RelayHttp:
         )
         body = _Body(pieces(offset), length - offset)
         try:
-            async with self._http().patch(
-                f"{self._base}/files/{upload_id}",
-                headers=headers,
-                data=body.pieces(),
-                timeout=self._timeout,
-            ) as response:
+            async with (
+                asyncio.timeout(self.deadline_s(length - offset)),
+                self._http().patch(
+                    f"{self._base}/files/{upload_id}",
+                    headers=headers,
+                    data=body.pieces(),
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as response,
+            ):
                 if response.status != 204:
                     raise await refusal(response, f"relay upload {upload_id}")
                 done = self._completed(upload_id, length, response)
@@ -316,6 +350,11 @@ class RelayHttp:
         if done is None:  # a 204 short of the end: the service ended the body early
             raise RelayHttpError(RELAY_UNREACHABLE, f"relay upload {upload_id} is unfinished", 204)
         return done
+
+    def deadline_s(self, nbytes: int) -> float:
+        """Longest one request moving ``nbytes`` bytes may take, seconds:
+        ``timeout_s + nbytes / min_rate_bytes_s``."""
+        return self.timeout_s + nbytes / self.min_rate_bytes_s
 
     @staticmethod
     def _completed(
@@ -335,7 +374,9 @@ class RelayHttp:
             )
         return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
 
-    async def fetch(self, upload_id: str, token: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def fetch(
+        self, upload_id: str, token: str, start: int, end: int
+    ) -> AsyncGenerator[bytes, None]:
         """The bytes ``[start, end)`` of the relay object ``upload_id``: one ranged
         ``GET /relay/{id}`` (``Range: bytes=start-(end-1)``), yielded in pieces of at
         most :data:`FETCH_PIECE_BYTES` (1 MiB) as they arrive (never the whole range
@@ -363,7 +404,11 @@ class RelayHttp:
         async def get() -> aiohttp.ClientResponse:
             try:
                 response = await self._http().get(
-                    url, headers=headers, read_bufsize=READ_BUFFER_BYTES, timeout=self._timeout
+                    url,
+                    headers=headers,
+                    read_bufsize=READ_BUFFER_BYTES,
+                    timeout=self._timeout,
+                    allow_redirects=False,
                 )
             except NETWORK_ERRORS as exc:
                 raise cut(what, exc) from None
@@ -379,10 +424,20 @@ class RelayHttp:
             check_span(response, start, end, what)
             expected = end - start
             got = 0
+            deadline = asyncio.get_running_loop().time() + self.deadline_s(expected)
+            pieces = response.content.iter_chunked(FETCH_PIECE_BYTES)
             try:
-                async for piece in response.content.iter_chunked(FETCH_PIECE_BYTES):
+                while got < expected:
+                    async with asyncio.timeout_at(deadline):  # times reads, not the caller
+                        piece = await anext(pieces, b"")
+                    if not piece:
+                        break
+                    extra = len(piece) > expected - got  # never past the range asked
+                    piece = piece[: expected - got]
                     got += len(piece)
                     yield piece
+                    if extra:
+                        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} sent more than asked")
             except NETWORK_ERRORS as exc:
                 raise cut(f"{what} after {got} bytes", exc) from None
             if got != expected:
@@ -397,7 +452,10 @@ class RelayHttp:
         headers = self._headers({"X-Relay-Token": token})
         try:
             async with self._http().delete(
-                f"{self._base}/relay/{upload_id}", headers=headers, timeout=self._timeout
+                f"{self._base}/relay/{upload_id}",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status not in (204, 404):
                     logger.info("relay object {}: delete answered {}", upload_id, response.status)

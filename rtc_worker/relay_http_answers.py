@@ -76,7 +76,7 @@ async def service_code(response: aiohttp.ClientResponse) -> str | None:
 async def refusal(response: aiohttp.ClientResponse, what: str) -> RelayHttpError:
     """The error for an answer that is not a success (401/403 -> RELAY_REFUSED, 404/410
     -> RELAY_GONE, 416 -> RELAY_SHORT, 5xx but 507 and 408/409/423 -> RELAY_UNREACHABLE
-    (retried), any other -> RELAY_REFUSED)."""
+    (retried), any other (a 3xx redirect too: never followed) -> RELAY_REFUSED)."""
     status = response.status
     service = await service_code(response)
     if status in (404, 410):
