@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from loguru import logger
@@ -55,8 +54,11 @@ from rtc_worker.relay_http_answers import (
     RELAY_REFUSED,
     RELAY_SHORT,
     RELAY_UNREACHABLE,
+    CheckedBody,
     RelayHttpError,
+    RelayObject,
     check_span,
+    completed,
     cut,
     refusal,
     retryable,
@@ -90,38 +92,11 @@ MIN_RATE_BYTES_S = 1_000_000
 ``timeout_s + bytes / MIN_RATE_BYTES_S`` seconds (aiohttp times only each read, and no
 write at all)."""
 _UPLOAD_ID = UPLOAD_ID_PATTERN
-_TOKEN = TOKEN_PATTERN
 _PROBE_ID = "0" * 32
 
 Pieces = Callable[[int], AsyncIterator[bytes]]
 """``pieces(offset)``: the object's bytes from ``offset`` to its end, in pieces."""
 _T = TypeVar("_T")
-
-
-class RelayObject(NamedTuple):
-    """A completed relay object.
-
-    Attributes:
-        upload_id: its tus upload id (32 lowercase hex digits).
-        token: the relay token that reads (and deletes) it: opaque,
-            ``[A-Za-z0-9._~-]{1,512}``; a secret, never logged.
-        expires: when the object and its token expire, ISO 8601 UTC
-            (``YYYY-MM-DDTHH:MM:SSZ``).
-        size: its length, bytes.
-        sha256: the sha256 of its bytes as the service computed it (lowercase hex).
-    """
-
-    upload_id: str
-    token: str
-    expires: str
-    size: int
-    sha256: str
-
-    def __repr__(self) -> str:
-        return (
-            f"RelayObject(upload_id={self.upload_id!r}, token=<hidden>, "
-            f"expires={self.expires!r}, size={self.size}, sha256={self.sha256!r})"
-        )
 
 
 class RelayHttp:
@@ -309,7 +284,7 @@ class RelayHttp:
                 if response.status != 200:
                     raise await refusal(response, f"relay upload {upload_id}")
                 offset = int(response.headers.get("Upload-Offset", "-1"))
-                done = self._completed(upload_id, length, response)
+                done = completed(upload_id, length, response)
         except NETWORK_ERRORS as exc:
             raise cut(f"relay upload {upload_id}", exc) from None
         except ValueError:
@@ -328,7 +303,7 @@ class RelayHttp:
                 "Content-Length": str(length - offset),
             }
         )
-        body = _Body(pieces(offset), length - offset)
+        body = CheckedBody(pieces(offset), length - offset)
         try:
             async with (
                 asyncio.timeout(self.deadline_s(length - offset)),
@@ -342,7 +317,7 @@ class RelayHttp:
             ):
                 if response.status != 204:
                     raise await refusal(response, f"relay upload {upload_id}")
-                done = self._completed(upload_id, length, response)
+                done = completed(upload_id, length, response)
         except NETWORK_ERRORS as exc:
             body.reraise()  # the caller's pieces failed: their error, not a drop
             raise cut(f"relay upload {upload_id}", exc) from None
@@ -355,24 +330,6 @@ class RelayHttp:
         """Longest one request moving ``nbytes`` bytes may take, seconds:
         ``timeout_s + nbytes / min_rate_bytes_s``."""
         return self.timeout_s + nbytes / self.min_rate_bytes_s
-
-    @staticmethod
-    def _completed(
-        upload_id: str, length: int, response: aiohttp.ClientResponse
-    ) -> RelayObject | None:
-        """The object an answer names when the upload is complete, else ``None``."""
-        found = response.headers
-        if found.get("Upload-Offset") != str(length):
-            return None
-        token = found.get("Upload-Relay-Token", "")
-        sha256 = found.get("Upload-Relay-Sha256", "")
-        if not _TOKEN.fullmatch(token) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise RelayHttpError(
-                RELAY_REFUSED,
-                f"upload {upload_id} completed but is no relay object",
-                response.status,
-            )
-        return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
 
     async def fetch(
         self, upload_id: str, token: str, start: int, end: int
@@ -393,7 +350,7 @@ class RelayHttp:
             ValueError: ``upload_id`` is not 32 hex digits, ``token`` is malformed, or
                 not ``0 <= start < end``.
         """
-        if not _UPLOAD_ID.fullmatch(upload_id) or not _TOKEN.fullmatch(token):
+        if not _UPLOAD_ID.fullmatch(upload_id) or not TOKEN_PATTERN.fullmatch(token):
             raise ValueError("a relay object is named by 32 hex digits and a token")
         if not 0 <= start < end:
             raise ValueError("a relay range needs 0 <= start < end")
@@ -467,34 +424,3 @@ class RelayHttp:
         session, self._session = self._session, None
         if session is not None and self._own_session and not session.closed:
             await session.close()
-
-
-class _Body:
-    """A PATCH body from the caller's pieces, checked to be exactly ``expected`` bytes
-    in all; an error of the caller's (or a wrong length, ValueError) is kept for
-    :meth:`reraise` (aiohttp reports it as a connection error)."""
-
-    def __init__(self, pieces: AsyncIterator[bytes], expected: int) -> None:
-        self._pieces = pieces
-        self._expected = expected
-        self.error: Exception | None = None
-
-    async def pieces(self) -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            async for piece in self._pieces:
-                sent += len(piece)
-                if sent > self._expected:
-                    raise ValueError(f"pieces() yielded more than the {self._expected} bytes left")
-                if piece:
-                    yield piece
-            if sent != self._expected:
-                raise ValueError(f"pieces() yielded {sent} bytes, not the {self._expected} left")
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def reraise(self) -> None:
-        """Raise the caller's error, if the pieces failed."""
-        if self.error is not None:
-            raise self.error
