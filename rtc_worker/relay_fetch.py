@@ -99,9 +99,11 @@ class RelayRoad:
 
     Args:
         http: the storage service's relay client (the worker's own ``storage_url`` and
-            key; ``timeout_s`` bounds each wait for the service).
-        retries: requests of a relay object in a row that bring no new chunk before a
-            fetch ends with ``RELAY_UNREACHABLE`` (>= 1).
+            key; ``timeout_s`` bounds each wait for the service; one attempt per
+            request: these retries are the only ones).
+        retries: requests of a relay object in a row without progress (no new chunk,
+            or slower than ``http.min_rate_bytes_s``) before a fetch ends with
+            ``RELAY_UNREACHABLE`` (>= 1).
         backoff_s: first wait between two such requests, seconds (doubling, at most
             :data:`MAX_BACKOFF_S`).
         delete_timeout_s: longest a background delete may take, seconds.
