@@ -13,7 +13,7 @@ network). The names, one registry per worker:
 ``rtc_worker_channel_bytes_total{direction}``    counter     file bytes over data channels:
                                                              ``received`` (chunks taken in),
                                                              ``sent`` (chunks put on a channel)
-``rtc_worker_relay_bytes_total``                 counter     ciphertext bytes fetched from
+``rtc_worker_relay_road_bytes_total``            counter     ciphertext bytes fetched from
                                                              relay objects (the relay road)
 ``rtc_worker_transfers_in_progress``             gauge       files being received or sent now
 ===============================================  ==========  ================================
@@ -80,7 +80,7 @@ class WorkerMetrics:
             registry=registry,
         )
         self.relay = Counter(
-            "rtc_worker_relay_bytes",
+            "rtc_worker_relay_road_bytes",
             "Ciphertext bytes fetched from relay objects",
             registry=registry,
         )

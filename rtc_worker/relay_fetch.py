@@ -18,13 +18,17 @@ asks :class:`RelayFetch` to perform :class:`~protocol.relay_events.FetchRelayPar
   full batch is written and hashed by a writer thread while the loop receives the next
   (at most one in flight, so at most a few chunks are ever in memory);
 * a body cut midway is resumed with a new range at the first chunk not received;
-  :attr:`RelayRoad.retries` requests in a row that bring no new chunk end the road
-  with ``RELAY_UNREACHABLE`` (waits between them start at :attr:`RelayRoad.backoff_s`
-  and double);
+  :attr:`RelayRoad.retries` requests in a row that make no progress end the road with
+  ``RELAY_UNREACHABLE`` (waits between them start at :attr:`RelayRoad.backoff_s` and
+  double). A request makes progress when it brings a new chunk at no less than
+  :attr:`RelayHttp.min_rate_bytes_s` (1 MB/s) after its first ``timeout_s``: a
+  service trickling bytes does not hold the transfer for ever. This loop owns the
+  retries: the worker's :class:`RelayHttp` makes one attempt per request;
 * outcomes: ``RelayWritten`` as batches reach the disk, ``RelayFetched`` at the part's
-  end, ``RelayFailed`` (what was verified is flushed to the disk first: its offset is
-  where the client continues on the data channel), or ``StoreFailed`` when the disk
-  fails (as on the channel).
+  end once the whole part is flushed to the disk, ``RelayFailed`` (what was verified
+  is flushed to the disk first: its offset is where the client continues on the data
+  channel), or ``StoreFailed`` when the disk fails (as on the channel) or on any
+  unexpected error (``CANCELLED``: the receiver never stays RELAYING).
 
 ``HaltRelay`` stops the fetch (``RelayFailed(STOPPED)``). ``DeleteRelayObject`` removes
 a fetched object in the background (:meth:`RelayRoad.delete`: best effort, bounded; an
@@ -43,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -95,9 +99,11 @@ class RelayRoad:
 
     Args:
         http: the storage service's relay client (the worker's own ``storage_url`` and
-            key; ``timeout_s`` bounds each wait for the service).
-        retries: requests of a relay object in a row that bring no new chunk before a
-            fetch ends with ``RELAY_UNREACHABLE`` (>= 1).
+            key; ``timeout_s`` bounds each wait for the service; one attempt per
+            request: these retries are the only ones).
+        retries: requests of a relay object in a row without progress (no new chunk,
+            or slower than ``http.min_rate_bytes_s``) before a fetch ends with
+            ``RELAY_UNREACHABLE`` (>= 1).
         backoff_s: first wait between two such requests, seconds (doubling, at most
             :data:`MAX_BACKOFF_S`).
         delete_timeout_s: longest a background delete may take, seconds.
@@ -134,7 +140,7 @@ class RelayRoad:
         logger.info("offering the relay road through {}", url)
         timeout_s, retries = settings.relay_fetch_timeout_s, settings.relay_fetch_retries
         return cls(
-            RelayHttp(url, key, timeout_s=timeout_s, retries=retries),
+            RelayHttp(url, key, timeout_s=timeout_s, retries=1),  # the fetch loop retries
             retries=retries,
             delete_timeout_s=timeout_s,
             counted=metrics.relay_bytes,
@@ -238,7 +244,12 @@ class RelayFetch:
             self._report(RelayFailed(action.transfer, action.start, code, "a bad relay part"))
             return
         started = time.perf_counter()
-        outcome = await fetch.run()
+        try:
+            outcome = await fetch.run()
+        except Exception as exc:  # a defect: the transfer ends with a code, never hangs
+            logger.error("relay fetch of {} failed: {}", action.meta.name, type(exc).__name__)
+            detail = f"receiver error: {type(exc).__name__}"
+            outcome = StoreFailed(action.transfer, TransferErrorCode.CANCELLED, detail)
         seconds = time.perf_counter() - started
         self.fetched += fetch.fetched
         self.plain += fetch.plain
@@ -294,7 +305,8 @@ class _PartFetch:
                 raise ValueError(f"partial at {self.partial.offset}, not {self.action.start}")
             await self._fetch()
             await self._settle()
-            return RelayFetched(self.serial, self.partial.offset)
+            await asyncio.to_thread(self.partial.flush)  # once a part: what it reports is on disk
+            return RelayFetched(self.serial, self.partial.on_disk)
         except asyncio.CancelledError:  # HaltRelay, or the channel closed
             _uncancel()
             outcome = (RelayEndCode.STOPPED, "the relay road was stopped")
@@ -335,7 +347,9 @@ class _PartFetch:
 
         Raises:
             RelayHttpError: RELAY_GONE, RELAY_REFUSED, RELAY_SHORT, or RELAY_UNREACHABLE
-                after :attr:`RelayRoad.retries` requests in a row brought no chunk.
+                after :attr:`RelayRoad.retries` requests in a row made no progress (no
+                new chunk, or fewer than ``MIN_RATE_BYTES_S`` per second after the
+                first ``timeout_s``).
             RemoteProtocolError: RELAY_CHUNK_INVALID.
         """
         road = self.road
@@ -354,11 +368,14 @@ class _PartFetch:
         )
         async for attempt in retrying:
             with attempt:
-                before = self.index
+                before, got, began = self.index, self.fetched, self._loop.time()
                 try:
                     await self._stream()
                 except RelayHttpError:
-                    failures = 0 if self.index > before else failures + 1
+                    slow = self._loop.time() - began - road.http.timeout_s
+                    rate = road.http.min_rate_bytes_s
+                    progress = self.index > before and self.fetched - got >= rate * slow
+                    failures = 0 if progress else failures + 1
                     raise
 
     async def _stream(self) -> None:
@@ -368,6 +385,13 @@ class _PartFetch:
         need = cipher.cipher_length(self.index)
         buffer = bytearray()
         pieces = self.road.http.fetch(action.part.upload_id, action.part.token, start, end)
+        async with contextlib.aclosing(pieces):
+            await self._take(pieces, buffer, need)
+
+    async def _take(self, pieces: AsyncIterator[bytes], buffer: bytearray, need: int) -> None:
+        """Open and append the chunks of ``pieces`` until the part's end (then return:
+        bytes past it are never opened)."""
+        cipher = self.cipher
         async for piece in pieces:
             self.fetched += len(piece)
             self.road.counted(len(piece))
@@ -379,7 +403,7 @@ class _PartFetch:
                 await self._append(plain)
                 self.index += 1
                 if self.index == self.end:
-                    break
+                    return
                 need = cipher.cipher_length(self.index)
 
     async def _append(self, plain: bytes) -> None:

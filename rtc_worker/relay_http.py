@@ -19,6 +19,13 @@ deleted, wrong token: the service does not say which), ``RELAY_REFUSED`` (401/40
 key; also another refusal that no retry changes: a quota, a full disk),
 ``RELAY_UNREACHABLE`` (connection refused or reset, timeouts, 5xx, after the retries),
 ``RELAY_SHORT`` (the object is shorter than the range asked: 416, or a clipped 206).
+A redirect (3xx) is never followed (the key and token would go to another host): it is
+``RELAY_REFUSED``.
+
+Deadlines: besides ``timeout_s`` for each wait (to connect, for the next bytes), each
+PATCH and each GET's body must be done within ``timeout_s + bytes /``
+:data:`MIN_RATE_BYTES_S` seconds, else RELAY_UNREACHABLE: a service that stops reading a
+body, or trickles one, cannot hold a transfer for ever.
 
 Secrets: the API key travels only in ``X-API-Key`` and the relay token only in
 ``X-Relay-Token``; neither is ever in a URL, a log line or an exception's text (errors
@@ -33,22 +40,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import NamedTuple, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 from loguru import logger
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from protocol.relay_messages import TOKEN_PATTERN, UPLOAD_ID_PATTERN
 from rtc_worker.relay_http_answers import (
     NETWORK_ERRORS,
     RELAY_GONE,
     RELAY_REFUSED,
     RELAY_SHORT,
     RELAY_UNREACHABLE,
+    CheckedBody,
     RelayHttpError,
+    RelayObject,
     check_span,
+    completed,
     cut,
     refusal,
     retryable,
@@ -57,6 +67,7 @@ from rtc_worker.relay_http_answers import (
 
 __all__ = [
     "FETCH_PIECE_BYTES",
+    "MIN_RATE_BYTES_S",
     "READ_BUFFER_BYTES",
     "RELAY_GONE",
     "RELAY_REFUSED",
@@ -76,39 +87,16 @@ here: 1.3-3.2 GB/s; 4 MiB measured no faster, and slower with uvloop."""
 PROBE_TIMEOUT_S = 3.0
 """Longest :meth:`RelayHttp.reachable` waits, seconds."""
 TUS_VERSION = "1.0.0"
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,512}")
+MIN_RATE_BYTES_S = 1_000_000
+"""Slowest rate a PATCH or a GET's body may run at (1 MB/s): each must be done within
+``timeout_s + bytes / MIN_RATE_BYTES_S`` seconds (aiohttp times only each read, and no
+write at all)."""
+_UPLOAD_ID = UPLOAD_ID_PATTERN
 _PROBE_ID = "0" * 32
 
 Pieces = Callable[[int], AsyncIterator[bytes]]
 """``pieces(offset)``: the object's bytes from ``offset`` to its end, in pieces."""
 _T = TypeVar("_T")
-
-
-class RelayObject(NamedTuple):
-    """A completed relay object.
-
-    Attributes:
-        upload_id: its tus upload id (32 lowercase hex digits).
-        token: the relay token that reads (and deletes) it: opaque,
-            ``[A-Za-z0-9._~-]{1,512}``; a secret, never logged.
-        expires: when the object and its token expire, ISO 8601 UTC
-            (``YYYY-MM-DDTHH:MM:SSZ``).
-        size: its length, bytes.
-        sha256: the sha256 of its bytes as the service computed it (lowercase hex).
-    """
-
-    upload_id: str
-    token: str
-    expires: str
-    size: int
-    sha256: str
-
-    def __repr__(self) -> str:
-        return (
-            f"RelayObject(upload_id={self.upload_id!r}, token=<hidden>, "
-            f"expires={self.expires!r}, size={self.size}, sha256={self.sha256!r})"
-        )
 
 
 class RelayHttp:
@@ -119,11 +107,14 @@ class RelayHttp:
         api_key: the key (any role), sent only in ``X-API-Key``.
         session: an aiohttp session to use (not closed by :meth:`close`); by default one
             is made on first use and closed by :meth:`close`.
-        timeout_s: longest wait to connect and for the next bytes of an answer or for
-            the service to take the next bytes of a body, seconds.
+        timeout_s: longest wait to connect and for the next bytes of an answer,
+            seconds; a whole PATCH or GET body has ``timeout_s + bytes /``
+            :data:`MIN_RATE_BYTES_S` seconds.
         retries: most attempts of one step (create, each PATCH, the GET's answer) while
             the service is unreachable or answers 5xx.
         backoff_s: first wait between attempts, seconds (doubling, at most 5 s).
+        min_rate_bytes_s: slowest rate of a whole PATCH or GET body, bytes per second
+            (:data:`MIN_RATE_BYTES_S`).
     """
 
     def __init__(
@@ -135,11 +126,14 @@ class RelayHttp:
         timeout_s: float = 30.0,
         retries: int = 5,
         backoff_s: float = 0.2,
+        min_rate_bytes_s: float = MIN_RATE_BYTES_S,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._key = api_key
         self._session = session
         self._own_session = session is None
+        self.timeout_s = timeout_s
+        self.min_rate_bytes_s = min_rate_bytes_s
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeout_s, sock_read=timeout_s
         )
@@ -181,7 +175,10 @@ class RelayHttp:
         headers = self._headers({"X-Relay-Token": "probe"})
         try:
             async with self._http().get(
-                url, headers=headers, timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+                url,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S),
+                allow_redirects=False,
             ) as response:
                 return response.status == 404 and await service_code(response) == "RELAY_NOT_FOUND"
         except (*NETWORK_ERRORS, ValueError) as exc:
@@ -242,7 +239,9 @@ class RelayHttp:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 while True:
-                    async with self._http().delete(url, headers=headers) as response:
+                    async with self._http().delete(
+                        url, headers=headers, allow_redirects=False
+                    ) as response:
                         if response.status != 423:
                             return
                     await asyncio.sleep(0.05)
@@ -257,7 +256,10 @@ class RelayHttp:
         )
         try:
             async with self._http().post(
-                f"{self._base}/files/", headers=headers, timeout=self._timeout
+                f"{self._base}/files/",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status != 201:
                     raise await refusal(response, "creating a relay object")
@@ -274,12 +276,15 @@ class RelayHttp:
         headers = self._headers({"Tus-Resumable": TUS_VERSION})
         try:
             async with self._http().head(
-                f"{self._base}/files/{upload_id}", headers=headers, timeout=self._timeout
+                f"{self._base}/files/{upload_id}",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status != 200:
                     raise await refusal(response, f"relay upload {upload_id}")
                 offset = int(response.headers.get("Upload-Offset", "-1"))
-                done = self._completed(upload_id, length, response)
+                done = completed(upload_id, length, response)
         except NETWORK_ERRORS as exc:
             raise cut(f"relay upload {upload_id}", exc) from None
         except ValueError:
@@ -298,17 +303,21 @@ class RelayHttp:
                 "Content-Length": str(length - offset),
             }
         )
-        body = _Body(pieces(offset), length - offset)
+        body = CheckedBody(pieces(offset), length - offset)
         try:
-            async with self._http().patch(
-                f"{self._base}/files/{upload_id}",
-                headers=headers,
-                data=body.pieces(),
-                timeout=self._timeout,
-            ) as response:
+            async with (
+                asyncio.timeout(self.deadline_s(length - offset)),
+                self._http().patch(
+                    f"{self._base}/files/{upload_id}",
+                    headers=headers,
+                    data=body.pieces(),
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as response,
+            ):
                 if response.status != 204:
                     raise await refusal(response, f"relay upload {upload_id}")
-                done = self._completed(upload_id, length, response)
+                done = completed(upload_id, length, response)
         except NETWORK_ERRORS as exc:
             body.reraise()  # the caller's pieces failed: their error, not a drop
             raise cut(f"relay upload {upload_id}", exc) from None
@@ -317,25 +326,14 @@ class RelayHttp:
             raise RelayHttpError(RELAY_UNREACHABLE, f"relay upload {upload_id} is unfinished", 204)
         return done
 
-    @staticmethod
-    def _completed(
-        upload_id: str, length: int, response: aiohttp.ClientResponse
-    ) -> RelayObject | None:
-        """The object an answer names when the upload is complete, else ``None``."""
-        found = response.headers
-        if found.get("Upload-Offset") != str(length):
-            return None
-        token = found.get("Upload-Relay-Token", "")
-        sha256 = found.get("Upload-Relay-Sha256", "")
-        if not _TOKEN.fullmatch(token) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise RelayHttpError(
-                RELAY_REFUSED,
-                f"upload {upload_id} completed but is no relay object",
-                response.status,
-            )
-        return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
+    def deadline_s(self, nbytes: int) -> float:
+        """Longest one request moving ``nbytes`` bytes may take, seconds:
+        ``timeout_s + nbytes / min_rate_bytes_s``."""
+        return self.timeout_s + nbytes / self.min_rate_bytes_s
 
-    async def fetch(self, upload_id: str, token: str, start: int, end: int) -> AsyncIterator[bytes]:
+    async def fetch(
+        self, upload_id: str, token: str, start: int, end: int
+    ) -> AsyncGenerator[bytes, None]:
         """The bytes ``[start, end)`` of the relay object ``upload_id``: one ranged
         ``GET /relay/{id}`` (``Range: bytes=start-(end-1)``), yielded in pieces of at
         most :data:`FETCH_PIECE_BYTES` (1 MiB) as they arrive (never the whole range
@@ -352,7 +350,7 @@ class RelayHttp:
             ValueError: ``upload_id`` is not 32 hex digits, ``token`` is malformed, or
                 not ``0 <= start < end``.
         """
-        if not _UPLOAD_ID.fullmatch(upload_id) or not _TOKEN.fullmatch(token):
+        if not _UPLOAD_ID.fullmatch(upload_id) or not TOKEN_PATTERN.fullmatch(token):
             raise ValueError("a relay object is named by 32 hex digits and a token")
         if not 0 <= start < end:
             raise ValueError("a relay range needs 0 <= start < end")
@@ -363,7 +361,11 @@ class RelayHttp:
         async def get() -> aiohttp.ClientResponse:
             try:
                 response = await self._http().get(
-                    url, headers=headers, read_bufsize=READ_BUFFER_BYTES, timeout=self._timeout
+                    url,
+                    headers=headers,
+                    read_bufsize=READ_BUFFER_BYTES,
+                    timeout=self._timeout,
+                    allow_redirects=False,
                 )
             except NETWORK_ERRORS as exc:
                 raise cut(what, exc) from None
@@ -379,10 +381,20 @@ class RelayHttp:
             check_span(response, start, end, what)
             expected = end - start
             got = 0
+            deadline = asyncio.get_running_loop().time() + self.deadline_s(expected)
+            pieces = response.content.iter_chunked(FETCH_PIECE_BYTES)
             try:
-                async for piece in response.content.iter_chunked(FETCH_PIECE_BYTES):
+                while got < expected:
+                    async with asyncio.timeout_at(deadline):  # times reads, not the caller
+                        piece = await anext(pieces, b"")
+                    if not piece:
+                        break
+                    extra = len(piece) > expected - got  # never past the range asked
+                    piece = piece[: expected - got]
                     got += len(piece)
                     yield piece
+                    if extra:
+                        raise RelayHttpError(RELAY_UNREACHABLE, f"{what} sent more than asked")
             except NETWORK_ERRORS as exc:
                 raise cut(f"{what} after {got} bytes", exc) from None
             if got != expected:
@@ -397,7 +409,10 @@ class RelayHttp:
         headers = self._headers({"X-Relay-Token": token})
         try:
             async with self._http().delete(
-                f"{self._base}/relay/{upload_id}", headers=headers, timeout=self._timeout
+                f"{self._base}/relay/{upload_id}",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 if response.status not in (204, 404):
                     logger.info("relay object {}: delete answered {}", upload_id, response.status)
@@ -409,34 +424,3 @@ class RelayHttp:
         session, self._session = self._session, None
         if session is not None and self._own_session and not session.closed:
             await session.close()
-
-
-class _Body:
-    """A PATCH body from the caller's pieces, checked to be exactly ``expected`` bytes
-    in all; an error of the caller's (or a wrong length, ValueError) is kept for
-    :meth:`reraise` (aiohttp reports it as a connection error)."""
-
-    def __init__(self, pieces: AsyncIterator[bytes], expected: int) -> None:
-        self._pieces = pieces
-        self._expected = expected
-        self.error: Exception | None = None
-
-    async def pieces(self) -> AsyncIterator[bytes]:
-        sent = 0
-        try:
-            async for piece in self._pieces:
-                sent += len(piece)
-                if sent > self._expected:
-                    raise ValueError(f"pieces() yielded more than the {self._expected} bytes left")
-                if piece:
-                    yield piece
-            if sent != self._expected:
-                raise ValueError(f"pieces() yielded {sent} bytes, not the {self._expected} left")
-        except Exception as exc:
-            self.error = exc
-            raise
-
-    def reraise(self) -> None:
-        """Raise the caller's error, if the pieces failed."""
-        if self.error is not None:
-            raise self.error

@@ -1,7 +1,9 @@
 """The relay road's HTTP answers as coded errors (see :mod:`rtc_worker.relay_http`):
-which status is which :class:`RelayHttpError` code, and whether a ranged answer covers
-the range asked. Errors name the request (an upload id), the status and the service's
-error code, never a header's value: no key or token ever reaches their text.
+which status is which :class:`RelayHttpError` code, whether a ranged answer covers the
+range asked, and which relay object a completed tus upload names (:class:`RelayObject`);
+also the PATCH body checked against its length (:class:`CheckedBody`). Errors name the
+request (an upload id), the status and the service's error code, never a header's
+value: no key or token ever reaches their text.
 
 Source: RFC 9110 section 14 (Range, 206, 416), section 15 (status codes).
 """
@@ -9,8 +11,12 @@ Source: RFC 9110 section 14 (Range, 206, 416), section 15 (status codes).
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import aiohttp
+
+from protocol.relay_messages import TOKEN_PATTERN
 
 __all__ = [
     "NETWORK_ERRORS",
@@ -18,8 +24,11 @@ __all__ = [
     "RELAY_REFUSED",
     "RELAY_SHORT",
     "RELAY_UNREACHABLE",
+    "CheckedBody",
     "RelayHttpError",
+    "RelayObject",
     "check_span",
+    "completed",
     "cut",
     "refusal",
     "retryable",
@@ -76,7 +85,7 @@ async def service_code(response: aiohttp.ClientResponse) -> str | None:
 async def refusal(response: aiohttp.ClientResponse, what: str) -> RelayHttpError:
     """The error for an answer that is not a success (401/403 -> RELAY_REFUSED, 404/410
     -> RELAY_GONE, 416 -> RELAY_SHORT, 5xx but 507 and 408/409/423 -> RELAY_UNREACHABLE
-    (retried), any other -> RELAY_REFUSED)."""
+    (retried), any other (a 3xx redirect too: never followed) -> RELAY_REFUSED)."""
     status = response.status
     service = await service_code(response)
     if status in (404, 410):
@@ -115,3 +124,78 @@ def check_span(response: aiohttp.ClientResponse, start: int, end: int, what: str
         raise RelayHttpError(RELAY_UNREACHABLE, f"{what} answered another range", 206)
     if int(match[2]) != end - 1:
         raise RelayHttpError(RELAY_SHORT, f"{what} holds fewer bytes than asked", 206)
+
+
+class RelayObject(NamedTuple):
+    """A completed relay object.
+
+    Attributes:
+        upload_id: its tus upload id (32 lowercase hex digits).
+        token: the relay token that reads (and deletes) it: opaque,
+            ``[A-Za-z0-9._~-]{1,512}``; a secret, never logged.
+        expires: when the object and its token expire, ISO 8601 UTC
+            (``YYYY-MM-DDTHH:MM:SSZ``).
+        size: its length, bytes.
+        sha256: the sha256 of its bytes as the service computed it (lowercase hex).
+    """
+
+    upload_id: str
+    token: str
+    expires: str
+    size: int
+    sha256: str
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayObject(upload_id={self.upload_id!r}, token=<hidden>, "
+            f"expires={self.expires!r}, size={self.size}, sha256={self.sha256!r})"
+        )
+
+
+def completed(upload_id: str, length: int, response: aiohttp.ClientResponse) -> RelayObject | None:
+    """The relay object a tus answer names when the upload is complete (its
+    ``Upload-Offset`` is ``length``), else ``None``; RELAY_REFUSED when it names no valid
+    token or sha256."""
+    found = response.headers
+    if found.get("Upload-Offset") != str(length):
+        return None
+    token = found.get("Upload-Relay-Token", "")
+    sha256 = found.get("Upload-Relay-Sha256", "")
+    if not TOKEN_PATTERN.fullmatch(token) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise RelayHttpError(
+            RELAY_REFUSED,
+            f"upload {upload_id} completed but is no relay object",
+            response.status,
+        )
+    return RelayObject(upload_id, token, found.get("Upload-Relay-Expires", ""), length, sha256)
+
+
+class CheckedBody:
+    """A PATCH body from the caller's pieces, checked to be exactly ``expected`` bytes
+    in all; an error of the caller's (or a wrong length, ValueError) is kept for
+    :meth:`reraise` (aiohttp reports it as a connection error)."""
+
+    def __init__(self, pieces: AsyncIterator[bytes], expected: int) -> None:
+        self._pieces = pieces
+        self._expected = expected
+        self.error: Exception | None = None
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        sent = 0
+        try:
+            async for piece in self._pieces:
+                sent += len(piece)
+                if sent > self._expected:
+                    raise ValueError(f"pieces() yielded more than the {self._expected} bytes left")
+                if piece:
+                    yield piece
+            if sent != self._expected:
+                raise ValueError(f"pieces() yielded {sent} bytes, not the {self._expected} left")
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def reraise(self) -> None:
+        """Raise the caller's error, if the pieces failed."""
+        if self.error is not None:
+            raise self.error

@@ -46,6 +46,7 @@ from rtc_worker.storage import AtomicFile, ContentHasher, hash_file, layout
 
 __all__ = [
     "CHUNK_BYTES",
+    "REDIRECT_REFUSED",
     "DownloadedResults",
     "ResultsServiceClient",
     "ResultsServiceError",
@@ -75,8 +76,20 @@ class ResultsServiceError(Exception):
         self.code = code
 
 
+REDIRECT_REFUSED = "REDIRECT_REFUSED"
+"""The code of a 3xx answer: redirects are never followed (the API key and the download
+token would go to whatever host the answer names)."""
+
+
 async def _refusal(response: aiohttp.ClientResponse, what: str) -> ResultsServiceError:
-    """The error for a non-success answer, with the code of its JSON body if any."""
+    """The error for a non-success answer, with the code of its JSON body if any
+    (:data:`REDIRECT_REFUSED` for a 3xx, whatever its body)."""
+    if 300 <= response.status < 400:
+        return ResultsServiceError(
+            f"{what} answered {response.status}: redirects are not followed",
+            response.status,
+            REDIRECT_REFUSED,
+        )
     text = (await response.text())[:500]
     code = None
     try:
@@ -233,7 +246,9 @@ class ResultsServiceClient:
             if replace:
                 headers["X-Replace"] = "true"
             url = self.url.rstrip("/") + "/upload"
-            async with session.post(url, data=_file_chunks(file), headers=headers) as response:
+            async with session.post(
+                url, data=_file_chunks(file), headers=headers, allow_redirects=False
+            ) as response:
                 if response.status not in (200, 201):
                     raise await _refusal(response, f"upload of {job_id}")
                 body = await response.json()
@@ -366,7 +381,9 @@ class ResultsServiceClient:
                 while True:
                     sent = {**headers, **state.range_headers()}
                     try:
-                        async with session.get(url, params=query, headers=sent) as response:
+                        async with session.get(
+                            url, params=query, headers=sent, allow_redirects=False
+                        ) as response:
                             await self._receive(response, state, job_id, output_dir / name, sha256)
                         break
                     except _CUT as exc:

@@ -138,7 +138,7 @@ def partial_bytes(worker: RTCWorkerClient, sender: RelaySender, data: bytes) -> 
 
 def relay_bytes(worker: RTCWorkerClient) -> float:
     """The ciphertext bytes the worker fetched from relay objects (its metrics)."""
-    value = worker.resources.metrics.registry.get_sample_value("rtc_worker_relay_bytes_total")
+    value = worker.resources.metrics.registry.get_sample_value("rtc_worker_relay_road_bytes_total")
     return value or 0.0
 
 

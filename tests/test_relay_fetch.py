@@ -112,7 +112,7 @@ class Bench:
 
     @property
     def fetched(self) -> float:
-        return self.metrics.registry.get_sample_value("rtc_worker_relay_bytes_total") or 0.0
+        return self.metrics.registry.get_sample_value("rtc_worker_relay_road_bytes_total") or 0.0
 
     async def close(self) -> None:
         for http in self.https:
@@ -131,11 +131,12 @@ async def bench(start_storage_service: StartService, tmp_path: Path) -> AsyncIte
 
 
 async def test_parts_are_fetched_verified_and_committed(bench: Bench) -> None:
-    data = content(20 * CHUNK + 1000)  # the last chunk is short
+    data = content(44 * CHUNK + 1000)  # the last chunk is short
     partial = bench.open(data)
     fetcher = bench.fetcher(bench.road())
     bench.sender.secret = bench.sender.secret.generate()
-    for offset, length in ((0, 8 * CHUNK), (8 * CHUNK, 8 * CHUNK), (16 * CHUNK, 4 * CHUNK + 1000)):
+    parts = ((0, 24 * CHUNK), (24 * CHUNK, 16 * CHUNK), (40 * CHUNK, 4 * CHUNK + 1000))
+    for offset, length in parts:  # a part is flushed at its end: a batch needs 16 chunks
         assert await bench.fetch(fetcher, data, offset, length) == RelayFetched(1, offset + length)
     written = [r.on_disk for r in bench.reports if isinstance(r, RelayWritten)]
     assert written and all(on_disk % CHUNK == 0 for on_disk in written)  # batches of chunks
