@@ -301,8 +301,9 @@ class WorkerSettings(EnvSettings):
         5,
         ge=1,
         le=30,
-        description="Requests of a relay object in a row that bring no new chunk before the "
-        "relay road ends with RELAY_UNREACHABLE (the client goes on over the data channel); "
+        description="Requests of a relay object in a row without progress (no new chunk, or "
+        "below 1 MB/s) before the relay road ends with RELAY_UNREACHABLE (the client goes on "
+        "over the data channel); "
         "waits start at 0.2 s and double.",
     )
     allow_hardlinks: bool = Field(
