@@ -24,16 +24,15 @@ from rtc_worker.key_settings import (
 )
 from rtc_worker.settings_fields import (
     ICE_POLICY_HELP,
-    KEY_FILE_HELP,
-    KEY_HELP,
     SIGNALING_URL,
-    STORAGE_KEY_ENV,
-    STORAGE_KEY_FILE_ENV,
+    STORAGE_KEY_FILES,
     TOKEN_ENV,
     TOKEN_FILE_ENV,
     TOKEN_FILE_HELP,
     TOKEN_HELP,
     IcePolicy,
+    StorageApiKey,
+    StorageKeyFile,
     plain,
     split_list,
 )
@@ -205,12 +204,8 @@ class SubmitCommand(ClientCommand):
         "http://127.0.0.1:8765): the relay road uploads the encrypted file there; unset: "
         "no relay road.",
     )
-    storage_api_key: Annotated[SecretStr | None, STORAGE_KEY_ENV] = Field(
-        None, description=KEY_HELP
-    )
-    api_key_file: Annotated[Path | None, STORAGE_KEY_FILE_ENV] = Field(
-        None, description=KEY_FILE_HELP
-    )
+    storage_api_key: StorageApiKey = None
+    api_key_file: StorageKeyFile = None
     road: RoadOption = Field(
         "auto",
         description="How a --file input reaches the worker: auto picks the shared path, "
@@ -236,7 +231,7 @@ class SubmitCommand(ClientCommand):
 
     @model_validator(mode="after")
     def _storage_secret(self) -> Self:
-        load_secret_files(self, [("storage_api_key", "api_key_file", "storage API key")])
+        load_secret_files(self, STORAGE_KEY_FILES)
         return self
 
     @property
@@ -254,12 +249,8 @@ class DownloadCommand(EnvSettings):
     storage_url: Annotated[str, FLAG_ONLY] = Field(
         description="Base URL of the storage service (e.g. http://127.0.0.1:8765)."
     )
-    storage_api_key: Annotated[SecretStr | None, STORAGE_KEY_ENV] = Field(
-        None, description=KEY_HELP
-    )
-    api_key_file: Annotated[Path | None, STORAGE_KEY_FILE_ENV] = Field(
-        None, description=KEY_FILE_HELP
-    )
+    storage_api_key: StorageApiKey = None
+    api_key_file: StorageKeyFile = None
     output: Annotated[Path, FLAG_ONLY] = Field(
         description="Folder where results-{job_id}.zip is saved."
     )
@@ -278,7 +269,7 @@ class DownloadCommand(EnvSettings):
 
     @model_validator(mode="after")
     def _secrets(self) -> Self:
-        load_secret_files(self, [("storage_api_key", "api_key_file", "storage API key")])
+        load_secret_files(self, STORAGE_KEY_FILES)
         return self
 
     @property

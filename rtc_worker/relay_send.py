@@ -12,11 +12,18 @@ connection sends its ``RELAY_PART`` (:meth:`Connection.relay_part`) and the next
 uploads while the receiver fetches it; at most :data:`LEAD_PARTS` parts are stored and
 not yet on the receiver's disk (its ``FILE_PROGRESS``).
 
-An upload that fails for good stops the road (:meth:`Connection.relay_stop`); the
-receiver answers ``RELAY_ENDED`` with what it verified and the connection decides what
-follows (the data channel from there, or a failure when the relay road was forced).
-The relay objects still held are deleted at the end (best effort; they expire
-otherwise).
+An upload that fails for good stops the road (:meth:`Connection.relay_stop`), and so
+does any other failure of the sender (a file that cannot be read or changed since it was
+opened, an unexpected error): the receiver answers ``RELAY_ENDED`` with what it verified
+and the connection decides what follows (the data channel from there, or a failure when
+the relay road was forced, with :attr:`RelaySender.failure` as its code). The relay
+objects still held are deleted at the end (best effort; they expire otherwise).
+
+A chunk is sealed with the nonce of its index, so a tus upload resumed inside a chunk
+seals that chunk a second time under the same key and nonce: that is safe only while
+the plaintext is the same. The file's identity (:func:`file_identity`) is taken when it
+is opened and checked after every read; a file that changed is refused
+(:class:`FileChangedError`, ``FILE_CHANGED``) before anything read from it is sealed.
 
 Source: DESIGN.md, "Roads"; the issue's relay road (tus upload, ranged download).
 """
@@ -28,17 +35,30 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 
 from loguru import logger
 
-from protocol import LocalProtocolError
+from protocol import ErrorCode, LocalProtocolError
 from protocol.connection import Connection
 from protocol.relay_crypto import TAG_BYTES, ChunkCipher, RelaySecret
 from protocol.relay_messages import RelayPart
+from protocol.sender import SenderState
 from rtc_worker.relay_http import RelayHttp, RelayHttpError, RelayObject
 from rtc_worker.transfer_io import Opener
 
-__all__ = ["LEAD_PARTS", "SEAL_BATCH_BYTES", "RelaySender", "part_length", "sealed_chunks"]
+__all__ = [
+    "FILE_CHANGED",
+    "LEAD_PARTS",
+    "READ_FAILED",
+    "SEAL_BATCH_BYTES",
+    "FileChangedError",
+    "FileIdentity",
+    "RelaySender",
+    "file_identity",
+    "part_length",
+    "sealed_chunks",
+]
 
 #: Plaintext read and sealed per thread call while a part uploads (4 MiB).
 SEAL_BATCH_BYTES = 4 * 1024 * 1024
@@ -48,6 +68,32 @@ LEAD_PARTS = 2
 DELETE_TIMEOUT_S = 5.0
 #: The sealing threads (not the default executor, which hashing shares).
 _SEALER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-seal")
+#: :attr:`RelaySender.failure`: the file could not be opened or read.
+READ_FAILED = "READ_FAILED"
+#: :attr:`RelaySender.failure`: the file changed since it was opened (or announced).
+FILE_CHANGED = "FILE_CHANGED"
+
+FileIdentity = tuple[int, int, int, int, int]
+"""What :func:`file_identity` records of an open file: ``(st_dev, st_ino, st_size,
+st_mtime_ns, st_ctime_ns)``."""
+
+
+class FileChangedError(OSError):
+    """The file being sent is not the one opened: shorter than announced, or its
+    identity (:func:`file_identity`: device, inode, size, modification and change times)
+    differs from the one taken when it was opened. Code :data:`FILE_CHANGED`."""
+
+
+def file_identity(fd: int) -> FileIdentity:
+    """The identity of the open file ``fd`` (``os.fstat``): a write to it, a truncation
+    or a ``utime`` changes it (``st_ctime_ns`` moves even when ``st_mtime_ns`` is set
+    back).
+
+    Raises:
+        OSError: ``fstat`` failed.
+    """
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def part_length(part_mb: int, chunk_size: int) -> int:
@@ -72,8 +118,9 @@ class RelaySender:
         bytes_announced: plaintext bytes of the parts announced (RELAY_PART sent).
         start_offset: where the road started (the receiver's offset), or None before.
         received: plaintext bytes the receiver holds (its latest FILE_PROGRESS).
-        failure: the ``RelayHttpError`` code of the upload that stopped the road, or
-            None.
+        failure: why this sender stopped the road, or None: the ``RelayHttpError``
+            code of the upload, :data:`READ_FAILED`, :data:`FILE_CHANGED` or
+            ``INTERNAL_ERROR`` (an unexpected error, logged by its type only).
     """
 
     def __init__(
@@ -104,20 +151,18 @@ class RelaySender:
         self._task: asyncio.Task[None] | None = None
 
     def start(self, offset: int) -> None:
-        """Upload and announce the parts from plaintext ``offset`` (the receiver's, chunk
-        aligned) to the end, in the background."""
+        """Upload and announce the parts from plaintext ``offset`` (the receiver's, bytes)
+        to the end, in the background. The first part starts at the chunk boundary at or
+        below ``offset`` (PROTOCOL.md 2.6): a resume from a partial the data channel left
+        is rarely chunk aligned, and the receiver keeps only the bytes from its offset."""
         self.received = self.start_offset = offset
-        self._task = asyncio.get_running_loop().create_task(self._run(offset))
+        first = offset - offset % self.chunk_size
+        self._task = asyncio.get_running_loop().create_task(self._run(first))
 
     def fetched(self, received: int) -> None:
         """The receiver holds ``received`` bytes on disk (its FILE_PROGRESS)."""
         self.received = max(self.received, received)
         self._room.set()
-
-    @property
-    def running(self) -> bool:
-        """True while parts are being uploaded."""
-        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         """Stop uploading (the transfer left the relay road or ended)."""
@@ -145,38 +190,60 @@ class RelaySender:
     # ------------------------------------------------------------------ the pipeline
 
     async def _run(self, offset: int) -> None:
-        secret = RelaySecret.generate()
-        cipher = ChunkCipher(secret, self.sha256, self.size, self.chunk_size)
-        handle = await asyncio.to_thread(self.opener)
+        handle: BinaryIO | None = None
         try:
+            handle = await asyncio.to_thread(self.opener)
+            identity = file_identity(handle.fileno())
+            if identity[2] != self.size:
+                raise FileChangedError(f"the file is {identity[2]} bytes, not {self.size}")
+            secret = RelaySecret.generate()
+            cipher = ChunkCipher(secret, self.sha256, self.size, self.chunk_size)
             while offset < self.size:
                 await self._wait_for_room()
                 length = min(self.part_bytes, self.size - offset)
-                obj = await self._upload(handle.fileno(), cipher, offset, length)
+                obj = await self._upload(handle.fileno(), identity, cipher, offset, length)
                 self._owned.append(obj)
                 part = RelayPart.of(
                     self.sha256, offset, length, self.chunk_size, secret, obj.upload_id, obj.token
                 )
                 try:
                     self.conn.relay_part(part)
-                except LocalProtocolError as exc:  # the road ended meanwhile
-                    logger.debug("relay part not sent: {}", exc)
-                    return
+                except LocalProtocolError as exc:
+                    if self._relaying():
+                        raise  # refused on the road: an error of ours, below
+                    logger.debug("relay part not sent: the road ended meanwhile ({})", exc.code)
+                    break
                 self._ends.append(offset + length)
                 self.bytes_announced += length
                 await self.wake()
                 offset += length
         except RelayHttpError as exc:
             logger.warning("relay upload failed: {}", exc)
-            self.failure = exc.code
-            self._stop_road()
+            self._fail(exc.code)
+        except FileChangedError as exc:
+            logger.error("the file changed while it was sent by the relay road: {}", exc)
+            self._fail(FILE_CHANGED)
         except OSError as exc:
             logger.error("reading the file to send failed: {}", exc)
-            self.failure = "READ_FAILED"
-            self._stop_road()
+            self._fail(READ_FAILED)
+        except Exception as exc:  # never a silent end: the receiver would wait for parts
+            # Its type only: an unexpected error's text or traceback may hold a secret.
+            logger.error("the relay sender failed: {}", type(exc).__name__)
+            self._fail(ErrorCode.INTERNAL_ERROR.value)
         finally:
-            await asyncio.to_thread(handle.close)
+            if handle is not None:
+                await asyncio.to_thread(handle.close)
         await self.wake()
+
+    def _relaying(self) -> bool:
+        """Whether the transfer is still on the relay road (RELAY_STOP not yet sent)."""
+        return self.conn.sender.state is SenderState.RELAYING
+
+    def _fail(self, code: str) -> None:
+        """Stop the road because of this sender (``code`` names why)."""
+        if self._relaying():
+            self.failure = code
+        self._stop_road()
 
     def _stop_road(self) -> None:
         with contextlib.suppress(LocalProtocolError):  # the road already ended
@@ -189,7 +256,9 @@ class RelaySender:
             self._room.clear()
             await self._room.wait()
 
-    async def _upload(self, fd: int, cipher: ChunkCipher, offset: int, length: int) -> RelayObject:
+    async def _upload(
+        self, fd: int, identity: FileIdentity, cipher: ChunkCipher, offset: int, length: int
+    ) -> RelayObject:
         first = offset // self.chunk_size
         last = (offset + length - 1) // self.chunk_size
         total = cipher.cipher_span(first, first, last + 1)[1]
@@ -197,27 +266,40 @@ class RelaySender:
 
         def pieces(start: int) -> AsyncIterator[bytes]:
             index = first + start // sealed
-            return sealed_chunks(fd, cipher, index, last + 1, start % sealed)
+            return sealed_chunks(fd, cipher, index, last + 1, start % sealed, identity=identity)
 
         return await self.http.upload(total, pieces, name="relay")
 
 
 async def sealed_chunks(
-    fd: int, cipher: ChunkCipher, index: int, end: int, skip: int = 0
+    fd: int,
+    cipher: ChunkCipher,
+    index: int,
+    end: int,
+    skip: int = 0,
+    *,
+    identity: FileIdentity | None = None,
 ) -> AsyncIterator[bytes]:
     """The sealed chunks ``[index, end)`` of the file ``fd``, less the first ``skip``
     bytes (a tus upload resumed inside a chunk). Chunks are read and sealed in batches
     of :data:`SEAL_BATCH_BYTES` in a thread, the next batch while this one is sent.
 
+    Args:
+        identity: the file's :func:`file_identity` when it was opened: checked after
+            each batch is read and before it is sealed, so that a chunk sealed again
+            (the same key and nonce) holds the same plaintext.
+
     Raises:
-        OSError: a read failed or the file is shorter than announced.
+        FileChangedError: the file is shorter than announced, or its identity is not
+            ``identity``.
+        OSError: a read failed.
     """
     per_batch = max(1, SEAL_BATCH_BYTES // cipher.chunk_size)
     loop = asyncio.get_running_loop()
 
     def batch(start: int) -> asyncio.Future[list[bytes]]:
         stop = min(end, start + per_batch)
-        return loop.run_in_executor(_SEALER, _seal, fd, cipher, start, stop)
+        return loop.run_in_executor(_SEALER, _seal, fd, cipher, start, stop, identity)
 
     upcoming = batch(index)
     try:
@@ -235,17 +317,26 @@ async def sealed_chunks(
             upcoming.cancel()
 
 
-def _seal(fd: int, cipher: ChunkCipher, start: int, stop: int) -> list[bytes]:
-    """Read and seal the chunks ``[start, stop)`` of the file ``fd`` (in a thread).
+def _seal(
+    fd: int, cipher: ChunkCipher, start: int, stop: int, identity: FileIdentity | None
+) -> list[bytes]:
+    """Read, then (the file unchanged) seal the chunks ``[start, stop)`` of the file
+    ``fd`` (in a thread).
 
     Raises:
-        OSError: a read failed, or the file is shorter than announced (it changed).
+        FileChangedError: the file is shorter than announced, or not ``identity`` after
+            the reads.
+        OSError: a read failed.
     """
-    sealed = []
+    plains = []
     for index in range(start, stop):
         want = cipher.plain_length(index)
         plain = os.pread(fd, want, index * cipher.chunk_size)
         if len(plain) != want:
-            raise OSError(f"the file changed while it was sent (chunk {index} is short)")
-        sealed.append(cipher.seal(index, plain))
-    return sealed
+            raise FileChangedError(f"the file changed while it was sent (chunk {index} is short)")
+        plains.append(plain)
+    if identity is not None and file_identity(fd) != identity:
+        raise FileChangedError(f"the file changed while it was sent (chunks {start}-{stop - 1})")
+    return [
+        cipher.seal(index, plain) for index, plain in zip(range(start, stop), plains, strict=True)
+    ]

@@ -1,14 +1,17 @@
 """Fields and helpers that the worker's and the client's settings share.
 
-The environment variables of the secrets and their help texts, the list splitter of
-comma-separated settings, and the one accessor that turns a secret into text.
+The environment variables of the secrets and their help texts, the storage service's
+key fields (:data:`StorageApiKey`, :data:`StorageKeyFile`, :data:`STORAGE_KEY_FILES`),
+the list splitter of comma-separated settings, and the one accessor that turns a secret
+into text.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from rtc_worker.settings_sources import Env
 
@@ -20,12 +23,15 @@ __all__ = [
     "KEY_HELP",
     "SIGNALING_URL",
     "STORAGE_KEY_ENV",
+    "STORAGE_KEY_FILES",
     "STORAGE_KEY_FILE_ENV",
     "TOKEN_ENV",
     "TOKEN_FILE_ENV",
     "TOKEN_FILE_HELP",
     "TOKEN_HELP",
     "IcePolicy",
+    "StorageApiKey",
+    "StorageKeyFile",
     "plain",
     "split_list",
 ]
@@ -49,6 +55,13 @@ TOKEN_HELP = "Token the signaling server requires, if any" + FLAG_SEEN
 TOKEN_FILE_HELP = "File holding the signaling token (read once at start; chmod 600 it)."
 KEY_HELP = "Key of the storage service (sent as X-API-Key)" + FLAG_SEEN
 KEY_FILE_HELP = "File holding the storage service's key (read once at start; chmod 600 it)."
+
+StorageApiKey = Annotated[SecretStr | None, STORAGE_KEY_ENV, Field(description=KEY_HELP)]
+"""The ``storage_api_key`` field (``RTC_STORAGE_API_KEY``; default it to None)."""
+StorageKeyFile = Annotated[Path | None, STORAGE_KEY_FILE_ENV, Field(description=KEY_FILE_HELP)]
+"""The ``api_key_file`` field (``RTC_STORAGE_API_KEY_FILE``; default it to None)."""
+#: :func:`~rtc_worker.settings_sources.load_secret_files`'s pair of the two fields above.
+STORAGE_KEY_FILES = (("storage_api_key", "api_key_file", "storage API key"),)
 
 
 def split_list(value: Any) -> Any:

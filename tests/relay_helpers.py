@@ -6,7 +6,7 @@ attacker's tool.
 folder (SQLite, folder blobs), on a fixed loopback port so that it can be killed
 (SIGKILL) and started again where it was, and makes API keys in its real database.
 
-:class:`RelaySender` opens an authenticated data channel to a worker
+:class:`RawRelayPeer` opens an authenticated data channel to a worker
 (:meth:`RTCClient.connect_raw`), announces a file (answering the proof of possession
 as a conforming sender does), encrypts it chunk by chunk with
 :class:`~protocol.relay_crypto.ChunkCipher`, uploads the ciphertext with
@@ -42,7 +42,7 @@ __all__ = [
     "ENDINGS",
     "Bend",
     "PacedProxy",
-    "RelaySender",
+    "RawRelayPeer",
     "ServiceProcess",
     "service_process",
     "sha",
@@ -230,7 +230,7 @@ class PacedProxy:
 
 @dataclass(frozen=True)
 class Bend:
-    """How a :class:`RelaySender` departs from the protocol (an attacker's steps); the
+    """How a :class:`RawRelayPeer` departs from the protocol (an attacker's steps); the
     default departs in nothing.
 
     Attributes:
@@ -248,7 +248,7 @@ class Bend:
     token: str | None = None
 
 
-class RelaySender:
+class RawRelayPeer:
     """Sends files to a worker by the relay road over a raw authenticated channel.
 
     Args:

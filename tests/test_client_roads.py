@@ -14,17 +14,29 @@ import pytest
 import pytest_asyncio
 from pydantic import ValidationError
 
+from protocol.events import FileToSend as SendFile
 from protocol.events import SendEnded
 from protocol.relay_crypto import TAG_BYTES, ChunkCipher, RelaySecret
+from protocol.relay_events import RelayFrom
+from protocol.relay_messages import RelayStop
 from protocol.roads import Road
+from protocol.sender import SenderState
 from rtc_worker.cli_output import shown_frame
 from rtc_worker.client_results import SendResult
 from rtc_worker.client_settings import ClientCli, SubmitCommand
 from rtc_worker.errors import RoadFailed
 from rtc_worker.relay_http import RelayHttp
-from rtc_worker.relay_send import part_length, sealed_chunks
+from rtc_worker.relay_send import (
+    FileChangedError,
+    RelaySender,
+    file_identity,
+    part_length,
+    sealed_chunks,
+)
 from rtc_worker.roads_client import OLDER_WORKER_ROADS, RoadChange, plan_road, worker_roads
 from rtc_worker.settings_sources import CommandLine
+from rtc_worker.storage import SafeRoot
+from tests.protocol_helpers import BIG, BIG_META, BIG_SHA, client, feed, one, sends
 from tests.storage_service import KEY, service_settings
 
 
@@ -222,3 +234,70 @@ def test_the_progress_line_names_the_road_and_its_change(
     assert "upload: relay -> channel at 48.0 MB: RELAY_UNREACHABLE" in err
     assert "B/s" in err
     assert Progress(disabled=True).road_callback("upload") is None
+
+
+@pytest.mark.asyncio
+async def test_a_chunk_is_never_sealed_again_from_a_changed_file(tmp_path: Path) -> None:
+    """A tus upload resumed inside a chunk seals that chunk again under the same key
+    and nonce: when the file changed in place since it was opened (same size), the
+    resumed pieces are refused (FILE_CHANGED) and no second ciphertext of the chunk
+    goes out, so the service never holds two plaintexts sealed under one nonce."""
+    size, chunk = 6 * 4096, 4096
+    data = os.urandom(size)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    cipher = ChunkCipher(RelaySecret.generate(), hashlib.sha256(data).hexdigest(), size, chunk)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        identity = file_identity(fd)
+        first = [p async for p in sealed_chunks(fd, cipher, 0, 6, identity=identity)]
+        assert len(b"".join(first)) == 6 * (chunk + TAG_BYTES)
+        os.pwrite(fd, b"\xff" * 16, 2 * chunk + 100)  # edited in place: the size is the same
+        resumed: list[bytes] = []
+        with pytest.raises(FileChangedError, match="changed"):
+            async for piece in sealed_chunks(fd, cipher, 2, 6, 50, identity=identity):
+                resumed.append(piece)
+        assert resumed == []
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.asyncio
+async def test_an_unexpected_error_of_the_relay_sender_stops_the_road(
+    storage_url: str, tmp_path: Path
+) -> None:
+    """The file a SafeRoot opener reaches is swapped for a symlink out of its root as
+    the relay road starts: the opener raises StorageError (no OSError). The sender stops
+    the road (RELAY_STOP) with INTERNAL_ERROR; before, its task ended silently and the
+    sender waited for RELAY_ENDED forever."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big.bin").write_bytes(BIG)
+    (tmp_path / "elsewhere").write_bytes(BIG)
+    conn = client()
+    conn.send_file(SendFile(BIG_META.name, len(BIG), BIG_SHA), road=Road.RELAY, fallback=False)
+    conn.drain()
+    assert one(feed(conn, "FILE_READY::0"), RelayFrom).offset == 0
+    safe = SafeRoot(root)
+    (root / "big.bin").unlink()
+    (root / "big.bin").symlink_to(tmp_path / "elsewhere")
+    http = RelayHttp(storage_url, KEY)
+    woken = asyncio.Event()
+
+    async def wake() -> None:
+        woken.set()
+
+    sender = RelaySender(
+        conn, http, lambda: safe.open_file(("big.bin",)), BIG_SHA, len(BIG),
+        chunk_size=4096, part_bytes=4096, wake=wake,
+    )  # fmt: skip
+    try:
+        sender.start(0)
+        async with asyncio.timeout(10):
+            await woken.wait()
+        assert sender.failure == "INTERNAL_ERROR"
+        assert conn.sender.state is SenderState.RELAY_STOPPING
+        assert sends(conn.drain()) == [RelayStop(BIG_SHA)]
+    finally:
+        await sender.discard()
+        await http.close()

@@ -1,7 +1,7 @@
 """The relay road end to end, with real processes: ``rtc-signaling`` with its storage
 service on a local folder (a separate process), a real worker without shared storage
 fetching from it, and a client over a real authenticated data channel that encrypts,
-uploads and names relay objects (:class:`tests.relay_helpers.RelaySender`).
+uploads and names relay objects (:class:`tests.relay_helpers.RawRelayPeer`).
 
 Each attack is the attacker's steps: a flipped ciphertext byte, swapped chunks, another
 key, a relay object named without its token, the relay road asked of a worker that does
@@ -35,7 +35,7 @@ from tests.conftest import recv_until
 from tests.relay_helpers import (
     Bend,
     PacedProxy,
-    RelaySender,
+    RawRelayPeer,
     ServiceProcess,
     service_process,
     sha,
@@ -99,12 +99,12 @@ class World:
         self.https.append(http)
         return client, http
 
-    async def sender(self, name: str, worker: str = "relay-worker") -> RelaySender:
+    async def sender(self, name: str, worker: str = "relay-worker") -> RawRelayPeer:
         client, http = await self.client(name)
         await client.wait_for_worker(worker, 10)
         assert client.identity is not None
         raw = await client.connect_raw(worker)
-        return RelaySender(raw, http, principal=client.identity.fingerprint)
+        return RawRelayPeer(raw, http, principal=client.identity.fingerprint)
 
     async def close(self) -> None:
         for client in self.clients:
@@ -129,7 +129,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             await state.close()
 
 
-def partial_bytes(worker: RTCWorkerClient, sender: RelaySender, data: bytes) -> bytes:
+def partial_bytes(worker: RTCWorkerClient, sender: RawRelayPeer, data: bytes) -> bytes:
     """What the worker's store holds of ``data`` in the sender's own partial file."""
     key = partial_key(sender.principal, sha(data))
     path = worker.store.root / layout.PARTIAL_DIR / f"{key}.part"
@@ -248,7 +248,7 @@ async def test_a_relay_object_named_without_its_token_is_gone_and_the_victims_is
     worker = await world.worker()
     _, victim_http = await world.client("victim")
     victim_data = random_bytes(3 * MIB, seed=7)
-    victim = RelaySender(None, victim_http)  # uploads only: its id leaks, its token does not
+    victim = RawRelayPeer(None, victim_http)  # uploads only: its id leaks, its token does not
     victims = await victim.upload(victim_data, 0, len(victim_data))
     attacker = await world.sender("attacker")
     data = random_bytes(3 * MIB, seed=8)
@@ -376,7 +376,7 @@ async def test_a_client_gone_mid_fetch_leaves_its_verified_chunks_for_its_next_c
     client, http = await world.client("flaky")
     assert client.identity is not None
     await client.wait_for_worker("relay-worker", 10)
-    first = RelaySender(
+    first = RawRelayPeer(
         await client.connect_raw("relay-worker"), http, principal=client.identity.fingerprint
     )
     data = random_bytes(16 * MIB, seed=14)
@@ -395,7 +395,7 @@ async def test_a_client_gone_mid_fetch_leaves_its_verified_chunks_for_its_next_c
     assert relay_bytes(worker) == stopped_at < relay_object.size  # the fetch stopped
     kept = partial_bytes(worker, first, data)
     assert 0 < len(kept) < len(data) and len(kept) % MIB == 0 and kept == data[: len(kept)]
-    again = RelaySender(await client.connect_raw("relay-worker"), http, principal=first.principal)
+    again = RawRelayPeer(await client.connect_raw("relay-worker"), http, principal=first.principal)
     assert await again.offer("flaky.bin", data) == FileReady(len(kept))
     assert await again.send(data, len(kept), part_bytes=len(data)) == FileReceived(sha(data))
     assert sha(worker.store.object_path(sha(data)).read_bytes()) == sha(data)

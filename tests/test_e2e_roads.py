@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from protocol import FileReady, TransferError
 from protocol.roads import Road
 from rtc_worker.client import RoadFailed, RTCClient
 from rtc_worker.identity import Identity
 from rtc_worker.roads_client import RoadChange
 from signaling.keys import Role
-from tests.conftest import PACKAGE, REPO, Signaling, make_zip
+from tests.conftest import PACKAGE, REPO, Signaling, held_partial, make_zip, offer, recv_until
 from tests.relay_helpers import ServiceProcess
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.live]
@@ -267,3 +268,77 @@ async def test_the_command_line_takes_the_relay_road_and_refuses_an_impossible_r
     )  # fmt: skip
     assert refused.returncode == 5
     assert "ROAD_UNAVAILABLE" in refused.stderr
+
+
+@pytest.mark.parametrize("road", ["auto", "relay"])
+async def test_a_relay_resume_from_a_channel_partial_inside_a_chunk_completes(
+    relay_worker: Any, relay_client: RTCClient, tmp_path: Path, road: str
+) -> None:
+    """A transfer cut on the data channel at 64 KiB and 7 bytes (a partial that ends
+    inside a relay chunk) resumes on the relay road from the chunk at or below it, and
+    completes with the sha256 equal (it used to wait forever)."""
+    data = random_file(tmp_path / "cut.bin", 5 * MIB + 12345, seed=7)
+    cut = 65536 + 7
+    raw = await relay_client.connect("worker-1", raw=True)  # the same principal's channel
+    try:
+        meta = f"FILE_META::cut.bin::{len(data)}::{sha(data)}::65536"
+        assert await offer(raw, meta, data) == FileReady(0)
+        raw.send(data[:65536])
+        raw.send(data[65536:cut])
+        raw.send("FILE_CANCEL")
+        assert (await recv_until(raw, (TransferError,))).code == "CANCELLED"
+    finally:
+        await raw.close()
+    assert held_partial(relay_worker.store, relay_client.identity.fingerprint, data) == cut
+    plan = await relay_client.plan_road("worker-1", road)
+    assert plan.road is Road.RELAY
+    roads: list[RoadChange] = []
+    conn = await relay_client.connect("worker-1")
+    async with asyncio.timeout(30):
+        sent = await conn.send_file(tmp_path / "cut.bin", road=plan, on_road=roads.append)
+    assert sent.outcome.status == "received" and sent.outcome.sha256 == sha(data)
+    assert roads == [RoadChange("relay", None, cut, None)]
+    assert (sent.road, sent.bytes_sent, sent.bytes_relayed) == ("relay", 0, len(data) - cut)
+    assert relay_worker.store.object_path(sha(data)).read_bytes() == data
+
+
+async def test_a_forced_relay_road_fails_with_a_code_when_the_file_cannot_be_opened(
+    relay_worker: Any, relay_client: RTCClient, tmp_path: Path
+) -> None:
+    """The file is removed as the relay road starts: the sender fails with a code and
+    the transfer ends (it used to wait forever)."""
+    path = tmp_path / "gone.bin"
+    random_file(path, 2 * MIB, seed=8)
+    plan = await relay_client.plan_road("worker-1", "relay")
+
+    def remove_it(change: RoadChange) -> None:
+        path.unlink()
+
+    conn = await relay_client.connect("worker-1")
+    with pytest.raises(RoadFailed) as failed:
+        async with asyncio.timeout(30):
+            await conn.send_file(path, road=plan, on_road=remove_it)
+    assert (failed.value.code, failed.value.road) == ("READ_FAILED", "relay")
+
+
+async def test_a_forced_relay_road_fails_with_file_changed_when_the_file_is_truncated(
+    relay_worker: Any, relay_client: RTCClient, tmp_path: Path
+) -> None:
+    """The file is cut short after the worker fetched the first part: the sender stops
+    the road with FILE_CHANGED, the transfer fails with it and ends."""
+    path = tmp_path / "shrinks.bin"
+    data = random_file(path, 16 * MIB, seed=9)
+    plan = await relay_client.plan_road("worker-1", "relay")
+    truncated: list[int] = []
+
+    def truncate_after_first_part(received: int, size: int) -> None:
+        if received >= relay_client.relay_part_bytes and not truncated:
+            os.truncate(path, MIB)
+            truncated.append(received)
+
+    conn = await relay_client.connect("worker-1")
+    with pytest.raises(RoadFailed) as failed:
+        async with asyncio.timeout(30):
+            await conn.send_file(path, truncate_after_first_part, road=plan)
+    assert truncated and (failed.value.code, failed.value.road) == ("FILE_CHANGED", "relay")
+    assert not relay_worker.store.object_path(sha(data)).exists()

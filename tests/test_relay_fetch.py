@@ -37,7 +37,7 @@ from rtc_worker.settings import WorkerSettings
 from rtc_worker.storage import BlobStore, PartialFile
 from signaling.keys import Role
 from tests.conftest import StartService
-from tests.relay_helpers import Bend, PacedProxy, RelaySender
+from tests.relay_helpers import Bend, PacedProxy, RawRelayPeer
 from tests.storage_service import KEY, StorageService, fingerprint_of
 
 CHUNK = 64 * 1024
@@ -65,7 +65,7 @@ class Bench:
     def __init__(self, service: StorageService, tmp_path: Path, sender_key: str) -> None:
         self.service = service
         self.store = BlobStore(tmp_path / "worker-store")
-        self.sender = RelaySender(None, RelayHttp(service.url(""), sender_key), CHUNK)
+        self.sender = RawRelayPeer(None, RelayHttp(service.url(""), sender_key), CHUNK)
         self.reports: list[object] = []
         self.https: list[RelayHttp] = [self.sender.http]
         self.partials: dict[int, PartialFile] = {}
