@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from protocol import relay_messages
 from rtc_worker.storage import parse_timestamp
+from signaling import relay_objects
 from signaling.capability import RelayCapability
 from signaling.keys import Role
 from signaling.relay_routes import RELAY_KEY
@@ -389,7 +391,7 @@ async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
         assert await db.current() == "0004"
         before = await db.get_upload("ab" + "0" * 30)
         assert before is not None and before.relay is False  # an earlier upload is no relay
-        assert await db.expired_relays("2100-01-01T00:00:00Z") == []
+        assert await db.expired_relay_objects("2100-01-01T00:00:00Z") == []
         async with db.write() as conn:  # and back: the column goes, the row stays
             await conn.run_sync(to("0003", down=True))
             names = await conn.run_sync(
@@ -399,3 +401,9 @@ async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
         assert await db.migrate() == "0003"
     finally:
         await db.close()
+
+
+def test_the_upload_id_and_token_grammar_is_the_frames_own() -> None:
+    """What the service reads is what RELAY_PART may name: one grammar, in protocol."""
+    assert relay_objects.UPLOAD_ID_PATTERN is relay_messages.UPLOAD_ID_PATTERN
+    assert relay_objects.TOKEN_PATTERN is relay_messages.TOKEN_PATTERN
