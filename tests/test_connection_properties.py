@@ -177,9 +177,6 @@ SENT: dict[Role, st.SearchStrategy[Any]] = {
 UNREACHABLE_RECEIVER = {
     (Role.WORKER, ReceiverState.REQUESTED),
     (Role.CLIENT, ReceiverState.PROVING),
-    # A client's receiver has no relay road: RELAY_PART is answered RELAY_ENDED.
-    (Role.CLIENT, ReceiverState.RELAYING),
-    (Role.CLIENT, ReceiverState.HALTING),
 }
 
 
