@@ -72,8 +72,9 @@ class Capabilities:
     Attributes:
         shared_storage: SHARED_INPUT_PATH / SHARED_OUTPUT_PATH can be served.
         results_service: results can be uploaded to the storage service.
-        relay_road: RELAY_PART is taken (the worker fetches relay objects from its
-            storage service); without it a RELAY_PART is answered
+        relay_road: RELAY_PART is taken (our receiver fetches relay objects from the
+            storage service: a worker's does; a client's does not, so a client
+            connection leaves it False); without it a RELAY_PART is answered
             ``RELAY_ENDED … RELAY_UNREACHABLE`` and the sender goes on by the channel.
     """
 
@@ -132,7 +133,7 @@ class Connection:
         self.receiver = Receiver(
             limits,
             prove_possession=role is Role.WORKER,
-            relay_road=role is Role.CLIENT or self.capabilities.relay_road,
+            relay_road=self.capabilities.relay_road,
         )
         self.sender = Sender()
         self.closed = False

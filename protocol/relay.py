@@ -192,7 +192,8 @@ class ReceiverRelay:
         self.used = False
         #: The verified offset of the relay road: bytes written from authenticated chunks.
         self.verified = 0
-        self._end_code = RelayEndCode.STOPPED
+        #: The code and detail RELAY_ENDED gives when the halted fetch reports.
+        self._end = (RelayEndCode.STOPPED, "stopped on request")
 
     @property
     def _meta(self) -> FileMeta:
@@ -223,7 +224,7 @@ class ReceiverRelay:
             if state is _R.RECEIVING:
                 self.verified = receiver.received  # every byte taken so far is kept
                 return self._ended(RelayEndCode.STOPPED, "no relay part was being fetched")
-            self._end_code = RelayEndCode.STOPPED
+            self._end = (RelayEndCode.STOPPED, "stopped on request")
             receiver.state = next_state
             return [HaltRelay(receiver.serial)]
         if not receiver.relay_road:  # the sender goes on by the channel from here
@@ -239,7 +240,10 @@ class ReceiverRelay:
             receiver.state = next_state
             return [FetchRelayPart(receiver.serial, message, self._meta, receiver.received)]
         if 1 + len(self.queue) >= receiver.limits.max_relay_parts:
-            self._end_code = RelayEndCode.RELAY_PARTS_EXCEEDED
+            self._end = (
+                RelayEndCode.RELAY_PARTS_EXCEEDED,
+                f"more than {receiver.limits.max_relay_parts} relay parts queued",
+            )
             receiver.state = _R.HALTING
             return [HaltRelay(receiver.serial)]
         self.queue.append(message)
@@ -284,7 +288,7 @@ class ReceiverRelay:
         if isinstance(event, RelayFetched) and receiver.state is _R.RELAYING:
             receiver.state = next_state
             return [*outputs, *self._next(now)]
-        code, detail = self._end_code, "stopped on request"
+        code, detail = self._end
         if isinstance(event, RelayFailed) and receiver.state is _R.RELAYING:
             code, detail = event.code, event.detail
         return [*outputs, *self._ended(code, detail), *receiver.progress(now)]

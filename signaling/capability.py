@@ -37,6 +37,7 @@ import os
 import secrets
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +108,32 @@ class CapabilityError(Exception):
         self.problem = problem
 
 
-def _tag(secret: bytes, body: bytes) -> bytes:
-    return hmac.digest(secret, TOKEN_CONTEXT + body, "sha256")
+def _tag(secret: bytes, body: bytes, context: bytes = TOKEN_CONTEXT) -> bytes:
+    return hmac.digest(secret, context + body, "sha256")
+
+
+def _signed_body(
+    secret: bytes,
+    context: bytes,
+    token: str,
+    invalid: CapabilityError,
+    fits: Callable[[int], bool],
+) -> bytes:
+    """The body of ``token`` (base64url without padding of body || tag) once its tag is
+    ``context``'s HMAC-SHA256 under ``secret`` and ``fits(len(body))``; raises
+    ``invalid`` otherwise (the one decoder of both kinds of token)."""
+    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
+    if not fits(len(body)):  # (a token shorter than a tag has an empty body)
+        raise invalid
+    if not hmac.compare_digest(tag, _tag(secret, body, context)):
+        raise invalid
+    return body
 
 
 def _short(text: str, what: str) -> bytes:
@@ -157,17 +182,7 @@ def verify(secret: bytes, token: str, now: float) -> Capability:
         CapabilityError: INVALID (malformed or forged), EXPIRED (past ``expires_at``).
     """
     invalid = CapabilityError(CapabilityProblem.INVALID, "the download token is not valid")
-    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-        raise invalid
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    if len(raw) < _HEAD.size + 2 + _TAG_BYTES:
-        raise invalid
-    body, tag = raw[:-_TAG_BYTES], raw[-_TAG_BYTES:]
-    if not hmac.compare_digest(tag, _tag(secret, body)):
-        raise invalid
+    body = _signed_body(secret, TOKEN_CONTEXT, token, invalid, lambda n: n >= _HEAD.size + 2)
     try:
         version, expires_at, digest = _HEAD.unpack_from(body)
         owner, at = _field(body, _HEAD.size)
@@ -208,7 +223,7 @@ def issue_relay(secret: bytes, capability: RelayCapability) -> str:
     )
     if len(capability.upload_id) != 32 or len(capability.sha256) != 64:
         raise ValueError("a relay capability needs a 32-hex upload id and a sha256")
-    raw = body + hmac.digest(secret, RELAY_CONTEXT + body, "sha256")
+    raw = body + _tag(secret, body, RELAY_CONTEXT)
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
@@ -227,17 +242,7 @@ def verify_relay(secret: bytes, token: str, now: float) -> RelayCapability:
         CapabilityError: INVALID (malformed or forged), EXPIRED (past ``expires_at``).
     """
     invalid = CapabilityError(CapabilityProblem.INVALID, "the relay token is not valid")
-    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-        raise invalid
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        raise invalid from None
-    if len(raw) != _RELAY.size + _TAG_BYTES:
-        raise invalid
-    body, tag = raw[: _RELAY.size], raw[_RELAY.size :]
-    if not hmac.compare_digest(tag, hmac.digest(secret, RELAY_CONTEXT + body, "sha256")):
-        raise invalid
+    body = _signed_body(secret, RELAY_CONTEXT, token, invalid, lambda n: n == _RELAY.size)
     version, expires_at, digest, size, upload_id = _RELAY.unpack(body)
     if version != _VERSION:
         raise invalid

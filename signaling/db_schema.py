@@ -63,6 +63,7 @@ uploads = Table(
     Index("uploads_sha256", "sha256", "deleted"),
     Index("uploads_status", "status", "updated_at"),
     Index("uploads_owner", "owner", "status", "updated_at"),
+    Index("uploads_relay", "relay", "status", "updated_at"),
 )
 """One resumable upload per ``upload_id``; ``result_owner`` and ``result_job_id`` are set
 (both) when its content is also stored as that owner's result of the job (tus); ``relay``

@@ -313,7 +313,7 @@ class UploadQueries(Database):
             result = await conn.execute(query)
         return result.rowcount == 1
 
-    async def remove_relay(self, upload_id: str) -> UploadRecord | None:
+    async def remove_relay_object(self, upload_id: str) -> UploadRecord | None:
         """Remove the row of the completed relay object ``upload_id``; the row removed,
         or ``None`` when there was none (its blob is the caller's to drop if unused)."""
         where = (
@@ -328,7 +328,7 @@ class UploadQueries(Database):
                 return None
         return UploadRecord.from_row(row)
 
-    async def expired_relays(self, cutoff: str) -> list[UploadRecord]:
+    async def expired_relay_objects(self, cutoff: str) -> list[UploadRecord]:
         """Completed relay objects completed before ``cutoff`` (expired)."""
         query = select(*_UPLOAD_COLUMNS).where(
             uploads.c.relay == 1, uploads.c.status == "completed", uploads.c.updated_at < cutoff

@@ -18,13 +18,13 @@ object, a malformed, forged, expired or foreign token, an object deleted or expi
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from loguru import logger
 
+from protocol.relay_messages import TOKEN_PATTERN, UPLOAD_ID_PATTERN
 from rtc_worker.storage import parse_timestamp
 from signaling.api_common import ApiError, ApiErrorCode
 from signaling.auth import Caller, Role
@@ -38,7 +38,6 @@ RELAY_METADATA_KEY = "relay"
 """The ``Upload-Metadata`` key that makes a tus upload a relay object (any value)."""
 NOT_FOUND_MESSAGE = "no such relay object"
 """The one message of every refused read (no oracle)."""
-_UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _not_found() -> ApiError:
@@ -106,7 +105,11 @@ class RelayObjects:
         Raises:
             ApiError: RELAY_NOT_FOUND for every refusal (the same for all).
         """
-        if token is None or not _UPLOAD_ID.fullmatch(upload_id):
+        if (
+            token is None
+            or not TOKEN_PATTERN.fullmatch(token)
+            or not UPLOAD_ID_PATTERN.fullmatch(upload_id)
+        ):
             raise _not_found()
         try:
             grant = self.store.check_relay_token(token, self.now())
@@ -131,7 +134,7 @@ class RelayObjects:
         Raises:
             ApiError: RELAY_NOT_FOUND otherwise.
         """
-        if not _UPLOAD_ID.fullmatch(upload_id):
+        if not UPLOAD_ID_PATTERN.fullmatch(upload_id):
             raise _not_found()
         record = await self.store.db.get_upload(upload_id)
         if (
@@ -148,7 +151,7 @@ class RelayObjects:
         uses it), under the store lock. Whether it was still there."""
         upload_id = record.upload_id
         async with self.store.lock:  # works on a full disk (the database's reserve)
-            removed = await self.store.freeing(lambda: self.store.db.remove_relay(upload_id))
+            removed = await self.store.freeing(lambda: self.store.db.remove_relay_object(upload_id))
             if removed is not None and removed.sha256 is not None:
                 await self.store.drop_blob_if_unused(removed.sha256)
         if removed is not None:

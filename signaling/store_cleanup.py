@@ -58,9 +58,9 @@ class CleanupReport:
         return sum(len(items) for items in self.as_dict().values())
 
 
-async def _remove_relay(store: ResultsService, upload_id: str) -> bool:
+async def _remove_relay_object(store: ResultsService, upload_id: str) -> bool:
     """Remove the expired relay object's row (works on a full disk)."""
-    return await store.freeing(lambda: store.db.remove_relay(upload_id)) is not None
+    return await store.freeing(lambda: store.db.remove_relay_object(upload_id)) is not None
 
 
 async def cleanup(
@@ -102,8 +102,8 @@ async def cleanup(
             report.uploads.append(record.upload_id)
     if relay_ttl_s is not None:
         relay_cutoff = _stamp(moment - timedelta(seconds=relay_ttl_s))
-        for record in await store.db.expired_relays(relay_cutoff):
-            if await _remove_relay(store, record.upload_id):
+        for record in await store.db.expired_relay_objects(relay_cutoff):
+            if await _remove_relay_object(store, record.upload_id):
                 report.relays.append(record.upload_id)
     keys = await backend.upload_keys()  # before the records: an upload's record comes first
     known = await store.db.upload_ids()

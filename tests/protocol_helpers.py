@@ -328,17 +328,21 @@ def receiver_in(
     """A connection whose receiver is in ``state`` (about META; nothing being sent).
 
     With ``relay`` (always for RELAYING and HALTING) the transfer is of BIG_META from
-    offset 0: RELAYING fetches its first chunk (``big_part(0, 4096)``), HALTING took
-    RELAY_STOP during that fetch.
+    offset 0, and a client's capabilities give it the relay road: RELAYING fetches its
+    first chunk (``big_part(0, 4096)``), HALTING took RELAY_STOP during that fetch.
 
     RECEIVING holds 3 of META's 11 bytes, or all of them with ``full`` (a resume of a
     complete partial, so that END_OF_FILE verifies). IDLE comes right after a
     completed legacy transfer with ``full`` (its trailing END_OF_FILE is then taken).
     PROVING (a worker only) asked CHALLENGE for a new file of the peer's.
     """
-    conn = new(role)
     relaying = (ReceiverState.RELAYING, ReceiverState.HALTING)
-    if state in relaying or (relay and state is ReceiverState.RECEIVING):
+    relay = state in relaying or (relay and state is ReceiverState.RECEIVING)
+    if relay and role is Role.CLIENT:  # its capabilities must give it the relay road
+        conn = client(capabilities=Capabilities(relay_road=True))
+    else:
+        conn = new(role)
+    if relay:
         ready_at_zero(conn, open_receive(conn, BIG_META))
         if state in relaying:
             feed(conn, big_part(0, RELAY_CHUNK))

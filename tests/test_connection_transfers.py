@@ -14,10 +14,14 @@ from protocol.errors import ErrorCode, LocalProtocolError, TransferErrorCode
 from protocol.job import ClientJobState, JobState, Pending
 from protocol.limits import Limits
 from protocol.messages import JobStart, ResultsRequest, SharedOutputPath
+from protocol.relay_events import FetchRelayPart
+from protocol.roads import Road
 from protocol.routes import Role
 from protocol.sender import SenderState
 from protocol.testing import ConnectionPair
+from protocol.testing.pair import C2W, W2C
 from protocol.transfer import ReceiverState
+from protocol.transfer_messages import FileMeta
 from tests.protocol_helpers import (
     JOB,
     META,
@@ -430,3 +434,25 @@ def test_a_store_failure_after_the_senders_cancel_is_dropped(late: str) -> None:
     assert tell(conn, failed) == [ev.Note(f"dropped StoreFailed of transfer {check.transfer}")]
     assert frames(feed(conn, "FILE_CANCEL")) == ["TRANSFER_ERROR::CANCELLED::no transfer open"]
     assert conn.receiver.state is ReceiverState.IDLE and not violations(conn.drain())
+
+
+def test_results_on_the_relay_road_go_on_by_the_channel_to_a_client() -> None:
+    """A client's receiver fetches no relay objects: a worker sending results on the
+    relay road hears RELAY_ENDED RELAY_UNREACHABLE and ends the transfer on the channel."""
+    pair = ConnectionPair(job_id_factory=lambda: JOB)
+    data = bytes(range(256)) * 40  # 10240 bytes: parts of relay chunks
+    pair.client.send(ResultsRequest(JOB))
+    pair.client.drain()  # the worker sends this file instead of answering the request
+    pair.outgoing[Role.WORKER] = pair.sources[Role.WORKER] = data
+    meta = FileMeta(f"results-{JOB}.zip", len(data), sha256(data), KIB64)
+    pair.worker.emit(pair.worker.sender.announce(meta, road=Road.RELAY, fallback=True))
+    pair.pump()
+    from_worker = [f for d, f in pair.frames if d == W2C and isinstance(f, str)]
+    from_client = [f for d, f in pair.frames if d == C2W and isinstance(f, str)]
+    assert any(f.startswith("RELAY_PART::") for f in from_worker)
+    assert f"RELAY_ENDED::{sha256(data)}::0::RELAY_UNREACHABLE" in "\n".join(from_client)
+    assert from_client[-1] == f"FILE_RECEIVED::{sha256(data)}"
+    assert not [e for e in pair.events if isinstance(e, FetchRelayPart)]
+    assert pair.client_store.objects[sha256(data)] == data
+    assert pair.client.receiver.state is ReceiverState.IDLE
+    assert pair.worker.sender.state is SenderState.IDLE

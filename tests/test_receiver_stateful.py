@@ -84,6 +84,7 @@ from protocol.relay_events import (
     FetchRelayPart,
     RelayFailed,
     RelayFetched,
+    RelayWritten,
 )
 from protocol.relay_messages import RelayEnded, RelayPart
 from protocol.transfer import Receiver, ReceiverState
@@ -191,7 +192,16 @@ class StoreAdapter:
             self.partial.write(data)
             self.partial.flush()
             self.appended.append(data)
-            at += len(data)  # (RelayFetched reports the part; progress comes once per frame)
+            at += len(data)
+            # Each chunk on disk is reported, as the worker's fetch reports its batches:
+            # the machine checks the boundary and may send FILE_PROGRESS mid-part.
+            sent = len(self.sent)
+            self.run(self.receiver.report(RelayWritten(serial, at), self.now))
+            progress, self.sent[sent:] = self.sent[sent:], []
+            for reply in progress:  # only FILE_PROGRESS, with exactly what is on disk
+                assert reply == FileProgress(self.partial.on_disk, meta.size)
+                assert self.partial.on_disk == at
+                event("FILE_PROGRESS during a relay fetch")
         self.run(self.receiver.report(RelayFetched(serial, at), self.now))
 
     def receive(self, message: Message, now: float) -> None:

@@ -24,7 +24,7 @@ PLAIN = bytes((i * 7 + 3) & 255 for i in range(10000))  # 2 full chunks of 4096 
 SHA = hashlib.sha256(PLAIN).hexdigest()
 CHUNK = 4096
 
-#: The test vector of PROTOCOL.md section 2.4: the sha256 of each sealed chunk of PLAIN
+#: The test vector of PROTOCOL.md section 2.6: the sha256 of each sealed chunk of PLAIN
 #: (key 00..1f, nonce prefix a0..a6, chunk_size 4096). Computed once with AESGCM
 #: directly; a change of the construction changes them.
 VECTOR = {

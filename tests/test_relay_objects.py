@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from protocol import relay_messages
 from rtc_worker.storage import parse_timestamp
+from signaling import relay_objects
 from signaling.capability import RelayCapability
 from signaling.keys import Role
 from signaling.relay_routes import RELAY_KEY
@@ -350,7 +352,15 @@ async def test_attack_an_unfinished_relay_upload_expires(service: Relay) -> None
 # ------------------------------------------------------------------ the migration
 
 
-async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
+_INSERT_UPLOAD = (
+    "INSERT INTO uploads (upload_id, file_name, total_size, user_id, user_role,"
+    " content_type, chunk_size, status, created_at, updated_at, owner{relay})"
+    " VALUES (:upload_id, 'a.bin', 5, 'u', 'r', 'x/y', 5, :status,"
+    " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'o'{value})"
+)
+
+
+async def test_migration_0004_adds_the_relay_column_and_its_index_and_takes_them_back(
     storage_database: str | None, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     from alembic import command
@@ -365,6 +375,7 @@ async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
         url = request.getfixturevalue("postgres_engine").new_database()
     db = StorageDB(url)
     config = alembic_config(db.url)
+    plain, relay_done, relay_open = ("ab" + "0" * 30), ("cd" + "0" * 30), ("ef" + "0" * 30)
 
     def to(revision: str, down: bool = False) -> Any:
         def run(sync_conn: Any) -> None:
@@ -373,29 +384,52 @@ async def test_migration_0004_adds_the_relay_column_to_existing_uploads(
 
         return run
 
+    def schema(sync: Any) -> tuple[list[str], dict[str, list[str]]]:
+        found = inspect(sync)
+        columns = [column["name"] for column in found.get_columns("uploads")]
+        indexes = {i["name"]: list(i["column_names"]) for i in found.get_indexes("uploads")}
+        return columns, indexes
+
     try:
         async with db.write() as conn:
             await conn.run_sync(to("0003"))
-            await conn.execute(
-                text(
-                    "INSERT INTO uploads (upload_id, file_name, total_size, user_id, user_role,"
-                    " content_type, chunk_size, status, created_at, updated_at, owner)"
-                    " VALUES ('ab' || :rest, 'a.bin', 5, 'u', 'r', 'x/y', 5, 'completed',"
-                    " '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'o')"
-                ),
-                {"rest": "0" * 30},
-            )
+            insert = text(_INSERT_UPLOAD.format(relay="", value=""))
+            await conn.execute(insert, {"upload_id": plain, "status": "completed"})
         assert await db.migrate() == "0003"
         assert await db.current() == "0004"
-        before = await db.get_upload("ab" + "0" * 30)
+        before = await db.get_upload(plain)
         assert before is not None and before.relay is False  # an earlier upload is no relay
-        assert await db.expired_relays("2100-01-01T00:00:00Z") == []
-        async with db.write() as conn:  # and back: the column goes, the row stays
+        assert await db.expired_relay_objects("2100-01-01T00:00:00Z") == []
+        async with db.write() as conn:
+            columns, indexes = await conn.run_sync(schema)
+            assert indexes["uploads_relay"] == ["relay", "status", "updated_at"]
+            if storage_database is None:  # the cleanup's query runs on the index
+                query = (
+                    "EXPLAIN QUERY PLAN SELECT * FROM uploads WHERE relay = 1"
+                    " AND status = 'completed' AND updated_at < '2100-01-01T00:00:00Z'"
+                )
+                plan = " ".join(str(row[-1]) for row in (await conn.execute(text(query))).all())
+                assert "uploads_relay" in plan, plan
+            insert = text(_INSERT_UPLOAD.format(relay=", relay", value=", 1"))
+            await conn.execute(insert, {"upload_id": relay_done, "status": "completed"})
+            await conn.execute(insert, {"upload_id": relay_open, "status": "uploading"})
+        expired = await db.expired_relay_objects("2100-01-01T00:00:00Z")
+        assert [record.upload_id for record in expired] == [relay_done]
+        async with db.write() as conn:  # and back: the relay objects, index and column go
             await conn.run_sync(to("0003", down=True))
-            names = await conn.run_sync(
-                lambda sync: [column["name"] for column in inspect(sync).get_columns("uploads")]
-            )
-        assert "relay" not in names
+            columns, indexes = await conn.run_sync(schema)
+            rows = (await conn.execute(text("SELECT upload_id FROM uploads"))).all()
+        assert "relay" not in columns and "uploads_relay" not in indexes
+        assert [row[0] for row in rows] == [plain]  # a relay object is no plain upload
         assert await db.migrate() == "0003"
+        async with db.write() as conn:
+            columns, indexes = await conn.run_sync(schema)
+        assert "relay" in columns and "uploads_relay" in indexes
     finally:
         await db.close()
+
+
+def test_the_upload_id_and_token_grammar_is_the_frames_own() -> None:
+    """What the service reads is what RELAY_PART may name: one grammar, in protocol."""
+    assert relay_objects.UPLOAD_ID_PATTERN is relay_messages.UPLOAD_ID_PATTERN
+    assert relay_objects.TOKEN_PATTERN is relay_messages.TOKEN_PATTERN

@@ -289,7 +289,8 @@ def test_one_part_too_many_halts_the_fetch_and_ends_the_road() -> None:
     assert r2.receive(P3, 0.0) == [HaltRelay(1)]
     assert r2.state is R.HALTING
     out = r2.report(RelayFailed(1, 0, RelayEndCode.STOPPED), 1.0)
-    assert RelayEnded(SHA, 0, "RELAY_PARTS_EXCEEDED", "stopped on request") in out
+    detail = "more than 2 relay parts queued"
+    assert RelayEnded(SHA, 0, "RELAY_PARTS_EXCEEDED", detail) in out
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import os
 import sqlite3
 import stat
@@ -18,13 +19,18 @@ from hypothesis import strategies as st
 
 from signaling.__main__ import main
 from signaling.capability import (
+    MAX_TOKEN_CHARS,
     SECRET_FILE_NAME,
+    TOKEN_CONTEXT,
     Capability,
     CapabilityError,
     CapabilityProblem,
+    RelayCapability,
     issue,
+    issue_relay,
     load_or_create_secret,
     verify,
+    verify_relay,
 )
 from signaling.db import LEGACY_OWNER, StorageDB
 from signaling.db_engine import head_revision
@@ -184,6 +190,45 @@ def test_every_changed_byte_of_a_token_is_refused() -> None:
     with pytest.raises(CapabilityError) as info:
         verify(b"\x01" * 32, token, 1.0)
     assert info.value.problem is CapabilityProblem.INVALID
+
+
+RELAY_GRANT = RelayCapability("ab" * 16, "cd" * 32, 5000, 2_000_000_000)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "A" * (MAX_TOKEN_CHARS + 1),
+        "é" * 10,
+        "not base64!",
+        "AAAA",  # shorter than a tag
+        "A" * 64,  # a tag and a body of the wrong size, not signed
+    ],
+)
+def test_a_malformed_token_of_either_kind_is_invalid(token: str) -> None:
+    for check in (verify, verify_relay):
+        with pytest.raises(CapabilityError) as info:
+            check(SECRET, token, 1.0)
+        assert info.value.problem is CapabilityProblem.INVALID
+
+
+def test_neither_kind_of_token_is_taken_for_the_other() -> None:
+    download = issue(SECRET, Capability(CLIENT, "run7", "ab" * 32, 2_000_000_000))
+    relay = issue_relay(SECRET, RELAY_GRANT)
+    assert verify_relay(SECRET, relay, 1.0) == RELAY_GRANT
+    for check, token in ((verify, relay), (verify_relay, download)):
+        with pytest.raises(CapabilityError) as info:
+            check(SECRET, token, 1.0)
+        assert info.value.problem is CapabilityProblem.INVALID
+    # a relay body signed under the download context is still refused (another context)
+    body = base64.urlsafe_b64decode(relay + "=" * (-len(relay) % 4))[:-32]
+    forged = body + hmac.digest(SECRET, TOKEN_CONTEXT + body, "sha256")
+    with pytest.raises(CapabilityError):
+        verify_relay(SECRET, base64.urlsafe_b64encode(forged).decode().rstrip("="), 1.0)
+    with pytest.raises(CapabilityError) as info:
+        verify_relay(SECRET, relay, 2_000_000_000)
+    assert info.value.problem is CapabilityProblem.EXPIRED
 
 
 def test_the_secret_file_is_private_and_kept(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 from protocol import events as ev
@@ -313,7 +313,10 @@ class ConnectionPair:
             job_id_factory=job_id_factory or new_job_id,
         )
         self.worker.receiver.proof.challenge = seeded_challenge()
-        self.client = Connection(Role.CLIENT, limits=limits, capabilities=caps)
+        # The client's receiver fetches no relay objects (its adapter has no relay road).
+        self.client = Connection(
+            Role.CLIENT, limits=limits, capabilities=replace(caps, relay_road=False)
+        )
         self.workers = [self.worker]
         self.client_store = SimulatedStore()
         self.frames: Exchange = []
