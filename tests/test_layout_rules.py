@@ -7,8 +7,7 @@ broke it.
   and one class hashes file content (``ContentHasher``);
 * the worker's folder names are spelled in one module (``storage/layout.py``);
 * no module of ``protocol/``, ``rtc_worker/``, ``signaling/`` or ``scripts/`` is over 500
-  lines (``scripts/fuzz_worker.py``, which is, is marked as a known exception: strict, so
-  the mark must go the day it is split).
+  lines.
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ PACKAGES = ("protocol", "rtc_worker", "signaling")
 RUNTIME = sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
 SCRIPTS = sorted((REPO / "scripts").glob("*.py"))
 MAX_LINES = 500
-#: scripts over the limit today, to be split (the xfail is strict: it fails once they fit)
-LONG_SCRIPTS = {"scripts/fuzz_worker.py"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -133,19 +130,7 @@ def line_count(path: Path) -> int:
     return len(path.read_text("utf-8").splitlines())
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(
-            path,
-            marks=pytest.mark.xfail(strict=True, reason="over the limit, to be split")
-            if relative(path) in LONG_SCRIPTS
-            else (),
-        )
-        for path in RUNTIME + SCRIPTS
-    ],
-    ids=relative,
-)
+@pytest.mark.parametrize("path", RUNTIME + SCRIPTS, ids=relative)
 def test_modules_stay_under_500_lines(path: Path) -> None:
     assert line_count(path) <= MAX_LINES, relative(path)
 
