@@ -42,7 +42,7 @@ class Fuzzer:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.fixtures: Fixtures | None = None
         self.baseline: dict[str, Any] | None = None
-        self.excluded = {"root", "data", "client-cache", "logs"}
+        self.excluded = {"root", "data", "client-cache", "logs", "signaling"}
         self.client: Any = None
         self.conn: Any = None
         self.reader: asyncio.Task[None] | None = None
@@ -60,6 +60,9 @@ class Fuzzer:
         port = free_port()
         self.url = f"ws://127.0.0.1:{port}/ws"
         env = clean_env()
+        # The server's peer-id bindings live and die with this run: the worker's key is
+        # new every run, and a binding kept in the user's data folder would refuse it.
+        env["RTC_SIGNALING_DATA_DIR"] = str(self.tmp / "signaling")
         self.processes["signaling"] = spawn(
             [sys.executable, "-m", "signaling", "--port", str(port), "--log-level", "WARNING"],
             env,
@@ -90,6 +93,8 @@ class Fuzzer:
             reply_timeout=30.0,
             connect_timeout=30.0,
             cache_dir=self.tmp / "client-cache",
+            # the client's key and its pin of this run's worker live and die with the run
+            key_file=self.tmp / "client-cache" / "identity.key",
         )
 
     async def setup(self) -> None:

@@ -105,3 +105,22 @@ def test_outside_check_sees_writes(tmp_path: Path) -> None:
     assert "new: outside/planted" in changes
     assert f"changed: outside/{sentinel.name}" in changes
     assert "changed: outside" in changes  # the folder's own mtime
+
+
+def test_two_runs_in_one_home_both_register(tmp_path: Path) -> None:
+    # Each run's worker has a new key: a peer-id binding the first run's signaling server
+    # kept in the user's data folder would refuse the second run's worker (PEER_ID_BOUND),
+    # and a pin the first run's client kept would refuse it too (WORKER_KEY_CHANGED).
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
+    for run in (1, 2):
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--frames", "10", "--seed", str(run), "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert proc.returncode == 0, f"run {run}: " + proc.stdout[-2000:] + proc.stderr[-2000:]
+    # nothing of a run (bindings, the client's key, its pins) is left in the home
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
